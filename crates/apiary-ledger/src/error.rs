@@ -1,0 +1,73 @@
+//! The ledger error type.
+
+use apiary_storage::StorageError;
+
+/// What can go wrong with the registry or a frame ledger.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// A hive, box or frame name breaks the naming rule.
+    #[error("invalid {kind} name {name:?}: {reason}; a name is {}", crate::names::NAME_RULE)]
+    InvalidName {
+        /// What was being named (`hive`, `box`, `frame`).
+        kind: &'static str,
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The hive, box or frame does not exist.
+    #[error("{what} does not exist")]
+    NotFound {
+        /// What was looked up, e.g. "frame `a.b.c`".
+        what: String,
+    },
+
+    /// It exists already with a different definition.
+    #[error("{what} already exists with a different definition: {detail}")]
+    AlreadyExists {
+        /// What was being created.
+        what: String,
+        /// How the definitions differ.
+        detail: String,
+    },
+
+    /// A request that is invalid on its face (bad schema, unknown partition column, …).
+    #[error("{0}")]
+    Invalid(String),
+
+    /// A concurrent change made the operation impossible; nothing was committed.
+    #[error("conflict on {what}: {detail}")]
+    Conflict {
+        /// The object of contention.
+        what: String,
+        /// What changed underneath.
+        detail: String,
+    },
+
+    /// Too many writers raced for the same ledger; nothing was committed.
+    #[error("gave up committing to {what} after {attempts} attempts lost to concurrent writers; retry later")]
+    Contention {
+        /// The ledger.
+        what: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+
+    /// A stored ledger, checkpoint or registry object is damaged or of an unknown format.
+    #[error("corrupt object `{key}`: {reason}")]
+    Corrupt {
+        /// The object's key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Result alias for ledger operations.
+pub type Result<T, E = LedgerError> = std::result::Result<T, E>;

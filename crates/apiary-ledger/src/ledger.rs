@@ -1,0 +1,310 @@
+//! [`FrameLedger`]: an open frame ledger, its in-memory state, and the commit protocol.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apiary_storage::{CreateOutcome, Path, StorageBackend, get_opt};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::entry::{Entry, FORMAT_VERSION, parse_version_file};
+use crate::error::{LedgerError, Result};
+use crate::layout;
+use crate::names::FrameRef;
+use crate::ops::{Operation, Resolution};
+use crate::state::{Checkpoint, FrameState, LastCheckpoint};
+
+/// Tuning of ledgers and their commit protocol.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// A checkpoint is written at every version that is a multiple of this.
+    pub checkpoint_interval: u64,
+    /// Attempts a commit makes before giving up with [`LedgerError::Contention`].
+    pub max_attempts: u32,
+    /// First backoff after a lost race; doubles per attempt, with full jitter.
+    pub backoff_base: Duration,
+    /// Largest backoff.
+    pub backoff_max: Duration,
+    /// Seed of the backoff jitter; `None` seeds from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval: 50,
+            max_attempts: 100,
+            backoff_base: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(500),
+            seed: None,
+        }
+    }
+}
+
+/// What a successful commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// The version now current (the new entry's, or the existing one for a no-op).
+    pub version: u64,
+    /// False when the state already was what the operation asked for.
+    pub committed: bool,
+    /// Races lost to other writers before this commit landed.
+    pub conflicts: u32,
+}
+
+/// An open frame ledger: the state at its head, kept in memory and moved forward by probing
+/// the versions after it.
+///
+/// Commits go through [`commit`](Self::commit). The handle is cheap to share (`Arc`) and
+/// serializes its own callers; across handles and processes the conditional put does.
+pub struct FrameLedger {
+    backend: Arc<dyn StorageBackend>,
+    frame: FrameRef,
+    ledger_dir: Path,
+    checkpoint_dir: Path,
+    config: LedgerConfig,
+    state: tokio::sync::Mutex<Option<Arc<FrameState>>>,
+    rng: Mutex<StdRng>,
+}
+
+impl std::fmt::Debug for FrameLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameLedger")
+            .field("frame", &self.frame.to_string())
+            .finish()
+    }
+}
+
+impl FrameLedger {
+    /// Opens the ledger of `frame`: reads the newest checkpoint and replays the versions
+    /// after it. A frame that was never created opens with no state.
+    pub async fn open(
+        backend: Arc<dyn StorageBackend>,
+        frame: FrameRef,
+        config: LedgerConfig,
+    ) -> Result<Self> {
+        let rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        let ledger = Self {
+            ledger_dir: layout::ledger_dir(&frame),
+            checkpoint_dir: layout::checkpoint_dir(&frame),
+            backend,
+            frame,
+            config,
+            state: tokio::sync::Mutex::new(None),
+            rng: Mutex::new(rng),
+        };
+        let state = ledger.load().await?;
+        *ledger.state.lock().await = state.map(Arc::new);
+        Ok(ledger)
+    }
+
+    /// The frame this ledger belongs to.
+    pub fn frame(&self) -> &FrameRef {
+        &self.frame
+    }
+
+    /// The state as last read or committed by this handle (no storage request).
+    pub async fn cached(&self) -> Option<Arc<FrameState>> {
+        self.state.lock().await.clone()
+    }
+
+    /// Moves the state forward to the newest version, probing `head + 1`, `head + 2`, … (one
+    /// GET when nothing changed).
+    pub async fn refresh(&self) -> Result<Option<Arc<FrameState>>> {
+        let mut guard = self.state.lock().await;
+        loop {
+            let next = guard.as_ref().map_or(0, |s| s.version + 1);
+            let key = layout::version_key(&self.ledger_dir, next);
+            let Some(object) = get_opt(self.backend.as_ref(), &key).await? else {
+                return Ok(guard.clone());
+            };
+            let entry = Entry::decode(key.as_ref(), &object.bytes, next)?;
+            *guard = Some(Arc::new(apply(guard.as_deref(), &entry, key.as_ref())?));
+        }
+    }
+
+    /// Commits `op`: resolves it against the newest known state and creates the next
+    /// version. A lost race reads the winner's entry (returned by the failed put), applies it,
+    /// backs off with jitter and resolves the operation again.
+    pub async fn commit(&self, op: &Operation) -> Result<CommitInfo> {
+        let what = self.frame.to_string();
+        let mut guard = self.state.lock().await;
+        let mut conflicts = 0;
+        loop {
+            let actions = match op.resolve(guard.as_deref(), &what)? {
+                Resolution::Noop => {
+                    return Ok(CommitInfo {
+                        version: guard.as_ref().map_or(0, |s| s.version),
+                        committed: false,
+                        conflicts,
+                    });
+                }
+                Resolution::Commit(actions) => actions,
+            };
+            let read_version = guard.as_ref().map(|s| s.version);
+            let version = read_version.map_or(0, |v| v + 1);
+            let entry = Entry {
+                format: FORMAT_VERSION,
+                version,
+                write_id: uuid::Uuid::new_v4().simple().to_string(),
+                committed_at_ms: now_ms(),
+                operation: op.name().to_string(),
+                read_version,
+                actions,
+            };
+            let key = layout::version_key(&self.ledger_dir, version);
+            let bytes = Bytes::from(entry.encode()?);
+            match self.backend.put_if_absent(&key, bytes).await? {
+                CreateOutcome::Created(_) => {
+                    let state = Arc::new(apply(guard.as_deref(), &entry, key.as_ref())?);
+                    *guard = Some(Arc::clone(&state));
+                    drop(guard);
+                    self.maybe_checkpoint(&state).await;
+                    return Ok(CommitInfo {
+                        version,
+                        committed: true,
+                        conflicts,
+                    });
+                }
+                CreateOutcome::AlreadyExists(winner) => {
+                    let entry = Entry::decode(key.as_ref(), &winner.bytes, version)?;
+                    *guard = Some(Arc::new(apply(guard.as_deref(), &entry, key.as_ref())?));
+                    conflicts += 1;
+                    if conflicts >= self.config.max_attempts {
+                        return Err(LedgerError::Contention {
+                            what: format!("frame `{what}`"),
+                            attempts: conflicts,
+                        });
+                    }
+                    tokio::time::sleep(self.backoff(conflicts)).await;
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .config
+            .backoff_base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.config.backoff_max);
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        ceiling.mul_f64(rng.random::<f64>())
+    }
+
+    /// Writes a checkpoint at `state.version` when it is due. Failures only cost readers some
+    /// replay, so they are logged, never returned: the commit itself is already durable.
+    async fn maybe_checkpoint(&self, state: &FrameState) {
+        let interval = self.config.checkpoint_interval;
+        if interval == 0 || state.version == 0 || state.version % interval != 0 {
+            return;
+        }
+        if let Err(e) = self.write_checkpoint(state).await {
+            tracing::warn!(frame = %self.frame, version = state.version, error = %e,
+                "checkpoint not written; readers will replay from an older one");
+        }
+    }
+
+    async fn write_checkpoint(&self, state: &FrameState) -> Result<()> {
+        let checkpoint = Checkpoint {
+            format: FORMAT_VERSION,
+            state: state.clone(),
+        };
+        let bytes = serde_json::to_vec(&checkpoint)
+            .map_err(|e| LedgerError::Invalid(format!("checkpoint cannot be encoded: {e}")))?;
+        let key = layout::version_key(&self.checkpoint_dir, state.version);
+        // Whoever wrote it first wrote the same state; either way it exists now.
+        self.backend.put_if_absent(&key, Bytes::from(bytes)).await?;
+        let hint = serde_json::to_vec(&LastCheckpoint {
+            version: state.version,
+        })
+        .map_err(|e| LedgerError::Invalid(e.to_string()))?;
+        self.backend
+            .put(&self.checkpoint_dir.clone().join("_last"), Bytes::from(hint))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads the newest usable checkpoint, then every version after it.
+    async fn load(&self) -> Result<Option<FrameState>> {
+        let mut state = self.read_checkpoint().await?;
+        let listed = match &state {
+            Some(s) => {
+                let offset = layout::version_key(&self.ledger_dir, s.version);
+                self.backend.list_after(&self.ledger_dir, &offset).await?
+            }
+            None => self.backend.list(&self.ledger_dir).await?,
+        };
+        let versions: Vec<(u64, Path)> = listed
+            .into_iter()
+            .filter_map(|m| {
+                let v = parse_version_file(m.key.filename()?)?;
+                Some((v, m.key))
+            })
+            .collect();
+        let backend = &self.backend;
+        let mut entries = futures::stream::iter(versions)
+            .map(|(v, key)| async move {
+                let object = backend.get(&key).await?;
+                Ok::<_, LedgerError>((v, key, object.bytes))
+            })
+            .buffered(8);
+        while let Some((v, key, bytes)) = entries.try_next().await? {
+            let expected = state.as_ref().map_or(0, |s| s.version + 1);
+            if v != expected {
+                return Err(LedgerError::Corrupt {
+                    key: key.to_string(),
+                    reason: format!("version {expected} is missing from the ledger"),
+                });
+            }
+            let entry = Entry::decode(key.as_ref(), &bytes, v)?;
+            state = Some(apply(state.as_ref(), &entry, key.as_ref())?);
+        }
+        Ok(state)
+    }
+
+    /// The checkpoint the hint points at. A missing or damaged checkpoint is not fatal (the
+    /// ledger itself is the truth): it is logged and the ledger is replayed from the start.
+    async fn read_checkpoint(&self) -> Result<Option<FrameState>> {
+        let hint_key = self.checkpoint_dir.clone().join("_last");
+        let Some(hint) = get_opt(self.backend.as_ref(), &hint_key).await? else {
+            return Ok(None);
+        };
+        let Ok(hint) = serde_json::from_slice::<LastCheckpoint>(&hint.bytes) else {
+            tracing::warn!(key = %hint_key, "damaged checkpoint hint ignored; replaying the ledger");
+            return Ok(None);
+        };
+        let key = layout::version_key(&self.checkpoint_dir, hint.version);
+        let Some(object) = get_opt(self.backend.as_ref(), &key).await? else {
+            tracing::warn!(key = %key, "checkpoint named by the hint is missing; replaying the ledger");
+            return Ok(None);
+        };
+        match serde_json::from_slice::<Checkpoint>(&object.bytes) {
+            Ok(cp) if cp.format == FORMAT_VERSION && cp.state.version == hint.version => {
+                Ok(Some(cp.state))
+            }
+            _ => {
+                tracing::warn!(key = %key, "damaged checkpoint ignored; replaying the ledger");
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn apply(state: Option<&FrameState>, entry: &Entry, key: &str) -> Result<FrameState> {
+    match state {
+        None => FrameState::from_first(entry, key),
+        Some(s) => s.next(entry, key),
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,95 @@
+//! The storage error type.
+
+/// What can go wrong talking to a storage backend.
+///
+/// The kinds are few on purpose: callers branch on "not there", "cannot be done here",
+/// "outcome unknown" and "everything else". The message always names the object or store
+/// involved and, where there is one, what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The object does not exist.
+    #[error("object `{key}` not found")]
+    NotFound {
+        /// The key that was looked up.
+        key: String,
+    },
+
+    /// A storage URI could not be parsed or names a scheme Apiary does not support.
+    #[error("invalid storage URI `{uri}`: {reason}. Accepted forms: {}", crate::uri::ACCEPTED_FORMS)]
+    InvalidUri {
+        /// The URI as given.
+        uri: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The backend cannot perform this operation (for example compare-and-swap on a local
+    /// folder).
+    #[error("{store} does not support {operation}: {hint}")]
+    Unsupported {
+        /// The store, as displayed.
+        store: String,
+        /// The operation that was attempted.
+        operation: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+
+    /// The store failed the preflight check and cannot be used safely.
+    #[error("storage {store} failed the preflight check: {problem}")]
+    Preflight {
+        /// The store, as displayed.
+        store: String,
+        /// What the probe observed.
+        problem: String,
+    },
+
+    /// A conditional write was sent but whether it took effect could not be established, even
+    /// after reading the object back. It may still become visible later; it is neither
+    /// acknowledged nor refused.
+    #[error("outcome of {operation} on `{key}` is unknown after {attempts} attempts: {source}")]
+    OutcomeUnknown {
+        /// The operation (`put_if_absent` or `put_if_match`).
+        operation: &'static str,
+        /// The key written.
+        key: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last error seen.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+
+    /// Any other failure reported by the underlying store.
+    #[error("storage request on `{key}` failed: {source}")]
+    Backend {
+        /// The key (or prefix) involved.
+        key: String,
+        /// The underlying error.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+}
+
+impl StorageError {
+    /// Wraps an `object_store` error, mapping "not found" to [`StorageError::NotFound`].
+    pub fn from_object_store(key: impl Into<String>, err: object_store::Error) -> Self {
+        let key = key.into();
+        match err {
+            object_store::Error::NotFound { .. } => StorageError::NotFound { key },
+            other => StorageError::Backend {
+                key,
+                source: Box::new(other),
+            },
+        }
+    }
+
+    /// True when the error means the object is absent.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound { .. })
+    }
+}
+
+/// Result alias for storage operations.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

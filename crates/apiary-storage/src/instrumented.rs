@@ -1,0 +1,320 @@
+//! [`InstrumentedStore`]: an `ObjectStore` wrapper that counts requests and, for tests,
+//! injects seeded faults.
+//!
+//! It sits *below* [`ObjectStoreBackend`](crate::ObjectStoreBackend), where network faults
+//! really happen, so the backend's own resolution of lost responses is what gets tested.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Which faults to inject, and how often. All rates are probabilities in `0.0..=1.0`.
+#[derive(Debug, Clone, Default)]
+pub struct FaultConfig {
+    /// Seed of the random choices, so that a failing history can be replayed.
+    pub seed: u64,
+    /// A request fails before reaching the store (nothing applied).
+    pub error_rate: f64,
+    /// A write is applied, then its response is lost (the caller sees an error).
+    pub lost_response_rate: f64,
+    /// A create-if-absent is answered `409 ConditionalRequestConflict` without being applied,
+    /// as S3 does when conditional writes to one key race.
+    pub conflict_rate: f64,
+    /// Each request is delayed by a random duration up to this.
+    pub max_latency: Duration,
+    /// Conditional writes are silently applied as plain overwrites (a store that ignores
+    /// `If-None-Match` / `If-Match`).
+    pub ignore_preconditions: bool,
+}
+
+impl FaultConfig {
+    /// No faults: the wrapper only counts.
+    pub fn none() -> Self {
+        Self::default()
+    }
+}
+
+/// Request counts by kind. Subtract two snapshots to count what happened in between.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// GET requests (whole object or range).
+    pub get: u64,
+    /// HEAD requests.
+    pub head: u64,
+    /// Unconditional PUTs.
+    pub put: u64,
+    /// Conditional PUTs (`If-None-Match` or `If-Match`).
+    pub conditional_put: u64,
+    /// LIST requests (one per listing call, whatever its paging).
+    pub list: u64,
+    /// DELETE requests.
+    pub delete: u64,
+}
+
+impl RequestCounts {
+    /// All requests together.
+    pub fn total(&self) -> u64 {
+        self.get + self.head + self.put + self.conditional_put + self.list + self.delete
+    }
+}
+
+impl std::ops::Sub for RequestCounts {
+    type Output = RequestCounts;
+    fn sub(self, o: RequestCounts) -> RequestCounts {
+        RequestCounts {
+            get: self.get - o.get,
+            head: self.head - o.head,
+            put: self.put - o.put,
+            conditional_put: self.conditional_put - o.conditional_put,
+            list: self.list - o.list,
+            delete: self.delete - o.delete,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    get: AtomicU64,
+    head: AtomicU64,
+    put: AtomicU64,
+    conditional_put: AtomicU64,
+    list: AtomicU64,
+    delete: AtomicU64,
+}
+
+/// Counts requests to an inner store and optionally injects faults.
+pub struct InstrumentedStore {
+    inner: Arc<dyn ObjectStore>,
+    faults: FaultConfig,
+    rng: Mutex<StdRng>,
+    counters: Arc<Counters>,
+}
+
+/// A cheap handle to read an [`InstrumentedStore`]'s counts after it was moved into a backend.
+#[derive(Debug, Clone)]
+pub struct CountsHandle(Arc<Counters>);
+
+impl CountsHandle {
+    /// The counts so far.
+    pub fn snapshot(&self) -> RequestCounts {
+        let c = &self.0;
+        RequestCounts {
+            get: c.get.load(Ordering::Relaxed),
+            head: c.head.load(Ordering::Relaxed),
+            put: c.put.load(Ordering::Relaxed),
+            conditional_put: c.conditional_put.load(Ordering::Relaxed),
+            list: c.list.load(Ordering::Relaxed),
+            delete: c.delete.load(Ordering::Relaxed),
+        }
+    }
+}
+
+enum Fault {
+    None,
+    FailBefore,
+    LoseResponse,
+    Conflict,
+}
+
+impl InstrumentedStore {
+    /// Wraps `inner` with the given faults.
+    pub fn new(inner: Arc<dyn ObjectStore>, faults: FaultConfig) -> Self {
+        let rng = Mutex::new(StdRng::seed_from_u64(faults.seed));
+        Self {
+            inner,
+            faults,
+            rng,
+            counters: Arc::default(),
+        }
+    }
+
+    /// A handle to the request counts.
+    pub fn counts(&self) -> CountsHandle {
+        CountsHandle(Arc::clone(&self.counters))
+    }
+
+    /// Draws the fault for one request, and sleeps the injected latency.
+    async fn draw(&self, write: bool, create: bool) -> Fault {
+        let (delay, fault) = {
+            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            let f = &self.faults;
+            let delay = if f.max_latency.is_zero() {
+                Duration::ZERO
+            } else {
+                f.max_latency.mul_f64(rng.random::<f64>())
+            };
+            let roll: f64 = rng.random();
+            let fault = if roll < f.error_rate {
+                Fault::FailBefore
+            } else if write && roll < f.error_rate + f.lost_response_rate {
+                Fault::LoseResponse
+            } else if create && roll < f.error_rate + f.lost_response_rate + f.conflict_rate {
+                Fault::Conflict
+            } else {
+                Fault::None
+            };
+            (delay, fault)
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        fault
+    }
+}
+
+fn injected(what: &str) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "faults",
+        source: format!("injected fault: {what}").into(),
+    }
+}
+
+impl fmt::Debug for InstrumentedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstrumentedStore")
+            .field("inner", &self.inner.to_string())
+            .field("faults", &self.faults)
+            .finish()
+    }
+}
+
+impl fmt::Display for InstrumentedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Instrumented({})", self.inner)
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[async_trait]
+impl ObjectStore for InstrumentedStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        mut opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        let conditional = !matches!(opts.mode, PutMode::Overwrite);
+        let create = matches!(opts.mode, PutMode::Create);
+        bump(if conditional {
+            &self.counters.conditional_put
+        } else {
+            &self.counters.put
+        });
+        if self.faults.ignore_preconditions {
+            opts.mode = PutMode::Overwrite;
+        }
+        match self.draw(true, create).await {
+            Fault::FailBefore => Err(injected("request failed before reaching the store")),
+            Fault::Conflict => Err(object_store::Error::AlreadyExists {
+                path: location.to_string(),
+                source: "injected fault: 409 ConditionalRequestConflict".into(),
+            }),
+            Fault::LoseResponse => {
+                // Whatever the store answered, the caller never hears it.
+                let _ = self.inner.put_opts(location, payload, opts).await;
+                Err(injected("response lost after the write was applied"))
+            }
+            Fault::None => self.inner.put_opts(location, payload, opts).await,
+        }
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        bump(&self.counters.put);
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        bump(if options.head {
+            &self.counters.head
+        } else {
+            &self.counters.get
+        });
+        match self.draw(false, false).await {
+            Fault::None => self.inner.get_opts(location, options).await,
+            _ => Err(injected("read failed")),
+        }
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        self.counters
+            .get
+            .fetch_add(ranges.len() as u64, Ordering::Relaxed);
+        match self.draw(false, false).await {
+            Fault::None => self.inner.get_ranges(location, ranges).await,
+            _ => Err(injected("ranged read failed")),
+        }
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        let counters = Arc::clone(&self.counters);
+        let counted = locations
+            .inspect(move |_| bump(&counters.delete))
+            .boxed();
+        self.inner.delete_stream(counted)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        bump(&self.counters.list);
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        bump(&self.counters.list);
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        bump(&self.counters.list);
+        match self.draw(false, false).await {
+            Fault::None => self.inner.list_with_delimiter(prefix).await,
+            _ => Err(injected("listing failed")),
+        }
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        bump(&self.counters.put);
+        self.inner.copy_opts(from, to, options).await
+    }
+}

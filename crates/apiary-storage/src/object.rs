@@ -1,0 +1,341 @@
+//! [`ObjectStoreBackend`]: the default [`StorageBackend`], on top of any `object_store`.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+
+use crate::backend::{
+    Capabilities, CreateOutcome, Listing, Object, ObjectMeta, ObjectVersion, StorageBackend,
+    SwapOutcome,
+};
+use crate::error::{Result, StorageError};
+
+/// How many times a conditional write whose outcome is unknown is re-examined and re-sent
+/// before it is reported as [`StorageError::OutcomeUnknown`].
+const RESOLVE_ATTEMPTS: u32 = 6;
+
+/// A [`StorageBackend`] over an `object_store` [`ObjectStore`].
+///
+/// Conditional writes resolve unknown outcomes by reading the object back (see the trait
+/// documentation); an `AlreadyExists` answer is resolved the same way, because the store's
+/// own retry of a request that had already landed answers `412` to its own write.
+pub struct ObjectStoreBackend {
+    store: Arc<dyn ObjectStore>,
+    capabilities: Capabilities,
+    description: String,
+}
+
+impl ObjectStoreBackend {
+    /// Wraps `store`. `description` is how the store is named in messages (its URI).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        capabilities: Capabilities,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            store,
+            capabilities,
+            description: description.into(),
+        }
+    }
+
+    fn err(&self, key: &Path, e: object_store::Error) -> StorageError {
+        StorageError::from_object_store(key.as_ref(), e)
+    }
+
+    /// Reads `key` for resolution: `Ok(None)` when absent, `Err` for a failed read.
+    async fn read_back(&self, key: &Path) -> std::result::Result<Option<Object>, object_store::Error> {
+        match self.store.get(key).await {
+            Ok(result) => {
+                let meta = convert_meta(&result.meta);
+                let bytes = result.bytes().await?;
+                Ok(Some(Object { meta, bytes }))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl fmt::Debug for ObjectStoreBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectStoreBackend")
+            .field("store", &self.description)
+            .field("capabilities", &self.capabilities)
+            .finish()
+    }
+}
+
+impl fmt::Display for ObjectStoreBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+/// Whether an error leaves the outcome of a write unknown (it may or may not have applied).
+fn is_ambiguous(e: &object_store::Error) -> bool {
+    matches!(
+        e,
+        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
+    )
+}
+
+fn convert_meta(meta: &object_store::ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        key: meta.location.clone(),
+        size: meta.size,
+        last_modified_ms: meta.last_modified.timestamp_millis(),
+        version: ObjectVersion {
+            e_tag: meta.e_tag.clone(),
+            version: meta.version.clone(),
+        },
+    }
+}
+
+fn put_version(result: object_store::PutResult) -> ObjectVersion {
+    ObjectVersion {
+        e_tag: result.e_tag,
+        version: result.version,
+    }
+}
+
+/// A short pause between resolution attempts, growing with the attempt number.
+async fn pause(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(5u64 << attempt.min(6))).await;
+}
+
+#[async_trait]
+impl StorageBackend for ObjectStoreBackend {
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    async fn get(&self, key: &Path) -> Result<Object> {
+        let result = self.store.get(key).await.map_err(|e| self.err(key, e))?;
+        let meta = convert_meta(&result.meta);
+        let bytes = result.bytes().await.map_err(|e| self.err(key, e))?;
+        Ok(Object { meta, bytes })
+    }
+
+    async fn get_range(&self, key: &Path, range: Range<u64>) -> Result<Bytes> {
+        self.store
+            .get_range(key, range)
+            .await
+            .map_err(|e| self.err(key, e))
+    }
+
+    async fn head(&self, key: &Path) -> Result<ObjectMeta> {
+        let meta = self.store.head(key).await.map_err(|e| self.err(key, e))?;
+        Ok(convert_meta(&meta))
+    }
+
+    async fn put(&self, key: &Path, bytes: Bytes) -> Result<ObjectVersion> {
+        let result = self
+            .store
+            .put(key, PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.err(key, e))?;
+        Ok(put_version(result))
+    }
+
+    async fn put_if_absent(&self, key: &Path, bytes: Bytes) -> Result<CreateOutcome> {
+        let mut last_error = None;
+        for attempt in 0..RESOLVE_ATTEMPTS {
+            if attempt > 0 {
+                pause(attempt).await;
+            }
+            let opts = PutOptions::from(PutMode::Create);
+            let sent = self
+                .store
+                .put_opts(key, PutPayload::from(bytes.clone()), opts)
+                .await;
+            match sent {
+                Ok(result) => return Ok(CreateOutcome::Created(put_version(result))),
+                Err(e @ object_store::Error::AlreadyExists { .. })
+                | Err(e @ object_store::Error::Precondition { .. }) => {
+                    last_error = Some(e);
+                }
+                Err(e) if is_ambiguous(&e) => last_error = Some(e),
+                Err(e) => return Err(self.err(key, e)),
+            }
+            // Either someone's object is there, or ours landed and its response was lost, or
+            // (S3's 409 ConditionalRequestConflict) nothing is there yet: look.
+            match self.read_back(key).await {
+                Ok(Some(existing)) if existing.bytes == bytes => {
+                    return Ok(CreateOutcome::Created(existing.meta.version));
+                }
+                Ok(Some(existing)) => return Ok(CreateOutcome::AlreadyExists(existing)),
+                // Absent: our write did not land (a delayed copy of it can only fail later,
+                // because we retry with the same create-if-absent); send it again.
+                Ok(None) => {}
+                Err(e) if is_ambiguous(&e) => last_error = Some(e),
+                Err(e) => return Err(self.err(key, e)),
+            }
+        }
+        Err(StorageError::OutcomeUnknown {
+            operation: "put_if_absent",
+            key: key.to_string(),
+            attempts: RESOLVE_ATTEMPTS,
+            source: Box::new(last_error.unwrap_or_else(|| object_store::Error::Generic {
+                store: "apiary",
+                source: "no attempt was made".into(),
+            })),
+        })
+    }
+
+    async fn put_if_match(
+        &self,
+        key: &Path,
+        bytes: Bytes,
+        expected: &ObjectVersion,
+    ) -> Result<SwapOutcome> {
+        if !self.capabilities.compare_and_swap {
+            return Err(StorageError::Unsupported {
+                store: self.description.clone(),
+                operation: "compare-and-swap (put_if_match)",
+                hint: "use put_if_absent on a fresh key, or an object store (S3, GCS, Azure)",
+            });
+        }
+        // Once a request's outcome was unknown, a later mismatch cannot be told apart from
+        // "ours landed, then a third writer replaced it", so it is reported as unknown.
+        let mut last_error: Option<object_store::Error> = None;
+        let mismatch = |current: Option<Object>, last_error: Option<object_store::Error>| {
+            match last_error {
+                None => Ok(SwapOutcome::Mismatch(current)),
+                Some(e) => Err(StorageError::OutcomeUnknown {
+                    operation: "put_if_match",
+                    key: key.to_string(),
+                    attempts: RESOLVE_ATTEMPTS,
+                    source: Box::new(e),
+                }),
+            }
+        };
+        for attempt in 0..RESOLVE_ATTEMPTS {
+            if attempt > 0 {
+                pause(attempt).await;
+            }
+            let opts = PutOptions::from(PutMode::Update(UpdateVersion {
+                e_tag: expected.e_tag.clone(),
+                version: expected.version.clone(),
+            }));
+            let sent = self
+                .store
+                .put_opts(key, PutPayload::from(bytes.clone()), opts)
+                .await;
+            let definite_mismatch = match sent {
+                Ok(result) => return Ok(SwapOutcome::Swapped(put_version(result))),
+                Err(object_store::Error::Precondition { .. })
+                | Err(object_store::Error::NotFound { .. }) => true,
+                Err(e) if is_ambiguous(&e) => {
+                    last_error = Some(e);
+                    false
+                }
+                Err(e) => return Err(self.err(key, e)),
+            };
+            match self.read_back(key).await {
+                Ok(Some(current)) if current.bytes == bytes => {
+                    return Ok(SwapOutcome::Swapped(current.meta.version));
+                }
+                Ok(current) if definite_mismatch => return mismatch(current, last_error),
+                // Unchanged: our write did not land, and cannot land later out of order
+                // because it is conditional on this very version. Send it again.
+                Ok(Some(current)) if version_matches(&current.meta.version, expected) => {}
+                Ok(current) => return mismatch(current, last_error),
+                Err(e) if is_ambiguous(&e) => last_error = Some(e),
+                Err(e) => return Err(self.err(key, e)),
+            }
+        }
+        Err(StorageError::OutcomeUnknown {
+            operation: "put_if_match",
+            key: key.to_string(),
+            attempts: RESOLVE_ATTEMPTS,
+            source: Box::new(last_error.unwrap_or_else(|| object_store::Error::Generic {
+                store: "apiary",
+                source: "no attempt was made".into(),
+            })),
+        })
+    }
+
+    async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>> {
+        let mut out: Vec<ObjectMeta> = self
+            .store
+            .list(Some(prefix))
+            .map_ok(|m| convert_meta(&m))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(prefix, e))?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn list_after(&self, prefix: &Path, offset: &Path) -> Result<Vec<ObjectMeta>> {
+        let mut out: Vec<ObjectMeta> = self
+            .store
+            .list_with_offset(Some(prefix), offset)
+            .map_ok(|m| convert_meta(&m))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(prefix, e))?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn list_with_delimiter(&self, prefix: &Path) -> Result<Listing> {
+        let result = self
+            .store
+            .list_with_delimiter(Some(prefix))
+            .await
+            .map_err(|e| self.err(prefix, e))?;
+        let mut objects: Vec<ObjectMeta> = result.objects.iter().map(convert_meta).collect();
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut prefixes = result.common_prefixes;
+        prefixes.sort();
+        Ok(Listing { objects, prefixes })
+    }
+
+    async fn delete(&self, key: &Path) -> Result<()> {
+        match self.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(key, e)),
+        }
+    }
+
+    fn object_store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+}
+
+fn version_matches(current: &ObjectVersion, expected: &ObjectVersion) -> bool {
+    match (&expected.e_tag, &expected.version) {
+        (Some(tag), _) if current.e_tag.as_ref() == Some(tag) => true,
+        (_, Some(v)) if current.version.as_ref() == Some(v) => true,
+        _ => false,
+    }
+}
+
+/// Convenience: an in-memory backend for unit tests.
+pub fn memory() -> Arc<dyn StorageBackend> {
+    Arc::new(ObjectStoreBackend::new(
+        Arc::new(object_store::memory::InMemory::new()),
+        Capabilities {
+            compare_and_swap: true,
+        },
+        "memory://",
+    ))
+}
+
+/// Reads the whole object at `key`, or `None` if it does not exist.
+pub async fn get_opt(backend: &dyn StorageBackend, key: &Path) -> Result<Option<Object>> {
+    match backend.get(key).await {
+        Ok(o) => Ok(Some(o)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}

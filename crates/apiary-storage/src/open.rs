@@ -1,0 +1,182 @@
+//! Building a backend from a [`StorageUri`], and the preflight check every node runs.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::ObjectStore;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+
+use crate::backend::{Capabilities, CreateOutcome, ObjectVersion, StorageBackend, SwapOutcome};
+use crate::error::{Result, StorageError};
+use crate::object::ObjectStoreBackend;
+use crate::uri::StorageUri;
+
+/// Prefix reserved for Apiary's own bookkeeping objects (preflight probes and the like).
+pub const RESERVED_PREFIX: &str = "_apiary";
+
+/// Builds the `object_store` for `uri`, rooted at its prefix, with the capabilities it has.
+///
+/// S3 takes `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION` and
+/// `AWS_ENDPOINT_URL` (an `http://` endpoint is allowed, for a local S3-compatible server).
+/// GCS and Azure take their usual `GOOGLE_*` and `AZURE_*` variables.
+pub fn object_store_for(uri: &StorageUri) -> Result<(Arc<dyn ObjectStore>, Capabilities)> {
+    let cas = Capabilities {
+        compare_and_swap: true,
+    };
+    let backend_err = |e: object_store::Error| StorageError::Backend {
+        key: uri.to_string(),
+        source: Box::new(e),
+    };
+    let prefixed = |store: Arc<dyn ObjectStore>, prefix: &str| -> Arc<dyn ObjectStore> {
+        if prefix.is_empty() {
+            store
+        } else {
+            Arc::new(PrefixStore::new(store, Path::from(prefix)))
+        }
+    };
+    match uri {
+        StorageUri::Memory => Ok((Arc::new(object_store::memory::InMemory::new()), cas)),
+        StorageUri::Local(path) => {
+            std::fs::create_dir_all(path).map_err(|e| StorageError::InvalidUri {
+                uri: uri.to_string(),
+                reason: format!("the folder cannot be created: {e}"),
+            })?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(path)
+                .map_err(backend_err)?
+                .with_automatic_cleanup(true);
+            Ok((
+                Arc::new(store),
+                Capabilities {
+                    compare_and_swap: false,
+                },
+            ))
+        }
+        StorageUri::S3 { bucket, prefix } => {
+            let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
+            {
+                builder = builder.with_region("us-east-1");
+            }
+            if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+                builder = builder
+                    .with_allow_http(endpoint.starts_with("http://"))
+                    .with_endpoint(endpoint);
+            }
+            let store = builder.build().map_err(backend_err)?;
+            Ok((prefixed(Arc::new(store), prefix), cas))
+        }
+        StorageUri::Gcs { bucket, prefix } => {
+            let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(backend_err)?;
+            Ok((prefixed(Arc::new(store), prefix), cas))
+        }
+        StorageUri::Azure { container, prefix } => {
+            let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(container)
+                .build()
+                .map_err(backend_err)?;
+            Ok((prefixed(Arc::new(store), prefix), cas))
+        }
+    }
+}
+
+/// Opens the storage at `uri` and runs [`preflight`] on it.
+pub async fn open(uri: &StorageUri) -> Result<Arc<dyn StorageBackend>> {
+    let (store, capabilities) = object_store_for(uri)?;
+    let backend: Arc<dyn StorageBackend> = Arc::new(ObjectStoreBackend::new(
+        store,
+        capabilities,
+        uri.to_string(),
+    ));
+    preflight(backend.as_ref()).await?;
+    Ok(backend)
+}
+
+/// Proves, with a probe key under [`RESERVED_PREFIX`], that the store enforces
+/// create-if-absent (and compare-and-swap, where it claims to). A store that accepts a
+/// conditional write it should refuse would let two nodes commit the same ledger version, so
+/// it is refused.
+pub async fn preflight(backend: &dyn StorageBackend) -> Result<()> {
+    let fail = |problem: String| StorageError::Preflight {
+        store: backend.to_string(),
+        problem,
+    };
+    let probe_id = uuid::Uuid::new_v4();
+    let key = Path::from(format!("{RESERVED_PREFIX}/preflight/{probe_id}"));
+    let payload = |n: u32| Bytes::from(format!("{{\"probe\":\"{probe_id}\",\"write\":{n}}}"));
+
+    match backend.put_if_absent(&key, payload(1)).await? {
+        CreateOutcome::Created(_) => {}
+        CreateOutcome::AlreadyExists(_) => {
+            return Err(fail(format!("a fresh probe key `{key}` was reported as existing")));
+        }
+    }
+    let result = check_probe(backend, &key, &payload).await;
+    // Best effort: a leftover probe is harmless, it lives under the reserved prefix.
+    let _ = backend.delete(&key).await;
+    result.map_err(fail)
+}
+
+async fn check_probe(
+    backend: &dyn StorageBackend,
+    key: &Path,
+    payload: &dyn Fn(u32) -> Bytes,
+) -> std::result::Result<(), String> {
+    let storage = |e: StorageError| e.to_string();
+    match backend.put_if_absent(key, payload(2)).await.map_err(storage)? {
+        CreateOutcome::AlreadyExists(existing) if existing.bytes == payload(1) => {}
+        CreateOutcome::AlreadyExists(_) => {
+            return Err("create-if-absent returned a different object than was created".into());
+        }
+        CreateOutcome::Created(_) => {
+            return Err("a create-if-absent over an existing object succeeded: the store \
+                        ignores `If-None-Match: *`, so commits cannot be serialized on it. \
+                        Use a store that enforces conditional writes (S3, MinIO, GCS, \
+                        Azure, a local folder)"
+                .into());
+        }
+    }
+    let current = backend.get(key).await.map_err(storage)?;
+    if current.bytes != payload(1) {
+        return Err("the probe object was overwritten by a refused create-if-absent".into());
+    }
+    if !backend.capabilities().compare_and_swap {
+        return Ok(());
+    }
+    let stale = ObjectVersion {
+        e_tag: Some("\"apiary-preflight-stale\"".into()),
+        version: None,
+    };
+    match backend
+        .put_if_match(key, payload(3), &stale)
+        .await
+        .map_err(storage)?
+    {
+        SwapOutcome::Mismatch(_) => {}
+        SwapOutcome::Swapped(_) => {
+            return Err("a compare-and-swap against a wrong ETag succeeded: the store ignores \
+                        `If-Match`"
+                .into());
+        }
+    }
+    match backend
+        .put_if_match(key, payload(4), &current.meta.version)
+        .await
+        .map_err(storage)?
+    {
+        SwapOutcome::Swapped(_) => {}
+        SwapOutcome::Mismatch(_) => {
+            return Err("a compare-and-swap against the current ETag was refused".into());
+        }
+    }
+    let after = backend.get(key).await.map_err(storage)?;
+    if after.bytes != payload(4) {
+        return Err("a compare-and-swap reported success but the object did not change".into());
+    }
+    Ok(())
+}
