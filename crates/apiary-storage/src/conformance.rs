@@ -242,3 +242,19 @@ pub async fn no_torn_reads(b: Arc<dyn StorageBackend>, root: &Path) {
     }
     writer.await.unwrap();
 }
+
+/// The S3 URI the test rig provides (`APIARY_TEST_S3`, set by `scripts/s3-server.sh`), with
+/// a fresh prefix so that runs never see each other's objects.
+///
+/// Panics when the variable is missing: the S3 tests are not optional. Run the tests with
+/// `scripts/test.sh`, which starts the server.
+pub fn s3_test_uri(name: &str) -> crate::StorageUri {
+    let base = std::env::var("APIARY_TEST_S3").unwrap_or_else(|_| {
+        panic!(
+            "APIARY_TEST_S3 is not set: the S3 tests need the local S3 server. Run the tests \
+             with `scripts/test.sh` (it starts the server), or `eval \"$(scripts/s3-server.sh)\"` first"
+        )
+    });
+    let uri = format!("{}/{name}-{}", base.trim_end_matches('/'), uuid::Uuid::new_v4().simple());
+    crate::StorageUri::parse(&uri).unwrap()
+}

@@ -54,7 +54,10 @@ impl ObjectStoreBackend {
     async fn read_back(&self, key: &Path) -> std::result::Result<Option<Object>, object_store::Error> {
         match self.store.get(key).await {
             Ok(result) => {
-                let meta = convert_meta(&result.meta);
+                let meta = ObjectMeta {
+                    key: key.clone(),
+                    ..convert_meta(&result.meta)
+                };
                 let bytes = result.bytes().await?;
                 Ok(Some(Object { meta, bytes }))
             }
@@ -119,7 +122,12 @@ impl StorageBackend for ObjectStoreBackend {
 
     async fn get(&self, key: &Path) -> Result<Object> {
         let result = self.store.get(key).await.map_err(|e| self.err(key, e))?;
-        let meta = convert_meta(&result.meta);
+        // Some wrappers (PrefixStore) report the full location here; the key asked for is
+        // the one relative to our root.
+        let meta = ObjectMeta {
+            key: key.clone(),
+            ..convert_meta(&result.meta)
+        };
         let bytes = result.bytes().await.map_err(|e| self.err(key, e))?;
         Ok(Object { meta, bytes })
     }
@@ -133,7 +141,10 @@ impl StorageBackend for ObjectStoreBackend {
 
     async fn head(&self, key: &Path) -> Result<ObjectMeta> {
         let meta = self.store.head(key).await.map_err(|e| self.err(key, e))?;
-        Ok(convert_meta(&meta))
+        Ok(ObjectMeta {
+            key: key.clone(),
+            ..convert_meta(&meta)
+        })
     }
 
     async fn put(&self, key: &Path, bytes: Bytes) -> Result<ObjectVersion> {
