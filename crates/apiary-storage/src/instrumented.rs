@@ -170,7 +170,10 @@ impl InstrumentedStore {
             };
             (delay, fault)
         };
-        if !delay.is_zero() {
+        if delay.is_zero() {
+            // Still give other tasks a chance to run here, as a network round trip would.
+            tokio::task::yield_now().await;
+        } else {
             tokio::time::sleep(delay).await;
         }
         fault

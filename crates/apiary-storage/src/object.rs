@@ -30,6 +30,7 @@ pub struct ObjectStoreBackend {
     store: Arc<dyn ObjectStore>,
     capabilities: Capabilities,
     description: String,
+    resolve_pause: Duration,
 }
 
 impl ObjectStoreBackend {
@@ -43,6 +44,25 @@ impl ObjectStoreBackend {
             store,
             capabilities,
             description: description.into(),
+            resolve_pause: Duration::from_millis(5),
+        }
+    }
+
+    /// Sets the first pause between attempts to resolve a conditional write whose outcome
+    /// was unknown (default 5 ms, doubling per attempt). Tests with in-process faults set it
+    /// to zero.
+    pub fn with_resolve_pause(mut self, pause: Duration) -> Self {
+        self.resolve_pause = pause;
+        self
+    }
+
+    /// A short pause between resolution attempts, growing with the attempt number.
+    async fn pause(&self, attempt: u32) {
+        let pause = self.resolve_pause.saturating_mul(1 << attempt.min(6));
+        if pause.is_zero() {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -109,11 +129,6 @@ fn put_version(result: object_store::PutResult) -> ObjectVersion {
     }
 }
 
-/// A short pause between resolution attempts, growing with the attempt number.
-async fn pause(attempt: u32) {
-    tokio::time::sleep(Duration::from_millis(5u64 << attempt.min(6))).await;
-}
-
 #[async_trait]
 impl StorageBackend for ObjectStoreBackend {
     fn capabilities(&self) -> Capabilities {
@@ -160,7 +175,7 @@ impl StorageBackend for ObjectStoreBackend {
         let mut last_error = None;
         for attempt in 0..RESOLVE_ATTEMPTS {
             if attempt > 0 {
-                pause(attempt).await;
+                self.pause(attempt).await;
             }
             let opts = PutOptions::from(PutMode::Create);
             let sent = self
@@ -230,7 +245,7 @@ impl StorageBackend for ObjectStoreBackend {
         };
         for attempt in 0..RESOLVE_ATTEMPTS {
             if attempt > 0 {
-                pause(attempt).await;
+                self.pause(attempt).await;
             }
             let opts = PutOptions::from(PutMode::Update(UpdateVersion {
                 e_tag: expected.e_tag.clone(),
