@@ -182,6 +182,10 @@ impl FrameLedger {
                         });
                     }
                     tokio::time::sleep(self.backoff(conflicts)).await;
+                    // Others may have moved on further while we slept: learn everything up to
+                    // the head in one listing, so the next attempt is not one behind again.
+                    let caught_up = self.replay_after(guard.as_deref().cloned()).await?;
+                    *guard = caught_up.map(Arc::new);
                 }
             }
         }
@@ -232,7 +236,13 @@ impl FrameLedger {
 
     /// Reads the newest usable checkpoint, then every version after it.
     async fn load(&self) -> Result<Option<FrameState>> {
-        let mut state = self.read_checkpoint().await?;
+        let checkpoint = self.read_checkpoint().await?;
+        self.replay_after(checkpoint).await
+    }
+
+    /// Applies every version after `state` (all of them when `None`): one LIST, then the
+    /// entries fetched concurrently and applied in order.
+    async fn replay_after(&self, mut state: Option<FrameState>) -> Result<Option<FrameState>> {
         let listed = match &state {
             Some(s) => {
                 let offset = layout::version_key(&self.ledger_dir, s.version);
