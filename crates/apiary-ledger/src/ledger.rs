@@ -184,8 +184,15 @@ impl FrameLedger {
                     tokio::time::sleep(self.backoff(conflicts)).await;
                     // Others may have moved on further while we slept: learn everything up to
                     // the head in one listing, so the next attempt is not one behind again.
-                    let caught_up = self.replay_after(guard.as_deref().cloned()).await?;
-                    *guard = caught_up.map(Arc::new);
+                    // A failed read here costs nothing: the next conditional put tells the
+                    // truth anyway. Damage does stop the commit.
+                    match self.replay_after(guard.as_deref().cloned()).await {
+                        Ok(caught_up) => *guard = caught_up.map(Arc::new),
+                        Err(LedgerError::Storage(e)) => {
+                            tracing::debug!(frame = %what, error = %e, "catch-up read failed");
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }

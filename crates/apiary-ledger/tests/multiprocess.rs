@@ -62,6 +62,7 @@ async fn six_processes(uri: StorageUri) {
                 .args(["--exact", "mp_child_entry_point", "--test-threads=1", "--quiet"])
                 .env("APIARY_MP_CHILD_URI", uri.to_string())
                 .env("APIARY_MP_CHILD_ID", id.to_string())
+                .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap()
         })
