@@ -105,6 +105,22 @@ pub struct FrameDefinition {
 }
 
 impl FrameDefinition {
+    /// A validated definition; partition columns are made required (a partition value is
+    /// never null).
+    pub fn new(mut schema: FrameSchema, partition_by: Vec<String>) -> Result<Self> {
+        for column in &mut schema.columns {
+            if partition_by.contains(&column.name) {
+                column.nullable = false;
+            }
+        }
+        let definition = Self {
+            schema,
+            partition_by,
+        };
+        definition.validate()?;
+        Ok(definition)
+    }
+
     /// Checks the schema and that every partition column exists once, is not a float
     /// (equality on floats makes poor partitions) and is required.
     pub fn validate(&self) -> Result<()> {
@@ -119,6 +135,11 @@ impl FrameDefinition {
             if !seen.insert(p) {
                 return Err(LedgerError::Invalid(format!(
                     "partition column `{p}` is listed twice"
+                )));
+            }
+            if column.nullable {
+                return Err(LedgerError::Invalid(format!(
+                    "partition column `{p}` must be NOT NULL: a partition value is never null"
                 )));
             }
             if column.data_type.starts_with("float") {
