@@ -257,7 +257,18 @@ mod tests {
 
     #[test]
     fn version_names_sort_like_integers() {
-        let versions = [0u64, 1, 9, 10, 99, 100, 12345, u64::MAX / 2, u64::MAX - 1, u64::MAX];
+        let versions = [
+            0u64,
+            1,
+            9,
+            10,
+            99,
+            100,
+            12345,
+            u64::MAX / 2,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
         let names: Vec<String> = versions.iter().map(|v| version_file(*v)).collect();
         let mut sorted = names.clone();
         sorted.sort();

@@ -7,7 +7,10 @@ use apiary_storage::StorageError;
 #[non_exhaustive]
 pub enum LedgerError {
     /// A hive, box or frame name breaks the naming rule.
-    #[error("invalid {kind} name {name:?}: {reason}; a name is {}", crate::names::NAME_RULE)]
+    #[error(
+        "invalid {kind} name {name:?}: {reason}; a name is {}",
+        crate::names::NAME_RULE
+    )]
     InvalidName {
         /// What was being named (`hive`, `box`, `frame`).
         kind: &'static str,
@@ -47,7 +50,9 @@ pub enum LedgerError {
     },
 
     /// Too many writers raced for the same ledger; nothing was committed.
-    #[error("gave up committing to {what} after {attempts} attempts lost to concurrent writers; retry later")]
+    #[error(
+        "gave up committing to {what} after {attempts} attempts lost to concurrent writers; retry later"
+    )]
     Contention {
         /// The ledger.
         what: String,

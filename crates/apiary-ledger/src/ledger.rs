@@ -236,7 +236,10 @@ impl FrameLedger {
         })
         .map_err(|e| LedgerError::Invalid(e.to_string()))?;
         self.backend
-            .put(&self.checkpoint_dir.clone().join("_last"), Bytes::from(hint))
+            .put(
+                &self.checkpoint_dir.clone().join("_last"),
+                Bytes::from(hint),
+            )
             .await?;
         Ok(())
     }

@@ -12,6 +12,7 @@
 //!
 //! An uncontended commit on an open ledger costs exactly one conditional PUT.
 
+mod decode;
 pub mod entry;
 mod error;
 mod layout;
@@ -22,6 +23,7 @@ mod registry;
 mod schema;
 mod state;
 
+pub use decode::{DecodedObject, decode_object};
 pub use entry::{Action, Cell, ColumnStats, Entry, FrameDefinition, StatValue};
 pub use error::{LedgerError, Result};
 pub use layout::{frame_root, ledger_dir};

@@ -90,7 +90,17 @@ mod tests {
             validate_name("hive", ok).unwrap();
         }
         for bad in [
-            "", "_x", "1a", "A", "a-b", "a.b", "a/b", "..", "a b", "é", &"a".repeat(64),
+            "",
+            "_x",
+            "1a",
+            "A",
+            "a-b",
+            "a.b",
+            "a/b",
+            "..",
+            "a b",
+            "é",
+            &"a".repeat(64),
         ] {
             let err = validate_name("hive", bad).unwrap_err().to_string();
             assert!(err.contains("lowercase letter"), "{bad}: {err}");

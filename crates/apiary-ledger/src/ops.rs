@@ -194,7 +194,9 @@ fn check_new_cells(live: &LiveFrame, cells: &[Cell], what: &str) -> Result<()> {
         if keys != partition_by {
             return Err(LedgerError::Invalid(format!(
                 "cell `{}` has partition values for {:?}, but `{what}` is partitioned by {:?}",
-                cell.path, cell.partition_values.keys().collect::<Vec<_>>(), live.definition.partition_by
+                cell.path,
+                cell.partition_values.keys().collect::<Vec<_>>(),
+                live.definition.partition_by
             )));
         }
         if let Some(column) = cell

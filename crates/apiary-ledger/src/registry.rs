@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::entry::{FORMAT_VERSION, FrameDefinition, FormatProbe, parse_version_file};
+use crate::entry::{FORMAT_VERSION, FormatProbe, FrameDefinition, parse_version_file};
 use crate::error::{LedgerError, Result};
 use crate::layout;
 use crate::ledger::{FrameLedger, LedgerConfig, now_ms};
@@ -33,7 +33,7 @@ enum ChainAction {
 
 /// One entry of a hive or box chain (format 1).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ChainEntry {
+pub(crate) struct ChainEntry {
     format: u32,
     kind: String,
     name: String,
@@ -361,7 +361,11 @@ impl Registry {
         validate_name("hive", hive)?;
         let chain = Chain::hive(hive);
         let sealed = self
-            .transition(&chain, &[ChainAction::Create, ChainAction::Unseal], ChainAction::Seal)
+            .transition(
+                &chain,
+                &[ChainAction::Create, ChainAction::Unseal],
+                ChainAction::Seal,
+            )
             .await?;
         if sealed.is_none() {
             return Err(LedgerError::NotFound {
@@ -376,7 +380,11 @@ impl Registry {
                 what: chain.describe(),
                 detail: format!(
                     "it still has boxes ({}); drop them first or drop with cascade",
-                    boxes.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", ")
+                    boxes
+                        .iter()
+                        .map(|b| b.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         }
@@ -408,7 +416,10 @@ impl Registry {
             .await?;
             return Err(LedgerError::Conflict {
                 what: chain.describe(),
-                detail: format!("{} was dropped concurrently; nothing was created", parent.describe()),
+                detail: format!(
+                    "{} was dropped concurrently; nothing was created",
+                    parent.describe()
+                ),
             });
         }
         Ok(created)
@@ -461,7 +472,11 @@ impl Registry {
         validate_name("box", r#box)?;
         let chain = Chain::r#box(hive, r#box);
         let sealed = self
-            .transition(&chain, &[ChainAction::Create, ChainAction::Unseal], ChainAction::Seal)
+            .transition(
+                &chain,
+                &[ChainAction::Create, ChainAction::Unseal],
+                ChainAction::Seal,
+            )
             .await?;
         if sealed.is_none() {
             return Err(LedgerError::NotFound {
@@ -476,7 +491,11 @@ impl Registry {
                 what: chain.describe(),
                 detail: format!(
                     "it still has frames ({}); drop them first or drop with cascade",
-                    frames.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")
+                    frames
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         }
@@ -500,8 +519,12 @@ impl Registry {
             return Ok(Arc::clone(l));
         }
         let ledger = Arc::new(
-            FrameLedger::open(Arc::clone(&self.backend), frame.clone(), self.config.clone())
-                .await?,
+            FrameLedger::open(
+                Arc::clone(&self.backend),
+                frame.clone(),
+                self.config.clone(),
+            )
+            .await?,
         );
         ledgers.insert(frame.clone(), Arc::clone(&ledger));
         Ok(ledger)
@@ -538,7 +561,10 @@ impl Registry {
             }
             return Err(LedgerError::Conflict {
                 what: format!("frame `{frame}`"),
-                detail: format!("{} was dropped concurrently; nothing was created", parent.describe()),
+                detail: format!(
+                    "{} was dropped concurrently; nothing was created",
+                    parent.describe()
+                ),
             });
         }
         Ok(Created::New)
@@ -548,7 +574,9 @@ impl Registry {
     pub async fn get_frame(&self, frame: &FrameRef) -> Result<FrameInfo> {
         let ledger = self.ledger(frame).await?;
         let state = ledger.refresh().await?;
-        let live = state.as_ref().and_then(|s| s.live.as_ref().map(|l| (s.version, l)));
+        let live = state
+            .as_ref()
+            .and_then(|s| s.live.as_ref().map(|l| (s.version, l)));
         match live {
             Some((version, live)) => Ok(FrameInfo {
                 name: frame.to_string(),
@@ -591,13 +619,13 @@ impl Registry {
     }
 }
 
-fn decode_chain_entry(key: &str, bytes: &[u8], version: u64) -> Result<ChainEntry> {
+pub(crate) fn decode_chain_entry(key: &str, bytes: &[u8], version: u64) -> Result<ChainEntry> {
     let corrupt = |reason: String| LedgerError::Corrupt {
         key: key.to_string(),
         reason,
     };
-    let probe: FormatProbe = serde_json::from_slice(bytes)
-        .map_err(|e| corrupt(format!("not a registry entry: {e}")))?;
+    let probe: FormatProbe =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not a registry entry: {e}")))?;
     if probe.format != FORMAT_VERSION {
         return Err(corrupt(format!(
             "registry entry format {} is not supported by this Apiary (it reads format \

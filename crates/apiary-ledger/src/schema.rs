@@ -64,8 +64,8 @@ impl FrameSchema {
             };
             let ty = ty.trim();
             let (ty, nullable) = match ty.len().checked_sub(" not null".len()) {
-                Some(cut) if ty.is_char_boundary(cut)
-                    && ty[cut..].eq_ignore_ascii_case(" not null") =>
+                Some(cut)
+                    if ty.is_char_boundary(cut) && ty[cut..].eq_ignore_ascii_case(" not null") =>
                 {
                     (ty[..cut].trim(), false)
                 }
@@ -80,7 +80,9 @@ impl FrameSchema {
     /// Checks column names (non-empty, unique, no control characters) and types.
     pub fn validate(&self) -> Result<()> {
         if self.columns.is_empty() {
-            return Err(LedgerError::Invalid("a frame needs at least one column".into()));
+            return Err(LedgerError::Invalid(
+                "a frame needs at least one column".into(),
+            ));
         }
         let mut seen = HashSet::new();
         for c in &self.columns {
@@ -273,7 +275,10 @@ pub fn parse_type(text: &str) -> Result<DataType> {
             Some(u @ (TimeUnit::Microsecond | TimeUnit::Nanosecond)) => Ok(DataType::Time64(u)),
             _ => Err(bad()),
         },
-        "duration" => args.and_then(parse_unit).map(DataType::Duration).ok_or_else(bad),
+        "duration" => args
+            .and_then(parse_unit)
+            .map(DataType::Duration)
+            .ok_or_else(bad),
         "decimal128" | "decimal" | "decimal256" => {
             let (p, s) = args.and_then(|a| a.split_once(',')).ok_or_else(bad)?;
             let p: u8 = p.trim().parse().map_err(|_| bad())?;
@@ -328,11 +333,23 @@ mod tests {
 
     #[test]
     fn rejects_bad_types() {
-        for t in ["", "int65", "timestamp(xs)", "decimal128(0, 0)", "decimal128(5, 6)", "utf8(3)"] {
+        for t in [
+            "",
+            "int65",
+            "timestamp(xs)",
+            "decimal128(0, 0)",
+            "decimal128(5, 6)",
+            "utf8(3)",
+        ] {
             let err = parse_type(t).unwrap_err().to_string();
             assert!(err.contains(t) || err.contains("precision"), "{t}: {err}");
         }
-        assert!(format_type(&DataType::List(Field::new("x", DataType::Int8, true).into())).is_err());
+        assert!(
+            format_type(&DataType::List(
+                Field::new("x", DataType::Int8, true).into()
+            ))
+            .is_err()
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Frame ledger and registry behaviour through the public API.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -15,8 +17,10 @@ use bytes::Bytes;
 
 fn definition(partitioned: bool) -> FrameDefinition {
     FrameDefinition {
-        schema: FrameSchema::parse_compact("event_id:int64 not null,page:utf8,country:utf8 not null")
-            .unwrap(),
+        schema: FrameSchema::parse_compact(
+            "event_id:int64 not null,page:utf8,country:utf8 not null",
+        )
+        .unwrap(),
         partition_by: if partitioned {
             vec!["country".into()]
         } else {
@@ -56,12 +60,18 @@ fn counted_memory() -> (Arc<dyn StorageBackend>, CountsHandle) {
     )
 }
 
-async fn registry_with_frame(backend: Arc<dyn StorageBackend>, config: LedgerConfig) -> (Registry, FrameRef) {
+async fn registry_with_frame(
+    backend: Arc<dyn StorageBackend>,
+    config: LedgerConfig,
+) -> (Registry, FrameRef) {
     let registry = Registry::new(backend, config);
     registry.create_hive("analytics").await.unwrap();
     registry.create_box("analytics", "events").await.unwrap();
     let frame = FrameRef::parse("analytics.events.clicks").unwrap();
-    registry.create_frame(&frame, definition(false)).await.unwrap();
+    registry
+        .create_frame(&frame, definition(false))
+        .await
+        .unwrap();
     (registry, frame)
 }
 
@@ -70,11 +80,18 @@ async fn warm_uncontended_commit_is_one_conditional_put() {
     let (backend, counts) = counted_memory();
     let (registry, frame) = registry_with_frame(backend, LedgerConfig::default()).await;
     let ledger = registry.ledger(&frame).await.unwrap();
-    ledger.commit(&Operation::Append(vec![cell("data/a.parquet", 1, None)])).await.unwrap();
+    ledger
+        .commit(&Operation::Append(vec![cell("data/a.parquet", 1, None)]))
+        .await
+        .unwrap();
     for i in 0..20 {
         let before = counts.snapshot();
         let info = ledger
-            .commit(&Operation::Append(vec![cell(&format!("data/{i}.parquet"), 1, None)]))
+            .commit(&Operation::Append(vec![cell(
+                &format!("data/{i}.parquet"),
+                1,
+                None,
+            )]))
             .await
             .unwrap();
         let used = counts.snapshot() - before;
@@ -100,13 +117,19 @@ async fn checkpointed_frames_count_every_row_once() {
     let ledger = registry.ledger(&frame).await.unwrap();
     for i in 0..57u64 {
         ledger
-            .commit(&Operation::Append(vec![cell(&format!("data/{i}.parquet"), i + 1, None)]))
+            .commit(&Operation::Append(vec![cell(
+                &format!("data/{i}.parquet"),
+                i + 1,
+                None,
+            )]))
             .await
             .unwrap();
     }
     let expected_rows: u64 = (1..=57).sum();
     let before = counts.snapshot();
-    let fresh = FrameLedger::open(Arc::clone(&backend), frame.clone(), config).await.unwrap();
+    let fresh = FrameLedger::open(Arc::clone(&backend), frame.clone(), config)
+        .await
+        .unwrap();
     let used = counts.snapshot() - before;
     let state = fresh.cached().await.unwrap();
     assert_eq!(state.version, 57);
@@ -131,37 +154,70 @@ async fn a_damaged_checkpoint_falls_back_to_the_ledger() {
     let ledger = registry.ledger(&frame).await.unwrap();
     for i in 0..12u64 {
         ledger
-            .commit(&Operation::Append(vec![cell(&format!("data/{i}.parquet"), 2, None)]))
+            .commit(&Operation::Append(vec![cell(
+                &format!("data/{i}.parquet"),
+                2,
+                None,
+            )]))
             .await
             .unwrap();
     }
-    let cp = apiary_ledger::frame_root(&frame).join("_checkpoints").join("00000000000000000010.json");
-    backend.put(&cp, Bytes::from_static(b"{\"format\":1,\"sta")).await.unwrap();
-    let fresh = FrameLedger::open(Arc::clone(&backend), frame, config).await.unwrap();
+    let cp = apiary_ledger::frame_root(&frame)
+        .join("_checkpoints")
+        .join("00000000000000000010.json");
+    backend
+        .put(&cp, Bytes::from_static(b"{\"format\":1,\"sta"))
+        .await
+        .unwrap();
+    let fresh = FrameLedger::open(Arc::clone(&backend), frame, config)
+        .await
+        .unwrap();
     let state = fresh.cached().await.unwrap();
-    assert_eq!((state.version, state.live.as_ref().unwrap().rows()), (12, 24));
+    assert_eq!(
+        (state.version, state.live.as_ref().unwrap().rows()),
+        (12, 24)
+    );
 }
 
 #[tokio::test]
 async fn overwrite_rebases_over_concurrent_appends() {
     let backend = apiary_storage::memory();
-    let (registry, frame) = registry_with_frame(Arc::clone(&backend), LedgerConfig::default()).await;
+    let (registry, frame) =
+        registry_with_frame(Arc::clone(&backend), LedgerConfig::default()).await;
     let a = registry.ledger(&frame).await.unwrap();
     // A second handle, as on another node, whose state goes stale.
     let b = FrameLedger::open(Arc::clone(&backend), frame.clone(), LedgerConfig::default())
         .await
         .unwrap();
-    a.commit(&Operation::Append(vec![cell("data/old.parquet", 5, None)])).await.unwrap();
+    a.commit(&Operation::Append(vec![cell("data/old.parquet", 5, None)]))
+        .await
+        .unwrap();
     b.refresh().await.unwrap();
     // Committed before the overwrite, unseen by b: must be removed with the old data.
-    a.commit(&Operation::Append(vec![cell("data/before.parquet", 7, None)])).await.unwrap();
+    a.commit(&Operation::Append(vec![cell(
+        "data/before.parquet",
+        7,
+        None,
+    )]))
+    .await
+    .unwrap();
     let info = b
-        .commit(&Operation::Overwrite(vec![cell("data/new.parquet", 3, None)]))
+        .commit(&Operation::Overwrite(vec![cell(
+            "data/new.parquet",
+            3,
+            None,
+        )]))
         .await
         .unwrap();
     assert_eq!(info.conflicts, 1);
     // Committed after the overwrite: survives.
-    a.commit(&Operation::Append(vec![cell("data/after.parquet", 11, None)])).await.unwrap();
+    a.commit(&Operation::Append(vec![cell(
+        "data/after.parquet",
+        11,
+        None,
+    )]))
+    .await
+    .unwrap();
     let state = a.refresh().await.unwrap().unwrap();
     let live = state.live.as_ref().unwrap();
     let paths: Vec<&str> = live.cells.keys().map(String::as_str).collect();
@@ -172,13 +228,18 @@ async fn overwrite_rebases_over_concurrent_appends() {
 #[tokio::test]
 async fn rewrite_of_a_cell_removed_meanwhile_is_a_conflict() {
     let backend = apiary_storage::memory();
-    let (registry, frame) = registry_with_frame(Arc::clone(&backend), LedgerConfig::default()).await;
+    let (registry, frame) =
+        registry_with_frame(Arc::clone(&backend), LedgerConfig::default()).await;
     let a = registry.ledger(&frame).await.unwrap();
-    a.commit(&Operation::Append(vec![cell("data/x.parquet", 5, None)])).await.unwrap();
+    a.commit(&Operation::Append(vec![cell("data/x.parquet", 5, None)]))
+        .await
+        .unwrap();
     let b = FrameLedger::open(Arc::clone(&backend), frame.clone(), LedgerConfig::default())
         .await
         .unwrap();
-    a.commit(&Operation::Overwrite(vec![cell("data/y.parquet", 5, None)])).await.unwrap();
+    a.commit(&Operation::Overwrite(vec![cell("data/y.parquet", 5, None)]))
+        .await
+        .unwrap();
     let before = a.refresh().await.unwrap();
     let err = b
         .commit(&Operation::Rewrite {
@@ -199,21 +260,39 @@ async fn schema_evolution_and_append_validation() {
     registry.create_hive("h").await.unwrap();
     registry.create_box("h", "b").await.unwrap();
     let frame = FrameRef::parse("h.b.f").unwrap();
-    registry.create_frame(&frame, definition(true)).await.unwrap();
+    registry
+        .create_frame(&frame, definition(true))
+        .await
+        .unwrap();
     let ledger = registry.ledger(&frame).await.unwrap();
     let column = Column {
         name: "referrer".into(),
         data_type: "utf8".into(),
         nullable: true,
     };
-    assert!(ledger.commit(&Operation::AddColumn(column.clone())).await.unwrap().committed);
-    assert!(!ledger.commit(&Operation::AddColumn(column)).await.unwrap().committed);
+    assert!(
+        ledger
+            .commit(&Operation::AddColumn(column.clone()))
+            .await
+            .unwrap()
+            .committed
+    );
+    assert!(
+        !ledger
+            .commit(&Operation::AddColumn(column))
+            .await
+            .unwrap()
+            .committed
+    );
     let required = Column {
         name: "x".into(),
         data_type: "int64".into(),
         nullable: false,
     };
-    let err = ledger.commit(&Operation::AddColumn(required)).await.unwrap_err();
+    let err = ledger
+        .commit(&Operation::AddColumn(required))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("must be nullable"), "{err}");
     let clash = Column {
         name: "referrer".into(),
@@ -221,7 +300,10 @@ async fn schema_evolution_and_append_validation() {
         nullable: true,
     };
     assert!(matches!(
-        ledger.commit(&Operation::AddColumn(clash)).await.unwrap_err(),
+        ledger
+            .commit(&Operation::AddColumn(clash))
+            .await
+            .unwrap_err(),
         LedgerError::Conflict { .. }
     ));
     // Cells must carry exactly the partition columns.
@@ -231,11 +313,19 @@ async fn schema_evolution_and_append_validation() {
         .unwrap_err();
     assert!(err.to_string().contains("partitioned by"), "{err}");
     ledger
-        .commit(&Operation::Append(vec![cell("data/country=us/a.parquet", 1, Some("us"))]))
+        .commit(&Operation::Append(vec![cell(
+            "data/country=us/a.parquet",
+            1,
+            Some("us"),
+        )]))
         .await
         .unwrap();
     let err = ledger
-        .commit(&Operation::Append(vec![cell("data/country=us/a.parquet", 1, Some("us"))]))
+        .commit(&Operation::Append(vec![cell(
+            "data/country=us/a.parquet",
+            1,
+            Some("us"),
+        )]))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("added twice"), "{err}");
@@ -248,24 +338,58 @@ async fn schema_evolution_and_append_validation() {
 async fn registry_ddl_is_idempotent_and_checked() {
     let backend = apiary_storage::memory();
     let registry = Registry::new(backend, LedgerConfig::default());
-    assert_eq!(registry.create_hive("analytics").await.unwrap(), Created::New);
-    assert_eq!(registry.create_hive("analytics").await.unwrap(), Created::Existing);
+    assert_eq!(
+        registry.create_hive("analytics").await.unwrap(),
+        Created::New
+    );
+    assert_eq!(
+        registry.create_hive("analytics").await.unwrap(),
+        Created::Existing
+    );
     let err = registry.create_box("nohive", "b").await.unwrap_err();
     assert!(matches!(err, LedgerError::NotFound { .. }), "{err}");
     registry.create_box("analytics", "events").await.unwrap();
     let frame = FrameRef::parse("analytics.events.clicks").unwrap();
-    assert_eq!(registry.create_frame(&frame, definition(true)).await.unwrap(), Created::New);
-    assert_eq!(registry.create_frame(&frame, definition(true)).await.unwrap(), Created::Existing);
-    let err = registry.create_frame(&frame, definition(false)).await.unwrap_err();
+    assert_eq!(
+        registry
+            .create_frame(&frame, definition(true))
+            .await
+            .unwrap(),
+        Created::New
+    );
+    assert_eq!(
+        registry
+            .create_frame(&frame, definition(true))
+            .await
+            .unwrap(),
+        Created::Existing
+    );
+    let err = registry
+        .create_frame(&frame, definition(false))
+        .await
+        .unwrap_err();
     assert!(matches!(err, LedgerError::AlreadyExists { .. }), "{err}");
     assert!(err.to_string().contains("partitioned by"), "{err}");
     let err = registry
-        .create_frame(&FrameRef::parse("analytics.nobox.f").unwrap(), definition(false))
+        .create_frame(
+            &FrameRef::parse("analytics.nobox.f").unwrap(),
+            definition(false),
+        )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("box `analytics.nobox` does not exist"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("box `analytics.nobox` does not exist"),
+        "{err}"
+    );
 
-    let hives: Vec<String> = registry.list_hives().await.unwrap().into_iter().map(|h| h.name).collect();
+    let hives: Vec<String> = registry
+        .list_hives()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
     assert_eq!(hives, ["analytics"]);
     let frames = registry.list_frames("analytics", "events").await.unwrap();
     assert_eq!(frames.len(), 1);
@@ -273,8 +397,18 @@ async fn registry_ddl_is_idempotent_and_checked() {
 
     // Restrict, then cascade.
     let err = registry.drop_hive("analytics", false).await.unwrap_err();
-    assert!(err.to_string().contains("still has boxes (events)"), "{err}");
-    assert_eq!(registry.list_frames("analytics", "events").await.unwrap().len(), 1);
+    assert!(
+        err.to_string().contains("still has boxes (events)"),
+        "{err}"
+    );
+    assert_eq!(
+        registry
+            .list_frames("analytics", "events")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     registry.drop_hive("analytics", true).await.unwrap();
     assert!(registry.list_hives().await.unwrap().is_empty());
     assert!(matches!(
@@ -284,8 +418,17 @@ async fn registry_ddl_is_idempotent_and_checked() {
     // Re-created empty.
     registry.create_hive("analytics").await.unwrap();
     registry.create_box("analytics", "events").await.unwrap();
-    assert!(registry.list_frames("analytics", "events").await.unwrap().is_empty());
-    registry.create_frame(&frame, definition(false)).await.unwrap();
+    assert!(
+        registry
+            .list_frames("analytics", "events")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    registry
+        .create_frame(&frame, definition(false))
+        .await
+        .unwrap();
     assert_eq!(registry.get_frame(&frame).await.unwrap().rows, 0);
 }
 
@@ -294,10 +437,16 @@ async fn invalid_names_are_rejected_with_the_rule() {
     let registry = Registry::new(apiary_storage::memory(), LedgerConfig::default());
     for bad in ["", "..", "a/b", "Upper", "_hidden", "x y", "a.b"] {
         let err = registry.create_hive(bad).await.unwrap_err();
-        assert!(matches!(err, LedgerError::InvalidName { .. }), "{bad}: {err}");
+        assert!(
+            matches!(err, LedgerError::InvalidName { .. }),
+            "{bad}: {err}"
+        );
         assert!(err.to_string().contains("lowercase letter"), "{err}");
     }
-    assert!(registry.list_hives().await.unwrap().is_empty(), "nothing was written");
+    assert!(
+        registry.list_hives().await.unwrap().is_empty(),
+        "nothing was written"
+    );
 }
 
 /// Many "nodes" (registry instances) create different frames in one box, and the same frame,
@@ -353,9 +502,14 @@ async fn create_racing_a_box_drop_is_never_acknowledged_and_lost() {
         let created = creator.await.unwrap();
         let dropped = dropper.await.unwrap();
         let box_exists = r.get_box("h", "b").await.is_ok();
-        let frame_exists = r.get_frame(&FrameRef::parse("h.b.f").unwrap()).await.is_ok();
+        let frame_exists = r
+            .get_frame(&FrameRef::parse("h.b.f").unwrap())
+            .await
+            .is_ok();
         match (&created, &dropped) {
-            (Ok(_), Ok(())) => panic!("round {round}: restrict drop succeeded over an acknowledged frame"),
+            (Ok(_), Ok(())) => {
+                panic!("round {round}: restrict drop succeeded over an acknowledged frame")
+            }
             (Ok(_), Err(_)) => assert!(box_exists && frame_exists, "round {round}"),
             (Err(_), Ok(())) => assert!(!box_exists && !frame_exists, "round {round}"),
             (Err(_), Err(_)) => assert!(!frame_exists, "round {round}"),
@@ -366,9 +520,13 @@ async fn create_racing_a_box_drop_is_never_acknowledged_and_lost() {
 #[tokio::test]
 async fn corrupt_ledger_objects_give_clear_errors_and_damage_nothing() {
     let backend = apiary_storage::memory();
-    let (registry, frame) = registry_with_frame(Arc::clone(&backend), LedgerConfig::default()).await;
+    let (registry, frame) =
+        registry_with_frame(Arc::clone(&backend), LedgerConfig::default()).await;
     let ledger = registry.ledger(&frame).await.unwrap();
-    ledger.commit(&Operation::Append(vec![cell("data/a.parquet", 3, None)])).await.unwrap();
+    ledger
+        .commit(&Operation::Append(vec![cell("data/a.parquet", 3, None)]))
+        .await
+        .unwrap();
     let dir = ledger_dir(&frame);
     let key = |v: u64| dir.clone().join(format!("{v:020}.json").as_str());
     let entry = backend.get(&key(1)).await.unwrap().bytes;
@@ -377,18 +535,35 @@ async fn corrupt_ledger_objects_give_clear_errors_and_damage_nothing() {
         ("truncated", entry[..entry.len() / 2].to_vec()),
         ("not json", b"\x00\xffgarbage".to_vec()),
         ("empty", Vec::new()),
-        ("newer format", text.replacen("\"format\":1", "\"format\":99", 1).into_bytes()),
-        ("wrong version", text.replacen("\"version\":1", "\"version\":7", 1).into_bytes()),
-        ("unknown action", text.replacen("add_cell", "explode", 1).into_bytes()),
+        (
+            "newer format",
+            text.replacen("\"format\":1", "\"format\":99", 1)
+                .into_bytes(),
+        ),
+        (
+            "wrong version",
+            text.replacen("\"version\":1", "\"version\":7", 1)
+                .into_bytes(),
+        ),
+        (
+            "unknown action",
+            text.replacen("add_cell", "explode", 1).into_bytes(),
+        ),
     ];
     for (what, bytes) in cases {
-        backend.put(&key(2), Bytes::from(bytes.clone())).await.unwrap();
+        backend
+            .put(&key(2), Bytes::from(bytes.clone()))
+            .await
+            .unwrap();
         let err = FrameLedger::open(Arc::clone(&backend), frame.clone(), LedgerConfig::default())
             .await
             .unwrap_err();
         assert!(matches!(err, LedgerError::Corrupt { .. }), "{what}: {err}");
         let msg = err.to_string();
-        assert!(msg.contains("00000000000000000002.json"), "{what}: names the object: {msg}");
+        assert!(
+            msg.contains("00000000000000000002.json"),
+            "{what}: names the object: {msg}"
+        );
         if what == "newer format" {
             assert!(msg.contains("upgrade Apiary"), "{msg}");
         }
@@ -398,9 +573,20 @@ async fn corrupt_ledger_objects_give_clear_errors_and_damage_nothing() {
             .await
             .unwrap_err();
         assert!(matches!(err, LedgerError::Corrupt { .. }), "{what}: {err}");
-        assert_eq!(backend.get(&key(2)).await.unwrap().bytes, bytes, "{what}: untouched");
-        assert!(backend.head(&key(3)).await.unwrap_err().is_not_found(), "{what}");
-        assert_eq!(backend.get(&key(1)).await.unwrap().bytes, entry, "{what}: history intact");
+        assert_eq!(
+            backend.get(&key(2)).await.unwrap().bytes,
+            bytes,
+            "{what}: untouched"
+        );
+        assert!(
+            backend.head(&key(3)).await.unwrap_err().is_not_found(),
+            "{what}"
+        );
+        assert_eq!(
+            backend.get(&key(1)).await.unwrap().bytes,
+            entry,
+            "{what}: history intact"
+        );
     }
 }
 
@@ -411,12 +597,22 @@ async fn corrupt_registry_objects_give_clear_errors() {
     registry.create_hive("h").await.unwrap();
     let key = Path::from("h/_hive/00000000000000000000.json");
     let good = backend.get(&key).await.unwrap().bytes;
-    backend.put(&key, Bytes::from_static(b"{\"format\":1,")).await.unwrap();
+    backend
+        .put(&key, Bytes::from_static(b"{\"format\":1,"))
+        .await
+        .unwrap();
     let err = registry.get_hive("h").await.unwrap_err();
     assert!(matches!(err, LedgerError::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains("h/_hive/00000000000000000000.json"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("h/_hive/00000000000000000000.json"),
+        "{err}"
+    );
     assert!(registry.create_box("h", "b").await.is_err());
-    assert!(backend.list(&Path::from("h/b")).await.unwrap().is_empty(), "nothing written");
+    assert!(
+        backend.list(&Path::from("h/b")).await.unwrap().is_empty(),
+        "nothing written"
+    );
     backend.put(&key, good).await.unwrap();
     registry.create_box("h", "b").await.unwrap();
 }

@@ -19,14 +19,16 @@
 //! Case counts: `APIARY_LIN_CASES_MEMORY` (default 8000), `APIARY_LIN_CASES_LOCAL` (2000),
 //! `APIARY_LIN_CASES_S3` (40).
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use apiary_ledger::{
-    Cell, Entry, FrameDefinition, FrameLedger, FrameRef, FrameSchema, LedgerConfig, LedgerError,
-    Operation, Action, ledger_dir,
+    Action, Cell, Entry, FrameDefinition, FrameLedger, FrameRef, FrameSchema, LedgerConfig,
+    LedgerError, Operation, ledger_dir,
 };
 use apiary_storage::conformance::s3_test_uri;
 use apiary_storage::{
@@ -123,10 +125,18 @@ fn cell(id: &str) -> Cell {
 
 async fn run_history(uri: &StorageUri, s: &Scenario) -> Result<(), TestCaseError> {
     let (store, caps) = object_store_for(uri).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let clean: Arc<dyn StorageBackend> =
-        Arc::new(ObjectStoreBackend::new(Arc::clone(&store), caps, uri.to_string()));
-    let setup = FrameLedger::open(Arc::clone(&clean), frame(), config(s, 0)).await.unwrap();
-    setup.commit(&Operation::Create(definition())).await.unwrap();
+    let clean: Arc<dyn StorageBackend> = Arc::new(ObjectStoreBackend::new(
+        Arc::clone(&store),
+        caps,
+        uri.to_string(),
+    ));
+    let setup = FrameLedger::open(Arc::clone(&clean), frame(), config(s, 0))
+        .await
+        .unwrap();
+    setup
+        .commit(&Operation::Create(definition()))
+        .await
+        .unwrap();
 
     let clock = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -208,7 +218,11 @@ async fn full_log(clean: &Arc<dyn StorageBackend>) -> Vec<String> {
     for (expected, meta) in listed.iter().enumerate() {
         let expected = expected as u64;
         let name = meta.key.filename().unwrap();
-        assert_eq!(name, format!("{expected:020}.json"), "versions are gap-free");
+        assert_eq!(
+            name,
+            format!("{expected:020}.json"),
+            "versions are gap-free"
+        );
         let bytes = clean.get(&meta.key).await.unwrap().bytes;
         let entry = Entry::decode(meta.key.as_ref(), &bytes, expected).unwrap();
         if expected == 0 {
@@ -246,7 +260,13 @@ async fn check(
     for id in &log {
         let e = by_id.get(id.as_str());
         prop_assert!(
-            matches!(e, Some(Event { outcome: Outcome::Committed(_) | Outcome::Unknown, .. })),
+            matches!(
+                e,
+                Some(Event {
+                    outcome: Outcome::Committed(_) | Outcome::Unknown,
+                    ..
+                })
+            ),
             "`{id}` is in the log but was never acknowledged or left unknown: {e:?}"
         );
     }
@@ -275,7 +295,12 @@ async fn check(
     for (a, va) in &applied {
         for (b, vb) in &applied {
             if a.ret < b.invoke {
-                prop_assert!(va < vb, "`{}` returned before `{}` began but is later", a.id, b.id);
+                prop_assert!(
+                    va < vb,
+                    "`{}` returned before `{}` began but is later",
+                    a.id,
+                    b.id
+                );
             }
         }
     }
@@ -289,18 +314,32 @@ async fn check(
         })
         .collect();
     for (r, rv) in &reads {
-        let Outcome::Read(_, seen) = &r.outcome else { unreachable!() };
+        let Outcome::Read(_, seen) = &r.outcome else {
+            unreachable!()
+        };
         let prefix: Vec<String> = log[..(*rv as usize).min(log.len())]
             .iter()
             .map(|id| format!("data/{id}.parquet"))
             .collect();
         let mut prefix_sorted = prefix.clone();
         prefix_sorted.sort();
-        prop_assert!(*rv as usize <= log.len(), "read saw version {rv} beyond the log");
-        prop_assert_eq!(seen, &prefix_sorted, "a read must see exactly a prefix of the log");
+        prop_assert!(
+            *rv as usize <= log.len(),
+            "read saw version {rv} beyond the log"
+        );
+        prop_assert_eq!(
+            seen,
+            &prefix_sorted,
+            "a read must see exactly a prefix of the log"
+        );
         for (a, va) in &applied {
             if a.ret < r.invoke {
-                prop_assert!(va <= rv, "read `{}` missed `{}` acknowledged before it", r.id, a.id);
+                prop_assert!(
+                    va <= rv,
+                    "read `{}` missed `{}` acknowledged before it",
+                    r.id,
+                    a.id
+                );
             }
         }
         for (r2, rv2) in &reads {
@@ -310,7 +349,9 @@ async fn check(
         }
     }
     // Through the newest checkpoint, the state is the same as a full replay.
-    let fresh = FrameLedger::open(Arc::clone(clean), frame(), config(s, 99)).await.unwrap();
+    let fresh = FrameLedger::open(Arc::clone(clean), frame(), config(s, 99))
+        .await
+        .unwrap();
     let state = fresh.cached().await.unwrap();
     prop_assert_eq!(state.version, log.len() as u64);
     let mut expected: Vec<String> = log.iter().map(|id| format!("data/{id}.parquet")).collect();
@@ -321,7 +362,10 @@ async fn check(
 }
 
 fn cases(var: &str, default: u32) -> u32 {
-    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn run(cases: u32, uri: impl Fn() -> (StorageUri, Option<tempfile::TempDir>)) {
@@ -345,7 +389,9 @@ fn run(cases: u32, uri: impl Fn() -> (StorageUri, Option<tempfile::TempDir>)) {
 
 #[test]
 fn linearizable_on_memory() {
-    run(cases("APIARY_LIN_CASES_MEMORY", 8000), || (StorageUri::Memory, None));
+    run(cases("APIARY_LIN_CASES_MEMORY", 8000), || {
+        (StorageUri::Memory, None)
+    });
 }
 
 #[test]
@@ -358,5 +404,7 @@ fn linearizable_on_a_local_folder() {
 
 #[test]
 fn linearizable_on_s3() {
-    run(cases("APIARY_LIN_CASES_S3", 40), || (s3_test_uri("lin"), None));
+    run(cases("APIARY_LIN_CASES_S3", 40), || {
+        (s3_test_uri("lin"), None)
+    });
 }

@@ -5,6 +5,8 @@
 //! The committing processes are this test binary itself, re-executed with
 //! `APIARY_MP_CHILD_URI` set, running only [`mp_child_entry_point`].
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
 use std::sync::Arc;
@@ -29,9 +31,16 @@ async fn mp_child_entry_point() {
     let Ok(uri) = std::env::var("APIARY_MP_CHILD_URI") else {
         return;
     };
-    let id: usize = std::env::var("APIARY_MP_CHILD_ID").unwrap().parse().unwrap();
-    let backend = apiary_storage::open(&StorageUri::parse(&uri).unwrap()).await.unwrap();
-    let ledger = FrameLedger::open(backend, frame(), LedgerConfig::default()).await.unwrap();
+    let id: usize = std::env::var("APIARY_MP_CHILD_ID")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let backend = apiary_storage::open(&StorageUri::parse(&uri).unwrap())
+        .await
+        .unwrap();
+    let ledger = FrameLedger::open(backend, frame(), LedgerConfig::default())
+        .await
+        .unwrap();
     for i in 0..COMMITS {
         let cell = Cell {
             path: format!("data/p{id}-{i}.parquet"),
@@ -59,7 +68,12 @@ async fn six_processes(uri: StorageUri) {
     let children: Vec<_> = (0..PROCESSES)
         .map(|id| {
             Command::new(&exe)
-                .args(["--exact", "mp_child_entry_point", "--test-threads=1", "--quiet"])
+                .args([
+                    "--exact",
+                    "mp_child_entry_point",
+                    "--test-threads=1",
+                    "--quiet",
+                ])
                 .env("APIARY_MP_CHILD_URI", uri.to_string())
                 .env("APIARY_MP_CHILD_ID", id.to_string())
                 .stdout(std::process::Stdio::null())
@@ -68,11 +82,18 @@ async fn six_processes(uri: StorageUri) {
         })
         .collect();
     for mut child in children {
-        assert!(child.wait().unwrap().success(), "a committing process failed");
+        assert!(
+            child.wait().unwrap().success(),
+            "a committing process failed"
+        );
     }
 
     let listed = backend.list(&ledger_dir(&frame())).await.unwrap();
-    assert_eq!(listed.len(), 1 + PROCESSES * COMMITS, "create + 180 appends");
+    assert_eq!(
+        listed.len(),
+        1 + PROCESSES * COMMITS,
+        "create + 180 appends"
+    );
     let mut seen = HashSet::new();
     for (version, meta) in listed.iter().enumerate() {
         let bytes = backend.get(&meta.key).await.unwrap().bytes;
@@ -83,11 +104,18 @@ async fn six_processes(uri: StorageUri) {
         let [Action::AddCell(cell)] = entry.actions.as_slice() else {
             panic!("version {version} is not a single append");
         };
-        assert!(seen.insert(cell.path.clone()), "{} committed twice", cell.path);
+        assert!(
+            seen.insert(cell.path.clone()),
+            "{} committed twice",
+            cell.path
+        );
     }
     for id in 0..PROCESSES {
         for i in 0..COMMITS {
-            assert!(seen.contains(&format!("data/p{id}-{i}.parquet")), "p{id}-{i} lost");
+            assert!(
+                seen.contains(&format!("data/p{id}-{i}.parquet")),
+                "p{id}-{i} lost"
+            );
         }
     }
     let info = registry.get_frame(&frame()).await.unwrap();

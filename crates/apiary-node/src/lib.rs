@@ -83,7 +83,10 @@ impl Apiary {
 
     /// Opens the storage named by `APIARY_STORAGE`, or [`DEFAULT_STORAGE`].
     pub async fn open_default() -> Result<Self> {
-        Self::open_with(ApiaryOptions::new(StorageUri::from_env_or(DEFAULT_STORAGE)?)).await
+        Self::open_with(ApiaryOptions::new(StorageUri::from_env_or(
+            DEFAULT_STORAGE,
+        )?))
+        .await
     }
 
     /// Opens with explicit options.

@@ -98,7 +98,10 @@ type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -141,7 +144,8 @@ async fn run(cli: Cli) -> CliResult<()> {
             partition_by,
         }) => {
             let frame = FrameRef::parse(&name)?;
-            let definition = FrameDefinition::new(FrameSchema::parse_compact(&schema)?, partition_by)?;
+            let definition =
+                FrameDefinition::new(FrameSchema::parse_compact(&schema)?, partition_by)?;
             let created = ap.create_frame_with(&frame, definition).await?;
             report_created(json, "frame", &name, created);
         }
@@ -225,7 +229,14 @@ async fn list(ap: &Apiary, json: bool, scope: Option<&str>) -> CliResult<()> {
                 println!("{}", serde_json::to_string_pretty(&frames)?);
             } else {
                 print_table(
-                    &["frame", "columns", "partition_by", "version", "cells", "rows"],
+                    &[
+                        "frame",
+                        "columns",
+                        "partition_by",
+                        "version",
+                        "cells",
+                        "rows",
+                    ],
                     frames.iter().map(|f| {
                         vec![
                             f.name.clone(),
@@ -239,7 +250,9 @@ async fn list(ap: &Apiary, json: bool, scope: Option<&str>) -> CliResult<()> {
                 );
             }
         }
-        _ => return Err(format!("expected HIVE or HIVE.BOX, got `{}`", scope.unwrap_or("")).into()),
+        _ => {
+            return Err(format!("expected HIVE or HIVE.BOX, got `{}`", scope.unwrap_or("")).into());
+        }
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! The `apiary` binary, run as a user would.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -37,15 +39,27 @@ fn create_tutorial_frame(dir: &Path, storage: &[&str]) {
     fn with<'a>(storage: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
         [storage, args].concat()
     }
-    ok(&apiary(dir, &with(storage, &["create", "hive", "analytics"])));
-    ok(&apiary(dir, &with(storage, &["create", "box", "analytics.events"])));
+    ok(&apiary(
+        dir,
+        &with(storage, &["create", "hive", "analytics"]),
+    ));
+    ok(&apiary(
+        dir,
+        &with(storage, &["create", "box", "analytics.events"]),
+    ));
     let out = ok(&apiary(
         dir,
         &with(
             storage,
             &[
-            "create", "frame", "analytics.events.clicks", "--schema", SCHEMA, "--partition-by",
-            "country", "--json",
+                "create",
+                "frame",
+                "analytics.events.clicks",
+                "--schema",
+                SCHEMA,
+                "--partition-by",
+                "country",
+                "--json",
             ],
         ),
     ));
@@ -73,11 +87,17 @@ fn defaults_to_a_local_folder_and_round_trips() {
     .unwrap();
     assert_eq!(frames[0]["name"], "analytics.events.clicks");
     assert_eq!(frames[0]["definition"]["partition_by"][0], "country");
-    assert_eq!(frames[0]["definition"]["schema"]["columns"][4]["nullable"], false);
+    assert_eq!(
+        frames[0]["definition"]["schema"]["columns"][4]["nullable"],
+        false
+    );
     let table = ok(&apiary(dir.path(), &["list", "analytics.events"]));
     assert!(table.starts_with("frame"), "{table}");
     assert!(table.contains("analytics.events.clicks"), "{table}");
-    let described = ok(&apiary(dir.path(), &["describe", "analytics.events.clicks"]));
+    let described = ok(&apiary(
+        dir.path(),
+        &["describe", "analytics.events.clicks"],
+    ));
     assert!(described.contains("duration_ms  int64"), "{described}");
 }
 
@@ -95,22 +115,52 @@ fn bad_input_is_one_clear_line_and_nonzero() {
     assert!(e.contains("does not exist"), "{e}");
     let e = err(&apiary(
         dir.path(),
-        &["create", "frame", "analytics.events.clicks", "--schema", "event_id:int64"],
+        &[
+            "create",
+            "frame",
+            "analytics.events.clicks",
+            "--schema",
+            "event_id:int64",
+        ],
     ));
-    assert!(e.contains("already exists with a different definition"), "{e}");
+    assert!(
+        e.contains("already exists with a different definition"),
+        "{e}"
+    );
     let e = err(&apiary(
         dir.path(),
-        &["create", "frame", "analytics.events.x", "--schema", "a:int65"],
+        &[
+            "create",
+            "frame",
+            "analytics.events.x",
+            "--schema",
+            "a:int65",
+        ],
     ));
     assert!(e.contains("unknown column type `int65`"), "{e}");
     let e = err(&apiary(
         dir.path(),
-        &["create", "frame", "analytics.events.x", "--schema", "a:int64", "--partition-by", "b"],
+        &[
+            "create",
+            "frame",
+            "analytics.events.x",
+            "--schema",
+            "a:int64",
+            "--partition-by",
+            "b",
+        ],
     ));
     assert!(e.contains("partition column `b` is not a column"), "{e}");
     // Nothing of the failed creates was written.
     let frames = ok(&apiary(dir.path(), &["list", "analytics.events", "--json"]));
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&frames).unwrap().as_array().unwrap().len(), 1);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&frames)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -133,9 +183,15 @@ fn works_on_s3() {
     let dir = tempfile::tempdir().unwrap();
     let uri = s3_test_uri("cli").to_string();
     create_tutorial_frame(dir.path(), &["--storage", &uri]);
-    let out = ok(&apiary(dir.path(), &["--storage", &uri, "list", "analytics.events"]));
+    let out = ok(&apiary(
+        dir.path(),
+        &["--storage", &uri, "list", "analytics.events"],
+    ));
     assert!(out.contains("analytics.events.clicks"), "{out}");
-    ok(&apiary(dir.path(), &["--storage", &uri, "drop", "hive", "analytics", "--cascade"]));
+    ok(&apiary(
+        dir.path(),
+        &["--storage", &uri, "drop", "hive", "analytics", "--cascade"],
+    ));
     let hives = ok(&apiary(dir.path(), &["--storage", &uri, "list", "--json"]));
     assert_eq!(hives.trim(), "[]");
 }

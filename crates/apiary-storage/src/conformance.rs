@@ -43,8 +43,14 @@ pub async fn round_trip(b: &dyn StorageBackend, root: &Path) {
     assert_eq!(b.get_range(&key, 7..13).await.unwrap(), &data[7..13]);
     assert_eq!(b.head(&key).await.unwrap().size, data.len() as u64);
     let missing = dir.join("missing");
-    assert!(b.get(&missing).await.unwrap_err().is_not_found(), "get of absent key");
-    assert!(b.head(&missing).await.unwrap_err().is_not_found(), "head of absent key");
+    assert!(
+        b.get(&missing).await.unwrap_err().is_not_found(),
+        "get of absent key"
+    );
+    assert!(
+        b.head(&missing).await.unwrap_err().is_not_found(),
+        "head of absent key"
+    );
 }
 
 /// put replaces; delete removes and is idempotent.
@@ -98,17 +104,27 @@ pub async fn put_if_match_semantics(b: &dyn StorageBackend, root: &Path) {
         );
         return;
     }
-    match b.put_if_match(&key, Bytes::from_static(b"v2"), &v1).await.unwrap() {
+    match b
+        .put_if_match(&key, Bytes::from_static(b"v2"), &v1)
+        .await
+        .unwrap()
+    {
         SwapOutcome::Swapped(_) => {}
         SwapOutcome::Mismatch(_) => panic!("CAS on the current version was refused"),
     }
-    match b.put_if_match(&key, Bytes::from_static(b"v3"), &v1).await.unwrap() {
+    match b
+        .put_if_match(&key, Bytes::from_static(b"v3"), &v1)
+        .await
+        .unwrap()
+    {
         SwapOutcome::Mismatch(Some(current)) => assert_eq!(current.bytes, "v2"),
         other => panic!("CAS on a stale version must be refused, got {other:?}"),
     }
     let absent = key.clone().join("absent");
     assert!(matches!(
-        b.put_if_match(&absent, Bytes::from_static(b"x"), &v1).await.unwrap(),
+        b.put_if_match(&absent, Bytes::from_static(b"x"), &v1)
+            .await
+            .unwrap(),
         SwapOutcome::Mismatch(None)
     ));
     assert_eq!(b.get(&key).await.unwrap().bytes, "v2");
@@ -187,7 +203,10 @@ pub async fn racing_creates(b: Arc<dyn StorageBackend>, root: &Path) {
         }
     }
     assert_eq!(winners.len(), 1, "exactly one create-if-absent wins");
-    assert!(seen.iter().all(|s| *s == winners[0]), "losers see the winner");
+    assert!(
+        seen.iter().all(|s| *s == winners[0]),
+        "losers see the winner"
+    );
     assert_eq!(b.get(&key).await.unwrap().bytes, winners[0]);
 }
 
@@ -206,7 +225,10 @@ pub async fn racing_swaps(b: Arc<dyn StorageBackend>, root: &Path) {
             let start = start.clone();
             tokio::spawn(async move {
                 let mine = Bytes::from(format!("writer {i}"));
-                (mine.clone(), b.put_if_match(&key, mine, &start).await.unwrap())
+                (
+                    mine.clone(),
+                    b.put_if_match(&key, mine, &start).await.unwrap(),
+                )
             })
         })
         .collect();
@@ -238,7 +260,10 @@ pub async fn no_torn_reads(b: Arc<dyn StorageBackend>, root: &Path) {
     for _ in 0..12 {
         let got = b.get(&key).await.unwrap().bytes;
         assert_eq!(got.len(), size, "a read saw a partial object");
-        assert!(got.iter().all(|&x| x == got[0]), "a read saw a mix of two versions");
+        assert!(
+            got.iter().all(|&x| x == got[0]),
+            "a read saw a mix of two versions"
+        );
     }
     writer.await.unwrap();
 }
@@ -255,6 +280,10 @@ pub fn s3_test_uri(name: &str) -> crate::StorageUri {
              with `scripts/test.sh` (it starts the server), or `eval \"$(scripts/s3-server.sh)\"` first"
         )
     });
-    let uri = format!("{}/{name}-{}", base.trim_end_matches('/'), uuid::Uuid::new_v4().simple());
+    let uri = format!(
+        "{}/{name}-{}",
+        base.trim_end_matches('/'),
+        uuid::Uuid::new_v4().simple()
+    );
     crate::StorageUri::parse(&uri).unwrap()
 }

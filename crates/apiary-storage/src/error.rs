@@ -16,7 +16,10 @@ pub enum StorageError {
     },
 
     /// A storage URI could not be parsed or names a scheme Apiary does not support.
-    #[error("invalid storage URI `{uri}`: {reason}. Accepted forms: {}", crate::uri::ACCEPTED_FORMS)]
+    #[error(
+        "invalid storage URI `{uri}`: {reason}. Accepted forms: {}",
+        crate::uri::ACCEPTED_FORMS
+    )]
     InvalidUri {
         /// The URI as given.
         uri: String,

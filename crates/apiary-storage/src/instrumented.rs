@@ -283,9 +283,7 @@ impl ObjectStore for InstrumentedStore {
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
         let counters = Arc::clone(&self.counters);
-        let counted = locations
-            .inspect(move |_| bump(&counters.delete))
-            .boxed();
+        let counted = locations.inspect(move |_| bump(&counters.delete)).boxed();
         self.inner.delete_stream(counted)
     }
 

@@ -71,7 +71,10 @@ impl ObjectStoreBackend {
     }
 
     /// Reads `key` for resolution: `Ok(None)` when absent, `Err` for a failed read.
-    async fn read_back(&self, key: &Path) -> std::result::Result<Option<Object>, object_store::Error> {
+    async fn read_back(
+        &self,
+        key: &Path,
+    ) -> std::result::Result<Option<Object>, object_store::Error> {
         match self.store.get(key).await {
             Ok(result) => {
                 let meta = ObjectMeta {
@@ -232,8 +235,8 @@ impl StorageBackend for ObjectStoreBackend {
         // Once a request's outcome was unknown, a later mismatch cannot be told apart from
         // "ours landed, then a third writer replaced it", so it is reported as unknown.
         let mut last_error: Option<object_store::Error> = None;
-        let mismatch = |current: Option<Object>, last_error: Option<object_store::Error>| {
-            match last_error {
+        let mismatch =
+            |current: Option<Object>, last_error: Option<object_store::Error>| match last_error {
                 None => Ok(SwapOutcome::Mismatch(current)),
                 Some(e) => Err(StorageError::OutcomeUnknown {
                     operation: "put_if_match",
@@ -241,8 +244,7 @@ impl StorageBackend for ObjectStoreBackend {
                     attempts: RESOLVE_ATTEMPTS,
                     source: Box::new(e),
                 }),
-            }
-        };
+            };
         for attempt in 0..RESOLVE_ATTEMPTS {
             if attempt > 0 {
                 self.pause(attempt).await;

@@ -113,7 +113,9 @@ pub async fn preflight(backend: &dyn StorageBackend) -> Result<()> {
     match backend.put_if_absent(&key, payload(1)).await? {
         CreateOutcome::Created(_) => {}
         CreateOutcome::AlreadyExists(_) => {
-            return Err(fail(format!("a fresh probe key `{key}` was reported as existing")));
+            return Err(fail(format!(
+                "a fresh probe key `{key}` was reported as existing"
+            )));
         }
     }
     let result = check_probe(backend, &key, &payload).await;
@@ -128,17 +130,23 @@ async fn check_probe(
     payload: &dyn Fn(u32) -> Bytes,
 ) -> std::result::Result<(), String> {
     let storage = |e: StorageError| e.to_string();
-    match backend.put_if_absent(key, payload(2)).await.map_err(storage)? {
+    match backend
+        .put_if_absent(key, payload(2))
+        .await
+        .map_err(storage)?
+    {
         CreateOutcome::AlreadyExists(existing) if existing.bytes == payload(1) => {}
         CreateOutcome::AlreadyExists(_) => {
             return Err("create-if-absent returned a different object than was created".into());
         }
         CreateOutcome::Created(_) => {
-            return Err("a create-if-absent over an existing object succeeded: the store \
+            return Err(
+                "a create-if-absent over an existing object succeeded: the store \
                         ignores `If-None-Match: *`, so commits cannot be serialized on it. \
                         Use a store that enforces conditional writes (S3, MinIO, GCS, \
                         Azure, a local folder)"
-                .into());
+                    .into(),
+            );
         }
     }
     let current = backend.get(key).await.map_err(storage)?;
@@ -159,9 +167,11 @@ async fn check_probe(
     {
         SwapOutcome::Mismatch(_) => {}
         SwapOutcome::Swapped(_) => {
-            return Err("a compare-and-swap against a wrong ETag succeeded: the store ignores \
+            return Err(
+                "a compare-and-swap against a wrong ETag succeeded: the store ignores \
                         `If-Match`"
-                .into());
+                    .into(),
+            );
         }
     }
     match backend

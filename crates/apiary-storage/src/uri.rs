@@ -72,7 +72,9 @@ impl StorageUri {
         match scheme.to_ascii_lowercase().as_str() {
             "file" => {
                 if !rest.starts_with('/') {
-                    return Err(invalid("a file URI needs an absolute path (`file:///path`)"));
+                    return Err(invalid(
+                        "a file URI needs an absolute path (`file:///path`)",
+                    ));
                 }
                 Ok(StorageUri::Local(PathBuf::from(rest)))
             }
@@ -162,9 +164,11 @@ fn bucket_and_prefix(rest: &str) -> std::result::Result<(String, String), String
         ));
     }
     if rest.contains(['?', '#']) {
-        return Err("query strings and fragments are not accepted; use environment variables \
+        return Err(
+            "query strings and fragments are not accepted; use environment variables \
                     for credentials and endpoints"
-            .into());
+                .into(),
+        );
     }
     let prefix = prefix.trim_end_matches('/');
     if prefix
@@ -219,13 +223,12 @@ mod tests {
                 prefix: "a/b".into()
             }
         );
-        assert_eq!(
-            StorageUri::parse("gs://b/p").unwrap().kind(),
-            "gcs"
-        );
+        assert_eq!(StorageUri::parse("gs://b/p").unwrap().kind(), "gcs");
         assert_eq!(StorageUri::parse("az://c").unwrap().kind(), "azure");
         assert_eq!(
-            StorageUri::parse("s3://apiary-data/prod").unwrap().to_string(),
+            StorageUri::parse("s3://apiary-data/prod")
+                .unwrap()
+                .to_string(),
             "s3://apiary-data/prod"
         );
     }

@@ -1,6 +1,8 @@
 //! The conformance suite and the conditional-write guarantees, on every backend: memory, a
 //! local folder, and the real S3 server started by `scripts/s3-server.sh`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +48,10 @@ async fn memory_conforms() {
 async fn local_folder_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(&local_uri(&dir)).await.unwrap();
-    assert!(!b.capabilities().compare_and_swap, "local folders have no CAS");
+    assert!(
+        !b.capabilities().compare_and_swap,
+        "local folders have no CAS"
+    );
     run_all(b, &Path::from("conformance")).await;
 }
 
