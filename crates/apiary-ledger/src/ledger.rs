@@ -117,15 +117,22 @@ impl FrameLedger {
     /// GET when nothing changed).
     pub async fn refresh(&self) -> Result<Option<Arc<FrameState>>> {
         let mut guard = self.state.lock().await;
-        loop {
-            let next = guard.as_ref().map_or(0, |s| s.version + 1);
-            let key = layout::version_key(&self.ledger_dir, next);
-            let Some(object) = get_opt(self.backend.as_ref(), &key).await? else {
-                return Ok(guard.clone());
-            };
-            let entry = Entry::decode(key.as_ref(), &object.bytes, next)?;
-            *guard = Some(Arc::new(apply(guard.as_deref(), &entry, key.as_ref())?));
-        }
+        let Some(current) = guard.clone() else {
+            let state = self.probe_forward(None).await?.map(Arc::new);
+            *guard = state.clone();
+            return Ok(state);
+        };
+        let version = current.version + 1;
+        let key = layout::version_key(&self.ledger_dir, version);
+        // The common case, nothing new, costs one GET and no clone of the state.
+        let Some(object) = get_opt(self.backend.as_ref(), &key).await? else {
+            return Ok(Some(current));
+        };
+        let entry = Entry::decode(key.as_ref(), &object.bytes, version)?;
+        let next = current.next(&entry, key.as_ref())?;
+        let state = self.probe_forward(Some(next)).await?.map(Arc::new);
+        *guard = state.clone();
+        Ok(state)
     }
 
     /// Commits `op`: resolves it against the newest known state and creates the next
@@ -250,9 +257,13 @@ impl FrameLedger {
         self.replay_after(checkpoint).await
     }
 
-    /// Applies every version after `state` (all of them when `None`): one LIST, then the
-    /// entries fetched concurrently and applied in order.
-    async fn replay_after(&self, mut state: Option<FrameState>) -> Result<Option<FrameState>> {
+    /// Applies every version after `state` (all of them when `None`).
+    ///
+    /// One LIST tells how far the ledger goes; the versions up to there are then fetched by
+    /// number, concurrently, and applied in order, and a final probe past the end catches
+    /// what the listing did not show. A listing is not a snapshot (a local folder's readdir
+    /// can skip a file created during it), so it is never trusted to be complete.
+    async fn replay_after(&self, state: Option<FrameState>) -> Result<Option<FrameState>> {
         let listed = match &state {
             Some(s) => {
                 let offset = layout::version_key(&self.ledger_dir, s.version);
@@ -260,32 +271,48 @@ impl FrameLedger {
             }
             None => self.backend.list(&self.ledger_dir).await?,
         };
-        let versions: Vec<(u64, Path)> = listed
-            .into_iter()
-            .filter_map(|m| {
-                let v = parse_version_file(m.key.filename()?)?;
-                Some((v, m.key))
-            })
-            .collect();
-        let backend = &self.backend;
-        let mut entries = futures::stream::iter(versions)
-            .map(|(v, key)| async move {
-                let object = backend.get(&key).await?;
-                Ok::<_, LedgerError>((v, key, object.bytes))
-            })
-            .buffered(8);
-        while let Some((v, key, bytes)) = entries.try_next().await? {
-            let expected = state.as_ref().map_or(0, |s| s.version + 1);
-            if v != expected {
-                return Err(LedgerError::Corrupt {
-                    key: key.to_string(),
-                    reason: format!("version {expected} is missing from the ledger"),
-                });
+        let newest_listed = listed
+            .iter()
+            .filter_map(|m| parse_version_file(m.key.filename()?))
+            .max();
+        let first = state.as_ref().map_or(0, |s| s.version + 1);
+        let mut state = state;
+        if let Some(last) = newest_listed.filter(|last| *last >= first) {
+            let backend = &self.backend;
+            let dir = &self.ledger_dir;
+            let mut entries = futures::stream::iter(first..=last)
+                .map(|v| async move {
+                    let key = layout::version_key(dir, v);
+                    match get_opt(backend.as_ref(), &key).await? {
+                        Some(object) => Ok((v, key, object.bytes)),
+                        None => Err(LedgerError::Corrupt {
+                            key: key.to_string(),
+                            reason: format!(
+                                "version {v} is missing from the ledger, but version {last} exists"
+                            ),
+                        }),
+                    }
+                })
+                .buffered(8);
+            while let Some((v, key, bytes)) = entries.try_next().await? {
+                let entry = Entry::decode(key.as_ref(), &bytes, v)?;
+                state = Some(apply(state.as_ref(), &entry, key.as_ref())?);
             }
-            let entry = Entry::decode(key.as_ref(), &bytes, v)?;
+        }
+        self.probe_forward(state).await
+    }
+
+    /// Applies `head + 1`, `head + 2`, … until one does not exist.
+    async fn probe_forward(&self, mut state: Option<FrameState>) -> Result<Option<FrameState>> {
+        loop {
+            let next = state.as_ref().map_or(0, |s| s.version + 1);
+            let key = layout::version_key(&self.ledger_dir, next);
+            let Some(object) = get_opt(self.backend.as_ref(), &key).await? else {
+                return Ok(state);
+            };
+            let entry = Entry::decode(key.as_ref(), &object.bytes, next)?;
             state = Some(apply(state.as_ref(), &entry, key.as_ref())?);
         }
-        Ok(state)
     }
 
     /// The checkpoint the hint points at. A missing or damaged checkpoint is not fatal (the

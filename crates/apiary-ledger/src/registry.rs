@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use apiary_storage::{CreateOutcome, Path, StorageBackend};
+use apiary_storage::{CreateOutcome, Path, StorageBackend, get_opt};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -175,21 +175,37 @@ impl Registry {
 
     // ----- chains -----
 
+    /// The newest entry of a chain. The listing only says where to start reading: versions
+    /// are then read by number until one is absent, so a listing that missed the newest
+    /// entries (a local folder's readdir is not a snapshot) cannot hide them.
     async fn head(&self, chain: &Chain) -> Result<Option<ChainHead>> {
         let listed = self.backend.list(&chain.dir).await?;
-        let newest = listed
+        let newest_listed = listed
             .iter()
-            .filter_map(|m| Some((parse_version_file(m.key.filename()?)?, &m.key)))
-            .max_by_key(|(v, _)| *v);
-        let Some((version, key)) = newest else {
-            return Ok(None);
-        };
-        let object = self.backend.get(key).await?;
-        let entry = decode_chain_entry(key.as_ref(), &object.bytes, version)?;
-        Ok(Some(ChainHead {
-            version,
-            action: entry.action,
-        }))
+            .filter_map(|m| parse_version_file(m.key.filename()?))
+            .max();
+        let mut head = None;
+        let mut version = newest_listed.unwrap_or(0);
+        loop {
+            let key = layout::version_key(&chain.dir, version);
+            let Some(object) = get_opt(self.backend.as_ref(), &key).await? else {
+                if head.is_none() && newest_listed.is_some() {
+                    return Err(LedgerError::Corrupt {
+                        key: key.to_string(),
+                        reason: "a listed registry entry vanished; registry entries are never \
+                                 deleted"
+                            .into(),
+                    });
+                }
+                return Ok(head);
+            };
+            let entry = decode_chain_entry(key.as_ref(), &object.bytes, version)?;
+            head = Some(ChainHead {
+                version,
+                action: entry.action,
+            });
+            version += 1;
+        }
     }
 
     /// Appends `action` after `head`; `Ok(false)` when another writer took that version.

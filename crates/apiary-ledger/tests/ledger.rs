@@ -136,9 +136,10 @@ async fn checkpointed_frames_count_every_row_once() {
     let live = state.live.as_ref().unwrap();
     assert_eq!(live.rows(), expected_rows);
     assert_eq!(live.cells.len(), 57);
-    // Hint + checkpoint 50 + one LIST + versions 51..=57: the history before is not read.
+    // One LIST; the history before the checkpoint is not read.
     assert_eq!(used.list, 1, "{used:?}");
-    assert_eq!(used.get, 2 + 7, "{used:?}");
+    // Hint, checkpoint, versions 51..=57, and one probe past the end.
+    assert_eq!(used.get, 2 + 7 + 1, "{used:?}");
     let via_registry = registry.get_frame(&frame).await.unwrap();
     assert_eq!(via_registry.rows, expected_rows);
 }

@@ -1,6 +1,8 @@
 //! Property test: commits to a frame ledger are linearizable, with injected faults (failed
 //! requests, lost responses, 409 conflicts) on every writer's storage path.
 //!
+//! Listings may also omit objects, as a racing readdir does.
+//!
 //! Each generated history has 2–4 writers, each with its own ledger handle (as separate nodes
 //! would) over its own seeded fault injector, all on one store. Writers append uniquely named
 //! cells and read (refresh). Every operation is recorded with invoke and return events on a
@@ -51,6 +53,7 @@ struct Scenario {
     error_rate: f64,
     lost_response_rate: f64,
     conflict_rate: f64,
+    list_omission_rate: f64,
     checkpoint_interval: u64,
 }
 
@@ -62,14 +65,16 @@ fn scenarios() -> impl Strategy<Value = Scenario> {
         0.0..0.25f64,
         0.0..0.3f64,
         0.0..0.15f64,
+        prop_oneof![Just(0.0), 0.0..0.5f64],
         1u64..=6,
     )
-        .prop_map(|(seed, writers, e, l, c, cp)| Scenario {
+        .prop_map(|(seed, writers, e, l, c, o, cp)| Scenario {
             seed,
             writers,
             error_rate: e,
             lost_response_rate: l,
             conflict_rate: c,
+            list_omission_rate: o,
             checkpoint_interval: cp,
         })
 }
@@ -148,6 +153,7 @@ async fn run_history(uri: &StorageUri, s: &Scenario) -> Result<(), TestCaseError
             conflict_rate: s.conflict_rate,
             max_latency: Duration::ZERO,
             ignore_preconditions: false,
+            list_omission_rate: s.list_omission_rate,
         };
         let backend: Arc<dyn StorageBackend> = Arc::new(
             ObjectStoreBackend::new(

@@ -40,6 +40,10 @@ pub struct FaultConfig {
     /// Conditional writes are silently applied as plain overwrites (a store that ignores
     /// `If-None-Match` / `If-Match`).
     pub ignore_preconditions: bool,
+    /// Each object is left out of a listing with this probability, as a listing that is not
+    /// a snapshot (a local folder's readdir racing creates) or an eventually consistent
+    /// store may do.
+    pub list_omission_rate: f64,
 }
 
 impl FaultConfig {
@@ -101,7 +105,7 @@ struct Counters {
 pub struct InstrumentedStore {
     inner: Arc<dyn ObjectStore>,
     faults: FaultConfig,
-    rng: Mutex<StdRng>,
+    rng: Arc<Mutex<StdRng>>,
     counters: Arc<Counters>,
 }
 
@@ -134,7 +138,7 @@ enum Fault {
 impl InstrumentedStore {
     /// Wraps `inner` with the given faults.
     pub fn new(inner: Arc<dyn ObjectStore>, faults: FaultConfig) -> Self {
-        let rng = Mutex::new(StdRng::seed_from_u64(faults.seed));
+        let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(faults.seed)));
         Self {
             inner,
             faults,
@@ -177,6 +181,26 @@ impl InstrumentedStore {
             tokio::time::sleep(delay).await;
         }
         fault
+    }
+}
+
+impl InstrumentedStore {
+    /// Drops listing items at the configured omission rate.
+    fn omit_some(
+        &self,
+        stream: BoxStream<'static, object_store::Result<ObjectMeta>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let rate = self.faults.list_omission_rate;
+        if rate <= 0.0 {
+            return stream;
+        }
+        let rng = Arc::clone(&self.rng);
+        stream
+            .filter(move |_| {
+                let mut rng = rng.lock().unwrap_or_else(|p| p.into_inner());
+                futures::future::ready(rng.random::<f64>() >= rate)
+            })
+            .boxed()
     }
 }
 
@@ -289,7 +313,7 @@ impl ObjectStore for InstrumentedStore {
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         bump(&self.counters.list);
-        self.inner.list(prefix)
+        self.omit_some(self.inner.list(prefix))
     }
 
     fn list_with_offset(
@@ -298,13 +322,21 @@ impl ObjectStore for InstrumentedStore {
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         bump(&self.counters.list);
-        self.inner.list_with_offset(prefix, offset)
+        self.omit_some(self.inner.list_with_offset(prefix, offset))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         bump(&self.counters.list);
         match self.draw(false, false).await {
-            Fault::None => self.inner.list_with_delimiter(prefix).await,
+            Fault::None => {
+                let mut result = self.inner.list_with_delimiter(prefix).await?;
+                let rate = self.faults.list_omission_rate;
+                if rate > 0.0 {
+                    let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+                    result.objects.retain(|_| rng.random::<f64>() >= rate);
+                }
+                Ok(result)
+            }
             _ => Err(injected("listing failed")),
         }
     }

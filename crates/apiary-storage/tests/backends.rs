@@ -98,6 +98,7 @@ async fn lost_responses_are_resolved(uri: StorageUri, keys: usize) {
         conflict_rate: 0.1,
         max_latency: Duration::from_millis(2),
         ignore_preconditions: false,
+        list_omission_rate: 0.0,
     };
     let (b, clean) = faulty_and_clean(&uri, faults);
     for i in 0..keys {
