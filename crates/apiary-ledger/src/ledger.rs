@@ -14,7 +14,7 @@ use crate::error::{LedgerError, Result};
 use crate::layout;
 use crate::names::FrameRef;
 use crate::ops::{Operation, Resolution};
-use crate::state::{Checkpoint, FrameState, LastCheckpoint};
+use crate::state::{Checkpoint, CheckpointRef, FrameState, LastCheckpoint};
 
 /// Tuning of ledgers and their commit protocol.
 #[derive(Debug, Clone)]
@@ -99,7 +99,7 @@ impl FrameLedger {
             rng: Mutex::new(rng),
         };
         let state = ledger.load().await?;
-        *ledger.state.lock().await = state.map(Arc::new);
+        *ledger.state.lock().await = state;
         Ok(ledger)
     }
 
@@ -117,22 +117,8 @@ impl FrameLedger {
     /// GET when nothing changed).
     pub async fn refresh(&self) -> Result<Option<Arc<FrameState>>> {
         let mut guard = self.state.lock().await;
-        let Some(current) = guard.clone() else {
-            let state = self.probe_forward(None).await?.map(Arc::new);
-            *guard = state.clone();
-            return Ok(state);
-        };
-        let version = current.version + 1;
-        let key = layout::version_key(&self.ledger_dir, version);
-        // The common case, nothing new, costs one GET and no clone of the state.
-        let Some(object) = get_opt(self.backend.as_ref(), &key).await? else {
-            return Ok(Some(current));
-        };
-        let entry = Entry::decode(key.as_ref(), &object.bytes, version)?;
-        let next = current.next(&entry, key.as_ref())?;
-        let state = self.probe_forward(Some(next)).await?.map(Arc::new);
-        *guard = state.clone();
-        Ok(state)
+        self.probe_forward(&mut guard).await?;
+        Ok(guard.clone())
     }
 
     /// Commits `op`: resolves it against the newest known state and creates the next
@@ -168,10 +154,12 @@ impl FrameLedger {
             let bytes = Bytes::from(entry.encode()?);
             match self.backend.put_if_absent(&key, bytes).await? {
                 CreateOutcome::Created(_) => {
-                    let state = Arc::new(apply(guard.as_deref(), &entry, key.as_ref())?);
-                    *guard = Some(Arc::clone(&state));
+                    advance(&mut guard, &entry, key.as_ref())?;
+                    let state = guard.clone();
                     drop(guard);
-                    self.maybe_checkpoint(&state).await;
+                    if let Some(state) = state {
+                        self.maybe_checkpoint(&state).await;
+                    }
                     return Ok(CommitInfo {
                         version,
                         committed: true,
@@ -180,7 +168,7 @@ impl FrameLedger {
                 }
                 CreateOutcome::AlreadyExists(winner) => {
                     let entry = Entry::decode(key.as_ref(), &winner.bytes, version)?;
-                    *guard = Some(Arc::new(apply(guard.as_deref(), &entry, key.as_ref())?));
+                    advance(&mut guard, &entry, key.as_ref())?;
                     conflicts += 1;
                     if conflicts >= self.config.max_attempts {
                         return Err(LedgerError::Contention {
@@ -193,8 +181,8 @@ impl FrameLedger {
                     // the head in one listing, so the next attempt is not one behind again.
                     // A failed read here costs nothing: the next conditional put tells the
                     // truth anyway. Damage does stop the commit.
-                    match self.replay_after(guard.as_deref().cloned()).await {
-                        Ok(caught_up) => *guard = caught_up.map(Arc::new),
+                    match self.replay_after(&mut guard).await {
+                        Ok(()) => {}
                         Err(LedgerError::Storage(e)) => {
                             tracing::debug!(frame = %what, error = %e, "catch-up read failed");
                         }
@@ -229,9 +217,9 @@ impl FrameLedger {
     }
 
     async fn write_checkpoint(&self, state: &FrameState) -> Result<()> {
-        let checkpoint = Checkpoint {
+        let checkpoint = CheckpointRef {
             format: FORMAT_VERSION,
-            state: state.clone(),
+            state,
         };
         let bytes = serde_json::to_vec(&checkpoint)
             .map_err(|e| LedgerError::Invalid(format!("checkpoint cannot be encoded: {e}")))?;
@@ -252,9 +240,10 @@ impl FrameLedger {
     }
 
     /// Reads the newest usable checkpoint, then every version after it.
-    async fn load(&self) -> Result<Option<FrameState>> {
-        let checkpoint = self.read_checkpoint().await?;
-        self.replay_after(checkpoint).await
+    async fn load(&self) -> Result<Option<Arc<FrameState>>> {
+        let mut state = self.read_checkpoint().await?.map(Arc::new);
+        self.replay_after(&mut state).await?;
+        Ok(state)
     }
 
     /// Applies every version after `state` (all of them when `None`).
@@ -263,8 +252,8 @@ impl FrameLedger {
     /// number, concurrently, and applied in order, and a final probe past the end catches
     /// what the listing did not show. A listing is not a snapshot (a local folder's readdir
     /// can skip a file created during it), so it is never trusted to be complete.
-    async fn replay_after(&self, state: Option<FrameState>) -> Result<Option<FrameState>> {
-        let listed = match &state {
+    async fn replay_after(&self, state: &mut Option<Arc<FrameState>>) -> Result<()> {
+        let listed = match state.as_deref() {
             Some(s) => {
                 let offset = layout::version_key(&self.ledger_dir, s.version);
                 self.backend.list_after(&self.ledger_dir, &offset).await?
@@ -276,7 +265,6 @@ impl FrameLedger {
             .filter_map(|m| parse_version_file(m.key.filename()?))
             .max();
         let first = state.as_ref().map_or(0, |s| s.version + 1);
-        let mut state = state;
         if let Some(last) = newest_listed.filter(|last| *last >= first) {
             let backend = &self.backend;
             let dir = &self.ledger_dir;
@@ -296,22 +284,22 @@ impl FrameLedger {
                 .buffered(8);
             while let Some((v, key, bytes)) = entries.try_next().await? {
                 let entry = Entry::decode(key.as_ref(), &bytes, v)?;
-                state = Some(apply(state.as_ref(), &entry, key.as_ref())?);
+                advance(state, &entry, key.as_ref())?;
             }
         }
         self.probe_forward(state).await
     }
 
     /// Applies `head + 1`, `head + 2`, … until one does not exist.
-    async fn probe_forward(&self, mut state: Option<FrameState>) -> Result<Option<FrameState>> {
+    async fn probe_forward(&self, state: &mut Option<Arc<FrameState>>) -> Result<()> {
         loop {
             let next = state.as_ref().map_or(0, |s| s.version + 1);
             let key = layout::version_key(&self.ledger_dir, next);
             let Some(object) = get_opt(self.backend.as_ref(), &key).await? else {
-                return Ok(state);
+                return Ok(());
             };
             let entry = Entry::decode(key.as_ref(), &object.bytes, next)?;
-            state = Some(apply(state.as_ref(), &entry, key.as_ref())?);
+            advance(state, &entry, key.as_ref())?;
         }
     }
 
@@ -343,11 +331,14 @@ impl FrameLedger {
     }
 }
 
-fn apply(state: Option<&FrameState>, entry: &Entry, key: &str) -> Result<FrameState> {
-    match state {
-        None => FrameState::from_first(entry, key),
-        Some(s) => s.next(entry, key),
+/// Applies `entry` to the state in `slot` (creating it from version 0), in place; the state
+/// is cloned only while a reader still holds a snapshot of it.
+fn advance(slot: &mut Option<Arc<FrameState>>, entry: &Entry, key: &str) -> Result<()> {
+    match slot {
+        None => *slot = Some(Arc::new(FrameState::from_first(entry, key)?)),
+        Some(state) => Arc::make_mut(state).apply(entry, key)?,
     }
+    Ok(())
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -1,6 +1,6 @@
 //! The state of a frame at a version: what replaying its ledger yields.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +58,14 @@ impl FrameState {
 
     /// The state after applying the entry for `self.version + 1`.
     pub fn next(&self, entry: &Entry, key: &str) -> Result<Self> {
+        let mut next = self.clone();
+        next.apply(entry, key)?;
+        Ok(next)
+    }
+
+    /// Applies the entry for `self.version + 1` in place. The entry is checked in full
+    /// first, so on error the state is unchanged.
+    pub fn apply(&mut self, entry: &Entry, key: &str) -> Result<()> {
         if entry.version != self.version + 1 {
             return Err(LedgerError::Corrupt {
                 key: key.to_string(),
@@ -69,10 +77,80 @@ impl FrameState {
                 ),
             });
         }
-        let mut next = self.clone();
-        next.version = entry.version;
-        next.apply_actions(entry, key)?;
-        Ok(next)
+        self.check_actions(entry, key)?;
+        self.apply_actions(entry, key)?;
+        self.version = entry.version;
+        Ok(())
+    }
+
+    /// Runs the entry's actions against an overlay of the state, without changing it.
+    fn check_actions(&self, entry: &Entry, key: &str) -> Result<()> {
+        let corrupt = |reason: String| LedgerError::Corrupt {
+            key: key.to_string(),
+            reason,
+        };
+        let mut live = self.live.is_some();
+        // After a create in this entry, the cells and columns before it no longer count.
+        let mut reset = false;
+        let mut cells: HashMap<&str, bool> = HashMap::new();
+        let mut columns: HashSet<&str> = HashSet::new();
+        let base = self.live.as_ref();
+        for action in &entry.actions {
+            match action {
+                Action::Create(definition) => {
+                    if live {
+                        return Err(corrupt("`create` of a frame that exists".into()));
+                    }
+                    live = true;
+                    reset = true;
+                    cells.clear();
+                    columns = definition
+                        .schema
+                        .columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect();
+                }
+                _ if !live => {
+                    return Err(corrupt(format!(
+                        "{} on a frame that does not exist",
+                        action_name(action)
+                    )));
+                }
+                Action::Drop => live = false,
+                Action::AddCell(cell) => {
+                    let present = cells.get(cell.path.as_str()).copied().unwrap_or(
+                        !reset && base.is_some_and(|b| b.cells.contains_key(&cell.path)),
+                    );
+                    if present {
+                        return Err(corrupt(format!("cell `{}` added twice", cell.path)));
+                    }
+                    cells.insert(&cell.path, true);
+                }
+                Action::RemoveCell { path } => {
+                    let present = cells
+                        .get(path.as_str())
+                        .copied()
+                        .unwrap_or(!reset && base.is_some_and(|b| b.cells.contains_key(path)));
+                    if !present {
+                        return Err(corrupt(format!("removes `{path}`, which is not live")));
+                    }
+                    cells.insert(path, false);
+                }
+                Action::AddColumn(column) => {
+                    let exists = columns.contains(column.name.as_str())
+                        || (!reset
+                            && base.is_some_and(|b| {
+                                b.definition.schema.column(&column.name).is_some()
+                            }));
+                    if exists {
+                        return Err(corrupt(format!("column `{}` added twice", column.name)));
+                    }
+                    columns.insert(&column.name);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn apply_actions(&mut self, entry: &Entry, key: &str) -> Result<()> {
@@ -140,9 +218,95 @@ pub struct Checkpoint {
     pub state: FrameState,
 }
 
+/// A checkpoint being written, borrowing the state (same JSON as [`Checkpoint`]).
+#[derive(Debug, Serialize)]
+pub(crate) struct CheckpointRef<'a> {
+    pub(crate) format: u32,
+    pub(crate) state: &'a FrameState,
+}
+
 /// The hint that points at the newest checkpoint (it may lag; readers probe forward).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LastCheckpoint {
     /// Version of the newest checkpoint known to the writer of the hint.
     pub version: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{FORMAT_VERSION, FrameDefinition};
+    use crate::schema::FrameSchema;
+
+    fn entry(version: u64, actions: Vec<Action>) -> Entry {
+        Entry {
+            format: FORMAT_VERSION,
+            version,
+            write_id: format!("w{version}"),
+            committed_at_ms: 0,
+            operation: "test".into(),
+            read_version: version.checked_sub(1),
+            actions,
+        }
+    }
+
+    fn cell(path: &str) -> Cell {
+        Cell {
+            path: path.into(),
+            rows: 1,
+            bytes: 1,
+            partition_values: BTreeMap::new(),
+            stats: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_bad_entry_leaves_the_state_unchanged() {
+        let definition = FrameDefinition {
+            schema: FrameSchema::parse_compact("x:int64").unwrap(),
+            partition_by: vec![],
+        };
+        let mut state =
+            FrameState::from_first(&entry(0, vec![Action::Create(definition.clone())]), "k")
+                .unwrap();
+        state
+            .apply(&entry(1, vec![Action::AddCell(cell("a"))]), "k")
+            .unwrap();
+        let before = state.clone();
+        for bad in [
+            vec![
+                Action::AddCell(cell("b")),
+                Action::RemoveCell { path: "zz".into() },
+            ],
+            vec![Action::AddCell(cell("b")), Action::AddCell(cell("b"))],
+            vec![
+                Action::RemoveCell { path: "a".into() },
+                Action::RemoveCell { path: "a".into() },
+            ],
+            vec![
+                Action::AddCell(cell("c")),
+                Action::Create(definition.clone()),
+            ],
+            vec![Action::Drop, Action::AddCell(cell("d"))],
+        ] {
+            assert!(state.apply(&entry(2, bad.clone()), "k").is_err(), "{bad:?}");
+            assert_eq!(state, before, "{bad:?}");
+        }
+        // Drop then re-create in one entry is valid and starts empty.
+        state
+            .apply(
+                &entry(
+                    2,
+                    vec![
+                        Action::Drop,
+                        Action::Create(definition),
+                        Action::AddCell(cell("a")),
+                    ],
+                ),
+                "k",
+            )
+            .unwrap();
+        assert_eq!(state.live.as_ref().unwrap().cells.len(), 1);
+        assert_eq!(state.version, 2);
+    }
 }
