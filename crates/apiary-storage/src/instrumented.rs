@@ -64,7 +64,7 @@ pub struct RequestCounts {
     pub put: u64,
     /// Conditional PUTs (`If-None-Match` or `If-Match`).
     pub conditional_put: u64,
-    /// LIST requests (one per listing call, whatever its paging).
+    /// LIST requests: one per page of up to 1000 keys, as S3 pages them.
     pub list: u64,
     /// DELETE requests.
     pub delete: u64,
@@ -184,7 +184,28 @@ impl InstrumentedStore {
     }
 }
 
+/// Keys per listing page, as S3 pages them.
+const LIST_PAGE: u64 = 1000;
+
 impl InstrumentedStore {
+    /// Counts one LIST request per page of the listing.
+    fn count_pages(
+        &self,
+        stream: BoxStream<'static, object_store::Result<ObjectMeta>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        bump(&self.counters.list);
+        let counters = Arc::clone(&self.counters);
+        let mut seen = 0u64;
+        stream
+            .inspect(move |_| {
+                seen += 1;
+                if seen > LIST_PAGE && (seen - 1) % LIST_PAGE == 0 {
+                    bump(&counters.list);
+                }
+            })
+            .boxed()
+    }
+
     /// Drops listing items at the configured omission rate.
     fn omit_some(
         &self,
@@ -312,8 +333,7 @@ impl ObjectStore for InstrumentedStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        bump(&self.counters.list);
-        self.omit_some(self.inner.list(prefix))
+        self.omit_some(self.count_pages(self.inner.list(prefix)))
     }
 
     fn list_with_offset(
@@ -321,8 +341,7 @@ impl ObjectStore for InstrumentedStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        bump(&self.counters.list);
-        self.omit_some(self.inner.list_with_offset(prefix, offset))
+        self.omit_some(self.count_pages(self.inner.list_with_offset(prefix, offset)))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
@@ -330,6 +349,10 @@ impl ObjectStore for InstrumentedStore {
         match self.draw(false, false).await {
             Fault::None => {
                 let mut result = self.inner.list_with_delimiter(prefix).await?;
+                let keys = (result.objects.len() + result.common_prefixes.len()) as u64;
+                self.counters
+                    .list
+                    .fetch_add(keys.saturating_sub(1) / LIST_PAGE, Ordering::Relaxed);
                 let rate = self.faults.list_omission_rate;
                 if rate > 0.0 {
                     let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());

@@ -35,6 +35,7 @@ pub use backend::{
 pub use error::{Result, StorageError};
 pub use instrumented::{CountsHandle, FaultConfig, InstrumentedStore, RequestCounts};
 pub use object::{ObjectStoreBackend, get_opt, memory};
+pub use object_store;
 pub use object_store::path::Path;
 pub use open::{RESERVED_PREFIX, object_store_for, open, preflight};
 pub use uri::{ACCEPTED_FORMS, STORAGE_ENV, StorageUri};

@@ -1,0 +1,33 @@
+//! Swarm membership for Apiary: nodes find each other only through the shared storage.
+//!
+//! * [`Membership`]: the seam (join, publish, leave, refresh the world view, drain).
+//! * [`StorageHeartbeats`]: the default, heartbeat files under `_heartbeats/`; its request
+//!   budget is documented in [`storage`].
+//! * [`Observer`]: the pure state machine that turns observations into a [`WorldView`]
+//!   (joining, alive, suspect, dead, leaving), judged on the observer's own monotonic clock.
+//! * [`SwarmAgent`]: a running node's heartbeat and refresh loops and its graceful leave.
+//! * [`simulation`]: request counts of a simulated swarm on a simulated clock.
+
+mod agent;
+mod clock;
+mod error;
+mod heartbeat;
+mod identity;
+mod load;
+mod membership;
+pub mod simulation;
+pub mod storage;
+mod view;
+
+pub use agent::{AgentConfig, SwarmAgent, ViewHook};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Result, SwarmError};
+pub use heartbeat::{
+    CacheSummary, Capacity, DrainRequest, HEARTBEAT_DIR, HEARTBEAT_FORMAT, Heartbeat, HeartbeatKey,
+    Lifecycle, Load, MAX_HEARTBEAT_BYTES, NodeId,
+};
+pub use identity::{NodeIdentity, default_state_dir};
+pub use load::{Bee, Bees, Leaving, detect_capacity};
+pub use membership::Membership;
+pub use storage::{StorageHeartbeats, request_drain, snapshot};
+pub use view::{Listed, NodeState, NodeView, Observer, SwarmConfig, Token, WorldView};

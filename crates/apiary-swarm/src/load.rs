@@ -1,0 +1,194 @@
+//! Bees (the node's workers, one per core), their load, and the node's capacity.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::heartbeat::{Capacity, Load};
+
+/// The node's bees: a work slot per core. Work holds a [`Bee`] while it runs; the counts are
+/// the load the node publishes.
+#[derive(Debug)]
+pub struct Bees {
+    total: u32,
+    memory_budget: u64,
+    slots: Arc<Semaphore>,
+    busy: AtomicU32,
+    queued: AtomicU32,
+    accepting: AtomicBool,
+    idle: Notify,
+}
+
+/// One bee at work; released on drop.
+#[derive(Debug)]
+pub struct Bee {
+    bees: Arc<Bees>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Bee {
+    fn drop(&mut self) {
+        if self.bees.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.bees.idle.notify_waiters();
+        }
+    }
+}
+
+/// Work was refused because the node is leaving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this node is leaving the swarm and takes no new work")]
+pub struct Leaving;
+
+impl Bees {
+    /// `total` bees sharing `memory_budget` bytes.
+    pub fn new(total: u32, memory_budget: u64) -> Arc<Self> {
+        let total = total.max(1);
+        Arc::new(Self {
+            total,
+            memory_budget,
+            slots: Arc::new(Semaphore::new(total as usize)),
+            busy: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
+            accepting: AtomicBool::new(true),
+            idle: Notify::new(),
+        })
+    }
+
+    /// Waits for a free bee; refused once the node is leaving.
+    pub async fn acquire(self: &Arc<Self>) -> Result<Bee, Leaving> {
+        if !self.accepting.load(Ordering::Acquire) {
+            return Err(Leaving);
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let permit = Arc::clone(&self.slots).acquire_owned().await;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        let permit = permit.map_err(|_| Leaving)?;
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Ok(Bee {
+            bees: Arc::clone(self),
+            _permit: permit,
+        })
+    }
+
+    /// Stops accepting new work.
+    pub fn close(&self) {
+        self.accepting.store(false, Ordering::Release);
+    }
+
+    /// Waits until no bee is busy, at most `timeout`. True if idle.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.busy.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    /// Bees in total.
+    pub fn total(&self) -> u32 {
+        self.total
+    }
+
+    /// The current load. Temperature is (busy + queued) / bees: 0 idle, 1 all busy, above 1
+    /// when work waits.
+    pub fn load(&self) -> Load {
+        let busy = self.busy.load(Ordering::Acquire).min(self.total);
+        let queued = self.queued.load(Ordering::Acquire);
+        let memory_pressure = match (resident_bytes(), self.memory_budget) {
+            (Some(rss), budget) if budget > 0 => rss as f64 / budget as f64,
+            _ => 0.0,
+        };
+        Load {
+            busy_bees: busy,
+            idle_bees: self.total - busy,
+            memory_pressure,
+            queue_depth: queued,
+            temperature: f64::from(busy + queued) / f64::from(self.total),
+        }
+    }
+}
+
+/// Resident memory of this process, from `/proc/self/status` (Linux).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Memory of the machine, or of the container's memory limit when smaller.
+fn machine_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total_kb: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let mut total = total_kb * 1024;
+    for limit_file in [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ] {
+        if let Some(limit) = std::fs::read_to_string(limit_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
+            total = total.min(limit);
+        }
+    }
+    Some(total)
+}
+
+/// Detects this machine's capacity. `memory_override` replaces the detected memory (bytes).
+/// Apiary budgets three quarters of the memory for its bees; a bee's target cell size is an
+/// eighth of its budget, between 16 MiB and 256 MiB.
+pub fn detect_capacity(memory_override: Option<u64>) -> Capacity {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let memory = memory_override.or_else(machine_memory).unwrap_or(1 << 30);
+    let per_bee = memory / 4 * 3 / u64::from(cores);
+    Capacity {
+        cores,
+        bees: cores,
+        memory_bytes: memory,
+        memory_per_bee_bytes: per_bee,
+        target_cell_bytes: (per_bee / 8).clamp(16 << 20, 256 << 20),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bees_track_load_and_refuse_work_when_leaving() {
+        let bees = Bees::new(2, 1 << 30);
+        assert_eq!(bees.load().idle_bees, 2);
+        let a = bees.acquire().await.unwrap();
+        let load = bees.load();
+        assert_eq!((load.busy_bees, load.idle_bees), (1, 1));
+        assert!((load.temperature - 0.5).abs() < 1e-9);
+        bees.close();
+        assert_eq!(bees.acquire().await.unwrap_err(), Leaving);
+        assert!(!bees.wait_idle(Duration::from_millis(20)).await);
+        drop(a);
+        assert!(bees.wait_idle(Duration::from_millis(20)).await);
+    }
+
+    #[test]
+    fn capacity_is_sane() {
+        let c = detect_capacity(Some(8 << 30));
+        assert!(c.cores >= 1 && c.bees == c.cores);
+        assert_eq!(c.memory_bytes, 8 << 30);
+        assert!(c.target_cell_bytes >= 16 << 20 && c.target_cell_bytes <= 256 << 20);
+        assert!(detect_capacity(None).memory_bytes > 0);
+    }
+}

@@ -1,0 +1,378 @@
+//! The world view: what one node believes about the swarm, built only from what it observed.
+//!
+//! [`Observer`] is a pure state machine: it is fed listings of `_heartbeats/` (key and the
+//! store's metadata for each object) and fetched heartbeat contents, each at a time of the
+//! observer's own monotonic clock, and it answers the view at a given time. Liveness is
+//! judged by *observing a heartbeat change* (its ETag, size or modification stamp in the
+//! listing) on that clock; the writer's timestamps are never compared with anything, so a
+//! node whose clock is hours off is judged like any other.
+//!
+//! States: `joining` (first seen, not yet seen to change), `alive`, `suspect` (no change
+//! for more than half the dead threshold), `dead` (none for the dead threshold), `leaving`
+//! (the node says it is draining).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::heartbeat::{Heartbeat, Lifecycle, NodeId};
+
+/// Timing and request budget of membership.
+#[derive(Debug, Clone)]
+pub struct SwarmConfig {
+    /// How often a node rewrites its heartbeat (default 5 s).
+    pub heartbeat_interval: Duration,
+    /// How often a node reads the heartbeats (default 5 s).
+    pub poll_interval: Duration,
+    /// No observed change for this long means dead (default 30 s); half of it, suspect.
+    pub dead_threshold: Duration,
+    /// Heartbeats of nodes dead this long are removed (default 1 h).
+    pub retention: Duration,
+    /// Heartbeat contents fetched per minute to refresh peers' load, beyond the one fetch of
+    /// each new node (default 6). This is what keeps a node's requests flat in swarm size.
+    pub content_reads_per_minute: f64,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(5),
+            dead_threshold: Duration::from_secs(30),
+            retention: Duration::from_secs(3600),
+            content_reads_per_minute: 6.0,
+        }
+    }
+}
+
+/// A node's state in someone's world view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// First seen, not yet seen to publish steadily.
+    Joining,
+    /// Publishing.
+    Alive,
+    /// No change seen for more than half the dead threshold.
+    Suspect,
+    /// No change seen for the dead threshold.
+    Dead,
+    /// Draining before it leaves.
+    Leaving,
+}
+
+impl NodeState {
+    /// The lowercase name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeState::Joining => "joining",
+            NodeState::Alive => "alive",
+            NodeState::Suspect => "suspect",
+            NodeState::Dead => "dead",
+            NodeState::Leaving => "leaving",
+        }
+    }
+}
+
+/// One node as seen.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeView {
+    /// The node.
+    pub node_id: NodeId,
+    /// Its state.
+    pub state: NodeState,
+    /// Time since its heartbeat was last seen to change.
+    pub last_seen: Duration,
+    /// Its newest heartbeat content fetched.
+    pub heartbeat: Heartbeat,
+}
+
+/// One node's view of the swarm.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct WorldView {
+    /// Every node with a heartbeat, sorted by id.
+    pub nodes: Vec<NodeView>,
+    /// Objects under `_heartbeats/` that were skipped, and why.
+    pub problems: Vec<String>,
+    /// Whether an operator asked the observing node to leave.
+    pub drain_requested: bool,
+    /// Polls made so far.
+    pub polls: u64,
+}
+
+impl WorldView {
+    /// Nodes in the `alive` state.
+    pub fn alive(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Alive)
+            .count()
+    }
+
+    /// Bees of alive nodes.
+    pub fn total_bees(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Alive)
+            .map(|n| u64::from(n.heartbeat.capacity.bees))
+            .sum()
+    }
+
+    /// One node.
+    pub fn node(&self, id: &NodeId) -> Option<&NodeView> {
+        self.nodes.iter().find(|n| &n.node_id == id)
+    }
+}
+
+/// What a listing says about one heartbeat object: enough to see that it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// ETag, where the store has one.
+    pub e_tag: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// The store's modification stamp (compared for equality only).
+    pub last_modified_ms: i64,
+}
+
+/// An object listed under `_heartbeats/`.
+#[derive(Debug, Clone)]
+pub enum Listed {
+    /// A heartbeat.
+    Node(NodeId, Token),
+    /// A drain request.
+    Drain(NodeId),
+    /// Anything else (reported, skipped).
+    Foreign(String),
+}
+
+#[derive(Debug)]
+struct Tracked {
+    token: Token,
+    last_change: Duration,
+    changes: u64,
+    content: Option<Heartbeat>,
+    /// Token at the time of the last fetch (or failed decode).
+    fetched_token: Option<Token>,
+    fetched_at: Duration,
+    problem: Option<String>,
+}
+
+/// Builds a world view from observations (see the module documentation).
+#[derive(Debug)]
+pub struct Observer {
+    me: NodeId,
+    config: SwarmConfig,
+    tracked: BTreeMap<NodeId, Tracked>,
+    foreign: Vec<String>,
+    drain_requested: bool,
+    budget: f64,
+    last_poll: Option<Duration>,
+    polls: u64,
+    /// This node's own newest heartbeat (known locally, never fetched).
+    own: Option<Heartbeat>,
+}
+
+impl Observer {
+    /// An observer for node `me`.
+    pub fn new(me: NodeId, config: SwarmConfig) -> Self {
+        Self {
+            me,
+            config,
+            tracked: BTreeMap::new(),
+            foreign: Vec::new(),
+            drain_requested: false,
+            budget: 1.0,
+            last_poll: None,
+            polls: 0,
+            own: None,
+        }
+    }
+
+    /// Records this node's own heartbeat as just written (it is never fetched).
+    pub fn set_own(&mut self, heartbeat: Heartbeat) {
+        self.own = Some(heartbeat);
+    }
+
+    /// Applies a listing made at `now`. Returns the nodes whose content to fetch now: new
+    /// nodes always; changed ones within the content-read budget, those whose size changed
+    /// (a new state or shape) first, then the stalest.
+    pub fn observe_listing(&mut self, listed: Vec<Listed>, now: Duration) -> Vec<NodeId> {
+        let elapsed = self
+            .last_poll
+            .map_or(Duration::ZERO, |t| now.saturating_sub(t));
+        self.last_poll = Some(now);
+        self.polls += 1;
+        let rate = self.config.content_reads_per_minute;
+        let cap = 1.0 + rate * self.config.poll_interval.as_secs_f64() / 60.0;
+        self.budget = (self.budget + rate * elapsed.as_secs_f64() / 60.0).min(cap);
+
+        self.foreign.clear();
+        self.drain_requested = false;
+        let mut seen = Vec::new();
+        for item in listed {
+            match item {
+                Listed::Foreign(key) => self.foreign.push(key),
+                Listed::Drain(id) => {
+                    if id == self.me {
+                        self.drain_requested = true;
+                    }
+                }
+                Listed::Node(id, token) => {
+                    seen.push(id.clone());
+                    match self.tracked.get_mut(&id) {
+                        Some(t) if t.token != token => {
+                            t.token = token;
+                            t.last_change = now;
+                            t.changes += 1;
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.tracked.insert(
+                                id,
+                                Tracked {
+                                    token,
+                                    last_change: now,
+                                    changes: 0,
+                                    content: None,
+                                    fetched_token: None,
+                                    fetched_at: now,
+                                    problem: None,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Objects no longer listed are gone: the node left, or was cleaned up.
+        self.tracked.retain(|id, _| seen.contains(id));
+
+        let mut fetch = Vec::new();
+        let mut changed: Vec<(bool, Duration, NodeId)> = Vec::new();
+        for (id, t) in &self.tracked {
+            if *id == self.me {
+                continue;
+            }
+            match &t.fetched_token {
+                None => fetch.push(id.clone()),
+                Some(f) if *f != t.token => {
+                    // First claim on the budget: a new size (a new state or shape), or a
+                    // node whose content we hold is in a transitional state.
+                    let transitional = t
+                        .content
+                        .as_ref()
+                        .is_some_and(|c| c.state != Lifecycle::Alive);
+                    let urgent = f.size != t.token.size || transitional || t.problem.is_some();
+                    changed.push((!urgent, t.fetched_at, id.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+        changed.sort();
+        for (_, _, id) in changed {
+            if self.budget < 1.0 {
+                break;
+            }
+            self.budget -= 1.0;
+            fetch.push(id);
+        }
+        fetch
+    }
+
+    /// Records the content fetched for `id` (or why it could not be read), as of the token
+    /// listed when the fetch was decided.
+    pub fn record_content(
+        &mut self,
+        id: &NodeId,
+        content: Result<Heartbeat, String>,
+        now: Duration,
+    ) {
+        if let Some(t) = self.tracked.get_mut(id) {
+            t.fetched_token = Some(t.token.clone());
+            t.fetched_at = now;
+            match content {
+                Ok(hb) => {
+                    t.content = Some(hb);
+                    t.problem = None;
+                }
+                Err(problem) => {
+                    t.content = None;
+                    t.problem = Some(problem);
+                }
+            }
+        }
+    }
+
+    fn content<'a>(&'a self, id: &NodeId, t: &'a Tracked) -> Option<&'a Heartbeat> {
+        if *id == self.me {
+            self.own.as_ref()
+        } else {
+            t.content.as_ref()
+        }
+    }
+
+    fn state(&self, id: &NodeId, t: &Tracked, now: Duration) -> NodeState {
+        let since = now.saturating_sub(t.last_change);
+        let declared = self.content(id, t).map(|c| c.state);
+        if since > self.config.dead_threshold {
+            NodeState::Dead
+        } else if since > self.config.dead_threshold / 2 {
+            NodeState::Suspect
+        } else if declared == Some(Lifecycle::Leaving) {
+            // Sticky: a leaving node never goes back, so even older content tells the truth.
+            NodeState::Leaving
+        } else if t.changes == 0 {
+            // Judged by observation alone: content may be older than the newest change.
+            NodeState::Joining
+        } else {
+            NodeState::Alive
+        }
+    }
+
+    /// The view at `now`.
+    pub fn view(&self, now: Duration) -> WorldView {
+        let mut nodes = Vec::new();
+        let mut problems: Vec<String> = self
+            .foreign
+            .iter()
+            .map(|k| format!("`{k}` is not a heartbeat or drain request; ignored"))
+            .collect();
+        for (id, t) in &self.tracked {
+            if let Some(problem) = &t.problem {
+                problems.push(problem.clone());
+                continue;
+            }
+            let Some(heartbeat) = self.content(id, t) else {
+                continue;
+            };
+            nodes.push(NodeView {
+                node_id: id.clone(),
+                state: self.state(id, t, now),
+                last_seen: now.saturating_sub(t.last_change),
+                heartbeat: heartbeat.clone(),
+            });
+        }
+        WorldView {
+            nodes,
+            problems,
+            drain_requested: self.drain_requested,
+            polls: self.polls,
+        }
+    }
+
+    /// Nodes dead for longer than the retention, with the token they were last seen with:
+    /// their heartbeats may be removed if still unchanged.
+    pub fn expired(&self, now: Duration) -> Vec<(NodeId, Token)> {
+        self.tracked
+            .iter()
+            .filter(|(id, t)| {
+                **id != self.me
+                    && now.saturating_sub(t.last_change)
+                        > self.config.dead_threshold + self.config.retention
+            })
+            .map(|(id, t)| (id.clone(), t.token.clone()))
+            .collect()
+    }
+}
