@@ -17,16 +17,23 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use apiary_ledger::{
     BoxInfo, Column, Created, FrameDefinition, FrameInfo, FrameRef, FrameSchema, HiveInfo,
     LedgerConfig, LedgerError, Registry,
 };
 use apiary_storage::{StorageBackend, StorageError, StorageUri};
+use apiary_swarm::{
+    AgentConfig, Bees, NodeId, NodeIdentity, StorageHeartbeats, SwarmAgent, SwarmError,
+};
+
+mod node;
 
 pub use apiary_ledger;
 pub use apiary_storage;
+pub use apiary_swarm;
+pub use node::{NodeOptions, NodeStatus, SwarmNode, SwarmStatus};
 
 /// The default storage when neither an argument nor `APIARY_STORAGE` names one.
 pub const DEFAULT_STORAGE: &str = "./apiary-data";
@@ -41,6 +48,12 @@ pub enum ApiaryError {
     /// Storage failure (URI, preflight, requests).
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Swarm membership failure (node id, identity, heartbeats).
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
+    /// The call needs a running node (`Apiary::start` first), or one is running already.
+    #[error("{0}")]
+    Lifecycle(&'static str),
 }
 
 /// Result alias for the [`Apiary`] API.
@@ -49,6 +62,8 @@ pub type Result<T, E = ApiaryError> = std::result::Result<T, E>;
 /// Options for [`Apiary::open_with`].
 #[derive(Debug, Clone)]
 pub struct ApiaryOptions {
+    /// A name for this handle, reported by `status` (the seeds' `Apiary("production", …)`).
+    pub name: String,
     /// Where the swarm's state lives.
     pub storage: StorageUri,
     /// Ledger tuning.
@@ -59,6 +74,7 @@ impl ApiaryOptions {
     /// Options for `storage` with default tuning.
     pub fn new(storage: StorageUri) -> Self {
         Self {
+            name: "apiary".into(),
             storage,
             ledger: LedgerConfig::default(),
         }
@@ -71,8 +87,17 @@ impl ApiaryOptions {
 /// refused before anything is written.
 #[derive(Debug, Clone)]
 pub struct Apiary {
+    name: String,
     storage: StorageUri,
     registry: Arc<Registry>,
+    node: Arc<Mutex<Option<RunningNode>>>,
+}
+
+#[derive(Debug, Clone)]
+struct RunningNode {
+    agent: Arc<SwarmAgent>,
+    bees: Arc<Bees>,
+    _identity: Arc<NodeIdentity>,
 }
 
 impl Apiary {
@@ -92,7 +117,9 @@ impl Apiary {
     /// Opens with explicit options.
     pub async fn open_with(options: ApiaryOptions) -> Result<Self> {
         let backend = apiary_storage::open(&options.storage).await?;
-        Ok(Self::with_backend(options.storage, backend, options.ledger))
+        let mut ap = Self::with_backend(options.storage, backend, options.ledger);
+        ap.name = options.name;
+        Ok(ap)
     }
 
     /// Wraps an already opened backend (for custom or instrumented stores).
@@ -102,8 +129,10 @@ impl Apiary {
         ledger: LedgerConfig,
     ) -> Self {
         Self {
+            name: "apiary".into(),
             storage,
             registry: Arc::new(Registry::new(backend, ledger)),
+            node: Arc::default(),
         }
     }
 
@@ -198,5 +227,133 @@ impl Apiary {
             .registry
             .drop_frame(&FrameRef::new(hive, r#box, frame)?)
             .await?)
+    }
+
+    // ----- the swarm -----
+
+    fn running(&self) -> Option<RunningNode> {
+        self.node.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Joins the swarm with options from the environment (see [`NodeOptions::from_env`]).
+    pub async fn start(&self) -> Result<()> {
+        self.start_with(NodeOptions::from_env()).await
+    }
+
+    /// Joins the swarm: claims the node id, writes the first heartbeat (durable when this
+    /// returns), reads the swarm once, and keeps beating and reading in the background.
+    pub async fn start_with(&self, options: NodeOptions) -> Result<()> {
+        if self.running().is_some() {
+            return Err(ApiaryError::Lifecycle("this Apiary is already started"));
+        }
+        let identity = NodeIdentity::resolve(options.node_id.as_deref(), &options.state_dir)?;
+        let capacity = apiary_swarm::detect_capacity(options.memory_bytes);
+        let bees = Bees::new(
+            capacity.bees,
+            capacity.memory_per_bee_bytes * u64::from(capacity.bees),
+        );
+        let membership = Arc::new(StorageHeartbeats::new(
+            Arc::clone(self.registry.backend()),
+            identity.node_id().clone(),
+            Arc::clone(&options.clock),
+            options.swarm.clone(),
+        ));
+        let config = AgentConfig {
+            swarm: options.swarm.clone(),
+            drain_timeout: options.drain_timeout,
+            on_view: options.on_view.clone(),
+            ..AgentConfig::default()
+        };
+        let agent = SwarmAgent::start(
+            membership,
+            identity.node_id().clone(),
+            capacity,
+            Arc::clone(&bees),
+            options.clock,
+            config,
+        )
+        .await?;
+        *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(RunningNode {
+            agent: Arc::new(agent),
+            bees,
+            _identity: Arc::new(identity),
+        });
+        Ok(())
+    }
+
+    /// Leaves the swarm gracefully: no new work, running work finishes (up to the drain
+    /// timeout), the heartbeat is removed. A no-op when not started.
+    pub async fn shutdown(&self) -> Result<()> {
+        let running = self.node.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(node) = running {
+            node.agent.leave().await?;
+        }
+        Ok(())
+    }
+
+    /// Resolves when an operator asks this node to leave (`apiary drain`). Pending forever
+    /// when not started.
+    pub async fn drain_requested(&self) {
+        match self.running() {
+            Some(node) => node.agent.drain_requested().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The swarm as this node sees it. When not started, a one-shot reading of the
+    /// heartbeats aged on the storage's clock (dead threshold: the default 30 s).
+    pub async fn swarm_status(&self) -> Result<SwarmStatus> {
+        match self.running() {
+            Some(node) => Ok(SwarmStatus::from(&node.agent.view())),
+            None => {
+                let config = apiary_swarm::SwarmConfig::default();
+                self.swarm_snapshot(&config).await
+            }
+        }
+    }
+
+    /// A one-shot reading of the swarm, aged on the storage's clock against `config`'s
+    /// thresholds.
+    pub async fn swarm_snapshot(&self, config: &apiary_swarm::SwarmConfig) -> Result<SwarmStatus> {
+        let view = apiary_swarm::snapshot(self.registry.backend().as_ref(), config).await?;
+        Ok(SwarmStatus::from(&view))
+    }
+
+    /// This node: name, id, capacity and storage.
+    pub fn status(&self, options: &NodeOptions) -> NodeStatus {
+        let running = self.running();
+        let capacity = match &running {
+            Some(node) => node.agent.capacity().clone(),
+            None => apiary_swarm::detect_capacity(options.memory_bytes),
+        };
+        NodeStatus {
+            name: self.name.clone(),
+            node_id: match &running {
+                Some(node) => Some(node.agent.node_id().to_string()),
+                None => options.peek_node_id(),
+            },
+            running: running.is_some(),
+            cores: capacity.cores,
+            memory_gb: node::memory_gb(capacity.memory_bytes),
+            bees: capacity.bees,
+            storage: self.storage.kind().to_string(),
+            storage_uri: self.storage.to_string(),
+        }
+    }
+
+    /// The bees of the running node (work takes one while it runs).
+    pub fn bees(&self) -> Option<Arc<Bees>> {
+        self.running().map(|n| n.bees)
+    }
+
+    /// Asks node `node_id` to drain and leave; it does so on its next poll.
+    pub async fn drain_node(&self, node_id: &str, requested_by: &str) -> Result<()> {
+        let id = NodeId::new(node_id)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        apiary_swarm::request_drain(self.registry.backend().as_ref(), &id, requested_by, now)
+            .await?;
+        Ok(())
     }
 }

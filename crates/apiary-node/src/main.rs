@@ -1,11 +1,15 @@
 //! The `apiary` command.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use apiary::apiary_ledger::{Created, FrameDefinition, FrameInfo, FrameRef, FrameSchema};
 use apiary::apiary_storage::StorageUri;
-use apiary::{Apiary, ApiaryOptions, DEFAULT_STORAGE};
-use clap::{Parser, Subcommand};
+use apiary::apiary_swarm::{SwarmConfig, SystemClock, default_state_dir};
+use apiary::{Apiary, ApiaryOptions, DEFAULT_STORAGE, NodeOptions, SwarmStatus};
+use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 /// Apiary: a lakehouse for small compute, coordinated through object storage.
@@ -20,8 +24,73 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
+    #[command(flatten)]
+    node: NodeArgs,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// Identity and timing, for every command that runs or observes a node.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// This node's id (generated once and kept in the state folder when unset).
+    #[arg(long, global = true, env = "APIARY_NODE_ID")]
+    node_id: Option<String>,
+    /// Folder for this node's local state (its kept id).
+    #[arg(long, global = true, env = "APIARY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// How often a node writes its heartbeat.
+    #[arg(long, global = true, env = "APIARY_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = duration)]
+    heartbeat_interval: Duration,
+    /// How often a node reads the swarm's heartbeats.
+    #[arg(long, global = true, env = "APIARY_POLL_INTERVAL", default_value = "5s", value_parser = duration)]
+    poll_interval: Duration,
+    /// No heartbeat change for this long: dead (half of it: suspect).
+    #[arg(long, global = true, env = "APIARY_DEAD_THRESHOLD", default_value = "30s", value_parser = duration)]
+    dead_threshold: Duration,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration such as 500ms, 5s or 1m: {e}"))?;
+    if d.is_zero() {
+        return Err("a duration must be more than zero".into());
+    }
+    Ok(d)
+}
+
+/// A signed duration, for the test-only clock offset (`-1h` is an hour behind).
+fn signed_duration(text: &str) -> Result<(Duration, bool), String> {
+    match text.strip_prefix('-') {
+        Some(rest) => duration(rest).map(|d| (d, false)),
+        None => duration(text.trim_start_matches('+')).map(|d| (d, true)),
+    }
+}
+
+fn memory(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as 4GiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,6 +111,31 @@ enum Command {
     /// Drop a hive, box or frame.
     #[command(subcommand)]
     Drop(DropCommand),
+    /// Run a node in the swarm until SIGTERM or SIGINT (or a drain request), then leave
+    /// gracefully.
+    Node {
+        /// How long a leaving node waits for running work.
+        #[arg(long, env = "APIARY_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
+        drain_timeout: Duration,
+        /// Write the node's view of the swarm to this file (JSON) after every poll.
+        #[arg(long, env = "APIARY_STATUS_FILE")]
+        status_file: Option<PathBuf>,
+        /// Memory the node may use, e.g. 4GiB (detected when unset).
+        #[arg(long, env = "APIARY_MEMORY", value_parser = memory)]
+        memory: Option<u64>,
+        /// Testing only: move this node's wall clock, e.g. 1h or -1h.
+        #[arg(long, env = "APIARY_CLOCK_OFFSET", hide = true, value_parser = signed_duration)]
+        clock_offset: Option<(Duration, bool)>,
+    },
+    /// Show the swarm: every node with a heartbeat, its state and capacity.
+    Swarm,
+    /// Show this node: name, id, cores, memory, bees, storage.
+    Status,
+    /// Ask a node to drain and leave (it does so on its next poll).
+    Drain {
+        /// The node's id.
+        node_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,11 +218,78 @@ fn split_two(text: &str) -> CliResult<(&str, &str)> {
     }
 }
 
+impl NodeArgs {
+    fn swarm_config(&self) -> SwarmConfig {
+        SwarmConfig {
+            heartbeat_interval: self.heartbeat_interval,
+            poll_interval: self.poll_interval,
+            dead_threshold: self.dead_threshold,
+            ..SwarmConfig::default()
+        }
+    }
+
+    fn options(&self) -> NodeOptions {
+        NodeOptions {
+            node_id: self.node_id.clone(),
+            state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
+            swarm: self.swarm_config(),
+            ..NodeOptions::default()
+        }
+    }
+}
+
 async fn run(cli: Cli) -> CliResult<()> {
     let storage = StorageUri::parse(&cli.storage)?;
     let ap = Apiary::open_with(ApiaryOptions::new(storage)).await?;
     let json = cli.json;
     match cli.command {
+        Command::Node {
+            drain_timeout,
+            status_file,
+            memory,
+            clock_offset,
+        } => {
+            let mut options = cli.node.options();
+            options.drain_timeout = drain_timeout;
+            options.memory_bytes = memory;
+            if let Some((offset, ahead)) = clock_offset {
+                options.clock = Arc::new(SystemClock::with_wall_offset(offset, ahead));
+            }
+            run_node(&ap, options, status_file).await?;
+        }
+        Command::Swarm => {
+            let status = ap.swarm_snapshot(&cli.node.swarm_config()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_swarm(&status);
+            }
+        }
+        Command::Status => {
+            let status = ap.status(&cli.node.options());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!("name       {}", status.name);
+                println!(
+                    "node id    {}",
+                    status.node_id.as_deref().unwrap_or("(not yet assigned)")
+                );
+                println!("cores      {}", status.cores);
+                println!("memory     {:.1} GiB", status.memory_gb);
+                println!("bees       {}", status.bees);
+                println!("storage    {} ({})", status.storage, status.storage_uri);
+            }
+        }
+        Command::Drain { node_id } => {
+            let by = format!("apiary drain (pid {})", std::process::id());
+            ap.drain_node(&node_id, &by).await?;
+            if json {
+                println!("{}", json!({"node_id": node_id, "drain_requested": true}));
+            } else {
+                println!("asked node {node_id} to drain; it leaves on its next poll");
+            }
+        }
         Command::Create(CreateCommand::Hive { name }) => {
             let created = ap.create_hive(&name).await?;
             report_created(json, "hive", &name, created);
@@ -175,6 +336,92 @@ async fn run(cli: Cli) -> CliResult<()> {
         }
     }
     Ok(())
+}
+
+async fn run_node(
+    ap: &Apiary,
+    mut options: NodeOptions,
+    status_file: Option<PathBuf>,
+) -> CliResult<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    init_logging();
+    if let Some(path) = status_file {
+        options.on_view = Some(Arc::new(move |view| {
+            let body = json!({"polls": view.polls, "swarm": SwarmStatus::from(view)});
+            if let Err(e) = write_atomically(&path, body.to_string().as_bytes()) {
+                tracing::warn!(path = %path.display(), error = %e, "status file not written");
+            }
+        }));
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    ap.start_with(options.clone()).await?;
+    let me = ap.status(&options);
+    tracing::info!(
+        node = me.node_id.as_deref().unwrap_or("?"),
+        storage = %me.storage_uri,
+        cores = me.cores,
+        bees = me.bees,
+        memory_gib = format!("{:.1}", me.memory_gb),
+        "joined the swarm"
+    );
+    let reason = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = ap.drain_requested() => "a drain request",
+    };
+    tracing::info!("leaving the swarm after {reason}");
+    ap.shutdown().await?;
+    tracing::info!("left the swarm");
+    Ok(())
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}
+
+fn print_swarm(status: &SwarmStatus) {
+    println!("{} alive, {} bees", status.alive, status.total_bees);
+    print_table(
+        &[
+            "node",
+            "state",
+            "cores",
+            "memory",
+            "bees",
+            "idle",
+            "temperature",
+            "last seen",
+        ],
+        status.nodes.iter().map(|n| {
+            vec![
+                n.node_id.clone(),
+                n.state.as_str().to_string(),
+                n.cores.to_string(),
+                format!("{:.1} GiB", n.memory_gb),
+                n.bees.to_string(),
+                n.idle_bees.to_string(),
+                format!("{:.2}", n.temperature),
+                format!("{:.1}s ago", n.last_seen_secs),
+            ]
+        }),
+    );
+    for problem in &status.problems {
+        println!("warning: {problem}");
+    }
 }
 
 fn report_created(json: bool, kind: &str, name: &str, created: Created) {

@@ -1,0 +1,165 @@
+//! Running as a swarm node: options, and the statuses the `Apiary` API reports.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiary_swarm::{
+    Clock, NodeId, NodeState, SwarmConfig, SystemClock, ViewHook, WorldView, default_state_dir,
+};
+use serde::Serialize;
+
+/// How a node runs: identity, timing, memory.
+#[derive(Clone)]
+pub struct NodeOptions {
+    /// Node id (`APIARY_NODE_ID`); generated once and kept in the state folder when unset.
+    pub node_id: Option<String>,
+    /// Local state folder (`APIARY_STATE_DIR`).
+    pub state_dir: PathBuf,
+    /// Heartbeat and poll intervals, thresholds, request budget.
+    pub swarm: SwarmConfig,
+    /// How long a leaving node waits for running work.
+    pub drain_timeout: Duration,
+    /// Memory the node may use, in bytes (detected when unset).
+    pub memory_bytes: Option<u64>,
+    /// The node's clocks.
+    pub clock: Arc<dyn Clock>,
+    /// Called with every new world view.
+    pub on_view: Option<ViewHook>,
+}
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("node_id", &self.node_id)
+            .field("state_dir", &self.state_dir)
+            .field("swarm", &self.swarm)
+            .finish()
+    }
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            state_dir: default_state_dir(),
+            swarm: SwarmConfig::default(),
+            drain_timeout: Duration::from_secs(30),
+            memory_bytes: None,
+            clock: Arc::new(SystemClock::new()),
+            on_view: None,
+        }
+    }
+}
+
+impl NodeOptions {
+    /// Defaults, with `APIARY_NODE_ID` and `APIARY_STATE_DIR` from the environment.
+    pub fn from_env() -> Self {
+        Self {
+            node_id: std::env::var("APIARY_NODE_ID")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            ..Self::default()
+        }
+    }
+
+    /// The node id this node would use, without claiming or generating one.
+    pub fn peek_node_id(&self) -> Option<String> {
+        if let Some(id) = &self.node_id {
+            return Some(id.clone());
+        }
+        let kept = std::fs::read_to_string(self.state_dir.join("node_id")).ok()?;
+        NodeId::new(kept.trim()).ok().map(|id| id.to_string())
+    }
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// One node in [`SwarmStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SwarmNode {
+    /// Node id.
+    pub node_id: String,
+    /// `joining`, `alive`, `suspect`, `dead` or `leaving`.
+    pub state: NodeState,
+    /// CPU cores.
+    pub cores: u32,
+    /// Memory, in GiB.
+    pub memory_gb: f64,
+    /// Bees.
+    pub bees: u32,
+    /// Idle bees, as last published.
+    pub idle_bees: u32,
+    /// Colony temperature, as last published.
+    pub temperature: f64,
+    /// Seconds since its heartbeat was last seen to change.
+    pub last_seen_secs: f64,
+    /// Host name.
+    pub hostname: String,
+    /// Apiary version.
+    pub version: String,
+}
+
+/// The swarm as this node sees it (`Apiary::swarm_status`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SwarmStatus {
+    /// Nodes alive.
+    pub alive: usize,
+    /// Bees of alive nodes.
+    pub total_bees: u64,
+    /// Every node with a heartbeat.
+    pub nodes: Vec<SwarmNode>,
+    /// Heartbeat files skipped, and why.
+    pub problems: Vec<String>,
+}
+
+impl From<&WorldView> for SwarmStatus {
+    fn from(view: &WorldView) -> Self {
+        Self {
+            alive: view.alive(),
+            total_bees: view.total_bees(),
+            nodes: view
+                .nodes
+                .iter()
+                .map(|n| SwarmNode {
+                    node_id: n.node_id.to_string(),
+                    state: n.state,
+                    cores: n.heartbeat.capacity.cores,
+                    memory_gb: n.heartbeat.capacity.memory_bytes as f64 / GIB,
+                    bees: n.heartbeat.capacity.bees,
+                    idle_bees: n.heartbeat.load.idle_bees,
+                    temperature: n.heartbeat.load.temperature,
+                    last_seen_secs: n.last_seen.as_secs_f64(),
+                    hostname: n.heartbeat.hostname.clone(),
+                    version: n.heartbeat.software_version.clone(),
+                })
+                .collect(),
+            problems: view.problems.clone(),
+        }
+    }
+}
+
+/// This node (`Apiary::status`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeStatus {
+    /// The name the `Apiary` was opened with.
+    pub name: String,
+    /// Node id (none when not started and none is configured or kept).
+    pub node_id: Option<String>,
+    /// Whether the node is running in the swarm.
+    pub running: bool,
+    /// CPU cores.
+    pub cores: u32,
+    /// Memory, in GiB.
+    pub memory_gb: f64,
+    /// Bees.
+    pub bees: u32,
+    /// Storage kind: `local`, `memory`, `s3`, `gcs` or `azure`.
+    pub storage: String,
+    /// Storage URI.
+    pub storage_uri: String,
+}
+
+pub(crate) fn memory_gb(bytes: u64) -> f64 {
+    bytes as f64 / GIB
+}
