@@ -207,7 +207,7 @@ impl FrameLedger {
     /// replay, so they are logged, never returned: the commit itself is already durable.
     async fn maybe_checkpoint(&self, state: &FrameState) {
         let interval = self.config.checkpoint_interval;
-        if interval == 0 || state.version == 0 || state.version % interval != 0 {
+        if interval == 0 || state.version == 0 || !state.version.is_multiple_of(interval) {
             return;
         }
         if let Err(e) = self.write_checkpoint(state).await {

@@ -285,3 +285,58 @@ fn swarm_of_processes_on_s3() {
         n1.state_of("s2").as_deref() == Some("dead")
     });
 }
+
+/// A node without `--node-id` generates an id once and keeps it: restarted after SIGKILL it
+/// is the same node, rewriting the same heartbeat rather than leaving a stale one.
+#[test]
+fn a_restarted_node_keeps_its_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shared");
+    let state = dir.path().join("state");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_apiary"))
+            .args(["node", "--storage", root.to_str().unwrap()])
+            .arg("--state-dir")
+            .arg(&state)
+            .args(timing())
+            .env_remove("APIARY_NODE_ID")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let heartbeats = || -> Vec<String> {
+        std::fs::read_dir(root.join("_heartbeats"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.starts_with("node_"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut first = spawn();
+    wait_for("a heartbeat under a generated id", || {
+        heartbeats().len() == 1
+    });
+    let id = std::fs::read_to_string(state.join("node_id")).unwrap();
+    assert_eq!(heartbeats(), [format!("node_{}.json", id.trim())]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut second = spawn();
+    let before = std::fs::metadata(root.join("_heartbeats").join(&heartbeats()[0]))
+        .unwrap()
+        .modified()
+        .unwrap();
+    wait_for("the restarted node beats again", || {
+        std::fs::metadata(
+            root.join("_heartbeats")
+                .join(format!("node_{}.json", id.trim())),
+        )
+        .and_then(|m| m.modified())
+        .is_ok_and(|m| m > before)
+    });
+    assert_eq!(heartbeats().len(), 1, "one node, one heartbeat");
+    assert_eq!(std::fs::read_to_string(state.join("node_id")).unwrap(), id);
+    second.kill().unwrap();
+    second.wait().unwrap();
+}

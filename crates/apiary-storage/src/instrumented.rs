@@ -199,7 +199,7 @@ impl InstrumentedStore {
         stream
             .inspect(move |_| {
                 seen += 1;
-                if seen > LIST_PAGE && (seen - 1) % LIST_PAGE == 0 {
+                if seen > LIST_PAGE && (seen - 1).is_multiple_of(LIST_PAGE) {
                     bump(&counters.list);
                 }
             })

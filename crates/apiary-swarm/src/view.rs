@@ -11,7 +11,7 @@
 //! for more than half the dead threshold), `dead` (none for the dead threshold), `leaving`
 //! (the node says it is draining).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -210,7 +210,7 @@ impl Observer {
 
         self.foreign.clear();
         self.drain_requested = false;
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         for item in listed {
             match item {
                 Listed::Foreign(key) => self.foreign.push(key),
@@ -220,7 +220,7 @@ impl Observer {
                     }
                 }
                 Listed::Node(id, token) => {
-                    seen.push(id.clone());
+                    seen.insert(id.clone());
                     match self.tracked.get_mut(&id) {
                         Some(t) if t.token != token => {
                             t.token = token;

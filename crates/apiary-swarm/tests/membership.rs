@@ -133,14 +133,12 @@ async fn states_follow_observed_changes() {
         assert_eq!((v.alive(), v.total_bees()), (2, 8));
     }
     // b stops (SIGKILL): a keeps beating.
-    let mut seq = 4;
     let mut seen = Vec::new();
-    for _ in 0..8 {
+    for seq in 4..12 {
         swarm.clock.advance(5 * SEC);
         a.publish(&hb(&ida, seq, Lifecycle::Alive, 0))
             .await
             .unwrap();
-        seq += 1;
         let v = a.refresh().await.unwrap();
         seen.push(state(&v, "b").unwrap());
         assert_eq!(state(&v, "a"), Some(NodeState::Alive));
@@ -292,13 +290,11 @@ async fn long_dead_heartbeats_are_cleaned_up() {
         .await
         .unwrap();
     a.refresh().await.unwrap();
-    let mut seq = 2;
-    for _ in 0..18 {
+    for seq in 2..20 {
         swarm.clock.advance(5 * SEC);
         a.publish(&hb(&ida, seq, Lifecycle::Alive, 0))
             .await
             .unwrap();
-        seq += 1;
         a.refresh().await.unwrap();
     }
     // 90 s: both dead for 60 s = dead threshold + retention. c comes back just now.
@@ -329,7 +325,7 @@ async fn content_reads_stay_within_budget() {
             (NodeId::new(&id).unwrap(), swarm.member(&id).0)
         })
         .collect();
-    for (seq, _) in (1..=61u64).zip(0..) {
+    for seq in 1..=61u64 {
         for (id, m) in &members {
             m.publish(&hb(id, seq, Lifecycle::Alive, 0)).await.unwrap();
         }
