@@ -105,52 +105,57 @@ fn defaults_to_a_local_folder_and_round_trips() {
 fn bad_input_is_one_clear_line_and_nonzero() {
     let dir = tempfile::tempdir().unwrap();
     create_tutorial_frame(dir.path(), &[]);
-    let e = err(&apiary(dir.path(), &["create", "hive", "Bad-Name"]));
-    assert!(e.contains("invalid hive name"), "{e}");
-    let e = err(&apiary(dir.path(), &["--storage", "ftp://x", "list"]));
-    assert!(e.contains("Accepted forms"), "{e}");
-    let e = err(&apiary(dir.path(), &["list", "nohive"]));
-    assert!(e.contains("hive `nohive` does not exist"), "{e}");
-    let e = err(&apiary(dir.path(), &["create", "box", "nohive.b"]));
-    assert!(e.contains("does not exist"), "{e}");
-    let e = err(&apiary(
-        dir.path(),
-        &[
-            "create",
-            "frame",
-            "analytics.events.clicks",
-            "--schema",
-            "event_id:int64",
-        ],
-    ));
-    assert!(
-        e.contains("already exists with a different definition"),
-        "{e}"
-    );
-    let e = err(&apiary(
-        dir.path(),
-        &[
-            "create",
-            "frame",
-            "analytics.events.x",
-            "--schema",
-            "a:int65",
-        ],
-    ));
-    assert!(e.contains("unknown column type `int65`"), "{e}");
-    let e = err(&apiary(
-        dir.path(),
-        &[
-            "create",
-            "frame",
-            "analytics.events.x",
-            "--schema",
-            "a:int64",
-            "--partition-by",
-            "b",
-        ],
-    ));
-    assert!(e.contains("partition column `b` is not a column"), "{e}");
+    let cases: [(&[&str], &str); 7] = [
+        (&["create", "hive", "Bad-Name"], "invalid hive name"),
+        (&["--storage", "ftp://x", "list"], "Accepted forms"),
+        (&["list", "nohive"], "hive `nohive` does not exist"),
+        (&["create", "box", "nohive.b"], "does not exist"),
+        (
+            &[
+                "create",
+                "frame",
+                "analytics.events.clicks",
+                "--schema",
+                "event_id:int64",
+            ],
+            "already exists with a different definition",
+        ),
+        (
+            &[
+                "create",
+                "frame",
+                "analytics.events.x",
+                "--schema",
+                "a:int65",
+            ],
+            "unknown column type `int65`",
+        ),
+        (
+            &[
+                "create",
+                "frame",
+                "analytics.events.x",
+                "--schema",
+                "a:int64",
+                "--partition-by",
+                "b",
+            ],
+            "partition column `b` is not a column",
+        ),
+    ];
+    for (args, needle) in cases {
+        let e = err(&apiary(dir.path(), args));
+        assert!(e.contains(needle), "{args:?}: {e}");
+    }
+    // Usage errors come from clap: the message on its first line, exit code 2.
+    let out = apiary(dir.path(), &["node", "--heartbeat-interval", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    let first = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert!(first.contains("`soon` is not a duration"), "{first}");
     // Nothing of the failed creates was written.
     let frames = ok(&apiary(dir.path(), &["list", "analytics.events", "--json"]));
     assert_eq!(

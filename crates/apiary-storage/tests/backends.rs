@@ -87,6 +87,17 @@ async fn preflight_leaves_no_probe_behind() {
     assert!(b.list(&Path::from("_apiary")).await.unwrap().is_empty());
 }
 
+/// Retries a create-if-absent whose outcome stayed unknown: resending the same bytes is safe.
+async fn put_until_known(b: &dyn StorageBackend, key: &Path, bytes: &Bytes) -> CreateOutcome {
+    loop {
+        match b.put_if_absent(key, bytes.clone()).await {
+            Ok(o) => return o,
+            Err(StorageError::OutcomeUnknown { .. }) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 /// Every conditional create under heavy faults (errors, lost responses, 409 conflicts) is
 /// acknowledged exactly once per key, never reported as a conflict for its own write, and a
 /// rival writer is always refused.
@@ -104,27 +115,14 @@ async fn lost_responses_are_resolved(uri: StorageUri, keys: usize) {
     for i in 0..keys {
         let key = Path::from(format!("lost/{i:04}.json"));
         let mine = Bytes::from(format!("{{\"write_id\":\"mine-{i}\"}}"));
-        let outcome = loop {
-            match b.put_if_absent(&key, mine.clone()).await {
-                Ok(o) => break o,
-                // Unknown after all resolution attempts: retrying the same bytes is safe.
-                Err(StorageError::OutcomeUnknown { .. }) => continue,
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let outcome = put_until_known(b.as_ref(), &key, &mine).await;
         assert!(
             matches!(outcome, CreateOutcome::Created(_)),
             "key {i}: our own write was reported as a conflict"
         );
         assert_eq!(clean.get(&key).await.unwrap().bytes, mine);
         let rival = Bytes::from(format!("{{\"write_id\":\"rival-{i}\"}}"));
-        let outcome = loop {
-            match b.put_if_absent(&key, rival.clone()).await {
-                Ok(o) => break o,
-                Err(StorageError::OutcomeUnknown { .. }) => continue,
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let outcome = put_until_known(b.as_ref(), &key, &rival).await;
         match outcome {
             CreateOutcome::AlreadyExists(o) => assert_eq!(o.bytes, mine),
             CreateOutcome::Created(_) => panic!("key {i}: a rival overwrote a committed object"),
