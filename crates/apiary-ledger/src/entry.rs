@@ -142,10 +142,11 @@ impl FrameDefinition {
                     "partition column `{p}` must be NOT NULL: a partition value is never null"
                 )));
             }
-            if column.data_type.starts_with("float") {
+            if !crate::cells::partition::can_partition(&column.arrow_type()?) {
                 return Err(LedgerError::Invalid(format!(
-                    "partition column `{p}` is a float; partition by an integer, string, \
-                     date or timestamp column instead"
+                    "partition column `{p}` is {}; partition by an integer, string, boolean, \
+                     date, timestamp or decimal column instead",
+                    column.data_type
                 )));
             }
         }

@@ -12,6 +12,7 @@
 //!
 //! An uncontended commit on an open ledger costs exactly one conditional PUT.
 
+pub mod cells;
 mod decode;
 pub mod entry;
 mod error;
