@@ -21,13 +21,15 @@ use std::sync::{Arc, Mutex};
 
 use apiary_ledger::{
     BoxInfo, Column, Created, FrameDefinition, FrameInfo, FrameRef, FrameSchema, HiveInfo,
-    LedgerConfig, LedgerError, Registry,
+    LedgerConfig, LedgerError, Registry, WriteMode, WriteOptions, WriteResult,
 };
 use apiary_storage::{StorageBackend, StorageError, StorageUri};
 use apiary_swarm::{
     AgentConfig, Bees, NodeId, NodeIdentity, StorageHeartbeats, SwarmAgent, SwarmError,
 };
+use arrow_array::RecordBatch;
 
+pub mod ipc;
 mod node;
 
 pub use apiary_ledger;
@@ -355,5 +357,99 @@ impl Apiary {
         apiary_swarm::request_drain(self.registry.backend().as_ref(), &id, requested_by, now)
             .await?;
         Ok(())
+    }
+
+    // ----- data -----
+
+    /// Sizing of writes from this node's capacity: cells near its target cell size (an
+    /// eighth of a bee's memory, 16 MiB to 256 MiB), at most one bee's memory buffered.
+    fn write_options(&self) -> WriteOptions {
+        let capacity = match self.running() {
+            Some(node) => node.agent.capacity().clone(),
+            None => apiary_swarm::detect_capacity(None),
+        };
+        WriteOptions {
+            target_cell_bytes: capacity.target_cell_bytes as usize,
+            memory_budget: (capacity.memory_per_bee_bytes as usize)
+                .max(capacity.target_cell_bytes as usize * 2),
+            ..WriteOptions::default()
+        }
+    }
+
+    async fn write<I>(&self, frame: &FrameRef, batches: I, mode: WriteMode) -> Result<WriteResult>
+    where
+        I: IntoIterator<Item = Result<RecordBatch, LedgerError>>,
+    {
+        let ledger = self.registry.ledger(frame).await?;
+        let backend = Arc::clone(self.registry.backend());
+        Ok(apiary_ledger::write_batches(
+            &ledger,
+            backend.as_ref(),
+            batches,
+            mode,
+            &self.write_options(),
+        )
+        .await?)
+    }
+
+    /// Appends `batches` to a frame in one commit. Columns are matched to the frame by name
+    /// (any order; safe widenings cast; missing nullable columns null); anything else is
+    /// refused and nothing is committed.
+    pub async fn write_to_frame(
+        &self,
+        hive: &str,
+        r#box: &str,
+        frame: &str,
+        batches: impl IntoIterator<Item = RecordBatch>,
+    ) -> Result<WriteResult> {
+        let frame = FrameRef::new(hive, r#box, frame)?;
+        self.write(&frame, batches.into_iter().map(Ok), WriteMode::Append)
+            .await
+    }
+
+    /// Appends an Arrow IPC stream (the seeds' `write_to_frame(…, ipc_bytes)`), read batch by
+    /// batch. Malformed IPC is an error and commits nothing.
+    pub async fn write_ipc_to_frame(
+        &self,
+        hive: &str,
+        r#box: &str,
+        frame: &str,
+        ipc: impl std::io::Read,
+    ) -> Result<WriteResult> {
+        let frame = FrameRef::new(hive, r#box, frame)?;
+        let reader = ipc::batches(ipc)?;
+        self.write(&frame, reader, WriteMode::Append).await
+    }
+
+    /// Replaces a frame's contents with `batches`, atomically: a concurrent append committed
+    /// before the overwrite is removed with the old data; one committed after it survives.
+    pub async fn overwrite_frame(
+        &self,
+        hive: &str,
+        r#box: &str,
+        frame: &str,
+        batches: impl IntoIterator<Item = RecordBatch>,
+    ) -> Result<WriteResult> {
+        let frame = FrameRef::new(hive, r#box, frame)?;
+        self.write(&frame, batches.into_iter().map(Ok), WriteMode::Overwrite)
+            .await
+    }
+
+    /// Reads a frame at its newest version; with `partition_filter`, only the cells whose
+    /// partition columns have exactly these values (`("country", "us")`).
+    pub async fn read_from_frame(
+        &self,
+        hive: &str,
+        r#box: &str,
+        frame: &str,
+        partition_filter: &[(&str, &str)],
+    ) -> Result<Vec<RecordBatch>> {
+        let frame = FrameRef::new(hive, r#box, frame)?;
+        let ledger = self.registry.ledger(&frame).await?;
+        let filter: Vec<(String, String)> = partition_filter
+            .iter()
+            .map(|(c, v)| (c.to_string(), v.to_string()))
+            .collect();
+        Ok(apiary_ledger::read_batches(&ledger, self.registry.backend().as_ref(), &filter).await?)
     }
 }
