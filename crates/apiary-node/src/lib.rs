@@ -29,6 +29,7 @@ use apiary_swarm::{
 };
 use arrow_array::RecordBatch;
 
+pub mod input;
 pub mod ipc;
 mod node;
 
@@ -433,6 +434,22 @@ impl Apiary {
         let frame = FrameRef::new(hive, r#box, frame)?;
         self.write(&frame, batches.into_iter().map(Ok), WriteMode::Overwrite)
             .await
+    }
+
+    /// Writes batches from any source (files, streams) to `frame`, in one commit; with
+    /// `overwrite`, replacing its contents.
+    pub async fn write_batches_to_frame(
+        &self,
+        frame: &FrameRef,
+        batches: impl IntoIterator<Item = Result<RecordBatch, LedgerError>>,
+        overwrite: bool,
+    ) -> Result<WriteResult> {
+        let mode = if overwrite {
+            WriteMode::Overwrite
+        } else {
+            WriteMode::Append
+        };
+        self.write(frame, batches, mode).await
     }
 
     /// Reads a frame at its newest version; with `partition_filter`, only the cells whose

@@ -127,6 +127,18 @@ enum Command {
         #[arg(long, env = "APIARY_CLOCK_OFFSET", hide = true, value_parser = signed_duration)]
         clock_offset: Option<(Duration, bool)>,
     },
+    /// Write files to a frame in one commit: Parquet, CSV with a header (columns matched by
+    /// name), or Arrow IPC streams; `-` reads an IPC stream from stdin.
+    Write {
+        /// HIVE.BOX.FRAME
+        frame: String,
+        /// Input files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Replace the frame's contents instead of appending.
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Show the swarm: every node with a heartbeat, its state and capacity.
     Swarm,
     /// Show this node: name, id, cores, memory, bees, storage.
@@ -257,6 +269,39 @@ async fn run(cli: Cli) -> CliResult<()> {
             }
             run_node(&ap, options, status_file).await?;
         }
+        Command::Write {
+            frame,
+            files,
+            overwrite,
+        } => {
+            let f = FrameRef::parse(&frame)?;
+            let info = ap.describe_frame(&f.hive, &f.r#box, &f.frame).await?;
+            let mut inputs = Vec::with_capacity(files.len());
+            for path in &files {
+                inputs.push(apiary::input::open(path, &info.definition)?);
+            }
+            let progress = Progress::new();
+            let counted = inputs.into_iter().flatten().inspect(|b| {
+                if let Ok(batch) = b {
+                    progress.add(batch.num_rows());
+                }
+            });
+            let result = ap.write_batches_to_frame(&f, counted, overwrite).await;
+            progress.finish();
+            let result = result?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                println!(
+                    "wrote {} rows in {} cells ({} bytes) to {frame}, version {}, in {} ms",
+                    result.rows_written,
+                    result.cells_written,
+                    result.bytes_written,
+                    result.version,
+                    result.duration_ms
+                );
+            }
+        }
         Command::Swarm => {
             let status = ap.swarm_snapshot(&cli.node.swarm_config()).await?;
             if json {
@@ -374,6 +419,34 @@ async fn run_node(
     ap.shutdown().await?;
     tracing::info!("left the swarm");
     Ok(())
+}
+
+/// A row counter on stderr while writing, shown only on a terminal.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_message("rows read");
+        Self(Some(bar))
+    }
+
+    fn add(&self, rows: usize) {
+        if let Some(bar) = &self.0 {
+            bar.inc(rows as u64);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 fn init_logging() {

@@ -200,3 +200,91 @@ fn works_on_s3() {
     let hives = ok(&apiary(dir.path(), &["--storage", &uri, "list", "--json"]));
     assert_eq!(hives.trim(), "[]");
 }
+
+fn click_batch(start: i64, rows: i64) -> arrow_array::RecordBatch {
+    use std::sync::Arc;
+    let schema = arrow_schema::Schema::new(vec![
+        arrow_schema::Field::new("event_id", arrow_schema::DataType::Int64, true),
+        arrow_schema::Field::new("country", arrow_schema::DataType::Utf8, false),
+    ]);
+    arrow_array::RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(arrow_array::Int64Array::from_iter_values(
+                start..start + rows,
+            )),
+            Arc::new(arrow_array::StringArray::from_iter_values(
+                (start..start + rows).map(|i| ["us", "de"][i as usize % 2]),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+#[test]
+fn writes_csv_parquet_and_ipc_from_stdin() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    create_tutorial_frame(dir.path(), &[]);
+    let frame = "analytics.events.clicks";
+    // CSV, columns in another order than the frame's.
+    let mut csv = String::from("country,event_id,page\n");
+    for i in 0..100 {
+        csv.push_str(&format!("{},{i},/p{}\n", ["us", "uk"][i % 2], i % 3));
+    }
+    std::fs::write(dir.path().join("a.csv"), csv).unwrap();
+    let out = ok(&apiary(dir.path(), &["write", frame, "a.csv", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["rows_written"].as_u64(), v["cells_written"].as_u64()),
+        (Some(100), Some(2))
+    );
+    // Parquet.
+    let file = std::fs::File::create(dir.path().join("b.parquet")).unwrap();
+    let batch = click_batch(1000, 50);
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    ok(&apiary(dir.path(), &["write", frame, "b.parquet"]));
+    // An IPC stream on stdin.
+    let mut ipc = Vec::new();
+    let batch = click_batch(2000, 30);
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut ipc, &batch.schema()).unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
+    drop(w);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["write", frame, "-"])
+        .current_dir(dir.path())
+        .env_remove("APIARY_STORAGE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&ipc).unwrap();
+    ok(&child.wait_with_output().unwrap());
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&apiary(dir.path(), &["describe", frame, "--json"]))).unwrap();
+    assert_eq!(
+        (info["rows"].as_u64(), info["version"].as_u64()),
+        (Some(180), Some(3))
+    );
+    // Bad inputs: one clear line, nothing committed.
+    std::fs::write(dir.path().join("bad.csv"), "event_id,nope\n1,2\n").unwrap();
+    std::fs::write(dir.path().join("badtype.csv"), "event_id,country\nabc,us\n").unwrap();
+    for (file, needle) in [
+        ("bad.csv", "names a column the frame does not have: `nope`"),
+        ("badtype.csv", "does not fit the frame's types"),
+        ("missing.csv", "cannot open"),
+    ] {
+        let e = err(&apiary(dir.path(), &["write", frame, file]));
+        assert!(
+            e.contains(needle) && e.contains("nothing was written"),
+            "{file}: {e}"
+        );
+    }
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&apiary(dir.path(), &["describe", frame, "--json"]))).unwrap();
+    assert_eq!(info["version"].as_u64(), Some(3));
+}

@@ -1,0 +1,97 @@
+//! Reading write inputs from files: Parquet, CSV with a header, Arrow IPC streams.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+
+use apiary_ledger::{FrameDefinition, LedgerError};
+use arrow_array::RecordBatch;
+use arrow_schema::{Field, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// Batches of an input, in order.
+pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch, LedgerError>>>;
+
+/// Rows per batch read from files.
+const BATCH_ROWS: usize = 64 * 1024;
+
+fn bad(path: &Path, what: &str, e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Invalid(format!(
+        "{}: {what}: {e}; nothing was written",
+        path.display()
+    ))
+}
+
+/// Opens `path` (`-` for an Arrow IPC stream on stdin), recognising Parquet and Arrow IPC by
+/// their magic bytes and CSV otherwise. CSV is parsed with the frame's column types, matched
+/// by the header's names.
+pub fn open(path: &Path, definition: &FrameDefinition) -> Result<Batches, LedgerError> {
+    if path.as_os_str() == "-" {
+        let batches = crate::ipc::batches(BufReader::new(std::io::stdin()))?;
+        return Ok(Box::new(batches));
+    }
+    let mut file = File::open(path).map_err(|e| bad(path, "cannot open", e))?;
+    let mut magic = [0u8; 6];
+    let n = file
+        .read(&mut magic)
+        .map_err(|e| bad(path, "cannot read", e))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| bad(path, "cannot read", e))?;
+    if n >= 4 && &magic[..4] == b"PAR1" {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.with_batch_size(BATCH_ROWS).build())
+            .map_err(|e| bad(path, "not a readable Parquet file", e))?;
+        let shown = path.to_path_buf();
+        return Ok(Box::new(reader.map(move |b| {
+            b.map_err(|e| bad(&shown, "not a readable Parquet file", e))
+        })));
+    }
+    if n == 6 && &magic == b"ARROW1" {
+        return Err(LedgerError::Invalid(format!(
+            "{}: Arrow IPC *file* format is not read yet; write it as an IPC stream \
+             (pyarrow.ipc.new_stream_writer) or as Parquet",
+            path.display()
+        )));
+    }
+    if n >= 4 && magic[..4] == [0xFF; 4] {
+        let batches = crate::ipc::batches(BufReader::new(file))?;
+        return Ok(Box::new(batches));
+    }
+    csv(path, file, definition)
+}
+
+fn csv(path: &Path, file: File, definition: &FrameDefinition) -> Result<Batches, LedgerError> {
+    let mut reader = BufReader::new(file);
+    let mut header = String::new();
+    reader
+        .read_line(&mut header)
+        .map_err(|e| bad(path, "cannot read the CSV header", e))?;
+    let names: Vec<String> = header
+        .trim_end_matches(['\r', '\n'])
+        .split(',')
+        .map(|n| n.trim().trim_matches('"').to_string())
+        .collect();
+    let frame = definition.schema.to_arrow()?;
+    let mut fields = Vec::with_capacity(names.len());
+    for name in &names {
+        let Ok(field) = frame.field_with_name(name) else {
+            return Err(bad(
+                path,
+                "the CSV header names a column the frame does not have",
+                format!("`{name}`"),
+            ));
+        };
+        fields.push(Field::new(name, field.data_type().clone(), true));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let csv = arrow_csv::ReaderBuilder::new(schema)
+        .with_header(false)
+        .with_batch_size(BATCH_ROWS)
+        .build(reader)
+        .map_err(|e| bad(path, "not a readable CSV file", e))?;
+    let shown = path.to_path_buf();
+    Ok(Box::new(csv.map(move |b| {
+        b.map_err(|e| bad(&shown, "a CSV row does not fit the frame's types", e))
+    })))
+}
