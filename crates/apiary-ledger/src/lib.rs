@@ -23,6 +23,7 @@ pub mod ops;
 mod registry;
 mod schema;
 mod state;
+pub mod vacuum;
 pub mod write;
 
 pub use decode::{DecodedObject, decode_object};
@@ -35,4 +36,5 @@ pub use ops::{Operation, Resolution};
 pub use registry::{BoxInfo, Created, FrameInfo, HiveInfo, Lifecycle, Registry};
 pub use schema::{Column, FrameSchema, format_type, parse_type};
 pub use state::{FrameState, LiveFrame};
+pub use vacuum::{VacuumResult, vacuum};
 pub use write::{WriteMode, WriteOptions, WriteResult, read_batches, write_batches};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use apiary_ledger::{
     FrameDefinition, FrameRef, FrameSchema, LedgerConfig, LedgerError, Registry, StatValue,
-    WriteMode, WriteOptions, read_batches, write_batches,
+    WriteMode, WriteOptions, read_batches, vacuum, write_batches,
 };
 use apiary_storage::conformance::s3_test_uri;
 use apiary_storage::{Path, StorageBackend, StorageUri};
@@ -402,4 +402,73 @@ async fn partition_values_of_any_kind_round_trip() {
         .map(|(i, v)| (i as i64, v.to_string(), -(i as i32) * 1000))
         .collect();
     assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn vacuum_deletes_only_what_nothing_can_need() {
+    use std::time::Duration;
+    let backend = apiary_storage::memory();
+    let registry = setup(Arc::clone(&backend)).await;
+    let ledger = registry.ledger(&frame()).await.unwrap();
+    let opts = WriteOptions::default();
+    write_batches(
+        &ledger,
+        backend.as_ref(),
+        [Ok(clicks(0, 100))],
+        WriteMode::Append,
+        &opts,
+    )
+    .await
+    .unwrap();
+    write_batches(
+        &ledger,
+        backend.as_ref(),
+        [Ok(clicks(100, 10))],
+        WriteMode::Overwrite,
+        &opts,
+    )
+    .await
+    .unwrap();
+    // An orphan: uploaded by a write that never committed.
+    let orphan = Path::from("analytics/events/clicks/data/country=us/orphan.parquet");
+    backend
+        .put(&orphan, bytes::Bytes::from_static(b"PAR1"))
+        .await
+        .unwrap();
+    let files = || async {
+        backend
+            .list(&Path::from("analytics/events/clicks/data"))
+            .await
+            .unwrap()
+            .len()
+    };
+    let before = files().await;
+    assert_eq!(before, 8 + 8 + 1);
+
+    // Within the retention everything stays: the overwrite and the orphan are recent.
+    let r = vacuum(&ledger, backend.as_ref(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!((r.files_deleted, r.files_kept), (0, before));
+
+    // With no retention: the overwritten cells and the orphan go, the live cells stay.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let r = vacuum(&ledger, backend.as_ref(), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!((r.files_deleted, r.files_kept), (9, 8), "{r:?}");
+    let read = read_batches(&ledger, backend.as_ref(), &[]).await.unwrap();
+    assert_eq!(rows_by_id(&read).len(), 10, "the live version is intact");
+
+    // A dropped frame keeps its cells until the drop ages out.
+    registry.drop_frame(&frame()).await.unwrap();
+    let r = vacuum(&ledger, backend.as_ref(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(r.files_deleted, 0);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let r = vacuum(&ledger, backend.as_ref(), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!((r.files_deleted, r.files_kept), (8, 0));
 }

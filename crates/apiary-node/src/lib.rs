@@ -452,6 +452,21 @@ impl Apiary {
         self.write(frame, batches, mode).await
     }
 
+    /// Deletes the frame's cell files that nothing can need: unreferenced by the newest
+    /// version, not removed within `retention` (default 1 hour), and older than it.
+    pub async fn vacuum(
+        &self,
+        hive: &str,
+        r#box: &str,
+        frame: &str,
+        retention: Option<std::time::Duration>,
+    ) -> Result<apiary_ledger::VacuumResult> {
+        let frame = FrameRef::new(hive, r#box, frame)?;
+        let ledger = self.registry.ledger(&frame).await?;
+        let retention = retention.unwrap_or(std::time::Duration::from_secs(3600));
+        Ok(apiary_ledger::vacuum(&ledger, self.registry.backend().as_ref(), retention).await?)
+    }
+
     /// Reads a frame at its newest version; with `partition_filter`, only the cells whose
     /// partition columns have exactly these values (`("country", "us")`).
     pub async fn read_from_frame(

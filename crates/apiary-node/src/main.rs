@@ -139,6 +139,14 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Delete cell files no version within the retention needs.
+    Vacuum {
+        /// HIVE.BOX.FRAME
+        frame: String,
+        /// Keep what queries and writes of this recent past may need.
+        #[arg(long, default_value = "1h", value_parser = duration)]
+        retention: Duration,
+    },
     /// Show the swarm: every node with a heartbeat, its state and capacity.
     Swarm,
     /// Show this node: name, id, cores, memory, bees, storage.
@@ -299,6 +307,20 @@ async fn run(cli: Cli) -> CliResult<()> {
                     result.bytes_written,
                     result.version,
                     result.duration_ms
+                );
+            }
+        }
+        Command::Vacuum { frame, retention } => {
+            let f = FrameRef::parse(&frame)?;
+            let result = ap
+                .vacuum(&f.hive, &f.r#box, &f.frame, Some(retention))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                println!(
+                    "deleted {} files ({} bytes), kept {}",
+                    result.files_deleted, result.bytes_deleted, result.files_kept
                 );
             }
         }
