@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The quick start: on a local folder (./apiary-data, or APIARY_STORAGE), create the tutorial's
-# frame and show it. Safe to run again: creates are idempotent.
+# frame, write 10 000 generated click events into it, and show it. Creates are idempotent;
+# each run appends another 10 000 events.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo build --quiet -p apiary-node
@@ -10,6 +11,16 @@ apiary create box analytics.events
 apiary create frame analytics.events.clicks \
   --schema 'event_id:int64,user_id:utf8,page:utf8,duration_ms:int64,country:utf8' \
   --partition-by country
+# 10 000 tutorial click events as CSV (columns are matched to the frame by name).
+clicks="$(mktemp --suffix=.csv)"
+awk 'BEGIN {
+  srand(42); split("us uk de fr jp br au ca", c, " "); split("/home /products /about /pricing /docs /blog", p, " ")
+  print "event_id,user_id,page,duration_ms,country"
+  for (i = 0; i < 10000; i++)
+    printf "%d,user_%d,%s,%d,%s\n", i, 1 + int(rand() * 500), p[1 + int(rand() * 6)], 100 + int(rand() * 29901), c[1 + int(rand() * 8)]
+}' > "$clicks"
+apiary write analytics.events.clicks "$clicks"
+rm -f "$clicks"
 echo
 apiary list
 echo
