@@ -530,11 +530,12 @@ impl Registry {
 
     /// The open ledger of a frame (cached; opened on first use). The frame need not exist.
     pub async fn ledger(&self, frame: &FrameRef) -> Result<Arc<FrameLedger>> {
-        let mut ledgers = self.ledgers.lock().await;
-        if let Some(l) = ledgers.get(frame) {
+        if let Some(l) = self.ledgers.lock().await.get(frame) {
             return Ok(Arc::clone(l));
         }
-        let ledger = Arc::new(
+        // Opened without holding the cache lock, so opens of different frames (listing a box)
+        // run concurrently; if two callers race on one frame, the first inserted wins.
+        let opened = Arc::new(
             FrameLedger::open(
                 Arc::clone(&self.backend),
                 frame.clone(),
@@ -542,8 +543,8 @@ impl Registry {
             )
             .await?,
         );
-        ledgers.insert(frame.clone(), Arc::clone(&ledger));
-        Ok(ledger)
+        let mut ledgers = self.ledgers.lock().await;
+        Ok(Arc::clone(ledgers.entry(frame.clone()).or_insert(opened)))
     }
 
     /// Creates a frame in an existing box. Creating an identical frame again is a no-op; a

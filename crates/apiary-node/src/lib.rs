@@ -377,22 +377,6 @@ impl Apiary {
         }
     }
 
-    async fn write<I>(&self, frame: &FrameRef, batches: I, mode: WriteMode) -> Result<WriteResult>
-    where
-        I: IntoIterator<Item = Result<RecordBatch, LedgerError>>,
-    {
-        let ledger = self.registry.ledger(frame).await?;
-        let backend = Arc::clone(self.registry.backend());
-        Ok(apiary_ledger::write_batches(
-            &ledger,
-            backend.as_ref(),
-            batches,
-            mode,
-            &self.write_options(),
-        )
-        .await?)
-    }
-
     /// Appends `batches` to a frame in one commit. Columns are matched to the frame by name
     /// (any order; safe widenings cast; missing nullable columns null); anything else is
     /// refused and nothing is committed.
@@ -404,7 +388,7 @@ impl Apiary {
         batches: impl IntoIterator<Item = RecordBatch>,
     ) -> Result<WriteResult> {
         let frame = FrameRef::new(hive, r#box, frame)?;
-        self.write(&frame, batches.into_iter().map(Ok), WriteMode::Append)
+        self.write_batches_to_frame(&frame, batches.into_iter().map(Ok), false)
             .await
     }
 
@@ -418,8 +402,8 @@ impl Apiary {
         ipc: impl std::io::Read,
     ) -> Result<WriteResult> {
         let frame = FrameRef::new(hive, r#box, frame)?;
-        let reader = ipc::batches(ipc)?;
-        self.write(&frame, reader, WriteMode::Append).await
+        self.write_batches_to_frame(&frame, ipc::batches(ipc)?, false)
+            .await
     }
 
     /// Replaces a frame's contents with `batches`, atomically: a concurrent append committed
@@ -432,7 +416,7 @@ impl Apiary {
         batches: impl IntoIterator<Item = RecordBatch>,
     ) -> Result<WriteResult> {
         let frame = FrameRef::new(hive, r#box, frame)?;
-        self.write(&frame, batches.into_iter().map(Ok), WriteMode::Overwrite)
+        self.write_batches_to_frame(&frame, batches.into_iter().map(Ok), true)
             .await
     }
 
@@ -449,7 +433,16 @@ impl Apiary {
         } else {
             WriteMode::Append
         };
-        self.write(frame, batches, mode).await
+        let ledger = self.registry.ledger(frame).await?;
+        let backend = Arc::clone(self.registry.backend());
+        Ok(apiary_ledger::write_batches(
+            &ledger,
+            backend.as_ref(),
+            batches,
+            mode,
+            &self.write_options(),
+        )
+        .await?)
     }
 
     /// Deletes the frame's cell files that nothing can need: unreferenced by the newest

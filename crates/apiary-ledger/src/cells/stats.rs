@@ -8,8 +8,8 @@
 use arrow_arith::aggregate;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Decimal128Type, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
-    Int64Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    Decimal128Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
+    UInt32Type, UInt64Type,
 };
 use arrow_array::{Array, ArrayRef};
 use arrow_cast::cast;
@@ -67,13 +67,6 @@ fn bounds(array: &ArrayRef) -> Result<Option<(StatValue, StatValue)>, ()> {
             }
         }};
     }
-    let floats = |lo: f64, hi: f64| {
-        if lo.is_nan() || hi.is_nan() {
-            Err(())
-        } else {
-            Ok(Some((StatValue::Float(lo), StatValue::Float(hi))))
-        }
-    };
     Ok(match array.data_type() {
         Boolean => {
             let a = array.as_boolean();
@@ -90,24 +83,15 @@ fn bounds(array: &ArrayRef) -> Result<Option<(StatValue, StatValue)>, ()> {
         UInt16 => prim!(UInt16Type, UInt, u64::from),
         UInt32 => prim!(UInt32Type, UInt, u64::from),
         UInt64 => prim!(UInt64Type, UInt, |x| x),
-        Float16 => {
-            let a = array.as_primitive::<Float16Type>();
+        Float16 | Float32 | Float64 => {
+            // Every float widens exactly to f64; NaN leaves the bounds unknown.
+            let wide = cast(array, &Float64).map_err(|_| ())?;
+            let a = wide.as_primitive::<Float64Type>();
             match (aggregate::min(a), aggregate::max(a)) {
-                (Some(lo), Some(hi)) => return floats(lo.to_f64(), hi.to_f64()),
-                _ => None,
-            }
-        }
-        Float32 => {
-            let a = array.as_primitive::<Float32Type>();
-            match (aggregate::min(a), aggregate::max(a)) {
-                (Some(lo), Some(hi)) => return floats(f64::from(lo), f64::from(hi)),
-                _ => None,
-            }
-        }
-        Float64 => {
-            let a = array.as_primitive::<Float64Type>();
-            match (aggregate::min(a), aggregate::max(a)) {
-                (Some(lo), Some(hi)) => return floats(lo, hi),
+                (Some(lo), Some(hi)) if !lo.is_nan() && !hi.is_nan() => {
+                    Some((StatValue::Float(lo), StatValue::Float(hi)))
+                }
+                (Some(_), Some(_)) => return Err(()),
                 _ => None,
             }
         }
@@ -203,5 +187,52 @@ impl StatsBuilder {
             max: self.max,
             null_count: self.null_count,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{Float32Array, Float64Array, StringArray};
+
+    use super::*;
+
+    fn stats(array: ArrayRef) -> ColumnStats {
+        let mut b = StatsBuilder::new(array.data_type().clone());
+        b.update(&array);
+        b.finish()
+    }
+
+    #[test]
+    fn floats_strings_and_nulls() {
+        let s = stats(Arc::new(Float32Array::from(vec![
+            Some(1.5),
+            None,
+            Some(-2.0),
+        ])));
+        assert_eq!(s.min, Some(StatValue::Float(-2.0)));
+        assert_eq!(s.max, Some(StatValue::Float(1.5)));
+        assert_eq!(s.null_count, 1);
+        let s = stats(Arc::new(Float64Array::from(vec![1.0, f64::NAN])));
+        assert_eq!(
+            (s.min, s.max),
+            (None, None),
+            "NaN leaves the bounds unknown"
+        );
+        let long = "x".repeat(MAX_STAT_BYTES + 1);
+        let s = stats(Arc::new(StringArray::from(vec!["b", long.as_str()])));
+        assert_eq!(
+            (s.min, s.max),
+            (None, None),
+            "over-long strings leave bounds unknown"
+        );
+        let s = stats(Arc::new(StringArray::from(vec![
+            Some("b"),
+            Some("a"),
+            None,
+        ])));
+        assert_eq!(s.min, Some(StatValue::Str("a".into())));
+        assert_eq!(s.max, Some(StatValue::Str("b".into())));
     }
 }
