@@ -17,7 +17,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use apiary_ledger::{
     BoxInfo, Column, Created, FrameDefinition, FrameInfo, FrameRef, FrameSchema, HiveInfo,
@@ -34,6 +34,9 @@ pub mod ipc;
 mod node;
 
 pub use apiary_ledger;
+pub use apiary_query;
+use apiary_query::{QueryEngine, QueryOptions};
+pub use apiary_query::{QueryResult, SqlSession};
 pub use apiary_storage;
 pub use apiary_swarm;
 pub use node::{NodeOptions, NodeStatus, SwarmNode, SwarmStatus};
@@ -54,6 +57,9 @@ pub enum ApiaryError {
     /// Swarm membership failure (node id, identity, heartbeats).
     #[error(transparent)]
     Swarm(#[from] SwarmError),
+    /// A SQL statement failed (syntax, unknown names, refused statements, execution).
+    #[error(transparent)]
+    Query(#[from] apiary_query::QueryError),
     /// The call needs a running node (`Apiary::start` first), or one is running already.
     #[error("{0}")]
     Lifecycle(&'static str),
@@ -94,6 +100,7 @@ pub struct Apiary {
     storage: StorageUri,
     registry: Arc<Registry>,
     node: Arc<Mutex<Option<RunningNode>>>,
+    query: Arc<OnceLock<QueryEngine>>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +143,7 @@ impl Apiary {
             storage,
             registry: Arc::new(Registry::new(backend, ledger)),
             node: Arc::default(),
+            query: Arc::default(),
         }
     }
 
@@ -458,6 +466,42 @@ impl Apiary {
         let ledger = self.registry.ledger(&frame).await?;
         let retention = retention.unwrap_or(std::time::Duration::from_secs(3600));
         Ok(apiary_ledger::vacuum(&ledger, self.registry.backend().as_ref(), retention).await?)
+    }
+
+    /// The node's SQL engine, prepared on first use: one scan partition per bee.
+    fn query_engine(&self) -> Result<&QueryEngine> {
+        if let Some(engine) = self.query.get() {
+            return Ok(engine);
+        }
+        let bees = apiary_swarm::detect_capacity(None).bees;
+        let engine = QueryEngine::new(
+            Arc::clone(&self.registry),
+            QueryOptions {
+                target_partitions: bees as usize,
+                ..QueryOptions::default()
+            },
+        )?;
+        // A racing first call may have set it; either engine is equivalent.
+        Ok(self.query.get_or_init(|| engine))
+    }
+
+    /// Runs SQL (one or more `;`-separated statements; the last one's rows are returned)
+    /// over `hive.box.frame` names in a session of its own, so a `USE` lasts for the rest
+    /// of this text only. Read-only: DDL, DML and file access are refused with the API call
+    /// to use instead.
+    pub async fn sql(&self, query: &str) -> Result<QueryResult> {
+        Ok(self.query_engine()?.sql(query).await?)
+    }
+
+    /// [`sql`](Self::sql), with the rows as one Arrow IPC stream (what
+    /// `pyarrow.ipc.open_stream` reads).
+    pub async fn sql_ipc(&self, query: &str) -> Result<Vec<u8>> {
+        Ok(self.sql(query).await?.to_ipc_stream()?)
+    }
+
+    /// A SQL session: `USE` and `SET` in it last until it is dropped.
+    pub fn sql_session(&self) -> Result<SqlSession> {
+        Ok(self.query_engine()?.session())
     }
 
     /// Reads a frame at its newest version; with `partition_filter`, only the cells whose

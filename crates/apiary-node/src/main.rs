@@ -51,6 +51,15 @@ struct NodeArgs {
     dead_threshold: Duration,
 }
 
+/// How `apiary sql` prints rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SqlFormat {
+    Table,
+    Csv,
+    Json,
+    Arrow,
+}
+
 fn duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text)
         .map_err(|e| format!("`{text}` is not a duration such as 500ms, 5s or 1m: {e}"))?;
@@ -138,6 +147,17 @@ enum Command {
         /// Replace the frame's contents instead of appending.
         #[arg(long)]
         overwrite: bool,
+    },
+    /// Run SQL: queries over HIVE.BOX.FRAME names, SHOW HIVES|BOXES|FRAMES, DESCRIBE, USE,
+    /// EXPLAIN [ANALYZE]. Several statements may be separated by `;`; the last one's rows are
+    /// printed.
+    Sql {
+        /// The SQL text.
+        query: String,
+        /// Output: an aligned table, CSV with a header, one JSON array of row objects, or an
+        /// Arrow IPC stream (binary, for pipes).
+        #[arg(long, value_enum)]
+        format: Option<SqlFormat>,
     },
     /// Delete cell files no version within the retention needs.
     Vacuum {
@@ -309,6 +329,15 @@ async fn run(cli: Cli) -> CliResult<()> {
                     result.duration_ms
                 );
             }
+        }
+        Command::Sql { query, format } => {
+            let format = format.unwrap_or(if json {
+                SqlFormat::Json
+            } else {
+                SqlFormat::Table
+            });
+            let result = ap.sql(&query).await?;
+            print_result(&result, format)?;
         }
         Command::Vacuum { frame, retention } => {
             let f = FrameRef::parse(&frame)?;
@@ -486,6 +515,46 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(tmp, path)
+}
+
+fn print_result(result: &apiary::QueryResult, format: SqlFormat) -> CliResult<()> {
+    use apiary::apiary_query::datafusion::arrow;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match format {
+        SqlFormat::Table => {
+            if result.schema().fields().is_empty() {
+                writeln!(out, "OK")?;
+            } else {
+                let text = arrow::util::pretty::pretty_format_batches(result.batches())?;
+                writeln!(out, "{text}")?;
+                writeln!(out, "({} rows)", result.num_rows())?;
+            }
+        }
+        SqlFormat::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
+            for batch in result.batches() {
+                writer.write(batch)?;
+            }
+        }
+        SqlFormat::Json => {
+            let mut writer = arrow::json::ArrayWriter::new(&mut out);
+            for batch in result.batches() {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+            // An empty result is still one (empty) JSON array.
+            if result.num_rows() == 0 {
+                write!(out, "[]")?;
+            }
+            writeln!(out)?;
+        }
+        SqlFormat::Arrow => out.write_all(&result.to_ipc_stream()?)?,
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn print_swarm(status: &SwarmStatus) {

@@ -1,0 +1,207 @@
+//! The DataFusion catalog over Apiary's registry: hive → catalog, box → schema,
+//! frame → table.
+//!
+//! Hive and box lookups are synchronous in DataFusion, so they only name things; the one
+//! storage request of a warm lookup happens when a frame is resolved: the frame's open
+//! ledger probes the version after its head (one GET when nothing changed). The scan index
+//! of a ledger version is built once and shared by every query that reads that version.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use apiary_ledger::{FrameRef, LedgerError, Registry, validate_name};
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, TableProvider};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::object_store::ObjectStoreUrl;
+
+use crate::error::{QueryError, ledger_to_df};
+use crate::table::{FrameIndex, FrameTable};
+
+/// The default catalog and schema of a session that has not run `USE`. Names starting with
+/// `_` are never valid hive or box names, so these can never name real objects.
+pub(crate) const NO_HIVE: &str = "_no_hive";
+pub(crate) const NO_BOX: &str = "_no_box";
+
+/// Shared state of the catalog: the registry and the scan indexes of recently read versions.
+#[derive(Debug)]
+pub struct ApiaryCatalog {
+    registry: Arc<Registry>,
+    store: ObjectStoreUrl,
+    indexes: Mutex<HashMap<FrameRef, Arc<FrameIndex>>>,
+    seen_hives: Mutex<BTreeSet<String>>,
+}
+
+impl ApiaryCatalog {
+    /// A catalog over `registry`, whose cells DataFusion reads through the object store
+    /// registered for `store`.
+    pub fn new(registry: Arc<Registry>, store: ObjectStoreUrl) -> Self {
+        Self {
+            registry,
+            store,
+            indexes: Mutex::default(),
+            seen_hives: Mutex::default(),
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The frame at its newest version, as a table. Errors name what is missing.
+    pub async fn frame_table(&self, frame: &FrameRef) -> Result<FrameTable, QueryError> {
+        let ledger = self.registry.ledger(frame).await?;
+        let state = ledger.refresh().await?;
+        let Some((version, live)) = state
+            .as_deref()
+            .and_then(|s| s.live.as_ref().map(|l| (s.version, l)))
+        else {
+            return Err(self.explain_missing(frame).await);
+        };
+        let cached = self
+            .indexes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(frame)
+            .filter(|i| i.version() == version && i.incarnation() == live.incarnation)
+            .cloned();
+        let index = match cached {
+            Some(index) => index,
+            None => {
+                let index = Arc::new(FrameIndex::build(frame, version, live)?);
+                self.indexes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(frame.clone(), Arc::clone(&index));
+                index
+            }
+        };
+        self.seen_hives
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(frame.hive.clone());
+        Ok(FrameTable::new(index, self.store.clone()))
+    }
+
+    /// Why `frame` cannot be found: a missing hive or box is named as such.
+    async fn explain_missing(&self, frame: &FrameRef) -> QueryError {
+        let hint = match self.registry.get_box(&frame.hive, &frame.r#box).await {
+            Ok(_) => format!(
+                "frame `{frame}` does not exist (SHOW FRAMES IN {}.{} lists its frames)",
+                frame.hive, frame.r#box
+            ),
+            Err(LedgerError::NotFound { what }) => {
+                format!(
+                    "frame `{frame}` does not exist: {what} does not exist (SHOW HIVES and SHOW BOXES list what does)"
+                )
+            }
+            Err(e) => return QueryError::Ledger(e),
+        };
+        QueryError::Invalid(hint)
+    }
+}
+
+/// The catalog list DataFusion sees: every hive name resolves to a [`HiveCatalog`]; whether
+/// the hive exists is checked when a frame in it is resolved.
+#[derive(Debug, Clone)]
+pub struct HiveList(pub Arc<ApiaryCatalog>);
+
+impl CatalogProviderList for HiveList {
+    fn register_catalog(
+        &self,
+        _name: String,
+        _catalog: Arc<dyn CatalogProvider>,
+    ) -> Option<Arc<dyn CatalogProvider>> {
+        // Nothing but the registry defines hives; DataFusion's own default catalog is not
+        // created (see the session builder), so this is never called with one to keep.
+        None
+    }
+
+    fn catalog_names(&self) -> Vec<String> {
+        self.0
+            .seen_hives
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
+        Some(Arc::new(HiveCatalog {
+            catalog: Arc::clone(&self.0),
+            hive: name.to_string(),
+        }))
+    }
+}
+
+/// A hive as a DataFusion catalog.
+#[derive(Debug)]
+pub struct HiveCatalog {
+    catalog: Arc<ApiaryCatalog>,
+    hive: String,
+}
+
+impl CatalogProvider for HiveCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        Some(Arc::new(BoxSchema {
+            catalog: Arc::clone(&self.catalog),
+            hive: self.hive.clone(),
+            r#box: name.to_string(),
+        }))
+    }
+}
+
+/// A box as a DataFusion schema.
+#[derive(Debug)]
+pub struct BoxSchema {
+    catalog: Arc<ApiaryCatalog>,
+    hive: String,
+    r#box: String,
+}
+
+impl BoxSchema {
+    fn frame_ref(&self, name: &str) -> Result<FrameRef, QueryError> {
+        if self.hive == NO_HIVE || self.r#box == NO_BOX {
+            let written = if self.hive == NO_HIVE && self.r#box != NO_BOX {
+                format!("{}.{name}", self.r#box)
+            } else {
+                name.to_string()
+            };
+            return Err(QueryError::Invalid(format!(
+                "`{written}` does not say which hive and box it is in: write hive.box.frame, \
+                 or run `USE hive.box` (or `USE hive` for box.frame) first in this session"
+            )));
+        }
+        validate_name("hive", &self.hive)?;
+        validate_name("box", &self.r#box)?;
+        validate_name("frame", name)?;
+        Ok(FrameRef::new(&self.hive, &self.r#box, name)?)
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for BoxSchema {
+    fn table_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let frame = self.frame_ref(name).map_err(DataFusionError::from)?;
+        match self.catalog.frame_table(&frame).await {
+            Ok(table) => Ok(Some(Arc::new(table))),
+            Err(QueryError::Ledger(e)) => Err(ledger_to_df(e)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn table_exist(&self, _name: &str) -> bool {
+        // Only DDL asks, and DDL is not run through SQL.
+        false
+    }
+}

@@ -1,0 +1,30 @@
+//! Apiary's SQL engine: DataFusion over hives, boxes and frames.
+//!
+//! * [`QueryEngine`] prepares DataFusion once per node: the catalog ([`catalog`]: hive →
+//!   catalog, box → schema, frame → table), the node's object store (and nothing else:
+//!   queries cannot reach the node's files), functions and settings.
+//! * [`SqlSession`] is one client's session: `USE` and `SET` last as long as it does.
+//! * A frame scan ([`FrameTable`]) reads the cells of one ledger version with DataFusion's
+//!   Parquet source, after pruning cells with the ledger's partition values and exact column
+//!   statistics; [`FrameScanExec`] reports cells total, pruned and read in `EXPLAIN`.
+//! * Statements: read-only SQL (queries, `EXPLAIN [ANALYZE]`, `SET datafusion.…`),
+//!   `SHOW HIVES`, `SHOW BOXES [IN hive]`, `SHOW FRAMES [IN hive[.box]]`, `USE hive[.box]`,
+//!   `DESCRIBE frame`. DDL, DML and file access are refused with the API call to use instead.
+
+pub mod catalog;
+mod error;
+mod exec;
+mod output;
+mod session;
+mod statement;
+pub mod stats;
+mod table;
+
+pub use error::{QueryError, Result};
+pub use exec::{FrameScanExec, ScanSummary};
+pub use output::QueryResult;
+pub use session::{QueryEngine, QueryOptions, SqlSession};
+pub use table::{FrameIndex, FrameTable};
+
+/// DataFusion, as this crate uses it (for callers that build plans or read results).
+pub use datafusion;

@@ -1,0 +1,220 @@
+//! Query results, and the result tables of Apiary's own statements (`SHOW …`, `DESCRIBE`).
+
+use std::sync::Arc;
+
+use apiary_ledger::{FrameInfo, Registry, format_type};
+use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
+use arrow_ipc::writer::StreamWriter;
+use arrow_schema::{Field, Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+
+use crate::error::{QueryError, Result};
+use crate::table::FrameTable;
+
+/// The rows a statement returned, as Arrow record batches of one schema.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+}
+
+impl QueryResult {
+    /// A result of `batches`, which all have `schema`.
+    pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
+        Self { schema, batches }
+    }
+
+    /// The result of a statement that returns no rows (`USE`, `SET`).
+    pub fn empty() -> Self {
+        Self::new(Arc::new(Schema::empty()), Vec::new())
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// The batches.
+    pub fn batches(&self) -> &[RecordBatch] {
+        &self.batches
+    }
+
+    /// The batches, by value.
+    pub fn into_batches(self) -> Vec<RecordBatch> {
+        self.batches
+    }
+
+    /// Total rows.
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    /// The result as one Arrow IPC stream (what `pyarrow.ipc.open_stream` reads).
+    pub fn to_ipc_stream(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut writer = StreamWriter::try_new(&mut out, &self.schema)
+            .map_err(|e| QueryError::Execution(format!("cannot encode the result: {e}")))?;
+        for batch in &self.batches {
+            writer
+                .write(batch)
+                .map_err(|e| QueryError::Execution(format!("cannot encode the result: {e}")))?;
+        }
+        writer
+            .finish()
+            .map_err(|e| QueryError::Execution(format!("cannot encode the result: {e}")))?;
+        drop(writer);
+        Ok(out)
+    }
+
+    /// The result as a DataFusion stream.
+    pub fn into_stream(self) -> SendableRecordBatchStream {
+        let batches = self.batches.into_iter().map(Ok);
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema,
+            futures::stream::iter(batches),
+        ))
+    }
+}
+
+fn table(columns: Vec<(&str, ArrayRef)>) -> Result<QueryResult> {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, array)| Field::new(*name, array.data_type().clone(), false))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .map_err(|e| QueryError::Execution(e.to_string()))?;
+    Ok(QueryResult::new(schema, vec![batch]))
+}
+
+fn strings<I: IntoIterator<Item = S>, S: AsRef<str>>(values: I) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+fn counts<I: IntoIterator<Item = u64>>(values: I) -> ArrayRef {
+    Arc::new(UInt64Array::from_iter_values(values))
+}
+
+/// `SHOW HIVES`: one row per hive.
+pub(crate) async fn show_hives(registry: &Registry) -> Result<QueryResult> {
+    let hives = registry.list_hives().await?;
+    table(vec![("hive", strings(hives.iter().map(|h| &h.name)))])
+}
+
+/// `SHOW BOXES [IN hive]`: one row per box (of every hive without a scope).
+pub(crate) async fn show_boxes(registry: &Registry, hive: Option<&str>) -> Result<QueryResult> {
+    let hives = match hive {
+        Some(h) => vec![h.to_string()],
+        None => registry
+            .list_hives()
+            .await?
+            .into_iter()
+            .map(|h| h.name)
+            .collect(),
+    };
+    let mut rows = Vec::new();
+    for hive in hives {
+        for b in registry.list_boxes(&hive).await? {
+            rows.push((b.hive, b.name));
+        }
+    }
+    table(vec![
+        ("hive", strings(rows.iter().map(|r| &r.0))),
+        ("box", strings(rows.iter().map(|r| &r.1))),
+    ])
+}
+
+/// `SHOW FRAMES [IN hive[.box]]`: one row per frame with its size.
+pub(crate) async fn show_frames(registry: &Registry, scope: &[String]) -> Result<QueryResult> {
+    let boxes: Vec<(String, String)> = match scope {
+        [hive, r#box] => vec![(hive.clone(), r#box.clone())],
+        [hive] => registry
+            .list_boxes(hive)
+            .await?
+            .into_iter()
+            .map(|b| (b.hive, b.name))
+            .collect(),
+        _ => {
+            let mut all = Vec::new();
+            for hive in registry.list_hives().await? {
+                for b in registry.list_boxes(&hive.name).await? {
+                    all.push((b.hive, b.name));
+                }
+            }
+            all
+        }
+    };
+    let mut frames: Vec<FrameInfo> = Vec::new();
+    for (hive, r#box) in boxes {
+        frames.extend(registry.list_frames(&hive, &r#box).await?);
+    }
+    let part = |f: &FrameInfo, i: usize| {
+        f.name
+            .split('.')
+            .nth(i)
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    table(vec![
+        ("hive", strings(frames.iter().map(|f| part(f, 0)))),
+        ("box", strings(frames.iter().map(|f| part(f, 1)))),
+        ("frame", strings(frames.iter().map(|f| part(f, 2)))),
+        ("version", counts(frames.iter().map(|f| f.version))),
+        ("cells", counts(frames.iter().map(|f| f.cells as u64))),
+        ("rows", counts(frames.iter().map(|f| f.rows))),
+        ("bytes", counts(frames.iter().map(|f| f.bytes))),
+        (
+            "partition_by",
+            strings(frames.iter().map(|f| f.definition.partition_by.join(","))),
+        ),
+    ])
+}
+
+/// `DESCRIBE frame`: one row per column (name, type, nullability, partition flag), each with
+/// the frame's version, cells, rows and bytes.
+pub(crate) fn describe(frame: &FrameTable) -> Result<QueryResult> {
+    let index = frame.index();
+    let schema = frame.schema();
+    let partition_by = index.partition_by();
+    let n = schema.fields().len();
+    let types = schema
+        .fields()
+        .iter()
+        .map(|f| format_type(f.data_type()).unwrap_or_else(|_| f.data_type().to_string()))
+        .collect::<Vec<_>>();
+    table(vec![
+        (
+            "column_name",
+            strings(schema.fields().iter().map(|f| f.name())),
+        ),
+        ("data_type", strings(types)),
+        (
+            "is_nullable",
+            Arc::new(BooleanArray::from_iter(
+                schema.fields().iter().map(|f| Some(f.is_nullable())),
+            )),
+        ),
+        (
+            "is_partition",
+            Arc::new(BooleanArray::from_iter(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| Some(partition_by.contains(f.name()))),
+            )),
+        ),
+        ("version", counts(std::iter::repeat_n(index.version(), n))),
+        (
+            "cells",
+            counts(std::iter::repeat_n(index.cells() as u64, n)),
+        ),
+        ("rows", counts(std::iter::repeat_n(index.rows(), n))),
+        ("bytes", counts(std::iter::repeat_n(index.bytes(), n))),
+    ])
+}

@@ -1,0 +1,283 @@
+//! The SQL front door: a [`QueryEngine`] per node and a [`SqlSession`] per client session.
+
+use std::sync::Arc;
+
+use apiary_ledger::{FrameRef, Registry};
+use apiary_storage::object_store::ObjectStore;
+use arrow_array::RecordBatch;
+use datafusion::common::Result as DfResult;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::object_store::{ObjectStoreRegistry, ObjectStoreUrl};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionState;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::TryStreamExt;
+use url::Url;
+
+use crate::catalog::{ApiaryCatalog, HiveList, NO_BOX, NO_HIVE};
+use crate::error::{QueryError, Result};
+use crate::output::{self, QueryResult};
+use crate::statement::{self, Command};
+
+/// The URL under which DataFusion finds the node's storage.
+const STORE_URL: &str = "apiary://storage";
+
+/// How queries run on this node.
+#[derive(Debug, Clone)]
+pub struct QueryOptions {
+    /// Partitions a scan is split into: the node's bees (cores).
+    pub target_partitions: usize,
+    /// Memory all running queries may hold, in bytes; `None` for no limit.
+    pub memory_limit: Option<usize>,
+}
+
+impl Default for QueryOptions {
+    fn default() -> Self {
+        Self {
+            target_partitions: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_limit: None,
+        }
+    }
+}
+
+/// Only the node's own storage: no `file://`, no URLs a query names. DataFusion's default
+/// registry serves the local file system; this one serves nothing but Apiary's store.
+#[derive(Debug)]
+struct OnlyApiaryStorage {
+    url: Url,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl ObjectStoreRegistry for OnlyApiaryStorage {
+    fn register_store(
+        &self,
+        _url: &Url,
+        _store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        None
+    }
+
+    fn get_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
+        if url.scheme() == self.url.scheme() && url.host_str() == self.url.host_str() {
+            Ok(Arc::clone(&self.store))
+        } else {
+            Err(DataFusionError::Plan(format!(
+                "`{url}` is outside Apiary's storage; SQL reads frames only"
+            )))
+        }
+    }
+}
+
+/// Runs SQL over one storage root. Cheap to share; every session starts from the same
+/// prepared DataFusion state (functions, configuration, catalog, object store).
+#[derive(Debug, Clone)]
+pub struct QueryEngine {
+    catalog: Arc<ApiaryCatalog>,
+    state: SessionState,
+}
+
+impl QueryEngine {
+    /// An engine over `registry`, reading cells through the registry's storage backend.
+    pub fn new(registry: Arc<Registry>, options: QueryOptions) -> Result<Self> {
+        let url = ObjectStoreUrl::parse(STORE_URL)?;
+        let store = registry.backend().object_store();
+        let objects = Arc::new(OnlyApiaryStorage {
+            url: Url::parse(STORE_URL).map_err(|e| QueryError::Execution(e.to_string()))?,
+            store,
+        });
+        let mut runtime = RuntimeEnvBuilder::new().with_object_store_registry(objects);
+        if let Some(limit) = options.memory_limit {
+            runtime = runtime.with_memory_limit(limit, 1.0);
+        }
+        let config = SessionConfig::new()
+            .with_target_partitions(options.target_partitions.max(1))
+            .with_information_schema(false)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(NO_HIVE, NO_BOX);
+        let catalog = Arc::new(ApiaryCatalog::new(registry, url));
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime.build_arc()?)
+            .with_catalog_list(Arc::new(HiveList(Arc::clone(&catalog))))
+            .with_default_features()
+            .build();
+        Ok(Self { catalog, state })
+    }
+
+    /// A new session: `USE` and `SET` in it last until it is dropped and affect no other.
+    pub fn session(&self) -> SqlSession {
+        SqlSession {
+            engine: self.clone(),
+            ctx: SessionContext::new_with_state(self.state.clone()),
+            current: Vec::new(),
+        }
+    }
+
+    /// Runs `sql` (one or more statements) in a fresh session and returns the last
+    /// statement's result.
+    pub async fn sql(&self, sql: &str) -> Result<QueryResult> {
+        self.session().sql(sql).await
+    }
+
+    /// The catalog (registry access and scan indexes).
+    pub fn catalog(&self) -> &Arc<ApiaryCatalog> {
+        &self.catalog
+    }
+}
+
+/// One client's session: its current hive and box (`USE`) and its settings (`SET`).
+pub struct SqlSession {
+    engine: QueryEngine,
+    ctx: SessionContext,
+    current: Vec<String>,
+}
+
+impl std::fmt::Debug for SqlSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlSession")
+            .field("session_id", &self.ctx.session_id())
+            .field("current", &self.current)
+            .finish()
+    }
+}
+
+impl SqlSession {
+    /// Runs `sql` (one or more `;`-separated statements) and returns the last statement's
+    /// result; earlier statements run to completion first.
+    pub async fn sql(&mut self, sql: &str) -> Result<QueryResult> {
+        let stream = self.sql_stream(sql).await?;
+        let schema = stream.schema();
+        let batches: Vec<RecordBatch> = stream.try_collect().await?;
+        Ok(QueryResult::new(schema, batches))
+    }
+
+    /// Like [`sql`](Self::sql), but the last statement's rows are streamed as they are
+    /// produced.
+    pub async fn sql_stream(&mut self, sql: &str) -> Result<SendableRecordBatchStream> {
+        let mut commands = statement::parse(sql)?;
+        let last = commands
+            .pop()
+            .ok_or_else(|| QueryError::Invalid("no statement".into()))?;
+        for command in commands {
+            let stream = self.run(command).await?;
+            let _: Vec<RecordBatch> = stream.try_collect().await?;
+        }
+        self.run(last).await
+    }
+
+    /// The hive and box `USE` selected, if any.
+    pub fn current(&self) -> (Option<&str>, Option<&str>) {
+        (
+            self.current.first().map(String::as_str),
+            self.current.get(1).map(String::as_str),
+        )
+    }
+
+    async fn run(&mut self, command: Command) -> Result<SendableRecordBatchStream> {
+        let registry = Arc::clone(self.engine.catalog.registry());
+        let result = match command {
+            Command::DataFusion(statement) => return self.run_datafusion(*statement).await,
+            Command::Use(parts) => {
+                self.use_scope(parts).await?;
+                QueryResult::empty()
+            }
+            Command::ShowHives => output::show_hives(&registry).await?,
+            Command::ShowBoxes(scope) => {
+                let hive = match scope {
+                    Some(parts) if parts.len() == 1 => Some(parts[0].clone()),
+                    Some(parts) => {
+                        return Err(QueryError::Invalid(format!(
+                            "SHOW BOXES IN takes a hive name, not `{}`",
+                            parts.join(".")
+                        )));
+                    }
+                    None => self.current.first().cloned(),
+                };
+                output::show_boxes(&registry, hive.as_deref()).await?
+            }
+            Command::ShowFrames(scope) => {
+                let scope = match scope {
+                    Some(parts) if parts.len() <= 2 => parts,
+                    Some(parts) => {
+                        return Err(QueryError::Invalid(format!(
+                            "SHOW FRAMES IN takes `hive` or `hive.box`, not `{}`",
+                            parts.join(".")
+                        )));
+                    }
+                    None => self.current.clone(),
+                };
+                output::show_frames(&registry, &scope).await?
+            }
+            Command::Describe(parts) => {
+                let frame = self.resolve(&parts)?;
+                let table = self.engine.catalog.frame_table(&frame).await?;
+                output::describe(&table)?
+            }
+        };
+        Ok(result.into_stream())
+    }
+
+    async fn run_datafusion(
+        &mut self,
+        statement: datafusion::sql::parser::Statement,
+    ) -> Result<SendableRecordBatchStream> {
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(statement).await?;
+        // Defence in depth: the statement was classified already; the plan must agree.
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(true)
+            .verify_plan(&plan)?;
+        let frame = self.ctx.execute_logical_plan(plan).await?;
+        Ok(frame.execute_stream().await?)
+    }
+
+    /// `parts` as a frame: `hive.box.frame`, or completed from `USE`.
+    fn resolve(&self, parts: &[String]) -> Result<FrameRef> {
+        let full: Vec<&str> = match (parts.len(), self.current.len()) {
+            (3, _) => parts.iter().map(String::as_str).collect(),
+            (2, n) if n >= 1 => vec![self.current[0].as_str(), &parts[0], &parts[1]],
+            (1, 2) => vec![self.current[0].as_str(), &self.current[1], &parts[0]],
+            _ => {
+                return Err(QueryError::Invalid(format!(
+                    "`{}` does not say which hive and box it is in: write hive.box.frame, or \
+                     run `USE hive.box` first in this session",
+                    parts.join(".")
+                )));
+            }
+        };
+        Ok(FrameRef::new(full[0], full[1], full[2])?)
+    }
+
+    async fn use_scope(&mut self, parts: Vec<String>) -> Result<()> {
+        let registry = self.engine.catalog.registry();
+        match parts.as_slice() {
+            [hive] => {
+                registry.get_hive(hive).await?;
+            }
+            [hive, r#box] => {
+                registry.get_box(hive, r#box).await?;
+            }
+            _ => {
+                return Err(QueryError::Invalid(format!(
+                    "USE takes `hive` or `hive.box`, not `{}`",
+                    parts.join(".")
+                )));
+            }
+        }
+        let catalog = parts[0].clone();
+        let schema = parts.get(1).cloned().unwrap_or_else(|| NO_BOX.to_string());
+        {
+            let state = self.ctx.state_ref();
+            let mut state = state.write();
+            let options = state.config_mut().options_mut();
+            options.catalog.default_catalog = catalog;
+            options.catalog.default_schema = schema;
+        }
+        self.current = parts;
+        Ok(())
+    }
+}

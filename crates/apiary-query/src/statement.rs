@@ -1,0 +1,463 @@
+//! What a statement asks for: Apiary's own statements (`SHOW HIVES`, `USE`, `DESCRIBE`, …),
+//! a read-only statement for DataFusion, or something SQL may not do here.
+//!
+//! Input is split into statements on the tokenizer's semicolons (never inside strings or
+//! comments) and each statement is parsed by DataFusion's parser; decisions are made on the
+//! parsed statement, never on the SQL text.
+
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{
+    Ident, ObjectName, ObjectNamePart, Set, ShowStatementOptions, Statement, Use,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Span, Token, TokenWithSpan, Tokenizer};
+
+use crate::error::{QueryError, Result};
+
+/// Session settings a user may change with `SET`: how DataFusion executes and optimizes, and
+/// how it prints. Catalog and runtime settings (temporary directories, memory pools) are the
+/// operator's.
+const SETTABLE: &[&str] = &[
+    "datafusion.execution.",
+    "datafusion.optimizer.",
+    "datafusion.explain.",
+    "datafusion.sql_parser.",
+    "datafusion.format.",
+];
+
+/// A parsed statement, classified.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// `SHOW HIVES` / `SHOW DATABASES`.
+    ShowHives,
+    /// `SHOW BOXES [IN hive]` / `SHOW SCHEMAS [IN hive]`.
+    ShowBoxes(Option<Vec<String>>),
+    /// `SHOW FRAMES [IN hive[.box]]` / `SHOW TABLES [IN …]`.
+    ShowFrames(Option<Vec<String>>),
+    /// `USE hive` or `USE hive.box`.
+    Use(Vec<String>),
+    /// `DESCRIBE [hive.box.]frame`.
+    Describe(Vec<String>),
+    /// A read-only statement DataFusion plans and runs.
+    DataFusion(Box<DfStatement>),
+}
+
+/// Splits `sql` into statements and classifies each. Empty statements are skipped.
+pub(crate) fn parse(sql: &str) -> Result<Vec<Command>> {
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| QueryError::Invalid(format!("SQL syntax error: {e}")))?;
+    let mut commands = Vec::new();
+    for statement in tokens.split(|t| t.token == Token::SemiColon) {
+        let meaningful: Vec<&Token> = statement
+            .iter()
+            .map(|t| &t.token)
+            .filter(|t| !matches!(t, Token::Whitespace(_) | Token::EOF))
+            .collect();
+        if meaningful.is_empty() {
+            continue;
+        }
+        if let Some(command) = apiary_show(&meaningful)? {
+            commands.push(command);
+            continue;
+        }
+        commands.push(classify(parse_one(statement.to_vec())?)?);
+    }
+    if commands.is_empty() {
+        return Err(QueryError::Invalid(
+            "the SQL text holds no statement".into(),
+        ));
+    }
+    Ok(commands)
+}
+
+fn parse_one(mut tokens: Vec<TokenWithSpan>) -> Result<DfStatement> {
+    tokens.push(TokenWithSpan::wrap(Token::EOF));
+    let dialect = GenericDialect {};
+    let mut statements = DFParserBuilder::new(tokens)
+        .with_dialect(&dialect)
+        .build()
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| QueryError::Invalid(e.strip_backtrace()))?;
+    match (statements.pop_front(), statements.is_empty()) {
+        (Some(statement), true) => Ok(statement),
+        _ => Err(QueryError::Invalid(
+            "expected one statement between semicolons".into(),
+        )),
+    }
+}
+
+/// `SHOW HIVES`, `SHOW BOXES [IN|FROM name]`, `SHOW FRAMES [IN|FROM name]`: Apiary's words,
+/// which SQL parsers do not know.
+fn apiary_show(tokens: &[&Token]) -> Result<Option<Command>> {
+    let word = |t: &Token| match t {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    };
+    if tokens.first().and_then(|t| word(t)).as_deref() != Some("SHOW") {
+        return Ok(None);
+    }
+    let kind = match tokens.get(1).and_then(|t| word(t)).as_deref() {
+        Some("HIVES") => "HIVES",
+        Some("BOXES") => "BOXES",
+        Some("FRAMES") => "FRAMES",
+        _ => return Ok(None),
+    };
+    let rest = &tokens[2..];
+    let scope = match rest.split_first() {
+        None => None,
+        Some((first, name)) if matches!(word(first).as_deref(), Some("IN" | "FROM")) => {
+            Some(dotted_name(name).ok_or_else(|| {
+                QueryError::Invalid(format!(
+                    "SHOW {kind} IN expects a name such as `analytics` or `analytics.events`"
+                ))
+            })?)
+        }
+        Some(_) => {
+            return Err(QueryError::Invalid(format!(
+                "SHOW {kind} takes only an optional `IN name`"
+            )));
+        }
+    };
+    Ok(Some(match kind {
+        "HIVES" if scope.is_some() => {
+            return Err(QueryError::Invalid("SHOW HIVES takes no IN clause".into()));
+        }
+        "HIVES" => Command::ShowHives,
+        "BOXES" => Command::ShowBoxes(scope),
+        _ => Command::ShowFrames(scope),
+    }))
+}
+
+/// `a`, `a.b`, `"a"."b"` as normalized name parts.
+fn dotted_name(tokens: &[&Token]) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut expect_word = true;
+    for token in tokens {
+        match (expect_word, token) {
+            (true, Token::Word(w)) => parts.push(normalize(&Ident {
+                value: w.value.clone(),
+                quote_style: w.quote_style,
+                span: Span::empty(),
+            })),
+            (false, Token::Period) => {}
+            _ => return None,
+        }
+        expect_word = !expect_word;
+    }
+    (!parts.is_empty() && !expect_word).then_some(parts)
+}
+
+/// DataFusion's identifier rule: unquoted identifiers are lowercased, quoted ones kept.
+fn normalize(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
+fn name_parts(name: &ObjectName) -> Result<Vec<String>> {
+    name.0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) => Ok(normalize(ident)),
+            ObjectNamePart::Function(_) => {
+                Err(QueryError::Invalid(format!("`{name}` is not a plain name")))
+            }
+        })
+        .collect()
+}
+
+fn show_scope(options: &ShowStatementOptions) -> Result<Option<Vec<String>>> {
+    if options.starts_with.is_some() || options.limit.is_some() || options.filter_position.is_some()
+    {
+        return Err(QueryError::Invalid(
+            "SHOW takes only an optional `IN name` here (no LIKE, STARTS WITH or LIMIT)".into(),
+        ));
+    }
+    options
+        .show_in
+        .as_ref()
+        .and_then(|s| s.parent_name.as_ref())
+        .map(name_parts)
+        .transpose()
+}
+
+fn reject(statement: &str, instead: &str) -> QueryError {
+    QueryError::Rejected {
+        statement: statement.to_string(),
+        instead: instead.to_string(),
+    }
+}
+
+fn classify(statement: DfStatement) -> Result<Command> {
+    let sql = match statement {
+        DfStatement::Statement(sql) => sql,
+        DfStatement::CreateExternalTable(_) => {
+            return Err(reject(
+                "CREATE EXTERNAL TABLE",
+                "SQL cannot read files on the node; create a frame (`Apiary::create_frame`, \
+                 `apiary create frame`) and write the files into it (`apiary write`)",
+            ));
+        }
+        DfStatement::CopyTo(_) => {
+            return Err(reject(
+                "COPY",
+                "SQL cannot write files on the node; read results as Arrow (`Apiary::sql`, \
+                 `apiary sql --format arrow|csv|json`)",
+            ));
+        }
+        DfStatement::Explain(explain) => {
+            // EXPLAIN of anything but a query would plan a rejected statement.
+            check_explained(&explain.statement)?;
+            return Ok(Command::DataFusion(Box::new(DfStatement::Explain(explain))));
+        }
+        DfStatement::Reset(reset) => {
+            return Ok(Command::DataFusion(Box::new(DfStatement::Reset(reset))));
+        }
+    };
+    Ok(match *sql {
+        Statement::Query(_)
+        | Statement::Prepare { .. }
+        | Statement::Execute { .. }
+        | Statement::Deallocate { .. } => {
+            Command::DataFusion(Box::new(DfStatement::Statement(sql)))
+        }
+        Statement::Set(ref set) => {
+            check_set(set)?;
+            Command::DataFusion(Box::new(DfStatement::Statement(sql)))
+        }
+        Statement::ShowVariable { .. } => {
+            return Err(QueryError::Invalid(
+                "SHOW is available as SHOW HIVES, SHOW BOXES [IN hive] and SHOW FRAMES [IN hive.box]"
+                    .into(),
+            ));
+        }
+        Statement::ShowDatabases {
+            ref show_options, ..
+        }
+        | Statement::ShowCatalogs {
+            ref show_options, ..
+        } => {
+            if show_scope(show_options)?.is_some() {
+                return Err(QueryError::Invalid("SHOW HIVES takes no IN clause".into()));
+            }
+            Command::ShowHives
+        }
+        Statement::ShowSchemas {
+            ref show_options, ..
+        } => Command::ShowBoxes(show_scope(show_options)?),
+        Statement::ShowTables {
+            ref show_options, ..
+        } => Command::ShowFrames(show_scope(show_options)?),
+        Statement::Use(ref what) => match what {
+            Use::Object(name) | Use::Database(name) | Use::Catalog(name) | Use::Schema(name) => {
+                Command::Use(name_parts(name)?)
+            }
+            _ => {
+                return Err(QueryError::Invalid(format!(
+                    "`{what}`: USE takes `hive` or `hive.box`"
+                )));
+            }
+        },
+        Statement::ExplainTable { ref table_name, .. } => {
+            Command::Describe(name_parts(table_name)?)
+        }
+        Statement::Insert(_) => {
+            return Err(reject(
+                "INSERT",
+                "write with `Apiary::write_to_frame` or `apiary write HIVE.BOX.FRAME FILE`",
+            ));
+        }
+        Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_)
+        | Statement::Truncate(_) => {
+            return Err(reject(
+                "UPDATE, DELETE, MERGE and TRUNCATE",
+                "rewrite a frame with `Apiary::overwrite_frame` or `apiary write --overwrite`",
+            ));
+        }
+        Statement::CreateTable(_) => {
+            return Err(reject(
+                "CREATE TABLE",
+                "create frames with `Apiary::create_frame` or `apiary create frame`",
+            ));
+        }
+        Statement::CreateSchema { .. } => {
+            return Err(reject(
+                "CREATE SCHEMA",
+                "create boxes with `Apiary::create_box` or `apiary create box`",
+            ));
+        }
+        Statement::CreateDatabase { .. } => {
+            return Err(reject(
+                "CREATE DATABASE",
+                "create hives with `Apiary::create_hive` or `apiary create hive`",
+            ));
+        }
+        Statement::Drop { .. } => {
+            return Err(reject(
+                "DROP",
+                "drop with `Apiary::drop_frame`/`drop_box`/`drop_hive` or `apiary drop`",
+            ));
+        }
+        Statement::AlterTable(_) => {
+            return Err(reject(
+                "ALTER TABLE",
+                "frames gain columns through writes with a widened schema; see `apiary describe`",
+            ));
+        }
+        Statement::CreateView(_) => {
+            return Err(reject(
+                "CREATE VIEW",
+                "name subqueries with WITH in the query itself",
+            ));
+        }
+        Statement::Copy { .. } => {
+            return Err(reject(
+                "COPY",
+                "write with `apiary write`; read results with `apiary sql --format`",
+            ));
+        }
+        other => {
+            let text = other.to_string();
+            let head: String = text
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ");
+            return Err(QueryError::Rejected {
+                statement: format!("`{head} …`"),
+                instead: "SQL here runs queries (SELECT, WITH, VALUES, EXPLAIN), SHOW, DESCRIBE, \
+                          USE and SET; data and frames change through the Apiary API and CLI"
+                    .into(),
+            });
+        }
+    })
+}
+
+fn check_explained(statement: &DfStatement) -> Result<()> {
+    match classify(statement.clone())? {
+        Command::DataFusion(_) => Ok(()),
+        _ => Err(QueryError::Invalid(
+            "EXPLAIN takes a query; SHOW, USE and DESCRIBE are not planned by DataFusion".into(),
+        )),
+    }
+}
+
+fn check_set(set: &Set) -> Result<()> {
+    match set {
+        Set::SingleAssignment { variable, .. } => {
+            let key = variable.to_string().to_ascii_lowercase();
+            if SETTABLE.iter().any(|p| key.starts_with(p)) {
+                Ok(())
+            } else {
+                Err(QueryError::Rejected {
+                    statement: format!("SET {key}"),
+                    instead: format!(
+                        "a session may set options under {}; the rest are the operator's",
+                        SETTABLE.join(", ")
+                    ),
+                })
+            }
+        }
+        Set::SetTimeZone { .. } => Ok(()),
+        other => Err(QueryError::Invalid(format!(
+            "`{other}`: only `SET datafusion.… = value` and `SET TIME ZONE` are supported"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn one(sql: &str) -> Result<Command> {
+        let mut all = parse(sql)?;
+        assert_eq!(all.len(), 1);
+        Ok(all.remove(0))
+    }
+
+    #[test]
+    fn apiary_statements_parse() {
+        assert!(matches!(one("SHOW HIVES").unwrap(), Command::ShowHives));
+        assert!(matches!(
+            one("show databases;").unwrap(),
+            Command::ShowHives
+        ));
+        match one("SHOW BOXES IN analytics").unwrap() {
+            Command::ShowBoxes(Some(p)) => assert_eq!(p, ["analytics"]),
+            other => panic!("{other:?}"),
+        }
+        match one("SHOW FRAMES FROM Analytics.\"events\"").unwrap() {
+            Command::ShowFrames(Some(p)) => assert_eq!(p, ["analytics", "events"]),
+            other => panic!("{other:?}"),
+        }
+        match one("SHOW TABLES IN analytics.events").unwrap() {
+            Command::ShowFrames(Some(p)) => assert_eq!(p, ["analytics", "events"]),
+            other => panic!("{other:?}"),
+        }
+        match one("USE analytics.events").unwrap() {
+            Command::Use(p) => assert_eq!(p, ["analytics", "events"]),
+            other => panic!("{other:?}"),
+        }
+        match one("DESCRIBE analytics.events.\"values\"").unwrap() {
+            Command::Describe(p) => assert_eq!(p, ["analytics", "events", "values"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn semicolons_inside_strings_do_not_split() {
+        let all = parse("SELECT ';' AS a; -- comment; here\n SELECT 2;;").unwrap();
+        assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn writes_and_file_access_are_rejected_with_the_api_to_use() {
+        for (sql, needle) in [
+            ("INSERT INTO a.b.c VALUES (1)", "write_to_frame"),
+            ("DELETE FROM a.b.c", "overwrite_frame"),
+            ("CREATE TABLE t (x int)", "create_frame"),
+            ("DROP TABLE a.b.c", "drop_frame"),
+            (
+                "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+                "cannot read files",
+            ),
+            ("COPY (SELECT 1) TO '/tmp/x.csv'", "cannot write files"),
+            (
+                "EXPLAIN COPY (SELECT 1) TO '/tmp/x.csv'",
+                "cannot write files",
+            ),
+            ("SET datafusion.runtime.temp_directory = '/'", "operator"),
+            ("CREATE VIEW v AS SELECT 1", "WITH"),
+        ] {
+            let err = one(sql).unwrap_err().to_string();
+            assert!(err.contains(needle), "{sql}: {err}");
+        }
+    }
+
+    #[test]
+    fn queries_pass_to_datafusion() {
+        for sql in [
+            "SELECT 1",
+            "WITH t AS (SELECT 1 AS x) SELECT * FROM t",
+            "EXPLAIN ANALYZE SELECT 1",
+            "SET datafusion.execution.batch_size = 1024",
+            "VALUES (1), (2)",
+        ] {
+            assert!(matches!(one(sql).unwrap(), Command::DataFusion(_)), "{sql}");
+        }
+    }
+
+    #[test]
+    fn empty_and_malformed_input_are_errors() {
+        assert!(parse("  ; -- nothing\n").is_err());
+        assert!(parse("SELEC 1").is_err());
+        assert!(parse("SELECT 'unterminated").is_err());
+        assert!(parse("SHOW FRAMES IN a..b").is_err());
+    }
+}

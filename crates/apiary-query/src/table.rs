@@ -1,0 +1,434 @@
+//! A frame as a DataFusion table: the cells of one ledger version, read through the node's
+//! object store with DataFusion's Parquet source.
+//!
+//! The scan keeps DataFusion's own machinery end to end (projection, predicate pushdown,
+//! row-group and page pruning, byte-range repartitioning, the footer cache) and adds what
+//! only the ledger knows: which cells exist, their partition values and their exact column
+//! statistics. Cells whose statistics prove that no row can match the pushed-down filters
+//! are never opened.
+//!
+//! DataFusion's table schema for a file scan puts partition columns after the file columns;
+//! a frame's schema may place them anywhere, so the scan always projects back into frame
+//! order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use apiary_ledger::{FrameRef, LiveFrame, frame_root};
+use apiary_storage::object_store::ObjectMeta;
+use apiary_storage::object_store::path::Path;
+use arrow_schema::{FieldRef, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{ScanArgs, ScanResult, Session, TableProvider};
+use datafusion::common::stats::Statistics;
+use datafusion::common::{DFSchema, Result as DfResult};
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::expr_rewriter::unnormalize_col;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+
+use crate::exec::{FrameScanExec, ScanSummary};
+use crate::stats::{self, CellPruningStats};
+
+/// Cells are immutable and uniquely named, so every cell gets the same modification time;
+/// a stable value lets DataFusion's footer cache recognise a cell it has read before.
+fn cell_mtime() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::<chrono::Utc>::UNIX_EPOCH
+}
+
+/// What a scan needs of one ledger version, computed once per version and shared by every
+/// query that reads it.
+#[derive(Debug)]
+pub struct FrameIndex {
+    frame: FrameRef,
+    version: u64,
+    incarnation: u64,
+    /// The frame's columns in frame order.
+    schema: SchemaRef,
+    /// Non-partition columns, in frame order: the columns stored in the cells.
+    file_schema: SchemaRef,
+    /// Partition columns, in `partition_by` order.
+    partition_fields: Vec<FieldRef>,
+    /// For each frame column, its index in DataFusion's table schema (file columns, then
+    /// partition columns).
+    table_index: Vec<usize>,
+    /// DataFusion's table schema columns, each with its partition flag.
+    table_fields: Vec<(FieldRef, bool)>,
+    cells: Vec<IndexedCell>,
+    partition_by: Vec<String>,
+}
+
+#[derive(Debug)]
+struct IndexedCell {
+    cell: apiary_ledger::Cell,
+    file: PartitionedFile,
+}
+
+impl FrameIndex {
+    /// Indexes the live frame at `version`.
+    pub fn build(
+        frame: &FrameRef,
+        version: u64,
+        live: &LiveFrame,
+    ) -> Result<Self, apiary_ledger::LedgerError> {
+        let schema: SchemaRef = Arc::new(live.definition.schema.to_arrow()?);
+        let partition_by = live.definition.partition_by.clone();
+        let is_partition = |name: &str| partition_by.iter().any(|p| p == name);
+        let file_fields: Vec<FieldRef> = schema
+            .fields()
+            .iter()
+            .filter(|f| !is_partition(f.name()))
+            .cloned()
+            .collect();
+        let partition_fields: Vec<FieldRef> = partition_by
+            .iter()
+            .filter_map(|p| schema.field_with_name(p).ok())
+            .map(|f| Arc::new(f.clone()))
+            .collect();
+        let table_fields: Vec<(FieldRef, bool)> = file_fields
+            .iter()
+            .map(|f| (Arc::clone(f), false))
+            .chain(partition_fields.iter().map(|f| (Arc::clone(f), true)))
+            .collect();
+        let table_index = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                table_fields
+                    .iter()
+                    .position(|(t, _)| t.name() == f.name())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let root = frame_root(frame);
+        let cells = live
+            .cells
+            .values()
+            .map(|cell| {
+                let mut file = PartitionedFile::new_from_meta(ObjectMeta {
+                    location: Path::from(format!("{root}/{}", cell.path)),
+                    last_modified: cell_mtime(),
+                    size: cell.bytes,
+                    e_tag: None,
+                    version: None,
+                });
+                file.partition_values = partition_fields
+                    .iter()
+                    .map(|f| {
+                        stats::partition_scalar(cell, f.name(), f.data_type()).ok_or_else(|| {
+                            apiary_ledger::LedgerError::Corrupt {
+                                key: cell.path.clone(),
+                                reason: format!(
+                                    "the ledger records no valid value of partition column `{}`",
+                                    f.name()
+                                ),
+                            }
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                file.statistics = Some(Arc::new(stats::statistics(&[cell], &table_fields)));
+                Ok(IndexedCell {
+                    cell: cell.clone(),
+                    file,
+                })
+            })
+            .collect::<Result<_, apiary_ledger::LedgerError>>()?;
+        Ok(Self {
+            frame: frame.clone(),
+            version,
+            incarnation: live.incarnation,
+            file_schema: Arc::new(Schema::new(file_fields)),
+            schema,
+            partition_fields,
+            table_index,
+            table_fields,
+            cells,
+            partition_by,
+        })
+    }
+
+    /// The ledger version this index describes.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The incarnation (version of the `create`) this index describes.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The frame's schema.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Number of cells.
+    pub fn cells(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Rows over all cells.
+    pub fn rows(&self) -> u64 {
+        self.cells.iter().map(|c| c.cell.rows).sum()
+    }
+
+    /// Bytes over all cells.
+    pub fn bytes(&self) -> u64 {
+        self.cells.iter().map(|c| c.cell.bytes).sum()
+    }
+
+    /// The partition columns.
+    pub fn partition_by(&self) -> &[String] {
+        &self.partition_by
+    }
+
+    /// The cells a scan with these filters must read: the ones the ledger statistics cannot
+    /// rule out. Filters that cannot be evaluated on statistics rule nothing out.
+    fn select(&self, state: &dyn Session, filters: &[Expr]) -> Vec<usize> {
+        let all: Vec<usize> = (0..self.cells.len()).collect();
+        let Some(predicate) = self.pruning_predicate(state, filters) else {
+            return all;
+        };
+        let stats = CellPruningStats::new(
+            self.cells.iter().map(|c| &c.cell).collect(),
+            self.table_fields.clone(),
+        );
+        match predicate.prune(&stats) {
+            Ok(keep) => all.into_iter().filter(|&i| keep[i]).collect(),
+            Err(e) => {
+                tracing::debug!(frame = %self.frame, "cell pruning skipped: {e}");
+                all
+            }
+        }
+    }
+
+    fn pruning_predicate(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+    ) -> Option<Arc<PruningPredicate>> {
+        if filters.is_empty() || self.cells.is_empty() {
+            return None;
+        }
+        let table_schema = Arc::new(Schema::new(
+            self.table_fields
+                .iter()
+                .map(|(f, _)| Arc::clone(f))
+                .collect::<Vec<_>>(),
+        ));
+        let df_schema = DFSchema::try_from(Arc::clone(&table_schema)).ok()?;
+        // Each filter on its own: one that cannot be planned here (it never should) only
+        // loses its pruning, never the others'.
+        let usable: Vec<Expr> = filters
+            .iter()
+            .map(|f| unnormalize_col(f.clone()))
+            .filter(|f| state.create_physical_expr(f.clone(), &df_schema).is_ok())
+            .collect();
+        let expr = conjunction(usable)?;
+        let physical = state.create_physical_expr(expr, &df_schema).ok()?;
+        PruningPredicateBuilder::new()
+            .with_file_schema(table_schema)
+            .with_max_in_list_size(state.config_options().execution.parquet.max_in_list_size)
+            .build(physical)
+    }
+}
+
+/// A frame at one ledger version, as a DataFusion table.
+#[derive(Debug, Clone)]
+pub struct FrameTable {
+    index: Arc<FrameIndex>,
+    store: ObjectStoreUrl,
+}
+
+impl FrameTable {
+    /// A table over `index`, whose cells are read from the object store registered for
+    /// `store`.
+    pub fn new(index: Arc<FrameIndex>, store: ObjectStoreUrl) -> Self {
+        Self { index, store }
+    }
+
+    /// The ledger version's scan index.
+    pub fn index(&self) -> &Arc<FrameIndex> {
+        &self.index
+    }
+
+    fn summary(&self, read: usize) -> ScanSummary {
+        ScanSummary {
+            frame: self.index.frame.to_string(),
+            version: self.index.version,
+            cells_total: self.index.cells.len(),
+            cells_read: read,
+        }
+    }
+}
+
+/// Spreads files over at most `groups` groups, largest first onto the lightest group, so
+/// every core gets a similar number of bytes.
+fn spread(mut files: Vec<PartitionedFile>, groups: usize) -> Vec<FileGroup> {
+    let groups = groups.clamp(1, files.len().max(1));
+    files.sort_by(|a, b| {
+        b.object_meta
+            .size
+            .cmp(&a.object_meta.size)
+            .then_with(|| a.object_meta.location.cmp(&b.object_meta.location))
+    });
+    let mut buckets: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); groups];
+    for file in files {
+        let Some(lightest) = buckets.iter_mut().min_by_key(|(bytes, _)| *bytes) else {
+            break;
+        };
+        lightest.0 += file.object_meta.size;
+        lightest.1.push(file);
+    }
+    buckets
+        .into_iter()
+        .filter(|(_, files)| !files.is_empty())
+        .map(|(_, mut files)| {
+            files.sort_by(|a, b| a.object_meta.location.cmp(&b.object_meta.location));
+            FileGroup::new(files)
+        })
+        .collect()
+}
+
+#[async_trait]
+impl TableProvider for FrameTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.index.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Inexact: the cells are pruned with the filters, and DataFusion still applies them
+        // to the rows (pushing them into the Parquet reader where it can).
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        let cells: Vec<_> = self.index.cells.iter().map(|c| &c.cell).collect();
+        let table = stats::statistics(&cells, &self.index.table_fields);
+        Some(reorder(table, &self.index.table_index))
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let args = ScanArgs::default()
+            .with_projection(projection.map(|p| p.as_slice()))
+            .with_filters(Some(filters))
+            .with_limit(limit);
+        Ok(self.scan_with_args(state, args).await?.into_inner())
+    }
+
+    async fn scan_with_args<'a>(
+        &self,
+        state: &dyn Session,
+        args: ScanArgs<'a>,
+    ) -> DfResult<ScanResult> {
+        let index = &self.index;
+        let filters = args.filters().unwrap_or_default();
+        let projection: Vec<usize> = match args.projection() {
+            Some(p) => p.iter().map(|&i| index.table_index[i]).collect(),
+            None => index.table_index.clone(),
+        };
+        let mut selected = index.select(state, filters);
+        // Without filters a limit needs only as many cells as hold that many rows.
+        if let (Some(limit), true) = (args.limit(), filters.is_empty()) {
+            let mut rows = 0u64;
+            selected.retain(|&i| {
+                let keep = rows < limit as u64;
+                rows += index.cells[i].cell.rows;
+                keep
+            });
+        }
+        let summary = self.summary(selected.len());
+        let projected = Arc::new(
+            index.schema.project(
+                &args
+                    .projection()
+                    .map(|p| p.to_vec())
+                    .unwrap_or_else(|| (0..index.schema.fields().len()).collect()),
+            )?,
+        );
+        if selected.is_empty() {
+            let empty: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(projected));
+            return Ok(ScanResult::new(Arc::new(FrameScanExec::new(
+                empty, summary,
+            ))));
+        }
+        let kept: Vec<_> = selected.iter().map(|&i| &index.cells[i].cell).collect();
+        let statistics = stats::statistics(&kept, &index.table_fields);
+        let files = selected
+            .iter()
+            .map(|&i| index.cells[i].file.clone())
+            .collect();
+        let groups = spread(files, state.config().target_partitions());
+
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+        let table_schema = TableSchema::builder(Arc::clone(&index.file_schema))
+            .with_table_partition_cols(index.partition_fields.clone())
+            .build();
+        let config =
+            FileScanConfigBuilder::new(self.store.clone(), format.file_source(table_schema))
+                .with_file_groups(groups)
+                .with_statistics(statistics)
+                .with_projection_indices(Some(projection))?
+                .with_limit(args.limit())
+                .build();
+        let plan = format.create_physical_plan(state, config).await?;
+        Ok(ScanResult::new(Arc::new(FrameScanExec::new(plan, summary))))
+    }
+}
+
+/// Table statistics in DataFusion's table-schema order, put into frame order.
+fn reorder(mut stats: Statistics, table_index: &[usize]) -> Statistics {
+    let columns = std::mem::take(&mut stats.column_statistics);
+    let mut by_index: BTreeMap<usize, _> = columns.into_iter().enumerate().collect();
+    stats.column_statistics = table_index
+        .iter()
+        .map(|i| by_index.remove(i).unwrap_or_default())
+        .collect();
+    stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, size: u64) -> PartitionedFile {
+        PartitionedFile::new(name.to_string(), size)
+    }
+
+    #[test]
+    fn spread_balances_bytes_and_never_makes_empty_groups() {
+        let files = vec![file("a", 100), file("b", 60), file("c", 50), file("d", 10)];
+        let groups = spread(files, 2);
+        let sums: Vec<u64> = groups
+            .iter()
+            .map(|g| g.iter().map(|f| f.object_meta.size).sum())
+            .collect();
+        assert_eq!(sums.iter().sum::<u64>(), 220);
+        assert_eq!(sums.len(), 2);
+        assert!(sums.iter().all(|&s| s == 110), "{sums:?}");
+
+        let groups = spread(vec![file("a", 1)], 16);
+        assert_eq!(groups.len(), 1);
+    }
+}
