@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The quick start: on a local folder (./apiary-data, or APIARY_STORAGE), create the tutorial's
-# frame, write 10 000 generated click events into it, and show it. Creates are idempotent;
-# each run appends another 10 000 events.
+# frame, write 10 000 generated click events into it, and run the tutorial's queries and its
+# EXPLAIN ANALYZE. Creates are idempotent; each run appends another 10 000 events.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo build --quiet -p apiary-node
@@ -27,3 +27,15 @@ echo
 apiary list analytics.events
 echo
 apiary describe analytics.events.clicks
+echo
+echo "Top pages by visit count:"
+apiary sql "SELECT page, COUNT(*) AS visits, AVG(duration_ms) AS avg_duration
+            FROM analytics.events.clicks GROUP BY page ORDER BY visits DESC"
+echo
+echo "Country breakdown:"
+apiary sql "SELECT country, COUNT(*) AS events, AVG(duration_ms) AS avg_duration
+            FROM analytics.events.clicks GROUP BY country ORDER BY events DESC"
+echo
+echo "How the cells were read (one country: the ledger prunes the other seven):"
+apiary sql "EXPLAIN ANALYZE SELECT country, COUNT(*) FROM analytics.events.clicks
+            WHERE country = 'us' GROUP BY country"

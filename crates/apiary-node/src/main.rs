@@ -519,12 +519,32 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
 
 fn print_result(result: &apiary::QueryResult, format: SqlFormat) -> CliResult<()> {
     use apiary::apiary_query::datafusion::arrow;
+    use arrow::array::AsArray;
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match format {
         SqlFormat::Table => {
-            if result.schema().fields().is_empty() {
+            let schema = result.schema();
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            if names.is_empty() {
                 writeln!(out, "OK")?;
+            } else if names == ["plan_type", "plan"] {
+                // EXPLAIN: plans are multi-line text, unreadable inside table borders.
+                for batch in result.batches() {
+                    let kinds =
+                        arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
+                    let plans =
+                        arrow::compute::cast(batch.column(1), &arrow::datatypes::DataType::Utf8)?;
+                    let (kinds, plans) = (kinds.as_string::<i32>(), plans.as_string::<i32>());
+                    for row in 0..batch.num_rows() {
+                        writeln!(
+                            out,
+                            "{}:\n{}",
+                            kinds.value(row),
+                            plans.value(row).trim_end()
+                        )?;
+                    }
+                }
             } else {
                 let text = arrow::util::pretty::pretty_format_batches(result.batches())?;
                 writeln!(out, "{text}")?;
@@ -544,11 +564,8 @@ fn print_result(result: &apiary::QueryResult, format: SqlFormat) -> CliResult<()
             for batch in result.batches() {
                 writer.write(batch)?;
             }
+            // arrow-json writes `[]` for a result without rows.
             writer.finish()?;
-            // An empty result is still one (empty) JSON array.
-            if result.num_rows() == 0 {
-                write!(out, "[]")?;
-            }
             writeln!(out)?;
         }
         SqlFormat::Arrow => out.write_all(&result.to_ipc_stream()?)?,

@@ -288,3 +288,98 @@ fn writes_csv_parquet_and_ipc_from_stdin() {
         serde_json::from_str(&ok(&apiary(dir.path(), &["describe", frame, "--json"]))).unwrap();
     assert_eq!(info["version"].as_u64(), Some(3));
 }
+
+fn write_csv_clicks(dir: &Path, storage: &[&str]) {
+    let mut csv = String::from("event_id,user_id,page,duration_ms,country\n");
+    for i in 0..300 {
+        csv.push_str(&format!(
+            "{i},user_{},{},{},{}\n",
+            i % 7,
+            ["/home", "/docs"][i % 2],
+            100 + i,
+            ["us", "uk", "de"][i % 3]
+        ));
+    }
+    std::fs::write(dir.join("clicks.csv"), csv).unwrap();
+    let args = [storage, &["write", "analytics.events.clicks", "clicks.csv"]].concat();
+    ok(&apiary(dir, &args));
+}
+
+#[test]
+fn sql_prints_table_csv_json_and_arrow() {
+    let dir = tempfile::tempdir().unwrap();
+    create_tutorial_frame(dir.path(), &[]);
+    write_csv_clicks(dir.path(), &[]);
+    let q = "SELECT country, COUNT(*) AS events FROM analytics.events.clicks GROUP BY country ORDER BY country";
+
+    let table = ok(&apiary(dir.path(), &["sql", q]));
+    assert!(table.contains("| country | events |"), "{table}");
+    assert!(table.contains("| de      | 100    |"), "{table}");
+    assert!(table.contains("(3 rows)"), "{table}");
+
+    let csv = ok(&apiary(dir.path(), &["sql", q, "--format", "csv"]));
+    assert_eq!(csv, "country,events\nde,100\nuk,100\nus,100\n");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&apiary(dir.path(), &["sql", q, "--format", "json"]))).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([
+            {"country": "de", "events": 100},
+            {"country": "uk", "events": 100},
+            {"country": "us", "events": 100}
+        ])
+    );
+    let empty = ok(&apiary(
+        dir.path(),
+        &["sql", "SELECT 1 AS x WHERE false", "--format", "json"],
+    ));
+    assert_eq!(empty.trim(), "[]");
+
+    let out = apiary(dir.path(), &["sql", q, "--format", "arrow"]);
+    assert!(out.status.success());
+    let reader =
+        arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(out.stdout), None).unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 3);
+
+    let explain = ok(&apiary(
+        dir.path(),
+        &[
+            "sql",
+            "EXPLAIN ANALYZE SELECT COUNT(*) FROM analytics.events.clicks WHERE country = 'us'",
+        ],
+    ));
+    assert!(
+        explain.contains("cells_total=3, cells_pruned=2, cells_read=1"),
+        "{explain}"
+    );
+
+    // Errors are one line and name what to do.
+    let e = err(&apiary(
+        dir.path(),
+        &["sql", "INSERT INTO analytics.events.clicks VALUES (1)"],
+    ));
+    assert!(e.contains("apiary write"), "{e}");
+    let e = err(&apiary(
+        dir.path(),
+        &["sql", "SELECT nope FROM analytics.events.clicks"],
+    ));
+    assert!(e.contains("nope"), "{e}");
+}
+
+#[test]
+fn sql_works_on_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = s3_test_uri("cli-sql").to_string();
+    let storage = ["--storage", uri.as_str()];
+    create_tutorial_frame(dir.path(), &storage);
+    write_csv_clicks(dir.path(), &storage);
+    let q = "SELECT COUNT(*) AS n, SUM(duration_ms) AS d FROM analytics.events.clicks WHERE country <> 'uk'";
+    let csv = ok(&apiary(
+        dir.path(),
+        &[&storage[..], &["sql", q, "--format", "csv"]].concat(),
+    ));
+    let want: i64 = (0..300).filter(|i| i % 3 != 1).map(|i| 100 + i).sum();
+    assert_eq!(csv, format!("n,d\n200,{want}\n"));
+}

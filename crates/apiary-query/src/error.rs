@@ -56,14 +56,22 @@ impl From<DataFusionError> for QueryError {
             DataFusionError::SQL(..)
             | DataFusionError::Plan(..)
             | DataFusionError::SchemaError(..)
-            | DataFusionError::NotImplemented(..) => QueryError::Invalid(e.strip_backtrace()),
+            | DataFusionError::NotImplemented(..) => QueryError::Invalid(one_line(&e)),
             DataFusionError::Diagnostic(_, inner) => QueryError::from(*inner),
             DataFusionError::Collection(mut errors) if !errors.is_empty() => {
                 QueryError::from(errors.swap_remove(0))
             }
-            other => QueryError::Execution(other.strip_backtrace()),
+            other => QueryError::Execution(one_line(&other)),
         }
     }
+}
+
+/// DataFusion's message on one line (some span several: "No field named x.\nValid fields …").
+fn one_line(e: &DataFusionError) -> String {
+    e.strip_backtrace()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl From<QueryError> for DataFusionError {
