@@ -1,0 +1,97 @@
+//! Apiary next to plain DataFusion on the same data: load tables through `write_to_frame`,
+//! and register the very cells Apiary wrote as DataFusion Parquet tables, so the two engines
+//! differ only in what Apiary adds (catalog, ledger, cell pruning).
+
+use std::path::Path;
+
+use apiary::apiary_ledger::{FrameDefinition, FrameRef, FrameSchema};
+use apiary::apiary_query::datafusion;
+use apiary::{Apiary, QueryResult};
+use arrow_array::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+
+use crate::ssb::Table;
+
+/// Creates `hive.box` and one frame per table, and writes each table in one commit.
+/// Returns the seconds spent writing.
+pub async fn load_apiary(ap: &Apiary, hive: &str, r#box: &str, tables: &[Table]) -> f64 {
+    ap.create_hive(hive).await.expect("create hive");
+    ap.create_box(hive, r#box).await.expect("create box");
+    let mut seconds = 0.0;
+    for table in tables {
+        let frame = FrameRef::new(hive, r#box, table.name).expect("valid name");
+        let schema = FrameSchema::from_arrow(&table.schema).expect("supported schema");
+        let definition = FrameDefinition::new(schema, Vec::new()).expect("valid definition");
+        ap.create_frame_with(&frame, definition)
+            .await
+            .expect("create frame");
+        let start = std::time::Instant::now();
+        ap.write_to_frame(hive, r#box, table.name, table.batches.clone())
+            .await
+            .expect("write");
+        seconds += start.elapsed().as_secs_f64();
+    }
+    seconds
+}
+
+/// A plain DataFusion session with each table registered over the cells Apiary wrote for it
+/// under the local folder `root`.
+pub async fn datafusion_over_cells(
+    root: &Path,
+    hive: &str,
+    r#box: &str,
+    tables: &[Table],
+    target_partitions: usize,
+) -> SessionContext {
+    let ctx = SessionContext::new_with_config(
+        SessionConfig::new().with_target_partitions(target_partitions),
+    );
+    for table in tables {
+        let dir = root.join(hive).join(r#box).join(table.name).join("data");
+        ctx.register_parquet(
+            table.name,
+            format!("{}/", dir.display()),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .expect("register the cells");
+    }
+    ctx
+}
+
+/// Runs `sql` on plain DataFusion.
+pub async fn run_datafusion(ctx: &SessionContext, sql: &str) -> Vec<RecordBatch> {
+    ctx.sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Every row as text, in order (for comparing results of two engines exactly).
+pub fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for batch in batches {
+        let formatters: Vec<_> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formattable"))
+            .collect();
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = formatters
+                .iter()
+                .map(|f| f.value(row).to_string())
+                .collect();
+            out.push(cells.join("|"));
+        }
+    }
+    out
+}
+
+/// Rows of an Apiary result, like [`rows`].
+pub fn result_rows(result: &QueryResult) -> Vec<String> {
+    rows(result.batches())
+}
