@@ -113,8 +113,16 @@ impl FrameIndex {
             .cells
             .values()
             .map(|cell| {
+                // The cell path is already a valid object path (partition values are
+                // percent-escaped when written): parse it, never re-encode it.
+                let location = Path::parse(format!("{root}/{}", cell.path)).map_err(|e| {
+                    apiary_ledger::LedgerError::Corrupt {
+                        key: cell.path.clone(),
+                        reason: format!("not a valid cell path: {e}"),
+                    }
+                })?;
                 let mut file = PartitionedFile::new_from_meta(ObjectMeta {
-                    location: Path::from(format!("{root}/{}", cell.path)),
+                    location,
                     last_modified: cell_mtime(),
                     size: cell.bytes,
                     e_tag: None,
