@@ -17,14 +17,18 @@ use std::sync::Arc;
 use apiary_ledger::{FrameRef, LiveFrame, frame_root};
 use apiary_storage::object_store::ObjectMeta;
 use apiary_storage::object_store::path::Path;
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, RecordBatch};
 use arrow_schema::{FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{ScanArgs, ScanResult, Session, TableProvider};
 use datafusion::common::stats::Statistics;
-use datafusion::common::{DFSchema, Result as DfResult};
+use datafusion::common::tree_node::TreeNode;
+use datafusion::common::{DFSchema, Result as DfResult, ScalarValue};
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::listing::helpers::expr_applicable_for_cols;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -64,6 +68,8 @@ pub struct FrameIndex {
     table_fields: Vec<(FieldRef, bool)>,
     cells: Vec<IndexedCell>,
     partition_by: Vec<String>,
+    /// One row per cell: its partition values (for evaluating partition filters exactly).
+    partition_values: Option<RecordBatch>,
 }
 
 #[derive(Debug)]
@@ -148,8 +154,10 @@ impl FrameIndex {
                     file,
                 })
             })
-            .collect::<Result<_, apiary_ledger::LedgerError>>()?;
+            .collect::<Result<Vec<IndexedCell>, apiary_ledger::LedgerError>>()?;
+        let partition_values = partition_batch(&partition_fields, &cells)?;
         Ok(Self {
+            partition_values,
             frame: frame.clone(),
             version,
             incarnation: live.incarnation,
@@ -200,22 +208,45 @@ impl FrameIndex {
 
     /// The cells a scan with these filters must read: the ones the ledger statistics cannot
     /// rule out. Filters that cannot be evaluated on statistics rule nothing out.
-    fn select(&self, state: &dyn Session, filters: &[Expr]) -> Vec<usize> {
-        let all: Vec<usize> = (0..self.cells.len()).collect();
-        let Some(predicate) = self.pruning_predicate(state, filters) else {
-            return all;
+    fn select(&self, state: &dyn Session, filters: &[Expr]) -> DfResult<Vec<usize>> {
+        let (exact, other): (Vec<Expr>, Vec<Expr>) = filters
+            .iter()
+            .cloned()
+            .partition(|f| is_partition_filter(&self.partition_by, f));
+        let all: Vec<usize> = self.matching_partitions(state, &exact)?;
+        let Some(predicate) = self.pruning_predicate(state, &other) else {
+            return Ok(all);
         };
         let stats = CellPruningStats::new(
             self.cells.iter().map(|c| &c.cell).collect(),
             self.table_fields.clone(),
         );
-        match predicate.prune(&stats) {
+        Ok(match predicate.prune(&stats) {
             Ok(keep) => all.into_iter().filter(|&i| keep[i]).collect(),
             Err(e) => {
                 tracing::debug!(frame = %self.frame, "cell pruning skipped: {e}");
                 all
             }
-        }
+        })
+    }
+
+    /// The cells whose partition values satisfy every one of `filters` (partition filters,
+    /// which the scan then reports to DataFusion as applied exactly).
+    fn matching_partitions(&self, state: &dyn Session, filters: &[Expr]) -> DfResult<Vec<usize>> {
+        let all = (0..self.cells.len()).collect();
+        let (Some(batch), Some(filter)) = (&self.partition_values, conjunction(filters.to_vec()))
+        else {
+            return Ok(all);
+        };
+        let schema = DFSchema::try_from(batch.schema())?;
+        let physical = state.create_physical_expr(unnormalize_col(filter), &schema)?;
+        let verdict = physical.evaluate(batch)?.into_array(batch.num_rows())?;
+        let verdict = verdict.as_boolean_opt().ok_or_else(|| {
+            datafusion::error::DataFusionError::Plan("a partition filter is not a boolean".into())
+        })?;
+        Ok((0..self.cells.len())
+            .filter(|&i| verdict.is_valid(i) && verdict.value(i))
+            .collect())
     }
 
     fn pruning_predicate(
@@ -247,6 +278,50 @@ impl FrameIndex {
             .with_max_in_list_size(state.config_options().execution.parquet.max_in_list_size)
             .build(physical)
     }
+}
+
+/// The partition values of `cells` as a batch, one row per cell (`None` when unpartitioned).
+fn partition_batch(
+    fields: &[FieldRef],
+    cells: &[IndexedCell],
+) -> Result<Option<RecordBatch>, apiary_ledger::LedgerError> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let columns = (0..fields.len())
+        .map(|i| {
+            ScalarValue::iter_to_array(cells.iter().map(|c| c.file.partition_values[i].clone()))
+        })
+        .collect::<Result<Vec<_>, _>>();
+    let schema = Arc::new(Schema::new(fields.to_vec()));
+    let batch = match columns {
+        Ok(columns) if !cells.is_empty() => RecordBatch::try_new(schema, columns),
+        _ => Ok(RecordBatch::new_empty(schema)),
+    };
+    batch
+        .map(Some)
+        .map_err(|e| apiary_ledger::LedgerError::Invalid(e.to_string()))
+}
+
+/// Whether `filter` reads only partition columns (at least one), with no subquery and no
+/// volatile function: such a filter is decided per cell, exactly, from partition values.
+fn is_partition_filter(partition_by: &[String], filter: &Expr) -> bool {
+    if partition_by.is_empty() {
+        return false;
+    }
+    let names: Vec<&str> = partition_by.iter().map(String::as_str).collect();
+    let subquery = filter.exists(|e| {
+        Ok(matches!(
+            e,
+            Expr::Exists(_)
+                | Expr::InSubquery(_)
+                | Expr::ScalarSubquery(_)
+                | Expr::SetComparison(_)
+        ))
+    });
+    expr_applicable_for_cols(&names, filter)
+        && !filter.column_refs().is_empty()
+        && !matches!(subquery, Ok(true) | Err(_))
 }
 
 /// A frame at one ledger version, as a DataFusion table.
@@ -320,9 +395,19 @@ impl TableProvider for FrameTable {
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        // Inexact: the cells are pruned with the filters, and DataFusion still applies them
-        // to the rows (pushing them into the Parquet reader where it can).
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        // Filters on partition columns only are decided exactly per cell. The rest prune
+        // cells by statistics and are still applied to the rows by DataFusion (pushed into
+        // the Parquet reader where it can).
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if is_partition_filter(&self.index.partition_by, f) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
     }
 
     fn statistics(&self) -> Option<Statistics> {
@@ -356,7 +441,7 @@ impl TableProvider for FrameTable {
             Some(p) => p.iter().map(|&i| index.table_index[i]).collect(),
             None => index.table_index.clone(),
         };
-        let mut selected = index.select(state, filters);
+        let mut selected = index.select(state, filters)?;
         // Without filters a limit needs only as many cells as hold that many rows.
         if let (Some(limit), true) = (args.limit(), filters.is_empty()) {
             let mut rows = 0u64;
