@@ -296,41 +296,45 @@ fn dwdate() -> Table {
     }
 }
 
-fn customer(scale: &Scale, seed: u64) -> Table {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0xC057);
-    let schema = Arc::new(Schema::new(vec![
-        i32f("c_custkey"),
-        utf8("c_name"),
-        utf8("c_city"),
-        utf8("c_nation"),
-        utf8("c_region"),
-        utf8("c_mktsegment"),
-    ]));
-    let mut rows = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for key in 1..=scale.customers {
+/// Customers and suppliers share a shape: a key, a name, and a city in a nation in a region.
+fn party_columns(count: usize, label: &str, rng: &mut StdRng) -> Vec<ArrayRef> {
+    let mut rows = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for key in 1..=count {
         let (nation, region) = NATIONS[rng.random_range(0..25)];
         rows.0.push(key as i32);
-        rows.1.push(format!("Customer#{key:09}"));
+        rows.1.push(format!("{label}#{key:09}"));
         rows.2.push(city(nation, rng.random_range(0..10)));
         rows.3.push(nation.to_string());
         rows.4.push(region.to_string());
-        rows.5.push(SEGMENTS[rng.random_range(0..5)].to_string());
     }
-    let columns = vec![
+    vec![
         ints(rows.0),
         strings(rows.1),
         strings(rows.2),
         strings(rows.3),
         strings(rows.4),
-        strings(rows.5),
-    ];
+    ]
+}
+
+fn party_schema(prefix: &str, key: &str) -> Vec<Field> {
+    let mut fields = vec![i32f(&format!("{prefix}_{key}"))];
+    for column in ["name", "city", "nation", "region"] {
+        fields.push(utf8(&format!("{prefix}_{column}")));
+    }
+    fields
+}
+
+fn customer(scale: &Scale, seed: u64) -> Table {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xC057);
+    let mut fields = party_schema("c", "custkey");
+    fields.push(utf8("c_mktsegment"));
+    let schema = Arc::new(Schema::new(fields));
+    let mut columns = party_columns(scale.customers, "Customer", &mut rng);
+    columns.push(strings(
+        (0..scale.customers)
+            .map(|_| SEGMENTS[rng.random_range(0..5)].to_string())
+            .collect(),
+    ));
     Table {
         name: "customer",
         batches: vec![batch(&schema, columns)],
@@ -340,29 +344,8 @@ fn customer(scale: &Scale, seed: u64) -> Table {
 
 fn supplier(scale: &Scale, seed: u64) -> Table {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5099);
-    let schema = Arc::new(Schema::new(vec![
-        i32f("s_suppkey"),
-        utf8("s_name"),
-        utf8("s_city"),
-        utf8("s_nation"),
-        utf8("s_region"),
-    ]));
-    let mut rows = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for key in 1..=scale.suppliers {
-        let (nation, region) = NATIONS[rng.random_range(0..25)];
-        rows.0.push(key as i32);
-        rows.1.push(format!("Supplier#{key:09}"));
-        rows.2.push(city(nation, rng.random_range(0..10)));
-        rows.3.push(nation.to_string());
-        rows.4.push(region.to_string());
-    }
-    let columns = vec![
-        ints(rows.0),
-        strings(rows.1),
-        strings(rows.2),
-        strings(rows.3),
-        strings(rows.4),
-    ];
+    let schema = Arc::new(Schema::new(party_schema("s", "suppkey")));
+    let columns = party_columns(scale.suppliers, "Supplier", &mut rng);
     Table {
         name: "supplier",
         batches: vec![batch(&schema, columns)],
