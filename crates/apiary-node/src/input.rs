@@ -48,11 +48,40 @@ pub fn open(path: &Path, definition: &FrameDefinition) -> Result<Batches, Ledger
         })));
     }
     if n == 6 && &magic == b"ARROW1" {
-        return Err(LedgerError::Invalid(format!(
-            "{}: Arrow IPC *file* format is not read yet; write it as an IPC stream \
-             (pyarrow.ipc.new_stream_writer) or as Parquet",
-            path.display()
-        )));
+        // The IPC file format is "ARROW1", zero padding to the writer's alignment (a
+        // multiple of 8), an IPC stream ending in its end-of-stream marker, then a footer and
+        // "ARROW1" again. The stream part is read with the same framing checks as any
+        // untrusted stream; the footer is not needed.
+        let size = file
+            .metadata()
+            .map_err(|e| bad(path, "cannot read", e))?
+            .len();
+        let mut tail = [0u8; 6];
+        let mut start = 8u64;
+        let mut word = [0u8; 8];
+        file.seek(SeekFrom::End(-6))
+            .and_then(|_| file.read_exact(&mut tail))
+            .map_err(|e| bad(path, "cannot read", e))?;
+        loop {
+            file.seek(SeekFrom::Start(start))
+                .and_then(|_| file.read_exact(&mut word))
+                .map_err(|e| bad(path, "not a complete Arrow IPC file (truncated?)", e))?;
+            if word != [0; 8] {
+                break;
+            }
+            start += 8;
+        }
+        file.seek(SeekFrom::Start(start))
+            .map_err(|e| bad(path, "cannot read", e))?;
+        if size < 16 || &tail != b"ARROW1" {
+            return Err(bad(
+                path,
+                "not a complete Arrow IPC file",
+                "it does not end with the ARROW1 magic (truncated?)",
+            ));
+        }
+        let batches = crate::ipc::batches(BufReader::new(file))?;
+        return Ok(Box::new(batches));
     }
     if n >= 4 && magic[..4] == [0xFF; 4] {
         let batches = crate::ipc::batches(BufReader::new(file))?;

@@ -150,8 +150,8 @@ impl<R: Read> Read for CheckedStream<R> {
 
 fn malformed(detail: &dyn std::fmt::Display) -> LedgerError {
     LedgerError::Invalid(format!(
-        "the input is not a valid Arrow IPC stream ({detail}); write an IPC *stream* (for \
-         example pyarrow.ipc.new_stream_writer), not a file or Parquet; nothing was written"
+        "the input is not valid Arrow IPC ({detail}); write an IPC stream or file (for \
+         example with pyarrow.ipc.new_stream_writer), or Parquet; nothing was written"
     ))
 }
 

@@ -137,7 +137,7 @@ enum Command {
         clock_offset: Option<(Duration, bool)>,
     },
     /// Write files to a frame in one commit: Parquet, CSV with a header (columns matched by
-    /// name), or Arrow IPC streams; `-` reads an IPC stream from stdin.
+    /// name), or Arrow IPC files and streams; `-` reads an IPC stream from stdin.
     Write {
         /// HIVE.BOX.FRAME
         frame: String,

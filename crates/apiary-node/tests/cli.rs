@@ -246,6 +246,21 @@ fn writes_csv_parquet_and_ipc_from_stdin() {
     w.write(&batch).unwrap();
     w.close().unwrap();
     ok(&apiary(dir.path(), &["write", frame, "b.parquet"]));
+    // An Arrow IPC file.
+    let file = std::fs::File::create(dir.path().join("c.arrow")).unwrap();
+    let batch = click_batch(3000, 20);
+    let mut w = arrow_ipc::writer::FileWriter::try_new(file, &batch.schema()).unwrap();
+    w.write(&batch).unwrap();
+    w.write(&click_batch(3020, 5)).unwrap();
+    w.finish().unwrap();
+    let out = ok(&apiary(dir.path(), &["write", frame, "c.arrow", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["rows_written"].as_u64(), Some(25));
+    // A truncated one is refused, nothing written.
+    let whole = std::fs::read(dir.path().join("c.arrow")).unwrap();
+    std::fs::write(dir.path().join("cut.arrow"), &whole[..whole.len() - 10]).unwrap();
+    let e = err(&apiary(dir.path(), &["write", frame, "cut.arrow"]));
+    assert!(e.contains("truncated"), "{e}");
     // An IPC stream on stdin.
     let mut ipc = Vec::new();
     let batch = click_batch(2000, 30);
@@ -268,7 +283,7 @@ fn writes_csv_parquet_and_ipc_from_stdin() {
         serde_json::from_str(&ok(&apiary(dir.path(), &["describe", frame, "--json"]))).unwrap();
     assert_eq!(
         (info["rows"].as_u64(), info["version"].as_u64()),
-        (Some(180), Some(3))
+        (Some(205), Some(4))
     );
     // Bad inputs: one clear line, nothing committed.
     std::fs::write(dir.path().join("bad.csv"), "event_id,nope\n1,2\n").unwrap();
@@ -286,7 +301,7 @@ fn writes_csv_parquet_and_ipc_from_stdin() {
     }
     let info: serde_json::Value =
         serde_json::from_str(&ok(&apiary(dir.path(), &["describe", frame, "--json"]))).unwrap();
-    assert_eq!(info["version"].as_u64(), Some(3));
+    assert_eq!(info["version"].as_u64(), Some(4));
 }
 
 fn write_csv_clicks(dir: &Path, storage: &[&str]) {
@@ -347,7 +362,7 @@ fn sql_prints_table_csv_json_and_arrow() {
         dir.path(),
         &[
             "sql",
-            "EXPLAIN ANALYZE SELECT COUNT(*) FROM analytics.events.clicks WHERE country = 'us'",
+            "EXPLAIN ANALYZE SELECT SUM(duration_ms) FROM analytics.events.clicks WHERE country = 'us'",
         ],
     ));
     assert!(
