@@ -624,6 +624,11 @@ async fn sql_cannot_touch_files_or_change_data() {
         one_int(&ap, "SELECT COUNT(*) FROM analytics.events.clicks").await,
         10_000
     );
+    // Deeply nested SQL is refused by the parser's recursion limit, not a stack overflow.
+    let deep = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
+    assert!(ap.sql(&deep).await.is_err());
+    let deep = format!("SELECT 1 WHERE {}", vec!["NOT"; 5000].join(" ") + " true");
+    assert!(ap.sql(&deep).await.is_err());
     // Malformed SQL is an error, not a panic.
     for sql in [
         "SELEC 1",

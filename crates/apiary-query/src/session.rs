@@ -13,7 +13,9 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionState;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
-use futures::TryStreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, TryStreamExt};
 use url::Url;
 
 use crate::catalog::{ApiaryCatalog, HiveList, NO_BOX, NO_HIVE};
@@ -156,6 +158,27 @@ impl SqlSession {
     /// Like [`sql`](Self::sql), but the last statement's rows are streamed as they are
     /// produced.
     pub async fn sql_stream(&mut self, sql: &str) -> Result<SendableRecordBatchStream> {
+        // A panic inside the parser or planner on hostile input must not take the node down:
+        // it becomes this query's error.
+        match AssertUnwindSafe(self.sql_stream_inner(sql))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown cause");
+                Err(QueryError::Execution(format!(
+                    "the query engine failed on this statement ({what}); nothing was changed"
+                )))
+            }
+        }
+    }
+
+    async fn sql_stream_inner(&mut self, sql: &str) -> Result<SendableRecordBatchStream> {
         let mut commands = statement::parse(sql)?;
         let last = commands
             .pop()

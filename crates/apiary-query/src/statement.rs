@@ -461,3 +461,28 @@ mod tests {
         assert!(parse("SHOW FRAMES IN a..b").is_err());
     }
 }
+
+#[cfg(test)]
+mod hostile {
+    use proptest::prelude::*;
+
+    const WORDS: &[&str] = &[
+        "SELECT", "FROM", "WHERE", "(", ")", ",", ";", "'", "\"", "USE", "SHOW", "FRAMES", "IN",
+        "DESCRIBE", "EXPLAIN", "ANALYZE", "a.b.c", "1", "NULL", "*", "--", "/*", "*/", "SET",
+        "COPY", "TO", "INSERT", "VALUES", "WITH", "AS", "JOIN", "ON", "=", "..", "\u{0}", "é",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Any text, and any soup of SQL-ish tokens, is classified or refused: never a panic.
+        #[test]
+        fn parsing_never_panics(
+            text in ".{0,80}",
+            soup in proptest::collection::vec(proptest::sample::select(WORDS), 0..16),
+        ) {
+            let _ = super::parse(&text);
+            let _ = super::parse(&soup.join(" "));
+        }
+    }
+}
