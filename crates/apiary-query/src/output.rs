@@ -6,7 +6,6 @@ use apiary_ledger::{FrameInfo, Registry, format_type};
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{Field, Schema, SchemaRef};
-use datafusion::catalog::TableProvider;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
@@ -180,7 +179,7 @@ pub(crate) async fn show_frames(registry: &Registry, scope: &[String]) -> Result
 /// the frame's version, cells, rows and bytes.
 pub(crate) fn describe(frame: &FrameTable) -> Result<QueryResult> {
     let index = frame.index();
-    let schema = frame.schema();
+    let schema = index.declared_schema();
     let partition_by = index.partition_by();
     let n = schema.fields().len();
     let types = schema

@@ -19,7 +19,7 @@ use apiary_storage::object_store::ObjectMeta;
 use apiary_storage::object_store::path::Path;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
-use arrow_schema::{FieldRef, Schema, SchemaRef};
+use arrow_schema::{DataType, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{ScanArgs, ScanResult, Session, TableProvider};
 use datafusion::common::stats::Statistics;
@@ -55,8 +55,10 @@ pub struct FrameIndex {
     frame: FrameRef,
     version: u64,
     incarnation: u64,
-    /// The frame's columns in frame order.
+    /// The columns as scanned, in frame order (strings and binaries as views).
     schema: SchemaRef,
+    /// The columns as declared, in frame order.
+    declared: SchemaRef,
     /// Non-partition columns, in frame order: the columns stored in the cells.
     file_schema: SchemaRef,
     /// Partition columns, in `partition_by` order.
@@ -85,9 +87,31 @@ impl FrameIndex {
         version: u64,
         live: &LiveFrame,
     ) -> Result<Self, apiary_ledger::LedgerError> {
-        let schema: SchemaRef = Arc::new(live.definition.schema.to_arrow()?);
+        let declared: SchemaRef = Arc::new(live.definition.schema.to_arrow()?);
         let partition_by = live.definition.partition_by.clone();
         let is_partition = |name: &str| partition_by.iter().any(|p| p == name);
+        // Strings and binaries stored in cells are read as views, as DataFusion reads any
+        // Parquet file by default (`schema_force_view_types`): decoding into views is what
+        // makes its string-heavy scans fast. Partition columns keep their declared type.
+        let schema: SchemaRef = Arc::new(Schema::new(
+            declared
+                .fields()
+                .iter()
+                .map(|f| {
+                    let view = match f.data_type() {
+                        DataType::Utf8 | DataType::LargeUtf8 => Some(DataType::Utf8View),
+                        DataType::Binary | DataType::LargeBinary => Some(DataType::BinaryView),
+                        _ => None,
+                    };
+                    match view {
+                        Some(t) if !is_partition(f.name()) => {
+                            Arc::new(f.as_ref().clone().with_data_type(t))
+                        }
+                        _ => Arc::clone(f),
+                    }
+                })
+                .collect::<Vec<_>>(),
+        ));
         let file_fields: Vec<FieldRef> = schema
             .fields()
             .iter()
@@ -163,6 +187,7 @@ impl FrameIndex {
             incarnation: live.incarnation,
             file_schema: Arc::new(Schema::new(file_fields)),
             schema,
+            declared,
             partition_fields,
             table_index,
             table_fields,
@@ -181,9 +206,14 @@ impl FrameIndex {
         self.incarnation
     }
 
-    /// The frame's schema.
+    /// The frame's schema as scanned (strings and binaries as views).
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// The frame's schema as declared.
+    pub fn declared_schema(&self) -> &SchemaRef {
+        &self.declared
     }
 
     /// Number of cells.
