@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use apiary::Apiary;
@@ -54,23 +56,7 @@ async fn tutorial_frame() -> (tempfile::TempDir, Apiary) {
     let ap = Apiary::open(dir.path().join("data").to_str().unwrap())
         .await
         .unwrap();
-    ap.create_hive("analytics").await.unwrap();
-    ap.create_box("analytics", "events").await.unwrap();
-    ap.create_frame(
-        "analytics",
-        "events",
-        "clicks",
-        &[
-            ("event_id", "int64"),
-            ("user_id", "utf8"),
-            ("page", "utf8"),
-            ("duration_ms", "int64"),
-            ("country", "utf8"),
-        ],
-        &["country"],
-    )
-    .await
-    .unwrap();
+    common::create_clicks_frame(&ap).await;
     (dir, ap)
 }
 

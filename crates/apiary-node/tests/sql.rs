@@ -2,6 +2,8 @@
 //! failures, Apiary's own statements, pruning that never changes an answer, and safety.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -52,23 +54,7 @@ fn clicks(range: std::ops::Range<i64>) -> RecordBatch {
 
 async fn tutorial(dir: &tempfile::TempDir, writes: i64) -> Apiary {
     let ap = Apiary::open(dir.path().to_str().unwrap()).await.unwrap();
-    ap.create_hive("analytics").await.unwrap();
-    ap.create_box("analytics", "events").await.unwrap();
-    ap.create_frame(
-        "analytics",
-        "events",
-        "clicks",
-        &[
-            ("event_id", "int64"),
-            ("user_id", "utf8"),
-            ("page", "utf8"),
-            ("duration_ms", "int64"),
-            ("country", "utf8"),
-        ],
-        &["country"],
-    )
-    .await
-    .unwrap();
+    common::create_clicks_frame(&ap).await;
     let per = 10_000 / writes;
     for w in 0..writes {
         ap.write_to_frame(
