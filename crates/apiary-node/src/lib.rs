@@ -396,7 +396,7 @@ impl Apiary {
         batches: impl IntoIterator<Item = RecordBatch>,
     ) -> Result<WriteResult> {
         let frame = FrameRef::new(hive, r#box, frame)?;
-        self.write_batches_to_frame(&frame, batches.into_iter().map(Ok), false)
+        self.write_batches_to_frame(&frame, batches.into_iter().map(Ok), WriteMode::Append)
             .await
     }
 
@@ -410,7 +410,7 @@ impl Apiary {
         ipc: impl std::io::Read,
     ) -> Result<WriteResult> {
         let frame = FrameRef::new(hive, r#box, frame)?;
-        self.write_batches_to_frame(&frame, ipc::batches(ipc)?, false)
+        self.write_batches_to_frame(&frame, ipc::batches(ipc)?, WriteMode::Append)
             .await
     }
 
@@ -424,23 +424,18 @@ impl Apiary {
         batches: impl IntoIterator<Item = RecordBatch>,
     ) -> Result<WriteResult> {
         let frame = FrameRef::new(hive, r#box, frame)?;
-        self.write_batches_to_frame(&frame, batches.into_iter().map(Ok), true)
+        self.write_batches_to_frame(&frame, batches.into_iter().map(Ok), WriteMode::Overwrite)
             .await
     }
 
-    /// Writes batches from any source (files, streams) to `frame`, in one commit; with
-    /// `overwrite`, replacing its contents.
+    /// Writes batches from any source (files, streams) to `frame`, in one commit that
+    /// appends or replaces its contents.
     pub async fn write_batches_to_frame(
         &self,
         frame: &FrameRef,
         batches: impl IntoIterator<Item = Result<RecordBatch, LedgerError>>,
-        overwrite: bool,
+        mode: WriteMode,
     ) -> Result<WriteResult> {
-        let mode = if overwrite {
-            WriteMode::Overwrite
-        } else {
-            WriteMode::Append
-        };
         let ledger = self.registry.ledger(frame).await?;
         let backend = Arc::clone(self.registry.backend());
         Ok(apiary_ledger::write_batches(

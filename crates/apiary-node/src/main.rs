@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apiary::apiary_ledger::{Created, FrameDefinition, FrameInfo, FrameRef, FrameSchema};
+use apiary::apiary_ledger::{
+    Created, FrameDefinition, FrameInfo, FrameRef, FrameSchema, WriteMode,
+};
 use apiary::apiary_storage::StorageUri;
 use apiary::apiary_swarm::{SwarmConfig, SystemClock, default_state_dir};
 use apiary::{Apiary, ApiaryOptions, DEFAULT_STORAGE, NodeOptions, SwarmStatus};
@@ -314,7 +316,12 @@ async fn run(cli: Cli) -> CliResult<()> {
                     progress.add(batch.num_rows());
                 }
             });
-            let result = ap.write_batches_to_frame(&f, counted, overwrite).await;
+            let mode = if overwrite {
+                WriteMode::Overwrite
+            } else {
+                WriteMode::Append
+            };
+            let result = ap.write_batches_to_frame(&f, counted, mode).await;
             progress.finish();
             let result = result?;
             if json {

@@ -10,20 +10,13 @@ use std::sync::Arc;
 use apiary::Apiary;
 use arrow_array::cast::AsArray;
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema};
 use proptest::prelude::*;
 
 const COUNTRIES: [&str; 8] = ["us", "uk", "de", "fr", "jp", "br", "au", "ca"];
 const PAGES: [&str; 6] = ["/home", "/products", "/about", "/pricing", "/docs", "/blog"];
 
 fn tutorial_rows(n: usize) -> RecordBatch {
-    let schema = Schema::new(vec![
-        Field::new("event_id", DataType::Int64, true),
-        Field::new("user_id", DataType::Utf8, true),
-        Field::new("page", DataType::Utf8, true),
-        Field::new("duration_ms", DataType::Int64, true),
-        Field::new("country", DataType::Utf8, true),
-    ]);
+    let schema = common::clicks_schema();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(0..n as i64)),
         Arc::new(StringArray::from_iter_values(
@@ -39,7 +32,7 @@ fn tutorial_rows(n: usize) -> RecordBatch {
             (0..n).map(|i| COUNTRIES[i * 13 % 8]),
         )),
     ];
-    RecordBatch::try_new(Arc::new(schema), columns).unwrap()
+    RecordBatch::try_new(schema, columns).unwrap()
 }
 
 fn ipc(batch: &RecordBatch) -> Vec<u8> {

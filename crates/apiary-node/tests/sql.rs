@@ -33,13 +33,7 @@ fn click(i: i64) -> (i64, String, &'static str, i64, &'static str) {
 
 fn clicks(range: std::ops::Range<i64>) -> RecordBatch {
     let rows: Vec<_> = range.map(click).collect();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("event_id", DataType::Int64, true),
-        Field::new("user_id", DataType::Utf8, true),
-        Field::new("page", DataType::Utf8, true),
-        Field::new("duration_ms", DataType::Int64, true),
-        Field::new("country", DataType::Utf8, true),
-    ]));
+    let schema = common::clicks_schema();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
         Arc::new(StringArray::from_iter_values(

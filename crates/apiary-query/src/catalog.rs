@@ -6,16 +6,16 @@
 //! ledger probes the version after its head (one GET when nothing changed). The scan index
 //! of a ledger version is built once and shared by every query that reads that version.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use apiary_ledger::{FrameRef, LedgerError, Registry, validate_name};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, TableProvider};
-use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::error::Result as DfResult;
 use datafusion::execution::object_store::ObjectStoreUrl;
 
-use crate::error::{QueryError, ledger_to_df};
+use crate::error::QueryError;
 use crate::table::{FrameIndex, FrameTable};
 
 /// The default catalog and schema of a session that has not run `USE`. Names starting with
@@ -29,7 +29,6 @@ pub struct ApiaryCatalog {
     registry: Arc<Registry>,
     store: ObjectStoreUrl,
     indexes: Mutex<HashMap<FrameRef, Arc<FrameIndex>>>,
-    seen_hives: Mutex<BTreeSet<String>>,
 }
 
 impl ApiaryCatalog {
@@ -40,7 +39,6 @@ impl ApiaryCatalog {
             registry,
             store,
             indexes: Mutex::default(),
-            seen_hives: Mutex::default(),
         }
     }
 
@@ -77,10 +75,6 @@ impl ApiaryCatalog {
                 index
             }
         };
-        self.seen_hives
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(frame.hive.clone());
         Ok(FrameTable::new(index, self.store.clone()))
     }
 
@@ -119,13 +113,9 @@ impl CatalogProviderList for HiveList {
     }
 
     fn catalog_names(&self) -> Vec<String> {
-        self.0
-            .seen_hives
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
+        // Listing hives needs storage; DataFusion asks only for information_schema, which is
+        // off. `SHOW HIVES` lists them.
+        Vec::new()
     }
 
     fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
@@ -192,12 +182,9 @@ impl SchemaProvider for BoxSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        let frame = self.frame_ref(name).map_err(DataFusionError::from)?;
-        match self.catalog.frame_table(&frame).await {
-            Ok(table) => Ok(Some(Arc::new(table))),
-            Err(QueryError::Ledger(e)) => Err(ledger_to_df(e)),
-            Err(e) => Err(e.into()),
-        }
+        let frame = self.frame_ref(name)?;
+        let table = self.catalog.frame_table(&frame).await?;
+        Ok(Some(Arc::new(table)))
     }
 
     fn table_exist(&self, _name: &str) -> bool {

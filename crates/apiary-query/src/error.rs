@@ -79,8 +79,3 @@ impl From<QueryError> for DataFusionError {
         DataFusionError::External(Box::new(e))
     }
 }
-
-/// A ledger error raised inside a DataFusion callback.
-pub(crate) fn ledger_to_df(e: LedgerError) -> DataFusionError {
-    DataFusionError::External(Box::new(QueryError::Ledger(e)))
-}

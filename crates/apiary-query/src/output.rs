@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use apiary_ledger::{FrameInfo, Registry, format_type};
+use apiary_ledger::{FrameInfo, FrameRef, Registry, format_type};
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{Field, Schema, SchemaRef};
@@ -153,17 +153,14 @@ pub(crate) async fn show_frames(registry: &Registry, scope: &[String]) -> Result
     for (hive, r#box) in boxes {
         frames.extend(registry.list_frames(&hive, &r#box).await?);
     }
-    let part = |f: &FrameInfo, i: usize| {
-        f.name
-            .split('.')
-            .nth(i)
-            .map(str::to_string)
-            .unwrap_or_default()
-    };
+    let names = frames
+        .iter()
+        .map(|f| FrameRef::parse(&f.name))
+        .collect::<Result<Vec<_>, _>>()?;
     table(vec![
-        ("hive", strings(frames.iter().map(|f| part(f, 0)))),
-        ("box", strings(frames.iter().map(|f| part(f, 1)))),
-        ("frame", strings(frames.iter().map(|f| part(f, 2)))),
+        ("hive", strings(names.iter().map(|n| &n.hive))),
+        ("box", strings(names.iter().map(|n| &n.r#box))),
+        ("frame", strings(names.iter().map(|n| &n.frame))),
         ("version", counts(frames.iter().map(|f| f.version))),
         ("cells", counts(frames.iter().map(|f| f.cells as u64))),
         ("rows", counts(frames.iter().map(|f| f.rows))),

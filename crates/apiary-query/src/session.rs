@@ -111,7 +111,7 @@ impl QueryEngine {
     /// A new session: `USE` and `SET` in it last until it is dropped and affect no other.
     pub fn session(&self) -> SqlSession {
         SqlSession {
-            engine: self.clone(),
+            catalog: Arc::clone(&self.catalog),
             ctx: SessionContext::new_with_state(self.state.clone()),
             current: Vec::new(),
         }
@@ -131,7 +131,7 @@ impl QueryEngine {
 
 /// One client's session: its current hive and box (`USE`) and its settings (`SET`).
 pub struct SqlSession {
-    engine: QueryEngine,
+    catalog: Arc<ApiaryCatalog>,
     ctx: SessionContext,
     current: Vec<String>,
 }
@@ -199,7 +199,7 @@ impl SqlSession {
     }
 
     async fn run(&mut self, command: Command) -> Result<SendableRecordBatchStream> {
-        let registry = Arc::clone(self.engine.catalog.registry());
+        let registry = Arc::clone(self.catalog.registry());
         let result = match command {
             Command::DataFusion(statement) => return self.run_datafusion(*statement).await,
             Command::Use(parts) => {
@@ -235,7 +235,7 @@ impl SqlSession {
             }
             Command::Describe(parts) => {
                 let frame = self.resolve(&parts)?;
-                let table = self.engine.catalog.frame_table(&frame).await?;
+                let table = self.catalog.frame_table(&frame).await?;
                 output::describe(&table)?
             }
         };
@@ -276,7 +276,7 @@ impl SqlSession {
     }
 
     async fn use_scope(&mut self, parts: Vec<String>) -> Result<()> {
-        let registry = self.engine.catalog.registry();
+        let registry = self.catalog.registry();
         match parts.as_slice() {
             [hive] => {
                 registry.get_hive(hive).await?;

@@ -98,63 +98,98 @@ struct Known {
     nulls: Option<u64>,
 }
 
-/// The statistics of one column over a list of cells.
-fn column_knowledge(cells: &[&Cell], field: &FieldRef, partition: bool) -> Vec<Known> {
-    cells
-        .iter()
-        .map(|cell| {
-            if partition {
-                let v = partition_scalar(cell, field.name(), field.data_type());
-                let nulls = v.as_ref().map(|_| 0);
-                return Known {
-                    min: v.clone(),
-                    max: v,
-                    nulls,
-                };
-            }
-            match cell.stats.get(field.name()) {
-                Some(s) => Known {
-                    min: s
-                        .min
-                        .as_ref()
-                        .and_then(|v| stat_scalar(v, field.data_type())),
-                    max: s
-                        .max
-                        .as_ref()
-                        .and_then(|v| stat_scalar(v, field.data_type())),
-                    nulls: Some(s.null_count),
-                },
-                None => Known::default(),
-            }
-        })
-        .collect()
+impl Known {
+    fn of(cell: &Cell, field: &FieldRef, partition: bool) -> Self {
+        if partition {
+            let v = partition_scalar(cell, field.name(), field.data_type());
+            let nulls = v.as_ref().map(|_| 0);
+            return Known {
+                min: v.clone(),
+                max: v,
+                nulls,
+            };
+        }
+        let bound =
+            |v: &Option<StatValue>| v.as_ref().and_then(|v| stat_scalar(v, field.data_type()));
+        match cell.stats.get(field.name()) {
+            Some(s) => Known {
+                min: bound(&s.min),
+                max: bound(&s.max),
+                nulls: Some(s.null_count),
+            },
+            None => Known::default(),
+        }
+    }
+}
+
+/// What the ledger knows of one cell, as typed scalars: computed once per ledger version and
+/// shared by every query's pruning and statistics.
+#[derive(Debug, Clone)]
+pub struct CellFacts {
+    rows: u64,
+    bytes: u64,
+    /// One entry per column, in the order of the fields the facts were built for.
+    columns: Vec<Known>,
+}
+
+impl CellFacts {
+    /// The facts of `cell` for the columns in `fields` (`true` marks a partition column).
+    pub fn new(cell: &Cell, fields: &[(FieldRef, bool)]) -> Self {
+        Self {
+            rows: cell.rows,
+            bytes: cell.bytes,
+            columns: fields
+                .iter()
+                .map(|(field, partition)| Known::of(cell, field, *partition))
+                .collect(),
+        }
+    }
+}
+
+impl CellFacts {
+    /// Rows in the cell.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Bytes of the cell.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The value of column `i` when it is a partition column (a cell holds one).
+    pub fn partition_value(&self, i: usize) -> Option<&ScalarValue> {
+        self.columns.get(i).and_then(|k| k.min.as_ref())
+    }
 }
 
 /// Per-cell statistics for [`PruningPredicate`](datafusion::physical_optimizer::pruning::PruningPredicate):
 /// one container per cell.
 #[derive(Debug)]
 pub struct CellPruningStats<'a> {
-    cells: Vec<&'a Cell>,
-    fields: Vec<(FieldRef, bool)>,
+    cells: Vec<&'a CellFacts>,
+    fields: &'a [(FieldRef, bool)],
 }
 
 impl<'a> CellPruningStats<'a> {
-    /// Statistics of `cells` for the columns in `fields` (`true` marks a partition column).
-    pub fn new(cells: Vec<&'a Cell>, fields: Vec<(FieldRef, bool)>) -> Self {
+    /// Statistics of `cells`, whose facts were built for `fields`.
+    pub fn new(cells: Vec<&'a CellFacts>, fields: &'a [(FieldRef, bool)]) -> Self {
         Self { cells, fields }
     }
 
-    fn field(&self, column: &Column) -> Option<&(FieldRef, bool)> {
-        self.fields.iter().find(|(f, _)| f.name() == &column.name)
+    fn column(&self, column: &Column) -> Option<usize> {
+        self.fields
+            .iter()
+            .position(|(f, _)| f.name() == &column.name)
     }
 
     fn bound(&self, column: &Column, max: bool) -> Option<ArrayRef> {
-        let (field, partition) = self.field(column)?;
-        let knowledge = column_knowledge(&self.cells, field, *partition);
-        let null = ScalarValue::try_from(field.data_type()).ok()?;
-        let values = knowledge.into_iter().map(|k| {
-            let v = if max { k.max } else { k.min };
-            v.unwrap_or_else(|| null.clone())
+        let i = self.column(column)?;
+        let null = ScalarValue::try_from(self.fields[i].0.data_type()).ok()?;
+        let values = self.cells.iter().map(|c| {
+            let k = &c.columns[i];
+            let v = if max { &k.max } else { &k.min };
+            v.clone().unwrap_or_else(|| null.clone())
         });
         ScalarValue::iter_to_array(values).ok()
     }
@@ -174,10 +209,9 @@ impl PruningStatistics for CellPruningStats<'_> {
     }
 
     fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
-        let (field, partition) = self.field(column)?;
-        let knowledge = column_knowledge(&self.cells, field, *partition);
+        let i = self.column(column)?;
         Some(Arc::new(UInt64Array::from_iter(
-            knowledge.into_iter().map(|k| k.nulls),
+            self.cells.iter().map(|c| c.columns[i].nulls),
         )))
     }
 
@@ -190,67 +224,56 @@ impl PruningStatistics for CellPruningStats<'_> {
     #[allow(clippy::mutable_key_type)] // the trait's signature
     fn contained(&self, column: &Column, values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
         // Exact only for partition columns: a cell holds a single value there.
-        let (field, partition) = self.field(column)?;
-        if !partition {
+        let i = self.column(column)?;
+        if !self.fields[i].1 {
             return None;
         }
-        Some(BooleanArray::from_iter(self.cells.iter().map(|cell| {
-            partition_scalar(cell, field.name(), field.data_type()).map(|v| values.contains(&v))
+        Some(BooleanArray::from_iter(self.cells.iter().map(|c| {
+            c.columns[i].min.as_ref().map(|v| values.contains(v))
         })))
     }
 }
 
-/// Exact statistics of `cells` for the columns in `fields`, in that order.
-pub fn statistics(cells: &[&Cell], fields: &[(FieldRef, bool)]) -> Statistics {
+/// Exact statistics of `cells` for the columns their facts were built for, in that order.
+pub fn statistics(cells: &[&CellFacts], columns: usize) -> Statistics {
     let rows: u64 = cells.iter().map(|c| c.rows).sum();
     let bytes: u64 = cells.iter().map(|c| c.bytes).sum();
-    let column_statistics = fields
-        .iter()
-        .map(|(field, partition)| column_statistics(cells, field, *partition))
-        .collect();
     Statistics {
         num_rows: Precision::Exact(usize::try_from(rows).unwrap_or(usize::MAX)),
         // Compressed bytes on storage, not in-memory size: a hint only.
         total_byte_size: Precision::Inexact(usize::try_from(bytes).unwrap_or(usize::MAX)),
-        column_statistics,
+        column_statistics: (0..columns).map(|i| column_statistics(cells, i)).collect(),
     }
 }
 
-fn column_statistics(cells: &[&Cell], field: &FieldRef, partition: bool) -> ColumnStatistics {
-    let knowledge = column_knowledge(cells, field, partition);
+fn column_statistics(cells: &[&CellFacts], i: usize) -> ColumnStatistics {
     let mut stats = ColumnStatistics::new_unknown();
-    if knowledge.iter().all(|k| k.nulls.is_some()) {
-        let nulls: u64 = knowledge.iter().filter_map(|k| k.nulls).sum();
+    if cells.iter().all(|c| c.columns[i].nulls.is_some()) {
+        let nulls: u64 = cells.iter().filter_map(|c| c.columns[i].nulls).sum();
         stats.null_count = Precision::Exact(usize::try_from(nulls).unwrap_or(usize::MAX));
     }
     // A bound is exact only when every cell with values reports one; a cell of nulls only
     // has no bound and does not widen the range.
-    let mut min: Option<ScalarValue> = None;
-    let mut max: Option<ScalarValue> = None;
-    for (k, cell) in knowledge.iter().zip(cells) {
-        let all_null = k.nulls == Some(cell.rows);
+    let mut min: Option<&ScalarValue> = None;
+    let mut max: Option<&ScalarValue> = None;
+    for cell in cells {
+        let k = &cell.columns[i];
         match (&k.min, &k.max) {
             (Some(lo), Some(hi)) => {
-                if min
-                    .as_ref()
-                    .is_none_or(|m| lo.partial_cmp(m) == Some(std::cmp::Ordering::Less))
-                {
-                    min = Some(lo.clone());
+                if min.is_none_or(|m| lo.partial_cmp(m) == Some(std::cmp::Ordering::Less)) {
+                    min = Some(lo);
                 }
-                if max
-                    .as_ref()
-                    .is_none_or(|m| hi.partial_cmp(m) == Some(std::cmp::Ordering::Greater))
-                {
-                    max = Some(hi.clone());
+                if max.is_none_or(|m| hi.partial_cmp(m) == Some(std::cmp::Ordering::Greater)) {
+                    max = Some(hi);
                 }
             }
-            _ if all_null => {}
+            _ if k.nulls == Some(cell.rows) => {}
             _ => return stats,
         }
     }
     if let (Some(lo), Some(hi)) = (min, max) {
-        stats.min_value = Precision::Exact(lo);
-        stats.max_value = Precision::Exact(hi);
+        stats.min_value = Precision::Exact(lo.clone());
+        stats.max_value = Precision::Exact(hi.clone());
     }
     stats
 }

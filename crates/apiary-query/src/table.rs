@@ -40,7 +40,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 
 use crate::exec::{FrameScanExec, ScanSummary};
-use crate::stats::{self, CellPruningStats};
+use crate::stats::{self, CellFacts, CellPruningStats};
 
 /// Cells are immutable and uniquely named, so every cell gets the same modification time;
 /// a stable value lets DataFusion's footer cache recognise a cell it has read before.
@@ -76,7 +76,7 @@ pub struct FrameIndex {
 
 #[derive(Debug)]
 struct IndexedCell {
-    cell: apiary_ledger::Cell,
+    facts: CellFacts,
     file: PartitionedFile,
 }
 
@@ -158,25 +158,26 @@ impl FrameIndex {
                     e_tag: None,
                     version: None,
                 });
+                let facts = CellFacts::new(cell, &table_fields);
+                let first_partition = table_fields.len() - partition_fields.len();
                 file.partition_values = partition_fields
                     .iter()
-                    .map(|f| {
-                        stats::partition_scalar(cell, f.name(), f.data_type()).ok_or_else(|| {
-                            apiary_ledger::LedgerError::Corrupt {
+                    .enumerate()
+                    .map(|(i, f)| {
+                        facts
+                            .partition_value(first_partition + i)
+                            .cloned()
+                            .ok_or_else(|| apiary_ledger::LedgerError::Corrupt {
                                 key: cell.path.clone(),
                                 reason: format!(
                                     "the ledger records no valid value of partition column `{}`",
                                     f.name()
                                 ),
-                            }
-                        })
+                            })
                     })
                     .collect::<Result<_, _>>()?;
-                file.statistics = Some(Arc::new(stats::statistics(&[cell], &table_fields)));
-                Ok(IndexedCell {
-                    cell: cell.clone(),
-                    file,
-                })
+                file.statistics = Some(Arc::new(stats::statistics(&[&facts], table_fields.len())));
+                Ok(IndexedCell { facts, file })
             })
             .collect::<Result<Vec<IndexedCell>, apiary_ledger::LedgerError>>()?;
         let partition_values = partition_batch(&partition_fields, &cells)?;
@@ -223,12 +224,12 @@ impl FrameIndex {
 
     /// Rows over all cells.
     pub fn rows(&self) -> u64 {
-        self.cells.iter().map(|c| c.cell.rows).sum()
+        self.cells.iter().map(|c| c.facts.rows()).sum()
     }
 
     /// Bytes over all cells.
     pub fn bytes(&self) -> u64 {
-        self.cells.iter().map(|c| c.cell.bytes).sum()
+        self.cells.iter().map(|c| c.facts.bytes()).sum()
     }
 
     /// The partition columns.
@@ -248,8 +249,8 @@ impl FrameIndex {
             return Ok(all);
         };
         let stats = CellPruningStats::new(
-            self.cells.iter().map(|c| &c.cell).collect(),
-            self.table_fields.clone(),
+            self.cells.iter().map(|c| &c.facts).collect(),
+            &self.table_fields,
         );
         Ok(match predicate.prune(&stats) {
             Ok(keep) => all.into_iter().filter(|&i| keep[i]).collect(),
@@ -296,13 +297,18 @@ impl FrameIndex {
         let df_schema = DFSchema::try_from(Arc::clone(&table_schema)).ok()?;
         // Each filter on its own: one that cannot be planned here (it never should) only
         // loses its pruning, never the others'.
-        let usable: Vec<Expr> = filters
+        let planned: Vec<_> = filters
             .iter()
-            .map(|f| unnormalize_col(f.clone()))
-            .filter(|f| state.create_physical_expr(f.clone(), &df_schema).is_ok())
+            .filter_map(|f| {
+                state
+                    .create_physical_expr(unnormalize_col(f.clone()), &df_schema)
+                    .ok()
+            })
             .collect();
-        let expr = conjunction(usable)?;
-        let physical = state.create_physical_expr(expr, &df_schema).ok()?;
+        if planned.is_empty() {
+            return None;
+        }
+        let physical = datafusion::physical_expr::conjunction(planned);
         PruningPredicateBuilder::new()
             .with_file_schema(table_schema)
             .with_max_in_list_size(state.config_options().execution.parquet.max_in_list_size)
@@ -441,8 +447,8 @@ impl TableProvider for FrameTable {
     }
 
     fn statistics(&self) -> Option<Statistics> {
-        let cells: Vec<_> = self.index.cells.iter().map(|c| &c.cell).collect();
-        let table = stats::statistics(&cells, &self.index.table_fields);
+        let cells: Vec<_> = self.index.cells.iter().map(|c| &c.facts).collect();
+        let table = stats::statistics(&cells, self.index.table_fields.len());
         Some(reorder(table, &self.index.table_index))
     }
 
@@ -477,7 +483,7 @@ impl TableProvider for FrameTable {
             let mut rows = 0u64;
             selected.retain(|&i| {
                 let keep = rows < limit as u64;
-                rows += index.cells[i].cell.rows;
+                rows += index.cells[i].facts.rows();
                 keep
             });
         }
@@ -496,8 +502,8 @@ impl TableProvider for FrameTable {
                 empty, summary,
             ))));
         }
-        let kept: Vec<_> = selected.iter().map(|&i| &index.cells[i].cell).collect();
-        let statistics = stats::statistics(&kept, &index.table_fields);
+        let kept: Vec<_> = selected.iter().map(|&i| &index.cells[i].facts).collect();
+        let statistics = stats::statistics(&kept, index.table_fields.len());
         let files = selected
             .iter()
             .map(|&i| index.cells[i].file.clone())

@@ -1,7 +1,21 @@
 //! Helpers shared by the integration tests.
 #![allow(clippy::unwrap_used, dead_code)]
 
+use std::sync::Arc;
+
 use apiary::Apiary;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+/// The tutorial's click columns, all nullable, in the frame's order.
+pub fn clicks_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Int64, true),
+        Field::new("user_id", DataType::Utf8, true),
+        Field::new("page", DataType::Utf8, true),
+        Field::new("duration_ms", DataType::Int64, true),
+        Field::new("country", DataType::Utf8, true),
+    ]))
+}
 
 /// Creates the tutorial's `analytics.events.clicks`, partitioned by country.
 pub async fn create_clicks_frame(ap: &Apiary) {
