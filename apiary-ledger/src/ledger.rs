@@ -121,6 +121,58 @@ impl FrameLedger {
         Ok(guard.clone())
     }
 
+    /// The state at exactly `version`, for readers that must all see one snapshot (the
+    /// tasks of a distributed query). The open state is used when it is that version or can
+    /// move forward to it; an older version is rebuilt from the newest checkpoint at or
+    /// before it (or from version 0) without touching the open state.
+    pub async fn state_at(&self, version: u64) -> Result<Arc<FrameState>> {
+        {
+            let mut guard = self.state.lock().await;
+            let head = guard.as_ref().map(|s| s.version);
+            if head.is_none_or(|h| h < version) {
+                self.probe_forward(&mut guard).await?;
+            }
+            match guard.as_ref() {
+                Some(s) if s.version == version => return Ok(Arc::clone(s)),
+                Some(s) if s.version > version => {}
+                _ => {
+                    return Err(LedgerError::NotFound {
+                        what: format!("version {version} of frame `{}`", self.frame),
+                    });
+                }
+            }
+        }
+        let interval = self.config.checkpoint_interval;
+        let mut state = None;
+        if interval > 0 && version >= interval {
+            let at = version - version % interval;
+            let key = layout::version_key(&self.checkpoint_dir, at);
+            if let Some(object) = get_opt(self.backend.as_ref(), &key).await? {
+                match serde_json::from_slice::<Checkpoint>(&object.bytes) {
+                    Ok(cp) if cp.format == FORMAT_VERSION && cp.state.version == at => {
+                        state = Some(Arc::new(cp.state));
+                    }
+                    _ => tracing::warn!(key = %key, "damaged checkpoint ignored; replaying the ledger"),
+                }
+            }
+        }
+        let first = state.as_ref().map_or(0, |s| s.version + 1);
+        for v in first..=version {
+            let key = layout::version_key(&self.ledger_dir, v);
+            let Some(object) = get_opt(self.backend.as_ref(), &key).await? else {
+                return Err(LedgerError::Corrupt {
+                    key: key.to_string(),
+                    reason: format!("version {v} is missing from the ledger"),
+                });
+            };
+            let entry = Entry::decode(key.as_ref(), &object.bytes, v)?;
+            advance(&mut state, &entry, key.as_ref())?;
+        }
+        state.ok_or_else(|| LedgerError::NotFound {
+            what: format!("version {version} of frame `{}`", self.frame),
+        })
+    }
+
     /// Commits `op`: resolves it against the newest known state and creates the next
     /// version. A lost race reads the winner's entry (returned by the failed put), applies it,
     /// backs off with jitter and resolves the operation again.

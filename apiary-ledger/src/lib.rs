@@ -15,6 +15,7 @@
 pub mod cells;
 mod decode;
 pub mod entry;
+pub mod ipc;
 mod error;
 mod layout;
 mod ledger;

@@ -24,13 +24,23 @@ use apiary_ledger::{
     LedgerConfig, LedgerError, Registry, WriteMode, WriteOptions, WriteResult,
 };
 use apiary_storage::{StorageBackend, StorageError, StorageUri};
+use apiary_query::distributed::{
+    Cluster, DistributeMode, DistributeSettings, ShuffleTransport, StorageShuffle,
+};
 use apiary_swarm::{
-    AgentConfig, Bees, NodeId, NodeIdentity, StorageHeartbeats, SwarmAgent, SwarmError,
+    AgentConfig, Bees, Membership, NodeId, NodeIdentity, StorageHeartbeats, SwarmAgent,
+    SwarmConfig, SwarmError, WorldView,
 };
 use arrow_array::RecordBatch;
+use tokio::sync::watch;
+
+mod builder;
+mod cluster;
+pub use builder::{ApiaryBuilder, MembershipFactory};
+use cluster::{NodeView, SwarmDirectory, TaskCounts};
 
 pub mod input;
-pub mod ipc;
+pub use apiary_ledger::ipc;
 mod node;
 
 pub use apiary_ledger;
@@ -77,30 +87,81 @@ pub struct ApiaryOptions {
     pub storage: StorageUri,
     /// Ledger tuning.
     pub ledger: LedgerConfig,
+    /// Thresholds a process that is not a node uses to judge the swarm's heartbeats.
+    pub swarm: SwarmConfig,
+    /// Distribution of queries over the swarm.
+    pub distribute: DistributeSettings,
+    /// Every new SQL session's `apiary.distribute`.
+    pub distribute_mode: DistributeMode,
 }
 
 impl ApiaryOptions {
-    /// Options for `storage` with default tuning.
+    /// Options for `storage` with default tuning, and distribution settings from the
+    /// environment (`APIARY_TASK_TIMEOUT`, `APIARY_QUERY_RETENTION`,
+    /// `APIARY_DISTRIBUTE_MIN_BYTES`).
     pub fn new(storage: StorageUri) -> Self {
         Self {
             name: "apiary".into(),
             storage,
             ledger: LedgerConfig::default(),
+            swarm: SwarmConfig::default(),
+            distribute: distribute_settings_from_env(),
+            distribute_mode: DistributeMode::default(),
         }
     }
+}
+
+fn distribute_settings_from_env() -> DistributeSettings {
+    let mut settings = DistributeSettings::default();
+    let duration = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| humantime::parse_duration(v.trim()).ok())
+    };
+    if let Some(d) = duration("APIARY_TASK_TIMEOUT") {
+        settings.task_timeout = d;
+    }
+    if let Some(d) = duration("APIARY_QUERY_RETENTION") {
+        settings.orphan_retention = d;
+    }
+    if let Some(n) = std::env::var("APIARY_DISTRIBUTE_MIN_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+    {
+        settings.auto_min_bytes = n;
+    }
+    settings
 }
 
 /// A handle on an Apiary storage root: its registry of hives, boxes and frames.
 ///
 /// Opening runs the storage preflight: a store that does not enforce conditional writes is
 /// refused before anything is written.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Apiary {
     name: String,
     storage: StorageUri,
     registry: Arc<Registry>,
     node: Arc<Mutex<Option<RunningNode>>>,
     query: Arc<OnceLock<QueryEngine>>,
+    transport: Arc<dyn ShuffleTransport>,
+    membership: Option<MembershipFactory>,
+    /// What the worker directory sees of the running node.
+    view: Arc<Mutex<Option<Arc<dyn NodeView>>>>,
+    tasks: Arc<TaskCounts>,
+    swarm: SwarmConfig,
+    distribute: DistributeSettings,
+    distribute_mode: DistributeMode,
+}
+
+impl std::fmt::Debug for Apiary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Apiary")
+            .field("name", &self.name)
+            .field("storage", &self.storage.to_string())
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +169,20 @@ struct RunningNode {
     agent: Arc<SwarmAgent>,
     bees: Arc<Bees>,
     _identity: Arc<NodeIdentity>,
+    stop_worker: Arc<watch::Sender<bool>>,
+}
+
+/// The running node as the worker directory sees it.
+struct AgentView(Arc<SwarmAgent>);
+
+impl NodeView for AgentView {
+    fn node_id(&self) -> String {
+        self.0.node_id().to_string()
+    }
+
+    fn view(&self) -> WorldView {
+        self.0.view()
+    }
 }
 
 impl Apiary {
@@ -124,27 +199,57 @@ impl Apiary {
         .await
     }
 
-    /// Opens with explicit options.
+    /// Opens with explicit options (default parts: object_store storage, storage
+    /// heartbeats, the storage shuffle).
     pub async fn open_with(options: ApiaryOptions) -> Result<Self> {
-        let backend = apiary_storage::open(&options.storage).await?;
-        let mut ap = Self::with_backend(options.storage, backend, options.ledger);
-        ap.name = options.name;
-        Ok(ap)
+        ApiaryBuilder::new(options).build().await
     }
 
-    /// Wraps an already opened backend (for custom or instrumented stores).
+    /// A builder that composes a node from parts: any storage backend, membership and
+    /// shuffle transport.
+    pub fn builder(options: ApiaryOptions) -> ApiaryBuilder {
+        ApiaryBuilder::new(options)
+    }
+
+    /// Wraps an already opened backend (for custom or instrumented stores), with the
+    /// default membership and transport.
     pub fn with_backend(
         storage: StorageUri,
         backend: Arc<dyn StorageBackend>,
         ledger: LedgerConfig,
     ) -> Self {
+        let mut options = ApiaryOptions::new(storage);
+        options.ledger = ledger;
+        Self::from_parts(options, backend, None, None)
+    }
+
+    fn from_parts(
+        options: ApiaryOptions,
+        backend: Arc<dyn StorageBackend>,
+        membership: Option<MembershipFactory>,
+        transport: Option<Arc<dyn ShuffleTransport>>,
+    ) -> Self {
+        let transport = transport
+            .unwrap_or_else(|| Arc::new(StorageShuffle::new(Arc::clone(&backend))));
         Self {
-            name: "apiary".into(),
-            storage,
-            registry: Arc::new(Registry::new(backend, ledger)),
+            name: options.name,
+            storage: options.storage,
+            registry: Arc::new(Registry::new(backend, options.ledger)),
             node: Arc::default(),
             query: Arc::default(),
+            transport,
+            membership,
+            view: Arc::default(),
+            tasks: Arc::default(),
+            swarm: options.swarm,
+            distribute: options.distribute,
+            distribute_mode: options.distribute_mode,
         }
+    }
+
+    /// The shuffle transport distributed queries use.
+    pub fn transport(&self) -> &Arc<dyn ShuffleTransport> {
+        &self.transport
     }
 
     /// The storage URI.
@@ -263,12 +368,15 @@ impl Apiary {
             capacity.bees,
             capacity.memory_per_bee_bytes * u64::from(capacity.bees),
         );
-        let membership = Arc::new(StorageHeartbeats::new(
-            Arc::clone(self.registry.backend()),
-            identity.node_id().clone(),
-            Arc::clone(&options.clock),
-            options.swarm.clone(),
-        ));
+        let membership: Arc<dyn Membership> = match &self.membership {
+            Some(factory) => factory(identity.node_id(), &options),
+            None => Arc::new(StorageHeartbeats::new(
+                Arc::clone(self.registry.backend()),
+                identity.node_id().clone(),
+                Arc::clone(&options.clock),
+                options.swarm.clone(),
+            )),
+        };
         let config = AgentConfig {
             swarm: options.swarm.clone(),
             drain_timeout: options.drain_timeout,
@@ -284,12 +392,44 @@ impl Apiary {
             config,
         )
         .await?;
+        let agent = Arc::new(agent);
+        let (stop_worker, stop) = watch::channel(false);
+        // Query folders left by coordinators that died are swept once at start (and by
+        // coordinators as they run queries): no listing while idle.
+        let transport = Arc::clone(&self.transport);
+        let retention = self.distribute.orphan_retention;
+        tokio::spawn(async move {
+            if let Err(e) = transport.sweep(retention).await {
+                tracing::debug!(error = %e, "sweeping old queries failed");
+            }
+        });
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Arc::new(AgentView(Arc::clone(&agent))));
+        cluster::spawn_worker(
+            Arc::clone(&self.transport),
+            self.query_engine()?.clone().with_distribute(DistributeMode::Never),
+            agent.node_id().to_string(),
+            Arc::clone(&bees),
+            options.task_poll_interval,
+            Arc::clone(&self.tasks),
+            stop,
+        );
         *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(RunningNode {
-            agent: Arc::new(agent),
+            agent,
             bees,
             _identity: Arc::new(identity),
+            stop_worker: Arc::new(stop_worker),
         });
         Ok(())
+    }
+
+    /// Tasks of distributed queries this node ran, and how many of them failed.
+    pub fn tasks_run(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.tasks.ran.load(Ordering::Relaxed),
+            self.tasks.failed.load(Ordering::Relaxed),
+        )
     }
 
     /// Leaves the swarm gracefully: no new work, running work finishes (up to the drain
@@ -297,7 +437,11 @@ impl Apiary {
     pub async fn shutdown(&self) -> Result<()> {
         let running = self.node.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(node) = running {
-            node.agent.leave().await?;
+            // The agent closes the bees first: no new task is taken, running ones finish.
+            let left = node.agent.leave().await;
+            let _ = node.stop_worker.send(true);
+            *self.view.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            left?;
         }
         Ok(())
     }
@@ -349,6 +493,8 @@ impl Apiary {
             bees: capacity.bees,
             storage: self.storage.kind().to_string(),
             storage_uri: self.storage.to_string(),
+            tasks_run: self.tasks_run().0,
+            tasks_failed: self.tasks_run().1,
         }
     }
 
@@ -469,13 +615,29 @@ impl Apiary {
             return Ok(engine);
         }
         let bees = apiary_swarm::detect_capacity(None).bees;
+        let directory = Arc::new(SwarmDirectory::new(
+            Arc::clone(&self.view),
+            Arc::clone(self.registry.backend()),
+            self.swarm.clone(),
+        ));
+        let coordinator = self
+            .running()
+            .map(|n| n.agent.node_id().to_string())
+            .unwrap_or_else(|| format!("client-{}", std::process::id()));
         let engine = QueryEngine::new(
             Arc::clone(&self.registry),
             QueryOptions {
                 target_partitions: bees as usize,
                 ..QueryOptions::default()
             },
-        )?;
+        )?
+        .with_cluster(Cluster {
+            transport: Arc::clone(&self.transport),
+            directory,
+            settings: self.distribute.clone(),
+            coordinator,
+        })
+        .with_distribute(self.distribute_mode);
         // A racing first call may have set it; either engine is equivalent.
         Ok(self.query.get_or_init(|| engine))
     }

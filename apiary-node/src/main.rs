@@ -51,6 +51,9 @@ struct NodeArgs {
     /// No heartbeat change for this long: dead (half of it: suspect).
     #[arg(long, global = true, env = "APIARY_DEAD_THRESHOLD", default_value = "30s", value_parser = duration)]
     dead_threshold: Duration,
+    /// How often a node looks for tasks of distributed queries (one GET-class request).
+    #[arg(long, global = true, env = "APIARY_TASK_POLL_INTERVAL", default_value = "1s", value_parser = duration)]
+    task_poll_interval: Duration,
 }
 
 /// How `apiary sql` prints rows.
@@ -160,6 +163,9 @@ enum Command {
         /// Arrow IPC stream (binary, for pipes).
         #[arg(long, value_enum)]
         format: Option<SqlFormat>,
+        /// Run here only, never split over the swarm (`SET apiary.distribute = 'never'`).
+        #[arg(long)]
+        local: bool,
     },
     /// Delete cell files no version within the retention needs.
     Vacuum {
@@ -275,6 +281,7 @@ impl NodeArgs {
             node_id: self.node_id.clone(),
             state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
             swarm: self.swarm_config(),
+            task_poll_interval: self.task_poll_interval,
             ..NodeOptions::default()
         }
     }
@@ -282,7 +289,12 @@ impl NodeArgs {
 
 async fn run(cli: Cli) -> CliResult<()> {
     let storage = StorageUri::parse(&cli.storage)?;
-    let ap = Apiary::open_with(ApiaryOptions::new(storage)).await?;
+    let mut options = ApiaryOptions::new(storage);
+    options.swarm = cli.node.swarm_config();
+    if let Command::Sql { local: true, .. } = &cli.command {
+        options.distribute_mode = apiary::apiary_query::distributed::DistributeMode::Never;
+    }
+    let ap = Apiary::open_with(options).await?;
     let json = cli.json;
     match cli.command {
         Command::Node {
@@ -337,7 +349,7 @@ async fn run(cli: Cli) -> CliResult<()> {
                 );
             }
         }
-        Command::Sql { query, format } => {
+        Command::Sql { query, format, .. } => {
             let format = format.unwrap_or(if json {
                 SqlFormat::Json
             } else {

@@ -26,6 +26,9 @@ pub struct NodeOptions {
     pub clock: Arc<dyn Clock>,
     /// Called with every new world view.
     pub on_view: Option<ViewHook>,
+    /// How often the node looks for tasks of distributed queries (one HEAD of its doorbell
+    /// object each time; default 1 s).
+    pub task_poll_interval: Duration,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -48,6 +51,7 @@ impl Default for NodeOptions {
             memory_bytes: None,
             clock: Arc::new(SystemClock::new()),
             on_view: None,
+            task_poll_interval: Duration::from_secs(1),
         }
     }
 }
@@ -158,6 +162,10 @@ pub struct NodeStatus {
     pub storage: String,
     /// Storage URI.
     pub storage_uri: String,
+    /// Tasks of distributed queries this node ran.
+    pub tasks_run: u64,
+    /// Of those, the ones that failed.
+    pub tasks_failed: u64,
 }
 
 pub(crate) fn memory_gb(bytes: u64) -> f64 {

@@ -6,7 +6,7 @@
 //! ledger probes the version after its head (one GET when nothing changed). The scan index
 //! of a ledger version is built once and shared by every query that reads that version.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use apiary_ledger::{FrameRef, LedgerError, Registry, validate_name};
@@ -29,6 +29,16 @@ pub struct ApiaryCatalog {
     registry: Arc<Registry>,
     store: ObjectStoreUrl,
     indexes: Mutex<HashMap<FrameRef, Arc<FrameIndex>>>,
+    pins: Option<HashMap<FrameRef, Pinned>>,
+}
+
+/// A frame as a distributed task reads it: one version, optionally only some cells.
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    /// The ledger version.
+    pub version: u64,
+    /// The cells to read (relative paths); `None` for all of them.
+    pub cells: Option<BTreeSet<String>>,
 }
 
 impl ApiaryCatalog {
@@ -39,7 +49,50 @@ impl ApiaryCatalog {
             registry,
             store,
             indexes: Mutex::default(),
+            pins: None,
         }
+    }
+
+    /// A catalog that resolves only the frames in `pins`, each at its pinned version and
+    /// with only its pinned cells: what a distributed task reads. Any other frame is an
+    /// error.
+    pub fn pinned(&self, pins: HashMap<FrameRef, Pinned>) -> Self {
+        Self {
+            registry: Arc::clone(&self.registry),
+            store: self.store.clone(),
+            indexes: Mutex::default(),
+            pins: Some(pins),
+        }
+    }
+
+    async fn pinned_table(
+        &self,
+        frame: &FrameRef,
+        pin: &Pinned,
+    ) -> Result<FrameTable, QueryError> {
+        let ledger = self.registry.ledger(frame).await?;
+        let state = ledger.state_at(pin.version).await?;
+        let Some(live) = state.live.as_ref() else {
+            return Err(QueryError::Invalid(format!(
+                "frame `{frame}` does not exist at version {}",
+                pin.version
+            )));
+        };
+        let index = match &pin.cells {
+            None => FrameIndex::build(frame, pin.version, live)?,
+            Some(cells) => {
+                let mut subset = live.clone();
+                subset.cells.retain(|path, _| cells.contains(path));
+                if let Some(missing) = cells.iter().find(|c| !subset.cells.contains_key(*c)) {
+                    return Err(QueryError::Invalid(format!(
+                        "cell `{missing}` is not in frame `{frame}` at version {}",
+                        pin.version
+                    )));
+                }
+                FrameIndex::build(frame, pin.version, &subset)?
+            }
+        };
+        Ok(FrameTable::new(Arc::new(index), self.store.clone()))
     }
 
     /// The registry.
@@ -49,6 +102,15 @@ impl ApiaryCatalog {
 
     /// The frame at its newest version, as a table. Errors name what is missing.
     pub async fn frame_table(&self, frame: &FrameRef) -> Result<FrameTable, QueryError> {
+        if let Some(pins) = &self.pins {
+            return match pins.get(frame) {
+                Some(pin) => self.pinned_table(frame, pin).await,
+                None => Err(QueryError::Invalid(format!(
+                    "frame `{frame}` is not part of this task; a fragment reads only the \
+                     frames its manifest pins"
+                ))),
+            };
+        }
         let ledger = self.registry.ledger(frame).await?;
         let state = ledger.refresh().await?;
         let Some((version, live)) = state

@@ -26,6 +26,10 @@ pub enum QueryError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
 
+    /// Storage failed while moving a distributed query's tasks or results.
+    #[error(transparent)]
+    Storage(#[from] apiary_storage::StorageError),
+
     /// Running the query failed (a cell could not be read, memory ran out, …).
     #[error("query failed: {0}")]
     Execution(String),
@@ -42,7 +46,10 @@ impl From<DataFusionError> for QueryError {
                 Ok(q) => *q,
                 Err(inner) => match inner.downcast::<LedgerError>() {
                     Ok(l) => QueryError::Ledger(*l),
-                    Err(other) => QueryError::Execution(other.to_string()),
+                    Err(inner) => match inner.downcast::<apiary_storage::StorageError>() {
+                        Ok(s) => QueryError::Storage(*s),
+                        Err(other) => QueryError::Execution(other.to_string()),
+                    },
                 },
             },
             DataFusionError::Context(context, inner) => match QueryError::from(*inner) {

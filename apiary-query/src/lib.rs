@@ -12,6 +12,7 @@
 //!   `DESCRIBE frame`. DDL, DML and file access are refused with the API call to use instead.
 
 pub mod catalog;
+pub mod distributed;
 mod error;
 mod exec;
 mod output;
@@ -20,6 +21,7 @@ mod statement;
 pub mod stats;
 mod table;
 
+pub use catalog::Pinned;
 pub use error::{QueryError, Result};
 pub use exec::{FrameScanExec, ScanSummary};
 pub use output::QueryResult;

@@ -18,7 +18,11 @@ use std::panic::AssertUnwindSafe;
 use futures::{FutureExt, TryStreamExt};
 use url::Url;
 
-use crate::catalog::{ApiaryCatalog, HiveList, NO_BOX, NO_HIVE};
+use crate::catalog::{ApiaryCatalog, HiveList, NO_BOX, NO_HIVE, Pinned};
+use crate::distributed::{self, Cluster, DistributeMode, DistributedTable};
+use datafusion::datasource::provider_as_source;
+use datafusion::logical_expr::{Analyze, Explain, LogicalPlan, LogicalPlanBuilder};
+use std::collections::HashMap;
 use crate::error::{QueryError, Result};
 use crate::output::{self, QueryResult};
 use crate::statement::{self, Command};
@@ -78,6 +82,8 @@ impl ObjectStoreRegistry for OnlyApiaryStorage {
 pub struct QueryEngine {
     catalog: Arc<ApiaryCatalog>,
     state: SessionState,
+    cluster: Option<Cluster>,
+    distribute: DistributeMode,
 }
 
 impl QueryEngine {
@@ -105,7 +111,29 @@ impl QueryEngine {
             .with_catalog_list(Arc::new(HiveList(Arc::clone(&catalog))))
             .with_default_features()
             .build();
-        Ok(Self { catalog, state })
+        Ok(Self {
+            catalog,
+            state,
+            cluster: None,
+            distribute: DistributeMode::default(),
+        })
+    }
+
+    /// This engine, distributing queries over `cluster` (see [`crate::distributed`]).
+    pub fn with_cluster(mut self, cluster: Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// This engine with `mode` as every new session's `apiary.distribute`.
+    pub fn with_distribute(mut self, mode: DistributeMode) -> Self {
+        self.distribute = mode;
+        self
+    }
+
+    /// The cluster queries are distributed over, if any.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
     }
 
     /// A new session: `USE` and `SET` in it last until it is dropped and affect no other.
@@ -114,7 +142,51 @@ impl QueryEngine {
             catalog: Arc::clone(&self.catalog),
             ctx: SessionContext::new_with_state(self.state.clone()),
             current: Vec::new(),
+            distribute: self.distribute,
+            engine: self.clone(),
         }
+    }
+
+    /// Runs a distributed task's fragment: exactly one read-only query, over a catalog that
+    /// holds only `pins` (each frame at its version, the split frame with only the task's
+    /// cells). Never distributed again.
+    pub async fn run_fragment(
+        &self,
+        sql: &str,
+        scope: &[String],
+        pins: HashMap<FrameRef, Pinned>,
+    ) -> Result<SendableRecordBatchStream> {
+        let mut commands = statement::parse(sql)?;
+        let command = match (commands.pop(), commands.is_empty()) {
+            (Some(c), true) if c.is_query() => c,
+            _ => {
+                return Err(QueryError::Rejected {
+                    statement: "this fragment".into(),
+                    instead: "a task runs exactly one read-only SELECT".into(),
+                });
+            }
+        };
+        let Command::DataFusion(statement) = command else {
+            return Err(QueryError::Invalid("a fragment must be a query".into()));
+        };
+        let catalog = Arc::new(self.catalog.pinned(pins));
+        let mut state = SessionStateBuilder::new_from_existing(self.state.clone())
+            .with_catalog_list(Arc::new(HiveList(catalog)))
+            .build();
+        if let Some(hive) = scope.first() {
+            let options = state.config_mut().options_mut();
+            options.catalog.default_catalog = hive.clone();
+            options.catalog.default_schema = scope.get(1).cloned().unwrap_or_else(|| NO_BOX.to_string());
+        }
+        let ctx = SessionContext::new_with_state(state);
+        let plan = ctx.state().statement_to_plan(*statement).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)?;
+        let frame = ctx.execute_logical_plan(plan).await?;
+        Ok(frame.execute_stream().await?)
     }
 
     /// Runs `sql` (one or more statements) in a fresh session and returns the last
@@ -134,6 +206,8 @@ pub struct SqlSession {
     catalog: Arc<ApiaryCatalog>,
     ctx: SessionContext,
     current: Vec<String>,
+    distribute: DistributeMode,
+    engine: QueryEngine,
 }
 
 impl std::fmt::Debug for SqlSession {
@@ -206,6 +280,18 @@ impl SqlSession {
                 self.use_scope(parts).await?;
                 QueryResult::empty()
             }
+            Command::SetApiary { key, value } => {
+                match key.as_str() {
+                    "distribute" => self.distribute = DistributeMode::parse(&value)?,
+                    other => {
+                        return Err(QueryError::Invalid(format!(
+                            "`apiary.{other}` is not a setting; the one Apiary setting is \
+                             apiary.distribute ('auto', 'always' or 'never')"
+                        )));
+                    }
+                }
+                QueryResult::empty()
+            }
             Command::ShowHives => output::show_hives(&registry).await?,
             Command::ShowBoxes(scope) => {
                 let hive = match scope {
@@ -254,8 +340,82 @@ impl SqlSession {
             .with_allow_dml(false)
             .with_allow_statements(true)
             .verify_plan(&plan)?;
+        let plan = self.maybe_distribute(plan).await?;
         let frame = self.ctx.execute_logical_plan(plan).await?;
         Ok(frame.execute_stream().await?)
+    }
+
+    /// The session's `apiary.distribute` setting.
+    pub fn distribute(&self) -> DistributeMode {
+        self.distribute
+    }
+
+    /// `plan`, split over the swarm when the setting, the data and the workers say so.
+    async fn maybe_distribute(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
+        if self.distribute == DistributeMode::Never || self.engine.cluster.is_none() {
+            return Ok(plan);
+        }
+        Ok(match plan {
+            LogicalPlan::Explain(explain) => match self.distribute_query(&explain.plan).await? {
+                Some(inner) => LogicalPlan::Explain(Explain {
+                    plan: Arc::new(inner),
+                    ..explain
+                }),
+                None => LogicalPlan::Explain(explain),
+            },
+            LogicalPlan::Analyze(analyze) => match self.distribute_query(&analyze.input).await? {
+                Some(inner) => LogicalPlan::Analyze(Analyze {
+                    input: Arc::new(inner),
+                    ..analyze
+                }),
+                None => LogicalPlan::Analyze(analyze),
+            },
+            LogicalPlan::Statement(_) | LogicalPlan::DescribeTable(_) => plan,
+            query => match self.distribute_query(&query).await? {
+                Some(distributed) => distributed,
+                None => query,
+            },
+        })
+    }
+
+    async fn distribute_query(&self, plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
+        let Some(cluster) = self.engine.cluster.clone() else {
+            return Ok(None);
+        };
+        let state = self.ctx.state();
+        let optimized = state.optimize(plan)?;
+        let Some(split) = distributed::plan::split(&optimized, &state)? else {
+            return Ok(None);
+        };
+        if split.fragment.cells.is_empty() {
+            return Ok(None);
+        }
+        let workers = cluster.directory.workers().await?;
+        let local = cluster.directory.local_node();
+        let others = workers
+            .iter()
+            .filter(|w| Some(&w.node_id) != local.as_ref())
+            .count();
+        let go = match self.distribute {
+            DistributeMode::Never => false,
+            DistributeMode::Always => !workers.is_empty(),
+            DistributeMode::Auto => {
+                others > 0 && split.fragment.bytes() >= cluster.settings.auto_min_bytes
+            }
+        };
+        if !go {
+            return Ok(None);
+        }
+        let mut fragment = split.fragment.clone();
+        fragment.scope = self.current.clone();
+        let table = DistributedTable::new(fragment, cluster, self.engine.clone());
+        let partials = LogicalPlanBuilder::scan(
+            distributed::plan::PARTIALS,
+            provider_as_source(Arc::new(table)),
+            None,
+        )?
+        .build()?;
+        Ok(Some(split.coordinator_plan(partials)?))
     }
 
     /// `parts` as a frame: `hive.box.frame`, or completed from `USE`.

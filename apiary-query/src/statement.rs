@@ -38,8 +38,23 @@ pub(crate) enum Command {
     Use(Vec<String>),
     /// `DESCRIBE [hive.box.]frame`.
     Describe(Vec<String>),
+    /// `SET apiary.<key> = value`: one of Apiary's session settings.
+    SetApiary {
+        /// The key after `apiary.`.
+        key: String,
+        /// The value, unquoted.
+        value: String,
+    },
     /// A read-only statement DataFusion plans and runs.
     DataFusion(Box<DfStatement>),
+}
+
+impl Command {
+    /// Whether this is a plain query (what a distributed task may run).
+    pub(crate) fn is_query(&self) -> bool {
+        matches!(self, Command::DataFusion(s)
+            if matches!(s.as_ref(), DfStatement::Statement(q) if matches!(q.as_ref(), Statement::Query(_))))
+    }
 }
 
 /// Splits `sql` into statements and classifies each. Empty statements are skipped.
@@ -223,6 +238,19 @@ fn classify(statement: DfStatement) -> Result<Command> {
         | Statement::Execute { .. }
         | Statement::Deallocate { .. } => {
             Command::DataFusion(Box::new(DfStatement::Statement(sql)))
+        }
+        Statement::Set(Set::SingleAssignment {
+            ref variable,
+            ref values,
+            ..
+        }) if variable.to_string().to_ascii_lowercase().starts_with("apiary.") => {
+            let key = variable.to_string().to_ascii_lowercase()["apiary.".len()..].to_string();
+            let [value] = values.as_slice() else {
+                return Err(QueryError::Invalid(format!("SET apiary.{key} takes one value")));
+            };
+            let value = value.to_string();
+            let value = value.trim_matches(|c| c == '\'' || c == '"').to_string();
+            Command::SetApiary { key, value }
         }
         Statement::Set(ref set) => {
             check_set(set)?;

@@ -76,6 +76,8 @@ pub struct FrameIndex {
 
 #[derive(Debug)]
 struct IndexedCell {
+    /// Path relative to the frame, as the ledger records it.
+    path: String,
     facts: CellFacts,
     file: PartitionedFile,
 }
@@ -177,7 +179,11 @@ impl FrameIndex {
                     })
                     .collect::<Result<_, _>>()?;
                 file.statistics = Some(Arc::new(stats::statistics(&[&facts], table_fields.len())));
-                Ok(IndexedCell { facts, file })
+                Ok(IndexedCell {
+                    path: cell.path.clone(),
+                    facts,
+                    file,
+                })
             })
             .collect::<Result<Vec<IndexedCell>, apiary_ledger::LedgerError>>()?;
         let partition_values = partition_batch(&partition_fields, &cells)?;
@@ -195,6 +201,27 @@ impl FrameIndex {
             cells,
             partition_by,
         })
+    }
+
+    /// The frame.
+    pub fn frame(&self) -> &FrameRef {
+        &self.frame
+    }
+
+    /// The cells a scan with `filters` must read (after ledger pruning), with their sizes.
+    pub fn select_cells(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+    ) -> DfResult<Vec<crate::distributed::SplitCell>> {
+        Ok(self
+            .select(state, filters)?
+            .into_iter()
+            .map(|i| crate::distributed::SplitCell {
+                path: self.cells[i].path.clone(),
+                bytes: self.cells[i].facts.bytes(),
+            })
+            .collect())
     }
 
     /// The ledger version this index describes.

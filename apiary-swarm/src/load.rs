@@ -72,6 +72,11 @@ impl Bees {
         })
     }
 
+    /// Whether new work is still taken (false once the node is leaving).
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
     /// Stops accepting new work.
     pub fn close(&self) {
         self.accepting.store(false, Ordering::Release);

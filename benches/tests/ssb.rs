@@ -54,3 +54,71 @@ async fn the_generator_is_deterministic_and_sized_by_scale_factor() {
     let dates = a.iter().find(|t| t.name == "dwdate").unwrap();
     assert_eq!(dates.rows(), 2557, "1992-01-01 ..= 1998-12-31");
 }
+
+/// The `apiary` binary cargo built next to this test (`target/<profile>/apiary`).
+fn apiary_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let bin = profile_dir.join("apiary");
+    assert!(bin.exists(), "{} is missing: run `cargo test --workspace`", bin.display());
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssb_queries_on_three_node_processes_match_one_node() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let storage = data.display().to_string();
+    let ap = Apiary::open(&storage).await.unwrap();
+    let tables = generate(0.01, 7);
+    load_apiary(&ap, "ssb", "sf", &tables).await;
+    let mut nodes: Vec<std::process::Child> = (0..3)
+        .map(|i| {
+            Command::new(apiary_binary())
+                .args(["node", "--storage", &storage, "--node-id", &format!("ssb-{i}")])
+                .arg("--state-dir")
+                .arg(dir.path().join(format!("state-{i}")))
+                .args(["--heartbeat-interval", "200ms", "--poll-interval", "200ms"])
+                .args(["--task-poll-interval", "50ms", "--memory", "2GiB"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let started = Instant::now();
+    while ap.swarm_status().await.unwrap().alive < 3 {
+        assert!(started.elapsed() < Duration::from_secs(60), "nodes never came up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut local = ap.sql_session().unwrap();
+    local.sql("USE ssb.sf; SET apiary.distribute = 'never'").await.unwrap();
+    let mut spread = ap.sql_session().unwrap();
+    spread.sql("USE ssb.sf; SET apiary.distribute = 'always'").await.unwrap();
+    for (name, sql) in QUERIES {
+        let one = result_rows(&local.sql(sql).await.unwrap());
+        let t = Instant::now();
+        let many = result_rows(
+            &spread
+                .sql(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{name} distributed: {e}")),
+        );
+        eprintln!("{name}: {:?} distributed", t.elapsed());
+        assert_eq!(many, one, "{name}: three nodes differ from one");
+    }
+    let plan = result_rows(&spread.sql(&format!("EXPLAIN ANALYZE {}", QUERIES[3].1)).await.unwrap());
+    let text = plan.join("\n");
+    let used: std::collections::BTreeSet<&str> = text
+        .split("node=")
+        .skip(1)
+        .filter_map(|s| s.split_whitespace().next())
+        .collect();
+    assert!(used.len() >= 2, "tasks on {used:?}:\n{text}");
+    for n in &mut nodes {
+        let _ = n.kill();
+        let _ = n.wait();
+    }
+}

@@ -9,7 +9,7 @@
 use std::io::{self, Read};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use apiary_ledger::LedgerError;
+use crate::LedgerError;
 use arrow_array::RecordBatch;
 
 /// Largest message metadata accepted (a schema or batch header).

@@ -1,0 +1,95 @@
+//! [`ApiaryBuilder`]: a node composed from parts. `Apiary::open` and the `apiary` binary use
+//! the defaults (object_store storage, storage heartbeats, the storage shuffle); a custom
+//! node binary plugs in its own storage backend, membership or shuffle transport.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), apiary::ApiaryError> {
+//! use std::sync::Arc;
+//! use apiary::{Apiary, ApiaryOptions};
+//! use apiary::apiary_query::distributed::StorageShuffle;
+//! use apiary::apiary_storage::StorageUri;
+//! let options = ApiaryOptions::new(StorageUri::parse("./apiary-data")?);
+//! let backend = apiary::apiary_storage::open(&options.storage).await?;
+//! let ap = Apiary::builder(options)
+//!     .backend(Arc::clone(&backend))
+//!     .transport(Arc::new(StorageShuffle::new(backend)))
+//!     .build()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use apiary_query::distributed::ShuffleTransport;
+use apiary_storage::StorageBackend;
+use apiary_swarm::{Membership, NodeId};
+
+use crate::{Apiary, ApiaryOptions, NodeOptions, Result};
+
+/// Makes the membership of a node once its id is known (at `start`).
+pub type MembershipFactory = Arc<dyn Fn(&NodeId, &NodeOptions) -> Arc<dyn Membership> + Send + Sync>;
+
+/// Composes an [`Apiary`] from parts; anything not given is the default.
+pub struct ApiaryBuilder {
+    options: ApiaryOptions,
+    backend: Option<Arc<dyn StorageBackend>>,
+    membership: Option<MembershipFactory>,
+    transport: Option<Arc<dyn ShuffleTransport>>,
+}
+
+impl std::fmt::Debug for ApiaryBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiaryBuilder")
+            .field("storage", &self.options.storage.to_string())
+            .field("backend", &self.backend.as_ref().map(|b| b.to_string()))
+            .field("membership", &self.membership.is_some())
+            .field("transport", &self.transport)
+            .finish()
+    }
+}
+
+impl ApiaryBuilder {
+    /// A builder over `options` (the storage URI names the root; it is opened unless a
+    /// backend is given).
+    pub fn new(options: ApiaryOptions) -> Self {
+        Self {
+            options,
+            backend: None,
+            membership: None,
+            transport: None,
+        }
+    }
+
+    /// Uses `backend` instead of opening the storage URI (the preflight is the caller's).
+    pub fn backend(mut self, backend: Arc<dyn StorageBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Uses this membership instead of storage heartbeats.
+    pub fn membership(mut self, factory: MembershipFactory) -> Self {
+        self.membership = Some(factory);
+        self
+    }
+
+    /// Uses this shuffle transport instead of the storage shuffle.
+    pub fn transport(mut self, transport: Arc<dyn ShuffleTransport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Opens the storage (with its preflight) unless a backend was given, and composes the
+    /// node.
+    pub async fn build(self) -> Result<Apiary> {
+        let backend = match self.backend {
+            Some(b) => b,
+            None => apiary_storage::open(&self.options.storage).await?,
+        };
+        Ok(Apiary::from_parts(
+            self.options,
+            backend,
+            self.membership,
+            self.transport,
+        ))
+    }
+}

@@ -1,0 +1,174 @@
+//! The node's part in distributed queries: who can take tasks (from membership), and the
+//! worker loop that takes this node's tasks from the transport.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apiary_query::QueryEngine;
+use apiary_query::distributed::{
+    ShuffleTransport, TaskKey, TaskOutcome, WorkerDirectory, WorkerInfo, run_task,
+};
+use apiary_storage::StorageBackend;
+use apiary_swarm::{Bees, NodeState, SwarmConfig, WorldView};
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+/// What the directory needs of a running node.
+pub(crate) trait NodeView: Send + Sync {
+    fn node_id(&self) -> String;
+    fn view(&self) -> WorldView;
+}
+
+/// Workers from the swarm: alive nodes of the running node's world view, or (for a process
+/// that is not a node, such as `apiary sql`) a snapshot of the heartbeats aged on the
+/// store's clock, reread at most every two seconds.
+pub(crate) struct SwarmDirectory {
+    pub(crate) node: Arc<Mutex<Option<Arc<dyn NodeView>>>>,
+    pub(crate) backend: Arc<dyn StorageBackend>,
+    pub(crate) config: SwarmConfig,
+    snapshot: tokio::sync::Mutex<Option<(Instant, WorldView)>>,
+}
+
+impl std::fmt::Debug for SwarmDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwarmDirectory").finish_non_exhaustive()
+    }
+}
+
+impl SwarmDirectory {
+    pub(crate) fn new(
+        node: Arc<Mutex<Option<Arc<dyn NodeView>>>>,
+        backend: Arc<dyn StorageBackend>,
+        config: SwarmConfig,
+    ) -> Self {
+        Self {
+            node,
+            backend,
+            config,
+            snapshot: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn running(&self) -> Option<Arc<dyn NodeView>> {
+        self.node.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn workers_of(view: &WorldView, me: Option<&str>) -> Vec<WorkerInfo> {
+    view.nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Alive || Some(n.node_id.as_str()) == me)
+        .filter(|n| n.state != NodeState::Leaving && n.state != NodeState::Dead)
+        .map(|n| WorkerInfo {
+            node_id: n.node_id.to_string(),
+            bees: n.heartbeat.capacity.bees.max(1),
+            idle_bees: n.heartbeat.load.idle_bees,
+            memory_per_bee: n.heartbeat.capacity.memory_per_bee_bytes,
+            cached_cells: n.heartbeat.cache.hot_cells.clone(),
+        })
+        .collect()
+}
+
+#[async_trait]
+impl WorkerDirectory for SwarmDirectory {
+    async fn workers(&self) -> apiary_query::Result<Vec<WorkerInfo>> {
+        if let Some(node) = self.running() {
+            let me = node.node_id();
+            return Ok(workers_of(&node.view(), Some(&me)));
+        }
+        let mut cached = self.snapshot.lock().await;
+        if let Some((at, view)) = cached.as_ref()
+            && at.elapsed() < Duration::from_secs(2)
+        {
+            return Ok(workers_of(view, None));
+        }
+        let view = apiary_swarm::snapshot(self.backend.as_ref(), &self.config)
+            .await
+            .map_err(|e| apiary_query::QueryError::Execution(format!("reading the swarm: {e}")))?;
+        let workers = workers_of(&view, None);
+        *cached = Some((Instant::now(), view));
+        Ok(workers)
+    }
+
+    fn local_node(&self) -> Option<String> {
+        self.running().map(|n| n.node_id())
+    }
+}
+
+/// Counts of the tasks a node ran.
+#[derive(Debug, Default)]
+pub(crate) struct TaskCounts {
+    pub(crate) ran: AtomicU64,
+    pub(crate) failed: AtomicU64,
+}
+
+/// Takes this node's tasks from the transport every `poll` and runs each on a bee, until
+/// `stop` or until the node leaves (its bees closed: tasks it holds finish, no new ones are
+/// taken).
+pub(crate) fn spawn_worker(
+    transport: Arc<dyn ShuffleTransport>,
+    engine: QueryEngine,
+    node_id: String,
+    bees: Arc<Bees>,
+    poll: Duration,
+    counts: Arc<TaskCounts>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        // Tasks already taken (a transport may deliver one again); bounded.
+        let mut seen: HashSet<TaskKey> = HashSet::new();
+        let mut order: VecDeque<TaskKey> = VecDeque::new();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep(poll) => {}
+            }
+            if !bees.accepting() {
+                break;
+            }
+            let tasks = match transport.poll_tasks(&node_id).await {
+                Ok(tasks) => tasks,
+                Err(e) => {
+                    tracing::warn!(error = %e, "looking for tasks failed");
+                    continue;
+                }
+            };
+            for task in tasks {
+                let key = task.key();
+                if !seen.insert(key.clone()) {
+                    continue;
+                }
+                order.push_back(key);
+                if order.len() > 4096
+                    && let Some(old) = order.pop_front()
+                {
+                    seen.remove(&old);
+                }
+                let bees = Arc::clone(&bees);
+                let transport = Arc::clone(&transport);
+                let engine = engine.clone();
+                let node_id = node_id.clone();
+                let counts = Arc::clone(&counts);
+                tokio::spawn(async move {
+                    // Leaving: the task is not taken, and the coordinator, which sees this
+                    // node leave, reassigns it.
+                    let Ok(_bee) = bees.acquire().await else {
+                        return;
+                    };
+                    tracing::debug!(task = %task.key(), "running a task");
+                    let (outcome, report) = run_task(&engine, &node_id, &task).await;
+                    counts.ran.fetch_add(1, Ordering::Relaxed);
+                    if let TaskOutcome::Failed(cause) = &outcome {
+                        counts.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(task = %task.key(), %cause, "task failed");
+                    }
+                    if let Err(e) = transport.publish_outcome(&task, outcome, &report).await {
+                        tracing::warn!(task = %task.key(), error = %e, "task result not published; the coordinator will reassign it");
+                    }
+                });
+            }
+        }
+    })
+}

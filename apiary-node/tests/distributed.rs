@@ -1,0 +1,451 @@
+//! Distributed SQL with real `apiary node` processes sharing one storage (a local folder and
+//! the S3 test server): every answer equals the single-node answer, EXPLAIN ANALYZE shows
+//! tasks on several nodes, a worker SIGKILLed under a query loses no rows, a coordinator
+//! SIGKILLed mid-query leaves nothing behind after the retention, and hostile manifests are
+//! refused by every worker.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apiary::apiary_query::distributed::{
+    ColumnSpec, FramePin, ShuffleTransport, StorageShuffle, TaskKey, TaskOutcome, TaskSpec,
+    manifest::TASK_FORMAT,
+};
+use apiary::{Apiary, ApiaryOptions};
+use apiary_storage::StorageUri;
+use apiary_storage::conformance::s3_test_uri;
+use arrow_array::{Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Node {
+    id: String,
+    child: Child,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node_env(task_poll: &str) -> Vec<(String, String)> {
+    vec![
+        ("APIARY_HEARTBEAT_INTERVAL".into(), "200ms".into()),
+        ("APIARY_POLL_INTERVAL".into(), "200ms".into()),
+        ("APIARY_DEAD_THRESHOLD".into(), "2s".into()),
+        ("APIARY_TASK_POLL_INTERVAL".into(), task_poll.into()),
+        ("APIARY_QUERY_RETENTION".into(), "1s".into()),
+    ]
+}
+
+fn start(storage: &str, dir: &Path, id: &str, task_poll: &str) -> Node {
+    let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["node", "--storage", storage, "--node-id", id, "--memory", "2GiB"])
+        .arg("--state-dir")
+        .arg(dir.join(format!("{id}.state")))
+        .envs(node_env(task_poll))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Node {
+        id: id.to_string(),
+        child,
+    }
+}
+
+/// A client (not a node) that judges the swarm with the test's short thresholds.
+async fn client(storage: &str) -> Apiary {
+    let mut options = ApiaryOptions::new(StorageUri::parse(storage).unwrap());
+    options.swarm.dead_threshold = Duration::from_secs(2);
+    options.distribute.orphan_retention = Duration::from_secs(1);
+    Apiary::open_with(options).await.unwrap()
+}
+
+async fn wait_alive(ap: &Apiary, n: usize) {
+    let started = Instant::now();
+    loop {
+        let status = ap.swarm_snapshot(&short_swarm()).await.unwrap();
+        if status.alive >= n {
+            println!("{n} nodes alive after {:?}", started.elapsed());
+            return;
+        }
+        assert!(started.elapsed() < DEADLINE, "only {} alive", status.alive);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn short_swarm() -> apiary::apiary_swarm::SwarmConfig {
+    apiary::apiary_swarm::SwarmConfig {
+        dead_threshold: Duration::from_secs(2),
+        ..Default::default()
+    }
+}
+
+/// 12 cells of clicks (4 countries × 3 writes, some NULL pages and durations) and a small
+/// `pages` frame to join with.
+async fn load(ap: &Apiary) {
+    common::create_clicks_frame(ap).await;
+    let countries = ["us", "de", "fr", "jp"];
+    for round in 0..3i64 {
+        for (ci, c) in countries.iter().enumerate() {
+            let n = 200;
+            let base = round * 10_000 + ci as i64 * 1000;
+            let ids: Vec<i64> = (0..n).map(|i| base + i).collect();
+            let users: Vec<String> = (0..n).map(|i| format!("u{}", (i * 7 + round) % 37)).collect();
+            let pages: Vec<Option<String>> = (0..n)
+                .map(|i| (i % 11 != 0).then(|| format!("/p{}", (i + ci as i64) % 5)))
+                .collect();
+            let durations: Vec<Option<i64>> =
+                (0..n).map(|i| (i % 13 != 0).then_some((i * 37 + base) % 900)).collect();
+            let batch = RecordBatch::try_new(
+                common::clicks_schema(),
+                vec![
+                    Arc::new(Int64Array::from(ids)),
+                    Arc::new(StringArray::from(users)),
+                    Arc::new(StringArray::from(pages)),
+                    Arc::new(Int64Array::from(durations)),
+                    Arc::new(StringArray::from(vec![*c; n as usize])),
+                ],
+            )
+            .unwrap();
+            ap.write_to_frame("analytics", "events", "clicks", [batch])
+                .await
+                .unwrap();
+        }
+    }
+    ap.create_frame(
+        "analytics",
+        "events",
+        "pages",
+        &[("page", "utf8"), ("section", "utf8")],
+        &[],
+    )
+    .await
+    .unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("page", DataType::Utf8, true),
+        Field::new("section", DataType::Utf8, true),
+    ]));
+    let pages = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec!["/p0", "/p1", "/p2", "/p3"])),
+            Arc::new(StringArray::from(vec!["home", "shop", "shop", "help"])),
+        ],
+    )
+    .unwrap();
+    ap.write_to_frame("analytics", "events", "pages", [pages])
+        .await
+        .unwrap();
+}
+
+const QUERIES: &[&str] = &[
+    "SELECT country, COUNT(*) AS n, SUM(duration_ms) AS total, MIN(duration_ms) AS lo, MAX(duration_ms) AS hi FROM analytics.events.clicks GROUP BY country",
+    "SELECT page, AVG(duration_ms) AS avg_ms FROM analytics.events.clicks GROUP BY page",
+    "SELECT COUNT(DISTINCT user_id) AS users, COUNT(DISTINCT page) AS pages FROM analytics.events.clicks",
+    "SELECT country, COUNT(DISTINCT user_id) AS users, SUM(duration_ms) AS total FROM analytics.events.clicks GROUP BY country",
+    "SELECT event_id, duration_ms FROM analytics.events.clicks ORDER BY duration_ms DESC NULLS LAST, event_id LIMIT 7",
+    "SELECT page, COUNT(*) AS n FROM analytics.events.clicks GROUP BY page HAVING COUNT(*) > 400",
+    "SELECT * FROM (SELECT country, event_id, ROW_NUMBER() OVER (PARTITION BY country ORDER BY duration_ms DESC NULLS LAST, event_id) AS r FROM analytics.events.clicks) WHERE r <= 2",
+    "SELECT p.section, COUNT(*) AS n, SUM(c.duration_ms) AS total FROM analytics.events.clicks c JOIN analytics.events.pages p ON c.page = p.page GROUP BY p.section",
+    "SELECT c.page, p.section FROM analytics.events.clicks c LEFT JOIN analytics.events.pages p ON c.page = p.page WHERE c.event_id < 5",
+    "SELECT COUNT(*) AS n FROM analytics.events.clicks WHERE country = 'nowhere'",
+    "SELECT country, SUM(duration_ms) FROM analytics.events.clicks WHERE duration_ms > 100000 GROUP BY country",
+    "SELECT page, COUNT(*) AS n FROM analytics.events.clicks WHERE page IS NULL GROUP BY page",
+    "SELECT * FROM analytics.events.clicks WHERE event_id % 997 = 3",
+    "SELECT COUNT(*), SUM(duration_ms) FROM analytics.events.clicks",
+];
+
+/// Rows as sorted text, floats rounded (summation order differs between plans).
+fn canonical(batches: &[RecordBatch]) -> Vec<String> {
+    use arrow_cast::display::{ArrayFormatter, FormatOptions};
+    let mut rows = Vec::new();
+    for b in batches {
+        let formatters: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).unwrap())
+            .collect();
+        for r in 0..b.num_rows() {
+            let cells: Vec<String> = formatters
+                .iter()
+                .zip(b.columns())
+                .map(|(f, c)| {
+                    let text = f.value(r).to_string();
+                    match c.data_type() {
+                        DataType::Float64 | DataType::Float32 => text
+                            .parse::<f64>()
+                            .map(|v| format!("{v:.6}"))
+                            .unwrap_or(text),
+                        _ => text,
+                    }
+                })
+                .collect();
+            rows.push(cells.join("|"));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+async fn answer(ap: &Apiary, mode: &str, sql: &str) -> Vec<String> {
+    let mut s = ap.sql_session().unwrap();
+    s.sql(&format!("SET apiary.distribute = '{mode}'")).await.unwrap();
+    let r = s.sql(sql).await.unwrap_or_else(|e| panic!("{mode}: {sql}: {e}"));
+    canonical(r.batches())
+}
+
+async fn explain_analyze(ap: &Apiary, sql: &str) -> String {
+    let mut s = ap.sql_session().unwrap();
+    s.sql("SET apiary.distribute = 'always'").await.unwrap();
+    let r = s.sql(&format!("EXPLAIN ANALYZE {sql}")).await.unwrap();
+    canonical(r.batches()).join("\n")
+}
+
+fn nodes_in(plan: &str) -> std::collections::BTreeSet<String> {
+    plan.split("node=")
+        .skip(1)
+        .filter_map(|s| s.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+async fn differential(storage: String, dir: PathBuf) {
+    let ap = client(&storage).await;
+    load(&ap).await;
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| start(&storage, &dir, &format!("node-d{i}"), "100ms"))
+        .collect();
+    wait_alive(&ap, 3).await;
+    for sql in QUERIES {
+        let local = answer(&ap, "never", sql).await;
+        let started = Instant::now();
+        let spread = answer(&ap, "always", sql).await;
+        println!("{:>6.0?} {sql}", started.elapsed());
+        assert_eq!(spread, local, "distributed answer differs: {sql}");
+    }
+    let plan = explain_analyze(
+        &ap,
+        "SELECT country, COUNT(*) FROM analytics.events.clicks GROUP BY country",
+    )
+    .await;
+    println!("{plan}");
+    assert!(plan.contains("DistributedExec"), "{plan}");
+    assert!(plan.contains("fragment: SELECT"), "{plan}");
+    let used = nodes_in(&plan);
+    assert!(used.len() >= 2, "tasks ran on {used:?}: {plan}");
+    for n in &used {
+        assert!(nodes.iter().any(|x| &x.id == n), "unknown node {n}");
+    }
+    // A frame whose cells all prune away runs locally, and answers the same.
+    let q = "SELECT COUNT(*) FROM analytics.events.clicks WHERE country = 'xx'";
+    assert_eq!(answer(&ap, "always", q).await, answer(&ap, "never", q).await);
+    // The query folders are gone when no query runs.
+    assert_no_queries(&ap).await;
+}
+
+async fn assert_no_queries(ap: &Apiary) {
+    let started = Instant::now();
+    loop {
+        let left = ap
+            .registry()
+            .backend()
+            .list(&apiary_storage::Path::from("_queries"))
+            .await
+            .unwrap();
+        if left.is_empty() {
+            return;
+        }
+        assert!(started.elapsed() < DEADLINE, "left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_answer_like_one_on_a_local_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("data").display().to_string();
+    differential(storage, dir.path().to_path_buf()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_answer_like_one_on_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = s3_test_uri("distributed").to_string();
+    differential(storage, dir.path().to_path_buf()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_under_a_query_loses_no_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("data").display().to_string();
+    let ap = client(&storage).await;
+    load(&ap).await;
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| start(&storage, &dir.path().to_path_buf(), &format!("node-k{i}"), "100ms"))
+        .collect();
+    wait_alive(&ap, 3).await;
+    let sql = "SELECT country, COUNT(*) AS n, SUM(duration_ms) AS s FROM analytics.events.clicks GROUP BY country";
+    let expected = answer(&ap, "never", sql).await;
+    // Killed just before the query: it still looks alive, so it is given a task it never
+    // answers; the coordinator sees it go suspect and reassigns.
+    let victim = nodes.remove(0);
+    let victim_id = victim.id.clone();
+    drop(victim); // SIGKILL
+    let started = Instant::now();
+    let plan = explain_analyze(&ap, sql).await;
+    println!("answered in {:?}\n{plan}", started.elapsed());
+    assert!(!nodes_in(&plan).contains(&victim_id), "{plan}");
+    assert_eq!(answer(&ap, "always", sql).await, expected);
+    assert!(
+        plan.contains("retried") || !plan.contains(&victim_id),
+        "the dead node's task was reassigned: {plan}"
+    );
+    // Killed while its task runs.
+    let sql2 = "SELECT page, COUNT(DISTINCT user_id) FROM analytics.events.clicks GROUP BY page";
+    let expected2 = answer(&ap, "never", sql2).await;
+    let ap2 = ap.clone();
+    let query = tokio::spawn(async move { answer(&ap2, "always", sql2).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(nodes.remove(0));
+    assert_eq!(query.await.unwrap(), expected2);
+    assert_no_queries(&ap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_coordinator_leaves_nothing_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let storage = data.display().to_string();
+    let ap = client(&storage).await;
+    load(&ap).await;
+    // Workers that look for tasks only every 3 s, so the coordinator is surely waiting.
+    let _nodes: Vec<Node> = (0..2)
+        .map(|i| start(&storage, &dir.path().to_path_buf(), &format!("node-c{i}"), "3s"))
+        .collect();
+    wait_alive(&ap, 2).await;
+    let mut coordinator = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["sql", "--storage", &storage, "--dead-threshold", "2s"])
+        .arg("SET apiary.distribute = 'always'; SELECT country, COUNT(*) FROM analytics.events.clicks GROUP BY country")
+        .envs(node_env("1s"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let queries = data.join("_queries");
+    let started = Instant::now();
+    loop {
+        let published = std::fs::read_dir(&queries)
+            .map(|d| d.flatten().any(|e| e.path().join("tasks").exists()))
+            .unwrap_or(false);
+        if published {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "the coordinator never published");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    coordinator.kill().unwrap();
+    coordinator.wait().unwrap();
+    assert!(std::fs::read_dir(&queries).unwrap().count() > 0, "orphan present");
+    // Past the retention, the next coordinator sweeps it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    answer(&ap, "always", QUERIES[0]).await;
+    assert_no_queries(&ap).await;
+    println!("orphan removed {:?} after the kill", started.elapsed());
+}
+
+fn hostile(query_id: &str, node: &str, sql: &str, pin_hive: &str) -> TaskSpec {
+    TaskSpec {
+        format: TASK_FORMAT,
+        query_id: query_id.into(),
+        task_id: 0,
+        attempt: 1,
+        node_id: node.into(),
+        coordinator: "attacker".into(),
+        split: FramePin {
+            hive: pin_hive.into(),
+            r#box: "events".into(),
+            frame: "clicks".into(),
+            version: 0,
+        },
+        cells: vec![],
+        bytes: 0,
+        pins: vec![],
+        sql: sql.into(),
+        scope: vec![],
+        schema: vec![ColumnSpec {
+            name: "c0".into(),
+            data_type: "Int64".into(),
+            nullable: true,
+        }],
+        timeout_ms: 10_000,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_manifests_are_refused_by_every_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("data").display().to_string();
+    let ap = client(&storage).await;
+    load(&ap).await;
+    ap.create_hive("secret").await.unwrap();
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| start(&storage, &dir.path().to_path_buf(), &format!("node-h{i}"), "100ms"))
+        .collect();
+    wait_alive(&ap, 2).await;
+    let target = dir.path().join("stolen.csv");
+    let cases = [
+        format!("COPY (SELECT 1) TO '{}'", target.display()),
+        "CREATE TABLE t AS SELECT 1".to_string(),
+        "INSERT INTO analytics.events.clicks (event_id) VALUES (1)".to_string(),
+        "DROP TABLE analytics.events.clicks".to_string(),
+        "SET datafusion.execution.target_partitions = 1".to_string(),
+        "SELECT * FROM '/etc/passwd'".to_string(),
+        "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'".to_string(),
+        "SELECT COUNT(*) FROM secret.events.clicks".to_string(),
+        "SELECT 1; SELECT 2".to_string(),
+    ];
+    let transport = StorageShuffle::new(Arc::clone(ap.registry().backend()));
+    for node in &nodes {
+        for (i, sql) in cases.iter().enumerate() {
+            let q = format!("q-hostile-{}-{i}", node.id);
+            let task = hostile(&q, &node.id, sql, "analytics");
+            transport.publish_tasks(&q, "attacker", &[task.clone()]).await.unwrap();
+            let key = TaskKey {
+                query_id: q.clone(),
+                task_id: 0,
+                attempt: 1,
+            };
+            let started = Instant::now();
+            let outcome = loop {
+                let got = transport.collect(&q, std::slice::from_ref(&key)).await.unwrap();
+                if let Some(d) = got.into_iter().next() {
+                    break d.outcome;
+                }
+                assert!(started.elapsed() < DEADLINE, "{} never answered {sql}", node.id);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            match outcome {
+                TaskOutcome::Failed(cause) => println!("{}: {sql} -> {cause}", node.id),
+                other => panic!("{} ran {sql}: {other:?}", node.id),
+            }
+            transport.finish(&q).await.unwrap();
+        }
+    }
+    assert!(!target.exists(), "a worker wrote a file");
+    // The frames are untouched and still answer.
+    let r = ap.sql("SELECT COUNT(*) FROM analytics.events.clicks").await.unwrap();
+    assert_eq!(canonical(r.batches()), vec!["2400".to_string()]);
+}

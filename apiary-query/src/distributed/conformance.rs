@@ -1,0 +1,241 @@
+//! The conformance suite every [`ShuffleTransport`] must pass (as the storage backends have
+//! theirs). Each check panics with a message naming the broken rule. Run them all with
+//! [`run_all`]; each check uses query ids of its own, so a shared store is fine.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::{Int64Array, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
+
+use super::manifest::{ColumnSpec, FramePin, TASK_FORMAT, TaskKey, TaskSpec};
+use super::result;
+use super::transport::{ShuffleTransport, TaskOutcome, TaskReport};
+
+/// A task of query `query_id` for `node`.
+pub fn task(query_id: &str, task_id: u32, attempt: u32, node: &str) -> TaskSpec {
+    TaskSpec {
+        format: TASK_FORMAT,
+        query_id: query_id.into(),
+        task_id,
+        attempt,
+        node_id: node.into(),
+        coordinator: "conformance".into(),
+        split: FramePin {
+            hive: "h".into(),
+            r#box: "b".into(),
+            frame: "f".into(),
+            version: 1,
+        },
+        cells: vec![format!("data/cell-{task_id}.parquet")],
+        bytes: 100,
+        pins: vec![],
+        sql: "SELECT 1 AS c0".into(),
+        scope: vec![],
+        schema: vec![ColumnSpec {
+            name: "c0".into(),
+            data_type: "Int64".into(),
+            nullable: true,
+        }],
+        timeout_ms: 60_000,
+    }
+}
+
+fn unique(name: &str) -> String {
+    format!("q-{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+fn report(node: &str, rows: u64) -> TaskReport {
+    TaskReport {
+        node_id: node.into(),
+        rows,
+        elapsed_ms: 1,
+    }
+}
+
+fn rows(values: &[i64]) -> bytes::Bytes {
+    let schema = Arc::new(Schema::new(vec![Field::new("c0", DataType::Int64, true)]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![Arc::new(Int64Array::from(values.to_vec()))],
+    )
+    .expect("a batch");
+    result::encode_with_report(&schema, &[batch], &report("w", values.len() as u64))
+        .expect("an IPC stream")
+}
+
+/// Polls `node` until `n` distinct tasks were seen (a transport may deliver again).
+async fn poll_until(t: &dyn ShuffleTransport, node: &str, n: usize) -> Vec<TaskSpec> {
+    let mut seen: Vec<TaskSpec> = Vec::new();
+    for _ in 0..200 {
+        for task in t.poll_tasks(node).await.expect("poll_tasks") {
+            if !seen.iter().any(|s| s.key() == task.key()) {
+                seen.push(task);
+            }
+        }
+        if seen.len() >= n {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("only {} of {n} tasks were delivered to {node}", seen.len());
+}
+
+/// Runs every check.
+pub async fn run_all(t: Arc<dyn ShuffleTransport>) {
+    delivery_to_the_right_node(t.as_ref()).await;
+    idle_poll_is_empty(t.as_ref()).await;
+    outcomes_round_trip(t.as_ref()).await;
+    late_and_duplicate_outcomes(t.as_ref()).await;
+    finish_removes_everything(t.as_ref()).await;
+    concurrent_queries(Arc::clone(&t)).await;
+}
+
+/// Tasks reach their own node, and only it.
+pub async fn delivery_to_the_right_node(t: &dyn ShuffleTransport) {
+    let q = unique("deliver");
+    let a = format!("a-{q}");
+    let b = format!("b-{q}");
+    let tasks = vec![task(&q, 0, 1, &a), task(&q, 1, 1, &b), task(&q, 2, 1, &a)];
+    t.publish_tasks(&q, "coord", &tasks).await.expect("publish");
+    let got = poll_until(t, &a, 2).await;
+    let ids: HashSet<u32> = got.iter().map(|t| t.task_id).collect();
+    assert_eq!(ids, HashSet::from([0, 2]), "node a gets its two tasks");
+    assert!(got.iter().all(|g| g.node_id == a), "never another node's task");
+    assert_eq!(got.iter().find(|g| g.task_id == 0), Some(&tasks[0]), "a task arrives unchanged");
+    let got = poll_until(t, &b, 1).await;
+    assert_eq!(got[0].task_id, 1);
+    // A new attempt of a task, published later, is delivered too.
+    t.publish_tasks(&q, "coord", &[task(&q, 1, 2, &a)])
+        .await
+        .expect("publish again");
+    let got = poll_until(t, &a, 3).await;
+    assert!(got.iter().any(|g| g.task_id == 1 && g.attempt == 2), "the second attempt reaches a");
+    t.finish(&q).await.expect("finish");
+}
+
+/// A node with nothing meant for it gets nothing.
+pub async fn idle_poll_is_empty(t: &dyn ShuffleTransport) {
+    let node = unique("idle");
+    for _ in 0..3 {
+        assert!(t.poll_tasks(&node).await.expect("poll").is_empty());
+    }
+}
+
+/// Rows, "no rows" and failures come back whole, with their reports.
+pub async fn outcomes_round_trip(t: &dyn ShuffleTransport) {
+    let q = unique("outcomes");
+    let tasks: Vec<TaskSpec> = (0..3).map(|i| task(&q, i, 1, "w")).collect();
+    t.publish_tasks(&q, "coord", &tasks).await.expect("publish");
+    let wanted: Vec<TaskKey> = tasks.iter().map(TaskSpec::key).collect();
+    assert!(
+        t.collect(&q, &wanted).await.expect("collect").is_empty(),
+        "nothing before anything is published"
+    );
+    t.publish_outcome(&tasks[0], TaskOutcome::Rows(rows(&[1, 2, 3])), &report("w", 3))
+        .await
+        .expect("rows");
+    t.publish_outcome(&tasks[1], TaskOutcome::Empty, &report("w", 0))
+        .await
+        .expect("empty");
+    t.publish_outcome(&tasks[2], TaskOutcome::Failed("boom: disk".into()), &report("w", 0))
+        .await
+        .expect("failed");
+    let mut got = t.collect(&q, &wanted).await.expect("collect");
+    got.sort_by_key(|d| d.key.task_id);
+    assert_eq!(got.len(), 3, "every outcome is collected");
+    match &got[0].outcome {
+        TaskOutcome::Rows(ipc) => {
+            let (_, batches) = result::decode("rows", ipc).expect("a whole stream");
+            let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            assert_eq!(n, 3);
+        }
+        other => panic!("rows came back as {other:?}"),
+    }
+    assert_eq!(got[1].outcome, TaskOutcome::Empty);
+    assert_eq!(got[1].report.node_id, "w", "a marker keeps its report");
+    assert_eq!(got[2].outcome, TaskOutcome::Failed("boom: disk".into()), "the cause is kept");
+    // Only what is asked for.
+    let only = t.collect(&q, &wanted[1..2]).await.expect("collect one");
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].key, wanted[1]);
+    t.finish(&q).await.expect("finish");
+}
+
+/// Outcomes of several attempts coexist; publishing one key twice keeps one.
+pub async fn late_and_duplicate_outcomes(t: &dyn ShuffleTransport) {
+    let q = unique("late");
+    let first = task(&q, 0, 1, "slow");
+    let second = task(&q, 0, 2, "fast");
+    t.publish_tasks(&q, "coord", &[first.clone()]).await.expect("publish");
+    t.publish_tasks(&q, "coord", &[second.clone()]).await.expect("publish");
+    t.publish_outcome(&second, TaskOutcome::Empty, &report("fast", 0))
+        .await
+        .expect("second");
+    t.publish_outcome(&second, TaskOutcome::Empty, &report("fast", 0))
+        .await
+        .expect("second again");
+    t.publish_outcome(&first, TaskOutcome::Empty, &report("slow", 0))
+        .await
+        .expect("first, late");
+    let got = t
+        .collect(&q, &[first.key(), second.key()])
+        .await
+        .expect("collect");
+    assert_eq!(got.len(), 2, "one outcome per key, both attempts visible: {got:?}");
+    t.finish(&q).await.expect("finish");
+}
+
+/// After `finish`, the query is gone: no tasks delivered, nothing collected, and a sweep
+/// finds nothing of it.
+pub async fn finish_removes_everything(t: &dyn ShuffleTransport) {
+    let q = unique("finish");
+    let node = format!("n-{q}");
+    let spec = task(&q, 0, 1, &node);
+    t.publish_tasks(&q, "coord", &[spec.clone()]).await.expect("publish");
+    poll_until(t, &node, 1).await;
+    t.publish_outcome(&spec, TaskOutcome::Rows(rows(&[7])), &report(&node, 1))
+        .await
+        .expect("outcome");
+    t.finish(&q).await.expect("finish");
+    assert!(
+        t.collect(&q, &[spec.key()]).await.expect("collect").is_empty(),
+        "results are gone after finish"
+    );
+    // The node is rung again by another query: the finished one's task is not among what
+    // it gets.
+    let q2 = unique("after");
+    t.publish_tasks(&q2, "coord", &[task(&q2, 0, 1, &node)])
+        .await
+        .expect("publish");
+    let again = poll_until(t, &node, 1).await;
+    assert!(
+        again.iter().all(|g| g.query_id != q),
+        "a finished query's task is not delivered again"
+    );
+    t.finish(&q2).await.expect("finish");
+}
+
+/// Many coordinators publishing at once to the same node lose nothing.
+pub async fn concurrent_queries(t: Arc<dyn ShuffleTransport>) {
+    let node = unique("busy");
+    let queries: Vec<String> = (0..6).map(|i| unique(&format!("c{i}"))).collect();
+    let publishers = queries.iter().map(|q| {
+        let t = Arc::clone(&t);
+        let q = q.clone();
+        let node = node.clone();
+        async move {
+            t.publish_tasks(&q, "coord", &[task(&q, 0, 1, &node)])
+                .await
+                .expect("publish")
+        }
+    });
+    futures::future::join_all(publishers).await;
+    let got = poll_until(t.as_ref(), &node, queries.len()).await;
+    let ids: HashSet<&str> = got.iter().map(|g| g.query_id.as_str()).collect();
+    assert_eq!(ids.len(), queries.len(), "one task of every query arrives");
+    for q in &queries {
+        t.finish(q).await.expect("finish");
+    }
+}

@@ -1,0 +1,754 @@
+//! The coordinator: assigns a fragment's cells to workers, waits for their results,
+//! reassigns what a dead, leaving or slow worker holds, and merges the answers.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Result as DfResult;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, ReplaceChildrenOptions};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::TryStreamExt;
+
+use super::manifest::{TASK_FORMAT, TaskKey, TaskSpec, columns_of};
+use super::plan::Fragment;
+use super::task::coerce;
+use super::transport::{Delivered, TaskOutcome, TaskReport};
+use super::{Cluster, MAX_ATTEMPTS, WorkerInfo, result};
+use crate::error::QueryError;
+use crate::session::QueryEngine;
+
+/// One task as it ran, for `EXPLAIN ANALYZE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRun {
+    /// Task id.
+    pub task_id: u32,
+    /// Attempt whose result was used.
+    pub attempt: u32,
+    /// Node that produced it.
+    pub node_id: String,
+    /// Cells read.
+    pub cells: usize,
+    /// Bytes of those cells.
+    pub bytes: u64,
+    /// Rows returned.
+    pub rows: u64,
+    /// Worker's time, in milliseconds.
+    pub elapsed_ms: u64,
+    /// Why earlier attempts were abandoned.
+    pub retried: Vec<String>,
+}
+
+/// The gathered results of a distributed fragment, as a table the coordinator's plan reads.
+#[derive(Debug, Clone)]
+pub struct DistributedTable {
+    fragment: Arc<Fragment>,
+    cluster: Cluster,
+    engine: QueryEngine,
+}
+
+impl DistributedTable {
+    /// A table whose scan runs `fragment` over the swarm.
+    pub fn new(fragment: Fragment, cluster: Cluster, engine: QueryEngine) -> Self {
+        Self {
+            fragment: Arc::new(fragment),
+            cluster,
+            engine,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for DistributedTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.fragment.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(DistributedExec::new(
+            Arc::clone(&self.fragment),
+            self.cluster.clone(),
+            self.engine.clone(),
+            projection.cloned(),
+        )?))
+    }
+}
+
+/// Runs a fragment over the swarm and yields the tasks' rows (one partition).
+#[derive(Debug)]
+pub struct DistributedExec {
+    fragment: Arc<Fragment>,
+    cluster: Cluster,
+    engine: QueryEngine,
+    projection: Option<Vec<usize>>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    runs: Arc<Mutex<Vec<TaskRun>>>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl DistributedExec {
+    fn new(
+        fragment: Arc<Fragment>,
+        cluster: Cluster,
+        engine: QueryEngine,
+        projection: Option<Vec<usize>>,
+    ) -> DfResult<Self> {
+        let schema = match &projection {
+            Some(p) => Arc::new(fragment.schema.project(p)?),
+            None => Arc::clone(&fragment.schema),
+        };
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Ok(Self {
+            fragment,
+            cluster,
+            engine,
+            projection,
+            schema,
+            properties,
+            runs: Arc::default(),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    /// The tasks of the last execution.
+    pub fn runs(&self) -> Vec<TaskRun> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The fragment.
+    pub fn fragment(&self) -> &Fragment {
+        &self.fragment
+    }
+}
+
+impl DisplayAs for DistributedExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fr = &self.fragment;
+        write!(
+            f,
+            "DistributedExec: frame={}.{}.{}, version={}, shape={}, cells={}, bytes={}",
+            fr.split.hive,
+            fr.split.r#box,
+            fr.split.frame,
+            fr.split.version,
+            fr.shape.as_str(),
+            fr.cells.len(),
+            fr.bytes()
+        )?;
+        let runs = self.runs();
+        if !runs.is_empty() {
+            let nodes: HashSet<&str> = runs.iter().map(|r| r.node_id.as_str()).collect();
+            write!(f, ", tasks={}, nodes={}", runs.len(), nodes.len())?;
+            for r in &runs {
+                write!(
+                    f,
+                    "\n    task={} node={} attempt={} cells={} bytes={} rows={} time={}ms",
+                    r.task_id, r.node_id, r.attempt, r.cells, r.bytes, r.rows, r.elapsed_ms
+                )?;
+                for cause in &r.retried {
+                    write!(f, " (retried: {cause})")?;
+                }
+            }
+        }
+        write!(f, "\n    fragment: {}", fr.sql)
+    }
+}
+
+impl ExecutionPlan for DistributedExec {
+    fn name(&self) -> &str {
+        "DistributedExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        _partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let run = Run {
+            fragment: Arc::clone(&self.fragment),
+            cluster: self.cluster.clone(),
+            engine: self.engine.clone(),
+            runs: Arc::clone(&self.runs),
+        };
+        let projection = self.projection.clone();
+        let rows = MetricBuilder::new(&self.metrics).output_rows(0);
+        let tasks = MetricBuilder::new(&self.metrics).global_counter("tasks");
+        let stream = futures::stream::once(async move {
+            let batches = run.run().await.map_err(datafusion::error::DataFusionError::from)?;
+            tasks.add(run.runs.lock().unwrap_or_else(|p| p.into_inner()).len());
+            let projected = batches
+                .into_iter()
+                .map(|b| match &projection {
+                    Some(p) => b.project(p).map_err(Into::into),
+                    None => Ok(b),
+                })
+                .inspect(|b| {
+                    if let Ok(b) = b {
+                        rows.add(b.num_rows());
+                    }
+                })
+                .collect::<Vec<DfResult<RecordBatch>>>();
+            Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(projected))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+/// One execution of a distributed fragment.
+struct Run {
+    fragment: Arc<Fragment>,
+    cluster: Cluster,
+    engine: QueryEngine,
+    runs: Arc<Mutex<Vec<TaskRun>>>,
+}
+
+/// A task while the coordinator waits for it.
+struct Pending {
+    spec: TaskSpec,
+    /// When the current attempt was handed out (coordinator's clock).
+    since: Instant,
+    /// Every attempt's node, to ask for any of their results.
+    attempts: Vec<String>,
+    causes: Vec<String>,
+    /// The current attempt reported a failure: reassign at the next check.
+    failed: bool,
+    done: Option<(TaskReport, Vec<RecordBatch>, u32)>,
+}
+
+type LocalResult = (TaskKey, TaskOutcome, TaskReport);
+
+impl Run {
+    async fn run(&self) -> Result<Vec<RecordBatch>, QueryError> {
+        let query_id = format!("q-{}", uuid::Uuid::new_v4().simple());
+        self.cluster.maybe_sweep();
+        let workers = self.cluster.directory.workers().await?;
+        let local = self.cluster.directory.local_node();
+        let plan = assign(&self.fragment, &workers);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LocalResult>();
+        let mut tasks: Vec<Pending> = plan
+            .into_iter()
+            .enumerate()
+            .map(|(i, (node, cells))| {
+                let bytes = cells.iter().map(|c| c.bytes).sum();
+                Pending {
+                    spec: TaskSpec {
+                        format: TASK_FORMAT,
+                        query_id: query_id.clone(),
+                        task_id: i as u32,
+                        attempt: 1,
+                        node_id: node.clone(),
+                        coordinator: self.cluster.coordinator.clone(),
+                        split: self.fragment.split.clone(),
+                        cells: cells.into_iter().map(|c| c.path).collect(),
+                        bytes,
+                        pins: self.fragment.pins.clone(),
+                        sql: self.fragment.sql.clone(),
+                        scope: self.fragment.scope.clone(),
+                        schema: columns_of(&self.fragment.schema),
+                        timeout_ms: self.cluster.settings.task_timeout.as_millis() as u64,
+                    },
+                    since: Instant::now(),
+                    attempts: vec![node],
+                    causes: Vec::new(),
+                    failed: false,
+                    done: None,
+                }
+            })
+            .collect();
+        let guard = Cleanup {
+            cluster: self.cluster.clone(),
+            query_id: query_id.clone(),
+            published: false,
+        };
+        let mut guard = guard;
+        let specs: Vec<TaskSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
+        self.dispatch(&query_id, &specs, local.as_deref(), &tx, &mut guard)
+            .await?;
+
+        let mut poll = Duration::from_millis(10);
+        let mut last_directory = Instant::now();
+        while tasks.iter().any(|t| t.done.is_none()) {
+            // Local results arrive on the channel; remote ones are collected below.
+            tokio::select! {
+                Some(local) = rx.recv() => self.accept(&mut tasks, Delivered { key: local.0, outcome: local.1, report: local.2 })?,
+                _ = tokio::time::sleep(poll) => {}
+            }
+            while let Ok(local) = rx.try_recv() {
+                self.accept(
+                    &mut tasks,
+                    Delivered {
+                        key: local.0,
+                        outcome: local.1,
+                        report: local.2,
+                    },
+                )?;
+            }
+            poll = (poll * 2).min(self.cluster.settings.result_poll);
+            if guard.published {
+                let wanted: Vec<TaskKey> = tasks
+                    .iter()
+                    .filter(|t| t.done.is_none())
+                    .flat_map(|t| {
+                        (1..=t.spec.attempt).map(|attempt| TaskKey {
+                            query_id: query_id.clone(),
+                            task_id: t.spec.task_id,
+                            attempt,
+                        })
+                    })
+                    .collect();
+                if !wanted.is_empty() {
+                    match self.cluster.transport.collect(&query_id, &wanted).await {
+                        Ok(delivered) => {
+                            for d in delivered {
+                                self.accept(&mut tasks, d)?;
+                            }
+                        }
+                        Err(e) => tracing::warn!(query = %query_id, error = %e, "collecting results failed; retrying"),
+                    }
+                }
+            }
+            // Reassign what a gone or slow worker holds.
+            if last_directory.elapsed() >= self.cluster.settings.result_poll {
+                last_directory = Instant::now();
+                let alive = match self.cluster.directory.workers().await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the swarm failed");
+                        continue;
+                    }
+                };
+                let alive_ids: HashSet<&str> = alive.iter().map(|w| w.node_id.as_str()).collect();
+                let mut again = Vec::new();
+                for t in tasks.iter_mut().filter(|t| t.done.is_none()) {
+                    let node = t.spec.node_id.clone();
+                    let is_local = node.is_empty() || local.as_deref() == Some(node.as_str());
+                    let cause = if t.failed {
+                        None // its cause is recorded already
+                    } else if !is_local && !alive_ids.contains(node.as_str()) {
+                        Some(format!("node {node} is no longer available (dead, suspect or leaving)"))
+                    } else if t.since.elapsed() > self.cluster.settings.task_timeout + Duration::from_secs(5) {
+                        Some(format!("node {node} ran past the task timeout"))
+                    } else {
+                        None
+                    };
+                    if let Some(cause) = cause {
+                        t.causes.push(format!("attempt {}: {cause}", t.spec.attempt));
+                        again.push(t.spec.task_id);
+                    } else if t.failed {
+                        again.push(t.spec.task_id);
+                    }
+                }
+                for id in again {
+                    self.retry(&mut tasks, id, &alive, local.as_deref(), &query_id, &tx, &mut guard)
+                        .await?;
+                }
+            }
+        }
+        let mut runs = Vec::new();
+        let mut batches = Vec::new();
+        for t in tasks {
+            let Some((report, rows, attempt)) = t.done else {
+                continue;
+            };
+            runs.push(TaskRun {
+                task_id: t.spec.task_id,
+                attempt,
+                node_id: report.node_id.clone(),
+                cells: t.spec.cells.len(),
+                bytes: t.spec.bytes,
+                rows: report.rows,
+                elapsed_ms: report.elapsed_ms,
+                retried: t.causes,
+            });
+            batches.extend(rows);
+        }
+        *self.runs.lock().unwrap_or_else(|p| p.into_inner()) = runs;
+        guard.finish().await;
+        Ok(batches)
+    }
+
+    /// Hands `specs` out: local ones run in this process, the rest go through the transport.
+    async fn dispatch(
+        &self,
+        query_id: &str,
+        specs: &[TaskSpec],
+        local: Option<&str>,
+        tx: &tokio::sync::mpsc::UnboundedSender<LocalResult>,
+        guard: &mut Cleanup,
+    ) -> Result<(), QueryError> {
+        let (mine, remote): (Vec<&TaskSpec>, Vec<&TaskSpec>) = specs
+            .iter()
+            .partition(|s| Some(s.node_id.as_str()) == local || s.node_id.is_empty());
+        if !remote.is_empty() {
+            let remote: Vec<TaskSpec> = remote.into_iter().cloned().collect();
+            guard.published = true;
+            self.cluster
+                .transport
+                .publish_tasks(query_id, &self.cluster.coordinator, &remote)
+                .await?;
+        }
+        for spec in mine {
+            let engine = self.engine.clone();
+            let spec = spec.clone();
+            let tx = tx.clone();
+            let me = local.unwrap_or("coordinator").to_string();
+            tokio::spawn(async move {
+                let (outcome, report) = super::run_task(&engine, &me, &spec).await;
+                let _ = tx.send((spec.key(), outcome, report));
+            });
+        }
+        Ok(())
+    }
+
+    fn accept(&self, tasks: &mut [Pending], d: Delivered) -> Result<(), QueryError> {
+        let Some(t) = tasks
+            .iter_mut()
+            .find(|t| t.spec.task_id == d.key.task_id && t.done.is_none())
+        else {
+            return Ok(()); // late or duplicate
+        };
+        match d.outcome {
+            TaskOutcome::Rows(ipc) => {
+                let (schema, batches) = result::decode(&d.key.to_string(), &ipc)?;
+                let report = schema
+                    .as_deref()
+                    .and_then(result::report_of)
+                    .unwrap_or(d.report);
+                let batches = batches
+                    .into_iter()
+                    .map(|b| coerce(b, &self.fragment.schema))
+                    .collect::<Result<Vec<_>, _>>()?;
+                t.done = Some((report, batches, d.key.attempt));
+            }
+            TaskOutcome::Empty => t.done = Some((d.report, Vec::new(), d.key.attempt)),
+            TaskOutcome::Failed(cause) => {
+                if d.key.attempt != t.spec.attempt {
+                    return Ok(()); // an older attempt's failure: the current one runs on
+                }
+                t.causes.push(format!(
+                    "attempt {} on {}: {cause}",
+                    d.key.attempt,
+                    if d.report.node_id.is_empty() { &t.spec.node_id } else { &d.report.node_id }
+                ));
+                // Reassigned at the next directory check.
+                t.failed = true;
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn retry(
+        &self,
+        tasks: &mut [Pending],
+        task_id: u32,
+        alive: &[WorkerInfo],
+        local: Option<&str>,
+        query_id: &str,
+        tx: &tokio::sync::mpsc::UnboundedSender<LocalResult>,
+        guard: &mut Cleanup,
+    ) -> Result<(), QueryError> {
+        let Some(t) = tasks.iter_mut().find(|t| t.spec.task_id == task_id) else {
+            return Ok(());
+        };
+        if t.spec.attempt >= MAX_ATTEMPTS {
+            let mut cells = t.spec.cells.clone();
+            if cells.len() > 5 {
+                let more = cells.len() - 5;
+                cells.truncate(5);
+                cells.push(format!("and {more} more"));
+            }
+            return Err(QueryError::Execution(format!(
+                "task {} of query {query_id} (frame {}.{}.{} v{}, cells {}) failed {} times: {}",
+                t.spec.task_id,
+                t.spec.split.hive,
+                t.spec.split.r#box,
+                t.spec.split.frame,
+                t.spec.split.version,
+                cells.join(", "),
+                t.spec.attempt,
+                t.causes.join("; ")
+            )));
+        }
+        // Another node than those tried, least loaded; else whoever is left; else here.
+        let tried: HashSet<&str> = t.attempts.iter().map(String::as_str).collect();
+        let target = alive
+            .iter()
+            .filter(|w| !tried.contains(w.node_id.as_str()))
+            .max_by_key(|w| w.idle_bees)
+            .or_else(|| alive.iter().find(|w| Some(w.node_id.as_str()) == local))
+            .map(|w| w.node_id.clone())
+            .unwrap_or_else(|| local.unwrap_or_default().to_string());
+        t.spec.attempt += 1;
+        t.spec.node_id = target.clone();
+        t.since = Instant::now();
+        t.failed = false;
+        t.attempts.push(target);
+        let spec = t.spec.clone();
+        self.dispatch(query_id, &[spec], local, tx, guard).await
+    }
+}
+
+/// Removes the query's objects however the coordinator leaves (error, cancellation).
+struct Cleanup {
+    cluster: Cluster,
+    query_id: String,
+    published: bool,
+}
+
+impl Cleanup {
+    async fn finish(mut self) {
+        if self.published {
+            self.published = false;
+            if let Err(e) = self.cluster.transport.finish(&self.query_id).await {
+                tracing::warn!(query = %self.query_id, error = %e, "query objects not removed; a sweep will");
+            }
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.published
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let transport = Arc::clone(&self.cluster.transport);
+            let query_id = self.query_id.clone();
+            handle.spawn(async move {
+                if let Err(e) = transport.finish(&query_id).await {
+                    tracing::warn!(query = %query_id, error = %e, "query objects not removed; a sweep will");
+                }
+            });
+        }
+    }
+}
+
+/// Cells to nodes: each node's share proportional to its bees, balanced by bytes (largest
+/// cells first onto the relatively lightest node), preferring a node that has a cell cached
+/// while that keeps it within a quarter of its fair share. A node's share is cut into tasks
+/// of at most its memory (bees × memory per bee), so no task asks more than the node holds.
+/// With no workers, everything becomes one task for the coordinator itself (node `""`).
+fn assign(fragment: &Fragment, workers: &[WorkerInfo]) -> Vec<(String, Vec<super::SplitCell>)> {
+    if workers.is_empty() {
+        return vec![(String::new(), fragment.cells.clone())];
+    }
+    let total: u64 = fragment.bytes().max(1);
+    let bees: u64 = workers.iter().map(|w| u64::from(w.bees.max(1))).sum();
+    let mut load: Vec<u64> = vec![0; workers.len()];
+    let mut share: Vec<Vec<super::SplitCell>> = vec![Vec::new(); workers.len()];
+    let frame = format!(
+        "{}/{}/{}/",
+        fragment.split.hive, fragment.split.r#box, fragment.split.frame
+    );
+    let cached: Vec<HashSet<&str>> = workers
+        .iter()
+        .map(|w| {
+            w.cached_cells
+                .iter()
+                .filter_map(|c| c.strip_prefix(frame.as_str()))
+                .collect()
+        })
+        .collect();
+    // Cached cells are placed first, so that a holder still has room for them; then the
+    // largest first.
+    let mut cells = fragment.cells.clone();
+    let is_cached = |c: &super::SplitCell| cached.iter().any(|set| set.contains(c.path.as_str()));
+    cells.sort_by(|a, b| {
+        is_cached(b)
+            .cmp(&is_cached(a))
+            .then_with(|| b.bytes.cmp(&a.bytes))
+            .then_with(|| a.path.cmp(&b.path))
+    });
+    for cell in cells {
+        let ratio = |i: usize, extra: u64| (load[i] + extra) as f64 / f64::from(workers[i].bees.max(1));
+        let lightest = (0..workers.len())
+            .min_by(|&a, &b| ratio(a, cell.bytes).total_cmp(&ratio(b, cell.bytes)))
+            .unwrap_or(0);
+        let fair = total as f64 / bees as f64 * 1.25;
+        let holder = (0..workers.len())
+            .find(|&i| cached[i].contains(cell.path.as_str()) && ratio(i, cell.bytes) <= fair.max(ratio(lightest, cell.bytes)));
+        let i = holder.unwrap_or(lightest);
+        load[i] += cell.bytes;
+        share[i].push(cell);
+    }
+    let mut out = Vec::new();
+    for (w, cells) in workers.iter().zip(share) {
+        if cells.is_empty() {
+            continue;
+        }
+        let cap = (u64::from(w.bees.max(1)) * w.memory_per_bee).max(1);
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for c in cells {
+            if !chunk.is_empty() && bytes + c.bytes > cap {
+                out.push((w.node_id.clone(), std::mem::take(&mut chunk)));
+                bytes = 0;
+            }
+            bytes += c.bytes;
+            chunk.push(c);
+        }
+        out.push((w.node_id.clone(), chunk));
+    }
+    out
+}
+
+impl Cluster {
+    /// Sweeps orphaned queries in the background, at most once per half retention.
+    fn maybe_sweep(&self) {
+        static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= self.settings.orphan_retention / 2);
+        if !due {
+            return;
+        }
+        *last = Some(Instant::now());
+        let transport = Arc::clone(&self.transport);
+        let retention = self.settings.orphan_retention;
+        tokio::spawn(async move {
+            match transport.sweep(retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(queries = n, "removed queries left by coordinators that died"),
+                Err(e) => tracing::debug!(error = %e, "sweeping old queries failed"),
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distributed::{FramePin, Shape, SplitCell};
+
+    fn worker(id: &str, bees: u32) -> WorkerInfo {
+        WorkerInfo {
+            node_id: id.into(),
+            bees,
+            idle_bees: bees,
+            memory_per_bee: 1 << 30,
+            cached_cells: vec![],
+        }
+    }
+
+    fn fragment(sizes: &[u64]) -> Fragment {
+        Fragment {
+            sql: "SELECT 1".into(),
+            schema: Arc::new(arrow_schema::Schema::empty()),
+            split: FramePin {
+                hive: "h".into(),
+                r#box: "b".into(),
+                frame: "f".into(),
+                version: 1,
+            },
+            cells: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &bytes)| SplitCell {
+                    path: format!("c{i}"),
+                    bytes,
+                })
+                .collect(),
+            pins: vec![],
+            shape: Shape::Rows,
+            scope: vec![],
+        }
+    }
+
+    #[test]
+    fn every_cell_once_balanced_by_bees() {
+        let f = fragment(&[10; 12]);
+        let plan = assign(&f, &[worker("a", 1), worker("b", 2)]);
+        let mut all: Vec<String> = plan.iter().flat_map(|(_, c)| c.iter().map(|c| c.path.clone())).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 12);
+        let bytes = |n: &str| -> u64 {
+            plan.iter().filter(|(w, _)| w == n).flat_map(|(_, c)| c).map(|c| c.bytes).sum()
+        };
+        assert_eq!(bytes("a"), 40);
+        assert_eq!(bytes("b"), 80);
+    }
+
+    #[test]
+    fn cached_cells_stay_with_their_node_and_tasks_fit_memory() {
+        let f = fragment(&[10, 10, 10, 10]);
+        let mut a = worker("a", 1);
+        a.cached_cells = vec!["h/b/f/c3".into()];
+        let plan = assign(&f, &[a, worker("b", 1)]);
+        let a_cells: Vec<&str> = plan.iter().filter(|(w, _)| w == "a").flat_map(|(_, c)| c.iter().map(|c| c.path.as_str())).collect();
+        assert!(a_cells.contains(&"c3"), "{plan:?}");
+
+        let mut small = worker("s", 1);
+        small.memory_per_bee = 15;
+        let plan = assign(&f, &[small]);
+        assert_eq!(plan.len(), 4, "a 15-byte node gets one 10-byte cell per task: {plan:?}");
+        assert!(assign(&f, &[]).iter().all(|(w, _)| w.is_empty()));
+    }
+}

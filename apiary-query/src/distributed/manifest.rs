@@ -1,0 +1,317 @@
+//! The manifest of a distributed query: what a coordinator asks of workers.
+//!
+//! A task is one JSON object (format [`TASK_FORMAT`]):
+//!
+//! ```json
+//! {
+//!   "format": 1,
+//!   "query_id": "q-3f2a…",            // [a-z0-9-], unique per query
+//!   "task_id": 0,                      // unique within the query
+//!   "attempt": 1,                      // 1, 2, 3: a reassigned task is a new attempt
+//!   "node_id": "node-1a2b…",          // the node meant to run it
+//!   "coordinator": "node-9f8e…",      // who waits for it (informational)
+//!   "split": {"hive": "h", "box": "b", "frame": "f", "version": 12},
+//!   "cells": ["country=us/…parquet"],  // the split frame's cells this task reads
+//!   "pins": [{"hive": "h", "box": "b", "frame": "dim", "version": 3}],
+//!   "sql": "SELECT … FROM h.b.f …",   // a read-only SELECT, pasteable into `apiary sql`
+//!   "scope": ["h", "b"],               // the `USE` the fragment's names resolve in
+//!   "schema": [{"name": "c0", "type": "Utf8", "nullable": true}],
+//!   "timeout_ms": 600000
+//! }
+//! ```
+//!
+//! The fragment reads `split` at `version` through a per-task table holding only `cells`;
+//! every frame in `pins` is read whole at its version, so every task sees one snapshot. The
+//! result must have `schema` (columns by position; types are cast where they differ only in
+//! representation). `timeout_ms` is measured by the worker from when it takes the task; the
+//! coordinator keeps its own deadline on its own clock. A worker never trusts a task: the
+//! SQL goes through the same checks as `sql` (one read-only query), names are validated, and
+//! sizes are bounded ([`MAX_TASK_BYTES`], [`MAX_CELLS`]).
+
+use apiary_ledger::{FrameRef, validate_name};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::error::{QueryError, Result};
+
+/// Format version of task objects.
+pub const TASK_FORMAT: u32 = 1;
+/// Largest task object accepted.
+pub const MAX_TASK_BYTES: usize = 4 << 20;
+/// Most cells one task may name.
+pub const MAX_CELLS: usize = 100_000;
+/// Longest fragment accepted.
+pub const MAX_SQL_BYTES: usize = 1 << 20;
+
+/// A frame read at one version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FramePin {
+    /// Hive.
+    pub hive: String,
+    /// Box.
+    #[serde(rename = "box")]
+    pub r#box: String,
+    /// Frame.
+    pub frame: String,
+    /// Ledger version.
+    pub version: u64,
+}
+
+impl FramePin {
+    /// The pinned frame's name.
+    pub fn frame_ref(&self) -> Result<FrameRef> {
+        Ok(FrameRef::new(&self.hive, &self.r#box, &self.frame)?)
+    }
+
+    /// A pin of `frame` at `version`.
+    pub fn new(frame: &FrameRef, version: u64) -> Self {
+        Self {
+            hive: frame.hive.clone(),
+            r#box: frame.r#box.clone(),
+            frame: frame.frame.clone(),
+            version,
+        }
+    }
+}
+
+/// One column of a task's expected result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnSpec {
+    /// Column name.
+    pub name: String,
+    /// Arrow type, as Arrow prints it (`Int64`, `Utf8`, `Timestamp(Nanosecond, Some("UTC"))`).
+    #[serde(rename = "type")]
+    pub data_type: String,
+    /// Whether nulls may occur.
+    pub nullable: bool,
+}
+
+/// Identifies one attempt of one task.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskKey {
+    /// The query.
+    pub query_id: String,
+    /// The task within the query.
+    pub task_id: u32,
+    /// The attempt (from 1).
+    pub attempt: u32,
+}
+
+impl std::fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}#{}", self.query_id, self.task_id, self.attempt)
+    }
+}
+
+/// One task of a distributed query (see the module docs for the format).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Format version ([`TASK_FORMAT`]).
+    pub format: u32,
+    /// The query.
+    pub query_id: String,
+    /// The task within the query.
+    pub task_id: u32,
+    /// The attempt, from 1.
+    pub attempt: u32,
+    /// The node meant to run it.
+    pub node_id: String,
+    /// The coordinating node (or process).
+    pub coordinator: String,
+    /// The frame whose cells are split over tasks, and its version.
+    pub split: FramePin,
+    /// The split frame's cells this task reads (paths relative to the frame).
+    pub cells: Vec<String>,
+    /// Bytes of those cells.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Other frames the fragment reads whole, each at its version.
+    pub pins: Vec<FramePin>,
+    /// The fragment: one read-only SELECT.
+    pub sql: String,
+    /// `USE` in force for the fragment: `[]`, `[hive]` or `[hive, box]` (unqualified names
+    /// in the fragment resolve as they did for the coordinator).
+    #[serde(default)]
+    pub scope: Vec<String>,
+    /// The expected result columns.
+    pub schema: Vec<ColumnSpec>,
+    /// How long the worker may run it.
+    pub timeout_ms: u64,
+}
+
+impl TaskSpec {
+    /// This attempt's key.
+    pub fn key(&self) -> TaskKey {
+        TaskKey {
+            query_id: self.query_id.clone(),
+            task_id: self.task_id,
+            attempt: self.attempt,
+        }
+    }
+
+    /// The JSON object.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self)
+            .map_err(|e| QueryError::Execution(format!("a task cannot be encoded: {e}")))
+    }
+
+    /// Decodes and validates a task object; anything malformed is an error naming `what`.
+    pub fn decode(what: &str, bytes: &[u8]) -> Result<Self> {
+        let bad = |reason: String| QueryError::Invalid(format!("task `{what}` is invalid: {reason}"));
+        if bytes.len() > MAX_TASK_BYTES {
+            return Err(bad(format!(
+                "{} bytes, more than the {MAX_TASK_BYTES} a task may have",
+                bytes.len()
+            )));
+        }
+        let task: TaskSpec = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if task.format != TASK_FORMAT {
+            return Err(bad(format!(
+                "format {} is not {TASK_FORMAT}; is a newer Apiary coordinating?",
+                task.format
+            )));
+        }
+        validate_query_id(&task.query_id).map_err(|e| bad(e.to_string()))?;
+        if task.attempt == 0 {
+            return Err(bad("attempts count from 1".into()));
+        }
+        if task.cells.len() > MAX_CELLS {
+            return Err(bad(format!("{} cells, more than {MAX_CELLS}", task.cells.len())));
+        }
+        if task.sql.len() > MAX_SQL_BYTES || task.sql.trim().is_empty() {
+            return Err(bad("the fragment is empty or too long".into()));
+        }
+        if task.scope.len() > 2 {
+            return Err(bad("a scope is `[hive]` or `[hive, box]`".into()));
+        }
+        for (kind, name) in ["hive", "box"].iter().zip(&task.scope) {
+            validate_name(kind, name).map_err(|e| bad(e.to_string()))?;
+        }
+        for pin in std::iter::once(&task.split).chain(&task.pins) {
+            for (kind, name) in [("hive", &pin.hive), ("box", &pin.r#box), ("frame", &pin.frame)] {
+                validate_name(kind, name).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        for cell in &task.cells {
+            if cell.is_empty() || cell.starts_with('/') || cell.split('/').any(|s| s == "..") {
+                return Err(bad(format!("`{cell}` is not a cell path")));
+            }
+        }
+        task.expected_schema().map_err(|e| bad(e.to_string()))?;
+        Ok(task)
+    }
+
+    /// The expected result schema.
+    pub fn expected_schema(&self) -> Result<SchemaRef> {
+        let fields = self
+            .schema
+            .iter()
+            .map(|c| {
+                let t = DataType::from_str(&c.data_type).map_err(|e| {
+                    QueryError::Invalid(format!("column `{}` has no valid type: {e}", c.name))
+                })?;
+                Ok(Field::new(&c.name, t, c.nullable))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+/// Columns of `schema` as a task names them.
+pub fn columns_of(schema: &Schema) -> Vec<ColumnSpec> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| ColumnSpec {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+            nullable: f.is_nullable(),
+        })
+        .collect()
+}
+
+/// Query ids are short, lowercase and safe in object keys: `[a-z0-9-]{1,64}`.
+pub fn validate_query_id(id: &str) -> Result<()> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(QueryError::Invalid(format!(
+            "`{id}` is not a query id (1 to 64 of a-z, 0-9 and -)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> TaskSpec {
+        TaskSpec {
+            format: TASK_FORMAT,
+            query_id: "q-1".into(),
+            task_id: 3,
+            attempt: 1,
+            node_id: "node-a".into(),
+            coordinator: "node-b".into(),
+            split: FramePin {
+                hive: "h".into(),
+                r#box: "b".into(),
+                frame: "f".into(),
+                version: 7,
+            },
+            cells: vec!["data/country=us/x.parquet".into()],
+            bytes: 10,
+            pins: vec![],
+            sql: "SELECT 1".into(),
+            scope: vec![],
+            schema: vec![ColumnSpec {
+                name: "c0".into(),
+                data_type: DataType::Timestamp(
+                    arrow_schema::TimeUnit::Nanosecond,
+                    Some("Europe/Paris".into()),
+                )
+                .to_string(),
+                nullable: true,
+            }],
+            timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_types_parse_back() {
+        let task = sample();
+        let back = TaskSpec::decode("t", &task.encode().unwrap()).unwrap();
+        assert_eq!(back, task);
+        assert_eq!(
+            back.expected_schema().unwrap().field(0).data_type(),
+            &DataType::Timestamp(arrow_schema::TimeUnit::Nanosecond, Some("Europe/Paris".into()))
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_malformed() {
+        let cases: Vec<(Box<dyn Fn(&mut TaskSpec)>, &str)> = vec![
+            (Box::new(|t| t.format = 9), "format 9"),
+            (Box::new(|t| t.query_id = "../x".into()), "query id"),
+            (Box::new(|t| t.attempt = 0), "attempts"),
+            (Box::new(|t| t.cells = vec!["../../etc/passwd".into()]), "cell path"),
+            (Box::new(|t| t.split.hive = "_apiary".into()), "hive"),
+            (Box::new(|t| t.sql = " ".into()), "fragment"),
+            (Box::new(|t| t.schema[0].data_type = "Nope".into()), "valid type"),
+        ];
+        for (mutate, expected) in cases {
+            let mut task = sample();
+            mutate(&mut task);
+            let err = TaskSpec::decode("t", &task.encode().unwrap()).unwrap_err();
+            assert!(err.to_string().contains(expected), "{err} should name {expected}");
+        }
+        assert!(TaskSpec::decode("t", b"{not json").is_err());
+        assert!(TaskSpec::decode("t", &vec![b' '; MAX_TASK_BYTES + 1]).is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! Distributed SQL: queries split into SQL fragments that workers run over subsets of a
+//! frame's cells, with partial results moved by a [`ShuffleTransport`].
+//!
+//! * [`plan`]: which frame is split, what runs in the tasks (a fragment, as SQL text from
+//!   DataFusion's unparser) and what the coordinator finishes.
+//! * [`manifest`]: the task format workers read (documented there).
+//! * [`ShuffleTransport`]: the seam; [`StorageShuffle`] is the default, through storage;
+//!   [`conformance`] checks any implementation.
+//! * [`coordinator`](DistributedExec): assignment by capacity, deadlines, reassignment,
+//!   at most [`MAX_ATTEMPTS`] attempts per task, cleanup.
+//! * [`run_task`]: what a worker does with a task: the same SQL checks as `sql`, a per-task
+//!   catalog with only the task's cells, a result of the expected schema.
+
+pub mod conformance;
+mod coordinator;
+pub mod manifest;
+pub mod plan;
+pub mod result;
+mod storage;
+mod task;
+mod transport;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use coordinator::{DistributedExec, DistributedTable, TaskRun};
+pub use manifest::{ColumnSpec, FramePin, TaskKey, TaskSpec};
+pub use plan::{Fragment, Shape, SplitCell};
+pub use storage::{DOORBELL_DIR, QUERIES_DIR, StorageShuffle};
+pub use task::run_task;
+pub use transport::{Delivered, ShuffleTransport, TaskOutcome, TaskReport};
+
+/// Attempts a task gets before the query fails.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// Whether a query is split over the swarm (`SET apiary.distribute = '…'`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DistributeMode {
+    /// When the data to read is large enough and another node is available.
+    #[default]
+    Auto,
+    /// Whenever a frame can be split and any worker is available (tests and demos).
+    Always,
+    /// Never: the query runs where it was asked.
+    Never,
+}
+
+impl DistributeMode {
+    /// Parses `auto`, `always` or `never`.
+    pub fn parse(value: &str) -> crate::Result<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "always" | "true" | "on" => Ok(Self::Always),
+            "never" | "false" | "off" => Ok(Self::Never),
+            other => Err(crate::QueryError::Invalid(format!(
+                "apiary.distribute is `auto`, `always` or `never`, not `{other}`"
+            ))),
+        }
+    }
+
+    /// The lowercase name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Always => "always",
+            Self::Never => "never",
+        }
+    }
+}
+
+/// A node that can run tasks, as the coordinator sees it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerInfo {
+    /// Node id.
+    pub node_id: String,
+    /// Bees (cores that take tasks).
+    pub bees: u32,
+    /// Idle bees, as last published.
+    pub idle_bees: u32,
+    /// Memory per bee, in bytes.
+    pub memory_per_bee: u64,
+    /// Cells it reports cached (`hive/box/frame/path`), for placement.
+    pub cached_cells: Vec<String>,
+}
+
+/// Who can run tasks: the membership seen through the coordinator's eyes. Nodes that are
+/// dead, suspect or leaving are not listed.
+#[async_trait]
+pub trait WorkerDirectory: Send + Sync + std::fmt::Debug + 'static {
+    /// Nodes that can take tasks now.
+    async fn workers(&self) -> crate::Result<Vec<WorkerInfo>>;
+
+    /// This process's node id when it is a running node (its tasks then run in process).
+    fn local_node(&self) -> Option<String>;
+}
+
+/// Tuning of distribution.
+#[derive(Debug, Clone)]
+pub struct DistributeSettings {
+    /// `auto` distributes only when the cells to read exceed this many bytes.
+    pub auto_min_bytes: u64,
+    /// How long a task may run before it is reassigned.
+    pub task_timeout: Duration,
+    /// How often the coordinator looks for results (it starts faster and slows to this).
+    pub result_poll: Duration,
+    /// Query folders older than this are removed by whoever sweeps.
+    pub orphan_retention: Duration,
+}
+
+impl Default for DistributeSettings {
+    fn default() -> Self {
+        Self {
+            auto_min_bytes: 64 << 20,
+            task_timeout: Duration::from_secs(600),
+            result_poll: Duration::from_millis(250),
+            orphan_retention: Duration::from_secs(900),
+        }
+    }
+}
+
+/// What a query engine needs to distribute: a transport, a directory of workers, tuning.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Moves tasks and results.
+    pub transport: Arc<dyn ShuffleTransport>,
+    /// Who can run tasks.
+    pub directory: Arc<dyn WorkerDirectory>,
+    /// Tuning.
+    pub settings: DistributeSettings,
+    /// Name of this coordinator in manifests.
+    pub coordinator: String,
+}

@@ -1,0 +1,623 @@
+//! Splitting an optimized logical plan into a SQL fragment for workers and the plan the
+//! coordinator finishes.
+//!
+//! 1. The **split frame** is the largest frame the plan scans exactly once. Its cells (after
+//!    ledger pruning with the scan's filters) are divided over tasks.
+//! 2. The **distributed subtree** is the largest subtree above that scan through which a
+//!    union over disjoint cell subsets commutes: projections, filters, aliases, and joins in
+//!    which the split side's rows are never needed together (inner and cross joins, outer
+//!    joins that preserve the split side, semi, anti and mark joins from the split side).
+//!    Subqueries inside expressions stop it. Every other frame in it is read whole by every
+//!    task, at the version the coordinator planned with.
+//! 3. Directly above it, an **aggregate** that decomposes (COUNT, SUM, MIN, MAX, AVG as SUM
+//!    and COUNT, any of them DISTINCT by adding the argument to the partial grouping) runs
+//!    partially in each task and finally at the coordinator; a **sort with a fetch** (top-k)
+//!    or a **limit** is pushed into the tasks and applied again at the coordinator. Anything
+//!    else (windows, grouping sets, ordered or filtered aggregates, …) stays at the
+//!    coordinator over the tasks' rows: the answer is always the single-node answer.
+//!
+//! The fragment is produced with DataFusion's unparser, never by string concatenation, and
+//! its columns are renamed `c0`, `c1`, … so that the coordinator maps them back by position.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::catalog::default_table_source::source_as_provider;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchemaRef, Result as DfResult, ScalarValue};
+use datafusion::functions_aggregate::count::count_udaf;
+use datafusion::functions_aggregate::sum::sum_udaf;
+use datafusion::logical_expr::ExprSchemable;
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::{
+    Aggregate, Expr, JoinType, Limit, LogicalPlan, LogicalPlanBuilder, Sort, TableScan, lit, when,
+};
+use datafusion::prelude::cast;
+use datafusion::sql::unparser::Unparser;
+use datafusion::sql::unparser::dialect::DefaultDialect;
+
+use super::manifest::FramePin;
+use crate::error::{QueryError, Result};
+use crate::table::FrameTable;
+
+/// The name the coordinator gives the table of gathered task results.
+pub const PARTIALS: &str = "apiary_partials";
+
+/// How the work above the scans was split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Partial aggregation in the tasks, final at the coordinator.
+    PartialAggregate,
+    /// Sort and fetch in the tasks and again at the coordinator.
+    TopK,
+    /// A limit in the tasks and again at the coordinator.
+    Limit,
+    /// Scans (with projections, filters, joins) in the tasks, the rest at the coordinator.
+    Rows,
+}
+
+impl Shape {
+    /// The lowercase name shown in `EXPLAIN`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Shape::PartialAggregate => "partial_aggregate",
+            Shape::TopK => "top_k",
+            Shape::Limit => "limit",
+            Shape::Rows => "rows",
+        }
+    }
+}
+
+/// A cell of the split frame one task may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitCell {
+    /// Path relative to the frame.
+    pub path: String,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// What every task of a distributed query runs.
+#[derive(Debug, Clone)]
+pub struct Fragment {
+    /// The SQL text.
+    pub sql: String,
+    /// Its result columns (`c0`, `c1`, …).
+    pub schema: SchemaRef,
+    /// The split frame at its version.
+    pub split: FramePin,
+    /// The split frame's cells that survive pruning.
+    pub cells: Vec<SplitCell>,
+    /// Other frames read whole, at their versions.
+    pub pins: Vec<FramePin>,
+    /// How the query was split.
+    pub shape: Shape,
+    /// The coordinator session's `USE` (`[hive]` or `[hive, box]`), for unqualified names.
+    pub scope: Vec<String>,
+}
+
+impl Fragment {
+    /// Bytes of all cells.
+    pub fn bytes(&self) -> u64 {
+        self.cells.iter().map(|c| c.bytes).sum()
+    }
+}
+
+/// The result of splitting: the coordinator's plan, with `partials` standing for the union
+/// of the tasks' results.
+#[derive(Debug)]
+pub struct Split {
+    /// The fragment.
+    pub fragment: Fragment,
+    /// Builds the coordinator's plan from a scan of the partials (a table with the
+    /// fragment's schema, named [`PARTIALS`]).
+    finish: Finish,
+    path: Vec<usize>,
+    root: LogicalPlan,
+}
+
+#[derive(Debug)]
+enum Finish {
+    /// Map `c*` back to the replaced subtree's qualified names.
+    Rename(DFSchemaRef),
+    /// Final aggregation, then names.
+    Aggregate {
+        groups: usize,
+        finals: Vec<Expr>,
+        outputs: Vec<Expr>,
+        schema: DFSchemaRef,
+    },
+}
+
+impl Split {
+    /// The coordinator's plan, reading partial results through `partials` (a scan of a table
+    /// named [`PARTIALS`] with the fragment's schema).
+    pub fn coordinator_plan(&self, partials: LogicalPlan) -> DfResult<LogicalPlan> {
+        let replacement = match &self.finish {
+            Finish::Rename(schema) => {
+                let exprs = schema
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (q, f))| {
+                        Expr::Column(Column::from_name(format!("c{i}")))
+                            .alias_qualified(q.cloned(), f.name())
+                    })
+                    .collect::<Vec<_>>();
+                LogicalPlanBuilder::from(partials).project(exprs)?.build()?
+            }
+            Finish::Aggregate {
+                groups,
+                finals,
+                outputs,
+                schema,
+            } => {
+                let group_exprs = (0..*groups)
+                    .map(|i| Expr::Column(Column::from_name(format!("c{i}"))))
+                    .collect::<Vec<_>>();
+                let aggregated = LogicalPlanBuilder::from(partials)
+                    .aggregate(group_exprs, finals.clone())?
+                    .build()?;
+                let exprs = schema
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (q, f))| {
+                        let value = if i < *groups {
+                            Expr::Column(Column::from_name(format!("c{i}")))
+                        } else {
+                            outputs[i - groups].clone()
+                        };
+                        cast(value, f.data_type().clone()).alias_qualified(q.cloned(), f.name())
+                    })
+                    .collect::<Vec<_>>();
+                LogicalPlanBuilder::from(aggregated).project(exprs)?.build()?
+            }
+        };
+        replace_at(&self.root, &self.path, replacement)
+    }
+}
+
+/// Splits `plan` (optimized) for distribution; `None` when it reads no frame that can be
+/// split (then it runs locally).
+pub fn split(plan: &LogicalPlan, state: &dyn Session) -> Result<Option<Split>> {
+    let Some((path, scan, table)) = choose_split_scan(plan)? else {
+        return Ok(None);
+    };
+    // Walk up from the scan while the union over cell subsets commutes.
+    let nodes = nodes_on_path(plan, &path);
+    let mut top = path.len(); // index into `nodes` of the subtree root (the scan itself)
+    while top > 0 {
+        let parent = nodes[top - 1];
+        let child_index = path[top - 1];
+        if !commutes(parent, child_index)? {
+            break;
+        }
+        top -= 1;
+    }
+    let subtree = nodes[top].clone();
+    let pins = frames_read(&subtree, &table)?;
+    let split_pin = FramePin::new(table.index().frame(), table.index().version());
+    let cells = table
+        .index()
+        .select_cells(state, &scan.filters)
+        .map_err(QueryError::from)?;
+
+    let parent = top.checked_sub(1).map(|i| nodes[i]);
+    let (fragment_plan, finish, replace_path, shape) = match parent {
+        Some(LogicalPlan::Aggregate(agg)) => match decompose(agg, &subtree)? {
+            Some((partial, finish)) => (
+                partial,
+                finish,
+                path[..top - 1].to_vec(),
+                Shape::PartialAggregate,
+            ),
+            None => rows(&subtree, &path[..top]),
+        },
+        Some(LogicalPlan::Sort(Sort {
+            expr,
+            fetch: Some(fetch),
+            ..
+        })) => {
+            let pushed = LogicalPlan::Sort(Sort {
+                expr: expr.clone(),
+                input: Arc::new(subtree.clone()),
+                fetch: Some(*fetch),
+            });
+            let (_, finish, p, _) = rows(&subtree, &path[..top]);
+            (pushed, finish, p, Shape::TopK)
+        }
+        Some(LogicalPlan::Limit(limit)) => match limit_rows(limit) {
+            Some(n) => {
+                let pushed = LogicalPlanBuilder::from(subtree.clone())
+                    .limit(0, Some(n))?
+                    .build()?;
+                let (_, finish, p, _) = rows(&subtree, &path[..top]);
+                (pushed, finish, p, Shape::Limit)
+            }
+            None => rows(&subtree, &path[..top]),
+        },
+        _ => rows(&subtree, &path[..top]),
+    };
+    let fragment_plan = rename_columns(fragment_plan)?;
+    let schema: SchemaRef = Arc::new(Schema::new(
+        fragment_plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| Arc::new(Field::new(f.name(), f.data_type().clone(), true)))
+            .collect::<Vec<_>>(),
+    ));
+    let sql = Unparser::new(&DefaultDialect {})
+        .plan_to_sql(&fragment_plan)
+        .map_err(|e| QueryError::Invalid(format!("the fragment cannot be written as SQL: {e}")))?
+        .to_string();
+    Ok(Some(Split {
+        fragment: Fragment {
+            sql,
+            schema,
+            split: split_pin,
+            cells,
+            pins,
+            shape,
+            scope: Vec::new(),
+        },
+        finish,
+        path: replace_path,
+        root: plan.clone(),
+    }))
+}
+
+fn rows(subtree: &LogicalPlan, path: &[usize]) -> (LogicalPlan, Finish, Vec<usize>, Shape) {
+    (
+        subtree.clone(),
+        Finish::Rename(Arc::clone(subtree.schema())),
+        path.to_vec(),
+        Shape::Rows,
+    )
+}
+
+fn limit_rows(limit: &Limit) -> Option<usize> {
+    let fetch = match limit.fetch.as_deref()? {
+        Expr::Literal(ScalarValue::Int64(Some(n)), _) if *n >= 0 => *n as usize,
+        _ => return None,
+    };
+    let skip = match limit.skip.as_deref() {
+        None => 0,
+        Some(Expr::Literal(ScalarValue::Int64(Some(n)), _)) if *n >= 0 => *n as usize,
+        Some(_) => return None,
+    };
+    fetch.checked_add(skip)
+}
+
+/// The output columns renamed `c0`, `c1`, … (the fragment's result schema).
+fn rename_columns(plan: LogicalPlan) -> DfResult<LogicalPlan> {
+    let exprs = plan
+        .schema()
+        .iter()
+        .enumerate()
+        .map(|(i, (q, f))| Expr::Column(Column::new(q.cloned(), f.name())).alias(format!("c{i}")))
+        .collect::<Vec<_>>();
+    LogicalPlanBuilder::from(plan).project(exprs)?.build()
+}
+
+fn frame_table(scan: &TableScan) -> Option<FrameTable> {
+    let provider = source_as_provider(&scan.source).ok()?;
+    let any: &dyn Any = provider.as_ref();
+    any.downcast_ref::<FrameTable>().cloned()
+}
+
+/// The frame scan to split: the largest frame scanned exactly once, with its path.
+fn choose_split_scan(plan: &LogicalPlan) -> Result<Option<(Vec<usize>, TableScan, FrameTable)>> {
+    let mut scans: Vec<(Vec<usize>, TableScan, FrameTable)> = Vec::new();
+    collect_scans(plan, &mut Vec::new(), &mut scans);
+    let count = |t: &FrameTable| {
+        scans
+            .iter()
+            .filter(|(_, _, o)| o.index().frame() == t.index().frame())
+            .count()
+    };
+    let best = scans
+        .iter()
+        .filter(|(_, _, t)| count(t) == 1)
+        .max_by_key(|(_, _, t)| t.index().bytes())
+        .cloned();
+    Ok(best)
+}
+
+fn collect_scans(
+    plan: &LogicalPlan,
+    path: &mut Vec<usize>,
+    out: &mut Vec<(Vec<usize>, TableScan, FrameTable)>,
+) {
+    if let LogicalPlan::TableScan(scan) = plan
+        && let Some(table) = frame_table(scan)
+    {
+        out.push((path.clone(), scan.clone(), table));
+    }
+    for (i, input) in plan.inputs().into_iter().enumerate() {
+        path.push(i);
+        collect_scans(input, path, out);
+        path.pop();
+    }
+}
+
+fn nodes_on_path<'a>(plan: &'a LogicalPlan, path: &[usize]) -> Vec<&'a LogicalPlan> {
+    let mut nodes = vec![plan];
+    let mut at = plan;
+    for &i in path {
+        at = at.inputs()[i];
+        nodes.push(at);
+    }
+    nodes
+}
+
+fn has_subquery(plan: &LogicalPlan) -> DfResult<bool> {
+    let mut found = false;
+    for e in plan.expressions() {
+        e.apply(|e| {
+            if matches!(
+                e,
+                Expr::Exists(_)
+                    | Expr::InSubquery(_)
+                    | Expr::ScalarSubquery(_)
+                    | Expr::SetComparison(_)
+                    | Expr::OuterReferenceColumn(..)
+            ) {
+                found = true;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+    }
+    Ok(found)
+}
+
+/// Whether a union over disjoint subsets of the rows coming from input `child` passes
+/// through `parent` unchanged.
+fn commutes(parent: &LogicalPlan, child: usize) -> Result<bool> {
+    if has_subquery(parent)? {
+        return Ok(false);
+    }
+    Ok(match parent {
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+            true
+        }
+        LogicalPlan::Join(join) => {
+            let left = child == 0;
+            match join.join_type {
+                JoinType::Inner => true,
+                JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
+                    left
+                }
+                JoinType::Right
+                | JoinType::RightSemi
+                | JoinType::RightAnti
+                | JoinType::RightMark => !left,
+                JoinType::Full => false,
+            }
+        }
+        _ => false,
+    })
+}
+
+/// Every frame `subtree` reads other than `split`, at the version the plan holds.
+fn frames_read(subtree: &LogicalPlan, split: &FrameTable) -> Result<Vec<FramePin>> {
+    let mut pins = Vec::new();
+    let mut foreign = false;
+    subtree.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            match frame_table(scan) {
+                Some(t) if t.index().frame() == split.index().frame() => {}
+                Some(t) => pins.push(FramePin::new(t.index().frame(), t.index().version())),
+                None => foreign = true,
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if foreign {
+        return Err(QueryError::Invalid(
+            "the fragment reads a table that is not a frame".into(),
+        ));
+    }
+    pins.sort_by(|a, b| (&a.hive, &a.r#box, &a.frame).cmp(&(&b.hive, &b.r#box, &b.frame)));
+    pins.dedup();
+    Ok(pins)
+}
+
+/// Partial and final aggregation of `agg` over `input`, or `None` if it does not decompose.
+fn decompose(agg: &Aggregate, input: &LogicalPlan) -> Result<Option<(LogicalPlan, Finish)>> {
+    if agg
+        .group_expr
+        .iter()
+        .any(|e| matches!(e, Expr::GroupingSet(_)))
+    {
+        return Ok(None);
+    }
+    let schema = input.schema();
+    let groups = agg.group_expr.len();
+    // Partial grouping: the query's keys, then each DISTINCT argument.
+    let mut partial_groups: Vec<Expr> = agg.group_expr.clone();
+    let mut partial_aggs: Vec<Expr> = Vec::new();
+    let mut finals: Vec<Expr> = Vec::new();
+    let mut outputs: Vec<Expr> = Vec::new();
+    // Column names in the partials: groups c0.., distinct keys next, partial aggregates last.
+    let mut pending: Vec<Pending> = Vec::new();
+    for e in &agg.aggr_expr {
+        let inner = match e {
+            Expr::Alias(a) => a.expr.as_ref(),
+            other => other,
+        };
+        let Expr::AggregateFunction(AggregateFunction { func, params }) = inner else {
+            return Ok(None);
+        };
+        if params.filter.is_some() || !params.order_by.is_empty() || params.null_treatment.is_some()
+        {
+            return Ok(None);
+        }
+        let name = func.name().to_ascii_lowercase();
+        if params.distinct {
+            if params.args.len() != 1 || !matches!(name.as_str(), "count" | "sum" | "min" | "max" | "avg")
+            {
+                return Ok(None);
+            }
+            let key = match partial_groups.iter().position(|g| g == &params.args[0]) {
+                Some(k) => k,
+                None => {
+                    partial_groups.push(params.args[0].clone());
+                    partial_groups.len() - 1
+                }
+            };
+            pending.push(Pending::Distinct {
+                func: Arc::clone(func),
+                key,
+            });
+            continue;
+        }
+        match name.as_str() {
+            "count" | "sum" | "min" | "max" => {
+                partial_aggs.push(inner.clone());
+                let merge = if name == "count" {
+                    sum_udaf()
+                } else {
+                    Arc::clone(func)
+                };
+                pending.push(Pending::Merge {
+                    func: merge,
+                    partial: partial_aggs.len() - 1,
+                });
+            }
+            "avg" => {
+                let [arg] = params.args.as_slice() else {
+                    return Ok(None);
+                };
+                let t = arg.get_type(schema.as_ref())?;
+                if !t.is_numeric() || matches!(t, DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..) | DataType::Decimal256(..)) {
+                    return Ok(None);
+                }
+                partial_aggs.push(Expr::AggregateFunction(AggregateFunction::new_udf(
+                    sum_udaf(),
+                    vec![cast(arg.clone(), DataType::Float64)],
+                    false,
+                    None,
+                    vec![],
+                    None,
+                )));
+                partial_aggs.push(Expr::AggregateFunction(AggregateFunction::new_udf(
+                    count_udaf(),
+                    vec![arg.clone()],
+                    false,
+                    None,
+                    vec![],
+                    None,
+                )));
+                pending.push(Pending::Avg {
+                    sum: partial_aggs.len() - 2,
+                    count: partial_aggs.len() - 1,
+                });
+            }
+            _ => return Ok(None),
+        }
+    }
+    let first_partial = partial_groups.len();
+    let col = |i: usize| Expr::Column(Column::from_name(format!("c{i}")));
+    let mut next_final = 0usize;
+    let mut add_final = |finals: &mut Vec<Expr>, e: Expr| {
+        let name = format!("f{next_final}");
+        next_final += 1;
+        finals.push(e.alias(&name));
+        Expr::Column(Column::from_name(name))
+    };
+    for p in pending {
+        let out = match p {
+            Pending::Merge { func, partial } => add_final(
+                &mut finals,
+                Expr::AggregateFunction(AggregateFunction::new_udf(
+                    func,
+                    vec![col(first_partial + partial)],
+                    false,
+                    None,
+                    vec![],
+                    None,
+                )),
+            ),
+            Pending::Distinct { func, key } => add_final(
+                &mut finals,
+                Expr::AggregateFunction(AggregateFunction::new_udf(
+                    func,
+                    vec![col(key)],
+                    true,
+                    None,
+                    vec![],
+                    None,
+                )),
+            ),
+            Pending::Avg { sum, count } => {
+                let total = add_final(
+                    &mut finals,
+                    Expr::AggregateFunction(AggregateFunction::new_udf(
+                        sum_udaf(),
+                        vec![col(first_partial + sum)],
+                        false,
+                        None,
+                        vec![],
+                        None,
+                    )),
+                );
+                let n = add_final(
+                    &mut finals,
+                    Expr::AggregateFunction(AggregateFunction::new_udf(
+                        sum_udaf(),
+                        vec![col(first_partial + count)],
+                        false,
+                        None,
+                        vec![],
+                        None,
+                    )),
+                );
+                when(n.clone().eq(lit(0i64)), lit(ScalarValue::Float64(None)))
+                    .otherwise(total / cast(n, DataType::Float64))?
+            }
+        };
+        outputs.push(out);
+    }
+    let partial = LogicalPlan::Aggregate(Aggregate::try_new(
+        Arc::new(input.clone()),
+        partial_groups,
+        partial_aggs,
+    )?);
+    Ok(Some((
+        partial,
+        Finish::Aggregate {
+            groups,
+            finals,
+            outputs,
+            schema: Arc::clone(&agg.schema),
+        },
+    )))
+}
+
+enum Pending {
+    Merge {
+        func: Arc<datafusion::logical_expr::AggregateUDF>,
+        partial: usize,
+    },
+    Distinct {
+        func: Arc<datafusion::logical_expr::AggregateUDF>,
+        key: usize,
+    },
+    Avg {
+        sum: usize,
+        count: usize,
+    },
+}
+
+/// `plan` with the node at `path` replaced by `new`.
+fn replace_at(plan: &LogicalPlan, path: &[usize], new: LogicalPlan) -> DfResult<LogicalPlan> {
+    let Some((&first, rest)) = path.split_first() else {
+        return Ok(new);
+    };
+    let mut inputs: Vec<LogicalPlan> = plan.inputs().into_iter().cloned().collect();
+    inputs[first] = replace_at(&inputs[first], rest, new)?;
+    plan.with_new_exprs(plan.expressions(), inputs)
+}

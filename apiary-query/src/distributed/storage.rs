@@ -1,0 +1,379 @@
+//! [`StorageShuffle`]: the default transport, through the shared storage.
+//!
+//! ```text
+//! _queries/{query_id}/query.json                          who coordinates (written first)
+//! _queries/{query_id}/tasks/{node_id}/{task:06}-{attempt}.json   a task (manifest format)
+//! _queries/{query_id}/results/{task:06}-{attempt}.arrow   rows: one Arrow IPC stream
+//! _queries/{query_id}/results/{task:06}-{attempt}.empty   done, no rows (a JSON report)
+//! _queries/{query_id}/results/{task:06}-{attempt}.failed  failed (a JSON report and error)
+//! _doorbells/{node_id}.json                               rung after tasks are published
+//! ```
+//!
+//! An `.arrow` result carries the worker's report in its schema metadata
+//! (`apiary.task_report`). Every object is written whole by one PUT, so a reader never sees
+//! part of one.
+//!
+//! Discovery costs an idle node one HEAD of its doorbell per poll and nothing else (HEAD is
+//! a GET-class request: at the default 1 s poll, 60 a minute, no LIST). A coordinator writes
+//! its tasks first and then rewrites the doorbell of each node it gave tasks to, with a new
+//! nonce, so the doorbell's ETag changes after every publication. A worker that sees a
+//! change lists `_queries/` and its own task folder in each query: every task published
+//! before the ring it saw is in that listing. Two coordinators ringing at once overwrite
+//! each other's doorbell content, which is harmless: the content is only a nonce, and the
+//! change itself is the signal. Per-node objects live outside `_queries/`, so `_queries/` is
+//! empty whenever no query runs.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use apiary_storage::{Path, RESERVED_PREFIX, StorageBackend};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use super::manifest::{TaskKey, TaskSpec, validate_query_id};
+use super::transport::{Delivered, ShuffleTransport, TaskOutcome, TaskReport};
+use crate::error::{QueryError, Result};
+
+/// Where queries live.
+pub const QUERIES_DIR: &str = "_queries";
+/// Where doorbells live.
+pub const DOORBELL_DIR: &str = "_doorbells";
+/// Schema metadata key of a result's report.
+pub const REPORT_KEY: &str = "apiary.task_report";
+
+/// Concurrent requests of one cleanup.
+const CONCURRENCY: usize = 16;
+
+#[derive(Serialize, Deserialize)]
+struct QueryInfo {
+    format: u32,
+    query_id: String,
+    coordinator: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Marker {
+    report: TaskReport,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Doorbell<'a> {
+    query_id: &'a str,
+    nonce: String,
+}
+
+/// A doorbell as last seen: any change in these means "look".
+type Seen = (Option<String>, i64, u64);
+
+/// The storage transport (see the module docs for its layout and costs).
+#[derive(Debug)]
+pub struct StorageShuffle {
+    backend: Arc<dyn StorageBackend>,
+    doorbells: Mutex<HashMap<String, Seen>>,
+}
+
+impl StorageShuffle {
+    /// A transport over `backend`.
+    pub fn new(backend: Arc<dyn StorageBackend>) -> Self {
+        Self {
+            backend,
+            doorbells: Mutex::default(),
+        }
+    }
+
+    fn query_dir(query_id: &str) -> Path {
+        Path::from(QUERIES_DIR).join(query_id)
+    }
+
+    fn task_key(task: &TaskSpec) -> Path {
+        Self::query_dir(&task.query_id)
+            .join("tasks")
+            .join(task.node_id.as_str())
+            .join(format!("{:06}-{}.json", task.task_id, task.attempt))
+    }
+
+    fn result_key(key: &TaskKey, ext: &str) -> Path {
+        Self::query_dir(&key.query_id)
+            .join("results")
+            .join(format!("{:06}-{}.{ext}", key.task_id, key.attempt))
+    }
+
+    fn doorbell(node_id: &str) -> Path {
+        Path::from(DOORBELL_DIR).join(format!("{node_id}.json"))
+    }
+
+    async fn delete_all(&self, keys: Vec<Path>) -> Result<()> {
+        futures::stream::iter(keys)
+            .map(|k| async move { self.backend.delete(&k).await })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// The store's clock now: the modification stamp of a probe object.
+    async fn store_now(&self) -> Result<i64> {
+        let probe = Path::from(format!(
+            "{RESERVED_PREFIX}/clock/{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        self.backend.put(&probe, Bytes::from_static(b"{}")).await?;
+        let now = self.backend.head(&probe).await;
+        let _ = self.backend.delete(&probe).await;
+        Ok(now?.last_modified_ms)
+    }
+}
+
+fn parse_result_name(name: &str) -> Option<(u32, u32, &str)> {
+    let (stem, ext) = name.rsplit_once('.')?;
+    let (task, attempt) = stem.split_once('-')?;
+    Some((task.parse().ok()?, attempt.parse().ok()?, ext))
+}
+
+#[async_trait]
+impl ShuffleTransport for StorageShuffle {
+    async fn publish_tasks(
+        &self,
+        query_id: &str,
+        coordinator: &str,
+        tasks: &[TaskSpec],
+    ) -> Result<()> {
+        validate_query_id(query_id)?;
+        let info = serde_json::to_vec(&QueryInfo {
+            format: 1,
+            query_id: query_id.to_string(),
+            coordinator: coordinator.to_string(),
+        })
+        .map_err(|e| QueryError::Execution(e.to_string()))?;
+        self.backend
+            .put(&Self::query_dir(query_id).join("query.json"), info.into())
+            .await?;
+        let writes: Vec<(Path, Bytes)> = tasks
+            .iter()
+            .map(|t| Ok((Self::task_key(t), Bytes::from(t.encode()?))))
+            .collect::<Result<_>>()?;
+        futures::stream::iter(writes)
+            .map(|(key, bytes)| {
+                let backend = Arc::clone(&self.backend);
+                async move {
+                    backend.put(&key, bytes).await?;
+                    Ok::<_, QueryError>(())
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let mut nodes: Vec<String> = tasks.iter().map(|t| t.node_id.clone()).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let rings: Vec<(Path, Bytes)> = nodes
+            .iter()
+            .map(|node| {
+                let ring = serde_json::to_vec(&Doorbell {
+                    query_id,
+                    nonce: uuid::Uuid::new_v4().simple().to_string(),
+                })
+                .map_err(|e| QueryError::Execution(e.to_string()))?;
+                Ok((Self::doorbell(node), Bytes::from(ring)))
+            })
+            .collect::<Result<_>>()?;
+        futures::stream::iter(rings)
+            .map(|(key, bytes)| {
+                let backend = Arc::clone(&self.backend);
+                async move {
+                    backend.put(&key, bytes).await?;
+                    Ok::<_, QueryError>(())
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn poll_tasks(&self, node_id: &str) -> Result<Vec<TaskSpec>> {
+        let meta = match self.backend.head(&Self::doorbell(node_id)).await {
+            Ok(meta) => meta,
+            Err(e) if e.is_not_found() => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let seen: Seen = (meta.version.e_tag.clone(), meta.last_modified_ms, meta.size);
+        let changed = self
+            .doorbells
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node_id)
+            != Some(&seen);
+        if !changed {
+            return Ok(Vec::new());
+        }
+        let queries = self
+            .backend
+            .list_with_delimiter(&Path::from(QUERIES_DIR))
+            .await?;
+        let mut keys = Vec::new();
+        for prefix in &queries.prefixes {
+            let dir = prefix.clone().join("tasks").join(node_id);
+            keys.extend(self.backend.list(&dir).await?.into_iter().map(|m| m.key));
+        }
+        let tasks: Vec<Option<TaskSpec>> = futures::stream::iter(keys)
+            .map(|key| async move {
+                match self.backend.get(&key).await {
+                    Ok(object) => match TaskSpec::decode(key.as_ref(), &object.bytes) {
+                        Ok(task) if task.node_id == node_id => Ok(Some(task)),
+                        Ok(_) => Ok(None),
+                        Err(e) => {
+                            // A malformed task cannot be answered; the coordinator's deadline
+                            // reassigns it, and the node goes on.
+                            tracing::warn!(key = %key, error = %e, "task skipped");
+                            Ok(None)
+                        }
+                    },
+                    // Finished and removed between the listing and the read.
+                    Err(e) if e.is_not_found() => Ok(None),
+                    Err(e) => Err(QueryError::from(e)),
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        // Only now: a failed read above leaves the doorbell "unseen" so the next poll retries.
+        self.doorbells
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node_id.to_string(), seen);
+        Ok(tasks.into_iter().flatten().collect())
+    }
+
+    async fn publish_outcome(
+        &self,
+        task: &TaskSpec,
+        outcome: TaskOutcome,
+        report: &TaskReport,
+    ) -> Result<()> {
+        let key = task.key();
+        let (path, bytes) = match outcome {
+            // The worker's stream already carries its report (see `result`).
+            TaskOutcome::Rows(ipc) => (Self::result_key(&key, "arrow"), ipc),
+            TaskOutcome::Empty => (
+                Self::result_key(&key, "empty"),
+                marker(report, None)?,
+            ),
+            TaskOutcome::Failed(error) => (
+                Self::result_key(&key, "failed"),
+                marker(report, Some(error))?,
+            ),
+        };
+        self.backend.put(&path, bytes).await?;
+        Ok(())
+    }
+
+    async fn collect(&self, query_id: &str, wanted: &[TaskKey]) -> Result<Vec<Delivered>> {
+        validate_query_id(query_id)?;
+        let listed = self
+            .backend
+            .list(&Self::query_dir(query_id).join("results"))
+            .await?;
+        let found: Vec<(TaskKey, String, Path)> = listed
+            .into_iter()
+            .filter_map(|m| {
+                let (task_id, attempt, ext) = parse_result_name(m.key.filename()?)?;
+                let key = TaskKey {
+                    query_id: query_id.to_string(),
+                    task_id,
+                    attempt,
+                };
+                wanted
+                    .contains(&key)
+                    .then(|| (key, ext.to_string(), m.key.clone()))
+            })
+            .collect();
+        futures::stream::iter(found)
+            .map(|(key, ext, path)| async move {
+                let object = self.backend.get(&path).await?;
+                let what = path.to_string();
+                let delivered = match ext.as_str() {
+                    // The report travels in the stream's schema metadata.
+                    "arrow" => Delivered {
+                        key,
+                        outcome: TaskOutcome::Rows(object.bytes),
+                        report: TaskReport::default(),
+                    },
+                    "empty" | "failed" => {
+                        let marker: Marker = serde_json::from_slice(&object.bytes).map_err(|e| {
+                            QueryError::Execution(format!("result `{what}` is damaged: {e}"))
+                        })?;
+                        Delivered {
+                            key,
+                            outcome: match ext.as_str() {
+                                "empty" => TaskOutcome::Empty,
+                                _ => TaskOutcome::Failed(
+                                    marker.error.unwrap_or_else(|| "no cause given".into()),
+                                ),
+                            },
+                            report: marker.report,
+                        }
+                    }
+                    other => {
+                        return Err(QueryError::Execution(format!(
+                            "result `{what}` has an unknown kind `{other}`"
+                        )));
+                    }
+                };
+                Ok::<_, QueryError>(delivered)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    async fn finish(&self, query_id: &str) -> Result<()> {
+        validate_query_id(query_id)?;
+        let listed = self.backend.list(&Self::query_dir(query_id)).await?;
+        // The query object last, so a half-finished cleanup is still recognisable as a query.
+        let (info, rest): (Vec<_>, Vec<_>) = listed
+            .into_iter()
+            .map(|m| m.key)
+            .partition(|k| k.filename() == Some("query.json"));
+        self.delete_all(rest).await?;
+        self.delete_all(info).await
+    }
+
+    async fn sweep(&self, retention: Duration) -> Result<usize> {
+        let queries = self
+            .backend
+            .list_with_delimiter(&Path::from(QUERIES_DIR))
+            .await?;
+        if queries.prefixes.is_empty() {
+            return Ok(0);
+        }
+        let now = self.store_now().await?;
+        let mut swept = 0;
+        for prefix in queries.prefixes {
+            let objects = self.backend.list(&prefix).await?;
+            let newest = objects.iter().map(|m| m.last_modified_ms).max();
+            if newest.is_some_and(|t| now.saturating_sub(t) > retention.as_millis() as i64) {
+                tracing::info!(query = %prefix, "removing a query left by its coordinator");
+                self.delete_all(objects.into_iter().map(|m| m.key).collect())
+                    .await?;
+                swept += 1;
+            }
+        }
+        Ok(swept)
+    }
+}
+
+fn marker(report: &TaskReport, error: Option<String>) -> Result<Bytes> {
+    serde_json::to_vec(&Marker {
+        report: report.clone(),
+        error,
+    })
+    .map(Bytes::from)
+    .map_err(|e| QueryError::Execution(e.to_string()))
+}

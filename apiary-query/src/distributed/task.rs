@@ -1,0 +1,128 @@
+//! Running one task on a worker.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use futures::TryStreamExt;
+
+use super::manifest::TaskSpec;
+use super::result;
+use super::transport::{TaskOutcome, TaskReport};
+use crate::catalog::Pinned;
+use crate::error::{QueryError, Result};
+use crate::session::QueryEngine;
+
+/// Runs `task` with `engine` and returns how it ended: never an error, since a failure is an
+/// outcome the coordinator must hear about. The fragment must be one read-only query (the
+/// same checks as `sql`), it sees only the frames the task pins (the split frame with only
+/// the task's cells), and it is cancelled at the task's timeout.
+pub async fn run_task(engine: &QueryEngine, node_id: &str, task: &TaskSpec) -> (TaskOutcome, TaskReport) {
+    let started = Instant::now();
+    let timeout = Duration::from_millis(task.timeout_ms.max(1));
+    let outcome = match tokio::time::timeout(timeout, execute(engine, task)).await {
+        Ok(Ok(batches)) => encode(task, batches, node_id, started),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(QueryError::Execution(format!(
+            "the task ran past its timeout of {timeout:?} and was stopped"
+        ))),
+    };
+    let mut report = TaskReport {
+        node_id: node_id.to_string(),
+        rows: 0,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    };
+    match outcome {
+        Ok((outcome, rows)) => {
+            report.rows = rows;
+            (outcome, report)
+        }
+        Err(e) => (TaskOutcome::Failed(e.to_string()), report),
+    }
+}
+
+fn encode(
+    task: &TaskSpec,
+    batches: Vec<RecordBatch>,
+    node_id: &str,
+    started: Instant,
+) -> Result<(TaskOutcome, u64)> {
+    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    if rows == 0 {
+        return Ok((TaskOutcome::Empty, 0));
+    }
+    let schema = task.expected_schema()?;
+    let report = TaskReport {
+        node_id: node_id.to_string(),
+        rows,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    };
+    let ipc = result::encode_with_report(&schema, &batches, &report)?;
+    Ok((TaskOutcome::Rows(ipc), rows))
+}
+
+async fn execute(engine: &QueryEngine, task: &TaskSpec) -> Result<Vec<RecordBatch>> {
+    let expected = task.expected_schema()?;
+    let mut pins = HashMap::new();
+    pins.insert(
+        task.split.frame_ref()?,
+        Pinned {
+            version: task.split.version,
+            cells: Some(task.cells.iter().cloned().collect::<BTreeSet<_>>()),
+        },
+    );
+    for pin in &task.pins {
+        let frame = pin.frame_ref()?;
+        if pins.contains_key(&frame) {
+            return Err(QueryError::Invalid(format!(
+                "the task pins frame `{frame}` twice"
+            )));
+        }
+        pins.insert(
+            frame,
+            Pinned {
+                version: pin.version,
+                cells: None,
+            },
+        );
+    }
+    let stream = engine.run_fragment(&task.sql, &task.scope, pins).await?;
+    let batches: Vec<RecordBatch> = stream.try_collect().await?;
+    batches
+        .into_iter()
+        .map(|b| coerce(b, &expected))
+        .collect()
+}
+
+/// `batch` with the expected schema: columns by position, cast where only the
+/// representation differs (a view type for a string, say).
+pub(crate) fn coerce(batch: RecordBatch, expected: &arrow_schema::SchemaRef) -> Result<RecordBatch> {
+    if batch.num_columns() != expected.fields().len() {
+        return Err(QueryError::Execution(format!(
+            "the fragment returned {} columns where {} were expected",
+            batch.num_columns(),
+            expected.fields().len()
+        )));
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(expected.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(std::sync::Arc::clone(c))
+            } else {
+                arrow_cast::cast(c, f.data_type()).map_err(|e| {
+                    QueryError::Execution(format!(
+                        "column `{}` is {} where {} was expected: {e}",
+                        f.name(),
+                        c.data_type(),
+                        f.data_type()
+                    ))
+                })
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new(std::sync::Arc::clone(expected), columns)
+        .map_err(|e| QueryError::Execution(format!("the fragment's result: {e}")))
+}

@@ -1,0 +1,101 @@
+//! The [`ShuffleTransport`] seam: how tasks reach workers and results reach coordinators.
+//!
+//! The default, [`StorageShuffle`](super::StorageShuffle), goes through the shared storage;
+//! a researcher can plug in another (Arrow Flight, a message queue) behind the same trait and
+//! check it with [`conformance`](super::conformance).
+//!
+//! # Contract
+//!
+//! * **Delivery.** A task published with [`publish_tasks`](ShuffleTransport::publish_tasks)
+//!   is returned by [`poll_tasks`](ShuffleTransport::poll_tasks) of its node (`node_id`) at
+//!   least once, as long as the query has not been [`finish`](ShuffleTransport::finish)ed,
+//!   and never to another node. `poll_tasks` may return a task again (after a restart, or
+//!   whenever the transport cannot tell): workers drop tasks they already took, by
+//!   [`TaskKey`].
+//! * **Results.** An outcome published with
+//!   [`publish_outcome`](ShuffleTransport::publish_outcome) is returned by
+//!   [`collect`](ShuffleTransport::collect) for that query whenever its key is asked for,
+//!   whole or not at all (a reader never sees part of a result). Publishing an outcome for
+//!   the same key twice keeps one of them (workers publish the same answer for a key).
+//! * **Ordering.** None across tasks: the coordinator orders nothing by arrival.
+//! * **Crashes.** A worker that dies leaves its tasks without outcomes; the coordinator sees
+//!   that through membership and deadlines and publishes a new attempt elsewhere. Outcomes of
+//!   older attempts stay valid (every attempt computes the same answer) and may arrive late.
+//!   A coordinator that dies leaves its query behind; [`sweep`](ShuffleTransport::sweep)
+//!   removes queries older than a retention, whoever calls it.
+//! * **Cleanup.** After `finish`, nothing of the query remains and late outcomes for it are
+//!   dropped or swept.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::manifest::{TaskKey, TaskSpec};
+use crate::error::Result;
+
+/// What a worker reports about a task it ran (for `EXPLAIN ANALYZE` and statistics).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// The node that ran it.
+    pub node_id: String,
+    /// Rows in the result.
+    pub rows: u64,
+    /// Wall time from taking the task to publishing its outcome, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskOutcome {
+    /// The result, as one Arrow IPC stream.
+    Rows(Bytes),
+    /// Done, and the result has no rows (the coordinator need not fetch anything).
+    Empty,
+    /// Failed; the message says why.
+    Failed(String),
+}
+
+/// An outcome with its report, as the coordinator receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivered {
+    /// Which attempt.
+    pub key: TaskKey,
+    /// Its outcome.
+    pub outcome: TaskOutcome,
+    /// What the worker reported.
+    pub report: TaskReport,
+}
+
+/// Moves tasks from a coordinator to workers and results back. See the module docs for the
+/// contract every implementation keeps.
+#[async_trait]
+pub trait ShuffleTransport: Send + Sync + std::fmt::Debug + 'static {
+    /// Publishes tasks of `query_id` (a new query's, or new attempts of its tasks); returns
+    /// once each is visible to its node.
+    async fn publish_tasks(&self, query_id: &str, coordinator: &str, tasks: &[TaskSpec])
+    -> Result<()>;
+
+    /// Tasks meant for `node_id` that may not have been returned before. Cheap when there is
+    /// nothing new: this is what an idle node calls every poll.
+    async fn poll_tasks(&self, node_id: &str) -> Result<Vec<TaskSpec>>;
+
+    /// Publishes how an attempt ended.
+    async fn publish_outcome(
+        &self,
+        task: &TaskSpec,
+        outcome: TaskOutcome,
+        report: &TaskReport,
+    ) -> Result<()>;
+
+    /// The outcomes available now among `wanted` (all keys of one query).
+    async fn collect(&self, query_id: &str, wanted: &[TaskKey]) -> Result<Vec<Delivered>>;
+
+    /// Removes everything of the query.
+    async fn finish(&self, query_id: &str) -> Result<()>;
+
+    /// Removes queries older than `retention` (left by coordinators that died); returns how
+    /// many.
+    async fn sweep(&self, retention: Duration) -> Result<usize>;
+}

@@ -1,0 +1,72 @@
+//! The shuffle transport conformance suite on the storage transport over memory, a local
+//! folder and the S3 test server; and the manifest decoder against arbitrary bytes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use apiary_query::distributed::{ShuffleTransport, StorageShuffle, TaskSpec, conformance};
+use apiary_storage::conformance::s3_test_uri;
+use apiary_storage::{StorageUri, open};
+use proptest::prelude::*;
+
+async fn storage_shuffle(uri: &StorageUri) -> Arc<dyn ShuffleTransport> {
+    Arc::new(StorageShuffle::new(open(uri).await.unwrap()))
+}
+
+#[tokio::test]
+async fn storage_shuffle_on_memory() {
+    conformance::run_all(storage_shuffle(&StorageUri::parse("memory://").unwrap()).await).await;
+}
+
+#[tokio::test]
+async fn storage_shuffle_on_a_local_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = StorageUri::parse(&dir.path().display().to_string()).unwrap();
+    conformance::run_all(storage_shuffle(&uri).await).await;
+    // Nothing of any query is left under `_queries/`.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("_queries"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn storage_shuffle_on_s3() {
+    conformance::run_all(storage_shuffle(&s3_test_uri("shuffle")).await).await;
+}
+
+#[tokio::test]
+async fn a_sweep_removes_only_old_queries() {
+    let backend = open(&StorageUri::parse("memory://").unwrap()).await.unwrap();
+    let t = StorageShuffle::new(Arc::clone(&backend));
+    t.publish_tasks("q-old", "c", &[conformance::task("q-old", 0, 1, "n")])
+        .await
+        .unwrap();
+    assert_eq!(t.sweep(std::time::Duration::from_secs(60)).await.unwrap(), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    assert_eq!(t.sweep(std::time::Duration::from_millis(10)).await.unwrap(), 1);
+    let left = backend
+        .list(&apiary_storage::Path::from("_queries"))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    /// Arbitrary bytes, and mutations of a valid task, decode or fail with an error naming
+    /// the object; never a panic. A task that decodes round-trips.
+    #[test]
+    fn task_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600),
+                                  flip in any::<(usize, u8)>()) {
+        let _ = TaskSpec::decode("t", &bytes);
+        let mut valid = conformance::task("q-p", 1, 1, "n").encode().unwrap();
+        let at = flip.0 % valid.len();
+        valid[at] ^= flip.1;
+        match TaskSpec::decode("t", &valid) {
+            Ok(task) => prop_assert_eq!(TaskSpec::decode("t", &task.encode().unwrap()).unwrap(), task),
+            Err(e) => prop_assert!(e.to_string().contains("task `t`")),
+        }
+    }
+}
