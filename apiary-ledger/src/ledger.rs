@@ -152,7 +152,9 @@ impl FrameLedger {
                     Ok(cp) if cp.format == FORMAT_VERSION && cp.state.version == at => {
                         state = Some(Arc::new(cp.state));
                     }
-                    _ => tracing::warn!(key = %key, "damaged checkpoint ignored; replaying the ledger"),
+                    _ => {
+                        tracing::warn!(key = %key, "damaged checkpoint ignored; replaying the ledger")
+                    }
                 }
             }
         }

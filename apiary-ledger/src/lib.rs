@@ -15,8 +15,8 @@
 pub mod cells;
 mod decode;
 pub mod entry;
-pub mod ipc;
 mod error;
+pub mod ipc;
 mod layout;
 mod ledger;
 mod names;

@@ -13,10 +13,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use apiary::apiary_query::Result;
 use apiary::apiary_query::distributed::{
     Delivered, ShuffleTransport, TaskKey, TaskOutcome, TaskReport, TaskSpec, conformance,
 };
-use apiary::apiary_query::Result;
 use apiary::apiary_storage::{self, StorageUri};
 use apiary::apiary_swarm::SwarmConfig;
 use apiary::{Apiary, ApiaryOptions, NodeOptions};
@@ -50,7 +50,12 @@ impl std::fmt::Debug for State {
 
 #[async_trait]
 impl ShuffleTransport for ChannelShuffle {
-    async fn publish_tasks(&self, query_id: &str, _coordinator: &str, tasks: &[TaskSpec]) -> Result<()> {
+    async fn publish_tasks(
+        &self,
+        query_id: &str,
+        _coordinator: &str,
+        tasks: &[TaskSpec],
+    ) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let query = state.queries.entry(query_id.to_string()).or_default();
         query.tasks.extend(tasks.iter().cloned());
@@ -67,13 +72,24 @@ impl ShuffleTransport for ChannelShuffle {
             .cloned()
             .collect();
         let handed = state.handed.entry(node_id.to_string()).or_default();
-        Ok(mine.into_iter().filter(|t| handed.insert(t.key())).collect())
+        Ok(mine
+            .into_iter()
+            .filter(|t| handed.insert(t.key()))
+            .collect())
     }
 
-    async fn publish_outcome(&self, task: &TaskSpec, outcome: TaskOutcome, report: &TaskReport) -> Result<()> {
+    async fn publish_outcome(
+        &self,
+        task: &TaskSpec,
+        outcome: TaskOutcome,
+        report: &TaskReport,
+    ) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(query) = state.queries.get_mut(&task.query_id) {
-            query.outcomes.entry(task.key()).or_insert((outcome, report.clone()));
+            query
+                .outcomes
+                .entry(task.key())
+                .or_insert((outcome, report.clone()));
         }
         Ok(())
     }
@@ -154,15 +170,25 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
 
     ap.create_hive("demo").await?;
     ap.create_box("demo", "events").await?;
-    ap.create_frame("demo", "events", "clicks", &[("id", "int64"), ("country", "utf8")], &["country"])
-        .await?;
+    ap.create_frame(
+        "demo",
+        "events",
+        "clicks",
+        &[("id", "int64"), ("country", "utf8")],
+        &["country"],
+    )
+    .await?;
     for country in ["us", "de", "fr", "jp"] {
         let ids: Vec<i64> = (0..1000).collect();
         let batch = RecordBatch::try_from_iter([
             ("id", Arc::new(Int64Array::from(ids)) as _),
-            ("country", Arc::new(StringArray::from(vec![country; 1000])) as _),
+            (
+                "country",
+                Arc::new(StringArray::from(vec![country; 1000])) as _,
+            ),
         ])?;
-        ap.write_to_frame("demo", "events", "clicks", [batch]).await?;
+        ap.write_to_frame("demo", "events", "clicks", [batch])
+            .await?;
     }
     let sql = "SELECT country, COUNT(*) AS n, SUM(id) AS s FROM demo.events.clicks GROUP BY country ORDER BY country";
     let mut session = ap.sql_session()?;
@@ -179,8 +205,13 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     assert_eq!(local, spread, "the distributed answer equals the local one");
     let plan = session.sql(&format!("EXPLAIN ANALYZE {sql}")).await?;
     let text = format!("{:?}", plan.batches());
-    assert!(text.contains("node-two") && text.contains("node-one"), "tasks ran on both nodes");
-    println!("a query distributed over node-one and node-two through ChannelShuffle answered like one node");
+    assert!(
+        text.contains("node-two") && text.contains("node-one"),
+        "tasks ran on both nodes"
+    );
+    println!(
+        "a query distributed over node-one and node-two through ChannelShuffle answered like one node"
+    );
     for ap in &nodes {
         ap.shutdown().await?;
     }

@@ -27,7 +27,8 @@ use apiary_swarm::{Membership, NodeId};
 use crate::{Apiary, ApiaryOptions, NodeOptions, Result};
 
 /// Makes the membership of a node once its id is known (at `start`).
-pub type MembershipFactory = Arc<dyn Fn(&NodeId, &NodeOptions) -> Arc<dyn Membership> + Send + Sync>;
+pub type MembershipFactory =
+    Arc<dyn Fn(&NodeId, &NodeOptions) -> Arc<dyn Membership> + Send + Sync>;
 
 /// Composes an [`Apiary`] from parts; anything not given is the default.
 pub struct ApiaryBuilder {

@@ -23,10 +23,10 @@ use apiary_ledger::{
     BoxInfo, Column, Created, FrameDefinition, FrameInfo, FrameRef, FrameSchema, HiveInfo,
     LedgerConfig, LedgerError, Registry, WriteMode, WriteOptions, WriteResult,
 };
-use apiary_storage::{StorageBackend, StorageError, StorageUri};
 use apiary_query::distributed::{
     Cluster, DistributeMode, DistributeSettings, ShuffleTransport, StorageShuffle,
 };
+use apiary_storage::{StorageBackend, StorageError, StorageUri};
 use apiary_swarm::{
     AgentConfig, Bees, Membership, NodeId, NodeIdentity, StorageHeartbeats, SwarmAgent,
     SwarmConfig, SwarmError, WorldView,
@@ -229,8 +229,8 @@ impl Apiary {
         membership: Option<MembershipFactory>,
         transport: Option<Arc<dyn ShuffleTransport>>,
     ) -> Self {
-        let transport = transport
-            .unwrap_or_else(|| Arc::new(StorageShuffle::new(Arc::clone(&backend))));
+        let transport =
+            transport.unwrap_or_else(|| Arc::new(StorageShuffle::new(Arc::clone(&backend))));
         Self {
             name: options.name,
             storage: options.storage,
@@ -407,7 +407,9 @@ impl Apiary {
             Some(Arc::new(AgentView(Arc::clone(&agent))));
         cluster::spawn_worker(
             Arc::clone(&self.transport),
-            self.query_engine()?.clone().with_distribute(DistributeMode::Never),
+            self.query_engine()?
+                .clone()
+                .with_distribute(DistributeMode::Never),
             agent.node_id().to_string(),
             Arc::clone(&bees),
             options.task_poll_interval,
@@ -631,12 +633,12 @@ impl Apiary {
                 ..QueryOptions::default()
             },
         )?
-        .with_cluster(Cluster {
-            transport: Arc::clone(&self.transport),
+        .with_cluster(Cluster::new(
+            Arc::clone(&self.transport),
             directory,
-            settings: self.distribute.clone(),
+            self.distribute.clone(),
             coordinator,
-        })
+        ))
         .with_distribute(self.distribute_mode);
         // A racing first call may have set it; either engine is equivalent.
         Ok(self.query.get_or_init(|| engine))

@@ -50,7 +50,15 @@ fn node_env(task_poll: &str) -> Vec<(String, String)> {
 fn start(storage: &str, dir: &Path, id: &str, task_poll: &str) -> Node {
     let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_apiary"))
-        .args(["node", "--storage", storage, "--node-id", id, "--memory", "2GiB"])
+        .args([
+            "node",
+            "--storage",
+            storage,
+            "--node-id",
+            id,
+            "--memory",
+            "2GiB",
+        ])
         .arg("--state-dir")
         .arg(dir.join(format!("{id}.state")))
         .envs(node_env(task_poll))
@@ -103,12 +111,15 @@ async fn load(ap: &Apiary) {
             let n = 200;
             let base = round * 10_000 + ci as i64 * 1000;
             let ids: Vec<i64> = (0..n).map(|i| base + i).collect();
-            let users: Vec<String> = (0..n).map(|i| format!("u{}", (i * 7 + round) % 37)).collect();
+            let users: Vec<String> = (0..n)
+                .map(|i| format!("u{}", (i * 7 + round) % 37))
+                .collect();
             let pages: Vec<Option<String>> = (0..n)
                 .map(|i| (i % 11 != 0).then(|| format!("/p{}", (i + ci as i64) % 5)))
                 .collect();
-            let durations: Vec<Option<i64>> =
-                (0..n).map(|i| (i % 13 != 0).then_some((i * 37 + base) % 900)).collect();
+            let durations: Vec<Option<i64>> = (0..n)
+                .map(|i| (i % 13 != 0).then_some((i * 37 + base) % 900))
+                .collect();
             let batch = RecordBatch::try_new(
                 common::clicks_schema(),
                 vec![
@@ -202,8 +213,13 @@ fn canonical(batches: &[RecordBatch]) -> Vec<String> {
 
 async fn answer(ap: &Apiary, mode: &str, sql: &str) -> Vec<String> {
     let mut s = ap.sql_session().unwrap();
-    s.sql(&format!("SET apiary.distribute = '{mode}'")).await.unwrap();
-    let r = s.sql(sql).await.unwrap_or_else(|e| panic!("{mode}: {sql}: {e}"));
+    s.sql(&format!("SET apiary.distribute = '{mode}'"))
+        .await
+        .unwrap();
+    let r = s
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{mode}: {sql}: {e}"));
     canonical(r.batches())
 }
 
@@ -251,7 +267,10 @@ async fn differential(storage: String, dir: PathBuf) {
     }
     // A frame whose cells all prune away runs locally, and answers the same.
     let q = "SELECT COUNT(*) FROM analytics.events.clicks WHERE country = 'xx'";
-    assert_eq!(answer(&ap, "always", q).await, answer(&ap, "never", q).await);
+    assert_eq!(
+        answer(&ap, "always", q).await,
+        answer(&ap, "never", q).await
+    );
     // The query folders are gone when no query runs.
     assert_no_queries(&ap).await;
 }
@@ -294,7 +313,14 @@ async fn a_worker_killed_under_a_query_loses_no_rows() {
     let ap = client(&storage).await;
     load(&ap).await;
     let mut nodes: Vec<Node> = (0..3)
-        .map(|i| start(&storage, &dir.path().to_path_buf(), &format!("node-k{i}"), "100ms"))
+        .map(|i| {
+            start(
+                &storage,
+                &dir.path().to_path_buf(),
+                &format!("node-k{i}"),
+                "100ms",
+            )
+        })
         .collect();
     wait_alive(&ap, 3).await;
     let sql = "SELECT country, COUNT(*) AS n, SUM(duration_ms) AS s FROM analytics.events.clicks GROUP BY country";
@@ -333,7 +359,14 @@ async fn a_killed_coordinator_leaves_nothing_after_the_retention() {
     load(&ap).await;
     // Workers that look for tasks only every 3 s, so the coordinator is surely waiting.
     let _nodes: Vec<Node> = (0..2)
-        .map(|i| start(&storage, &dir.path().to_path_buf(), &format!("node-c{i}"), "3s"))
+        .map(|i| {
+            start(
+                &storage,
+                &dir.path().to_path_buf(),
+                &format!("node-c{i}"),
+                "3s",
+            )
+        })
         .collect();
     wait_alive(&ap, 2).await;
     let mut coordinator = Command::new(env!("CARGO_BIN_EXE_apiary"))
@@ -353,12 +386,18 @@ async fn a_killed_coordinator_leaves_nothing_after_the_retention() {
         if published {
             break;
         }
-        assert!(started.elapsed() < DEADLINE, "the coordinator never published");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the coordinator never published"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     coordinator.kill().unwrap();
     coordinator.wait().unwrap();
-    assert!(std::fs::read_dir(&queries).unwrap().count() > 0, "orphan present");
+    assert!(
+        std::fs::read_dir(&queries).unwrap().count() > 0,
+        "orphan present"
+    );
     // Past the retention, the next coordinator sweeps it.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     answer(&ap, "always", QUERIES[0]).await;
@@ -402,7 +441,14 @@ async fn hostile_manifests_are_refused_by_every_worker() {
     load(&ap).await;
     ap.create_hive("secret").await.unwrap();
     let nodes: Vec<Node> = (0..2)
-        .map(|i| start(&storage, &dir.path().to_path_buf(), &format!("node-h{i}"), "100ms"))
+        .map(|i| {
+            start(
+                &storage,
+                &dir.path().to_path_buf(),
+                &format!("node-h{i}"),
+                "100ms",
+            )
+        })
         .collect();
     wait_alive(&ap, 2).await;
     let target = dir.path().join("stolen.csv");
@@ -422,7 +468,10 @@ async fn hostile_manifests_are_refused_by_every_worker() {
         for (i, sql) in cases.iter().enumerate() {
             let q = format!("q-hostile-{}-{i}", node.id);
             let task = hostile(&q, &node.id, sql, "analytics");
-            transport.publish_tasks(&q, "attacker", &[task.clone()]).await.unwrap();
+            transport
+                .publish_tasks(&q, "attacker", &[task.clone()])
+                .await
+                .unwrap();
             let key = TaskKey {
                 query_id: q.clone(),
                 task_id: 0,
@@ -430,11 +479,18 @@ async fn hostile_manifests_are_refused_by_every_worker() {
             };
             let started = Instant::now();
             let outcome = loop {
-                let got = transport.collect(&q, std::slice::from_ref(&key)).await.unwrap();
+                let got = transport
+                    .collect(&q, std::slice::from_ref(&key))
+                    .await
+                    .unwrap();
                 if let Some(d) = got.into_iter().next() {
                     break d.outcome;
                 }
-                assert!(started.elapsed() < DEADLINE, "{} never answered {sql}", node.id);
+                assert!(
+                    started.elapsed() < DEADLINE,
+                    "{} never answered {sql}",
+                    node.id
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             };
             match outcome {
@@ -446,6 +502,9 @@ async fn hostile_manifests_are_refused_by_every_worker() {
     }
     assert!(!target.exists(), "a worker wrote a file");
     // The frames are untouched and still answer.
-    let r = ap.sql("SELECT COUNT(*) FROM analytics.events.clicks").await.unwrap();
+    let r = ap
+        .sql("SELECT COUNT(*) FROM analytics.events.clicks")
+        .await
+        .unwrap();
     assert_eq!(canonical(r.batches()), vec!["2400".to_string()]);
 }

@@ -65,11 +65,7 @@ impl ApiaryCatalog {
         }
     }
 
-    async fn pinned_table(
-        &self,
-        frame: &FrameRef,
-        pin: &Pinned,
-    ) -> Result<FrameTable, QueryError> {
+    async fn pinned_table(&self, frame: &FrameRef, pin: &Pinned) -> Result<FrameTable, QueryError> {
         let ledger = self.registry.ledger(frame).await?;
         let state = ledger.state_at(pin.version).await?;
         let Some(live) = state.live.as_ref() else {

@@ -20,12 +20,12 @@ use url::Url;
 
 use crate::catalog::{ApiaryCatalog, HiveList, NO_BOX, NO_HIVE, Pinned};
 use crate::distributed::{self, Cluster, DistributeMode, DistributedTable};
-use datafusion::datasource::provider_as_source;
-use datafusion::logical_expr::{Analyze, Explain, LogicalPlan, LogicalPlanBuilder};
-use std::collections::HashMap;
 use crate::error::{QueryError, Result};
 use crate::output::{self, QueryResult};
 use crate::statement::{self, Command};
+use datafusion::datasource::provider_as_source;
+use datafusion::logical_expr::{Analyze, Explain, LogicalPlan, LogicalPlanBuilder};
+use std::collections::HashMap;
 
 /// The URL under which DataFusion finds the node's storage.
 const STORE_URL: &str = "apiary://storage";
@@ -176,7 +176,8 @@ impl QueryEngine {
         if let Some(hive) = scope.first() {
             let options = state.config_mut().options_mut();
             options.catalog.default_catalog = hive.clone();
-            options.catalog.default_schema = scope.get(1).cloned().unwrap_or_else(|| NO_BOX.to_string());
+            options.catalog.default_schema =
+                scope.get(1).cloned().unwrap_or_else(|| NO_BOX.to_string());
         }
         let ctx = SessionContext::new_with_state(state);
         let plan = ctx.state().statement_to_plan(*statement).await?;

@@ -243,10 +243,16 @@ fn classify(statement: DfStatement) -> Result<Command> {
             ref variable,
             ref values,
             ..
-        }) if variable.to_string().to_ascii_lowercase().starts_with("apiary.") => {
+        }) if variable
+            .to_string()
+            .to_ascii_lowercase()
+            .starts_with("apiary.") =>
+        {
             let key = variable.to_string().to_ascii_lowercase()["apiary.".len()..].to_string();
             let [value] = values.as_slice() else {
-                return Err(QueryError::Invalid(format!("SET apiary.{key} takes one value")));
+                return Err(QueryError::Invalid(format!(
+                    "SET apiary.{key} takes one value"
+                )));
             };
             let value = value.to_string();
             let value = value.trim_matches(|c| c == '\'' || c == '"').to_string();

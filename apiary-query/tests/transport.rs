@@ -38,14 +38,22 @@ async fn storage_shuffle_on_s3() {
 
 #[tokio::test]
 async fn a_sweep_removes_only_old_queries() {
-    let backend = open(&StorageUri::parse("memory://").unwrap()).await.unwrap();
+    let backend = open(&StorageUri::parse("memory://").unwrap())
+        .await
+        .unwrap();
     let t = StorageShuffle::new(Arc::clone(&backend));
     t.publish_tasks("q-old", "c", &[conformance::task("q-old", 0, 1, "n")])
         .await
         .unwrap();
-    assert_eq!(t.sweep(std::time::Duration::from_secs(60)).await.unwrap(), 0);
+    assert_eq!(
+        t.sweep(std::time::Duration::from_secs(60)).await.unwrap(),
+        0
+    );
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-    assert_eq!(t.sweep(std::time::Duration::from_millis(10)).await.unwrap(), 1);
+    assert_eq!(
+        t.sweep(std::time::Duration::from_millis(10)).await.unwrap(),
+        1
+    );
     let left = backend
         .list(&apiary_storage::Path::from("_queries"))
         .await

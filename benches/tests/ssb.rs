@@ -60,7 +60,11 @@ fn apiary_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let bin = profile_dir.join("apiary");
-    assert!(bin.exists(), "{} is missing: run `cargo test --workspace`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo test --workspace`",
+        bin.display()
+    );
     bin
 }
 
@@ -73,11 +77,34 @@ async fn ssb_queries_on_three_node_processes_match_one_node() {
     let storage = data.display().to_string();
     let ap = Apiary::open(&storage).await.unwrap();
     let tables = generate(0.01, 7);
-    load_apiary(&ap, "ssb", "sf", &tables).await;
+    // Line orders in four writes, so that the fact frame has cells to split.
+    let (facts, dims): (Vec<_>, Vec<_>) = tables.into_iter().partition(|t| t.name == "lineorder");
+    load_apiary(&ap, "ssb", "sf", &dims).await;
+    for fact in &facts {
+        let frame = apiary::apiary_ledger::FrameRef::new("ssb", "sf", fact.name).unwrap();
+        let schema = apiary::apiary_ledger::FrameSchema::from_arrow(&fact.schema).unwrap();
+        let definition = apiary::apiary_ledger::FrameDefinition::new(schema, Vec::new()).unwrap();
+        ap.create_frame_with(&frame, definition).await.unwrap();
+        for batch in &fact.batches {
+            let quarter = batch.num_rows().div_ceil(4).max(1);
+            for start in (0..batch.num_rows()).step_by(quarter) {
+                let part = batch.slice(start, quarter.min(batch.num_rows() - start));
+                ap.write_to_frame("ssb", "sf", fact.name, [part])
+                    .await
+                    .unwrap();
+            }
+        }
+    }
     let mut nodes: Vec<std::process::Child> = (0..3)
         .map(|i| {
             Command::new(apiary_binary())
-                .args(["node", "--storage", &storage, "--node-id", &format!("ssb-{i}")])
+                .args([
+                    "node",
+                    "--storage",
+                    &storage,
+                    "--node-id",
+                    &format!("ssb-{i}"),
+                ])
                 .arg("--state-dir")
                 .arg(dir.path().join(format!("state-{i}")))
                 .args(["--heartbeat-interval", "200ms", "--poll-interval", "200ms"])
@@ -90,13 +117,22 @@ async fn ssb_queries_on_three_node_processes_match_one_node() {
         .collect();
     let started = Instant::now();
     while ap.swarm_status().await.unwrap().alive < 3 {
-        assert!(started.elapsed() < Duration::from_secs(60), "nodes never came up");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nodes never came up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut local = ap.sql_session().unwrap();
-    local.sql("USE ssb.sf; SET apiary.distribute = 'never'").await.unwrap();
+    local
+        .sql("USE ssb.sf; SET apiary.distribute = 'never'")
+        .await
+        .unwrap();
     let mut spread = ap.sql_session().unwrap();
-    spread.sql("USE ssb.sf; SET apiary.distribute = 'always'").await.unwrap();
+    spread
+        .sql("USE ssb.sf; SET apiary.distribute = 'always'")
+        .await
+        .unwrap();
     for (name, sql) in QUERIES {
         let one = result_rows(&local.sql(sql).await.unwrap());
         let t = Instant::now();
@@ -109,7 +145,12 @@ async fn ssb_queries_on_three_node_processes_match_one_node() {
         eprintln!("{name}: {:?} distributed", t.elapsed());
         assert_eq!(many, one, "{name}: three nodes differ from one");
     }
-    let plan = result_rows(&spread.sql(&format!("EXPLAIN ANALYZE {}", QUERIES[3].1)).await.unwrap());
+    let plan = result_rows(
+        &spread
+            .sql(&format!("EXPLAIN ANALYZE {}", QUERIES[3].1))
+            .await
+            .unwrap(),
+    );
     let text = plan.join("\n");
     let used: std::collections::BTreeSet<&str> = text
         .split("node=")

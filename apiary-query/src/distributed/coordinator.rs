@@ -15,7 +15,9 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, ReplaceChildrenOptions};
+use datafusion::physical_plan::execution_plan::{
+    Boundedness, EmissionType, ReplaceChildrenOptions,
+};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -234,7 +236,10 @@ impl ExecutionPlan for DistributedExec {
         let rows = MetricBuilder::new(&self.metrics).output_rows(0);
         let tasks = MetricBuilder::new(&self.metrics).global_counter("tasks");
         let stream = futures::stream::once(async move {
-            let batches = run.run().await.map_err(datafusion::error::DataFusionError::from)?;
+            let batches = run
+                .run()
+                .await
+                .map_err(datafusion::error::DataFusionError::from)?;
             tasks.add(run.runs.lock().unwrap_or_else(|p| p.into_inner()).len());
             let projected = batches
                 .into_iter()
@@ -371,7 +376,9 @@ impl Run {
                                 self.accept(&mut tasks, d)?;
                             }
                         }
-                        Err(e) => tracing::warn!(query = %query_id, error = %e, "collecting results failed; retrying"),
+                        Err(e) => {
+                            tracing::warn!(query = %query_id, error = %e, "collecting results failed; retrying")
+                        }
                     }
                 }
             }
@@ -393,22 +400,35 @@ impl Run {
                     let cause = if t.failed {
                         None // its cause is recorded already
                     } else if !is_local && !alive_ids.contains(node.as_str()) {
-                        Some(format!("node {node} is no longer available (dead, suspect or leaving)"))
-                    } else if t.since.elapsed() > self.cluster.settings.task_timeout + Duration::from_secs(5) {
+                        Some(format!(
+                            "node {node} is no longer available (dead, suspect or leaving)"
+                        ))
+                    } else if t.since.elapsed()
+                        > self.cluster.settings.task_timeout + Duration::from_secs(5)
+                    {
                         Some(format!("node {node} ran past the task timeout"))
                     } else {
                         None
                     };
                     if let Some(cause) = cause {
-                        t.causes.push(format!("attempt {}: {cause}", t.spec.attempt));
+                        t.causes
+                            .push(format!("attempt {}: {cause}", t.spec.attempt));
                         again.push(t.spec.task_id);
                     } else if t.failed {
                         again.push(t.spec.task_id);
                     }
                 }
                 for id in again {
-                    self.retry(&mut tasks, id, &alive, local.as_deref(), &query_id, &tx, &mut guard)
-                        .await?;
+                    self.retry(
+                        &mut tasks,
+                        id,
+                        &alive,
+                        local.as_deref(),
+                        &query_id,
+                        &tx,
+                        &mut guard,
+                    )
+                    .await?;
                 }
             }
         }
@@ -496,7 +516,11 @@ impl Run {
                 t.causes.push(format!(
                     "attempt {} on {}: {cause}",
                     d.key.attempt,
-                    if d.report.node_id.is_empty() { &t.spec.node_id } else { &d.report.node_id }
+                    if d.report.node_id.is_empty() {
+                        &t.spec.node_id
+                    } else {
+                        &d.report.node_id
+                    }
                 ));
                 // Reassigned at the next directory check.
                 t.failed = true;
@@ -628,13 +652,16 @@ fn assign(fragment: &Fragment, workers: &[WorkerInfo]) -> Vec<(String, Vec<super
             .then_with(|| a.path.cmp(&b.path))
     });
     for cell in cells {
-        let ratio = |i: usize, extra: u64| (load[i] + extra) as f64 / f64::from(workers[i].bees.max(1));
+        let ratio =
+            |i: usize, extra: u64| (load[i] + extra) as f64 / f64::from(workers[i].bees.max(1));
         let lightest = (0..workers.len())
             .min_by(|&a, &b| ratio(a, cell.bytes).total_cmp(&ratio(b, cell.bytes)))
             .unwrap_or(0);
         let fair = total as f64 / bees as f64 * 1.25;
-        let holder = (0..workers.len())
-            .find(|&i| cached[i].contains(cell.path.as_str()) && ratio(i, cell.bytes) <= fair.max(ratio(lightest, cell.bytes)));
+        let holder = (0..workers.len()).find(|&i| {
+            cached[i].contains(cell.path.as_str())
+                && ratio(i, cell.bytes) <= fair.max(ratio(lightest, cell.bytes))
+        });
         let i = holder.unwrap_or(lightest);
         load[i] += cell.bytes;
         share[i].push(cell);
@@ -663,8 +690,7 @@ fn assign(fragment: &Fragment, workers: &[WorkerInfo]) -> Vec<(String, Vec<super
 impl Cluster {
     /// Sweeps orphaned queries in the background, at most once per half retention.
     fn maybe_sweep(&self) {
-        static LAST: Mutex<Option<Instant>> = Mutex::new(None);
-        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
         let due = last.is_none_or(|t| t.elapsed() >= self.settings.orphan_retention / 2);
         if !due {
             return;
@@ -675,7 +701,10 @@ impl Cluster {
         tokio::spawn(async move {
             match transport.sweep(retention).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(queries = n, "removed queries left by coordinators that died"),
+                Ok(n) => tracing::info!(
+                    queries = n,
+                    "removed queries left by coordinators that died"
+                ),
                 Err(e) => tracing::debug!(error = %e, "sweeping old queries failed"),
             }
         });
@@ -725,12 +754,19 @@ mod tests {
     fn every_cell_once_balanced_by_bees() {
         let f = fragment(&[10; 12]);
         let plan = assign(&f, &[worker("a", 1), worker("b", 2)]);
-        let mut all: Vec<String> = plan.iter().flat_map(|(_, c)| c.iter().map(|c| c.path.clone())).collect();
+        let mut all: Vec<String> = plan
+            .iter()
+            .flat_map(|(_, c)| c.iter().map(|c| c.path.clone()))
+            .collect();
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 12);
         let bytes = |n: &str| -> u64 {
-            plan.iter().filter(|(w, _)| w == n).flat_map(|(_, c)| c).map(|c| c.bytes).sum()
+            plan.iter()
+                .filter(|(w, _)| w == n)
+                .flat_map(|(_, c)| c)
+                .map(|c| c.bytes)
+                .sum()
         };
         assert_eq!(bytes("a"), 40);
         assert_eq!(bytes("b"), 80);
@@ -742,13 +778,21 @@ mod tests {
         let mut a = worker("a", 1);
         a.cached_cells = vec!["h/b/f/c3".into()];
         let plan = assign(&f, &[a, worker("b", 1)]);
-        let a_cells: Vec<&str> = plan.iter().filter(|(w, _)| w == "a").flat_map(|(_, c)| c.iter().map(|c| c.path.as_str())).collect();
+        let a_cells: Vec<&str> = plan
+            .iter()
+            .filter(|(w, _)| w == "a")
+            .flat_map(|(_, c)| c.iter().map(|c| c.path.as_str()))
+            .collect();
         assert!(a_cells.contains(&"c3"), "{plan:?}");
 
         let mut small = worker("s", 1);
         small.memory_per_bee = 15;
         let plan = assign(&f, &[small]);
-        assert_eq!(plan.len(), 4, "a 15-byte node gets one 10-byte cell per task: {plan:?}");
+        assert_eq!(
+            plan.len(),
+            4,
+            "a 15-byte node gets one 10-byte cell per task: {plan:?}"
+        );
         assert!(assign(&f, &[]).iter().all(|(w, _)| w.is_empty()));
     }
 }

@@ -159,7 +159,8 @@ impl TaskSpec {
 
     /// Decodes and validates a task object; anything malformed is an error naming `what`.
     pub fn decode(what: &str, bytes: &[u8]) -> Result<Self> {
-        let bad = |reason: String| QueryError::Invalid(format!("task `{what}` is invalid: {reason}"));
+        let bad =
+            |reason: String| QueryError::Invalid(format!("task `{what}` is invalid: {reason}"));
         if bytes.len() > MAX_TASK_BYTES {
             return Err(bad(format!(
                 "{} bytes, more than the {MAX_TASK_BYTES} a task may have",
@@ -178,7 +179,10 @@ impl TaskSpec {
             return Err(bad("attempts count from 1".into()));
         }
         if task.cells.len() > MAX_CELLS {
-            return Err(bad(format!("{} cells, more than {MAX_CELLS}", task.cells.len())));
+            return Err(bad(format!(
+                "{} cells, more than {MAX_CELLS}",
+                task.cells.len()
+            )));
         }
         if task.sql.len() > MAX_SQL_BYTES || task.sql.trim().is_empty() {
             return Err(bad("the fragment is empty or too long".into()));
@@ -190,7 +194,11 @@ impl TaskSpec {
             validate_name(kind, name).map_err(|e| bad(e.to_string()))?;
         }
         for pin in std::iter::once(&task.split).chain(&task.pins) {
-            for (kind, name) in [("hive", &pin.hive), ("box", &pin.r#box), ("frame", &pin.frame)] {
+            for (kind, name) in [
+                ("hive", &pin.hive),
+                ("box", &pin.r#box),
+                ("frame", &pin.frame),
+            ] {
                 validate_name(kind, name).map_err(|e| bad(e.to_string()))?;
             }
         }
@@ -290,7 +298,10 @@ mod tests {
         assert_eq!(back, task);
         assert_eq!(
             back.expected_schema().unwrap().field(0).data_type(),
-            &DataType::Timestamp(arrow_schema::TimeUnit::Nanosecond, Some("Europe/Paris".into()))
+            &DataType::Timestamp(
+                arrow_schema::TimeUnit::Nanosecond,
+                Some("Europe/Paris".into())
+            )
         );
     }
 
@@ -300,16 +311,25 @@ mod tests {
             (Box::new(|t| t.format = 9), "format 9"),
             (Box::new(|t| t.query_id = "../x".into()), "query id"),
             (Box::new(|t| t.attempt = 0), "attempts"),
-            (Box::new(|t| t.cells = vec!["../../etc/passwd".into()]), "cell path"),
+            (
+                Box::new(|t| t.cells = vec!["../../etc/passwd".into()]),
+                "cell path",
+            ),
             (Box::new(|t| t.split.hive = "_apiary".into()), "hive"),
             (Box::new(|t| t.sql = " ".into()), "fragment"),
-            (Box::new(|t| t.schema[0].data_type = "Nope".into()), "valid type"),
+            (
+                Box::new(|t| t.schema[0].data_type = "Nope".into()),
+                "valid type",
+            ),
         ];
         for (mutate, expected) in cases {
             let mut task = sample();
             mutate(&mut task);
             let err = TaskSpec::decode("t", &task.encode().unwrap()).unwrap_err();
-            assert!(err.to_string().contains(expected), "{err} should name {expected}");
+            assert!(
+                err.to_string().contains(expected),
+                "{err} should name {expected}"
+            );
         }
         assert!(TaskSpec::decode("t", b"{not json").is_err());
         assert!(TaskSpec::decode("t", &vec![b' '; MAX_TASK_BYTES + 1]).is_err());

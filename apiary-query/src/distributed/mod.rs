@@ -131,4 +131,24 @@ pub struct Cluster {
     pub settings: DistributeSettings,
     /// Name of this coordinator in manifests.
     pub coordinator: String,
+    /// When this coordinator last swept old queries.
+    last_sweep: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+impl Cluster {
+    /// A cluster over `transport` and `directory`.
+    pub fn new(
+        transport: Arc<dyn ShuffleTransport>,
+        directory: Arc<dyn WorkerDirectory>,
+        settings: DistributeSettings,
+        coordinator: String,
+    ) -> Self {
+        Self {
+            transport,
+            directory,
+            settings,
+            coordinator,
+            last_sweep: Arc::default(),
+        }
+    }
 }

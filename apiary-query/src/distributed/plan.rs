@@ -171,7 +171,9 @@ impl Split {
                         cast(value, f.data_type().clone()).alias_qualified(q.cloned(), f.name())
                     })
                     .collect::<Vec<_>>();
-                LogicalPlanBuilder::from(aggregated).project(exprs)?.build()?
+                LogicalPlanBuilder::from(aggregated)
+                    .project(exprs)?
+                    .build()?
             }
         };
         replace_at(&self.root, &self.path, replacement)
@@ -380,9 +382,7 @@ fn commutes(parent: &LogicalPlan, child: usize) -> Result<bool> {
         return Ok(false);
     }
     Ok(match parent {
-        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
-            true
-        }
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => true,
         LogicalPlan::Join(join) => {
             let left = child == 0;
             match join.join_type {
@@ -457,7 +457,8 @@ fn decompose(agg: &Aggregate, input: &LogicalPlan) -> Result<Option<(LogicalPlan
         }
         let name = func.name().to_ascii_lowercase();
         if params.distinct {
-            if params.args.len() != 1 || !matches!(name.as_str(), "count" | "sum" | "min" | "max" | "avg")
+            if params.args.len() != 1
+                || !matches!(name.as_str(), "count" | "sum" | "min" | "max" | "avg")
             {
                 return Ok(None);
             }
@@ -492,7 +493,15 @@ fn decompose(agg: &Aggregate, input: &LogicalPlan) -> Result<Option<(LogicalPlan
                     return Ok(None);
                 };
                 let t = arg.get_type(schema.as_ref())?;
-                if !t.is_numeric() || matches!(t, DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..) | DataType::Decimal256(..)) {
+                if !t.is_numeric()
+                    || matches!(
+                        t,
+                        DataType::Decimal32(..)
+                            | DataType::Decimal64(..)
+                            | DataType::Decimal128(..)
+                            | DataType::Decimal256(..)
+                    )
+                {
                     return Ok(None);
                 }
                 partial_aggs.push(Expr::AggregateFunction(AggregateFunction::new_udf(

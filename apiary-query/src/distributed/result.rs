@@ -27,7 +27,10 @@ fn encode_with(
     let fail = |e: arrow_schema::ArrowError| QueryError::Execution(format!("result encoding: {e}"));
     let mut writer = arrow_ipc::writer::StreamWriter::try_new(&mut out, &schema).map_err(fail)?;
     for batch in batches {
-        let batch = batch.clone().with_schema(Arc::clone(&schema)).map_err(fail)?;
+        let batch = batch
+            .clone()
+            .with_schema(Arc::clone(&schema))
+            .map_err(fail)?;
         writer.write(&batch).map_err(fail)?;
     }
     writer.finish().map_err(fail)?;
@@ -52,7 +55,11 @@ pub fn encode_with_report(
     report: &TaskReport,
 ) -> Result<Bytes> {
     let json = serde_json::to_string(report).map_err(|e| QueryError::Execution(e.to_string()))?;
-    encode_with(schema, batches, HashMap::from([(REPORT_KEY.to_string(), json)]))
+    encode_with(
+        schema,
+        batches,
+        HashMap::from([(REPORT_KEY.to_string(), json)]),
+    )
 }
 
 /// The report a decoded result's schema carries, if any.

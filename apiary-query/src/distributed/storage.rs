@@ -261,10 +261,7 @@ impl ShuffleTransport for StorageShuffle {
         let (path, bytes) = match outcome {
             // The worker's stream already carries its report (see `result`).
             TaskOutcome::Rows(ipc) => (Self::result_key(&key, "arrow"), ipc),
-            TaskOutcome::Empty => (
-                Self::result_key(&key, "empty"),
-                marker(report, None)?,
-            ),
+            TaskOutcome::Empty => (Self::result_key(&key, "empty"), marker(report, None)?),
             TaskOutcome::Failed(error) => (
                 Self::result_key(&key, "failed"),
                 marker(report, Some(error))?,
@@ -306,9 +303,10 @@ impl ShuffleTransport for StorageShuffle {
                         report: TaskReport::default(),
                     },
                     "empty" | "failed" => {
-                        let marker: Marker = serde_json::from_slice(&object.bytes).map_err(|e| {
-                            QueryError::Execution(format!("result `{what}` is damaged: {e}"))
-                        })?;
+                        let marker: Marker =
+                            serde_json::from_slice(&object.bytes).map_err(|e| {
+                                QueryError::Execution(format!("result `{what}` is damaged: {e}"))
+                            })?;
                         Delivered {
                             key,
                             outcome: match ext.as_str() {

@@ -17,7 +17,11 @@ use crate::session::QueryEngine;
 /// outcome the coordinator must hear about. The fragment must be one read-only query (the
 /// same checks as `sql`), it sees only the frames the task pins (the split frame with only
 /// the task's cells), and it is cancelled at the task's timeout.
-pub async fn run_task(engine: &QueryEngine, node_id: &str, task: &TaskSpec) -> (TaskOutcome, TaskReport) {
+pub async fn run_task(
+    engine: &QueryEngine,
+    node_id: &str,
+    task: &TaskSpec,
+) -> (TaskOutcome, TaskReport) {
     let started = Instant::now();
     let timeout = Duration::from_millis(task.timeout_ms.max(1));
     let outcome = match tokio::time::timeout(timeout, execute(engine, task)).await {
@@ -88,15 +92,15 @@ async fn execute(engine: &QueryEngine, task: &TaskSpec) -> Result<Vec<RecordBatc
     }
     let stream = engine.run_fragment(&task.sql, &task.scope, pins).await?;
     let batches: Vec<RecordBatch> = stream.try_collect().await?;
-    batches
-        .into_iter()
-        .map(|b| coerce(b, &expected))
-        .collect()
+    batches.into_iter().map(|b| coerce(b, &expected)).collect()
 }
 
 /// `batch` with the expected schema: columns by position, cast where only the
 /// representation differs (a view type for a string, say).
-pub(crate) fn coerce(batch: RecordBatch, expected: &arrow_schema::SchemaRef) -> Result<RecordBatch> {
+pub(crate) fn coerce(
+    batch: RecordBatch,
+    expected: &arrow_schema::SchemaRef,
+) -> Result<RecordBatch> {
     if batch.num_columns() != expected.fields().len() {
         return Err(QueryError::Execution(format!(
             "the fragment returned {} columns where {} were expected",

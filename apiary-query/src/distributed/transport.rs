@@ -74,8 +74,12 @@ pub struct Delivered {
 pub trait ShuffleTransport: Send + Sync + std::fmt::Debug + 'static {
     /// Publishes tasks of `query_id` (a new query's, or new attempts of its tasks); returns
     /// once each is visible to its node.
-    async fn publish_tasks(&self, query_id: &str, coordinator: &str, tasks: &[TaskSpec])
-    -> Result<()>;
+    async fn publish_tasks(
+        &self,
+        query_id: &str,
+        coordinator: &str,
+        tasks: &[TaskSpec],
+    ) -> Result<()>;
 
     /// Tasks meant for `node_id` that may not have been returned before. Cheap when there is
     /// nothing new: this is what an idle node calls every poll.
