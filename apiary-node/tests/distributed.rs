@@ -313,14 +313,7 @@ async fn a_worker_killed_under_a_query_loses_no_rows() {
     let ap = client(&storage).await;
     load(&ap).await;
     let mut nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            start(
-                &storage,
-                &dir.path().to_path_buf(),
-                &format!("node-k{i}"),
-                "100ms",
-            )
-        })
+        .map(|i| start(&storage, dir.path(), &format!("node-k{i}"), "100ms"))
         .collect();
     wait_alive(&ap, 3).await;
     let sql = "SELECT country, COUNT(*) AS n, SUM(duration_ms) AS s FROM analytics.events.clicks GROUP BY country";
@@ -359,14 +352,7 @@ async fn a_killed_coordinator_leaves_nothing_after_the_retention() {
     load(&ap).await;
     // Workers that look for tasks only every 3 s, so the coordinator is surely waiting.
     let _nodes: Vec<Node> = (0..2)
-        .map(|i| {
-            start(
-                &storage,
-                &dir.path().to_path_buf(),
-                &format!("node-c{i}"),
-                "3s",
-            )
-        })
+        .map(|i| start(&storage, dir.path(), &format!("node-c{i}"), "3s"))
         .collect();
     wait_alive(&ap, 2).await;
     let mut coordinator = Command::new(env!("CARGO_BIN_EXE_apiary"))
@@ -441,14 +427,7 @@ async fn hostile_manifests_are_refused_by_every_worker() {
     load(&ap).await;
     ap.create_hive("secret").await.unwrap();
     let nodes: Vec<Node> = (0..2)
-        .map(|i| {
-            start(
-                &storage,
-                &dir.path().to_path_buf(),
-                &format!("node-h{i}"),
-                "100ms",
-            )
-        })
+        .map(|i| start(&storage, dir.path(), &format!("node-h{i}"), "100ms"))
         .collect();
     wait_alive(&ap, 2).await;
     let target = dir.path().join("stolen.csv");
@@ -469,7 +448,7 @@ async fn hostile_manifests_are_refused_by_every_worker() {
             let q = format!("q-hostile-{}-{i}", node.id);
             let task = hostile(&q, &node.id, sql, "analytics");
             transport
-                .publish_tasks(&q, "attacker", &[task.clone()])
+                .publish_tasks(&q, "attacker", std::slice::from_ref(&task))
                 .await
                 .unwrap();
             let key = TaskKey {

@@ -8,7 +8,11 @@ fn the_custom_transport_example_runs() {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let example = profile_dir.join("examples").join("custom_transport");
-    assert!(example.exists(), "{} is missing: cargo test builds examples", example.display());
+    assert!(
+        example.exists(),
+        "{} is missing: cargo test builds examples",
+        example.display()
+    );
     let out = std::process::Command::new(&example).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -16,6 +20,9 @@ fn the_custom_transport_example_runs() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("passes the transport conformance suite"), "{stdout}");
+    assert!(
+        stdout.contains("passes the transport conformance suite"),
+        "{stdout}"
+    );
     assert!(stdout.contains("answered like one node"), "{stdout}");
 }

@@ -124,7 +124,10 @@ pub async fn delivery_to_the_right_node(t: &dyn ShuffleTransport) {
     let mut found = false;
     for _ in 0..200 {
         let got = t.poll_tasks(&a).await.expect("poll_tasks");
-        assert!(got.iter().all(|g| g.node_id == a), "never another node's task");
+        assert!(
+            got.iter().all(|g| g.node_id == a),
+            "never another node's task"
+        );
         if got.iter().any(|g| g.task_id == 1 && g.attempt == 2) {
             found = true;
             break;
@@ -200,10 +203,10 @@ pub async fn late_and_duplicate_outcomes(t: &dyn ShuffleTransport) {
     let q = unique("late");
     let first = task(&q, 0, 1, "slow");
     let second = task(&q, 0, 2, "fast");
-    t.publish_tasks(&q, "coord", &[first.clone()])
+    t.publish_tasks(&q, "coord", std::slice::from_ref(&first))
         .await
         .expect("publish");
-    t.publish_tasks(&q, "coord", &[second.clone()])
+    t.publish_tasks(&q, "coord", std::slice::from_ref(&second))
         .await
         .expect("publish");
     t.publish_outcome(&second, TaskOutcome::Empty, &report("fast", 0))
@@ -233,7 +236,7 @@ pub async fn finish_removes_everything(t: &dyn ShuffleTransport) {
     let q = unique("finish");
     let node = format!("n-{q}");
     let spec = task(&q, 0, 1, &node);
-    t.publish_tasks(&q, "coord", &[spec.clone()])
+    t.publish_tasks(&q, "coord", std::slice::from_ref(&spec))
         .await
         .expect("publish");
     poll_until(t, &node, 1).await;

@@ -307,7 +307,8 @@ mod tests {
 
     #[test]
     fn refuses_what_is_malformed() {
-        let cases: Vec<(Box<dyn Fn(&mut TaskSpec)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut TaskSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|t| t.format = 9), "format 9"),
             (Box::new(|t| t.query_id = "../x".into()), "query id"),
             (Box::new(|t| t.attempt = 0), "attempts"),
