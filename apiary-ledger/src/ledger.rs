@@ -145,31 +145,13 @@ impl FrameLedger {
         let interval = self.config.checkpoint_interval;
         let mut state = None;
         if interval > 0 && version >= interval {
-            let at = version - version % interval;
-            let key = layout::version_key(&self.checkpoint_dir, at);
-            if let Some(object) = get_opt(self.backend.as_ref(), &key).await? {
-                match serde_json::from_slice::<Checkpoint>(&object.bytes) {
-                    Ok(cp) if cp.format == FORMAT_VERSION && cp.state.version == at => {
-                        state = Some(Arc::new(cp.state));
-                    }
-                    _ => {
-                        tracing::warn!(key = %key, "damaged checkpoint ignored; replaying the ledger")
-                    }
-                }
-            }
+            state = self
+                .read_checkpoint_at(version - version % interval)
+                .await?
+                .map(Arc::new);
         }
         let first = state.as_ref().map_or(0, |s| s.version + 1);
-        for v in first..=version {
-            let key = layout::version_key(&self.ledger_dir, v);
-            let Some(object) = get_opt(self.backend.as_ref(), &key).await? else {
-                return Err(LedgerError::Corrupt {
-                    key: key.to_string(),
-                    reason: format!("version {v} is missing from the ledger"),
-                });
-            };
-            let entry = Entry::decode(key.as_ref(), &object.bytes, v)?;
-            advance(&mut state, &entry, key.as_ref())?;
-        }
+        self.apply_versions(&mut state, first, version).await?;
         state.ok_or_else(|| LedgerError::NotFound {
             what: format!("version {version} of frame `{}`", self.frame),
         })
@@ -320,28 +302,40 @@ impl FrameLedger {
             .max();
         let first = state.as_ref().map_or(0, |s| s.version + 1);
         if let Some(last) = newest_listed.filter(|last| *last >= first) {
-            let backend = &self.backend;
-            let dir = &self.ledger_dir;
-            let mut entries = futures::stream::iter(first..=last)
-                .map(|v| async move {
-                    let key = layout::version_key(dir, v);
-                    match get_opt(backend.as_ref(), &key).await? {
-                        Some(object) => Ok((v, key, object.bytes)),
-                        None => Err(LedgerError::Corrupt {
-                            key: key.to_string(),
-                            reason: format!(
-                                "version {v} is missing from the ledger, but version {last} exists"
-                            ),
-                        }),
-                    }
-                })
-                .buffered(8);
-            while let Some((v, key, bytes)) = entries.try_next().await? {
-                let entry = Entry::decode(key.as_ref(), &bytes, v)?;
-                advance(state, &entry, key.as_ref())?;
-            }
+            self.apply_versions(state, first, last).await?;
         }
         self.probe_forward(state).await
+    }
+
+    /// Fetches versions `first..=last` by number (concurrently) and applies them in order;
+    /// a missing one is damage, since a later one exists.
+    async fn apply_versions(
+        &self,
+        state: &mut Option<Arc<FrameState>>,
+        first: u64,
+        last: u64,
+    ) -> Result<()> {
+        let backend = &self.backend;
+        let dir = &self.ledger_dir;
+        let mut entries = futures::stream::iter(first..=last)
+            .map(|v| async move {
+                let key = layout::version_key(dir, v);
+                match get_opt(backend.as_ref(), &key).await? {
+                    Some(object) => Ok((v, key, object.bytes)),
+                    None => Err(LedgerError::Corrupt {
+                        key: key.to_string(),
+                        reason: format!(
+                            "version {v} is missing from the ledger, but version {last} exists"
+                        ),
+                    }),
+                }
+            })
+            .buffered(8);
+        while let Some((v, key, bytes)) = entries.try_next().await? {
+            let entry = Entry::decode(key.as_ref(), &bytes, v)?;
+            advance(state, &entry, key.as_ref())?;
+        }
+        Ok(())
     }
 
     /// Applies `head + 1`, `head + 2`, … until one does not exist.
@@ -368,13 +362,19 @@ impl FrameLedger {
             tracing::warn!(key = %hint_key, "damaged checkpoint hint ignored; replaying the ledger");
             return Ok(None);
         };
-        let key = layout::version_key(&self.checkpoint_dir, hint.version);
+        self.read_checkpoint_at(hint.version).await
+    }
+
+    /// The checkpoint at `version`, if it exists and is sound (damage is logged and ignored:
+    /// the ledger itself is the truth).
+    async fn read_checkpoint_at(&self, version: u64) -> Result<Option<FrameState>> {
+        let key = layout::version_key(&self.checkpoint_dir, version);
         let Some(object) = get_opt(self.backend.as_ref(), &key).await? else {
-            tracing::warn!(key = %key, "checkpoint named by the hint is missing; replaying the ledger");
+            tracing::warn!(key = %key, "checkpoint missing; replaying the ledger");
             return Ok(None);
         };
         match serde_json::from_slice::<Checkpoint>(&object.bytes) {
-            Ok(cp) if cp.format == FORMAT_VERSION && cp.state.version == hint.version => {
+            Ok(cp) if cp.format == FORMAT_VERSION && cp.state.version == version => {
                 Ok(Some(cp.state))
             }
             _ => {

@@ -145,6 +145,45 @@ async fn checkpointed_frames_count_every_row_once() {
 }
 
 #[tokio::test]
+async fn state_at_a_version_is_that_version_exactly() {
+    let (backend, counts) = counted_memory();
+    let config = LedgerConfig {
+        checkpoint_interval: 10,
+        ..LedgerConfig::default()
+    };
+    let (registry, frame) = registry_with_frame(Arc::clone(&backend), config.clone()).await;
+    let ledger = registry.ledger(&frame).await.unwrap();
+    let mut states = vec![ledger.cached().await.unwrap()];
+    for i in 0..25u64 {
+        let op = if i == 17 {
+            Operation::Overwrite(vec![cell("data/over.parquet", 5, None)])
+        } else {
+            Operation::Append(vec![cell(&format!("data/{i}.parquet"), i + 1, None)])
+        };
+        ledger.commit(&op).await.unwrap();
+        states.push(ledger.cached().await.unwrap());
+    }
+    // A reader that is behind moves forward to the version asked for, and one that is ahead
+    // rebuilds older versions from a checkpoint, without moving its own head back.
+    let reader = FrameLedger::open(Arc::clone(&backend), frame.clone(), config)
+        .await
+        .unwrap();
+    for v in [25u64, 24, 21, 20, 17, 12, 9, 3, 0] {
+        let before = counts.snapshot();
+        let at = reader.state_at(v).await.unwrap();
+        let used = counts.snapshot() - before;
+        assert_eq!(at.as_ref(), states[v as usize].as_ref(), "version {v}");
+        if (10..25).contains(&v) {
+            // The checkpoint at or before it, then only the versions after that.
+            assert_eq!(used.get, 1 + v % 10, "version {v}: {used:?}");
+        }
+    }
+    assert_eq!(reader.cached().await.unwrap().version, 25, "the head stays");
+    let err = reader.state_at(26).await.unwrap_err();
+    assert!(err.to_string().contains("version 26"), "{err}");
+}
+
+#[tokio::test]
 async fn a_damaged_checkpoint_falls_back_to_the_ledger() {
     let backend = apiary_storage::memory();
     let config = LedgerConfig {

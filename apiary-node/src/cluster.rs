@@ -11,23 +11,19 @@ use apiary_query::distributed::{
     ShuffleTransport, TaskKey, TaskOutcome, WorkerDirectory, WorkerInfo, run_task,
 };
 use apiary_storage::StorageBackend;
-use apiary_swarm::{Bees, NodeState, SwarmConfig, WorldView};
+use apiary_swarm::{Bees, NodeState, SwarmAgent, SwarmConfig, WorldView};
+
+use crate::RunningNode;
 use async_trait::async_trait;
 use tokio::sync::watch;
-
-/// What the directory needs of a running node.
-pub(crate) trait NodeView: Send + Sync {
-    fn node_id(&self) -> String;
-    fn view(&self) -> WorldView;
-}
 
 /// Workers from the swarm: alive nodes of the running node's world view, or (for a process
 /// that is not a node, such as `apiary sql`) a snapshot of the heartbeats aged on the
 /// store's clock, reread at most every two seconds.
 pub(crate) struct SwarmDirectory {
-    pub(crate) node: Arc<Mutex<Option<Arc<dyn NodeView>>>>,
-    pub(crate) backend: Arc<dyn StorageBackend>,
-    pub(crate) config: SwarmConfig,
+    node: Arc<Mutex<Option<RunningNode>>>,
+    backend: Arc<dyn StorageBackend>,
+    config: SwarmConfig,
     snapshot: tokio::sync::Mutex<Option<(Instant, WorldView)>>,
 }
 
@@ -39,7 +35,7 @@ impl std::fmt::Debug for SwarmDirectory {
 
 impl SwarmDirectory {
     pub(crate) fn new(
-        node: Arc<Mutex<Option<Arc<dyn NodeView>>>>,
+        node: Arc<Mutex<Option<RunningNode>>>,
         backend: Arc<dyn StorageBackend>,
         config: SwarmConfig,
     ) -> Self {
@@ -51,8 +47,12 @@ impl SwarmDirectory {
         }
     }
 
-    fn running(&self) -> Option<Arc<dyn NodeView>> {
-        self.node.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    fn running(&self) -> Option<Arc<SwarmAgent>> {
+        self.node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|n| Arc::clone(&n.agent))
     }
 }
 
@@ -74,9 +74,8 @@ fn workers_of(view: &WorldView, me: Option<&str>) -> Vec<WorkerInfo> {
 #[async_trait]
 impl WorkerDirectory for SwarmDirectory {
     async fn workers(&self) -> apiary_query::Result<Vec<WorkerInfo>> {
-        if let Some(node) = self.running() {
-            let me = node.node_id();
-            return Ok(workers_of(&node.view(), Some(&me)));
+        if let Some(agent) = self.running() {
+            return Ok(workers_of(&agent.view(), Some(agent.node_id().as_str())));
         }
         let mut cached = self.snapshot.lock().await;
         if let Some((at, view)) = cached.as_ref()
@@ -93,7 +92,7 @@ impl WorkerDirectory for SwarmDirectory {
     }
 
     fn local_node(&self) -> Option<String> {
-        self.running().map(|n| n.node_id())
+        self.running().map(|agent| agent.node_id().to_string())
     }
 }
 

@@ -29,7 +29,7 @@ use apiary_query::distributed::{
 use apiary_storage::{StorageBackend, StorageError, StorageUri};
 use apiary_swarm::{
     AgentConfig, Bees, Membership, NodeId, NodeIdentity, StorageHeartbeats, SwarmAgent,
-    SwarmConfig, SwarmError, WorldView,
+    SwarmConfig, SwarmError,
 };
 use arrow_array::RecordBatch;
 use tokio::sync::watch;
@@ -37,7 +37,7 @@ use tokio::sync::watch;
 mod builder;
 mod cluster;
 pub use builder::{ApiaryBuilder, MembershipFactory};
-use cluster::{NodeView, SwarmDirectory, TaskCounts};
+use cluster::{SwarmDirectory, TaskCounts};
 
 pub mod input;
 pub use apiary_ledger::ipc;
@@ -96,41 +96,17 @@ pub struct ApiaryOptions {
 }
 
 impl ApiaryOptions {
-    /// Options for `storage` with default tuning, and distribution settings from the
-    /// environment (`APIARY_TASK_TIMEOUT`, `APIARY_QUERY_RETENTION`,
-    /// `APIARY_DISTRIBUTE_MIN_BYTES`).
+    /// Options for `storage` with default tuning.
     pub fn new(storage: StorageUri) -> Self {
         Self {
             name: "apiary".into(),
             storage,
             ledger: LedgerConfig::default(),
             swarm: SwarmConfig::default(),
-            distribute: distribute_settings_from_env(),
+            distribute: DistributeSettings::default(),
             distribute_mode: DistributeMode::default(),
         }
     }
-}
-
-fn distribute_settings_from_env() -> DistributeSettings {
-    let mut settings = DistributeSettings::default();
-    let duration = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| humantime::parse_duration(v.trim()).ok())
-    };
-    if let Some(d) = duration("APIARY_TASK_TIMEOUT") {
-        settings.task_timeout = d;
-    }
-    if let Some(d) = duration("APIARY_QUERY_RETENTION") {
-        settings.orphan_retention = d;
-    }
-    if let Some(n) = std::env::var("APIARY_DISTRIBUTE_MIN_BYTES")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-    {
-        settings.auto_min_bytes = n;
-    }
-    settings
 }
 
 /// A handle on an Apiary storage root: its registry of hives, boxes and frames.
@@ -146,8 +122,6 @@ pub struct Apiary {
     query: Arc<OnceLock<QueryEngine>>,
     transport: Arc<dyn ShuffleTransport>,
     membership: Option<MembershipFactory>,
-    /// What the worker directory sees of the running node.
-    view: Arc<Mutex<Option<Arc<dyn NodeView>>>>,
     tasks: Arc<TaskCounts>,
     swarm: SwarmConfig,
     distribute: DistributeSettings,
@@ -165,24 +139,11 @@ impl std::fmt::Debug for Apiary {
 }
 
 #[derive(Debug, Clone)]
-struct RunningNode {
-    agent: Arc<SwarmAgent>,
+pub(crate) struct RunningNode {
+    pub(crate) agent: Arc<SwarmAgent>,
     bees: Arc<Bees>,
     _identity: Arc<NodeIdentity>,
     stop_worker: Arc<watch::Sender<bool>>,
-}
-
-/// The running node as the worker directory sees it.
-struct AgentView(Arc<SwarmAgent>);
-
-impl NodeView for AgentView {
-    fn node_id(&self) -> String {
-        self.0.node_id().to_string()
-    }
-
-    fn view(&self) -> WorldView {
-        self.0.view()
-    }
 }
 
 impl Apiary {
@@ -239,7 +200,6 @@ impl Apiary {
             query: Arc::default(),
             transport,
             membership,
-            view: Arc::default(),
             tasks: Arc::default(),
             swarm: options.swarm,
             distribute: options.distribute,
@@ -403,8 +363,6 @@ impl Apiary {
                 tracing::debug!(error = %e, "sweeping old queries failed");
             }
         });
-        *self.view.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Arc::new(AgentView(Arc::clone(&agent))));
         cluster::spawn_worker(
             Arc::clone(&self.transport),
             self.query_engine()?
@@ -442,7 +400,6 @@ impl Apiary {
             // The agent closes the bees first: no new task is taken, running ones finish.
             let left = node.agent.leave().await;
             let _ = node.stop_worker.send(true);
-            *self.view.lock().unwrap_or_else(|p| p.into_inner()) = None;
             left?;
         }
         Ok(())
@@ -483,6 +440,7 @@ impl Apiary {
             Some(node) => node.agent.capacity().clone(),
             None => apiary_swarm::detect_capacity(options.memory_bytes),
         };
+        let (tasks_run, tasks_failed) = self.tasks_run();
         NodeStatus {
             name: self.name.clone(),
             node_id: match &running {
@@ -495,8 +453,8 @@ impl Apiary {
             bees: capacity.bees,
             storage: self.storage.kind().to_string(),
             storage_uri: self.storage.to_string(),
-            tasks_run: self.tasks_run().0,
-            tasks_failed: self.tasks_run().1,
+            tasks_run,
+            tasks_failed,
         }
     }
 
@@ -618,14 +576,10 @@ impl Apiary {
         }
         let bees = apiary_swarm::detect_capacity(None).bees;
         let directory = Arc::new(SwarmDirectory::new(
-            Arc::clone(&self.view),
+            Arc::clone(&self.node),
             Arc::clone(self.registry.backend()),
             self.swarm.clone(),
         ));
-        let coordinator = self
-            .running()
-            .map(|n| n.agent.node_id().to_string())
-            .unwrap_or_else(|| format!("client-{}", std::process::id()));
         let engine = QueryEngine::new(
             Arc::clone(&self.registry),
             QueryOptions {
@@ -637,7 +591,6 @@ impl Apiary {
             Arc::clone(&self.transport),
             directory,
             self.distribute.clone(),
-            coordinator,
         ))
         .with_distribute(self.distribute_mode);
         // A racing first call may have set it; either engine is equivalent.

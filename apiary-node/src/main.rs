@@ -54,6 +54,16 @@ struct NodeArgs {
     /// How often a node looks for tasks of distributed queries (one GET-class request).
     #[arg(long, global = true, env = "APIARY_TASK_POLL_INTERVAL", default_value = "1s", value_parser = duration)]
     task_poll_interval: Duration,
+    /// How long a task of a distributed query may run before it is reassigned.
+    #[arg(long, global = true, env = "APIARY_TASK_TIMEOUT", default_value = "10m", value_parser = duration)]
+    task_timeout: Duration,
+    /// Query folders left by a coordinator that died are removed after this (keep it above
+    /// the task timeout).
+    #[arg(long, global = true, env = "APIARY_QUERY_RETENTION", default_value = "15m", value_parser = duration)]
+    query_retention: Duration,
+    /// `apiary.distribute = 'auto'` splits a query only when it reads at least this many bytes.
+    #[arg(long, global = true, env = "APIARY_DISTRIBUTE_MIN_BYTES", default_value_t = 64 << 20)]
+    distribute_min_bytes: u64,
 }
 
 /// How `apiary sql` prints rows.
@@ -291,6 +301,9 @@ async fn run(cli: Cli) -> CliResult<()> {
     let storage = StorageUri::parse(&cli.storage)?;
     let mut options = ApiaryOptions::new(storage);
     options.swarm = cli.node.swarm_config();
+    options.distribute.task_timeout = cli.node.task_timeout;
+    options.distribute.orphan_retention = cli.node.query_retention;
+    options.distribute.auto_min_bytes = cli.node.distribute_min_bytes;
     if let Command::Sql { local: true, .. } = &cli.command {
         options.distribute_mode = apiary::apiary_query::distributed::DistributeMode::Never;
     }

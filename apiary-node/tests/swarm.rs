@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,18 +39,11 @@ fn timing() -> [&'static str; 6] {
 
 fn start(storage: &str, dir: &Path, id: &str, env: &[(&str, &str)]) -> Node {
     let status = dir.join(format!("{id}.status.json"));
-    let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_apiary"))
-        .args(["node", "--storage", storage, "--node-id", id])
-        .arg("--state-dir")
-        .arg(dir.join(format!("{id}.state")))
+    let child = common::node_command(storage, dir, id)
         .arg("--status-file")
         .arg(&status)
         .args(timing())
         .envs(env.iter().copied())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
         .spawn()
         .unwrap();
     Node {

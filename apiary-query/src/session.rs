@@ -385,31 +385,26 @@ impl SqlSession {
         };
         let state = self.ctx.state();
         let optimized = state.optimize(plan)?;
-        let Some(split) = distributed::plan::split(&optimized, &state)? else {
+        let Some(split) = distributed::plan::split(&optimized, &state, &self.current)? else {
             return Ok(None);
         };
-        if split.fragment.cells.is_empty() {
+        let small = split.fragment.bytes() < cluster.settings.auto_min_bytes;
+        if split.fragment.cells.is_empty() || (self.distribute == DistributeMode::Auto && small) {
             return Ok(None);
         }
+        // Only now ask who is there: for a process that is not a node that reads storage.
         let workers = cluster.directory.workers().await?;
         let local = cluster.directory.local_node();
-        let others = workers
-            .iter()
-            .filter(|w| Some(&w.node_id) != local.as_ref())
-            .count();
+        let others = workers.iter().any(|w| Some(&w.node_id) != local.as_ref());
         let go = match self.distribute {
             DistributeMode::Never => false,
             DistributeMode::Always => !workers.is_empty(),
-            DistributeMode::Auto => {
-                others > 0 && split.fragment.bytes() >= cluster.settings.auto_min_bytes
-            }
+            DistributeMode::Auto => others,
         };
         if !go {
             return Ok(None);
         }
-        let mut fragment = split.fragment.clone();
-        fragment.scope = self.current.clone();
-        let table = DistributedTable::new(fragment, cluster, self.engine.clone());
+        let table = DistributedTable::new(split.fragment.clone(), cluster, self.engine.clone());
         let partials = LogicalPlanBuilder::scan(
             distributed::plan::PARTIALS,
             provider_as_source(Arc::new(table)),

@@ -37,5 +37,5 @@ pub use instrumented::{CountsHandle, FaultConfig, InstrumentedStore, RequestCoun
 pub use object::{ObjectStoreBackend, get_opt, memory};
 pub use object_store;
 pub use object_store::path::Path;
-pub use open::{RESERVED_PREFIX, object_store_for, open, preflight};
+pub use open::{RESERVED_PREFIX, object_store_for, open, preflight, store_now};
 pub use uri::{ACCEPTED_FORMS, STORAGE_ENV, StorageUri};

@@ -190,3 +190,17 @@ async fn check_probe(
     }
     Ok(())
 }
+
+/// The store's own clock, now, in milliseconds since the epoch: the modification stamp of
+/// a probe object written under [`RESERVED_PREFIX`] (and deleted again). Ages of objects are
+/// judged against this, never against a node's clock, which may be off.
+pub async fn store_now(backend: &dyn StorageBackend) -> Result<i64> {
+    let probe = Path::from(format!(
+        "{RESERVED_PREFIX}/clock/{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    backend.put(&probe, Bytes::from_static(b"{}")).await?;
+    let now = backend.head(&probe).await;
+    let _ = backend.delete(&probe).await;
+    Ok(now?.last_modified_ms)
+}

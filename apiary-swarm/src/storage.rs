@@ -230,15 +230,7 @@ pub async fn request_drain(
 /// modification stamp is "now"; a heartbeat's age is that minus its own stamp. No node's
 /// clock is involved. Every heartbeat is read.
 pub async fn snapshot(backend: &dyn StorageBackend, config: &SwarmConfig) -> Result<WorldView> {
-    let probe = Path::from(format!(
-        "{}/clock/{}",
-        apiary_storage::RESERVED_PREFIX,
-        uuid::Uuid::new_v4().simple()
-    ));
-    backend.put(&probe, Bytes::from_static(b"{}")).await?;
-    let store_now = backend.head(&probe).await;
-    let _ = backend.delete(&probe).await;
-    let store_now = store_now?.last_modified_ms;
+    let store_now = apiary_storage::store_now(backend).await?;
 
     let listed = list_heartbeats(backend).await?;
     let mut view = WorldView::default();

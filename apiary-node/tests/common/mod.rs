@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(clippy::unwrap_used, dead_code)]
 
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use apiary::Apiary;
@@ -36,4 +38,19 @@ pub async fn create_clicks_frame(ap: &Apiary) {
     )
     .await
     .unwrap();
+}
+
+/// `apiary node` on `storage` as node `id`, with its state folder and its log (stderr, at
+/// `info`) in `dir`; callers add timing flags and spawn it.
+pub fn node_command(storage: &str, dir: &Path, id: &str) -> Command {
+    let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_apiary"));
+    command
+        .args(["node", "--storage", storage, "--node-id", id])
+        .arg("--state-dir")
+        .arg(dir.join(format!("{id}.state")))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    command
 }

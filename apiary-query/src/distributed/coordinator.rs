@@ -29,7 +29,7 @@ use futures::TryStreamExt;
 use super::manifest::{TASK_FORMAT, TaskKey, TaskSpec, columns_of};
 use super::plan::Fragment;
 use super::task::coerce;
-use super::transport::{Delivered, TaskOutcome, TaskReport};
+use super::transport::{Delivered, ShuffleTransport, TaskOutcome, TaskReport};
 use super::{Cluster, MAX_ATTEMPTS, WorkerInfo, result};
 use crate::error::QueryError;
 use crate::session::QueryEngine;
@@ -280,158 +280,100 @@ struct Pending {
     spec: TaskSpec,
     /// When the current attempt was handed out (coordinator's clock).
     since: Instant,
-    /// Every attempt's node, to ask for any of their results.
-    attempts: Vec<String>,
+    /// The nodes tried so far; a retry goes elsewhere when it can.
+    tried: Vec<String>,
+    /// Why earlier attempts were given up.
     causes: Vec<String>,
-    /// The current attempt reported a failure: reassign at the next check.
-    failed: bool,
+    /// The report, rows and attempt of the result used.
     done: Option<(TaskReport, Vec<RecordBatch>, u32)>,
 }
 
-type LocalResult = (TaskKey, TaskOutcome, TaskReport);
+/// The state of one query while it runs.
+struct Attempts<'a> {
+    run: &'a Run,
+    query_id: String,
+    /// This process's node id, when it is a node (its tasks run here).
+    local: Option<String>,
+    tasks: Vec<Pending>,
+    /// Local tasks report here; remote ones through the transport.
+    tx: tokio::sync::mpsc::UnboundedSender<Delivered>,
+    /// Failures already received (never asked for again).
+    failed: HashSet<TaskKey>,
+    cleanup: Cleanup,
+}
 
 impl Run {
     async fn run(&self) -> Result<Vec<RecordBatch>, QueryError> {
-        let query_id = format!("q-{}", uuid::Uuid::new_v4().simple());
         self.cluster.maybe_sweep();
         let workers = self.cluster.directory.workers().await?;
         let local = self.cluster.directory.local_node();
-        let plan = assign(&self.fragment, &workers);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LocalResult>();
-        let mut tasks: Vec<Pending> = plan
+        let coordinator = local
+            .clone()
+            .unwrap_or_else(|| format!("client-{}", std::process::id()));
+        let query_id = format!("q-{}", uuid::Uuid::new_v4().simple());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let tasks = assign(&self.fragment, &workers)
             .into_iter()
             .enumerate()
-            .map(|(i, (node, cells))| {
-                let bytes = cells.iter().map(|c| c.bytes).sum();
-                Pending {
-                    spec: TaskSpec {
-                        format: TASK_FORMAT,
-                        query_id: query_id.clone(),
-                        task_id: i as u32,
-                        attempt: 1,
-                        node_id: node.clone(),
-                        coordinator: self.cluster.coordinator.clone(),
-                        split: self.fragment.split.clone(),
-                        cells: cells.into_iter().map(|c| c.path).collect(),
-                        bytes,
-                        pins: self.fragment.pins.clone(),
-                        sql: self.fragment.sql.clone(),
-                        scope: self.fragment.scope.clone(),
-                        schema: columns_of(&self.fragment.schema),
-                        timeout_ms: self.cluster.settings.task_timeout.as_millis() as u64,
-                    },
-                    since: Instant::now(),
-                    attempts: vec![node],
-                    causes: Vec::new(),
-                    failed: false,
-                    done: None,
-                }
+            .map(|(i, (node, cells))| Pending {
+                spec: TaskSpec {
+                    format: TASK_FORMAT,
+                    query_id: query_id.clone(),
+                    task_id: i as u32,
+                    attempt: 1,
+                    node_id: node.clone(),
+                    coordinator: coordinator.clone(),
+                    split: self.fragment.split.clone(),
+                    bytes: cells.iter().map(|c| c.bytes).sum(),
+                    cells: cells.into_iter().map(|c| c.path).collect(),
+                    pins: self.fragment.pins.clone(),
+                    sql: self.fragment.sql.clone(),
+                    scope: self.fragment.scope.clone(),
+                    schema: columns_of(&self.fragment.schema),
+                    timeout_ms: self.cluster.settings.task_timeout.as_millis() as u64,
+                },
+                since: Instant::now(),
+                tried: vec![node],
+                causes: Vec::new(),
+                done: None,
             })
             .collect();
-        let guard = Cleanup {
-            cluster: self.cluster.clone(),
-            query_id: query_id.clone(),
-            published: false,
+        let mut q = Attempts {
+            run: self,
+            cleanup: Cleanup {
+                cluster: self.cluster.clone(),
+                query_id: query_id.clone(),
+                published: false,
+            },
+            query_id,
+            local,
+            tasks,
+            tx,
+            failed: HashSet::new(),
         };
-        let mut guard = guard;
-        let specs: Vec<TaskSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
-        self.dispatch(&query_id, &specs, local.as_deref(), &tx, &mut guard)
-            .await?;
+        let first: Vec<TaskSpec> = q.tasks.iter().map(|t| t.spec.clone()).collect();
+        q.dispatch(first).await?;
 
         let mut poll = Duration::from_millis(10);
-        let mut last_directory = Instant::now();
-        while tasks.iter().any(|t| t.done.is_none()) {
-            // Local results arrive on the channel; remote ones are collected below.
+        let mut last_check = Instant::now();
+        while q.tasks.iter().any(|t| t.done.is_none()) {
+            let mut retry = Vec::new();
             tokio::select! {
-                Some(local) = rx.recv() => self.accept(&mut tasks, Delivered { key: local.0, outcome: local.1, report: local.2 })?,
+                Some(d) = rx.recv() => retry.extend(q.accept(d)?),
                 _ = tokio::time::sleep(poll) => {}
             }
-            while let Ok(local) = rx.try_recv() {
-                self.accept(
-                    &mut tasks,
-                    Delivered {
-                        key: local.0,
-                        outcome: local.1,
-                        report: local.2,
-                    },
-                )?;
+            while let Ok(d) = rx.try_recv() {
+                retry.extend(q.accept(d)?);
             }
             poll = (poll * 2).min(self.cluster.settings.result_poll);
-            if guard.published {
-                let wanted: Vec<TaskKey> = tasks
-                    .iter()
-                    .filter(|t| t.done.is_none())
-                    .flat_map(|t| {
-                        (1..=t.spec.attempt).map(|attempt| TaskKey {
-                            query_id: query_id.clone(),
-                            task_id: t.spec.task_id,
-                            attempt,
-                        })
-                    })
-                    .collect();
-                if !wanted.is_empty() {
-                    match self.cluster.transport.collect(&query_id, &wanted).await {
-                        Ok(delivered) => {
-                            for d in delivered {
-                                self.accept(&mut tasks, d)?;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(query = %query_id, error = %e, "collecting results failed; retrying")
-                        }
-                    }
-                }
-            }
-            // Reassign what a gone or slow worker holds.
-            if last_directory.elapsed() >= self.cluster.settings.result_poll {
-                last_directory = Instant::now();
-                let alive = match self.cluster.directory.workers().await {
-                    Ok(w) => w,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading the swarm failed");
-                        continue;
-                    }
-                };
-                let alive_ids: HashSet<&str> = alive.iter().map(|w| w.node_id.as_str()).collect();
-                let mut again = Vec::new();
-                for t in tasks.iter_mut().filter(|t| t.done.is_none()) {
-                    let node = t.spec.node_id.clone();
-                    let is_local = node.is_empty() || local.as_deref() == Some(node.as_str());
-                    let cause = if t.failed {
-                        None // its cause is recorded already
-                    } else if !is_local && !alive_ids.contains(node.as_str()) {
-                        Some(format!(
-                            "node {node} is no longer available (dead, suspect or leaving)"
-                        ))
-                    } else if t.since.elapsed()
-                        > self.cluster.settings.task_timeout + Duration::from_secs(5)
-                    {
-                        Some(format!("node {node} ran past the task timeout"))
-                    } else {
-                        None
-                    };
-                    if let Some(cause) = cause {
-                        t.causes
-                            .push(format!("attempt {}: {cause}", t.spec.attempt));
-                        again.push(t.spec.task_id);
-                    } else if t.failed {
-                        again.push(t.spec.task_id);
-                    }
-                }
-                for id in again {
-                    self.retry(
-                        &mut tasks,
-                        id,
-                        &alive,
-                        local.as_deref(),
-                        &query_id,
-                        &tx,
-                        &mut guard,
-                    )
-                    .await?;
-                }
+            retry.extend(q.collect_remote().await?);
+            let due = last_check.elapsed() >= self.cluster.settings.result_poll;
+            if due || !retry.is_empty() {
+                last_check = Instant::now();
+                q.reassign(retry).await?;
             }
         }
+        let Attempts { tasks, cleanup, .. } = q;
         let mut runs = Vec::new();
         let mut batches = Vec::new();
         for t in tasks {
@@ -441,7 +383,7 @@ impl Run {
             runs.push(TaskRun {
                 task_id: t.spec.task_id,
                 attempt,
-                node_id: report.node_id.clone(),
+                node_id: report.node_id,
                 cells: t.spec.cells.len(),
                 bytes: t.spec.bytes,
                 rows: report.rows,
@@ -451,97 +393,190 @@ impl Run {
             batches.extend(rows);
         }
         *self.runs.lock().unwrap_or_else(|p| p.into_inner()) = runs;
-        guard.finish().await;
+        cleanup.finish().await;
         Ok(batches)
+    }
+}
+
+impl Attempts<'_> {
+    fn is_local(&self, node: &str) -> bool {
+        node.is_empty() || self.local.as_deref() == Some(node)
     }
 
     /// Hands `specs` out: local ones run in this process, the rest go through the transport.
-    async fn dispatch(
-        &self,
-        query_id: &str,
-        specs: &[TaskSpec],
-        local: Option<&str>,
-        tx: &tokio::sync::mpsc::UnboundedSender<LocalResult>,
-        guard: &mut Cleanup,
-    ) -> Result<(), QueryError> {
-        let (mine, remote): (Vec<&TaskSpec>, Vec<&TaskSpec>) = specs
-            .iter()
-            .partition(|s| Some(s.node_id.as_str()) == local || s.node_id.is_empty());
+    async fn dispatch(&mut self, specs: Vec<TaskSpec>) -> Result<(), QueryError> {
+        let (mine, remote): (Vec<TaskSpec>, Vec<TaskSpec>) =
+            specs.into_iter().partition(|s| self.is_local(&s.node_id));
         if !remote.is_empty() {
-            let remote: Vec<TaskSpec> = remote.into_iter().cloned().collect();
-            guard.published = true;
-            self.cluster
+            self.cleanup.published = true;
+            let coordinator = &remote[0].coordinator;
+            self.run
+                .cluster
                 .transport
-                .publish_tasks(query_id, &self.cluster.coordinator, &remote)
+                .publish_tasks(&self.query_id, coordinator, &remote)
                 .await?;
         }
         for spec in mine {
-            let engine = self.engine.clone();
-            let spec = spec.clone();
-            let tx = tx.clone();
-            let me = local.unwrap_or("coordinator").to_string();
+            let engine = self.run.engine.clone();
+            let tx = self.tx.clone();
+            let me = self
+                .local
+                .clone()
+                .unwrap_or_else(|| spec.coordinator.clone());
             tokio::spawn(async move {
-                let (outcome, report) = super::run_task(&engine, &me, &spec).await;
-                let _ = tx.send((spec.key(), outcome, report));
+                let key = spec.key();
+                // A panic in the engine is this task's failure, not a hang.
+                let ran = tokio::spawn(async move { super::run_task(&engine, &me, &spec).await });
+                let (outcome, report) = match ran.await {
+                    Ok(done) => done,
+                    Err(e) => (TaskOutcome::Failed(e.to_string()), TaskReport::default()),
+                };
+                let _ = tx.send(Delivered {
+                    key,
+                    outcome,
+                    report,
+                });
             });
         }
         Ok(())
     }
 
-    fn accept(&self, tasks: &mut [Pending], d: Delivered) -> Result<(), QueryError> {
-        let Some(t) = tasks
+    /// Takes an outcome; returns the task to retry when its current attempt failed. A late
+    /// or duplicate outcome is ignored.
+    fn accept(&mut self, d: Delivered) -> Result<Option<u32>, QueryError> {
+        let schema = &self.run.fragment.schema;
+        let Some(t) = self
+            .tasks
             .iter_mut()
             .find(|t| t.spec.task_id == d.key.task_id && t.done.is_none())
         else {
-            return Ok(()); // late or duplicate
+            return Ok(None);
         };
         match d.outcome {
             TaskOutcome::Rows(ipc) => {
-                let (schema, batches) = result::decode(&d.key.to_string(), &ipc)?;
-                let report = schema
+                let (ipc_schema, batches) = result::decode(&d.key.to_string(), &ipc)?;
+                let report = ipc_schema
                     .as_deref()
                     .and_then(result::report_of)
                     .unwrap_or(d.report);
                 let batches = batches
                     .into_iter()
-                    .map(|b| coerce(b, &self.fragment.schema))
+                    .map(|b| coerce(b, schema))
                     .collect::<Result<Vec<_>, _>>()?;
                 t.done = Some((report, batches, d.key.attempt));
+                Ok(None)
             }
-            TaskOutcome::Empty => t.done = Some((d.report, Vec::new(), d.key.attempt)),
+            TaskOutcome::Empty => {
+                t.done = Some((d.report, Vec::new(), d.key.attempt));
+                Ok(None)
+            }
             TaskOutcome::Failed(cause) => {
-                if d.key.attempt != t.spec.attempt {
-                    return Ok(()); // an older attempt's failure: the current one runs on
-                }
-                t.causes.push(format!(
-                    "attempt {} on {}: {cause}",
-                    d.key.attempt,
-                    if d.report.node_id.is_empty() {
+                let current = d.key.attempt == t.spec.attempt;
+                if self.failed.insert(d.key.clone()) {
+                    let node = if d.report.node_id.is_empty() {
                         &t.spec.node_id
                     } else {
                         &d.report.node_id
-                    }
-                ));
-                // Reassigned at the next directory check.
-                t.failed = true;
+                    };
+                    t.causes
+                        .push(format!("attempt {} on {node}: {cause}", d.key.attempt));
+                }
+                // An older attempt's failure: the current one runs on.
+                Ok(current.then_some(t.spec.task_id))
             }
         }
-        Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn retry(
-        &self,
-        tasks: &mut [Pending],
-        task_id: u32,
-        alive: &[WorkerInfo],
-        local: Option<&str>,
-        query_id: &str,
-        tx: &tokio::sync::mpsc::UnboundedSender<LocalResult>,
-        guard: &mut Cleanup,
-    ) -> Result<(), QueryError> {
-        let Some(t) = tasks.iter_mut().find(|t| t.spec.task_id == task_id) else {
+    /// Outcomes of remote attempts published so far; returns tasks to retry.
+    async fn collect_remote(&mut self) -> Result<Vec<u32>, QueryError> {
+        if !self.cleanup.published {
+            return Ok(Vec::new());
+        }
+        // Every attempt of an unfinished task may still answer; failures already in hand
+        // are not fetched again.
+        let wanted: Vec<TaskKey> = self
+            .tasks
+            .iter()
+            .filter(|t| t.done.is_none())
+            .flat_map(|t| {
+                (1..=t.spec.attempt).map(|attempt| TaskKey {
+                    attempt,
+                    ..t.spec.key()
+                })
+            })
+            .filter(|k| !self.failed.contains(k))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let delivered = match self
+            .run
+            .cluster
+            .transport
+            .collect(&self.query_id, &wanted)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(query = %self.query_id, error = %e, "collecting results failed; retrying");
+                return Ok(Vec::new());
+            }
+        };
+        let mut retry = Vec::new();
+        for d in delivered {
+            retry.extend(self.accept(d)?);
+        }
+        Ok(retry)
+    }
+
+    /// Retries `failed` tasks and those whose node is gone or past the deadline.
+    async fn reassign(&mut self, failed: Vec<u32>) -> Result<(), QueryError> {
+        let alive = match self.run.cluster.directory.workers().await {
+            Ok(w) => w,
+            Err(e) if failed.is_empty() => {
+                tracing::warn!(error = %e, "reading the swarm failed");
+                return Ok(());
+            }
+            Err(_) => Vec::new(), // retried here, by the coordinator
+        };
+        let alive_ids: HashSet<&str> = alive.iter().map(|w| w.node_id.as_str()).collect();
+        let deadline = self.run.cluster.settings.task_timeout + Duration::from_secs(5);
+        let mut again = failed;
+        for t in self.tasks.iter_mut().filter(|t| t.done.is_none()) {
+            let node = t.spec.node_id.as_str();
+            let local = node.is_empty() || self.local.as_deref() == Some(node);
+            let cause = if !local && !alive_ids.contains(node) {
+                format!("node {node} is no longer available (dead, suspect or leaving)")
+            } else if t.since.elapsed() > deadline {
+                format!("node {node} ran past the task deadline")
+            } else {
+                continue;
+            };
+            if !again.contains(&t.spec.task_id) {
+                t.causes
+                    .push(format!("attempt {}: {cause}", t.spec.attempt));
+                again.push(t.spec.task_id);
+            }
+        }
+        let mut specs = Vec::new();
+        for id in again {
+            specs.push(self.next_attempt(id, &alive)?);
+        }
+        if specs.is_empty() {
             return Ok(());
+        }
+        self.dispatch(specs).await
+    }
+
+    /// The next attempt of task `id`: another node than those tried, the least loaded;
+    /// else any alive node; else this process. Fails the query after [`MAX_ATTEMPTS`].
+    fn next_attempt(&mut self, id: u32, alive: &[WorkerInfo]) -> Result<TaskSpec, QueryError> {
+        let local = self.local.clone();
+        let query_id = self.query_id.clone();
+        let Some(t) = self.tasks.iter_mut().find(|t| t.spec.task_id == id) else {
+            return Err(QueryError::Execution(format!(
+                "no task {id} in query {query_id}"
+            )));
         };
         if t.spec.attempt >= MAX_ATTEMPTS {
             let mut cells = t.spec.cells.clone();
@@ -562,22 +597,18 @@ impl Run {
                 t.causes.join("; ")
             )));
         }
-        // Another node than those tried, least loaded; else whoever is left; else here.
-        let tried: HashSet<&str> = t.attempts.iter().map(String::as_str).collect();
         let target = alive
             .iter()
-            .filter(|w| !tried.contains(w.node_id.as_str()))
+            .filter(|w| !t.tried.contains(&w.node_id))
             .max_by_key(|w| w.idle_bees)
-            .or_else(|| alive.iter().find(|w| Some(w.node_id.as_str()) == local))
+            .or_else(|| alive.first())
             .map(|w| w.node_id.clone())
-            .unwrap_or_else(|| local.unwrap_or_default().to_string());
+            .unwrap_or_else(|| local.unwrap_or_default());
         t.spec.attempt += 1;
         t.spec.node_id = target.clone();
         t.since = Instant::now();
-        t.failed = false;
-        t.attempts.push(target);
-        let spec = t.spec.clone();
-        self.dispatch(query_id, &[spec], local, tx, guard).await
+        t.tried.push(target);
+        Ok(t.spec.clone())
     }
 }
 
@@ -590,11 +621,8 @@ struct Cleanup {
 
 impl Cleanup {
     async fn finish(mut self) {
-        if self.published {
-            self.published = false;
-            if let Err(e) = self.cluster.transport.finish(&self.query_id).await {
-                tracing::warn!(query = %self.query_id, error = %e, "query objects not removed; a sweep will");
-            }
+        if std::mem::take(&mut self.published) {
+            remove(Arc::clone(&self.cluster.transport), self.query_id.clone()).await;
         }
     }
 }
@@ -604,14 +632,17 @@ impl Drop for Cleanup {
         if self.published
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
-            let transport = Arc::clone(&self.cluster.transport);
-            let query_id = self.query_id.clone();
-            handle.spawn(async move {
-                if let Err(e) = transport.finish(&query_id).await {
-                    tracing::warn!(query = %query_id, error = %e, "query objects not removed; a sweep will");
-                }
-            });
+            handle.spawn(remove(
+                Arc::clone(&self.cluster.transport),
+                self.query_id.clone(),
+            ));
         }
+    }
+}
+
+async fn remove(transport: Arc<dyn ShuffleTransport>, query_id: String) {
+    if let Err(e) = transport.finish(&query_id).await {
+        tracing::warn!(query = %query_id, error = %e, "query objects not removed; a sweep will");
     }
 }
 

@@ -129,8 +129,6 @@ pub struct Cluster {
     pub directory: Arc<dyn WorkerDirectory>,
     /// Tuning.
     pub settings: DistributeSettings,
-    /// Name of this coordinator in manifests.
-    pub coordinator: String,
     /// When this coordinator last swept old queries.
     last_sweep: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
@@ -141,13 +139,11 @@ impl Cluster {
         transport: Arc<dyn ShuffleTransport>,
         directory: Arc<dyn WorkerDirectory>,
         settings: DistributeSettings,
-        coordinator: String,
     ) -> Self {
         Self {
             transport,
             directory,
             settings,
-            coordinator,
             last_sweep: Arc::default(),
         }
     }

@@ -181,66 +181,58 @@ impl Split {
 }
 
 /// Splits `plan` (optimized) for distribution; `None` when it reads no frame that can be
-/// split (then it runs locally).
-pub fn split(plan: &LogicalPlan, state: &dyn Session) -> Result<Option<Split>> {
-    let Some((path, scan, table)) = choose_split_scan(plan)? else {
+/// split, or when the part to distribute cannot be written as SQL (then it runs locally).
+/// `scope` is the session's `USE`, under which the fragment's names resolve.
+pub fn split(plan: &LogicalPlan, state: &dyn Session, scope: &[String]) -> Result<Option<Split>> {
+    let Some((path, scan, table)) = choose_split_scan(plan) else {
         return Ok(None);
     };
     // Walk up from the scan while the union over cell subsets commutes.
     let nodes = nodes_on_path(plan, &path);
     let mut top = path.len(); // index into `nodes` of the subtree root (the scan itself)
-    while top > 0 {
-        let parent = nodes[top - 1];
-        let child_index = path[top - 1];
-        if !commutes(parent, child_index)? {
-            break;
-        }
+    while top > 0 && commutes(nodes[top - 1], path[top - 1])? {
         top -= 1;
     }
     let subtree = nodes[top].clone();
-    let pins = frames_read(&subtree, &table)?;
-    let split_pin = FramePin::new(table.index().frame(), table.index().version());
-    let cells = table
-        .index()
-        .select_cells(state, &scan.filters)
-        .map_err(QueryError::from)?;
-
-    let parent = top.checked_sub(1).map(|i| nodes[i]);
-    let (fragment_plan, finish, replace_path, shape) = match parent {
-        Some(LogicalPlan::Aggregate(agg)) => match decompose(agg, &subtree)? {
-            Some((partial, finish)) => (
-                partial,
-                finish,
-                path[..top - 1].to_vec(),
-                Shape::PartialAggregate,
-            ),
-            None => rows(&subtree, &path[..top]),
-        },
+    let Some(pins) = frames_read(&subtree, &table) else {
+        return Ok(None);
+    };
+    // By default the tasks return the subtree's rows, and the coordinator does the rest.
+    let mut fragment_plan = subtree.clone();
+    let mut finish = Finish::Rename(Arc::clone(subtree.schema()));
+    let mut replace_path = path[..top].to_vec();
+    let mut shape = Shape::Rows;
+    match top.checked_sub(1).map(|i| nodes[i]) {
+        Some(LogicalPlan::Aggregate(agg)) => {
+            if let Some((partial, final_agg)) = decompose(agg, &subtree)? {
+                fragment_plan = partial;
+                finish = final_agg;
+                replace_path.pop();
+                shape = Shape::PartialAggregate;
+            }
+        }
         Some(LogicalPlan::Sort(Sort {
             expr,
             fetch: Some(fetch),
             ..
         })) => {
-            let pushed = LogicalPlan::Sort(Sort {
+            fragment_plan = LogicalPlan::Sort(Sort {
                 expr: expr.clone(),
-                input: Arc::new(subtree.clone()),
+                input: Arc::new(subtree),
                 fetch: Some(*fetch),
             });
-            let (_, finish, p, _) = rows(&subtree, &path[..top]);
-            (pushed, finish, p, Shape::TopK)
+            shape = Shape::TopK;
         }
-        Some(LogicalPlan::Limit(limit)) => match limit_rows(limit) {
-            Some(n) => {
-                let pushed = LogicalPlanBuilder::from(subtree.clone())
+        Some(LogicalPlan::Limit(limit)) => {
+            if let Some(n) = limit_rows(limit) {
+                fragment_plan = LogicalPlanBuilder::from(subtree)
                     .limit(0, Some(n))?
                     .build()?;
-                let (_, finish, p, _) = rows(&subtree, &path[..top]);
-                (pushed, finish, p, Shape::Limit)
+                shape = Shape::Limit;
             }
-            None => rows(&subtree, &path[..top]),
-        },
-        _ => rows(&subtree, &path[..top]),
-    };
+        }
+        _ => {}
+    }
     let fragment_plan = rename_columns(fragment_plan)?;
     let schema: SchemaRef = Arc::new(Schema::new(
         fragment_plan
@@ -250,33 +242,31 @@ pub fn split(plan: &LogicalPlan, state: &dyn Session) -> Result<Option<Split>> {
             .map(|f| Arc::new(Field::new(f.name(), f.data_type().clone(), true)))
             .collect::<Vec<_>>(),
     ));
-    let sql = Unparser::new(&DefaultDialect {})
-        .plan_to_sql(&fragment_plan)
-        .map_err(|e| QueryError::Invalid(format!("the fragment cannot be written as SQL: {e}")))?
-        .to_string();
+    let sql = match Unparser::new(&DefaultDialect {}).plan_to_sql(&fragment_plan) {
+        Ok(sql) => sql.to_string(),
+        Err(e) => {
+            tracing::debug!(error = %e, "the fragment cannot be written as SQL; running locally");
+            return Ok(None);
+        }
+    };
+    let cells = table
+        .index()
+        .select_cells(state, &scan.filters)
+        .map_err(QueryError::from)?;
     Ok(Some(Split {
         fragment: Fragment {
             sql,
             schema,
-            split: split_pin,
+            split: FramePin::new(table.index().frame(), table.index().version()),
             cells,
             pins,
             shape,
-            scope: Vec::new(),
+            scope: scope.to_vec(),
         },
         finish,
         path: replace_path,
         root: plan.clone(),
     }))
-}
-
-fn rows(subtree: &LogicalPlan, path: &[usize]) -> (LogicalPlan, Finish, Vec<usize>, Shape) {
-    (
-        subtree.clone(),
-        Finish::Rename(Arc::clone(subtree.schema())),
-        path.to_vec(),
-        Shape::Rows,
-    )
 }
 
 fn limit_rows(limit: &Limit) -> Option<usize> {
@@ -310,7 +300,7 @@ fn frame_table(scan: &TableScan) -> Option<FrameTable> {
 }
 
 /// The frame scan to split: the largest frame scanned exactly once, with its path.
-fn choose_split_scan(plan: &LogicalPlan) -> Result<Option<(Vec<usize>, TableScan, FrameTable)>> {
+fn choose_split_scan(plan: &LogicalPlan) -> Option<(Vec<usize>, TableScan, FrameTable)> {
     let mut scans: Vec<(Vec<usize>, TableScan, FrameTable)> = Vec::new();
     collect_scans(plan, &mut Vec::new(), &mut scans);
     let count = |t: &FrameTable| {
@@ -319,12 +309,11 @@ fn choose_split_scan(plan: &LogicalPlan) -> Result<Option<(Vec<usize>, TableScan
             .filter(|(_, _, o)| o.index().frame() == t.index().frame())
             .count()
     };
-    let best = scans
+    scans
         .iter()
         .filter(|(_, _, t)| count(t) == 1)
         .max_by_key(|(_, _, t)| t.index().bytes())
-        .cloned();
-    Ok(best)
+        .cloned()
 }
 
 fn collect_scans(
@@ -401,11 +390,12 @@ fn commutes(parent: &LogicalPlan, child: usize) -> Result<bool> {
     })
 }
 
-/// Every frame `subtree` reads other than `split`, at the version the plan holds.
-fn frames_read(subtree: &LogicalPlan, split: &FrameTable) -> Result<Vec<FramePin>> {
+/// Every frame `subtree` reads other than `split`, at the version the plan holds; `None`
+/// when it reads a table that is not a frame (workers could not resolve it).
+fn frames_read(subtree: &LogicalPlan, split: &FrameTable) -> Option<Vec<FramePin>> {
     let mut pins = Vec::new();
     let mut foreign = false;
-    subtree.apply(|node| {
+    let _ = subtree.apply(|node| {
         if let LogicalPlan::TableScan(scan) = node {
             match frame_table(scan) {
                 Some(t) if t.index().frame() == split.index().frame() => {}
@@ -414,15 +404,13 @@ fn frames_read(subtree: &LogicalPlan, split: &FrameTable) -> Result<Vec<FramePin
             }
         }
         Ok(TreeNodeRecursion::Continue)
-    })?;
+    });
     if foreign {
-        return Err(QueryError::Invalid(
-            "the fragment reads a table that is not a frame".into(),
-        ));
+        return None;
     }
     pins.sort_by(|a, b| (&a.hive, &a.r#box, &a.frame).cmp(&(&b.hive, &b.r#box, &b.frame)));
     pins.dedup();
-    Ok(pins)
+    Some(pins)
 }
 
 /// Partial and final aggregation of `agg` over `input`, or `None` if it does not decompose.

@@ -8,20 +8,30 @@ use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
 
-use super::storage::REPORT_KEY;
 use super::transport::TaskReport;
 use crate::error::{QueryError, Result};
 
-/// `batches` as one IPC stream with schema `schema`.
-pub fn encode(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Bytes> {
-    encode_with(schema, batches, HashMap::new())
+/// Schema metadata key under which a result stream carries the worker's [`TaskReport`].
+pub const REPORT_KEY: &str = "apiary.task_report";
+
+/// Decodes an IPC stream (checked framing; malformed input is an error, never a crash).
+pub fn decode(what: &str, ipc: &[u8]) -> Result<(Option<SchemaRef>, Vec<RecordBatch>)> {
+    let batches = apiary_ledger::ipc::batches(std::io::Cursor::new(ipc))
+        .map_err(|e| QueryError::Execution(format!("result `{what}` is damaged: {e}")))?;
+    let batches: Vec<RecordBatch> = batches
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| QueryError::Execution(format!("result `{what}` is damaged: {e}")))?;
+    Ok((batches.first().map(|b| b.schema()), batches))
 }
 
-fn encode_with(
+/// `batches` as one IPC stream whose schema metadata carries `report`.
+pub fn encode_with_report(
     schema: &SchemaRef,
     batches: &[RecordBatch],
-    metadata: HashMap<String, String>,
+    report: &TaskReport,
 ) -> Result<Bytes> {
+    let json = serde_json::to_string(report).map_err(|e| QueryError::Execution(e.to_string()))?;
+    let metadata = HashMap::from([(REPORT_KEY.to_string(), json)]);
     let schema = Arc::new(Schema::new_with_metadata(schema.fields().clone(), metadata));
     let mut out = Vec::new();
     let fail = |e: arrow_schema::ArrowError| QueryError::Execution(format!("result encoding: {e}"));
@@ -36,30 +46,6 @@ fn encode_with(
     writer.finish().map_err(fail)?;
     drop(writer);
     Ok(Bytes::from(out))
-}
-
-/// Decodes an IPC stream (checked framing; malformed input is an error, never a crash).
-pub fn decode(what: &str, ipc: &[u8]) -> Result<(Option<SchemaRef>, Vec<RecordBatch>)> {
-    let batches = apiary_ledger::ipc::batches(std::io::Cursor::new(ipc))
-        .map_err(|e| QueryError::Execution(format!("result `{what}` is damaged: {e}")))?;
-    let batches: Vec<RecordBatch> = batches
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| QueryError::Execution(format!("result `{what}` is damaged: {e}")))?;
-    Ok((batches.first().map(|b| b.schema()), batches))
-}
-
-/// `batches` as one IPC stream carrying `report` in its schema metadata.
-pub fn encode_with_report(
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-    report: &TaskReport,
-) -> Result<Bytes> {
-    let json = serde_json::to_string(report).map_err(|e| QueryError::Execution(e.to_string()))?;
-    encode_with(
-        schema,
-        batches,
-        HashMap::from([(REPORT_KEY.to_string(), json)]),
-    )
 }
 
 /// The report a decoded result's schema carries, if any.

@@ -23,11 +23,11 @@
 //! change itself is the signal. Per-node objects live outside `_queries/`, so `_queries/` is
 //! empty whenever no query runs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use apiary_storage::{Path, RESERVED_PREFIX, StorageBackend};
+use apiary_storage::{Path, StorageBackend};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -42,8 +42,6 @@ use crate::error::{QueryError, Result};
 pub const QUERIES_DIR: &str = "_queries";
 /// Where doorbells live.
 pub const DOORBELL_DIR: &str = "_doorbells";
-/// Schema metadata key of a result's report.
-pub const REPORT_KEY: &str = "apiary.task_report";
 
 /// Concurrent requests of one cleanup.
 const CONCURRENCY: usize = 16;
@@ -75,7 +73,10 @@ type Seen = (Option<String>, i64, u64);
 #[derive(Debug)]
 pub struct StorageShuffle {
     backend: Arc<dyn StorageBackend>,
+    /// Each polling node's doorbell as last seen.
     doorbells: Mutex<HashMap<String, Seen>>,
+    /// Each polling node's task objects already returned (only those still listed).
+    delivered: Mutex<HashMap<String, HashSet<Path>>>,
 }
 
 impl StorageShuffle {
@@ -84,6 +85,7 @@ impl StorageShuffle {
         Self {
             backend,
             doorbells: Mutex::default(),
+            delivered: Mutex::default(),
         }
     }
 
@@ -108,6 +110,18 @@ impl StorageShuffle {
         Path::from(DOORBELL_DIR).join(format!("{node_id}.json"))
     }
 
+    async fn put_all(&self, objects: Vec<(Path, Bytes)>) -> Result<()> {
+        futures::stream::iter(objects)
+            .map(|(key, bytes)| {
+                let backend = Arc::clone(&self.backend);
+                async move { backend.put(&key, bytes).await.map(|_| ()) }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
     async fn delete_all(&self, keys: Vec<Path>) -> Result<()> {
         futures::stream::iter(keys)
             .map(|k| async move { self.backend.delete(&k).await })
@@ -115,18 +129,6 @@ impl StorageShuffle {
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
-    }
-
-    /// The store's clock now: the modification stamp of a probe object.
-    async fn store_now(&self) -> Result<i64> {
-        let probe = Path::from(format!(
-            "{RESERVED_PREFIX}/clock/{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        self.backend.put(&probe, Bytes::from_static(b"{}")).await?;
-        let now = self.backend.head(&probe).await;
-        let _ = self.backend.delete(&probe).await;
-        Ok(now?.last_modified_ms)
     }
 }
 
@@ -154,47 +156,24 @@ impl ShuffleTransport for StorageShuffle {
         self.backend
             .put(&Self::query_dir(query_id).join("query.json"), info.into())
             .await?;
-        let writes: Vec<(Path, Bytes)> = tasks
+        let mut writes: Vec<(Path, Bytes)> = tasks
             .iter()
             .map(|t| Ok((Self::task_key(t), Bytes::from(t.encode()?))))
             .collect::<Result<_>>()?;
-        futures::stream::iter(writes)
-            .map(|(key, bytes)| {
-                let backend = Arc::clone(&self.backend);
-                async move {
-                    backend.put(&key, bytes).await?;
-                    Ok::<_, QueryError>(())
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        let mut nodes: Vec<String> = tasks.iter().map(|t| t.node_id.clone()).collect();
+        self.put_all(std::mem::take(&mut writes)).await?;
+        // Rung only once the tasks are durable: a worker that sees the ring lists them all.
+        let mut nodes: Vec<&str> = tasks.iter().map(|t| t.node_id.as_str()).collect();
         nodes.sort_unstable();
         nodes.dedup();
-        let rings: Vec<(Path, Bytes)> = nodes
-            .iter()
-            .map(|node| {
-                let ring = serde_json::to_vec(&Doorbell {
-                    query_id,
-                    nonce: uuid::Uuid::new_v4().simple().to_string(),
-                })
-                .map_err(|e| QueryError::Execution(e.to_string()))?;
-                Ok((Self::doorbell(node), Bytes::from(ring)))
+        for node in nodes {
+            let ring = serde_json::to_vec(&Doorbell {
+                query_id,
+                nonce: uuid::Uuid::new_v4().simple().to_string(),
             })
-            .collect::<Result<_>>()?;
-        futures::stream::iter(rings)
-            .map(|(key, bytes)| {
-                let backend = Arc::clone(&self.backend);
-                async move {
-                    backend.put(&key, bytes).await?;
-                    Ok::<_, QueryError>(())
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
+            writes.push((Self::doorbell(node), Bytes::from(ring)));
+        }
+        self.put_all(writes).await
     }
 
     async fn poll_tasks(&self, node_id: &str) -> Result<Vec<TaskSpec>> {
@@ -217,16 +196,23 @@ impl ShuffleTransport for StorageShuffle {
             .backend
             .list_with_delimiter(&Path::from(QUERIES_DIR))
             .await?;
-        let mut keys = Vec::new();
+        let mut listed = HashSet::new();
         for prefix in &queries.prefixes {
             let dir = prefix.clone().join("tasks").join(node_id);
-            keys.extend(self.backend.list(&dir).await?.into_iter().map(|m| m.key));
+            listed.extend(self.backend.list(&dir).await?.into_iter().map(|m| m.key));
         }
-        let tasks: Vec<Option<TaskSpec>> = futures::stream::iter(keys)
+        // Tasks returned before are not read again; those no longer listed are forgotten.
+        let new: Vec<Path> = {
+            let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = delivered.entry(node_id.to_string()).or_default();
+            mine.retain(|k| listed.contains(k));
+            listed.into_iter().filter(|k| !mine.contains(k)).collect()
+        };
+        let tasks: Vec<Option<(Path, TaskSpec)>> = futures::stream::iter(new)
             .map(|key| async move {
                 match self.backend.get(&key).await {
                     Ok(object) => match TaskSpec::decode(key.as_ref(), &object.bytes) {
-                        Ok(task) if task.node_id == node_id => Ok(Some(task)),
+                        Ok(task) if task.node_id == node_id => Ok(Some((key, task))),
                         Ok(_) => Ok(None),
                         Err(e) => {
                             // A malformed task cannot be answered; the coordinator's deadline
@@ -248,7 +234,14 @@ impl ShuffleTransport for StorageShuffle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(node_id.to_string(), seen);
-        Ok(tasks.into_iter().flatten().collect())
+        let tasks: Vec<(Path, TaskSpec)> = tasks.into_iter().flatten().collect();
+        self.delivered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(node_id.to_string())
+            .or_default()
+            .extend(tasks.iter().map(|(k, _)| k.clone()));
+        Ok(tasks.into_iter().map(|(_, t)| t).collect())
     }
 
     async fn publish_outcome(
@@ -351,7 +344,7 @@ impl ShuffleTransport for StorageShuffle {
         if queries.prefixes.is_empty() {
             return Ok(0);
         }
-        let now = self.store_now().await?;
+        let now = apiary_storage::store_now(self.backend.as_ref()).await?;
         let mut swept = 0;
         for prefix in queries.prefixes {
             let objects = self.backend.list(&prefix).await?;

@@ -24,9 +24,8 @@ pub async fn run_task(
 ) -> (TaskOutcome, TaskReport) {
     let started = Instant::now();
     let timeout = Duration::from_millis(task.timeout_ms.max(1));
-    let outcome = match tokio::time::timeout(timeout, execute(engine, task)).await {
-        Ok(Ok(batches)) => encode(task, batches, node_id, started),
-        Ok(Err(e)) => Err(e),
+    let ran = match tokio::time::timeout(timeout, execute(engine, task)).await {
+        Ok(ran) => ran,
         Err(_) => Err(QueryError::Execution(format!(
             "the task ran past its timeout of {timeout:?} and was stopped"
         ))),
@@ -36,33 +35,18 @@ pub async fn run_task(
         rows: 0,
         elapsed_ms: started.elapsed().as_millis() as u64,
     };
-    match outcome {
-        Ok((outcome, rows)) => {
-            report.rows = rows;
-            (outcome, report)
+    let outcome = ran.and_then(|batches| {
+        report.rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if report.rows == 0 {
+            return Ok(TaskOutcome::Empty);
         }
+        let ipc = result::encode_with_report(&task.expected_schema()?, &batches, &report)?;
+        Ok(TaskOutcome::Rows(ipc))
+    });
+    match outcome {
+        Ok(outcome) => (outcome, report),
         Err(e) => (TaskOutcome::Failed(e.to_string()), report),
     }
-}
-
-fn encode(
-    task: &TaskSpec,
-    batches: Vec<RecordBatch>,
-    node_id: &str,
-    started: Instant,
-) -> Result<(TaskOutcome, u64)> {
-    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-    if rows == 0 {
-        return Ok((TaskOutcome::Empty, 0));
-    }
-    let schema = task.expected_schema()?;
-    let report = TaskReport {
-        node_id: node_id.to_string(),
-        rows,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-    };
-    let ipc = result::encode_with_report(&schema, &batches, &report)?;
-    Ok((TaskOutcome::Rows(ipc), rows))
 }
 
 async fn execute(engine: &QueryEngine, task: &TaskSpec) -> Result<Vec<RecordBatch>> {
