@@ -354,7 +354,11 @@ impl Run {
         let first: Vec<TaskSpec> = q.tasks.iter().map(|t| t.spec.clone()).collect();
         q.dispatch(first).await?;
 
-        let mut poll = Duration::from_millis(10);
+        // Results are looked for at a tenth of the time spent so far (at least every 5 ms,
+        // at most every `result_poll`): waiting adds at most about a tenth to a query, and a
+        // long one costs few requests.
+        let started = Instant::now();
+        let mut poll = Duration::from_millis(5);
         let mut last_check = Instant::now();
         while q.tasks.iter().any(|t| t.done.is_none()) {
             let mut retry = Vec::new();
@@ -365,7 +369,8 @@ impl Run {
             while let Ok(d) = rx.try_recv() {
                 retry.extend(q.accept(d)?);
             }
-            poll = (poll * 2).min(self.cluster.settings.result_poll);
+            poll = (started.elapsed() / 10)
+                .clamp(Duration::from_millis(5), self.cluster.settings.result_poll);
             retry.extend(q.collect_remote().await?);
             let due = last_check.elapsed() >= self.cluster.settings.result_poll;
             if due || !retry.is_empty() {

@@ -1,0 +1,305 @@
+//! One node against two: the Star Schema Benchmark with its fact frame split over `apiary
+//! node` processes that each have one bee (pinned to one core with `taskset`), next to the
+//! same queries on one bee in one process; then the fixed cost of distributing a tiny query
+//! at the default task poll interval, with the coordinator's storage requests.
+//!
+//! ```sh
+//! cargo build --release -p apiary-node -p apiary-benches
+//! target/release/distributed --sf 1 --runs 3
+//! ```
+//!
+//! Every distributed answer is checked against the local one.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apiary::apiary_ledger::{FrameDefinition, FrameRef, FrameSchema};
+use apiary::apiary_storage::{
+    FaultConfig, InstrumentedStore, ObjectStoreBackend, StorageUri, object_store_for,
+};
+use apiary::{Apiary, ApiaryOptions, SqlSession};
+use apiary_benches::harness::{load_apiary, result_rows};
+use apiary_benches::ssb::{QUERIES, generate};
+
+struct Args {
+    sf: f64,
+    runs: usize,
+    cells: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        sf: 1.0,
+        runs: 3,
+        cells: 16,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_default();
+        match flag.as_str() {
+            "--sf" => a.sf = value.parse().expect("--sf takes a number"),
+            "--runs" => a.runs = value.parse().expect("--runs takes a count"),
+            "--cells" => a.cells = value.parse().expect("--cells takes a count"),
+            other => panic!("unknown argument {other}; use --sf N --runs N --cells N"),
+        }
+    }
+    a
+}
+
+/// The `apiary` binary built next to this one.
+fn apiary_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let bin = exe.with_file_name("apiary");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release -p apiary-node` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A node with one bee, pinned to `core`.
+fn node(storage: &str, dir: &Path, id: &str, core: usize, task_poll: &str) -> Child {
+    Command::new("taskset")
+        .args(["-c", &core.to_string()])
+        .arg(apiary_binary())
+        .args(["node", "--storage", storage, "--node-id", id])
+        .arg("--state-dir")
+        .arg(dir.join(id))
+        .args(["--heartbeat-interval", "500ms", "--poll-interval", "500ms"])
+        .args(["--task-poll-interval", task_poll])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("taskset and apiary node")
+}
+
+struct Nodes(Vec<Child>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn wait_alive(ap: &Apiary, n: usize) {
+    let started = Instant::now();
+    while ap.swarm_status().await.expect("swarm").alive < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nodes never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Wait out nodes that just left, so that only the live ones get tasks.
+    while ap.swarm_status().await.expect("swarm").alive > n {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn session(ap: &Apiary, mode: &str) -> SqlSession {
+    let mut s = ap.sql_session().expect("session");
+    s.sql(&format!("USE ssb.sf; SET apiary.distribute = '{mode}'"))
+        .await
+        .expect("settings");
+    if mode == "never" {
+        // One bee: one partition.
+        s.sql("SET datafusion.execution.target_partitions = 1")
+            .await
+            .expect("one partition");
+    }
+    s
+}
+
+/// Median seconds of `runs` runs of every query, and the rows of the last run.
+async fn time_all(s: &mut SqlSession, runs: usize) -> Vec<(f64, Vec<String>)> {
+    let mut out = Vec::new();
+    for (name, sql) in QUERIES {
+        let mut times = Vec::new();
+        let mut rows = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            let r = s.sql(sql).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            times.push(t.elapsed().as_secs_f64());
+            rows = result_rows(&r);
+        }
+        times.sort_by(f64::total_cmp);
+        out.push((times[times.len() / 2], rows));
+    }
+    out
+}
+
+fn geo_mean(v: &[f64]) -> f64 {
+    (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp()
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let storage = data.display().to_string();
+    std::fs::create_dir_all(&data).expect("data folder");
+
+    // The coordinator counts its own storage requests.
+    let uri = StorageUri::parse(&storage).expect("uri");
+    let (store, caps) = object_store_for(&uri).expect("store");
+    let store = InstrumentedStore::new(store, FaultConfig::none());
+    let counts = store.counts();
+    let backend = Arc::new(ObjectStoreBackend::new(Arc::new(store), caps, &storage));
+    let ap = Apiary::builder(ApiaryOptions::new(uri))
+        .backend(backend)
+        .build()
+        .await
+        .expect("open");
+
+    eprintln!("generating SSB SF {} and loading it ...", a.sf);
+    let tables = generate(a.sf, 42);
+    let (facts, dims): (Vec<_>, Vec<_>) = tables.into_iter().partition(|t| t.name == "lineorder");
+    load_apiary(&ap, "ssb", "sf", &dims).await;
+    for fact in &facts {
+        let frame = FrameRef::new("ssb", "sf", fact.name).expect("name");
+        let schema = FrameSchema::from_arrow(&fact.schema).expect("schema");
+        let definition = FrameDefinition::new(schema, Vec::new()).expect("definition");
+        ap.create_frame_with(&frame, definition)
+            .await
+            .expect("create");
+        // Written in `cells` parts, so the frame has cells to split.
+        let per = fact.batches.len().div_ceil(a.cells).max(1);
+        for part in fact.batches.chunks(per) {
+            ap.write_to_frame("ssb", "sf", fact.name, part.to_vec())
+                .await
+                .expect("write");
+        }
+    }
+    let info = ap
+        .describe_frame("ssb", "sf", "lineorder")
+        .await
+        .expect("frame");
+    println!(
+        "lineorder: {} rows in {} cells ({} MB)",
+        info.rows,
+        info.cells,
+        info.bytes / 1_000_000
+    );
+
+    let mut local = session(&ap, "never").await;
+    let one_bee = time_all(&mut local, a.runs).await;
+
+    let state = dir.path().join("state");
+    let mut nodes = Nodes(vec![node(&storage, &state, "bench-a", 0, "20ms")]);
+    wait_alive(&ap, 1).await;
+    let mut spread = session(&ap, "always").await;
+    let one_node = time_all(&mut spread, a.runs).await;
+    nodes.0.push(node(&storage, &state, "bench-b", 1, "20ms"));
+    wait_alive(&ap, 2).await;
+    let two_nodes = time_all(&mut spread, a.runs).await;
+    // Where the time of one distributed query goes: each task's time on its worker.
+    let (name, sql) = QUERIES[3];
+    let t = Instant::now();
+    let plan = result_rows(
+        &spread
+            .sql(&format!("EXPLAIN ANALYZE {sql}"))
+            .await
+            .expect("explain"),
+    );
+    let wall = t.elapsed();
+    println!(
+        "{name} on two nodes, {:.0} ms in all:",
+        wall.as_secs_f64() * 1e3
+    );
+    for line in plan
+        .join("\n")
+        .lines()
+        .filter(|l| l.trim_start().starts_with("task="))
+    {
+        println!("  {}", line.trim());
+    }
+
+    println!("\nquery   1 bee local   1 node   2 nodes   speed-up (1 bee / 2 nodes)");
+    let mut ratios = Vec::new();
+    for (i, (name, _)) in QUERIES.iter().enumerate() {
+        assert_eq!(
+            one_node[i].1, one_bee[i].1,
+            "{name}: one node differs from local"
+        );
+        assert_eq!(
+            two_nodes[i].1, one_bee[i].1,
+            "{name}: two nodes differ from local"
+        );
+        let ratio = one_bee[i].0 / two_nodes[i].0;
+        ratios.push(ratio);
+        println!(
+            "{name:<6} {:>9.0} ms {:>6.0} ms {:>7.0} ms   {ratio:.2}x",
+            one_bee[i].0 * 1e3,
+            one_node[i].0 * 1e3,
+            two_nodes[i].0 * 1e3
+        );
+    }
+    println!(
+        "geometric mean speed-up, two one-bee nodes over one bee: {:.2}x",
+        geo_mean(&ratios)
+    );
+    drop(nodes);
+
+    // The fixed cost at the defaults (task poll 1 s): a query over one tiny frame.
+    ap.create_frame("ssb", "sf", "tiny", &[("x", "int64")], &[])
+        .await
+        .expect("tiny");
+    let batch = arrow_array::RecordBatch::try_from_iter([(
+        "x",
+        Arc::new(arrow_array::Int64Array::from(vec![1, 2, 3])) as _,
+    )])
+    .expect("batch");
+    ap.write_to_frame("ssb", "sf", "tiny", [batch])
+        .await
+        .expect("write tiny");
+    let _nodes = Nodes(vec![
+        node(&storage, &state, "tiny-a", 0, "1s"),
+        node(&storage, &state, "tiny-b", 1, "1s"),
+    ]);
+    wait_alive(&ap, 2).await;
+    let tiny = "SELECT SUM(x) FROM tiny";
+    let mut plain = session(&ap, "never").await;
+    let mut spread = session(&ap, "always").await;
+    let mut added = Vec::new();
+    let mut requests = Vec::new();
+    for i in 0..(a.runs * 3).max(5) {
+        // Queries arrive at any point of the workers' poll cycle, not in step with it.
+        tokio::time::sleep(Duration::from_millis(137 * i as u64 % 1000)).await;
+        let t = Instant::now();
+        plain.sql(tiny).await.expect("local tiny");
+        let base = t.elapsed().as_secs_f64();
+        let before = counts.snapshot();
+        let t = Instant::now();
+        spread.sql(tiny).await.expect("distributed tiny");
+        added.push(t.elapsed().as_secs_f64() - base);
+        requests.push(counts.snapshot() - before);
+    }
+    added.sort_by(f64::total_cmp);
+    let mean = added.iter().sum::<f64>() / added.len() as f64;
+    println!(
+        "\ntiny query, distributed at the default 1 s task poll: adds {:.0} ms mean, {:.0} ms median, {:.0} ms max over {} runs",
+        mean * 1e3,
+        added[added.len() / 2] * 1e3,
+        added[added.len() - 1] * 1e3,
+        added.len()
+    );
+    let last = requests.last().copied().unwrap_or_default();
+    println!(
+        "coordinator storage requests per distributed tiny query: {} ({} GET, {} HEAD, {} PUT, {} LIST, {} DELETE)",
+        last.total(),
+        last.get,
+        last.head,
+        last.put + last.conditional_put,
+        last.list,
+        last.delete
+    );
+}
