@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo build --quiet -p apiary-node
-apiary() { "${CARGO_TARGET_DIR:-target}/debug/apiary" "$@"; }
+bin="${CARGO_TARGET_DIR:-target}/debug/apiary"
+apiary() { "$bin" "$@"; }
 apiary create hive analytics
 apiary create box analytics.events
 apiary create frame analytics.events.clicks \
@@ -51,12 +52,12 @@ stop_nodes() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>
 trap stop_nodes EXIT
 for n in 1 2 3; do
   APIARY_STATE_DIR="$state/node-$n" RUST_LOG=warn \
-    apiary node --storage "$storage" --node-id "quickstart-node-$n" \
+    "$bin" node --storage "$storage" --node-id "quickstart-node-$n" \
       --heartbeat-interval 1s --poll-interval 1s --task-poll-interval 200ms &
   pids+=("$!")
 done
 for _ in $(seq 1 60); do
-  alive="$(apiary swarm --storage "$storage" --json | grep -o '"state": *"alive"' | wc -l)"
+  alive="$(apiary swarm --storage "$storage" --json | grep -c '"state": *"alive"' || true)"
   [ "$alive" -ge 3 ] && break
   sleep 0.5
 done

@@ -494,7 +494,11 @@ fn decompose(agg: &Aggregate, input: &LogicalPlan) -> Result<Option<(LogicalPlan
                 }
                 partial_aggs.push(Expr::AggregateFunction(AggregateFunction::new_udf(
                     sum_udaf(),
-                    vec![cast(arg.clone(), DataType::Float64)],
+                    vec![if t == DataType::Float64 {
+                        arg.clone()
+                    } else {
+                        cast(arg.clone(), DataType::Float64)
+                    }],
                     false,
                     None,
                     vec![],
