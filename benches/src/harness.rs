@@ -95,3 +95,46 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<String> {
 pub fn result_rows(result: &QueryResult) -> Vec<String> {
     rows(result.batches())
 }
+
+/// The `--name value` flags a benchmark binary was given, checked against `allowed`.
+pub fn flags(allowed: &[&str]) -> std::collections::HashMap<String, String> {
+    let mut flags = std::collections::HashMap::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let name = flag.trim_start_matches("--").to_string();
+        assert!(
+            flag.starts_with("--") && allowed.contains(&name.as_str()),
+            "unknown argument {flag}; the flags are {}",
+            allowed
+                .iter()
+                .map(|a| format!("--{a} N"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        flags.insert(name, it.next().unwrap_or_default());
+    }
+    flags
+}
+
+/// Flag `name` parsed, or `default` when it was not given.
+pub fn flag<T: std::str::FromStr>(
+    flags: &std::collections::HashMap<String, String>,
+    name: &str,
+    default: T,
+) -> T {
+    flags.get(name).map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("--{name} takes a number, not `{v}`"))
+    })
+}
+
+/// The median of `v`.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The geometric mean of `v`.
+pub fn geo_mean(v: &[f64]) -> f64 {
+    (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp()
+}

@@ -20,7 +20,7 @@ use apiary::apiary_storage::{
     FaultConfig, InstrumentedStore, ObjectStoreBackend, StorageUri, object_store_for,
 };
 use apiary::{Apiary, ApiaryOptions, SqlSession};
-use apiary_benches::harness::{load_apiary, result_rows};
+use apiary_benches::harness::{flag, flags, geo_mean, load_apiary, median, result_rows};
 use apiary_benches::ssb::{QUERIES, generate};
 
 struct Args {
@@ -30,22 +30,12 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        sf: 1.0,
-        runs: 3,
-        cells: 16,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_default();
-        match flag.as_str() {
-            "--sf" => a.sf = value.parse().expect("--sf takes a number"),
-            "--runs" => a.runs = value.parse().expect("--runs takes a count"),
-            "--cells" => a.cells = value.parse().expect("--cells takes a count"),
-            other => panic!("unknown argument {other}; use --sf N --runs N --cells N"),
-        }
+    let f = flags(&["sf", "runs", "cells"]);
+    Args {
+        sf: flag(&f, "sf", 1.0),
+        runs: flag(&f, "runs", 3),
+        cells: flag(&f, "cells", 16),
     }
-    a
 }
 
 /// The `apiary` binary built next to this one.
@@ -130,14 +120,9 @@ async fn time_all(s: &mut SqlSession, runs: usize) -> Vec<(f64, Vec<String>)> {
             times.push(t.elapsed().as_secs_f64());
             rows = result_rows(&r);
         }
-        times.sort_by(f64::total_cmp);
-        out.push((times[times.len() / 2], rows));
+        out.push((median(times), rows));
     }
     out
-}
-
-fn geo_mean(v: &[f64]) -> f64 {
-    (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp()
 }
 
 #[tokio::main]

@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use apiary::Apiary;
 use apiary_benches::harness::{
-    datafusion_over_cells, load_apiary, result_rows, rows, run_datafusion,
+    datafusion_over_cells, flag, flags, geo_mean, load_apiary, median, result_rows, rows,
+    run_datafusion,
 };
 use apiary_benches::ssb::{QUERIES, Table, generate};
 use apiary_query::datafusion::dataframe::DataFrameWriteOptions;
@@ -27,31 +28,12 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        sf: 1.0,
-        runs: 5,
-        seed: 42,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_default();
-        match flag.as_str() {
-            "--sf" => a.sf = value.parse().expect("--sf takes a number"),
-            "--runs" => a.runs = value.parse().expect("--runs takes a count"),
-            "--seed" => a.seed = value.parse().expect("--seed takes a number"),
-            other => panic!("unknown argument {other}; use --sf N --runs N --seed N"),
-        }
+    let f = flags(&["sf", "runs", "seed"]);
+    Args {
+        sf: flag(&f, "sf", 1.0),
+        runs: flag(&f, "runs", 5),
+        seed: flag(&f, "seed", 42),
     }
-    a
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn geo_mean(v: &[f64]) -> f64 {
-    (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp()
 }
 
 /// Seconds DataFusion takes to write the same batches as Parquet (its defaults: zstd).
