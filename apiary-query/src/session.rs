@@ -11,7 +11,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::object_store::{ObjectStoreRegistry, ObjectStoreUrl};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionState;
-use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use std::panic::AssertUnwindSafe;
 
@@ -149,13 +149,14 @@ impl QueryEngine {
 
     /// Runs a distributed task's fragment: exactly one read-only query, over a catalog that
     /// holds only `pins` (each frame at its version, the split frame with only the task's
-    /// cells). Never distributed again.
+    /// cells). Never distributed again. Returns the physical plan (for its metrics) and its
+    /// rows.
     pub async fn run_fragment(
         &self,
         sql: &str,
         scope: &[String],
         pins: HashMap<FrameRef, Pinned>,
-    ) -> Result<SendableRecordBatchStream> {
+    ) -> Result<(Arc<dyn ExecutionPlan>, SendableRecordBatchStream)> {
         let mut commands = statement::parse(sql)?;
         let command = match (commands.pop(), commands.is_empty()) {
             (Some(c), true) if c.is_query() => c,
@@ -187,7 +188,11 @@ impl QueryEngine {
             .with_allow_statements(false)
             .verify_plan(&plan)?;
         let frame = ctx.execute_logical_plan(plan).await?;
-        Ok(frame.execute_stream().await?)
+        let task_ctx = frame.task_ctx();
+        let physical = frame.create_physical_plan().await?;
+        let stream =
+            datafusion::physical_plan::execute_stream(Arc::clone(&physical), task_ctx.into())?;
+        Ok((physical, stream))
     }
 
     /// Runs `sql` (one or more statements) in a fresh session and returns the last

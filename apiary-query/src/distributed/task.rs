@@ -74,8 +74,13 @@ async fn execute(engine: &QueryEngine, task: &TaskSpec) -> Result<Vec<RecordBatc
             },
         );
     }
-    let stream = engine.run_fragment(&task.sql, &task.scope, pins).await?;
+    let (plan, stream) = engine.run_fragment(&task.sql, &task.scope, pins).await?;
     let batches: Vec<RecordBatch> = stream.try_collect().await?;
+    tracing::debug!(
+        task = %task.key(),
+        plan = %datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(true),
+        "task ran"
+    );
     batches.into_iter().map(|b| coerce(b, &expected)).collect()
 }
 

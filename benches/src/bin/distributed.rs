@@ -27,14 +27,18 @@ struct Args {
     sf: f64,
     runs: usize,
     cells: usize,
+    explain: usize,
+    keep: Option<PathBuf>,
 }
 
 fn args() -> Args {
-    let f = flags(&["sf", "runs", "cells"]);
+    let f = flags(&["sf", "runs", "cells", "explain", "keep"]);
     Args {
         sf: flag(&f, "sf", 1.0),
         runs: flag(&f, "runs", 3),
         cells: flag(&f, "cells", 16),
+        explain: flag(&f, "explain", 0),
+        keep: f.get("keep").map(PathBuf::from),
     }
 }
 
@@ -64,6 +68,16 @@ fn node(storage: &str, dir: &Path, id: &str, core: usize, task_poll: &str) -> Ch
         .stderr(Stdio::null())
         .spawn()
         .expect("taskset and apiary node")
+}
+
+/// Pins every thread of this process to `cores` (a `taskset` list).
+fn pin_process(cores: &str) {
+    let ok = Command::new("taskset")
+        .args(["-a", "-p", "-c", cores, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "taskset could not pin this process to cores {cores}");
 }
 
 struct Nodes(Vec<Child>);
@@ -125,73 +139,11 @@ async fn time_all(s: &mut SqlSession, runs: usize) -> Vec<(f64, Vec<String>)> {
     out
 }
 
-#[tokio::main]
-async fn main() {
-    let a = args();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let storage = data.display().to_string();
-    std::fs::create_dir_all(&data).expect("data folder");
-
-    // The coordinator counts its own storage requests.
-    let uri = StorageUri::parse(&storage).expect("uri");
-    let (store, caps) = object_store_for(&uri).expect("store");
-    let store = InstrumentedStore::new(store, FaultConfig::none());
-    let counts = store.counts();
-    let backend = Arc::new(ObjectStoreBackend::new(Arc::new(store), caps, &storage));
-    let ap = Apiary::builder(ApiaryOptions::new(uri))
-        .backend(backend)
-        .build()
-        .await
-        .expect("open");
-
-    eprintln!("generating SSB SF {} and loading it ...", a.sf);
-    let tables = generate(a.sf, 42);
-    let (facts, dims): (Vec<_>, Vec<_>) = tables.into_iter().partition(|t| t.name == "lineorder");
-    load_apiary(&ap, "ssb", "sf", &dims).await;
-    for fact in &facts {
-        let frame = FrameRef::new("ssb", "sf", fact.name).expect("name");
-        let schema = FrameSchema::from_arrow(&fact.schema).expect("schema");
-        let definition = FrameDefinition::new(schema, Vec::new()).expect("definition");
-        ap.create_frame_with(&frame, definition)
-            .await
-            .expect("create");
-        // Written in `cells` parts, so the frame has cells to split.
-        let per = fact.batches.len().div_ceil(a.cells).max(1);
-        for part in fact.batches.chunks(per) {
-            ap.write_to_frame("ssb", "sf", fact.name, part.to_vec())
-                .await
-                .expect("write");
-        }
-    }
-    let info = ap
-        .describe_frame("ssb", "sf", "lineorder")
-        .await
-        .expect("frame");
-    println!(
-        "lineorder: {} rows in {} cells ({} MB)",
-        info.rows,
-        info.cells,
-        info.bytes / 1_000_000
-    );
-
-    let mut local = session(&ap, "never").await;
-    let one_bee = time_all(&mut local, a.runs).await;
-
-    let state = dir.path().join("state");
-    let mut nodes = Nodes(vec![node(&storage, &state, "bench-a", 0, "20ms")]);
-    wait_alive(&ap, 1).await;
-    let mut spread = session(&ap, "always").await;
-    let one_node = time_all(&mut spread, a.runs).await;
-    nodes.0.push(node(&storage, &state, "bench-b", 1, "20ms"));
-    wait_alive(&ap, 2).await;
-    let two_nodes = time_all(&mut spread, a.runs).await;
-    // Where the time of one distributed query goes: each task's time on its worker.
-    let (name, sql) = QUERIES[3];
+/// Prints the wall time of `sql` under EXPLAIN ANALYZE and its task lines.
+async fn explain(s: &mut SqlSession, name: &str, sql: &str, full: bool) {
     let t = Instant::now();
     let plan = result_rows(
-        &spread
-            .sql(&format!("EXPLAIN ANALYZE {sql}"))
+        &s.sql(&format!("EXPLAIN ANALYZE {sql}"))
             .await
             .expect("explain"),
     );
@@ -207,9 +159,104 @@ async fn main() {
     {
         println!("  {}", line.trim());
     }
+    if full {
+        println!("{}", plan.join("\n"));
+    }
+}
 
-    println!("\nquery   1 bee local   1 node   2 nodes   speed-up (1 bee / 2 nodes)");
+/// Generates SSB and writes it, the fact frame in `a.cells` writes so it has cells to split.
+async fn load(ap: &Apiary, a: &Args) {
+    eprintln!("generating SSB SF {} and loading it ...", a.sf);
+    let tables = generate(a.sf, 42);
+    let (facts, dims): (Vec<_>, Vec<_>) = tables.into_iter().partition(|t| t.name == "lineorder");
+    load_apiary(ap, "ssb", "sf", &dims).await;
+    for fact in &facts {
+        let frame = FrameRef::new("ssb", "sf", fact.name).expect("name");
+        let schema = FrameSchema::from_arrow(&fact.schema).expect("schema");
+        let definition = FrameDefinition::new(schema, Vec::new()).expect("definition");
+        ap.create_frame_with(&frame, definition)
+            .await
+            .expect("create");
+        // Written in `cells` parts, so the frame has cells to split.
+        let per = fact.batches.len().div_ceil(a.cells).max(1);
+        for part in fact.batches.chunks(per) {
+            ap.write_to_frame("ssb", "sf", fact.name, part.to_vec())
+                .await
+                .expect("write");
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // `--keep DIR` keeps the loaded data in DIR for later runs (and for trying queries by
+    // hand with `apiary sql --storage DIR`).
+    let data = a.keep.clone().unwrap_or_else(|| dir.path().join("data"));
+    let loaded = data.join("ssb").exists();
+    let storage = data.display().to_string();
+    std::fs::create_dir_all(&data).expect("data folder");
+
+    // The coordinator counts its own storage requests.
+    let uri = StorageUri::parse(&storage).expect("uri");
+    let (store, caps) = object_store_for(&uri).expect("store");
+    let store = InstrumentedStore::new(store, FaultConfig::none());
+    let counts = store.counts();
+    let backend = Arc::new(ObjectStoreBackend::new(Arc::new(store), caps, &storage));
+    let ap = Apiary::builder(ApiaryOptions::new(uri))
+        .backend(backend)
+        .build()
+        .await
+        .expect("open");
+
+    if !loaded {
+        load(&ap, &a).await;
+    }
+
+    let info = ap
+        .describe_frame("ssb", "sf", "lineorder")
+        .await
+        .expect("frame");
+    println!(
+        "lineorder: {} rows in {} cells ({} MB)",
+        info.rows,
+        info.cells,
+        info.bytes / 1_000_000
+    );
+
+    // One bee is one core: the whole process (every thread, so the object store's blocking
+    // reads too) is pinned to core 0 for the local baseline, as each node is below.
+    let mut local = session(&ap, "never").await;
+    pin_process("0");
+    let one_bee = time_all(&mut local, a.runs).await;
+    pin_process("0-1");
+    let one_bee_unpinned = time_all(&mut local, a.runs).await;
+
+    let state = dir.path().join("state");
+    let mut nodes = Nodes(vec![node(&storage, &state, "bench-a", 0, "20ms")]);
+    wait_alive(&ap, 1).await;
+    let mut spread = session(&ap, "always").await;
+    let one_node = time_all(&mut spread, a.runs).await;
+    nodes.0.push(node(&storage, &state, "bench-b", 1, "20ms"));
+    wait_alive(&ap, 2).await;
+    let two_nodes = time_all(&mut spread, a.runs).await;
+    // Where the time of a distributed query goes: each task's time on its worker (Q2.1, or
+    // every query with `--explain 1`).
+    let shown = if a.explain > 0 {
+        0..QUERIES.len()
+    } else {
+        3..4
+    };
+    for (name, sql) in &QUERIES[shown] {
+        explain(&mut spread, name, sql, a.explain > 1).await;
+    }
+
+    println!(
+        "\nquery   1 bee (1 core)   1 bee (2 cores)   1 node   2 nodes   speed-up (1 bee / 2 nodes)"
+    );
     let mut ratios = Vec::new();
+    let mut unpinned_ratios = Vec::new();
     for (i, (name, _)) in QUERIES.iter().enumerate() {
         assert_eq!(
             one_node[i].1, one_bee[i].1,
@@ -221,9 +268,11 @@ async fn main() {
         );
         let ratio = one_bee[i].0 / two_nodes[i].0;
         ratios.push(ratio);
+        unpinned_ratios.push(one_bee_unpinned[i].0 / two_nodes[i].0);
         println!(
-            "{name:<6} {:>9.0} ms {:>6.0} ms {:>7.0} ms   {ratio:.2}x",
+            "{name:<6} {:>12.0} ms {:>14.0} ms {:>6.0} ms {:>7.0} ms   {ratio:.2}x",
             one_bee[i].0 * 1e3,
+            one_bee_unpinned[i].0 * 1e3,
             one_node[i].0 * 1e3,
             two_nodes[i].0 * 1e3
         );
@@ -232,9 +281,14 @@ async fn main() {
         "geometric mean speed-up, two one-bee nodes over one bee: {:.2}x",
         geo_mean(&ratios)
     );
+    println!(
+        "(over one bee whose process may use both cores for I/O threads: {:.2}x)",
+        geo_mean(&unpinned_ratios)
+    );
     drop(nodes);
 
     // The fixed cost at the defaults (task poll 1 s): a query over one tiny frame.
+    let _ = ap.drop_frame("ssb", "sf", "tiny").await;
     ap.create_frame("ssb", "sf", "tiny", &[("x", "int64")], &[])
         .await
         .expect("tiny");
