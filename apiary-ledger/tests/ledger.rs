@@ -106,8 +106,17 @@ async fn warm_uncontended_commit_is_one_conditional_put() {
     assert_eq!((used.get, used.total()), (1, 1), "{used:?}");
 }
 
-#[tokio::test]
-async fn checkpointed_frames_count_every_row_once() {
+/// A counted in-memory store with one frame whose ledger checkpoints every ten versions.
+struct Checkpointed {
+    backend: Arc<dyn StorageBackend>,
+    counts: CountsHandle,
+    config: LedgerConfig,
+    registry: Registry,
+    frame: FrameRef,
+    ledger: Arc<FrameLedger>,
+}
+
+async fn checkpointed_every_ten() -> Checkpointed {
     let (backend, counts) = counted_memory();
     let config = LedgerConfig {
         checkpoint_interval: 10,
@@ -115,6 +124,26 @@ async fn checkpointed_frames_count_every_row_once() {
     };
     let (registry, frame) = registry_with_frame(Arc::clone(&backend), config.clone()).await;
     let ledger = registry.ledger(&frame).await.unwrap();
+    Checkpointed {
+        backend,
+        counts,
+        config,
+        registry,
+        frame,
+        ledger,
+    }
+}
+
+#[tokio::test]
+async fn checkpointed_frames_count_every_row_once() {
+    let Checkpointed {
+        backend,
+        counts,
+        config,
+        registry,
+        frame,
+        ledger,
+    } = checkpointed_every_ten().await;
     for i in 0..57u64 {
         ledger
             .commit(&Operation::Append(vec![cell(
@@ -146,13 +175,14 @@ async fn checkpointed_frames_count_every_row_once() {
 
 #[tokio::test]
 async fn state_at_a_version_is_that_version_exactly() {
-    let (backend, counts) = counted_memory();
-    let config = LedgerConfig {
-        checkpoint_interval: 10,
-        ..LedgerConfig::default()
-    };
-    let (registry, frame) = registry_with_frame(Arc::clone(&backend), config.clone()).await;
-    let ledger = registry.ledger(&frame).await.unwrap();
+    let Checkpointed {
+        backend,
+        counts,
+        config,
+        registry: _,
+        frame,
+        ledger,
+    } = checkpointed_every_ten().await;
     let mut states = vec![ledger.cached().await.unwrap()];
     for i in 0..25u64 {
         let op = if i == 17 {

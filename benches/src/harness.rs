@@ -138,3 +138,19 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 pub fn geo_mean(v: &[f64]) -> f64 {
     (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp()
 }
+
+/// The `apiary` binary cargo built beside the running executable: next to a benchmark binary
+/// (`target/<profile>/`) or one folder up from a test (`target/<profile>/deps/`).
+pub fn apiary_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let dirs = exe.ancestors().skip(1).take(2);
+    let found = dirs.map(|d| d.join("apiary")).find(|b| b.exists());
+    found.unwrap_or_else(|| {
+        panic!(
+            "the `apiary` binary is missing beside {}: build it with the same profile and \
+             packages (`cargo build --release -p apiary-node -p apiary-benches`, or \
+             `cargo test --workspace`)",
+            exe.display()
+        )
+    })
+}

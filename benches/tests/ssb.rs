@@ -4,7 +4,7 @@
 
 use apiary::Apiary;
 use apiary_benches::harness::{
-    datafusion_over_cells, load_apiary, result_rows, rows, run_datafusion,
+    apiary_binary, datafusion_over_cells, load_apiary, result_rows, rows, run_datafusion,
 };
 use apiary_benches::ssb::{QUERIES, generate};
 
@@ -53,19 +53,6 @@ async fn the_generator_is_deterministic_and_sized_by_scale_factor() {
     assert_eq!(lineorder.rows(), 6_000);
     let dates = a.iter().find(|t| t.name == "dwdate").unwrap();
     assert_eq!(dates.rows(), 2557, "1992-01-01 ..= 1998-12-31");
-}
-
-/// The `apiary` binary cargo built next to this test (`target/<profile>/apiary`).
-fn apiary_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let bin = profile_dir.join("apiary");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo test --workspace`",
-        bin.display()
-    );
-    bin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

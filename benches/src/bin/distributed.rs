@@ -20,7 +20,9 @@ use apiary::apiary_storage::{
     FaultConfig, InstrumentedStore, ObjectStoreBackend, StorageUri, object_store_for,
 };
 use apiary::{Apiary, ApiaryOptions, SqlSession};
-use apiary_benches::harness::{flag, flags, geo_mean, load_apiary, median, result_rows};
+use apiary_benches::harness::{
+    apiary_binary, flag, flags, geo_mean, load_apiary, median, result_rows,
+};
 use apiary_benches::ssb::{QUERIES, generate};
 
 struct Args {
@@ -40,18 +42,6 @@ fn args() -> Args {
         explain: flag(&f, "explain", 0),
         keep: f.get("keep").map(PathBuf::from),
     }
-}
-
-/// The `apiary` binary built next to this one.
-fn apiary_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    let bin = exe.with_file_name("apiary");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --release -p apiary-node` first",
-        bin.display()
-    );
-    bin
 }
 
 /// A node with one bee, pinned to `core`.
