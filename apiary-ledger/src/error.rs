@@ -1,6 +1,6 @@
 //! The ledger error type.
 
-use apiary_storage::StorageError;
+use apiary_storage::{ErrorKind, StorageError};
 
 /// What can go wrong with the registry or a frame ledger.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,15 @@ pub enum LedgerError {
         detail: String,
     },
 
+    /// The operation ran past its deadline and was abandoned; nothing was committed.
+    #[error("{what} was abandoned: {detail}")]
+    Expired {
+        /// What ran out of time.
+        what: String,
+        /// How late it was and what to do.
+        detail: String,
+    },
+
     /// Too many writers raced for the same ledger; nothing was committed.
     #[error(
         "gave up committing to {what} after {attempts} attempts lost to concurrent writers; retry later"
@@ -72,6 +81,22 @@ pub enum LedgerError {
     /// The storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+impl LedgerError {
+    /// What a caller can do about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            LedgerError::InvalidName { .. } | LedgerError::Invalid(_) => ErrorKind::InvalidInput,
+            LedgerError::NotFound { .. } => ErrorKind::NotFound,
+            LedgerError::AlreadyExists { .. }
+            | LedgerError::Conflict { .. }
+            | LedgerError::Contention { .. } => ErrorKind::Conflict,
+            LedgerError::Expired { .. } => ErrorKind::Unavailable,
+            LedgerError::Corrupt { .. } => ErrorKind::Corrupt,
+            LedgerError::Storage(e) => e.kind(),
+        }
+    }
 }
 
 /// Result alias for ledger operations.

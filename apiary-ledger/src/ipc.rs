@@ -190,3 +190,23 @@ pub fn batches(
         }
     }))
 }
+
+/// [`batches`], opened on the first call to `next` instead of now: the schema message is read
+/// by whoever pulls the batches (a write's encoding thread), so a slow or blocking reader
+/// never holds up the caller. A malformed stream is the first item, as an error.
+pub fn deferred(
+    ipc: impl Read + Send + 'static,
+) -> impl Iterator<Item = Result<RecordBatch, LedgerError>> + Send + 'static {
+    let mut unopened = Some(ipc);
+    let mut opened: Option<Box<dyn Iterator<Item = Result<RecordBatch, LedgerError>> + Send>> =
+        None;
+    std::iter::from_fn(move || {
+        if let Some(ipc) = unopened.take() {
+            match batches(ipc) {
+                Ok(it) => opened = Some(Box::new(it)),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        opened.as_mut()?.next()
+    })
+}

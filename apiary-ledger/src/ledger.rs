@@ -1,13 +1,24 @@
 //! [`FrameLedger`]: an open frame ledger, its in-memory state, and the commit protocol.
+//!
+//! Readers never wait on writers. The newest known state is *published* in an
+//! [`ArcSwapOption`]: [`cached`](FrameLedger::cached) is a lock-free load, and
+//! [`refresh`](FrameLedger::refresh) probes for newer versions without taking the commit
+//! lock when a commit holds it. Commits of one handle are serialized by that lock alone, so
+//! a contended commit's PUTs and backoff sleeps hold up only other commits.
+//!
+//! The committer keeps a *working* copy of the state beside the published one and applies
+//! each new entry to both in place (the previous published copy becomes the next working
+//! copy), so a commit on a frame with many cells costs the size of its entry, not of the
+//! frame; a copy is made only while a reader still holds the old snapshot.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use apiary_storage::time::{Clock, Random, SystemClock};
 use apiary_storage::{CreateOutcome, Path, StorageBackend, get_opt};
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 use crate::entry::{Entry, FORMAT_VERSION, parse_version_file};
 use crate::error::{LedgerError, Result};
@@ -16,7 +27,7 @@ use crate::names::FrameRef;
 use crate::ops::{Operation, Resolution};
 use crate::state::{Checkpoint, CheckpointRef, FrameState, LastCheckpoint};
 
-/// Tuning of ledgers and their commit protocol.
+/// Tuning of ledgers and their commit protocol, and the time and randomness they use.
 #[derive(Debug, Clone)]
 pub struct LedgerConfig {
     /// A checkpoint is written at every version that is a multiple of this.
@@ -27,8 +38,12 @@ pub struct LedgerConfig {
     pub backoff_base: Duration,
     /// Largest backoff.
     pub backoff_max: Duration,
-    /// Seed of the backoff jitter; `None` seeds from the OS.
-    pub seed: Option<u64>,
+    /// The clock: entries' `committed_at_ms` (informational) and backoff sleeps.
+    pub clock: Arc<dyn Clock>,
+    /// Write ids, cell names and backoff jitter; seed it to replay a history exactly.
+    pub random: Random,
+    /// Open frame ledgers a registry keeps, least recently used evicted first.
+    pub max_open_ledgers: usize,
 }
 
 impl Default for LedgerConfig {
@@ -38,7 +53,9 @@ impl Default for LedgerConfig {
             max_attempts: 100,
             backoff_base: Duration::from_millis(5),
             backoff_max: Duration::from_millis(500),
-            seed: None,
+            clock: SystemClock::shared(),
+            random: Random::from_os(),
+            max_open_ledgers: 1024,
         }
     }
 }
@@ -54,19 +71,26 @@ pub struct CommitInfo {
     pub conflicts: u32,
 }
 
+type Slot = Option<Arc<FrameState>>;
+
 /// An open frame ledger: the state at its head, kept in memory and moved forward by probing
 /// the versions after it.
 ///
 /// Commits go through [`commit`](Self::commit). The handle is cheap to share (`Arc`) and
-/// serializes its own callers; across handles and processes the conditional put does.
+/// serializes its own committers; across handles and processes the conditional put does.
 pub struct FrameLedger {
     backend: Arc<dyn StorageBackend>,
     frame: FrameRef,
     ledger_dir: Path,
     checkpoint_dir: Path,
     config: LedgerConfig,
-    state: tokio::sync::Mutex<Option<Arc<FrameState>>>,
-    rng: Mutex<StdRng>,
+    /// The newest state this handle knows, for readers.
+    published: ArcSwapOption<FrameState>,
+    /// Serializes publishing, so the published version never goes backwards (held for a
+    /// comparison and a pointer swap, never across I/O).
+    publish_lock: Mutex<()>,
+    /// The commit lock, guarding the committer's working copy of the state.
+    working: tokio::sync::Mutex<Slot>,
 }
 
 impl std::fmt::Debug for FrameLedger {
@@ -85,21 +109,19 @@ impl FrameLedger {
         frame: FrameRef,
         config: LedgerConfig,
     ) -> Result<Self> {
-        let rng = match config.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_os_rng(),
-        };
         let ledger = Self {
             ledger_dir: layout::ledger_dir(&frame),
             checkpoint_dir: layout::checkpoint_dir(&frame),
             backend,
             frame,
             config,
-            state: tokio::sync::Mutex::new(None),
-            rng: Mutex::new(rng),
+            published: ArcSwapOption::empty(),
+            publish_lock: Mutex::new(()),
+            working: tokio::sync::Mutex::new(None),
         };
         let state = ledger.load().await?;
-        *ledger.state.lock().await = state;
+        ledger.publish(state.clone());
+        *ledger.working.lock().await = state;
         Ok(ledger)
     }
 
@@ -108,17 +130,36 @@ impl FrameLedger {
         &self.frame
     }
 
-    /// The state as last read or committed by this handle (no storage request).
-    pub async fn cached(&self) -> Option<Arc<FrameState>> {
-        self.state.lock().await.clone()
+    /// The configuration (clock, randomness, tuning) this ledger was opened with.
+    pub fn config(&self) -> &LedgerConfig {
+        &self.config
+    }
+
+    /// The state as last read or committed by this handle (no storage request, no lock).
+    pub fn cached(&self) -> Option<Arc<FrameState>> {
+        self.published.load_full()
     }
 
     /// Moves the state forward to the newest version, probing `head + 1`, `head + 2`, … (one
-    /// GET when nothing changed).
+    /// GET when nothing changed). Never waits for a commit in progress.
     pub async fn refresh(&self) -> Result<Option<Arc<FrameState>>> {
-        let mut guard = self.state.lock().await;
-        self.probe_forward(&mut guard).await?;
-        Ok(guard.clone())
+        match self.working.try_lock() {
+            Ok(mut working) => {
+                self.catch_up(&mut working);
+                while let Some((entry, key)) = self.fetch_next(&working).await? {
+                    self.install(&mut working, &entry, key.as_ref())?;
+                }
+            }
+            Err(_) => {
+                // A commit is running: move a copy of the published state forward instead.
+                let mut state = self.cached();
+                while let Some((entry, key)) = self.fetch_next(&state).await? {
+                    advance(&mut state, &entry, key.as_ref())?;
+                }
+                self.publish(state);
+            }
+        }
+        Ok(self.cached())
     }
 
     /// The state at exactly `version`, for readers that must all see one snapshot (the
@@ -126,20 +167,17 @@ impl FrameLedger {
     /// move forward to it; an older version is rebuilt from the newest checkpoint at or
     /// before it (or from version 0) without touching the open state.
     pub async fn state_at(&self, version: u64) -> Result<Arc<FrameState>> {
-        {
-            let mut guard = self.state.lock().await;
-            let head = guard.as_ref().map(|s| s.version);
-            if head.is_none_or(|h| h < version) {
-                self.probe_forward(&mut guard).await?;
-            }
-            match guard.as_ref() {
-                Some(s) if s.version == version => return Ok(Arc::clone(s)),
-                Some(s) if s.version > version => {}
-                _ => {
-                    return Err(LedgerError::NotFound {
-                        what: format!("version {version} of frame `{}`", self.frame),
-                    });
-                }
+        let mut head = self.cached();
+        if head.as_ref().is_none_or(|s| s.version < version) {
+            head = self.refresh().await?;
+        }
+        match head {
+            Some(s) if s.version == version => return Ok(s),
+            Some(s) if s.version > version => {}
+            _ => {
+                return Err(LedgerError::NotFound {
+                    what: format!("version {version} of frame `{}`", self.frame),
+                });
             }
         }
         let interval = self.config.checkpoint_interval;
@@ -161,38 +199,63 @@ impl FrameLedger {
     /// version. A lost race reads the winner's entry (returned by the failed put), applies it,
     /// backs off with jitter and resolves the operation again.
     pub async fn commit(&self, op: &Operation) -> Result<CommitInfo> {
+        self.commit_by(op, None).await
+    }
+
+    /// [`commit`](Self::commit), but no attempt is sent after `deadline` (a time of the
+    /// ledger clock's [`monotonic`](Clock::monotonic) scale): the commit then fails with
+    /// [`LedgerError::Expired`] and nothing is committed. Writes use it so that cells
+    /// uploaded long ago, which a vacuum may already treat as orphans, are never committed.
+    pub async fn commit_by(
+        &self,
+        op: &Operation,
+        deadline: Option<Duration>,
+    ) -> Result<CommitInfo> {
         let what = self.frame.to_string();
-        let mut guard = self.state.lock().await;
+        let mut working = self.working.lock().await;
+        self.catch_up(&mut working);
         let mut conflicts = 0;
         loop {
-            let actions = match op.resolve(guard.as_deref(), &what)? {
+            let actions = match op.resolve(working.as_deref(), &what)? {
                 Resolution::Noop => {
                     return Ok(CommitInfo {
-                        version: guard.as_ref().map_or(0, |s| s.version),
+                        version: working.as_ref().map_or(0, |s| s.version),
                         committed: false,
                         conflicts,
                     });
                 }
                 Resolution::Commit(actions) => actions,
             };
-            let read_version = guard.as_ref().map(|s| s.version);
+            let read_version = working.as_ref().map(|s| s.version);
             let version = read_version.map_or(0, |v| v + 1);
             let entry = Entry {
                 format: FORMAT_VERSION,
                 version,
-                write_id: uuid::Uuid::new_v4().simple().to_string(),
-                committed_at_ms: now_ms(),
+                write_id: self.config.random.id(),
+                committed_at_ms: self.config.clock.wall_ms(),
                 operation: op.name().to_string(),
                 read_version,
                 actions,
             };
             let key = layout::version_key(&self.ledger_dir, version);
             let bytes = Bytes::from(entry.encode()?);
+            if let Some(deadline) = deadline {
+                let now = self.config.clock.monotonic();
+                if now > deadline {
+                    return Err(LedgerError::Expired {
+                        what: format!("the commit to frame `{what}`"),
+                        detail: format!(
+                            "its deadline passed {:?} ago (after {conflicts} lost races)",
+                            now - deadline
+                        ),
+                    });
+                }
+            }
             match self.backend.put_if_absent(&key, bytes).await? {
                 CreateOutcome::Created(_) => {
-                    advance(&mut guard, &entry, key.as_ref())?;
-                    let state = guard.clone();
-                    drop(guard);
+                    self.install(&mut working, &entry, key.as_ref())?;
+                    let state = working.clone();
+                    drop(working);
                     if let Some(state) = state {
                         self.maybe_checkpoint(&state).await;
                     }
@@ -204,7 +267,7 @@ impl FrameLedger {
                 }
                 CreateOutcome::AlreadyExists(winner) => {
                     let entry = Entry::decode(key.as_ref(), &winner.bytes, version)?;
-                    advance(&mut guard, &entry, key.as_ref())?;
+                    self.install(&mut working, &entry, key.as_ref())?;
                     conflicts += 1;
                     if conflicts >= self.config.max_attempts {
                         return Err(LedgerError::Contention {
@@ -212,13 +275,15 @@ impl FrameLedger {
                             attempts: conflicts,
                         });
                     }
-                    tokio::time::sleep(self.backoff(conflicts)).await;
+                    self.config.clock.sleep(self.backoff(conflicts)).await;
                     // Others may have moved on further while we slept: learn everything up to
                     // the head in one listing, so the next attempt is not one behind again.
                     // A failed read here costs nothing: the next conditional put tells the
                     // truth anyway. Damage does stop the commit.
-                    match self.replay_after(&mut guard).await {
-                        Ok(()) => {}
+                    match self.replay_after(&mut working).await {
+                        Ok(()) => {
+                            self.publish(working.clone());
+                        }
                         Err(LedgerError::Storage(e)) => {
                             tracing::debug!(frame = %what, error = %e, "catch-up read failed");
                         }
@@ -229,14 +294,71 @@ impl FrameLedger {
         }
     }
 
+    /// Makes `state` the published state unless a newer one is published already. Returns
+    /// the state it replaced.
+    fn publish(&self, state: Slot) -> Slot {
+        let Some(state) = state else { return None };
+        let _serial = self.publish_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = self
+            .published
+            .load()
+            .as_ref()
+            .is_none_or(|current| current.version < state.version);
+        if newer {
+            self.published.swap(Some(state))
+        } else {
+            None
+        }
+    }
+
+    /// Brings the working copy up to the published state when a reader moved that further.
+    fn catch_up(&self, working: &mut Slot) {
+        let published = self.cached();
+        let behind = match (&published, working.as_ref()) {
+            (Some(p), Some(w)) => p.version > w.version,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if behind {
+            *working = published;
+        }
+    }
+
+    /// Applies `entry` to the working copy and publishes the result; the state it replaces
+    /// in the published slot becomes the next working copy once the entry is applied to it
+    /// too (in place, unless a reader still holds it).
+    fn install(&self, working: &mut Slot, entry: &Entry, key: &str) -> Result<()> {
+        advance(working, entry, key)?;
+        let mut recycled = self.publish(working.clone());
+        if recycled
+            .as_ref()
+            .is_some_and(|r| r.version + 1 == entry.version)
+        {
+            // `working` is shared with the published slot now; continue on the other copy.
+            advance(&mut recycled, entry, key)?;
+            *working = recycled;
+        }
+        Ok(())
+    }
+
+    /// The entry after `state` (version 0 when `None`), if it exists.
+    async fn fetch_next(&self, state: &Slot) -> Result<Option<(Entry, Path)>> {
+        let next = state.as_ref().map_or(0, |s| s.version + 1);
+        let key = layout::version_key(&self.ledger_dir, next);
+        let Some(object) = get_opt(self.backend.as_ref(), &key).await? else {
+            return Ok(None);
+        };
+        let entry = Entry::decode(key.as_ref(), &object.bytes, next)?;
+        Ok(Some((entry, key)))
+    }
+
     fn backoff(&self, attempt: u32) -> Duration {
         let ceiling = self
             .config
             .backoff_base
             .saturating_mul(1u32 << attempt.min(16))
             .min(self.config.backoff_max);
-        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        ceiling.mul_f64(rng.random::<f64>())
+        self.config.random.jitter(ceiling)
     }
 
     /// Writes a checkpoint at `state.version` when it is due. Failures only cost readers some
@@ -339,16 +461,11 @@ impl FrameLedger {
     }
 
     /// Applies `head + 1`, `head + 2`, … until one does not exist.
-    async fn probe_forward(&self, state: &mut Option<Arc<FrameState>>) -> Result<()> {
-        loop {
-            let next = state.as_ref().map_or(0, |s| s.version + 1);
-            let key = layout::version_key(&self.ledger_dir, next);
-            let Some(object) = get_opt(self.backend.as_ref(), &key).await? else {
-                return Ok(());
-            };
-            let entry = Entry::decode(key.as_ref(), &object.bytes, next)?;
+    async fn probe_forward(&self, state: &mut Slot) -> Result<()> {
+        while let Some((entry, key)) = self.fetch_next(state).await? {
             advance(state, &entry, key.as_ref())?;
         }
+        Ok(())
     }
 
     /// The checkpoint the hint points at. A missing or damaged checkpoint is not fatal (the
@@ -393,10 +510,4 @@ fn advance(slot: &mut Option<Arc<FrameState>>, entry: &Entry, key: &str) -> Resu
         Some(state) => Arc::make_mut(state).apply(entry, key)?,
     }
     Ok(())
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -38,4 +38,6 @@ pub use registry::{BoxInfo, Created, FrameInfo, HiveInfo, Lifecycle, Registry};
 pub use schema::{Column, FrameSchema, format_type, parse_type};
 pub use state::{FrameState, LiveFrame};
 pub use vacuum::{VacuumResult, vacuum};
-pub use write::{WriteMode, WriteOptions, WriteResult, read_batches, write_batches};
+pub use write::{
+    DEFAULT_MAX_WRITE_AGE, WriteMode, WriteOptions, WriteResult, read_batches, write_batches,
+};

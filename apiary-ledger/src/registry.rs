@@ -7,7 +7,6 @@
 //! acknowledged is never lost to a concurrent drop, and a frame's liveness depends on its own
 //! ledger alone (which keeps a warm append at one conditional PUT).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use apiary_storage::{CreateOutcome, Path, StorageBackend, get_opt};
@@ -18,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::entry::{FORMAT_VERSION, FormatProbe, FrameDefinition, parse_version_file};
 use crate::error::{LedgerError, Result};
 use crate::layout;
-use crate::ledger::{FrameLedger, LedgerConfig, now_ms};
+use crate::ledger::{FrameLedger, LedgerConfig};
 use crate::names::{FrameRef, validate_name};
 use crate::ops::Operation;
 
@@ -119,7 +118,8 @@ pub enum Created {
 pub struct Registry {
     backend: Arc<dyn StorageBackend>,
     config: LedgerConfig,
-    ledgers: tokio::sync::Mutex<HashMap<FrameRef, Arc<FrameLedger>>>,
+    /// Open ledgers of existing (or dropped) frames, bounded by `max_open_ledgers`.
+    ledgers: std::sync::Mutex<lru::LruCache<FrameRef, Arc<FrameLedger>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -161,16 +161,23 @@ impl Chain {
 impl Registry {
     /// A registry over `backend`.
     pub fn new(backend: Arc<dyn StorageBackend>, config: LedgerConfig) -> Self {
+        let capacity = std::num::NonZeroUsize::new(config.max_open_ledgers)
+            .unwrap_or(std::num::NonZeroUsize::MIN);
         Self {
             backend,
             config,
-            ledgers: Default::default(),
+            ledgers: std::sync::Mutex::new(lru::LruCache::new(capacity)),
         }
     }
 
     /// The storage backend.
     pub fn backend(&self) -> &Arc<dyn StorageBackend> {
         &self.backend
+    }
+
+    /// The configuration of its ledgers (tuning, clock, randomness).
+    pub fn config(&self) -> &LedgerConfig {
+        &self.config
     }
 
     // ----- chains -----
@@ -221,8 +228,8 @@ impl Registry {
             kind: chain.kind.to_string(),
             name: chain.name.clone(),
             version,
-            write_id: uuid::Uuid::new_v4().simple().to_string(),
-            committed_at_ms: now_ms(),
+            write_id: self.config.random.id(),
+            committed_at_ms: self.config.clock.wall_ms(),
             action,
         };
         let bytes = serde_json::to_vec(&entry)
@@ -528,9 +535,11 @@ impl Registry {
 
     // ----- frames -----
 
-    /// The open ledger of a frame (cached; opened on first use). The frame need not exist.
+    /// The open ledger of a frame (opened on first use). The frame need not exist; only
+    /// ledgers of frames that were ever created are kept open, at most `max_open_ledgers`
+    /// of them, so asking for arbitrary names never grows memory.
     pub async fn ledger(&self, frame: &FrameRef) -> Result<Arc<FrameLedger>> {
-        if let Some(l) = self.ledgers.lock().await.get(frame) {
+        if let Some(l) = self.open_ledgers().get(frame) {
             return Ok(Arc::clone(l));
         }
         // Opened without holding the cache lock, so opens of different frames (listing a box)
@@ -543,8 +552,22 @@ impl Registry {
             )
             .await?,
         );
-        let mut ledgers = self.ledgers.lock().await;
-        Ok(Arc::clone(ledgers.entry(frame.clone()).or_insert(opened)))
+        if opened.cached().is_none() {
+            return Ok(opened);
+        }
+        let mut ledgers = self.open_ledgers();
+        Ok(Arc::clone(
+            ledgers.get_or_insert(frame.clone(), || Arc::clone(&opened)),
+        ))
+    }
+
+    /// How many frame ledgers are open in the cache.
+    pub fn open_ledger_count(&self) -> usize {
+        self.open_ledgers().len()
+    }
+
+    fn open_ledgers(&self) -> std::sync::MutexGuard<'_, lru::LruCache<FrameRef, Arc<FrameLedger>>> {
+        self.ledgers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Creates a frame in an existing box. Creating an identical frame again is a no-op; a

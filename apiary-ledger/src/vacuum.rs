@@ -6,21 +6,27 @@
 //! * no ledger entry committed within the retention removed it, so a query that began on a
 //!   version up to the retention old can still read every cell it planned;
 //! * it was written longer ago than the retention, so cells of a write still in flight
-//!   (uploaded, not yet committed) are never touched. Writes must therefore finish within the
-//!   retention (one hour by default).
+//!   (uploaded, not yet committed) are never touched. Writes refuse to commit once their
+//!   first upload is older than their `max_write_age` (30 minutes by default), which must
+//!   stay below the retention (one hour by default).
+//!
+//! Every age is judged on the **store's** clock: "now" is the modification stamp of a probe
+//! object ([`store_now`]), and an entry's age is its object's stamp, never the
+//! `committed_at_ms` a writer's clock put in it. A node whose clock is hours off therefore
+//! deletes exactly what a node with a correct clock would.
 //!
 //! Orphans of failed or killed writes and cells of dropped frames go the same way.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use apiary_storage::{StorageBackend, get_opt};
+use apiary_storage::{StorageBackend, get_opt, store_now};
 use serde::Serialize;
 
 use crate::entry::{Action, Entry};
 use crate::error::Result;
 use crate::layout::{self, frame_root};
-use crate::ledger::{FrameLedger, now_ms};
+use crate::ledger::FrameLedger;
 
 /// What a vacuum did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -40,7 +46,7 @@ pub async fn vacuum(
     retention: Duration,
 ) -> Result<VacuumResult> {
     let state = ledger.refresh().await?;
-    let now = now_ms();
+    let now = store_now(backend).await?;
     let horizon = now.saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
     let mut needed: HashSet<String> = state
         .as_ref()
@@ -56,10 +62,10 @@ pub async fn vacuum(
         let Some(object) = get_opt(backend, &key).await? else {
             break;
         };
-        let entry = Entry::decode(key.as_ref(), &object.bytes, v)?;
-        if entry.committed_at_ms < horizon {
+        if object.meta.last_modified_ms < horizon {
             break;
         }
+        let entry = Entry::decode(key.as_ref(), &object.bytes, v)?;
         for action in &entry.actions {
             if let Action::RemoveCell { path } = action {
                 needed.insert(path.clone());

@@ -7,10 +7,18 @@
 //! memory. When the input ends, the remaining cells are uploaded and **one** ledger commit
 //! makes all of them visible at once. A rejected or failed write commits nothing; the cells
 //! it had uploaded are orphans that vacuum removes.
+//!
+//! Vacuum deletes unreferenced cells older than its retention, judged on the store's clock,
+//! so a write must commit while its first cell is younger than that: a write refuses to
+//! commit once [`WriteOptions::max_write_age`] has passed since its first upload began
+//! (measured on the node's monotonic clock, which is never ahead of the store's age of the
+//! cell). Vacuum retentions must be longer than this age.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use apiary_storage::time::{Clock, Random};
 
 use apiary_storage::{Path, StorageBackend};
 use arrow_array::{ArrayRef, RecordBatch, UInt32Array, new_null_array};
@@ -19,8 +27,8 @@ use arrow_select::take::take;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
-use crate::cells::{Alignment, CellEncoder, parse_value, partition_dir, split};
-use crate::entry::Cell;
+use crate::cells::{Alignment, CellEncoder, EncodedCell, parse_value, partition_dir, split};
+use crate::entry::{Cell, FrameDefinition};
 use crate::error::{LedgerError, Result};
 use crate::layout::frame_root;
 use crate::ledger::FrameLedger;
@@ -45,7 +53,13 @@ pub struct WriteOptions {
     pub max_partitions: usize,
     /// Most bytes the open cells may buffer together.
     pub memory_budget: usize,
+    /// Longest time from the first upload to the commit; a slower write commits nothing
+    /// (its cells are left to vacuum). Must stay below every vacuum's retention.
+    pub max_write_age: Duration,
 }
+
+/// The default [`WriteOptions::max_write_age`]: half of vacuum's default retention.
+pub const DEFAULT_MAX_WRITE_AGE: Duration = Duration::from_secs(30 * 60);
 
 impl Default for WriteOptions {
     fn default() -> Self {
@@ -53,6 +67,7 @@ impl Default for WriteOptions {
             target_cell_bytes: 128 << 20,
             max_partitions: 1000,
             memory_budget: 512 << 20,
+            max_write_age: DEFAULT_MAX_WRITE_AGE,
         }
     }
 }
@@ -77,42 +92,69 @@ struct OpenCell {
     values: Vec<(String, String)>,
 }
 
-struct Writer<'a> {
-    backend: &'a dyn StorageBackend,
-    root: Path,
+/// An encoded cell on its way from the encoding thread to the uploader.
+struct Finished {
+    cell: EncodedCell,
+    values: Vec<(String, String)>,
+}
+
+/// The CPU side of a write, run on a blocking thread: pulls the input (which may block on a
+/// file, a pipe or a decoder), aligns, partitions and encodes, and hands finished cells to
+/// the uploader. At most one finished cell waits in the channel, so memory stays within the
+/// budget of the open cells plus the cells in flight.
+struct Encoders<'a> {
+    definition: &'a FrameDefinition,
     options: &'a WriteOptions,
     open: HashMap<Vec<(String, String)>, OpenCell>,
     partitions_seen: usize,
-    done: Vec<Cell>,
+    out: tokio::sync::mpsc::Sender<Finished>,
 }
 
-impl Writer<'_> {
-    async fn finish(&mut self, cell: OpenCell) -> Result<()> {
-        let encoded = cell.encoder.finish()?;
-        let dir = partition_dir(&cell.values);
-        let name = format!("{}.parquet", uuid::Uuid::new_v4().simple());
-        let path = if dir.is_empty() {
-            format!("data/{name}")
-        } else {
-            format!("data/{dir}/{name}")
-        };
-        let key = Path::parse(format!("{}/{path}", self.root)).map_err(|e| {
-            LedgerError::Invalid(format!(
-                "cell path `{path}` is not a valid storage key: {e}"
-            ))
-        })?;
-        self.backend.put(&key, encoded.bytes.clone()).await?;
-        self.done.push(Cell {
-            path,
-            rows: encoded.rows,
-            bytes: encoded.bytes.len() as u64,
-            partition_values: cell.values.into_iter().map(|(k, v)| (k, Some(v))).collect(),
-            stats: encoded.stats,
-        });
+impl Encoders<'_> {
+    fn run(mut self, batches: impl Iterator<Item = Result<RecordBatch>>) -> Result<()> {
+        let mut plans: Vec<(SchemaRef, Alignment)> = Vec::new();
+        for batch in batches {
+            let batch = batch?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let plan = match plans.iter().find(|(s, _)| *s == batch.schema()) {
+                Some((_, plan)) => plan.clone(),
+                None => {
+                    let plan = Alignment::plan(self.definition, &batch.schema())?;
+                    plans.push((batch.schema(), plan.clone()));
+                    plan
+                }
+            };
+            let aligned = plan.apply(&batch)?;
+            let parts = split(
+                &aligned,
+                &self.definition.partition_by,
+                self.options.max_partitions,
+            )?;
+            for part in parts {
+                self.add(part.values, &part.batch)?;
+            }
+        }
+        let rest: Vec<OpenCell> = self.open.drain().map(|(_, c)| c).collect();
+        for cell in rest {
+            self.finish(cell)?;
+        }
         Ok(())
     }
 
-    async fn add(&mut self, values: Vec<(String, String)>, batch: &RecordBatch) -> Result<()> {
+    fn finish(&self, cell: OpenCell) -> Result<()> {
+        let finished = Finished {
+            cell: cell.encoder.finish()?,
+            values: cell.values,
+        };
+        // A closed channel means the uploader failed; its error is the one reported.
+        self.out
+            .blocking_send(finished)
+            .map_err(|_| LedgerError::Invalid("the write was abandoned".into()))
+    }
+
+    fn add(&mut self, values: Vec<(String, String)>, batch: &RecordBatch) -> Result<()> {
         if !self.open.contains_key(&values) {
             self.partitions_seen += 1;
             if self.partitions_seen > self.options.max_partitions {
@@ -140,7 +182,7 @@ impl Writer<'_> {
             cell.encoder.estimated_bytes() >= self.options.target_cell_bytes
         };
         if full && let Some(cell) = self.open.remove(&values) {
-            self.finish(cell).await?;
+            self.finish(cell)?;
         }
         // Stay within the memory budget: finish the largest open cell early.
         while self.buffered() > self.options.memory_budget {
@@ -151,7 +193,7 @@ impl Writer<'_> {
                 .map(|(k, _)| k.clone());
             let Some(key) = largest else { break };
             if let Some(cell) = self.open.remove(&key) {
-                self.finish(cell).await?;
+                self.finish(cell)?;
             }
         }
         Ok(())
@@ -165,7 +207,54 @@ impl Writer<'_> {
     }
 }
 
+/// The I/O side of a write: names and uploads finished cells.
+struct Uploader<'a> {
+    backend: &'a dyn StorageBackend,
+    clock: &'a dyn Clock,
+    random: &'a Random,
+    root: Path,
+    /// When the first upload began, on the clock's monotonic scale.
+    first_upload: Option<Duration>,
+    done: Vec<Cell>,
+}
+
+impl Uploader<'_> {
+    async fn upload(&mut self, finished: Finished) -> Result<()> {
+        let dir = partition_dir(&finished.values);
+        let name = format!("{}.parquet", self.random.id());
+        let path = if dir.is_empty() {
+            format!("data/{name}")
+        } else {
+            format!("data/{dir}/{name}")
+        };
+        let key = Path::parse(format!("{}/{path}", self.root)).map_err(|e| {
+            LedgerError::Invalid(format!(
+                "cell path `{path}` is not a valid storage key: {e}"
+            ))
+        })?;
+        let encoded = finished.cell;
+        self.first_upload
+            .get_or_insert_with(|| self.clock.monotonic());
+        self.backend.put(&key, encoded.bytes.clone()).await?;
+        self.done.push(Cell {
+            path,
+            rows: encoded.rows,
+            bytes: encoded.bytes.len() as u64,
+            partition_values: finished
+                .values
+                .into_iter()
+                .map(|(k, v)| (k, Some(v)))
+                .collect(),
+            stats: encoded.stats,
+        });
+        Ok(())
+    }
+}
+
 /// Writes `batches` to the frame of `ledger`, in one commit.
+///
+/// The input is pulled and encoded on a blocking thread (so a slow reader or a large
+/// encoding never stalls the async runtime) while this task uploads the finished cells.
 pub async fn write_batches<I>(
     ledger: &FrameLedger,
     backend: &dyn StorageBackend,
@@ -174,51 +263,73 @@ pub async fn write_batches<I>(
     options: &WriteOptions,
 ) -> Result<WriteResult>
 where
-    I: IntoIterator<Item = Result<RecordBatch>>,
+    I: IntoIterator<Item = Result<RecordBatch>> + Send + 'static,
+    I::IntoIter: Send,
 {
     let started = Instant::now();
     let state = ledger.refresh().await?;
-    let live = live(state.as_deref().and_then(|s| s.live.as_ref()), ledger)?;
-    let definition = live.definition.clone();
-    let mut writer = Writer {
+    let definition = live(state.as_deref().and_then(|s| s.live.as_ref()), ledger)?
+        .definition
+        .clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Finished>(1);
+    let encoding = {
+        let options = options.clone();
+        tokio::task::spawn_blocking(move || {
+            Encoders {
+                definition: &definition,
+                options: &options,
+                open: HashMap::new(),
+                partitions_seen: 0,
+                out: tx,
+            }
+            .run(batches.into_iter())
+        })
+    };
+    let mut uploader = Uploader {
         backend,
+        clock: ledger.config().clock.as_ref(),
+        random: &ledger.config().random,
         root: frame_root(ledger.frame()),
-        options,
-        open: HashMap::new(),
-        partitions_seen: 0,
+        first_upload: None,
         done: Vec::new(),
     };
-    let mut plans: Vec<(SchemaRef, Alignment)> = Vec::new();
-    for batch in batches {
-        let batch = batch?;
-        if batch.num_rows() == 0 {
-            continue;
-        }
-        let plan = match plans.iter().find(|(s, _)| *s == batch.schema()) {
-            Some((_, plan)) => plan.clone(),
-            None => {
-                let plan = Alignment::plan(&definition, &batch.schema())?;
-                plans.push((batch.schema(), plan.clone()));
-                plan
-            }
-        };
-        let aligned = plan.apply(&batch)?;
-        for part in split(&aligned, &definition.partition_by, options.max_partitions)? {
-            writer.add(part.values, &part.batch).await?;
+    let mut uploaded = Ok(());
+    while let Some(finished) = rx.recv().await {
+        if let Err(e) = uploader.upload(finished).await {
+            uploaded = Err(e);
+            break;
         }
     }
-    let rest: Vec<OpenCell> = writer.open.drain().map(|(_, c)| c).collect();
-    for cell in rest {
-        writer.finish(cell).await?;
-    }
-    let cells = std::mem::take(&mut writer.done);
+    // Closing the channel stops the encoder at its next cell if the upload failed.
+    drop(rx);
+    let encoded = encoding
+        .await
+        .map_err(|e| LedgerError::Invalid(format!("the write's encoder failed: {e}")))?;
+    uploaded?;
+    encoded?;
+    let cells = std::mem::take(&mut uploader.done);
     let rows_written = cells.iter().map(|c| c.rows).sum();
     let bytes_written = cells.iter().map(|c| c.bytes).sum();
     let cells_written = cells.len();
+    let deadline = uploader.first_upload.map(|t| t + options.max_write_age);
+    let commit = |op| async move {
+        match ledger.commit_by(&op, deadline).await {
+            Err(LedgerError::Expired { what, detail }) => Err(LedgerError::Expired {
+                what,
+                detail: format!(
+                    "{detail}; the write's uploads took longer than its limit of {:?}, so \
+                     a vacuum may already have removed its first cells. Nothing was \
+                     committed: write smaller batches, or from closer to the storage",
+                    options.max_write_age
+                ),
+            }),
+            other => other,
+        }
+    };
     let version = match (mode, cells.is_empty()) {
         (WriteMode::Append, true) => state.map_or(0, |s| s.version),
-        (WriteMode::Append, false) => ledger.commit(&Operation::Append(cells)).await?.version,
-        (WriteMode::Overwrite, _) => ledger.commit(&Operation::Overwrite(cells)).await?.version,
+        (WriteMode::Append, false) => commit(Operation::Append(cells)).await?.version,
+        (WriteMode::Overwrite, _) => commit(Operation::Overwrite(cells)).await?.version,
     };
     Ok(WriteResult {
         version,

@@ -160,7 +160,7 @@ async fn checkpointed_frames_count_every_row_once() {
         .await
         .unwrap();
     let used = counts.snapshot() - before;
-    let state = fresh.cached().await.unwrap();
+    let state = fresh.cached().unwrap();
     assert_eq!(state.version, 57);
     let live = state.live.as_ref().unwrap();
     assert_eq!(live.rows(), expected_rows);
@@ -183,7 +183,7 @@ async fn state_at_a_version_is_that_version_exactly() {
         frame,
         ledger,
     } = checkpointed_every_ten().await;
-    let mut states = vec![ledger.cached().await.unwrap()];
+    let mut states = vec![ledger.cached().unwrap()];
     for i in 0..25u64 {
         let op = if i == 17 {
             Operation::Overwrite(vec![cell("data/over.parquet", 5, None)])
@@ -191,7 +191,7 @@ async fn state_at_a_version_is_that_version_exactly() {
             Operation::Append(vec![cell(&format!("data/{i}.parquet"), i + 1, None)])
         };
         ledger.commit(&op).await.unwrap();
-        states.push(ledger.cached().await.unwrap());
+        states.push(ledger.cached().unwrap());
     }
     // A reader that is behind moves forward to the version asked for, and one that is ahead
     // rebuilds older versions from a checkpoint, without moving its own head back.
@@ -208,7 +208,7 @@ async fn state_at_a_version_is_that_version_exactly() {
             assert_eq!(used.get, 1 + v % 10, "version {v}: {used:?}");
         }
     }
-    assert_eq!(reader.cached().await.unwrap().version, 25, "the head stays");
+    assert_eq!(reader.cached().unwrap().version, 25, "the head stays");
     let err = reader.state_at(26).await.unwrap_err();
     assert!(err.to_string().contains("version 26"), "{err}");
 }
@@ -242,7 +242,7 @@ async fn a_damaged_checkpoint_falls_back_to_the_ledger() {
     let fresh = FrameLedger::open(Arc::clone(&backend), frame, config)
         .await
         .unwrap();
-    let state = fresh.cached().await.unwrap();
+    let state = fresh.cached().unwrap();
     assert_eq!(
         (state.version, state.live.as_ref().unwrap().rows()),
         (12, 24)
@@ -685,4 +685,170 @@ async fn corrupt_registry_objects_give_clear_errors() {
     );
     backend.put(&key, good).await.unwrap();
     registry.create_box("h", "b").await.unwrap();
+}
+
+/// A memory store whose requests of `kinds` can be held at a gate.
+fn held_memory(
+    kinds: &[apiary_storage::RequestKind],
+) -> (Arc<dyn StorageBackend>, apiary_storage::Hold) {
+    let (store, caps) = object_store_for(&StorageUri::Memory).unwrap();
+    let hold = apiary_storage::Hold::new(kinds);
+    let store = InstrumentedStore::new(store, FaultConfig::none()).with_hold(hold.clone());
+    (
+        Arc::new(ObjectStoreBackend::new(Arc::new(store), caps, "memory://")),
+        hold,
+    )
+}
+
+/// Waits (on real time, bounded) until `hold` has `n` requests waiting.
+async fn until_waiting(hold: &apiary_storage::Hold, n: u64) {
+    for _ in 0..2000 {
+        if hold.waiting() >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("no request reached the gate");
+}
+
+/// Readers never wait on a writer: while a commit is stuck in its conditional PUT (a slow
+/// or contended store), `cached` and `refresh` of the same handle still answer, and
+/// `refresh` even learns versions other handles committed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_never_wait_on_a_stuck_commit() {
+    use apiary_storage::RequestKind;
+    let (backend, hold) = held_memory(&[RequestKind::ConditionalPut]);
+    let (registry, frame) =
+        registry_with_frame(Arc::clone(&backend), LedgerConfig::default()).await;
+    let ledger = registry.ledger(&frame).await.unwrap();
+    let before = ledger.refresh().await.unwrap().unwrap().version;
+
+    hold.close();
+    let writer = {
+        let ledger = Arc::clone(&ledger);
+        tokio::spawn(async move {
+            ledger
+                .commit(&Operation::Append(vec![cell("data/a.parquet", 5, None)]))
+                .await
+        })
+    };
+    until_waiting(&hold, 1).await;
+
+    let bounded = |what: &'static str| {
+        let ledger = Arc::clone(&ledger);
+        async move {
+            tokio::time::timeout(std::time::Duration::from_secs(20), ledger.refresh())
+                .await
+                .unwrap_or_else(|_| panic!("{what}: refresh waited on the stuck commit"))
+                .unwrap()
+                .unwrap()
+        }
+    };
+    assert_eq!(ledger.cached().unwrap().version, before);
+    assert_eq!(bounded("first").await.version, before);
+
+    hold.open();
+    let info = writer.await.unwrap().unwrap();
+    assert_eq!(info.version, before + 1);
+    assert_eq!(
+        ledger.cached().unwrap().version,
+        before + 1,
+        "the commit is published"
+    );
+    assert_eq!(bounded("after").await.version, before + 1);
+}
+
+/// While one handle's commit is stuck, a refresh on it moves forward past versions another
+/// handle committed, and the stuck commit then lands after them (it re-resolves on the
+/// refusal, never reports a conflict for an append).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_during_a_stuck_commit_sees_other_writers() {
+    use apiary_storage::RequestKind;
+    let (store, caps) = object_store_for(&StorageUri::Memory).unwrap();
+    let hold = apiary_storage::Hold::new(&[RequestKind::ConditionalPut]);
+    let held: Arc<dyn StorageBackend> = Arc::new(ObjectStoreBackend::new(
+        Arc::new(
+            InstrumentedStore::new(Arc::clone(&store), FaultConfig::none()).with_hold(hold.clone()),
+        ),
+        caps,
+        "memory://",
+    ));
+    let free: Arc<dyn StorageBackend> = Arc::new(ObjectStoreBackend::new(store, caps, "memory://"));
+    let (registry, frame) = registry_with_frame(Arc::clone(&held), LedgerConfig::default()).await;
+    let ledger = registry.ledger(&frame).await.unwrap();
+    let other = FrameLedger::open(free, frame.clone(), LedgerConfig::default())
+        .await
+        .unwrap();
+    let v0 = ledger.cached().unwrap().version;
+
+    hold.close();
+    let writer = {
+        let ledger = Arc::clone(&ledger);
+        tokio::spawn(async move {
+            ledger
+                .commit(&Operation::Append(vec![cell("data/mine.parquet", 1, None)]))
+                .await
+        })
+    };
+    until_waiting(&hold, 1).await;
+    for i in 0..3 {
+        other
+            .commit(&Operation::Append(vec![cell(
+                &format!("data/o{i}.parquet"),
+                1,
+                None,
+            )]))
+            .await
+            .unwrap();
+    }
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(20), ledger.refresh())
+        .await
+        .expect("refresh waited on the stuck commit")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.version, v0 + 3);
+    hold.open();
+    let info = writer.await.unwrap().unwrap();
+    assert!(info.committed);
+    assert_eq!(info.version, v0 + 4);
+    let state = ledger.refresh().await.unwrap().unwrap();
+    let cells = &state.live.as_ref().unwrap().cells;
+    assert_eq!(cells.len(), 4, "{:?}", cells.keys().collect::<Vec<_>>());
+}
+
+/// The registry keeps open only ledgers of frames that exist, and at most
+/// `max_open_ledgers` of them: asking for any number of names does not grow memory.
+#[tokio::test]
+async fn open_ledgers_are_bounded() {
+    let backend = apiary_storage::memory();
+    let config = LedgerConfig {
+        max_open_ledgers: 3,
+        ..LedgerConfig::default()
+    };
+    let registry = Registry::new(Arc::clone(&backend), config);
+    registry.create_hive("h").await.unwrap();
+    registry.create_box("h", "b").await.unwrap();
+    for i in 0..200 {
+        let missing = FrameRef::parse(&format!("h.b.missing{i}")).unwrap();
+        let ledger = registry.ledger(&missing).await.unwrap();
+        assert!(ledger.cached().is_none());
+    }
+    assert_eq!(
+        registry.open_ledger_count(),
+        0,
+        "no ledger kept for a missing frame"
+    );
+    for i in 0..5 {
+        let frame = FrameRef::parse(&format!("h.b.f{i}")).unwrap();
+        registry
+            .create_frame(&frame, definition(false))
+            .await
+            .unwrap();
+        let ledger = registry.ledger(&frame).await.unwrap();
+        assert!(ledger.cached().is_some());
+    }
+    assert_eq!(registry.open_ledger_count(), 3);
+    // An evicted frame opens again, with its state.
+    let first = FrameRef::parse("h.b.f0").unwrap();
+    assert_eq!(registry.get_frame(&first).await.unwrap().cells, 0);
 }

@@ -24,7 +24,11 @@ fn frame() -> FrameRef {
 }
 
 async fn setup(backend: Arc<dyn StorageBackend>) -> Registry {
-    let registry = Registry::new(backend, LedgerConfig::default());
+    setup_with(backend, LedgerConfig::default()).await
+}
+
+async fn setup_with(backend: Arc<dyn StorageBackend>, config: LedgerConfig) -> Registry {
+    let registry = Registry::new(backend, config);
     registry.create_hive("analytics").await.unwrap();
     registry.create_box("analytics", "events").await.unwrap();
     let definition = FrameDefinition::new(
@@ -98,7 +102,7 @@ async fn write_and_read(backend: Arc<dyn StorageBackend>) {
     let result = write_batches(
         &ledger,
         backend.as_ref(),
-        input.iter().cloned().map(Ok),
+        input.clone().into_iter().map(Ok),
         WriteMode::Append,
         &WriteOptions::default(),
     )
@@ -139,7 +143,7 @@ async fn write_and_read(backend: Arc<dyn StorageBackend>) {
     assert!(us.values().all(|(c, _)| c == "us"));
 
     // Statistics in the ledger are exact.
-    let state = ledger.cached().await.unwrap();
+    let state = ledger.cached().unwrap();
     for cell in state.live.as_ref().unwrap().cells.values() {
         let country = cell.partition_values["country"].clone().unwrap();
         let ids: Vec<i64> = expected
@@ -192,6 +196,7 @@ async fn cells_are_cut_near_the_target_size_in_bounded_memory() {
         target_cell_bytes: 64 << 10,
         max_partitions: 100,
         memory_budget: 256 << 10,
+        ..WriteOptions::default()
     };
     let input = (0..40).map(|i| Ok(clicks(i * 5000, 5000)));
     let result = write_batches(
@@ -205,7 +210,7 @@ async fn cells_are_cut_near_the_target_size_in_bounded_memory() {
     .unwrap();
     assert_eq!(result.rows_written, 200_000);
     assert!(result.cells_written > 8, "{result:?}");
-    let state = ledger.cached().await.unwrap();
+    let state = ledger.cached().unwrap();
     let live = state.live.as_ref().unwrap();
     // A cell closes at the first batch that takes it past the target: at most one batch
     // partition (5000 rows / 8 countries) beyond it.
@@ -471,4 +476,205 @@ async fn vacuum_deletes_only_what_nothing_can_need() {
         .await
         .unwrap();
     assert_eq!((r.files_deleted, r.files_kept), (8, 0));
+}
+
+/// An input whose first batch arrives at once and whose second waits for `go` (a slow
+/// upstream: a pipe, a network stream). It waits at most `limit`, then ends with an error.
+fn slow_input(
+    first: RecordBatch,
+    second: RecordBatch,
+    go: std::sync::mpsc::Receiver<()>,
+    limit: std::time::Duration,
+) -> impl Iterator<Item = Result<RecordBatch, LedgerError>> + Send + 'static {
+    let mut step = 0;
+    std::iter::from_fn(move || {
+        step += 1;
+        match step {
+            1 => Some(Ok(first.clone())),
+            2 => Some(match go.recv_timeout(limit) {
+                Ok(()) => Ok(second.clone()),
+                Err(_) => Err(LedgerError::Invalid(
+                    "the input was not released: its reader blocked the task that would \
+                     release it"
+                        .into(),
+                )),
+            }),
+            _ => None,
+        }
+    })
+}
+
+fn one_cell_per_batch() -> WriteOptions {
+    WriteOptions {
+        target_cell_bytes: 1,
+        ..WriteOptions::default()
+    }
+}
+
+async fn cells_in_storage(backend: &Arc<dyn StorageBackend>) -> usize {
+    backend
+        .list(&Path::from("analytics/events/clicks/data"))
+        .await
+        .unwrap()
+        .len()
+}
+
+/// Vacuum judges every age on the store's clock. A node whose clock runs an hour fast must
+/// not delete the cells of a write still uploading; one whose clock runs two hours slow
+/// (so its own commits look old) must not delete cells that a recent overwrite removed and
+/// a reader of the version before may still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vacuum_ages_on_the_store_clock_whatever_the_nodes_clock_says() {
+    use apiary_storage::SystemClock;
+    use std::time::Duration;
+    const HOUR: Duration = Duration::from_secs(3600);
+    let backend = apiary_storage::memory();
+    let skewed = |offset: Duration, ahead: bool| LedgerConfig {
+        clock: Arc::new(SystemClock::with_wall_offset(offset, ahead)),
+        ..LedgerConfig::default()
+    };
+
+    // Fast clock, slow write: the first cell is uploaded, the rest waits.
+    let registry = setup_with(Arc::clone(&backend), skewed(HOUR, true)).await;
+    let ledger = registry.ledger(&frame()).await.unwrap();
+    let (go, wait) = std::sync::mpsc::channel();
+    let writing = {
+        let (ledger, backend) = (Arc::clone(&ledger), Arc::clone(&backend));
+        tokio::spawn(async move {
+            write_batches(
+                &ledger,
+                backend.as_ref(),
+                slow_input(clicks(0, 8), clicks(8, 8), wait, Duration::from_secs(60)),
+                WriteMode::Append,
+                &one_cell_per_batch(),
+            )
+            .await
+        })
+    };
+    for _ in 0..2000 {
+        if cells_in_storage(&backend).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let uploaded = cells_in_storage(&backend).await;
+    assert!(uploaded > 0, "the first cells are uploaded");
+    let r = vacuum(&ledger, backend.as_ref(), HOUR).await.unwrap();
+    assert_eq!(
+        r.files_deleted, 0,
+        "a write in flight keeps its cells: {r:?}"
+    );
+    go.send(()).unwrap();
+    let written = writing.await.unwrap().unwrap();
+    assert_eq!(written.rows_written, 16);
+    let read = read_batches(&ledger, backend.as_ref(), &[]).await.unwrap();
+    assert_eq!(
+        rows_by_id(&read).len(),
+        16,
+        "every committed cell is readable"
+    );
+
+    // Slow clock: this node's overwrite carries a `committed_at_ms` two hours old. The cells
+    // it removes were uploaded over a second ago, so only the overwrite's own (store) age
+    // protects them from a vacuum with a one-second retention.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let slow = Registry::new(Arc::clone(&backend), skewed(2 * HOUR, false));
+    let ledger = slow.ledger(&frame()).await.unwrap();
+    write_batches(
+        &ledger,
+        backend.as_ref(),
+        [Ok(clicks(100, 8))],
+        WriteMode::Overwrite,
+        &WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let before = cells_in_storage(&backend).await;
+    let r = vacuum(&ledger, backend.as_ref(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.files_deleted, 0,
+        "cells removed a moment ago stay for the retention: {r:?}"
+    );
+    assert_eq!(cells_in_storage(&backend).await, before);
+    // Once the overwrite itself is older than the retention, they go.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = vacuum(&ledger, backend.as_ref(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(r.files_deleted, before - 8, "{r:?}");
+}
+
+/// A write whose uploads outlast its `max_write_age` commits nothing: by then a vacuum may
+/// have taken its first cells for orphans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_slower_than_its_limit_commits_nothing() {
+    use std::time::Duration;
+    let backend = apiary_storage::memory();
+    let registry = setup(Arc::clone(&backend)).await;
+    let ledger = registry.ledger(&frame()).await.unwrap();
+    let version = ledger.refresh().await.unwrap().unwrap().version;
+    let (go, wait) = std::sync::mpsc::channel();
+    let options = WriteOptions {
+        max_write_age: Duration::from_millis(200),
+        ..one_cell_per_batch()
+    };
+    let writing = {
+        let (ledger, backend) = (Arc::clone(&ledger), Arc::clone(&backend));
+        tokio::spawn(async move {
+            write_batches(
+                &ledger,
+                backend.as_ref(),
+                slow_input(clicks(0, 8), clicks(8, 8), wait, Duration::from_secs(60)),
+                WriteMode::Append,
+                &options,
+            )
+            .await
+        })
+    };
+    // Released only after the limit has surely passed since the first upload.
+    for _ in 0..2000 {
+        if cells_in_storage(&backend).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    go.send(()).unwrap();
+    let err = writing.await.unwrap().unwrap_err();
+    assert!(matches!(err, LedgerError::Expired { .. }), "{err}");
+    assert!(err.to_string().contains("Nothing was committed"), "{err}");
+    assert_eq!(
+        ledger.refresh().await.unwrap().unwrap().version,
+        version,
+        "no commit"
+    );
+}
+
+/// The input of a write is pulled off the async runtime: on a single-threaded runtime, an
+/// input that waits for another task of the same runtime completes instead of deadlocking.
+#[tokio::test(flavor = "current_thread")]
+async fn a_blocking_input_does_not_stall_the_runtime() {
+    use std::time::Duration;
+    let backend = apiary_storage::memory();
+    let registry = setup(Arc::clone(&backend)).await;
+    let ledger = registry.ledger(&frame()).await.unwrap();
+    let (go, wait) = std::sync::mpsc::channel();
+    // Runs only if the write leaves the runtime's one thread free.
+    let releaser = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        go.send(()).unwrap();
+    });
+    let written = write_batches(
+        &ledger,
+        backend.as_ref(),
+        slow_input(clicks(0, 8), clicks(8, 8), wait, Duration::from_secs(10)),
+        WriteMode::Append,
+        &WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    releaser.await.unwrap();
+    assert_eq!(written.rows_written, 16);
 }

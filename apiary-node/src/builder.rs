@@ -22,13 +22,31 @@ use std::sync::Arc;
 
 use apiary_query::distributed::ShuffleTransport;
 use apiary_storage::StorageBackend;
-use apiary_swarm::{Membership, NodeId};
+use apiary_swarm::{Membership, NodeId, SwarmConfig};
 
 use crate::{Apiary, ApiaryOptions, NodeOptions, Result};
 
-/// Makes the membership of a node once its id is known (at `start`).
-pub type MembershipFactory =
-    Arc<dyn Fn(&NodeId, &NodeOptions) -> Arc<dyn Membership> + Send + Sync>;
+/// What a membership is made for.
+#[derive(Debug, Clone, Copy)]
+pub enum MembershipRole<'a> {
+    /// A node joining the swarm (at `start`, once its id is known).
+    Node {
+        /// The node's id.
+        id: &'a NodeId,
+        /// Its options (clock, intervals, thresholds).
+        options: &'a NodeOptions,
+    },
+    /// A process that only reads the swarm and asks nodes to drain (`apiary swarm`,
+    /// `apiary drain`, a coordinator that is not a node). It never joins.
+    Observer {
+        /// Thresholds to judge the swarm by.
+        swarm: &'a SwarmConfig,
+    },
+}
+
+/// Makes this process's membership for a role. Every swarm operation of [`Apiary`] goes
+/// through a membership made here, so a custom one replaces storage heartbeats entirely.
+pub type MembershipFactory = Arc<dyn Fn(MembershipRole<'_>) -> Arc<dyn Membership> + Send + Sync>;
 
 /// Composes an [`Apiary`] from parts; anything not given is the default.
 pub struct ApiaryBuilder {

@@ -10,8 +10,7 @@ use apiary_query::QueryEngine;
 use apiary_query::distributed::{
     ShuffleTransport, TaskKey, TaskOutcome, WorkerDirectory, WorkerInfo, run_task,
 };
-use apiary_storage::StorageBackend;
-use apiary_swarm::{Bees, NodeState, SwarmAgent, SwarmConfig, WorldView};
+use apiary_swarm::{Bees, Membership, NodeState, SwarmAgent, WorldView};
 
 use crate::RunningNode;
 use async_trait::async_trait;
@@ -22,8 +21,7 @@ use tokio::sync::watch;
 /// store's clock, reread at most every two seconds.
 pub(crate) struct SwarmDirectory {
     node: Arc<Mutex<Option<RunningNode>>>,
-    backend: Arc<dyn StorageBackend>,
-    config: SwarmConfig,
+    observer: Arc<dyn Membership>,
     snapshot: tokio::sync::Mutex<Option<(Instant, WorldView)>>,
 }
 
@@ -36,13 +34,11 @@ impl std::fmt::Debug for SwarmDirectory {
 impl SwarmDirectory {
     pub(crate) fn new(
         node: Arc<Mutex<Option<RunningNode>>>,
-        backend: Arc<dyn StorageBackend>,
-        config: SwarmConfig,
+        observer: Arc<dyn Membership>,
     ) -> Self {
         Self {
             node,
-            backend,
-            config,
+            observer,
             snapshot: tokio::sync::Mutex::new(None),
         }
     }
@@ -83,9 +79,9 @@ impl WorkerDirectory for SwarmDirectory {
         {
             return Ok(workers_of(view, None));
         }
-        let view = apiary_swarm::snapshot(self.backend.as_ref(), &self.config)
-            .await
-            .map_err(|e| apiary_query::QueryError::Execution(format!("reading the swarm: {e}")))?;
+        let view = self.observer.snapshot().await.map_err(|e| {
+            apiary_query::QueryError::failed(format!("reading the swarm: {e}"), e.kind(), e)
+        })?;
         let workers = workers_of(&view, None);
         *cached = Some((Instant::now(), view));
         Ok(workers)
@@ -122,7 +118,7 @@ pub(crate) fn spawn_worker(
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
-                _ = tokio::time::sleep(poll) => {}
+                _ = apiary_storage::time::sleep(poll) => {}
             }
             if !bees.accepting() {
                 break;

@@ -11,7 +11,7 @@ use arrow_schema::{Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// Batches of an input, in order.
-pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch, LedgerError>>>;
+pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch, LedgerError>> + Send>;
 
 /// Rows per batch read from files.
 const BATCH_ROWS: usize = 64 * 1024;
@@ -28,8 +28,10 @@ fn bad(path: &Path, what: &str, e: impl std::fmt::Display) -> LedgerError {
 /// by the header's names.
 pub fn open(path: &Path, definition: &FrameDefinition) -> Result<Batches, LedgerError> {
     if path.as_os_str() == "-" {
-        let batches = crate::ipc::batches(BufReader::new(std::io::stdin()))?;
-        return Ok(Box::new(batches));
+        // Read by the write's encoding thread, not here: stdin may be slow to start.
+        return Ok(Box::new(crate::ipc::deferred(BufReader::new(
+            std::io::stdin(),
+        ))));
     }
     let mut file = File::open(path).map_err(|e| bad(path, "cannot open", e))?;
     let mut magic = [0u8; 6];

@@ -36,7 +36,12 @@ use tokio::sync::watch;
 
 mod builder;
 mod cluster;
-pub use builder::{ApiaryBuilder, MembershipFactory};
+
+/// The README's Rust example, compiled as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+pub use builder::{ApiaryBuilder, MembershipFactory, MembershipRole};
 use cluster::{SwarmDirectory, TaskCounts};
 
 pub mod input;
@@ -45,6 +50,7 @@ mod node;
 
 pub use apiary_ledger;
 pub use apiary_query;
+pub use apiary_query::datafusion::execution::SendableRecordBatchStream;
 use apiary_query::{QueryEngine, QueryOptions};
 pub use apiary_query::{QueryResult, SqlSession};
 pub use apiary_storage;
@@ -73,6 +79,23 @@ pub enum ApiaryError {
     /// The call needs a running node (`Apiary::start` first), or one is running already.
     #[error("{0}")]
     Lifecycle(&'static str),
+}
+
+pub use apiary_storage::ErrorKind;
+
+impl ApiaryError {
+    /// What a caller can do about it: the same few kinds whatever part failed. Sources are
+    /// kept: [`std::error::Error::source`] walks down to the storage's or DataFusion's own
+    /// error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ApiaryError::Ledger(e) => e.kind(),
+            ApiaryError::Storage(e) => e.kind(),
+            ApiaryError::Swarm(e) => e.kind(),
+            ApiaryError::Query(e) => e.kind(),
+            ApiaryError::Lifecycle(_) => ErrorKind::Conflict,
+        }
+    }
 }
 
 /// Result alias for the [`Apiary`] API.
@@ -307,6 +330,27 @@ impl Apiary {
 
     // ----- the swarm -----
 
+    /// This process's membership for `role`: the builder's, or storage heartbeats.
+    fn membership_for(&self, role: MembershipRole<'_>) -> Arc<dyn Membership> {
+        if let Some(factory) = &self.membership {
+            return factory(role);
+        }
+        let backend = Arc::clone(self.registry.backend());
+        match role {
+            MembershipRole::Node { id, options } => Arc::new(StorageHeartbeats::new(
+                backend,
+                id.clone(),
+                Arc::clone(&options.clock),
+                options.swarm.clone(),
+            )),
+            MembershipRole::Observer { swarm } => Arc::new(StorageHeartbeats::observer(
+                backend,
+                Arc::clone(&self.registry.config().clock),
+                swarm.clone(),
+            )),
+        }
+    }
+
     fn running(&self) -> Option<RunningNode> {
         self.node.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -328,15 +372,10 @@ impl Apiary {
             capacity.bees,
             capacity.memory_per_bee_bytes * u64::from(capacity.bees),
         );
-        let membership: Arc<dyn Membership> = match &self.membership {
-            Some(factory) => factory(identity.node_id(), &options),
-            None => Arc::new(StorageHeartbeats::new(
-                Arc::clone(self.registry.backend()),
-                identity.node_id().clone(),
-                Arc::clone(&options.clock),
-                options.swarm.clone(),
-            )),
-        };
+        let membership = self.membership_for(MembershipRole::Node {
+            id: identity.node_id(),
+            options: &options,
+        });
         let config = AgentConfig {
             swarm: options.swarm.clone(),
             drain_timeout: options.drain_timeout,
@@ -414,23 +453,21 @@ impl Apiary {
         }
     }
 
-    /// The swarm as this node sees it. When not started, a one-shot reading of the
-    /// heartbeats aged on the storage's clock (dead threshold: the default 30 s).
+    /// The swarm as this node sees it. When not started, a one-shot reading by the
+    /// membership (storage heartbeats: aged on the storage's clock against this handle's
+    /// thresholds, a 30 s dead threshold by default).
     pub async fn swarm_status(&self) -> Result<SwarmStatus> {
         match self.running() {
             Some(node) => Ok(SwarmStatus::from(&node.agent.view())),
-            None => {
-                let config = apiary_swarm::SwarmConfig::default();
-                self.swarm_snapshot(&config).await
-            }
+            None => self.swarm_snapshot(&self.swarm.clone()).await,
         }
     }
 
-    /// A one-shot reading of the swarm, aged on the storage's clock against `config`'s
+    /// A one-shot reading of the swarm by an observer membership judging by `config`'s
     /// thresholds.
     pub async fn swarm_snapshot(&self, config: &apiary_swarm::SwarmConfig) -> Result<SwarmStatus> {
-        let view = apiary_swarm::snapshot(self.registry.backend().as_ref(), config).await?;
-        Ok(SwarmStatus::from(&view))
+        let observer = self.membership_for(MembershipRole::Observer { swarm: config });
+        Ok(SwarmStatus::from(&observer.snapshot().await?))
     }
 
     /// This node: name, id, capacity and storage.
@@ -466,11 +503,11 @@ impl Apiary {
     /// Asks node `node_id` to drain and leave; it does so on its next poll.
     pub async fn drain_node(&self, node_id: &str, requested_by: &str) -> Result<()> {
         let id = NodeId::new(node_id)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        apiary_swarm::request_drain(self.registry.backend().as_ref(), &id, requested_by, now)
-            .await?;
+        let membership = match self.running() {
+            Some(node) => Arc::clone(node.agent.membership()),
+            None => self.membership_for(MembershipRole::Observer { swarm: &self.swarm }),
+        };
+        membership.request_drain(&id, requested_by).await?;
         Ok(())
     }
 
@@ -499,7 +536,7 @@ impl Apiary {
         hive: &str,
         r#box: &str,
         frame: &str,
-        batches: impl IntoIterator<Item = RecordBatch>,
+        batches: impl IntoIterator<Item = RecordBatch, IntoIter: Send + 'static>,
     ) -> Result<WriteResult> {
         let frame = FrameRef::new(hive, r#box, frame)?;
         self.write_batches_to_frame(&frame, batches.into_iter().map(Ok), WriteMode::Append)
@@ -507,16 +544,17 @@ impl Apiary {
     }
 
     /// Appends an Arrow IPC stream (the seeds' `write_to_frame(…, ipc_bytes)`), read batch by
-    /// batch. Malformed IPC is an error and commits nothing.
+    /// batch on a blocking thread (a slow reader never stalls the runtime). Malformed IPC is
+    /// an error and commits nothing.
     pub async fn write_ipc_to_frame(
         &self,
         hive: &str,
         r#box: &str,
         frame: &str,
-        ipc: impl std::io::Read,
+        ipc: impl std::io::Read + Send + 'static,
     ) -> Result<WriteResult> {
         let frame = FrameRef::new(hive, r#box, frame)?;
-        self.write_batches_to_frame(&frame, ipc::batches(ipc)?, WriteMode::Append)
+        self.write_batches_to_frame(&frame, ipc::deferred(ipc), WriteMode::Append)
             .await
     }
 
@@ -527,7 +565,7 @@ impl Apiary {
         hive: &str,
         r#box: &str,
         frame: &str,
-        batches: impl IntoIterator<Item = RecordBatch>,
+        batches: impl IntoIterator<Item = RecordBatch, IntoIter: Send + 'static>,
     ) -> Result<WriteResult> {
         let frame = FrameRef::new(hive, r#box, frame)?;
         self.write_batches_to_frame(&frame, batches.into_iter().map(Ok), WriteMode::Overwrite)
@@ -539,7 +577,7 @@ impl Apiary {
     pub async fn write_batches_to_frame(
         &self,
         frame: &FrameRef,
-        batches: impl IntoIterator<Item = Result<RecordBatch, LedgerError>>,
+        batches: impl IntoIterator<Item = Result<RecordBatch, LedgerError>, IntoIter: Send + 'static>,
         mode: WriteMode,
     ) -> Result<WriteResult> {
         let ledger = self.registry.ledger(frame).await?;
@@ -547,7 +585,7 @@ impl Apiary {
         Ok(apiary_ledger::write_batches(
             &ledger,
             backend.as_ref(),
-            batches,
+            batches.into_iter(),
             mode,
             &self.write_options(),
         )
@@ -555,7 +593,10 @@ impl Apiary {
     }
 
     /// Deletes the frame's cell files that nothing can need: unreferenced by the newest
-    /// version, not removed within `retention` (default 1 hour), and older than it.
+    /// version, not removed within `retention` (default 1 hour), and older than it, on the
+    /// store's clock. A retention shorter than a write may take
+    /// ([`apiary_ledger::DEFAULT_MAX_WRITE_AGE`]) is refused: it could delete the cells of a
+    /// write still uploading.
     pub async fn vacuum(
         &self,
         hive: &str,
@@ -566,6 +607,18 @@ impl Apiary {
         let frame = FrameRef::new(hive, r#box, frame)?;
         let ledger = self.registry.ledger(&frame).await?;
         let retention = retention.unwrap_or(std::time::Duration::from_secs(3600));
+        let min = self.write_options().max_write_age;
+        if retention < min {
+            return Err(LedgerError::Invalid(format!(
+                "a vacuum retention of {} is shorter than the {} a write may take to commit, \
+                 so it could delete the cells of a write still in flight; use a retention of \
+                 at least {}",
+                humantime::format_duration(retention),
+                humantime::format_duration(min),
+                humantime::format_duration(min)
+            ))
+            .into());
+        }
         Ok(apiary_ledger::vacuum(&ledger, self.registry.backend().as_ref(), retention).await?)
     }
 
@@ -577,8 +630,7 @@ impl Apiary {
         let bees = apiary_swarm::detect_capacity(None).bees;
         let directory = Arc::new(SwarmDirectory::new(
             Arc::clone(&self.node),
-            Arc::clone(self.registry.backend()),
-            self.swarm.clone(),
+            self.membership_for(MembershipRole::Observer { swarm: &self.swarm }),
         ));
         let engine = QueryEngine::new(
             Arc::clone(&self.registry),
@@ -587,11 +639,17 @@ impl Apiary {
                 ..QueryOptions::default()
             },
         )?
-        .with_cluster(Cluster::new(
-            Arc::clone(&self.transport),
-            directory,
-            self.distribute.clone(),
-        ))
+        .with_cluster(
+            Cluster::new(
+                Arc::clone(&self.transport),
+                directory,
+                self.distribute.clone(),
+            )
+            .with_time(
+                Arc::clone(&self.registry.config().clock),
+                self.registry.config().random.clone(),
+            ),
+        )
         .with_distribute(self.distribute_mode);
         // A racing first call may have set it; either engine is equivalent.
         Ok(self.query.get_or_init(|| engine))
@@ -603,6 +661,13 @@ impl Apiary {
     /// to use instead.
     pub async fn sql(&self, query: &str) -> Result<QueryResult> {
         Ok(self.query_engine()?.sql(query).await?)
+    }
+
+    /// [`sql`](Self::sql), with the last statement's rows streamed as they are produced
+    /// instead of collected: memory stays bounded by what the consumer holds, and the
+    /// first rows arrive before the query ends. Dropping the stream cancels the query.
+    pub async fn sql_stream(&self, query: &str) -> Result<SendableRecordBatchStream> {
+        Ok(self.sql_session()?.sql_stream(query).await?)
     }
 
     /// [`sql`](Self::sql), with the rows as one Arrow IPC stream (what

@@ -336,9 +336,10 @@ async fn run(cli: Cli) -> CliResult<()> {
                 inputs.push(apiary::input::open(path, &info.definition)?);
             }
             let progress = Progress::new();
-            let counted = inputs.into_iter().flatten().inspect(|b| {
+            let counter = progress.clone();
+            let counted = inputs.into_iter().flatten().inspect(move |b| {
                 if let Ok(batch) = b {
-                    progress.add(batch.num_rows());
+                    counter.add(batch.num_rows());
                 }
             });
             let mode = if overwrite {
@@ -368,8 +369,8 @@ async fn run(cli: Cli) -> CliResult<()> {
             } else {
                 SqlFormat::Table
             });
-            let result = ap.sql(&query).await?;
-            print_result(&result, format)?;
+            let stream = ap.sql_stream(&query).await?;
+            print_stream(stream, format).await?;
         }
         Command::Vacuum { frame, retention } => {
             let f = FrameRef::parse(&frame)?;
@@ -474,11 +475,27 @@ async fn run_node(
     use tokio::signal::unix::{SignalKind, signal};
     init_logging();
     if let Some(path) = status_file {
+        // The hook runs on the swarm's poll task: it only hands the newest view to a writer
+        // task, which writes files on a blocking thread, one at a time, newest wins.
+        let (tx, mut rx) = tokio::sync::watch::channel(None::<String>);
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some(body) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let path = path.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    write_atomically(&path, body.as_bytes()).map_err(|e| (path, e))
+                })
+                .await;
+                if let Ok(Err((path, e))) = written {
+                    tracing::warn!(path = %path.display(), error = %e, "status file not written");
+                }
+            }
+        });
         options.on_view = Some(Arc::new(move |view| {
             let body = json!({"polls": view.polls, "swarm": SwarmStatus::from(view)});
-            if let Err(e) = write_atomically(&path, body.to_string().as_bytes()) {
-                tracing::warn!(path = %path.display(), error = %e, "status file not written");
-            }
+            tx.send_replace(Some(body.to_string()));
         }));
     }
     let mut term = signal(SignalKind::terminate())?;
@@ -505,6 +522,7 @@ async fn run_node(
 }
 
 /// A row counter on stderr while writing, shown only on a terminal.
+#[derive(Clone)]
 struct Progress(Option<indicatif::ProgressBar>);
 
 impl Progress {
@@ -549,58 +567,94 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     std::fs::rename(tmp, path)
 }
 
-fn print_result(result: &apiary::QueryResult, format: SqlFormat) -> CliResult<()> {
+/// Prints a query's rows: CSV, JSON and Arrow IPC batch by batch as they arrive; a table
+/// once all rows are in (its column widths depend on every row).
+async fn print_stream(
+    mut stream: apiary::SendableRecordBatchStream,
+    format: SqlFormat,
+) -> CliResult<()> {
     use apiary::apiary_query::datafusion::arrow;
-    use arrow::array::AsArray;
     use std::io::Write;
-    let mut out = std::io::stdout().lock();
+    let schema = stream.schema();
     match format {
         SqlFormat::Table => {
-            let schema = result.schema();
-            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            if names.is_empty() {
-                writeln!(out, "OK")?;
-            } else if names == ["plan_type", "plan"] {
-                // EXPLAIN: plans are multi-line text, unreadable inside table borders.
-                for batch in result.batches() {
-                    let kinds =
-                        arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
-                    let plans =
-                        arrow::compute::cast(batch.column(1), &arrow::datatypes::DataType::Utf8)?;
-                    let (kinds, plans) = (kinds.as_string::<i32>(), plans.as_string::<i32>());
-                    for row in 0..batch.num_rows() {
-                        writeln!(
-                            out,
-                            "{}:\n{}",
-                            kinds.value(row),
-                            plans.value(row).trim_end()
-                        )?;
-                    }
-                }
-            } else {
-                let text = arrow::util::pretty::pretty_format_batches(result.batches())?;
-                writeln!(out, "{text}")?;
-                writeln!(out, "({} rows)", result.num_rows())?;
+            let mut batches = Vec::new();
+            while let Some(batch) = next_batch(&mut stream).await? {
+                batches.push(batch);
             }
+            print_table_result(&apiary::QueryResult::new(schema, batches))?;
         }
         SqlFormat::Csv => {
             let mut writer = arrow::csv::WriterBuilder::new()
                 .with_header(true)
-                .build(&mut out);
-            for batch in result.batches() {
-                writer.write(batch)?;
+                .build(std::io::stdout());
+            while let Some(batch) = next_batch(&mut stream).await? {
+                writer.write(&batch)?;
+                std::io::stdout().flush()?;
             }
         }
         SqlFormat::Json => {
-            let mut writer = arrow::json::ArrayWriter::new(&mut out);
-            for batch in result.batches() {
-                writer.write(batch)?;
+            let mut writer = arrow::json::ArrayWriter::new(std::io::stdout());
+            while let Some(batch) = next_batch(&mut stream).await? {
+                writer.write(&batch)?;
+                std::io::stdout().flush()?;
             }
             // arrow-json writes `[]` for a result without rows.
             writer.finish()?;
-            writeln!(out)?;
+            println!();
         }
-        SqlFormat::Arrow => out.write_all(&result.to_ipc_stream()?)?,
+        SqlFormat::Arrow => {
+            let mut writer = arrow::ipc::writer::StreamWriter::try_new(std::io::stdout(), &schema)?;
+            while let Some(batch) = next_batch(&mut stream).await? {
+                writer.write(&batch)?;
+                writer.flush()?;
+            }
+            writer.finish()?;
+        }
+    }
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// The next batch of a query's stream, its error as the query's.
+async fn next_batch(
+    stream: &mut apiary::SendableRecordBatchStream,
+) -> Result<Option<arrow_array::RecordBatch>, apiary::ApiaryError> {
+    use futures::TryStreamExt;
+    Ok(stream
+        .try_next()
+        .await
+        .map_err(apiary::apiary_query::QueryError::from)?)
+}
+
+fn print_table_result(result: &apiary::QueryResult) -> CliResult<()> {
+    use apiary::apiary_query::datafusion::arrow;
+    use arrow::array::AsArray;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let schema = result.schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    if names.is_empty() {
+        writeln!(out, "OK")?;
+    } else if names == ["plan_type", "plan"] {
+        // EXPLAIN: plans are multi-line text, unreadable inside table borders.
+        for batch in result.batches() {
+            let kinds = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
+            let plans = arrow::compute::cast(batch.column(1), &arrow::datatypes::DataType::Utf8)?;
+            let (kinds, plans) = (kinds.as_string::<i32>(), plans.as_string::<i32>());
+            for row in 0..batch.num_rows() {
+                writeln!(
+                    out,
+                    "{}:\n{}",
+                    kinds.value(row),
+                    plans.value(row).trim_end()
+                )?;
+            }
+        }
+    } else {
+        let text = arrow::util::pretty::pretty_format_batches(result.batches())?;
+        writeln!(out, "{text}")?;
+        writeln!(out, "({} rows)", result.num_rows())?;
     }
     out.flush()?;
     Ok(())

@@ -62,7 +62,12 @@ async fn the_tutorial_write_and_read() {
     let (_dir, ap) = tutorial_frame().await;
     let bytes = ipc(&tutorial_rows(10_000));
     let result = ap
-        .write_ipc_to_frame("analytics", "events", "clicks", bytes.as_slice())
+        .write_ipc_to_frame(
+            "analytics",
+            "events",
+            "clicks",
+            std::io::Cursor::new(bytes.clone()),
+        )
         .await
         .unwrap();
     assert_eq!((result.cells_written, result.rows_written), (8, 10_000));
@@ -127,7 +132,12 @@ async fn malformed_ipc_is_a_clear_error_and_commits_nothing() {
         ("ipc file, not stream", file_format),
     ] {
         let err = ap
-            .write_ipc_to_frame("analytics", "events", "clicks", bytes.as_slice())
+            .write_ipc_to_frame(
+                "analytics",
+                "events",
+                "clicks",
+                std::io::Cursor::new(bytes.clone()),
+            )
             .await
             .unwrap_err()
             .to_string();
@@ -192,7 +202,12 @@ fn any_ipc_input_is_handled() {
                         .await
                         .unwrap();
                     let result = ap
-                        .write_ipc_to_frame("analytics", "events", "clicks", input.as_slice())
+                        .write_ipc_to_frame(
+                            "analytics",
+                            "events",
+                            "clicks",
+                            std::io::Cursor::new(input.clone()),
+                        )
                         .await;
                     let after = ap
                         .describe_frame("analytics", "events", "clicks")

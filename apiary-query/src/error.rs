@@ -1,7 +1,11 @@
 //! The query error type.
 
 use apiary_ledger::LedgerError;
+use apiary_storage::ErrorKind;
 use datafusion::error::DataFusionError;
+
+/// Any error kept as the source of another.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What can go wrong with a query.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +34,64 @@ pub enum QueryError {
     #[error(transparent)]
     Storage(#[from] apiary_storage::StorageError),
 
-    /// Running the query failed (a cell could not be read, memory ran out, …).
+    /// Running the query failed for a reason Apiary itself detected (a task ran past its
+    /// deadline, a result had the wrong shape, …).
     #[error("query failed: {0}")]
     Execution(String),
+
+    /// A component failed while running the query (DataFusion, an encoder, the swarm's
+    /// membership); its error is kept as the source.
+    #[error("query failed: {message}")]
+    Failed {
+        /// The failure on one line, with its context.
+        message: String,
+        /// What a caller can do about it.
+        kind: ErrorKind,
+        /// The original error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl QueryError {
+    /// A [`QueryError::Failed`] keeping `source`.
+    pub fn failed(
+        message: impl Into<String>,
+        kind: ErrorKind,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        QueryError::Failed {
+            message: message.into(),
+            kind,
+            source: source.into(),
+        }
+    }
+
+    /// What a caller can do about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            QueryError::Invalid(_) | QueryError::Rejected { .. } => ErrorKind::InvalidInput,
+            QueryError::Ledger(e) => e.kind(),
+            QueryError::Storage(e) => e.kind(),
+            QueryError::Execution(_) => ErrorKind::Internal,
+            QueryError::Failed { kind, .. } => *kind,
+        }
+    }
+}
+
+/// The kind of a DataFusion failure that is not Apiary's own error.
+fn datafusion_kind(e: &DataFusionError) -> ErrorKind {
+    match e {
+        DataFusionError::ResourcesExhausted(_)
+        | DataFusionError::IoError(_)
+        | DataFusionError::ObjectStore(_) => ErrorKind::Unavailable,
+        DataFusionError::ParquetError(_) => ErrorKind::Corrupt,
+        DataFusionError::Shared(inner) => datafusion_kind(inner),
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            datafusion_kind(inner)
+        }
+        _ => ErrorKind::Internal,
+    }
 }
 
 /// Result alias for queries.
@@ -48,17 +107,30 @@ impl From<DataFusionError> for QueryError {
                     Ok(l) => QueryError::Ledger(*l),
                     Err(inner) => match inner.downcast::<apiary_storage::StorageError>() {
                         Ok(s) => QueryError::Storage(*s),
-                        Err(other) => QueryError::Execution(other.to_string()),
+                        Err(other) => {
+                            QueryError::failed(other.to_string(), ErrorKind::Internal, other)
+                        }
                     },
                 },
             },
             DataFusionError::Context(context, inner) => match QueryError::from(*inner) {
                 QueryError::Execution(m) => QueryError::Execution(format!("{context}: {m}")),
+                QueryError::Failed {
+                    message,
+                    kind,
+                    source,
+                } => QueryError::Failed {
+                    message: format!("{context}: {message}"),
+                    kind,
+                    source,
+                },
                 other => other,
             },
             DataFusionError::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
                 Ok(owned) => QueryError::from(owned),
-                Err(shared) => QueryError::Execution(shared.strip_backtrace()),
+                Err(shared) => {
+                    QueryError::failed(shared.strip_backtrace(), datafusion_kind(&shared), shared)
+                }
             },
             DataFusionError::SQL(..)
             | DataFusionError::Plan(..)
@@ -68,7 +140,7 @@ impl From<DataFusionError> for QueryError {
             DataFusionError::Collection(mut errors) if !errors.is_empty() => {
                 QueryError::from(errors.swap_remove(0))
             }
-            other => QueryError::Execution(one_line(&other)),
+            other => QueryError::failed(one_line(&other), datafusion_kind(&other), other),
         }
     }
 }

@@ -53,16 +53,29 @@ impl QueryResult {
     /// The result as one Arrow IPC stream (what `pyarrow.ipc.open_stream` reads).
     pub fn to_ipc_stream(&self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        let mut writer = StreamWriter::try_new(&mut out, &self.schema)
-            .map_err(|e| QueryError::Execution(format!("cannot encode the result: {e}")))?;
+        let mut writer = StreamWriter::try_new(&mut out, &self.schema).map_err(|e| {
+            QueryError::failed(
+                format!("cannot encode the result: {e}"),
+                apiary_storage::ErrorKind::Internal,
+                e,
+            )
+        })?;
         for batch in &self.batches {
-            writer
-                .write(batch)
-                .map_err(|e| QueryError::Execution(format!("cannot encode the result: {e}")))?;
+            writer.write(batch).map_err(|e| {
+                QueryError::failed(
+                    format!("cannot encode the result: {e}"),
+                    apiary_storage::ErrorKind::Internal,
+                    e,
+                )
+            })?;
         }
-        writer
-            .finish()
-            .map_err(|e| QueryError::Execution(format!("cannot encode the result: {e}")))?;
+        writer.finish().map_err(|e| {
+            QueryError::failed(
+                format!("cannot encode the result: {e}"),
+                apiary_storage::ErrorKind::Internal,
+                e,
+            )
+        })?;
         drop(writer);
         Ok(out)
     }
@@ -88,7 +101,7 @@ fn table(columns: Vec<(&str, ArrayRef)>) -> Result<QueryResult> {
         Arc::clone(&schema),
         columns.into_iter().map(|(_, a)| a).collect(),
     )
-    .map_err(|e| QueryError::Execution(e.to_string()))?;
+    .map_err(|e| QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))?;
     Ok(QueryResult::new(schema, vec![batch]))
 }
 

@@ -92,7 +92,9 @@ impl QueryEngine {
         let url = ObjectStoreUrl::parse(STORE_URL)?;
         let store = registry.backend().object_store();
         let objects = Arc::new(OnlyApiaryStorage {
-            url: Url::parse(STORE_URL).map_err(|e| QueryError::Execution(e.to_string()))?,
+            url: Url::parse(STORE_URL).map_err(|e| {
+                QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e)
+            })?,
             store,
         });
         let mut runtime = RuntimeEnvBuilder::new().with_object_store_registry(objects);

@@ -1,33 +1,164 @@
-//! The conformance suite every [`StorageBackend`] must pass.
+//! The conformance suite every [`StorageBackend`] must pass (behind the `testing` feature).
 //!
 //! Each check writes under its own fresh prefix, so the suite can run against a shared
 //! bucket. Backend crates (and researchers plugging in their own) call [`run_all`] from a
-//! test. The checks panic with a message naming the rule that was broken.
+//! test, and print the [`Report`] it returns: a check a backend cannot run (compare-and-swap
+//! on a local folder) is reported as skipped, with the reason, never passed silently.
+//! Backends over an `object_store` also run [`lost_responses`], which injects faults below
+//! the backend to prove that a conditional write whose response was lost is resolved, never
+//! reported as a conflict or applied twice. The checks panic with a message naming the rule
+//! that was broken.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use object_store::ObjectStore;
 use object_store::path::Path;
 
-use crate::backend::{CreateOutcome, StorageBackend, SwapOutcome};
+use crate::backend::{Capabilities, CreateOutcome, StorageBackend, SwapOutcome};
+use crate::error::StorageError;
+use crate::instrumented::{FaultConfig, InstrumentedStore};
+use crate::object::ObjectStoreBackend;
+
+/// What a conformance run did: the checks that passed and those skipped, with why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Checks that ran and passed.
+    pub passed: Vec<&'static str>,
+    /// Checks (or parts of checks) that could not run on this backend, and why.
+    pub skipped: Vec<(&'static str, &'static str)>,
+}
+
+impl Report {
+    fn pass(&mut self, check: &'static str) {
+        self.passed.push(check);
+    }
+
+    fn skip(&mut self, check: &'static str, why: &'static str) {
+        self.skipped.push((check, why));
+    }
+
+    /// The names of the skipped checks.
+    pub fn skipped_checks(&self) -> Vec<&'static str> {
+        self.skipped.iter().map(|(c, _)| *c).collect()
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} checks passed", self.passed.len())?;
+        for (check, why) in &self.skipped {
+            write!(f, "; skipped {check}: {why}")?;
+        }
+        Ok(())
+    }
+}
 
 fn base(root: &Path, check: &str) -> Path {
     root.clone()
         .join(check)
-        .join(uuid::Uuid::new_v4().to_string().as_str())
+        .join(crate::Random::from_os().id().as_str())
 }
 
-/// Runs every check against `backend`, under `root`.
-pub async fn run_all(backend: Arc<dyn StorageBackend>, root: &Path) {
+/// Runs every check against `backend`, under `root`, and reports what ran.
+pub async fn run_all(backend: Arc<dyn StorageBackend>, root: &Path) -> Report {
+    let mut report = Report::default();
     round_trip(backend.as_ref(), root).await;
+    report.pass("round_trip");
     overwrite_and_delete(backend.as_ref(), root).await;
+    report.pass("overwrite_and_delete");
     put_if_absent_semantics(backend.as_ref(), root).await;
+    report.pass("put_if_absent_semantics");
     put_if_match_semantics(backend.as_ref(), root).await;
+    report.pass("put_if_match_semantics");
     listing(backend.as_ref(), root).await;
+    report.pass("listing");
     racing_creates(Arc::clone(&backend), root).await;
-    racing_swaps(Arc::clone(&backend), root).await;
+    report.pass("racing_creates");
+    if backend.capabilities().compare_and_swap {
+        racing_swaps(Arc::clone(&backend), root).await;
+        report.pass("racing_swaps");
+    } else {
+        report.skip(
+            "racing_swaps",
+            "no compare-and-swap (checked: put_if_match says Unsupported)",
+        );
+    }
     no_torn_reads(Arc::clone(&backend), root).await;
+    report.pass("no_torn_reads");
+    report
+}
+
+/// [`run_all`] on the default backend over `store`, then [`lost_responses`] with faults
+/// injected below it.
+pub async fn run_object_store(
+    store: Arc<dyn ObjectStore>,
+    capabilities: Capabilities,
+    root: &Path,
+    lost_response_keys: usize,
+) -> Report {
+    let backend = Arc::new(ObjectStoreBackend::new(
+        Arc::clone(&store),
+        capabilities,
+        "conformance",
+    ));
+    let mut report = run_all(backend, root).await;
+    lost_responses(store, capabilities, root, lost_response_keys).await;
+    report.pass("lost_responses");
+    report
+}
+
+/// Retries a create-if-absent whose outcome stayed unknown: resending the same bytes is safe.
+async fn put_until_known(b: &dyn StorageBackend, key: &Path, bytes: &Bytes) -> CreateOutcome {
+    loop {
+        match b.put_if_absent(key, bytes.clone()).await {
+            Ok(o) => return o,
+            Err(StorageError::OutcomeUnknown { .. }) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Every conditional create under heavy faults injected below the backend (errors, lost
+/// responses, S3's 409 conflicts, latency) is acknowledged exactly once per key, never
+/// reported as a conflict for its own write, and a rival writer is always refused.
+pub async fn lost_responses(
+    store: Arc<dyn ObjectStore>,
+    capabilities: Capabilities,
+    root: &Path,
+    keys: usize,
+) {
+    let faults = FaultConfig {
+        seed: 7,
+        error_rate: 0.15,
+        lost_response_rate: 0.35,
+        conflict_rate: 0.1,
+        max_latency: Duration::from_millis(2),
+        ignore_preconditions: false,
+        list_omission_rate: 0.0,
+    };
+    let faulty = Arc::new(InstrumentedStore::new(Arc::clone(&store), faults));
+    let b = ObjectStoreBackend::new(faulty, capabilities, "faulty");
+    let clean = ObjectStoreBackend::new(store, capabilities, "clean");
+    let dir = base(root, "lost_responses");
+    for i in 0..keys {
+        let key = dir.clone().join(format!("{i:04}.json").as_str());
+        let mine = Bytes::from(format!("{{\"write_id\":\"mine-{i}\"}}"));
+        let outcome = put_until_known(&b, &key, &mine).await;
+        assert!(
+            matches!(outcome, CreateOutcome::Created(_)),
+            "key {i}: our own write was reported as a conflict"
+        );
+        assert_eq!(clean.get(&key).await.unwrap().bytes, mine);
+        let rival = Bytes::from(format!("{{\"write_id\":\"rival-{i}\"}}"));
+        match put_until_known(&b, &key, &rival).await {
+            CreateOutcome::AlreadyExists(o) => assert_eq!(o.bytes, mine),
+            CreateOutcome::Created(_) => panic!("key {i}: a rival overwrote a committed object"),
+        }
+        assert_eq!(clean.get(&key).await.unwrap().bytes, mine);
+    }
 }
 
 /// put, get, get_range, head; a missing key is `NotFound`.
@@ -99,8 +230,8 @@ pub async fn put_if_match_semantics(b: &dyn StorageBackend, root: &Path) {
             .await
             .unwrap_err();
         assert!(
-            err.to_string().contains("does not support"),
-            "unsupported CAS must say so: {err}"
+            matches!(err, StorageError::Unsupported { .. }),
+            "unsupported CAS must be `StorageError::Unsupported`: {err}"
         );
         return;
     }
@@ -210,11 +341,9 @@ pub async fn racing_creates(b: Arc<dyn StorageBackend>, root: &Path) {
     assert_eq!(b.get(&key).await.unwrap().bytes, winners[0]);
 }
 
-/// Many writers race compare-and-swap from one version: exactly one wins.
+/// Many writers race compare-and-swap from one version: exactly one wins. Only for
+/// backends with compare-and-swap.
 pub async fn racing_swaps(b: Arc<dyn StorageBackend>, root: &Path) {
-    if !b.capabilities().compare_and_swap {
-        return;
-    }
     let key = base(root, "racing_swaps").join("doc");
     b.put(&key, Bytes::from_static(b"start")).await.unwrap();
     let start = b.head(&key).await.unwrap().version;
@@ -283,7 +412,7 @@ pub fn s3_test_uri(name: &str) -> crate::StorageUri {
     let uri = format!(
         "{}/{name}-{}",
         base.trim_end_matches('/'),
-        uuid::Uuid::new_v4().simple()
+        crate::Random::from_os().id()
     );
     crate::StorageUri::parse(&uri).unwrap()
 }

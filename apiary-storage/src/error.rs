@@ -1,4 +1,38 @@
-//! The storage error type.
+//! The storage error type, and the [`ErrorKind`]s every Apiary error is classified by.
+
+/// What a caller can do about an error: the few kinds every Apiary error reports through its
+/// `kind()`, whatever crate raised it. Branch on these, never on messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request itself is wrong (a bad name, schema, SQL, URI or setting); retrying the
+    /// same request fails the same way.
+    InvalidInput,
+    /// The hive, box, frame, node or object does not exist.
+    NotFound,
+    /// Someone else changed the same thing first (or it exists with another definition);
+    /// re-read and decide, or retry.
+    Conflict,
+    /// A dependency is unavailable or overloaded (a storage request failed, a deadline
+    /// passed); retrying later may succeed.
+    Unavailable,
+    /// A conditional write was sent but whether it landed is unknown; it is neither
+    /// acknowledged nor refused. Read the state back before retrying.
+    OutcomeUnknown,
+    /// Stored data is damaged or of an unknown format.
+    Corrupt,
+    /// The handle or node is shut down (or not started) for this operation.
+    Closed,
+    /// A bug or an unexpected failure inside Apiary.
+    Internal,
+}
+
+impl ErrorKind {
+    /// True for the kinds where the same request may succeed if simply retried.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::Conflict | ErrorKind::Unavailable)
+    }
+}
 
 /// What can go wrong talking to a storage backend.
 ///
@@ -91,6 +125,29 @@ impl StorageError {
     /// True when the error means the object is absent.
     pub fn is_not_found(&self) -> bool {
         matches!(self, StorageError::NotFound { .. })
+    }
+
+    /// What a caller can do about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StorageError::NotFound { .. } => ErrorKind::NotFound,
+            StorageError::InvalidUri { .. }
+            | StorageError::Unsupported { .. }
+            | StorageError::Preflight { .. } => ErrorKind::InvalidInput,
+            StorageError::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
+            StorageError::Backend { source, .. } => match source.as_ref() {
+                object_store::Error::NotFound { .. } => ErrorKind::NotFound,
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. } => ErrorKind::Conflict,
+                object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+                | object_store::Error::InvalidPath { .. }
+                | object_store::Error::NotSupported { .. }
+                | object_store::Error::NotImplemented { .. }
+                | object_store::Error::UnknownConfigurationKey { .. } => ErrorKind::InvalidInput,
+                _ => ErrorKind::Unavailable,
+            },
+        }
     }
 }
 

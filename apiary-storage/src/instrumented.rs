@@ -101,12 +101,76 @@ struct Counters {
     delete: AtomicU64,
 }
 
+/// The kinds of request a [`Hold`] can pause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// GET (whole object or range).
+    Get,
+    /// HEAD.
+    Head,
+    /// Unconditional PUT.
+    Put,
+    /// Conditional PUT.
+    ConditionalPut,
+    /// LIST.
+    List,
+}
+
+/// A gate for tests: while closed, requests of the chosen kinds wait (as requests to a slow
+/// or stuck store would) until it is opened again. Clones share one gate.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    kinds: Arc<[RequestKind]>,
+    closed: Arc<tokio::sync::watch::Sender<bool>>,
+    waiting: Arc<AtomicU64>,
+}
+
+impl Hold {
+    /// An open gate for requests of `kinds`.
+    pub fn new(kinds: &[RequestKind]) -> Self {
+        Self {
+            kinds: kinds.into(),
+            closed: Arc::new(tokio::sync::watch::Sender::new(false)),
+            waiting: Arc::default(),
+        }
+    }
+
+    /// Makes requests of its kinds wait from now on.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Lets every waiting and future request through.
+    pub fn open(&self) {
+        self.closed.send_replace(false);
+    }
+
+    /// Requests waiting at the gate now.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    async fn pass(&self, kind: RequestKind) {
+        if !self.kinds.contains(&kind) {
+            return;
+        }
+        let mut closed = self.closed.subscribe();
+        if !*closed.borrow_and_update() {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _ = closed.wait_for(|closed| !*closed).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Counts requests to an inner store and optionally injects faults.
 pub struct InstrumentedStore {
     inner: Arc<dyn ObjectStore>,
     faults: FaultConfig,
     rng: Arc<Mutex<StdRng>>,
     counters: Arc<Counters>,
+    hold: Option<Hold>,
 }
 
 /// A cheap handle to read an [`InstrumentedStore`]'s counts after it was moved into a backend.
@@ -144,6 +208,35 @@ impl InstrumentedStore {
             faults,
             rng,
             counters: Arc::default(),
+            hold: None,
+        }
+    }
+
+    /// Pauses requests at `hold` while it is closed.
+    pub fn with_hold(mut self, hold: Hold) -> Self {
+        self.hold = Some(hold);
+        self
+    }
+
+    async fn pass(&self, kind: RequestKind) {
+        if let Some(hold) = &self.hold {
+            hold.pass(kind).await;
+        }
+    }
+
+    /// `stream`, started only once the hold lets a LIST through.
+    fn held_list(
+        &self,
+        stream: BoxStream<'static, object_store::Result<ObjectMeta>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        match self.hold.clone() {
+            None => stream,
+            Some(hold) => futures::stream::once(async move {
+                hold.pass(RequestKind::List).await;
+                stream
+            })
+            .flatten()
+            .boxed(),
         }
     }
 
@@ -178,7 +271,7 @@ impl InstrumentedStore {
             // Still give other tasks a chance to run here, as a network round trip would.
             tokio::task::yield_now().await;
         } else {
-            tokio::time::sleep(delay).await;
+            crate::time::sleep(delay).await;
         }
         fault
     }
@@ -261,6 +354,12 @@ impl ObjectStore for InstrumentedStore {
     ) -> object_store::Result<PutResult> {
         let conditional = !matches!(opts.mode, PutMode::Overwrite);
         let create = matches!(opts.mode, PutMode::Create);
+        self.pass(if conditional {
+            RequestKind::ConditionalPut
+        } else {
+            RequestKind::Put
+        })
+        .await;
         bump(if conditional {
             &self.counters.conditional_put
         } else {
@@ -298,6 +397,12 @@ impl ObjectStore for InstrumentedStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        self.pass(if options.head {
+            RequestKind::Head
+        } else {
+            RequestKind::Get
+        })
+        .await;
         bump(if options.head {
             &self.counters.head
         } else {
@@ -314,6 +419,7 @@ impl ObjectStore for InstrumentedStore {
         location: &Path,
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
+        self.pass(RequestKind::Get).await;
         self.counters
             .get
             .fetch_add(ranges.len() as u64, Ordering::Relaxed);
@@ -333,7 +439,7 @@ impl ObjectStore for InstrumentedStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.omit_some(self.count_pages(self.inner.list(prefix)))
+        self.held_list(self.omit_some(self.count_pages(self.inner.list(prefix))))
     }
 
     fn list_with_offset(
@@ -341,10 +447,13 @@ impl ObjectStore for InstrumentedStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.omit_some(self.count_pages(self.inner.list_with_offset(prefix, offset)))
+        self.held_list(
+            self.omit_some(self.count_pages(self.inner.list_with_offset(prefix, offset))),
+        )
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.pass(RequestKind::List).await;
         bump(&self.counters.list);
         match self.draw(false, false).await {
             Fault::None => {

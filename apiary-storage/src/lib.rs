@@ -1,6 +1,7 @@
 //! Storage for Apiary: the [`StorageBackend`] trait, its default implementation over
-//! [`object_store`], storage URIs, the preflight check, and test instruments (request
-//! counting, seeded fault injection, a conformance suite).
+//! [`object_store`], storage URIs, the preflight check, injected time and randomness
+//! ([`time`]), and, behind the `testing` feature, test instruments (request counting,
+//! seeded fault injection, held requests, the conformance suite).
 //!
 //! Everything canonical in Apiary lives in object storage, and everything that must be
 //! serialized (ledger commits, registry changes) is one object created with
@@ -21,21 +22,28 @@
 //! ```
 
 mod backend;
+#[cfg(feature = "testing")]
 pub mod conformance;
 mod error;
+#[cfg(feature = "testing")]
 mod instrumented;
 mod object;
 mod open;
+pub mod time;
 mod uri;
 
 pub use backend::{
     Capabilities, CreateOutcome, Listing, Object, ObjectMeta, ObjectVersion, StorageBackend,
     SwapOutcome,
 };
-pub use error::{Result, StorageError};
-pub use instrumented::{CountsHandle, FaultConfig, InstrumentedStore, RequestCounts};
+pub use error::{ErrorKind, Result, StorageError};
+#[cfg(feature = "testing")]
+pub use instrumented::{
+    CountsHandle, FaultConfig, Hold, InstrumentedStore, RequestCounts, RequestKind,
+};
 pub use object::{ObjectStoreBackend, get_opt, memory};
 pub use object_store;
 pub use object_store::path::Path;
 pub use open::{RESERVED_PREFIX, object_store_for, open, preflight, store_now};
+pub use time::{Clock, ManualClock, Random, SystemClock, Ticker};
 pub use uri::{ACCEPTED_FORMS, STORAGE_ENV, StorageUri};

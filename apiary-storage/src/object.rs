@@ -62,7 +62,7 @@ impl ObjectStoreBackend {
         if pause.is_zero() {
             tokio::task::yield_now().await;
         } else {
-            tokio::time::sleep(pause).await;
+            crate::time::sleep(pause).await;
         }
     }
 

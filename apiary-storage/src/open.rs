@@ -106,7 +106,7 @@ pub async fn preflight(backend: &dyn StorageBackend) -> Result<()> {
         store: backend.to_string(),
         problem,
     };
-    let probe_id = uuid::Uuid::new_v4();
+    let probe_id = crate::Random::from_os().id();
     let key = Path::from(format!("{RESERVED_PREFIX}/preflight/{probe_id}"));
     let payload = |n: u32| Bytes::from(format!("{{\"probe\":\"{probe_id}\",\"write\":{n}}}"));
 
@@ -197,7 +197,7 @@ async fn check_probe(
 pub async fn store_now(backend: &dyn StorageBackend) -> Result<i64> {
     let probe = Path::from(format!(
         "{RESERVED_PREFIX}/clock/{}",
-        uuid::Uuid::new_v4().simple()
+        crate::Random::from_os().id()
     ));
     backend.put(&probe, Bytes::from_static(b"{}")).await?;
     let now = backend.head(&probe).await;

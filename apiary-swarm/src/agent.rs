@@ -1,5 +1,9 @@
 //! [`SwarmAgent`]: a node's membership at run time: heartbeats on one timer, world view
 //! refreshes on another, and a graceful leave.
+//!
+//! The two timers run as separate tasks: a slow listing of the swarm (a large swarm, a
+//! throttled store) must never delay this node's own heartbeat past the others' dead
+//! threshold.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -7,9 +11,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Ticker};
 use crate::error::Result;
 use crate::heartbeat::{CacheSummary, Capacity, HEARTBEAT_FORMAT, Heartbeat, Lifecycle, NodeId};
 use crate::load::Bees;
@@ -105,7 +108,7 @@ pub struct SwarmAgent {
     view: watch::Receiver<WorldView>,
     drain: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for SwarmAgent {
@@ -153,14 +156,22 @@ impl SwarmAgent {
         let (view_tx, view) = watch::channel(first);
         let (drain_tx, drain) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(
-            Arc::clone(&membership),
-            Arc::clone(&publisher),
-            config.clone(),
-            view_tx,
-            drain_tx,
-            stop_rx,
-        ));
+        let tasks = vec![
+            tokio::spawn(beat(
+                Arc::clone(&membership),
+                Arc::clone(&publisher),
+                config.swarm.heartbeat_interval,
+                stop_rx.clone(),
+            )),
+            tokio::spawn(poll(
+                Arc::clone(&membership),
+                Arc::clone(&publisher.clock),
+                config.clone(),
+                view_tx,
+                drain_tx,
+                stop_rx,
+            )),
+        ];
         Ok(Self {
             membership,
             publisher,
@@ -168,8 +179,13 @@ impl SwarmAgent {
             view,
             drain,
             stop,
-            task: Mutex::new(Some(task)),
+            tasks: Mutex::new(tasks),
         })
+    }
+
+    /// The membership this agent runs on.
+    pub fn membership(&self) -> &Arc<dyn Membership> {
+        &self.membership
     }
 
     /// This node's id.
@@ -209,8 +225,8 @@ impl SwarmAgent {
             tracing::warn!(timeout = ?self.config.drain_timeout, "work still running at the drain timeout; leaving anyway");
         }
         let _ = self.stop.send(true);
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(task) = task {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
             let _ = task.await;
         }
         self.membership.leave().await
@@ -223,31 +239,41 @@ impl Drop for SwarmAgent {
     }
 }
 
-async fn run(
+/// Writes a heartbeat every `interval` until stopped. Beats go on while leaving, so that a
+/// draining node is not taken for dead.
+async fn beat(
     membership: Arc<dyn Membership>,
     publisher: Arc<Publisher>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = Ticker::new(Arc::clone(&publisher.clock), interval);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = ticker.tick() => {
+                if let Err(e) = membership.publish(&publisher.next()).await {
+                    tracing::warn!(error = %e, "heartbeat write failed");
+                }
+            }
+        }
+    }
+}
+
+/// Reads the swarm every poll interval until stopped.
+async fn poll(
+    membership: Arc<dyn Membership>,
+    clock: Arc<dyn Clock>,
     config: AgentConfig,
     view_tx: watch::Sender<WorldView>,
     drain_tx: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut beat = tokio::time::interval(config.swarm.heartbeat_interval);
-    beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut poll = tokio::time::interval(config.swarm.poll_interval);
-    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // Both already happened once in `start`.
-    beat.tick().await;
-    poll.tick().await;
+    let mut ticker = Ticker::new(clock, config.swarm.poll_interval);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            _ = beat.tick() => {
-                // Beats go on while leaving, so that a draining node is not taken for dead.
-                if let Err(e) = membership.publish(&publisher.next()).await {
-                    tracing::warn!(error = %e, "heartbeat write failed");
-                }
-            }
-            _ = poll.tick() => match membership.refresh().await {
+            _ = ticker.tick() => match membership.refresh().await {
                 Ok(view) => {
                     if view.drain_requested && !*drain_tx.borrow() {
                         tracing::info!("an operator asked this node to drain and leave");

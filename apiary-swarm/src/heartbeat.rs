@@ -63,8 +63,8 @@ impl NodeId {
     }
 
     /// A fresh random id, `node-` and 12 hex digits.
-    pub fn generate() -> Self {
-        let hex = uuid::Uuid::new_v4().simple().to_string();
+    pub fn generate(random: &apiary_storage::Random) -> Self {
+        let hex = random.id();
         Self(format!("node-{}", &hex[..12]))
     }
 
@@ -302,7 +302,7 @@ mod tests {
         for bad in ["", "-x", "_x", "A", "a/b", "a.b", "..", &"a".repeat(65)] {
             assert!(NodeId::new(bad).is_err(), "{bad}");
         }
-        let g = NodeId::generate();
+        let g = NodeId::generate(&apiary_storage::Random::from_os());
         assert!(NodeId::new(g.as_str()).is_ok());
         assert_eq!(g.heartbeat_key(), format!("_heartbeats/node_{g}.json"));
     }

@@ -21,8 +21,9 @@ impl NodeIdentity {
     /// else the id kept in `state_dir/node_id`, generated on first use. Two processes cannot
     /// hold the same id from the same state folder.
     pub fn resolve(configured: Option<&str>, state_dir: &Path) -> Result<Self> {
-        let io = |what: &str, e: std::io::Error| {
-            SwarmError::Identity(format!("{what} in {}: {e}", state_dir.display()))
+        let io = |what: &str, source: std::io::Error| SwarmError::Identity {
+            message: format!("{what} in {}", state_dir.display()),
+            source,
         };
         std::fs::create_dir_all(state_dir).map_err(|e| io("cannot create the state folder", e))?;
         let node_id = match configured {
@@ -37,11 +38,10 @@ impl NodeIdentity {
             .open(&lock_path)
             .map_err(|e| io("cannot open the lock file", e))?;
         if lock.try_lock().is_err() {
-            return Err(SwarmError::Identity(format!(
-                "node id `{node_id}` is in use by another process with the state folder {}; \
-                 give each node its own --state-dir or --node-id",
-                state_dir.display()
-            )));
+            return Err(SwarmError::IdentityInUse {
+                node_id: node_id.to_string(),
+                state_dir: state_dir.display().to_string(),
+            });
         }
         Ok(Self {
             node_id,
@@ -53,35 +53,35 @@ impl NodeIdentity {
     fn kept_id(state_dir: &Path) -> Result<NodeId> {
         let path = state_dir.join("node_id");
         let read = |path: &Path| -> Result<NodeId> {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                SwarmError::Identity(format!("cannot read {}: {e}", path.display()))
+            let text = std::fs::read_to_string(path).map_err(|source| SwarmError::Identity {
+                message: format!("cannot read {}", path.display()),
+                source,
             })?;
-            NodeId::new(text.trim()).map_err(|e| {
-                SwarmError::Identity(format!(
-                    "{} holds an invalid node id ({e}); fix or delete it",
-                    path.display()
-                ))
+            NodeId::new(text.trim()).map_err(|e| SwarmError::BadIdentityFile {
+                path: path.display().to_string(),
+                reason: e.to_string(),
             })
         };
         if path.exists() {
             return read(&path);
         }
-        let id = NodeId::generate();
+        let id = NodeId::generate(&apiary_storage::Random::from_os());
         // create_new: if another process raced us, keep its id.
         match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut file) => {
                 file.write_all(format!("{id}\n").as_bytes())
                     .and_then(|()| file.sync_all())
-                    .map_err(|e| {
-                        SwarmError::Identity(format!("cannot write {}: {e}", path.display()))
+                    .map_err(|source| SwarmError::Identity {
+                        message: format!("cannot write {}", path.display()),
+                        source,
                     })?;
                 Ok(id)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
-            Err(e) => Err(SwarmError::Identity(format!(
-                "cannot create {}: {e}",
-                path.display()
-            ))),
+            Err(source) => Err(SwarmError::Identity {
+                message: format!("cannot create {}", path.display()),
+                source,
+            }),
         }
     }
 

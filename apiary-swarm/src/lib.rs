@@ -15,12 +15,13 @@ mod heartbeat;
 mod identity;
 mod load;
 mod membership;
+#[cfg(feature = "testing")]
 pub mod simulation;
 pub mod storage;
 mod view;
 
 pub use agent::{AgentConfig, SwarmAgent, ViewHook};
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, Ticker};
 pub use error::{Result, SwarmError};
 pub use heartbeat::{
     CacheSummary, Capacity, DrainRequest, HEARTBEAT_DIR, HEARTBEAT_FORMAT, Heartbeat, HeartbeatKey,
@@ -29,5 +30,5 @@ pub use heartbeat::{
 pub use identity::{NodeIdentity, default_state_dir};
 pub use load::{Bee, Bees, Leaving, detect_capacity};
 pub use membership::Membership;
-pub use storage::{StorageHeartbeats, request_drain, snapshot};
+pub use storage::StorageHeartbeats;
 pub use view::{Listed, NodeState, NodeView, Observer, SwarmConfig, Token, WorldView};

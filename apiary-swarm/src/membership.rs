@@ -29,4 +29,10 @@ pub trait Membership: Send + Sync + std::fmt::Debug + 'static {
 
     /// Asks `node` to drain and leave; it sees the request on its next refresh.
     async fn request_drain(&self, node: &NodeId, requested_by: &str) -> Result<()>;
+
+    /// A one-shot reading of the swarm, for a process that has not watched it change (a
+    /// process that is not a node, a command run once). It must not judge liveness by
+    /// comparing another node's clock with this one's; the storage implementation ages
+    /// heartbeats on the store's own clock.
+    async fn snapshot(&self) -> Result<WorldView>;
 }

@@ -100,7 +100,8 @@ pub async fn simulate(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut sim: Vec<SimNode> = (0..nodes)
         .map(|i| {
-            let id = NodeId::new(&format!("n{i:05}")).unwrap_or_else(|_| NodeId::generate());
+            let id = NodeId::new(&format!("n{i:05}"))
+                .unwrap_or_else(|_| NodeId::generate(&apiary_storage::Random::from_os()));
             let counted = InstrumentedStore::new(Arc::clone(&store), FaultConfig::none());
             let counts = counted.counts();
             let backend = Arc::new(ObjectStoreBackend::new(

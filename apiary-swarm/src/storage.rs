@@ -36,6 +36,7 @@ pub struct StorageHeartbeats {
     backend: Arc<dyn StorageBackend>,
     me: NodeId,
     clock: Arc<dyn Clock>,
+    config: SwarmConfig,
     observer: Mutex<Observer>,
     view: Mutex<WorldView>,
 }
@@ -102,12 +103,24 @@ impl StorageHeartbeats {
         config: SwarmConfig,
     ) -> Self {
         Self {
-            observer: Mutex::new(Observer::new(me.clone(), config)),
+            observer: Mutex::new(Observer::new(me.clone(), config.clone())),
             view: Mutex::new(WorldView::default()),
             backend,
             me,
             clock,
+            config,
         }
+    }
+
+    /// Membership for a process that reads the swarm and asks nodes to drain but is not a
+    /// node itself (it never publishes a heartbeat unless it joins).
+    pub fn observer(
+        backend: Arc<dyn StorageBackend>,
+        clock: Arc<dyn Clock>,
+        config: SwarmConfig,
+    ) -> Self {
+        let id = NodeId::generate(&apiary_storage::Random::from_os());
+        Self::new(backend, id, clock, config)
     }
 
     async fn remove_expired(&self) {
@@ -197,10 +210,14 @@ impl Membership for StorageHeartbeats {
         )
         .await
     }
+
+    async fn snapshot(&self) -> Result<WorldView> {
+        snapshot(self.backend.as_ref(), &self.config).await
+    }
 }
 
 /// Writes a drain request for `node`, which must have a heartbeat.
-pub async fn request_drain(
+pub(crate) async fn request_drain(
     backend: &dyn StorageBackend,
     node: &NodeId,
     requested_by: &str,
@@ -229,7 +246,10 @@ pub async fn request_drain(
 /// command). Ages are measured on the *store's* clock: a probe object is written and its
 /// modification stamp is "now"; a heartbeat's age is that minus its own stamp. No node's
 /// clock is involved. Every heartbeat is read.
-pub async fn snapshot(backend: &dyn StorageBackend, config: &SwarmConfig) -> Result<WorldView> {
+pub(crate) async fn snapshot(
+    backend: &dyn StorageBackend,
+    config: &SwarmConfig,
+) -> Result<WorldView> {
     let store_now = apiary_storage::store_now(backend).await?;
 
     let listed = list_heartbeats(backend).await?;

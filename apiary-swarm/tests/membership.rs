@@ -14,7 +14,7 @@ use apiary_storage::{
 use apiary_swarm::simulation::simulate;
 use apiary_swarm::{
     Capacity, Clock, HEARTBEAT_FORMAT, Heartbeat, Lifecycle, Load, ManualClock, Membership, NodeId,
-    NodeState, StorageHeartbeats, SwarmConfig, WorldView, snapshot,
+    NodeState, StorageHeartbeats, SwarmConfig, SystemClock, WorldView,
 };
 use bytes::Bytes;
 
@@ -361,22 +361,24 @@ async fn snapshot_uses_the_store_clock() {
     // (the exact suspect/dead boundaries are asserted on a simulated clock above): a fresh
     // heartbeat is alive; after 300 ms it is dead to a 100 ms threshold, still alive to an
     // hour's, and its age is at least the time slept.
-    let with = |dead: Duration| SwarmConfig {
-        dead_threshold: dead,
-        ..config()
+    // Read through an observer membership, as `apiary swarm` does.
+    let look = |dead: Duration| {
+        let observer = StorageHeartbeats::observer(
+            Arc::clone(&swarm.backend),
+            Arc::new(SystemClock::new()),
+            SwarmConfig {
+                dead_threshold: dead,
+                ..config()
+            },
+        );
+        async move { observer.snapshot().await.unwrap() }
     };
-    let v = snapshot(swarm.backend.as_ref(), &with(3600 * SEC))
-        .await
-        .unwrap();
+    let v = look(3600 * SEC).await;
     assert_eq!(state(&v, "a"), Some(NodeState::Alive));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let v = snapshot(swarm.backend.as_ref(), &with(Duration::from_millis(100)))
-        .await
-        .unwrap();
+    let v = look(Duration::from_millis(100)).await;
     assert_eq!(state(&v, "a"), Some(NodeState::Dead));
-    let v = snapshot(swarm.backend.as_ref(), &with(3600 * SEC))
-        .await
-        .unwrap();
+    let v = look(3600 * SEC).await;
     let node = v.node(&NodeId::new("a").unwrap()).unwrap();
     assert_eq!(node.state, NodeState::Alive);
     assert!(

@@ -43,10 +43,7 @@ pub fn task(query_id: &str, task_id: u32, attempt: u32, node: &str) -> TaskSpec 
 }
 
 fn unique(name: &str) -> String {
-    format!(
-        "q-{name}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
+    format!("q-{name}-{}", &apiary_storage::Random::from_os().id()[..12])
 }
 
 fn report(node: &str, rows: u64) -> TaskReport {
@@ -80,7 +77,7 @@ async fn poll_until(t: &dyn ShuffleTransport, node: &str, n: usize) -> Vec<TaskS
         if seen.len() >= n {
             return seen;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        apiary_storage::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("only {} of {n} tasks were delivered to {node}", seen.len());
 }
@@ -132,7 +129,7 @@ pub async fn delivery_to_the_right_node(t: &dyn ShuffleTransport) {
             found = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        apiary_storage::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(found, "the second attempt reaches a");
     t.finish(&q).await.expect("finish");

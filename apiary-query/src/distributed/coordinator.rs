@@ -310,7 +310,7 @@ impl Run {
         let coordinator = local
             .clone()
             .unwrap_or_else(|| format!("client-{}", std::process::id()));
-        let query_id = format!("q-{}", uuid::Uuid::new_v4().simple());
+        let query_id = format!("q-{}", self.cluster.random.id());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let tasks = assign(&self.fragment, &workers)
             .into_iter()
@@ -364,7 +364,7 @@ impl Run {
             let mut retry = Vec::new();
             tokio::select! {
                 Some(d) = rx.recv() => retry.extend(q.accept(d)?),
-                _ = tokio::time::sleep(poll) => {}
+                _ = self.cluster.clock.sleep(poll) => {}
             }
             while let Ok(d) = rx.try_recv() {
                 retry.extend(q.accept(d)?);

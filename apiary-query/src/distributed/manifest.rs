@@ -153,8 +153,13 @@ impl TaskSpec {
 
     /// The JSON object.
     pub fn encode(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(self)
-            .map_err(|e| QueryError::Execution(format!("a task cannot be encoded: {e}")))
+        serde_json::to_vec(self).map_err(|e| {
+            QueryError::failed(
+                format!("a task cannot be encoded: {e}"),
+                apiary_storage::ErrorKind::Internal,
+                e,
+            )
+        })
     }
 
     /// Decodes and validates a task object; anything malformed is an error naming `what`.

@@ -5,12 +5,13 @@
 //!   DataFusion's unparser) and what the coordinator finishes.
 //! * [`manifest`]: the task format workers read (documented there).
 //! * [`ShuffleTransport`]: the seam; [`StorageShuffle`] is the default, through storage;
-//!   [`conformance`] checks any implementation.
+//!   `conformance` (feature `testing`) checks any implementation.
 //! * [`coordinator`](DistributedExec): assignment by capacity, deadlines, reassignment,
 //!   at most [`MAX_ATTEMPTS`] attempts per task, cleanup.
 //! * [`run_task`]: what a worker does with a task: the same SQL checks as `sql`, a per-task
 //!   catalog with only the task's cells, a result of the expected schema.
 
+#[cfg(feature = "testing")]
 pub mod conformance;
 mod coordinator;
 pub mod manifest;
@@ -129,6 +130,10 @@ pub struct Cluster {
     pub directory: Arc<dyn WorkerDirectory>,
     /// Tuning.
     pub settings: DistributeSettings,
+    /// The clock the coordinator polls on.
+    pub clock: Arc<dyn apiary_storage::Clock>,
+    /// Query ids.
+    pub random: apiary_storage::Random,
     /// When this coordinator last swept old queries.
     last_sweep: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
@@ -144,7 +149,20 @@ impl Cluster {
             transport,
             directory,
             settings,
+            clock: apiary_storage::SystemClock::shared(),
+            random: apiary_storage::Random::from_os(),
             last_sweep: Arc::default(),
         }
+    }
+
+    /// Uses `clock` and `random` instead of the system's.
+    pub fn with_time(
+        mut self,
+        clock: Arc<dyn apiary_storage::Clock>,
+        random: apiary_storage::Random,
+    ) -> Self {
+        self.clock = clock;
+        self.random = random;
+        self
     }
 }

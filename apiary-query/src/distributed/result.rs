@@ -16,11 +16,23 @@ pub const REPORT_KEY: &str = "apiary.task_report";
 
 /// Decodes an IPC stream (checked framing; malformed input is an error, never a crash).
 pub fn decode(what: &str, ipc: &[u8]) -> Result<(Option<SchemaRef>, Vec<RecordBatch>)> {
-    let batches = apiary_ledger::ipc::batches(std::io::Cursor::new(ipc))
-        .map_err(|e| QueryError::Execution(format!("result `{what}` is damaged: {e}")))?;
-    let batches: Vec<RecordBatch> = batches
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| QueryError::Execution(format!("result `{what}` is damaged: {e}")))?;
+    let batches = apiary_ledger::ipc::batches(std::io::Cursor::new(ipc)).map_err(|e| {
+        QueryError::failed(
+            format!("result `{what}` is damaged: {e}"),
+            apiary_storage::ErrorKind::Corrupt,
+            e,
+        )
+    })?;
+    let batches: Vec<RecordBatch> =
+        batches
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| {
+                QueryError::failed(
+                    format!("result `{what}` is damaged: {e}"),
+                    apiary_storage::ErrorKind::Corrupt,
+                    e,
+                )
+            })?;
     Ok((batches.first().map(|b| b.schema()), batches))
 }
 
@@ -30,7 +42,8 @@ pub fn encode_with_report(
     batches: &[RecordBatch],
     report: &TaskReport,
 ) -> Result<Bytes> {
-    let json = serde_json::to_string(report).map_err(|e| QueryError::Execution(e.to_string()))?;
+    let json = serde_json::to_string(report)
+        .map_err(|e| QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))?;
     let metadata = HashMap::from([(REPORT_KEY.to_string(), json)]);
     let schema = Arc::new(Schema::new_with_metadata(schema.fields().clone(), metadata));
     let mut out = Vec::new();

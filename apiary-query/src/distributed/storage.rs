@@ -152,7 +152,7 @@ impl ShuffleTransport for StorageShuffle {
             query_id: query_id.to_string(),
             coordinator: coordinator.to_string(),
         })
-        .map_err(|e| QueryError::Execution(e.to_string()))?;
+        .map_err(|e| QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))?;
         self.backend
             .put(&Self::query_dir(query_id).join("query.json"), info.into())
             .await?;
@@ -168,9 +168,11 @@ impl ShuffleTransport for StorageShuffle {
         for node in nodes {
             let ring = serde_json::to_vec(&Doorbell {
                 query_id,
-                nonce: uuid::Uuid::new_v4().simple().to_string(),
+                nonce: apiary_storage::Random::from_os().id(),
             })
-            .map_err(|e| QueryError::Execution(e.to_string()))?;
+            .map_err(|e| {
+                QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e)
+            })?;
             writes.push((Self::doorbell(node), Bytes::from(ring)));
         }
         self.put_all(writes).await
@@ -366,5 +368,5 @@ fn marker(report: &TaskReport, error: Option<String>) -> Result<Bytes> {
         error,
     })
     .map(Bytes::from)
-    .map_err(|e| QueryError::Execution(e.to_string()))
+    .map_err(|e| QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))
 }

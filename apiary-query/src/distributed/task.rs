@@ -116,6 +116,11 @@ pub(crate) fn coerce(
             }
         })
         .collect::<Result<Vec<_>>>()?;
-    RecordBatch::try_new(std::sync::Arc::clone(expected), columns)
-        .map_err(|e| QueryError::Execution(format!("the fragment's result: {e}")))
+    RecordBatch::try_new(std::sync::Arc::clone(expected), columns).map_err(|e| {
+        QueryError::failed(
+            format!("the fragment's result: {e}"),
+            apiary_storage::ErrorKind::Internal,
+            e,
+        )
+    })
 }

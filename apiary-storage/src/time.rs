@@ -1,0 +1,284 @@
+//! Time and randomness, injected.
+//!
+//! Everything in Apiary that reads a clock, sleeps, ticks or draws a random number goes
+//! through this module: a [`Clock`] (monotonic time, wall time, sleep, [`Ticker`]) and a
+//! [`Random`] source of ids and jitter. Components take them as parameters, so a test can
+//! skew a node's wall clock, move time by hand, or replay a seeded history exactly. Clippy's
+//! `disallowed-methods` (see `clippy.toml`) keeps the underlying calls
+//! (`SystemTime::now`, `tokio::time::sleep`, `Uuid::new_v4`, …) inside this module.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use tokio::sync::watch;
+
+/// A boxed sleep, as returned by [`Clock::sleep`].
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// The clocks a component uses.
+pub trait Clock: Send + Sync + Debug + 'static {
+    /// Monotonic time since an arbitrary origin. Durations and liveness are judged on this.
+    fn monotonic(&self) -> Duration;
+
+    /// Wall-clock milliseconds since the Unix epoch. It may be wrong on any node: nothing
+    /// that must be correct compares it with another node's (ages of stored objects are
+    /// judged on the store's clock, see [`store_now`](crate::store_now)).
+    fn wall_ms(&self) -> i64;
+
+    /// Completes after `duration` of this clock's time.
+    fn sleep(&self, duration: Duration) -> Sleep;
+}
+
+/// Ticks every `period` of a [`Clock`]'s time. A tick that is late (the holder was busy)
+/// moves the following ticks back rather than firing a burst of missed ones.
+#[derive(Debug)]
+pub struct Ticker {
+    clock: Arc<dyn Clock>,
+    period: Duration,
+    next: Duration,
+}
+
+impl Ticker {
+    /// A ticker whose first tick is one `period` from now.
+    pub fn new(clock: Arc<dyn Clock>, period: Duration) -> Self {
+        let next = clock.monotonic() + period;
+        Self {
+            clock,
+            period,
+            next,
+        }
+    }
+
+    /// Waits for the next tick.
+    pub async fn tick(&mut self) {
+        let now = self.clock.monotonic();
+        if self.next > now {
+            self.clock.sleep(self.next - now).await;
+        }
+        self.next = self.next.max(self.clock.monotonic()) + self.period;
+    }
+}
+
+/// The system's clocks (tokio's, so a test runtime with paused time moves them), with an
+/// optional offset on the wall clock to test nodes whose clock is wrong.
+#[derive(Debug)]
+pub struct SystemClock {
+    origin: tokio::time::Instant,
+    wall_offset_ms: i64,
+}
+
+impl SystemClock {
+    /// The system clocks.
+    pub fn new() -> Self {
+        Self::with_wall_offset(Duration::ZERO, true)
+    }
+
+    /// The system clocks with the wall clock moved `offset` ahead (`ahead`) or behind.
+    pub fn with_wall_offset(offset: Duration, ahead: bool) -> Self {
+        let ms = offset.as_millis().min(i64::MAX as u128) as i64;
+        Self {
+            origin: tokio::time::Instant::now(),
+            wall_offset_ms: if ahead { ms } else { -ms },
+        }
+    }
+
+    /// A shared system clock.
+    pub fn shared() -> Arc<dyn Clock> {
+        Arc::new(Self::new())
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // this is the one place the system clock is read
+impl Clock for SystemClock {
+    fn monotonic(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn wall_ms(&self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        now.saturating_add(self.wall_offset_ms)
+    }
+
+    fn sleep(&self, duration: Duration) -> Sleep {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}
+
+/// Sleeps on the system clock (tokio's), for code with no clock of its own to honour, such
+/// as a storage backend's pause between retries.
+pub async fn sleep(duration: Duration) {
+    SystemClock::new().sleep(duration).await;
+}
+
+/// A clock moved by hand, for tests and simulations. Sleepers wake when it is moved past
+/// their deadline.
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    now: Arc<watch::Sender<Duration>>,
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ManualClock {
+    /// A clock at zero.
+    pub fn new() -> Self {
+        Self {
+            now: Arc::new(watch::Sender::new(Duration::ZERO)),
+        }
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.now.send_modify(|now| *now += by);
+    }
+
+    /// Sets the clock (never backwards).
+    pub fn set(&self, to: Duration) {
+        self.now.send_modify(|now| *now = (*now).max(to));
+    }
+}
+
+impl Clock for ManualClock {
+    fn monotonic(&self) -> Duration {
+        *self.now.borrow()
+    }
+
+    fn wall_ms(&self) -> i64 {
+        1_700_000_000_000 + self.monotonic().as_millis() as i64
+    }
+
+    fn sleep(&self, duration: Duration) -> Sleep {
+        let deadline = self.monotonic() + duration;
+        let mut rx = self.now.subscribe();
+        Box::pin(async move {
+            // The sender lives as long as the clock; if it is gone, nobody can wake us.
+            if rx.wait_for(|now| *now >= deadline).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+}
+
+/// A source of random ids and jitter: seeded for tests that must replay exactly, from the
+/// operating system otherwise. Clones share one generator.
+#[derive(Clone)]
+pub struct Random {
+    rng: Arc<Mutex<StdRng>>,
+}
+
+impl Debug for Random {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Random")
+    }
+}
+
+impl Default for Random {
+    fn default() -> Self {
+        Self::from_os()
+    }
+}
+
+impl Random {
+    /// Seeded from the operating system.
+    #[allow(clippy::disallowed_methods)] // the one place OS entropy is drawn
+    pub fn from_os() -> Self {
+        Self::from_rng(StdRng::from_os_rng())
+    }
+
+    /// Seeded with `seed`: the same seed gives the same sequence.
+    pub fn seeded(seed: u64) -> Self {
+        Self::from_rng(StdRng::seed_from_u64(seed))
+    }
+
+    fn from_rng(rng: StdRng) -> Self {
+        Self {
+            rng: Arc::new(Mutex::new(rng)),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
+        f(&mut self.rng.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A random 128-bit id as 32 lowercase hex digits (a v4 UUID's simple form).
+    pub fn id(&self) -> String {
+        let mut bytes = [0u8; 16];
+        self.with(|rng| rng.fill_bytes(&mut bytes));
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .simple()
+            .to_string()
+    }
+
+    /// A uniform number in `0.0..1.0`.
+    pub fn unit(&self) -> f64 {
+        self.with(|rng| rng.random::<f64>())
+    }
+
+    /// A uniform `u64`.
+    pub fn next_u64(&self) -> u64 {
+        self.with(|rng| rng.next_u64())
+    }
+
+    /// A duration drawn uniformly from `0..=ceiling` (full jitter).
+    pub fn jitter(&self, ceiling: Duration) -> Duration {
+        ceiling.mul_f64(self.unit())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_sources_replay() {
+        let (a, b) = (Random::seeded(7), Random::seeded(7));
+        assert_eq!(a.id(), b.id());
+        assert_eq!(a.next_u64(), b.next_u64());
+        assert_ne!(Random::seeded(8).id(), Random::seeded(7).id());
+        let id = a.id();
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[tokio::test]
+    async fn manual_sleepers_wake_when_moved_past_their_deadline() {
+        let clock = ManualClock::new();
+        let sleeping = tokio::spawn(clock.sleep(Duration::from_secs(5)));
+        tokio::task::yield_now().await;
+        clock.advance(Duration::from_secs(4));
+        tokio::task::yield_now().await;
+        assert!(!sleeping.is_finished());
+        clock.advance(Duration::from_secs(1));
+        sleeping.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_ticker_does_not_burst() {
+        let clock: Arc<dyn Clock> = SystemClock::shared();
+        let mut ticker = Ticker::new(Arc::clone(&clock), Duration::from_secs(1));
+        ticker.tick().await;
+        let first = clock.monotonic();
+        clock.sleep(Duration::from_secs(5)).await; // busy for five periods
+        ticker.tick().await; // late: fires at once
+        ticker.tick().await; // then one period later, not at once again
+        assert_eq!(clock.monotonic() - first, Duration::from_secs(6));
+    }
+}
