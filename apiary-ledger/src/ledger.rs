@@ -297,7 +297,7 @@ impl FrameLedger {
     /// Makes `state` the published state unless a newer one is published already. Returns
     /// the state it replaced.
     fn publish(&self, state: Slot) -> Slot {
-        let Some(state) = state else { return None };
+        let state = state?;
         let _serial = self.publish_lock.lock().unwrap_or_else(|p| p.into_inner());
         let newer = self
             .published

@@ -706,7 +706,7 @@ async fn until_waiting(hold: &apiary_storage::Hold, n: u64) {
         if hold.waiting() >= n {
             return;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        apiary_storage::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     panic!("no request reached the gate");
 }

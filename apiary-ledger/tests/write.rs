@@ -457,7 +457,7 @@ async fn vacuum_deletes_only_what_nothing_can_need() {
     assert_eq!((r.files_deleted, r.files_kept), (0, before));
 
     // With no retention: the overwritten cells and the orphan go, the live cells stay.
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    apiary_storage::time::sleep(Duration::from_millis(5)).await;
     let r = vacuum(&ledger, backend.as_ref(), Duration::ZERO)
         .await
         .unwrap();
@@ -471,7 +471,7 @@ async fn vacuum_deletes_only_what_nothing_can_need() {
         .await
         .unwrap();
     assert_eq!(r.files_deleted, 0);
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    apiary_storage::time::sleep(Duration::from_millis(5)).await;
     let r = vacuum(&ledger, backend.as_ref(), Duration::ZERO)
         .await
         .unwrap();
@@ -555,7 +555,7 @@ async fn vacuum_ages_on_the_store_clock_whatever_the_nodes_clock_says() {
         if cells_in_storage(&backend).await > 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        apiary_storage::time::sleep(Duration::from_millis(5)).await;
     }
     let uploaded = cells_in_storage(&backend).await;
     assert!(uploaded > 0, "the first cells are uploaded");
@@ -577,7 +577,7 @@ async fn vacuum_ages_on_the_store_clock_whatever_the_nodes_clock_says() {
     // Slow clock: this node's overwrite carries a `committed_at_ms` two hours old. The cells
     // it removes were uploaded over a second ago, so only the overwrite's own (store) age
     // protects them from a vacuum with a one-second retention.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    apiary_storage::time::sleep(Duration::from_millis(1200)).await;
     let slow = Registry::new(Arc::clone(&backend), skewed(2 * HOUR, false));
     let ledger = slow.ledger(&frame()).await.unwrap();
     write_batches(
@@ -599,7 +599,7 @@ async fn vacuum_ages_on_the_store_clock_whatever_the_nodes_clock_says() {
     );
     assert_eq!(cells_in_storage(&backend).await, before);
     // Once the overwrite itself is older than the retention, they go.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    apiary_storage::time::sleep(Duration::from_millis(1200)).await;
     let r = vacuum(&ledger, backend.as_ref(), Duration::from_secs(1))
         .await
         .unwrap();
@@ -638,9 +638,9 @@ async fn a_write_slower_than_its_limit_commits_nothing() {
         if cells_in_storage(&backend).await > 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        apiary_storage::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    apiary_storage::time::sleep(Duration::from_millis(400)).await;
     go.send(()).unwrap();
     let err = writing.await.unwrap().unwrap_err();
     assert!(matches!(err, LedgerError::Expired { .. }), "{err}");
@@ -663,7 +663,7 @@ async fn a_blocking_input_does_not_stall_the_runtime() {
     let (go, wait) = std::sync::mpsc::channel();
     // Runs only if the write leaves the runtime's one thread free.
     let releaser = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        apiary_storage::time::sleep(Duration::from_millis(20)).await;
         go.send(()).unwrap();
     });
     let written = write_batches(

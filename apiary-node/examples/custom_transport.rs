@@ -165,7 +165,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         if ap.swarm_status().await?.alive == 2 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        apiary::apiary_storage::time::sleep(Duration::from_millis(50)).await;
     }
 
     ap.create_hive("demo").await?;

@@ -76,7 +76,7 @@ async fn wait_alive(ap: &Apiary, n: usize) {
             return;
         }
         assert!(started.elapsed() < DEADLINE, "only {} alive", status.alive);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        apiary::apiary_storage::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -274,7 +274,7 @@ async fn assert_no_queries(ap: &Apiary) {
             return;
         }
         assert!(started.elapsed() < DEADLINE, "left behind: {left:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        apiary::apiary_storage::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -323,7 +323,7 @@ async fn a_worker_killed_under_a_query_loses_no_rows() {
     let expected2 = answer(&ap, "never", sql2).await;
     let ap2 = ap.clone();
     let query = tokio::spawn(async move { answer(&ap2, "always", sql2).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    apiary::apiary_storage::time::sleep(Duration::from_millis(150)).await;
     drop(nodes.remove(0));
     assert_eq!(query.await.unwrap(), expected2);
     assert_no_queries(&ap).await;
@@ -371,7 +371,7 @@ async fn a_killed_coordinator_leaves_nothing_after_the_retention() {
         "orphan present"
     );
     // Past the retention, the next coordinator sweeps it.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    apiary::apiary_storage::time::sleep(Duration::from_millis(2500)).await;
     answer(&ap, "always", QUERIES[0]).await;
     assert_no_queries(&ap).await;
     println!("orphan removed {:?} after the kill", started.elapsed());
@@ -456,7 +456,7 @@ async fn hostile_manifests_are_refused_by_every_worker() {
                     "{} never answered {sql}",
                     node.id
                 );
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                apiary::apiary_storage::time::sleep(Duration::from_millis(50)).await;
             };
             match outcome {
                 TaskOutcome::Failed(cause) => println!("{}: {sql} -> {cause}", node.id),

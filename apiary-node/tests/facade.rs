@@ -48,7 +48,7 @@ async fn start_status_and_shutdown() {
         if swarm.alive == 2 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        apiary::apiary_storage::time::sleep(Duration::from_millis(50)).await;
         swarm = ap.swarm_status().await.unwrap();
     }
     assert_eq!(swarm.alive, 2, "{swarm:?}");

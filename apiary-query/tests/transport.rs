@@ -49,7 +49,7 @@ async fn a_sweep_removes_only_old_queries() {
         t.sweep(std::time::Duration::from_secs(60)).await.unwrap(),
         0
     );
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    apiary_storage::time::sleep(std::time::Duration::from_millis(30)).await;
     assert_eq!(
         t.sweep(std::time::Duration::from_millis(10)).await.unwrap(),
         1

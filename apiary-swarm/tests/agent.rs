@@ -68,7 +68,7 @@ async fn a_stuck_swarm_read_does_not_delay_heartbeats() {
         if hold.waiting() > 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        apiary_storage::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(hold.waiting() > 0, "the swarm read is stuck at the gate");
     let stuck_at = seq(&plain, &id).await;
@@ -78,7 +78,7 @@ async fn a_stuck_swarm_read_does_not_delay_heartbeats() {
         if now >= stuck_at + 3 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        apiary_storage::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
         now >= stuck_at + 3,

@@ -375,7 +375,7 @@ async fn snapshot_uses_the_store_clock() {
     };
     let v = look(3600 * SEC).await;
     assert_eq!(state(&v, "a"), Some(NodeState::Alive));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    apiary_storage::time::sleep(Duration::from_millis(300)).await;
     let v = look(Duration::from_millis(100)).await;
     assert_eq!(state(&v, "a"), Some(NodeState::Dead));
     let v = look(3600 * SEC).await;

@@ -37,7 +37,7 @@ fn targets() -> Vec<Target> {
         let uri = format!(
             "{}/bench-{}",
             s3.trim_end_matches('/'),
-            uuid::Uuid::new_v4().simple()
+            apiary_storage::Random::from_os().id()
         );
         out.push(Target {
             name: "s3",

@@ -108,7 +108,7 @@ async fn ssb_queries_on_three_node_processes_match_one_node() {
             started.elapsed() < Duration::from_secs(60),
             "nodes never came up"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        apiary_storage::time::sleep(Duration::from_millis(100)).await;
     }
     let mut local = ap.sql_session().unwrap();
     local

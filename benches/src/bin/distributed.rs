@@ -90,11 +90,11 @@ async fn wait_alive(ap: &Apiary, n: usize) {
             started.elapsed() < Duration::from_secs(60),
             "nodes never came up"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        apiary_storage::time::sleep(Duration::from_millis(100)).await;
     }
     // Wait out nodes that just left, so that only the live ones get tasks.
     while ap.swarm_status().await.expect("swarm").alive > n {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        apiary_storage::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -302,7 +302,7 @@ async fn main() {
     let mut requests = Vec::new();
     for i in 0..(a.runs * 3).max(5) {
         // Queries arrive at any point of the workers' poll cycle, not in step with it.
-        tokio::time::sleep(Duration::from_millis(137 * i as u64 % 1000)).await;
+        apiary_storage::time::sleep(Duration::from_millis(137 * i as u64 % 1000)).await;
         let t = Instant::now();
         plain.sql(tiny).await.expect("local tiny");
         let base = t.elapsed().as_secs_f64();
