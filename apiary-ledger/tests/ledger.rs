@@ -687,65 +687,65 @@ async fn corrupt_registry_objects_give_clear_errors() {
     registry.create_box("h", "b").await.unwrap();
 }
 
-/// A memory store whose requests of `kinds` can be held at a gate.
-fn held_memory(
-    kinds: &[apiary_storage::RequestKind],
-) -> (Arc<dyn StorageBackend>, apiary_storage::Hold) {
+/// A memory store whose conditional PUTs can be held at a gate, and a second backend over
+/// the same store that is never held (another process).
+fn held_memory() -> (
+    Arc<dyn StorageBackend>,
+    Arc<dyn StorageBackend>,
+    apiary_storage::Hold,
+) {
     let (store, caps) = object_store_for(&StorageUri::Memory).unwrap();
-    let hold = apiary_storage::Hold::new(kinds);
-    let store = InstrumentedStore::new(store, FaultConfig::none()).with_hold(hold.clone());
+    let hold = apiary_storage::Hold::new(&[apiary_storage::RequestKind::ConditionalPut]);
+    let held =
+        InstrumentedStore::new(Arc::clone(&store), FaultConfig::none()).with_hold(hold.clone());
     (
-        Arc::new(ObjectStoreBackend::new(Arc::new(store), caps, "memory://")),
+        Arc::new(ObjectStoreBackend::new(Arc::new(held), caps, "memory://")),
+        Arc::new(ObjectStoreBackend::new(store, caps, "memory://")),
         hold,
     )
 }
 
-/// Waits (on real time, bounded) until `hold` has `n` requests waiting.
-async fn until_waiting(hold: &apiary_storage::Hold, n: u64) {
+/// Closes `hold` and starts a commit of one cell on `ledger`; returns once its conditional
+/// PUT is stuck at the gate.
+async fn stuck_commit(
+    ledger: &Arc<FrameLedger>,
+    hold: &apiary_storage::Hold,
+    path: &str,
+) -> tokio::task::JoinHandle<Result<apiary_ledger::CommitInfo, LedgerError>> {
+    hold.close();
+    let writer = {
+        let (ledger, cell) = (Arc::clone(ledger), cell(path, 1, None));
+        tokio::spawn(async move { ledger.commit(&Operation::Append(vec![cell])).await })
+    };
     for _ in 0..2000 {
-        if hold.waiting() >= n {
-            return;
+        if hold.waiting() > 0 {
+            return writer;
         }
         apiary_storage::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    panic!("no request reached the gate");
+    panic!("the commit never reached the gate");
+}
+
+/// `refresh`, failing the test if it waits (on a stuck commit) instead of answering.
+async fn bounded_refresh(ledger: &FrameLedger) -> Arc<apiary_ledger::FrameState> {
+    tokio::time::timeout(std::time::Duration::from_secs(20), ledger.refresh())
+        .await
+        .expect("refresh waited on the stuck commit")
+        .unwrap()
+        .unwrap()
 }
 
 /// Readers never wait on a writer: while a commit is stuck in its conditional PUT (a slow
-/// or contended store), `cached` and `refresh` of the same handle still answer, and
-/// `refresh` even learns versions other handles committed meanwhile.
+/// or contended store), `cached` and `refresh` of the same handle still answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_never_wait_on_a_stuck_commit() {
-    use apiary_storage::RequestKind;
-    let (backend, hold) = held_memory(&[RequestKind::ConditionalPut]);
-    let (registry, frame) =
-        registry_with_frame(Arc::clone(&backend), LedgerConfig::default()).await;
+    let (backend, _, hold) = held_memory();
+    let (registry, frame) = registry_with_frame(backend, LedgerConfig::default()).await;
     let ledger = registry.ledger(&frame).await.unwrap();
     let before = ledger.refresh().await.unwrap().unwrap().version;
-
-    hold.close();
-    let writer = {
-        let ledger = Arc::clone(&ledger);
-        tokio::spawn(async move {
-            ledger
-                .commit(&Operation::Append(vec![cell("data/a.parquet", 5, None)]))
-                .await
-        })
-    };
-    until_waiting(&hold, 1).await;
-
-    let bounded = |what: &'static str| {
-        let ledger = Arc::clone(&ledger);
-        async move {
-            tokio::time::timeout(std::time::Duration::from_secs(20), ledger.refresh())
-                .await
-                .unwrap_or_else(|_| panic!("{what}: refresh waited on the stuck commit"))
-                .unwrap()
-                .unwrap()
-        }
-    };
+    let writer = stuck_commit(&ledger, &hold, "data/a.parquet").await;
     assert_eq!(ledger.cached().unwrap().version, before);
-    assert_eq!(bounded("first").await.version, before);
+    assert_eq!(bounded_refresh(&ledger).await.version, before);
 
     hold.open();
     let info = writer.await.unwrap().unwrap();
@@ -755,7 +755,7 @@ async fn readers_never_wait_on_a_stuck_commit() {
         before + 1,
         "the commit is published"
     );
-    assert_eq!(bounded("after").await.version, before + 1);
+    assert_eq!(bounded_refresh(&ledger).await.version, before + 1);
 }
 
 /// While one handle's commit is stuck, a refresh on it moves forward past versions another
@@ -763,50 +763,22 @@ async fn readers_never_wait_on_a_stuck_commit() {
 /// refusal, never reports a conflict for an append).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_during_a_stuck_commit_sees_other_writers() {
-    use apiary_storage::RequestKind;
-    let (store, caps) = object_store_for(&StorageUri::Memory).unwrap();
-    let hold = apiary_storage::Hold::new(&[RequestKind::ConditionalPut]);
-    let held: Arc<dyn StorageBackend> = Arc::new(ObjectStoreBackend::new(
-        Arc::new(
-            InstrumentedStore::new(Arc::clone(&store), FaultConfig::none()).with_hold(hold.clone()),
-        ),
-        caps,
-        "memory://",
-    ));
-    let free: Arc<dyn StorageBackend> = Arc::new(ObjectStoreBackend::new(store, caps, "memory://"));
-    let (registry, frame) = registry_with_frame(Arc::clone(&held), LedgerConfig::default()).await;
+    let (held, free, hold) = held_memory();
+    let (registry, frame) = registry_with_frame(held, LedgerConfig::default()).await;
     let ledger = registry.ledger(&frame).await.unwrap();
     let other = FrameLedger::open(free, frame.clone(), LedgerConfig::default())
         .await
         .unwrap();
     let v0 = ledger.cached().unwrap().version;
-
-    hold.close();
-    let writer = {
-        let ledger = Arc::clone(&ledger);
-        tokio::spawn(async move {
-            ledger
-                .commit(&Operation::Append(vec![cell("data/mine.parquet", 1, None)]))
-                .await
-        })
-    };
-    until_waiting(&hold, 1).await;
+    let writer = stuck_commit(&ledger, &hold, "data/mine.parquet").await;
     for i in 0..3 {
+        let theirs = cell(&format!("data/o{i}.parquet"), 1, None);
         other
-            .commit(&Operation::Append(vec![cell(
-                &format!("data/o{i}.parquet"),
-                1,
-                None,
-            )]))
+            .commit(&Operation::Append(vec![theirs]))
             .await
             .unwrap();
     }
-    let seen = tokio::time::timeout(std::time::Duration::from_secs(20), ledger.refresh())
-        .await
-        .expect("refresh waited on the stuck commit")
-        .unwrap()
-        .unwrap();
-    assert_eq!(seen.version, v0 + 3);
+    assert_eq!(bounded_refresh(&ledger).await.version, v0 + 3);
     hold.open();
     let info = writer.await.unwrap().unwrap();
     assert!(info.committed);

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use apiary_ledger::{
-    FrameDefinition, FrameRef, FrameSchema, LedgerConfig, LedgerError, Registry, StatValue,
-    WriteMode, WriteOptions, read_batches, vacuum, write_batches,
+    FrameDefinition, FrameLedger, FrameRef, FrameSchema, LedgerConfig, LedgerError, Registry,
+    StatValue, WriteMode, WriteOptions, WriteResult, read_batches, vacuum, write_batches,
 };
 use apiary_storage::conformance::s3_test_uri;
 use apiary_storage::{Path, StorageBackend, StorageUri};
@@ -519,6 +519,49 @@ async fn cells_in_storage(backend: &Arc<dyn StorageBackend>) -> usize {
         .len()
 }
 
+/// Starts a write of two batches whose second waits for the returned sender, and returns
+/// once the first batch's cells are uploaded.
+async fn start_slow_write(
+    ledger: &Arc<FrameLedger>,
+    backend: &Arc<dyn StorageBackend>,
+    options: WriteOptions,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    tokio::task::JoinHandle<Result<WriteResult, LedgerError>>,
+) {
+    let (go, wait) = std::sync::mpsc::channel();
+    let writing = {
+        let (ledger, backend) = (Arc::clone(ledger), Arc::clone(backend));
+        tokio::spawn(async move {
+            let input = slow_input(
+                clicks(0, 8),
+                clicks(8, 8),
+                wait,
+                std::time::Duration::from_secs(60),
+            );
+            write_batches(
+                &ledger,
+                backend.as_ref(),
+                input,
+                WriteMode::Append,
+                &options,
+            )
+            .await
+        })
+    };
+    for _ in 0..2000 {
+        if cells_in_storage(backend).await > 0 {
+            break;
+        }
+        apiary_storage::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(
+        cells_in_storage(backend).await > 0,
+        "the first cells are uploaded"
+    );
+    (go, writing)
+}
+
 /// Vacuum judges every age on the store's clock. A node whose clock runs an hour fast must
 /// not delete the cells of a write still uploading; one whose clock runs two hours slow
 /// (so its own commits look old) must not delete cells that a recent overwrite removed and
@@ -537,28 +580,7 @@ async fn vacuum_ages_on_the_store_clock_whatever_the_nodes_clock_says() {
     // Fast clock, slow write: the first cell is uploaded, the rest waits.
     let registry = setup_with(Arc::clone(&backend), skewed(HOUR, true)).await;
     let ledger = registry.ledger(&frame()).await.unwrap();
-    let (go, wait) = std::sync::mpsc::channel();
-    let writing = {
-        let (ledger, backend) = (Arc::clone(&ledger), Arc::clone(&backend));
-        tokio::spawn(async move {
-            write_batches(
-                &ledger,
-                backend.as_ref(),
-                slow_input(clicks(0, 8), clicks(8, 8), wait, Duration::from_secs(60)),
-                WriteMode::Append,
-                &one_cell_per_batch(),
-            )
-            .await
-        })
-    };
-    for _ in 0..2000 {
-        if cells_in_storage(&backend).await > 0 {
-            break;
-        }
-        apiary_storage::time::sleep(Duration::from_millis(5)).await;
-    }
-    let uploaded = cells_in_storage(&backend).await;
-    assert!(uploaded > 0, "the first cells are uploaded");
+    let (go, writing) = start_slow_write(&ledger, &backend, one_cell_per_batch()).await;
     let r = vacuum(&ledger, backend.as_ref(), HOUR).await.unwrap();
     assert_eq!(
         r.files_deleted, 0,
@@ -615,31 +637,12 @@ async fn a_write_slower_than_its_limit_commits_nothing() {
     let registry = setup(Arc::clone(&backend)).await;
     let ledger = registry.ledger(&frame()).await.unwrap();
     let version = ledger.refresh().await.unwrap().unwrap().version;
-    let (go, wait) = std::sync::mpsc::channel();
     let options = WriteOptions {
         max_write_age: Duration::from_millis(200),
         ..one_cell_per_batch()
     };
-    let writing = {
-        let (ledger, backend) = (Arc::clone(&ledger), Arc::clone(&backend));
-        tokio::spawn(async move {
-            write_batches(
-                &ledger,
-                backend.as_ref(),
-                slow_input(clicks(0, 8), clicks(8, 8), wait, Duration::from_secs(60)),
-                WriteMode::Append,
-                &options,
-            )
-            .await
-        })
-    };
+    let (go, writing) = start_slow_write(&ledger, &backend, options).await;
     // Released only after the limit has surely passed since the first upload.
-    for _ in 0..2000 {
-        if cells_in_storage(&backend).await > 0 {
-            break;
-        }
-        apiary_storage::time::sleep(Duration::from_millis(5)).await;
-    }
     apiary_storage::time::sleep(Duration::from_millis(400)).await;
     go.send(()).unwrap();
     let err = writing.await.unwrap().unwrap_err();
