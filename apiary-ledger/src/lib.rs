@@ -39,5 +39,6 @@ pub use schema::{Column, FrameSchema, format_type, parse_type};
 pub use state::{FrameState, LiveFrame};
 pub use vacuum::{VacuumResult, vacuum};
 pub use write::{
-    DEFAULT_MAX_WRITE_AGE, WriteMode, WriteOptions, WriteResult, read_batches, write_batches,
+    DEFAULT_MAX_WRITE_AGE, UploadHook, WriteMode, WriteOptions, WriteResult, read_batches,
+    write_batches,
 };

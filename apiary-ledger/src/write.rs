@@ -44,8 +44,12 @@ pub enum WriteMode {
     Overwrite,
 }
 
+/// Told about every cell a write uploads: its key, bytes and ETag (a node puts the cells it
+/// writes into its cell cache this way).
+pub type UploadHook = Arc<dyn Fn(&Path, &bytes::Bytes, Option<String>) + Send + Sync>;
+
 /// Sizing of a write.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WriteOptions {
     /// A cell is finished when it reaches this many bytes.
     pub target_cell_bytes: usize,
@@ -56,6 +60,20 @@ pub struct WriteOptions {
     /// Longest time from the first upload to the commit; a slower write commits nothing
     /// (its cells are left to vacuum). Must stay below every vacuum's retention.
     pub max_write_age: Duration,
+    /// Called after each cell is uploaded.
+    pub on_upload: Option<UploadHook>,
+}
+
+impl std::fmt::Debug for WriteOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteOptions")
+            .field("target_cell_bytes", &self.target_cell_bytes)
+            .field("max_partitions", &self.max_partitions)
+            .field("memory_budget", &self.memory_budget)
+            .field("max_write_age", &self.max_write_age)
+            .field("on_upload", &self.on_upload.is_some())
+            .finish()
+    }
 }
 
 /// The default [`WriteOptions::max_write_age`]: half of vacuum's default retention.
@@ -68,6 +86,7 @@ impl Default for WriteOptions {
             max_partitions: 1000,
             memory_budget: 512 << 20,
             max_write_age: DEFAULT_MAX_WRITE_AGE,
+            on_upload: None,
         }
     }
 }
@@ -215,6 +234,7 @@ struct Uploader<'a> {
     root: Path,
     /// When the first upload began, on the clock's monotonic scale.
     first_upload: Option<Duration>,
+    on_upload: Option<&'a UploadHook>,
     done: Vec<Cell>,
 }
 
@@ -235,7 +255,10 @@ impl Uploader<'_> {
         let encoded = finished.cell;
         self.first_upload
             .get_or_insert_with(|| self.clock.monotonic());
-        self.backend.put(&key, encoded.bytes.clone()).await?;
+        let version = self.backend.put(&key, encoded.bytes.clone()).await?;
+        if let Some(hook) = self.on_upload {
+            hook(&key, &encoded.bytes, version.e_tag);
+        }
         self.done.push(Cell {
             path,
             rows: encoded.rows,
@@ -291,6 +314,7 @@ where
         random: &ledger.config().random,
         root: frame_root(ledger.frame()),
         first_upload: None,
+        on_upload: options.on_upload.as_ref(),
         done: Vec::new(),
     };
     let mut uploaded = Ok(());

@@ -19,6 +19,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
+use apiary_cache::{CacheConfig, CellCache};
 use apiary_ledger::{
     BoxInfo, Column, Created, FrameDefinition, FrameInfo, FrameRef, FrameSchema, HiveInfo,
     LedgerConfig, LedgerError, Registry, WriteMode, WriteOptions, WriteResult,
@@ -76,6 +77,9 @@ pub enum ApiaryError {
     /// A SQL statement failed (syntax, unknown names, refused statements, execution).
     #[error(transparent)]
     Query(#[from] apiary_query::QueryError),
+    /// The node's cell cache could not be opened or used.
+    #[error(transparent)]
+    Cache(#[from] apiary_cache::CacheError),
     /// The call needs a running node (`Apiary::start` first), or one is running already.
     #[error("{0}")]
     Lifecycle(&'static str),
@@ -93,9 +97,40 @@ impl ApiaryError {
             ApiaryError::Storage(e) => e.kind(),
             ApiaryError::Swarm(e) => e.kind(),
             ApiaryError::Query(e) => e.kind(),
+            ApiaryError::Cache(e) => e.kind(),
             ApiaryError::Lifecycle(_) => ErrorKind::Conflict,
         }
     }
+}
+
+/// Opens node `id`'s cell cache (recovering what a previous run left), unless its budget is
+/// zero.
+async fn open_cache(id: &NodeId, options: &NodeOptions) -> Result<Option<Arc<CellCache>>> {
+    if options.cache_bytes == Some(0) {
+        return Ok(None);
+    }
+    let dir = options.cache_dir_for(id);
+    let budget = options.cache_bytes;
+    let cache = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(|source| apiary_cache::CacheError::Io {
+            what: format!("cannot create {}", dir.display()),
+            source,
+        })?;
+        let capacity_bytes = budget.unwrap_or_else(|| CacheConfig::default_capacity(&dir));
+        CellCache::open(CacheConfig {
+            dir,
+            capacity_bytes,
+        })
+    })
+    .await
+    .map_err(|e| {
+        ApiaryError::Lifecycle(if e.is_panic() {
+            "opening the cell cache panicked"
+        } else {
+            "opening the cell cache was cancelled"
+        })
+    })??;
+    Ok(Some(Arc::new(cache)))
 }
 
 /// Result alias for the [`Apiary`] API.
@@ -165,6 +200,7 @@ impl std::fmt::Debug for Apiary {
 pub(crate) struct RunningNode {
     pub(crate) agent: Arc<SwarmAgent>,
     bees: Arc<Bees>,
+    cache: Option<Arc<CellCache>>,
     _identity: Arc<NodeIdentity>,
     stop_worker: Arc<watch::Sender<bool>>,
 }
@@ -376,10 +412,22 @@ impl Apiary {
             id: identity.node_id(),
             options: &options,
         });
+        let cache = open_cache(identity.node_id(), &options).await?;
         let config = AgentConfig {
             swarm: options.swarm.clone(),
             drain_timeout: options.drain_timeout,
             on_view: options.on_view.clone(),
+            cache: cache.as_ref().map(|cache| {
+                let cache = Arc::clone(cache);
+                Arc::new(move || {
+                    let counts = cache.counts();
+                    apiary_swarm::CacheSummary {
+                        cells: counts.cells,
+                        bytes: counts.bytes,
+                        hot_cells: cache.keys(apiary_swarm::MAX_HOT_CELLS),
+                    }
+                }) as apiary_swarm::CacheReport
+            }),
             ..AgentConfig::default()
         };
         let agent = SwarmAgent::start(
@@ -413,9 +461,11 @@ impl Apiary {
             Arc::clone(&self.tasks),
             stop,
         );
+        self.query_engine()?.set_cell_cache(cache.clone());
         *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(RunningNode {
             agent,
             bees,
+            cache,
             _identity: Arc::new(identity),
             stop_worker: Arc::new(stop_worker),
         });
@@ -439,6 +489,9 @@ impl Apiary {
             // The agent closes the bees first: no new task is taken, running ones finish.
             let left = node.agent.leave().await;
             let _ = node.stop_worker.send(true);
+            if let Some(engine) = self.query.get() {
+                engine.set_cell_cache(None);
+            }
             left?;
         }
         Ok(())
@@ -492,7 +545,16 @@ impl Apiary {
             storage_uri: self.storage.to_string(),
             tasks_run,
             tasks_failed,
+            cache: running
+                .as_ref()
+                .and_then(|n| n.cache.as_ref())
+                .map(|c| c.counts()),
         }
+    }
+
+    /// The running node's cell cache (none when not started or turned off).
+    pub fn cell_cache(&self) -> Option<Arc<CellCache>> {
+        self.running().and_then(|n| n.cache)
     }
 
     /// The bees of the running node (work takes one while it runs).
@@ -520,7 +582,27 @@ impl Apiary {
             Some(node) => node.agent.capacity().clone(),
             None => apiary_swarm::detect_capacity(None),
         };
+        // Cells this node writes enter its cache as they are uploaded.
+        let on_upload = self.cell_cache().map(|cache| {
+            let clock = Arc::clone(&self.registry.config().clock);
+            Arc::new(
+                move |key: &apiary_storage::Path, bytes: &bytes::Bytes, e_tag: Option<String>| {
+                    let (cache, key, bytes, now) = (
+                        Arc::clone(&cache),
+                        key.to_string(),
+                        bytes.clone(),
+                        clock.wall_ms(),
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = cache.insert(&key, &bytes, now, e_tag) {
+                            tracing::debug!(key, error = %e, "a written cell was not cached");
+                        }
+                    });
+                },
+            ) as apiary_ledger::UploadHook
+        });
         WriteOptions {
+            on_upload,
             target_cell_bytes: capacity.target_cell_bytes as usize,
             memory_budget: (capacity.memory_per_bee_bytes as usize)
                 .max(capacity.target_cell_bytes as usize * 2),

@@ -147,6 +147,13 @@ enum Command {
         /// Memory the node may use, e.g. 4GiB (detected when unset).
         #[arg(long, env = "APIARY_MEMORY", value_parser = memory)]
         memory: Option<u64>,
+        /// The cell cache's directory (default: cache/NODE_ID in the state folder).
+        #[arg(long, env = "APIARY_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+        /// The cell cache's budget, e.g. 20GiB (default: a fifth of the free disk there;
+        /// 0 turns the cache off).
+        #[arg(long, env = "APIARY_CACHE_SIZE", value_parser = memory)]
+        cache_size: Option<u64>,
         /// Testing only: move this node's wall clock, e.g. 1h or -1h.
         #[arg(long, env = "APIARY_CLOCK_OFFSET", hide = true, value_parser = signed_duration)]
         clock_offset: Option<(Duration, bool)>,
@@ -314,11 +321,15 @@ async fn run(cli: Cli) -> CliResult<()> {
             drain_timeout,
             status_file,
             memory,
+            cache_dir,
+            cache_size,
             clock_offset,
         } => {
             let mut options = cli.node.options();
             options.drain_timeout = drain_timeout;
             options.memory_bytes = memory;
+            options.cache_dir = cache_dir;
+            options.cache_bytes = cache_size;
             if let Some((offset, ahead)) = clock_offset {
                 options.clock = Arc::new(SystemClock::with_wall_offset(offset, ahead));
             }

@@ -29,6 +29,12 @@ pub struct NodeOptions {
     /// How often the node looks for tasks of distributed queries (one HEAD of its doorbell
     /// object each time; default 1 s).
     pub task_poll_interval: Duration,
+    /// The cell cache's directory (`APIARY_CACHE_DIR`); default `cache/{node_id}` in the
+    /// state folder, so two nodes on one machine never share one.
+    pub cache_dir: Option<PathBuf>,
+    /// The cell cache's byte budget (`APIARY_CACHE_SIZE`); default a fifth of the disk free
+    /// where the cache lives. Zero turns the cache off.
+    pub cache_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -52,6 +58,8 @@ impl Default for NodeOptions {
             clock: Arc::new(SystemClock::new()),
             on_view: None,
             task_poll_interval: Duration::from_secs(1),
+            cache_dir: None,
+            cache_bytes: None,
         }
     }
 }
@@ -65,6 +73,13 @@ impl NodeOptions {
                 .filter(|s| !s.is_empty()),
             ..Self::default()
         }
+    }
+
+    /// The cache directory of node `id`.
+    pub fn cache_dir_for(&self, id: &NodeId) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("cache").join(id.as_str()))
     }
 
     /// The node id this node would use, without claiming or generating one.
@@ -166,6 +181,9 @@ pub struct NodeStatus {
     pub tasks_run: u64,
     /// Of those, the ones that failed.
     pub tasks_failed: u64,
+    /// The cell cache: hits, misses, bytes from storage and from disk, cells and bytes
+    /// cached, budget (absent when not running or turned off).
+    pub cache: Option<apiary_cache::CacheCounts>,
 }
 
 pub(crate) fn memory_gb(bytes: u64) -> f64 {

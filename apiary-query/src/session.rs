@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use apiary_cache::CachingStore;
 use apiary_ledger::{FrameRef, Registry};
 use apiary_storage::object_store::ObjectStore;
 use arrow_array::RecordBatch;
@@ -81,6 +82,7 @@ impl ObjectStoreRegistry for OnlyApiaryStorage {
 #[derive(Debug, Clone)]
 pub struct QueryEngine {
     catalog: Arc<ApiaryCatalog>,
+    cells: Arc<CachingStore>,
     state: SessionState,
     cluster: Option<Cluster>,
     distribute: DistributeMode,
@@ -90,7 +92,8 @@ impl QueryEngine {
     /// An engine over `registry`, reading cells through the registry's storage backend.
     pub fn new(registry: Arc<Registry>, options: QueryOptions) -> Result<Self> {
         let url = ObjectStoreUrl::parse(STORE_URL)?;
-        let store = registry.backend().object_store();
+        let cells = Arc::new(CachingStore::new(registry.backend().object_store()));
+        let store: Arc<dyn ObjectStore> = Arc::clone(&cells) as Arc<dyn ObjectStore>;
         let objects = Arc::new(OnlyApiaryStorage {
             url: Url::parse(STORE_URL).map_err(|e| {
                 QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e)
@@ -115,10 +118,22 @@ impl QueryEngine {
             .build();
         Ok(Self {
             catalog,
+            cells,
             state,
             cluster: None,
             distribute: DistributeMode::default(),
         })
+    }
+
+    /// Installs (or removes) the node's cell cache: frame scans then read cells from local
+    /// disk when they can, and fetch them into the cache when they cannot.
+    pub fn set_cell_cache(&self, cache: Option<Arc<apiary_cache::CellCache>>) {
+        self.cells.set_cache(cache);
+    }
+
+    /// The node's cell cache, if one is installed.
+    pub fn cell_cache(&self) -> Option<Arc<apiary_cache::CellCache>> {
+        self.cells.cache()
     }
 
     /// This engine, distributing queries over `cluster` (see [`crate::distributed`]).

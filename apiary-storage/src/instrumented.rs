@@ -68,12 +68,50 @@ pub struct RequestCounts {
     pub list: u64,
     /// DELETE requests.
     pub delete: u64,
+    /// The GET requests (included in `get`) for `.parquet` objects: cell data.
+    pub cell_get: u64,
 }
 
 impl RequestCounts {
     /// All requests together.
     pub fn total(&self) -> u64 {
         self.get + self.head + self.put + self.conditional_put + self.list + self.delete
+    }
+
+    /// GET requests for anything but cell data (ledgers, hints, heartbeats, …).
+    pub fn metadata_get(&self) -> u64 {
+        self.get - self.cell_get
+    }
+}
+
+impl RequestCounts {
+    /// Every count divided by `n` (a per-node or per-operation mean).
+    pub fn divided_by(self, n: u64) -> RequestCounts {
+        let n = n.max(1);
+        RequestCounts {
+            get: self.get / n,
+            head: self.head / n,
+            put: self.put / n,
+            conditional_put: self.conditional_put / n,
+            list: self.list / n,
+            delete: self.delete / n,
+            cell_get: self.cell_get / n,
+        }
+    }
+}
+
+impl std::ops::Add for RequestCounts {
+    type Output = RequestCounts;
+    fn add(self, o: RequestCounts) -> RequestCounts {
+        RequestCounts {
+            get: self.get + o.get,
+            head: self.head + o.head,
+            put: self.put + o.put,
+            conditional_put: self.conditional_put + o.conditional_put,
+            list: self.list + o.list,
+            delete: self.delete + o.delete,
+            cell_get: self.cell_get + o.cell_get,
+        }
     }
 }
 
@@ -87,6 +125,7 @@ impl std::ops::Sub for RequestCounts {
             conditional_put: self.conditional_put - o.conditional_put,
             list: self.list - o.list,
             delete: self.delete - o.delete,
+            cell_get: self.cell_get - o.cell_get,
         }
     }
 }
@@ -99,6 +138,7 @@ struct Counters {
     conditional_put: AtomicU64,
     list: AtomicU64,
     delete: AtomicU64,
+    cell_get: AtomicU64,
 }
 
 /// The kinds of request a [`Hold`] can pause.
@@ -188,6 +228,7 @@ impl CountsHandle {
             conditional_put: c.conditional_put.load(Ordering::Relaxed),
             list: c.list.load(Ordering::Relaxed),
             delete: c.delete.load(Ordering::Relaxed),
+            cell_get: c.cell_get.load(Ordering::Relaxed),
         }
     }
 }
@@ -408,6 +449,9 @@ impl ObjectStore for InstrumentedStore {
         } else {
             &self.counters.get
         });
+        if !options.head && location.as_ref().ends_with(".parquet") {
+            bump(&self.counters.cell_get);
+        }
         match self.draw(false, false).await {
             Fault::None => self.inner.get_opts(location, options).await,
             _ => Err(injected("read failed")),
@@ -423,6 +467,11 @@ impl ObjectStore for InstrumentedStore {
         self.counters
             .get
             .fetch_add(ranges.len() as u64, Ordering::Relaxed);
+        if location.as_ref().ends_with(".parquet") {
+            self.counters
+                .cell_get
+                .fetch_add(ranges.len() as u64, Ordering::Relaxed);
+        }
         match self.draw(false, false).await {
             Fault::None => self.inner.get_ranges(location, ranges).await,
             _ => Err(injected("ranged read failed")),

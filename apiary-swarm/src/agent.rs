@@ -22,6 +22,9 @@ use crate::view::{SwarmConfig, WorldView};
 /// Called with every new world view (the node binary writes its status file from it).
 pub type ViewHook = Arc<dyn Fn(&WorldView) + Send + Sync>;
 
+/// Says what the node has cached, for each heartbeat (bounded: see [`CacheSummary`]).
+pub type CacheReport = Arc<dyn Fn() -> CacheSummary + Send + Sync>;
+
 /// How an agent runs.
 #[derive(Clone)]
 pub struct AgentConfig {
@@ -35,6 +38,8 @@ pub struct AgentConfig {
     pub hostname: String,
     /// Called after every refresh.
     pub on_view: Option<ViewHook>,
+    /// What the node has cached, published in every heartbeat.
+    pub cache: Option<CacheReport>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -56,6 +61,7 @@ impl Default for AgentConfig {
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
             on_view: None,
+            cache: None,
         }
     }
 }
@@ -70,6 +76,7 @@ struct Publisher {
     hostname: String,
     seq: AtomicU64,
     lifecycle: Mutex<Lifecycle>,
+    cache: Option<CacheReport>,
 }
 
 impl Publisher {
@@ -86,7 +93,11 @@ impl Publisher {
             written_at_ms: self.clock.wall_ms(),
             capacity: self.capacity.clone(),
             load: self.bees.load(),
-            cache: CacheSummary::default(),
+            cache: self
+                .cache
+                .as_ref()
+                .map(|report| report())
+                .unwrap_or_default(),
         }
         .sanitize()
     }
@@ -140,6 +151,7 @@ impl SwarmAgent {
             hostname: config.hostname.clone(),
             seq: AtomicU64::new(0),
             lifecycle: Mutex::new(Lifecycle::Joining),
+            cache: config.cache.clone(),
         });
         membership.join(&publisher.next()).await?;
         publisher.set(Lifecycle::Alive);

@@ -33,7 +33,7 @@ pub const HEARTBEAT_DIR: &str = "_heartbeats";
 /// Largest heartbeat accepted, in bytes.
 pub const MAX_HEARTBEAT_BYTES: usize = 64 * 1024;
 /// Most hot cells a heartbeat lists.
-pub const MAX_HOT_CELLS: usize = 32;
+pub const MAX_HOT_CELLS: usize = 256;
 
 /// A node's identity: 1 to 64 of `a-z 0-9 - _`, starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -20,12 +20,12 @@ pub mod simulation;
 pub mod storage;
 mod view;
 
-pub use agent::{AgentConfig, SwarmAgent, ViewHook};
+pub use agent::{AgentConfig, CacheReport, SwarmAgent, ViewHook};
 pub use clock::{Clock, ManualClock, SystemClock, Ticker};
 pub use error::{Result, SwarmError};
 pub use heartbeat::{
     CacheSummary, Capacity, DrainRequest, HEARTBEAT_DIR, HEARTBEAT_FORMAT, Heartbeat, HeartbeatKey,
-    Lifecycle, Load, MAX_HEARTBEAT_BYTES, NodeId,
+    Lifecycle, Load, MAX_HEARTBEAT_BYTES, MAX_HOT_CELLS, NodeId,
 };
 pub use identity::{NodeIdentity, default_state_dir};
 pub use load::{Bee, Bees, Leaving, detect_capacity};

@@ -161,29 +161,13 @@ pub async fn simulate(
         .collect();
     let totals: Vec<f64> = used.iter().map(|u| u.total() as f64 / minutes).collect();
     let n = nodes.max(1) as u64;
-    let sum = used
-        .iter()
-        .fold(RequestCounts::default(), |a, u| RequestCounts {
-            get: a.get + u.get,
-            head: a.head + u.head,
-            put: a.put + u.put,
-            conditional_put: a.conditional_put + u.conditional_put,
-            list: a.list + u.list,
-            delete: a.delete + u.delete,
-        });
+    let sum = used.iter().fold(RequestCounts::default(), |a, u| a + *u);
     SimulationReport {
         nodes,
         minutes,
         per_node_per_minute: totals.iter().sum::<f64>() / nodes.max(1) as f64,
         max_node_per_minute: totals.iter().copied().fold(0.0, f64::max),
-        mean: RequestCounts {
-            get: sum.get / n,
-            head: sum.head / n,
-            put: sum.put / n,
-            conditional_put: sum.conditional_put / n,
-            list: sum.list / n,
-            delete: sum.delete / n,
-        },
+        mean: sum.divided_by(n),
         final_view: sim[0].membership.world_view(),
     }
 }

@@ -1,0 +1,322 @@
+//! [`CachingStore`]: an `object_store` that serves cells through a [`CellCache`].
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    Attributes, CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult,
+};
+
+use crate::disk::{CachedCell, CellCache};
+use crate::error::CacheError;
+
+/// Whether `key` is a cell: `{hive}/{box}/{frame}/data/…/{name}.parquet`. Cells are
+/// immutable and uniquely named; nothing else (ledgers, hints, heartbeats, query results)
+/// may ever be cached.
+pub fn is_cell_key(key: &Path) -> bool {
+    let mut parts = key.parts();
+    let data = parts.nth(3);
+    key.as_ref().ends_with(".parquet")
+        && data.is_some_and(|p| p.as_ref() == "data")
+        && parts.next().is_some()
+}
+
+/// Serves cells from a [`CellCache`] (whole-object and ranged GETs, HEADs) and passes every
+/// other request, and every request while no cache is installed, to the inner store.
+/// A GET with conditions (`if_match`, versions, …) always goes to storage.
+pub struct CachingStore {
+    inner: Arc<dyn ObjectStore>,
+    cache: ArcSwapOption<CellCache>,
+}
+
+impl fmt::Debug for CachingStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachingStore")
+            .field("inner", &self.inner.to_string())
+            .field(
+                "cache",
+                &self.cache.load().as_ref().map(|c| c.dir().to_path_buf()),
+            )
+            .finish()
+    }
+}
+
+impl fmt::Display for CachingStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cached({})", self.inner)
+    }
+}
+
+fn plain(options: &GetOptions) -> bool {
+    options.if_match.is_none()
+        && options.if_none_match.is_none()
+        && options.if_modified_since.is_none()
+        && options.if_unmodified_since.is_none()
+        && options.version.is_none()
+}
+
+fn store_error(e: CacheError) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "cell cache",
+        source: Box::new(e),
+    }
+}
+
+impl CachingStore {
+    /// Wraps `inner`, with no cache installed yet.
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner,
+            cache: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Installs (or removes) the cache reads go through.
+    pub fn set_cache(&self, cache: Option<Arc<CellCache>>) {
+        self.cache.store(cache);
+    }
+
+    /// The installed cache.
+    pub fn cache(&self) -> Option<Arc<CellCache>> {
+        self.cache.load_full()
+    }
+
+    /// The cell under `key`, from the cache or fetched into it; with the bytes when this
+    /// call fetched them.
+    async fn cell(
+        &self,
+        cache: &CellCache,
+        key: &Path,
+    ) -> object_store::Result<(Arc<CachedCell>, Option<Bytes>)> {
+        let inner = Arc::clone(&self.inner);
+        let fetch = || async move {
+            let result = inner.get(key).await?;
+            let (stamp, e_tag) = (
+                result.meta.last_modified.timestamp_millis(),
+                result.meta.e_tag.clone(),
+            );
+            let bytes = result.bytes().await?;
+            Ok::<_, object_store::Error>((bytes, stamp, e_tag))
+        };
+        match cache.get_or_fetch(key.as_ref(), fetch).await {
+            Ok(found) => Ok(found),
+            // The storage's own error, unwrapped, so callers see NotFound as NotFound.
+            Err(CacheError::Fetch { source, .. }) => match source.downcast::<object_store::Error>()
+            {
+                Ok(e) => Err(*e),
+                Err(other) => Err(object_store::Error::Generic {
+                    store: "cell cache",
+                    source: other,
+                }),
+            },
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// `range` of the cell under `key`, through the cache. A damaged cached file is dropped
+    /// and the cell fetched again, once.
+    async fn read(
+        &self,
+        cache: &CellCache,
+        key: &Path,
+        range: Option<&object_store::GetRange>,
+    ) -> object_store::Result<(Arc<CachedCell>, Range<u64>, Bytes)> {
+        for _ in 0..2 {
+            let (cell, fetched) = self.cell(cache, key).await?;
+            let range = match range {
+                Some(r) => r
+                    .as_range(cell.size())
+                    .map_err(|e| object_store::Error::Generic {
+                        store: "cell cache",
+                        source: Box::new(e),
+                    })?,
+                None => 0..cell.size(),
+            };
+            if let Some(bytes) = fetched {
+                let slice = bytes.slice(range.start as usize..range.end as usize);
+                return Ok((cell, range, slice));
+            }
+            let read = {
+                let (cell, range) = (Arc::clone(&cell), range.clone());
+                tokio::task::spawn_blocking(move || cell.read(range))
+                    .await
+                    .map_err(|e| object_store::Error::Generic {
+                        store: "cell cache",
+                        source: Box::new(e),
+                    })?
+            };
+            match read {
+                Ok(bytes) => {
+                    cache.note_read(bytes.len() as u64);
+                    return Ok((cell, range, bytes));
+                }
+                Err(CacheError::Damaged { .. }) => cache.note_damaged(key.as_ref()),
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(object_store::Error::Generic {
+            store: "cell cache",
+            source: format!("`{key}` was damaged in the cache twice in a row").into(),
+        })
+    }
+}
+
+fn meta_of(key: &Path, cell: &CachedCell) -> ObjectMeta {
+    ObjectMeta {
+        location: key.clone(),
+        last_modified: chrono_from_ms(cell.last_modified_ms()),
+        size: cell.size(),
+        e_tag: cell.e_tag().map(str::to_string),
+        version: None,
+    }
+}
+
+fn chrono_from_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+#[async_trait]
+impl ObjectStore for CachingStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let cache = match self.cache.load_full() {
+            Some(cache) if is_cell_key(location) && plain(&options) => cache,
+            _ => return self.inner.get_opts(location, options).await,
+        };
+        if options.head {
+            if let Some(cell) = cache.peek(location.as_ref()) {
+                let meta = meta_of(location, &cell);
+                return Ok(GetResult {
+                    range: 0..meta.size,
+                    payload: GetResultPayload::Stream(futures::stream::empty().boxed()),
+                    meta,
+                    attributes: Attributes::default(),
+                });
+            }
+            return self.inner.get_opts(location, options).await;
+        }
+        let (cell, range, bytes) = self.read(&cache, location, options.range.as_ref()).await?;
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(
+                futures::stream::once(async move { Ok(bytes) }).boxed(),
+            ),
+            meta: meta_of(location, &cell),
+            range,
+            attributes: Attributes::default(),
+        })
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        let cache = match self.cache.load_full() {
+            Some(cache) if is_cell_key(location) => cache,
+            _ => return self.inner.get_ranges(location, ranges).await,
+        };
+        let mut out = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let range = object_store::GetRange::Bounded(range.clone());
+            out.push(self.read(&cache, location, Some(&range)).await?.2);
+        }
+        Ok(out)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        // A deleted cell (vacuum) leaves the cache too.
+        let cache = self.cache.load_full();
+        let locations = locations
+            .inspect(move |location| {
+                if let (Some(cache), Ok(location)) = (&cache, location) {
+                    cache.remove(location.as_ref());
+                }
+            })
+            .boxed();
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_cells_are_cacheable() {
+        for cell in [
+            "h/b/f/data/x.parquet",
+            "h/b/f/data/country=us/x.parquet",
+            "h/b/f/data/a=1/b=2/x.parquet",
+        ] {
+            assert!(is_cell_key(&Path::from(cell)), "{cell}");
+        }
+        for other in [
+            "h/b/f/_ledger/00000000000000000001.json",
+            "h/b/f/_checkpoints/_last",
+            "_heartbeats/node_a.json",
+            "_queries/q/results/1-1.arrow",
+            "h/b/f/data/x.json",
+            "h/b/data/x.parquet",
+            "x.parquet",
+        ] {
+            assert!(!is_cell_key(&Path::from(other)), "{other}");
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The cell cache on its own: recovery, the budget, checksums, single flight, one directory
+//! per node, and the object store wrapper in front of a counted store.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use apiary_cache::{CacheConfig, CacheError, CachingStore, CellCache};
+use apiary_storage::object_store::path::Path;
+use apiary_storage::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use apiary_storage::{CountsHandle, FaultConfig, InstrumentedStore, StorageUri, object_store_for};
+use bytes::Bytes;
+
+fn config(dir: &std::path::Path, capacity_bytes: u64) -> CacheConfig {
+    CacheConfig {
+        dir: dir.to_path_buf(),
+        capacity_bytes,
+    }
+}
+
+fn data(seed: u8, len: usize) -> Bytes {
+    Bytes::from(
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn files_on_disk(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect()
+}
+
+fn bytes_on_disk(dir: &std::path::Path) -> u64 {
+    files_on_disk(dir, "cell")
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+#[test]
+fn a_restarted_cache_keeps_its_cells_and_reads_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cell = data(1, 3 << 20 | 17);
+    {
+        let cache = CellCache::open(config(dir.path(), 64 << 20)).unwrap();
+        cache
+            .insert(
+                "h/b/f/data/a.parquet",
+                &cell,
+                1_700_000_000_000,
+                Some("e1".into()),
+            )
+            .unwrap();
+        assert_eq!(cache.counts().cells, 1);
+    }
+    // Leftovers of an interrupted write are cleaned up at start.
+    std::fs::write(dir.path().join("junk.tmp"), b"half").unwrap();
+    std::fs::write(dir.path().join("orphan.cell"), b"no meta").unwrap();
+    let cache = CellCache::open(config(dir.path(), 64 << 20)).unwrap();
+    let found = cache.peek("h/b/f/data/a.parquet").expect("recovered");
+    assert_eq!(found.size(), cell.len() as u64);
+    assert_eq!(found.e_tag(), Some("e1"));
+    assert_eq!(found.read(0..found.size()).unwrap(), cell);
+    let range = (1 << 20) - 5..(2 << 20) + 9;
+    assert_eq!(
+        found.read(range.clone()).unwrap(),
+        cell.slice(range.start as usize..range.end as usize)
+    );
+    assert!(!dir.path().join("junk.tmp").exists());
+    assert!(!dir.path().join("orphan.cell").exists());
+}
+
+#[test]
+fn the_budget_holds_under_a_larger_workload_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 1 << 20;
+    {
+        let cache = CellCache::open(config(dir.path(), budget)).unwrap();
+        for i in 0..40u8 {
+            let key = format!("h/b/f/data/c{i}.parquet");
+            let cell = cache.insert(&key, &data(i, 100 << 10), 0, None).unwrap();
+            drop(cell);
+            assert!(cache.counts().bytes <= budget, "{:?}", cache.counts());
+            assert!(
+                bytes_on_disk(dir.path()) <= budget,
+                "evicted files are deleted"
+            );
+        }
+        assert!(cache.counts().cells >= 5, "{:?}", cache.counts());
+        // A cell larger than the whole budget is served, never kept.
+        let huge = cache
+            .insert("h/b/f/data/huge.parquet", &data(9, 2 << 20), 0, None)
+            .unwrap();
+        assert_eq!(huge.read(0..10).unwrap(), data(9, 2 << 20).slice(0..10));
+        drop(huge);
+        assert!(!cache.contains("h/b/f/data/huge.parquet"));
+        assert!(bytes_on_disk(dir.path()) <= budget);
+    }
+    // Reopened with a smaller budget: it evicts down to it at start.
+    let cache = CellCache::open(config(dir.path(), budget / 4)).unwrap();
+    assert!(cache.counts().bytes <= budget / 4, "{:?}", cache.counts());
+    assert!(bytes_on_disk(dir.path()) <= budget / 4);
+}
+
+#[test]
+fn a_damaged_file_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CellCache::open(config(dir.path(), 64 << 20)).unwrap();
+    let cell = data(3, 2 << 20);
+    let cached = cache
+        .insert("h/b/f/data/a.parquet", &cell, 0, None)
+        .unwrap();
+    let file = files_on_disk(dir.path(), "cell").pop().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[(1 << 20) + 7] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    // The damaged block is caught; the intact first block still reads.
+    assert_eq!(cached.read(0..100).unwrap(), cell.slice(0..100));
+    assert!(matches!(
+        cached.read(0..cell.len() as u64),
+        Err(CacheError::Damaged { .. })
+    ));
+    // A truncated file is dropped at the next start.
+    std::fs::write(&file, &bytes[..1000]).unwrap();
+    drop(cached);
+    drop(cache);
+    let cache = CellCache::open(config(dir.path(), 64 << 20)).unwrap();
+    assert!(!cache.contains("h/b/f/data/a.parquet"));
+}
+
+#[test]
+fn one_directory_belongs_to_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = CellCache::open(config(dir.path(), 1 << 20)).unwrap();
+    let second = CellCache::open(config(dir.path(), 1 << 20)).unwrap_err();
+    assert!(matches!(second, CacheError::InUse { .. }), "{second}");
+    assert!(second.to_string().contains("--cache-dir"), "{second}");
+}
+
+/// A counted memory store behind a caching store with a cache in `dir`.
+fn cached_store(
+    dir: &std::path::Path,
+    budget: u64,
+) -> (Arc<dyn ObjectStore>, Arc<dyn ObjectStore>, CountsHandle) {
+    let (store, _) = object_store_for(&StorageUri::Memory).unwrap();
+    let counted = InstrumentedStore::new(Arc::clone(&store), FaultConfig::none());
+    let counts = counted.counts();
+    let caching = CachingStore::new(Arc::new(counted));
+    caching.set_cache(Some(Arc::new(
+        CellCache::open(config(dir, budget)).unwrap(),
+    )));
+    (Arc::new(caching), store, counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_misses_on_one_cell_fetch_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (caching, raw, counts) = cached_store(dir.path(), 64 << 20);
+    let key = Path::from("h/b/f/data/x.parquet");
+    let cell = data(5, 4 << 20);
+    raw.put(&key, PutPayload::from(cell.clone())).await.unwrap();
+    let readers: Vec<_> = (0..8u64)
+        .map(|i| {
+            let (caching, key) = (Arc::clone(&caching), key.clone());
+            tokio::spawn(async move { caching.get_range(&key, i * 1000..i * 1000 + 500).await })
+        })
+        .collect();
+    for (i, reader) in readers.into_iter().enumerate() {
+        let got = reader.await.unwrap().unwrap();
+        let at = i * 1000;
+        assert_eq!(got, cell.slice(at..at + 500));
+    }
+    assert_eq!(
+        counts.snapshot().cell_get,
+        1,
+        "one fetch for eight concurrent misses"
+    );
+    // And from now on, from disk: a footer read, a whole read, a HEAD.
+    let len = cell.len() as u64;
+    assert_eq!(
+        caching.get_range(&key, len - 8..len).await.unwrap(),
+        cell.slice(cell.len() - 8..)
+    );
+    assert_eq!(
+        caching.get(&key).await.unwrap().bytes().await.unwrap(),
+        cell
+    );
+    assert_eq!(caching.head(&key).await.unwrap().size, len);
+    assert_eq!(counts.snapshot().cell_get, 1);
+    assert_eq!(counts.snapshot().head, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_cached_cell_is_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (caching, raw, counts) = cached_store(dir.path(), 64 << 20);
+    let key = Path::from("h/b/f/data/x.parquet");
+    let cell = data(6, 2 << 20);
+    raw.put(&key, PutPayload::from(cell.clone())).await.unwrap();
+    caching.get_range(&key, 0..10).await.unwrap();
+    let file = files_on_disk(dir.path(), "cell").pop().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[12345] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    let got = caching.get_range(&key, 12_000..13_000).await.unwrap();
+    assert_eq!(
+        got,
+        cell.slice(12_000..13_000),
+        "the right bytes, not the damaged ones"
+    );
+    assert_eq!(counts.snapshot().cell_get, 2, "fetched again");
+    assert!(!file.exists(), "the damaged file is gone");
+}
+
+#[tokio::test]
+async fn only_cells_go_through_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (caching, raw, counts) = cached_store(dir.path(), 64 << 20);
+    let ledger = Path::from("h/b/f/_ledger/00000000000000000001.json");
+    raw.put(&ledger, PutPayload::from_static(b"{}"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        caching.get(&ledger).await.unwrap();
+    }
+    assert_eq!(
+        counts.snapshot().get,
+        3,
+        "ledger objects are read from storage every time"
+    );
+    assert!(files_on_disk(dir.path(), "cell").is_empty());
+    // A missing cell is storage's NotFound, unchanged.
+    let missing = caching
+        .get(&Path::from("h/b/f/data/none.parquet"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            missing,
+            apiary_storage::object_store::Error::NotFound { .. }
+        ),
+        "{missing}"
+    );
+}
