@@ -21,4 +21,4 @@ mod store;
 
 pub use disk::{BLOCK_BYTES, CacheConfig, CacheCounts, CachedCell, CellCache};
 pub use error::{CacheError, Result};
-pub use store::{CachingStore, is_cell_key};
+pub use store::{CachingStore, ScanCounters, is_cell_key};

@@ -30,6 +30,37 @@ pub fn is_cell_key(key: &Path) -> bool {
         && parts.next().is_some()
 }
 
+/// What one reader (a frame scan, a distributed task) got from the cache and from storage.
+#[derive(Debug, Default)]
+pub struct ScanCounters {
+    /// Cell reads served from the node's disk.
+    pub hits: std::sync::atomic::AtomicU64,
+    /// Cell reads that went to storage (fetching the cell into the cache, or reading it
+    /// directly where no cache is installed).
+    pub misses: std::sync::atomic::AtomicU64,
+    /// Bytes read from storage.
+    pub bytes_from_storage: std::sync::atomic::AtomicU64,
+    /// Bytes read from the node's disk.
+    pub bytes_from_cache: std::sync::atomic::AtomicU64,
+}
+
+impl ScanCounters {
+    fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The counts as `(hits, misses, bytes from storage, bytes from cache)`.
+    pub fn get(&self) -> (u64, u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.hits.load(Relaxed),
+            self.misses.load(Relaxed),
+            self.bytes_from_storage.load(Relaxed),
+            self.bytes_from_cache.load(Relaxed),
+        )
+    }
+}
+
 /// Serves cells from a [`CellCache`] (whole-object and ranged GETs, HEADs) and passes every
 /// other request, and every request while no cache is installed, to the inner store.
 /// A GET with conditions (`if_match`, versions, …) always goes to storage.
@@ -129,9 +160,19 @@ impl CachingStore {
         cache: &CellCache,
         key: &Path,
         range: Option<&object_store::GetRange>,
+        counters: Option<&ScanCounters>,
     ) -> object_store::Result<(Arc<CachedCell>, Range<u64>, Bytes)> {
         for _ in 0..2 {
             let (cell, fetched) = self.cell(cache, key).await?;
+            if let Some(c) = counters {
+                match &fetched {
+                    Some(bytes) => {
+                        ScanCounters::add(&c.misses, 1);
+                        ScanCounters::add(&c.bytes_from_storage, bytes.len() as u64);
+                    }
+                    None => ScanCounters::add(&c.hits, 1),
+                }
+            }
             let range = match range {
                 Some(r) => r
                     .as_range(cell.size())
@@ -157,6 +198,9 @@ impl CachingStore {
             match read {
                 Ok(bytes) => {
                     cache.note_read(bytes.len() as u64);
+                    if let Some(c) = counters {
+                        ScanCounters::add(&c.bytes_from_cache, bytes.len() as u64);
+                    }
                     return Ok((cell, range, bytes));
                 }
                 Err(CacheError::Damaged { .. }) => cache.note_damaged(key.as_ref()),
@@ -208,31 +252,7 @@ impl ObjectStore for CachingStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        let cache = match self.cache.load_full() {
-            Some(cache) if is_cell_key(location) && plain(&options) => cache,
-            _ => return self.inner.get_opts(location, options).await,
-        };
-        if options.head {
-            if let Some(cell) = cache.peek(location.as_ref()) {
-                let meta = meta_of(location, &cell);
-                return Ok(GetResult {
-                    range: 0..meta.size,
-                    payload: GetResultPayload::Stream(futures::stream::empty().boxed()),
-                    meta,
-                    attributes: Attributes::default(),
-                });
-            }
-            return self.inner.get_opts(location, options).await;
-        }
-        let (cell, range, bytes) = self.read(&cache, location, options.range.as_ref()).await?;
-        Ok(GetResult {
-            payload: GetResultPayload::Stream(
-                futures::stream::once(async move { Ok(bytes) }).boxed(),
-            ),
-            meta: meta_of(location, &cell),
-            range,
-            attributes: Attributes::default(),
-        })
+        self.get_opts_with(location, options, None).await
     }
 
     async fn get_ranges(
@@ -240,16 +260,7 @@ impl ObjectStore for CachingStore {
         location: &Path,
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
-        let cache = match self.cache.load_full() {
-            Some(cache) if is_cell_key(location) => cache,
-            _ => return self.inner.get_ranges(location, ranges).await,
-        };
-        let mut out = Vec::with_capacity(ranges.len());
-        for range in ranges {
-            let range = object_store::GetRange::Bounded(range.clone());
-            out.push(self.read(&cache, location, Some(&range)).await?.2);
-        }
-        Ok(out)
+        self.get_ranges_with(location, ranges, None).await
     }
 
     fn delete_stream(
@@ -291,6 +302,177 @@ impl ObjectStore for CachingStore {
         options: CopyOptions,
     ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+}
+
+impl CachingStore {
+    /// A view of this store that counts what its reads got from the cache and from storage
+    /// in `counters` (a frame scan registers one per scan).
+    pub fn counted(self: &Arc<Self>, counters: Arc<ScanCounters>) -> Arc<dyn ObjectStore> {
+        Arc::new(CountedView {
+            store: Arc::clone(self),
+            counters,
+        })
+    }
+
+    async fn get_opts_with(
+        &self,
+        location: &Path,
+        options: GetOptions,
+        counters: Option<&ScanCounters>,
+    ) -> object_store::Result<GetResult> {
+        let cache = match self.cache.load_full() {
+            Some(cache) if is_cell_key(location) && plain(&options) => cache,
+            _ => {
+                let result = self.inner.get_opts(location, options).await?;
+                if let Some(c) = counters {
+                    ScanCounters::add(&c.misses, 1);
+                    ScanCounters::add(&c.bytes_from_storage, result.range.end - result.range.start);
+                }
+                return Ok(result);
+            }
+        };
+        if options.head {
+            if let Some(cell) = cache.peek(location.as_ref()) {
+                let meta = meta_of(location, &cell);
+                return Ok(GetResult {
+                    range: 0..meta.size,
+                    payload: GetResultPayload::Stream(futures::stream::empty().boxed()),
+                    meta,
+                    attributes: Attributes::default(),
+                });
+            }
+            return self.inner.get_opts(location, options).await;
+        }
+        let (cell, range, bytes) = self
+            .read(&cache, location, options.range.as_ref(), counters)
+            .await?;
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(
+                futures::stream::once(async move { Ok(bytes) }).boxed(),
+            ),
+            meta: meta_of(location, &cell),
+            range,
+            attributes: Attributes::default(),
+        })
+    }
+
+    async fn get_ranges_with(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+        counters: Option<&ScanCounters>,
+    ) -> object_store::Result<Vec<Bytes>> {
+        let cache = match self.cache.load_full() {
+            Some(cache) if is_cell_key(location) => cache,
+            _ => {
+                let out = self.inner.get_ranges(location, ranges).await?;
+                if let Some(c) = counters {
+                    ScanCounters::add(&c.misses, ranges.len() as u64);
+                    let bytes = out.iter().map(|b| b.len() as u64).sum();
+                    ScanCounters::add(&c.bytes_from_storage, bytes);
+                }
+                return Ok(out);
+            }
+        };
+        let mut out = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let range = object_store::GetRange::Bounded(range.clone());
+            out.push(self.read(&cache, location, Some(&range), counters).await?.2);
+        }
+        Ok(out)
+    }
+}
+
+/// A [`CachingStore`] whose reads are counted for one reader.
+struct CountedView {
+    store: Arc<CachingStore>,
+    counters: Arc<ScanCounters>,
+}
+
+impl fmt::Debug for CountedView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CountedView")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl fmt::Display for CountedView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Counted({})", self.store)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for CountedView {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.store.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.store.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.store
+            .get_opts_with(location, options, Some(&self.counters))
+            .await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        self.store
+            .get_ranges_with(location, ranges, Some(&self.counters))
+            .await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.store.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.store.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.store.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.store.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.store.copy_opts(from, to, options).await
     }
 }
 

@@ -99,6 +99,24 @@ async fn answer(ap: &Apiary) -> String {
         .to_string()
 }
 
+async fn explain_analyze(ap: &Apiary) -> String {
+    use apiary::apiary_query::datafusion::arrow::array::AsArray;
+    let result = ap.sql(&format!("EXPLAIN ANALYZE {QUERY}")).await.unwrap();
+    let mut text = String::new();
+    for batch in result.batches() {
+        let plans = apiary::apiary_query::datafusion::arrow::compute::cast(
+            batch.column(1),
+            &arrow_schema::DataType::Utf8,
+        )
+        .unwrap();
+        for plan in plans.as_string::<i32>().iter().flatten() {
+            text.push_str(plan);
+            text.push('\n');
+        }
+    }
+    text
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_queries_read_cells_from_the_nodes_disk() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,6 +153,17 @@ async fn warm_queries_read_cells_from_the_nodes_disk() {
         second.cell_get, 0,
         "a warm query reads no cell from storage: {second:?}"
     );
+    // EXPLAIN ANALYZE says where each scan's bytes came from.
+    let analyzed = explain_analyze(&ap).await;
+    let scan = analyzed
+        .lines()
+        .find(|l| l.contains("FrameScanExec"))
+        .unwrap_or_else(|| panic!("{analyzed}"));
+    assert!(
+        scan.contains("cache_misses=0") && scan.contains("bytes_from_storage=0"),
+        "{scan}"
+    );
+    assert!(!scan.contains("cache_hits=0"), "{scan}");
     let cache = ap.status(&node(dir.path(), "a")).cache.unwrap();
     assert!(cache.hits > 0 && cache.cells == 12, "{cache:?}");
     // The heartbeat says which cells this node holds, for the distributed planner.

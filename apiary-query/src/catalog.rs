@@ -13,9 +13,9 @@ use apiary_ledger::{FrameRef, LedgerError, Registry, validate_name};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, TableProvider};
 use datafusion::error::Result as DfResult;
-use datafusion::execution::object_store::ObjectStoreUrl;
 
 use crate::error::QueryError;
+use crate::scans::ScanStores;
 use crate::table::{FrameIndex, FrameTable};
 
 /// The default catalog and schema of a session that has not run `USE`. Names starting with
@@ -27,7 +27,7 @@ pub(crate) const NO_BOX: &str = "_no_box";
 #[derive(Debug)]
 pub struct ApiaryCatalog {
     registry: Arc<Registry>,
-    store: ObjectStoreUrl,
+    scans: Arc<ScanStores>,
     indexes: Mutex<HashMap<FrameRef, Arc<FrameIndex>>>,
     pins: Option<HashMap<FrameRef, Pinned>>,
 }
@@ -42,12 +42,11 @@ pub struct Pinned {
 }
 
 impl ApiaryCatalog {
-    /// A catalog over `registry`, whose cells DataFusion reads through the object store
-    /// registered for `store`.
-    pub fn new(registry: Arc<Registry>, store: ObjectStoreUrl) -> Self {
+    /// A catalog over `registry`, whose cells DataFusion reads through `scans`.
+    pub fn new(registry: Arc<Registry>, scans: Arc<ScanStores>) -> Self {
         Self {
             registry,
-            store,
+            scans,
             indexes: Mutex::default(),
             pins: None,
         }
@@ -59,7 +58,7 @@ impl ApiaryCatalog {
     pub fn pinned(&self, pins: HashMap<FrameRef, Pinned>) -> Self {
         Self {
             registry: Arc::clone(&self.registry),
-            store: self.store.clone(),
+            scans: Arc::clone(&self.scans),
             indexes: Mutex::default(),
             pins: Some(pins),
         }
@@ -88,7 +87,7 @@ impl ApiaryCatalog {
                 FrameIndex::build(frame, pin.version, &subset)?
             }
         };
-        Ok(FrameTable::new(Arc::new(index), self.store.clone()))
+        Ok(FrameTable::new(Arc::new(index), Arc::clone(&self.scans)))
     }
 
     /// The registry.
@@ -133,7 +132,7 @@ impl ApiaryCatalog {
                 index
             }
         };
-        Ok(FrameTable::new(index, self.store.clone()))
+        Ok(FrameTable::new(index, Arc::clone(&self.scans)))
     }
 
     /// Why `frame` cannot be found: a missing hive or box is named as such.

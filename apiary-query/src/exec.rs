@@ -9,6 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use apiary_cache::ScanCounters;
 use datafusion::common::Result;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Statistics;
@@ -23,7 +24,9 @@ use datafusion::physical_plan::execution_plan::{
 use datafusion::physical_plan::filter_pushdown::{
     ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
 };
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, Metric, MetricBuilder, MetricValue, MetricsSet,
+};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::sort_pushdown::SortOrderPushdownResult;
 use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
@@ -57,11 +60,18 @@ pub struct FrameScanExec {
     input: Arc<dyn ExecutionPlan>,
     summary: Arc<ScanSummary>,
     metrics: ExecutionPlanMetricsSet,
+    /// What this scan's reads got from the cell cache and from storage.
+    reads: Option<Arc<ScanCounters>>,
 }
 
 impl FrameScanExec {
-    /// Wraps `input`, the scan of the cells `summary` describes.
-    pub fn new(input: Arc<dyn ExecutionPlan>, summary: ScanSummary) -> Self {
+    /// Wraps `input`, the scan of the cells `summary` describes, whose reads are counted in
+    /// `reads`.
+    pub fn new(
+        input: Arc<dyn ExecutionPlan>,
+        summary: ScanSummary,
+        reads: Option<Arc<ScanCounters>>,
+    ) -> Self {
         let metrics = ExecutionPlanMetricsSet::new();
         for (name, value) in [
             ("cells_total", summary.cells_total),
@@ -74,7 +84,14 @@ impl FrameScanExec {
             input,
             summary: Arc::new(summary),
             metrics,
+            reads,
         }
+    }
+
+    /// What this scan read so far: `(cache hits, cache misses, bytes from storage, bytes
+    /// from the cache)`.
+    pub fn reads(&self) -> (u64, u64, u64, u64) {
+        self.reads.as_ref().map_or((0, 0, 0, 0), |r| r.get())
     }
 
     /// What the ledger contributed to this scan.
@@ -92,6 +109,7 @@ impl FrameScanExec {
             input,
             summary: Arc::clone(&self.summary),
             metrics: self.metrics.clone(),
+            reads: self.reads.clone(),
         }
     }
 
@@ -195,7 +213,25 @@ impl ExecutionPlan for FrameScanExec {
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
+        let mut set = self.metrics.clone_inner();
+        let (hits, misses, from_storage, from_cache) = self.reads();
+        for (name, value) in [
+            ("cache_hits", hits),
+            ("cache_misses", misses),
+            ("bytes_from_storage", from_storage),
+            ("bytes_from_cache", from_cache),
+        ] {
+            let count = Count::new();
+            count.add(value as usize);
+            set.push(Arc::new(Metric::new(
+                MetricValue::Count {
+                    name: name.into(),
+                    count,
+                },
+                None,
+            )));
+        }
+        Some(set)
     }
 
     fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {

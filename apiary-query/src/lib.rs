@@ -16,6 +16,7 @@ pub mod distributed;
 mod error;
 mod exec;
 mod output;
+pub mod scans;
 mod session;
 mod statement;
 pub mod stats;

@@ -4,12 +4,8 @@ use std::sync::Arc;
 
 use apiary_cache::CachingStore;
 use apiary_ledger::{FrameRef, Registry};
-use apiary_storage::object_store::ObjectStore;
 use arrow_array::RecordBatch;
-use datafusion::common::Result as DfResult;
-use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::object_store::{ObjectStoreRegistry, ObjectStoreUrl};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionState;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
@@ -17,19 +13,16 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use std::panic::AssertUnwindSafe;
 
 use futures::{FutureExt, TryStreamExt};
-use url::Url;
 
 use crate::catalog::{ApiaryCatalog, HiveList, NO_BOX, NO_HIVE, Pinned};
 use crate::distributed::{self, Cluster, DistributeMode, DistributedTable};
 use crate::error::{QueryError, Result};
 use crate::output::{self, QueryResult};
+use crate::scans::{OnlyApiaryStorage, ScanStores};
 use crate::statement::{self, Command};
 use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::{Analyze, Explain, LogicalPlan, LogicalPlanBuilder};
 use std::collections::HashMap;
-
-/// The URL under which DataFusion finds the node's storage.
-const STORE_URL: &str = "apiary://storage";
 
 /// How queries run on this node.
 #[derive(Debug, Clone)]
@@ -49,34 +42,6 @@ impl Default for QueryOptions {
     }
 }
 
-/// Only the node's own storage: no `file://`, no URLs a query names. DataFusion's default
-/// registry serves the local file system; this one serves nothing but Apiary's store.
-#[derive(Debug)]
-struct OnlyApiaryStorage {
-    url: Url,
-    store: Arc<dyn ObjectStore>,
-}
-
-impl ObjectStoreRegistry for OnlyApiaryStorage {
-    fn register_store(
-        &self,
-        _url: &Url,
-        _store: Arc<dyn ObjectStore>,
-    ) -> Option<Arc<dyn ObjectStore>> {
-        None
-    }
-
-    fn get_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
-        if url.scheme() == self.url.scheme() && url.host_str() == self.url.host_str() {
-            Ok(Arc::clone(&self.store))
-        } else {
-            Err(DataFusionError::Plan(format!(
-                "`{url}` is outside Apiary's storage; SQL reads frames only"
-            )))
-        }
-    }
-}
-
 /// Runs SQL over one storage root. Cheap to share; every session starts from the same
 /// prepared DataFusion state (functions, configuration, catalog, object store).
 #[derive(Debug, Clone)]
@@ -91,15 +56,9 @@ pub struct QueryEngine {
 impl QueryEngine {
     /// An engine over `registry`, reading cells through the registry's storage backend.
     pub fn new(registry: Arc<Registry>, options: QueryOptions) -> Result<Self> {
-        let url = ObjectStoreUrl::parse(STORE_URL)?;
         let cells = Arc::new(CachingStore::new(registry.backend().object_store()));
-        let store: Arc<dyn ObjectStore> = Arc::clone(&cells) as Arc<dyn ObjectStore>;
-        let objects = Arc::new(OnlyApiaryStorage {
-            url: Url::parse(STORE_URL).map_err(|e| {
-                QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e)
-            })?,
-            store,
-        });
+        let scans = Arc::new(ScanStores::new(Arc::clone(&cells)));
+        let objects = Arc::new(OnlyApiaryStorage(Arc::clone(&scans)));
         let mut runtime = RuntimeEnvBuilder::new().with_object_store_registry(objects);
         if let Some(limit) = options.memory_limit {
             runtime = runtime.with_memory_limit(limit, 1.0);
@@ -109,7 +68,7 @@ impl QueryEngine {
             .with_information_schema(false)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(NO_HIVE, NO_BOX);
-        let catalog = Arc::new(ApiaryCatalog::new(registry, url));
+        let catalog = Arc::new(ApiaryCatalog::new(registry, scans));
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime.build_arc()?)

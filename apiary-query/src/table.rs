@@ -31,7 +31,6 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::listing::helpers::expr_applicable_for_cols;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::expr_rewriter::unnormalize_col;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
@@ -40,6 +39,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 
 use crate::exec::{FrameScanExec, ScanSummary};
+use crate::scans::ScanStores;
 use crate::stats::{self, CellFacts, CellPruningStats};
 
 /// Cells are immutable and uniquely named, so every cell gets the same modification time;
@@ -391,14 +391,14 @@ fn is_partition_filter(partition_by: &[String], filter: &Expr) -> bool {
 #[derive(Debug, Clone)]
 pub struct FrameTable {
     index: Arc<FrameIndex>,
-    store: ObjectStoreUrl,
+    scans: Arc<ScanStores>,
 }
 
 impl FrameTable {
-    /// A table over `index`, whose cells are read from the object store registered for
-    /// `store`.
-    pub fn new(index: Arc<FrameIndex>, store: ObjectStoreUrl) -> Self {
-        Self { index, store }
+    /// A table over `index`, whose cells are read through `scans` (each scan counted on
+    /// its own).
+    pub fn new(index: Arc<FrameIndex>, scans: Arc<ScanStores>) -> Self {
+        Self { index, scans }
     }
 
     /// The ledger version's scan index.
@@ -526,7 +526,7 @@ impl TableProvider for FrameTable {
         if selected.is_empty() {
             let empty: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(projected));
             return Ok(ScanResult::new(Arc::new(FrameScanExec::new(
-                empty, summary,
+                empty, summary, None,
             ))));
         }
         let kept: Vec<_> = selected.iter().map(|&i| &index.cells[i].facts).collect();
@@ -541,15 +541,19 @@ impl TableProvider for FrameTable {
         let table_schema = TableSchema::builder(Arc::clone(&index.file_schema))
             .with_table_partition_cols(index.partition_fields.clone())
             .build();
-        let config =
-            FileScanConfigBuilder::new(self.store.clone(), format.file_source(table_schema))
-                .with_file_groups(groups)
-                .with_statistics(statistics)
-                .with_projection_indices(Some(projection))?
-                .with_limit(args.limit())
-                .build();
+        let (url, counters) = self.scans.register()?;
+        let config = FileScanConfigBuilder::new(url, format.file_source(table_schema))
+            .with_file_groups(groups)
+            .with_statistics(statistics)
+            .with_projection_indices(Some(projection))?
+            .with_limit(args.limit())
+            .build();
         let plan = format.create_physical_plan(state, config).await?;
-        Ok(ScanResult::new(Arc::new(FrameScanExec::new(plan, summary))))
+        Ok(ScanResult::new(Arc::new(FrameScanExec::new(
+            plan,
+            summary,
+            Some(counters),
+        ))))
     }
 }
 

@@ -51,6 +51,7 @@ fn report(node: &str, rows: u64) -> TaskReport {
         node_id: node.into(),
         rows,
         elapsed_ms: 1,
+        ..TaskReport::default()
     }
 }
 

@@ -51,6 +51,10 @@ pub struct TaskRun {
     pub rows: u64,
     /// Worker's time, in milliseconds.
     pub elapsed_ms: u64,
+    /// Cell reads the worker served from its cache, and those that went to storage.
+    pub cache: (u64, u64),
+    /// Bytes the worker read from storage.
+    pub bytes_from_storage: u64,
     /// Why earlier attempts were abandoned.
     pub retried: Vec<String>,
 }
@@ -174,8 +178,18 @@ impl DisplayAs for DistributedExec {
             for r in &runs {
                 write!(
                     f,
-                    "\n    task={} node={} attempt={} cells={} bytes={} rows={} time={}ms",
-                    r.task_id, r.node_id, r.attempt, r.cells, r.bytes, r.rows, r.elapsed_ms
+                    "\n    task={} node={} attempt={} cells={} bytes={} rows={} time={}ms \
+                     cache_hits={} cache_misses={} bytes_from_storage={}",
+                    r.task_id,
+                    r.node_id,
+                    r.attempt,
+                    r.cells,
+                    r.bytes,
+                    r.rows,
+                    r.elapsed_ms,
+                    r.cache.0,
+                    r.cache.1,
+                    r.bytes_from_storage
                 )?;
                 for cause in &r.retried {
                     write!(f, " (retried: {cause})")?;
@@ -393,6 +407,8 @@ impl Run {
                 bytes: t.spec.bytes,
                 rows: report.rows,
                 elapsed_ms: report.elapsed_ms,
+                cache: (report.cache_hits, report.cache_misses),
+                bytes_from_storage: report.bytes_from_storage,
                 retried: t.causes,
             });
             batches.extend(rows);

@@ -32,10 +32,15 @@ pub async fn run_task(
     };
     let mut report = TaskReport {
         node_id: node_id.to_string(),
-        rows: 0,
         elapsed_ms: started.elapsed().as_millis() as u64,
+        ..TaskReport::default()
     };
-    let outcome = ran.and_then(|batches| {
+    let outcome = ran.and_then(|(batches, reads)| {
+        (
+            report.cache_hits,
+            report.cache_misses,
+            report.bytes_from_storage,
+        ) = reads;
         report.rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         if report.rows == 0 {
             return Ok(TaskOutcome::Empty);
@@ -49,7 +54,24 @@ pub async fn run_task(
     }
 }
 
-async fn execute(engine: &QueryEngine, task: &TaskSpec) -> Result<Vec<RecordBatch>> {
+/// Cache hits, cache misses and bytes from storage of every frame scan in `plan`.
+fn reads_of(plan: &dyn datafusion::physical_plan::ExecutionPlan) -> (u64, u64, u64) {
+    let mut total = (0, 0, 0);
+    if let Some(scan) = plan.downcast_ref::<crate::FrameScanExec>() {
+        let (hits, misses, from_storage, _) = scan.reads();
+        total = (hits, misses, from_storage);
+    }
+    for child in plan.children() {
+        let (h, m, b) = reads_of(child.as_ref());
+        total = (total.0 + h, total.1 + m, total.2 + b);
+    }
+    total
+}
+
+async fn execute(
+    engine: &QueryEngine,
+    task: &TaskSpec,
+) -> Result<(Vec<RecordBatch>, (u64, u64, u64))> {
     let expected = task.expected_schema()?;
     let mut pins = HashMap::new();
     pins.insert(
@@ -81,7 +103,11 @@ async fn execute(engine: &QueryEngine, task: &TaskSpec) -> Result<Vec<RecordBatc
         plan = %datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(true),
         "task ran"
     );
-    batches.into_iter().map(|b| coerce(b, &expected)).collect()
+    let batches = batches
+        .into_iter()
+        .map(|b| coerce(b, &expected))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((batches, reads_of(plan.as_ref())))
 }
 
 /// `batch` with the expected schema: columns by position, cast where only the

@@ -44,6 +44,15 @@ pub struct TaskReport {
     pub rows: u64,
     /// Wall time from taking the task to publishing its outcome, in milliseconds.
     pub elapsed_ms: u64,
+    /// Cell reads the worker served from its cache.
+    #[serde(default)]
+    pub cache_hits: u64,
+    /// Cell reads that went to storage.
+    #[serde(default)]
+    pub cache_misses: u64,
+    /// Bytes the worker read from storage.
+    #[serde(default)]
+    pub bytes_from_storage: u64,
 }
 
 /// How a task ended.
