@@ -35,6 +35,7 @@ use apiary_swarm::{
 use arrow_array::RecordBatch;
 use tokio::sync::watch;
 
+mod admission;
 mod builder;
 mod cluster;
 
@@ -80,6 +81,15 @@ pub enum ApiaryError {
     /// The node's cell cache could not be opened or used.
     #[error(transparent)]
     Cache(#[from] apiary_cache::CacheError),
+    /// A node's local directory (state, scratch) could not be prepared.
+    #[error("{what}: {source}")]
+    LocalDisk {
+        /// What could not be done, and where.
+        what: String,
+        /// The file system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The call needs a running node (`Apiary::start` first), or one is running already.
     #[error("{0}")]
     Lifecycle(&'static str),
@@ -98,9 +108,25 @@ impl ApiaryError {
             ApiaryError::Swarm(e) => e.kind(),
             ApiaryError::Query(e) => e.kind(),
             ApiaryError::Cache(e) => e.kind(),
+            ApiaryError::LocalDisk { .. } => ErrorKind::Unavailable,
             ApiaryError::Lifecycle(_) => ErrorKind::Conflict,
         }
     }
+}
+
+/// Creates the node's scratch directory, emptied of what a killed run spilled.
+async fn prepare_scratch(dir: &std::path::Path) -> Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|source| ApiaryError::LocalDisk {
+            what: format!("cannot create the scratch directory {}", dir.display()),
+            source,
+        })
+    })
+    .await
+    .map_err(|_| ApiaryError::Lifecycle("preparing the scratch directory failed"))??;
+    Ok(())
 }
 
 /// Opens node `id`'s cell cache (recovering what a previous run left), unless its budget is
@@ -151,6 +177,9 @@ pub struct ApiaryOptions {
     pub distribute: DistributeSettings,
     /// Every new SQL session's `apiary.distribute`.
     pub distribute_mode: DistributeMode,
+    /// Memory each query may use when this handle is not a running node (whose bees decide
+    /// it); past it, queries spill to disk. `None`: unlimited.
+    pub query_memory: Option<usize>,
 }
 
 impl ApiaryOptions {
@@ -163,6 +192,7 @@ impl ApiaryOptions {
             swarm: SwarmConfig::default(),
             distribute: DistributeSettings::default(),
             distribute_mode: DistributeMode::default(),
+            query_memory: None,
         }
     }
 }
@@ -184,6 +214,7 @@ pub struct Apiary {
     swarm: SwarmConfig,
     distribute: DistributeSettings,
     distribute_mode: DistributeMode,
+    query_memory: Option<usize>,
 }
 
 impl std::fmt::Debug for Apiary {
@@ -263,6 +294,7 @@ impl Apiary {
             swarm: options.swarm,
             distribute: options.distribute,
             distribute_mode: options.distribute_mode,
+            query_memory: options.query_memory,
         }
     }
 
@@ -461,7 +493,17 @@ impl Apiary {
             Arc::clone(&self.tasks),
             stop,
         );
-        self.query_engine()?.set_cell_cache(cache.clone());
+        let engine = self.query_engine()?;
+        engine.set_cell_cache(cache.clone());
+        let scratch = options
+            .state_dir
+            .join("scratch")
+            .join(identity.node_id().as_str());
+        prepare_scratch(&scratch).await?;
+        engine.set_admission(Some(Arc::new(admission::BeeAdmission {
+            bees: Arc::clone(&bees),
+            scratch,
+        })));
         *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(RunningNode {
             agent,
             bees,
@@ -491,6 +533,7 @@ impl Apiary {
             let _ = node.stop_worker.send(true);
             if let Some(engine) = self.query.get() {
                 engine.set_cell_cache(None);
+                engine.set_admission(None);
             }
             left?;
         }
@@ -718,6 +761,7 @@ impl Apiary {
             Arc::clone(&self.registry),
             QueryOptions {
                 target_partitions: bees as usize,
+                memory_limit: self.query_memory,
                 ..QueryOptions::default()
             },
         )?

@@ -183,6 +183,10 @@ enum Command {
         /// Run here only, never split over the swarm (`SET apiary.distribute = 'never'`).
         #[arg(long)]
         local: bool,
+        /// Memory this query may use, e.g. 512MiB; past it, it spills to disk (unlimited
+        /// when unset).
+        #[arg(long, value_parser = memory)]
+        memory: Option<u64>,
     },
     /// Delete cell files no version within the retention needs.
     Vacuum {
@@ -311,8 +315,11 @@ async fn run(cli: Cli) -> CliResult<()> {
     options.distribute.task_timeout = cli.node.task_timeout;
     options.distribute.orphan_retention = cli.node.query_retention;
     options.distribute.auto_min_bytes = cli.node.distribute_min_bytes;
-    if let Command::Sql { local: true, .. } = &cli.command {
-        options.distribute_mode = apiary::apiary_query::distributed::DistributeMode::Never;
+    if let Command::Sql { local, memory, .. } = &cli.command {
+        if *local {
+            options.distribute_mode = apiary::apiary_query::distributed::DistributeMode::Never;
+        }
+        options.query_memory = memory.map(|m| m as usize);
     }
     let ap = Apiary::open_with(options).await?;
     let json = cli.json;

@@ -140,6 +140,17 @@ impl From<DataFusionError> for QueryError {
             DataFusionError::Collection(mut errors) if !errors.is_empty() => {
                 QueryError::from(errors.swap_remove(0))
             }
+            DataFusionError::ResourcesExhausted(ref what) => QueryError::failed(
+                format!(
+                    "the query needs more memory than its budget, even after spilling to disk \
+                     ({what}); give the node more memory (`apiary node --memory` / \
+                     APIARY_MEMORY), give a one-shot query more (`apiary sql --memory SIZE`), \
+                     or make the query smaller",
+                    what = what.split_whitespace().collect::<Vec<_>>().join(" ")
+                ),
+                ErrorKind::Unavailable,
+                e,
+            ),
             other => QueryError::failed(one_line(&other), datafusion_kind(&other), other),
         }
     }

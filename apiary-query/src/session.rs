@@ -17,6 +17,7 @@ use futures::{FutureExt, TryStreamExt};
 use crate::catalog::{ApiaryCatalog, HiveList, NO_BOX, NO_HIVE, Pinned};
 use crate::distributed::{self, Cluster, DistributeMode, DistributedTable};
 use crate::error::{QueryError, Result};
+use crate::memory::{self, Admission, Budget};
 use crate::output::{self, QueryResult};
 use crate::scans::{OnlyApiaryStorage, ScanStores};
 use crate::statement::{self, Command};
@@ -29,8 +30,12 @@ use std::collections::HashMap;
 pub struct QueryOptions {
     /// Partitions a scan is split into: the node's bees (cores).
     pub target_partitions: usize,
-    /// Memory all running queries may hold, in bytes; `None` for no limit.
+    /// Memory each query may hold, in bytes, where no [`Admission`](crate::Admission)
+    /// (a node's bees) decides it; `None` for no limit.
     pub memory_limit: Option<usize>,
+    /// Where queries spill when their memory is full (the system's temporary directory when
+    /// `None`, or the admission's).
+    pub scratch_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for QueryOptions {
@@ -38,6 +43,7 @@ impl Default for QueryOptions {
         Self {
             target_partitions: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_limit: None,
+            scratch_dir: None,
         }
     }
 }
@@ -51,6 +57,7 @@ pub struct QueryEngine {
     state: SessionState,
     cluster: Option<Cluster>,
     distribute: DistributeMode,
+    budget: Budget,
 }
 
 impl QueryEngine {
@@ -59,10 +66,7 @@ impl QueryEngine {
         let cells = Arc::new(CachingStore::new(registry.backend().object_store()));
         let scans = Arc::new(ScanStores::new(Arc::clone(&cells)));
         let objects = Arc::new(OnlyApiaryStorage(Arc::clone(&scans)));
-        let mut runtime = RuntimeEnvBuilder::new().with_object_store_registry(objects);
-        if let Some(limit) = options.memory_limit {
-            runtime = runtime.with_memory_limit(limit, 1.0);
-        }
+        let runtime = RuntimeEnvBuilder::new().with_object_store_registry(objects);
         let config = SessionConfig::new()
             .with_target_partitions(options.target_partitions.max(1))
             .with_information_schema(false)
@@ -81,7 +85,14 @@ impl QueryEngine {
             state,
             cluster: None,
             distribute: DistributeMode::default(),
+            budget: Budget::fixed(options.memory_limit, options.scratch_dir),
         })
+    }
+
+    /// Installs (or removes) what admits queries on this node (its bees): from then on a
+    /// query waits for one and runs with its memory, and a distributed task with its bee's.
+    pub fn set_admission(&self, admission: Option<Arc<dyn Admission>>) {
+        self.budget.set_admission(admission);
     }
 
     /// Installs (or removes) the node's cell cache: frame scans then read cells from local
@@ -149,6 +160,7 @@ impl QueryEngine {
         let catalog = Arc::new(self.catalog.pinned(pins));
         let mut state = SessionStateBuilder::new_from_existing(self.state.clone())
             .with_catalog_list(Arc::new(HiveList(catalog)))
+            .with_runtime_env(self.budget.task_runtime(self.state.runtime_env())?)
             .build();
         if let Some(hive) = scope.first() {
             let options = state.config_mut().options_mut();
@@ -322,9 +334,24 @@ impl SqlSession {
             .with_allow_dml(false)
             .with_allow_statements(true)
             .verify_plan(&plan)?;
-        let plan = self.maybe_distribute(plan).await?;
-        let frame = self.ctx.execute_logical_plan(plan).await?;
-        Ok(frame.execute_stream().await?)
+        let (plan, distributed) = self.maybe_distribute(plan).await?;
+        // A query that runs here waits for a free bee and runs under a memory pool of the
+        // bees it holds. A distributed one holds none while it waits for its tasks (which
+        // hold bees where they run), so coordinators can never wait on each other's bees;
+        // it merges within one bee's memory.
+        let state = self.ctx.state();
+        let (grant, runtime) = if distributed {
+            (None, self.engine.budget.task_runtime(state.runtime_env())?)
+        } else {
+            self.engine.budget.admit_query(state.runtime_env()).await?
+        };
+        let ctx = SessionContext::new_with_state(
+            SessionStateBuilder::new_from_existing(state)
+                .with_runtime_env(runtime)
+                .build(),
+        );
+        let frame = ctx.execute_logical_plan(plan).await?;
+        Ok(memory::holding(frame.execute_stream().await?, grant))
     }
 
     /// The session's `apiary.distribute` setting.
@@ -333,29 +360,37 @@ impl SqlSession {
     }
 
     /// `plan`, split over the swarm when the setting, the data and the workers say so.
-    async fn maybe_distribute(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
+    /// `plan`, split over the swarm when the setting, the data and the workers say so; and
+    /// whether it was.
+    async fn maybe_distribute(&self, plan: LogicalPlan) -> Result<(LogicalPlan, bool)> {
         if self.distribute == DistributeMode::Never || self.engine.cluster.is_none() {
-            return Ok(plan);
+            return Ok((plan, false));
         }
         Ok(match plan {
             LogicalPlan::Explain(explain) => match self.distribute_query(&explain.plan).await? {
-                Some(inner) => LogicalPlan::Explain(Explain {
-                    plan: Arc::new(inner),
-                    ..explain
-                }),
-                None => LogicalPlan::Explain(explain),
+                Some(inner) => (
+                    LogicalPlan::Explain(Explain {
+                        plan: Arc::new(inner),
+                        ..explain
+                    }),
+                    true,
+                ),
+                None => (LogicalPlan::Explain(explain), false),
             },
             LogicalPlan::Analyze(analyze) => match self.distribute_query(&analyze.input).await? {
-                Some(inner) => LogicalPlan::Analyze(Analyze {
-                    input: Arc::new(inner),
-                    ..analyze
-                }),
-                None => LogicalPlan::Analyze(analyze),
+                Some(inner) => (
+                    LogicalPlan::Analyze(Analyze {
+                        input: Arc::new(inner),
+                        ..analyze
+                    }),
+                    true,
+                ),
+                None => (LogicalPlan::Analyze(analyze), false),
             },
-            LogicalPlan::Statement(_) | LogicalPlan::DescribeTable(_) => plan,
+            LogicalPlan::Statement(_) | LogicalPlan::DescribeTable(_) => (plan, false),
             query => match self.distribute_query(&query).await? {
-                Some(distributed) => distributed,
-                None => query,
+                Some(distributed) => (distributed, true),
+                None => (query, false),
             },
         })
     }

@@ -72,6 +72,24 @@ impl Bees {
         })
     }
 
+    /// A free bee now, if there is one and nobody is waiting for one; never waits.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Bee> {
+        if !self.accepting.load(Ordering::Acquire) || self.queued.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let permit = Arc::clone(&self.slots).try_acquire_owned().ok()?;
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Some(Bee {
+            bees: Arc::clone(self),
+            _permit: permit,
+        })
+    }
+
+    /// Memory of one bee, in bytes.
+    pub fn memory_per_bee(&self) -> u64 {
+        self.memory_budget / u64::from(self.total)
+    }
+
     /// Whether new work is still taken (false once the node is leaving).
     pub fn accepting(&self) -> bool {
         self.accepting.load(Ordering::Acquire)

@@ -1,0 +1,152 @@
+//! Memory budgets of queries: every query runs under a DataFusion memory pool of its own,
+//! sized from what it was admitted with, and spills to the node's scratch directory when the
+//! pool is full (sorts, aggregations and joins that support spilling do; a query that cannot
+//! fit fails with an error that says so and what to set).
+//!
+//! On a node, [`Admission`] is the bees: a query waits for a free bee and runs with the
+//! memory of the bees it holds. Elsewhere (a one-shot `apiary sql --memory 1GiB`) a fixed
+//! budget applies; without either, memory is not limited.
+
+use std::any::Any;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, UnboundedMemoryPool};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
+
+use crate::error::Result;
+
+/// What a query was admitted with: its memory, and whatever it holds while it runs (bees),
+/// released when the grant drops.
+pub struct Grant {
+    /// Bytes the query's memory pool holds.
+    pub memory_bytes: usize,
+    /// Bees (or other capacity) held until the query's stream ends.
+    pub hold: Box<dyn Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("memory_bytes", &self.memory_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Admits queries on a node: waits until it may run, and says with how much memory.
+#[async_trait]
+pub trait Admission: Send + Sync + std::fmt::Debug {
+    /// Waits for capacity (a free bee) and grants it.
+    async fn admit(&self) -> Result<Grant>;
+
+    /// The memory one distributed task runs with (the bee that runs it).
+    fn task_memory(&self) -> usize;
+
+    /// Where queries spill.
+    fn scratch_dir(&self) -> Option<PathBuf>;
+}
+
+/// How an engine budgets memory, shared by its clones.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Budget {
+    admission: Arc<Mutex<Option<Arc<dyn Admission>>>>,
+    fixed: Option<usize>,
+    scratch: Option<PathBuf>,
+}
+
+impl Budget {
+    pub(crate) fn fixed(bytes: Option<usize>, scratch: Option<PathBuf>) -> Self {
+        Self {
+            admission: Arc::default(),
+            fixed: bytes,
+            scratch,
+        }
+    }
+
+    pub(crate) fn set_admission(&self, admission: Option<Arc<dyn Admission>>) {
+        *self.admission.lock().unwrap_or_else(|p| p.into_inner()) = admission;
+    }
+
+    fn admission(&self) -> Option<Arc<dyn Admission>> {
+        self.admission
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Admits a query: its grant (when there is an admission) and the runtime it runs in.
+    pub(crate) async fn admit_query(
+        &self,
+        base: &RuntimeEnv,
+    ) -> Result<(Option<Grant>, Arc<RuntimeEnv>)> {
+        match self.admission() {
+            Some(admission) => {
+                let grant = admission.admit().await?;
+                let runtime = runtime(base, Some(grant.memory_bytes), admission.scratch_dir())?;
+                Ok((Some(grant), runtime))
+            }
+            None => Ok((None, runtime(base, self.fixed, self.scratch.clone())?)),
+        }
+    }
+
+    /// The runtime a distributed task runs in (its bee's memory).
+    pub(crate) fn task_runtime(&self, base: &RuntimeEnv) -> Result<Arc<RuntimeEnv>> {
+        match self.admission() {
+            Some(admission) => Ok(runtime(
+                base,
+                Some(admission.task_memory()),
+                admission.scratch_dir(),
+            )?),
+            None => Ok(runtime(base, self.fixed, self.scratch.clone())?),
+        }
+    }
+}
+
+/// `base` with a memory pool of `bytes` (unbounded for `None`) spilling to `scratch` (the
+/// system's temporary directory for `None`). Caches and the object store are shared.
+fn runtime(
+    base: &RuntimeEnv,
+    bytes: Option<usize>,
+    scratch: Option<PathBuf>,
+) -> DfResult<Arc<RuntimeEnv>> {
+    let memory_pool: Arc<dyn MemoryPool> = match bytes {
+        Some(bytes) => Arc::new(FairSpillPool::new(bytes)),
+        None => Arc::new(UnboundedMemoryPool::default()),
+    };
+    let disk_manager = match scratch {
+        Some(dir) => Arc::new(
+            DiskManagerBuilder::default()
+                .with_mode(DiskManagerMode::Directories(vec![dir]))
+                .build()?,
+        ),
+        None => Arc::clone(&base.disk_manager),
+    };
+    Ok(Arc::new(RuntimeEnv {
+        memory_pool,
+        disk_manager,
+        cache_manager: Arc::clone(&base.cache_manager),
+        object_store_registry: Arc::clone(&base.object_store_registry),
+    }))
+}
+
+/// `stream`, holding `grant` until it ends or is dropped.
+pub(crate) fn holding(
+    stream: SendableRecordBatchStream,
+    grant: Option<Grant>,
+) -> SendableRecordBatchStream {
+    let Some(grant) = grant else { return stream };
+    let schema = stream.schema();
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        stream.map(move |batch| {
+            let _held = &grant;
+            batch
+        }),
+    ))
+}
