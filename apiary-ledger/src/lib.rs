@@ -13,6 +13,7 @@
 //! An uncontended commit on an open ledger costs exactly one conditional PUT.
 
 pub mod cells;
+pub mod compact;
 mod decode;
 pub mod entry;
 mod error;
@@ -27,6 +28,7 @@ mod state;
 pub mod vacuum;
 pub mod write;
 
+pub use compact::{CompactOptions, CompactResult, compact};
 pub use decode::{DecodedObject, decode_object};
 pub use entry::{Action, Cell, ColumnStats, Entry, FrameDefinition, StatValue};
 pub use error::{LedgerError, Result};

@@ -274,26 +274,29 @@ impl Uploader<'_> {
     }
 }
 
-/// Writes `batches` to the frame of `ledger`, in one commit.
-///
-/// The input is pulled and encoded on a blocking thread (so a slow reader or a large
-/// encoding never stalls the async runtime) while this task uploads the finished cells.
-pub async fn write_batches<I>(
+/// Cells uploaded by [`upload_cells`], not yet committed.
+pub(crate) struct Uploaded {
+    /// The cells.
+    pub(crate) cells: Vec<Cell>,
+    /// When the first upload began (the ledger clock's monotonic scale).
+    pub(crate) first_upload: Option<Duration>,
+}
+
+/// Aligns, partitions, encodes and uploads `batches` as cells of the frame `definition`
+/// describes, without committing them. The input is pulled and encoded on a blocking thread
+/// (so a slow reader or a large encoding never stalls the async runtime) while this task
+/// uploads the finished cells.
+pub(crate) async fn upload_cells<I>(
     ledger: &FrameLedger,
     backend: &dyn StorageBackend,
+    definition: FrameDefinition,
     batches: I,
-    mode: WriteMode,
     options: &WriteOptions,
-) -> Result<WriteResult>
+) -> Result<Uploaded>
 where
     I: IntoIterator<Item = Result<RecordBatch>> + Send + 'static,
     I::IntoIter: Send,
 {
-    let started = Instant::now();
-    let state = ledger.refresh().await?;
-    let definition = live(state.as_deref().and_then(|s| s.live.as_ref()), ledger)?
-        .definition
-        .clone();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Finished>(1);
     let encoding = {
         let options = options.clone();
@@ -331,29 +334,74 @@ where
         .map_err(|e| LedgerError::Invalid(format!("the write's encoder failed: {e}")))?;
     uploaded?;
     encoded?;
-    let cells = std::mem::take(&mut uploader.done);
+    Ok(Uploaded {
+        cells: std::mem::take(&mut uploader.done),
+        first_upload: uploader.first_upload,
+    })
+}
+
+/// Commits `op`, which makes `uploaded`'s cells live, unless its uploads began longer ago
+/// than `options.max_write_age`.
+pub(crate) async fn commit_uploaded(
+    ledger: &FrameLedger,
+    op: Operation,
+    first_upload: Option<Duration>,
+    options: &WriteOptions,
+) -> Result<crate::ledger::CommitInfo> {
+    let deadline = first_upload.map(|t| t + options.max_write_age);
+    match ledger.commit_by(&op, deadline).await {
+        Err(LedgerError::Expired { what, detail }) => Err(LedgerError::Expired {
+            what,
+            detail: format!(
+                "{detail}; the write's uploads took longer than its limit of {:?}, so a \
+                 vacuum may already have removed its first cells. Nothing was committed: \
+                 write smaller batches, or from closer to the storage",
+                options.max_write_age
+            ),
+        }),
+        other => other,
+    }
+}
+
+/// Writes `batches` to the frame of `ledger`, in one commit.
+///
+/// The input is pulled and encoded on a blocking thread (so a slow reader or a large
+/// encoding never stalls the async runtime) while this task uploads the finished cells.
+pub async fn write_batches<I>(
+    ledger: &FrameLedger,
+    backend: &dyn StorageBackend,
+    batches: I,
+    mode: WriteMode,
+    options: &WriteOptions,
+) -> Result<WriteResult>
+where
+    I: IntoIterator<Item = Result<RecordBatch>> + Send + 'static,
+    I::IntoIter: Send,
+{
+    let started = Instant::now();
+    let state = ledger.refresh().await?;
+    let definition = live(state.as_deref().and_then(|s| s.live.as_ref()), ledger)?
+        .definition
+        .clone();
+    let Uploaded {
+        cells,
+        first_upload,
+    } = upload_cells(ledger, backend, definition, batches, options).await?;
     let rows_written = cells.iter().map(|c| c.rows).sum();
     let bytes_written = cells.iter().map(|c| c.bytes).sum();
     let cells_written = cells.len();
-    let deadline = uploader.first_upload.map(|t| t + options.max_write_age);
-    let commit = |op| async move {
-        match ledger.commit_by(&op, deadline).await {
-            Err(LedgerError::Expired { what, detail }) => Err(LedgerError::Expired {
-                what,
-                detail: format!(
-                    "{detail}; the write's uploads took longer than its limit of {:?}, so \
-                     a vacuum may already have removed its first cells. Nothing was \
-                     committed: write smaller batches, or from closer to the storage",
-                    options.max_write_age
-                ),
-            }),
-            other => other,
-        }
-    };
     let version = match (mode, cells.is_empty()) {
         (WriteMode::Append, true) => state.map_or(0, |s| s.version),
-        (WriteMode::Append, false) => commit(Operation::Append(cells)).await?.version,
-        (WriteMode::Overwrite, _) => commit(Operation::Overwrite(cells)).await?.version,
+        (WriteMode::Append, false) => {
+            commit_uploaded(ledger, Operation::Append(cells), first_upload, options)
+                .await?
+                .version
+        }
+        (WriteMode::Overwrite, _) => {
+            commit_uploaded(ledger, Operation::Overwrite(cells), first_upload, options)
+                .await?
+                .version
+        }
     };
     Ok(WriteResult {
         version,
@@ -397,32 +445,42 @@ pub async fn read_batches(
         let matches = partition_filter
             .iter()
             .all(|(column, value)| cell.partition_values.get(column) == Some(&Some(value.clone())));
-        if !matches {
-            continue;
+        if matches {
+            out.extend(read_cell(backend, &root, &schema, cell).await?);
         }
-        let key =
-            Path::parse(format!("{root}/{}", cell.path)).map_err(|e| LedgerError::Corrupt {
-                key: cell.path.clone(),
-                reason: format!("not a valid cell path: {e}"),
-            })?;
-        let bytes = backend.get(&key).await?.bytes;
-        let corrupt = |e: parquet::errors::ParquetError| LedgerError::Corrupt {
+    }
+    Ok(out)
+}
+
+/// The rows of `cell` (of the frame under `root`) in the frame's `schema`: fetched, then
+/// decoded on a blocking thread.
+pub(crate) async fn read_cell(
+    backend: &dyn StorageBackend,
+    root: &Path,
+    schema: &SchemaRef,
+    cell: &Cell,
+) -> Result<Vec<RecordBatch>> {
+    let key = Path::parse(format!("{root}/{}", cell.path)).map_err(|e| LedgerError::Corrupt {
+        key: cell.path.clone(),
+        reason: format!("not a valid cell path: {e}"),
+    })?;
+    let bytes = backend.get(&key).await?.bytes;
+    let (schema, cell) = (Arc::clone(schema), cell.clone());
+    tokio::task::spawn_blocking(move || {
+        let corrupt = |e: &dyn std::fmt::Display| LedgerError::Corrupt {
             key: key.to_string(),
             reason: format!("not a readable Parquet cell: {e}"),
         };
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .map_err(corrupt)?
+            .map_err(|e| corrupt(&e))?
             .build()
-            .map_err(corrupt)?;
-        for batch in reader {
-            let batch = batch.map_err(|e| LedgerError::Corrupt {
-                key: key.to_string(),
-                reason: format!("not a readable Parquet cell: {e}"),
-            })?;
-            out.push(restore(&schema, &batch, cell)?);
-        }
-    }
-    Ok(out)
+            .map_err(|e| corrupt(&e))?;
+        reader
+            .map(|batch| restore(&schema, &batch.map_err(|e| corrupt(&e))?, &cell))
+            .collect()
+    })
+    .await
+    .map_err(|e| LedgerError::Invalid(format!("decoding a cell failed: {e}")))?
 }
 
 /// Puts a cell's batch into the frame schema: partition values from the ledger, nulls for

@@ -10,7 +10,7 @@ use apiary_query::QueryEngine;
 use apiary_query::distributed::{
     ShuffleTransport, TaskKey, TaskOutcome, WorkerDirectory, WorkerInfo, run_task,
 };
-use apiary_swarm::{Bees, Membership, NodeState, SwarmAgent, WorldView};
+use apiary_swarm::{Colony, Membership, NodeState, SwarmAgent, WorldView};
 
 use crate::RunningNode;
 use async_trait::async_trait;
@@ -106,11 +106,12 @@ pub(crate) fn spawn_worker(
     transport: Arc<dyn ShuffleTransport>,
     engine: QueryEngine,
     node_id: String,
-    bees: Arc<Bees>,
+    colony: Arc<Colony>,
     poll: Duration,
     counts: Arc<TaskCounts>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
+    let bees = Arc::clone(colony.bees());
     tokio::spawn(async move {
         // Tasks already taken (a transport may deliver one again); bounded.
         let mut seen: HashSet<TaskKey> = HashSet::new();
@@ -146,6 +147,7 @@ pub(crate) fn spawn_worker(
                 let engine = engine.clone();
                 let node_id = node_id.clone();
                 let counts = Arc::clone(&counts);
+                let colony = Arc::clone(&colony);
                 tokio::spawn(async move {
                     // Leaving: the task is not taken, and the coordinator, which sees this
                     // node leave, reassigns it.
@@ -155,6 +157,7 @@ pub(crate) fn spawn_worker(
                     tracing::debug!(task = %task.key(), "running a task");
                     let (outcome, report) = run_task(&engine, &node_id, &task).await;
                     counts.ran.fetch_add(1, Ordering::Relaxed);
+                    colony.record_task(matches!(outcome, TaskOutcome::Failed(_)));
                     if let TaskOutcome::Failed(cause) = &outcome {
                         counts.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(task = %task.key(), %cause, "task failed");

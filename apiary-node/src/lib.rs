@@ -57,7 +57,7 @@ use apiary_query::{QueryEngine, QueryOptions};
 pub use apiary_query::{QueryResult, SqlSession};
 pub use apiary_storage;
 pub use apiary_swarm;
-pub use node::{NodeOptions, NodeStatus, SwarmNode, SwarmStatus};
+pub use node::{ColonyStatus, NodeOptions, NodeStatus, SwarmNode, SwarmStatus};
 
 /// The default storage when neither an argument nor `APIARY_STORAGE` names one.
 pub const DEFAULT_STORAGE: &str = "./apiary-data";
@@ -90,9 +90,12 @@ pub enum ApiaryError {
         #[source]
         source: std::io::Error,
     },
-    /// The call needs a running node (`Apiary::start` first), or one is running already.
+    /// One is running already, or the call cannot be made in this state.
     #[error("{0}")]
     Lifecycle(&'static str),
+    /// The call needs a running node: call `Apiary::start` first.
+    #[error("{0} needs a running node: call start() first (or run `apiary node`)")]
+    NotStarted(&'static str),
 }
 
 pub use apiary_storage::ErrorKind;
@@ -110,6 +113,7 @@ impl ApiaryError {
             ApiaryError::Cache(e) => e.kind(),
             ApiaryError::LocalDisk { .. } => ErrorKind::Unavailable,
             ApiaryError::Lifecycle(_) => ErrorKind::Conflict,
+            ApiaryError::NotStarted(_) => ErrorKind::Closed,
         }
     }
 }
@@ -215,6 +219,8 @@ pub struct Apiary {
     distribute: DistributeSettings,
     distribute_mode: DistributeMode,
     query_memory: Option<usize>,
+    /// Frames this handle wrote to since they were last compacted.
+    written: Arc<Mutex<std::collections::HashSet<FrameRef>>>,
 }
 
 impl std::fmt::Debug for Apiary {
@@ -231,6 +237,7 @@ impl std::fmt::Debug for Apiary {
 pub(crate) struct RunningNode {
     pub(crate) agent: Arc<SwarmAgent>,
     bees: Arc<Bees>,
+    colony: Arc<apiary_swarm::Colony>,
     cache: Option<Arc<CellCache>>,
     _identity: Arc<NodeIdentity>,
     stop_worker: Arc<watch::Sender<bool>>,
@@ -295,6 +302,7 @@ impl Apiary {
             distribute: options.distribute,
             distribute_mode: options.distribute_mode,
             query_memory: options.query_memory,
+            written: Arc::default(),
         }
     }
 
@@ -445,6 +453,11 @@ impl Apiary {
             options: &options,
         });
         let cache = open_cache(identity.node_id(), &options).await?;
+        let colony = Arc::new(apiary_swarm::Colony::new(
+            Arc::clone(&bees),
+            options.colony.clone(),
+            Arc::clone(&options.clock),
+        ));
         let config = AgentConfig {
             swarm: options.swarm.clone(),
             drain_timeout: options.drain_timeout,
@@ -460,6 +473,7 @@ impl Apiary {
                     }
                 }) as apiary_swarm::CacheReport
             }),
+            colony: Some(Arc::clone(&colony)),
             ..AgentConfig::default()
         };
         let agent = SwarmAgent::start(
@@ -488,9 +502,15 @@ impl Apiary {
                 .clone()
                 .with_distribute(DistributeMode::Never),
             agent.node_id().to_string(),
-            Arc::clone(&bees),
+            Arc::clone(&colony),
             options.task_poll_interval,
             Arc::clone(&self.tasks),
+            stop.clone(),
+        );
+        self.spawn_compactor(
+            Arc::clone(&colony),
+            agent.node_id().to_string(),
+            options.compact_interval,
             stop,
         );
         let engine = self.query_engine()?;
@@ -501,12 +521,13 @@ impl Apiary {
             .join(identity.node_id().as_str());
         prepare_scratch(&scratch).await?;
         engine.set_admission(Some(Arc::new(admission::BeeAdmission {
-            bees: Arc::clone(&bees),
+            colony: Arc::clone(&colony),
             scratch,
         })));
         *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(RunningNode {
             agent,
             bees,
+            colony,
             cache,
             _identity: Arc::new(identity),
             stop_worker: Arc::new(stop_worker),
@@ -598,6 +619,43 @@ impl Apiary {
     /// The running node's cell cache (none when not started or turned off).
     pub fn cell_cache(&self) -> Option<Arc<CellCache>> {
         self.running().and_then(|n| n.cache)
+    }
+
+    /// The running node's colony: temperature, regulation band, setpoint, the signals, the
+    /// tasks it abandoned, and every bee.
+    pub fn colony_status(&self) -> Result<ColonyStatus> {
+        let node = self
+            .running()
+            .ok_or(ApiaryError::NotStarted("colony_status"))?;
+        let colony = &node.colony;
+        let signals = colony.signals();
+        let temperature = signals.temperature();
+        let abandoned = self
+            .query
+            .get()
+            .and_then(|engine| engine.cluster())
+            .map(|cluster| cluster.abandoned.clone())
+            .unwrap_or_default();
+        Ok(ColonyStatus {
+            node_id: node.agent.node_id().to_string(),
+            temperature,
+            regulation: apiary_swarm::Regulation::of(temperature, colony.setpoint()),
+            setpoint: colony.setpoint(),
+            signals,
+            abandoned_tasks: abandoned.count(),
+            recent_abandoned: abandoned.recent(),
+            throttled: colony.throttled(),
+            refused: colony.refused(),
+            bees: node.bees.states(),
+        })
+    }
+
+    /// The running node's bees: id, busy or idle, memory used, memory budget.
+    pub fn bee_status(&self) -> Result<Vec<apiary_swarm::BeeState>> {
+        let node = self
+            .running()
+            .ok_or(ApiaryError::NotStarted("bee_status"))?;
+        Ok(node.bees.states())
     }
 
     /// The bees of the running node (work takes one while it runs).
@@ -705,6 +763,14 @@ impl Apiary {
         batches: impl IntoIterator<Item = Result<RecordBatch, LedgerError>, IntoIter: Send + 'static>,
         mode: WriteMode,
     ) -> Result<WriteResult> {
+        if let Some(node) = self.running() {
+            // A hot colony slows writes down before they start.
+            node.colony.admit_write().await;
+        }
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(frame.clone());
         let ledger = self.registry.ledger(frame).await?;
         let backend = Arc::clone(self.registry.backend());
         Ok(apiary_ledger::write_batches(
@@ -715,6 +781,83 @@ impl Apiary {
             &self.write_options(),
         )
         .await?)
+    }
+
+    /// Compacts the frame's small cells, partition by partition, into cells near this
+    /// node's target size, each group in one commit (readers never see a row twice or
+    /// missing). Skipped while another node holds the frame's compaction lease. The old files
+    /// stay for readers of older versions until [`vacuum`](Self::vacuum).
+    pub async fn compact(
+        &self,
+        hive: &str,
+        r#box: &str,
+        frame: &str,
+    ) -> Result<apiary_ledger::CompactResult> {
+        let frame = FrameRef::new(hive, r#box, frame)?;
+        self.compact_frame(&frame).await
+    }
+
+    async fn compact_frame(&self, frame: &FrameRef) -> Result<apiary_ledger::CompactResult> {
+        let owner = match self.running() {
+            Some(node) => node.agent.node_id().to_string(),
+            None => format!("client-{}", std::process::id()),
+        };
+        let ledger = self.registry.ledger(frame).await?;
+        let options = apiary_ledger::CompactOptions::new(self.write_options(), owner);
+        Ok(apiary_ledger::compact(&ledger, self.registry.backend().as_ref(), &options).await?)
+    }
+
+    /// While the node runs: every `interval`, when its colony is cold, compacts the frames
+    /// it wrote to since their last compaction.
+    fn spawn_compactor(
+        &self,
+        colony: Arc<apiary_swarm::Colony>,
+        node_id: String,
+        interval: std::time::Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let ap = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = apiary_storage::time::sleep(interval) => {}
+                }
+                if colony.regulation() != apiary_swarm::Regulation::Cold {
+                    continue;
+                }
+                let mut frames: Vec<FrameRef> = ap
+                    .written
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .drain()
+                    .collect();
+                while let Some(frame) = frames.pop() {
+                    if colony.regulation() != apiary_swarm::Regulation::Cold {
+                        // Busy again: the rest waits for the next cold spell.
+                        frames.push(frame);
+                        ap.written
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend(frames);
+                        break;
+                    }
+                    match ap.compact_frame(&frame).await {
+                        Ok(done) if done.conflicts > 0 || done.lease_held_elsewhere => {
+                            ap.written
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(frame);
+                        }
+                        Ok(done) if done.commits > 0 => {
+                            tracing::info!(node = %node_id, %frame, cells_removed = done.cells_removed, cells_added = done.cells_added, "compacted");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(%frame, error = %e, "compaction failed"),
+                    }
+                }
+            }
+        });
     }
 
     /// Deletes the frame's cell files that nothing can need: unreferenced by the newest

@@ -147,6 +147,9 @@ enum Command {
         /// Memory the node may use, e.g. 4GiB (detected when unset).
         #[arg(long, env = "APIARY_MEMORY", value_parser = memory)]
         memory: Option<u64>,
+        /// How often a cold node compacts the frames it wrote small cells to.
+        #[arg(long, env = "APIARY_COMPACT_INTERVAL", default_value = "1m", value_parser = duration)]
+        compact_interval: Duration,
         /// The cell cache's directory (default: cache/NODE_ID in the state folder).
         #[arg(long, env = "APIARY_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
@@ -188,6 +191,13 @@ enum Command {
         #[arg(long, value_parser = memory)]
         memory: Option<u64>,
     },
+    /// Rewrite a frame's small cells into cells near the target size (one commit per
+    /// partition group; readers never see a row twice or missing). Vacuum deletes the old
+    /// files later.
+    Compact {
+        /// HIVE.BOX.FRAME
+        frame: String,
+    },
     /// Delete cell files no version within the retention needs.
     Vacuum {
         /// HIVE.BOX.FRAME
@@ -198,6 +208,9 @@ enum Command {
     },
     /// Show the swarm: every node with a heartbeat, its state and capacity.
     Swarm,
+    /// Show the colony of every node: temperature, regulation band, bees busy and idle,
+    /// work waiting, memory pressure, cached cells (from the swarm's heartbeats).
+    Colony,
     /// Show this node: name, id, cores, memory, bees, storage.
     Status,
     /// Ask a node to drain and leave (it does so on its next poll).
@@ -330,6 +343,7 @@ async fn run(cli: Cli) -> CliResult<()> {
             memory,
             cache_dir,
             cache_size,
+            compact_interval,
             clock_offset,
         } => {
             let mut options = cli.node.options();
@@ -337,6 +351,7 @@ async fn run(cli: Cli) -> CliResult<()> {
             options.memory_bytes = memory;
             options.cache_dir = cache_dir;
             options.cache_bytes = cache_size;
+            options.compact_interval = compact_interval;
             if let Some((offset, ahead)) = clock_offset {
                 options.clock = Arc::new(SystemClock::with_wall_offset(offset, ahead));
             }
@@ -390,6 +405,28 @@ async fn run(cli: Cli) -> CliResult<()> {
             let stream = ap.sql_stream(&query).await?;
             print_stream(stream, format).await?;
         }
+        Command::Compact { frame } => {
+            let f = FrameRef::parse(&frame)?;
+            let result = ap.compact(&f.hive, &f.r#box, &f.frame).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else if result.lease_held_elsewhere {
+                println!("{frame} is being compacted by another node; nothing done");
+            } else {
+                println!(
+                    "compacted {frame}: {} small cells into {} in {} commits ({} rows){}",
+                    result.cells_removed,
+                    result.cells_added,
+                    result.commits,
+                    result.rows,
+                    if result.conflicts > 0 {
+                        format!("; {} groups lost to concurrent changes", result.conflicts)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
         Command::Vacuum { frame, retention } => {
             let f = FrameRef::parse(&frame)?;
             let result = ap
@@ -410,6 +447,34 @@ async fn run(cli: Cli) -> CliResult<()> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print_swarm(&status);
+            }
+        }
+        Command::Colony => {
+            let status = ap.swarm_snapshot(&cli.node.swarm_config()).await?;
+            if json {
+                let nodes: Vec<_> = status
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        json!({
+                            "node_id": n.node_id,
+                            "state": n.state,
+                            "temperature": n.temperature,
+                            "regulation": n.regulation,
+                            "bees": n.bees,
+                            "idle_bees": n.idle_bees,
+                            "queue_depth": n.queue_depth,
+                            "memory_pressure": n.memory_pressure,
+                            "cached_cells": n.cached_cells,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "nodes": nodes }))?
+                );
+            } else {
+                print_colony(&status);
             }
         }
         Command::Status => {
@@ -707,6 +772,35 @@ fn print_swarm(status: &SwarmStatus) {
     for problem in &status.problems {
         println!("warning: {problem}");
     }
+}
+
+fn print_colony(status: &SwarmStatus) {
+    print_table(
+        &[
+            "node",
+            "state",
+            "temperature",
+            "regulation",
+            "busy",
+            "idle",
+            "waiting",
+            "memory",
+            "cached",
+        ],
+        status.nodes.iter().map(|n| {
+            vec![
+                n.node_id.clone(),
+                n.state.as_str().to_string(),
+                format!("{:.2}", n.temperature),
+                n.regulation.as_str().to_string(),
+                (n.bees - n.idle_bees.min(n.bees)).to_string(),
+                n.idle_bees.to_string(),
+                n.queue_depth.to_string(),
+                format!("{:.0}%", n.memory_pressure * 100.0),
+                n.cached_cells.to_string(),
+            ]
+        }),
+    );
 }
 
 fn report_created(json: bool, kind: &str, name: &str, created: Created) {

@@ -35,6 +35,11 @@ pub struct NodeOptions {
     /// The cell cache's byte budget (`APIARY_CACHE_SIZE`); default a fifth of the disk free
     /// where the cache lives. Zero turns the cache off.
     pub cache_bytes: Option<u64>,
+    /// How the colony regulates itself (setpoint, backpressure).
+    pub colony: apiary_swarm::ColonyConfig,
+    /// How often a cold node compacts the frames it wrote small cells to
+    /// (`APIARY_COMPACT_INTERVAL`; default 1 min).
+    pub compact_interval: Duration,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -60,6 +65,8 @@ impl Default for NodeOptions {
             task_poll_interval: Duration::from_secs(1),
             cache_dir: None,
             cache_bytes: None,
+            colony: apiary_swarm::ColonyConfig::default(),
+            compact_interval: Duration::from_secs(60),
         }
     }
 }
@@ -94,6 +101,32 @@ impl NodeOptions {
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// A running node's colony (`Apiary::colony_status`): how loaded it is and what it does
+/// about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColonyStatus {
+    /// The node.
+    pub node_id: String,
+    /// Colony temperature: 0 idle, 1 every bee busy, 2 as much work waiting as running.
+    pub temperature: f64,
+    /// `cold`, `ideal`, `warm`, `hot` or `critical`.
+    pub regulation: apiary_swarm::Regulation,
+    /// The temperature the node aims at.
+    pub setpoint: f64,
+    /// The signals behind the temperature.
+    pub signals: apiary_swarm::Signals,
+    /// Tasks this node, coordinating, gave up after their last attempt.
+    pub abandoned_tasks: u64,
+    /// The most recent of them: task, cells, causes.
+    pub recent_abandoned: Vec<apiary_query::distributed::Abandoned>,
+    /// New queries and writes slowed down because the colony was hot.
+    pub throttled: u64,
+    /// New queries refused because the colony was critical.
+    pub refused: u64,
+    /// Every bee.
+    pub bees: Vec<apiary_swarm::BeeState>,
+}
+
 /// One node in [`SwarmStatus`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SwarmNode {
@@ -111,6 +144,14 @@ pub struct SwarmNode {
     pub idle_bees: u32,
     /// Colony temperature, as last published.
     pub temperature: f64,
+    /// Its regulation band (around the default setpoint).
+    pub regulation: apiary_swarm::Regulation,
+    /// Work waiting for a bee, as last published.
+    pub queue_depth: u32,
+    /// Resident memory over the bees' budget, as last published.
+    pub memory_pressure: f64,
+    /// Cells in its cache, as last published.
+    pub cached_cells: u64,
     /// Seconds since its heartbeat was last seen to change.
     pub last_seen_secs: f64,
     /// Host name.
@@ -148,6 +189,13 @@ impl From<&WorldView> for SwarmStatus {
                     bees: n.heartbeat.capacity.bees,
                     idle_bees: n.heartbeat.load.idle_bees,
                     temperature: n.heartbeat.load.temperature,
+                    regulation: apiary_swarm::Regulation::of(
+                        n.heartbeat.load.temperature,
+                        apiary_swarm::ColonyConfig::default().setpoint,
+                    ),
+                    queue_depth: n.heartbeat.load.queue_depth,
+                    memory_pressure: n.heartbeat.load.memory_pressure,
+                    cached_cells: n.heartbeat.cache.cells,
                     last_seen_secs: n.last_seen.as_secs_f64(),
                     hostname: n.heartbeat.hostname.clone(),
                     version: n.heartbeat.software_version.clone(),

@@ -26,7 +26,7 @@ mod table;
 pub use catalog::Pinned;
 pub use error::{QueryError, Result};
 pub use exec::{FrameScanExec, ScanSummary};
-pub use memory::{Admission, Grant};
+pub use memory::{Admission, Grant, PoolReading};
 pub use output::QueryResult;
 pub use session::{QueryEngine, QueryOptions, SqlSession};
 pub use table::{FrameIndex, FrameTable};

@@ -22,6 +22,9 @@ use futures::StreamExt;
 
 use crate::error::Result;
 
+/// Reads how much memory a query's pool holds now.
+pub type PoolReading = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// What a query was admitted with: its memory, and whatever it holds while it runs (bees),
 /// released when the grant drops.
 pub struct Grant {
@@ -29,6 +32,9 @@ pub struct Grant {
     pub memory_bytes: usize,
     /// Bees (or other capacity) held until the query's stream ends.
     pub hold: Box<dyn Any + Send + Sync>,
+    /// Told how to read the query's pool once it exists (so the bees can report the memory
+    /// their work holds).
+    pub on_pool: Option<Box<dyn FnOnce(PoolReading) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Grant {
@@ -87,8 +93,12 @@ impl Budget {
     ) -> Result<(Option<Grant>, Arc<RuntimeEnv>)> {
         match self.admission() {
             Some(admission) => {
-                let grant = admission.admit().await?;
+                let mut grant = admission.admit().await?;
                 let runtime = runtime(base, Some(grant.memory_bytes), admission.scratch_dir())?;
+                if let Some(tell) = grant.on_pool.take() {
+                    let pool = Arc::clone(&runtime.memory_pool);
+                    tell(Arc::new(move || pool.reserved() as u64));
+                }
                 Ok((Some(grant), runtime))
             }
             None => Ok((None, runtime(base, self.fixed, self.scratch.clone())?)),

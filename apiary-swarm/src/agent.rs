@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, Ticker};
+use crate::colony::Colony;
 use crate::error::Result;
 use crate::heartbeat::{CacheSummary, Capacity, HEARTBEAT_FORMAT, Heartbeat, Lifecycle, NodeId};
 use crate::load::Bees;
@@ -40,6 +41,9 @@ pub struct AgentConfig {
     pub on_view: Option<ViewHook>,
     /// What the node has cached, published in every heartbeat.
     pub cache: Option<CacheReport>,
+    /// The node's colony: its temperature is published, and it learns the storage latency
+    /// of heartbeat writes.
+    pub colony: Option<Arc<Colony>>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -62,6 +66,7 @@ impl Default for AgentConfig {
                 .unwrap_or_default(),
             on_view: None,
             cache: None,
+            colony: None,
         }
     }
 }
@@ -77,6 +82,7 @@ struct Publisher {
     seq: AtomicU64,
     lifecycle: Mutex<Lifecycle>,
     cache: Option<CacheReport>,
+    colony: Option<Arc<Colony>>,
 }
 
 impl Publisher {
@@ -92,7 +98,13 @@ impl Publisher {
             started_at_ms: self.started_at_ms,
             written_at_ms: self.clock.wall_ms(),
             capacity: self.capacity.clone(),
-            load: self.bees.load(),
+            load: {
+                let mut load = self.bees.load();
+                if let Some(colony) = &self.colony {
+                    load.temperature = colony.temperature();
+                }
+                load
+            },
             cache: self
                 .cache
                 .as_ref()
@@ -152,6 +164,7 @@ impl SwarmAgent {
             seq: AtomicU64::new(0),
             lifecycle: Mutex::new(Lifecycle::Joining),
             cache: config.cache.clone(),
+            colony: config.colony.clone(),
         });
         membership.join(&publisher.next()).await?;
         publisher.set(Lifecycle::Alive);
@@ -264,8 +277,12 @@ async fn beat(
         tokio::select! {
             _ = stop.changed() => break,
             _ = ticker.tick() => {
+                let started = publisher.clock.monotonic();
                 if let Err(e) = membership.publish(&publisher.next()).await {
                     tracing::warn!(error = %e, "heartbeat write failed");
+                }
+                if let Some(colony) = &publisher.colony {
+                    colony.record_storage_latency(publisher.clock.monotonic().saturating_sub(started));
                 }
             }
         }

@@ -10,6 +10,7 @@
 
 mod agent;
 mod clock;
+mod colony;
 mod error;
 mod heartbeat;
 mod identity;
@@ -22,13 +23,14 @@ mod view;
 
 pub use agent::{AgentConfig, CacheReport, SwarmAgent, ViewHook};
 pub use clock::{Clock, ManualClock, SystemClock, Ticker};
+pub use colony::{Colony, ColonyConfig, Overloaded, Regulation, Signals};
 pub use error::{Result, SwarmError};
 pub use heartbeat::{
     CacheSummary, Capacity, DrainRequest, HEARTBEAT_DIR, HEARTBEAT_FORMAT, Heartbeat, HeartbeatKey,
     Lifecycle, Load, MAX_HEARTBEAT_BYTES, MAX_HOT_CELLS, NodeId,
 };
 pub use identity::{NodeIdentity, default_state_dir};
-pub use load::{Bee, Bees, Leaving, detect_capacity};
+pub use load::{Bee, BeeState, Bees, Leaving, MemoryProbe, detect_capacity};
 pub use membership::Membership;
 pub use storage::StorageHeartbeats;
 pub use view::{Listed, NodeState, NodeView, Observer, SwarmConfig, Token, WorldView};

@@ -1,35 +1,81 @@
 //! Bees (the node's workers, one per core), their load, and the node's capacity.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::heartbeat::{Capacity, Load};
 
+/// Reports the memory a bee's work holds now, in bytes.
+pub type MemoryProbe = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// What one bee is doing.
+#[derive(Default)]
+struct Slot {
+    busy: bool,
+    memory: Option<MemoryProbe>,
+}
+
+/// One bee as `bee_status` reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BeeState {
+    /// `bee-0`, `bee-1`, …
+    pub bee_id: String,
+    /// `busy` or `idle`.
+    pub state: &'static str,
+    /// Memory its work holds now, in bytes.
+    pub memory_used: u64,
+    /// Its memory budget, in bytes.
+    pub memory_budget: u64,
+}
+
 /// The node's bees: a work slot per core. Work holds a [`Bee`] while it runs; the counts are
 /// the load the node publishes.
-#[derive(Debug)]
 pub struct Bees {
     total: u32,
     memory_budget: u64,
     slots: Arc<Semaphore>,
+    states: Mutex<Vec<Slot>>,
     busy: AtomicU32,
     queued: AtomicU32,
     accepting: AtomicBool,
     idle: Notify,
 }
 
+impl std::fmt::Debug for Bees {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bees")
+            .field("total", &self.total)
+            .field("busy", &self.busy)
+            .field("queued", &self.queued)
+            .finish()
+    }
+}
+
 /// One bee at work; released on drop.
 #[derive(Debug)]
 pub struct Bee {
     bees: Arc<Bees>,
+    index: usize,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Bee {
+    /// Tells the bee where to read the memory its work holds (a query's memory pool).
+    pub fn attach_memory(&self, probe: MemoryProbe) {
+        if let Some(slot) = self.bees.lock_states().get_mut(self.index) {
+            slot.memory = Some(probe);
+        }
+    }
 }
 
 impl Drop for Bee {
     fn drop(&mut self) {
+        if let Some(slot) = self.bees.lock_states().get_mut(self.index) {
+            *slot = Slot::default();
+        }
         if self.bees.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.bees.idle.notify_waiters();
         }
@@ -49,6 +95,7 @@ impl Bees {
             total,
             memory_budget,
             slots: Arc::new(Semaphore::new(total as usize)),
+            states: Mutex::new((0..total).map(|_| Slot::default()).collect()),
             busy: AtomicU32::new(0),
             queued: AtomicU32::new(0),
             accepting: AtomicBool::new(true),
@@ -65,11 +112,52 @@ impl Bees {
         let permit = Arc::clone(&self.slots).acquire_owned().await;
         self.queued.fetch_sub(1, Ordering::AcqRel);
         let permit = permit.map_err(|_| Leaving)?;
+        Ok(self.bee(permit))
+    }
+
+    fn lock_states(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A bee for `permit`, in the first idle slot.
+    fn bee(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Bee {
         self.busy.fetch_add(1, Ordering::AcqRel);
-        Ok(Bee {
+        let mut states = self.lock_states();
+        // A permit guarantees a free slot.
+        let index = states.iter().position(|s| !s.busy).unwrap_or(0);
+        if let Some(slot) = states.get_mut(index) {
+            slot.busy = true;
+        }
+        Bee {
             bees: Arc::clone(self),
+            index,
             _permit: permit,
-        })
+        }
+    }
+
+    /// Every bee: busy or idle, the memory its work holds, its budget.
+    pub fn states(&self) -> Vec<BeeState> {
+        let budget = self.memory_per_bee();
+        self.lock_states()
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| BeeState {
+                bee_id: format!("bee-{i}"),
+                state: if slot.busy { "busy" } else { "idle" },
+                memory_used: slot.memory.as_ref().map_or(0, |probe| probe()),
+                memory_budget: budget,
+            })
+            .collect()
+    }
+
+    /// Memory the bees' work holds now, in bytes.
+    pub fn memory_used(&self) -> u64 {
+        self.states().iter().map(|b| b.memory_used).sum()
+    }
+
+    /// The bees' memory budget in total, in bytes.
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_budget
     }
 
     /// A free bee now, if there is one and nobody is waiting for one; never waits.
@@ -78,11 +166,7 @@ impl Bees {
             return None;
         }
         let permit = Arc::clone(&self.slots).try_acquire_owned().ok()?;
-        self.busy.fetch_add(1, Ordering::AcqRel);
-        Some(Bee {
-            bees: Arc::clone(self),
-            _permit: permit,
-        })
+        Some(self.bee(permit))
     }
 
     /// Memory of one bee, in bytes.

@@ -600,6 +600,17 @@ impl Attempts<'_> {
             )));
         };
         if t.spec.attempt >= MAX_ATTEMPTS {
+            self.run.cluster.abandoned.record(super::Abandoned {
+                query_id: query_id.clone(),
+                task_id: t.spec.task_id,
+                frame: format!(
+                    "{}.{}.{}",
+                    t.spec.split.hive, t.spec.split.r#box, t.spec.split.frame
+                ),
+                version: t.spec.split.version,
+                cells: t.spec.cells.clone(),
+                causes: t.causes.clone(),
+            });
             let mut cells = t.spec.cells.clone();
             if cells.len() > 5 {
                 let more = cells.len() - 5;

@@ -134,6 +134,8 @@ pub struct Cluster {
     pub clock: Arc<dyn apiary_storage::Clock>,
     /// Query ids.
     pub random: apiary_storage::Random,
+    /// Tasks this coordinator abandoned after their last attempt, kept for diagnosis.
+    pub abandoned: AbandonedTasks,
     /// When this coordinator last swept old queries.
     last_sweep: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
@@ -151,6 +153,7 @@ impl Cluster {
             settings,
             clock: apiary_storage::SystemClock::shared(),
             random: apiary_storage::Random::from_os(),
+            abandoned: AbandonedTasks::default(),
             last_sweep: Arc::default(),
         }
     }
@@ -164,5 +167,58 @@ impl Cluster {
         self.clock = clock;
         self.random = random;
         self
+    }
+}
+
+/// A task given up after its last attempt failed, as the coordinator keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Abandoned {
+    /// The query.
+    pub query_id: String,
+    /// The task.
+    pub task_id: u32,
+    /// `hive.box.frame` it read.
+    pub frame: String,
+    /// The frame version.
+    pub version: u64,
+    /// Its cells.
+    pub cells: Vec<String>,
+    /// Why each attempt failed.
+    pub causes: Vec<String>,
+}
+
+/// The tasks a coordinator abandoned: a count, and the most recent ones (at most 100).
+#[derive(Debug, Clone, Default)]
+pub struct AbandonedTasks {
+    inner: Arc<std::sync::Mutex<(u64, std::collections::VecDeque<Abandoned>)>>,
+}
+
+impl AbandonedTasks {
+    const KEPT: usize = 100;
+
+    fn record(&self, task: Abandoned) {
+        tracing::warn!(query = %task.query_id, task = task.task_id, causes = ?task.causes, "task abandoned");
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.0 += 1;
+        inner.1.push_back(task);
+        while inner.1.len() > Self::KEPT {
+            inner.1.pop_front();
+        }
+    }
+
+    /// How many were abandoned since the coordinator started.
+    pub fn count(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// The most recent ones, oldest first.
+    pub fn recent(&self) -> Vec<Abandoned> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .iter()
+            .cloned()
+            .collect()
     }
 }
