@@ -370,7 +370,10 @@ impl CellCache {
         if let Some(existing) = self.index.peek(key) {
             return Ok(existing);
         }
-        let cell = Arc::new(self.write_entry(key, bytes, last_modified_ms, e_tag)?);
+        let cell = Arc::new(
+            self.writer()
+                .write_entry(key, bytes, last_modified_ms, e_tag)?,
+        );
         if bytes.len() as u64 > self.capacity {
             // Larger than the whole budget: served once, never kept.
             cell.doom();
@@ -378,17 +381,6 @@ impl CellCache {
         }
         self.index.insert(key.to_string(), Arc::clone(&cell));
         Ok(cell)
-    }
-
-    fn write_entry(
-        &self,
-        key: &str,
-        bytes: &Bytes,
-        last_modified_ms: i64,
-        e_tag: Option<String>,
-    ) -> Result<CachedCell> {
-        self.writer()
-            .write_entry(key, bytes, last_modified_ms, e_tag)
     }
 
     /// The cached cell under `key`, or the result of `fetch` (whole object bytes, stamp,

@@ -66,7 +66,10 @@ impl ScanCounters {
 /// A GET with conditions (`if_match`, versions, …) always goes to storage.
 pub struct CachingStore {
     inner: Arc<dyn ObjectStore>,
-    cache: ArcSwapOption<CellCache>,
+    /// Shared by the store and its counted views, so installing a cache reaches them all.
+    cache: Arc<ArcSwapOption<CellCache>>,
+    /// Where a counted view counts its reads.
+    counters: Option<Arc<ScanCounters>>,
 }
 
 impl fmt::Debug for CachingStore {
@@ -107,7 +110,8 @@ impl CachingStore {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
         Self {
             inner,
-            cache: ArcSwapOption::empty(),
+            cache: Arc::new(ArcSwapOption::empty()),
+            counters: None,
         }
     }
 
@@ -252,7 +256,8 @@ impl ObjectStore for CachingStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        self.get_opts_with(location, options, None).await
+        self.get_opts_with(location, options, self.counters.as_deref())
+            .await
     }
 
     async fn get_ranges(
@@ -260,7 +265,8 @@ impl ObjectStore for CachingStore {
         location: &Path,
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
-        self.get_ranges_with(location, ranges, None).await
+        self.get_ranges_with(location, ranges, self.counters.as_deref())
+            .await
     }
 
     fn delete_stream(
@@ -308,10 +314,11 @@ impl ObjectStore for CachingStore {
 impl CachingStore {
     /// A view of this store that counts what its reads got from the cache and from storage
     /// in `counters` (a frame scan registers one per scan).
-    pub fn counted(self: &Arc<Self>, counters: Arc<ScanCounters>) -> Arc<dyn ObjectStore> {
-        Arc::new(CountedView {
-            store: Arc::clone(self),
-            counters,
+    pub fn counted(&self, counters: Arc<ScanCounters>) -> Arc<dyn ObjectStore> {
+        Arc::new(Self {
+            inner: Arc::clone(&self.inner),
+            cache: Arc::clone(&self.cache),
+            counters: Some(counters),
         })
     }
 
@@ -381,98 +388,6 @@ impl CachingStore {
             out.push(self.read(&cache, location, Some(&range), counters).await?.2);
         }
         Ok(out)
-    }
-}
-
-/// A [`CachingStore`] whose reads are counted for one reader.
-struct CountedView {
-    store: Arc<CachingStore>,
-    counters: Arc<ScanCounters>,
-}
-
-impl fmt::Debug for CountedView {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CountedView")
-            .field("store", &self.store)
-            .finish()
-    }
-}
-
-impl fmt::Display for CountedView {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Counted({})", self.store)
-    }
-}
-
-#[async_trait]
-impl ObjectStore for CountedView {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.store.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.store.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.store
-            .get_opts_with(location, options, Some(&self.counters))
-            .await
-    }
-
-    async fn get_ranges(
-        &self,
-        location: &Path,
-        ranges: &[Range<u64>],
-    ) -> object_store::Result<Vec<Bytes>> {
-        self.store
-            .get_ranges_with(location, ranges, Some(&self.counters))
-            .await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.store.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.store.list(prefix)
-    }
-
-    fn list_with_offset(
-        &self,
-        prefix: Option<&Path>,
-        offset: &Path,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.store.list_with_offset(prefix, offset)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.store.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.store.copy_opts(from, to, options).await
     }
 }
 

@@ -778,22 +778,16 @@ mod compaction {
             let (ledger, backend) = (Arc::clone(&compactor), Arc::clone(&held));
             tokio::spawn(async move { compact(&ledger, backend.as_ref(), &options("n2")).await })
         };
-        // The compaction's first conditional PUT (its lease) waits at the gate; let it
-        // through, then hold the next one: its first rewrite commit.
+        // The compaction's first conditional PUT (its lease) goes through; its second (the
+        // first rewrite commit) waits at the gate.
+        hold.let_through(1);
         for _ in 0..2000 {
-            if hold.waiting() > 0 {
+            if hold.passed() == 1 && hold.waiting() == 1 {
                 break;
             }
             apiary_storage::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        hold.open();
-        hold.close();
-        for _ in 0..2000 {
-            if hold.waiting() > 0 {
-                break;
-            }
-            apiary_storage::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        assert_eq!((hold.passed(), hold.waiting()), (1, 1));
         write_batches(
             &writer,
             free.as_ref(),

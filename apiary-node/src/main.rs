@@ -274,6 +274,12 @@ type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Node { .. }) {
+        // A one-shot command whose output is piped into `head` stops quietly when the pipe
+        // closes, as Unix tools do, instead of panicking on the failed write. (The node keeps
+        // Rust's default: it writes no output to pipes, and its sockets never raise SIGPIPE.)
+        sigpipe::reset();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

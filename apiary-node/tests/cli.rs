@@ -398,3 +398,32 @@ fn sql_works_on_s3() {
     let want: i64 = (0..300).filter(|i| i % 3 != 1).map(|i| 100 + i).sum();
     assert_eq!(csv, format!("n,d\n200,{want}\n"));
 }
+
+/// Output piped into a reader that stops early (`apiary sql … | head`) ends the command
+/// quietly: no panic about a failed write to stdout.
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args([
+            "sql",
+            "SELECT * FROM (VALUES (1)) AS a(x) CROSS JOIN UNNEST(range(0, 2000000)) AS b(y)",
+            "--format",
+            "csv",
+        ])
+        .current_dir(dir.path())
+        .env_remove("APIARY_STORAGE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The reader is gone now: the pipe is closed.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(String::from_utf8_lossy(&first).starts_with("x,y"));
+}

@@ -161,8 +161,10 @@ pub enum RequestKind {
 #[derive(Debug, Clone)]
 pub struct Hold {
     kinds: Arc<[RequestKind]>,
-    closed: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Closed, and how many requests may still pass while it is closed.
+    state: Arc<tokio::sync::watch::Sender<(bool, u64)>>,
     waiting: Arc<AtomicU64>,
+    passed: Arc<AtomicU64>,
 }
 
 impl Hold {
@@ -170,19 +172,28 @@ impl Hold {
     pub fn new(kinds: &[RequestKind]) -> Self {
         Self {
             kinds: kinds.into(),
-            closed: Arc::new(tokio::sync::watch::Sender::new(false)),
+            state: Arc::new(tokio::sync::watch::Sender::new((false, 0))),
             waiting: Arc::default(),
+            passed: Arc::default(),
         }
     }
 
     /// Makes requests of its kinds wait from now on.
     pub fn close(&self) {
-        self.closed.send_replace(true);
+        self.state.send_modify(|(closed, allowance)| {
+            *closed = true;
+            *allowance = 0;
+        });
     }
 
     /// Lets every waiting and future request through.
     pub fn open(&self) {
-        self.closed.send_replace(false);
+        self.state.send_modify(|(closed, _)| *closed = false);
+    }
+
+    /// Lets exactly `n` more requests through while the gate stays closed.
+    pub fn let_through(&self, n: u64) {
+        self.state.send_modify(|(_, allowance)| *allowance += n);
     }
 
     /// Requests waiting at the gate now.
@@ -190,17 +201,46 @@ impl Hold {
         self.waiting.load(Ordering::SeqCst)
     }
 
+    /// Requests of its kinds that went through so far.
+    pub fn passed(&self) -> u64 {
+        self.passed.load(Ordering::SeqCst)
+    }
+
     async fn pass(&self, kind: RequestKind) {
         if !self.kinds.contains(&kind) {
             return;
         }
-        let mut closed = self.closed.subscribe();
-        if !*closed.borrow_and_update() {
-            return;
+        let mut state = self.state.subscribe();
+        let mut counted = false;
+        loop {
+            let mut through = false;
+            self.state.send_if_modified(|(closed, allowance)| {
+                if !*closed {
+                    through = true;
+                    false
+                } else if *allowance > 0 {
+                    *allowance -= 1;
+                    through = true;
+                    true
+                } else {
+                    false
+                }
+            });
+            if through {
+                break;
+            }
+            if !counted {
+                counted = true;
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+            }
+            if state.changed().await.is_err() {
+                break;
+            }
         }
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let _ = closed.wait_for(|closed| !*closed).await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        if counted {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.passed.fetch_add(1, Ordering::SeqCst);
     }
 }
 
