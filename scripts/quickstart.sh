@@ -72,3 +72,7 @@ echo "How the query was split (a task per node, each over a share of the cells):
 apiary sql "SET apiary.distribute = 'always';
             EXPLAIN ANALYZE SELECT page, COUNT(*) AS visits, AVG(duration_ms) AS avg_duration
             FROM analytics.events.clicks GROUP BY page ORDER BY visits DESC"
+echo
+echo "The colony of each node (temperature, regulation, bees, cells cached by the queries above):"
+sleep 1.5   # one heartbeat, so the nodes publish what they cached
+apiary colony --storage "$storage"
