@@ -339,19 +339,19 @@ impl SqlSession {
         // bees it holds. A distributed one holds none while it waits for its tasks (which
         // hold bees where they run), so coordinators can never wait on each other's bees;
         // it merges within one bee's memory.
-        let state = self.ctx.state();
+        // Planned with the session's state; executed in a task context whose runtime holds
+        // this query's memory pool (no copy of the session state per query).
+        let base = self.ctx.runtime_env();
         let (grant, runtime) = if distributed {
-            (None, self.engine.budget.task_runtime(state.runtime_env())?)
+            (None, self.engine.budget.task_runtime(&base)?)
         } else {
-            self.engine.budget.admit_query(state.runtime_env()).await?
+            self.engine.budget.admit_query(&base).await?
         };
-        let ctx = SessionContext::new_with_state(
-            SessionStateBuilder::new_from_existing(state)
-                .with_runtime_env(runtime)
-                .build(),
-        );
-        let frame = ctx.execute_logical_plan(plan).await?;
-        Ok(memory::holding(frame.execute_stream().await?, grant))
+        let frame = self.ctx.execute_logical_plan(plan).await?;
+        let task = Arc::new(frame.task_ctx().with_runtime(runtime));
+        let physical = frame.create_physical_plan().await?;
+        let stream = datafusion::physical_plan::execute_stream(physical, task)?;
+        Ok(memory::holding(stream, grant))
     }
 
     /// The session's `apiary.distribute` setting.
