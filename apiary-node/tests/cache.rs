@@ -9,9 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use apiary::apiary_ledger::LedgerConfig;
-use apiary::apiary_storage::{
-    CountsHandle, FaultConfig, InstrumentedStore, ObjectStoreBackend, StorageUri, object_store_for,
-};
+use apiary::apiary_storage::{CountsHandle, StorageUri, counted_backend};
 use apiary::{Apiary, ApiaryError, NodeOptions};
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 
@@ -40,14 +38,7 @@ fn clicks(range: std::ops::Range<i64>) -> RecordBatch {
 /// An `Apiary` over `storage` whose requests are counted below the backend.
 fn counted(storage: &Path) -> (Apiary, CountsHandle) {
     let uri = StorageUri::Local(storage.to_path_buf());
-    let (store, caps) = object_store_for(&uri).unwrap();
-    let store = InstrumentedStore::new(store, FaultConfig::none());
-    let counts = store.counts();
-    let backend = Arc::new(ObjectStoreBackend::new(
-        Arc::new(store),
-        caps,
-        uri.to_string(),
-    ));
+    let (backend, counts) = counted_backend(&uri).unwrap();
     (
         Apiary::with_backend(uri, backend, LedgerConfig::default()),
         counts,

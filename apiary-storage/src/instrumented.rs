@@ -280,6 +280,18 @@ enum Fault {
     Conflict,
 }
 
+/// The default backend over the store `uri` names, its requests counted below it (no
+/// faults): what benchmarks and request-count tests measure through.
+pub fn counted_backend(
+    uri: &crate::StorageUri,
+) -> crate::Result<(Arc<dyn crate::StorageBackend>, CountsHandle)> {
+    let (store, caps) = crate::object_store_for(uri)?;
+    let store = InstrumentedStore::new(store, FaultConfig::none());
+    let counts = store.counts();
+    let backend = crate::ObjectStoreBackend::new(Arc::new(store), caps, uri.to_string());
+    Ok((Arc::new(backend), counts))
+}
+
 impl InstrumentedStore {
     /// Wraps `inner` with the given faults.
     pub fn new(inner: Arc<dyn ObjectStore>, faults: FaultConfig) -> Self {

@@ -39,7 +39,7 @@ pub use backend::{
 pub use error::{ErrorKind, Result, StorageError};
 #[cfg(feature = "testing")]
 pub use instrumented::{
-    CountsHandle, FaultConfig, Hold, InstrumentedStore, RequestCounts, RequestKind,
+    CountsHandle, FaultConfig, Hold, InstrumentedStore, RequestCounts, RequestKind, counted_backend,
 };
 pub use object::{ObjectStoreBackend, get_opt, memory};
 pub use object_store;

@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use apiary::apiary_ledger::LedgerConfig;
-use apiary::apiary_storage::{
-    CountsHandle, FaultConfig, InstrumentedStore, ObjectStoreBackend, StorageUri, object_store_for,
-};
+use apiary::apiary_storage::{CountsHandle, StorageUri, counted_backend};
 use apiary::{Apiary, NodeOptions};
 use apiary_benches::harness::{flag, flags, geo_mean, load_apiary, median};
 use apiary_benches::ssb::{QUERIES, generate};
@@ -47,14 +45,7 @@ fn cell_rows(cell: i64, rows: i64) -> RecordBatch {
 
 /// A handle on `uri` whose requests are counted below the backend.
 fn counted(uri: &StorageUri) -> (Apiary, CountsHandle) {
-    let (store, caps) = object_store_for(uri).expect("store");
-    let store = InstrumentedStore::new(store, FaultConfig::none());
-    let counts = store.counts();
-    let backend = Arc::new(ObjectStoreBackend::new(
-        Arc::new(store),
-        caps,
-        uri.to_string(),
-    ));
+    let (backend, counts) = counted_backend(uri).expect("store");
     (
         Apiary::with_backend(uri.clone(), backend, LedgerConfig::default()),
         counts,
