@@ -199,7 +199,7 @@ impl Colony {
 
     /// The signals now.
     pub fn signals(&self) -> Signals {
-        let load = self.bees.load();
+        let (busy, queued) = self.bees.occupancy();
         let total = f64::from(self.bees.total().max(1));
         let budget = self.bees.memory_budget().max(1) as f64;
         let now = self.clock.monotonic();
@@ -215,7 +215,7 @@ impl Colony {
         };
         let reference = self.config.latency_reference.as_micros().max(1) as f64;
         Signals {
-            load: f64::from(load.busy_bees + load.queue_depth) / total,
+            load: f64::from(busy + queued) / total,
             memory: self.bees.memory_used() as f64 / budget,
             failures: if ended == 0 {
                 0.0

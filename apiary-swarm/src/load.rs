@@ -152,7 +152,18 @@ impl Bees {
 
     /// Memory the bees' work holds now, in bytes.
     pub fn memory_used(&self) -> u64 {
-        self.states().iter().map(|b| b.memory_used).sum()
+        self.lock_states()
+            .iter()
+            .filter_map(|slot| slot.memory.as_ref().map(|probe| probe()))
+            .sum()
+    }
+
+    /// Bees busy and work waiting for one, now (no I/O: what admission reads per query).
+    pub fn occupancy(&self) -> (u32, u32) {
+        (
+            self.busy.load(Ordering::Acquire).min(self.total),
+            self.queued.load(Ordering::Acquire),
+        )
     }
 
     /// The bees' memory budget in total, in bytes.
