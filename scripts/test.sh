@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs every Apiary test. Starts the local S3 server the S3 tests need (installing it on first
-# use), then runs the workspace tests. Extra arguments go to `cargo test`.
+# use), runs the workspace tests, then builds the Python binding into a cached virtual
+# environment and runs its pytest suite. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 eval "$(scripts/s3-server.sh)"
 export APIARY_LIN_CASES_MEMORY="${APIARY_LIN_CASES_MEMORY:-8000}"
 export APIARY_LIN_CASES_LOCAL="${APIARY_LIN_CASES_LOCAL:-2000}"
 export APIARY_LIN_CASES_S3="${APIARY_LIN_CASES_S3:-40}"
-exec cargo test --workspace "$@"
+cargo test --workspace "$@"
+scripts/python-tests.sh

@@ -151,7 +151,7 @@ impl<R: Read> Read for CheckedStream<R> {
 fn malformed(detail: &dyn std::fmt::Display) -> LedgerError {
     LedgerError::Invalid(format!(
         "the input is not valid Arrow IPC ({detail}); write an IPC stream or file (for \
-         example with pyarrow.ipc.new_stream_writer), or Parquet; nothing was written"
+         example with pyarrow.ipc.new_stream), or Parquet; nothing was written"
     ))
 }
 

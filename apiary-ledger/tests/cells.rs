@@ -163,6 +163,8 @@ fn widening_table() {
         (Int32, Float64),
         (Float32, Float64),
         (Utf8, LargeUtf8),
+        (LargeUtf8, Utf8),
+        (LargeBinary, Binary),
         (Date32, Date64),
         (Null, Utf8),
         (
@@ -181,8 +183,8 @@ fn widening_table() {
         (Int8, UInt64),
         (UInt64, Int64),
         (Float64, Float32),
-        (LargeUtf8, Utf8),
         (Utf8, Int64),
+        (LargeUtf8, Binary),
         (
             Timestamp(TimeUnit::Microsecond, None),
             Timestamp(TimeUnit::Second, None),

@@ -49,6 +49,7 @@ use cluster::{SwarmDirectory, TaskCounts};
 pub mod input;
 pub use apiary_ledger::ipc;
 mod node;
+pub mod settings;
 
 pub use apiary_ledger;
 pub use apiary_query;
@@ -96,6 +97,16 @@ pub enum ApiaryError {
     /// The call needs a running node: call `Apiary::start` first.
     #[error("{0} needs a running node: call start() first (or run `apiary node`)")]
     NotStarted(&'static str),
+    /// A setting (an `APIARY_*` variable) has a value that cannot be used.
+    #[error("{name}=`{value}`: {message}")]
+    Setting {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it, and what a good value looks like.
+        message: String,
+    },
 }
 
 pub use apiary_storage::ErrorKind;
@@ -114,6 +125,7 @@ impl ApiaryError {
             ApiaryError::LocalDisk { .. } => ErrorKind::Unavailable,
             ApiaryError::Lifecycle(_) => ErrorKind::Conflict,
             ApiaryError::NotStarted(_) => ErrorKind::Closed,
+            ApiaryError::Setting { .. } => ErrorKind::InvalidInput,
         }
     }
 }
@@ -433,7 +445,7 @@ impl Apiary {
 
     /// Joins the swarm with options from the environment (see [`NodeOptions::from_env`]).
     pub async fn start(&self) -> Result<()> {
-        self.start_with(NodeOptions::from_env()).await
+        self.start_with(NodeOptions::from_env()?).await
     }
 
     /// Joins the swarm: claims the node id, writes the first heartbeat (durable when this

@@ -75,14 +75,7 @@ enum SqlFormat {
     Arrow,
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text)
-        .map_err(|e| format!("`{text}` is not a duration such as 500ms, 5s or 1m: {e}"))?;
-    if d.is_zero() {
-        return Err("a duration must be more than zero".into());
-    }
-    Ok(d)
-}
+use apiary::settings::{parse_duration as duration, parse_size as memory};
 
 /// A signed duration, for the test-only clock offset (`-1h` is an hour behind).
 fn signed_duration(text: &str) -> Result<(Duration, bool), String> {
@@ -90,31 +83,6 @@ fn signed_duration(text: &str) -> Result<(Duration, bool), String> {
         Some(rest) => duration(rest).map(|d| (d, false)),
         None => duration(text.trim_start_matches('+')).map(|d| (d, true)),
     }
-}
-
-fn memory(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size such as 4GiB"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "`{text}`: unknown unit (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ));
-        }
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 #[derive(Debug, Subcommand)]

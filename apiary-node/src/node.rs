@@ -72,16 +72,6 @@ impl Default for NodeOptions {
 }
 
 impl NodeOptions {
-    /// Defaults, with `APIARY_NODE_ID` and `APIARY_STATE_DIR` from the environment.
-    pub fn from_env() -> Self {
-        Self {
-            node_id: std::env::var("APIARY_NODE_ID")
-                .ok()
-                .filter(|s| !s.is_empty()),
-            ..Self::default()
-        }
-    }
-
     /// The cache directory of node `id`.
     pub fn cache_dir_for(&self, id: &NodeId) -> PathBuf {
         self.cache_dir

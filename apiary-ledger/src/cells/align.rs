@@ -1,7 +1,7 @@
 //! Aligning incoming Arrow data to a frame's schema, by column name, never by position.
 //!
 //! Columns are matched by name and put in the frame's order; safe widenings are cast
-//! (`int32` → `int64`, `float32` → `float64`, `utf8` → `large_utf8`, dictionary-encoded
+//! (`int32` → `int64`, `float32` → `float64`, `utf8` ↔ `large_utf8`, dictionary-encoded
 //! values to their value type, a coarser timestamp to a finer one, …); missing nullable
 //! columns are filled with nulls. Everything else is refused, with every problem named at
 //! once: an incompatible type (with the expected and found types), a missing required
@@ -85,8 +85,12 @@ pub fn is_safe_widening(from: &DataType, to: &DataType) -> bool {
         (Int8 | Int16 | UInt8 | UInt16, Float32 | Float64) => true,
         (Int32 | UInt32, Float64) => true,
         (Utf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => true,
-        (LargeUtf8, LargeUtf8) => true,
+        // Large (64-bit offset) strings keep every value in 32-bit offsets; only a batch
+        // holding over 2 GiB of text cannot, and the checked cast refuses it with an error.
+        // pandas and pyarrow's `large_string` data write to `utf8` frames this way.
+        (LargeUtf8, Utf8 | LargeUtf8 | Utf8View) => true,
         (Binary | BinaryView, Binary | LargeBinary | BinaryView) => true,
+        (LargeBinary, Binary | LargeBinary | BinaryView) => true,
         (Date32, Date64) => true,
         (Timestamp(fu, ftz), Timestamp(tu, ttz)) => ftz == ttz && unit_rank(tu) >= unit_rank(fu),
         (Time32(fu), Time32(tu)) => unit_rank(tu) >= unit_rank(fu),

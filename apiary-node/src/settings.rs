@@ -1,0 +1,157 @@
+//! Settings from the environment: the `APIARY_*` variables the `apiary` binary reads as
+//! flag defaults, for embedders that configure a node without flags (the Python binding, a
+//! container). One parser per kind of value, shared with the binary's flags, so a value means
+//! the same wherever it is given.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `APIARY_NODE_ID` | this node's id | generated once, kept in the state folder |
+//! | `APIARY_STATE_DIR` | the node's local state folder | `$XDG_STATE_HOME/apiary` or `~/.local/state/apiary` |
+//! | `APIARY_HEARTBEAT_INTERVAL` | how often a node writes its heartbeat | 5s |
+//! | `APIARY_POLL_INTERVAL` | how often a node reads the heartbeats | 5s |
+//! | `APIARY_DEAD_THRESHOLD` | no heartbeat change this long: dead (half: suspect) | 30s |
+//! | `APIARY_TASK_POLL_INTERVAL` | how often a node looks for tasks | 1s |
+//! | `APIARY_TASK_TIMEOUT` | a task running longer is reassigned | 10m |
+//! | `APIARY_QUERY_RETENTION` | orphaned query folders are removed after this | 15m |
+//! | `APIARY_DISTRIBUTE_MIN_BYTES` | `auto` distributes from this many bytes to read | 64 MiB |
+//! | `APIARY_DRAIN_TIMEOUT` | how long a leaving node waits for running work | 30s |
+//! | `APIARY_MEMORY` | memory the node may use (`4GiB`) | detected |
+//! | `APIARY_COMPACT_INTERVAL` | how often a cold node compacts | 1m |
+//! | `APIARY_CACHE_DIR` | the cell cache's folder | `cache/NODE_ID` in the state folder |
+//! | `APIARY_CACHE_SIZE` | the cell cache's budget (`0` turns it off) | a fifth of the free disk |
+
+use std::time::Duration;
+
+use crate::{ApiaryError, ApiaryOptions, NodeOptions, Result};
+
+/// Parses a positive duration such as `500ms`, `5s` or `1m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration such as 500ms, 5s or 1m: {e}"))?;
+    if d.is_zero() {
+        return Err("a duration must be more than zero".into());
+    }
+    Ok(d)
+}
+
+/// Parses a size in bytes such as `4GiB`, `512MiB`, `64MB` or `1000`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as 4GiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// The value of `name`, when set and not empty.
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// `name` parsed with `parse`, when set; a bad value is an error naming the variable.
+fn parsed<T>(name: &'static str, parse: fn(&str) -> Result<T, String>) -> Result<Option<T>> {
+    var(name)
+        .map(|v| {
+            parse(&v).map_err(|message| ApiaryError::Setting {
+                name,
+                value: v.clone(),
+                message,
+            })
+        })
+        .transpose()
+}
+
+impl ApiaryOptions {
+    /// Options for `storage`, tuned by the `APIARY_*` variables that concern any process on
+    /// the storage (swarm thresholds, distribution). Unset variables keep the defaults; a
+    /// malformed one is an error that names it.
+    pub fn from_env(storage: apiary_storage::StorageUri) -> Result<Self> {
+        let mut options = Self::new(storage);
+        options.swarm = swarm_from_env(options.swarm)?;
+        let d = &mut options.distribute;
+        if let Some(v) = parsed("APIARY_TASK_TIMEOUT", parse_duration)? {
+            d.task_timeout = v;
+        }
+        if let Some(v) = parsed("APIARY_QUERY_RETENTION", parse_duration)? {
+            d.orphan_retention = v;
+        }
+        if let Some(v) = parsed("APIARY_DISTRIBUTE_MIN_BYTES", parse_size)? {
+            d.auto_min_bytes = v;
+        }
+        Ok(options)
+    }
+}
+
+fn swarm_from_env(mut swarm: apiary_swarm::SwarmConfig) -> Result<apiary_swarm::SwarmConfig> {
+    if let Some(v) = parsed("APIARY_HEARTBEAT_INTERVAL", parse_duration)? {
+        swarm.heartbeat_interval = v;
+    }
+    if let Some(v) = parsed("APIARY_POLL_INTERVAL", parse_duration)? {
+        swarm.poll_interval = v;
+    }
+    if let Some(v) = parsed("APIARY_DEAD_THRESHOLD", parse_duration)? {
+        swarm.dead_threshold = v;
+    }
+    Ok(swarm)
+}
+
+impl NodeOptions {
+    /// Defaults, tuned by the node's `APIARY_*` variables (identity, state folder, timing,
+    /// memory, cache); see the [module documentation](crate::settings). A malformed value is
+    /// an error that names the variable.
+    pub fn from_env() -> Result<Self> {
+        let mut options = Self {
+            node_id: var("APIARY_NODE_ID"),
+            ..Self::default()
+        };
+        options.swarm = swarm_from_env(options.swarm)?;
+        if let Some(v) = parsed("APIARY_TASK_POLL_INTERVAL", parse_duration)? {
+            options.task_poll_interval = v;
+        }
+        if let Some(v) = parsed("APIARY_DRAIN_TIMEOUT", parse_duration)? {
+            options.drain_timeout = v;
+        }
+        if let Some(v) = parsed("APIARY_COMPACT_INTERVAL", parse_duration)? {
+            options.compact_interval = v;
+        }
+        options.memory_bytes = parsed("APIARY_MEMORY", parse_size)?;
+        options.cache_bytes = parsed("APIARY_CACHE_SIZE", parse_size)?;
+        options.cache_dir = var("APIARY_CACHE_DIR").map(Into::into);
+        Ok(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration(" 1m "), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("64 MB"), Ok(64_000_000));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
+}
