@@ -1,7 +1,9 @@
 //! The one Tokio runtime behind every `Apiary` in the process, and how Python waits on it:
 //! with the GIL released (other Python threads run), waking every few milliseconds to let
 //! Ctrl-C through. An interrupted call cancels its work: the task is aborted, which drops the
-//! query or write future (an unfinished write commits nothing).
+//! query or write future. A write dropped before its commit commits nothing; one dropped
+//! while its conditional put is in flight may have landed (the caller sees the interrupt,
+//! as it would a lost response, and reads the frame's version to know).
 
 use std::future::Future;
 use std::sync::OnceLock;
