@@ -5,6 +5,7 @@
 //! imports through `__arrow_c_stream__`, also without copies.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use apiary::apiary_ledger::LedgerError;
 use arrow_array::ffi_stream::{ArrowArrayStreamReader, FFI_ArrowArrayStream};
@@ -62,11 +63,15 @@ impl Input {
         ))
     }
 
-    /// The batches, for the Rust write path (pulled on a blocking thread).
+    /// The batches, for the Rust write path (pulled on a blocking thread), until `stop` is
+    /// set: a write that was cancelled (Ctrl-C) stops pulling from the caller's reader at the
+    /// next batch instead of draining it behind the caller's back.
     pub(crate) fn into_batches(
         self,
+        stop: Arc<AtomicBool>,
     ) -> Box<dyn Iterator<Item = Result<RecordBatch, LedgerError>> + Send> {
-        match self {
+        let batches: Box<dyn Iterator<Item = Result<RecordBatch, LedgerError>> + Send> = match self
+        {
             Input::Ipc(bytes) => Box::new(apiary::ipc::deferred(std::io::Cursor::new(bytes))),
             Input::Stream(reader) => Box::new(reader.map(|batch| {
                 batch.map_err(|e| {
@@ -76,7 +81,8 @@ impl Input {
                 })
             })),
             Input::Batch(batch) => Box::new(std::iter::once(Ok(batch))),
-        }
+        };
+        Box::new(batches.take_while(move |_| !stop.load(Ordering::Acquire)))
     }
 }
 
@@ -166,4 +172,13 @@ pub(crate) fn to_pyarrow_table<'py>(
         ))
     })?;
     pyarrow.call_method1("table", (Bound::new(py, stream)?,))
+}
+
+/// Sets its flag when dropped: with the write future, whether it finished or was cancelled.
+pub(crate) struct StopOnDrop(pub(crate) Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }

@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use serde::Serialize;
 
-use crate::arrow::{ArrowStream, Input, to_pyarrow_table};
+use crate::arrow::{ArrowStream, Input, StopOnDrop, to_pyarrow_table};
 use crate::errors::invalid;
 use crate::runtime::{block_on, finish, wait};
 
@@ -174,9 +174,11 @@ impl PyApiary {
         data: &Bound<'_, PyAny>,
         mode: WriteMode,
     ) -> PyResult<Py<PyAny>> {
-        let batches = Input::extract(data)?.into_batches();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let batches = Input::extract(data)?.into_batches(Arc::clone(&stop));
         let ap = self.inner.clone();
         let result = wait(py, async move {
+            let _stop = StopOnDrop(stop);
             ap.write_batches_to_frame(&frame, batches, mode).await
         })?;
         Ok(to_python(py, &result)?.unbind())

@@ -12,7 +12,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from apiary import Apiary, ArrowStream
+from apiary import Apiary, ArrowStream, ConflictError
 from conftest import ipc_bytes
 
 
@@ -179,3 +179,26 @@ def test_pandas_and_polars_strings_fit_utf8_frames(ap: Apiary) -> None:
     assert ap.write_to_frame("h", "b", "clicks", df)["rows_written"] == 1
     assert ap.overwrite_frame("h", "b", "clicks", df)["rows_written"] == 1
     assert ids(ap) == [12]
+
+
+def test_maintenance_and_catalog_calls(ap: Apiary) -> None:
+    for i in range(5):
+        ap.write_to_frame("h", "b", "clicks", pa.table({"id": [i], "page": ["/"], "country": ["us"]}))
+    assert ap.describe_frame("h", "b", "clicks")["cells"] == 5
+    compacted = ap.compact("h", "b", "clicks")
+    assert compacted["commits"] == 1 and compacted["cells_removed"] == 5 and compacted["cells_added"] == 1
+    assert ids(ap) == list(range(5))
+    # The replaced files are kept for readers of older versions until the retention passes.
+    vacuumed = ap.vacuum("h", "b", "clicks", retention=datetime.timedelta(hours=1))
+    assert vacuumed == {"files_deleted": 0, "bytes_deleted": 0, "files_kept": 6}
+    assert ids(ap) == list(range(5))
+
+    assert ap.list_hives() == ["h"] and ap.list_boxes("h") == ["b"] and ap.list_frames("h", "b") == ["clicks"]
+    assert ap.create_hive("h") is False and ap.create_box("h", "b") is False
+    with pytest.raises(ConflictError, match="drop with cascade"):
+        ap.drop_box("h", "b")
+    ap.drop_frame("h", "b", "clicks")
+    assert ap.list_frames("h", "b") == []
+    ap.create_box("h", "other")
+    ap.drop_hive("h", cascade=True)
+    assert ap.list_hives() == []

@@ -148,3 +148,33 @@ print(ap.status()["node_id"])
     assert heartbeat_ids(storage) == set()
     swarm = Apiary("observer", storage=str(storage)).swarm_status()
     assert swarm["nodes"] == []
+
+
+def test_ctrl_c_during_a_write_commits_nothing(tmp_path: pathlib.Path) -> None:
+    code = f"""
+import _thread, threading, time
+import pyarrow as pa
+from apiary import Apiary
+ap = Apiary("interrupt", storage={str(tmp_path / "data")!r})
+ap.create_hive("h"); ap.create_box("h", "b")
+ap.create_frame("h", "b", "f", {{"id": "int64"}})
+def slow():
+    for i in range(1000):
+        time.sleep(0.01)
+        yield pa.record_batch({{"id": [i]}})
+reader = pa.RecordBatchReader.from_batches(pa.schema([("id", pa.int64())]), slow())
+threading.Timer(0.5, _thread.interrupt_main).start()
+try:
+    ap.write_to_frame("h", "b", "f", reader)
+    print("FINISHED")
+except KeyboardInterrupt:
+    print("INTERRUPTED")
+time.sleep(0.5)
+info = ap.describe_frame("h", "b", "f")
+print("version", info["version"], "rows", info["rows"])
+ap.write_to_frame("h", "b", "f", pa.table({{"id": [1, 2]}}))
+print("after", ap.describe_frame("h", "b", "f")["rows"])
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["INTERRUPTED", "version 0 rows 0", "after 2"], done.stdout

@@ -19,7 +19,8 @@ use arrow_array::RecordBatch;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let flags = flags(&["input", "storage", "runs"]);
     let input = flags.get("input").ok_or("--input FILE is required")?;
-    let storage = std::path::PathBuf::from(flags.get("storage").ok_or("--storage DIR is required")?);
+    let storage =
+        std::path::PathBuf::from(flags.get("storage").ok_or("--storage DIR is required")?);
     let runs: usize = flag(&flags, "runs", 3);
     let batches: Vec<RecordBatch> =
         apiary::ipc::deferred(std::fs::File::open(input)?).collect::<Result<_, _>>()?;
