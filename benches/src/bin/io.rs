@@ -1,7 +1,8 @@
 //! Writing and reading back rows through the Rust API: the baseline the Python binding's
 //! benchmark (`apiary-python/bench/io.py`) compares itself with, on the very same data.
 //!
-//! Reads `--input FILE` (an Arrow IPC stream) into memory, then `--runs N` times: a fresh
+//! Reads `--input FILE` (an Arrow IPC stream) into memory, then `--warmup W` (default 1,
+//! not counted: the process's first large allocations pay for page faults) plus `--runs N` times: a fresh
 //! frame in a new folder under `--storage DIR`, partitioned by `country`; times
 //! `write_to_frame` of all the batches (one commit) and `read_from_frame` of every row.
 //! Prints one JSON line: `{"rows", "write_s", "read_s"}` (medians).
@@ -17,18 +18,19 @@ use arrow_array::RecordBatch;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let flags = flags(&["input", "storage", "runs"]);
+    let flags = flags(&["input", "storage", "runs", "warmup"]);
     let input = flags.get("input").ok_or("--input FILE is required")?;
     let storage =
         std::path::PathBuf::from(flags.get("storage").ok_or("--storage DIR is required")?);
     let runs: usize = flag(&flags, "runs", 3);
+    let warmup: usize = flag(&flags, "warmup", 1);
     let batches: Vec<RecordBatch> =
         apiary::ipc::deferred(std::fs::File::open(input)?).collect::<Result<_, _>>()?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let schema = batches.first().ok_or("the input has no rows")?.schema();
 
     let (mut writes, mut reads) = (Vec::new(), Vec::new());
-    for run in 0..runs {
+    for run in 0..warmup + runs {
         let folder = storage.join(format!("rust-{run}"));
         let _ = std::fs::remove_dir_all(&folder);
         let ap = Apiary::open(folder.to_str().ok_or("a UTF-8 storage path")?).await?;
@@ -53,6 +55,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         drop(back);
         std::fs::remove_dir_all(&folder)?;
     }
+    writes.drain(..warmup);
+    reads.drain(..warmup);
     println!(
         "{{\"rows\": {rows}, \"write_s\": {:.4}, \"read_s\": {:.4}}}",
         median(writes),
