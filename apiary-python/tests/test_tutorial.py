@@ -17,6 +17,21 @@ from apiary import Apiary
 from conftest import alive_ids, wait_for
 
 
+def assert_matches_pandas(result_bytes: bytes, df, key: str, count: str) -> None:
+    """The tutorial's `GROUP BY key` (COUNT as `count`, AVG(duration_ms)) equals pandas'."""
+    got = pa.ipc.open_stream(result_bytes).read_all().to_pandas()
+    want = (
+        df.groupby(key)
+        .agg(**{count: ("event_id", "count"), "avg_duration": ("duration_ms", "mean")})
+        .reset_index()
+        .sort_values([count, key], ascending=[False, True])
+        .reset_index(drop=True)
+    )
+    assert list(got[key]) == list(want[key])
+    assert list(got[count]) == list(want[count])
+    assert got["avg_duration"].round(9).tolist() == want["avg_duration"].round(9).tolist()
+
+
 def test_seed_001_multi_node_swarm(s3_storage: str, nodes, monkeypatch: pytest.MonkeyPatch) -> None:
     # Step 1-2: the cluster (three nodes on the shared storage).
     for _ in range(3):
@@ -79,18 +94,7 @@ def test_seed_001_multi_node_swarm(s3_storage: str, nodes, monkeypatch: pytest.M
         ORDER BY visits DESC, page
         """
     )
-    got = pa.ipc.open_stream(result_bytes).read_all().to_pandas()
-    want = (
-        df.groupby("page")
-        .agg(visits=("event_id", "count"), avg_duration=("duration_ms", "mean"))
-        .reset_index()
-        .sort_values(["visits", "page"], ascending=[False, True])
-        .reset_index(drop=True)
-    )
-    assert list(got["page"]) == list(want["page"])
-    assert list(got["visits"]) == list(want["visits"])
-    assert got["avg_duration"].round(9).tolist() == want["avg_duration"].round(9).tolist()
-
+    assert_matches_pandas(result_bytes, df, "page", "visits")
     result_bytes = ap.sql(
         """
         SELECT country, COUNT(*) AS events, AVG(duration_ms) AS avg_duration
@@ -99,17 +103,7 @@ def test_seed_001_multi_node_swarm(s3_storage: str, nodes, monkeypatch: pytest.M
         ORDER BY events DESC, country
         """
     )
-    got = pa.ipc.open_stream(result_bytes).read_all().to_pandas()
-    want = (
-        df.groupby("country")
-        .agg(events=("event_id", "count"), avg_duration=("duration_ms", "mean"))
-        .reset_index()
-        .sort_values(["events", "country"], ascending=[False, True])
-        .reset_index(drop=True)
-    )
-    assert list(got["country"]) == list(want["country"])
-    assert list(got["events"]) == list(want["events"])
-    assert got["avg_duration"].round(9).tolist() == want["avg_duration"].round(9).tolist()
+    assert_matches_pandas(result_bytes, df, "country", "events")
 
     # EXPLAIN ANALYZE shows how the cells were distributed: tasks on several nodes.
     result_bytes = ap.sql(
