@@ -128,9 +128,19 @@ impl From<DataFusionError> for QueryError {
             },
             DataFusionError::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
                 Ok(owned) => QueryError::from(owned),
-                Err(shared) => {
-                    QueryError::failed(shared.strip_backtrace(), datafusion_kind(&shared), shared)
-                }
+                // Still shared (a hash join's build side is awaited by every partition).
+                Err(shared) => match exhausted(&shared) {
+                    Some(what) => QueryError::failed(
+                        memory_message(what),
+                        ErrorKind::Unavailable,
+                        DataFusionError::Shared(shared),
+                    ),
+                    None => QueryError::failed(
+                        shared.strip_backtrace(),
+                        datafusion_kind(&shared),
+                        shared,
+                    ),
+                },
             },
             DataFusionError::SQL(..)
             | DataFusionError::Plan(..)
@@ -140,19 +150,33 @@ impl From<DataFusionError> for QueryError {
             DataFusionError::Collection(mut errors) if !errors.is_empty() => {
                 QueryError::from(errors.swap_remove(0))
             }
-            DataFusionError::ResourcesExhausted(ref what) => QueryError::failed(
-                format!(
-                    "the query needs more memory than its budget, even after spilling to disk \
-                     ({what}); give the node more memory (`apiary node --memory` / \
-                     APIARY_MEMORY), give a one-shot query more (`apiary sql --memory SIZE`), \
-                     or make the query smaller",
-                    what = what.split_whitespace().collect::<Vec<_>>().join(" ")
-                ),
-                ErrorKind::Unavailable,
-                e,
-            ),
+            DataFusionError::ResourcesExhausted(ref what) => {
+                QueryError::failed(memory_message(what), ErrorKind::Unavailable, e)
+            }
             other => QueryError::failed(one_line(&other), datafusion_kind(&other), other),
         }
+    }
+}
+
+/// The message of a query that ran out of memory: what DataFusion said and what to set.
+fn memory_message(what: &str) -> String {
+    format!(
+        "the query needs more memory than its budget, even after spilling to disk ({what}); \
+         give the node more memory (`apiary node --memory` / APIARY_MEMORY), give a one-shot \
+         query more (`apiary sql --memory SIZE`), or make the query smaller",
+        what = what.split_whitespace().collect::<Vec<_>>().join(" ")
+    )
+}
+
+/// The allocation failure at the root of `e`, through the wrappers DataFusion adds.
+fn exhausted(e: &DataFusionError) -> Option<&str> {
+    match e {
+        DataFusionError::ResourcesExhausted(what) => Some(what),
+        DataFusionError::Shared(inner) => exhausted(inner),
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            exhausted(inner)
+        }
+        _ => None,
     }
 }
 
@@ -167,5 +191,32 @@ fn one_line(e: &DataFusionError) -> String {
 impl From<QueryError> for DataFusionError {
     fn from(e: QueryError) -> Self {
         DataFusionError::External(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn an_allocation_failure_says_what_to_set_however_it_is_wrapped() {
+        let root = || DataFusionError::ResourcesExhausted("Failed to allocate 97 KB".into());
+        // A shared error another partition still holds cannot be unwrapped.
+        let held = Arc::new(root());
+        let wrapped = [
+            root(),
+            DataFusionError::Shared(Arc::new(root())),
+            DataFusionError::Shared(Arc::clone(&held)),
+            DataFusionError::Context("join".into(), Box::new(DataFusionError::Shared(held))),
+        ];
+        for e in wrapped {
+            let q = QueryError::from(e);
+            assert_eq!(q.kind(), ErrorKind::Unavailable, "{q}");
+            let message = q.to_string();
+            assert!(message.contains("more memory than its budget"), "{message}");
+            assert!(message.contains("97 KB"), "{message}");
+            assert!(message.contains("--memory"), "{message}");
+        }
     }
 }
