@@ -146,6 +146,9 @@ impl FrameLedger {
         match self.working.try_lock() {
             Ok(mut working) => {
                 self.catch_up(&mut working);
+                // The working copy may be ahead of the published state: a commit that
+                // failed after learning newer versions leaves it so. Publish it either way.
+                self.publish(working.clone());
                 while let Some((entry, key)) = self.fetch_next(&working).await? {
                     self.install(&mut working, &entry, key.as_ref())?;
                 }
@@ -280,10 +283,12 @@ impl FrameLedger {
                     // the head in one listing, so the next attempt is not one behind again.
                     // A failed read here costs nothing: the next conditional put tells the
                     // truth anyway. Damage does stop the commit.
-                    match self.replay_after(&mut working).await {
-                        Ok(()) => {
-                            self.publish(working.clone());
-                        }
+                    // Every version applied exists, so even a catch-up cut short by an error
+                    // leaves a true state: publish what was learned.
+                    let caught_up = self.replay_after(&mut working).await;
+                    self.publish(working.clone());
+                    match caught_up {
+                        Ok(()) => {}
                         Err(LedgerError::Storage(e)) => {
                             tracing::debug!(frame = %what, error = %e, "catch-up read failed");
                         }

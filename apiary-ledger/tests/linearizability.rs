@@ -444,3 +444,24 @@ fn linearizable_on_s3() {
         || (s3_test_uri("lin"), None),
     );
 }
+
+/// A history CI once found: a reader missed an append acknowledged before it began.
+#[test]
+fn regression_read_after_acknowledged_append() {
+    use Kind::{Append, Read};
+    let s = Scenario {
+        seed: 13981080520304353187,
+        writers: vec![vec![Append, Append, Append], vec![Append, Read]],
+        error_rate: 0.247074602363012,
+        lost_response_rate: 0.18547746214598745,
+        conflict_rate: 0.12299090070447534,
+        list_omission_rate: 0.22069351459486702,
+        checkpoint_interval: 2,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(run_history(&StorageUri::Memory, &s)).unwrap();
+}
