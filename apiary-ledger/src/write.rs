@@ -60,6 +60,8 @@ pub struct WriteOptions {
     /// Longest time from the first upload to the commit; a slower write commits nothing
     /// (its cells are left to vacuum). Must stay below every vacuum's retention.
     pub max_write_age: Duration,
+    /// Threads that encode a cell's columns (a node uses one per bee).
+    pub encode_threads: usize,
     /// Called after each cell is uploaded.
     pub on_upload: Option<UploadHook>,
 }
@@ -71,6 +73,7 @@ impl std::fmt::Debug for WriteOptions {
             .field("max_partitions", &self.max_partitions)
             .field("memory_budget", &self.memory_budget)
             .field("max_write_age", &self.max_write_age)
+            .field("encode_threads", &self.encode_threads)
             .field("on_upload", &self.on_upload.is_some())
             .finish()
     }
@@ -86,6 +89,7 @@ impl Default for WriteOptions {
             max_partitions: 1000,
             memory_budget: 512 << 20,
             max_write_age: DEFAULT_MAX_WRITE_AGE,
+            encode_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             on_upload: None,
         }
     }
@@ -183,7 +187,7 @@ impl Encoders<'_> {
                     self.options.max_partitions
                 )));
             }
-            let encoder = CellEncoder::new(batch.schema())?;
+            let encoder = CellEncoder::new(batch.schema(), self.options.encode_threads)?;
             self.open.insert(
                 values.clone(),
                 OpenCell {

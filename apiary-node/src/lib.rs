@@ -717,6 +717,7 @@ impl Apiary {
         WriteOptions {
             on_upload,
             target_cell_bytes: capacity.target_cell_bytes as usize,
+            encode_threads: capacity.bees.max(1) as usize,
             memory_budget: (capacity.memory_per_bee_bytes as usize)
                 .max(capacity.target_cell_bytes as usize * 2),
             ..WriteOptions::default()
