@@ -14,7 +14,7 @@
 //! (measured on the node's monotonic clock, which is never ahead of the store's age of the
 //! cell). Vacuum retentions must be longer than this age.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,7 +129,8 @@ struct Encoders<'a> {
     definition: &'a FrameDefinition,
     options: &'a WriteOptions,
     open: HashMap<Vec<(String, String)>, OpenCell>,
-    partitions_seen: usize,
+    /// Every partition this write has opened a cell in.
+    partitions_seen: HashSet<Vec<(String, String)>>,
     out: tokio::sync::mpsc::Sender<Finished>,
 }
 
@@ -179,8 +180,9 @@ impl Encoders<'_> {
 
     fn add(&mut self, values: Vec<(String, String)>, batch: &RecordBatch) -> Result<()> {
         if !self.open.contains_key(&values) {
-            self.partitions_seen += 1;
-            if self.partitions_seen > self.options.max_partitions {
+            if self.partitions_seen.insert(values.clone())
+                && self.partitions_seen.len() > self.options.max_partitions
+            {
                 return Err(LedgerError::Invalid(format!(
                     "this write would create more than {} partitions; write fewer distinct \
                      partition values at a time, or raise the limit",
@@ -212,7 +214,7 @@ impl Encoders<'_> {
             let largest = self
                 .open
                 .iter()
-                .max_by_key(|(_, c)| c.encoder.estimated_bytes())
+                .max_by_key(|(_, c)| c.encoder.memory_bytes())
                 .map(|(k, _)| k.clone());
             let Some(key) = largest else { break };
             if let Some(cell) = self.open.remove(&key) {
@@ -223,10 +225,7 @@ impl Encoders<'_> {
     }
 
     fn buffered(&self) -> usize {
-        self.open
-            .values()
-            .map(|c| c.encoder.estimated_bytes())
-            .sum()
+        self.open.values().map(|c| c.encoder.memory_bytes()).sum()
     }
 }
 
@@ -309,7 +308,7 @@ where
                 definition: &definition,
                 options: &options,
                 open: HashMap::new(),
-                partitions_seen: 0,
+                partitions_seen: HashSet::new(),
                 out: tx,
             }
             .run(batches.into_iter())

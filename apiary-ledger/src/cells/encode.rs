@@ -93,6 +93,8 @@ pub struct CellEncoder {
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     pending_bytes: usize,
+    /// Arrow bytes handed to the column writers so far (for the compression ratio).
+    encoded_arrow_bytes: usize,
     /// Rows in the open row group, encoded or pending.
     group_rows: usize,
     row_groups: usize,
@@ -151,6 +153,7 @@ impl CellEncoder {
             pending: Vec::new(),
             pending_rows: 0,
             pending_bytes: 0,
+            encoded_arrow_bytes: 0,
             group_rows: 0,
             row_groups: 0,
             rows: 0,
@@ -190,16 +193,28 @@ impl CellEncoder {
         Ok(())
     }
 
-    /// Bytes the cell would take if finished now (encoded, in the open row group's writers,
-    /// and buffered).
+    /// Bytes the cell would take if finished now: what is encoded, plus the buffered rows
+    /// at the compression ratio seen so far (at their Arrow size before anything is encoded).
     pub fn estimated_bytes(&self) -> usize {
-        let open: usize = self
-            .columns
+        let encoded = self.file.bytes_written() + self.open_writer_bytes();
+        let pending = match self.encoded_arrow_bytes {
+            0 => self.pending_bytes,
+            arrow => (self.pending_bytes as u128 * encoded as u128 / arrow as u128) as usize,
+        };
+        encoded + pending
+    }
+
+    /// Memory the encoder holds: the file so far, the open writers and the buffered rows.
+    pub fn memory_bytes(&self) -> usize {
+        self.file.bytes_written() + self.open_writer_bytes() + self.pending_bytes
+    }
+
+    fn open_writer_bytes(&self) -> usize {
+        self.columns
             .iter()
             .flat_map(|c| &c.writers)
             .map(ArrowColumnWriter::get_estimated_total_bytes)
-            .sum();
-        self.file.bytes_written() + open + self.pending_bytes
+            .sum()
     }
 
     /// Rows written so far.
@@ -256,6 +271,7 @@ impl CellEncoder {
         }
         let pending = std::mem::take(&mut self.pending);
         self.pending_rows = 0;
+        self.encoded_arrow_bytes += self.pending_bytes;
         self.pending_bytes = 0;
         let arrays = |i: usize| pending.iter().map(|b| b.column(i)).collect::<Vec<_>>();
         let threads = self.threads.min(self.columns.len());
