@@ -10,15 +10,21 @@
 //!   (ranged reads included: Parquet footers and column chunks) and passes everything else
 //!   through. DataFusion reads frames through it.
 //!
+//! * [`ColumnTier`]: the memory tier above the disk: decoded Arrow columns of hot cells,
+//!   admitted on their second read, within a share of the node's memory that yields to
+//!   the queries' memory pools.
+//!
 //! Why an index over plain files rather than a hybrid cache crate such as `foyer`: a Parquet
 //! reader asks for byte ranges of a cell, and a plain file answers a range with one
 //! positioned read; caches that store values whole would read whole cells for a footer.
 //! Eviction is not hand-written: the index is [`quick_cache`]'s.
 
+mod columns;
 pub mod disk;
 mod error;
 mod store;
 
+pub use columns::{ColumnChunks, ColumnKey, ColumnTier, MemoryCount, TierCounts};
 pub use disk::{BLOCK_BYTES, CacheConfig, CacheCounts, CachedCell, CellCache};
 pub use error::{CacheError, Result};
 pub use store::{CachingStore, ScanCounters, is_cell_key};

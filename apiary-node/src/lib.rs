@@ -51,6 +51,7 @@ pub use apiary_ledger::ipc;
 mod node;
 pub mod settings;
 
+pub use apiary_cache::TierCounts;
 pub use apiary_ledger;
 pub use apiary_query;
 pub use apiary_query::datafusion::execution::SendableRecordBatchStream;
@@ -175,6 +176,13 @@ async fn open_cache(id: &NodeId, options: &NodeOptions) -> Result<Option<Arc<Cel
     Ok(Some(Arc::new(cache)))
 }
 
+/// The memory tier's share and the memory it shares with the queries' pools (the bees'),
+/// for a tier of `configured` bytes (default a quarter of the bees' memory).
+fn tier_limits(configured: Option<u64>, capacity: &apiary_swarm::Capacity) -> (u64, u64) {
+    let budget = capacity.memory_per_bee_bytes * u64::from(capacity.bees);
+    (configured.unwrap_or(budget / 4).min(budget), budget)
+}
+
 /// Result alias for the [`Apiary`] API.
 pub type Result<T, E = ApiaryError> = std::result::Result<T, E>;
 
@@ -196,6 +204,10 @@ pub struct ApiaryOptions {
     /// Memory each query may use when this handle is not a running node (whose bees decide
     /// it); past it, queries spill to disk. `None`: unlimited.
     pub query_memory: Option<usize>,
+    /// The most the memory tier of decoded columns holds while this handle is not a
+    /// running node (`APIARY_MEMORY_TIER`); default a quarter of the memory bees would
+    /// have here. Zero turns it off.
+    pub memory_tier: Option<u64>,
 }
 
 impl ApiaryOptions {
@@ -209,6 +221,7 @@ impl ApiaryOptions {
             distribute: DistributeSettings::default(),
             distribute_mode: DistributeMode::default(),
             query_memory: None,
+            memory_tier: None,
         }
     }
 }
@@ -231,6 +244,7 @@ pub struct Apiary {
     distribute: DistributeSettings,
     distribute_mode: DistributeMode,
     query_memory: Option<usize>,
+    memory_tier: Option<u64>,
     /// Frames this handle wrote to since they were last compacted.
     written: Arc<Mutex<std::collections::HashSet<FrameRef>>>,
 }
@@ -314,6 +328,7 @@ impl Apiary {
             distribute: options.distribute,
             distribute_mode: options.distribute_mode,
             query_memory: options.query_memory,
+            memory_tier: options.memory_tier,
             written: Arc::default(),
         }
     }
@@ -456,6 +471,7 @@ impl Apiary {
         }
         let identity = NodeIdentity::resolve(options.node_id.as_deref(), &options.state_dir)?;
         let capacity = apiary_swarm::detect_capacity(options.memory_bytes);
+        let tier = tier_limits(options.memory_tier_bytes.or(self.memory_tier), &capacity);
         let bees = Bees::new(
             capacity.bees,
             capacity.memory_per_bee_bytes * u64::from(capacity.bees),
@@ -532,6 +548,7 @@ impl Apiary {
             .join("scratch")
             .join(identity.node_id().as_str());
         prepare_scratch(&scratch).await?;
+        engine.memory_tier().set_limits(tier.0, tier.1);
         engine.set_admission(Some(Arc::new(admission::BeeAdmission {
             colony: Arc::clone(&colony),
             scratch,
@@ -626,6 +643,12 @@ impl Apiary {
                 .and_then(|n| n.cache.as_ref())
                 .map(|c| c.counts()),
         }
+    }
+
+    /// What the memory tier of decoded columns holds and has done (see
+    /// [`apiary_cache::ColumnTier`]).
+    pub fn memory_tier(&self) -> Result<TierCounts> {
+        Ok(self.query_engine()?.memory_tier().counts())
     }
 
     /// The running node's cell cache (none when not started or turned off).
@@ -908,7 +931,8 @@ impl Apiary {
         if let Some(engine) = self.query.get() {
             return Ok(engine);
         }
-        let bees = apiary_swarm::detect_capacity(None).bees;
+        let capacity = apiary_swarm::detect_capacity(None);
+        let (memory_tier, memory_budget) = tier_limits(self.memory_tier, &capacity);
         let directory = Arc::new(SwarmDirectory::new(
             Arc::clone(&self.node),
             self.membership_for(MembershipRole::Observer { swarm: &self.swarm }),
@@ -916,8 +940,10 @@ impl Apiary {
         let engine = QueryEngine::new(
             Arc::clone(&self.registry),
             QueryOptions {
-                target_partitions: bees as usize,
+                target_partitions: capacity.bees as usize,
                 memory_limit: self.query_memory,
+                memory_tier,
+                memory_budget,
                 ..QueryOptions::default()
             },
         )?

@@ -125,6 +125,10 @@ enum Command {
         /// 0 turns the cache off).
         #[arg(long, env = "APIARY_CACHE_SIZE", value_parser = memory)]
         cache_size: Option<u64>,
+        /// The most the memory tier of decoded columns holds, e.g. 1GiB (default: a quarter
+        /// of the bees' memory, shared with the queries' pools; 0 turns it off).
+        #[arg(long, env = "APIARY_MEMORY_TIER", value_parser = memory)]
+        memory_tier: Option<u64>,
         /// Testing only: move this node's wall clock, e.g. 1h or -1h.
         #[arg(long, env = "APIARY_CLOCK_OFFSET", hide = true, value_parser = signed_duration)]
         clock_offset: Option<(Duration, bool)>,
@@ -307,6 +311,8 @@ async fn run(cli: Cli) -> CliResult<()> {
             options.distribute_mode = apiary::apiary_query::distributed::DistributeMode::Never;
         }
         options.query_memory = memory.map(|m| m as usize);
+        // One query per process: nothing would be read again from a memory tier.
+        options.memory_tier = Some(0);
     }
     let ap = Apiary::open_with(options).await?;
     let json = cli.json;
@@ -317,6 +323,7 @@ async fn run(cli: Cli) -> CliResult<()> {
             memory,
             cache_dir,
             cache_size,
+            memory_tier,
             compact_interval,
             clock_offset,
         } => {
@@ -325,6 +332,7 @@ async fn run(cli: Cli) -> CliResult<()> {
             options.memory_bytes = memory;
             options.cache_dir = cache_dir;
             options.cache_bytes = cache_size;
+            options.memory_tier_bytes = memory_tier;
             options.compact_interval = compact_interval;
             if let Some((offset, ahead)) = clock_offset {
                 options.clock = Arc::new(SystemClock::with_wall_offset(offset, ahead));

@@ -40,6 +40,10 @@ pub struct NodeOptions {
     /// How often a cold node compacts the frames it wrote small cells to
     /// (`APIARY_COMPACT_INTERVAL`; default 1 min).
     pub compact_interval: Duration,
+    /// The most the memory tier of decoded columns holds (`APIARY_MEMORY_TIER`); default a
+    /// quarter of the bees' memory, which it shares with the queries' pools. Zero turns it
+    /// off.
+    pub memory_tier_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -67,6 +71,7 @@ impl Default for NodeOptions {
             cache_bytes: None,
             colony: apiary_swarm::ColonyConfig::default(),
             compact_interval: Duration::from_secs(60),
+            memory_tier_bytes: None,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! | `APIARY_COMPACT_INTERVAL` | how often a cold node compacts | 1m |
 //! | `APIARY_CACHE_DIR` | the cell cache's folder | `cache/NODE_ID` in the state folder |
 //! | `APIARY_CACHE_SIZE` | the cell cache's budget (`0` turns it off) | a fifth of the free disk |
+//! | `APIARY_MEMORY_TIER` | the most the memory tier of decoded columns holds (`0` turns it off) | a quarter of the bees' memory |
 
 use std::time::Duration;
 
@@ -95,6 +96,7 @@ impl ApiaryOptions {
         if let Some(v) = parsed("APIARY_DISTRIBUTE_MIN_BYTES", parse_size)? {
             d.auto_min_bytes = v;
         }
+        options.memory_tier = parsed("APIARY_MEMORY_TIER", parse_size)?;
         Ok(options)
     }
 }
@@ -134,6 +136,7 @@ impl NodeOptions {
         options.memory_bytes = parsed("APIARY_MEMORY", parse_size)?;
         options.cache_bytes = parsed("APIARY_CACHE_SIZE", parse_size)?;
         options.cache_dir = var("APIARY_CACHE_DIR").map(Into::into);
+        options.memory_tier_bytes = parsed("APIARY_MEMORY_TIER", parse_size)?;
         Ok(options)
     }
 }

@@ -5,35 +5,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::Arc;
-
 use apiary::apiary_ledger::LedgerConfig;
 use apiary::apiary_storage::{CountsHandle, StorageUri, counted_backend};
 use apiary::{Apiary, ApiaryError, NodeOptions};
-use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-
-const COUNTRIES: [&str; 4] = ["us", "de", "fr", "jp"];
-
-fn clicks(range: std::ops::Range<i64>) -> RecordBatch {
-    let ids: Vec<i64> = range.collect();
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(ids.clone())),
-        Arc::new(StringArray::from_iter_values(
-            ids.iter().map(|i| format!("user_{}", i % 97)),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            ids.iter().map(|i| format!("/p{}", i % 5)),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            ids.iter().map(|i| i * 7 % 1000),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            ids.iter().map(|i| COUNTRIES[(*i % 4) as usize]),
-        )),
-    ];
-    RecordBatch::try_new(common::clicks_schema(), columns).unwrap()
-}
+use std::path::Path;
 
 /// An `Apiary` over `storage` whose requests are counted below the backend.
 fn counted(storage: &Path) -> (Apiary, CountsHandle) {
@@ -50,6 +25,8 @@ fn node(dir: &Path, id: &str) -> NodeOptions {
         node_id: Some(id.into()),
         state_dir: dir.join("state"),
         cache_bytes: Some(256 << 20),
+        // The disk cache alone: with the memory tier, warm scans would not read it.
+        memory_tier_bytes: Some(0),
         swarm: apiary::apiary_swarm::SwarmConfig {
             heartbeat_interval: std::time::Duration::from_millis(50),
             poll_interval: std::time::Duration::from_millis(50),
@@ -121,7 +98,7 @@ async fn warm_queries_read_cells_from_the_nodes_disk() {
                 "analytics",
                 "events",
                 "clicks",
-                [clicks(w * 5000..(w + 1) * 5000)],
+                [common::clicks(w * 5000..(w + 1) * 5000)],
             )
             .await
             .unwrap();
@@ -181,9 +158,14 @@ async fn warm_queries_read_cells_from_the_nodes_disk() {
     );
 
     // Cells the node writes enter its cache as they are written.
-    ap.write_to_frame("analytics", "events", "clicks", [clicks(15_000..16_000)])
-        .await
-        .unwrap();
+    ap.write_to_frame(
+        "analytics",
+        "events",
+        "clicks",
+        [common::clicks(15_000..16_000)],
+    )
+    .await
+    .unwrap();
     // The cache insert runs beside the commit; give it a moment (bounded) to land.
     for _ in 0..200 {
         if ap.cell_cache().unwrap().counts().cells == 16 {

@@ -2,14 +2,15 @@
 //! changes an answer. Random frames (partitioned by a negative-capable integer and by strings
 //! with `/`, `=` and spaces, several writes so partitions hold several cells, nulls) are
 //! queried with random predicates, and every answer is compared with DataFusion scanning the
-//! same rows from memory, unpruned.
+//! same rows from memory, unpruned: with the memory tier off, and with it on (each predicate
+//! twice, so cells are read cold, admitted and served from memory).
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 
-use apiary::Apiary;
 use apiary::apiary_query::datafusion::datasource::MemTable;
 use apiary::apiary_query::datafusion::prelude::SessionContext;
+use apiary::{Apiary, ApiaryOptions};
 use arrow_array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use proptest::prelude::*;
@@ -102,7 +103,19 @@ proptest! {
     ) {
         runtime().block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let ap = Apiary::open(dir.path().to_str().unwrap()).await.unwrap();
+            let uri = apiary::apiary_storage::StorageUri::Local(dir.path().to_path_buf());
+            let ap = Apiary::open_with(ApiaryOptions {
+                memory_tier: Some(64 << 20),
+                ..ApiaryOptions::new(uri.clone())
+            })
+            .await
+            .unwrap();
+            let off = Apiary::open_with(ApiaryOptions {
+                memory_tier: Some(0),
+                ..ApiaryOptions::new(uri)
+            })
+            .await
+            .unwrap();
             ap.create_hive("h").await.unwrap();
             ap.create_box("h", "b").await.unwrap();
             ap.create_frame("h", "b", "f", &[("x", "int64"), ("p", "int64"), ("y", "float64"), ("s", "utf8")], &["p", "s"])
@@ -119,7 +132,7 @@ proptest! {
             reference.register_table("f", Arc::new(table)).unwrap();
             for p in &predicates {
                 let q = "SELECT COUNT(*) AS n, SUM(x) AS sx, COUNT(DISTINCT s) AS ds, MIN(p) AS mp FROM {t} WHERE {p}";
-                let ours = ap.sql(&q.replace("{t}", "h.b.f").replace("{p}", p)).await.unwrap();
+                let sql = q.replace("{t}", "h.b.f").replace("{p}", p);
                 let theirs = reference
                     .sql(&q.replace("{t}", "f").replace("{p}", p))
                     .await
@@ -132,7 +145,10 @@ proptest! {
                         .unwrap()
                         .to_string()
                 };
-                assert_eq!(show(ours.batches()), show(&theirs), "WHERE {p}");
+                for (who, ap) in [("tier off", &off), ("tier on", &ap), ("tier on, again", &ap)] {
+                    let ours = ap.sql(&sql).await.unwrap();
+                    assert_eq!(show(ours.batches()), show(&theirs), "{who}: WHERE {p}");
+                }
             }
         });
     }

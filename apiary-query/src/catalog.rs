@@ -90,6 +90,11 @@ impl ApiaryCatalog {
         Ok(FrameTable::new(Arc::new(index), Arc::clone(&self.scans)))
     }
 
+    /// The node's stores that frame scans read through (and its memory tier).
+    pub fn scans(&self) -> &Arc<ScanStores> {
+        &self.scans
+    }
+
     /// The registry.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry

@@ -6,7 +6,9 @@
 //! * [`SqlSession`] is one client's session: `USE` and `SET` last as long as it does.
 //! * A frame scan ([`FrameTable`]) reads the cells of one ledger version with DataFusion's
 //!   Parquet source, after pruning cells with the ledger's partition values and exact column
-//!   statistics; [`FrameScanExec`] reports cells total, pruned and read in `EXPLAIN`.
+//!   statistics; [`FrameScanExec`] reports cells total, pruned and read in `EXPLAIN`. Cells
+//!   whose columns the node's memory tier holds are read from memory by a
+//!   [`MemoryTierExec`] beside it (see the `tier` module).
 //! * Statements: read-only SQL (queries, `EXPLAIN [ANALYZE]`, `SET datafusion.…`),
 //!   `SHOW HIVES`, `SHOW BOXES [IN hive]`, `SHOW FRAMES [IN hive[.box]]`, `USE hive[.box]`,
 //!   `DESCRIBE frame`. DDL, DML and file access are refused with the API call to use instead.
@@ -22,6 +24,7 @@ mod session;
 mod statement;
 pub mod stats;
 mod table;
+mod tier;
 
 pub use catalog::Pinned;
 pub use error::{QueryError, Result};
@@ -30,6 +33,7 @@ pub use memory::{Admission, Grant, PoolReading};
 pub use output::QueryResult;
 pub use session::{QueryEngine, QueryOptions, SqlSession};
 pub use table::{FrameIndex, FrameTable};
+pub use tier::MemoryTierExec;
 
 /// DataFusion, as this crate uses it (for callers that build plans or read results).
 pub use datafusion;

@@ -11,11 +11,14 @@ use std::any::Any;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use apiary_cache::ColumnTier;
 use async_trait::async_trait;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, UnboundedMemoryPool};
+use datafusion::execution::memory_pool::{
+    FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation, UnboundedMemoryPool,
+};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
@@ -59,19 +62,26 @@ pub trait Admission: Send + Sync + std::fmt::Debug {
 }
 
 /// How an engine budgets memory, shared by its clones.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct Budget {
     admission: Arc<Mutex<Option<Arc<dyn Admission>>>>,
     fixed: Option<usize>,
     scratch: Option<PathBuf>,
+    /// The node's memory tier, which gives way to what queries' pools reserve.
+    tier: Arc<ColumnTier>,
 }
 
 impl Budget {
-    pub(crate) fn fixed(bytes: Option<usize>, scratch: Option<PathBuf>) -> Self {
+    pub(crate) fn fixed(
+        bytes: Option<usize>,
+        scratch: Option<PathBuf>,
+        tier: Arc<ColumnTier>,
+    ) -> Self {
         Self {
             admission: Arc::default(),
             fixed: bytes,
             scratch,
+            tier,
         }
     }
 
@@ -94,14 +104,22 @@ impl Budget {
         match self.admission() {
             Some(admission) => {
                 let mut grant = admission.admit().await?;
-                let runtime = runtime(base, Some(grant.memory_bytes), admission.scratch_dir())?;
+                let runtime = runtime(
+                    base,
+                    Some(grant.memory_bytes),
+                    admission.scratch_dir(),
+                    &self.tier,
+                )?;
                 if let Some(tell) = grant.on_pool.take() {
                     let pool = Arc::clone(&runtime.memory_pool);
                     tell(Arc::new(move || pool.reserved() as u64));
                 }
                 Ok((Some(grant), runtime))
             }
-            None => Ok((None, runtime(base, self.fixed, self.scratch.clone())?)),
+            None => Ok((
+                None,
+                runtime(base, self.fixed, self.scratch.clone(), &self.tier)?,
+            )),
         }
     }
 
@@ -112,23 +130,30 @@ impl Budget {
                 base,
                 Some(admission.task_memory()),
                 admission.scratch_dir(),
+                &self.tier,
             )?),
-            None => Ok(runtime(base, self.fixed, self.scratch.clone())?),
+            None => Ok(runtime(base, self.fixed, self.scratch.clone(), &self.tier)?),
         }
     }
 }
 
 /// `base` with a memory pool of `bytes` (unbounded for `None`) spilling to `scratch` (the
-/// system's temporary directory for `None`). Caches and the object store are shared.
+/// system's temporary directory for `None`), whose reservations make `tier` give way.
+/// Caches and the object store are shared.
 fn runtime(
     base: &RuntimeEnv,
     bytes: Option<usize>,
     scratch: Option<PathBuf>,
+    tier: &Arc<ColumnTier>,
 ) -> DfResult<Arc<RuntimeEnv>> {
-    let memory_pool: Arc<dyn MemoryPool> = match bytes {
+    let pool: Arc<dyn MemoryPool> = match bytes {
         Some(bytes) => Arc::new(FairSpillPool::new(bytes)),
         None => Arc::new(UnboundedMemoryPool::default()),
     };
+    let memory_pool = Arc::new(YieldingPool {
+        inner: pool,
+        tier: Arc::clone(tier),
+    });
     let disk_manager = match scratch {
         Some(dir) => Arc::new(
             DiskManagerBuilder::default()
@@ -143,6 +168,59 @@ fn runtime(
         cache_manager: Arc::clone(&base.cache_manager),
         object_store_registry: Arc::clone(&base.object_store_registry),
     }))
+}
+
+/// A query's pool that tells the node's memory tier what it reserves: every byte a query
+/// holds lowers the tier's capacity by one, so under memory pressure the tier's columns
+/// are evicted before any query has to spill or fail.
+#[derive(Debug)]
+struct YieldingPool {
+    inner: Arc<dyn MemoryPool>,
+    tier: Arc<ColumnTier>,
+}
+
+impl std::fmt::Display for YieldingPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl MemoryPool for YieldingPool {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.inner.register(consumer);
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.inner.unregister(consumer);
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.inner.grow(reservation, additional);
+        self.tier.pools_grew(additional);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.inner.shrink(reservation, shrink);
+        self.tier.pools_shrank(shrink);
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> DfResult<()> {
+        self.inner.try_grow(reservation, additional)?;
+        self.tier.pools_grew(additional);
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.inner.reserved()
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        self.inner.memory_limit()
+    }
 }
 
 /// `stream`, holding `grant` until it ends or is dropped.

@@ -6,13 +6,16 @@
 //! the registry resolves it to a counted view of the same caching store. The base URL,
 //! `apiary://storage`, is the store itself. Nothing but Apiary's storage is reachable.
 //!
+//! The node's memory tier of decoded columns ([`ColumnTier`]) sits above these stores and is
+//! held here too, so every frame scan of the node shares it.
+//!
 //! [`FrameScanExec`]: crate::FrameScanExec
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use apiary_cache::{CachingStore, ScanCounters};
+use apiary_cache::{CachingStore, ColumnTier, ScanCounters};
 use apiary_storage::object_store::ObjectStore;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::object_store::{ObjectStoreRegistry, ObjectStoreUrl};
@@ -22,19 +25,21 @@ const SCHEME: &str = "apiary";
 const BASE_HOST: &str = "storage";
 const SCAN_HOST: &str = "scan-";
 
-/// The node's store and the counters of the scans running on it.
+/// The node's store, its memory tier and the counters of the scans running on it.
 #[derive(Debug)]
 pub struct ScanStores {
     cells: Arc<CachingStore>,
+    tier: Arc<ColumnTier>,
     next: AtomicU64,
     live: Mutex<HashMap<u64, Weak<ScanCounters>>>,
 }
 
 impl ScanStores {
-    /// Scans over `cells`.
-    pub fn new(cells: Arc<CachingStore>) -> Self {
+    /// Scans over `cells`, keeping hot columns in `tier`.
+    pub fn new(cells: Arc<CachingStore>, tier: Arc<ColumnTier>) -> Self {
         Self {
             cells,
+            tier,
             next: AtomicU64::new(0),
             live: Mutex::default(),
         }
@@ -43,6 +48,11 @@ impl ScanStores {
     /// The caching store under every scan.
     pub fn cells(&self) -> &Arc<CachingStore> {
         &self.cells
+    }
+
+    /// The memory tier of decoded columns.
+    pub fn tier(&self) -> &Arc<ColumnTier> {
+        &self.tier
     }
 
     /// A URL for a new scan and the counters its reads will be counted in (the scan keeps

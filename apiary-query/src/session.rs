@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use apiary_cache::CachingStore;
+use apiary_cache::{CachingStore, ColumnTier};
 use apiary_ledger::{FrameRef, Registry};
 use arrow_array::RecordBatch;
 use datafusion::execution::SessionStateBuilder;
@@ -36,6 +36,11 @@ pub struct QueryOptions {
     /// Where queries spill when their memory is full (the system's temporary directory when
     /// `None`, or the admission's).
     pub scratch_dir: Option<std::path::PathBuf>,
+    /// The most the memory tier of decoded columns holds, in bytes (0 turns it off).
+    pub memory_tier: u64,
+    /// The memory queries' pools and the tier share, in bytes: the tier never holds more
+    /// than what the pools leave of it.
+    pub memory_budget: u64,
 }
 
 impl Default for QueryOptions {
@@ -44,6 +49,8 @@ impl Default for QueryOptions {
             target_partitions: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_limit: None,
             scratch_dir: None,
+            memory_tier: 0,
+            memory_budget: 0,
         }
     }
 }
@@ -64,7 +71,10 @@ impl QueryEngine {
     /// An engine over `registry`, reading cells through the registry's storage backend.
     pub fn new(registry: Arc<Registry>, options: QueryOptions) -> Result<Self> {
         let cells = Arc::new(CachingStore::new(registry.backend().object_store()));
-        let scans = Arc::new(ScanStores::new(Arc::clone(&cells)));
+        let tier = ColumnTier::new(options.memory_tier, options.memory_budget)
+            .map_err(|e| QueryError::Invalid(e.to_string()))?;
+        let tier = Arc::new(tier);
+        let scans = Arc::new(ScanStores::new(Arc::clone(&cells), Arc::clone(&tier)));
         let objects = Arc::new(OnlyApiaryStorage(Arc::clone(&scans)));
         let runtime = RuntimeEnvBuilder::new().with_object_store_registry(objects);
         let config = SessionConfig::new()
@@ -85,7 +95,7 @@ impl QueryEngine {
             state,
             cluster: None,
             distribute: DistributeMode::default(),
-            budget: Budget::fixed(options.memory_limit, options.scratch_dir),
+            budget: Budget::fixed(options.memory_limit, options.scratch_dir, tier),
         })
     }
 
@@ -99,6 +109,11 @@ impl QueryEngine {
     /// disk when they can, and fetch them into the cache when they cannot.
     pub fn set_cell_cache(&self, cache: Option<Arc<apiary_cache::CellCache>>) {
         self.cells.set_cache(cache);
+    }
+
+    /// The memory tier of decoded columns (see [`ColumnTier`]).
+    pub fn memory_tier(&self) -> &Arc<ColumnTier> {
+        self.catalog.scans().tier()
     }
 
     /// The node's cell cache, if one is installed.

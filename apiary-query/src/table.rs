@@ -37,10 +37,12 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
 
 use crate::exec::{FrameScanExec, ScanSummary};
 use crate::scans::ScanStores;
 use crate::stats::{self, CellFacts, CellPruningStats};
+use crate::tier::{self, Choice, MemoryTierExec, OutputColumn, Source, TierCell};
 
 /// Cells are immutable and uniquely named, so every cell gets the same modification time;
 /// a stable value lets DataFusion's footer cache recognise a cell it has read before.
@@ -416,32 +418,45 @@ impl FrameTable {
     }
 }
 
-/// Spreads files over at most `groups` groups, largest first onto the lightest group, so
-/// every core gets a similar number of bytes.
-fn spread(mut files: Vec<PartitionedFile>, groups: usize) -> Vec<FileGroup> {
-    let groups = groups.clamp(1, files.len().max(1));
-    files.sort_by(|a, b| {
-        b.object_meta
-            .size
-            .cmp(&a.object_meta.size)
-            .then_with(|| a.object_meta.location.cmp(&b.object_meta.location))
-    });
-    let mut buckets: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); groups];
-    for file in files {
+/// Spreads items over at most `groups` groups by `size`, largest first onto the lightest
+/// group, so every core gets a similar number of bytes; each group in `name` order.
+fn spread<T>(
+    mut items: Vec<T>,
+    groups: usize,
+    size: impl Fn(&T) -> u64,
+    name: impl Fn(&T) -> &str,
+) -> Vec<Vec<T>> {
+    let groups = groups.clamp(1, items.len().max(1));
+    items.sort_by(|a, b| size(b).cmp(&size(a)).then_with(|| name(a).cmp(name(b))));
+    let mut buckets: Vec<(u64, Vec<T>)> = (0..groups).map(|_| (0, Vec::new())).collect();
+    for item in items {
         let Some(lightest) = buckets.iter_mut().min_by_key(|(bytes, _)| *bytes) else {
             break;
         };
-        lightest.0 += file.object_meta.size;
-        lightest.1.push(file);
+        lightest.0 += size(&item);
+        lightest.1.push(item);
     }
     buckets
         .into_iter()
-        .filter(|(_, files)| !files.is_empty())
-        .map(|(_, mut files)| {
-            files.sort_by(|a, b| a.object_meta.location.cmp(&b.object_meta.location));
-            FileGroup::new(files)
+        .filter(|(_, items)| !items.is_empty())
+        .map(|(_, mut items)| {
+            items.sort_by(|a, b| name(a).cmp(name(b)));
+            items
         })
         .collect()
+}
+
+/// Spreads files over at most `groups` file groups (see [`spread`]).
+fn spread_files(files: Vec<PartitionedFile>, groups: usize) -> Vec<FileGroup> {
+    spread(
+        files,
+        groups,
+        |f| f.object_meta.size,
+        |f| f.object_meta.location.as_ref(),
+    )
+    .into_iter()
+    .map(FileGroup::new)
+    .collect()
 }
 
 #[async_trait]
@@ -529,26 +544,111 @@ impl TableProvider for FrameTable {
                 empty, summary, None,
             ))));
         }
-        let kept: Vec<_> = selected.iter().map(|&i| &index.cells[i].facts).collect();
-        let statistics = stats::statistics(&kept, index.table_fields.len());
-        let files = selected
+        let file_count = index.file_schema.fields().len();
+        let file_projection: Vec<usize> = projection
             .iter()
-            .map(|&i| index.cells[i].file.clone())
+            .copied()
+            .filter(|&t| t < file_count)
             .collect();
-        let groups = spread(files, state.config().target_partitions());
+        let file_columns: Vec<String> = file_projection
+            .iter()
+            .map(|&t| index.table_fields[t].0.name().clone())
+            .collect();
+        // Cells whose columns are held in memory (or are read often enough to be) go to the
+        // memory tier; the rest to DataFusion's Parquet scan.
+        let tier = self.scans.tier();
+        let mut cold = Vec::new();
+        let mut warm = Vec::new();
+        for &i in &selected {
+            let key = index.cells[i].file.object_meta.location.as_ref();
+            match tier::choose(tier, key, &file_columns) {
+                Choice::Cold => cold.push(i),
+                Choice::Held(columns) => warm.push((i, Some(columns))),
+                Choice::Load => warm.push((i, None)),
+            }
+        }
 
         let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
         let table_schema = TableSchema::builder(Arc::clone(&index.file_schema))
             .with_table_partition_cols(index.partition_fields.clone())
             .build();
         let (url, counters) = self.scans.register()?;
-        let config = FileScanConfigBuilder::new(url, format.file_source(table_schema))
-            .with_file_groups(groups)
-            .with_statistics(statistics)
-            .with_projection_indices(Some(projection))?
-            .with_limit(args.limit())
-            .build();
-        let plan = format.create_physical_plan(state, config).await?;
+        let facts = |cells: &mut dyn Iterator<Item = usize>| {
+            let kept: Vec<_> = cells.map(|i| &index.cells[i].facts).collect();
+            stats::statistics(&kept, index.table_fields.len())
+        };
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !cold.is_empty() {
+            let statistics = facts(&mut cold.iter().copied());
+            let files = cold.iter().map(|&i| index.cells[i].file.clone()).collect();
+            let config =
+                FileScanConfigBuilder::new(url.clone(), format.file_source(table_schema.clone()))
+                    .with_file_groups(spread_files(files, state.config().target_partitions()))
+                    .with_statistics(statistics)
+                    .with_projection_indices(Some(projection.clone()))?
+                    .with_limit(args.limit())
+                    .build();
+            inputs.push(format.create_physical_plan(state, config).await?);
+        }
+        if !warm.is_empty() {
+            let statistics = facts(&mut warm.iter().map(|(i, _)| *i)).project(Some(&projection));
+            let layout: Vec<OutputColumn> = projection
+                .iter()
+                .scan((0, 0), |(file, part), &t| {
+                    Some(if t < file_count {
+                        *file += 1;
+                        OutputColumn::File(*file - 1)
+                    } else {
+                        *part += 1;
+                        OutputColumn::Partition(*part - 1)
+                    })
+                })
+                .collect();
+            let mut cells = Vec::with_capacity(warm.len());
+            for (i, held) in warm {
+                let cell = &index.cells[i];
+                let source = match held {
+                    Some(columns) => Source::Held(columns),
+                    None => {
+                        // The whole cell, no filter: what is admitted serves any later query.
+                        let config = FileScanConfigBuilder::new(
+                            url.clone(),
+                            format.file_source(table_schema.clone()),
+                        )
+                        .with_file_groups(vec![FileGroup::new(vec![cell.file.clone()])])
+                        .with_projection_indices(Some(file_projection.clone()))?
+                        .build();
+                        Source::Load(format.create_physical_plan(state, config).await?)
+                    }
+                };
+                cells.push(TierCell {
+                    key: cell.file.object_meta.location.to_string(),
+                    bytes: cell.facts.bytes(),
+                    partition_values: projection
+                        .iter()
+                        .filter(|&&t| t >= file_count)
+                        .map(|&t| cell.file.partition_values[t - file_count].clone())
+                        .collect(),
+                    source,
+                });
+            }
+            let groups = spread(
+                cells,
+                state.config().target_partitions(),
+                |c| c.bytes,
+                |c| c.key.as_str(),
+            );
+            inputs.push(Arc::new(MemoryTierExec::new(
+                Arc::clone(&projected),
+                layout,
+                file_columns,
+                groups,
+                statistics,
+                args.limit(),
+                Arc::clone(tier),
+            )));
+        }
+        let plan = UnionExec::try_new(inputs)?;
         Ok(ScanResult::new(Arc::new(FrameScanExec::new(
             plan,
             summary,
@@ -579,7 +679,7 @@ mod tests {
     #[test]
     fn spread_balances_bytes_and_never_makes_empty_groups() {
         let files = vec![file("a", 100), file("b", 60), file("c", 50), file("d", 10)];
-        let groups = spread(files, 2);
+        let groups = spread_files(files, 2);
         let sums: Vec<u64> = groups
             .iter()
             .map(|g| g.iter().map(|f| f.object_meta.size).sum())
@@ -588,7 +688,7 @@ mod tests {
         assert_eq!(sums.len(), 2);
         assert!(sums.iter().all(|&s| s == 110), "{sums:?}");
 
-        let groups = spread(vec![file("a", 1)], 16);
+        let groups = spread_files(vec![file("a", 1)], 16);
         assert_eq!(groups.len(), 1);
     }
 }

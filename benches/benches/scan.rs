@@ -7,6 +7,9 @@
 //!   columns projected.
 //! * `planning`: `EXPLAIN` of the pruned query: catalog, ledger and planning only.
 //!
+//! `apiary` reads through Parquet (the memory tier off), like DataFusion; `apiary_tier`
+//! has the memory tier on, so after its first two runs the cells come from memory.
+//!
 //! `cargo bench -p apiary-benches --bench scan`
 
 use std::sync::Arc;
@@ -49,10 +52,15 @@ fn cell(n: i64) -> RecordBatch {
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
-    let (ap, df) = rt.block_on(async {
-        let ap = Apiary::open(dir.path().to_str().expect("utf-8 path"))
-            .await
-            .expect("open");
+    let open = |tier: u64| {
+        let uri = apiary::apiary_storage::StorageUri::Local(dir.path().to_path_buf());
+        Apiary::open_with(apiary::ApiaryOptions {
+            memory_tier: Some(tier),
+            ..apiary::ApiaryOptions::new(uri)
+        })
+    };
+    let (ap, tiered, df) = rt.block_on(async {
+        let ap = open(0).await.expect("open");
         ap.create_hive("bench").await.expect("hive");
         ap.create_box("bench", "scan").await.expect("box");
         ap.create_frame(
@@ -88,7 +96,7 @@ fn bench(c: &mut Criterion) {
             cores,
         )
         .await;
-        (ap, df)
+        (ap, open(1 << 30).await.expect("open"), df)
     });
 
     let pruned = "SELECT SUM(value) FROM {t} WHERE id BETWEEN 1000100 AND 1000200";
@@ -107,6 +115,10 @@ fn bench(c: &mut Criterion) {
         group.bench_function("apiary", |b| {
             b.to_async(&rt)
                 .iter(|| async { ap.sql(&ours).await.expect("query") })
+        });
+        group.bench_function("apiary_tier", |b| {
+            b.to_async(&rt)
+                .iter(|| async { tiered.sql(&ours).await.expect("query") })
         });
         group.bench_function("datafusion", |b| {
             b.to_async(&rt).iter(|| run_datafusion(&df, &theirs))

@@ -2,7 +2,8 @@
 //! DataFusion reading the same Parquet cells directly.
 #![allow(clippy::unwrap_used)]
 
-use apiary::Apiary;
+use apiary::apiary_storage::StorageUri;
+use apiary::{Apiary, ApiaryOptions};
 use apiary_benches::harness::{
     apiary_binary, datafusion_over_cells, load_apiary, result_rows, rows, run_datafusion,
 };
@@ -11,7 +12,15 @@ use apiary_benches::ssb::{QUERIES, generate};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssb_queries_match_datafusion_on_the_same_files() {
     let dir = tempfile::tempdir().unwrap();
-    let ap = Apiary::open(dir.path().to_str().unwrap()).await.unwrap();
+    let open = |tier: u64| {
+        let uri = StorageUri::Local(dir.path().to_path_buf());
+        Apiary::open_with(ApiaryOptions {
+            memory_tier: Some(tier),
+            ..ApiaryOptions::new(uri)
+        })
+    };
+    let ap = open(256 << 20).await.unwrap();
+    let off = open(0).await.unwrap();
     // SF 0.01: 60 000 line orders, small enough for a debug build, big enough that every
     // query returns rows.
     let tables = generate(0.01, 7);
@@ -19,20 +28,37 @@ async fn ssb_queries_match_datafusion_on_the_same_files() {
     let df = datafusion_over_cells(dir.path(), "ssb", "sf", &tables, 4).await;
     let mut session = ap.sql_session().unwrap();
     session.sql("USE ssb.sf").await.unwrap();
+    let mut session_off = off.sql_session().unwrap();
+    session_off.sql("USE ssb.sf").await.unwrap();
     let mut empty = Vec::new();
     for (name, sql) in QUERIES {
+        let theirs = rows(&run_datafusion(&df, sql).await);
         let ours = result_rows(
-            &session
+            &session_off
                 .sql(sql)
                 .await
                 .unwrap_or_else(|e| panic!("{name}: {e}")),
         );
-        let theirs = rows(&run_datafusion(&df, sql).await);
-        assert_eq!(ours, theirs, "{name} differs");
+        assert_eq!(ours, theirs, "{name} differs with the memory tier off");
+        // With the tier on: cold, admitted, then from memory.
+        for run in 0..3 {
+            let ours = result_rows(
+                &session
+                    .sql(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}: {e}")),
+            );
+            assert_eq!(
+                ours, theirs,
+                "{name} differs with the memory tier on (run {run})"
+            );
+        }
         if ours.is_empty() || ours[0] == "NULL" {
             empty.push(name);
         }
     }
+    let tier = ap.memory_tier().unwrap();
+    assert!(tier.hits > 0 && tier.columns > 0, "{tier:?}");
     // The most selective queries (one brand, two cities, one month) find nothing at this
     // scale; the rest must have something to compare.
     eprintln!("empty at SF 0.01: {empty:?}");

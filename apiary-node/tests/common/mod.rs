@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use apiary::Apiary;
+use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 /// The tutorial's click columns, all nullable, in the frame's order.
@@ -17,6 +18,29 @@ pub fn clicks_schema() -> SchemaRef {
         Field::new("duration_ms", DataType::Int64, true),
         Field::new("country", DataType::Utf8, true),
     ]))
+}
+
+const COUNTRIES: [&str; 4] = ["us", "de", "fr", "jp"];
+
+/// Click events `range` (ids), spread over four countries, five pages and 97 users.
+pub fn clicks(range: std::ops::Range<i64>) -> RecordBatch {
+    let ids: Vec<i64> = range.collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(ids.clone())),
+        Arc::new(StringArray::from_iter_values(
+            ids.iter().map(|i| format!("user_{}", i % 97)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            ids.iter().map(|i| format!("/p{}", i % 5)),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            ids.iter().map(|i| i * 7 % 1000),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            ids.iter().map(|i| COUNTRIES[(*i % 4) as usize]),
+        )),
+    ];
+    RecordBatch::try_new(clicks_schema(), columns).unwrap()
 }
 
 /// Creates the tutorial's `analytics.events.clicks`, partitioned by country.

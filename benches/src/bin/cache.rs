@@ -60,6 +60,8 @@ async fn fresh_node(uri: &StorageUri, dir: &std::path::Path) -> (Apiary, CountsH
         node_id: Some("bench".into()),
         state_dir: dir.to_path_buf(),
         cache_bytes: Some(8 << 30),
+        // The disk cache alone (the memory tier would serve warm runs without reading it).
+        memory_tier_bytes: Some(0),
         ..NodeOptions::default()
     })
     .await

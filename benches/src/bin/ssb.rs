@@ -4,13 +4,20 @@
 //! `write_to_frame` against DataFusion writing the same batches as Parquet) and planning
 //! overhead on a frame of 1 000 cells.
 //!
+//! Two passes over Apiary: with the memory tier off (what a first query pays once the files
+//! are in the OS page cache and their footers in DataFusion's cache), and warm, with the
+//! memory tier on and every query run twice before it is timed (read, then admitted), as on
+//! a node that answers the same dashboards all day. Peak memory of the warm pass is printed
+//! next to the tier's share and the memory budget.
+//!
 //! `cargo run --release -p apiary-benches --bin ssb -- --sf 1 --runs 5`
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use apiary::Apiary;
+use apiary::apiary_storage::StorageUri;
+use apiary::{Apiary, ApiaryOptions};
 use apiary_benches::harness::{
     datafusion_over_cells, flag, flags, geo_mean, load_apiary, median, result_rows, rows,
     run_datafusion,
@@ -25,15 +32,41 @@ struct Args {
     sf: f64,
     runs: usize,
     seed: u64,
+    /// DataFusion settings for Apiary's sessions and plain DataFusion alike
+    /// (`--set datafusion.execution.parquet.pushdown_filters=true,…`).
+    settings: Vec<(String, String)>,
 }
 
 fn args() -> Args {
-    let f = flags(&["sf", "runs", "seed"]);
+    let f = flags(&["sf", "runs", "seed", "set"]);
+    let settings = f
+        .get("set")
+        .map(|list| {
+            list.split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| {
+                    let (k, v) = s
+                        .split_once('=')
+                        .unwrap_or_else(|| panic!("--set takes key=value pairs, not `{s}`"));
+                    (k.trim().to_string(), v.trim().to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Args {
         sf: flag(&f, "sf", 1.0),
         runs: flag(&f, "runs", 5),
         seed: flag(&f, "seed", 42),
+        settings,
     }
+}
+
+/// `SET key = value` statements for `settings`.
+fn set_statements(settings: &[(String, String)]) -> Vec<String> {
+    settings
+        .iter()
+        .map(|(k, v)| format!("SET {k} = '{v}'"))
+        .collect()
 }
 
 /// Seconds DataFusion takes to write the same batches as Parquet (its defaults: zstd).
@@ -56,8 +89,15 @@ async fn datafusion_write(tables: &[Table], dir: &Path) -> f64 {
     seconds
 }
 
-/// Per-query medians in ms from DuckDB over the same cells, or `None` without DuckDB.
-fn duckdb(root: &Path, runs: usize) -> Option<Vec<f64>> {
+/// What DuckDB measured: seconds to write every table from memory with `COPY … TO`
+/// (Parquet, zstd), and per-query medians in ms over the same cells.
+struct Duck {
+    write_s: f64,
+    query_ms: Vec<f64>,
+}
+
+/// DuckDB's figures, or `None` without DuckDB.
+fn duckdb(root: &Path, runs: usize) -> Option<Duck> {
     let have = Command::new("python3")
         .args(["-c", "import duckdb"])
         .status()
@@ -70,11 +110,21 @@ fn duckdb(root: &Path, runs: usize) -> Option<Vec<f64>> {
     let queries: Vec<&str> = QUERIES.iter().map(|(_, q)| *q).collect();
     let script = format!(
         r#"
-import duckdb, json, os, time
+import duckdb, json, os, tempfile, time
 root = {root:?}
 con = duckdb.connect()
-for t in ["dwdate", "customer", "supplier", "part", "lineorder"]:
+tables = ["dwdate", "customer", "supplier", "part", "lineorder"]
+for t in tables:
     con.execute(f"CREATE VIEW {{t}} AS SELECT * FROM read_parquet('{{root}}/ssb/sf/{{t}}/data/*.parquet')")
+write = 0.0
+with tempfile.TemporaryDirectory() as d:
+    for t in tables:
+        con.execute(f"CREATE TABLE mem_{{t}} AS SELECT * FROM {{t}}")
+        s = time.perf_counter()
+        con.execute(f"COPY mem_{{t}} TO '{{d}}/{{t}}.parquet' (FORMAT parquet, COMPRESSION zstd)")
+        write += time.perf_counter() - s
+        con.execute(f"DROP TABLE mem_{{t}}")
+print(write)
 out = []
 for q in json.loads({queries:?}):
     con.execute(q).fetchall()
@@ -97,13 +147,20 @@ print(json.dumps(out))
         return None;
     }
     let text = String::from_utf8_lossy(&output.stdout);
-    let inner = text.trim().trim_start_matches('[').trim_end_matches(']');
-    Some(
-        inner
+    let mut lines = text.lines();
+    let write_s = lines.next()?.trim().parse().ok()?;
+    let inner = lines
+        .next()?
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    Some(Duck {
+        write_s,
+        query_ms: inner
             .split(',')
             .filter_map(|x| x.trim().parse().ok())
             .collect(),
-    )
+    })
 }
 
 /// The queries as a JSON array of strings (they hold no quotes or backslashes that need
@@ -114,6 +171,21 @@ fn serde_json_string(queries: &[&str]) -> String {
         .map(|q| format!("\"{}\"", q.replace('\\', "\\\\").replace('"', "\\\"")))
         .collect();
     format!("[{}]", items.join(","))
+}
+
+/// Resets the process's peak resident memory (Linux: `clear_refs` 5), where it can.
+fn reset_peak_memory() {
+    if std::fs::write("/proc/self/clear_refs", "5").is_err() {
+        eprintln!("cannot reset the peak memory mark: the peak covers the whole run");
+    }
+}
+
+/// The process's peak resident memory in bytes (Linux `VmHWM`).
+fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Median ms to plan (EXPLAIN) a filtered query over a frame of 1 000 cells, on a warm node,
@@ -203,9 +275,14 @@ async fn main() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("apiary");
-    let ap = Apiary::open(root.to_str().expect("utf-8"))
-        .await
-        .expect("open");
+    let open = |tier: Option<u64>| {
+        let uri = StorageUri::Local(root.clone());
+        Apiary::open_with(ApiaryOptions {
+            memory_tier: tier,
+            ..ApiaryOptions::new(uri)
+        })
+    };
+    let ap = open(Some(0)).await.expect("open");
     let write_apiary = load_apiary(&ap, "ssb", "sf", &tables).await;
     let write_df = datafusion_write(&tables, &dir.path().join("datafusion")).await;
     println!(
@@ -217,9 +294,24 @@ async fn main() {
     let df = datafusion_over_cells(&root, "ssb", "sf", &tables, cores).await;
     let mut session = ap.sql_session().expect("session");
     session.sql("USE ssb.sf").await.expect("use");
+    for set in set_statements(&args.settings) {
+        session.sql(&set).await.expect("Apiary setting");
+        run_datafusion(&df, &set).await;
+        println!("{set}");
+    }
     let duck = duckdb(&root, args.runs);
+    if let Some(duck) = &duck {
+        println!(
+            "write: DuckDB COPY TO Parquet (zstd) {:.2} s: Apiary / DuckDB {:.2}",
+            duck.write_s,
+            write_apiary / duck.write_s
+        );
+    }
+    let duck = duck.map(|d| d.query_ms);
     let mut ratios = Vec::new();
     let mut duck_ratios = Vec::new();
+    let mut df_ms = Vec::new();
+    let mut apiary_ms = Vec::new();
     println!(
         "{:<6} {:>11} {:>14} {:>7} {:>10}",
         "query", "apiary ms", "datafusion ms", "ratio", "duckdb ms"
@@ -242,6 +334,8 @@ async fn main() {
         }
         let (a, d) = (median(a), median(d));
         ratios.push(a / d);
+        df_ms.push(d);
+        apiary_ms.push(a);
         let duck_ms = duck.as_ref().and_then(|v| v.get(i).copied());
         if let Some(k) = duck_ms {
             duck_ratios.push(a / k);
@@ -256,12 +350,83 @@ async fn main() {
         "geometric mean of Apiary / DataFusion: {:.3}",
         geo_mean(&ratios)
     );
+    println!(
+        "geometric mean of query times: Apiary {:.1} ms, DataFusion {:.1} ms",
+        geo_mean(&apiary_ms),
+        geo_mean(&df_ms)
+    );
     if !duck_ratios.is_empty() {
         println!(
             "geometric mean of Apiary / DuckDB: {:.3}",
             geo_mean(&duck_ratios)
         );
     }
+
+    // The warm pass: the memory tier on (its default share), each query read and admitted
+    // before it is timed. Peak memory is measured from here on.
+    drop(session);
+    drop(tables);
+    reset_peak_memory();
+    let warm = open(None).await.expect("open");
+    let mut session = warm.sql_session().expect("session");
+    session.sql("USE ssb.sf").await.expect("use");
+    for set in set_statements(&args.settings) {
+        session.sql(&set).await.expect("Apiary setting");
+    }
+    let mut warm_df = Vec::new();
+    let mut warm_duck = Vec::new();
+    let mut warm_ms = Vec::new();
+    println!(
+        "{:<6} {:>14} {:>7} {:>11}",
+        "query", "warm apiary ms", "vs df", "vs duckdb"
+    );
+    for (i, (name, sql)) in QUERIES.iter().enumerate() {
+        for _ in 0..2 {
+            session.sql(sql).await.expect("apiary");
+        }
+        let mut w = Vec::new();
+        for _ in 0..args.runs {
+            let s = Instant::now();
+            session.sql(sql).await.expect("apiary");
+            w.push(s.elapsed().as_secs_f64() * 1000.0);
+        }
+        let w = median(w);
+        warm_ms.push(w);
+        warm_df.push(w / df_ms[i]);
+        let duck_ms = duck.as_ref().and_then(|v| v.get(i).copied());
+        if let Some(k) = duck_ms {
+            warm_duck.push(w / k);
+        }
+        println!(
+            "{name:<6} {w:>14.1} {:>7.3} {:>11}",
+            w / df_ms[i],
+            duck_ms.map_or("-".to_string(), |k| format!("{:.3}", w / k))
+        );
+    }
+    println!(
+        "geometric mean of warm Apiary / DataFusion: {:.3} (warm Apiary {:.1} ms)",
+        geo_mean(&warm_df),
+        geo_mean(&warm_ms)
+    );
+    if !warm_duck.is_empty() {
+        println!(
+            "geometric mean of warm Apiary / DuckDB: {:.3}",
+            geo_mean(&warm_duck)
+        );
+    }
+    let tier = warm.memory_tier().expect("tier");
+    let capacity = apiary::apiary_swarm::detect_capacity(None);
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    println!(
+        "memory: peak RSS of the warm pass {:.0} MiB; the tier holds {:.0} MiB in {} columns \
+         (share {:.0} MiB of a {:.0} MiB budget)",
+        mib(peak_memory().unwrap_or_default()),
+        mib(tier.bytes),
+        tier.columns,
+        mib(tier.share_bytes),
+        mib(capacity.memory_per_bee_bytes * u64::from(capacity.bees)),
+    );
+    drop(session);
     let (plan_apiary, plan_df) = planning(&dir.path().join("plan"), args.runs).await;
     println!(
         "planning (EXPLAIN, 1 000 cells, warm): Apiary {plan_apiary:.2} ms, DataFusion {plan_df:.2} ms"

@@ -1,0 +1,394 @@
+//! Frame scans from the memory tier: cells whose columns are held decoded in the node's
+//! [`ColumnTier`] are served from memory without touching Parquet, and cells read for the
+//! second time are decoded whole once and admitted.
+//!
+//! A frame scan splits its cells three ways (see [`choose`]):
+//!
+//! * **held**: every column the scan reads is in the tier, with the same row chunking:
+//!   the cell's batches are assembled from the held arrays;
+//! * **load**: a column is missing but was read before: the cell's columns are decoded whole
+//!   (one Parquet scan of the cell, no row filter) and admitted, then served;
+//! * **cold**: read for the first time: DataFusion's Parquet scan reads it, with its
+//!   row-group and page pruning.
+//!
+//! The first two run in a [`MemoryTierExec`], the third in DataFusion's scan beside it. The
+//! tier returns whole cells; filters stay above the scan (the frame reports them `Inexact`)
+//! and cell pruning by the ledger happens before any of this, so answers are the same with
+//! the tier on or off.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use apiary_cache::{ColumnChunks, ColumnTier, MemoryCount};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::SchemaRef;
+use datafusion::common::stats::Statistics;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Result, ScalarValue};
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{
+    Boundedness, EmissionType, ReplaceChildrenOptions,
+};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use datafusion::physical_plan::statistics::StatisticsArgs;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
+};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+
+/// Where one output column of a tier scan comes from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OutputColumn {
+    /// The `i`th of the scan's file columns.
+    File(usize),
+    /// The `i`th of the cell's partition values.
+    Partition(usize),
+}
+
+/// How a cell's rows reach a [`MemoryTierExec`].
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// The scan's file columns, held in the tier (same chunking in every column).
+    Held(Vec<Arc<ColumnChunks>>),
+    /// A Parquet scan of the whole cell yielding the scan's file columns, to admit.
+    Load(Arc<dyn ExecutionPlan>),
+}
+
+/// One cell of a tier scan.
+#[derive(Debug)]
+pub(crate) struct TierCell {
+    /// The cell's storage key.
+    pub(crate) key: String,
+    /// The cell's size in storage (for spreading cells over partitions).
+    pub(crate) bytes: u64,
+    /// The values of the scan's partition columns (in output order).
+    pub(crate) partition_values: Vec<ScalarValue>,
+    pub(crate) source: Source,
+}
+
+/// What a scan should do with a cell given what the tier holds of its `columns`.
+#[derive(Debug)]
+pub(crate) enum Choice {
+    /// Serve from memory.
+    Held(Vec<Arc<ColumnChunks>>),
+    /// Decode whole and admit.
+    Load,
+    /// Read through DataFusion's Parquet scan.
+    Cold,
+}
+
+/// Decides how to read the cell `key`'s `columns`: from memory when all are held with one
+/// chunking, loaded when every missing one was read before, cold otherwise (each miss is
+/// remembered, so the next read admits it).
+pub(crate) fn choose(tier: &ColumnTier, key: &str, columns: &[String]) -> Choice {
+    if !tier.is_enabled() || columns.is_empty() {
+        return Choice::Cold;
+    }
+    let held: Vec<Option<Arc<ColumnChunks>>> = columns.iter().map(|c| tier.get(key, c)).collect();
+    if held.iter().all(Option::is_some) {
+        let held: Vec<Arc<ColumnChunks>> = held.into_iter().flatten().collect();
+        let aligned = held.windows(2).all(|w| w[0].lengths().eq(w[1].lengths()));
+        // Columns admitted by scans with another batch size do not line up: decode again.
+        return if aligned {
+            Choice::Held(held)
+        } else {
+            Choice::Load
+        };
+    }
+    // Every missing column is noted (no short-circuit), so one more read admits them all.
+    let again = columns
+        .iter()
+        .zip(&held)
+        .filter(|(_, h)| h.is_none())
+        .fold(true, |all, (c, _)| tier.read_again(key, c) && all);
+    if again { Choice::Load } else { Choice::Cold }
+}
+
+/// Scans cells from the memory tier (and decodes and admits the ones chosen for loading).
+#[derive(Debug)]
+pub struct MemoryTierExec {
+    schema: SchemaRef,
+    layout: Arc<[OutputColumn]>,
+    /// Names of the scan's file columns (the tier's column keys).
+    file_columns: Arc<[String]>,
+    partitions: Vec<Arc<[Arc<TierCell>]>>,
+    statistics: Arc<Statistics>,
+    limit: Option<usize>,
+    tier: Arc<ColumnTier>,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+    held: usize,
+    loading: usize,
+}
+
+impl MemoryTierExec {
+    /// A scan producing `schema` (each column per `layout`) from `partitions` of cells.
+    pub(crate) fn new(
+        schema: SchemaRef,
+        layout: Vec<OutputColumn>,
+        file_columns: Vec<String>,
+        partitions: Vec<Vec<TierCell>>,
+        statistics: Statistics,
+        limit: Option<usize>,
+        tier: Arc<ColumnTier>,
+    ) -> Self {
+        let partitions: Vec<Arc<[Arc<TierCell>]>> = partitions
+            .into_iter()
+            .map(|cells| cells.into_iter().map(Arc::new).collect())
+            .collect();
+        let cells = || partitions.iter().flat_map(|p| p.iter());
+        let held = cells()
+            .filter(|c| matches!(c.source, Source::Held(_)))
+            .count();
+        let loading = cells().count() - held;
+        let metrics = ExecutionPlanMetricsSet::new();
+        for (name, value) in [("cells_in_memory", held), ("cells_admitted", loading)] {
+            MetricBuilder::new(&metrics).global_counter(name).add(value);
+        }
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(partitions.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
+            schema,
+            layout: layout.into(),
+            file_columns: file_columns.into(),
+            partitions,
+            statistics: Arc::new(statistics),
+            limit,
+            tier,
+            properties,
+            metrics,
+            held,
+            loading,
+        }
+    }
+}
+
+impl DisplayAs for MemoryTierExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match t {
+            DisplayFormatType::TreeRender => {
+                write!(f, "in_memory={}\nadmitted={}", self.held, self.loading)
+            }
+            _ => write!(
+                f,
+                "MemoryTierExec: cells_in_memory={}, cells_admitted={}, columns=[{}]",
+                self.held,
+                self.loading,
+                self.file_columns.join(", ")
+            ),
+        }
+    }
+}
+
+impl ExecutionPlan for MemoryTierExec {
+    fn name(&self) -> &str {
+        "MemoryTierExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal(
+                "MemoryTierExec is a leaf and takes no children".into(),
+            ))
+        }
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(
+                datafusion::physical_plan::execution_plan::ChildrenPropertiesMode::Recompute,
+            ),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let cells = self.partitions.get(partition).cloned().ok_or_else(|| {
+            DataFusionError::Internal(format!("MemoryTierExec has no partition {partition}"))
+        })?;
+        let reader = Arc::new(CellReader {
+            schema: Arc::clone(&self.schema),
+            layout: Arc::clone(&self.layout),
+            file_columns: Arc::clone(&self.file_columns),
+            tier: Arc::clone(&self.tier),
+        });
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let batches = futures::stream::iter(cells.to_vec())
+            .map(move |cell| Arc::clone(&reader).read(cell, Arc::clone(&context)))
+            .try_flatten();
+        // Cells are whole; a limit (when the scan has one) cuts the output, not the cells.
+        let limited = batches.scan(self.limit.unwrap_or(usize::MAX), move |remaining, item| {
+            let out = match item {
+                Ok(_) if *remaining == 0 => None,
+                Ok(batch) => {
+                    let batch = batch.slice(0, batch.num_rows().min(*remaining));
+                    *remaining -= batch.num_rows();
+                    baseline.record_output(batch.num_rows());
+                    Some(Ok(batch))
+                }
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(out)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            limited,
+        )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        Ok(match args.partition() {
+            None => Arc::clone(&self.statistics),
+            Some(_) => Arc::new(Statistics::new_unknown(&self.schema)),
+        })
+    }
+}
+
+/// Turns one cell's source into output batches (admitting loaded columns).
+struct CellReader {
+    schema: SchemaRef,
+    layout: Arc<[OutputColumn]>,
+    file_columns: Arc<[String]>,
+    tier: Arc<ColumnTier>,
+}
+
+/// Columns of a cell being loaded, kept while they fit the tier.
+struct Admission {
+    columns: Vec<Vec<ArrayRef>>,
+    memory: MemoryCount,
+}
+
+impl CellReader {
+    /// The cell's batches: assembled from held columns, or decoded (and admitted once the
+    /// whole cell is decoded, if it fit the tier all along; batches flow on meanwhile, so a
+    /// cell too large for the tier costs no more memory than a scan).
+    fn read(
+        self: Arc<Self>,
+        cell: Arc<TierCell>,
+        context: Arc<TaskContext>,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+        let plan = match &cell.source {
+            Source::Held(columns) => {
+                let chunks = columns.first().map_or(0, |c| c.arrays().len());
+                let columns = columns.clone();
+                let batches = (0..chunks).map(move |n| {
+                    let arrays: Vec<ArrayRef> =
+                        columns.iter().map(|c| Arc::clone(&c.arrays()[n])).collect();
+                    self.assemble(&cell, &arrays)
+                });
+                return Ok(futures::stream::iter(batches).boxed());
+            }
+            Source::Load(plan) => Arc::clone(plan),
+        };
+        let decoded = plan.execute(0, context)?;
+        let room = self.tier.counts().capacity_bytes;
+        let admission = Arc::new(Mutex::new(Some(Admission {
+            columns: vec![Vec::new(); self.file_columns.len()],
+            memory: MemoryCount::default(),
+        })));
+        let keep = Arc::clone(&admission);
+        let reader = Arc::clone(&self);
+        let at_end = Arc::clone(&cell);
+        let batches = decoded.map(move |batch| {
+            let batch = batch?;
+            let mut guard = keep.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(a) = guard.as_mut() {
+                for (kept, array) in a.columns.iter_mut().zip(batch.columns()) {
+                    a.memory.add(array.as_ref());
+                    kept.push(Arc::clone(array));
+                }
+                if a.memory.bytes() > room {
+                    *guard = None;
+                }
+            }
+            drop(guard);
+            reader.assemble(&cell, batch.columns())
+        });
+        let admit = futures::stream::once(async move {
+            let taken = admission.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match taken {
+                Some(a) => {
+                    for (name, arrays) in self.file_columns.iter().zip(a.columns) {
+                        let chunks = Arc::new(ColumnChunks::new(arrays));
+                        self.tier.insert(&at_end.key, name, chunks);
+                    }
+                }
+                // Too large for the tier now: read it cold next time.
+                None => self.tier.forget(&at_end.key, &self.file_columns),
+            }
+        })
+        .filter_map(|()| futures::future::ready(None::<Result<RecordBatch>>));
+        Ok(batches.chain(admit).boxed())
+    }
+
+    /// An output batch of `cell` from its file columns' `arrays` (in the scan's order).
+    fn assemble(&self, cell: &TierCell, arrays: &[ArrayRef]) -> Result<RecordBatch> {
+        let rows = arrays.first().map_or(0, |a| a.len());
+        let columns = self
+            .layout
+            .iter()
+            .map(|column| match column {
+                OutputColumn::File(i) => arrays.get(*i).cloned().ok_or_else(|| {
+                    DataFusionError::Internal(format!("cell `{}` lacks file column {i}", cell.key))
+                }),
+                OutputColumn::Partition(i) => cell
+                    .partition_values
+                    .get(*i)
+                    .ok_or_else(|| {
+                        DataFusionError::Internal(format!(
+                            "cell `{}` lacks partition value {i}",
+                            cell.key
+                        ))
+                    })?
+                    .to_array_of_size(rows),
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+}
