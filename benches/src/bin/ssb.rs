@@ -147,20 +147,20 @@ print(json.dumps(out))
         return None;
     }
     let text = String::from_utf8_lossy(&output.stdout);
-    let mut lines = text.lines();
-    let write_s = lines.next()?.trim().parse().ok()?;
-    let inner = lines
-        .next()?
-        .trim()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    Some(Duck {
-        write_s,
-        query_ms: inner
+    let parsed = (|| {
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        let write_s = lines.next()?.trim().parse().ok()?;
+        let inner = lines.next()?.trim().trim_start_matches('[').trim_end_matches(']');
+        let query_ms: Vec<f64> = inner
             .split(',')
             .filter_map(|x| x.trim().parse().ok())
-            .collect(),
-    })
+            .collect();
+        (query_ms.len() == QUERIES.len()).then_some(Duck { write_s, query_ms })
+    })();
+    if parsed.is_none() {
+        eprintln!("DuckDB's output could not be read: {text}");
+    }
+    parsed
 }
 
 /// The queries as a JSON array of strings (they hold no quotes or backslashes that need
