@@ -113,6 +113,7 @@ fn duckdb(root: &Path, runs: usize) -> Option<Duck> {
 import duckdb, json, os, tempfile, time
 root = {root:?}
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 tables = ["dwdate", "customer", "supplier", "part", "lineorder"]
 for t in tables:
     con.execute(f"CREATE VIEW {{t}} AS SELECT * FROM read_parquet('{{root}}/ssb/sf/{{t}}/data/*.parquet')")
