@@ -92,17 +92,7 @@ async fn warm_queries_read_cells_from_the_nodes_disk() {
     // Another process writes the data: nothing of it is in this node's cache.
     let writer = Apiary::open(storage.to_str().unwrap()).await.unwrap();
     common::create_clicks_frame(&writer).await;
-    for w in 0..3 {
-        writer
-            .write_to_frame(
-                "analytics",
-                "events",
-                "clicks",
-                [common::clicks(w * 5000..(w + 1) * 5000)],
-            )
-            .await
-            .unwrap();
-    }
+    common::write_clicks(&writer, 3).await;
 
     let (ap, counts) = counted(&storage);
     ap.start_with(node(dir.path(), "a")).await.unwrap();

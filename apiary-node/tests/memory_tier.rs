@@ -25,17 +25,7 @@ async fn open(storage: &std::path::Path, tier: Option<u64>) -> Apiary {
 async fn clicks(storage: &std::path::Path) {
     let writer = open(storage, Some(0)).await;
     common::create_clicks_frame(&writer).await;
-    for w in 0..3 {
-        writer
-            .write_to_frame(
-                "analytics",
-                "events",
-                "clicks",
-                [common::clicks(w * 5000..(w + 1) * 5000)],
-            )
-            .await
-            .unwrap();
-    }
+    common::write_clicks(&writer, 3).await;
 }
 
 async fn text(ap: &Apiary, sql: &str) -> String {

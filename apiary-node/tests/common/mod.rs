@@ -43,6 +43,20 @@ pub fn clicks(range: std::ops::Range<i64>) -> RecordBatch {
     RecordBatch::try_new(clicks_schema(), columns).unwrap()
 }
 
+/// Writes `writes` commits of 5 000 click events each (ids from 0; four cells a write).
+pub async fn write_clicks(ap: &Apiary, writes: i64) {
+    for w in 0..writes {
+        ap.write_to_frame(
+            "analytics",
+            "events",
+            "clicks",
+            [clicks(w * 5000..(w + 1) * 5000)],
+        )
+        .await
+        .unwrap();
+    }
+}
+
 /// Creates the tutorial's `analytics.events.clicks`, partitioned by country.
 pub async fn create_clicks_frame(ap: &Apiary) {
     ap.create_hive("analytics").await.unwrap();

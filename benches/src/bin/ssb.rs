@@ -151,7 +151,11 @@ print(json.dumps(out))
     let parsed = (|| {
         let mut lines = text.lines().filter(|l| !l.trim().is_empty());
         let write_s = lines.next()?.trim().parse().ok()?;
-        let inner = lines.next()?.trim().trim_start_matches('[').trim_end_matches(']');
+        let inner = lines
+            .next()?
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let query_ms: Vec<f64> = inner
             .split(',')
             .filter_map(|x| x.trim().parse().ok())
