@@ -251,6 +251,45 @@ async fn differential(storage: String, dir: PathBuf) {
     for n in &used {
         assert!(nodes.iter().any(|x| &x.id == n), "unknown node {n}");
     }
+    // `auto` distributes by the bytes a query would read, found even in a subquery, and
+    // keeps a query local when no frame it reads is large enough.
+    let in_subquery = "SELECT section FROM analytics.events.pages WHERE page IN \
+                       (SELECT page FROM analytics.events.clicks WHERE duration_ms > 800)";
+    let bytes = |frame: &'static str| {
+        let ap = ap.clone();
+        async move {
+            ap.describe_frame("analytics", "events", frame)
+                .await
+                .unwrap()
+                .bytes
+        }
+    };
+    let (pages, clicks) = (bytes("pages").await, bytes("clicks").await);
+    assert!(pages < clicks);
+    // Above the outer frame's size but not the subquery's: distributed for the subquery.
+    for (min_bytes, distributed) in [(pages + 1, true), (clicks + 1, false)] {
+        let mut options = ApiaryOptions::new(StorageUri::parse(&storage).unwrap());
+        options.swarm.dead_threshold = Duration::from_secs(2);
+        options.distribute.auto_min_bytes = min_bytes;
+        let auto = Apiary::open_with(options).await.unwrap();
+        let mut s = auto.sql_session().unwrap();
+        let plan = canonical(
+            s.sql(&format!("EXPLAIN {in_subquery}"))
+                .await
+                .unwrap()
+                .batches(),
+        )
+        .join("\n");
+        assert_eq!(
+            plan.contains("DistributedExec"),
+            distributed,
+            "{min_bytes}: {plan}"
+        );
+        assert_eq!(
+            answer(&auto, "auto", in_subquery).await,
+            answer(&ap, "never", in_subquery).await
+        );
+    }
     // A frame whose cells all prune away runs locally, and answers the same.
     let q = "SELECT COUNT(*) FROM analytics.events.clicks WHERE country = 'xx'";
     assert_eq!(

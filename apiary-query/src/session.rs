@@ -414,6 +414,15 @@ impl SqlSession {
         let Some(cluster) = self.engine.cluster.clone() else {
             return Ok(None);
         };
+        // Optimizing the plan to split it is as costly as planning the query again: skip it
+        // when no frame the query reads is large enough for `auto` to distribute (a split
+        // never reads more than its frame holds).
+        if self.distribute == DistributeMode::Auto
+            && distributed::plan::largest_frame_bytes(plan)
+                .is_none_or(|bytes| bytes < cluster.settings.auto_min_bytes)
+        {
+            return Ok(None);
+        }
         let state = self.ctx.state();
         let optimized = state.optimize(plan)?;
         let Some(split) = distributed::plan::split(&optimized, &state, &self.current)? else {

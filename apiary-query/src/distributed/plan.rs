@@ -299,6 +299,22 @@ fn frame_table(scan: &TableScan) -> Option<FrameTable> {
     any.downcast_ref::<FrameTable>().cloned()
 }
 
+/// Bytes of the largest frame `plan` reads anywhere (subqueries included), before any
+/// pruning: an upper bound on what a split of the plan, optimized, could distribute. `None`
+/// when it reads no frame.
+pub fn largest_frame_bytes(plan: &LogicalPlan) -> Option<u64> {
+    let mut largest = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Some(table) = frame_table(scan)
+        {
+            largest = largest.max(Some(table.index().bytes()));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    largest
+}
+
 /// The frame scan to split: the largest frame scanned exactly once, with its path.
 fn choose_split_scan(plan: &LogicalPlan) -> Option<(Vec<usize>, TableScan, FrameTable)> {
     let mut scans: Vec<(Vec<usize>, TableScan, FrameTable)> = Vec::new();
