@@ -152,20 +152,15 @@ pub struct TierCounts {
     pub share_bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Limits {
-    /// The most the tier holds.
-    share: u64,
-    /// The node's whole memory budget (pools and tier).
-    budget: u64,
-}
-
 /// Decoded columns of hot cells, in memory, within a share of the node's memory that
 /// yields to the queries' memory pools.
 pub struct ColumnTier {
     index: Index,
     seen: Mutex<lru::LruCache<ColumnKey, ()>>,
-    limits: Mutex<Limits>,
+    /// The most the tier holds (atomics: read on every pool reservation).
+    share: AtomicU64,
+    /// The node's whole memory budget (pools and tier).
+    budget: AtomicU64,
     /// Bytes the node's query pools hold now.
     pools: AtomicU64,
     /// The capacity last applied to the index.
@@ -208,7 +203,8 @@ impl ColumnTier {
             seen: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(SEEN_KEYS).unwrap_or(NonZeroUsize::MIN),
             )),
-            limits: Mutex::new(Limits { share, budget }),
+            share: AtomicU64::new(share),
+            budget: AtomicU64::new(budget),
             pools: AtomicU64::new(0),
             applied: AtomicU64::new(capacity),
             hits: AtomicU64::new(0),
@@ -220,17 +216,14 @@ impl ColumnTier {
 
     /// Whether the tier may hold anything at all.
     pub fn is_enabled(&self) -> bool {
-        self.limits().share > 0
-    }
-
-    fn limits(&self) -> Limits {
-        *self.limits.lock().unwrap_or_else(|p| p.into_inner())
+        self.share.load(Ordering::Relaxed) > 0
     }
 
     /// Sets the tier's share and the node's budget (when a node starts with its bees'
     /// memory, or an operator changes them). A share of 0 empties the tier and turns it off.
     pub fn set_limits(&self, share: u64, budget: u64) {
-        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = Limits { share, budget };
+        self.budget.store(budget, Ordering::Relaxed);
+        self.share.store(share, Ordering::Relaxed);
         if share == 0 {
             self.index.clear();
             self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -309,11 +302,11 @@ impl ColumnTier {
 
     /// The capacity the tier should have now.
     fn capacity(&self) -> u64 {
-        let limits = self.limits();
-        let free = limits
+        let free = self
             .budget
+            .load(Ordering::Relaxed)
             .saturating_sub(self.pools.load(Ordering::Relaxed));
-        limits.share.min(free)
+        self.share.load(Ordering::Relaxed).min(free)
     }
 
     /// Applies the capacity to the index when it moved by a step (or always when `force`):
@@ -331,7 +324,6 @@ impl ColumnTier {
 
     /// What the tier holds and has done.
     pub fn counts(&self) -> TierCounts {
-        let limits = self.limits();
         TierCounts {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
@@ -340,7 +332,7 @@ impl ColumnTier {
             columns: self.index.len() as u64,
             bytes: self.index.weight(),
             capacity_bytes: self.capacity(),
-            share_bytes: limits.share,
+            share_bytes: self.share.load(Ordering::Relaxed),
         }
     }
 }
