@@ -318,6 +318,30 @@ async fn assert_no_queries(ap: &Apiary) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apiary_with_no_nodes_to_share_with_plans_locally() {
+    // Every frame is above `auto`'s threshold, but no node is alive: each mode runs the
+    // query where it was asked, and answers it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ApiaryOptions::new(StorageUri::Local(dir.path().to_path_buf()));
+    options.distribute.auto_min_bytes = 1;
+    let ap = Apiary::open_with(options).await.unwrap();
+    load(&ap).await;
+    let q = "SELECT country, COUNT(*), SUM(duration_ms) FROM analytics.events.clicks \
+             GROUP BY country";
+    let expected = answer(&ap, "never", q).await;
+    assert_eq!(expected.len(), 4, "{expected:?}");
+    for mode in ["auto", "always"] {
+        let mut s = ap.sql_session().unwrap();
+        s.sql(&format!("SET apiary.distribute = '{mode}'"))
+            .await
+            .unwrap();
+        let plan = canonical(s.sql(&format!("EXPLAIN {q}")).await.unwrap().batches()).join("\n");
+        assert!(!plan.contains("DistributedExec"), "{mode}: {plan}");
+        assert_eq!(answer(&ap, mode, q).await, expected, "{mode}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_answer_like_one_on_a_local_folder() {
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("data").display().to_string();

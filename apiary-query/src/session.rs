@@ -423,16 +423,9 @@ impl SqlSession {
         {
             return Ok(None);
         }
-        let state = self.ctx.state();
-        let optimized = state.optimize(plan)?;
-        let Some(split) = distributed::plan::split(&optimized, &state, &self.current)? else {
-            return Ok(None);
-        };
-        let small = split.fragment.bytes() < cluster.settings.auto_min_bytes;
-        if split.fragment.cells.is_empty() || (self.distribute == DistributeMode::Auto && small) {
-            return Ok(None);
-        }
-        // Only now ask who is there: for a process that is not a node that reads storage.
+        // Who is there decides before the optimization does: a node alone in its swarm (or
+        // an embedded Apiary with no nodes) plans its queries once. For a node this reads
+        // its world view in memory; elsewhere, a snapshot of the heartbeats.
         let workers = cluster.directory.workers().await?;
         let local = cluster.directory.local_node();
         let others = workers.iter().any(|w| Some(&w.node_id) != local.as_ref());
@@ -442,6 +435,15 @@ impl SqlSession {
             DistributeMode::Auto => others,
         };
         if !go {
+            return Ok(None);
+        }
+        let state = self.ctx.state();
+        let optimized = state.optimize(plan)?;
+        let Some(split) = distributed::plan::split(&optimized, &state, &self.current)? else {
+            return Ok(None);
+        };
+        let small = split.fragment.bytes() < cluster.settings.auto_min_bytes;
+        if split.fragment.cells.is_empty() || (self.distribute == DistributeMode::Auto && small) {
             return Ok(None);
         }
         let table = DistributedTable::new(split.fragment.clone(), cluster, self.engine.clone());

@@ -11,6 +11,9 @@
 //! next to the tier's share and the memory budget.
 //!
 //! `cargo run --release -p apiary-benches --bin ssb -- --sf 1 --runs 5`
+//!
+//! `--explain Q3.2` prints both engines' `EXPLAIN ANALYZE` of one query (after `--runs` warm-up
+//! runs) and stops; `--set key=value,...` applies DataFusion settings to both.
 
 use std::path::Path;
 use std::process::Command;
@@ -35,10 +38,12 @@ struct Args {
     /// DataFusion settings for Apiary's sessions and plain DataFusion alike
     /// (`--set datafusion.execution.parquet.pushdown_filters=true,…`).
     settings: Vec<(String, String)>,
+    /// Print Apiary's and DataFusion's `EXPLAIN ANALYZE` of this query (`Q3.2`), then stop.
+    explain: Option<String>,
 }
 
 fn args() -> Args {
-    let f = flags(&["sf", "runs", "seed", "set"]);
+    let f = flags(&["sf", "runs", "seed", "set", "explain"]);
     let settings = f
         .get("set")
         .map(|list| {
@@ -58,6 +63,7 @@ fn args() -> Args {
         runs: flag(&f, "runs", 5),
         seed: flag(&f, "seed", 42),
         settings,
+        explain: f.get("explain").cloned(),
     }
 }
 
@@ -186,6 +192,20 @@ fn reset_peak_memory() {
 }
 
 /// The process's peak resident memory in bytes (Linux `VmHWM`).
+/// User and system CPU time of this process so far, in clock ticks (0 where unknown).
+fn cpu_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    rest.split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum()
+}
+
 fn peak_memory() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -304,6 +324,42 @@ async fn main() {
         run_datafusion(&df, &set).await;
         println!("{set}");
     }
+    if let Some(query) = &args.explain {
+        let (_, sql) = QUERIES
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(query))
+            .unwrap_or_else(|| panic!("--explain takes a query name such as Q3.2, not `{query}`"));
+        let analyze = format!("EXPLAIN ANALYZE {sql}");
+        // Total wall and CPU time of each engine over the runs (CPU from /proc, in ticks),
+        // running the query and planning it alone.
+        let plan = format!("EXPLAIN {sql}");
+        for (what, sql) in [("query", *sql), ("planning", plan.as_str())] {
+            let mut wall = [0.0f64; 2];
+            let mut cpu = [0u64; 2];
+            for run in 0..args.runs {
+                for engine in [run % 2, 1 - run % 2] {
+                    let (s, c) = (Instant::now(), cpu_ticks());
+                    if engine == 0 {
+                        session.sql(sql).await.expect("apiary");
+                    } else {
+                        run_datafusion(&df, sql).await;
+                    }
+                    wall[engine] += s.elapsed().as_secs_f64() * 1000.0;
+                    cpu[engine] += cpu_ticks().saturating_sub(c);
+                }
+            }
+            println!(
+                "{what}, {} runs: Apiary {:.1} ms wall, {} CPU ticks; DataFusion {:.1} ms wall, \
+                 {} CPU ticks",
+                args.runs, wall[0], cpu[0], wall[1], cpu[1]
+            );
+        }
+        let ours = session.sql(&analyze).await.expect("apiary");
+        println!("Apiary:\n{}", result_rows(&ours).join("\n"));
+        let theirs = run_datafusion(&df, &analyze).await;
+        println!("DataFusion:\n{}", rows(&theirs).join("\n"));
+        return;
+    }
     let duck = duckdb(&root, args.runs);
     if let Some(duck) = &duck {
         println!(
@@ -328,14 +384,20 @@ async fn main() {
         assert_eq!(ours, theirs, "{name}: Apiary and DataFusion disagree");
         let mut a = Vec::new();
         let mut d = Vec::new();
-        // Interleaved, so drift in the machine's speed hits both alike.
-        for _ in 0..args.runs {
-            let s = Instant::now();
-            session.sql(sql).await.expect("apiary");
-            a.push(s.elapsed().as_secs_f64() * 1000.0);
-            let s = Instant::now();
-            run_datafusion(&df, sql).await;
-            d.push(s.elapsed().as_secs_f64() * 1000.0);
+        // Interleaved, so drift in the machine's speed hits both alike, and each engine goes
+        // first in every other pair (whichever runs second finds the other's freed memory
+        // and warmed caches).
+        for run in 0..args.runs {
+            for engine in [run % 2, 1 - run % 2] {
+                let s = Instant::now();
+                if engine == 0 {
+                    session.sql(sql).await.expect("apiary");
+                    a.push(s.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    run_datafusion(&df, sql).await;
+                    d.push(s.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
         }
         let (a, d) = (median(a), median(d));
         ratios.push(a / d);
