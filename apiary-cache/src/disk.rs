@@ -114,34 +114,74 @@ impl CachedCell {
 
     /// Reads `range` from disk, verifying every block it touches. Blocking.
     pub fn read(&self, range: std::ops::Range<u64>) -> Result<Bytes> {
-        if range.start > range.end || range.end > self.size {
+        let mut out = self.read_ranges(std::slice::from_ref(&range))?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Reads every range from disk with one open of the file: the blocks the ranges touch
+    /// are read and verified once each (runs of adjacent blocks in one read), and each range
+    /// is a slice of them. Blocking.
+    pub fn read_ranges(&self, ranges: &[std::ops::Range<u64>]) -> Result<Vec<Bytes>> {
+        if let Some(bad) = ranges.iter().find(|r| r.start > r.end || r.end > self.size) {
             return Err(CacheError::Range {
                 key: self.key.clone(),
-                range,
+                range: bad.clone(),
                 size: self.size,
             });
         }
-        if range.is_empty() {
-            return Ok(Bytes::new());
-        }
-        let first = range.start / self.block_bytes;
-        let last = (range.end - 1) / self.block_bytes;
-        let start = first * self.block_bytes;
-        let end = ((last + 1) * self.block_bytes).min(self.size);
-        let mut buf = vec![0u8; (end - start) as usize];
-        let file = File::open(&self.data).map_err(|e| self.damaged(format!("cannot open: {e}")))?;
-        file.read_exact_at(&mut buf, start)
-            .map_err(|e| self.damaged(format!("cannot read: {e}")))?;
-        for (i, block) in buf.chunks(self.block_bytes as usize).enumerate() {
-            let index = first as usize + i;
-            let expected = self.crcs.get(index).copied();
-            if expected != Some(crc32c::crc32c(block)) {
-                return Err(self.damaged(format!("block {index} fails its checksum")));
+        // The blocks wanted, as sorted runs of adjacent block indexes.
+        let mut blocks: Vec<(u64, u64)> = ranges
+            .iter()
+            .filter(|r| !r.is_empty())
+            .map(|r| (r.start / self.block_bytes, (r.end - 1) / self.block_bytes))
+            .collect();
+        blocks.sort_unstable();
+        let mut runs: Vec<(u64, u64)> = Vec::with_capacity(blocks.len());
+        for (first, last) in blocks {
+            match runs.last_mut() {
+                Some((_, end)) if first <= *end + 1 => *end = (*end).max(last),
+                _ => runs.push((first, last)),
             }
         }
-        let from = (range.start - start) as usize;
-        let to = (range.end - start) as usize;
-        Ok(Bytes::from(buf).slice(from..to))
+        let mut file = None;
+        // Each run read and verified: (first byte, its bytes).
+        let mut read: Vec<(u64, Bytes)> = Vec::with_capacity(runs.len());
+        for (first, last) in runs {
+            let file = match &file {
+                Some(f) => f,
+                None => file.insert(
+                    File::open(&self.data)
+                        .map_err(|e| self.damaged(format!("cannot open: {e}")))?,
+                ),
+            };
+            let start = first * self.block_bytes;
+            let end = ((last + 1) * self.block_bytes).min(self.size);
+            let mut buf = vec![0u8; (end - start) as usize];
+            file.read_exact_at(&mut buf, start)
+                .map_err(|e| self.damaged(format!("cannot read: {e}")))?;
+            for (i, block) in buf.chunks(self.block_bytes as usize).enumerate() {
+                let index = first as usize + i;
+                let expected = self.crcs.get(index).copied();
+                if expected != Some(crc32c::crc32c(block)) {
+                    return Err(self.damaged(format!("block {index} fails its checksum")));
+                }
+            }
+            read.push((start, Bytes::from(buf)));
+        }
+        Ok(ranges
+            .iter()
+            .map(|r| {
+                if r.is_empty() {
+                    return Bytes::new();
+                }
+                // The run that starts at or before the range holds all of it.
+                let at = read
+                    .partition_point(|(start, _)| *start <= r.start)
+                    .saturating_sub(1);
+                let (start, bytes) = &read[at];
+                bytes.slice((r.start - start) as usize..(r.end - start) as usize)
+            })
+            .collect())
     }
 
     fn damaged(&self, reason: String) -> CacheError {

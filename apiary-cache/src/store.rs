@@ -166,6 +166,37 @@ impl CachingStore {
         range: Option<&object_store::GetRange>,
         counters: Option<&ScanCounters>,
     ) -> object_store::Result<(Arc<CachedCell>, Range<u64>, Bytes)> {
+        let mut resolved = None;
+        let (cell, mut bytes) = self
+            .read_ranges(cache, key, counters, |cell| {
+                let range = match range {
+                    Some(r) => {
+                        r.as_range(cell.size())
+                            .map_err(|e| object_store::Error::Generic {
+                                store: "cell cache",
+                                source: Box::new(e),
+                            })?
+                    }
+                    None => 0..cell.size(),
+                };
+                resolved = Some(range.clone());
+                Ok(vec![range])
+            })
+            .await?;
+        let range = resolved.unwrap_or_default();
+        Ok((cell, range, bytes.pop().unwrap_or_default()))
+    }
+
+    /// The ranges `want` names (given the cell, for its size) of the cell under `key`,
+    /// through the cache: a cell just fetched is sliced, a cached one read from disk in one
+    /// blocking call. A damaged cached file is dropped and the cell fetched again, once.
+    async fn read_ranges(
+        &self,
+        cache: &CellCache,
+        key: &Path,
+        counters: Option<&ScanCounters>,
+        mut want: impl FnMut(&CachedCell) -> object_store::Result<Vec<Range<u64>>>,
+    ) -> object_store::Result<(Arc<CachedCell>, Vec<Bytes>)> {
         for _ in 0..2 {
             let (cell, fetched) = self.cell(cache, key).await?;
             if let Some(c) = counters {
@@ -177,22 +208,24 @@ impl CachingStore {
                     None => ScanCounters::add(&c.hits, 1),
                 }
             }
-            let range = match range {
-                Some(r) => r
-                    .as_range(cell.size())
-                    .map_err(|e| object_store::Error::Generic {
-                        store: "cell cache",
-                        source: Box::new(e),
-                    })?,
-                None => 0..cell.size(),
-            };
+            let ranges = want(&cell)?;
             if let Some(bytes) = fetched {
-                let slice = bytes.slice(range.start as usize..range.end as usize);
-                return Ok((cell, range, slice));
+                let mut out = Vec::with_capacity(ranges.len());
+                for r in &ranges {
+                    if r.start > r.end || r.end > bytes.len() as u64 {
+                        return Err(store_error(CacheError::Range {
+                            key: key.to_string(),
+                            range: r.clone(),
+                            size: bytes.len() as u64,
+                        }));
+                    }
+                    out.push(bytes.slice(r.start as usize..r.end as usize));
+                }
+                return Ok((cell, out));
             }
             let read = {
-                let (cell, range) = (Arc::clone(&cell), range.clone());
-                tokio::task::spawn_blocking(move || cell.read(range))
+                let cell = Arc::clone(&cell);
+                tokio::task::spawn_blocking(move || cell.read_ranges(&ranges))
                     .await
                     .map_err(|e| object_store::Error::Generic {
                         store: "cell cache",
@@ -200,12 +233,13 @@ impl CachingStore {
                     })?
             };
             match read {
-                Ok(bytes) => {
-                    cache.note_read(bytes.len() as u64);
+                Ok(out) => {
+                    let bytes: u64 = out.iter().map(|b| b.len() as u64).sum();
+                    cache.note_read(bytes);
                     if let Some(c) = counters {
-                        ScanCounters::add(&c.bytes_from_cache, bytes.len() as u64);
+                        ScanCounters::add(&c.bytes_from_cache, bytes);
                     }
-                    return Ok((cell, range, bytes));
+                    return Ok((cell, out));
                 }
                 Err(CacheError::Damaged { .. }) => cache.note_damaged(key.as_ref()),
                 Err(e) => return Err(store_error(e)),
@@ -382,11 +416,9 @@ impl CachingStore {
                 return Ok(out);
             }
         };
-        let mut out = Vec::with_capacity(ranges.len());
-        for range in ranges {
-            let range = object_store::GetRange::Bounded(range.clone());
-            out.push(self.read(&cache, location, Some(&range), counters).await?.2);
-        }
+        let (_, out) = self
+            .read_ranges(&cache, location, counters, |_| Ok(ranges.to_vec()))
+            .await?;
         Ok(out)
     }
 }

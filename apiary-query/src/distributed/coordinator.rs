@@ -678,18 +678,23 @@ async fn remove(transport: Arc<dyn ShuffleTransport>, query_id: String) {
     }
 }
 
-/// Cells to nodes: each node's share proportional to its bees, balanced by bytes (largest
-/// cells first onto the relatively lightest node), preferring a node that has a cell cached
-/// while that keeps it within a quarter of its fair share. A node's share is cut into tasks
-/// of at most its memory (bees × memory per bee), so no task asks more than the node holds.
-/// With no workers, everything becomes one task for the coordinator itself (node `""`).
+/// How much more reading a cell costs a node that must fetch it than one that has it cached.
+/// Large enough that a holder keeps its cells while the loads are close; small enough that a
+/// warm node never takes more than 5/9 of a two-node split, and that the split evens out as
+/// the other nodes' caches fill (a cell cached everywhere costs the same everywhere).
+const MISS_COST: f64 = 1.25;
+
+/// Cells to nodes: cached ones first, largest first, each onto the node that would finish its share soonest,
+/// counting a share as its cost per bee (a cell costs its bytes on a node that has it cached
+/// or when no node has it, [`MISS_COST`] times its bytes elsewhere); a tie goes to a holder.
+/// A node's share is cut into tasks of at most its memory (bees × memory per bee), so no
+/// task asks more than the node holds. With no workers, everything becomes one task for the
+/// coordinator itself (node `""`).
 fn assign(fragment: &Fragment, workers: &[WorkerInfo]) -> Vec<(String, Vec<super::SplitCell>)> {
     if workers.is_empty() {
         return vec![(String::new(), fragment.cells.clone())];
     }
-    let total: u64 = fragment.bytes().max(1);
-    let bees: u64 = workers.iter().map(|w| u64::from(w.bees.max(1))).sum();
-    let mut load: Vec<u64> = vec![0; workers.len()];
+    let mut load: Vec<f64> = vec![0.0; workers.len()];
     let mut share: Vec<Vec<super::SplitCell>> = vec![Vec::new(); workers.len()];
     let frame = format!(
         "{}/{}/{}/",
@@ -704,10 +709,10 @@ fn assign(fragment: &Fragment, workers: &[WorkerInfo]) -> Vec<(String, Vec<super
                 .collect()
         })
         .collect();
-    // Cached cells are placed first, so that a holder still has room for them; then the
-    // largest first.
-    let mut cells = fragment.cells.clone();
+    // Cells some node has cached go first, while every node still has room to take them at
+    // their cost; cells no node has cost the same anywhere and even out the loads after.
     let is_cached = |c: &super::SplitCell| cached.iter().any(|set| set.contains(c.path.as_str()));
+    let mut cells = fragment.cells.clone();
     cells.sort_by(|a, b| {
         is_cached(b)
             .cmp(&is_cached(a))
@@ -715,18 +720,24 @@ fn assign(fragment: &Fragment, workers: &[WorkerInfo]) -> Vec<(String, Vec<super
             .then_with(|| a.path.cmp(&b.path))
     });
     for cell in cells {
-        let ratio =
-            |i: usize, extra: u64| (load[i] + extra) as f64 / f64::from(workers[i].bees.max(1));
-        let lightest = (0..workers.len())
-            .min_by(|&a, &b| ratio(a, cell.bytes).total_cmp(&ratio(b, cell.bytes)))
+        let held: Vec<bool> = cached
+            .iter()
+            .map(|set| set.contains(cell.path.as_str()))
+            .collect();
+        let anywhere = held.contains(&true);
+        let cost = |i: usize| {
+            let miss = if anywhere && !held[i] { MISS_COST } else { 1.0 };
+            cell.bytes.max(1) as f64 * miss
+        };
+        let finish = |i: usize| (load[i] + cost(i)) / f64::from(workers[i].bees.max(1));
+        let i = (0..workers.len())
+            .min_by(|&a, &b| {
+                finish(a)
+                    .total_cmp(&finish(b))
+                    .then_with(|| held[b].cmp(&held[a]))
+            })
             .unwrap_or(0);
-        let fair = total as f64 / bees as f64 * 1.25;
-        let holder = (0..workers.len()).find(|&i| {
-            cached[i].contains(cell.path.as_str())
-                && ratio(i, cell.bytes) <= fair.max(ratio(lightest, cell.bytes))
-        });
-        let i = holder.unwrap_or(lightest);
-        load[i] += cell.bytes;
+        load[i] += cost(i);
         share[i].push(cell);
     }
     let mut out = Vec::new();
@@ -833,6 +844,41 @@ mod tests {
         };
         assert_eq!(bytes("a"), 40);
         assert_eq!(bytes("b"), 80);
+    }
+
+    fn bytes_of(plan: &[(String, Vec<SplitCell>)], node: &str) -> u64 {
+        plan.iter()
+            .filter(|(w, _)| w == node)
+            .flat_map(|(_, c)| c)
+            .map(|c| c.bytes)
+            .sum()
+    }
+
+    #[test]
+    fn a_warm_node_takes_at_most_five_ninths_and_the_split_evens_out() {
+        // `a` has every cell cached, `b` none: `a` keeps more, but not all.
+        let f = fragment(&[10; 18]);
+        let every: Vec<String> = (0..18).map(|i| format!("h/b/f/c{i}")).collect();
+        let mut a = worker("a", 1);
+        a.cached_cells = every.clone();
+        let plan = assign(&f, &[a.clone(), worker("b", 1)]);
+        let first = bytes_of(&plan, "a");
+        assert!((90..=100).contains(&first), "{first}: {plan:?}");
+        // `b` caches what it is given (and keeps it): within a few queries the split is even.
+        let mut b = worker("b", 1);
+        let mut plan = plan;
+        for _ in 0..4 {
+            b.cached_cells.extend(
+                plan.iter()
+                    .filter(|(w, _)| w == "b")
+                    .flat_map(|(_, c)| c.iter().map(|c| format!("h/b/f/{}", c.path))),
+            );
+            b.cached_cells.sort();
+            b.cached_cells.dedup();
+            plan = assign(&f, &[a.clone(), b.clone()]);
+        }
+        assert_eq!(bytes_of(&plan, "a"), 90, "{plan:?}");
+        assert_eq!(bytes_of(&plan, "b"), 90, "{plan:?}");
     }
 
     #[test]
