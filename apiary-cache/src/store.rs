@@ -166,24 +166,17 @@ impl CachingStore {
         range: Option<&object_store::GetRange>,
         counters: Option<&ScanCounters>,
     ) -> object_store::Result<(Arc<CachedCell>, Range<u64>, Bytes)> {
-        let mut resolved = None;
+        let resolve = |size: u64| match range {
+            Some(r) => r.as_range(size).map_err(|e| object_store::Error::Generic {
+                store: "cell cache",
+                source: Box::new(e),
+            }),
+            None => Ok(0..size),
+        };
         let (cell, mut bytes) = self
-            .read_ranges(cache, key, counters, |cell| {
-                let range = match range {
-                    Some(r) => {
-                        r.as_range(cell.size())
-                            .map_err(|e| object_store::Error::Generic {
-                                store: "cell cache",
-                                source: Box::new(e),
-                            })?
-                    }
-                    None => 0..cell.size(),
-                };
-                resolved = Some(range.clone());
-                Ok(vec![range])
-            })
+            .read_ranges(cache, key, counters, |cell| Ok(vec![resolve(cell.size())?]))
             .await?;
-        let range = resolved.unwrap_or_default();
+        let range = resolve(cell.size())?;
         Ok((cell, range, bytes.pop().unwrap_or_default()))
     }
 

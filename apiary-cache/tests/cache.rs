@@ -41,6 +41,15 @@ fn bytes_on_disk(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// Flips the byte at `at` of the one cached cell file in `dir`; its path and new contents.
+fn flip_byte(dir: &std::path::Path, at: usize) -> (std::path::PathBuf, Vec<u8>) {
+    let file = files_on_disk(dir, "cell").pop().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[at] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    (file, bytes)
+}
+
 #[test]
 fn a_restarted_cache_keeps_its_cells_and_reads_them_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -114,10 +123,7 @@ fn a_damaged_file_is_never_served() {
     let cached = cache
         .insert("h/b/f/data/a.parquet", &cell, 0, None)
         .unwrap();
-    let file = files_on_disk(dir.path(), "cell").pop().unwrap();
-    let mut bytes = std::fs::read(&file).unwrap();
-    bytes[(1 << 20) + 7] ^= 0xff;
-    std::fs::write(&file, &bytes).unwrap();
+    let (file, bytes) = flip_byte(dir.path(), (1 << 20) + 7);
     // The damaged block is caught; the intact first block still reads.
     assert_eq!(cached.read(0..100).unwrap(), cell.slice(0..100));
     assert!(matches!(
@@ -173,10 +179,7 @@ fn ranges_read_together_catch_damage_and_bad_ranges() {
         matches!(beyond, Err(CacheError::Range { .. })),
         "{beyond:?}"
     );
-    let file = files_on_disk(dir.path(), "cell").pop().unwrap();
-    let mut bytes = std::fs::read(&file).unwrap();
-    bytes[(2 << 20) + 3] ^= 0xff;
-    std::fs::write(&file, &bytes).unwrap();
+    flip_byte(dir.path(), (2 << 20) + 3);
     // Ranges clear of the damaged third block still read; one that touches it fails.
     let fine = cached
         .read_ranges(&[0..10, (1 << 20)..(1 << 20) + 10])
@@ -258,10 +261,7 @@ async fn a_damaged_cached_cell_is_fetched_again() {
     let cell = data(6, 2 << 20);
     raw.put(&key, PutPayload::from(cell.clone())).await.unwrap();
     caching.get_range(&key, 0..10).await.unwrap();
-    let file = files_on_disk(dir.path(), "cell").pop().unwrap();
-    let mut bytes = std::fs::read(&file).unwrap();
-    bytes[12345] ^= 1;
-    std::fs::write(&file, &bytes).unwrap();
+    let (file, _) = flip_byte(dir.path(), 12345);
     let got = caching.get_range(&key, 12_000..13_000).await.unwrap();
     assert_eq!(
         got,

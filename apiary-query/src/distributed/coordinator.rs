@@ -684,9 +684,10 @@ async fn remove(transport: Arc<dyn ShuffleTransport>, query_id: String) {
 /// the other nodes' caches fill (a cell cached everywhere costs the same everywhere).
 const MISS_COST: f64 = 1.25;
 
-/// Cells to nodes: cached ones first, largest first, each onto the node that would finish its share soonest,
-/// counting a share as its cost per bee (a cell costs its bytes on a node that has it cached
-/// or when no node has it, [`MISS_COST`] times its bytes elsewhere); a tie goes to a holder.
+/// Cells to nodes: cached ones first, largest first, each onto the node that would finish
+/// its share soonest, counting a share as its cost per bee (a cell costs its bytes on a node
+/// that has it cached or when no node has it, [`MISS_COST`] times its bytes elsewhere); a tie
+/// goes to a holder.
 /// A node's share is cut into tasks of at most its memory (bees × memory per bee), so no
 /// task asks more than the node holds. With no workers, everything becomes one task for the
 /// coordinator itself (node `""`).
@@ -858,9 +859,8 @@ mod tests {
     fn a_warm_node_takes_at_most_five_ninths_and_the_split_evens_out() {
         // `a` has every cell cached, `b` none: `a` keeps more, but not all.
         let f = fragment(&[10; 18]);
-        let every: Vec<String> = (0..18).map(|i| format!("h/b/f/c{i}")).collect();
         let mut a = worker("a", 1);
-        a.cached_cells = every.clone();
+        a.cached_cells = (0..18).map(|i| format!("h/b/f/c{i}")).collect();
         let plan = assign(&f, &[a.clone(), worker("b", 1)]);
         let first = bytes_of(&plan, "a");
         assert!((90..=100).contains(&first), "{first}: {plan:?}");

@@ -10,7 +10,7 @@
 //!
 //! Every distributed answer is checked against the local one. The memory tier is off on
 //! every side by default, so the speed-up is that of the scans and joins themselves;
-//! `--memory-tier 1GiB`-style byte counts (`--memory-tier 1073741824`) compare warm nodes.
+//! `--memory-tier BYTES` (say 1073741824) gives every side a tier, to compare warm nodes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

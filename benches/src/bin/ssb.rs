@@ -12,15 +12,16 @@
 //!
 //! `cargo run --release -p apiary-benches --bin ssb -- --sf 1 --runs 5`
 //!
-//! `--explain Q3.2` prints both engines' `EXPLAIN ANALYZE` of one query (after `--runs` warm-up
-//! runs) and stops; `--set key=value,...` applies DataFusion settings to both.
+//! `--explain Q3.2` times one query and its planning alone on both engines over `--runs` runs
+//! (wall and CPU time), prints both engines' `EXPLAIN ANALYZE` of it and stops;
+//! `--set key=value,...` applies DataFusion settings to both.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use apiary::apiary_storage::StorageUri;
-use apiary::{Apiary, ApiaryOptions};
+use apiary::{Apiary, ApiaryOptions, SqlSession};
 use apiary_benches::harness::{
     datafusion_over_cells, flag, flags, geo_mean, load_apiary, median, result_rows, rows,
     run_datafusion,
@@ -191,7 +192,40 @@ fn reset_peak_memory() {
     }
 }
 
-/// The process's peak resident memory in bytes (Linux `VmHWM`).
+/// One timed run of an engine: wall milliseconds and CPU ticks.
+#[derive(Clone, Copy)]
+struct Timed {
+    ms: f64,
+    ticks: u64,
+}
+
+/// `runs` runs of `sql` on Apiary (`[0]`) and on DataFusion (`[1]`), interleaved so drift in
+/// the machine's speed hits both alike, each engine first in every other pair (whichever
+/// runs second finds the other's freed memory and warmed caches).
+async fn interleaved(
+    session: &mut SqlSession,
+    df: &SessionContext,
+    sql: &str,
+    runs: usize,
+) -> [Vec<Timed>; 2] {
+    let mut out = [Vec::new(), Vec::new()];
+    for run in 0..runs {
+        for engine in [run % 2, 1 - run % 2] {
+            let (s, c) = (Instant::now(), cpu_ticks());
+            if engine == 0 {
+                session.sql(sql).await.expect("apiary");
+            } else {
+                run_datafusion(df, sql).await;
+            }
+            out[engine].push(Timed {
+                ms: s.elapsed().as_secs_f64() * 1000.0,
+                ticks: cpu_ticks().saturating_sub(c),
+            });
+        }
+    }
+    out
+}
+
 /// User and system CPU time of this process so far, in clock ticks (0 where unknown).
 fn cpu_ticks() -> u64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
@@ -206,6 +240,7 @@ fn cpu_ticks() -> u64 {
         .sum()
 }
 
+/// The process's peak resident memory in bytes (Linux `VmHWM`).
 fn peak_memory() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -330,28 +365,22 @@ async fn main() {
             .find(|(name, _)| name.eq_ignore_ascii_case(query))
             .unwrap_or_else(|| panic!("--explain takes a query name such as Q3.2, not `{query}`"));
         let analyze = format!("EXPLAIN ANALYZE {sql}");
-        // Total wall and CPU time of each engine over the runs (CPU from /proc, in ticks),
-        // running the query and planning it alone.
+        // Total wall and CPU time of each engine over the runs, running the query and
+        // planning it alone.
         let plan = format!("EXPLAIN {sql}");
         for (what, sql) in [("query", *sql), ("planning", plan.as_str())] {
-            let mut wall = [0.0f64; 2];
-            let mut cpu = [0u64; 2];
-            for run in 0..args.runs {
-                for engine in [run % 2, 1 - run % 2] {
-                    let (s, c) = (Instant::now(), cpu_ticks());
-                    if engine == 0 {
-                        session.sql(sql).await.expect("apiary");
-                    } else {
-                        run_datafusion(&df, sql).await;
-                    }
-                    wall[engine] += s.elapsed().as_secs_f64() * 1000.0;
-                    cpu[engine] += cpu_ticks().saturating_sub(c);
-                }
-            }
+            let [a, d] = interleaved(&mut session, &df, sql, args.runs).await;
+            let total = |t: &[Timed]| {
+                (
+                    t.iter().map(|t| t.ms).sum::<f64>(),
+                    t.iter().map(|t| t.ticks).sum::<u64>(),
+                )
+            };
+            let ((a_ms, a_ticks), (d_ms, d_ticks)) = (total(&a), total(&d));
             println!(
-                "{what}, {} runs: Apiary {:.1} ms wall, {} CPU ticks; DataFusion {:.1} ms wall, \
-                 {} CPU ticks",
-                args.runs, wall[0], cpu[0], wall[1], cpu[1]
+                "{what}, {} runs: Apiary {a_ms:.1} ms wall, {a_ticks} CPU ticks; DataFusion \
+                 {d_ms:.1} ms wall, {d_ticks} CPU ticks",
+                args.runs
             );
         }
         let ours = session.sql(&analyze).await.expect("apiary");
@@ -382,23 +411,9 @@ async fn main() {
         let ours = result_rows(&session.sql(sql).await.expect("apiary"));
         let theirs = rows(&run_datafusion(&df, sql).await);
         assert_eq!(ours, theirs, "{name}: Apiary and DataFusion disagree");
-        let mut a = Vec::new();
-        let mut d = Vec::new();
-        // Interleaved, so drift in the machine's speed hits both alike, and each engine goes
-        // first in every other pair (whichever runs second finds the other's freed memory
-        // and warmed caches).
-        for run in 0..args.runs {
-            for engine in [run % 2, 1 - run % 2] {
-                let s = Instant::now();
-                if engine == 0 {
-                    session.sql(sql).await.expect("apiary");
-                    a.push(s.elapsed().as_secs_f64() * 1000.0);
-                } else {
-                    run_datafusion(&df, sql).await;
-                    d.push(s.elapsed().as_secs_f64() * 1000.0);
-                }
-            }
-        }
+        let [a, d] = interleaved(&mut session, &df, sql, args.runs).await;
+        let ms = |t: Vec<Timed>| t.into_iter().map(|t| t.ms).collect::<Vec<_>>();
+        let (a, d) = (ms(a), ms(d));
         let (a, d) = (median(a), median(d));
         ratios.push(a / d);
         df_ms.push(d);
