@@ -587,7 +587,17 @@ impl Apiary {
             }
             left?;
         }
+        self.settle().await;
         Ok(())
+    }
+
+    /// Waits for the background work of queries that already returned (removing the
+    /// objects a distributed query left in the shuffle transport). Call it before a short
+    /// process exits, as `apiary sql` does; a long-lived one need not.
+    pub async fn settle(&self) {
+        if let Some(cluster) = self.query.get().and_then(|engine| engine.cluster()) {
+            cluster.settle().await;
+        }
     }
 
     /// Resolves when an operator asks this node to leave (`apiary drain`). Pending forever

@@ -385,7 +385,10 @@ async fn run(cli: Cli) -> CliResult<()> {
                 SqlFormat::Table
             });
             let stream = ap.sql_stream(&query).await?;
-            print_stream(stream, format).await?;
+            let printed = print_stream(stream, format).await;
+            // The query's objects are removed after its answer; not left to a sweep.
+            ap.settle().await;
+            printed?;
         }
         Command::Compact { frame } => {
             let f = FrameRef::parse(&frame)?;

@@ -29,7 +29,7 @@ use futures::TryStreamExt;
 use super::manifest::{TASK_FORMAT, TaskKey, TaskSpec, columns_of};
 use super::plan::Fragment;
 use super::task::coerce;
-use super::transport::{Delivered, ShuffleTransport, TaskOutcome, TaskReport};
+use super::transport::{Delivered, TaskOutcome, TaskReport};
 use super::{Cluster, MAX_ATTEMPTS, WorkerInfo, result};
 use crate::error::QueryError;
 use crate::session::QueryEngine;
@@ -51,6 +51,12 @@ pub struct TaskRun {
     pub rows: u64,
     /// Worker's time, in milliseconds.
     pub elapsed_ms: u64,
+    /// Of the worker's time, parsing and planning the fragment.
+    pub planning_ms: u64,
+    /// From handing the attempt out to holding its result, on the coordinator's clock: the
+    /// worker's time plus what the transport added (publishing, discovery, the result's
+    /// way back).
+    pub round_trip_ms: u64,
     /// Cell reads the worker served from its cache, and those that went to storage.
     pub cache: (u64, u64),
     /// Bytes the worker read from storage.
@@ -179,7 +185,8 @@ impl DisplayAs for DistributedExec {
                 write!(
                     f,
                     "\n    task={} node={} attempt={} cells={} bytes={} rows={} time={}ms \
-                     cache_hits={} cache_misses={} bytes_from_storage={}",
+                     planning={}ms round_trip={}ms cache_hits={} cache_misses={} \
+                     bytes_from_storage={}",
                     r.task_id,
                     r.node_id,
                     r.attempt,
@@ -187,6 +194,8 @@ impl DisplayAs for DistributedExec {
                     r.bytes,
                     r.rows,
                     r.elapsed_ms,
+                    r.planning_ms,
+                    r.round_trip_ms,
                     r.cache.0,
                     r.cache.1,
                     r.bytes_from_storage
@@ -298,8 +307,17 @@ struct Pending {
     tried: Vec<String>,
     /// Why earlier attempts were given up.
     causes: Vec<String>,
-    /// The report, rows and attempt of the result used.
-    done: Option<(TaskReport, Vec<RecordBatch>, u32)>,
+    /// The result used.
+    done: Option<Done>,
+}
+
+/// The result a task's attempt delivered.
+struct Done {
+    report: TaskReport,
+    rows: Vec<RecordBatch>,
+    attempt: u32,
+    /// From handing the attempt out to taking its result.
+    round_trip: Duration,
 }
 
 /// The state of one query while it runs.
@@ -366,13 +384,16 @@ impl Run {
             failed: HashSet::new(),
         };
         let first: Vec<TaskSpec> = q.tasks.iter().map(|t| t.spec.clone()).collect();
+        let dispatching = Instant::now();
         q.dispatch(first).await?;
+        let dispatched = dispatching.elapsed();
 
-        // Results are looked for at a tenth of the time spent so far (at least every 5 ms,
-        // at most every `result_poll`): waiting adds at most about a tenth to a query, and a
-        // long one costs few requests.
+        // Results are looked for at intervals that grow with the wait (see
+        // `result_interval`): waiting adds a small share to a query, and a long one costs few
+        // requests.
         let started = Instant::now();
-        let mut poll = Duration::from_millis(5);
+        let mut poll = result_interval(Duration::ZERO, None, self.cluster.settings.result_poll);
+        let mut first_answer = None;
         let mut last_check = Instant::now();
         while q.tasks.iter().any(|t| t.done.is_none()) {
             let mut retry = Vec::new();
@@ -383,9 +404,15 @@ impl Run {
             while let Ok(d) = rx.try_recv() {
                 retry.extend(q.accept(d)?);
             }
-            poll = (started.elapsed() / 10)
-                .clamp(Duration::from_millis(5), self.cluster.settings.result_poll);
             retry.extend(q.collect_remote().await?);
+            if first_answer.is_none() && q.tasks.iter().any(|t| t.done.is_some()) {
+                first_answer = Some(started.elapsed());
+            }
+            poll = result_interval(
+                started.elapsed(),
+                first_answer,
+                self.cluster.settings.result_poll,
+            );
             let due = last_check.elapsed() >= self.cluster.settings.result_poll;
             if due || !retry.is_empty() {
                 last_check = Instant::now();
@@ -396,7 +423,13 @@ impl Run {
         let mut runs = Vec::new();
         let mut batches = Vec::new();
         for t in tasks {
-            let Some((report, rows, attempt)) = t.done else {
+            let Some(Done {
+                report,
+                rows,
+                attempt,
+                round_trip,
+            }) = t.done
+            else {
                 continue;
             };
             runs.push(TaskRun {
@@ -407,6 +440,8 @@ impl Run {
                 bytes: t.spec.bytes,
                 rows: report.rows,
                 elapsed_ms: report.elapsed_ms,
+                planning_ms: report.planning_ms,
+                round_trip_ms: round_trip.as_millis() as u64,
                 cache: (report.cache_hits, report.cache_misses),
                 bytes_from_storage: report.bytes_from_storage,
                 retried: t.causes,
@@ -414,7 +449,14 @@ impl Run {
             batches.extend(rows);
         }
         *self.runs.lock().unwrap_or_else(|p| p.into_inner()) = runs;
-        cleanup.finish().await;
+        tracing::debug!(
+            query = %cleanup.query_id,
+            dispatch_ms = dispatched.as_millis() as u64,
+            wait_ms = started.elapsed().as_millis() as u64,
+            "distributed fragment ran"
+        );
+        // The answer does not wait for the removal (see `Cluster::settle`).
+        drop(cleanup);
         Ok(batches)
     }
 }
@@ -484,11 +526,21 @@ impl Attempts<'_> {
                     .into_iter()
                     .map(|b| coerce(b, schema))
                     .collect::<Result<Vec<_>, _>>()?;
-                t.done = Some((report, batches, d.key.attempt));
+                t.done = Some(Done {
+                    report,
+                    rows: batches,
+                    attempt: d.key.attempt,
+                    round_trip: t.since.elapsed(),
+                });
                 Ok(None)
             }
             TaskOutcome::Empty => {
-                t.done = Some((d.report, Vec::new(), d.key.attempt));
+                t.done = Some(Done {
+                    report: d.report,
+                    rows: Vec::new(),
+                    attempt: d.key.attempt,
+                    round_trip: t.since.elapsed(),
+                });
                 Ok(None)
             }
             TaskOutcome::Failed(cause) => {
@@ -644,37 +696,52 @@ impl Attempts<'_> {
     }
 }
 
-/// Removes the query's objects however the coordinator leaves (error, cancellation).
+/// Removes the query's objects however the coordinator leaves (an answer, an error, a
+/// cancellation), in the background: the answer never waits for it.
 struct Cleanup {
     cluster: Cluster,
     query_id: String,
     published: bool,
 }
 
-impl Cleanup {
-    async fn finish(mut self) {
-        if std::mem::take(&mut self.published) {
-            remove(Arc::clone(&self.cluster.transport), self.query_id.clone()).await;
-        }
-    }
-}
-
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if self.published
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
-        {
-            handle.spawn(remove(
-                Arc::clone(&self.cluster.transport),
-                self.query_id.clone(),
-            ));
+        if !self.published {
+            return;
+        }
+        let transport = Arc::clone(&self.cluster.transport);
+        let query_id = self.query_id.clone();
+        let removal = async move {
+            if let Err(e) = transport.finish(&query_id).await {
+                tracing::warn!(query = %query_id, error = %e, "query objects not removed; a sweep will");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                self.cluster.background.spawn_on(removal, &handle);
+            }
+            Err(_) => tracing::warn!(
+                query = %self.query_id,
+                "no runtime to remove the query's objects; a sweep will"
+            ),
         }
     }
 }
 
-async fn remove(transport: Arc<dyn ShuffleTransport>, query_id: String) {
-    if let Err(e) = transport.finish(&query_id).await {
-        tracing::warn!(query = %query_id, error = %e, "query objects not removed; a sweep will");
+/// How long the coordinator waits before looking for results again, `elapsed` into the
+/// wait, once `first` the first task answered (if one has), never longer than `max`.
+///
+/// A tenth of the time spent (at least 5 ms): waiting adds about a twentieth to a query on
+/// average, and a long one costs few requests (about ten per tenfold of its time). Once a
+/// task has answered, the others are due (shares are cut to finish together): for a quarter
+/// of the time until that first answer, results are looked for every fortieth of it (at
+/// least every 2 ms), at most ten looks more.
+fn result_interval(elapsed: Duration, first: Option<Duration>, max: Duration) -> Duration {
+    match first {
+        Some(first) if elapsed < first + first / 4 => {
+            (first / 40).clamp(Duration::from_millis(2), max)
+        }
+        _ => (elapsed / 10).clamp(Duration::from_millis(5), max),
     }
 }
 
@@ -773,7 +840,7 @@ impl Cluster {
         *last = Some(Instant::now());
         let transport = Arc::clone(&self.transport);
         let retention = self.settings.orphan_retention;
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             match transport.sweep(retention).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
@@ -823,6 +890,42 @@ mod tests {
             shape: Shape::Rows,
             scope: vec![],
         }
+    }
+
+    /// Looks made while waiting `total` for results, the first answering at `first`.
+    fn looks(total: Duration, first: Option<Duration>) -> (u32, Duration) {
+        let max = Duration::from_millis(250);
+        let (mut at, mut looks, mut longest) = (Duration::ZERO, 0, Duration::ZERO);
+        while at < total {
+            let seen = first.filter(|f| at >= *f);
+            let wait = result_interval(at, seen, max);
+            // How much longer than a tenth of the wait so far (or 5 ms) a result that lands
+            // just after a look can go unseen.
+            longest = longest.max(wait.saturating_sub((at / 10).max(Duration::from_millis(5))));
+            at += wait;
+            looks += 1;
+        }
+        (looks, longest)
+    }
+
+    #[test]
+    fn results_are_looked_for_often_early_and_rarely_late() {
+        // Never more than a tenth of the time spent (or 5 ms) between looks.
+        for first in [None, Some(Duration::from_millis(300))] {
+            let (n, longest) = looks(Duration::from_secs(1), first);
+            assert_eq!(longest, Duration::ZERO, "{first:?}");
+            assert!(n <= 55, "{first:?}: {n} looks in 1 s");
+        }
+        // A 10-minute task: bounded by `max` at the end, about 2 400 looks, not 120 000.
+        let (n, _) = looks(Duration::from_secs(600), Some(Duration::from_secs(60)));
+        assert!(n <= 2_500, "{n} looks in 10 minutes");
+        // After a first answer the next look comes sooner.
+        let t = Duration::from_millis(200);
+        assert!(result_interval(t, Some(t), Duration::from_secs(1)) < t / 10);
+        assert_eq!(
+            result_interval(t * 2, Some(t), Duration::from_secs(1)),
+            t * 2 / 10
+        );
     }
 
     #[test]

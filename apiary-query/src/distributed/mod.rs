@@ -138,6 +138,9 @@ pub struct Cluster {
     pub abandoned: AbandonedTasks,
     /// When this coordinator last swept old queries.
     last_sweep: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// Removals of finished queries' objects and sweeps, which run after the answer is
+    /// returned (see [`Cluster::settle`]).
+    background: tokio_util::task::TaskTracker,
 }
 
 impl Cluster {
@@ -155,7 +158,18 @@ impl Cluster {
             random: apiary_storage::Random::from_os(),
             abandoned: AbandonedTasks::default(),
             last_sweep: Arc::default(),
+            background: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Waits for the background work of queries that already returned: removing their
+    /// objects from the transport, and sweeps. A query's answer does not wait for its
+    /// cleanup; a process about to exit (a one-shot `apiary sql`) calls this so that it
+    /// leaves nothing behind for the sweep to find.
+    pub async fn settle(&self) {
+        self.background.close();
+        self.background.wait().await;
+        self.background.reopen();
     }
 
     /// Uses `clock` and `random` instead of the system's.

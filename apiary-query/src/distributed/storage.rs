@@ -1,7 +1,7 @@
 //! [`StorageShuffle`]: the default transport, through the shared storage.
 //!
 //! ```text
-//! _queries/{query_id}/query.json                          who coordinates (written first)
+//! _queries/{query_id}/query.json                          who coordinates (with the tasks)
 //! _queries/{query_id}/tasks/{node_id}/{task:06}-{attempt}.json   a task (manifest format)
 //! _queries/{query_id}/results/{task:06}-{attempt}.arrow   rows: one Arrow IPC stream
 //! _queries/{query_id}/results/{task:06}-{attempt}.empty   done, no rows (a JSON report)
@@ -153,13 +153,14 @@ impl ShuffleTransport for StorageShuffle {
             coordinator: coordinator.to_string(),
         })
         .map_err(|e| QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))?;
-        self.backend
-            .put(&Self::query_dir(query_id).join("query.json"), info.into())
-            .await?;
-        let mut writes: Vec<(Path, Bytes)> = tasks
-            .iter()
-            .map(|t| Ok((Self::task_key(t), Bytes::from(t.encode()?))))
-            .collect::<Result<_>>()?;
+        // The query object and the tasks at once: nothing reads one before the doorbell.
+        let mut writes: Vec<(Path, Bytes)> = vec![(
+            Self::query_dir(query_id).join("query.json"),
+            Bytes::from(info),
+        )];
+        for t in tasks {
+            writes.push((Self::task_key(t), Bytes::from(t.encode()?)));
+        }
         self.put_all(std::mem::take(&mut writes)).await?;
         // Rung only once the tasks are durable: a worker that sees the ring lists them all.
         let mut nodes: Vec<&str> = tasks.iter().map(|t| t.node_id.as_str()).collect();
@@ -198,11 +199,21 @@ impl ShuffleTransport for StorageShuffle {
             .backend
             .list_with_delimiter(&Path::from(QUERIES_DIR))
             .await?;
-        let mut listed = HashSet::new();
-        for prefix in &queries.prefixes {
-            let dir = prefix.clone().join("tasks").join(node_id);
-            listed.extend(self.backend.list(&dir).await?.into_iter().map(|m| m.key));
-        }
+        // Each query's folder of this node's tasks, listed at once.
+        let dirs: Vec<Path> = queries
+            .prefixes
+            .iter()
+            .map(|prefix| prefix.clone().join("tasks").join(node_id))
+            .collect();
+        let listings: Vec<_> = futures::stream::iter(dirs)
+            .map(|dir| {
+                let backend = Arc::clone(&self.backend);
+                async move { backend.list(&dir).await }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        let listed: HashSet<Path> = listings.into_iter().flatten().map(|m| m.key).collect();
         // Tasks returned before are not read again; those no longer listed are forgotten.
         let new: Vec<Path> = {
             let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());

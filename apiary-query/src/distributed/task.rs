@@ -35,7 +35,8 @@ pub async fn run_task(
         elapsed_ms: started.elapsed().as_millis() as u64,
         ..TaskReport::default()
     };
-    let outcome = ran.and_then(|(batches, reads)| {
+    let outcome = ran.and_then(|(batches, reads, planning)| {
+        report.planning_ms = planning.as_millis() as u64;
         (
             report.cache_hits,
             report.cache_misses,
@@ -71,7 +72,8 @@ fn reads_of(plan: &dyn datafusion::physical_plan::ExecutionPlan) -> (u64, u64, u
 async fn execute(
     engine: &QueryEngine,
     task: &TaskSpec,
-) -> Result<(Vec<RecordBatch>, (u64, u64, u64))> {
+) -> Result<(Vec<RecordBatch>, (u64, u64, u64), Duration)> {
+    let started = Instant::now();
     let expected = task.expected_schema()?;
     let mut pins = HashMap::new();
     pins.insert(
@@ -97,6 +99,7 @@ async fn execute(
         );
     }
     let (plan, stream) = engine.run_fragment(&task.sql, &task.scope, pins).await?;
+    let planning = started.elapsed();
     let batches: Vec<RecordBatch> = stream.try_collect().await?;
     tracing::debug!(
         task = %task.key(),
@@ -107,7 +110,7 @@ async fn execute(
         .into_iter()
         .map(|b| coerce(b, &expected))
         .collect::<Result<Vec<_>>>()?;
-    Ok((batches, reads_of(plan.as_ref())))
+    Ok((batches, reads_of(plan.as_ref()), planning))
 }
 
 /// `batch` with the expected schema: columns by position, cast where only the

@@ -53,6 +53,9 @@ pub struct TaskReport {
     /// Bytes the worker read from storage.
     #[serde(default)]
     pub bytes_from_storage: u64,
+    /// Of `elapsed_ms`, the time spent parsing and planning the fragment.
+    #[serde(default)]
+    pub planning_ms: u64,
 }
 
 /// How a task ended.
