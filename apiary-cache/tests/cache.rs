@@ -115,14 +115,29 @@ fn the_budget_holds_under_a_larger_workload_and_after_a_restart() {
     assert!(bytes_on_disk(dir.path()) <= budget / 4);
 }
 
-#[test]
-fn a_damaged_file_is_never_served() {
+/// A fresh 64 MiB cache in its own folder holding one cell of `len` bytes: the folder, the
+/// cache, the cell's bytes and the cached cell.
+fn one_cell(
+    seed: u8,
+    len: usize,
+) -> (
+    tempfile::TempDir,
+    CellCache,
+    Bytes,
+    Arc<apiary_cache::CachedCell>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let cache = CellCache::open(config(dir.path(), 64 << 20)).unwrap();
-    let cell = data(3, 2 << 20);
+    let cell = data(seed, len);
     let cached = cache
         .insert("h/b/f/data/a.parquet", &cell, 0, None)
         .unwrap();
+    (dir, cache, cell, cached)
+}
+
+#[test]
+fn a_damaged_file_is_never_served() {
+    let (dir, cache, cell, cached) = one_cell(3, 2 << 20);
     let (file, bytes) = flip_byte(dir.path(), (1 << 20) + 7);
     // The damaged block is caught; the intact first block still reads.
     assert_eq!(cached.read(0..100).unwrap(), cell.slice(0..100));
@@ -147,10 +162,7 @@ proptest::proptest! {
         len in 1usize..(3 << 20),
         picks in proptest::collection::vec((0.0f64..=1.0, 0.0f64..=1.0), 0..12),
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = CellCache::open(config(dir.path(), 64 << 20)).unwrap();
-        let cell = data(7, len);
-        let cached = cache.insert("h/b/f/data/a.parquet", &cell, 0, None).unwrap();
+        let (_dir, _cache, cell, cached) = one_cell(7, len);
         let ranges: Vec<std::ops::Range<u64>> = picks
             .iter()
             .map(|&(a, b)| {
@@ -168,12 +180,7 @@ proptest::proptest! {
 
 #[test]
 fn ranges_read_together_catch_damage_and_bad_ranges() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = CellCache::open(config(dir.path(), 64 << 20)).unwrap();
-    let cell = data(5, 3 << 20);
-    let cached = cache
-        .insert("h/b/f/data/a.parquet", &cell, 0, None)
-        .unwrap();
+    let (dir, _cache, cell, cached) = one_cell(5, 3 << 20);
     let beyond = cached.read_ranges(&[0..10, (3 << 20) - 1..(3 << 20) + 1]);
     assert!(
         matches!(beyond, Err(CacheError::Range { .. })),

@@ -53,9 +53,10 @@ pub struct TaskRun {
     pub elapsed_ms: u64,
     /// Of the worker's time, parsing and planning the fragment.
     pub planning_ms: u64,
-    /// From handing the attempt out to holding its result, on the coordinator's clock: the
-    /// worker's time plus what the transport added (publishing, discovery, the result's
-    /// way back).
+    /// From handing the task's latest attempt out to holding this result, on the
+    /// coordinator's clock: the worker's time plus what the transport added (publishing,
+    /// discovery, the result's way back). A late result of an earlier attempt is measured
+    /// from the latest hand-out too.
     pub round_trip_ms: u64,
     /// Cell reads the worker served from its cache, and those that went to storage.
     pub cache: (u64, u64),
@@ -316,7 +317,7 @@ struct Done {
     report: TaskReport,
     rows: Vec<RecordBatch>,
     attempt: u32,
-    /// From handing the attempt out to taking its result.
+    /// From handing the latest attempt out to taking this result.
     round_trip: Duration,
 }
 
@@ -515,34 +516,20 @@ impl Attempts<'_> {
         else {
             return Ok(None);
         };
-        match d.outcome {
+        let (report, rows) = match d.outcome {
             TaskOutcome::Rows(ipc) => {
                 let (ipc_schema, batches) = result::decode(&d.key.to_string(), &ipc)?;
                 let report = ipc_schema
                     .as_deref()
                     .and_then(result::report_of)
                     .unwrap_or(d.report);
-                let batches = batches
+                let rows = batches
                     .into_iter()
                     .map(|b| coerce(b, schema))
                     .collect::<Result<Vec<_>, _>>()?;
-                t.done = Some(Done {
-                    report,
-                    rows: batches,
-                    attempt: d.key.attempt,
-                    round_trip: t.since.elapsed(),
-                });
-                Ok(None)
+                (report, rows)
             }
-            TaskOutcome::Empty => {
-                t.done = Some(Done {
-                    report: d.report,
-                    rows: Vec::new(),
-                    attempt: d.key.attempt,
-                    round_trip: t.since.elapsed(),
-                });
-                Ok(None)
-            }
+            TaskOutcome::Empty => (d.report, Vec::new()),
             TaskOutcome::Failed(cause) => {
                 let current = d.key.attempt == t.spec.attempt;
                 if self.failed.insert(d.key.clone()) {
@@ -555,9 +542,16 @@ impl Attempts<'_> {
                         .push(format!("attempt {} on {node}: {cause}", d.key.attempt));
                 }
                 // An older attempt's failure: the current one runs on.
-                Ok(current.then_some(t.spec.task_id))
+                return Ok(current.then_some(t.spec.task_id));
             }
-        }
+        };
+        t.done = Some(Done {
+            report,
+            rows,
+            attempt: d.key.attempt,
+            round_trip: t.since.elapsed(),
+        });
+        Ok(None)
     }
 
     /// Outcomes of remote attempts published so far; returns tasks to retry.
