@@ -304,7 +304,8 @@ fn a_restarted_node_keeps_its_identity() {
         std::fs::read_dir(root.join("_heartbeats"))
             .map(|d| {
                 d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .filter(|n| n.starts_with("node_"))
+                    // The local store stages a write as `name#N` before renaming it.
+                    .filter(|n| n.starts_with("node_") && n.ends_with(".json"))
                     .collect()
             })
             .unwrap_or_default()
