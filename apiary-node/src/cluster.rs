@@ -10,6 +10,7 @@ use apiary_query::QueryEngine;
 use apiary_query::distributed::{
     ShuffleTransport, TaskKey, TaskOutcome, WorkerDirectory, WorkerInfo, run_task,
 };
+use apiary_storage::Clock;
 use apiary_swarm::{Colony, Membership, NodeState, SwarmAgent, WorldView};
 
 use crate::RunningNode;
@@ -99,15 +100,40 @@ pub(crate) struct TaskCounts {
     pub(crate) failed: AtomicU64,
 }
 
-/// Takes this node's tasks from the transport every `poll` and runs each on a bee, until
-/// `stop` or until the node leaves (its bees closed: tasks it holds finish, no new ones are
-/// taken).
+/// For this long after it was last given a task, a node looks for tasks more often.
+const BUSY_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long a worker waits before it looks for tasks again, given the configured `poll` and
+/// the time `since` it was last given a task (`None`: never).
+///
+/// Queries come in bursts (a dashboard's panels, a notebook's cells, a script's statements),
+/// and a burst's next query waits for discovery like its first. So for [`BUSY_WINDOW`]
+/// after a task a node looks four times as often (at most every millisecond), and the
+/// wait for the next query's tasks falls to a quarter. An idle node looks every `poll`, so
+/// what idling costs stays what the setting says.
+pub(crate) fn discovery_interval(poll: Duration, since: Option<Duration>) -> Duration {
+    match since {
+        Some(since) if since < BUSY_WINDOW => (poll / 4).max(poll.min(Duration::from_millis(1))),
+        _ => poll,
+    }
+}
+
+/// When a worker looks for tasks: every `interval` of `clock`'s time while idle (see
+/// [`discovery_interval`]).
+pub(crate) struct Polling {
+    pub(crate) interval: Duration,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+/// Takes this node's tasks from the transport every `poll.interval` (more often for a while
+/// after a task, see [`discovery_interval`]) and runs each on a bee, until `stop` or until
+/// the node leaves (its bees closed: tasks it holds finish, no new ones are taken).
 pub(crate) fn spawn_worker(
     transport: Arc<dyn ShuffleTransport>,
     engine: QueryEngine,
     node_id: String,
     colony: Arc<Colony>,
-    poll: Duration,
+    poll: Polling,
     counts: Arc<TaskCounts>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -116,10 +142,14 @@ pub(crate) fn spawn_worker(
         // Tasks already taken (a transport may deliver one again); bounded.
         let mut seen: HashSet<TaskKey> = HashSet::new();
         let mut order: VecDeque<TaskKey> = VecDeque::new();
+        // When this node was last given a task, on `clock`'s monotonic time.
+        let Polling { interval, clock } = poll;
+        let mut last_task: Option<Duration> = None;
         loop {
+            let since = last_task.map(|t| clock.monotonic().saturating_sub(t));
             tokio::select! {
                 _ = stop.changed() => break,
-                _ = apiary_storage::time::sleep(poll) => {}
+                _ = clock.sleep(discovery_interval(interval, since)) => {}
             }
             if !bees.accepting() {
                 break;
@@ -131,6 +161,9 @@ pub(crate) fn spawn_worker(
                     continue;
                 }
             };
+            if !tasks.is_empty() {
+                last_task = Some(clock.monotonic());
+            }
             for task in tasks {
                 let key = task.key();
                 if !seen.insert(key.clone()) {
@@ -169,4 +202,30 @@ pub(crate) fn spawn_worker(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_node_looks_more_often_for_a_minute_after_a_task() {
+        let second = Duration::from_secs(1);
+        // Idle (never given a task, or not for a minute): the configured interval.
+        assert_eq!(discovery_interval(second, None), second);
+        assert_eq!(discovery_interval(second, Some(BUSY_WINDOW)), second);
+        assert_eq!(discovery_interval(second, Some(10 * BUSY_WINDOW)), second);
+        // Busy: a quarter of it.
+        assert_eq!(discovery_interval(second, Some(Duration::ZERO)), second / 4);
+        assert_eq!(
+            discovery_interval(second, Some(BUSY_WINDOW - MS)),
+            second / 4
+        );
+        assert_eq!(discovery_interval(20 * MS, Some(MS)), 5 * MS);
+        // Never below a millisecond, nor above the configured interval.
+        assert_eq!(discovery_interval(2 * MS, Some(MS)), MS);
+        assert_eq!(discovery_interval(MS / 2, Some(MS)), MS / 2);
+    }
 }

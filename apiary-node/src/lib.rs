@@ -504,6 +504,7 @@ impl Apiary {
             colony: Some(Arc::clone(&colony)),
             ..AgentConfig::default()
         };
+        let clock = Arc::clone(&options.clock);
         let agent = SwarmAgent::start(
             membership,
             identity.node_id().clone(),
@@ -531,7 +532,10 @@ impl Apiary {
                 .with_distribute(DistributeMode::Never),
             agent.node_id().to_string(),
             Arc::clone(&colony),
-            options.task_poll_interval,
+            cluster::Polling {
+                interval: options.task_poll_interval,
+                clock,
+            },
             Arc::clone(&self.tasks),
             stop.clone(),
         );

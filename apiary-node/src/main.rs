@@ -14,6 +14,11 @@ use apiary::{Apiary, ApiaryOptions, DEFAULT_STORAGE, NodeOptions, SwarmStatus};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+/// The allocator the node runs on (see the `mimalloc` feature).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Apiary: a lakehouse for small compute, coordinated through object storage.
 #[derive(Debug, Parser)]
 #[command(name = "apiary", version, about)]

@@ -1,8 +1,8 @@
 //! Distributed SQL with real `apiary node` processes sharing one storage (a local folder and
 //! the S3 test server): every answer equals the single-node answer, EXPLAIN ANALYZE shows
 //! tasks on several nodes, a worker SIGKILLed under a query loses no rows, a coordinator
-//! SIGKILLed mid-query leaves nothing behind after the retention, and hostile manifests are
-//! refused by every worker.
+//! SIGKILLed mid-query leaves nothing behind after the retention, hostile manifests are
+//! refused by every worker, and task discovery costs an idle node one HEAD per poll.
 
 #![allow(clippy::unwrap_used)]
 
@@ -535,4 +535,82 @@ async fn hostile_manifests_are_refused_by_every_worker() {
         .await
         .unwrap();
     assert_eq!(canonical(r.batches()), vec!["2400".to_string()]);
+}
+
+/// Discovery's cost, counted on the transport's own store: an idle node only HEADs its
+/// doorbell, once per poll interval (no LIST, no GET); for a while after it was given a task
+/// it looks four times as often.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_node_only_heads_its_doorbell_and_a_busy_one_looks_more_often() {
+    use apiary::NodeOptions;
+    use apiary_storage::{FaultConfig, InstrumentedStore, ObjectStoreBackend, object_store_for};
+
+    let poll = Duration::from_millis(50);
+    let tasks_uri = StorageUri::parse("memory://").unwrap();
+    let (store, caps) = object_store_for(&tasks_uri).unwrap();
+    let store = InstrumentedStore::new(store, FaultConfig::none());
+    let counts = store.counts();
+    let transport = Arc::new(StorageShuffle::new(Arc::new(ObjectStoreBackend::new(
+        Arc::new(store),
+        caps,
+        "memory://",
+    ))));
+    let dir = tempfile::tempdir().unwrap();
+    let ap = Apiary::builder(ApiaryOptions::new(StorageUri::parse("memory://").unwrap()))
+        .transport(transport.clone())
+        .build()
+        .await
+        .unwrap();
+    ap.start_with(NodeOptions {
+        node_id: Some("poller".into()),
+        state_dir: dir.path().join("poller"),
+        task_poll_interval: poll,
+        ..NodeOptions::default()
+    })
+    .await
+    .unwrap();
+    // Past the start-up sweep (one LIST), then one idle second.
+    apiary_storage::time::sleep(Duration::from_millis(300)).await;
+    let before = counts.snapshot();
+    let idle_for = Instant::now();
+    apiary_storage::time::sleep(Duration::from_secs(1)).await;
+    let idle = counts.snapshot() - before;
+    let most = (idle_for.elapsed().as_millis() / poll.as_millis()) as u64 + 1;
+    assert!(
+        idle.head >= 1 && idle.head <= most,
+        "{} HEADs in {:?} at a {poll:?} poll",
+        idle.head,
+        idle_for.elapsed()
+    );
+    assert_eq!(idle.total(), idle.head, "an idle node only HEADs: {idle:?}");
+
+    // A task (its frame does not exist, so it fails fast): the node finds it and answers.
+    let task = hostile("q-busy", "poller", "SELECT 1", "analytics");
+    transport
+        .publish_tasks("q-busy", "test", std::slice::from_ref(&task))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while transport
+        .collect("q-busy", std::slice::from_ref(&task.key()))
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(started.elapsed() < DEADLINE, "the task was never answered");
+        apiary_storage::time::sleep(Duration::from_millis(10)).await;
+    }
+    transport.finish("q-busy").await.unwrap();
+    let before = counts.snapshot();
+    apiary_storage::time::sleep(Duration::from_secs(1)).await;
+    let busy = counts.snapshot() - before;
+    // Four times as often as idle (the bound leaves room for a loaded machine).
+    assert!(
+        busy.head > 2 * most,
+        "{} HEADs in a busy second, {} in an idle one",
+        busy.head,
+        idle.head
+    );
+    assert_eq!(busy.total(), busy.head, "no task, no LIST: {busy:?}");
+    ap.shutdown().await.unwrap();
 }

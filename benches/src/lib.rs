@@ -3,3 +3,8 @@
 
 pub mod harness;
 pub mod ssb;
+
+/// Every benchmark allocates through mimalloc, as the `apiary` binary does: an in-process
+/// baseline and the node processes it is compared with run on the same allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

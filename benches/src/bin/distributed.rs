@@ -1,6 +1,7 @@
 //! One node against two: the Star Schema Benchmark with its fact frame split over `apiary
 //! node` processes that each have one bee (pinned to one core with `taskset`), next to the
-//! same queries on one bee in one process; then the fixed cost of distributing a tiny query
+//! same queries on one bee in one process, the two taking turns query by query so that the
+//! machine's drift does not enter their ratio; then the fixed cost of distributing a tiny query
 //! at the default task poll interval, with the coordinator's storage requests.
 //!
 //! ```sh
@@ -21,6 +22,7 @@ use apiary::apiary_ledger::{FrameDefinition, FrameRef, FrameSchema};
 use apiary::apiary_storage::{
     FaultConfig, InstrumentedStore, ObjectStoreBackend, StorageUri, object_store_for,
 };
+use apiary::apiary_swarm::NodeState;
 use apiary::{Apiary, ApiaryOptions, SqlSession};
 use apiary_benches::harness::{
     apiary_binary, flag, flags, geo_mean, load_apiary, median, result_rows,
@@ -89,18 +91,27 @@ impl Drop for Nodes {
     }
 }
 
-async fn wait_alive(ap: &Apiary, n: usize) {
+/// Waits until the nodes alive are exactly `ids` (nodes that just left are waited out, so
+/// that only these get tasks).
+async fn wait_alive(ap: &Apiary, ids: &[&str]) {
     let started = Instant::now();
-    while ap.swarm_status().await.expect("swarm").alive < n {
+    loop {
+        let status = ap.swarm_status().await.expect("swarm");
+        let mut alive: Vec<&str> = status
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Alive)
+            .map(|n| n.node_id.as_str())
+            .collect();
+        alive.sort_unstable();
+        if alive == ids {
+            return;
+        }
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "nodes never came up"
+            "nodes never came up: {alive:?} alive, {ids:?} wanted"
         );
         apiary_storage::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Wait out nodes that just left, so that only the live ones get tasks.
-    while ap.swarm_status().await.expect("swarm").alive > n {
-        apiary_storage::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -118,23 +129,48 @@ async fn session(ap: &Apiary, mode: &str) -> SqlSession {
     s
 }
 
-/// Median seconds of `runs` runs of every query (after one untimed run, so every side is
+/// One way of running the queries: a session, and whether this process is pinned to one
+/// core while it runs them (the one-bee baseline) or may use both (a coordinator).
+struct Side {
+    session: SqlSession,
+    pinned: bool,
+}
+
+/// Median seconds of `runs` runs of every query on every side, and the rows of each side's
+/// last run, indexed `[side][query]`.
+///
+/// The sides take turns: each query runs once untimed on every side (so every side is
 /// measured in the same state: footers cached and, with a memory tier, columns admitted),
-/// and the rows of the last run.
-async fn time_all(s: &mut SqlSession, runs: usize) -> Vec<(f64, Vec<String>)> {
-    let mut out = Vec::new();
+/// then `runs` rounds of one run per side. A shared virtual machine drifts: the same query
+/// on the same side can take 40% longer a minute later. Runs of one round share the drift,
+/// so the ratio of two sides does not depend on it, as it would if each side ran all its
+/// queries in a block of its own.
+async fn time_interleaved(sides: &mut [Side], runs: usize) -> Vec<Vec<(f64, Vec<String>)>> {
+    let mut out: Vec<Vec<(f64, Vec<String>)>> = vec![Vec::new(); sides.len()];
     for (name, sql) in QUERIES {
-        s.sql(sql).await.unwrap_or_else(|e| panic!("{name}: {e}"));
-        let mut times = Vec::new();
-        let mut rows = Vec::new();
-        for _ in 0..runs {
-            let t = Instant::now();
-            let r = s.sql(sql).await.unwrap_or_else(|e| panic!("{name}: {e}"));
-            times.push(t.elapsed().as_secs_f64());
-            rows = result_rows(&r);
+        let mut times = vec![Vec::new(); sides.len()];
+        let mut rows = vec![Vec::new(); sides.len()];
+        for round in 0..=runs {
+            for (i, side) in sides.iter_mut().enumerate() {
+                pin_process(if side.pinned { "0" } else { "0-1" });
+                let t = Instant::now();
+                let r = side
+                    .session
+                    .sql(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                let took = t.elapsed().as_secs_f64();
+                if round > 0 {
+                    times[i].push(took);
+                    rows[i] = result_rows(&r);
+                }
+            }
         }
-        out.push((median(times), rows));
+        for (i, (t, r)) in times.into_iter().zip(rows).enumerate() {
+            out[i].push((median(t), r));
+        }
     }
+    pin_process("0-1");
     out
 }
 
@@ -228,13 +264,9 @@ async fn main() {
     );
 
     // One bee is one core: the whole process (every thread, so the object store's blocking
-    // reads too) is pinned to core 0 for the local baseline, as each node is below.
-    let mut local = session(&ap, "never").await;
-    pin_process("0");
-    let one_bee = time_all(&mut local, a.runs).await;
-    pin_process("0-1");
-    let one_bee_unpinned = time_all(&mut local, a.runs).await;
-
+    // reads too) is pinned to core 0 while it runs the one-bee baseline, as each node is
+    // below; it may use both cores as the coordinator. The baseline runs while the nodes are
+    // up and idle (each looks for tasks every 20 ms), interleaved with the distributed runs.
     let state = dir.path().join("state");
     let mut nodes = Nodes(vec![node(
         &storage,
@@ -244,19 +276,61 @@ async fn main() {
         "20ms",
         a.memory_tier,
     )]);
-    wait_alive(&ap, 1).await;
-    let mut spread = session(&ap, "always").await;
-    let one_node = time_all(&mut spread, a.runs).await;
+    wait_alive(&ap, &["bench-a"]).await;
+    let one_node = {
+        let mut sides = [
+            Side {
+                session: session(&ap, "never").await,
+                pinned: true,
+            },
+            Side {
+                session: session(&ap, "always").await,
+                pinned: false,
+            },
+        ];
+        time_interleaved(&mut sides, a.runs).await.swap_remove(1)
+    };
     nodes
         .0
         .push(node(&storage, &state, "bench-b", 1, "20ms", a.memory_tier));
-    wait_alive(&ap, 2).await;
+    wait_alive(&ap, &["bench-a", "bench-b"]).await;
+    let mut spread = session(&ap, "always").await;
     // The newcomer's cache fills as it is given cells, and the split follows once its
     // heartbeats report them (a few queries): the speed-up is measured after that, in the
     // steady state the one-bee baseline is measured in too.
-    time_all(&mut spread, 1).await;
+    for (name, sql) in QUERIES {
+        spread
+            .sql(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
     apiary_storage::time::sleep(Duration::from_millis(1500)).await;
-    let two_nodes = time_all(&mut spread, a.runs).await;
+    let mut sides = [
+        Side {
+            session: session(&ap, "never").await,
+            pinned: true,
+        },
+        Side {
+            session: session(&ap, "never").await,
+            pinned: false,
+        },
+        Side {
+            session: spread,
+            pinned: false,
+        },
+    ];
+    let [one_bee, one_bee_unpinned, two_nodes]: [Vec<_>; 3] = time_interleaved(&mut sides, a.runs)
+        .await
+        .try_into()
+        .expect("three sides");
+    let [
+        _,
+        _,
+        Side {
+            session: mut spread,
+            ..
+        },
+    ] = sides;
     // Where the time of a distributed query goes: each task's time on its worker (Q2.1, or
     // every query with `--explain 1`).
     let shown = if a.explain > 0 {
@@ -316,39 +390,50 @@ async fn main() {
     ap.write_to_frame("ssb", "sf", "tiny", [batch])
         .await
         .expect("write tiny");
-    let _nodes = Nodes(vec![
-        node(&storage, &state, "tiny-a", 0, "1s", a.memory_tier),
-        node(&storage, &state, "tiny-b", 1, "1s", a.memory_tier),
-    ]);
-    wait_alive(&ap, 2).await;
     let tiny = "SELECT SUM(x) FROM tiny";
     let mut plain = session(&ap, "never").await;
     let mut spread = session(&ap, "always").await;
-    let mut added = Vec::new();
+    // On idle nodes (fresh ones, never given a task: they look every second) and on active
+    // ones (given a task in the last minute: they look four times as often).
+    let mut idle = Vec::new();
+    let mut active = Vec::new();
     let mut requests = Vec::new();
     for i in 0..(a.runs * 3).max(5) {
-        // Queries arrive at any point of the workers' poll cycle, not in step with it.
-        apiary_storage::time::sleep(Duration::from_millis(137 * i as u64 % 1000)).await;
-        let t = Instant::now();
-        plain.sql(tiny).await.expect("local tiny");
-        let base = t.elapsed().as_secs_f64();
-        let before = counts.snapshot();
-        let t = Instant::now();
-        spread.sql(tiny).await.expect("distributed tiny");
-        added.push(t.elapsed().as_secs_f64() - base);
-        // The query's objects are removed after its answer: counted with it.
-        ap.settle().await;
-        requests.push(counts.snapshot() - before);
+        let ids = [format!("tiny-a{i}"), format!("tiny-b{i}")];
+        let pair = Nodes(vec![
+            node(&storage, &state, &ids[0], 0, "1s", a.memory_tier),
+            node(&storage, &state, &ids[1], 1, "1s", a.memory_tier),
+        ]);
+        wait_alive(&ap, &[&ids[0], &ids[1]]).await;
+        // The coordinator's list of workers is at most two seconds old.
+        apiary_storage::time::sleep(Duration::from_millis(2100)).await;
+        for added in [&mut idle, &mut active] {
+            // Queries arrive at any point of the workers' poll cycle, not in step with it.
+            apiary_storage::time::sleep(Duration::from_millis(137 * i as u64 % 1000)).await;
+            let t = Instant::now();
+            plain.sql(tiny).await.expect("local tiny");
+            let base = t.elapsed().as_secs_f64();
+            let before = counts.snapshot();
+            let t = Instant::now();
+            spread.sql(tiny).await.expect("distributed tiny");
+            added.push(t.elapsed().as_secs_f64() - base);
+            // The query's objects are removed after its answer: counted with it.
+            ap.settle().await;
+            requests.push(counts.snapshot() - before);
+        }
+        drop(pair);
     }
-    added.sort_by(f64::total_cmp);
-    let mean = added.iter().sum::<f64>() / added.len() as f64;
-    println!(
-        "\ntiny query, distributed at the default 1 s task poll: adds {:.0} ms mean, {:.0} ms median, {:.0} ms max over {} runs",
-        mean * 1e3,
-        added[added.len() / 2] * 1e3,
-        added[added.len() - 1] * 1e3,
-        added.len()
-    );
+    for (what, mut added) in [("idle", idle), ("active", active)] {
+        added.sort_by(f64::total_cmp);
+        let mean = added.iter().sum::<f64>() / added.len() as f64;
+        println!(
+            "tiny query on {what} nodes, distributed at the default 1 s task poll: adds {:.0} ms mean, {:.0} ms median, {:.0} ms max over {} runs",
+            mean * 1e3,
+            added[added.len() / 2] * 1e3,
+            added[added.len() - 1] * 1e3,
+            added.len()
+        );
+    }
     let last = requests.last().copied().unwrap_or_default();
     println!(
         "coordinator storage requests per distributed tiny query: {} ({} GET, {} HEAD, {} PUT, {} LIST, {} DELETE)",
