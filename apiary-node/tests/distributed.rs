@@ -300,15 +300,19 @@ async fn differential(storage: String, dir: PathBuf) {
     assert_no_queries(&ap).await;
 }
 
+/// The objects under `_queries/`.
+async fn queries_left(ap: &Apiary) -> Vec<apiary_storage::ObjectMeta> {
+    ap.registry()
+        .backend()
+        .list(&apiary_storage::Path::from("_queries"))
+        .await
+        .unwrap()
+}
+
 async fn assert_no_queries(ap: &Apiary) {
     let started = Instant::now();
     loop {
-        let left = ap
-            .registry()
-            .backend()
-            .list(&apiary_storage::Path::from("_queries"))
-            .await
-            .unwrap();
+        let left = queries_left(ap).await;
         if left.is_empty() {
             return;
         }
@@ -429,31 +433,26 @@ async fn a_killed_coordinator_leaves_nothing_after_the_retention() {
     }
     coordinator.kill().unwrap();
     coordinator.wait().unwrap();
-    let orphan = std::fs::read_dir(&queries)
-        .unwrap()
-        .flatten()
-        .next()
-        .expect("orphan present")
-        .path();
-    // The workers still answer the orphan's tasks (they cannot know its coordinator died),
-    // and the retention counts from the folder's newest object: it starts once they have.
-    let count = |dir: PathBuf| std::fs::read_dir(dir).map_or(0, |d| d.flatten().count());
-    let tasks: usize = std::fs::read_dir(orphan.join("tasks"))
-        .unwrap()
-        .flatten()
-        .map(|node| count(node.path()))
-        .sum();
-    while count(orphan.join("results")) < tasks {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the workers never answered the orphan's tasks"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Past the retention, the next coordinator sweeps it.
+    assert!(
+        std::fs::read_dir(&queries).unwrap().count() > 0,
+        "orphan present"
+    );
+    // Past the retention, coordinators sweep it. Its tasks may still be answered after the
+    // kill (if their doorbells were rung before it), and a late result restarts the
+    // retention, which counts from the folder's newest object: coordinators go on running
+    // queries (each sweeps at most once per half retention) until it is gone.
     apiary::apiary_storage::time::sleep(Duration::from_millis(2500)).await;
-    answer(&ap, "always", QUERIES[0]).await;
-    assert_no_queries(&ap).await;
+    loop {
+        answer(&ap, "always", QUERIES[0]).await;
+        // This query's own objects are removed after its answer.
+        ap.settle().await;
+        let left = queries_left(&ap).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "left behind: {left:?}");
+        apiary::apiary_storage::time::sleep(Duration::from_millis(500)).await;
+    }
     println!("orphan removed {:?} after the kill", started.elapsed());
 }
 
@@ -621,9 +620,10 @@ async fn an_idle_node_only_heads_its_doorbell_and_a_busy_one_looks_more_often() 
     let before = counts.snapshot();
     apiary_storage::time::sleep(Duration::from_secs(1)).await;
     let busy = counts.snapshot() - before;
-    // Four times as often as idle (the bound leaves room for a loaded machine).
+    // Four times as often as idle; the bound (half again as often as idle could) leaves
+    // room for a loaded machine's late timers.
     assert!(
-        busy.head > 2 * most,
+        2 * busy.head > 3 * most,
         "{} HEADs in a busy second, {} in an idle one",
         busy.head,
         idle.head
