@@ -559,18 +559,12 @@ async fn hostile_manifests_are_refused_by_every_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_node_only_heads_its_doorbell_and_a_busy_one_looks_more_often() {
     use apiary::NodeOptions;
-    use apiary_storage::{FaultConfig, InstrumentedStore, ObjectStoreBackend, object_store_for};
 
     let poll = Duration::from_millis(50);
-    let tasks_uri = StorageUri::parse("memory://").unwrap();
-    let (store, caps) = object_store_for(&tasks_uri).unwrap();
-    let store = InstrumentedStore::new(store, FaultConfig::none());
-    let counts = store.counts();
-    let transport = Arc::new(StorageShuffle::new(Arc::new(ObjectStoreBackend::new(
-        Arc::new(store),
-        caps,
-        "memory://",
-    ))));
+    // Tasks in a store of their own, whose every request is counted.
+    let (tasks_store, counts) =
+        apiary_storage::counted_backend(&StorageUri::parse("memory://").unwrap()).unwrap();
+    let transport = Arc::new(StorageShuffle::new(tasks_store));
     let dir = tempfile::tempdir().unwrap();
     let ap = Apiary::builder(ApiaryOptions::new(StorageUri::parse("memory://").unwrap()))
         .transport(transport.clone())

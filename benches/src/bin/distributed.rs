@@ -19,9 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apiary::apiary_ledger::{FrameDefinition, FrameRef, FrameSchema};
-use apiary::apiary_storage::{
-    FaultConfig, InstrumentedStore, ObjectStoreBackend, StorageUri, object_store_for,
-};
+use apiary::apiary_storage::{StorageUri, counted_backend};
 use apiary::apiary_swarm::NodeState;
 use apiary::{Apiary, ApiaryOptions, SqlSession};
 use apiary_benches::harness::{
@@ -136,6 +134,14 @@ struct Side {
     pinned: bool,
 }
 
+/// A side running in a new session with `apiary.distribute = mode`.
+async fn side(ap: &Apiary, mode: &str, pinned: bool) -> Side {
+    Side {
+        session: session(ap, mode).await,
+        pinned,
+    }
+}
+
 /// Median seconds of `runs` runs of every query on every side, and the rows of each side's
 /// last run, indexed `[side][query]`.
 ///
@@ -235,10 +241,7 @@ async fn main() {
 
     // The coordinator counts its own storage requests.
     let uri = StorageUri::parse(&storage).expect("uri");
-    let (store, caps) = object_store_for(&uri).expect("store");
-    let store = InstrumentedStore::new(store, FaultConfig::none());
-    let counts = store.counts();
-    let backend = Arc::new(ObjectStoreBackend::new(Arc::new(store), caps, &storage));
+    let (backend, counts) = counted_backend(&uri).expect("store");
     let ap = Apiary::builder(ApiaryOptions {
         memory_tier: Some(a.memory_tier),
         ..ApiaryOptions::new(uri)
@@ -279,14 +282,8 @@ async fn main() {
     wait_alive(&ap, &["bench-a"]).await;
     let one_node = {
         let mut sides = [
-            Side {
-                session: session(&ap, "never").await,
-                pinned: true,
-            },
-            Side {
-                session: session(&ap, "always").await,
-                pinned: false,
-            },
+            side(&ap, "never", true).await,
+            side(&ap, "always", false).await,
         ];
         time_interleaved(&mut sides, a.runs).await.swap_remove(1)
     };
@@ -306,14 +303,8 @@ async fn main() {
     }
     apiary_storage::time::sleep(Duration::from_millis(1500)).await;
     let mut sides = [
-        Side {
-            session: session(&ap, "never").await,
-            pinned: true,
-        },
-        Side {
-            session: session(&ap, "never").await,
-            pinned: false,
-        },
+        side(&ap, "never", true).await,
+        side(&ap, "never", false).await,
         Side {
             session: spread,
             pinned: false,
@@ -323,14 +314,7 @@ async fn main() {
         .await
         .try_into()
         .expect("three sides");
-    let [
-        _,
-        _,
-        Side {
-            session: mut spread,
-            ..
-        },
-    ] = sides;
+    let mut spread = session(&ap, "always").await;
     // Where the time of a distributed query goes: each task's time on its worker (Q2.1, or
     // every query with `--explain 1`).
     let shown = if a.explain > 0 {
