@@ -12,6 +12,9 @@
 //! Every distributed answer is checked against the local one. The memory tier is off on
 //! every side by default, so the speed-up is that of the scans and joins themselves;
 //! `--memory-tier BYTES` (say 1073741824) gives every side a tier, to compare warm nodes.
+//! The nodes look for tasks every `--task-poll` (default `20ms`; a busy node looks four
+//! times as often): on a local folder a look is one `stat`, so a short interval costs
+//! little, and it is what a query waits for its tasks to be picked up.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +29,7 @@ use apiary_benches::harness::{
     apiary_binary, flag, flags, geo_mean, load_apiary, median, result_rows,
 };
 use apiary_benches::ssb::{QUERIES, generate};
+use arrow_array::RecordBatch;
 
 struct Args {
     sf: f64,
@@ -35,10 +39,20 @@ struct Args {
     keep: Option<PathBuf>,
     /// Bytes of the memory tier on every side, the nodes and the one-bee baseline alike.
     memory_tier: u64,
+    /// The nodes' task poll interval in the speed-up runs.
+    task_poll: String,
 }
 
 fn args() -> Args {
-    let f = flags(&["sf", "runs", "cells", "explain", "keep", "memory-tier"]);
+    let f = flags(&[
+        "sf",
+        "runs",
+        "cells",
+        "explain",
+        "keep",
+        "memory-tier",
+        "task-poll",
+    ]);
     Args {
         sf: flag(&f, "sf", 1.0),
         runs: flag(&f, "runs", 3),
@@ -46,6 +60,7 @@ fn args() -> Args {
         explain: flag(&f, "explain", 0),
         keep: f.get("keep").map(PathBuf::from),
         memory_tier: flag(&f, "memory-tier", 0),
+        task_poll: f.get("task-poll").cloned().unwrap_or_else(|| "20ms".into()),
     }
 }
 
@@ -218,14 +233,34 @@ async fn load(ap: &Apiary, a: &Args) {
         ap.create_frame_with(&frame, definition)
             .await
             .expect("create");
-        // Written in `cells` parts, so the frame has cells to split.
-        let per = fact.batches.len().div_ceil(a.cells).max(1);
-        for part in fact.batches.chunks(per) {
-            ap.write_to_frame("ssb", "sf", fact.name, part.to_vec())
+        // Written in `cells` parts of equal rows, so the frame has even cells to split.
+        for part in equal_parts(&fact.batches, a.cells) {
+            ap.write_to_frame("ssb", "sf", fact.name, part)
                 .await
                 .expect("write");
         }
     }
+}
+
+/// `batches` cut into `parts` runs of rows as equal as rows allow (slices, not copies).
+fn equal_parts(batches: &[RecordBatch], parts: usize) -> Vec<Vec<RecordBatch>> {
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let parts = parts.clamp(1, total.max(1));
+    let mut out = vec![Vec::new(); parts];
+    // Row `r` of the frame goes to part `r * parts / total`.
+    let mut row = 0;
+    for batch in batches {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let part = row * parts / total;
+            let end_of_part = ((part + 1) * total).div_ceil(parts);
+            let take = (end_of_part - row).min(batch.num_rows() - offset);
+            out[part].push(batch.slice(offset, take));
+            offset += take;
+            row += take;
+        }
+    }
+    out
 }
 
 #[tokio::main]
@@ -269,14 +304,15 @@ async fn main() {
     // One bee is one core: the whole process (every thread, so the object store's blocking
     // reads too) is pinned to core 0 while it runs the one-bee baseline, as each node is
     // below; it may use both cores as the coordinator. The baseline runs while the nodes are
-    // up and idle (each looks for tasks every 20 ms), interleaved with the distributed runs.
+    // up and idle (each looks for tasks every `--task-poll`), interleaved with the distributed
+    // runs.
     let state = dir.path().join("state");
     let mut nodes = Nodes(vec![node(
         &storage,
         &state,
         "bench-a",
         0,
-        "20ms",
+        &a.task_poll,
         a.memory_tier,
     )]);
     wait_alive(&ap, &["bench-a"]).await;
@@ -287,9 +323,14 @@ async fn main() {
         ];
         time_interleaved(&mut sides, a.runs).await.swap_remove(1)
     };
-    nodes
-        .0
-        .push(node(&storage, &state, "bench-b", 1, "20ms", a.memory_tier));
+    nodes.0.push(node(
+        &storage,
+        &state,
+        "bench-b",
+        1,
+        &a.task_poll,
+        a.memory_tier,
+    ));
     wait_alive(&ap, &["bench-a", "bench-b"]).await;
     let mut spread = session(&ap, "always").await;
     // The newcomer's cache fills as it is given cells, and the split follows once its
@@ -352,8 +393,9 @@ async fn main() {
         );
     }
     println!(
-        "geometric mean speed-up, two one-bee nodes over one bee: {:.2}x",
-        geo_mean(&ratios)
+        "geometric mean speed-up, two one-bee nodes over one bee: {:.2}x (task poll {})",
+        geo_mean(&ratios),
+        a.task_poll
     );
     println!(
         "(over one bee whose process may use both cores for I/O threads: {:.2}x)",
@@ -377,10 +419,13 @@ async fn main() {
     let tiny = "SELECT SUM(x) FROM tiny";
     let mut plain = session(&ap, "never").await;
     let mut spread = session(&ap, "always").await;
-    // On idle nodes (fresh ones, never given a task: they look every second) and on active
-    // ones (given a task in the last minute: they look four times as often).
+    // On idle nodes (fresh ones, never given a task: they look every second), on active
+    // ones (given a task in the last minute: they look four times as often), and as a
+    // script's next statement (published right after the last answer: the nodes finished a
+    // task within 100 ms and look every millisecond).
     let mut idle = Vec::new();
     let mut active = Vec::new();
+    let mut next = Vec::new();
     let mut requests = Vec::new();
     for i in 0..(a.runs * 3).max(5) {
         let ids = [format!("tiny-a{i}"), format!("tiny-b{i}")];
@@ -391,9 +436,11 @@ async fn main() {
         wait_alive(&ap, &[&ids[0], &ids[1]]).await;
         // The coordinator's list of workers is at most two seconds old.
         apiary_storage::time::sleep(Duration::from_millis(2100)).await;
-        for added in [&mut idle, &mut active] {
+        for (added, wait) in [(&mut idle, true), (&mut active, true), (&mut next, false)] {
             // Queries arrive at any point of the workers' poll cycle, not in step with it.
-            apiary_storage::time::sleep(Duration::from_millis(137 * i as u64 % 1000)).await;
+            if wait {
+                apiary_storage::time::sleep(Duration::from_millis(137 * i as u64 % 1000)).await;
+            }
             let t = Instant::now();
             plain.sql(tiny).await.expect("local tiny");
             let base = t.elapsed().as_secs_f64();
@@ -407,11 +454,15 @@ async fn main() {
         }
         drop(pair);
     }
-    for (what, mut added) in [("idle", idle), ("active", active)] {
+    for (what, mut added) in [
+        ("idle nodes", idle),
+        ("active nodes", active),
+        ("active nodes, right after another", next),
+    ] {
         added.sort_by(f64::total_cmp);
         let mean = added.iter().sum::<f64>() / added.len() as f64;
         println!(
-            "tiny query on {what} nodes, distributed at the default 1 s task poll: adds {:.0} ms mean, {:.0} ms median, {:.0} ms max over {} runs",
+            "tiny query on {what}, distributed at the default 1 s task poll: adds {:.0} ms mean, {:.0} ms median, {:.0} ms max over {} runs",
             mean * 1e3,
             added[added.len() / 2] * 1e3,
             added[added.len() - 1] * 1e3,
@@ -428,4 +479,45 @@ async fn main() {
         last.list,
         last.delete
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Int32Array;
+    use arrow_schema::{DataType, Field, Schema};
+
+    #[test]
+    fn parts_are_equal_to_a_row_and_keep_every_row_in_order() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int32, false)]));
+        let mut next = 0;
+        let batches: Vec<RecordBatch> = [7, 64, 1, 30, 0, 5]
+            .iter()
+            .map(|&n| {
+                let values: Vec<i32> = (next..next + n).collect();
+                next += n;
+                RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(values))])
+                    .unwrap()
+            })
+            .collect();
+        for parts in [1, 2, 3, 16, 107, 500] {
+            let cut = equal_parts(&batches, parts);
+            let sizes: Vec<usize> = cut
+                .iter()
+                .map(|p| p.iter().map(RecordBatch::num_rows).sum())
+                .collect();
+            assert_eq!(sizes.len(), parts.min(107), "{parts}");
+            let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{parts}: {sizes:?}");
+            let values: Vec<i32> = cut
+                .iter()
+                .flatten()
+                .flat_map(|b| {
+                    let col = b.column(0).as_any().downcast_ref::<Int32Array>().unwrap();
+                    col.values().to_vec()
+                })
+                .collect();
+            assert_eq!(values, (0..107).collect::<Vec<_>>(), "{parts}");
+        }
+    }
 }
