@@ -103,18 +103,62 @@ pub(crate) struct TaskCounts {
 /// For this long after it was last given a task, a node looks for tasks more often.
 const BUSY_WINDOW: Duration = Duration::from_secs(60);
 
-/// How long a worker waits before it looks for tasks again, given the configured `poll` and
-/// the time `since` it was last given a task (`None`: never).
+/// For this long after it finished a task, a node looks for tasks every [`HOT_INTERVAL`].
+const HOT_WINDOW: Duration = Duration::from_millis(100);
+
+/// How often a node looks for tasks just after it finished one.
+const HOT_INTERVAL: Duration = Duration::from_millis(1);
+
+/// How long a worker waits before it looks for tasks again, given the configured `poll`,
+/// the time `given` since it was last given a task and the time `finished` since it last
+/// finished one (`None`: never).
 ///
 /// Queries come in bursts (a dashboard's panels, a notebook's cells, a script's statements),
-/// and a burst's next query waits for discovery like its first. So for [`BUSY_WINDOW`]
-/// after a task a node looks four times as often (at most every millisecond), and the
-/// wait for the next query's tasks falls to a quarter. An idle node looks every `poll`, so
-/// what idling costs stays what the setting says.
-pub(crate) fn discovery_interval(poll: Duration, since: Option<Duration>) -> Duration {
-    match since {
-        Some(since) if since < BUSY_WINDOW => (poll / 4).max(poll.min(Duration::from_millis(1))),
+/// and a burst's next query waits for discovery like its first:
+/// * A script's next statement is usually published within milliseconds of the answer to
+///   the last, so for [`HOT_WINDOW`] after finishing a task a node looks every
+///   [`HOT_INTERVAL`] (or every `poll`, if that is shorter). That is at most 100 looks per
+///   task; on a remote store a look takes longer than the interval, so far fewer.
+/// * For [`BUSY_WINDOW`] after a task a node looks four times as often (at most every
+///   millisecond), and the wait for the next query's tasks falls to a quarter.
+///
+/// An idle node looks every `poll`, so what idling costs stays what the setting says.
+pub(crate) fn discovery_interval(
+    poll: Duration,
+    given: Option<Duration>,
+    finished: Option<Duration>,
+) -> Duration {
+    if finished.is_some_and(|f| f < HOT_WINDOW) {
+        return poll.min(HOT_INTERVAL);
+    }
+    match given {
+        Some(given) if given < BUSY_WINDOW => (poll / 4).max(poll.min(HOT_INTERVAL)),
         _ => poll,
+    }
+}
+
+/// When this node last finished a task, on its clock's monotonic time, and a wake-up for
+/// the worker loop, which then looks for tasks at once and often (see
+/// [`discovery_interval`]).
+#[derive(Default)]
+struct Finished {
+    /// Microseconds of monotonic time plus one; 0 is "never".
+    at_micros: AtomicU64,
+    wake: tokio::sync::Notify,
+}
+
+impl Finished {
+    fn record(&self, now: Duration) {
+        let micros = u64::try_from(now.as_micros()).unwrap_or(u64::MAX - 1);
+        self.at_micros.store(micros + 1, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    fn at(&self) -> Option<Duration> {
+        match self.at_micros.load(Ordering::Relaxed) {
+            0 => None,
+            m => Some(Duration::from_micros(m - 1)),
+        }
     }
 }
 
@@ -145,11 +189,19 @@ pub(crate) fn spawn_worker(
         // When this node was last given a task, on `clock`'s monotonic time.
         let Polling { interval, clock } = poll;
         let mut last_task: Option<Duration> = None;
+        let finished = Arc::new(Finished::default());
         loop {
-            let since = last_task.map(|t| clock.monotonic().saturating_sub(t));
+            let now = clock.monotonic();
+            let wait = discovery_interval(
+                interval,
+                last_task.map(|t| now.saturating_sub(t)),
+                finished.at().map(|t| now.saturating_sub(t)),
+            );
             tokio::select! {
                 _ = stop.changed() => break,
-                _ = clock.sleep(discovery_interval(interval, since)) => {}
+                _ = clock.sleep(wait) => {}
+                // A task just finished: the next query's tasks may already be waiting.
+                _ = finished.wake.notified() => {}
             }
             if !bees.accepting() {
                 break;
@@ -181,6 +233,8 @@ pub(crate) fn spawn_worker(
                 let node_id = node_id.clone();
                 let counts = Arc::clone(&counts);
                 let colony = Arc::clone(&colony);
+                let finished = Arc::clone(&finished);
+                let clock = Arc::clone(&clock);
                 tokio::spawn(async move {
                     // Leaving: the task is not taken, and the coordinator, which sees this
                     // node leave, reassigns it.
@@ -198,6 +252,7 @@ pub(crate) fn spawn_worker(
                     if let Err(e) = transport.publish_outcome(&task, outcome, &report).await {
                         tracing::warn!(task = %task.key(), error = %e, "task result not published; the coordinator will reassign it");
                     }
+                    finished.record(clock.monotonic());
                 });
             }
         }
@@ -213,19 +268,49 @@ mod tests {
     #[test]
     fn a_node_looks_more_often_for_a_minute_after_a_task() {
         let second = Duration::from_secs(1);
+        let at = |given, finished| discovery_interval(second, given, finished);
         // Idle (never given a task, or not for a minute): the configured interval.
-        assert_eq!(discovery_interval(second, None), second);
-        assert_eq!(discovery_interval(second, Some(BUSY_WINDOW)), second);
-        assert_eq!(discovery_interval(second, Some(10 * BUSY_WINDOW)), second);
+        assert_eq!(at(None, None), second);
+        assert_eq!(at(Some(BUSY_WINDOW), Some(BUSY_WINDOW)), second);
+        assert_eq!(at(Some(10 * BUSY_WINDOW), None), second);
         // Busy: a quarter of it.
-        assert_eq!(discovery_interval(second, Some(Duration::ZERO)), second / 4);
+        assert_eq!(at(Some(Duration::ZERO), None), second / 4);
+        assert_eq!(at(Some(BUSY_WINDOW - MS), None), second / 4);
+        assert_eq!(at(Some(BUSY_WINDOW - MS), Some(HOT_WINDOW)), second / 4);
+        assert_eq!(discovery_interval(20 * MS, Some(MS), None), 5 * MS);
+        // Never below a millisecond, nor above the configured interval.
+        assert_eq!(discovery_interval(2 * MS, Some(MS), None), MS);
+        assert_eq!(discovery_interval(MS / 2, Some(MS), None), MS / 2);
+    }
+
+    #[test]
+    fn a_node_looks_every_millisecond_just_after_it_finished_a_task() {
+        let second = Duration::from_secs(1);
+        for finished in [Duration::ZERO, HOT_WINDOW / 2, HOT_WINDOW - MS] {
+            assert_eq!(discovery_interval(second, Some(MS), Some(finished)), MS);
+        }
         assert_eq!(
-            discovery_interval(second, Some(BUSY_WINDOW - MS)),
+            discovery_interval(second, Some(HOT_WINDOW), Some(HOT_WINDOW)),
             second / 4
         );
-        assert_eq!(discovery_interval(20 * MS, Some(MS)), 5 * MS);
-        // Never below a millisecond, nor above the configured interval.
-        assert_eq!(discovery_interval(2 * MS, Some(MS)), MS);
-        assert_eq!(discovery_interval(MS / 2, Some(MS)), MS / 2);
+        // A shorter configured interval stays.
+        assert_eq!(
+            discovery_interval(MS / 4, Some(MS), Some(Duration::ZERO)),
+            MS / 4
+        );
+    }
+
+    #[tokio::test]
+    async fn finishing_a_task_is_recorded_and_wakes_the_loop() {
+        let finished = Finished::default();
+        assert_eq!(finished.at(), None);
+        finished.record(Duration::ZERO);
+        assert_eq!(finished.at(), Some(Duration::ZERO));
+        finished.record(Duration::from_micros(1_500));
+        assert_eq!(finished.at(), Some(Duration::from_micros(1_500)));
+        // The wake-up is kept for a loop that was not yet waiting.
+        tokio::time::timeout(Duration::from_secs(5), finished.wake.notified())
+            .await
+            .expect("woken");
     }
 }
