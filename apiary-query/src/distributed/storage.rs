@@ -154,18 +154,19 @@ impl ShuffleTransport for StorageShuffle {
         })
         .map_err(|e| QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))?;
         // The query object and the tasks at once: nothing reads one before the doorbell.
-        let mut writes: Vec<(Path, Bytes)> = vec![(
+        let mut objects: Vec<(Path, Bytes)> = vec![(
             Self::query_dir(query_id).join("query.json"),
             Bytes::from(info),
         )];
         for t in tasks {
-            writes.push((Self::task_key(t), Bytes::from(t.encode()?)));
+            objects.push((Self::task_key(t), Bytes::from(t.encode()?)));
         }
-        self.put_all(std::mem::take(&mut writes)).await?;
+        self.put_all(objects).await?;
         // Rung only once the tasks are durable: a worker that sees the ring lists them all.
         let mut nodes: Vec<&str> = tasks.iter().map(|t| t.node_id.as_str()).collect();
         nodes.sort_unstable();
         nodes.dedup();
+        let mut rings: Vec<(Path, Bytes)> = Vec::with_capacity(nodes.len());
         for node in nodes {
             let ring = serde_json::to_vec(&Doorbell {
                 query_id,
@@ -174,9 +175,9 @@ impl ShuffleTransport for StorageShuffle {
             .map_err(|e| {
                 QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e)
             })?;
-            writes.push((Self::doorbell(node), Bytes::from(ring)));
+            rings.push((Self::doorbell(node), Bytes::from(ring)));
         }
-        self.put_all(writes).await
+        self.put_all(rings).await
     }
 
     async fn poll_tasks(&self, node_id: &str) -> Result<Vec<TaskSpec>> {
