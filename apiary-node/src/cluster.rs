@@ -137,31 +137,6 @@ pub(crate) fn discovery_interval(
     }
 }
 
-/// When this node last finished a task, on its clock's monotonic time, and a wake-up for
-/// the worker loop, which then looks for tasks at once and often (see
-/// [`discovery_interval`]).
-#[derive(Default)]
-struct Finished {
-    /// Microseconds of monotonic time plus one; 0 is "never".
-    at_micros: AtomicU64,
-    wake: tokio::sync::Notify,
-}
-
-impl Finished {
-    fn record(&self, now: Duration) {
-        let micros = u64::try_from(now.as_micros()).unwrap_or(u64::MAX - 1);
-        self.at_micros.store(micros + 1, Ordering::Relaxed);
-        self.wake.notify_one();
-    }
-
-    fn at(&self) -> Option<Duration> {
-        match self.at_micros.load(Ordering::Relaxed) {
-            0 => None,
-            m => Some(Duration::from_micros(m - 1)),
-        }
-    }
-}
-
 /// When a worker looks for tasks: every `interval` of `clock`'s time while idle (see
 /// [`discovery_interval`]).
 pub(crate) struct Polling {
@@ -186,22 +161,25 @@ pub(crate) fn spawn_worker(
         // Tasks already taken (a transport may deliver one again); bounded.
         let mut seen: HashSet<TaskKey> = HashSet::new();
         let mut order: VecDeque<TaskKey> = VecDeque::new();
-        // When this node was last given a task, on `clock`'s monotonic time.
+        // When this node was last given a task and last finished one, on `clock`'s
+        // monotonic time. A finishing task wakes the loop (the wake-up is kept if the loop
+        // is busy looking), which notes the time.
         let Polling { interval, clock } = poll;
         let mut last_task: Option<Duration> = None;
-        let finished = Arc::new(Finished::default());
+        let mut last_finished: Option<Duration> = None;
+        let finished = Arc::new(tokio::sync::Notify::new());
         loop {
             let now = clock.monotonic();
             let wait = discovery_interval(
                 interval,
                 last_task.map(|t| now.saturating_sub(t)),
-                finished.at().map(|t| now.saturating_sub(t)),
+                last_finished.map(|t| now.saturating_sub(t)),
             );
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = clock.sleep(wait) => {}
-                // A task just finished: the next query's tasks may already be waiting.
-                _ = finished.wake.notified() => {}
+                // The next query's tasks may already be waiting.
+                _ = finished.notified() => last_finished = Some(clock.monotonic()),
             }
             if !bees.accepting() {
                 break;
@@ -234,7 +212,6 @@ pub(crate) fn spawn_worker(
                 let counts = Arc::clone(&counts);
                 let colony = Arc::clone(&colony);
                 let finished = Arc::clone(&finished);
-                let clock = Arc::clone(&clock);
                 tokio::spawn(async move {
                     // Leaving: the task is not taken, and the coordinator, which sees this
                     // node leave, reassigns it.
@@ -252,7 +229,7 @@ pub(crate) fn spawn_worker(
                     if let Err(e) = transport.publish_outcome(&task, outcome, &report).await {
                         tracing::warn!(task = %task.key(), error = %e, "task result not published; the coordinator will reassign it");
                     }
-                    finished.record(clock.monotonic());
+                    finished.notify_one();
                 });
             }
         }
@@ -298,19 +275,5 @@ mod tests {
             discovery_interval(MS / 4, Some(MS), Some(Duration::ZERO)),
             MS / 4
         );
-    }
-
-    #[tokio::test]
-    async fn finishing_a_task_is_recorded_and_wakes_the_loop() {
-        let finished = Finished::default();
-        assert_eq!(finished.at(), None);
-        finished.record(Duration::ZERO);
-        assert_eq!(finished.at(), Some(Duration::ZERO));
-        finished.record(Duration::from_micros(1_500));
-        assert_eq!(finished.at(), Some(Duration::from_micros(1_500)));
-        // The wake-up is kept for a loop that was not yet waiting.
-        tokio::time::timeout(Duration::from_secs(5), finished.wake.notified())
-            .await
-            .expect("woken");
     }
 }

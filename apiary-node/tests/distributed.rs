@@ -554,8 +554,8 @@ async fn hostile_manifests_are_refused_by_every_worker() {
 }
 
 /// Discovery's cost, counted on the transport's own store: an idle node only HEADs its
-/// doorbell, once per poll interval (no LIST, no GET); for a while after it was given a task
-/// it looks four times as often.
+/// doorbell, once per poll interval (no LIST, no GET); for 100 ms after it finished a task
+/// it looks every millisecond, and for a minute after it was given one, four times as often.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_node_only_heads_its_doorbell_and_a_busy_one_looks_more_often() {
     use apiary::NodeOptions;
