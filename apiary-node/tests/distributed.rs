@@ -553,6 +553,59 @@ async fn hostile_manifests_are_refused_by_every_worker() {
     assert_eq!(canonical(r.batches()), vec!["2400".to_string()]);
 }
 
+/// A worker given the same fragment over the same cells again reuses its optimized plan; a
+/// write makes a new version, hence a new fragment, planned anew: the answer includes the
+/// new rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_fragment_reuses_its_plan_until_the_frame_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("data").display().to_string();
+    let ap = client(&storage).await;
+    load(&ap).await;
+    let _node = start(&storage, dir.path(), "node-r0", "100ms");
+    wait_alive(&ap, 1).await;
+    let sql = "SELECT country, COUNT(*) AS n, SUM(duration_ms) AS d \
+               FROM analytics.events.clicks GROUP BY country";
+    let plans = |plan: &str| -> Vec<String> {
+        plan.split(" plan=")
+            .skip(1)
+            .filter_map(|s| s.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    };
+    let first = explain_analyze(&ap, sql).await;
+    assert_eq!(plans(&first), ["new"], "{first}");
+    let again = explain_analyze(&ap, sql).await;
+    assert_eq!(plans(&again), ["reused"], "{again}");
+    assert_eq!(
+        answer(&ap, "always", sql).await,
+        answer(&ap, "never", sql).await
+    );
+
+    let batch = RecordBatch::try_new(
+        common::clicks_schema(),
+        vec![
+            Arc::new(Int64Array::from(vec![900_001, 900_002])),
+            Arc::new(StringArray::from(vec!["u1", "u2"])),
+            Arc::new(StringArray::from(vec![Some("/p1"), None])),
+            Arc::new(Int64Array::from(vec![Some(5), Some(7)])),
+            Arc::new(StringArray::from(vec!["nl", "nl"])),
+        ],
+    )
+    .unwrap();
+    ap.write_to_frame("analytics", "events", "clicks", [batch])
+        .await
+        .unwrap();
+    let after = explain_analyze(&ap, sql).await;
+    assert_eq!(plans(&after), ["new"], "{after}");
+    let spread = answer(&ap, "always", sql).await;
+    assert_eq!(spread, answer(&ap, "never", sql).await);
+    assert!(
+        spread.iter().any(|row| row.contains("nl")),
+        "the new rows are missing: {spread:?}"
+    );
+}
+
 /// Discovery's cost, counted on the transport's own store: an idle node only HEADs its
 /// doorbell, once per poll interval (no LIST, no GET); for 100 ms after it finished a task
 /// it looks every millisecond, and for a minute after it was given one, four times as often.

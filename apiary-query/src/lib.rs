@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod distributed;
 mod error;
 mod exec;
+mod fragments;
 mod memory;
 mod output;
 pub mod scans;
@@ -31,7 +32,7 @@ pub use error::{QueryError, Result};
 pub use exec::{FrameScanExec, ScanSummary};
 pub use memory::{Admission, Grant, PoolReading};
 pub use output::QueryResult;
-pub use session::{QueryEngine, QueryOptions, SqlSession};
+pub use session::{QueryEngine, QueryOptions, RunningFragment, SqlSession};
 pub use table::{FrameIndex, FrameTable};
 pub use tier::MemoryTierExec;
 

@@ -15,7 +15,7 @@ use apiary_cache::ColumnTier;
 use async_trait::async_trait;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{
     FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation, UnboundedMemoryPool,
 };
@@ -61,6 +61,9 @@ pub trait Admission: Send + Sync + std::fmt::Debug {
     fn scratch_dir(&self) -> Option<PathBuf>;
 }
 
+/// A spill directory and the disk manager spilling there.
+type SpillDisk = (PathBuf, Arc<DiskManager>);
+
 /// How an engine budgets memory, shared by its clones.
 #[derive(Debug, Clone)]
 pub(crate) struct Budget {
@@ -69,6 +72,8 @@ pub(crate) struct Budget {
     scratch: Option<PathBuf>,
     /// The node's memory tier, which gives way to what queries' pools reserve.
     tier: Arc<ColumnTier>,
+    /// The spill directory's disk manager, made once: making one creates a directory.
+    disk: Arc<Mutex<Option<SpillDisk>>>,
 }
 
 impl Budget {
@@ -82,11 +87,35 @@ impl Budget {
             fixed: bytes,
             scratch,
             tier,
+            disk: Arc::default(),
         }
+    }
+
+    /// The disk manager spilling to `dir` (the base runtime's, spilling to the system's
+    /// temporary directory, for `None`), shared by every query and task that spills there.
+    fn disk_manager(&self, base: &RuntimeEnv, dir: Option<PathBuf>) -> DfResult<Arc<DiskManager>> {
+        let Some(dir) = dir else {
+            return Ok(Arc::clone(&base.disk_manager));
+        };
+        let mut disk = self.disk.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((made_for, manager)) = disk.as_ref()
+            && *made_for == dir
+        {
+            return Ok(Arc::clone(manager));
+        }
+        let manager = Arc::new(
+            DiskManagerBuilder::default()
+                .with_mode(DiskManagerMode::Directories(vec![dir.clone()]))
+                .build()?,
+        );
+        *disk = Some((dir, Arc::clone(&manager)));
+        Ok(manager)
     }
 
     pub(crate) fn set_admission(&self, admission: Option<Arc<dyn Admission>>) {
         *self.admission.lock().unwrap_or_else(|p| p.into_inner()) = admission;
+        // A new node may have emptied its scratch directory: spills get a new directory.
+        *self.disk.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     fn admission(&self) -> Option<Arc<dyn Admission>> {
@@ -107,9 +136,9 @@ impl Budget {
                 let runtime = runtime(
                     base,
                     Some(grant.memory_bytes),
-                    admission.scratch_dir(),
+                    self.disk_manager(base, admission.scratch_dir())?,
                     &self.tier,
-                )?;
+                );
                 if let Some(tell) = grant.on_pool.take() {
                     let pool = Arc::clone(&runtime.memory_pool);
                     tell(Arc::new(move || pool.reserved() as u64));
@@ -118,7 +147,12 @@ impl Budget {
             }
             None => Ok((
                 None,
-                runtime(base, self.fixed, self.scratch.clone(), &self.tier)?,
+                runtime(
+                    base,
+                    self.fixed,
+                    self.disk_manager(base, self.scratch.clone())?,
+                    &self.tier,
+                ),
             )),
         }
     }
@@ -129,23 +163,27 @@ impl Budget {
             Some(admission) => Ok(runtime(
                 base,
                 Some(admission.task_memory()),
-                admission.scratch_dir(),
+                self.disk_manager(base, admission.scratch_dir())?,
                 &self.tier,
-            )?),
-            None => Ok(runtime(base, self.fixed, self.scratch.clone(), &self.tier)?),
+            )),
+            None => Ok(runtime(
+                base,
+                self.fixed,
+                self.disk_manager(base, self.scratch.clone())?,
+                &self.tier,
+            )),
         }
     }
 }
 
-/// `base` with a memory pool of `bytes` (unbounded for `None`) spilling to `scratch` (the
-/// system's temporary directory for `None`), whose reservations make `tier` give way.
-/// Caches and the object store are shared.
+/// `base` with a memory pool of `bytes` (unbounded for `None`) spilling through `disk`,
+/// whose reservations make `tier` give way. Caches and the object store are shared.
 fn runtime(
     base: &RuntimeEnv,
     bytes: Option<usize>,
-    scratch: Option<PathBuf>,
+    disk_manager: Arc<DiskManager>,
     tier: &Arc<ColumnTier>,
-) -> DfResult<Arc<RuntimeEnv>> {
+) -> Arc<RuntimeEnv> {
     let pool: Arc<dyn MemoryPool> = match bytes {
         Some(bytes) => Arc::new(FairSpillPool::new(bytes)),
         None => Arc::new(UnboundedMemoryPool::default()),
@@ -154,20 +192,12 @@ fn runtime(
         inner: pool,
         tier: Arc::clone(tier),
     });
-    let disk_manager = match scratch {
-        Some(dir) => Arc::new(
-            DiskManagerBuilder::default()
-                .with_mode(DiskManagerMode::Directories(vec![dir]))
-                .build()?,
-        ),
-        None => Arc::clone(&base.disk_manager),
-    };
-    Ok(Arc::new(RuntimeEnv {
+    Arc::new(RuntimeEnv {
         memory_pool,
         disk_manager,
         cache_manager: Arc::clone(&base.cache_manager),
         object_store_registry: Arc::clone(&base.object_store_registry),
-    }))
+    })
 }
 
 /// A query's pool that tells the node's memory tier what it reserves: every byte a query

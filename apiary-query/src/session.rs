@@ -5,9 +5,9 @@ use std::sync::Arc;
 use apiary_cache::{CachingStore, ColumnTier};
 use apiary_ledger::{FrameRef, Registry};
 use arrow_array::RecordBatch;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionState;
+use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use std::panic::AssertUnwindSafe;
@@ -17,6 +17,7 @@ use futures::{FutureExt, TryStreamExt};
 use crate::catalog::{ApiaryCatalog, HiveList, NO_BOX, NO_HIVE, Pinned};
 use crate::distributed::{self, Cluster, DistributeMode, DistributedTable};
 use crate::error::{QueryError, Result};
+use crate::fragments::{FragmentKey, FragmentPlans};
 use crate::memory::{self, Admission, Budget};
 use crate::output::{self, QueryResult};
 use crate::scans::{OnlyApiaryStorage, ScanStores};
@@ -65,6 +66,8 @@ pub struct QueryEngine {
     cluster: Option<Cluster>,
     distribute: DistributeMode,
     budget: Budget,
+    /// Optimized plans of recent distributed tasks' fragments.
+    fragments: Arc<FragmentPlans>,
 }
 
 impl QueryEngine {
@@ -96,6 +99,7 @@ impl QueryEngine {
             cluster: None,
             distribute: DistributeMode::default(),
             budget: Budget::fixed(options.memory_limit, options.scratch_dir, tier),
+            fragments: Arc::default(),
         })
     }
 
@@ -151,14 +155,47 @@ impl QueryEngine {
 
     /// Runs a distributed task's fragment: exactly one read-only query, over a catalog that
     /// holds only `pins` (each frame at its version, the split frame with only the task's
-    /// cells). Never distributed again. Returns the physical plan (for its metrics) and its
-    /// rows.
+    /// cells). Never distributed again. The optimized plan of a fragment run lately over the
+    /// same pins is reused (see `crate::fragments`).
     pub async fn run_fragment(
         &self,
         sql: &str,
         scope: &[String],
         pins: HashMap<FrameRef, Pinned>,
-    ) -> Result<(Arc<dyn ExecutionPlan>, SendableRecordBatchStream)> {
+    ) -> Result<RunningFragment> {
+        let runtime = self.budget.task_runtime(self.state.runtime_env())?;
+        let key = FragmentKey::new(sql, scope, &pins);
+        let (plan, plan_reused) = match self.fragments.get(&key) {
+            Some(plan) => (plan, true),
+            None => {
+                let plan = self.plan_fragment(sql, scope, pins).await?;
+                self.fragments.put(key, plan.clone());
+                (plan, false)
+            }
+        };
+        // The plan's tables are resolved already: the engine's state plans it physically.
+        let physical = self
+            .state
+            .query_planner()
+            .create_physical_plan(&plan, &self.state)
+            .await?;
+        let task = Arc::new(TaskContext::from(&self.state).with_runtime(runtime));
+        let stream = datafusion::physical_plan::execute_stream(Arc::clone(&physical), task)?;
+        Ok(RunningFragment {
+            plan: physical,
+            stream,
+            plan_reused,
+        })
+    }
+
+    /// The optimized logical plan of a fragment (see [`run_fragment`](Self::run_fragment)),
+    /// checked to be one read-only query.
+    async fn plan_fragment(
+        &self,
+        sql: &str,
+        scope: &[String],
+        pins: HashMap<FrameRef, Pinned>,
+    ) -> Result<LogicalPlan> {
         let mut commands = statement::parse(sql)?;
         let command = match (commands.pop(), commands.is_empty()) {
             (Some(c), true) if c.is_query() => c,
@@ -175,7 +212,6 @@ impl QueryEngine {
         let catalog = Arc::new(self.catalog.pinned(pins));
         let mut state = SessionStateBuilder::new_from_existing(self.state.clone())
             .with_catalog_list(Arc::new(HiveList(catalog)))
-            .with_runtime_env(self.budget.task_runtime(self.state.runtime_env())?)
             .build();
         if let Some(hive) = scope.first() {
             let options = state.config_mut().options_mut();
@@ -183,19 +219,13 @@ impl QueryEngine {
             options.catalog.default_schema =
                 scope.get(1).cloned().unwrap_or_else(|| NO_BOX.to_string());
         }
-        let ctx = SessionContext::new_with_state(state);
-        let plan = ctx.state().statement_to_plan(*statement).await?;
+        let plan = state.statement_to_plan(*statement).await?;
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false)
             .verify_plan(&plan)?;
-        let frame = ctx.execute_logical_plan(plan).await?;
-        let task_ctx = frame.task_ctx();
-        let physical = frame.create_physical_plan().await?;
-        let stream =
-            datafusion::physical_plan::execute_stream(Arc::clone(&physical), task_ctx.into())?;
-        Ok((physical, stream))
+        Ok(state.optimize(&plan)?)
     }
 
     /// Runs `sql` (one or more statements) in a fresh session and returns the last
@@ -207,6 +237,25 @@ impl QueryEngine {
     /// The catalog (registry access and scan indexes).
     pub fn catalog(&self) -> &Arc<ApiaryCatalog> {
         &self.catalog
+    }
+}
+
+/// A distributed task's fragment, started (see [`QueryEngine::run_fragment`]).
+pub struct RunningFragment {
+    /// The physical plan, whose metrics fill in as the stream is read.
+    pub plan: Arc<dyn ExecutionPlan>,
+    /// The fragment's rows.
+    pub stream: SendableRecordBatchStream,
+    /// Whether the optimized plan of an earlier run of the same fragment was reused.
+    pub plan_reused: bool,
+}
+
+impl std::fmt::Debug for RunningFragment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningFragment")
+            .field("plan", &self.plan.name())
+            .field("plan_reused", &self.plan_reused)
+            .finish_non_exhaustive()
     }
 }
 

@@ -53,6 +53,8 @@ pub struct TaskRun {
     pub elapsed_ms: u64,
     /// Of the worker's time, parsing and planning the fragment.
     pub planning_ms: u64,
+    /// Whether the worker reused the fragment's optimized plan from an earlier run.
+    pub plan_reused: bool,
     /// From handing the task's latest attempt out to holding this result, on the
     /// coordinator's clock: the worker's time plus what the transport added (publishing,
     /// discovery, the result's way back). A late result of an earlier attempt is measured
@@ -186,7 +188,7 @@ impl DisplayAs for DistributedExec {
                 write!(
                     f,
                     "\n    task={} node={} attempt={} cells={} bytes={} rows={} time={}ms \
-                     planning={}ms round_trip={}ms cache_hits={} cache_misses={} \
+                     planning={}ms plan={} round_trip={}ms cache_hits={} cache_misses={} \
                      bytes_from_storage={}",
                     r.task_id,
                     r.node_id,
@@ -196,6 +198,7 @@ impl DisplayAs for DistributedExec {
                     r.rows,
                     r.elapsed_ms,
                     r.planning_ms,
+                    if r.plan_reused { "reused" } else { "new" },
                     r.round_trip_ms,
                     r.cache.0,
                     r.cache.1,
@@ -442,6 +445,7 @@ impl Run {
                 rows: report.rows,
                 elapsed_ms: report.elapsed_ms,
                 planning_ms: report.planning_ms,
+                plan_reused: report.plan_reused,
                 round_trip_ms: round_trip.as_millis() as u64,
                 cache: (report.cache_hits, report.cache_misses),
                 bytes_from_storage: report.bytes_from_storage,
@@ -725,17 +729,17 @@ impl Drop for Cleanup {
 /// How long the coordinator waits before looking for results again, `elapsed` into the
 /// wait, once `first` the first task answered (if one has), never longer than `max`.
 ///
-/// A tenth of the time spent (at least 5 ms): waiting adds about a twentieth to a query on
-/// average, and a long one costs few requests (about ten per tenfold of its time). Once a
-/// task has answered, the others are due (shares are cut to finish together): for a quarter
-/// of the time until that first answer, results are looked for every fortieth of it (at
-/// least every 2 ms), at most ten looks more.
+/// A twenty-fifth of the time spent (at least 2 ms): waiting adds about a fiftieth to a query
+/// on average, and a long one costs few requests (about sixty per tenfold of its time, until
+/// `max` bounds them). Once a task has answered, the others are due (shares are cut to
+/// finish together): for a quarter of the time until that first answer, results are looked
+/// for every fiftieth of it (at least every millisecond), at most about a dozen looks more.
 fn result_interval(elapsed: Duration, first: Option<Duration>, max: Duration) -> Duration {
     match first {
         Some(first) if elapsed < first + first / 4 => {
-            (first / 40).clamp(Duration::from_millis(2), max)
+            (first / 50).clamp(Duration::from_millis(1), max)
         }
-        _ => (elapsed / 10).clamp(Duration::from_millis(5), max),
+        _ => (elapsed / 25).clamp(Duration::from_millis(2), max),
     }
 }
 
@@ -893,9 +897,9 @@ mod tests {
         while at < total {
             let seen = first.filter(|f| at >= *f);
             let wait = result_interval(at, seen, max);
-            // How much longer than a tenth of the wait so far (or 5 ms) a result that lands
-            // just after a look can go unseen.
-            longest = longest.max(wait.saturating_sub((at / 10).max(Duration::from_millis(5))));
+            // How much longer than a twenty-fifth of the wait so far (or 2 ms) a result that
+            // lands just after a look can go unseen.
+            longest = longest.max(wait.saturating_sub((at / 25).max(Duration::from_millis(2))));
             at += wait;
             looks += 1;
         }
@@ -904,21 +908,21 @@ mod tests {
 
     #[test]
     fn results_are_looked_for_often_early_and_rarely_late() {
-        // Never more than a tenth of the time spent (or 5 ms) between looks.
+        // Never more than a twenty-fifth of the time spent (or 2 ms) between looks.
         for first in [None, Some(Duration::from_millis(300))] {
             let (n, longest) = looks(Duration::from_secs(1), first);
             assert_eq!(longest, Duration::ZERO, "{first:?}");
-            assert!(n <= 55, "{first:?}: {n} looks in 1 s");
+            assert!(n <= 115, "{first:?}: {n} looks in 1 s");
         }
-        // A 10-minute task: bounded by `max` at the end, about 2 400 looks, not 120 000.
+        // A 10-minute task: bounded by `max` at the end, about 2 500 looks, not 300 000.
         let (n, _) = looks(Duration::from_secs(600), Some(Duration::from_secs(60)));
-        assert!(n <= 2_500, "{n} looks in 10 minutes");
+        assert!(n <= 2_600, "{n} looks in 10 minutes");
         // After a first answer the next look comes sooner.
         let t = Duration::from_millis(200);
-        assert!(result_interval(t, Some(t), Duration::from_secs(1)) < t / 10);
+        assert!(result_interval(t, Some(t), Duration::from_secs(1)) < t / 25);
         assert_eq!(
             result_interval(t * 2, Some(t), Duration::from_secs(1)),
-            t * 2 / 10
+            t * 2 / 25
         );
     }
 

@@ -11,7 +11,7 @@ use super::result;
 use super::transport::{TaskOutcome, TaskReport};
 use crate::catalog::Pinned;
 use crate::error::{QueryError, Result};
-use crate::session::QueryEngine;
+use crate::session::{QueryEngine, RunningFragment};
 
 /// Runs `task` with `engine` and returns how it ended: never an error, since a failure is an
 /// outcome the coordinator must hear about. The fragment must be one read-only query (the
@@ -35,8 +35,9 @@ pub async fn run_task(
         elapsed_ms: started.elapsed().as_millis() as u64,
         ..TaskReport::default()
     };
-    let outcome = ran.and_then(|(batches, reads, planning)| {
+    let outcome = ran.and_then(|(batches, reads, planning, plan_reused)| {
         report.planning_ms = planning.as_millis() as u64;
+        report.plan_reused = plan_reused;
         (
             report.cache_hits,
             report.cache_misses,
@@ -72,7 +73,7 @@ fn reads_of(plan: &dyn datafusion::physical_plan::ExecutionPlan) -> (u64, u64, u
 async fn execute(
     engine: &QueryEngine,
     task: &TaskSpec,
-) -> Result<(Vec<RecordBatch>, (u64, u64, u64), Duration)> {
+) -> Result<(Vec<RecordBatch>, (u64, u64, u64), Duration, bool)> {
     let started = Instant::now();
     let expected = task.expected_schema()?;
     let mut pins = HashMap::new();
@@ -98,7 +99,11 @@ async fn execute(
             },
         );
     }
-    let (plan, stream) = engine.run_fragment(&task.sql, &task.scope, pins).await?;
+    let RunningFragment {
+        plan,
+        stream,
+        plan_reused,
+    } = engine.run_fragment(&task.sql, &task.scope, pins).await?;
     let planning = started.elapsed();
     let batches: Vec<RecordBatch> = stream.try_collect().await?;
     tracing::debug!(
@@ -110,7 +115,7 @@ async fn execute(
         .into_iter()
         .map(|b| coerce(b, &expected))
         .collect::<Result<Vec<_>>>()?;
-    Ok((batches, reads_of(plan.as_ref()), planning))
+    Ok((batches, reads_of(plan.as_ref()), planning, plan_reused))
 }
 
 /// `batch` with the expected schema: columns by position, cast where only the

@@ -56,6 +56,10 @@ pub struct TaskReport {
     /// Of `elapsed_ms`, the time spent parsing and planning the fragment.
     #[serde(default)]
     pub planning_ms: u64,
+    /// Whether the worker reused the optimized plan of an earlier run of the same fragment
+    /// over the same cells (then only the physical plan was made).
+    #[serde(default)]
+    pub plan_reused: bool,
 }
 
 /// How a task ended.

@@ -1,0 +1,156 @@
+//! Optimized plans of the fragments a worker ran lately.
+//!
+//! A dashboard's refresh or a script's loop sends a worker the same fragment over the same
+//! cells again and again, and parsing and optimizing it costs a few milliseconds of every
+//! task (as much as planning the whole query on one node). A fragment's inputs are
+//! immutable: its SQL, the scope it resolves names in, and each frame at a pinned ledger
+//! version with a fixed set of cells (a version never changes, and versions are never reused
+//! across a frame's incarnations). So its optimized logical plan is reusable as is; only the
+//! physical plan, which holds the state of one execution, is made anew for every task.
+
+use std::collections::{BTreeSet, HashMap};
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+use apiary_ledger::FrameRef;
+use datafusion::logical_expr::LogicalPlan;
+use lru::LruCache;
+
+use crate::catalog::Pinned;
+
+/// How many fragment plans a node keeps. A plan holds the scan indexes of the frames it
+/// reads (a few hundred bytes per cell), so a few dozen stay small.
+const CAPACITY: usize = 32;
+
+/// Everything a fragment's plan depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct FragmentKey {
+    sql: String,
+    scope: Vec<String>,
+    /// Each frame's version and cells (`None`: all), in frame order.
+    pins: Vec<(FrameRef, u64, Option<BTreeSet<String>>)>,
+}
+
+impl FragmentKey {
+    /// The key of `sql` run in `scope` over `pins`.
+    pub(crate) fn new(sql: &str, scope: &[String], pins: &HashMap<FrameRef, Pinned>) -> Self {
+        let mut pins: Vec<_> = pins
+            .iter()
+            .map(|(frame, pin)| (frame.clone(), pin.version, pin.cells.clone()))
+            .collect();
+        pins.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Self {
+            sql: sql.to_string(),
+            scope: scope.to_vec(),
+            pins,
+        }
+    }
+}
+
+/// The optimized plans of recent fragments, least recently used dropped first.
+#[derive(Debug)]
+pub(crate) struct FragmentPlans {
+    plans: Mutex<LruCache<FragmentKey, LogicalPlan>>,
+}
+
+impl Default for FragmentPlans {
+    fn default() -> Self {
+        Self::with_capacity(CAPACITY)
+    }
+}
+
+impl FragmentPlans {
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            plans: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
+            )),
+        }
+    }
+
+    /// The plan kept for `key`, if any.
+    pub(crate) fn get(&self, key: &FragmentKey) -> Option<LogicalPlan> {
+        self.lock().get(key).cloned()
+    }
+
+    /// Keeps `plan` for `key`.
+    pub(crate) fn put(&self, key: FragmentKey, plan: LogicalPlan) {
+        self.lock().put(key, plan);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<FragmentKey, LogicalPlan>> {
+        self.plans.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::logical_expr::LogicalPlanBuilder;
+
+    fn frame(name: &str) -> FrameRef {
+        FrameRef::new("h", "b", name).expect("frame")
+    }
+
+    fn pins(entries: &[(&str, u64, Option<&[&str]>)]) -> HashMap<FrameRef, Pinned> {
+        entries
+            .iter()
+            .map(|(name, version, cells)| {
+                (
+                    frame(name),
+                    Pinned {
+                        version: *version,
+                        cells: cells.map(|c| c.iter().map(|s| s.to_string()).collect()),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn plan() -> LogicalPlan {
+        LogicalPlanBuilder::empty(false).build().expect("plan")
+    }
+
+    #[test]
+    fn a_key_names_every_input_of_the_plan() {
+        let scope = vec!["h".to_string(), "b".to_string()];
+        let base = pins(&[("f", 3, Some(&["a", "b"])), ("d", 1, None)]);
+        let key = FragmentKey::new("SELECT 1", &scope, &base);
+        // The same inputs in another order: the same key.
+        let reordered = pins(&[("d", 1, None), ("f", 3, Some(&["b", "a"]))]);
+        assert_eq!(key, FragmentKey::new("SELECT 1", &scope, &reordered));
+        // Any input changed: another key.
+        let others = [
+            FragmentKey::new("SELECT 2", &scope, &base),
+            FragmentKey::new("SELECT 1", &scope[..1], &base),
+            FragmentKey::new(
+                "SELECT 1",
+                &scope,
+                &pins(&[("f", 4, Some(&["a", "b"])), ("d", 1, None)]),
+            ),
+            FragmentKey::new(
+                "SELECT 1",
+                &scope,
+                &pins(&[("f", 3, Some(&["a"])), ("d", 1, None)]),
+            ),
+            FragmentKey::new("SELECT 1", &scope, &pins(&[("f", 3, None), ("d", 1, None)])),
+            FragmentKey::new("SELECT 1", &scope, &pins(&[("f", 3, Some(&["a", "b"]))])),
+        ];
+        for other in others {
+            assert_ne!(key, other);
+        }
+    }
+
+    #[test]
+    fn the_least_recently_used_plan_goes_first() {
+        let plans = FragmentPlans::with_capacity(2);
+        let key = |sql: &str| FragmentKey::new(sql, &[], &HashMap::new());
+        plans.put(key("a"), plan());
+        plans.put(key("b"), plan());
+        assert!(plans.get(&key("a")).is_some());
+        plans.put(key("c"), plan());
+        assert!(plans.get(&key("a")).is_some());
+        assert!(plans.get(&key("b")).is_none(), "b was used least recently");
+        assert!(plans.get(&key("c")).is_some());
+    }
+}
