@@ -216,12 +216,17 @@ async fn explain_analyze(ap: &Apiary, sql: &str) -> String {
     canonical(r.batches()).join("\n")
 }
 
-fn nodes_in(plan: &str) -> std::collections::BTreeSet<String> {
-    plan.split("node=")
+/// The values of `key=value` in `plan`'s task lines, in order.
+fn task_fields(plan: &str, key: &str) -> Vec<String> {
+    plan.split(&format!(" {key}="))
         .skip(1)
         .filter_map(|s| s.split_whitespace().next())
         .map(str::to_string)
         .collect()
+}
+
+fn nodes_in(plan: &str) -> std::collections::BTreeSet<String> {
+    task_fields(plan, "node").into_iter().collect()
 }
 
 async fn differential(storage: String, dir: PathBuf) {
@@ -566,13 +571,7 @@ async fn a_repeated_fragment_reuses_its_plan_until_the_frame_changes() {
     wait_alive(&ap, 1).await;
     let sql = "SELECT country, COUNT(*) AS n, SUM(duration_ms) AS d \
                FROM analytics.events.clicks GROUP BY country";
-    let plans = |plan: &str| -> Vec<String> {
-        plan.split(" plan=")
-            .skip(1)
-            .filter_map(|s| s.split_whitespace().next())
-            .map(str::to_string)
-            .collect()
-    };
+    let plans = |plan: &str| task_fields(plan, "plan");
     let first = explain_analyze(&ap, sql).await;
     assert_eq!(plans(&first), ["new"], "{first}");
     let again = explain_analyze(&ap, sql).await;

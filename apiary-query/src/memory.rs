@@ -61,9 +61,6 @@ pub trait Admission: Send + Sync + std::fmt::Debug {
     fn scratch_dir(&self) -> Option<PathBuf>;
 }
 
-/// A spill directory and the disk manager spilling there.
-type SpillDisk = (PathBuf, Arc<DiskManager>);
-
 /// How an engine budgets memory, shared by its clones.
 #[derive(Debug, Clone)]
 pub(crate) struct Budget {
@@ -72,8 +69,9 @@ pub(crate) struct Budget {
     scratch: Option<PathBuf>,
     /// The node's memory tier, which gives way to what queries' pools reserve.
     tier: Arc<ColumnTier>,
-    /// The spill directory's disk manager, made once: making one creates a directory.
-    disk: Arc<Mutex<Option<SpillDisk>>>,
+    /// The scratch directory's disk manager, made once per admission: making one creates a
+    /// directory.
+    disk: Arc<Mutex<Option<Arc<DiskManager>>>>,
 }
 
 impl Budget {
@@ -93,28 +91,28 @@ impl Budget {
 
     /// The disk manager spilling to `dir` (the base runtime's, spilling to the system's
     /// temporary directory, for `None`), shared by every query and task that spills there.
+    /// `dir` is the admission's or the fixed scratch directory, so it only changes with the
+    /// admission, which forgets the manager.
     fn disk_manager(&self, base: &RuntimeEnv, dir: Option<PathBuf>) -> DfResult<Arc<DiskManager>> {
         let Some(dir) = dir else {
             return Ok(Arc::clone(&base.disk_manager));
         };
         let mut disk = self.disk.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((made_for, manager)) = disk.as_ref()
-            && *made_for == dir
-        {
+        if let Some(manager) = disk.as_ref() {
             return Ok(Arc::clone(manager));
         }
         let manager = Arc::new(
             DiskManagerBuilder::default()
-                .with_mode(DiskManagerMode::Directories(vec![dir.clone()]))
+                .with_mode(DiskManagerMode::Directories(vec![dir]))
                 .build()?,
         );
-        *disk = Some((dir, Arc::clone(&manager)));
+        *disk = Some(Arc::clone(&manager));
         Ok(manager)
     }
 
     pub(crate) fn set_admission(&self, admission: Option<Arc<dyn Admission>>) {
         *self.admission.lock().unwrap_or_else(|p| p.into_inner()) = admission;
-        // A new node may have emptied its scratch directory: spills get a new directory.
+        // Another scratch directory, or the same one emptied by a new node: a new manager.
         *self.disk.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 

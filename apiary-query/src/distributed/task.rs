@@ -35,14 +35,15 @@ pub async fn run_task(
         elapsed_ms: started.elapsed().as_millis() as u64,
         ..TaskReport::default()
     };
-    let outcome = ran.and_then(|(batches, reads, planning, plan_reused)| {
-        report.planning_ms = planning.as_millis() as u64;
-        report.plan_reused = plan_reused;
+    let outcome = ran.and_then(|ran| {
+        let batches = ran.batches;
+        report.planning_ms = ran.planning.as_millis() as u64;
+        report.plan_reused = ran.plan_reused;
         (
             report.cache_hits,
             report.cache_misses,
             report.bytes_from_storage,
-        ) = reads;
+        ) = ran.reads;
         report.rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         if report.rows == 0 {
             return Ok(TaskOutcome::Empty);
@@ -70,10 +71,18 @@ fn reads_of(plan: &dyn datafusion::physical_plan::ExecutionPlan) -> (u64, u64, u
     total
 }
 
-async fn execute(
-    engine: &QueryEngine,
-    task: &TaskSpec,
-) -> Result<(Vec<RecordBatch>, (u64, u64, u64), Duration, bool)> {
+/// What running a task's fragment gave.
+struct Ran {
+    batches: Vec<RecordBatch>,
+    /// Cache hits, cache misses and bytes from storage (see [`reads_of`]).
+    reads: (u64, u64, u64),
+    /// Time until the plan was ready.
+    planning: Duration,
+    /// Whether the optimized plan was kept from an earlier run.
+    plan_reused: bool,
+}
+
+async fn execute(engine: &QueryEngine, task: &TaskSpec) -> Result<Ran> {
     let started = Instant::now();
     let expected = task.expected_schema()?;
     let mut pins = HashMap::new();
@@ -115,7 +124,12 @@ async fn execute(
         .into_iter()
         .map(|b| coerce(b, &expected))
         .collect::<Result<Vec<_>>>()?;
-    Ok((batches, reads_of(plan.as_ref()), planning, plan_reused))
+    Ok(Ran {
+        batches,
+        reads: reads_of(plan.as_ref()),
+        planning,
+        plan_reused,
+    })
 }
 
 /// `batch` with the expected schema: columns by position, cast where only the
