@@ -27,6 +27,8 @@ use async_trait::async_trait;
 struct Query {
     tasks: Vec<TaskSpec>,
     outcomes: HashMap<TaskKey, (TaskOutcome, TaskReport)>,
+    /// Shared cells' holders, by attempt round and cell.
+    claims: HashMap<(u32, String), u32>,
 }
 
 /// Tasks and results in memory, shared by every node of this process.
@@ -92,6 +94,20 @@ impl ShuffleTransport for ChannelShuffle {
                 .or_insert((outcome, report.clone()));
         }
         Ok(())
+    }
+
+    fn can_claim(&self) -> bool {
+        true
+    }
+
+    async fn claim(&self, task: &TaskKey, cell: &str) -> Result<bool> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let query = state.queries.entry(task.query_id.clone()).or_default();
+        let holder = query
+            .claims
+            .entry((task.attempt, cell.to_string()))
+            .or_insert(task.task_id);
+        Ok(*holder == task.task_id)
     }
 
     async fn collect(&self, query_id: &str, wanted: &[TaskKey]) -> Result<Vec<Delivered>> {

@@ -219,7 +219,7 @@ pub(crate) fn spawn_worker(
                         return;
                     };
                     tracing::debug!(task = %task.key(), "running a task");
-                    let (outcome, report) = run_task(&engine, &node_id, &task).await;
+                    let (outcome, report) = run_task(&engine, &node_id, &task, &transport).await;
                     counts.ran.fetch_add(1, Ordering::Relaxed);
                     colony.record_task(matches!(outcome, TaskOutcome::Failed(_)));
                     if let TaskOutcome::Failed(cause) = &outcome {

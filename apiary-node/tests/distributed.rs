@@ -242,6 +242,10 @@ async fn differential(storage: String, dir: PathBuf) {
         let spread = answer(&ap, "always", sql).await;
         println!("{:>6.0?} {sql}", started.elapsed());
         assert_eq!(spread, local, "distributed answer differs: {sql}");
+        // With every node up, one round reads every cell: shared cells leave no gaps.
+        let plan = explain_analyze(&ap, sql).await;
+        let attempts = task_fields(&plan, "attempt");
+        assert!(attempts.iter().all(|a| a == "1"), "{sql}: {plan}");
     }
     let plan = explain_analyze(
         &ap,
@@ -461,6 +465,50 @@ async fn a_killed_coordinator_leaves_nothing_after_the_retention() {
     println!("orphan removed {:?} after the kill", started.elapsed());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_finishes_first_reads_cells_of_one_that_lags() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("data").display().to_string();
+    let ap = client(&storage).await;
+    load(&ap).await;
+    // The slow node looks for tasks every 3 s: its share waits for it, and the fast node,
+    // done with its own, takes the cells it shares.
+    let _fast = start(&storage, dir.path(), "node-fast", "5ms");
+    let _slow = start(&storage, dir.path(), "node-slow", "3s");
+    wait_alive(&ap, 2).await;
+    let mut stole = false;
+    for sql in [QUERIES[13], QUERIES[0], QUERIES[4]] {
+        let expected = answer(&ap, "never", sql).await;
+        let plan = explain_analyze(&ap, sql).await;
+        println!("{plan}");
+        let nodes = task_fields(&plan, "node");
+        let stolen = task_fields(&plan, "stolen");
+        let tasks: String = plan
+            .lines()
+            .filter(|l| l.trim_start().starts_with("task="))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cells: usize = task_fields(&tasks, "cells")
+            .iter()
+            .map(|c| c.parse::<usize>().unwrap())
+            .sum();
+        assert_eq!(cells, 12, "every cell read once: {plan}");
+        assert!(
+            task_fields(&plan, "attempt").iter().all(|a| a == "1"),
+            "{plan}"
+        );
+        // The slow node still reads the half of its share no one else may take.
+        assert!(nodes.iter().any(|n| n == "node-slow"), "{plan}");
+        stole |= nodes
+            .iter()
+            .zip(&stolen)
+            .any(|(n, s)| n == "node-fast" && s != "0");
+        assert_eq!(answer(&ap, "always", sql).await, expected, "{sql}");
+    }
+    assert!(stole, "the fast node took none of the slow node's cells");
+    assert_no_queries(&ap).await;
+}
+
 fn hostile(query_id: &str, node: &str, sql: &str, pin_hive: &str) -> TaskSpec {
     TaskSpec {
         format: TASK_FORMAT,
@@ -477,6 +525,8 @@ fn hostile(query_id: &str, node: &str, sql: &str, pin_hive: &str) -> TaskSpec {
         },
         cells: vec![],
         bytes: 0,
+        shared: 0,
+        steal: vec![],
         pins: vec![],
         sql: sql.into(),
         scope: vec![],

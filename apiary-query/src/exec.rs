@@ -6,10 +6,21 @@
 //! (filter, projection, limit and sort pushdown, repartitioning) to the node it wraps, so
 //! the plan under it is the plan DataFusion builds for the same files.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use apiary_cache::ScanCounters;
+use apiary_storage::Path;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::union::UnionExec;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::distributed::CellQueue;
+use crate::tier::MemoryTierExec;
 use datafusion::common::Result;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Statistics;
@@ -62,6 +73,11 @@ pub struct FrameScanExec {
     metrics: ExecutionPlanMetricsSet,
     /// What this scan's reads got from the cell cache and from storage.
     reads: Option<Arc<ScanCounters>>,
+    /// The cells the scan reads: path in the frame to object location.
+    cells: Arc<HashMap<String, Path>>,
+    /// Set when the scan's cells are shared with other tasks: every partition then reads
+    /// the cells this queue hands out, one at a time.
+    shared: Arc<OnceLock<Arc<CellQueue>>>,
 }
 
 impl FrameScanExec {
@@ -85,7 +101,117 @@ impl FrameScanExec {
             summary: Arc::new(summary),
             metrics,
             reads,
+            cells: Arc::default(),
+            shared: Arc::default(),
         }
+    }
+
+    /// Names the cells the scan reads (path in the frame to object location).
+    pub(crate) fn with_cells(mut self, cells: HashMap<String, Path>) -> Self {
+        self.cells = Arc::new(cells);
+        self
+    }
+
+    /// The cells the scan reads: path in the frame to object location.
+    pub(crate) fn cells(&self) -> &HashMap<String, Path> {
+        &self.cells
+    }
+
+    /// Makes every partition read the cells `queue` hands out instead of its own; before
+    /// execution only, and once.
+    pub(crate) fn share(&self, queue: Arc<CellQueue>) -> Result<()> {
+        self.shared
+            .set(queue)
+            .map_err(|_| DataFusionError::Internal("the scan's cells are already shared".into()))
+    }
+
+    /// Whether every partition may read any cell: its output is neither sorted nor
+    /// partitioned by value (then cells can be handed out one at a time).
+    fn partitions_are_interchangeable(&self) -> bool {
+        let props = self.input.properties();
+        props.output_ordering().is_none()
+            && matches!(
+                props.partitioning,
+                datafusion::physical_plan::Partitioning::UnknownPartitioning(_)
+                    | datafusion::physical_plan::Partitioning::RoundRobinBatch(_)
+            )
+    }
+
+    /// Partition `partition` of the input narrowed to the task's own cells it holds (see
+    /// [`CellQueue::claim_own`]): each partition keeps its cells, in order.
+    fn execute_kept(
+        &self,
+        queue: Arc<CellQueue>,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = Arc::clone(&self.input);
+        let stream = futures::stream::once(async move {
+            let kept = queue
+                .claim_own()
+                .await
+                .map_err(DataFusionError::Execution)?;
+            narrow(&input, &|location| kept.contains(location))
+                .ok_or_else(|| {
+                    DataFusionError::Internal("the scan cannot be narrowed to its cells".into())
+                })?
+                .execute(partition, context)
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            stream,
+        )))
+    }
+
+    /// A partition's stream over the cells `queue` hands out: each is read by the input
+    /// narrowed to that one cell; a scan limit stays a limit on the partition's rows.
+    fn execute_shared(
+        &self,
+        queue: Arc<CellQueue>,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = Arc::clone(&self.input);
+        let streams = futures::stream::unfold(queue, move |queue| {
+            let input = Arc::clone(&input);
+            let context = Arc::clone(&context);
+            async move {
+                let next = match queue.next().await {
+                    Ok(None) => return None,
+                    Ok(Some(location)) => one_cell(&input, &location)
+                        .ok_or_else(|| {
+                            DataFusionError::Internal(format!(
+                                "the scan cannot read cell `{location}` alone"
+                            ))
+                        })
+                        .and_then(|plan| plan.execute(0, context)),
+                    Err(e) => Err(DataFusionError::External(Box::new(e))),
+                };
+                Some((next, queue))
+            }
+        });
+        let batches = streams.try_flatten();
+        let schema = self.schema();
+        Ok(match self.input.fetch() {
+            Some(limit) => Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                batches
+                    .scan(limit, |left, batch| {
+                        let out = match batch {
+                            Ok(_) if *left == 0 => None,
+                            Ok(b) => {
+                                let b = b.slice(0, b.num_rows().min(*left));
+                                *left -= b.num_rows();
+                                Some(Ok(b))
+                            }
+                            Err(e) => Some(Err(e)),
+                        };
+                        futures::future::ready(out)
+                    })
+                    .boxed(),
+            )),
+            None => Box::pin(RecordBatchStreamAdapter::new(schema, batches)),
+        })
     }
 
     /// What this scan read so far: `(cache hits, cache misses, bytes from storage, bytes
@@ -110,12 +236,104 @@ impl FrameScanExec {
             summary: Arc::clone(&self.summary),
             metrics: self.metrics.clone(),
             reads: self.reads.clone(),
+            cells: Arc::clone(&self.cells),
+            shared: Arc::clone(&self.shared),
         }
     }
 
     fn rewrap(&self, input: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
         replace_children_if_necessary(Arc::new(self.clone()), vec![input])
     }
+}
+
+/// `plan` (a frame scan's input) narrowed to the one cell at `location`, with one
+/// partition: the same scan (projection, pushed-down filters, limit) of that cell alone.
+fn one_cell(plan: &Arc<dyn ExecutionPlan>, location: &Path) -> Option<Arc<dyn ExecutionPlan>> {
+    if let Some(source) = plan.downcast_ref::<DataSourceExec>() {
+        let config = source.data_source().downcast_ref::<FileScanConfig>()?;
+        // Every piece of it: DataFusion may have cut a large file into byte ranges.
+        let pieces: Vec<_> = config
+            .file_groups
+            .iter()
+            .flat_map(|g| g.iter())
+            .filter(|f| &f.object_meta.location == location)
+            .cloned()
+            .collect();
+        if pieces.is_empty() {
+            return None;
+        }
+        let one = FileScanConfigBuilder::from(config.clone())
+            .with_file_groups(vec![FileGroup::new(pieces)])
+            .build();
+        return Some(DataSourceExec::from_data_source(one));
+    }
+    if let Some(tier) = plan.downcast_ref::<MemoryTierExec>() {
+        return Some(Arc::new(tier.only(location.as_ref())?));
+    }
+    if plan.downcast_ref::<UnionExec>().is_some() {
+        return plan
+            .children()
+            .into_iter()
+            .find_map(|c| one_cell(c, location));
+    }
+    // Anything else over one input (a projection the optimizer left) is kept above it.
+    let [child] = plan.children()[..] else {
+        return None;
+    };
+    let narrowed = one_cell(child, location)?;
+    let plan = Arc::clone(plan)
+        .replace_children(
+            vec![narrowed],
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+        .ok()?;
+    (plan.properties().partitioning.partition_count() == 1).then_some(plan)
+}
+
+/// `plan` (a frame scan's input) reading only the cells whose location `keep` accepts,
+/// with the same partitions (some may be left empty) and each partition's cells in order.
+fn narrow(
+    plan: &Arc<dyn ExecutionPlan>,
+    keep: &dyn Fn(&str) -> bool,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    if let Some(source) = plan.downcast_ref::<DataSourceExec>() {
+        let config = source.data_source().downcast_ref::<FileScanConfig>()?;
+        let groups = config
+            .file_groups
+            .iter()
+            .map(|g| {
+                FileGroup::new(
+                    g.iter()
+                        .filter(|f| keep(f.object_meta.location.as_ref()))
+                        .cloned()
+                        .collect(),
+                )
+            })
+            .collect();
+        let narrowed = FileScanConfigBuilder::from(config.clone())
+            .with_file_groups(groups)
+            .build();
+        return Some(Arc::new(
+            source.clone().with_data_source(Arc::new(narrowed)),
+        ));
+    }
+    if let Some(tier) = plan.downcast_ref::<MemoryTierExec>() {
+        return Some(Arc::new(tier.keeping(keep)));
+    }
+    if plan.children().is_empty() {
+        return None;
+    }
+    let children = plan
+        .children()
+        .into_iter()
+        .map(|c| narrow(c, keep))
+        .collect::<Option<Vec<_>>>()?;
+    Arc::clone(plan)
+        .replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+        .ok()
 }
 
 impl DisplayAs for FrameScanExec {
@@ -209,7 +427,13 @@ impl ExecutionPlan for FrameScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        self.input.execute(partition, context)
+        match self.shared.get() {
+            Some(queue) if self.partitions_are_interchangeable() => {
+                self.execute_shared(Arc::clone(queue), context)
+            }
+            Some(queue) => self.execute_kept(Arc::clone(queue), partition, context),
+            None => self.input.execute(partition, context),
+        }
     }
 
     fn metrics(&self) -> Option<MetricsSet> {

@@ -156,12 +156,14 @@ impl QueryEngine {
     /// Runs a distributed task's fragment: exactly one read-only query, over a catalog that
     /// holds only `pins` (each frame at its version, the split frame with only the task's
     /// cells). Never distributed again. The optimized plan of a fragment run lately over the
-    /// same pins is reused (see `crate::fragments`).
+    /// same pins is reused (see `crate::fragments`). `prepare` sees the physical plan before
+    /// it runs (a task that shares cells hands its split scan their queue there).
     pub async fn run_fragment(
         &self,
         sql: &str,
         scope: &[String],
         pins: HashMap<FrameRef, Pinned>,
+        prepare: impl FnOnce(&Arc<dyn ExecutionPlan>) -> Result<()>,
     ) -> Result<RunningFragment> {
         let runtime = self.budget.task_runtime(self.state.runtime_env())?;
         let key = FragmentKey::new(sql, scope, &pins);
@@ -179,6 +181,7 @@ impl QueryEngine {
             .query_planner()
             .create_physical_plan(&plan, &self.state)
             .await?;
+        prepare(&physical)?;
         let task = Arc::new(TaskContext::from(&self.state).with_runtime(runtime));
         let stream = datafusion::physical_plan::execute_stream(Arc::clone(&physical), task)?;
         Ok(RunningFragment {

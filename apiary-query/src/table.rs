@@ -649,11 +649,16 @@ impl TableProvider for FrameTable {
             )));
         }
         let plan = UnionExec::try_new(inputs)?;
-        Ok(ScanResult::new(Arc::new(FrameScanExec::new(
-            plan,
-            summary,
-            Some(counters),
-        ))))
+        let cells = selected
+            .iter()
+            .map(|&i| {
+                let cell = &index.cells[i];
+                (cell.path.clone(), cell.file.object_meta.location.clone())
+            })
+            .collect();
+        Ok(ScanResult::new(Arc::new(
+            FrameScanExec::new(plan, summary, Some(counters)).with_cells(cells),
+        )))
     }
 }
 

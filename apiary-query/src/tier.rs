@@ -173,6 +173,68 @@ impl MemoryTierExec {
     }
 }
 
+impl MemoryTierExec {
+    /// The same scan of only the cell stored at `key`, in one partition (`None` if this
+    /// scan does not read it).
+    pub(crate) fn only(&self, key: &str) -> Option<Self> {
+        let cell = self
+            .partitions
+            .iter()
+            .flat_map(|p| p.iter())
+            .find(|c| c.key == key)?;
+        let held = usize::from(matches!(cell.source, Source::Held(_)));
+        Some(Self {
+            schema: Arc::clone(&self.schema),
+            layout: Arc::clone(&self.layout),
+            file_columns: Arc::clone(&self.file_columns),
+            partitions: vec![Arc::from([Arc::clone(cell)])],
+            statistics: Arc::clone(&self.statistics),
+            limit: self.limit,
+            tier: Arc::clone(&self.tier),
+            properties: Arc::new(PlanProperties::new(
+                EquivalenceProperties::new(Arc::clone(&self.schema)),
+                Partitioning::UnknownPartitioning(1),
+                EmissionType::Incremental,
+                Boundedness::Bounded,
+            )),
+            metrics: self.metrics.clone(),
+            held,
+            loading: 1 - held,
+        })
+    }
+}
+
+impl MemoryTierExec {
+    /// The same scan of only the cells `keep` names (by storage key), each partition keeping
+    /// its cells and order (some may be left empty).
+    pub(crate) fn keeping(&self, keep: &dyn Fn(&str) -> bool) -> Self {
+        let partitions: Vec<Arc<[Arc<TierCell>]>> = self
+            .partitions
+            .iter()
+            .map(|p| p.iter().filter(|c| keep(&c.key)).cloned().collect())
+            .collect();
+        let held = partitions
+            .iter()
+            .flat_map(|p| p.iter())
+            .filter(|c| matches!(c.source, Source::Held(_)))
+            .count();
+        let loading = partitions.iter().map(|p| p.len()).sum::<usize>() - held;
+        Self {
+            schema: Arc::clone(&self.schema),
+            layout: Arc::clone(&self.layout),
+            file_columns: Arc::clone(&self.file_columns),
+            partitions,
+            statistics: Arc::clone(&self.statistics),
+            limit: self.limit,
+            tier: Arc::clone(&self.tier),
+            properties: Arc::clone(&self.properties),
+            metrics: self.metrics.clone(),
+            held,
+            loading,
+        }
+    }
+}
+
 impl DisplayAs for MemoryTierExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match t {

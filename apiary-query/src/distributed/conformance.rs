@@ -30,6 +30,8 @@ pub fn task(query_id: &str, task_id: u32, attempt: u32, node: &str) -> TaskSpec 
         },
         cells: vec![format!("data/cell-{task_id}.parquet")],
         bytes: 100,
+        shared: 0,
+        steal: vec![],
         pins: vec![],
         sql: "SELECT 1 AS c0".into(),
         scope: vec![],
@@ -91,6 +93,58 @@ pub async fn run_all(t: Arc<dyn ShuffleTransport>) {
     late_and_duplicate_outcomes(t.as_ref()).await;
     finish_removes_everything(t.as_ref()).await;
     concurrent_queries(Arc::clone(&t)).await;
+    if t.can_claim() {
+        claims_have_one_winner(Arc::clone(&t)).await;
+    }
+}
+
+/// Of many tasks claiming the same cells at once, exactly one holds each; asking again
+/// gives the same answer; a new round claims afresh; `finish` removes the claims.
+pub async fn claims_have_one_winner(t: Arc<dyn ShuffleTransport>) {
+    let q = unique("claims");
+    let cells: Vec<String> = (0..8).map(|i| format!("data/p={i}/c.parquet")).collect();
+    let contenders = (0..4u32).map(|id| {
+        let t = Arc::clone(&t);
+        let key = task(&q, id, 1, "w").key();
+        let cells = cells.clone();
+        async move {
+            let mut won = Vec::new();
+            for cell in &cells {
+                if t.claim(&key, cell).await.expect("claim") {
+                    won.push(cell.clone());
+                }
+            }
+            (key, won)
+        }
+    });
+    let results = futures::future::join_all(contenders).await;
+    let mut all: Vec<&String> = results.iter().flat_map(|(_, won)| won).collect();
+    all.sort();
+    assert_eq!(
+        all,
+        cells.iter().collect::<Vec<_>>(),
+        "each cell has exactly one holder: {results:?}"
+    );
+    for (key, won) in &results {
+        for cell in &cells {
+            assert_eq!(
+                t.claim(key, cell).await.expect("claim again"),
+                won.contains(cell),
+                "{key} asking again for {cell}"
+            );
+        }
+    }
+    // The next round's claims are its own.
+    let next = task(&q, 9, 2, "w").key();
+    assert!(t.claim(&next, &cells[0]).await.expect("claim in round 2"));
+    t.finish(&q).await.expect("finish");
+    assert!(
+        t.claim(&task(&q, 10, 1, "w").key(), &cells[0])
+            .await
+            .expect("claim after finish"),
+        "finish removed the claims"
+    );
+    t.finish(&q).await.expect("finish");
 }
 
 /// Tasks reach their own node, and only it.

@@ -30,7 +30,7 @@ use super::manifest::{TASK_FORMAT, TaskKey, TaskSpec, columns_of};
 use super::plan::Fragment;
 use super::task::coerce;
 use super::transport::{Delivered, TaskOutcome, TaskReport};
-use super::{Cluster, MAX_ATTEMPTS, WorkerInfo, result};
+use super::{Cluster, MAX_ATTEMPTS, SplitCell, WorkerInfo, result};
 use crate::error::QueryError;
 use crate::session::QueryEngine;
 
@@ -45,6 +45,8 @@ pub struct TaskRun {
     pub node_id: String,
     /// Cells read.
     pub cells: usize,
+    /// Of those, cells another task was given and this one took (it finished first).
+    pub stolen: usize,
     /// Bytes of those cells.
     pub bytes: u64,
     /// Rows returned.
@@ -187,13 +189,14 @@ impl DisplayAs for DistributedExec {
             for r in &runs {
                 write!(
                     f,
-                    "\n    task={} node={} attempt={} cells={} bytes={} rows={} time={}ms \
-                     planning={}ms plan={} round_trip={}ms cache_hits={} cache_misses={} \
-                     bytes_from_storage={}",
+                    "\n    task={} node={} attempt={} cells={} stolen={} bytes={} rows={} \
+                     time={}ms planning={}ms plan={} round_trip={}ms cache_hits={} \
+                     cache_misses={} bytes_from_storage={}",
                     r.task_id,
                     r.node_id,
                     r.attempt,
                     r.cells,
+                    r.stolen,
                     r.bytes,
                     r.rows,
                     r.elapsed_ms,
@@ -302,39 +305,62 @@ struct Run {
     runs: Arc<Mutex<Vec<TaskRun>>>,
 }
 
-/// A task while the coordinator waits for it.
-struct Pending {
-    spec: TaskSpec,
-    /// When the current attempt was handed out (coordinator's clock).
-    since: Instant,
-    /// The nodes tried so far; a retry goes elsewhere when it can.
-    tried: Vec<String>,
-    /// Why earlier attempts were given up.
-    causes: Vec<String>,
-    /// The result used.
-    done: Option<Done>,
+/// Where a task stands.
+enum Stage {
+    /// Handed out; no outcome yet.
+    Running,
+    /// Its result is in hand.
+    Done(Done),
+    /// Given up (it failed, its node went away, or it ran past the deadline): a later
+    /// outcome of it is ignored, and a later round reads the cells it held.
+    GivenUp,
 }
 
-/// The result a task's attempt delivered.
+/// A task of the query, in any round.
+struct Pending {
+    spec: TaskSpec,
+    /// When it was handed out (coordinator's clock).
+    since: Instant,
+    stage: Stage,
+}
+
+/// The result a task delivered.
 struct Done {
     report: TaskReport,
     rows: Vec<RecordBatch>,
-    attempt: u32,
-    /// From handing the latest attempt out to taking this result.
+    /// The cells whose rows these are.
+    read: Vec<String>,
+    /// From handing the task out to taking this result.
     round_trip: Duration,
 }
 
 /// The state of one query while it runs.
+///
+/// The query runs in rounds. A round hands every cell not yet read to the alive nodes, as
+/// tasks that share cells where the transport can arbitrate (see the manifest's "Shared
+/// cells"): a task that finishes early reads cells of one that lags. A round is over when
+/// each of its tasks has answered or been given up; the cells then neither read nor ruled
+/// out by a plan (those a given-up task held) go to the next round, at most
+/// [`MAX_ATTEMPTS`] rounds. A result is taken only if none of its cells was read already, so
+/// no cell's rows are ever counted twice.
 struct Attempts<'a> {
     run: &'a Run,
     query_id: String,
+    /// Who coordinates (this node's id, or the process's).
+    coordinator: String,
     /// This process's node id, when it is a node (its tasks run here).
     local: Option<String>,
     tasks: Vec<Pending>,
+    /// The current round (the attempt number of its tasks).
+    round: u32,
+    /// Cells whose rows are in hand.
+    read: HashSet<String>,
+    /// Cells a task's plan ruled out (no rows to read).
+    pruned: HashSet<String>,
+    /// Why tasks were given up, in order, with their round.
+    causes: Vec<(u32, String)>,
     /// Local tasks report here; remote ones through the transport.
     tx: tokio::sync::mpsc::UnboundedSender<Delivered>,
-    /// Failures already received (never asked for again).
-    failed: HashSet<TaskKey>,
     cleanup: Cleanup,
 }
 
@@ -348,32 +374,6 @@ impl Run {
             .unwrap_or_else(|| format!("client-{}", std::process::id()));
         let query_id = format!("q-{}", self.cluster.random.id());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let tasks = assign(&self.fragment, &workers)
-            .into_iter()
-            .enumerate()
-            .map(|(i, (node, cells))| Pending {
-                spec: TaskSpec {
-                    format: TASK_FORMAT,
-                    query_id: query_id.clone(),
-                    task_id: i as u32,
-                    attempt: 1,
-                    node_id: node.clone(),
-                    coordinator: coordinator.clone(),
-                    split: self.fragment.split.clone(),
-                    bytes: cells.iter().map(|c| c.bytes).sum(),
-                    cells: cells.into_iter().map(|c| c.path).collect(),
-                    pins: self.fragment.pins.clone(),
-                    sql: self.fragment.sql.clone(),
-                    scope: self.fragment.scope.clone(),
-                    schema: columns_of(&self.fragment.schema),
-                    timeout_ms: self.cluster.settings.task_timeout.as_millis() as u64,
-                },
-                since: Instant::now(),
-                tried: vec![node],
-                causes: Vec::new(),
-                done: None,
-            })
-            .collect();
         let mut q = Attempts {
             run: self,
             cleanup: Cleanup {
@@ -382,14 +382,17 @@ impl Run {
                 published: false,
             },
             query_id,
+            coordinator,
             local,
-            tasks,
+            tasks: Vec::new(),
+            round: 0,
+            read: HashSet::new(),
+            pruned: HashSet::new(),
+            causes: Vec::new(),
             tx,
-            failed: HashSet::new(),
         };
-        let first: Vec<TaskSpec> = q.tasks.iter().map(|t| t.spec.clone()).collect();
         let dispatching = Instant::now();
-        q.dispatch(first).await?;
+        q.next_round(self.fragment.cells.clone(), &workers).await?;
         let dispatched = dispatching.elapsed();
 
         // Results are looked for at intervals that grow with the wait (see
@@ -399,17 +402,17 @@ impl Run {
         let mut poll = result_interval(Duration::ZERO, None, self.cluster.settings.result_poll);
         let mut first_answer = None;
         let mut last_check = Instant::now();
-        while q.tasks.iter().any(|t| t.done.is_none()) {
-            let mut retry = Vec::new();
+        while !q.complete() {
+            let mut gave_up = false;
             tokio::select! {
-                Some(d) = rx.recv() => retry.extend(q.accept(d)?),
+                Some(d) = rx.recv() => gave_up |= q.accept(d)?,
                 _ = self.cluster.clock.sleep(poll) => {}
             }
             while let Ok(d) = rx.try_recv() {
-                retry.extend(q.accept(d)?);
+                gave_up |= q.accept(d)?;
             }
-            retry.extend(q.collect_remote().await?);
-            if first_answer.is_none() && q.tasks.iter().any(|t| t.done.is_some()) {
+            gave_up |= q.collect_remote().await?;
+            if first_answer.is_none() && q.tasks.iter().any(|t| matches!(t.stage, Stage::Done(_))) {
                 first_answer = Some(started.elapsed());
             }
             poll = result_interval(
@@ -418,30 +421,51 @@ impl Run {
                 self.cluster.settings.result_poll,
             );
             let due = last_check.elapsed() >= self.cluster.settings.result_poll;
-            if due || !retry.is_empty() {
+            if due || gave_up || q.round_over() {
                 last_check = Instant::now();
-                q.reassign(retry).await?;
+                q.advance().await?;
             }
         }
-        let Attempts { tasks, cleanup, .. } = q;
+        let Attempts {
+            tasks,
+            cleanup,
+            causes,
+            ..
+        } = q;
+        let sizes: std::collections::HashMap<&str, u64> = self
+            .fragment
+            .cells
+            .iter()
+            .map(|c| (c.path.as_str(), c.bytes))
+            .collect();
         let mut runs = Vec::new();
         let mut batches = Vec::new();
         for t in tasks {
-            let Some(Done {
+            let retried = causes
+                .iter()
+                .filter(|(round, _)| *round < t.spec.attempt)
+                .map(|(_, cause)| cause.clone())
+                .collect();
+            let Stage::Done(Done {
                 report,
                 rows,
-                attempt,
+                read,
                 round_trip,
-            }) = t.done
+            }) = t.stage
             else {
                 continue;
             };
+            let own: HashSet<&String> = t.spec.cells.iter().collect();
             runs.push(TaskRun {
                 task_id: t.spec.task_id,
-                attempt,
+                attempt: t.spec.attempt,
                 node_id: report.node_id,
-                cells: t.spec.cells.len(),
-                bytes: t.spec.bytes,
+                cells: read.len(),
+                stolen: read.iter().filter(|c| !own.contains(c)).count(),
+                bytes: read
+                    .iter()
+                    .map(|c| sizes.get(c.as_str()).copied().unwrap_or(0))
+                    .sum(),
                 rows: report.rows,
                 elapsed_ms: report.elapsed_ms,
                 planning_ms: report.planning_ms,
@@ -449,7 +473,7 @@ impl Run {
                 round_trip_ms: round_trip.as_millis() as u64,
                 cache: (report.cache_hits, report.cache_misses),
                 bytes_from_storage: report.bytes_from_storage,
-                retried: t.causes,
+                retried,
             });
             batches.extend(rows);
         }
@@ -471,21 +495,103 @@ impl Attempts<'_> {
         node.is_empty() || self.local.as_deref() == Some(node)
     }
 
+    /// Every cell read or ruled out.
+    fn complete(&self) -> bool {
+        self.run
+            .fragment
+            .cells
+            .iter()
+            .all(|c| self.read.contains(&c.path) || self.pruned.contains(&c.path))
+    }
+
+    /// Whether every task of the current round answered or was given up.
+    fn round_over(&self) -> bool {
+        !self
+            .tasks
+            .iter()
+            .any(|t| t.spec.attempt == self.round && matches!(t.stage, Stage::Running))
+    }
+
+    /// Starts the next round over `cells` on `workers` (this process when there are none).
+    async fn next_round(
+        &mut self,
+        cells: Vec<SplitCell>,
+        workers: &[WorkerInfo],
+    ) -> Result<(), QueryError> {
+        self.round += 1;
+        let shares = assign(&cells, &self.run.fragment.split, workers);
+        let sharing = shares.len() > 1 && self.run.cluster.transport.can_claim();
+        // Each task shares the back half of its cells; the others may take them, from the
+        // back, once their own are done.
+        let shared: Vec<usize> = shares
+            .iter()
+            .map(|(_, c)| if sharing { c.len().div_ceil(2) } else { 0 })
+            .collect();
+        let tails: Vec<Vec<String>> = shares
+            .iter()
+            .zip(&shared)
+            .map(|((_, c), &n)| {
+                c[c.len() - n..]
+                    .iter()
+                    .rev()
+                    .map(|c| c.path.clone())
+                    .collect()
+            })
+            .collect();
+        let fragment = &self.run.fragment;
+        let mut specs = Vec::with_capacity(shares.len());
+        for (i, (node, cells)) in shares.into_iter().enumerate() {
+            let steal: Vec<Vec<String>> = (1..tails.len())
+                .map(|k| tails[(i + k) % tails.len()].clone())
+                .filter(|t| !t.is_empty())
+                .collect();
+            let spec = TaskSpec {
+                format: TASK_FORMAT,
+                query_id: self.query_id.clone(),
+                task_id: self.tasks.len() as u32,
+                attempt: self.round,
+                node_id: node,
+                coordinator: self.coordinator.clone(),
+                split: fragment.split.clone(),
+                bytes: cells.iter().map(|c| c.bytes).sum(),
+                shared: shared[i] as u32,
+                steal,
+                cells: cells.into_iter().map(|c| c.path).collect(),
+                pins: fragment.pins.clone(),
+                sql: fragment.sql.clone(),
+                scope: fragment.scope.clone(),
+                schema: columns_of(&fragment.schema),
+                timeout_ms: self.run.cluster.settings.task_timeout.as_millis() as u64,
+            };
+            specs.push(spec.clone());
+            self.tasks.push(Pending {
+                spec,
+                since: Instant::now(),
+                stage: Stage::Running,
+            });
+        }
+        self.dispatch(specs).await
+    }
+
     /// Hands `specs` out: local ones run in this process, the rest go through the transport.
     async fn dispatch(&mut self, specs: Vec<TaskSpec>) -> Result<(), QueryError> {
         let (mine, remote): (Vec<TaskSpec>, Vec<TaskSpec>) =
             specs.into_iter().partition(|s| self.is_local(&s.node_id));
         if !remote.is_empty() {
             self.cleanup.published = true;
-            let coordinator = &remote[0].coordinator;
             self.run
                 .cluster
                 .transport
-                .publish_tasks(&self.query_id, coordinator, &remote)
+                .publish_tasks(&self.query_id, &self.coordinator, &remote)
                 .await?;
+        }
+        if mine.iter().any(|s| s.shares()) {
+            // Claims are objects of the query: they are removed with it.
+            self.cleanup.published = true;
         }
         for spec in mine {
             let engine = self.run.engine.clone();
+            let transport = Arc::clone(&self.run.cluster.transport);
             let tx = self.tx.clone();
             let me = self
                 .local
@@ -494,7 +600,10 @@ impl Attempts<'_> {
             tokio::spawn(async move {
                 let key = spec.key();
                 // A panic in the engine is this task's failure, not a hang.
-                let ran = tokio::spawn(async move { super::run_task(&engine, &me, &spec).await });
+                let ran =
+                    tokio::spawn(
+                        async move { super::run_task(&engine, &me, &spec, &transport).await },
+                    );
                 let (outcome, report) = match ran.await {
                     Ok(done) => done,
                     Err(e) => (TaskOutcome::Failed(e.to_string()), TaskReport::default()),
@@ -509,16 +618,17 @@ impl Attempts<'_> {
         Ok(())
     }
 
-    /// Takes an outcome; returns the task to retry when its current attempt failed. A late
-    /// or duplicate outcome is ignored.
-    fn accept(&mut self, d: Delivered) -> Result<Option<u32>, QueryError> {
+    /// Takes an outcome; returns whether it gave a task up (it failed). An outcome of a
+    /// task already done or given up is ignored, and so is a result with a cell read
+    /// already (the task is then given up: its cells are read again if still needed).
+    fn accept(&mut self, d: Delivered) -> Result<bool, QueryError> {
         let schema = &self.run.fragment.schema;
         let Some(t) = self
             .tasks
             .iter_mut()
-            .find(|t| t.spec.task_id == d.key.task_id && t.done.is_none())
+            .find(|t| t.spec.key() == d.key && matches!(t.stage, Stage::Running))
         else {
-            return Ok(None);
+            return Ok(false);
         };
         let (report, rows) = match d.outcome {
             TaskOutcome::Rows(ipc) => {
@@ -535,50 +645,72 @@ impl Attempts<'_> {
             }
             TaskOutcome::Empty => (d.report, Vec::new()),
             TaskOutcome::Failed(cause) => {
-                let current = d.key.attempt == t.spec.attempt;
-                if self.failed.insert(d.key.clone()) {
-                    let node = if d.report.node_id.is_empty() {
-                        &t.spec.node_id
-                    } else {
-                        &d.report.node_id
-                    };
-                    t.causes
-                        .push(format!("attempt {} on {node}: {cause}", d.key.attempt));
-                }
-                // An older attempt's failure: the current one runs on.
-                return Ok(current.then_some(t.spec.task_id));
+                let node = if d.report.node_id.is_empty() {
+                    t.spec.node_id.clone()
+                } else {
+                    d.report.node_id.clone()
+                };
+                t.stage = Stage::GivenUp;
+                self.causes.push((
+                    t.spec.attempt,
+                    format!(
+                        "task {} (round {}) on {node}: {cause}",
+                        t.spec.task_id, t.spec.attempt
+                    ),
+                ));
+                return Ok(true);
             }
         };
-        t.done = Some(Done {
+        // A task that shares nothing reads all its cells (older workers report none).
+        let (read, pruned) = if t.spec.shares() {
+            (report.read.clone(), report.pruned.clone())
+        } else {
+            (t.spec.cells.clone(), Vec::new())
+        };
+        let named: HashSet<&String> = t
+            .spec
+            .cells
+            .iter()
+            .chain(t.spec.steal.iter().flatten())
+            .collect();
+        let foreign = read.iter().chain(&pruned).find(|c| !named.contains(c));
+        let twice = read.iter().find(|c| self.read.contains(*c));
+        if let Some(cell) = foreign.or(twice) {
+            t.stage = Stage::GivenUp;
+            self.causes.push((
+                t.spec.attempt,
+                format!(
+                    "task {} (round {}) on {}: its result holds cell `{cell}`, which it was \
+                     not given or which was read already",
+                    t.spec.task_id, t.spec.attempt, report.node_id
+                ),
+            ));
+            return Ok(true);
+        }
+        self.read.extend(read.iter().cloned());
+        self.pruned.extend(pruned);
+        t.stage = Stage::Done(Done {
             report,
             rows,
-            attempt: d.key.attempt,
+            read,
             round_trip: t.since.elapsed(),
         });
-        Ok(None)
+        Ok(false)
     }
 
-    /// Outcomes of remote attempts published so far; returns tasks to retry.
-    async fn collect_remote(&mut self) -> Result<Vec<u32>, QueryError> {
+    /// Outcomes of remote tasks published so far; returns whether a task was given up.
+    async fn collect_remote(&mut self) -> Result<bool, QueryError> {
         if !self.cleanup.published {
-            return Ok(Vec::new());
+            return Ok(false);
         }
-        // Every attempt of an unfinished task may still answer; failures already in hand
-        // are not fetched again.
         let wanted: Vec<TaskKey> = self
             .tasks
             .iter()
-            .filter(|t| t.done.is_none())
-            .flat_map(|t| {
-                (1..=t.spec.attempt).map(|attempt| TaskKey {
-                    attempt,
-                    ..t.spec.key()
-                })
-            })
-            .filter(|k| !self.failed.contains(k))
+            .filter(|t| matches!(t.stage, Stage::Running) && !self.is_local(&t.spec.node_id))
+            .map(|t| t.spec.key())
             .collect();
         if wanted.is_empty() {
-            return Ok(Vec::new());
+            return Ok(false);
         }
         let delivered = match self
             .run
@@ -590,107 +722,111 @@ impl Attempts<'_> {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(query = %self.query_id, error = %e, "collecting results failed; retrying");
-                return Ok(Vec::new());
+                return Ok(false);
             }
         };
-        let mut retry = Vec::new();
+        let mut gave_up = false;
         for d in delivered {
-            retry.extend(self.accept(d)?);
+            gave_up |= self.accept(d)?;
         }
-        Ok(retry)
+        Ok(gave_up)
     }
 
-    /// Retries `failed` tasks and those whose node is gone or past the deadline.
-    async fn reassign(&mut self, failed: Vec<u32>) -> Result<(), QueryError> {
+    /// Gives up the current round's tasks whose node is gone or that ran past the
+    /// deadline; once the round is over, starts the next one over the cells still to read,
+    /// or fails the query after [`MAX_ATTEMPTS`] rounds.
+    async fn advance(&mut self) -> Result<(), QueryError> {
         let alive = match self.run.cluster.directory.workers().await {
             Ok(w) => w,
-            Err(e) if failed.is_empty() => {
+            Err(e) if !self.round_over() => {
                 tracing::warn!(error = %e, "reading the swarm failed");
                 return Ok(());
             }
-            Err(_) => Vec::new(), // retried here, by the coordinator
+            Err(_) => Vec::new(), // the next round runs here, in the coordinator
         };
         let alive_ids: HashSet<&str> = alive.iter().map(|w| w.node_id.as_str()).collect();
         let deadline = self.run.cluster.settings.task_timeout + Duration::from_secs(5);
-        let mut again = failed;
-        for t in self.tasks.iter_mut().filter(|t| t.done.is_none()) {
+        let local = self.local.clone();
+        for t in self
+            .tasks
+            .iter_mut()
+            .filter(|t| matches!(t.stage, Stage::Running))
+        {
             let node = t.spec.node_id.as_str();
-            let local = node.is_empty() || self.local.as_deref() == Some(node);
-            let cause = if !local && !alive_ids.contains(node) {
+            let here = node.is_empty() || local.as_deref() == Some(node);
+            let cause = if !here && !alive_ids.contains(node) {
                 format!("node {node} is no longer available (dead, suspect or leaving)")
             } else if t.since.elapsed() > deadline {
                 format!("node {node} ran past the task deadline")
             } else {
                 continue;
             };
-            if !again.contains(&t.spec.task_id) {
-                t.causes
-                    .push(format!("attempt {}: {cause}", t.spec.attempt));
-                again.push(t.spec.task_id);
-            }
+            t.stage = Stage::GivenUp;
+            self.causes.push((
+                t.spec.attempt,
+                format!(
+                    "task {} (round {}): {cause}",
+                    t.spec.task_id, t.spec.attempt
+                ),
+            ));
         }
-        let mut specs = Vec::new();
-        for id in again {
-            specs.push(self.next_attempt(id, &alive)?);
-        }
-        if specs.is_empty() {
+        if !self.round_over() || self.complete() {
             return Ok(());
         }
-        self.dispatch(specs).await
+        let left: Vec<SplitCell> = self
+            .run
+            .fragment
+            .cells
+            .iter()
+            .filter(|c| !self.read.contains(&c.path) && !self.pruned.contains(&c.path))
+            .cloned()
+            .collect();
+        if self.round >= MAX_ATTEMPTS {
+            return Err(self.abandon(&left));
+        }
+        self.next_round(left, &alive).await
     }
 
-    /// The next attempt of task `id`: another node than those tried, the least loaded;
-    /// else any alive node; else this process. Fails the query after [`MAX_ATTEMPTS`].
-    fn next_attempt(&mut self, id: u32, alive: &[WorkerInfo]) -> Result<TaskSpec, QueryError> {
-        let local = self.local.clone();
-        let query_id = self.query_id.clone();
-        let Some(t) = self.tasks.iter_mut().find(|t| t.spec.task_id == id) else {
-            return Err(QueryError::Execution(format!(
-                "no task {id} in query {query_id}"
-            )));
-        };
-        if t.spec.attempt >= MAX_ATTEMPTS {
-            self.run.cluster.abandoned.record(super::Abandoned {
-                query_id: query_id.clone(),
-                task_id: t.spec.task_id,
-                frame: format!(
-                    "{}.{}.{}",
-                    t.spec.split.hive, t.spec.split.r#box, t.spec.split.frame
-                ),
-                version: t.spec.split.version,
-                cells: t.spec.cells.clone(),
-                causes: t.causes.clone(),
-            });
-            let mut cells = t.spec.cells.clone();
-            if cells.len() > 5 {
-                let more = cells.len() - 5;
-                cells.truncate(5);
-                cells.push(format!("and {more} more"));
-            }
-            return Err(QueryError::Execution(format!(
-                "task {} of query {query_id} (frame {}.{}.{} v{}, cells {}) failed {} times: {}",
-                t.spec.task_id,
-                t.spec.split.hive,
-                t.spec.split.r#box,
-                t.spec.split.frame,
-                t.spec.split.version,
-                cells.join(", "),
-                t.spec.attempt,
-                t.causes.join("; ")
-            )));
-        }
-        let target = alive
+    /// Records the query's failure to read `left` and returns the error naming it.
+    fn abandon(&self, left: &[SplitCell]) -> QueryError {
+        let split = &self.run.fragment.split;
+        let cells: Vec<String> = left.iter().map(|c| c.path.clone()).collect();
+        // The last round's first given-up task names the failure.
+        let task_id = self
+            .tasks
             .iter()
-            .filter(|w| !t.tried.contains(&w.node_id))
-            .max_by_key(|w| w.idle_bees)
-            .or_else(|| alive.first())
-            .map(|w| w.node_id.clone())
-            .unwrap_or_else(|| local.unwrap_or_default());
-        t.spec.attempt += 1;
-        t.spec.node_id = target.clone();
-        t.since = Instant::now();
-        t.tried.push(target);
-        Ok(t.spec.clone())
+            .rev()
+            .find(|t| matches!(t.stage, Stage::GivenUp))
+            .map_or(0, |t| t.spec.task_id);
+        self.run.cluster.abandoned.record(super::Abandoned {
+            query_id: self.query_id.clone(),
+            task_id,
+            frame: format!("{}.{}.{}", split.hive, split.r#box, split.frame),
+            version: split.version,
+            cells: cells.clone(),
+            causes: self.causes.iter().map(|(_, c)| c.clone()).collect(),
+        });
+        let mut shown = cells;
+        if shown.len() > 5 {
+            let more = shown.len() - 5;
+            shown.truncate(5);
+            shown.push(format!("and {more} more"));
+        }
+        QueryError::Execution(format!(
+            "task {task_id} of query {} (frame {}.{}.{} v{}, cells {}) failed {} times: {}",
+            self.query_id,
+            split.hive,
+            split.r#box,
+            split.frame,
+            split.version,
+            shown.join(", "),
+            self.round,
+            self.causes
+                .iter()
+                .map(|(_, c)| c.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
     }
 }
 
@@ -756,16 +892,17 @@ const MISS_COST: f64 = 1.25;
 /// A node's share is cut into tasks of at most its memory (bees × memory per bee), so no
 /// task asks more than the node holds. With no workers, everything becomes one task for the
 /// coordinator itself (node `""`).
-fn assign(fragment: &Fragment, workers: &[WorkerInfo]) -> Vec<(String, Vec<super::SplitCell>)> {
+fn assign(
+    cells: &[SplitCell],
+    split: &super::FramePin,
+    workers: &[WorkerInfo],
+) -> Vec<(String, Vec<SplitCell>)> {
     if workers.is_empty() {
-        return vec![(String::new(), fragment.cells.clone())];
+        return vec![(String::new(), cells.to_vec())];
     }
     let mut load: Vec<f64> = vec![0.0; workers.len()];
     let mut share: Vec<Vec<super::SplitCell>> = vec![Vec::new(); workers.len()];
-    let frame = format!(
-        "{}/{}/{}/",
-        fragment.split.hive, fragment.split.r#box, fragment.split.frame
-    );
+    let frame = format!("{}/{}/{}/", split.hive, split.r#box, split.frame);
     let cached: Vec<HashSet<&str>> = workers
         .iter()
         .map(|w| {
@@ -778,7 +915,7 @@ fn assign(fragment: &Fragment, workers: &[WorkerInfo]) -> Vec<(String, Vec<super
     // Cells some node has cached go first, while every node still has room to take them at
     // their cost; cells no node has cost the same anywhere and even out the loads after.
     let is_cached = |c: &super::SplitCell| cached.iter().any(|set| set.contains(c.path.as_str()));
-    let mut cells = fragment.cells.clone();
+    let mut cells = cells.to_vec();
     cells.sort_by(|a, b| {
         is_cached(b)
             .cmp(&is_cached(a))
@@ -929,7 +1066,7 @@ mod tests {
     #[test]
     fn every_cell_once_balanced_by_bees() {
         let f = fragment(&[10; 12]);
-        let plan = assign(&f, &[worker("a", 1), worker("b", 2)]);
+        let plan = assign(&f.cells, &f.split, &[worker("a", 1), worker("b", 2)]);
         let mut all: Vec<String> = plan
             .iter()
             .flat_map(|(_, c)| c.iter().map(|c| c.path.clone()))
@@ -962,7 +1099,7 @@ mod tests {
         let f = fragment(&[10; 18]);
         let mut a = worker("a", 1);
         a.cached_cells = (0..18).map(|i| format!("h/b/f/c{i}")).collect();
-        let plan = assign(&f, &[a.clone(), worker("b", 1)]);
+        let plan = assign(&f.cells, &f.split, &[a.clone(), worker("b", 1)]);
         let first = bytes_of(&plan, "a");
         assert!((90..=100).contains(&first), "{first}: {plan:?}");
         // `b` caches what it is given (and keeps it): within a few queries the split is even.
@@ -976,7 +1113,7 @@ mod tests {
             );
             b.cached_cells.sort();
             b.cached_cells.dedup();
-            plan = assign(&f, &[a.clone(), b.clone()]);
+            plan = assign(&f.cells, &f.split, &[a.clone(), b.clone()]);
         }
         assert_eq!(bytes_of(&plan, "a"), 90, "{plan:?}");
         assert_eq!(bytes_of(&plan, "b"), 90, "{plan:?}");
@@ -987,7 +1124,7 @@ mod tests {
         let f = fragment(&[10, 10, 10, 10]);
         let mut a = worker("a", 1);
         a.cached_cells = vec!["h/b/f/c3".into()];
-        let plan = assign(&f, &[a, worker("b", 1)]);
+        let plan = assign(&f.cells, &f.split, &[a, worker("b", 1)]);
         let a_cells: Vec<&str> = plan
             .iter()
             .filter(|(w, _)| w == "a")
@@ -997,12 +1134,16 @@ mod tests {
 
         let mut small = worker("s", 1);
         small.memory_per_bee = 15;
-        let plan = assign(&f, &[small]);
+        let plan = assign(&f.cells, &f.split, &[small]);
         assert_eq!(
             plan.len(),
             4,
             "a 15-byte node gets one 10-byte cell per task: {plan:?}"
         );
-        assert!(assign(&f, &[]).iter().all(|(w, _)| w.is_empty()));
+        assert!(
+            assign(&f.cells, &f.split, &[])
+                .iter()
+                .all(|(w, _)| w.is_empty())
+        );
     }
 }

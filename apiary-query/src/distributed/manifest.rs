@@ -12,6 +12,8 @@
 //!   "coordinator": "node-9f8e…",      // who waits for it (informational)
 //!   "split": {"hive": "h", "box": "b", "frame": "f", "version": 12},
 //!   "cells": ["country=us/…parquet"],  // the split frame's cells this task reads
+//!   "shared": 1,                       // of those, how many (the last) others may take
+//!   "steal": [["…parquet"]],           // other tasks' shared cells it may take after
 //!   "pins": [{"hive": "h", "box": "b", "frame": "dim", "version": 3}],
 //!   "sql": "SELECT … FROM h.b.f …",   // a read-only SELECT, pasteable into `apiary sql`
 //!   "scope": ["h", "b"],               // the `USE` the fragment's names resolve in
@@ -20,8 +22,20 @@
 //! }
 //! ```
 //!
-//! The fragment reads `split` at `version` through a per-task table holding only `cells`;
-//! every frame in `pins` is read whole at its version, so every task sees one snapshot. The
+//! The fragment reads `split` at `version` through a per-task table holding only `cells`
+//! (and `steal`); every frame in `pins` is read whole at its version, so every task sees one
+//! snapshot.
+//!
+//! **Shared cells.** So that a node that finishes early helps one that lags, the tasks of
+//! one attempt round can share cells: the last `shared` of a task's `cells` may be read by
+//! another task of the round, which lists them in its `steal` (owners from the front, thieves
+//! from the back of each list). The worker reads its unshared cells unconditionally, then
+//! claims each shared or stolen cell through the transport (`ShuffleTransport::claim`, one
+//! winner per cell and round) before it reads it, and reports the cells it read and those
+//! its plan ruled out (`TaskReport::read`, `TaskReport::pruned`). `steal` holds one list per other
+//! task, each from the back; a worker takes from them in turn and drops a list at the first
+//! claim it loses there (its owner or another thief got that far). Both fields are absent
+//! (`0`, `[]`) when the round shares nothing. The
 //! result must have `schema` (columns by position; types are cast where they differ only in
 //! representation). `timeout_ms` is measured by the worker from when it takes the task; the
 //! coordinator keeps its own deadline on its own clock. A worker never trusts a task: the
@@ -127,6 +141,15 @@ pub struct TaskSpec {
     /// Bytes of those cells.
     #[serde(default)]
     pub bytes: u64,
+    /// How many of `cells`, counted from the end, other tasks of this attempt round may
+    /// take: each is claimed before it is read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shared: u32,
+    /// Other tasks' shared cells this task may take once its own are done: one list per
+    /// other task, each in the order to try (from the back of that task's cells); each cell
+    /// is claimed before it is read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steal: Vec<Vec<String>>,
     /// Other frames the fragment reads whole, each at its version.
     pub pins: Vec<FramePin>,
     /// The fragment: one read-only SELECT.
@@ -183,9 +206,14 @@ impl TaskSpec {
         if task.attempt == 0 {
             return Err(bad("attempts count from 1".into()));
         }
-        if task.cells.len() > MAX_CELLS {
+        let named = task.cells.len() + task.steal.iter().map(Vec::len).sum::<usize>();
+        if named > MAX_CELLS {
+            return Err(bad(format!("{named} cells, more than {MAX_CELLS}")));
+        }
+        if task.shared as usize > task.cells.len() {
             return Err(bad(format!(
-                "{} cells, more than {MAX_CELLS}",
+                "{} shared cells of {}",
+                task.shared,
                 task.cells.len()
             )));
         }
@@ -207,13 +235,22 @@ impl TaskSpec {
                 validate_name(kind, name).map_err(|e| bad(e.to_string()))?;
             }
         }
-        for cell in &task.cells {
+        let mut named = std::collections::HashSet::new();
+        for cell in task.cells.iter().chain(task.steal.iter().flatten()) {
             if cell.is_empty() || cell.starts_with('/') || cell.split('/').any(|s| s == "..") {
                 return Err(bad(format!("`{cell}` is not a cell path")));
+            }
+            if !named.insert(cell.as_str()) {
+                return Err(bad(format!("cell `{cell}` is named twice")));
             }
         }
         task.expected_schema().map_err(|e| bad(e.to_string()))?;
         Ok(task)
+    }
+
+    /// Whether this task shares cells with others of its round (then cells are claimed).
+    pub fn shares(&self) -> bool {
+        self.shared > 0 || !self.steal.is_empty()
     }
 
     /// The expected result schema.
@@ -230,6 +267,10 @@ impl TaskSpec {
             .collect::<Result<Vec<_>>>()?;
         Ok(Arc::new(Schema::new(fields)))
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Columns of `schema` as a task names them.
@@ -261,7 +302,7 @@ pub fn validate_query_id(id: &str) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> TaskSpec {
@@ -280,6 +321,8 @@ mod tests {
             },
             cells: vec!["data/country=us/x.parquet".into()],
             bytes: 10,
+            shared: 0,
+            steal: vec![],
             pins: vec![],
             sql: "SELECT 1".into(),
             scope: vec![],
@@ -322,6 +365,15 @@ mod tests {
                 "cell path",
             ),
             (Box::new(|t| t.split.hive = "_apiary".into()), "hive"),
+            (Box::new(|t| t.shared = 2), "2 shared cells of 1"),
+            (
+                Box::new(|t| t.steal = vec![vec!["data/country=us/x.parquet".into()]]),
+                "named twice",
+            ),
+            (
+                Box::new(|t| t.steal = vec![vec!["/abs".into()]]),
+                "cell path",
+            ),
             (Box::new(|t| t.sql = " ".into()), "fragment"),
             (
                 Box::new(|t| t.schema[0].data_type = "Nope".into()),

@@ -11,6 +11,7 @@
 //! * [`run_task`]: what a worker does with a task: the same SQL checks as `sql`, a per-task
 //!   catalog with only the task's cells, a result of the expected schema.
 
+mod claims;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod coordinator;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub(crate) use claims::CellQueue;
 pub use coordinator::{DistributedExec, DistributedTable, TaskRun};
 pub use manifest::{ColumnSpec, FramePin, TaskKey, TaskSpec};
 pub use plan::{Fragment, Shape, SplitCell};

@@ -6,12 +6,15 @@
 //! _queries/{query_id}/results/{task:06}-{attempt}.arrow   rows: one Arrow IPC stream
 //! _queries/{query_id}/results/{task:06}-{attempt}.empty   done, no rows (a JSON report)
 //! _queries/{query_id}/results/{task:06}-{attempt}.failed  failed (a JSON report and error)
+//! _queries/{query_id}/claims/{attempt}/{cell path}        a shared cell's reader: {"task_id": n}
 //! _doorbells/{node_id}.json                               rung after tasks are published
 //! ```
 //!
 //! An `.arrow` result carries the worker's report in its schema metadata
 //! (`apiary.task_report`). Every object is written whole by one PUT, so a reader never sees
-//! part of one.
+//! part of one. A claim is a create-if-absent PUT: the first task to create it reads the
+//! cell; a task that finds it already there reads its content to tell its own earlier claim
+//! (whose response was lost) from another task's.
 //!
 //! Discovery costs an idle node one HEAD of its doorbell per poll and nothing else (HEAD is
 //! a GET-class request: at the default 1 s poll, 60 a minute, no LIST). A coordinator writes
@@ -27,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use apiary_storage::{Path, StorageBackend};
+use apiary_storage::{CreateOutcome, Path, StorageBackend};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -104,6 +107,17 @@ impl StorageShuffle {
         Self::query_dir(&key.query_id)
             .join("results")
             .join(format!("{:06}-{}.{ext}", key.task_id, key.attempt))
+    }
+
+    fn claim_key(task: &TaskKey, cell: &str) -> Result<Path> {
+        // A cell path is an object path already (see the manifest's checks): parsed, not
+        // re-encoded, it names the same cell for every task.
+        Path::parse(format!(
+            "{}/claims/{}/{cell}",
+            Self::query_dir(&task.query_id),
+            task.attempt
+        ))
+        .map_err(|e| QueryError::Invalid(format!("`{cell}` is not a cell path: {e}")))
     }
 
     fn doorbell(node_id: &str) -> Path {
@@ -276,6 +290,22 @@ impl ShuffleTransport for StorageShuffle {
         };
         self.backend.put(&path, bytes).await?;
         Ok(())
+    }
+
+    fn can_claim(&self) -> bool {
+        true
+    }
+
+    async fn claim(&self, task: &TaskKey, cell: &str) -> Result<bool> {
+        validate_query_id(&task.query_id)?;
+        let key = Self::claim_key(task, cell)?;
+        let mine = Bytes::from(format!("{{\"task_id\":{}}}", task.task_id));
+        Ok(
+            match self.backend.put_if_absent(&key, mine.clone()).await? {
+                CreateOutcome::Created(_) => true,
+                CreateOutcome::AlreadyExists(held) => held.bytes == mine,
+            },
+        )
     }
 
     async fn collect(&self, query_id: &str, wanted: &[TaskKey]) -> Result<Vec<Delivered>> {

@@ -1,30 +1,35 @@
 //! Running one task on a worker.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use futures::TryStreamExt;
 
+use super::claims::CellQueue;
 use super::manifest::TaskSpec;
 use super::result;
-use super::transport::{TaskOutcome, TaskReport};
+use super::transport::{ShuffleTransport, TaskOutcome, TaskReport};
 use crate::catalog::Pinned;
 use crate::error::{QueryError, Result};
 use crate::session::{QueryEngine, RunningFragment};
+use datafusion::physical_plan::ExecutionPlan;
 
 /// Runs `task` with `engine` and returns how it ended: never an error, since a failure is an
 /// outcome the coordinator must hear about. The fragment must be one read-only query (the
 /// same checks as `sql`), it sees only the frames the task pins (the split frame with only
-/// the task's cells), and it is cancelled at the task's timeout.
+/// the task's cells), and it is cancelled at the task's timeout. A task that shares cells
+/// claims them through `transport` as it reaches them.
 pub async fn run_task(
     engine: &QueryEngine,
     node_id: &str,
     task: &TaskSpec,
+    transport: &Arc<dyn ShuffleTransport>,
 ) -> (TaskOutcome, TaskReport) {
     let started = Instant::now();
     let timeout = Duration::from_millis(task.timeout_ms.max(1));
-    let ran = match tokio::time::timeout(timeout, execute(engine, task)).await {
+    let ran = match tokio::time::timeout(timeout, execute(engine, task, transport)).await {
         Ok(ran) => ran,
         Err(_) => Err(QueryError::Execution(format!(
             "the task ran past its timeout of {timeout:?} and was stopped"
@@ -39,6 +44,7 @@ pub async fn run_task(
         let batches = ran.batches;
         report.planning_ms = ran.planning.as_millis() as u64;
         report.plan_reused = ran.plan_reused;
+        (report.read, report.pruned) = ran.cells;
         (
             report.cache_hits,
             report.cache_misses,
@@ -80,17 +86,30 @@ struct Ran {
     planning: Duration,
     /// Whether the optimized plan was kept from an earlier run.
     plan_reused: bool,
+    /// For a task that shares cells, the cells it read and those its plan ruled out.
+    cells: (Vec<String>, Vec<String>),
 }
 
-async fn execute(engine: &QueryEngine, task: &TaskSpec) -> Result<Ran> {
+async fn execute(
+    engine: &QueryEngine,
+    task: &TaskSpec,
+    transport: &Arc<dyn ShuffleTransport>,
+) -> Result<Ran> {
     let started = Instant::now();
     let expected = task.expected_schema()?;
+    let split = task.split.frame_ref()?;
     let mut pins = HashMap::new();
     pins.insert(
-        task.split.frame_ref()?,
+        split.clone(),
         Pinned {
             version: task.split.version,
-            cells: Some(task.cells.iter().cloned().collect::<BTreeSet<_>>()),
+            cells: Some(
+                task.cells
+                    .iter()
+                    .chain(task.steal.iter().flatten())
+                    .cloned()
+                    .collect::<BTreeSet<_>>(),
+            ),
         },
     );
     for pin in &task.pins {
@@ -108,11 +127,29 @@ async fn execute(engine: &QueryEngine, task: &TaskSpec) -> Result<Ran> {
             },
         );
     }
+    let queue: Mutex<Option<Arc<CellQueue>>> = Mutex::default();
+    let share = |plan: &Arc<dyn ExecutionPlan>| -> Result<()> {
+        if task.shares() {
+            let scan = split_scan(plan, &split.to_string(), task.split.version)?;
+            let q = Arc::new(CellQueue::new(
+                Arc::clone(transport),
+                task,
+                scan.map(|s| s.cells()).unwrap_or(&HashMap::new()),
+            ));
+            if let Some(scan) = scan {
+                scan.share(Arc::clone(&q))?;
+            }
+            *queue.lock().unwrap_or_else(|p| p.into_inner()) = Some(q);
+        }
+        Ok(())
+    };
     let RunningFragment {
         plan,
         stream,
         plan_reused,
-    } = engine.run_fragment(&task.sql, &task.scope, pins).await?;
+    } = engine
+        .run_fragment(&task.sql, &task.scope, pins, share)
+        .await?;
     let planning = started.elapsed();
     let batches: Vec<RecordBatch> = stream.try_collect().await?;
     tracing::debug!(
@@ -124,12 +161,53 @@ async fn execute(engine: &QueryEngine, task: &TaskSpec) -> Result<Ran> {
         .into_iter()
         .map(|b| coerce(b, &expected))
         .collect::<Result<Vec<_>>>()?;
+    let cells = match queue.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(q) => q.finish(),
+        None => Default::default(),
+    };
     Ok(Ran {
         batches,
         reads: reads_of(plan.as_ref()),
         planning,
         plan_reused,
+        cells,
     })
+}
+
+/// The scan of the split frame in a task's plan (`None` when the plan reads none of it).
+/// The planner splits only a frame the query scans once, so there is at most one.
+fn split_scan<'a>(
+    plan: &'a Arc<dyn ExecutionPlan>,
+    frame: &str,
+    version: u64,
+) -> Result<Option<&'a crate::FrameScanExec>> {
+    fn find<'a>(
+        plan: &'a Arc<dyn ExecutionPlan>,
+        frame: &str,
+        version: u64,
+        out: &mut Vec<&'a crate::FrameScanExec>,
+    ) {
+        match plan.downcast_ref::<crate::FrameScanExec>() {
+            Some(scan) if scan.summary().frame == frame && scan.summary().version == version => {
+                out.push(scan)
+            }
+            _ => plan
+                .children()
+                .into_iter()
+                .for_each(|c| find(c, frame, version, out)),
+        }
+    }
+    let mut found = Vec::new();
+    find(plan, frame, version, &mut found);
+    match found[..] {
+        [] => Ok(None),
+        [scan] => Ok(Some(scan)),
+        _ => Err(QueryError::Execution(format!(
+            "the fragment scans frame `{frame}` {} times; a task can share the cells of one \
+             scan only",
+            found.len()
+        ))),
+    }
 }
 
 /// `batch` with the expected schema: columns by position, cast where only the

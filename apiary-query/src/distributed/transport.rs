@@ -23,6 +23,11 @@
 //!   older attempts stay valid (every attempt computes the same answer) and may arrive late.
 //!   A coordinator that dies leaves its query behind; [`sweep`](ShuffleTransport::sweep)
 //!   removes queries older than a retention, whoever calls it.
+//! * **Claims.** [`claim`](ShuffleTransport::claim) arbitrates the cells tasks of one attempt
+//!   round share: for a `(query, attempt, cell)`, exactly one task ever gets `true`, and it
+//!   gets `true` again if it asks again (a claim whose response was lost is still its own).
+//!   A transport that cannot arbitrate says so with
+//!   [`can_claim`](ShuffleTransport::can_claim); its tasks then share nothing.
 //! * **Cleanup.** After `finish`, nothing of the query remains and late outcomes for it are
 //!   dropped or swept.
 
@@ -60,6 +65,14 @@ pub struct TaskReport {
     /// over the same cells (then only the physical plan was made).
     #[serde(default)]
     pub plan_reused: bool,
+    /// For a task that shares cells ([`TaskSpec::shares`]): the cells it read (its unshared
+    /// ones and the shared or stolen ones whose claim it won).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<String>,
+    /// For a task that shares cells: the cells its plan ruled out before reading (by the
+    /// ledger's statistics or a limit); every task of the round rules out the same ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
 }
 
 /// How a task ended.
@@ -108,6 +121,21 @@ pub trait ShuffleTransport: Send + Sync + std::fmt::Debug + 'static {
         outcome: TaskOutcome,
         report: &TaskReport,
     ) -> Result<()>;
+
+    /// Whether [`claim`](Self::claim) works; without it, tasks share no cells (a node that
+    /// finishes early cannot help one that lags).
+    fn can_claim(&self) -> bool {
+        false
+    }
+
+    /// Claims `cell` for `task` among the tasks of its query and attempt round: `true` when
+    /// `task` holds it (now or from an earlier call), `false` when another task does.
+    async fn claim(&self, task: &TaskKey, cell: &str) -> Result<bool> {
+        let _ = (task, cell);
+        Err(crate::QueryError::Invalid(
+            "this shuffle transport cannot claim cells".into(),
+        ))
+    }
 
     /// The outcomes available now among `wanted` (all keys of one query).
     async fn collect(&self, query_id: &str, wanted: &[TaskKey]) -> Result<Vec<Delivered>>;
