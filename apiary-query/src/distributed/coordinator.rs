@@ -521,30 +521,18 @@ impl Attempts<'_> {
         self.round += 1;
         let shares = assign(&cells, &self.run.fragment.split, workers);
         let sharing = shares.len() > 1 && self.run.cluster.transport.can_claim();
-        // Each task shares the back half of its cells; the others may take them, from the
-        // back, once their own are done.
-        let shared: Vec<usize> = shares
-            .iter()
-            .map(|(_, c)| if sharing { c.len().div_ceil(2) } else { 0 })
-            .collect();
-        let tails: Vec<Vec<String>> = shares
-            .iter()
-            .zip(&shared)
-            .map(|((_, c), &n)| {
-                c[c.len() - n..]
-                    .iter()
-                    .rev()
-                    .map(|c| c.path.clone())
-                    .collect()
-            })
-            .collect();
+        let sharing = if sharing {
+            let cells: Vec<Vec<&str>> = shares
+                .iter()
+                .map(|(_, c)| c.iter().map(|c| c.path.as_str()).collect())
+                .collect();
+            super::claims::share_out(&cells)
+        } else {
+            vec![(0, Vec::new()); shares.len()]
+        };
         let fragment = &self.run.fragment;
         let mut specs = Vec::with_capacity(shares.len());
-        for (i, (node, cells)) in shares.into_iter().enumerate() {
-            let steal: Vec<Vec<String>> = (1..tails.len())
-                .map(|k| tails[(i + k) % tails.len()].clone())
-                .filter(|t| !t.is_empty())
-                .collect();
+        for ((node, cells), (shared, steal)) in shares.into_iter().zip(sharing) {
             let spec = TaskSpec {
                 format: TASK_FORMAT,
                 query_id: self.query_id.clone(),
@@ -554,7 +542,7 @@ impl Attempts<'_> {
                 coordinator: self.coordinator.clone(),
                 split: fragment.split.clone(),
                 bytes: cells.iter().map(|c| c.bytes).sum(),
-                shared: shared[i] as u32,
+                shared,
                 steal,
                 cells: cells.into_iter().map(|c| c.path).collect(),
                 pins: fragment.pins.clone(),

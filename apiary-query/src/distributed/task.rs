@@ -162,7 +162,7 @@ async fn execute(
         .map(|b| coerce(b, &expected))
         .collect::<Result<Vec<_>>>()?;
     let cells = match queue.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(q) => q.finish(),
+        Some(q) => q.finish().await,
         None => Default::default(),
     };
     Ok(Ran {
