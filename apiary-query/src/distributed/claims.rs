@@ -55,6 +55,8 @@ pub(crate) struct CellQueue {
     state: Mutex<State>,
     pruned: Vec<String>,
     kept: tokio::sync::OnceCell<Kept>,
+    /// Whether a claim took [`SLOW_CLAIM`] or more (then the next one is asked ahead).
+    slow: std::sync::atomic::AtomicBool,
 }
 
 impl CellQueue {
@@ -103,7 +105,15 @@ impl CellQueue {
             }),
             pruned,
             kept: tokio::sync::OnceCell::new(),
+            slow: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Asks every claim one cell ahead, as after a slow claim (tests of both ways).
+    #[cfg(test)]
+    fn claiming_ahead(self) -> Self {
+        self.slow.store(true, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -111,8 +121,8 @@ impl CellQueue {
     }
 
     /// The next cell this task reads (its location), claimed if it is shared; `None` when
-    /// there is none left. The claim of the cell after it is asked for at once, so that it
-    /// is answered while this one is read (on a remote store a claim is a round trip).
+    /// there is none left. Where claims are slow (a remote store's round trip), the claim of
+    /// the cell after it is asked for at once, so that it is answered while this one is read.
     pub(crate) async fn next(&self) -> Result<Option<Path>> {
         loop {
             let (entry, asked) = {
@@ -130,7 +140,14 @@ impl CellQueue {
                 (_, Some(claim)) => claim.await.map_err(|e| {
                     QueryError::Execution(format!("claiming cell `{}`: {e}", entry.cell))
                 })??,
-                (_, None) => self.transport.claim(&self.task, &entry.cell).await?,
+                (_, None) => {
+                    let asked = std::time::Instant::now();
+                    let mine = self.transport.claim(&self.task, &entry.cell).await?;
+                    if asked.elapsed() >= SLOW_CLAIM {
+                        self.slow.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    mine
+                }
             };
             let mut state = self.state();
             if mine {
@@ -154,9 +171,11 @@ impl CellQueue {
         }
     }
 
-    /// Asks for the claim of the next entry, if it needs one and none is asked yet.
+    /// Asks for the claim of the next entry, if it needs one, none is asked yet, and claims
+    /// are slow enough to be worth hiding. A claim asked ahead holds a cell a thief could
+    /// otherwise have taken, so where claims are quick (a local folder) none is.
     fn claim_ahead(&self, state: &mut State) {
-        if state.ahead.is_some() {
+        if state.ahead.is_some() || !self.slow.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         let Some(entry) = Self::pop(state) else {
@@ -263,6 +282,9 @@ pub(crate) fn share_out(cells: &[Vec<&str>]) -> Vec<(u32, Vec<Vec<String>>)> {
         .collect()
 }
 
+/// A claim this slow (a remote store's round trip) is asked for one cell ahead.
+const SLOW_CLAIM: std::time::Duration = std::time::Duration::from_millis(3);
+
 /// How many claims a task asks for at once when it claims its cells up front.
 const CLAIMS_AT_ONCE: usize = 16;
 
@@ -308,6 +330,7 @@ mod tests {
         turns: &[usize],
         stops: &[Option<usize>],
         kept: bool,
+        ahead: bool,
     ) -> (Vec<String>, Vec<Vec<String>>, Vec<Vec<String>>) {
         let transport: Arc<dyn ShuffleTransport> =
             Arc::new(StorageShuffle::new(apiary_storage::memory()));
@@ -329,7 +352,8 @@ mod tests {
             .map(|(i, (shared, steal))| {
                 let mut t = task(i as u32, &borrowed[i], shared, vec![]);
                 t.steal = steal;
-                CellQueue::new(Arc::clone(&transport), &t, &plan)
+                let q = CellQueue::new(Arc::clone(&transport), &t, &plan);
+                if ahead { q.claiming_ahead() } else { q }
             })
             .collect();
         let mut taken = vec![0usize; queues.len()];
@@ -380,11 +404,12 @@ mod tests {
             turns in proptest::collection::vec(0usize..4, 0..60),
             stops in proptest::collection::vec(proptest::option::weighted(0.2, 0usize..4), 4),
             kept in any::<bool>(),
+            ahead in any::<bool>(),
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let none = vec![None; 4];
             for stops in [&none, &stops] {
-                let (all, read, pruned) = runtime.block_on(race(&sizes, &turns, stops, kept));
+                let (all, read, pruned) = runtime.block_on(race(&sizes, &turns, stops, kept, ahead));
                 let mut seen: Vec<&String> = read.iter().flatten().collect();
                 let n = seen.len();
                 seen.sort();
@@ -441,8 +466,8 @@ mod tests {
             Arc::new(StorageShuffle::new(apiary_storage::memory()));
         let all = ["a1", "a2", "a3", "b1", "b2"];
         let t = task(0, &all[..3], 2, vec![vec!["b2"]]);
-        let q = CellQueue::new(Arc::clone(&transport), &t, &planned(&all));
-        // A limit was reached after the first cell.
+        let q = CellQueue::new(Arc::clone(&transport), &t, &planned(&all)).claiming_ahead();
+        // A limit was reached after the first cell (the second's claim was asked ahead).
         assert!(q.next().await.unwrap().is_some());
         assert_eq!(
             q.finish().await,
