@@ -1,8 +1,10 @@
 //! One node against two: the Star Schema Benchmark with its fact frame split over `apiary
 //! node` processes that each have one bee (pinned to one core with `taskset`), next to the
 //! same queries on one bee in one process, the two taking turns query by query so that the
-//! machine's drift does not enter their ratio; then the fixed cost of distributing a tiny query
-//! at the default task poll interval, with the coordinator's storage requests.
+//! machine's drift does not enter their ratio, and next to them on two bees in one process
+//! (no distribution: what the machine's second core gives DataFusion itself); then the fixed
+//! cost of distributing a tiny query at the default task poll interval, with the
+//! coordinator's storage requests.
 //!
 //! ```sh
 //! cargo build --release -p apiary-node -p apiary-benches
@@ -129,15 +131,22 @@ async fn wait_alive(ap: &Apiary, ids: &[&str]) {
 }
 
 async fn session(ap: &Apiary, mode: &str) -> SqlSession {
+    local_session(ap, mode, 1).await
+}
+
+/// A session with `apiary.distribute = mode`; a local one (`never`) runs on `bees` bees
+/// (one partition each).
+async fn local_session(ap: &Apiary, mode: &str, bees: usize) -> SqlSession {
     let mut s = ap.sql_session().expect("session");
     s.sql(&format!("USE ssb.sf; SET apiary.distribute = '{mode}'"))
         .await
         .expect("settings");
     if mode == "never" {
-        // One bee: one partition.
-        s.sql("SET datafusion.execution.target_partitions = 1")
-            .await
-            .expect("one partition");
+        s.sql(&format!(
+            "SET datafusion.execution.target_partitions = {bees}"
+        ))
+        .await
+        .expect("partitions");
     }
     s
 }
@@ -350,11 +359,17 @@ async fn main() {
             session: spread,
             pinned: false,
         },
+        // The machine's own two-core scaling: one process, two bees, no distribution.
+        Side {
+            session: local_session(&ap, "never", 2).await,
+            pinned: false,
+        },
     ];
-    let [one_bee, one_bee_unpinned, two_nodes]: [Vec<_>; 3] = time_interleaved(&mut sides, a.runs)
-        .await
-        .try_into()
-        .expect("three sides");
+    let [one_bee, one_bee_unpinned, two_nodes, two_bees]: [Vec<_>; 4] =
+        time_interleaved(&mut sides, a.runs)
+            .await
+            .try_into()
+            .expect("four sides");
     let mut spread = session(&ap, "always").await;
     // Where the time of a distributed query goes: each task's time on its worker (Q2.1, or
     // every query with `--explain 1`).
@@ -368,10 +383,11 @@ async fn main() {
     }
 
     println!(
-        "\nquery   1 bee (1 core)   1 bee (2 cores)   1 node   2 nodes   speed-up (1 bee / 2 nodes)"
+        "\nquery   1 bee (1 core)   1 bee (2 cores)   1 node   2 nodes   speed-up (1 bee / 2 nodes)   2 bees in 1 process"
     );
     let mut ratios = Vec::new();
     let mut unpinned_ratios = Vec::new();
+    let mut local_ratios = Vec::new();
     for (i, (name, _)) in QUERIES.iter().enumerate() {
         assert_eq!(
             one_node[i].1, one_bee[i].1,
@@ -381,15 +397,22 @@ async fn main() {
             two_nodes[i].1, one_bee[i].1,
             "{name}: two nodes differ from local"
         );
+        assert_eq!(
+            two_bees[i].1, one_bee[i].1,
+            "{name}: two bees differ from one"
+        );
         let ratio = one_bee[i].0 / two_nodes[i].0;
         ratios.push(ratio);
         unpinned_ratios.push(one_bee_unpinned[i].0 / two_nodes[i].0);
+        let local = one_bee[i].0 / two_bees[i].0;
+        local_ratios.push(local);
         println!(
-            "{name:<6} {:>12.0} ms {:>14.0} ms {:>6.0} ms {:>7.0} ms   {ratio:.2}x",
+            "{name:<6} {:>12.0} ms {:>14.0} ms {:>6.0} ms {:>7.0} ms   {ratio:>24.2}x   {:>6.0} ms {local:.2}x",
             one_bee[i].0 * 1e3,
             one_bee_unpinned[i].0 * 1e3,
             one_node[i].0 * 1e3,
-            two_nodes[i].0 * 1e3
+            two_nodes[i].0 * 1e3,
+            two_bees[i].0 * 1e3
         );
     }
     println!(
@@ -400,6 +423,10 @@ async fn main() {
     println!(
         "(over one bee whose process may use both cores for I/O threads: {:.2}x)",
         geo_mean(&unpinned_ratios)
+    );
+    println!(
+        "the machine's own scaling, two bees in one process over one bee: {:.2}x",
+        geo_mean(&local_ratios)
     );
     drop(nodes);
 
