@@ -166,8 +166,21 @@ async fn side(ap: &Apiary, mode: &str, pinned: bool) -> Side {
     }
 }
 
-/// Median seconds of `runs` runs of every query on every side, and the rows of each side's
-/// last run, indexed `[side][query]`.
+/// The timings of one query on one side: every timed run, in round order, and the rows of
+/// the last.
+#[derive(Debug, Clone, Default)]
+struct Timed {
+    seconds: Vec<f64>,
+    rows: Vec<String>,
+}
+
+impl Timed {
+    fn median(&self) -> f64 {
+        median(self.seconds.clone())
+    }
+}
+
+/// `runs` timed runs of every query on every side, indexed `[side][query]`.
 ///
 /// The sides take turns: each query runs once untimed on every side (so every side is
 /// measured in the same state: footers cached and, with a memory tier, columns admitted),
@@ -175,11 +188,10 @@ async fn side(ap: &Apiary, mode: &str, pinned: bool) -> Side {
 /// on the same side can take 40% longer a minute later. Runs of one round share the drift,
 /// so the ratio of two sides does not depend on it, as it would if each side ran all its
 /// queries in a block of its own.
-async fn time_interleaved(sides: &mut [Side], runs: usize) -> Vec<Vec<(f64, Vec<String>)>> {
-    let mut out: Vec<Vec<(f64, Vec<String>)>> = vec![Vec::new(); sides.len()];
+async fn time_interleaved(sides: &mut [Side], runs: usize) -> Vec<Vec<Timed>> {
+    let mut out: Vec<Vec<Timed>> = vec![Vec::new(); sides.len()];
     for (name, sql) in QUERIES {
-        let mut times = vec![Vec::new(); sides.len()];
-        let mut rows = vec![Vec::new(); sides.len()];
+        let mut timed = vec![Timed::default(); sides.len()];
         for round in 0..=runs {
             for (i, side) in sides.iter_mut().enumerate() {
                 pin_process(if side.pinned { "0" } else { "0-1" });
@@ -191,17 +203,44 @@ async fn time_interleaved(sides: &mut [Side], runs: usize) -> Vec<Vec<(f64, Vec<
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
                 let took = t.elapsed().as_secs_f64();
                 if round > 0 {
-                    times[i].push(took);
-                    rows[i] = result_rows(&r);
+                    timed[i].seconds.push(took);
+                    timed[i].rows = result_rows(&r);
                 }
             }
         }
-        for (i, (t, r)) in times.into_iter().zip(rows).enumerate() {
-            out[i].push((median(t), r));
+        for (i, t) in timed.into_iter().enumerate() {
+            out[i].push(t);
         }
     }
     pin_process("0-1");
     out
+}
+
+/// The geometric mean of the speed-up of `faster` over `base` in each round (round `r`
+/// pairs the `r`-th runs of every query, which ran back to back on both sides), sorted:
+/// how much the figure moves with the machine's drift.
+fn round_geo_means(base: &[Timed], faster: &[Timed]) -> Vec<f64> {
+    let rounds = base.first().map_or(0, |t| t.seconds.len());
+    let mut means: Vec<f64> = (0..rounds)
+        .map(|r| {
+            let ratios: Vec<f64> = base
+                .iter()
+                .zip(faster)
+                .map(|(b, f)| b.seconds[r] / f.seconds[r])
+                .collect();
+            geo_mean(&ratios)
+        })
+        .collect();
+    means.sort_by(f64::total_cmp);
+    means
+}
+
+/// `min`–`max` of sorted round means, for the report.
+fn range(means: &[f64]) -> String {
+    match (means.first(), means.last()) {
+        (Some(lo), Some(hi)) => format!("{lo:.2}x to {hi:.2}x over {} rounds", means.len()),
+        _ => "no rounds".into(),
+    }
 }
 
 /// Prints the wall time of `sql` under EXPLAIN ANALYZE and its task lines.
@@ -390,29 +429,29 @@ async fn main() {
     let mut local_ratios = Vec::new();
     for (i, (name, _)) in QUERIES.iter().enumerate() {
         assert_eq!(
-            one_node[i].1, one_bee[i].1,
+            one_node[i].rows, one_bee[i].rows,
             "{name}: one node differs from local"
         );
         assert_eq!(
-            two_nodes[i].1, one_bee[i].1,
+            two_nodes[i].rows, one_bee[i].rows,
             "{name}: two nodes differ from local"
         );
         assert_eq!(
-            two_bees[i].1, one_bee[i].1,
+            two_bees[i].rows, one_bee[i].rows,
             "{name}: two bees differ from one"
         );
-        let ratio = one_bee[i].0 / two_nodes[i].0;
+        let ratio = one_bee[i].median() / two_nodes[i].median();
         ratios.push(ratio);
-        unpinned_ratios.push(one_bee_unpinned[i].0 / two_nodes[i].0);
-        let local = one_bee[i].0 / two_bees[i].0;
+        unpinned_ratios.push(one_bee_unpinned[i].median() / two_nodes[i].median());
+        let local = one_bee[i].median() / two_bees[i].median();
         local_ratios.push(local);
         println!(
             "{name:<6} {:>12.0} ms {:>14.0} ms {:>6.0} ms {:>7.0} ms   {ratio:>24.2}x   {:>6.0} ms {local:.2}x",
-            one_bee[i].0 * 1e3,
-            one_bee_unpinned[i].0 * 1e3,
-            one_node[i].0 * 1e3,
-            two_nodes[i].0 * 1e3,
-            two_bees[i].0 * 1e3
+            one_bee[i].median() * 1e3,
+            one_bee_unpinned[i].median() * 1e3,
+            one_node[i].median() * 1e3,
+            two_nodes[i].median() * 1e3,
+            two_bees[i].median() * 1e3
         );
     }
     println!(
@@ -427,6 +466,12 @@ async fn main() {
     println!(
         "the machine's own scaling, two bees in one process over one bee: {:.2}x",
         geo_mean(&local_ratios)
+    );
+    // The same means round by round: the drift the medians above smooth out.
+    println!(
+        "round by round: two nodes {}; two bees in one process {}",
+        range(&round_geo_means(&one_bee, &two_nodes)),
+        range(&round_geo_means(&one_bee, &two_bees))
     );
     drop(nodes);
 
@@ -513,6 +558,25 @@ mod tests {
     use super::*;
     use arrow_array::Int32Array;
     use arrow_schema::{DataType, Field, Schema};
+
+    #[test]
+    fn round_means_pair_the_runs_of_one_round_and_come_sorted() {
+        let timed = |seconds: &[f64]| Timed {
+            seconds: seconds.to_vec(),
+            rows: Vec::new(),
+        };
+        // Round 0: speed-ups 2 and 8 (mean 4); round 1: 1 and 1; round 2: 3 and 3.
+        let base = [timed(&[2.0, 1.0, 3.0]), timed(&[8.0, 5.0, 6.0])];
+        let faster = [timed(&[1.0, 1.0, 1.0]), timed(&[1.0, 5.0, 2.0])];
+        let means = round_geo_means(&base, &faster);
+        let want = [1.0, 3.0, 4.0];
+        assert_eq!(means.len(), want.len());
+        for (got, want) in means.iter().zip(want) {
+            assert!((got - want).abs() < 1e-9, "{means:?}");
+        }
+        assert_eq!(range(&means), "1.00x to 4.00x over 3 rounds");
+        assert_eq!(range(&[]), "no rounds");
+    }
 
     #[test]
     fn parts_are_equal_to_a_row_and_keep_every_row_in_order() {
