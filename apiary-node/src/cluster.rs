@@ -4,7 +4,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apiary_query::QueryEngine;
 use apiary_query::distributed::{
@@ -19,11 +19,10 @@ use tokio::sync::watch;
 
 /// Workers from the swarm: alive nodes of the running node's world view, or (for a process
 /// that is not a node, such as `apiary sql`) a snapshot of the heartbeats aged on the
-/// store's clock, reread at most every two seconds.
+/// store's clock (see [`Snapshots`]).
 pub(crate) struct SwarmDirectory {
     node: Arc<Mutex<Option<RunningNode>>>,
-    observer: Arc<dyn Membership>,
-    snapshot: tokio::sync::Mutex<Option<(Instant, WorldView)>>,
+    snapshots: Snapshots,
 }
 
 impl std::fmt::Debug for SwarmDirectory {
@@ -36,11 +35,15 @@ impl SwarmDirectory {
     pub(crate) fn new(
         node: Arc<Mutex<Option<RunningNode>>>,
         observer: Arc<dyn Membership>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
+        let read: ReadView = Arc::new(move || {
+            let observer = Arc::clone(&observer);
+            Box::pin(async move { observer.snapshot().await })
+        });
         Self {
             node,
-            observer,
-            snapshot: tokio::sync::Mutex::new(None),
+            snapshots: Snapshots::new(read, clock),
         }
     }
 
@@ -50,6 +53,103 @@ impl SwarmDirectory {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|n| Arc::clone(&n.agent))
+    }
+}
+
+/// Reads the swarm once.
+type ReadView = Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, apiary_swarm::Result<WorldView>> + Send + Sync,
+>;
+
+/// A snapshot younger than this is used as it is.
+const SNAPSHOT_FRESH: Duration = Duration::from_secs(2);
+
+/// A snapshot younger than this, but not fresh, is still used while a newer one is read in
+/// the background; an older one is not used at all. Well under the age at which a silent node
+/// is suspected (half the dead threshold, 15 s by default), so a node that stopped is given
+/// no task it would not have been given on a snapshot read at the query's start.
+const SNAPSHOT_STALE: Duration = Duration::from_secs(10);
+
+/// The heartbeat snapshots of a process that is not a node. Reading one is a LIST and a GET
+/// per node: on a remote store, tens of milliseconds that a query should not wait for every
+/// [`SNAPSHOT_FRESH`]. So a query waits for a read only when there is no snapshot younger
+/// than [`SNAPSHOT_STALE`]; otherwise it uses the one it has and, once that is no longer
+/// fresh, a newer one is read in the background for the queries after it. One read at a
+/// time.
+struct Snapshots {
+    read: ReadView,
+    clock: Arc<dyn Clock>,
+    /// The newest snapshot and when it was read (on `clock`'s monotonic time).
+    held: Arc<Mutex<Option<(Duration, WorldView)>>>,
+    /// Held while reading.
+    reading: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Snapshots {
+    fn new(read: ReadView, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            read,
+            clock,
+            held: Arc::default(),
+            reading: Arc::default(),
+        }
+    }
+
+    /// The held snapshot if it is younger than `age`.
+    fn younger_than(&self, age: Duration) -> Option<(Duration, WorldView)> {
+        let now = self.clock.monotonic();
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(at, _)| now.saturating_sub(*at) < age)
+            .cloned()
+    }
+
+    /// A snapshot for a query (see the type's docs).
+    async fn get(&self) -> apiary_swarm::Result<WorldView> {
+        if let Some((at, view)) = self.younger_than(SNAPSHOT_STALE) {
+            if self.clock.monotonic().saturating_sub(at) >= SNAPSHOT_FRESH {
+                self.refresh_in_background();
+            }
+            return Ok(view);
+        }
+        let _reading = self.reading.lock().await;
+        // Read by another query while this one waited.
+        if let Some((_, view)) = self.younger_than(SNAPSHOT_FRESH) {
+            return Ok(view);
+        }
+        Self::read_into(&self.read, &self.clock, &self.held).await
+    }
+
+    async fn read_into(
+        read: &ReadView,
+        clock: &Arc<dyn Clock>,
+        held: &Mutex<Option<(Duration, WorldView)>>,
+    ) -> apiary_swarm::Result<WorldView> {
+        let at = clock.monotonic();
+        let view = read().await?;
+        *held.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, view.clone()));
+        Ok(view)
+    }
+
+    /// Starts reading a newer snapshot unless a read is under way.
+    fn refresh_in_background(&self) {
+        let Ok(reading) = Arc::clone(&self.reading).try_lock_owned() else {
+            return;
+        };
+        let (read, clock, held) = (
+            Arc::clone(&self.read),
+            Arc::clone(&self.clock),
+            Arc::clone(&self.held),
+        );
+        tokio::spawn(async move {
+            let _reading = reading;
+            if let Err(e) = Self::read_into(&read, &clock, &held).await {
+                // The held snapshot serves until it is stale; then a query reads and reports.
+                tracing::warn!(error = %e, "reading the swarm's heartbeats failed");
+            }
+        });
     }
 }
 
@@ -74,18 +174,10 @@ impl WorkerDirectory for SwarmDirectory {
         if let Some(agent) = self.running() {
             return Ok(workers_of(&agent.view(), Some(agent.node_id().as_str())));
         }
-        let mut cached = self.snapshot.lock().await;
-        if let Some((at, view)) = cached.as_ref()
-            && at.elapsed() < Duration::from_secs(2)
-        {
-            return Ok(workers_of(view, None));
-        }
-        let view = self.observer.snapshot().await.map_err(|e| {
+        let view = self.snapshots.get().await.map_err(|e| {
             apiary_query::QueryError::failed(format!("reading the swarm: {e}"), e.kind(), e)
         })?;
-        let workers = workers_of(&view, None);
-        *cached = Some((Instant::now(), view));
-        Ok(workers)
+        Ok(workers_of(&view, None))
     }
 
     fn local_node(&self) -> Option<String> {
@@ -241,6 +333,124 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    /// Snapshots over a reader that counts its reads, fails while `failing`, and returns only
+    /// when `gate` gives it a permit; each view is told apart by `polls` (the read's number).
+    struct Reader {
+        reads: Arc<AtomicU64>,
+        gate: Arc<tokio::sync::Semaphore>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    fn snapshots() -> (Snapshots, Reader, apiary_storage::ManualClock) {
+        let reader = Reader {
+            reads: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            failing: Arc::default(),
+        };
+        let (reads, gate, failing) = (
+            Arc::clone(&reader.reads),
+            Arc::clone(&reader.gate),
+            Arc::clone(&reader.failing),
+        );
+        let read: ReadView = Arc::new(move || {
+            let n = reads.fetch_add(1, Ordering::SeqCst) + 1;
+            let (gate, failing) = (Arc::clone(&gate), Arc::clone(&failing));
+            Box::pin(async move {
+                gate.acquire().await.expect("gate").forget();
+                if failing.load(Ordering::SeqCst) {
+                    return Err(apiary_swarm::SwarmError::UnknownNode(
+                        "the store is down".into(),
+                    ));
+                }
+                Ok(WorldView {
+                    polls: n,
+                    ..WorldView::default()
+                })
+            })
+        });
+        let clock = apiary_storage::ManualClock::new();
+        (Snapshots::new(read, Arc::new(clock.clone())), reader, clock)
+    }
+
+    /// Waits (on real time, briefly) until the held snapshot is read number `n`.
+    async fn held_becomes(s: &Snapshots, n: u64) {
+        for _ in 0..2000 {
+            if s.younger_than(Duration::MAX)
+                .is_some_and(|(_, v)| v.polls == n)
+            {
+                return;
+            }
+            apiary_storage::time::sleep(MS).await;
+        }
+        panic!("snapshot {n} was never held");
+    }
+
+    /// The snapshot a query gets without waiting for a read (a read held at the gate would
+    /// keep it waiting: that fails).
+    async fn at_once(s: &Snapshots) -> u64 {
+        tokio::time::timeout(Duration::from_secs(5), s.get())
+            .await
+            .expect("the query waited for a read")
+            .expect("snapshot")
+            .polls
+    }
+
+    #[tokio::test]
+    async fn a_query_never_waits_for_a_snapshot_younger_than_the_stale_age() {
+        let (s, reader, clock) = snapshots();
+        // No snapshot yet: the first query waits for one.
+        reader.gate.add_permits(1);
+        assert_eq!(s.get().await.unwrap().polls, 1);
+        // Fresh: used as it is, nothing read.
+        clock.advance(SNAPSHOT_FRESH - MS);
+        assert_eq!(s.get().await.unwrap().polls, 1);
+        assert_eq!(reader.reads.load(Ordering::SeqCst), 1);
+        // No longer fresh: still used at once (the read below is held at the gate), and a
+        // newer one is read in the background, one read however many queries ask.
+        clock.advance(MS);
+        assert_eq!(at_once(&s).await, 1);
+        assert_eq!(at_once(&s).await, 1);
+        tokio::task::yield_now().await;
+        assert_eq!(reader.reads.load(Ordering::SeqCst), 2);
+        reader.gate.add_permits(1);
+        held_becomes(&s, 2).await;
+        assert_eq!(s.get().await.unwrap().polls, 2);
+        // Stale: never used; the query waits for a new reading.
+        clock.advance(SNAPSHOT_STALE);
+        let waiting = s.get();
+        tokio::pin!(waiting);
+        assert!(
+            futures::poll!(waiting.as_mut()).is_pending(),
+            "a stale snapshot was used"
+        );
+        reader.gate.add_permits(1);
+        assert_eq!(waiting.await.unwrap().polls, 3);
+        assert_eq!(reader.reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_background_read_keeps_the_snapshot_until_it_is_stale() {
+        let (s, reader, clock) = snapshots();
+        reader.gate.add_permits(1);
+        assert_eq!(s.get().await.unwrap().polls, 1);
+        reader.failing.store(true, Ordering::SeqCst);
+        reader.gate.add_permits(100);
+        clock.advance(SNAPSHOT_FRESH);
+        assert_eq!(at_once(&s).await, 1);
+        // The failed read is over once another can start.
+        for _ in 0..2000 {
+            if reader.reads.load(Ordering::SeqCst) == 2 && s.reading.try_lock().is_ok() {
+                break;
+            }
+            apiary_storage::time::sleep(MS).await;
+        }
+        assert_eq!(at_once(&s).await, 1, "kept after the failure");
+        // Stale, and the store still down: the query reports it.
+        clock.advance(SNAPSHOT_STALE);
+        let err = s.get().await.unwrap_err();
+        assert!(err.to_string().contains("the store is down"), "{err}");
+    }
 
     #[test]
     fn a_node_looks_more_often_for_a_minute_after_a_task() {

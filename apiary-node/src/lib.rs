@@ -950,6 +950,7 @@ impl Apiary {
         let directory = Arc::new(SwarmDirectory::new(
             Arc::clone(&self.node),
             self.membership_for(MembershipRole::Observer { swarm: &self.swarm }),
+            Arc::clone(&self.registry.config().clock),
         ));
         let engine = QueryEngine::new(
             Arc::clone(&self.registry),
