@@ -61,21 +61,19 @@ type ReadView = Arc<
     dyn Fn() -> futures::future::BoxFuture<'static, apiary_swarm::Result<WorldView>> + Send + Sync,
 >;
 
-/// A snapshot younger than this is used as it is.
-const SNAPSHOT_FRESH: Duration = Duration::from_secs(2);
+/// A query uses no snapshot older than this (a node that left is given no task on a
+/// view older than this).
+const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(2);
 
-/// A snapshot younger than this, but not fresh, is still used while a newer one is read in
-/// the background; an older one is not used at all. Well under the age at which a silent node
-/// is suspected (half the dead threshold, 15 s by default), so a node that stopped is given
-/// no task it would not have been given on a snapshot read at the query's start.
-const SNAPSHOT_STALE: Duration = Duration::from_secs(10);
+/// A query that finds the snapshot older than this starts reading a newer one in the
+/// background, so that queries in a steady stream seldom wait for a read.
+const SNAPSHOT_REFRESH: Duration = Duration::from_secs(1);
 
 /// The heartbeat snapshots of a process that is not a node. Reading one is a LIST and a GET
-/// per node: on a remote store, tens of milliseconds that a query should not wait for every
-/// [`SNAPSHOT_FRESH`]. So a query waits for a read only when there is no snapshot younger
-/// than [`SNAPSHOT_STALE`]; otherwise it uses the one it has and, once that is no longer
-/// fresh, a newer one is read in the background for the queries after it. One read at a
-/// time.
+/// per node: on a remote store, tens of milliseconds. A query uses the snapshot held if it
+/// is younger than [`SNAPSHOT_MAX_AGE`], and waits for a read otherwise; once the snapshot
+/// is older than [`SNAPSHOT_REFRESH`], a newer one is read in the background for the
+/// queries after it. One read at a time.
 struct Snapshots {
     read: ReadView,
     clock: Arc<dyn Clock>,
@@ -108,15 +106,15 @@ impl Snapshots {
 
     /// A snapshot for a query (see the type's docs).
     async fn get(&self) -> apiary_swarm::Result<WorldView> {
-        if let Some((at, view)) = self.younger_than(SNAPSHOT_STALE) {
-            if self.clock.monotonic().saturating_sub(at) >= SNAPSHOT_FRESH {
+        if let Some((at, view)) = self.younger_than(SNAPSHOT_MAX_AGE) {
+            if self.clock.monotonic().saturating_sub(at) >= SNAPSHOT_REFRESH {
                 self.refresh_in_background();
             }
             return Ok(view);
         }
         let _reading = self.reading.lock().await;
-        // Read by another query while this one waited.
-        if let Some((_, view)) = self.younger_than(SNAPSHOT_FRESH) {
+        // Read by another query (or in the background) while this one waited.
+        if let Some((_, view)) = self.younger_than(SNAPSHOT_MAX_AGE) {
             return Ok(view);
         }
         Self::read_into(&self.read, &self.clock, &self.held).await
@@ -146,7 +144,7 @@ impl Snapshots {
         tokio::spawn(async move {
             let _reading = reading;
             if let Err(e) = Self::read_into(&read, &clock, &held).await {
-                // The held snapshot serves until it is stale; then a query reads and reports.
+                // The held snapshot serves until it is too old; then a query reads and reports.
                 tracing::warn!(error = %e, "reading the swarm's heartbeats failed");
             }
         });
@@ -397,17 +395,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_query_never_waits_for_a_snapshot_younger_than_the_stale_age() {
+    async fn queries_in_a_stream_use_the_snapshot_while_a_newer_one_is_read() {
         let (s, reader, clock) = snapshots();
         // No snapshot yet: the first query waits for one.
         reader.gate.add_permits(1);
         assert_eq!(s.get().await.unwrap().polls, 1);
-        // Fresh: used as it is, nothing read.
-        clock.advance(SNAPSHOT_FRESH - MS);
+        // Young: used as it is, nothing read.
+        clock.advance(SNAPSHOT_REFRESH - MS);
         assert_eq!(s.get().await.unwrap().polls, 1);
         assert_eq!(reader.reads.load(Ordering::SeqCst), 1);
-        // No longer fresh: still used at once (the read below is held at the gate), and a
-        // newer one is read in the background, one read however many queries ask.
+        // Older: still used at once (the read below is held at the gate), and a newer one
+        // is read in the background, one read however many queries ask.
         clock.advance(MS);
         assert_eq!(at_once(&s).await, 1);
         assert_eq!(at_once(&s).await, 1);
@@ -416,13 +414,13 @@ mod tests {
         reader.gate.add_permits(1);
         held_becomes(&s, 2).await;
         assert_eq!(s.get().await.unwrap().polls, 2);
-        // Stale: never used; the query waits for a new reading.
-        clock.advance(SNAPSHOT_STALE);
+        // Too old: never used; the query waits for a new reading.
+        clock.advance(SNAPSHOT_MAX_AGE);
         let waiting = s.get();
         tokio::pin!(waiting);
         assert!(
             futures::poll!(waiting.as_mut()).is_pending(),
-            "a stale snapshot was used"
+            "a snapshot past the maximum age was used"
         );
         reader.gate.add_permits(1);
         assert_eq!(waiting.await.unwrap().polls, 3);
@@ -430,13 +428,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_background_read_keeps_the_snapshot_until_it_is_stale() {
+    async fn a_failed_background_read_keeps_the_snapshot_until_its_maximum_age() {
         let (s, reader, clock) = snapshots();
         reader.gate.add_permits(1);
         assert_eq!(s.get().await.unwrap().polls, 1);
         reader.failing.store(true, Ordering::SeqCst);
         reader.gate.add_permits(100);
-        clock.advance(SNAPSHOT_FRESH);
+        clock.advance(SNAPSHOT_REFRESH);
         assert_eq!(at_once(&s).await, 1);
         // The failed read is over once another can start.
         for _ in 0..2000 {
@@ -446,8 +444,8 @@ mod tests {
             apiary_storage::time::sleep(MS).await;
         }
         assert_eq!(at_once(&s).await, 1, "kept after the failure");
-        // Stale, and the store still down: the query reports it.
-        clock.advance(SNAPSHOT_STALE);
+        // Too old, and the store still down: the query reports it.
+        clock.advance(SNAPSHOT_MAX_AGE);
         let err = s.get().await.unwrap_err();
         assert!(err.to_string().contains("the store is down"), "{err}");
     }
