@@ -61,6 +61,9 @@ type ReadView = Arc<
     dyn Fn() -> futures::future::BoxFuture<'static, apiary_swarm::Result<WorldView>> + Send + Sync,
 >;
 
+/// A snapshot and when it was read (on the clock's monotonic time).
+type Held = Option<(Duration, Arc<WorldView>)>;
+
 /// A query uses no snapshot older than this (a node that left is given no task on a
 /// view older than this).
 const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(2);
@@ -77,8 +80,9 @@ const SNAPSHOT_REFRESH: Duration = Duration::from_secs(1);
 struct Snapshots {
     read: ReadView,
     clock: Arc<dyn Clock>,
-    /// The newest snapshot and when it was read (on `clock`'s monotonic time).
-    held: Arc<Mutex<Option<(Duration, WorldView)>>>,
+    /// The newest snapshot and when it was read (on `clock`'s monotonic time); shared, so
+    /// that a query takes it without copying every node's heartbeat.
+    held: Arc<Mutex<Held>>,
     /// Held while reading.
     reading: Arc<tokio::sync::Mutex<()>>,
 }
@@ -93,21 +97,19 @@ impl Snapshots {
         }
     }
 
-    /// The held snapshot if it is younger than `age`.
-    fn younger_than(&self, age: Duration) -> Option<(Duration, WorldView)> {
+    /// The held snapshot and its age, if it is younger than `limit`.
+    fn younger_than(&self, limit: Duration) -> Option<(Duration, Arc<WorldView>)> {
         let now = self.clock.monotonic();
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .filter(|(at, _)| now.saturating_sub(*at) < age)
-            .cloned()
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, view) = held.as_ref()?;
+        let age = now.saturating_sub(*at);
+        (age < limit).then(|| (age, Arc::clone(view)))
     }
 
     /// A snapshot for a query (see the type's docs).
-    async fn get(&self) -> apiary_swarm::Result<WorldView> {
-        if let Some((at, view)) = self.younger_than(SNAPSHOT_MAX_AGE) {
-            if self.clock.monotonic().saturating_sub(at) >= SNAPSHOT_REFRESH {
+    async fn get(&self) -> apiary_swarm::Result<Arc<WorldView>> {
+        if let Some((age, view)) = self.younger_than(SNAPSHOT_MAX_AGE) {
+            if age >= SNAPSHOT_REFRESH {
                 self.refresh_in_background();
             }
             return Ok(view);
@@ -123,11 +125,11 @@ impl Snapshots {
     async fn read_into(
         read: &ReadView,
         clock: &Arc<dyn Clock>,
-        held: &Mutex<Option<(Duration, WorldView)>>,
-    ) -> apiary_swarm::Result<WorldView> {
+        held: &Mutex<Held>,
+    ) -> apiary_swarm::Result<Arc<WorldView>> {
         let at = clock.monotonic();
-        let view = read().await?;
-        *held.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, view.clone()));
+        let view = Arc::new(read().await?);
+        *held.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, Arc::clone(&view)));
         Ok(view)
     }
 

@@ -440,18 +440,26 @@ async fn main() {
             two_bees[i].rows, one_bee[i].rows,
             "{name}: two bees differ from one"
         );
-        let ratio = one_bee[i].median() / two_nodes[i].median();
+        let [bee, unpinned, node, nodes, bees] = [
+            &one_bee[i],
+            &one_bee_unpinned[i],
+            &one_node[i],
+            &two_nodes[i],
+            &two_bees[i],
+        ]
+        .map(Timed::median);
+        let ratio = bee / nodes;
         ratios.push(ratio);
-        unpinned_ratios.push(one_bee_unpinned[i].median() / two_nodes[i].median());
-        let local = one_bee[i].median() / two_bees[i].median();
+        unpinned_ratios.push(unpinned / nodes);
+        let local = bee / bees;
         local_ratios.push(local);
         println!(
             "{name:<6} {:>12.0} ms {:>14.0} ms {:>6.0} ms {:>7.0} ms   {ratio:>24.2}x   {:>6.0} ms {local:.2}x",
-            one_bee[i].median() * 1e3,
-            one_bee_unpinned[i].median() * 1e3,
-            one_node[i].median() * 1e3,
-            two_nodes[i].median() * 1e3,
-            two_bees[i].median() * 1e3
+            bee * 1e3,
+            unpinned * 1e3,
+            node * 1e3,
+            nodes * 1e3,
+            bees * 1e3
         );
     }
     println!(
