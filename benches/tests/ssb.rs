@@ -158,19 +158,36 @@ async fn ssb_queries_on_three_node_processes_match_one_node() {
         eprintln!("{name}: {:?} distributed", t.elapsed());
         assert_eq!(many, one, "{name}: three nodes differ from one");
     }
-    let plan = result_rows(
-        &spread
-            .sql(&format!("EXPLAIN ANALYZE {}", QUERIES[3].1))
-            .await
-            .unwrap(),
+    // Tasks share cells: on data this small, a node that looks for tasks sooner than the
+    // others may read every shared cell before they look (a node that just finished a task
+    // looks every millisecond for 100 ms). So each try waits for that to pass, and a few
+    // tries are allowed; the answers above are checked on every query regardless.
+    let mut shown = Vec::new();
+    for _ in 0..5 {
+        apiary_storage::time::sleep(Duration::from_millis(150)).await;
+        let plan = result_rows(
+            &spread
+                .sql(&format!("EXPLAIN ANALYZE {}", QUERIES[3].1))
+                .await
+                .unwrap(),
+        );
+        let text = plan.join("\n");
+        let used: std::collections::BTreeSet<String> = text
+            .split("node=")
+            .skip(1)
+            .filter_map(|s| s.split_whitespace().next().map(str::to_string))
+            .collect();
+        if used.len() >= 2 {
+            shown.clear();
+            break;
+        }
+        shown.push(format!("tasks on {used:?}:\n{text}"));
+    }
+    assert!(
+        shown.is_empty(),
+        "no try ran tasks on two nodes:\n{}",
+        shown.join("\n")
     );
-    let text = plan.join("\n");
-    let used: std::collections::BTreeSet<&str> = text
-        .split("node=")
-        .skip(1)
-        .filter_map(|s| s.split_whitespace().next())
-        .collect();
-    assert!(used.len() >= 2, "tasks on {used:?}:\n{text}");
     for n in &mut nodes {
         let _ = n.kill();
         let _ = n.wait();
