@@ -163,6 +163,14 @@ const QUERIES: &[&str] = &[
     "SELECT page, COUNT(*) AS n FROM analytics.events.clicks WHERE page IS NULL GROUP BY page",
     "SELECT * FROM analytics.events.clicks WHERE event_id % 997 = 3",
     "SELECT COUNT(*), SUM(duration_ms) FROM analytics.events.clicks",
+    "SELECT COUNT(*) FROM analytics.events.clicks",
+    "SELECT country, page, COUNT(*) AS n, MAX(event_id) AS last FROM analytics.events.clicks WHERE country = 'us' GROUP BY country, page",
+];
+
+/// Settings that make a distributed query cut the test's 200-row cells into parts.
+const IN_PARTS: &[&str] = &[
+    "SET apiary.distribute = 'always'",
+    "SET apiary.min_part_rows = 16",
 ];
 
 /// Rows as sorted text, floats rounded (summation order differs between plans).
@@ -198,22 +206,30 @@ fn canonical(batches: &[RecordBatch]) -> Vec<String> {
 }
 
 async fn answer(ap: &Apiary, mode: &str, sql: &str) -> Vec<String> {
+    answer_with(ap, &[&format!("SET apiary.distribute = '{mode}'")], sql).await
+}
+
+/// The answer to `sql` in a session with `settings`.
+async fn answer_with(ap: &Apiary, settings: &[&str], sql: &str) -> Vec<String> {
     let mut s = ap.sql_session().unwrap();
-    s.sql(&format!("SET apiary.distribute = '{mode}'"))
-        .await
-        .unwrap();
+    for set in settings {
+        s.sql(set).await.unwrap();
+    }
     let r = s
         .sql(sql)
         .await
-        .unwrap_or_else(|e| panic!("{mode}: {sql}: {e}"));
+        .unwrap_or_else(|e| panic!("{settings:?}: {sql}: {e}"));
     canonical(r.batches())
 }
 
 async fn explain_analyze(ap: &Apiary, sql: &str) -> String {
-    let mut s = ap.sql_session().unwrap();
-    s.sql("SET apiary.distribute = 'always'").await.unwrap();
-    let r = s.sql(&format!("EXPLAIN ANALYZE {sql}")).await.unwrap();
-    canonical(r.batches()).join("\n")
+    explain_analyze_with(ap, &["SET apiary.distribute = 'always'"], sql).await
+}
+
+async fn explain_analyze_with(ap: &Apiary, settings: &[&str], sql: &str) -> String {
+    answer_with(ap, settings, &format!("EXPLAIN ANALYZE {sql}"))
+        .await
+        .join("\n")
 }
 
 /// The values of `key=value` in `plan`'s task lines, in order.
@@ -246,6 +262,27 @@ async fn differential(storage: String, dir: PathBuf) {
         let plan = explain_analyze(&ap, sql).await;
         let attempts = task_fields(&plan, "attempt");
         assert!(attempts.iter().all(|a| a == "1"), "{sql}: {plan}");
+        // Cells cut into parts (some rows each) answer the same.
+        let in_parts = answer_with(&ap, IN_PARTS, sql).await;
+        assert_eq!(
+            in_parts, local,
+            "distributed answer in parts differs: {sql}"
+        );
+    }
+    // Parts are read: more units than the 12 cells (the last cells of every task are cut),
+    // and the 3 cells of one country are cut so every bee has some.
+    for (sql, cells) in [(QUERIES[0], 12), (QUERIES[15], 3)] {
+        let plan = explain_analyze_with(&ap, IN_PARTS, sql).await;
+        let tasks: String = plan
+            .lines()
+            .filter(|l| l.trim_start().starts_with("task="))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let units: usize = task_fields(&tasks, "cells")
+            .iter()
+            .map(|c| c.parse::<usize>().unwrap())
+            .sum();
+        assert!(units > cells, "{units} units for {cells} cells: {plan}");
     }
     // Tasks share cells: on data this small, a node that looks for tasks sooner than the
     // others (one that just finished a task looks every millisecond for 100 ms) may read
@@ -414,7 +451,8 @@ async fn a_worker_killed_under_a_query_loses_no_rows() {
     let sql2 = "SELECT page, COUNT(DISTINCT user_id) FROM analytics.events.clicks GROUP BY page";
     let expected2 = answer(&ap, "never", sql2).await;
     let ap2 = ap.clone();
-    let query = tokio::spawn(async move { answer(&ap2, "always", sql2).await });
+    // In parts: the dead node's parts are read by the next round.
+    let query = tokio::spawn(async move { answer_with(&ap2, IN_PARTS, sql2).await });
     apiary::apiary_storage::time::sleep(Duration::from_millis(150)).await;
     drop(nodes.remove(0));
     assert_eq!(query.await.unwrap(), expected2);

@@ -37,7 +37,8 @@ pub struct ApiaryCatalog {
 pub struct Pinned {
     /// The ledger version.
     pub version: u64,
-    /// The cells to read (relative paths); `None` for all of them.
+    /// The cells to read (relative paths, or keys of parts of cells: the whole cell is then
+    /// in the table, and the task reads only the part); `None` for all of them.
     pub cells: Option<BTreeSet<String>>,
 }
 
@@ -76,15 +77,29 @@ impl ApiaryCatalog {
         let index = match &pin.cells {
             None => FrameIndex::build(frame, pin.version, live)?,
             Some(cells) => {
-                let mut subset = live.clone();
-                subset.cells.retain(|path, _| cells.contains(path));
-                if let Some(missing) = cells.iter().find(|c| !subset.cells.contains_key(*c)) {
-                    return Err(QueryError::Invalid(format!(
-                        "cell `{missing}` is not in frame `{frame}` at version {}",
-                        pin.version
-                    )));
+                // A name is a cell, or a part of one (an exact name wins).
+                let mut wanted = BTreeSet::new();
+                for name in cells {
+                    let cell = if live.cells.contains_key(name) {
+                        name.as_str()
+                    } else {
+                        match crate::parts::parse_part(name) {
+                            Some((cell, _)) if live.cells.contains_key(cell) => cell,
+                            _ => {
+                                return Err(QueryError::Invalid(format!(
+                                    "cell `{name}` is not in frame `{frame}` at version {}",
+                                    pin.version
+                                )));
+                            }
+                        }
+                    };
+                    wanted.insert(cell);
                 }
-                FrameIndex::build(frame, pin.version, &subset)?
+                let mut subset = live.clone();
+                subset
+                    .cells
+                    .retain(|path, _| wanted.contains(path.as_str()));
+                FrameIndex::build(frame, pin.version, &subset)?.inexact()
             }
         };
         Ok(FrameTable::new(Arc::new(index), Arc::clone(&self.scans)))

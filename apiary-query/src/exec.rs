@@ -20,11 +20,14 @@ use datafusion::physical_plan::union::UnionExec;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::distributed::CellQueue;
+use crate::distributed::claims::PlannedCell;
+use crate::parts::RowRanges;
 use crate::tier::MemoryTierExec;
 use datafusion::common::Result;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Statistics;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::PhysicalSortExpr;
@@ -73,8 +76,8 @@ pub struct FrameScanExec {
     metrics: ExecutionPlanMetricsSet,
     /// What this scan's reads got from the cell cache and from storage.
     reads: Option<Arc<ScanCounters>>,
-    /// The cells the scan reads: path in the frame to object location.
-    cells: Arc<HashMap<String, Path>>,
+    /// The cells the scan reads, by path in the frame.
+    cells: Arc<HashMap<String, PlannedCell>>,
     /// Set when the scan's cells are shared with other tasks: every partition then reads
     /// the cells this queue hands out, one at a time.
     shared: Arc<OnceLock<Arc<CellQueue>>>,
@@ -106,14 +109,14 @@ impl FrameScanExec {
         }
     }
 
-    /// Names the cells the scan reads (path in the frame to object location).
-    pub(crate) fn with_cells(mut self, cells: HashMap<String, Path>) -> Self {
+    /// Names the cells the scan reads, by path in the frame.
+    pub(crate) fn with_cells(mut self, cells: HashMap<String, PlannedCell>) -> Self {
         self.cells = Arc::new(cells);
         self
     }
 
-    /// The cells the scan reads: path in the frame to object location.
-    pub(crate) fn cells(&self) -> &HashMap<String, Path> {
+    /// The cells the scan reads, by path in the frame.
+    pub(crate) fn cells(&self) -> &HashMap<String, PlannedCell> {
         &self.cells
     }
 
@@ -151,7 +154,7 @@ impl FrameScanExec {
                 .claim_own()
                 .await
                 .map_err(DataFusionError::Execution)?;
-            narrow(&input, &|location| kept.contains(location))
+            narrow(&input, &|location| kept.get(location).cloned())
                 .ok_or_else(|| {
                     DataFusionError::Internal("the scan cannot be narrowed to its cells".into())
                 })?
@@ -164,8 +167,9 @@ impl FrameScanExec {
         )))
     }
 
-    /// A partition's stream over the cells `queue` hands out: each is read by the input
-    /// narrowed to that one cell; a scan limit stays a limit on the partition's rows.
+    /// A partition's stream over the units `queue` hands out: each is read by the input
+    /// narrowed to that one cell (or its part's rows); a scan limit stays a limit on the
+    /// partition's rows.
     fn execute_shared(
         &self,
         queue: Arc<CellQueue>,
@@ -178,10 +182,11 @@ impl FrameScanExec {
             async move {
                 let next = match queue.next().await {
                     Ok(None) => return None,
-                    Ok(Some(location)) => one_cell(&input, &location)
+                    Ok(Some(unit)) => one_cell(&input, &unit.location, unit.rows.as_ref())
                         .ok_or_else(|| {
                             DataFusionError::Internal(format!(
-                                "the scan cannot read cell `{location}` alone"
+                                "the scan cannot read cell `{}` alone",
+                                unit.location
                             ))
                         })
                         .and_then(|plan| plan.execute(0, context)),
@@ -246,9 +251,31 @@ impl FrameScanExec {
     }
 }
 
-/// `plan` (a frame scan's input) narrowed to the one cell at `location`, with one
-/// partition: the same scan (projection, pushed-down filters, limit) of that cell alone.
-fn one_cell(plan: &Arc<dyn ExecutionPlan>, location: &Path) -> Option<Arc<dyn ExecutionPlan>> {
+/// The pieces of one file of a Parquet scan reading only `rows`: the whole file (not the
+/// byte ranges DataFusion may have cut it into) with a row selection; `pieces` unchanged
+/// when all rows are read.
+fn select_rows(
+    pieces: Vec<datafusion::datasource::listing::PartitionedFile>,
+    rows: Option<&RowRanges>,
+) -> Vec<datafusion::datasource::listing::PartitionedFile> {
+    let Some(rows) = rows.filter(|r| !r.is_all()) else {
+        return pieces;
+    };
+    let Some(mut file) = pieces.into_iter().next() else {
+        return Vec::new();
+    };
+    file.range = None;
+    vec![file.with_extension(ParquetRowSelection::new(rows.selection()))]
+}
+
+/// `plan` (a frame scan's input) narrowed to the one cell at `location` (only `rows` of it,
+/// if given), with one partition: the same scan (projection, pushed-down filters, limit) of
+/// that cell alone.
+fn one_cell(
+    plan: &Arc<dyn ExecutionPlan>,
+    location: &Path,
+    rows: Option<&RowRanges>,
+) -> Option<Arc<dyn ExecutionPlan>> {
     if let Some(source) = plan.downcast_ref::<DataSourceExec>() {
         let config = source.data_source().downcast_ref::<FileScanConfig>()?;
         // Every piece of it: DataFusion may have cut a large file into byte ranges.
@@ -263,24 +290,24 @@ fn one_cell(plan: &Arc<dyn ExecutionPlan>, location: &Path) -> Option<Arc<dyn Ex
             return None;
         }
         let one = FileScanConfigBuilder::from(config.clone())
-            .with_file_groups(vec![FileGroup::new(pieces)])
+            .with_file_groups(vec![FileGroup::new(select_rows(pieces, rows))])
             .build();
         return Some(DataSourceExec::from_data_source(one));
     }
     if let Some(tier) = plan.downcast_ref::<MemoryTierExec>() {
-        return Some(Arc::new(tier.only(location.as_ref())?));
+        return Some(Arc::new(tier.only(location.as_ref(), rows)?));
     }
     if plan.downcast_ref::<UnionExec>().is_some() {
         return plan
             .children()
             .into_iter()
-            .find_map(|c| one_cell(c, location));
+            .find_map(|c| one_cell(c, location, rows));
     }
     // Anything else over one input (a projection the optimizer left) is kept above it.
     let [child] = plan.children()[..] else {
         return None;
     };
-    let narrowed = one_cell(child, location)?;
+    let narrowed = one_cell(child, location, rows)?;
     let plan = Arc::clone(plan)
         .replace_children(
             vec![narrowed],
@@ -290,24 +317,36 @@ fn one_cell(plan: &Arc<dyn ExecutionPlan>, location: &Path) -> Option<Arc<dyn Ex
     (plan.properties().partitioning.partition_count() == 1).then_some(plan)
 }
 
-/// `plan` (a frame scan's input) reading only the cells whose location `keep` accepts,
-/// with the same partitions (some may be left empty) and each partition's cells in order.
+/// `plan` (a frame scan's input) reading only the cells whose location `keep` names (all
+/// their rows, or `Some` of them), with the same partitions (some may be left empty) and
+/// each partition's cells in order.
 fn narrow(
     plan: &Arc<dyn ExecutionPlan>,
-    keep: &dyn Fn(&str) -> bool,
+    keep: &dyn Fn(&str) -> Option<Option<RowRanges>>,
 ) -> Option<Arc<dyn ExecutionPlan>> {
     if let Some(source) = plan.downcast_ref::<DataSourceExec>() {
         let config = source.data_source().downcast_ref::<FileScanConfig>()?;
+        // A file read in part is read whole once, with a selection, in the group that has
+        // its first piece.
+        let mut selected = std::collections::HashSet::new();
         let groups = config
             .file_groups
             .iter()
             .map(|g| {
-                FileGroup::new(
-                    g.iter()
-                        .filter(|f| keep(f.object_meta.location.as_ref()))
-                        .cloned()
-                        .collect(),
-                )
+                let mut files = Vec::new();
+                for f in g.iter() {
+                    let location = f.object_meta.location.as_ref();
+                    match keep(location) {
+                        Some(None) => files.push(f.clone()),
+                        Some(Some(rows)) if rows.is_all() => files.push(f.clone()),
+                        Some(Some(rows)) if selected.insert(location.to_string()) => {
+                            files.extend(select_rows(vec![f.clone()], Some(&rows)));
+                        }
+                        // Not kept, or read already from an earlier piece.
+                        _ => {}
+                    }
+                }
+                FileGroup::new(files)
             })
             .collect();
         let narrowed = FileScanConfigBuilder::from(config.clone())

@@ -20,6 +20,7 @@ mod exec;
 mod fragments;
 mod memory;
 mod output;
+pub mod parts;
 pub mod scans;
 mod session;
 mod statement;

@@ -149,6 +149,7 @@ impl QueryEngine {
             ctx: SessionContext::new_with_state(self.state.clone()),
             current: Vec::new(),
             distribute: self.distribute,
+            min_part_rows: None,
             engine: self.clone(),
         }
     }
@@ -268,6 +269,8 @@ pub struct SqlSession {
     ctx: SessionContext,
     current: Vec<String>,
     distribute: DistributeMode,
+    /// `apiary.min_part_rows`, when set (else the cluster's setting).
+    min_part_rows: Option<u64>,
     engine: QueryEngine,
 }
 
@@ -344,10 +347,20 @@ impl SqlSession {
             Command::SetApiary { key, value } => {
                 match key.as_str() {
                     "distribute" => self.distribute = DistributeMode::parse(&value)?,
+                    "min_part_rows" => {
+                        let rows = value.trim().parse::<u64>().ok();
+                        self.min_part_rows = Some(rows.filter(|r| *r > 0).ok_or_else(|| {
+                            QueryError::Invalid(format!(
+                                "apiary.min_part_rows is a number of rows above 0, not `{value}`"
+                            ))
+                        })?);
+                    }
                     other => {
                         return Err(QueryError::Invalid(format!(
-                            "`apiary.{other}` is not a setting; the one Apiary setting is \
-                             apiary.distribute ('auto', 'always' or 'never')"
+                            "`apiary.{other}` is not a setting; Apiary's settings are \
+                             apiary.distribute ('auto', 'always' or 'never') and \
+                             apiary.min_part_rows (fewest rows of a part of a cell a \
+                             distributed query cuts)"
                         )));
                     }
                 }
@@ -463,9 +476,12 @@ impl SqlSession {
     }
 
     async fn distribute_query(&self, plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
-        let Some(cluster) = self.engine.cluster.clone() else {
+        let Some(mut cluster) = self.engine.cluster.clone() else {
             return Ok(None);
         };
+        if let Some(rows) = self.min_part_rows {
+            cluster.settings.min_part_rows = rows;
+        }
         // Optimizing the plan to split it is as costly as planning the query again: skip it
         // when no frame the query reads is large enough for `auto` to distribute (a split
         // never reads more than its frame holds).

@@ -39,6 +39,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 
+use crate::distributed::claims::PlannedCell;
 use crate::exec::{FrameScanExec, ScanSummary};
 use crate::scans::ScanStores;
 use crate::stats::{self, CellFacts, CellPruningStats};
@@ -72,6 +73,9 @@ pub struct FrameIndex {
     table_fields: Vec<(FieldRef, bool)>,
     cells: Vec<IndexedCell>,
     partition_by: Vec<String>,
+    /// Whether the statistics are exact: not for a task that may read only some of its
+    /// cells (see [`FrameIndex::inexact`]).
+    exact: bool,
     /// One row per cell: its partition values (for evaluating partition filters exactly).
     partition_values: Option<RecordBatch>,
 }
@@ -202,7 +206,32 @@ impl FrameIndex {
             table_fields,
             cells,
             partition_by,
+            exact: true,
         })
+    }
+
+    /// This index with statistics that bound the rows rather than count them: for a
+    /// distributed task, which reads only the cells (and parts) it claims of those it
+    /// names, so nothing may be answered from the statistics alone (a `COUNT(*)` would
+    /// count cells another task read).
+    pub fn inexact(mut self) -> Self {
+        self.exact = false;
+        for cell in &mut self.cells {
+            if let Some(stats) = cell.file.statistics.take() {
+                cell.file.statistics = Some(Arc::new(stats.as_ref().clone().to_inexact()));
+            }
+        }
+        self
+    }
+
+    /// The statistics of `cells`, exact where this index's are.
+    fn statistics_of(&self, cells: &[&CellFacts]) -> Statistics {
+        let stats = stats::statistics(cells, self.table_fields.len());
+        if self.exact {
+            stats
+        } else {
+            stats.to_inexact()
+        }
     }
 
     /// The frame.
@@ -222,6 +251,8 @@ impl FrameIndex {
             .map(|i| crate::distributed::SplitCell {
                 path: self.cells[i].path.clone(),
                 bytes: self.cells[i].facts.bytes(),
+                rows: self.cells[i].facts.rows(),
+                part: None,
             })
             .collect())
     }
@@ -490,7 +521,7 @@ impl TableProvider for FrameTable {
 
     fn statistics(&self) -> Option<Statistics> {
         let cells: Vec<_> = self.index.cells.iter().map(|c| &c.facts).collect();
-        let table = stats::statistics(&cells, self.index.table_fields.len());
+        let table = self.index.statistics_of(&cells);
         Some(reorder(table, &self.index.table_index))
     }
 
@@ -575,7 +606,7 @@ impl TableProvider for FrameTable {
         let (url, counters) = self.scans.register()?;
         let facts = |cells: &mut dyn Iterator<Item = usize>| {
             let kept: Vec<_> = cells.map(|i| &index.cells[i].facts).collect();
-            stats::statistics(&kept, index.table_fields.len())
+            index.statistics_of(&kept)
         };
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !cold.is_empty() {
@@ -630,6 +661,7 @@ impl TableProvider for FrameTable {
                         .map(|&t| cell.file.partition_values[t - file_count].clone())
                         .collect(),
                     source,
+                    rows: None,
                 });
             }
             let groups = spread(
@@ -653,7 +685,11 @@ impl TableProvider for FrameTable {
             .iter()
             .map(|&i| {
                 let cell = &index.cells[i];
-                (cell.path.clone(), cell.file.object_meta.location.clone())
+                let planned = PlannedCell {
+                    location: cell.file.object_meta.location.clone(),
+                    rows: cell.facts.rows(),
+                };
+                (cell.path.clone(), planned)
             })
             .collect();
         Ok(ScanResult::new(Arc::new(

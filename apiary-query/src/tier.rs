@@ -42,6 +42,8 @@ use datafusion::physical_plan::{
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
+use crate::parts::RowRanges;
+
 /// Where one output column of a tier scan comes from.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum OutputColumn {
@@ -52,7 +54,7 @@ pub(crate) enum OutputColumn {
 }
 
 /// How a cell's rows reach a [`MemoryTierExec`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Source {
     /// The scan's file columns, held in the tier (same chunking in every column).
     Held(Vec<Arc<ColumnChunks>>),
@@ -61,7 +63,7 @@ pub(crate) enum Source {
 }
 
 /// One cell of a tier scan.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct TierCell {
     /// The cell's storage key.
     pub(crate) key: String,
@@ -70,6 +72,8 @@ pub(crate) struct TierCell {
     /// The values of the scan's partition columns (in output order).
     pub(crate) partition_values: Vec<ScalarValue>,
     pub(crate) source: Source,
+    /// The rows read (positions in the cell); `None` for all of them.
+    pub(crate) rows: Option<RowRanges>,
 }
 
 /// What a scan should do with a cell given what the tier holds of its `columns`.
@@ -83,6 +87,19 @@ pub(crate) enum Choice {
     Cold,
 }
 
+/// The cell `key`'s `columns` if the tier holds them all with one chunking.
+fn held(tier: &ColumnTier, key: &str, columns: &[String]) -> Option<Vec<Arc<ColumnChunks>>> {
+    if !tier.is_enabled() || columns.is_empty() {
+        return None;
+    }
+    let held: Vec<Arc<ColumnChunks>> = columns
+        .iter()
+        .map(|c| tier.get(key, c))
+        .collect::<Option<_>>()?;
+    let aligned = held.windows(2).all(|w| w[0].lengths().eq(w[1].lengths()));
+    aligned.then_some(held)
+}
+
 /// Decides how to read the cell `key`'s `columns`: from memory when all are held with one
 /// chunking, loaded when every missing one was read before, cold otherwise (each miss is
 /// remembered, so the next read admits it).
@@ -90,16 +107,13 @@ pub(crate) fn choose(tier: &ColumnTier, key: &str, columns: &[String]) -> Choice
     if !tier.is_enabled() || columns.is_empty() {
         return Choice::Cold;
     }
+    if let Some(columns) = self::held(tier, key, columns) {
+        return Choice::Held(columns);
+    }
     let held: Vec<Option<Arc<ColumnChunks>>> = columns.iter().map(|c| tier.get(key, c)).collect();
     if held.iter().all(Option::is_some) {
-        let held: Vec<Arc<ColumnChunks>> = held.into_iter().flatten().collect();
-        let aligned = held.windows(2).all(|w| w[0].lengths().eq(w[1].lengths()));
         // Columns admitted by scans with another batch size do not line up: decode again.
-        return if aligned {
-            Choice::Held(held)
-        } else {
-            Choice::Load
-        };
+        return Choice::Load;
     }
     // Every missing column is noted (no short-circuit), so one more read admits them all.
     let again = columns
@@ -174,20 +188,27 @@ impl MemoryTierExec {
 }
 
 impl MemoryTierExec {
-    /// The same scan of only the cell stored at `key`, in one partition (`None` if this
-    /// scan does not read it).
-    pub(crate) fn only(&self, key: &str) -> Option<Self> {
+    /// The same scan of only the cell stored at `key` (only `rows` of it, if given), in
+    /// one partition (`None` if this scan does not read it).
+    pub(crate) fn only(&self, key: &str, rows: Option<&RowRanges>) -> Option<Self> {
         let cell = self
             .partitions
             .iter()
             .flat_map(|p| p.iter())
             .find(|c| c.key == key)?;
+        let cell = match rows {
+            None => Arc::clone(cell),
+            Some(rows) => Arc::new(TierCell {
+                rows: Some(rows.clone()),
+                ..TierCell::clone(cell)
+            }),
+        };
         let held = usize::from(matches!(cell.source, Source::Held(_)));
         Some(Self {
             schema: Arc::clone(&self.schema),
             layout: Arc::clone(&self.layout),
             file_columns: Arc::clone(&self.file_columns),
-            partitions: vec![Arc::from([Arc::clone(cell)])],
+            partitions: vec![Arc::from([cell])],
             statistics: Arc::clone(&self.statistics),
             limit: self.limit,
             tier: Arc::clone(&self.tier),
@@ -205,13 +226,23 @@ impl MemoryTierExec {
 }
 
 impl MemoryTierExec {
-    /// The same scan of only the cells `keep` names (by storage key), each partition keeping
-    /// its cells and order (some may be left empty).
-    pub(crate) fn keeping(&self, keep: &dyn Fn(&str) -> bool) -> Self {
+    /// The same scan of only the cells `keep` names (by storage key; all their rows, or
+    /// `Some` of them), each partition keeping its cells and order (some may be left empty).
+    pub(crate) fn keeping(&self, keep: &dyn Fn(&str) -> Option<Option<RowRanges>>) -> Self {
         let partitions: Vec<Arc<[Arc<TierCell>]>> = self
             .partitions
             .iter()
-            .map(|p| p.iter().filter(|c| keep(&c.key)).cloned().collect())
+            .map(|p| {
+                p.iter()
+                    .filter_map(|c| match keep(&c.key)? {
+                        None => Some(Arc::clone(c)),
+                        Some(rows) => Some(Arc::new(TierCell {
+                            rows: Some(rows),
+                            ..TierCell::clone(c)
+                        })),
+                    })
+                    .collect()
+            })
             .collect();
         let held = partitions
             .iter()
@@ -375,18 +406,17 @@ impl CellReader {
         cell: Arc<TierCell>,
         context: Arc<TaskContext>,
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
-        let plan = match &cell.source {
-            Source::Held(columns) => {
-                let chunks = columns.first().map_or(0, |c| c.arrays().len());
-                let columns = columns.clone();
-                let batches = (0..chunks).map(move |n| {
-                    let arrays: Vec<ArrayRef> =
-                        columns.iter().map(|c| Arc::clone(&c.arrays()[n])).collect();
-                    self.assemble(&cell, &arrays)
-                });
-                return Ok(futures::stream::iter(batches).boxed());
-            }
-            Source::Load(plan) => Arc::clone(plan),
+        // Another scan may have admitted the cell since this one was planned.
+        let held_now = match &cell.source {
+            Source::Load(_) => held(&self.tier, &cell.key, &self.file_columns),
+            Source::Held(_) => None,
+        };
+        let plan = match (&cell.source, held_now) {
+            (_, Some(columns)) => return self.read_held(&cell, columns),
+            (Source::Held(columns), None) => return self.read_held(&cell, columns.clone()),
+            // A fresh run of the scan: a data source shares its work among the runs of one
+            // plan, and the parts of a cell each read the whole cell.
+            (Source::Load(plan), None) => Arc::clone(plan).reset_state()?,
         };
         let decoded = plan.execute(0, context)?;
         let room = self.tier.counts().capacity_bytes;
@@ -397,8 +427,17 @@ impl CellReader {
         let keep = Arc::clone(&admission);
         let reader = Arc::clone(&self);
         let at_end = Arc::clone(&cell);
+        // Rows are positions in the whole cell, which this plan decodes in order.
+        let mut cutter = cell.rows.as_ref().map(RowRanges::cutter);
+        let expected = cell.rows.as_ref().map(RowRanges::total);
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = Arc::clone(&seen);
         let batches = decoded.map(move |batch| {
             let batch = batch?;
+            counted.fetch_add(
+                batch.num_rows() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let mut guard = keep.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(a) = guard.as_mut() {
                 for (kept, array) in a.columns.iter_mut().zip(batch.columns()) {
@@ -410,10 +449,32 @@ impl CellReader {
                 }
             }
             drop(guard);
-            reader.assemble(&cell, batch.columns())
+            let Some(cutter) = cutter.as_mut() else {
+                return Ok(vec![reader.assemble(&cell, batch.columns())?]);
+            };
+            cutter
+                .cut(&batch)
+                .iter()
+                .map(|b| reader.assemble(&cell, b.columns()))
+                .collect()
         });
+        let batches = batches
+            .map_ok(|b| futures::stream::iter(b.into_iter().map(Ok)))
+            .try_flatten();
         let admit = futures::stream::once(async move {
             let taken = admission.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(expected) = expected {
+                let rows = seen.load(std::sync::atomic::Ordering::Relaxed);
+                if rows != expected {
+                    // Parts of this cell were cut by the ledger's row count: a cell that
+                    // disagrees must not be admitted or answered from.
+                    self.tier.forget(&at_end.key, &self.file_columns);
+                    return Some(Err(DataFusionError::Execution(format!(
+                        "cell `{}` has {rows} rows where its ledger entry says {expected}",
+                        at_end.key
+                    ))));
+                }
+            }
             match taken {
                 Some(a) => {
                     for (name, arrays) in self.file_columns.iter().zip(a.columns) {
@@ -424,9 +485,65 @@ impl CellReader {
                 // Too large for the tier now: read it cold next time.
                 None => self.tier.forget(&at_end.key, &self.file_columns),
             }
+            None
         })
-        .filter_map(|()| futures::future::ready(None::<Result<RecordBatch>>));
+        .filter_map(futures::future::ready);
         Ok(batches.chain(admit).boxed())
+    }
+
+    /// The cell's batches from its held `columns` (only the rows it reads).
+    fn read_held(
+        self: Arc<Self>,
+        cell: &Arc<TierCell>,
+        columns: Vec<Arc<ColumnChunks>>,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+        let chunks = columns.first().map_or(0, |c| c.arrays().len());
+        let lengths: Vec<usize> = columns
+            .first()
+            .map(|c| c.arrays().iter().map(|a| a.len()).collect())
+            .unwrap_or_default();
+        // Each chunk's rows within the cell, and the slice of it to read.
+        let mut slices: Vec<(usize, usize, usize)> = Vec::with_capacity(chunks);
+        match &cell.rows {
+            None => slices.extend(lengths.iter().enumerate().map(|(n, &len)| (n, 0, len))),
+            Some(rows) => {
+                let total: usize = lengths.iter().sum();
+                if total as u64 != rows.total() {
+                    return Err(DataFusionError::Execution(format!(
+                        "cell `{}` holds {total} rows where its ledger entry says {}",
+                        cell.key,
+                        rows.total()
+                    )));
+                }
+                let mut start = 0u64;
+                for (n, &len) in lengths.iter().enumerate() {
+                    let end = start + len as u64;
+                    for r in rows.ranges() {
+                        let (from, to) = (r.start.max(start), r.end.min(end));
+                        if from < to {
+                            slices.push((n, (from - start) as usize, (to - from) as usize));
+                        }
+                    }
+                    start = end;
+                }
+            }
+        }
+        let cell = Arc::clone(cell);
+        let batches = slices.into_iter().map(move |(n, offset, len)| {
+            let arrays: Vec<ArrayRef> = columns
+                .iter()
+                .map(|c| {
+                    let a = &c.arrays()[n];
+                    if offset == 0 && len == a.len() {
+                        Arc::clone(a)
+                    } else {
+                        a.slice(offset, len)
+                    }
+                })
+                .collect();
+            self.assemble(&cell, &arrays)
+        });
+        Ok(futures::stream::iter(batches).boxed())
     }
 
     /// An output batch of `cell` from its file columns' `arrays` (in the scan's order).

@@ -1,6 +1,6 @@
-//! Shared cells on the worker: the order in which a task reads its split frame's cells, and
-//! the claims that make every shared cell read by exactly one task of its round (see the
-//! manifest's "Shared cells").
+//! Shared cells on the worker: the order in which a task reads its split frame's units
+//! (cells and parts of cells), and the claims that make every shared unit read by exactly
+//! one task of its round (see the manifest's "Shared cells" and "Parts").
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -10,13 +10,14 @@ use apiary_storage::Path;
 use super::manifest::{TaskKey, TaskSpec};
 use super::transport::ShuffleTransport;
 use crate::error::{QueryError, Result};
+use crate::parts::{RowRanges, parse_part};
 use futures::{StreamExt, TryStreamExt};
 
 /// Which part of a task's order a cell comes from. A lost claim ends its part: the owner
 /// reads its cells from the front and thieves from the back, so a lost claim means the
 /// others got that far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Part {
+enum Origin {
     /// The task's own cells no one else may read: never claimed.
     Unshared,
     /// The task's own cells others may take.
@@ -27,24 +28,47 @@ enum Part {
 
 #[derive(Debug)]
 struct Entry {
+    /// The unit's key (a cell's path, or a part's key).
     cell: String,
-    location: Path,
-    part: Part,
+    unit: Unit,
+    part: Origin,
 }
+
+/// A cell a task's scan plans to read: where it is and how many rows it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PlannedCell {
+    /// The cell's object.
+    pub(crate) location: Path,
+    /// Its rows, as the ledger records them.
+    pub(crate) rows: u64,
+}
+
+/// One unit to read: a cell, whole or some of its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unit {
+    /// The cell's object.
+    pub(crate) location: Path,
+    /// The rows to read; `None` for all of them.
+    pub(crate) rows: Option<RowRanges>,
+}
+
+/// What a task's scan reads of one cell when its partitions keep their own units: all of
+/// it, or some rows.
+pub(crate) type KeptCells = HashMap<String, Option<RowRanges>>;
 
 #[derive(Debug, Default)]
 struct State {
     next: VecDeque<Entry>,
-    /// Parts where a claim was lost.
-    ended: HashSet<Part>,
+    /// Origins where a claim was lost.
+    ended: HashSet<Origin>,
     read: Vec<String>,
     /// The next shared cell, with its claim under way.
     ahead: Option<(Entry, tokio::task::JoinHandle<Result<bool>>)>,
 }
 
-/// The cells a task keeps when its scan cannot take cells one at a time (see
+/// The cells a task keeps when its scan cannot take cells one at a time, by location (see
 /// [`CellQueue::claim_own`]), or why claiming them failed.
-type Kept = std::result::Result<Arc<HashSet<String>>, String>;
+type Kept = std::result::Result<Arc<KeptCells>, String>;
 
 /// The cells one task reads, in order, claimed where they are shared. Every partition of
 /// the task's split scan takes its next cell from here.
@@ -60,19 +84,20 @@ pub(crate) struct CellQueue {
 }
 
 impl CellQueue {
-    /// The queue of `task` over the cells its scan plans to read (`planned`: cell path to
-    /// object location); the task's other cells were ruled out by its plan.
+    /// The queue of `task` over the cells its scan plans to read (`planned`, by path); the
+    /// task's other cells were ruled out by its plan, and so were their parts. A part of a
+    /// planned cell that does not have its rows is an error.
     pub(crate) fn new(
         transport: Arc<dyn ShuffleTransport>,
         task: &TaskSpec,
-        planned: &HashMap<String, Path>,
-    ) -> Self {
+        planned: &HashMap<String, PlannedCell>,
+    ) -> Result<Self> {
         let unshared = task.cells.len() - task.shared as usize;
         let own = task.cells.iter().enumerate().map(|(i, c)| {
             let part = if i < unshared {
-                Part::Unshared
+                Origin::Unshared
             } else {
-                Part::Shared
+                Origin::Shared
             };
             (c, part)
         });
@@ -82,21 +107,21 @@ impl CellQueue {
             task.steal
                 .iter()
                 .enumerate()
-                .filter_map(move |(v, list)| list.get(i).map(|c| (c, Part::Stolen(v))))
+                .filter_map(move |(v, list)| list.get(i).map(|c| (c, Origin::Stolen(v))))
         });
         let mut next = VecDeque::new();
         let mut pruned = Vec::new();
         for (cell, part) in own.chain(stolen) {
-            match planned.get(cell) {
-                Some(location) => next.push_back(Entry {
+            match resolve(cell, planned)? {
+                Some(unit) => next.push_back(Entry {
                     cell: cell.clone(),
-                    location: location.clone(),
+                    unit,
                     part,
                 }),
                 None => pruned.push(cell.clone()),
             }
         }
-        Self {
+        Ok(Self {
             transport,
             task: task.key(),
             state: Mutex::new(State {
@@ -106,7 +131,7 @@ impl CellQueue {
             pruned,
             kept: tokio::sync::OnceCell::new(),
             slow: std::sync::atomic::AtomicBool::new(false),
-        }
+        })
     }
 
     /// Asks every claim one cell ahead, as after a slow claim (tests of both ways).
@@ -120,10 +145,10 @@ impl CellQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The next cell this task reads (its location), claimed if it is shared; `None` when
-    /// there is none left. Where claims are slow (a remote store's round trip), the claim of
-    /// the cell after it is asked for at once, so that it is answered while this one is read.
-    pub(crate) async fn next(&self) -> Result<Option<Path>> {
+    /// The next unit this task reads, claimed if it is shared; `None` when there is none
+    /// left. Where claims are slow (a remote store's round trip), the claim of the unit after
+    /// it is asked for at once, so that it is answered while this one is read.
+    pub(crate) async fn next(&self) -> Result<Option<Unit>> {
         loop {
             let (entry, asked) = {
                 let mut state = self.state();
@@ -136,7 +161,7 @@ impl CellQueue {
                 }
             };
             let mine = match (entry.part, asked) {
-                (Part::Unshared, _) => true,
+                (Origin::Unshared, _) => true,
                 (_, Some(claim)) => claim.await.map_err(|e| {
                     QueryError::Execution(format!("claiming cell `{}`: {e}", entry.cell))
                 })??,
@@ -153,7 +178,7 @@ impl CellQueue {
             if mine {
                 state.read.push(entry.cell);
                 self.claim_ahead(&mut state);
-                return Ok(Some(entry.location));
+                return Ok(Some(entry.unit));
             }
             // The owner or another thief got this far.
             state.ended.insert(entry.part);
@@ -181,7 +206,7 @@ impl CellQueue {
         let Some(entry) = Self::pop(state) else {
             return;
         };
-        if entry.part == Part::Unshared {
+        if entry.part == Origin::Unshared {
             state.next.push_front(entry);
             return;
         }
@@ -203,12 +228,12 @@ impl CellQueue {
                     let mut state = self.state();
                     std::mem::take(&mut state.next)
                         .into_iter()
-                        .filter(|e| !matches!(e.part, Part::Stolen(_)))
+                        .filter(|e| !matches!(e.part, Origin::Stolen(_)))
                         .collect()
                 };
                 let claims = futures::stream::iter(own)
                     .map(|entry| async move {
-                        let mine = entry.part == Part::Unshared
+                        let mine = entry.part == Origin::Unshared
                             || self.transport.claim(&self.task, &entry.cell).await?;
                         Ok::<_, QueryError>(mine.then_some(entry))
                     })
@@ -217,10 +242,30 @@ impl CellQueue {
                     .await
                     .map_err(|e| e.to_string())?;
                 let mut state = self.state();
-                let mut kept = HashSet::new();
+                let mut whole = HashSet::new();
+                let mut parts: HashMap<String, (u64, Vec<std::ops::Range<u64>>)> = HashMap::new();
                 for entry in claims.into_iter().flatten() {
-                    kept.insert(entry.location.to_string());
+                    let location = entry.unit.location.to_string();
+                    match entry.unit.rows {
+                        None => {
+                            whole.insert(location);
+                        }
+                        Some(rows) => parts
+                            .entry(location)
+                            .or_insert_with(|| (rows.total(), Vec::new()))
+                            .1
+                            .extend(rows.ranges().iter().cloned()),
+                    }
                     state.read.push(entry.cell);
+                }
+                let mut kept: KeptCells = whole.into_iter().map(|l| (l, None)).collect();
+                for (location, (total, ranges)) in parts {
+                    if kept.contains_key(&location) {
+                        return Err(format!("cell `{location}` is both whole and in parts"));
+                    }
+                    let rows = RowRanges::new(ranges, total)
+                        .ok_or_else(|| format!("parts of cell `{location}` overlap"))?;
+                    kept.insert(location, Some(rows));
                 }
                 Ok(Arc::new(kept))
             })
@@ -257,19 +302,60 @@ impl CellQueue {
     }
 }
 
-/// How a round's tasks, given `cells` each, share them: for each task, how many of its
-/// cells (the back half) others may take, and the others' shared cells it may take once its
-/// own are done (one list per other task, each from the back, starting with the next task).
-pub(crate) fn share_out(cells: &[Vec<&str>]) -> Vec<(u32, Vec<Vec<String>>)> {
+/// The unit a task names as `key`: a planned cell (an exact name wins), a part of one, or
+/// `None` when the plan ruled the cell out.
+fn resolve(key: &str, planned: &HashMap<String, PlannedCell>) -> Result<Option<Unit>> {
+    if let Some(cell) = planned.get(key) {
+        return Ok(Some(Unit {
+            location: cell.location.clone(),
+            rows: None,
+        }));
+    }
+    let Some((path, rows)) = parse_part(key) else {
+        return Ok(None);
+    };
+    let Some(cell) = planned.get(path) else {
+        return Ok(None);
+    };
+    let ranges = RowRanges::new(vec![rows.clone()], cell.rows).ok_or_else(|| {
+        QueryError::Invalid(format!(
+            "part `{key}` asks for rows {}..{} of cell `{path}`, which has {}",
+            rows.start, rows.end, cell.rows
+        ))
+    })?;
+    Ok(Some(Unit {
+        location: cell.location.clone(),
+        rows: Some(ranges),
+    }))
+}
+
+/// Whether a task must read through a [`CellQueue`]: it shares units, or names a part of a
+/// cell (a scan of the whole cell would read rows that are not its own).
+pub(crate) fn needs_queue(task: &TaskSpec, planned: &HashMap<String, PlannedCell>) -> bool {
+    task.shares()
+        || task
+            .cells
+            .iter()
+            .any(|c| !planned.contains_key(c) && parse_part(c).is_some())
+}
+
+/// How many units at the front of a task's list of `n` its owner keeps to itself: the
+/// front half (the back half is shared), and at least one, so that the coordinator always
+/// waits for every task's answer (a task left with nothing to read would answer after the
+/// query's objects were removed, leaving its result behind).
+pub(crate) fn unshared(n: usize) -> usize {
+    (n - n.div_ceil(2)).max(1).min(n)
+}
+
+/// How a round's tasks, given `cells` each (of which the first `unshared` are their own),
+/// share them: for each task, how many of its cells (those after its unshared ones) others
+/// may take, and the others' shared cells it may take once its own are done (one list per
+/// other task, each from the back, starting with the next task).
+pub(crate) fn share_out(cells: &[Vec<String>], unshared: &[usize]) -> Vec<(u32, Vec<Vec<String>>)> {
     let tails: Vec<Vec<String>> = cells
         .iter()
-        .map(|c| {
-            c[c.len() - c.len().div_ceil(2)..]
-                .iter()
-                .rev()
-                .map(|c| c.to_string())
-                .collect()
-        })
+        .zip(unshared)
+        .map(|(c, &u)| c[u.min(c.len())..].iter().rev().cloned().collect())
         .collect();
     (0..cells.len())
         .map(|i| {
@@ -294,17 +380,32 @@ mod tests {
     use crate::distributed::StorageShuffle;
     use crate::distributed::manifest::tests::sample;
 
-    fn planned(cells: &[&str]) -> HashMap<String, Path> {
+    /// Cells of 1000 rows each.
+    fn planned(cells: &[&str]) -> HashMap<String, PlannedCell> {
         cells
             .iter()
-            .map(|c| (c.to_string(), Path::from(format!("root/{c}"))))
+            .map(|c| {
+                let cell = PlannedCell {
+                    location: Path::parse(format!("root/{c}")).unwrap(),
+                    rows: 1000,
+                };
+                (c.to_string(), cell)
+            })
             .collect()
     }
 
+    /// The units a queue hands out: a cell's path, or `path#start-end` for a part.
     async fn drain(q: &CellQueue) -> Vec<String> {
         let mut out = Vec::new();
-        while let Some(p) = q.next().await.unwrap() {
-            out.push(p.as_ref().trim_start_matches("root/").to_string());
+        while let Some(u) = q.next().await.unwrap() {
+            let path = u.location.as_ref().trim_start_matches("root/").to_string();
+            out.push(match u.rows {
+                None => path,
+                Some(r) => {
+                    let [range] = r.ranges() else { panic!("{r:?}") };
+                    crate::parts::part_key(&path, range)
+                }
+            });
         }
         out
     }
@@ -331,28 +432,41 @@ mod tests {
         stops: &[Option<usize>],
         kept: bool,
         ahead: bool,
+        cut: bool,
     ) -> (Vec<String>, Vec<Vec<String>>, Vec<Vec<String>>) {
         let transport: Arc<dyn ShuffleTransport> =
             Arc::new(StorageShuffle::new(apiary_storage::memory()));
+        // With `cut`, each task's last cell is in three parts.
         let cells: Vec<Vec<String>> = sizes
             .iter()
             .enumerate()
             .map(|(t, &n)| (0..n).map(|i| format!("t{t}/c{i}.parquet")).collect())
             .collect();
-        let all: Vec<String> = cells.iter().flatten().cloned().collect();
-        let names: Vec<&str> = all.iter().map(String::as_str).collect();
+        let names: Vec<&str> = cells.iter().flatten().map(String::as_str).collect();
         let plan = planned(&names);
+        let cells: Vec<Vec<String>> = cells
+            .into_iter()
+            .map(|mut c| {
+                if cut {
+                    let last = c.pop().unwrap();
+                    c.extend(["0-300", "300-700", "700-1000"].map(|r| format!("{last}#{r}")));
+                }
+                c
+            })
+            .collect();
+        let all: Vec<String> = cells.iter().flatten().cloned().collect();
         let borrowed: Vec<Vec<&str>> = cells
             .iter()
             .map(|c| c.iter().map(String::as_str).collect())
             .collect();
-        let queues: Vec<CellQueue> = share_out(&borrowed)
+        let unshared: Vec<usize> = cells.iter().map(|c| unshared(c.len())).collect();
+        let queues: Vec<CellQueue> = share_out(&cells, &unshared)
             .into_iter()
             .enumerate()
             .map(|(i, (shared, steal))| {
                 let mut t = task(i as u32, &borrowed[i], shared, vec![]);
                 t.steal = steal;
-                let q = CellQueue::new(Arc::clone(&transport), &t, &plan);
+                let q = CellQueue::new(Arc::clone(&transport), &t, &plan).unwrap();
                 if ahead { q.claiming_ahead() } else { q }
             })
             .collect();
@@ -405,11 +519,13 @@ mod tests {
             stops in proptest::collection::vec(proptest::option::weighted(0.2, 0usize..4), 4),
             kept in any::<bool>(),
             ahead in any::<bool>(),
+            cut in any::<bool>(),
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let none = vec![None; 4];
             for stops in [&none, &stops] {
-                let (all, read, pruned) = runtime.block_on(race(&sizes, &turns, stops, kept, ahead));
+                let (all, read, pruned) =
+                    runtime.block_on(race(&sizes, &turns, stops, kept, ahead, cut));
                 let mut seen: Vec<&String> = read.iter().flatten().collect();
                 let n = seen.len();
                 seen.sort();
@@ -435,8 +551,8 @@ mod tests {
         let plan = planned(&all);
         let a = task(0, &all[..4], 2, vec![vec!["b4", "b3"]]);
         let b = task(1, &all[4..], 2, vec![vec!["a4", "a3"]]);
-        let qa = CellQueue::new(Arc::clone(&transport), &a, &plan);
-        let qb = CellQueue::new(Arc::clone(&transport), &b, &plan);
+        let qa = CellQueue::new(Arc::clone(&transport), &a, &plan).unwrap();
+        let qb = CellQueue::new(Arc::clone(&transport), &b, &plan).unwrap();
         // `a` runs alone first: its own four, then what `b` shares, from the back.
         assert_eq!(drain(&qa).await, ["a1", "a2", "a3", "a4", "b4", "b3"]);
         // `b` then finds its shared cells taken and stops at the first it loses; it never
@@ -453,7 +569,7 @@ mod tests {
         let transport: Arc<dyn ShuffleTransport> =
             Arc::new(StorageShuffle::new(apiary_storage::memory()));
         let t = task(0, &["a1", "a2"], 1, vec![vec!["b2"], vec!["c2"]]);
-        let q = CellQueue::new(Arc::clone(&transport), &t, &planned(&["a1", "c2"]));
+        let q = CellQueue::new(Arc::clone(&transport), &t, &planned(&["a1", "c2"])).unwrap();
         assert_eq!(drain(&q).await, ["a1", "c2"]);
         assert_eq!(q.finish().await.1, ["a2", "b2"]);
         let other = task(1, &["b1", "b2"], 1, vec![]);
@@ -466,7 +582,9 @@ mod tests {
             Arc::new(StorageShuffle::new(apiary_storage::memory()));
         let all = ["a1", "a2", "a3", "b1", "b2"];
         let t = task(0, &all[..3], 2, vec![vec!["b2"]]);
-        let q = CellQueue::new(Arc::clone(&transport), &t, &planned(&all)).claiming_ahead();
+        let q = CellQueue::new(Arc::clone(&transport), &t, &planned(&all))
+            .unwrap()
+            .claiming_ahead();
         // A limit was reached after the first cell (the second's claim was asked ahead).
         assert!(q.next().await.unwrap().is_some());
         assert_eq!(
@@ -487,15 +605,71 @@ mod tests {
         let a = task(0, &all[..4], 2, vec![vec!["b2"]]);
         let b = task(1, &all[4..], 1, vec![vec!["a4", "a3"]]);
         // `b` took `a4` first (it reads one cell at a time).
-        let qb = CellQueue::new(Arc::clone(&transport), &b, &plan);
+        let qb = CellQueue::new(Arc::clone(&transport), &b, &plan).unwrap();
         assert_eq!(drain(&qb).await, ["b1", "b2", "a4", "a3"]);
-        let qa = CellQueue::new(Arc::clone(&transport), &a, &plan);
+        let qa = CellQueue::new(Arc::clone(&transport), &a, &plan).unwrap();
         let kept = qa.claim_own().await.unwrap();
         let again = qa.claim_own().await.unwrap();
         assert_eq!(kept, again, "claimed once for every partition");
-        let mut kept: Vec<&str> = kept.iter().map(String::as_str).collect();
-        kept.sort();
-        assert_eq!(kept, ["root/a1", "root/a2"]);
+        let mut kept: Vec<(&str, &Option<RowRanges>)> =
+            kept.iter().map(|(l, r)| (l.as_str(), r)).collect();
+        kept.sort_by_key(|k| k.0);
+        assert_eq!(kept, [("root/a1", &None), ("root/a2", &None)]);
         assert_eq!(qa.finish().await, (vec!["a1".into(), "a2".into()], vec![]));
+    }
+
+    #[tokio::test]
+    #[allow(clippy::single_range_in_vec_init)] // one range of rows
+    async fn parts_are_claimed_one_by_one_and_kept_parts_merge_per_cell() {
+        let transport: Arc<dyn ShuffleTransport> =
+            Arc::new(StorageShuffle::new(apiary_storage::memory()));
+        let plan = planned(&["a1", "a2", "b1"]);
+        let a = task(
+            0,
+            &["a1", "a2#0-500", "a2#500-1000"],
+            2,
+            vec![vec!["b1#500-1000"]],
+        );
+        let b = task(
+            1,
+            &["b1#0-500", "b1#500-1000"],
+            1,
+            vec![vec!["a2#500-1000"]],
+        );
+        let qb = CellQueue::new(Arc::clone(&transport), &b, &plan).unwrap();
+        // `b` reads its own parts and steals the last part of `a2`.
+        assert_eq!(drain(&qb).await, ["b1#0-500", "b1#500-1000", "a2#500-1000"]);
+        let qa = CellQueue::new(Arc::clone(&transport), &a, &plan).unwrap();
+        let kept = qa.claim_own().await.unwrap();
+        assert_eq!(kept.get("root/a1"), Some(&None));
+        let a2 = kept.get("root/a2").unwrap().as_ref().unwrap();
+        assert_eq!(a2.ranges(), &[0..500]);
+        assert_eq!(a2.total(), 1000);
+        assert_eq!(
+            qa.finish().await,
+            (vec!["a1".into(), "a2#0-500".into()], vec![])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_part_the_cell_does_not_have_fails_the_task_and_a_pruned_cell_prunes_its_parts() {
+        let transport: Arc<dyn ShuffleTransport> =
+            Arc::new(StorageShuffle::new(apiary_storage::memory()));
+        let t = task(0, &["a1#900-1200"], 0, vec![]);
+        let err = CellQueue::new(Arc::clone(&transport), &t, &planned(&["a1"])).unwrap_err();
+        assert!(err.to_string().contains("which has 1000"), "{err}");
+        // The plan ruled `a1` out: its parts have no rows either.
+        let t = task(0, &["a1#0-500", "a1#500-1000", "b1"], 0, vec![]);
+        let plan = planned(&["b1"]);
+        assert!(needs_queue(&t, &plan));
+        let q = CellQueue::new(Arc::clone(&transport), &t, &plan).unwrap();
+        assert_eq!(drain(&q).await, ["b1"]);
+        assert_eq!(q.finish().await.1, ["a1#0-500", "a1#500-1000"]);
+        // A cell whose path reads like a part is that cell.
+        let plan = planned(&["a#0-5"]);
+        let t = task(0, &["a#0-5"], 0, vec![]);
+        assert!(!needs_queue(&t, &plan));
+        let q = CellQueue::new(Arc::clone(&transport), &t, &plan).unwrap();
+        assert_eq!(drain(&q).await, ["a#0-5"]);
     }
 }

@@ -43,11 +43,11 @@ pub struct TaskRun {
     pub attempt: u32,
     /// Node that produced it.
     pub node_id: String,
-    /// Cells read.
+    /// Cells read (a part of a cell counts as one).
     pub cells: usize,
     /// Of those, cells another task was given and this one took (it finished first).
     pub stolen: usize,
-    /// Bytes of those cells.
+    /// Bytes of those cells (of a part, its share of its cell's bytes).
     pub bytes: u64,
     /// Rows returned.
     pub rows: u64,
@@ -328,7 +328,7 @@ struct Pending {
 struct Done {
     report: TaskReport,
     rows: Vec<RecordBatch>,
-    /// The cells whose rows these are.
+    /// The units (cells and parts) whose rows these are.
     read: Vec<String>,
     /// From handing the task out to taking this result.
     round_trip: Duration,
@@ -336,13 +336,16 @@ struct Done {
 
 /// The state of one query while it runs.
 ///
-/// The query runs in rounds. A round hands every cell not yet read to the alive nodes, as
-/// tasks that share cells where the transport can arbitrate (see the manifest's "Shared
-/// cells"): a task that finishes early reads cells of one that lags. A round is over when
-/// each of its tasks has answered or been given up; the cells then neither read nor ruled
-/// out by a plan (those a given-up task held) go to the next round, at most
-/// [`MAX_ATTEMPTS`] rounds. A result is taken only if none of its cells was read already, so
-/// no cell's rows are ever counted twice.
+/// The query runs in rounds. A round hands every unit not yet read to the alive nodes, as
+/// tasks that share units where the transport can arbitrate (see the manifest's "Shared
+/// cells"): a task that finishes early reads units of one that lags. A unit is a cell or a
+/// part of one (see the manifest's "Parts"): a round cuts cells into parts where there are
+/// fewer cells than bees, and cuts the last cells of every task that shares, so tasks end
+/// together. A round is over when each of its tasks has answered or been given up; the
+/// units then neither read nor ruled out by a plan (those a given-up task held) go to the
+/// next round, at most [`MAX_ATTEMPTS`] rounds. A result is taken only if none of its units
+/// was read already, and a cell once cut is only ever handed out in those parts, so no
+/// row is ever counted twice.
 struct Attempts<'a> {
     run: &'a Run,
     query_id: String,
@@ -353,9 +356,11 @@ struct Attempts<'a> {
     tasks: Vec<Pending>,
     /// The current round (the attempt number of its tasks).
     round: u32,
-    /// Cells whose rows are in hand.
+    /// The units that cover the split frame's cells: every cell whole, or in parts once cut.
+    units: Vec<SplitCell>,
+    /// Units whose rows are in hand (by key).
     read: HashSet<String>,
-    /// Cells a task's plan ruled out (no rows to read).
+    /// Units a task's plan ruled out (no rows to read).
     pruned: HashSet<String>,
     /// Why tasks were given up, in order, with their round.
     causes: Vec<(u32, String)>,
@@ -386,6 +391,7 @@ impl Run {
             local,
             tasks: Vec::new(),
             round: 0,
+            units: self.fragment.cells.clone(),
             read: HashSet::new(),
             pruned: HashSet::new(),
             causes: Vec::new(),
@@ -430,14 +436,11 @@ impl Run {
             tasks,
             cleanup,
             causes,
+            units,
             ..
         } = q;
-        let sizes: std::collections::HashMap<&str, u64> = self
-            .fragment
-            .cells
-            .iter()
-            .map(|c| (c.path.as_str(), c.bytes))
-            .collect();
+        let sizes: std::collections::HashMap<String, u64> =
+            units.iter().map(|c| (c.key(), c.bytes)).collect();
         let mut runs = Vec::new();
         let mut batches = Vec::new();
         for t in tasks {
@@ -464,7 +467,7 @@ impl Run {
                 stolen: read.iter().filter(|c| !own.contains(c)).count(),
                 bytes: read
                     .iter()
-                    .map(|c| sizes.get(c.as_str()).copied().unwrap_or(0))
+                    .map(|c| sizes.get(c).copied().unwrap_or(0))
                     .sum(),
                 rows: report.rows,
                 elapsed_ms: report.elapsed_ms,
@@ -495,13 +498,17 @@ impl Attempts<'_> {
         node.is_empty() || self.local.as_deref() == Some(node)
     }
 
-    /// Every cell read or ruled out.
+    /// Every unit read or ruled out.
     fn complete(&self) -> bool {
-        self.run
-            .fragment
-            .cells
-            .iter()
-            .all(|c| self.read.contains(&c.path) || self.pruned.contains(&c.path))
+        self.left().next().is_none()
+    }
+
+    /// The units neither read nor ruled out.
+    fn left(&self) -> impl Iterator<Item = &SplitCell> {
+        self.units.iter().filter(|c| {
+            let key = c.key();
+            !self.read.contains(&key) && !self.pruned.contains(&key)
+        })
     }
 
     /// Whether every task of the current round answered or was given up.
@@ -519,17 +526,35 @@ impl Attempts<'_> {
         workers: &[WorkerInfo],
     ) -> Result<(), QueryError> {
         self.round += 1;
-        let shares = assign(&cells, &self.run.fragment.split, workers);
+        let can_cut = self.units.iter().all(|c| crate::parts::splittable(&c.path));
+        let bees: u32 = workers.iter().map(|w| w.bees.max(1)).sum();
+        let min_rows = self.run.cluster.settings.min_part_rows;
+        let cells = if can_cut {
+            cut_for_bees(cells, bees, min_rows)
+        } else {
+            cells
+        };
+        let mut shares = assign(&cells, &self.run.fragment.split, workers);
         let sharing = shares.len() > 1 && self.run.cluster.transport.can_claim();
         let sharing = if sharing {
-            let cells: Vec<Vec<&str>> = shares
+            let unshared: Vec<usize> = shares
                 .iter()
-                .map(|(_, c)| c.iter().map(|c| c.path.as_str()).collect())
+                .map(|(_, c)| super::claims::unshared(c.len()))
                 .collect();
-            super::claims::share_out(&cells)
+            if can_cut {
+                for (_, cells) in &mut shares {
+                    cut_last(cells, min_rows);
+                }
+            }
+            let cells: Vec<Vec<String>> = shares
+                .iter()
+                .map(|(_, c)| c.iter().map(SplitCell::key).collect())
+                .collect();
+            super::claims::share_out(&cells, &unshared)
         } else {
             vec![(0, Vec::new()); shares.len()]
         };
+        self.replace_cut(&shares);
         let fragment = &self.run.fragment;
         let mut specs = Vec::with_capacity(shares.len());
         for ((node, cells), (shared, steal)) in shares.into_iter().zip(sharing) {
@@ -544,7 +569,7 @@ impl Attempts<'_> {
                 bytes: cells.iter().map(|c| c.bytes).sum(),
                 shared,
                 steal,
-                cells: cells.into_iter().map(|c| c.path).collect(),
+                cells: cells.iter().map(SplitCell::key).collect(),
                 pins: fragment.pins.clone(),
                 sql: fragment.sql.clone(),
                 scope: fragment.scope.clone(),
@@ -559,6 +584,31 @@ impl Attempts<'_> {
             });
         }
         self.dispatch(specs).await
+    }
+
+    /// Records the parts this round cut cells into: from now on those cells are read in
+    /// these parts only.
+    fn replace_cut(&mut self, shares: &[(String, Vec<SplitCell>)]) {
+        let mut parts: std::collections::HashMap<&str, Vec<&SplitCell>> = Default::default();
+        for c in shares.iter().flat_map(|(_, c)| c) {
+            if c.part.is_some() {
+                parts.entry(c.path.as_str()).or_default().push(c);
+            }
+        }
+        if parts.is_empty() {
+            return;
+        }
+        let units = std::mem::take(&mut self.units);
+        for unit in units {
+            match parts.get(unit.path.as_str()) {
+                Some(cut) if unit.part.is_none() => {
+                    let mut cut = cut.clone();
+                    cut.sort_by_key(|c| c.part.as_ref().map(|r| r.start));
+                    self.units.extend(cut.into_iter().cloned());
+                }
+                _ => self.units.push(unit),
+            }
+        }
     }
 
     /// Hands `specs` out: local ones run in this process, the rest go through the transport.
@@ -761,14 +811,7 @@ impl Attempts<'_> {
         if !self.round_over() || self.complete() {
             return Ok(());
         }
-        let left: Vec<SplitCell> = self
-            .run
-            .fragment
-            .cells
-            .iter()
-            .filter(|c| !self.read.contains(&c.path) && !self.pruned.contains(&c.path))
-            .cloned()
-            .collect();
+        let left: Vec<SplitCell> = self.left().cloned().collect();
         if self.round >= MAX_ATTEMPTS {
             return Err(self.abandon(&left));
         }
@@ -778,7 +821,7 @@ impl Attempts<'_> {
     /// Records the query's failure to read `left` and returns the error naming it.
     fn abandon(&self, left: &[SplitCell]) -> QueryError {
         let split = &self.run.fragment.split;
-        let cells: Vec<String> = left.iter().map(|c| c.path.clone()).collect();
+        let cells: Vec<String> = left.iter().map(SplitCell::key).collect();
         // The last round's first given-up task names the failure.
         let task_id = self
             .tasks
@@ -864,6 +907,44 @@ fn result_interval(elapsed: Duration, first: Option<Duration>, max: Duration) ->
             (first / 50).clamp(Duration::from_millis(1), max)
         }
         _ => (elapsed / 25).clamp(Duration::from_millis(2), max),
+    }
+}
+
+/// Most parts one cell is cut into.
+const MAX_PARTS: u64 = 64;
+
+/// How many cells at the end of a task that shares are cut into parts, and into how many.
+const CUT_LAST: (usize, u64) = (2, 4);
+
+/// Cells cut so that every bee has about two units to read, where there are fewer cells
+/// than that (a large cell is read by several nodes at once); parts have at least
+/// `min_rows` rows.
+fn cut_for_bees(cells: Vec<SplitCell>, bees: u32, min_rows: u64) -> Vec<SplitCell> {
+    let want = u64::from(bees) * 2;
+    let whole = cells.iter().filter(|c| c.part.is_none()).count() as u64;
+    if whole == 0 || cells.len() as u64 >= want {
+        return cells;
+    }
+    let each = want.div_ceil(whole).min(MAX_PARTS);
+    cells
+        .into_iter()
+        .flat_map(|c| {
+            let parts = each.min(c.rows / min_rows.max(1));
+            c.cut(parts)
+        })
+        .collect()
+}
+
+/// The last [`CUT_LAST`] whole cells of a task's list cut into parts (with at least
+/// `min_rows` rows each), in place: the shared end of the list is where its owner and the
+/// thieves meet, so the task that ends last ends at most a part behind.
+fn cut_last(cells: &mut Vec<SplitCell>, min_rows: u64) {
+    let (last, parts) = CUT_LAST;
+    let from = cells.len().saturating_sub(last);
+    let tail: Vec<SplitCell> = cells.drain(from..).collect();
+    for c in tail {
+        let parts = parts.min(c.rows / min_rows.max(1));
+        cells.extend(c.cut(parts));
     }
 }
 
@@ -1007,6 +1088,8 @@ mod tests {
                 .map(|(i, &bytes)| SplitCell {
                     path: format!("c{i}"),
                     bytes,
+                    rows: bytes * 10_000,
+                    part: None,
                 })
                 .collect(),
             pins: vec![],
@@ -1071,6 +1154,87 @@ mod tests {
         };
         assert_eq!(bytes("a"), 40);
         assert_eq!(bytes("b"), 80);
+    }
+
+    /// Every cell's rows, from the units that cover them: each cell whole once, or its
+    /// parts covering its rows once, in order.
+    fn assert_covers(units: &[SplitCell], cells: &[SplitCell]) {
+        for cell in cells {
+            let mut mine: Vec<&SplitCell> = units.iter().filter(|u| u.path == cell.path).collect();
+            mine.sort_by_key(|u| u.part.as_ref().map(|r| r.start));
+            match mine[..] {
+                [whole] if whole.part.is_none() => continue,
+                _ => {}
+            }
+            let mut next = 0;
+            for u in mine {
+                let rows = u.part.clone().expect("a whole cell beside its parts");
+                assert_eq!(rows.start, next, "{units:?}");
+                next = rows.end;
+            }
+            assert_eq!(next, cell.rows, "{units:?}");
+        }
+    }
+
+    #[test]
+    fn few_large_cells_are_cut_so_every_bee_has_work() {
+        // Two cells of 1.2M rows for six bees: each in six parts (twelve, two per bee).
+        let f = fragment(&[120, 120]);
+        const MIN: u64 = 64 * 1024;
+        let cut = cut_for_bees(f.cells.clone(), 6, MIN);
+        assert_eq!(cut.len(), 12);
+        assert_covers(&cut, &f.cells);
+        assert_eq!(cut.iter().map(|c| c.bytes).sum::<u64>(), 240);
+        // Enough cells already, or cells too small to cut: unchanged.
+        let many = fragment(&[10; 12]);
+        assert_eq!(cut_for_bees(many.cells.clone(), 6, MIN), many.cells);
+        let small = fragment(&[1, 1]);
+        assert_eq!(cut_for_bees(small.cells.clone(), 6, MIN), small.cells);
+        // The plan over parts still gives every unit once, balanced.
+        let plan = assign(&cut, &f.split, &[worker("a", 3), worker("b", 3)]);
+        let units: Vec<SplitCell> = plan.iter().flat_map(|(_, c)| c.clone()).collect();
+        assert_eq!(units.len(), 12);
+        assert_covers(&units, &f.cells);
+        assert_eq!(bytes_of(&plan, "a"), 120);
+    }
+
+    #[test]
+    fn a_tasks_last_cells_are_cut_into_parts() {
+        let f = fragment(&[10, 20, 30, 40]);
+        let mut cells = f.cells.clone();
+        cut_last(&mut cells, 64 * 1024);
+        let keys: Vec<String> = cells.iter().map(SplitCell::key).collect();
+        assert_eq!(
+            keys,
+            [
+                "c0",
+                "c1",
+                "c2#0-75000",
+                "c2#75000-150000",
+                "c2#150000-225000",
+                "c2#225000-300000",
+                "c3#0-100000",
+                "c3#100000-200000",
+                "c3#200000-300000",
+                "c3#300000-400000",
+            ]
+        );
+        assert_covers(&cells, &f.cells);
+        // Parts have at least `min_rows` rows: a smaller cell is cut into fewer parts, or
+        // stays whole.
+        let mut small = fragment(&[10, 20, 1]).cells;
+        cut_last(&mut small, 64 * 1024);
+        let keys: Vec<String> = small.iter().map(SplitCell::key).collect();
+        assert_eq!(
+            keys,
+            [
+                "c0",
+                "c1#0-66666",
+                "c1#66666-133333",
+                "c1#133333-200000",
+                "c2"
+            ]
+        );
     }
 
     fn bytes_of(plan: &[(String, Vec<SplitCell>)], node: &str) -> u64 {

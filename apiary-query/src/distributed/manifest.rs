@@ -35,7 +35,17 @@
 //! its plan ruled out (`TaskReport::read`, `TaskReport::pruned`). `steal` holds one list per other
 //! task, each from the back; a worker takes from them in turn and drops a list at the first
 //! claim it loses there (its owner or another thief got that far). Both fields are absent
-//! (`0`, `[]`) when the round shares nothing. The
+//! (`0`, `[]`) when the round shares nothing.
+//!
+//! **Parts.** An entry of `cells` or `steal` may name a part of a cell rather than the whole:
+//! `"{path}#{start}-{end}"` is the cell's rows `start..end` (positions in the cell, before
+//! any filter; see [`crate::parts`]). A coordinator cuts cells into parts where there are
+//! fewer cells than bees, and cuts the last cells of every task that shares, so that the
+//! task that ends last ends at most a part behind; a cell once cut is handed out in those
+//! parts only. A name that is a cell of the frame is that cell (a coordinator never cuts a
+//! frame with a `#` in a cell path). A worker reads a part with a row selection (Parquet)
+//! or a slice (memory tier), claims it like a cell, and reports it by its name; a part
+//! outside its cell's rows fails the task. The
 //! result must have `schema` (columns by position; types are cast where they differ only in
 //! representation). `timeout_ms` is measured by the worker from when it takes the task; the
 //! coordinator keeps its own deadline on its own clock. A worker never trusts a task: the

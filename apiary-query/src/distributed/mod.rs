@@ -11,7 +11,7 @@
 //! * [`run_task`]: what a worker does with a task: the same SQL checks as `sql`, a per-task
 //!   catalog with only the task's cells, a result of the expected schema.
 
-mod claims;
+pub(crate) mod claims;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod coordinator;
@@ -110,6 +110,10 @@ pub struct DistributeSettings {
     pub result_poll: Duration,
     /// Query folders older than this are removed by whoever sweeps.
     pub orphan_retention: Duration,
+    /// Fewest rows of a part when cells are cut into parts (a session's
+    /// `SET apiary.min_part_rows = …` overrides it): a smaller part costs more in claims and
+    /// plans than it balances.
+    pub min_part_rows: u64,
 }
 
 impl Default for DistributeSettings {
@@ -119,6 +123,7 @@ impl Default for DistributeSettings {
             task_timeout: Duration::from_secs(600),
             result_poll: Duration::from_millis(250),
             orphan_retention: Duration::from_secs(900),
+            min_part_rows: 64 * 1024,
         }
     }
 }

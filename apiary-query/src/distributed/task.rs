@@ -129,13 +129,11 @@ async fn execute(
     }
     let queue: Mutex<Option<Arc<CellQueue>>> = Mutex::default();
     let share = |plan: &Arc<dyn ExecutionPlan>| -> Result<()> {
-        if task.shares() {
-            let scan = split_scan(plan, &split.to_string(), task.split.version)?;
-            let q = Arc::new(CellQueue::new(
-                Arc::clone(transport),
-                task,
-                scan.map(|s| s.cells()).unwrap_or(&HashMap::new()),
-            ));
+        let scan = split_scan(plan, &split.to_string(), task.split.version)?;
+        let none = HashMap::new();
+        let planned = scan.map(|s| s.cells()).unwrap_or(&none);
+        if super::claims::needs_queue(task, planned) {
+            let q = Arc::new(CellQueue::new(Arc::clone(transport), task, planned)?);
             if let Some(scan) = scan {
                 scan.share(Arc::clone(&q))?;
             }
