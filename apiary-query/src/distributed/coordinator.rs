@@ -356,8 +356,9 @@ struct Attempts<'a> {
     tasks: Vec<Pending>,
     /// The current round (the attempt number of its tasks).
     round: u32,
-    /// The units that cover the split frame's cells: every cell whole, or in parts once cut.
-    units: Vec<SplitCell>,
+    /// The units that cover the split frame's cells, with their keys: every cell whole, or
+    /// in parts once cut.
+    units: Vec<(String, SplitCell)>,
     /// Units whose rows are in hand (by key).
     read: HashSet<String>,
     /// Units a task's plan ruled out (no rows to read).
@@ -391,7 +392,12 @@ impl Run {
             local,
             tasks: Vec::new(),
             round: 0,
-            units: self.fragment.cells.clone(),
+            units: self
+                .fragment
+                .cells
+                .iter()
+                .map(|c| (c.key(), c.clone()))
+                .collect(),
             read: HashSet::new(),
             pruned: HashSet::new(),
             causes: Vec::new(),
@@ -440,7 +446,7 @@ impl Run {
             ..
         } = q;
         let sizes: std::collections::HashMap<String, u64> =
-            units.iter().map(|c| (c.key(), c.bytes)).collect();
+            units.into_iter().map(|(key, c)| (key, c.bytes)).collect();
         let mut runs = Vec::new();
         let mut batches = Vec::new();
         for t in tasks {
@@ -505,10 +511,10 @@ impl Attempts<'_> {
 
     /// The units neither read nor ruled out.
     fn left(&self) -> impl Iterator<Item = &SplitCell> {
-        self.units.iter().filter(|c| {
-            let key = c.key();
-            !self.read.contains(&key) && !self.pruned.contains(&key)
-        })
+        self.units
+            .iter()
+            .filter(|(key, _)| !self.read.contains(key) && !self.pruned.contains(key))
+            .map(|(_, c)| c)
     }
 
     /// Whether every task of the current round answered or was given up.
@@ -526,7 +532,10 @@ impl Attempts<'_> {
         workers: &[WorkerInfo],
     ) -> Result<(), QueryError> {
         self.round += 1;
-        let can_cut = self.units.iter().all(|c| crate::parts::splittable(&c.path));
+        let can_cut = self
+            .units
+            .iter()
+            .all(|(_, c)| crate::parts::splittable(&c.path));
         let bees: u32 = workers.iter().map(|w| w.bees.max(1)).sum();
         let min_rows = self.run.cluster.settings.min_part_rows;
         let cells = if can_cut {
@@ -599,14 +608,15 @@ impl Attempts<'_> {
             return;
         }
         let units = std::mem::take(&mut self.units);
-        for unit in units {
+        for (key, unit) in units {
             match parts.get(unit.path.as_str()) {
                 Some(cut) if unit.part.is_none() => {
                     let mut cut = cut.clone();
                     cut.sort_by_key(|c| c.part.as_ref().map(|r| r.start));
-                    self.units.extend(cut.into_iter().cloned());
+                    self.units
+                        .extend(cut.into_iter().map(|c| (c.key(), c.clone())));
                 }
-                _ => self.units.push(unit),
+                _ => self.units.push((key, unit)),
             }
         }
     }

@@ -43,7 +43,12 @@ struct Args {
     memory_tier: u64,
     /// The nodes' task poll interval in the speed-up runs.
     task_poll: String,
+    /// `apiary.min_part_rows` of the distributed sessions, if given.
+    min_part_rows: Option<u64>,
 }
+
+/// `apiary.min_part_rows` of every distributed session (`--min-part-rows`).
+static MIN_PART_ROWS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
 
 fn args() -> Args {
     let f = flags(&[
@@ -54,6 +59,7 @@ fn args() -> Args {
         "keep",
         "memory-tier",
         "task-poll",
+        "min-part-rows",
     ]);
     Args {
         sf: flag(&f, "sf", 1.0),
@@ -63,6 +69,7 @@ fn args() -> Args {
         keep: f.get("keep").map(PathBuf::from),
         memory_tier: flag(&f, "memory-tier", 0),
         task_poll: f.get("task-poll").cloned().unwrap_or_else(|| "20ms".into()),
+        min_part_rows: f.get("min-part-rows").map(|_| flag(&f, "min-part-rows", 0)),
     }
 }
 
@@ -147,6 +154,10 @@ async fn local_session(ap: &Apiary, mode: &str, bees: usize) -> SqlSession {
         ))
         .await
         .expect("partitions");
+    } else if let Some(rows) = MIN_PART_ROWS.get().copied().flatten() {
+        s.sql(&format!("SET apiary.min_part_rows = {rows}"))
+            .await
+            .expect("parts");
     }
     s
 }
@@ -314,6 +325,7 @@ fn equal_parts(batches: &[RecordBatch], parts: usize) -> Vec<Vec<RecordBatch>> {
 #[tokio::main]
 async fn main() {
     let a = args();
+    let _ = MIN_PART_ROWS.set(a.min_part_rows);
     let dir = tempfile::tempdir().expect("temp dir");
     // `--keep DIR` keeps the loaded data in DIR for later runs (and for trying queries by
     // hand with `apiary sql --storage DIR`).
