@@ -795,3 +795,119 @@ async fn an_idle_node_only_heads_its_doorbell_and_a_busy_one_looks_more_often() 
     assert_eq!(busy.total(), busy.head, "no task, no LIST: {busy:?}");
     ap.shutdown().await.unwrap();
 }
+
+/// The event ids `task` returns once published to its node (its fragment selects them), or
+/// why it failed.
+async fn run_published(
+    transport: &StorageShuffle,
+    task: TaskSpec,
+) -> Result<std::collections::BTreeSet<i64>, String> {
+    let q = task.query_id.clone();
+    transport
+        .publish_tasks(&q, "test", std::slice::from_ref(&task))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let outcome = loop {
+        let got = transport.collect(&q, &[task.key()]).await.unwrap();
+        if let Some(d) = got.into_iter().next() {
+            break d.outcome;
+        }
+        assert!(started.elapsed() < DEADLINE, "no answer to {q}");
+        apiary::apiary_storage::time::sleep(Duration::from_millis(20)).await;
+    };
+    transport.finish(&q).await.unwrap();
+    let batches = match outcome {
+        TaskOutcome::Rows(ipc) => {
+            apiary::apiary_query::distributed::result::decode(&q, &ipc)
+                .unwrap()
+                .1
+        }
+        TaskOutcome::Empty => Vec::new(),
+        TaskOutcome::Failed(cause) => return Err(cause),
+    };
+    Ok(batches
+        .iter()
+        .flat_map(|b| {
+            let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            ids.values().to_vec()
+        })
+        .collect())
+}
+
+/// A task that names parts of cells reads exactly their rows (positions in the cell, before
+/// its filter), whether the node reads the cell from Parquet, decodes it into the memory
+/// tier or serves it from there; a part the cell does not have fails the task, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_reads_exactly_the_rows_of_the_parts_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("data").display().to_string();
+    let ap = client(&storage).await;
+    load(&ap).await;
+    let node = start(&storage, dir.path(), "node-p0", "5ms");
+    wait_alive(&ap, 1).await;
+    let frame = apiary::apiary_ledger::FrameRef::new("analytics", "events", "clicks").unwrap();
+    let state = ap
+        .registry()
+        .ledger(&frame)
+        .await
+        .unwrap()
+        .refresh()
+        .await
+        .unwrap()
+        .unwrap();
+    let mut cells: Vec<String> = state.live.as_ref().unwrap().cells.keys().cloned().collect();
+    cells.sort();
+    let (a, b) = (&cells[0], &cells[1]);
+    let transport = StorageShuffle::new(Arc::clone(ap.registry().backend()));
+    let mut n = 0;
+    let mut task = |units: &[String], sql: &str| {
+        n += 1;
+        let mut t = hostile(&format!("q-parts-{n}"), &node.id, sql, "analytics");
+        t.split.version = state.version;
+        t.cells = units.to_vec();
+        t
+    };
+    let ids = "SELECT event_id AS c0 FROM analytics.events.clicks";
+    // Each cell's ids in file order: one write of 200 consecutive ids.
+    let whole = run_published(&transport, task(std::slice::from_ref(a), ids))
+        .await
+        .unwrap();
+    assert_eq!(whole.len(), 200);
+    let first = *whole.first().unwrap();
+    assert_eq!(*whole.last().unwrap(), first + 199, "{whole:?}");
+    let b_first = *run_published(&transport, task(std::slice::from_ref(b), ids))
+        .await
+        .unwrap()
+        .first()
+        .unwrap();
+    // Parts of `a` and `b`, three times over: cold, then decoded into the tier, then held.
+    let units = [
+        format!("{a}#0-50"),
+        format!("{a}#150-200"),
+        format!("{b}#199-200"),
+    ];
+    let mut want: std::collections::BTreeSet<i64> = (first..first + 50).collect();
+    want.extend(first + 150..first + 200);
+    want.insert(b_first + 199);
+    for round in 0..3 {
+        let got = run_published(&transport, task(&units, ids)).await.unwrap();
+        assert_eq!(got, want, "round {round}");
+        // A filter applies to the part's rows, not the part to the filtered rows.
+        let filtered = run_published(
+            &transport,
+            task(&units[..1], &format!("{ids} WHERE event_id % 2 = 0")),
+        )
+        .await
+        .unwrap();
+        let even: std::collections::BTreeSet<i64> =
+            (first..first + 50).filter(|i| i % 2 == 0).collect();
+        assert_eq!(filtered, even, "round {round}");
+    }
+    // A part past the cell's 200 rows.
+    let cause = run_published(&transport, task(&[format!("{a}#100-300")], ids))
+        .await
+        .unwrap_err();
+    assert!(cause.contains("which has 200"), "{cause}");
+    assert_no_queries(&ap).await;
+}
