@@ -916,3 +916,32 @@ async fn a_task_reads_exactly_the_rows_of_the_parts_it_names() {
     assert!(cause.contains("which has 200"), "{cause}");
     assert_no_queries(&ap).await;
 }
+
+/// `apiary.min_part_rows` takes a number of rows above zero; anything else is refused,
+/// naming the setting, and the session goes on with the value it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_part_rows_takes_only_a_positive_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("data").display().to_string();
+    let ap = client(&storage).await;
+    let mut s = ap.sql_session().unwrap();
+    s.sql("SET apiary.min_part_rows = 1000").await.unwrap();
+    s.sql("SET apiary.min_part_rows = '2000'").await.unwrap();
+    for bad in ["0", "-5", "'many'", "1.5"] {
+        let err = s
+            .sql(&format!("SET apiary.min_part_rows = {bad}"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("apiary.min_part_rows is a number of rows"),
+            "{bad}: {err}"
+        );
+    }
+    let err = s
+        .sql("SET apiary.min_rows = 5")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("apiary.min_part_rows"), "{err}");
+}
