@@ -241,6 +241,19 @@ fn task_fields(plan: &str, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// The cells (and parts of cells) `plan`'s tasks read, summed over its task lines.
+fn units_read(plan: &str) -> usize {
+    let tasks: String = plan
+        .lines()
+        .filter(|l| l.trim_start().starts_with("task="))
+        .collect::<Vec<_>>()
+        .join("\n");
+    task_fields(&tasks, "cells")
+        .iter()
+        .map(|c| c.parse::<usize>().unwrap())
+        .sum()
+}
+
 fn nodes_in(plan: &str) -> std::collections::BTreeSet<String> {
     task_fields(plan, "node").into_iter().collect()
 }
@@ -273,15 +286,7 @@ async fn differential(storage: String, dir: PathBuf) {
     // and the 3 cells of one country are cut so every bee has some.
     for (sql, cells) in [(QUERIES[0], 12), (QUERIES[15], 3)] {
         let plan = explain_analyze_with(&ap, IN_PARTS, sql).await;
-        let tasks: String = plan
-            .lines()
-            .filter(|l| l.trim_start().starts_with("task="))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let units: usize = task_fields(&tasks, "cells")
-            .iter()
-            .map(|c| c.parse::<usize>().unwrap())
-            .sum();
+        let units = units_read(&plan);
         assert!(units > cells, "{units} units for {cells} cells: {plan}");
     }
     // Tasks share cells: on data this small, a node that looks for tasks sooner than the
@@ -537,15 +542,7 @@ async fn a_node_that_finishes_first_reads_cells_of_one_that_lags() {
         println!("{plan}");
         let nodes = task_fields(&plan, "node");
         let stolen = task_fields(&plan, "stolen");
-        let tasks: String = plan
-            .lines()
-            .filter(|l| l.trim_start().starts_with("task="))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let cells: usize = task_fields(&tasks, "cells")
-            .iter()
-            .map(|c| c.parse::<usize>().unwrap())
-            .sum();
+        let cells = units_read(&plan);
         assert_eq!(cells, 12, "every cell read once: {plan}");
         assert!(
             task_fields(&plan, "attempt").iter().all(|a| a == "1"),

@@ -96,6 +96,12 @@ fn held(tier: &ColumnTier, key: &str, columns: &[String]) -> Option<Vec<Arc<Colu
         .iter()
         .map(|c| tier.get(key, c))
         .collect::<Option<_>>()?;
+    aligned(held)
+}
+
+/// `held` columns if they share one chunking (columns admitted by scans with another batch
+/// size do not line up).
+fn aligned(held: Vec<Arc<ColumnChunks>>) -> Option<Vec<Arc<ColumnChunks>>> {
     let aligned = held.windows(2).all(|w| w[0].lengths().eq(w[1].lengths()));
     aligned.then_some(held)
 }
@@ -107,13 +113,10 @@ pub(crate) fn choose(tier: &ColumnTier, key: &str, columns: &[String]) -> Choice
     if !tier.is_enabled() || columns.is_empty() {
         return Choice::Cold;
     }
-    if let Some(columns) = self::held(tier, key, columns) {
-        return Choice::Held(columns);
-    }
     let held: Vec<Option<Arc<ColumnChunks>>> = columns.iter().map(|c| tier.get(key, c)).collect();
     if held.iter().all(Option::is_some) {
-        // Columns admitted by scans with another batch size do not line up: decode again.
-        return Choice::Load;
+        // All held; columns that do not line up are decoded again.
+        return aligned(held.into_iter().flatten().collect()).map_or(Choice::Load, Choice::Held);
     }
     // Every missing column is noted (no short-circuit), so one more read admits them all.
     let again = columns
