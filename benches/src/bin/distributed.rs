@@ -2,9 +2,11 @@
 //! node` processes that each have one bee (pinned to one core with `taskset`), next to the
 //! same queries on one bee in one process, the two taking turns query by query so that the
 //! machine's drift does not enter their ratio, and next to them on two bees in one process
-//! (no distribution: what the machine's second core gives DataFusion itself); then the fixed
-//! cost of distributing a tiny query at the default task poll interval, with the
-//! coordinator's storage requests.
+//! (no distribution: what the machine's second core gives DataFusion itself), and next to
+//! two whole copies of each query run at once by two one-bee processes (the most any split
+//! over two processes can reach on this machine: see [`Twins`]); then the fixed cost of
+//! distributing a tiny query at the default task poll interval, with the coordinator's
+//! storage requests.
 //!
 //! ```sh
 //! cargo build --release -p apiary-node -p apiary-benches
@@ -45,6 +47,8 @@ struct Args {
     task_poll: String,
     /// `apiary.min_part_rows` of the distributed sessions, if given.
     min_part_rows: Option<u64>,
+    /// Set in a twin process ([`Twins`]): the storage it runs queries on.
+    serve: Option<String>,
 }
 
 /// `apiary.min_part_rows` of every distributed session (`--min-part-rows`).
@@ -60,6 +64,7 @@ fn args() -> Args {
         "memory-tier",
         "task-poll",
         "min-part-rows",
+        "serve",
     ]);
     Args {
         sf: flag(&f, "sf", 1.0),
@@ -70,6 +75,7 @@ fn args() -> Args {
         memory_tier: flag(&f, "memory-tier", 0),
         task_poll: f.get("task-poll").cloned().unwrap_or_else(|| "20ms".into()),
         min_part_rows: f.get("min-part-rows").map(|_| flag(&f, "min-part-rows", 0)),
+        serve: f.get("serve").cloned(),
     }
 }
 
@@ -162,18 +168,164 @@ async fn local_session(ap: &Apiary, mode: &str, bees: usize) -> SqlSession {
     s
 }
 
-/// One way of running the queries: a session, and whether this process is pinned to one
-/// core while it runs them (the one-bee baseline) or may use both (a coordinator).
-struct Side {
-    session: SqlSession,
-    pinned: bool,
+/// One way of running the queries.
+enum Side {
+    /// A session of this process, pinned to one core while it runs a query (the one-bee
+    /// baseline) or free to use both (a coordinator, or two bees in one process).
+    Session { session: SqlSession, pinned: bool },
+    /// Two whole copies of each query at once, one per twin process.
+    Twins(Twins),
+}
+
+impl Side {
+    /// Runs query `index` of [`QUERIES`]: its time and rows.
+    async fn run(&mut self, index: usize) -> (f64, Vec<String>) {
+        let (name, sql) = QUERIES[index];
+        match self {
+            Side::Session { session, pinned } => {
+                pin_process(if *pinned { "0" } else { "0-1" });
+                let t = Instant::now();
+                let r = session
+                    .sql(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                (t.elapsed().as_secs_f64(), result_rows(&r))
+            }
+            Side::Twins(twins) => twins.run(index).await,
+        }
+    }
 }
 
 /// A side running in a new session with `apiary.distribute = mode`.
 async fn side(ap: &Apiary, mode: &str, pinned: bool) -> Side {
-    Side {
+    Side::Session {
         session: session(ap, mode).await,
         pinned,
+    }
+}
+
+/// Two processes of this binary (`--serve STORAGE`), each one bee pinned to a core of its
+/// own, told to run the same whole query at the same moment.
+///
+/// Two copies of a query done in `t` are one query every `t / 2`: that is the ceiling the
+/// machine sets on splitting one query over two one-bee processes, since a split does the
+/// same work (plus its own costs) on the same two cores, balanced at best as evenly as two
+/// equal copies are. It is measured on the workload itself, so it includes what the two
+/// cores share (memory bandwidth, caches, the hypervisor's time), which a synthetic loop
+/// would not.
+struct Twins([Twin; 2]);
+
+/// One twin process and its pipes: it reads a query's index a line, and answers with a
+/// line `{seconds} {rows}` followed by that many lines of rows.
+struct Twin {
+    _child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Twins {
+    /// Starts the twins on `storage`, pinned to cores 0 and 1, with memory tiers of `tier`
+    /// bytes, and waits until both are ready.
+    async fn start(storage: &str, tier: u64) -> Self {
+        let exe = std::env::current_exe().expect("this binary");
+        let start = |core: &str| {
+            let mut child = tokio::process::Command::new("taskset")
+                .args(["-c", core])
+                .arg(&exe)
+                .args(["--serve", storage, "--memory-tier", &tier.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("taskset and this binary");
+            let stdin = child.stdin.take().expect("piped");
+            let stdout = child.stdout.take().expect("piped");
+            Twin {
+                _child: child,
+                stdin,
+                stdout: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
+            }
+        };
+        let mut twins = Twins([start("0"), start("1")]);
+        for twin in &mut twins.0 {
+            let line = twin.stdout.next_line().await.expect("twin output");
+            assert_eq!(line.as_deref(), Some("ready"), "a twin did not start");
+        }
+        twins
+    }
+
+    /// Runs query `index` on both twins at once: the time the two copies took together
+    /// (the slower one's), halved, and their rows, which must agree.
+    async fn run(&mut self, index: usize) -> (f64, Vec<String>) {
+        use tokio::io::AsyncWriteExt;
+        for twin in &mut self.0 {
+            twin.stdin
+                .write_all(format!("{index}\n").as_bytes())
+                .await
+                .expect("twin input");
+            twin.stdin.flush().await.expect("twin input");
+        }
+        let [a, b] = &mut self.0;
+        let ((ta, rows_a), (tb, rows_b)) = futures::join!(a.answer(), b.answer());
+        let name = QUERIES[index].0;
+        assert_eq!(rows_a, rows_b, "{name}: the twins' answers differ");
+        (ta.max(tb) / 2.0, rows_a)
+    }
+}
+
+impl Twin {
+    /// The twin's answer to the query it was given: its time and rows.
+    async fn answer(&mut self) -> (f64, Vec<String>) {
+        let head = self.line().await;
+        let (seconds, count) = head.split_once(' ').expect("`{seconds} {rows}`");
+        let count: usize = count.parse().expect("a row count");
+        let mut rows = Vec::with_capacity(count);
+        for _ in 0..count {
+            rows.push(self.line().await);
+        }
+        (seconds.parse().expect("seconds"), rows)
+    }
+
+    async fn line(&mut self) -> String {
+        self.stdout
+            .next_line()
+            .await
+            .expect("twin output")
+            .expect("a twin stopped")
+    }
+}
+
+/// A twin's life (`--serve STORAGE`): one bee (this process is pinned by its parent) that
+/// runs whole queries of [`QUERIES`] locally as [`Twins`] asks.
+async fn serve(storage: &str, tier: u64) {
+    use std::io::{BufRead, Write};
+    let uri = StorageUri::parse(storage).expect("uri");
+    let ap = Apiary::open_with(ApiaryOptions {
+        memory_tier: Some(tier),
+        ..ApiaryOptions::new(uri)
+    })
+    .await
+    .expect("open");
+    let mut s = local_session(&ap, "never", 1).await;
+    let mut out = std::io::stdout();
+    writeln!(out, "ready").expect("stdout");
+    out.flush().expect("stdout");
+    // Read between queries only, when nothing else runs: blocking is harmless.
+    let mut lines = std::io::stdin().lock().lines();
+    while let Some(line) = lines.next().transpose().expect("stdin") {
+        let index: usize = line.trim().parse().expect("a query index");
+        let (name, sql) = QUERIES[index];
+        let t = Instant::now();
+        let r = s.sql(sql).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let took = t.elapsed().as_secs_f64();
+        let rows = result_rows(&r);
+        let mut answer = format!("{took} {}\n", rows.len());
+        for row in rows {
+            answer.push_str(&row);
+            answer.push('\n');
+        }
+        out.write_all(answer.as_bytes()).expect("stdout");
+        out.flush().expect("stdout");
     }
 }
 
@@ -201,21 +353,14 @@ impl Timed {
 /// queries in a block of its own.
 async fn time_interleaved(sides: &mut [Side], runs: usize) -> Vec<Vec<Timed>> {
     let mut out: Vec<Vec<Timed>> = vec![Vec::new(); sides.len()];
-    for (name, sql) in QUERIES {
+    for index in 0..QUERIES.len() {
         let mut timed = vec![Timed::default(); sides.len()];
         for round in 0..=runs {
             for (i, side) in sides.iter_mut().enumerate() {
-                pin_process(if side.pinned { "0" } else { "0-1" });
-                let t = Instant::now();
-                let r = side
-                    .session
-                    .sql(sql)
-                    .await
-                    .unwrap_or_else(|e| panic!("{name}: {e}"));
-                let took = t.elapsed().as_secs_f64();
+                let (took, rows) = side.run(index).await;
                 if round > 0 {
                     timed[i].seconds.push(took);
-                    timed[i].rows = result_rows(&r);
+                    timed[i].rows = rows;
                 }
             }
         }
@@ -326,6 +471,10 @@ fn equal_parts(batches: &[RecordBatch], parts: usize) -> Vec<Vec<RecordBatch>> {
 async fn main() {
     let a = args();
     let _ = MIN_PART_ROWS.set(a.min_part_rows);
+    if let Some(storage) = &a.serve {
+        serve(storage, a.memory_tier).await;
+        return;
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     // `--keep DIR` keeps the loaded data in DIR for later runs (and for trying queries by
     // hand with `apiary sql --storage DIR`).
@@ -406,21 +555,24 @@ async fn main() {
     let mut sides = [
         side(&ap, "never", true).await,
         side(&ap, "never", false).await,
-        Side {
+        Side::Session {
             session: spread,
             pinned: false,
         },
         // The machine's own two-core scaling: one process, two bees, no distribution.
-        Side {
+        Side::Session {
             session: local_session(&ap, "never", 2).await,
             pinned: false,
         },
+        // The ceiling: two whole copies at once in two one-bee processes.
+        Side::Twins(Twins::start(&storage, a.memory_tier).await),
     ];
-    let [one_bee, one_bee_unpinned, two_nodes, two_bees]: [Vec<_>; 4] =
+    let [one_bee, one_bee_unpinned, two_nodes, two_bees, twins]: [Vec<_>; 5] =
         time_interleaved(&mut sides, a.runs)
             .await
             .try_into()
-            .expect("four sides");
+            .expect("five sides");
+    drop(sides);
     let mut spread = session(&ap, "always").await;
     // Where the time of a distributed query goes: each task's time on its worker (Q2.1, or
     // every query with `--explain 1`).
@@ -434,11 +586,12 @@ async fn main() {
     }
 
     println!(
-        "\nquery   1 bee (1 core)   1 bee (2 cores)   1 node   2 nodes   speed-up (1 bee / 2 nodes)   2 bees in 1 process"
+        "\nquery   1 bee (1 core)   1 bee (2 cores)   1 node   2 nodes   speed-up (1 bee / 2 nodes)   2 bees in 1 process   ceiling (2 copies at once)"
     );
     let mut ratios = Vec::new();
     let mut unpinned_ratios = Vec::new();
     let mut local_ratios = Vec::new();
+    let mut ceiling_ratios = Vec::new();
     for (i, (name, _)) in QUERIES.iter().enumerate() {
         assert_eq!(
             one_node[i].rows, one_bee[i].rows,
@@ -452,26 +605,34 @@ async fn main() {
             two_bees[i].rows, one_bee[i].rows,
             "{name}: two bees differ from one"
         );
-        let [bee, unpinned, node, nodes, bees] = [
+        assert_eq!(
+            twins[i].rows, one_bee[i].rows,
+            "{name}: the twins differ from one bee"
+        );
+        let [bee, unpinned, node, nodes, bees, twin] = [
             &one_bee[i],
             &one_bee_unpinned[i],
             &one_node[i],
             &two_nodes[i],
             &two_bees[i],
+            &twins[i],
         ]
         .map(Timed::median);
+        let ceiling = bee / twin;
+        ceiling_ratios.push(ceiling);
         let ratio = bee / nodes;
         ratios.push(ratio);
         unpinned_ratios.push(unpinned / nodes);
         let local = bee / bees;
         local_ratios.push(local);
         println!(
-            "{name:<6} {:>12.0} ms {:>14.0} ms {:>6.0} ms {:>7.0} ms   {ratio:>24.2}x   {:>6.0} ms {local:.2}x",
+            "{name:<6} {:>12.0} ms {:>14.0} ms {:>6.0} ms {:>7.0} ms   {ratio:>24.2}x   {:>6.0} ms {local:.2}x   {:>12.0} ms {ceiling:.2}x",
             bee * 1e3,
             unpinned * 1e3,
             node * 1e3,
             nodes * 1e3,
-            bees * 1e3
+            bees * 1e3,
+            twin * 1e3
         );
     }
     println!(
@@ -487,11 +648,17 @@ async fn main() {
         "the machine's own scaling, two bees in one process over one bee: {:.2}x",
         geo_mean(&local_ratios)
     );
+    println!(
+        "the machine's ceiling for two one-bee processes, two whole copies at once over one bee: {:.2}x ({:.0}% of it reached by two nodes)",
+        geo_mean(&ceiling_ratios),
+        100.0 * geo_mean(&ratios) / geo_mean(&ceiling_ratios)
+    );
     // The same means round by round: the drift the medians above smooth out.
     println!(
-        "round by round: two nodes {}; two bees in one process {}",
+        "round by round: two nodes {}; two bees in one process {}; ceiling {}",
         range(&round_geo_means(&one_bee, &two_nodes)),
-        range(&round_geo_means(&one_bee, &two_bees))
+        range(&round_geo_means(&one_bee, &two_bees)),
+        range(&round_geo_means(&one_bee, &twins))
     );
     drop(nodes);
 
