@@ -61,6 +61,35 @@ async fn a_sweep_removes_only_old_queries() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+#[tokio::test]
+async fn a_parts_claim_keeps_the_hash_out_of_object_keys() {
+    let backend = open(&StorageUri::parse("memory://").unwrap())
+        .await
+        .unwrap();
+    let t = StorageShuffle::new(Arc::clone(&backend));
+    let key = conformance::task("q-parts", 0, 1, "n").key();
+    let cell = "h/b/f/cells/c.parquet";
+    let part = apiary_query::parts::part_key(cell, &(0..100));
+    assert!(t.claim(&key, cell).await.unwrap());
+    assert!(t.claim(&key, &part).await.unwrap());
+    let mut keys: Vec<String> = backend
+        .list(&apiary_storage::Path::from("_queries"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key.to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "_queries/q-parts/claims/1/cells/h/b/f/cells/c.parquet",
+            "_queries/q-parts/claims/1/parts/0-100/h/b/f/cells/c.parquet",
+        ]
+    );
+    t.finish("q-parts").await.unwrap();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
     /// Arbitrary bytes, and mutations of a valid task, decode or fail with an error naming

@@ -98,11 +98,17 @@ pub async fn run_all(t: Arc<dyn ShuffleTransport>) {
     }
 }
 
-/// Of many tasks claiming the same cells at once, exactly one holds each; asking again
-/// gives the same answer; a new round claims afresh; `finish` removes the claims.
+/// Of many tasks claiming the same units at once (whole cells, and parts of one cell, each
+/// a unit of its own), exactly one holds each; asking again gives the same answer; a new
+/// round claims afresh; `finish` removes the claims.
 pub async fn claims_have_one_winner(t: Arc<dyn ShuffleTransport>) {
     let q = unique("claims");
-    let cells: Vec<String> = (0..8).map(|i| format!("data/p={i}/c.parquet")).collect();
+    let mut cells: Vec<String> = (0..6).map(|i| format!("data/p={i}/c.parquet")).collect();
+    cells.extend(
+        crate::parts::cut(300, 3)
+            .iter()
+            .map(|rows| crate::parts::part_key("data/p=6/c.parquet", rows)),
+    );
     let contenders = (0..4u32).map(|id| {
         let t = Arc::clone(&t);
         let key = task(&q, id, 1, "w").key();

@@ -6,7 +6,8 @@
 //! _queries/{query_id}/results/{task:06}-{attempt}.arrow   rows: one Arrow IPC stream
 //! _queries/{query_id}/results/{task:06}-{attempt}.empty   done, no rows (a JSON report)
 //! _queries/{query_id}/results/{task:06}-{attempt}.failed  failed (a JSON report and error)
-//! _queries/{query_id}/claims/{attempt}/{cell path}        a shared cell's reader: {"task_id": n}
+//! _queries/{query_id}/claims/{attempt}/cells/{cell path}  a shared cell's reader: {"task_id": n}
+//! _queries/{query_id}/claims/{attempt}/parts/{start}-{end}/{cell path}   a part's reader
 //! _doorbells/{node_id}.json                               rung after tasks are published
 //! ```
 //!
@@ -14,7 +15,9 @@
 //! (`apiary.task_report`). Every object is written whole by one PUT, so a reader never sees
 //! part of one. A claim is a create-if-absent PUT: the first task to create it reads the
 //! cell; a task that finds it already there reads its content to tell its own earlier claim
-//! (whose response was lost) from another task's.
+//! (whose response was lost) from another task's. A part's claim names its rows in a folder
+//! of their own rather than by its unit key, `{path}#{start}-{end}`: `#` is one of the
+//! characters S3 asks keys to avoid, and some tools and proxies cut a URL at it.
 //!
 //! Discovery costs an idle node one HEAD of its doorbell per poll and nothing else (HEAD is
 //! a GET-class request: at the default 1 s poll, 60 a minute, no LIST). A coordinator writes
@@ -109,15 +112,22 @@ impl StorageShuffle {
             .join(format!("{:06}-{}.{ext}", key.task_id, key.attempt))
     }
 
-    fn claim_key(task: &TaskKey, cell: &str) -> Result<Path> {
+    fn claim_key(task: &TaskKey, unit: &str) -> Result<Path> {
         // A cell path is an object path already (see the manifest's checks): parsed, not
-        // re-encoded, it names the same cell for every task.
-        Path::parse(format!(
-            "{}/claims/{}/{cell}",
+        // re-encoded, it names the same cell for every task. A key that reads as a part
+        // is one: a frame whose cell paths hold `#` is never cut (`parts::splittable`),
+        // so no whole cell of a query's frame reads as a part of another.
+        let dir = format!(
+            "{}/claims/{}",
             Self::query_dir(&task.query_id),
             task.attempt
-        ))
-        .map_err(|e| QueryError::Invalid(format!("`{cell}` is not a cell path: {e}")))
+        );
+        let key = match crate::parts::parse_part(unit) {
+            Some((cell, rows)) => format!("{dir}/parts/{}-{}/{cell}", rows.start, rows.end),
+            None => format!("{dir}/cells/{unit}"),
+        };
+        Path::parse(key)
+            .map_err(|e| QueryError::Invalid(format!("`{unit}` is not a cell path: {e}")))
     }
 
     fn doorbell(node_id: &str) -> Path {
