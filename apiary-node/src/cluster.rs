@@ -239,6 +239,11 @@ pub(crate) struct Polling {
 /// Takes this node's tasks from the transport every `poll.interval` (more often for a while
 /// after a task, see [`discovery_interval`]) and runs each on a bee, until `stop` or until
 /// the node leaves (its bees closed: tasks it holds finish, no new ones are taken).
+///
+/// While every bee is busy the node does not look: a task found then could only wait for a
+/// bee, and each look would take time from the work on the node's cores. A look that falls
+/// due meanwhile happens as soon as a bee is released (a finished task wakes the loop at
+/// once, as after any task).
 pub(crate) fn spawn_worker(
     transport: Arc<dyn ShuffleTransport>,
     engine: QueryEngine,
@@ -269,7 +274,10 @@ pub(crate) fn spawn_worker(
             );
             tokio::select! {
                 _ = stop.changed() => break,
-                _ = clock.sleep(wait) => {}
+                _ = async {
+                    clock.sleep(wait).await;
+                    bees.until_free().await;
+                } => {}
                 // The next query's tasks may already be waiting.
                 _ = finished.notified() => last_finished = Some(clock.monotonic()),
             }

@@ -708,7 +708,8 @@ async fn a_repeated_fragment_reuses_its_plan_until_the_frame_changes() {
 
 /// Discovery's cost, counted on the transport's own store: an idle node only HEADs its
 /// doorbell, once per poll interval (no LIST, no GET); for 100 ms after it finished a task
-/// it looks every millisecond, and for a minute after it was given one, four times as often.
+/// it looks every millisecond, and for a minute after it was given one, four times as often;
+/// while every bee is busy, it does not look.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_node_only_heads_its_doorbell_and_a_busy_one_looks_more_often() {
     use apiary::NodeOptions;
@@ -790,6 +791,25 @@ async fn an_idle_node_only_heads_its_doorbell_and_a_busy_one_looks_more_often() 
         idle.head
     );
     assert_eq!(busy.total(), busy.head, "no task, no LIST: {busy:?}");
+
+    // Every bee busy (held here, as local queries would): no looks at all, since a task
+    // found now could only wait; a released bee brings them back.
+    let bees = ap.bees().expect("a running node has bees");
+    let mut held = Vec::new();
+    for _ in 0..bees.total() {
+        held.push(bees.acquire().await.unwrap());
+    }
+    apiary_storage::time::sleep(2 * poll).await;
+    let before = counts.snapshot();
+    apiary_storage::time::sleep(Duration::from_millis(500)).await;
+    let full = counts.snapshot() - before;
+    assert_eq!(full.total(), 0, "looks while no bee was free: {full:?}");
+    held.pop();
+    let before = counts.snapshot();
+    apiary_storage::time::sleep(Duration::from_millis(500)).await;
+    let freed = counts.snapshot() - before;
+    assert!(freed.head >= 2, "no looks once a bee was free: {freed:?}");
+    drop(held);
     ap.shutdown().await.unwrap();
 }
 

@@ -42,6 +42,8 @@ pub struct Bees {
     queued: AtomicU32,
     accepting: AtomicBool,
     idle: Notify,
+    /// Woken whenever a bee is released.
+    freed: Notify,
 }
 
 impl std::fmt::Debug for Bees {
@@ -79,6 +81,7 @@ impl Drop for Bee {
         if self.bees.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.bees.idle.notify_waiters();
         }
+        self.bees.freed.notify_waiters();
     }
 }
 
@@ -100,6 +103,7 @@ impl Bees {
             queued: AtomicU32::new(0),
             accepting: AtomicBool::new(true),
             idle: Notify::new(),
+            freed: Notify::new(),
         })
     }
 
@@ -209,6 +213,18 @@ impl Bees {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
+    /// Returns once some bee is idle: at once if one is now, else when one is released.
+    pub async fn until_free(&self) {
+        loop {
+            // Created before the check, so a release in between still wakes it.
+            let freed = self.freed.notified();
+            if self.busy.load(Ordering::Acquire) < self.total {
+                return;
+            }
+            freed.await;
+        }
+    }
+
     /// Bees in total.
     pub fn total(&self) -> u32 {
         self.total
@@ -299,6 +315,28 @@ mod tests {
         assert!(!bees.wait_idle(Duration::from_millis(20)).await);
         drop(a);
         assert!(bees.wait_idle(Duration::from_millis(20)).await);
+    }
+
+    #[tokio::test]
+    async fn until_free_waits_while_every_bee_is_busy() {
+        let bees = Bees::new(2, 1 << 30);
+        let wait = |bees: &Arc<Bees>| {
+            let bees = Arc::clone(bees);
+            tokio::spawn(async move { bees.until_free().await })
+        };
+        let a = bees.acquire().await.unwrap();
+        // One bee idle: at once.
+        wait(&bees).await.unwrap();
+        let b = bees.acquire().await.unwrap();
+        let waiting = wait(&bees);
+        apiary_storage::time::sleep(Duration::from_millis(30)).await;
+        assert!(!waiting.is_finished(), "both bees are busy");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("a released bee wakes the waiter")
+            .unwrap();
+        drop(a);
     }
 
     #[test]
