@@ -172,9 +172,12 @@ async fn local_session(ap: &Apiary, mode: &str, bees: usize) -> SqlSession {
 enum Side {
     /// A session of this process, pinned to one core while it runs a query (the one-bee
     /// baseline) or free to use both (a coordinator, or two bees in one process).
-    Session { session: SqlSession, pinned: bool },
+    Session {
+        session: Box<SqlSession>,
+        pinned: bool,
+    },
     /// Two whole copies of each query at once, one per twin process.
-    Twins(Twins),
+    Twins(Box<Twins>),
 }
 
 impl Side {
@@ -199,7 +202,7 @@ impl Side {
 /// A side running in a new session with `apiary.distribute = mode`.
 async fn side(ap: &Apiary, mode: &str, pinned: bool) -> Side {
     Side::Session {
-        session: session(ap, mode).await,
+        session: Box::new(session(ap, mode).await),
         pinned,
     }
 }
@@ -556,16 +559,16 @@ async fn main() {
         side(&ap, "never", true).await,
         side(&ap, "never", false).await,
         Side::Session {
-            session: spread,
+            session: Box::new(spread),
             pinned: false,
         },
         // The machine's own two-core scaling: one process, two bees, no distribution.
         Side::Session {
-            session: local_session(&ap, "never", 2).await,
+            session: Box::new(local_session(&ap, "never", 2).await),
             pinned: false,
         },
         // The ceiling: two whole copies at once in two one-bee processes.
-        Side::Twins(Twins::start(&storage, a.memory_tier).await),
+        Side::Twins(Box::new(Twins::start(&storage, a.memory_tier).await)),
     ];
     let [one_bee, one_bee_unpinned, two_nodes, two_bees, twins]: [Vec<_>; 5] =
         time_interleaved(&mut sides, a.runs)
