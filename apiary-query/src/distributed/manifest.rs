@@ -4,7 +4,7 @@
 //!
 //! ```json
 //! {
-//!   "format": 1,
+//!   "format": 2,
 //!   "query_id": "q-3f2a…",            // [a-z0-9-], unique per query
 //!   "task_id": 0,                      // unique within the query
 //!   "attempt": 1,                      // 1, 2, 3: a reassigned task is a new attempt
@@ -60,8 +60,11 @@ use std::sync::Arc;
 
 use crate::error::{QueryError, Result};
 
-/// Format version of task objects.
-pub const TASK_FORMAT: u32 = 1;
+/// Format version of task objects. Format 2 added parts of cells and moved claims to
+/// `claims/{attempt}/cells/…` and `claims/{attempt}/parts/…`: a node of format 1 would take
+/// a part for a pruned cell and claim shared cells under other keys than its peers (reading
+/// some twice), so nodes refuse tasks of any other format, and the task is reassigned.
+pub const TASK_FORMAT: u32 = 2;
 /// Largest task object accepted.
 pub const MAX_TASK_BYTES: usize = 4 << 20;
 /// Most cells one task may name.
@@ -207,8 +210,14 @@ impl TaskSpec {
         }
         let task: TaskSpec = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         if task.format != TASK_FORMAT {
+            let which = if task.format > TASK_FORMAT {
+                "a newer"
+            } else {
+                "an older"
+            };
             return Err(bad(format!(
-                "format {} is not {TASK_FORMAT}; is a newer Apiary coordinating?",
+                "format {} is not {TASK_FORMAT}; {which} Apiary is coordinating: run one \
+                 version on every node",
                 task.format
             )));
         }
@@ -367,7 +376,8 @@ pub(crate) mod tests {
     fn refuses_what_is_malformed() {
         type Mutation = Box<dyn Fn(&mut TaskSpec)>;
         let cases: Vec<(Mutation, &str)> = vec![
-            (Box::new(|t| t.format = 9), "format 9"),
+            (Box::new(|t| t.format = 9), "format 9 is not 2; a newer"),
+            (Box::new(|t| t.format = 1), "format 1 is not 2; an older"),
             (Box::new(|t| t.query_id = "../x".into()), "query id"),
             (Box::new(|t| t.attempt = 0), "attempts"),
             (
