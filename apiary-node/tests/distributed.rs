@@ -67,6 +67,16 @@ async fn client(storage: &str) -> Apiary {
     Apiary::open_with(options).await.unwrap()
 }
 
+/// A temporary folder holding the clicks frame (see [`load`]), its storage URI, and a
+/// client on it.
+async fn loaded_folder() -> (tempfile::TempDir, String, Apiary) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("data").display().to_string();
+    let ap = client(&storage).await;
+    load(&ap).await;
+    (dir, storage, ap)
+}
+
 async fn wait_alive(ap: &Apiary, n: usize) {
     let started = Instant::now();
     loop {
@@ -428,10 +438,7 @@ async fn three_nodes_answer_like_one_on_s3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_under_a_query_loses_no_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("data").display().to_string();
-    let ap = client(&storage).await;
-    load(&ap).await;
+    let (dir, storage, ap) = loaded_folder().await;
     let mut nodes: Vec<Node> = (0..3)
         .map(|i| start(&storage, dir.path(), &format!("node-k{i}"), "100ms"))
         .collect();
@@ -526,10 +533,7 @@ async fn a_killed_coordinator_leaves_nothing_after_the_retention() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_finishes_first_reads_cells_of_one_that_lags() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("data").display().to_string();
-    let ap = client(&storage).await;
-    load(&ap).await;
+    let (dir, storage, ap) = loaded_folder().await;
     // The slow node looks for tasks every 3 s: its share waits for it, and the fast node,
     // done with its own, takes the cells it shares.
     let _fast = start(&storage, dir.path(), "node-fast", "5ms");
@@ -592,10 +596,7 @@ fn hostile(query_id: &str, node: &str, sql: &str, pin_hive: &str) -> TaskSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_manifests_are_refused_by_every_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("data").display().to_string();
-    let ap = client(&storage).await;
-    load(&ap).await;
+    let (dir, storage, ap) = loaded_folder().await;
     ap.create_hive("secret").await.unwrap();
     let nodes: Vec<Node> = (0..2)
         .map(|i| start(&storage, dir.path(), &format!("node-h{i}"), "100ms"))
@@ -664,10 +665,7 @@ async fn hostile_manifests_are_refused_by_every_worker() {
 /// new rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_fragment_reuses_its_plan_until_the_frame_changes() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("data").display().to_string();
-    let ap = client(&storage).await;
-    load(&ap).await;
+    let (dir, storage, ap) = loaded_folder().await;
     let _node = start(&storage, dir.path(), "node-r0", "100ms");
     wait_alive(&ap, 1).await;
     let sql = "SELECT country, COUNT(*) AS n, SUM(duration_ms) AS d \
@@ -857,10 +855,7 @@ async fn run_published(
 /// tier or serves it from there; a part the cell does not have fails the task, saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_reads_exactly_the_rows_of_the_parts_it_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("data").display().to_string();
-    let ap = client(&storage).await;
-    load(&ap).await;
+    let (dir, storage, ap) = loaded_folder().await;
     let node = start(&storage, dir.path(), "node-p0", "5ms");
     wait_alive(&ap, 1).await;
     let frame = apiary::apiary_ledger::FrameRef::new("analytics", "events", "clicks").unwrap();

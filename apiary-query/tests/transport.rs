@@ -14,6 +14,15 @@ async fn storage_shuffle(uri: &StorageUri) -> Arc<dyn ShuffleTransport> {
     Arc::new(StorageShuffle::new(open(uri).await.unwrap()))
 }
 
+/// A storage transport on a fresh memory store, and the store (to look at what it wrote).
+async fn memory_shuffle() -> (Arc<dyn apiary_storage::StorageBackend>, StorageShuffle) {
+    let backend = open(&StorageUri::parse("memory://").unwrap())
+        .await
+        .unwrap();
+    let t = StorageShuffle::new(Arc::clone(&backend));
+    (backend, t)
+}
+
 #[tokio::test]
 async fn storage_shuffle_on_memory() {
     conformance::run_all(storage_shuffle(&StorageUri::parse("memory://").unwrap()).await).await;
@@ -38,10 +47,7 @@ async fn storage_shuffle_on_s3() {
 
 #[tokio::test]
 async fn a_sweep_removes_only_old_queries() {
-    let backend = open(&StorageUri::parse("memory://").unwrap())
-        .await
-        .unwrap();
-    let t = StorageShuffle::new(Arc::clone(&backend));
+    let (backend, t) = memory_shuffle().await;
     t.publish_tasks("q-old", "c", &[conformance::task("q-old", 0, 1, "n")])
         .await
         .unwrap();
@@ -63,10 +69,7 @@ async fn a_sweep_removes_only_old_queries() {
 
 #[tokio::test]
 async fn a_parts_claim_keeps_the_hash_out_of_object_keys() {
-    let backend = open(&StorageUri::parse("memory://").unwrap())
-        .await
-        .unwrap();
-    let t = StorageShuffle::new(Arc::clone(&backend));
+    let (backend, t) = memory_shuffle().await;
     let key = conformance::task("q-parts", 0, 1, "n").key();
     let cell = "h/b/f/cells/c.parquet";
     let part = apiary_query::parts::part_key(cell, &(0..100));

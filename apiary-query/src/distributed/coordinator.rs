@@ -1211,11 +1211,11 @@ mod tests {
     #[test]
     fn a_tasks_last_cells_are_cut_into_parts() {
         let f = fragment(&[10, 20, 30, 40]);
+        let keys = |cells: &[SplitCell]| cells.iter().map(SplitCell::key).collect::<Vec<_>>();
         let mut cells = f.cells.clone();
         cut_last(&mut cells, 64 * 1024);
-        let keys: Vec<String> = cells.iter().map(SplitCell::key).collect();
         assert_eq!(
-            keys,
+            keys(&cells),
             [
                 "c0",
                 "c1",
@@ -1234,9 +1234,8 @@ mod tests {
         // stays whole.
         let mut small = fragment(&[10, 20, 1]).cells;
         cut_last(&mut small, 64 * 1024);
-        let keys: Vec<String> = small.iter().map(SplitCell::key).collect();
         assert_eq!(
-            keys,
+            keys(&small),
             [
                 "c0",
                 "c1#0-66666",
