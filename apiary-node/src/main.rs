@@ -257,6 +257,13 @@ fn main() -> ExitCode {
         // Rust's default: it writes no output to pipes, and its sockets never raise SIGPIPE.)
         sigpipe::reset();
     }
+    // A node logs what it does; a one-shot command only what went wrong (a coordinator's
+    // retried result reads, say). `RUST_LOG` overrides either.
+    init_logging(if matches!(cli.command, Command::Node { .. }) {
+        "info"
+    } else {
+        "warn"
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -546,7 +553,6 @@ async fn run_node(
     status_file: Option<PathBuf>,
 ) -> CliResult<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    init_logging();
     if let Some(path) = status_file {
         // The hook runs on the swarm's poll task: it only hands the newest view to a writer
         // task, which writes files on a blocking thread, one at a time, newest wins.
@@ -623,9 +629,10 @@ impl Progress {
     }
 }
 
-fn init_logging() {
+/// Logs to stderr at `default` level, or as `RUST_LOG` says.
+fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

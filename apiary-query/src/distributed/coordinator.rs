@@ -18,7 +18,9 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
     Boundedness, EmissionType, ReplaceChildrenOptions,
 };
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -256,11 +258,16 @@ impl ExecutionPlan for DistributedExec {
         _partition: usize,
         _context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
+        let metrics = MetricBuilder::new(&self.metrics);
         let run = Run {
             fragment: Arc::clone(&self.fragment),
             cluster: self.cluster.clone(),
             engine: self.engine.clone(),
             runs: Arc::clone(&self.runs),
+            phases: Phases {
+                dispatch: metrics.clone().subset_time("dispatch_time", 0),
+                wait: metrics.subset_time("wait_time", 0),
+            },
         };
         let projection = self.projection.clone();
         let rows = MetricBuilder::new(&self.metrics).output_rows(0);
@@ -303,6 +310,15 @@ struct Run {
     cluster: Cluster,
     engine: QueryEngine,
     runs: Arc<Mutex<Vec<TaskRun>>>,
+    phases: Phases,
+}
+
+/// Where the coordinator's time goes, for `EXPLAIN ANALYZE`.
+struct Phases {
+    /// Assigning the first round's tasks and handing them out (publishing them).
+    dispatch: Time,
+    /// From then until every unit's rows were in hand (later rounds included).
+    wait: Time,
 }
 
 /// Where a task stands.
@@ -406,6 +422,7 @@ impl Run {
         let dispatching = Instant::now();
         q.next_round(self.fragment.cells.clone(), &workers).await?;
         let dispatched = dispatching.elapsed();
+        self.phases.dispatch.add_duration(dispatched);
 
         // Results are looked for at intervals that grow with the wait (see
         // `result_interval`): waiting adds a small share to a query, and a long one costs few
@@ -438,6 +455,7 @@ impl Run {
                 q.advance().await?;
             }
         }
+        self.phases.wait.add_duration(started.elapsed());
         let Attempts {
             tasks,
             cleanup,

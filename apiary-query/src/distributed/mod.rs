@@ -15,6 +15,7 @@ pub(crate) mod claims;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod coordinator;
+mod dialect;
 pub mod manifest;
 pub mod plan;
 pub mod result;

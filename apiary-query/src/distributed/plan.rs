@@ -36,7 +36,6 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::cast;
 use datafusion::sql::unparser::Unparser;
-use datafusion::sql::unparser::dialect::DefaultDialect;
 
 use super::manifest::FramePin;
 use crate::error::{QueryError, Result};
@@ -274,7 +273,7 @@ pub fn split(plan: &LogicalPlan, state: &dyn Session, scope: &[String]) -> Resul
             .map(|f| Arc::new(Field::new(f.name(), f.data_type().clone(), true)))
             .collect::<Vec<_>>(),
     ));
-    let sql = match Unparser::new(&DefaultDialect {}).plan_to_sql(&fragment_plan) {
+    let sql = match Unparser::new(&super::dialect::FragmentDialect).plan_to_sql(&fragment_plan) {
         Ok(sql) => sql.to_string(),
         Err(e) => {
             tracing::debug!(error = %e, "the fragment cannot be written as SQL; running locally");

@@ -1,7 +1,8 @@
 //! One node against two: the Star Schema Benchmark with its fact frame split over `apiary
 //! node` processes that each have one bee (pinned to one core with `taskset`), next to the
-//! same queries on one bee in one process, the two taking turns query by query so that the
-//! machine's drift does not enter their ratio, and next to them on two bees in one process
+//! same queries on one such node alone (a swarm of its own) and on one bee in one process,
+//! all taking turns query by query so that the machine's drift does not enter their
+//! ratios, and next to them on two bees in one process
 //! (no distribution: what the machine's second core gives DataFusion itself), and next to
 //! two whole copies of each query run at once by two one-bee processes (the most any split
 //! over two processes can reach on this machine: see [`Twins`]); then the fixed cost of
@@ -104,6 +105,28 @@ fn pin_process(cores: &str) {
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "taskset could not pin this process to cores {cores}");
+}
+
+/// Copies folder `from` to `to` as hard links where the file system allows (the files are
+/// never written in place: storage replaces an object by renaming a new file over it).
+fn link_copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().expect("a parent")).expect("copy's folder");
+    let linked = Command::new("cp")
+        .arg("-al")
+        .arg(from)
+        .arg(to)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !linked {
+        let _ = std::fs::remove_dir_all(to);
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(copied, "cannot copy {} to {}", from.display(), to.display());
+    }
 }
 
 struct Nodes(Vec<Child>);
@@ -518,46 +541,49 @@ async fn main() {
     // below; it may use both cores as the coordinator. The baseline runs while the nodes are
     // up and idle (each looks for tasks every `--task-poll`), interleaved with the distributed
     // runs.
+    //
+    // One node alone runs in the same rounds as two: a swarm of its own, over a copy of the
+    // data made of hard links (the same files, so the same page cache), its node pinned to
+    // core 0 as `bench-a` is.
+    let solo_data = dir.path().join("solo");
+    link_copy(&data.join("ssb"), &solo_data.join("ssb"));
+    let solo_storage = solo_data.display().to_string();
+    let solo = Apiary::open_with(ApiaryOptions {
+        memory_tier: Some(a.memory_tier),
+        ..ApiaryOptions::new(StorageUri::parse(&solo_storage).expect("uri"))
+    })
+    .await
+    .expect("open the copy");
     let state = dir.path().join("state");
-    let mut nodes = Nodes(vec![node(
-        &storage,
-        &state,
-        "bench-a",
-        0,
-        &a.task_poll,
-        a.memory_tier,
-    )]);
-    wait_alive(&ap, &["bench-a"]).await;
-    let one_node = {
-        let mut sides = [
-            side(&ap, "never", true).await,
-            side(&ap, "always", false).await,
-        ];
-        time_interleaved(&mut sides, a.runs).await.swap_remove(1)
-    };
-    nodes.0.push(node(
-        &storage,
-        &state,
-        "bench-b",
-        1,
-        &a.task_poll,
-        a.memory_tier,
-    ));
+    let nodes = Nodes(
+        [
+            (&solo_storage, "bench-solo", 0),
+            (&storage, "bench-a", 0),
+            (&storage, "bench-b", 1),
+        ]
+        .map(|(at, id, core)| node(at, &state, id, core, &a.task_poll, a.memory_tier))
+        .into(),
+    );
+    wait_alive(&solo, &["bench-solo"]).await;
     wait_alive(&ap, &["bench-a", "bench-b"]).await;
+    let mut alone = session(&solo, "always").await;
     let mut spread = session(&ap, "always").await;
     // The newcomer's cache fills as it is given cells, and the split follows once its
     // heartbeats report them (a few queries): the speed-up is measured after that, in the
     // steady state the one-bee baseline is measured in too.
     for (name, sql) in QUERIES {
-        spread
-            .sql(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for s in [&mut spread, &mut alone] {
+            s.sql(sql).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
     apiary_storage::time::sleep(Duration::from_millis(1500)).await;
     let mut sides = [
         side(&ap, "never", true).await,
         side(&ap, "never", false).await,
+        Side::Session {
+            session: Box::new(alone),
+            pinned: false,
+        },
         Side::Session {
             session: Box::new(spread),
             pinned: false,
@@ -570,11 +596,17 @@ async fn main() {
         // The ceiling: two whole copies at once in two one-bee processes.
         Side::Twins(Box::new(Twins::start(&storage, a.memory_tier).await)),
     ];
-    let [one_bee, one_bee_unpinned, two_nodes, two_bees, twins]: [Vec<_>; 5] =
-        time_interleaved(&mut sides, a.runs)
-            .await
-            .try_into()
-            .expect("five sides");
+    let [
+        one_bee,
+        one_bee_unpinned,
+        one_node,
+        two_nodes,
+        two_bees,
+        twins,
+    ]: [Vec<_>; 6] = time_interleaved(&mut sides, a.runs)
+        .await
+        .try_into()
+        .expect("six sides");
     drop(sides);
     let mut spread = session(&ap, "always").await;
     // Where the time of a distributed query goes: each task's time on its worker (Q2.1, or
@@ -589,9 +621,10 @@ async fn main() {
     }
 
     println!(
-        "\nquery   1 bee (1 core)   1 bee (2 cores)   1 node   2 nodes   speed-up (1 bee / 2 nodes)   2 bees in 1 process   ceiling (2 copies at once)"
+        "\nquery   1 bee (1 core)   1 bee (2 cores)   1 node   2 nodes   speed-up (1 bee / 2 nodes)   (1 node / 2 nodes)   2 bees in 1 process   ceiling (2 copies at once)"
     );
     let mut ratios = Vec::new();
+    let mut node_ratios = Vec::new();
     let mut unpinned_ratios = Vec::new();
     let mut local_ratios = Vec::new();
     let mut ceiling_ratios = Vec::new();
@@ -625,11 +658,13 @@ async fn main() {
         ceiling_ratios.push(ceiling);
         let ratio = bee / nodes;
         ratios.push(ratio);
+        let scaling = node / nodes;
+        node_ratios.push(scaling);
         unpinned_ratios.push(unpinned / nodes);
         let local = bee / bees;
         local_ratios.push(local);
         println!(
-            "{name:<6} {:>12.0} ms {:>14.0} ms {:>6.0} ms {:>7.0} ms   {ratio:>24.2}x   {:>6.0} ms {local:.2}x   {:>12.0} ms {ceiling:.2}x",
+            "{name:<6} {:>12.0} ms {:>14.0} ms {:>6.0} ms {:>7.0} ms   {ratio:>24.2}x   {scaling:>17.2}x   {:>6.0} ms {local:.2}x   {:>12.0} ms {ceiling:.2}x",
             bee * 1e3,
             unpinned * 1e3,
             node * 1e3,
@@ -642,6 +677,10 @@ async fn main() {
         "geometric mean speed-up, two one-bee nodes over one bee: {:.2}x (task poll {})",
         geo_mean(&ratios),
         a.task_poll
+    );
+    println!(
+        "two one-bee nodes over one one-bee node (its own swarm, same rounds): {:.2}x",
+        geo_mean(&node_ratios)
     );
     println!(
         "(over one bee whose process may use both cores for I/O threads: {:.2}x)",
@@ -658,8 +697,9 @@ async fn main() {
     );
     // The same means round by round: the drift the medians above smooth out.
     println!(
-        "round by round: two nodes {}; two bees in one process {}; ceiling {}",
+        "round by round: two nodes {} (over one node {}); two bees in one process {}; ceiling {}",
         range(&round_geo_means(&one_bee, &two_nodes)),
+        range(&round_geo_means(&one_node, &two_nodes)),
         range(&round_geo_means(&one_bee, &two_bees)),
         range(&round_geo_means(&one_bee, &twins))
     );
