@@ -320,6 +320,10 @@ async fn differential(storage: String, dir: PathBuf) {
     println!("{plan}");
     assert!(plan.contains("DistributedExec"), "{plan}");
     assert!(plan.contains("fragment: SELECT"), "{plan}");
+    // Where the coordinator's time went: handing the tasks out, then waiting for them.
+    for phase in ["dispatch_time=", "wait_time="] {
+        assert!(plan.contains(phase), "{phase} in {plan}");
+    }
     assert!(
         used.len() >= 2,
         "tasks ran on {used:?}: {plan}\nearlier tries:\n{}",
