@@ -266,12 +266,12 @@ impl ExecutionPlan for DistributedExec {
             runs: Arc::clone(&self.runs),
             phases: Phases {
                 dispatch: metrics.clone().subset_time("dispatch_time", 0),
-                wait: metrics.subset_time("wait_time", 0),
+                wait: metrics.clone().subset_time("wait_time", 0),
             },
         };
         let projection = self.projection.clone();
-        let rows = MetricBuilder::new(&self.metrics).output_rows(0);
-        let tasks = MetricBuilder::new(&self.metrics).global_counter("tasks");
+        let rows = metrics.clone().output_rows(0);
+        let tasks = metrics.global_counter("tasks");
         let stream = futures::stream::once(async move {
             let batches = run
                 .run()

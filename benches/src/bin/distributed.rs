@@ -111,21 +111,22 @@ fn pin_process(cores: &str) {
 /// never written in place: storage replaces an object by renaming a new file over it).
 fn link_copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.parent().expect("a parent")).expect("copy's folder");
-    let linked = Command::new("cp")
-        .arg("-al")
-        .arg(from)
-        .arg(to)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !linked {
-        let _ = std::fs::remove_dir_all(to);
-        let copied = Command::new("cp")
-            .arg("-a")
+    let cp = |flags: &str| {
+        Command::new("cp")
+            .arg(flags)
             .arg(from)
             .arg(to)
             .status()
-            .is_ok_and(|s| s.success());
-        assert!(copied, "cannot copy {} to {}", from.display(), to.display());
+            .is_ok_and(|s| s.success())
+    };
+    if !cp("-al") {
+        let _ = std::fs::remove_dir_all(to);
+        assert!(
+            cp("-a"),
+            "cannot copy {} to {}",
+            from.display(),
+            to.display()
+        );
     }
 }
 
@@ -806,6 +807,25 @@ mod tests {
         }
         assert_eq!(range(&means), "1.00x to 4.00x over 3 rounds");
         assert_eq!(range(&[]), "no rounds");
+    }
+
+    #[test]
+    fn a_link_copy_shares_the_files_and_keeps_them_apart_when_replaced() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("data/ssb");
+        std::fs::create_dir_all(from.join("f")).unwrap();
+        std::fs::write(from.join("f/cell.parquet"), b"rows").unwrap();
+        let to = dir.path().join("solo/ssb");
+        link_copy(&from, &to);
+        let (a, b) = (from.join("f/cell.parquet"), to.join("f/cell.parquet"));
+        assert_eq!(std::fs::read(&b).unwrap(), b"rows");
+        // One file (one page cache) while neither side writes.
+        assert_eq!(a.metadata().unwrap().ino(), b.metadata().unwrap().ino());
+        // Storage replaces an object by renaming a new file over it: the other side keeps its own.
+        std::fs::write(to.join("f/new"), b"other").unwrap();
+        std::fs::rename(to.join("f/new"), &b).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"rows");
     }
 
     #[test]
