@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use apiary_query::QueryEngine;
 use apiary_query::distributed::{
-    ShuffleTransport, TaskKey, TaskOutcome, WorkerDirectory, WorkerInfo, run_task,
+    ShuffleTransport, TaskFailure, TaskKey, TaskOutcome, TaskReport, TaskSpec, WorkerDirectory,
+    WorkerInfo, run_task,
 };
 use apiary_storage::Clock;
 use apiary_swarm::{Colony, Membership, NodeState, SwarmAgent, WorldView};
@@ -312,6 +313,7 @@ pub(crate) fn spawn_worker(
                 let counts = Arc::clone(&counts);
                 let colony = Arc::clone(&colony);
                 let finished = Arc::clone(&finished);
+                let clock = Arc::clone(&clock);
                 tokio::spawn(async move {
                     // Leaving: the task is not taken, and the coordinator, which sees this
                     // node leave, reassigns it.
@@ -326,14 +328,60 @@ pub(crate) fn spawn_worker(
                         counts.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(task = %task.key(), %cause, "task failed");
                     }
-                    if let Err(e) = transport.publish_outcome(&task, outcome, &report).await {
-                        tracing::warn!(task = %task.key(), error = %e, "task result not published; the coordinator will reassign it");
-                    }
+                    publish(transport.as_ref(), &clock, &task, outcome, &report).await;
                     finished.notify_one();
                 });
             }
         }
     })
+}
+
+/// Publishes how `task` ended. A failed publish is tried again twice (storage hiccups), and a
+/// result that still cannot be published is reported as a small failed outcome, so that the
+/// coordinator reassigns the task at once instead of waiting out its deadline.
+async fn publish(
+    transport: &dyn ShuffleTransport,
+    clock: &Arc<dyn Clock>,
+    task: &TaskSpec,
+    outcome: TaskOutcome,
+    report: &TaskReport,
+) {
+    let mut last = None;
+    for pause in [
+        Duration::ZERO,
+        Duration::from_millis(100),
+        Duration::from_millis(500),
+    ] {
+        if !pause.is_zero() {
+            clock.sleep(pause).await;
+        }
+        match transport
+            .publish_outcome(task, outcome.clone(), report)
+            .await
+        {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(task = %task.key(), error = %e, "publishing a task's outcome failed");
+                last = Some(e);
+            }
+        }
+    }
+    if matches!(outcome, TaskOutcome::Failed(_)) {
+        return;
+    }
+    let failure = TaskFailure::new(
+        apiary_storage::ErrorKind::Unavailable,
+        format!(
+            "the task ran but its result could not be published: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        ),
+    );
+    if let Err(e) = transport
+        .publish_outcome(task, TaskOutcome::Failed(failure), report)
+        .await
+    {
+        tracing::warn!(task = %task.key(), error = %e, "task outcome not published; the coordinator will reassign it at its deadline");
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,6 @@ use apiary::{Apiary, ApiaryOptions};
 use apiary_storage::StorageUri;
 use apiary_storage::conformance::s3_test_uri;
 use arrow_array::{Int64Array, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -73,7 +72,7 @@ async fn loaded_folder() -> (tempfile::TempDir, String, Apiary) {
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("data").display().to_string();
     let ap = client(&storage).await;
-    load(&ap).await;
+    common::load_clicks_and_pages(&ap).await;
     (dir, storage, ap)
 }
 
@@ -97,67 +96,6 @@ fn short_swarm() -> apiary::apiary_swarm::SwarmConfig {
     }
 }
 
-/// 12 cells of clicks (4 countries × 3 writes, some NULL pages and durations) and a small
-/// `pages` frame to join with.
-async fn load(ap: &Apiary) {
-    common::create_clicks_frame(ap).await;
-    let countries = ["us", "de", "fr", "jp"];
-    for round in 0..3i64 {
-        for (ci, c) in countries.iter().enumerate() {
-            let n = 200;
-            let base = round * 10_000 + ci as i64 * 1000;
-            let ids: Vec<i64> = (0..n).map(|i| base + i).collect();
-            let users: Vec<String> = (0..n)
-                .map(|i| format!("u{}", (i * 7 + round) % 37))
-                .collect();
-            let pages: Vec<Option<String>> = (0..n)
-                .map(|i| (i % 11 != 0).then(|| format!("/p{}", (i + ci as i64) % 5)))
-                .collect();
-            let durations: Vec<Option<i64>> = (0..n)
-                .map(|i| (i % 13 != 0).then_some((i * 37 + base) % 900))
-                .collect();
-            let batch = RecordBatch::try_new(
-                common::clicks_schema(),
-                vec![
-                    Arc::new(Int64Array::from(ids)),
-                    Arc::new(StringArray::from(users)),
-                    Arc::new(StringArray::from(pages)),
-                    Arc::new(Int64Array::from(durations)),
-                    Arc::new(StringArray::from(vec![*c; n as usize])),
-                ],
-            )
-            .unwrap();
-            ap.write_to_frame("analytics", "events", "clicks", [batch])
-                .await
-                .unwrap();
-        }
-    }
-    ap.create_frame(
-        "analytics",
-        "events",
-        "pages",
-        &[("page", "utf8"), ("section", "utf8")],
-        &[],
-    )
-    .await
-    .unwrap();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("page", DataType::Utf8, true),
-        Field::new("section", DataType::Utf8, true),
-    ]));
-    let pages = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(StringArray::from(vec!["/p0", "/p1", "/p2", "/p3"])),
-            Arc::new(StringArray::from(vec!["home", "shop", "shop", "help"])),
-        ],
-    )
-    .unwrap();
-    ap.write_to_frame("analytics", "events", "pages", [pages])
-        .await
-        .unwrap();
-}
-
 const QUERIES: &[&str] = &[
     "SELECT country, COUNT(*) AS n, SUM(duration_ms) AS total, MIN(duration_ms) AS lo, MAX(duration_ms) AS hi FROM analytics.events.clicks GROUP BY country",
     "SELECT page, AVG(duration_ms) AS avg_ms FROM analytics.events.clicks GROUP BY page",
@@ -175,6 +113,12 @@ const QUERIES: &[&str] = &[
     "SELECT COUNT(*), SUM(duration_ms) FROM analytics.events.clicks",
     "SELECT COUNT(*) FROM analytics.events.clicks",
     "SELECT country, page, COUNT(*) AS n, MAX(event_id) AS last FROM analytics.events.clicks WHERE country = 'us' GROUP BY country, page",
+    // Aggregates that need the same partial (a sum, a count) of one column.
+    "SELECT country, SUM(duration_ms) AS s, AVG(duration_ms) AS a, COUNT(duration_ms) AS n FROM analytics.events.clicks GROUP BY country",
+    // A frame under two aliases, and a correlated subquery: fragments the unparser cannot
+    // write whole run the split frame's scan in the tasks.
+    "SELECT c.country, p1.section AS s1, COUNT(*) AS n FROM analytics.events.clicks c JOIN analytics.events.pages p1 ON c.page = p1.page JOIN analytics.events.pages p2 ON c.page = p2.page WHERE p1.section = 'shop' AND p2.page <> '/p9' GROUP BY c.country, p1.section",
+    "SELECT c1.country, COUNT(*) AS n FROM analytics.events.clicks c1 WHERE EXISTS (SELECT 1 FROM analytics.events.pages p WHERE p.page = c1.page AND p.section <> c1.country) GROUP BY c1.country",
 ];
 
 /// Settings that make a distributed query cut the test's 200-row cells into parts.
@@ -182,38 +126,6 @@ const IN_PARTS: &[&str] = &[
     "SET apiary.distribute = 'always'",
     "SET apiary.min_part_rows = 16",
 ];
-
-/// Rows as sorted text, floats rounded (summation order differs between plans).
-fn canonical(batches: &[RecordBatch]) -> Vec<String> {
-    use arrow_cast::display::{ArrayFormatter, FormatOptions};
-    let mut rows = Vec::new();
-    for b in batches {
-        let formatters: Vec<_> = b
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).unwrap())
-            .collect();
-        for r in 0..b.num_rows() {
-            let cells: Vec<String> = formatters
-                .iter()
-                .zip(b.columns())
-                .map(|(f, c)| {
-                    let text = f.value(r).to_string();
-                    match c.data_type() {
-                        DataType::Float64 | DataType::Float32 => text
-                            .parse::<f64>()
-                            .map(|v| format!("{v:.6}"))
-                            .unwrap_or(text),
-                        _ => text,
-                    }
-                })
-                .collect();
-            rows.push(cells.join("|"));
-        }
-    }
-    rows.sort();
-    rows
-}
 
 async fn answer(ap: &Apiary, mode: &str, sql: &str) -> Vec<String> {
     answer_with(ap, &[&format!("SET apiary.distribute = '{mode}'")], sql).await
@@ -229,7 +141,7 @@ async fn answer_with(ap: &Apiary, settings: &[&str], sql: &str) -> Vec<String> {
         .sql(sql)
         .await
         .unwrap_or_else(|e| panic!("{settings:?}: {sql}: {e}"));
-    canonical(r.batches())
+    common::canonical(r.batches())
 }
 
 async fn explain_analyze(ap: &Apiary, sql: &str) -> String {
@@ -270,7 +182,7 @@ fn nodes_in(plan: &str) -> std::collections::BTreeSet<String> {
 
 async fn differential(storage: String, dir: PathBuf) {
     let ap = client(&storage).await;
-    load(&ap).await;
+    common::load_clicks_and_pages(&ap).await;
     let nodes: Vec<Node> = (0..3)
         .map(|i| start(&storage, &dir, &format!("node-d{i}"), "100ms"))
         .collect();
@@ -354,7 +266,7 @@ async fn differential(storage: String, dir: PathBuf) {
         options.distribute.auto_min_bytes = min_bytes;
         let auto = Apiary::open_with(options).await.unwrap();
         let mut s = auto.sql_session().unwrap();
-        let plan = canonical(
+        let plan = common::canonical(
             s.sql(&format!("EXPLAIN {in_subquery}"))
                 .await
                 .unwrap()
@@ -410,7 +322,7 @@ async fn an_apiary_with_no_nodes_to_share_with_plans_locally() {
     let mut options = ApiaryOptions::new(StorageUri::Local(dir.path().to_path_buf()));
     options.distribute.auto_min_bytes = 1;
     let ap = Apiary::open_with(options).await.unwrap();
-    load(&ap).await;
+    common::load_clicks_and_pages(&ap).await;
     let q = "SELECT country, COUNT(*), SUM(duration_ms) FROM analytics.events.clicks \
              GROUP BY country";
     let expected = answer(&ap, "never", q).await;
@@ -420,7 +332,8 @@ async fn an_apiary_with_no_nodes_to_share_with_plans_locally() {
         s.sql(&format!("SET apiary.distribute = '{mode}'"))
             .await
             .unwrap();
-        let plan = canonical(s.sql(&format!("EXPLAIN {q}")).await.unwrap().batches()).join("\n");
+        let plan =
+            common::canonical(s.sql(&format!("EXPLAIN {q}")).await.unwrap().batches()).join("\n");
         assert!(!plan.contains("DistributedExec"), "{mode}: {plan}");
         assert_eq!(answer(&ap, mode, q).await, expected, "{mode}");
     }
@@ -481,7 +394,7 @@ async fn a_killed_coordinator_leaves_nothing_after_the_retention() {
     let data = dir.path().join("data");
     let storage = data.display().to_string();
     let ap = client(&storage).await;
-    load(&ap).await;
+    common::load_clicks_and_pages(&ap).await;
     // Workers that look for tasks only every 3 s, so the coordinator is surely waiting.
     let _nodes: Vec<Node> = (0..2)
         .map(|i| start(&storage, dir.path(), &format!("node-c{i}"), "3s"))
@@ -661,7 +574,7 @@ async fn hostile_manifests_are_refused_by_every_worker() {
         .sql("SELECT COUNT(*) FROM analytics.events.clicks")
         .await
         .unwrap();
-    assert_eq!(canonical(r.batches()), vec!["2400".to_string()]);
+    assert_eq!(common::canonical(r.batches()), vec!["2400".to_string()]);
 }
 
 /// A worker given the same fragment over the same cells again reuses its optimized plan; a
@@ -843,7 +756,7 @@ async fn run_published(
                 .1
         }
         TaskOutcome::Empty => Vec::new(),
-        TaskOutcome::Failed(cause) => return Err(cause),
+        TaskOutcome::Failed(cause) => return Err(cause.message),
     };
     Ok(batches
         .iter()

@@ -67,6 +67,15 @@ impl QueryError {
         }
     }
 
+    /// The message without the "query failed: " that [`Display`](std::fmt::Display) puts
+    /// before an execution failure (for a message that another one quotes).
+    pub fn detail(&self) -> String {
+        match self {
+            QueryError::Execution(message) | QueryError::Failed { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// What a caller can do about it.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -86,10 +95,29 @@ fn datafusion_kind(e: &DataFusionError) -> ErrorKind {
         | DataFusionError::IoError(_)
         | DataFusionError::ObjectStore(_) => ErrorKind::Unavailable,
         DataFusionError::ParquetError(_) => ErrorKind::Corrupt,
+        DataFusionError::ArrowError(e, _) => arrow_kind(e),
         DataFusionError::Shared(inner) => datafusion_kind(inner),
         DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
             datafusion_kind(inner)
         }
+        _ => ErrorKind::Internal,
+    }
+}
+
+/// The kind of an Arrow compute failure: the data cannot take what the query asks of it (a
+/// cast, a division by zero, an overflow) is the query's own error, as it would be in any
+/// database; the rest are Apiary's.
+fn arrow_kind(e: &arrow_schema::ArrowError) -> ErrorKind {
+    use arrow_schema::ArrowError as A;
+    match e {
+        A::CastError(_)
+        | A::ParseError(_)
+        | A::DivideByZero
+        | A::ArithmeticOverflow(_)
+        | A::ComputeError(_)
+        | A::InvalidArgumentError(_) => ErrorKind::InvalidInput,
+        A::IoError(..) | A::MemoryError(_) => ErrorKind::Unavailable,
+        A::ParquetError(_) | A::IpcError(_) => ErrorKind::Corrupt,
         _ => ErrorKind::Internal,
     }
 }

@@ -87,19 +87,77 @@ pub(crate) fn parse(sql: &str) -> Result<Vec<Command>> {
     Ok(commands)
 }
 
+/// The deepest expression a statement may hold: a chain `a + b + …` nests one level per
+/// operator, a parenthesis or a function call one more. Planning and optimizing walk
+/// expressions recursively; past this depth some of those walks would need more stack than a
+/// thread has, and a process must refuse such a query rather than abort.
+pub const MAX_EXPRESSION_DEPTH: usize = 512;
+
+/// How deeply the parser may recurse. A distributed task's fragment is SQL written back from
+/// a plan, with a parenthesis around every operation: an expression `MAX_EXPRESSION_DEPTH`
+/// deep must parse there too, inside the subqueries and calls around it.
+const PARSER_RECURSION_LIMIT: usize = 2 * MAX_EXPRESSION_DEPTH + 64;
+
 fn parse_one(mut tokens: Vec<TokenWithSpan>) -> Result<DfStatement> {
     tokens.push(TokenWithSpan::wrap(Token::EOF));
     let dialect = GenericDialect {};
     let mut statements = DFParserBuilder::new(tokens)
         .with_dialect(&dialect)
+        .with_recursion_limit(PARSER_RECURSION_LIMIT)
         .build()
         .and_then(|mut p| p.parse_statements())
         .map_err(|e| QueryError::Invalid(e.strip_backtrace()))?;
-    match (statements.pop_front(), statements.is_empty()) {
-        (Some(statement), true) => Ok(statement),
-        _ => Err(QueryError::Invalid(
-            "expected one statement between semicolons".into(),
-        )),
+    let statement = match (statements.pop_front(), statements.is_empty()) {
+        (Some(statement), true) => statement,
+        _ => {
+            return Err(QueryError::Invalid(
+                "expected one statement between semicolons".into(),
+            ));
+        }
+    };
+    if let DfStatement::Statement(inner) = &statement {
+        check_depth(inner)?;
+    }
+    Ok(statement)
+}
+
+/// Refuses a statement with an expression deeper than [`MAX_EXPRESSION_DEPTH`].
+fn check_depth(statement: &Statement) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{Expr, Visit, Visitor};
+    use std::ops::ControlFlow;
+
+    #[derive(Default)]
+    struct Depth {
+        now: usize,
+    }
+    impl Visitor for Depth {
+        type Break = ();
+        // Parentheses are not levels: they leave no trace in a plan, and a fragment written
+        // back from one has them around every operation.
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if matches!(e, Expr::Nested(_)) {
+                return ControlFlow::Continue(());
+            }
+            self.now += 1;
+            if self.now > MAX_EXPRESSION_DEPTH {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+        fn post_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if !matches!(e, Expr::Nested(_)) {
+                self.now -= 1;
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    match statement.visit(&mut Depth::default()) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(QueryError::Invalid(format!(
+            "an expression is nested more than {MAX_EXPRESSION_DEPTH} levels deep (each \
+             operator of a chain such as `a + b + …` is a level); split it, for example into \
+             a subquery's columns, or use a function such as `IN (…)` for long lists"
+        ))),
     }
 }
 
@@ -408,6 +466,23 @@ fn check_set(set: &Set) -> Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn expressions_as_deep_as_the_limit_parse_and_deeper_ones_are_refused() {
+        let chain = |n: usize| format!("SELECT x{} FROM t", " + 1".repeat(n));
+        assert!(parse(&chain(MAX_EXPRESSION_DEPTH - 1)).is_ok());
+        let err = parse(&chain(MAX_EXPRESSION_DEPTH + 1)).unwrap_err();
+        assert!(matches!(err, QueryError::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("levels deep"), "{err}");
+        // As a fragment writes it back: a parenthesis around every operation.
+        let mut nested = "x".to_string();
+        for _ in 0..MAX_EXPRESSION_DEPTH - 8 {
+            nested = format!("({nested} + 1)");
+        }
+        assert!(parse(&format!("SELECT sum({nested}) AS c0 FROM t")).is_ok());
+        // Far deeper than the limit (a generated query): refused, no stack overflow.
+        assert!(parse(&chain(20_000)).is_err());
+    }
 
     fn one(sql: &str) -> Result<Command> {
         let mut all = parse(sql)?;

@@ -92,3 +92,96 @@ pub fn node_command(storage: &str, dir: &Path, id: &str) -> Command {
         .stderr(log);
     command
 }
+
+/// 12 cells of clicks (4 countries × 3 writes, some NULL pages and durations) and a small
+/// `pages` frame to join with.
+pub async fn load_clicks_and_pages(ap: &Apiary) {
+    create_clicks_frame(ap).await;
+    let countries = ["us", "de", "fr", "jp"];
+    for round in 0..3i64 {
+        for (ci, c) in countries.iter().enumerate() {
+            let n = 200;
+            let base = round * 10_000 + ci as i64 * 1000;
+            let ids: Vec<i64> = (0..n).map(|i| base + i).collect();
+            let users: Vec<String> = (0..n)
+                .map(|i| format!("u{}", (i * 7 + round) % 37))
+                .collect();
+            let pages: Vec<Option<String>> = (0..n)
+                .map(|i| (i % 11 != 0).then(|| format!("/p{}", (i + ci as i64) % 5)))
+                .collect();
+            let durations: Vec<Option<i64>> = (0..n)
+                .map(|i| (i % 13 != 0).then_some((i * 37 + base) % 900))
+                .collect();
+            let batch = RecordBatch::try_new(
+                clicks_schema(),
+                vec![
+                    Arc::new(Int64Array::from(ids)),
+                    Arc::new(StringArray::from(users)),
+                    Arc::new(StringArray::from(pages)),
+                    Arc::new(Int64Array::from(durations)),
+                    Arc::new(StringArray::from(vec![*c; n as usize])),
+                ],
+            )
+            .unwrap();
+            ap.write_to_frame("analytics", "events", "clicks", [batch])
+                .await
+                .unwrap();
+        }
+    }
+    ap.create_frame(
+        "analytics",
+        "events",
+        "pages",
+        &[("page", "utf8"), ("section", "utf8")],
+        &[],
+    )
+    .await
+    .unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("page", DataType::Utf8, true),
+        Field::new("section", DataType::Utf8, true),
+    ]));
+    let pages = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec!["/p0", "/p1", "/p2", "/p3"])),
+            Arc::new(StringArray::from(vec!["home", "shop", "shop", "help"])),
+        ],
+    )
+    .unwrap();
+    ap.write_to_frame("analytics", "events", "pages", [pages])
+        .await
+        .unwrap();
+}
+
+/// Rows as sorted text, floats rounded (summation order differs between plans).
+pub fn canonical(batches: &[RecordBatch]) -> Vec<String> {
+    use arrow_cast::display::{ArrayFormatter, FormatOptions};
+    let mut rows = Vec::new();
+    for b in batches {
+        let formatters: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).unwrap())
+            .collect();
+        for r in 0..b.num_rows() {
+            let cells: Vec<String> = formatters
+                .iter()
+                .zip(b.columns())
+                .map(|(f, c)| {
+                    let text = f.value(r).to_string();
+                    match c.data_type() {
+                        DataType::Float64 | DataType::Float32 => text
+                            .parse::<f64>()
+                            .map(|v| format!("{v:.6}"))
+                            .unwrap_or(text),
+                        _ => text,
+                    }
+                })
+                .collect();
+            rows.push(cells.join("|"));
+        }
+    }
+    rows.sort();
+    rows
+}

@@ -11,7 +11,7 @@ use arrow_schema::{DataType, Field, Schema};
 
 use super::manifest::{ColumnSpec, FramePin, TASK_FORMAT, TaskKey, TaskSpec};
 use super::result;
-use super::transport::{ShuffleTransport, TaskOutcome, TaskReport};
+use super::transport::{ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
 
 /// A task of query `query_id` for `node`.
 pub fn task(query_id: &str, task_id: u32, attempt: u32, node: &str) -> TaskSpec {
@@ -226,7 +226,10 @@ pub async fn outcomes_round_trip(t: &dyn ShuffleTransport) {
         .expect("empty");
     t.publish_outcome(
         &tasks[2],
-        TaskOutcome::Failed("boom: disk".into()),
+        TaskOutcome::Failed(TaskFailure::new(
+            apiary_storage::ErrorKind::InvalidInput,
+            "boom: bad cast",
+        )),
         &report("w", 0),
     )
     .await
@@ -246,8 +249,11 @@ pub async fn outcomes_round_trip(t: &dyn ShuffleTransport) {
     assert_eq!(got[1].report.node_id, "w", "a marker keeps its report");
     assert_eq!(
         got[2].outcome,
-        TaskOutcome::Failed("boom: disk".into()),
-        "the cause is kept"
+        TaskOutcome::Failed(TaskFailure::new(
+            apiary_storage::ErrorKind::InvalidInput,
+            "boom: bad cast"
+        )),
+        "the cause, its kind and whether it may be retried are kept"
     );
     // Only what is asked for.
     let only = t.collect(&q, &wanted[1..2]).await.expect("collect one");

@@ -31,7 +31,7 @@ use futures::TryStreamExt;
 use super::manifest::{TASK_FORMAT, TaskKey, TaskSpec, columns_of};
 use super::plan::Fragment;
 use super::task::coerce;
-use super::transport::{Delivered, TaskOutcome, TaskReport};
+use super::transport::{Delivered, TaskFailure, TaskOutcome, TaskReport};
 use super::{Cluster, MAX_ATTEMPTS, SplitCell, WorkerInfo, result};
 use crate::error::QueryError;
 use crate::session::QueryEngine;
@@ -672,7 +672,13 @@ impl Attempts<'_> {
                     );
                 let (outcome, report) = match ran.await {
                     Ok(done) => done,
-                    Err(e) => (TaskOutcome::Failed(e.to_string()), TaskReport::default()),
+                    Err(e) => (
+                        TaskOutcome::Failed(TaskFailure::new(
+                            apiary_storage::ErrorKind::Internal,
+                            format!("the task panicked: {e}"),
+                        )),
+                        TaskReport::default(),
+                    ),
                 };
                 let _ = tx.send(Delivered {
                     key,
@@ -717,6 +723,18 @@ impl Attempts<'_> {
                     d.report.node_id.clone()
                 };
                 t.stage = Stage::GivenUp;
+                if !cause.retryable {
+                    // Every attempt would fail the same way: the query fails now, as it
+                    // would have locally.
+                    let message = format!(
+                        "{} (task {} of query {}, on {node})",
+                        cause.message, t.spec.task_id, self.query_id
+                    );
+                    return Err(match cause.kind {
+                        apiary_storage::ErrorKind::InvalidInput => QueryError::Invalid(message),
+                        kind => QueryError::failed(message, kind, cause),
+                    });
+                }
                 self.causes.push((
                     t.spec.attempt,
                     format!(

@@ -11,6 +11,7 @@
 //! * [`run_task`]: what a worker does with a task: the same SQL checks as `sql`, a per-task
 //!   catalog with only the task's cells, a result of the expected schema.
 
+mod check;
 pub(crate) mod claims;
 #[cfg(feature = "testing")]
 pub mod conformance;
@@ -34,7 +35,7 @@ pub use manifest::{ColumnSpec, FramePin, TaskKey, TaskSpec};
 pub use plan::{Fragment, Shape, SplitCell};
 pub use storage::{DOORBELL_DIR, QUERIES_DIR, StorageShuffle};
 pub use task::run_task;
-pub use transport::{Delivered, ShuffleTransport, TaskOutcome, TaskReport};
+pub use transport::{Delivered, ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
 
 /// Attempts a task gets before the query fails.
 pub const MAX_ATTEMPTS: u32 = 3;

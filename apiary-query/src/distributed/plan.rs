@@ -23,10 +23,10 @@ use std::any::Any;
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::Session;
 use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchemaRef, Result as DfResult, ScalarValue};
+use datafusion::execution::SessionState;
 use datafusion::functions_aggregate::count::count_udaf;
 use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::ExprSchemable;
@@ -214,7 +214,7 @@ impl Split {
 /// Splits `plan` (optimized) for distribution; `None` when it reads no frame that can be
 /// split, or when the part to distribute cannot be written as SQL (then it runs locally).
 /// `scope` is the session's `USE`, under which the fragment's names resolve.
-pub fn split(plan: &LogicalPlan, state: &dyn Session, scope: &[String]) -> Result<Option<Split>> {
+pub fn split(plan: &LogicalPlan, state: &SessionState, scope: &[String]) -> Result<Option<Split>> {
     let Some((path, scan, table)) = choose_split_scan(plan) else {
         return Ok(None);
     };
@@ -264,20 +264,24 @@ pub fn split(plan: &LogicalPlan, state: &dyn Session, scope: &[String]) -> Resul
         }
         _ => {}
     }
-    let fragment_plan = rename_columns(fragment_plan)?;
-    let schema: SchemaRef = Arc::new(Schema::new(
-        fragment_plan
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| Arc::new(Field::new(f.name(), f.data_type().clone(), true)))
-            .collect::<Vec<_>>(),
-    ));
-    let sql = match Unparser::new(&super::dialect::FragmentDialect).plan_to_sql(&fragment_plan) {
-        Ok(sql) => sql.to_string(),
-        Err(e) => {
-            tracing::debug!(error = %e, "the fragment cannot be written as SQL; running locally");
-            return Ok(None);
+    let (sql, schema) = match fragment_sql(fragment_plan, plan, state) {
+        Ok(written) => written,
+        Err(why) => {
+            // The tasks read the split frame's scan alone (its columns, filters and limit)
+            // and the coordinator does the rest: slower, never wrong.
+            tracing::debug!(%why, "the fragment would not plan on a worker; distributing the scan alone");
+            match fragment_sql(LogicalPlan::TableScan(scan.clone()), plan, state) {
+                Ok(written) => {
+                    finish = Finish::Rename(Arc::clone(nodes[path.len()].schema()));
+                    replace_path = path.clone();
+                    shape = Shape::Rows;
+                    written
+                }
+                Err(why) => {
+                    tracing::debug!(%why, "the scan cannot be distributed either; running locally");
+                    return Ok(None);
+                }
+            }
         }
     };
     let cells = table
@@ -298,6 +302,32 @@ pub fn split(plan: &LogicalPlan, state: &dyn Session, scope: &[String]) -> Resul
         path: replace_path,
         root: plan.clone(),
     }))
+}
+
+/// The SQL text of `fragment_plan` with its columns renamed `c0`, `c1`, …, and their schema,
+/// once it is known to plan as a worker will plan it (see [`super::check`]); `Err` says why
+/// it cannot be written or would not plan.
+fn fragment_sql(
+    fragment_plan: LogicalPlan,
+    plan: &LogicalPlan,
+    state: &SessionState,
+) -> std::result::Result<(String, SchemaRef), String> {
+    let fragment_plan = rename_columns(fragment_plan).map_err(|e| e.strip_backtrace())?;
+    let schema: SchemaRef = Arc::new(Schema::new(
+        fragment_plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| Arc::new(Field::new(f.name(), f.data_type().clone(), true)))
+            .collect::<Vec<_>>(),
+    ));
+    let sql = Unparser::new(&super::dialect::FragmentDialect)
+        .plan_to_sql(&fragment_plan)
+        .map_err(|e| format!("it cannot be written as SQL: {}", e.strip_backtrace()))?
+        .to_string();
+    super::check::plans_like_a_worker(&sql, plan, state, &schema)
+        .map_err(|why| format!("`{sql}` does not plan: {why}"))?;
+    Ok((sql, schema))
 }
 
 fn limit_rows(limit: &Limit) -> Option<usize> {
@@ -512,7 +542,6 @@ fn decompose(agg: &Aggregate, input: &LogicalPlan) -> Result<Option<(LogicalPlan
         }
         match name.as_str() {
             "count" | "sum" | "min" | "max" => {
-                partial_aggs.push(inner.clone());
                 let merge = if name == "count" {
                     sum_udaf()
                 } else {
@@ -520,7 +549,7 @@ fn decompose(agg: &Aggregate, input: &LogicalPlan) -> Result<Option<(LogicalPlan
                 };
                 pending.push(Pending::Merge {
                     func: merge,
-                    partial: partial_aggs.len() - 1,
+                    partial: partial_index(&mut partial_aggs, inner.clone()),
                 });
             }
             "avg" => {
@@ -539,30 +568,41 @@ fn decompose(agg: &Aggregate, input: &LogicalPlan) -> Result<Option<(LogicalPlan
                 {
                     return Ok(None);
                 }
-                partial_aggs.push(Expr::AggregateFunction(AggregateFunction::new_udf(
-                    sum_udaf(),
-                    vec![if t == DataType::Float64 {
-                        arg.clone()
-                    } else {
-                        cast(arg.clone(), DataType::Float64)
-                    }],
-                    false,
-                    None,
-                    vec![],
-                    None,
-                )));
-                partial_aggs.push(Expr::AggregateFunction(AggregateFunction::new_udf(
-                    count_udaf(),
-                    vec![arg.clone()],
-                    false,
-                    None,
-                    vec![],
-                    None,
-                )));
-                pending.push(Pending::Avg {
-                    sum: partial_aggs.len() - 2,
-                    count: partial_aggs.len() - 1,
-                });
+                // The partial sum and count of AVG(x) (x numeric, cast to a float by the
+                // planner). DataFusion names a cast by what it casts, so `sum(CAST(x AS
+                // DOUBLE))` would be named like the query's own `SUM(x)`, and a worker could
+                // not plan both in one SELECT: the conversion is a call, `arrow_cast`, whose
+                // name is its own. The count counts `x` itself (a cast of a number is never
+                // NULL where the number is not), so it is the query's `COUNT(x)` if it has one.
+                let base = uncast_number(arg, schema.as_ref())?;
+                let float = if base.get_type(schema.as_ref())? == DataType::Float64 {
+                    base.clone()
+                } else {
+                    datafusion::functions::core::expr_fn::arrow_cast(base.clone(), lit("Float64"))
+                };
+                let sum = partial_index(
+                    &mut partial_aggs,
+                    Expr::AggregateFunction(AggregateFunction::new_udf(
+                        sum_udaf(),
+                        vec![float],
+                        false,
+                        None,
+                        vec![],
+                        None,
+                    )),
+                );
+                let count = partial_index(
+                    &mut partial_aggs,
+                    Expr::AggregateFunction(AggregateFunction::new_udf(
+                        count_udaf(),
+                        vec![base],
+                        false,
+                        None,
+                        vec![],
+                        None,
+                    )),
+                );
+                pending.push(Pending::Avg { sum, count });
             }
             _ => return Ok(None),
         }
@@ -629,6 +669,14 @@ fn decompose(agg: &Aggregate, input: &LogicalPlan) -> Result<Option<(LogicalPlan
         };
         outputs.push(out);
     }
+    // Each partial aggregate is named by its position: two of them can share a name derived
+    // from their expressions (the query's `SUM(v)` and `AVG(v)`'s partial sum of a float
+    // column are both `sum(v)`), and a plan's columns must be unique.
+    let partial_aggs = partial_aggs
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| e.alias(format!("p{i}")))
+        .collect();
     let partial = LogicalPlan::Aggregate(Aggregate::try_new(
         Arc::new(input.clone()),
         partial_groups,
@@ -643,6 +691,32 @@ fn decompose(agg: &Aggregate, input: &LogicalPlan) -> Result<Option<(LogicalPlan
             schema: Arc::clone(&agg.schema),
         },
     )))
+}
+
+/// `e` without the casts of a number to another number around it: `CAST(x AS DOUBLE)` of an
+/// integer `x` is `x`.
+fn uncast_number(e: &Expr, schema: &datafusion::common::DFSchema) -> DfResult<Expr> {
+    let mut e = e.clone();
+    while let Expr::Cast(c) = &e {
+        let inner = c.expr.get_type(schema)?;
+        if !(inner.is_numeric() && c.field.data_type().is_numeric()) {
+            break;
+        }
+        e = c.expr.as_ref().clone();
+    }
+    Ok(e)
+}
+
+/// The position of `agg` among `partials`, added if no equal one is there: the query's
+/// `SUM(v)` and `COUNT(v)` serve `AVG(v)` too, so each is computed once.
+fn partial_index(partials: &mut Vec<Expr>, agg: Expr) -> usize {
+    match partials.iter().position(|p| p == &agg) {
+        Some(i) => i,
+        None => {
+            partials.push(agg);
+            partials.len() - 1
+        }
+    }
 }
 
 enum Pending {

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use super::manifest::{TaskKey, TaskSpec, validate_query_id};
-use super::transport::{Delivered, ShuffleTransport, TaskOutcome, TaskReport};
+use super::transport::{Delivered, ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
 use crate::error::{QueryError, Result};
 
 /// Where queries live.
@@ -64,6 +64,38 @@ struct Marker {
     report: TaskReport,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// The failure's kind ([`ErrorKind::as_str`]); markers of older workers have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    /// Whether another attempt may succeed; older workers' failures all were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retryable: Option<bool>,
+}
+
+impl Marker {
+    /// The failure this marker records (a marker without a kind: an older worker's, retried
+    /// as it always was).
+    fn failure(self) -> TaskFailure {
+        let message = self.error.unwrap_or_else(|| "no cause given".into());
+        match self
+            .kind
+            .as_deref()
+            .and_then(apiary_storage::ErrorKind::from_name)
+        {
+            Some(kind) => TaskFailure {
+                kind,
+                retryable: self
+                    .retryable
+                    .unwrap_or_else(|| TaskFailure::retryable_kind(kind)),
+                message,
+            },
+            None => TaskFailure {
+                kind: apiary_storage::ErrorKind::Internal,
+                retryable: true,
+                message,
+            },
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -293,9 +325,9 @@ impl ShuffleTransport for StorageShuffle {
             // The worker's stream already carries its report (see `result`).
             TaskOutcome::Rows(ipc) => (Self::result_key(&key, "arrow"), ipc),
             TaskOutcome::Empty => (Self::result_key(&key, "empty"), marker(report, None)?),
-            TaskOutcome::Failed(error) => (
+            TaskOutcome::Failed(failure) => (
                 Self::result_key(&key, "failed"),
-                marker(report, Some(error))?,
+                marker(report, Some(failure))?,
             ),
         };
         self.backend.put(&path, bytes).await?;
@@ -354,15 +386,14 @@ impl ShuffleTransport for StorageShuffle {
                             serde_json::from_slice(&object.bytes).map_err(|e| {
                                 QueryError::Execution(format!("result `{what}` is damaged: {e}"))
                             })?;
+                        let report = marker.report.clone();
                         Delivered {
                             key,
                             outcome: match ext.as_str() {
                                 "empty" => TaskOutcome::Empty,
-                                _ => TaskOutcome::Failed(
-                                    marker.error.unwrap_or_else(|| "no cause given".into()),
-                                ),
+                                _ => TaskOutcome::Failed(marker.failure()),
                             },
-                            report: marker.report,
+                            report,
                         }
                     }
                     other => {
@@ -414,10 +445,20 @@ impl ShuffleTransport for StorageShuffle {
     }
 }
 
-fn marker(report: &TaskReport, error: Option<String>) -> Result<Bytes> {
+fn marker(report: &TaskReport, failure: Option<TaskFailure>) -> Result<Bytes> {
+    let (error, kind, retryable) = match failure {
+        Some(f) => (
+            Some(f.message),
+            Some(f.kind.as_str().to_string()),
+            Some(f.retryable),
+        ),
+        None => (None, None, None),
+    };
     serde_json::to_vec(&Marker {
         report: report.clone(),
         error,
+        kind,
+        retryable,
     })
     .map(Bytes::from)
     .map_err(|e| QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))

@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 use super::claims::CellQueue;
 use super::manifest::TaskSpec;
 use super::result;
-use super::transport::{ShuffleTransport, TaskOutcome, TaskReport};
+use super::transport::{ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
 use crate::catalog::Pinned;
 use crate::error::{QueryError, Result};
 use crate::session::{QueryEngine, RunningFragment};
@@ -59,7 +59,7 @@ pub async fn run_task(
     });
     match outcome {
         Ok(outcome) => (outcome, report),
-        Err(e) => (TaskOutcome::Failed(e.to_string()), report),
+        Err(e) => (TaskOutcome::Failed(TaskFailure::of(&e)), report),
     }
 }
 

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use super::manifest::{TaskKey, TaskSpec};
 use crate::error::Result;
+use apiary_storage::ErrorKind;
 
 /// What a worker reports about a task it ran (for `EXPLAIN ANALYZE` and statistics).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,8 +83,59 @@ pub enum TaskOutcome {
     Rows(Bytes),
     /// Done, and the result has no rows (the coordinator need not fetch anything).
     Empty,
-    /// Failed; the message says why.
-    Failed(String),
+    /// Failed; the failure says why, and whether another attempt may succeed.
+    Failed(TaskFailure),
+}
+
+/// Why a task failed, as its worker reports it: the kind of the error it met, whether a new
+/// attempt (on this node or another) may succeed, and the message.
+///
+/// A deterministic failure (the query's own error, such as a cast the data cannot take, a
+/// damaged cell, a fragment the worker refuses) fails the query at once with this kind and
+/// message: every attempt would meet it again. Only failures of the machinery (storage or
+/// a node unavailable, a node closing) are retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskFailure {
+    /// What kind of error it was.
+    pub kind: ErrorKind,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    /// What went wrong, on one line.
+    pub message: String,
+}
+
+impl TaskFailure {
+    /// A failure of `kind`, retryable as [`TaskFailure::retryable_kind`] says.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            retryable: Self::retryable_kind(kind),
+            message: message.into(),
+        }
+    }
+
+    /// The failure `error` is.
+    pub fn of(error: &crate::QueryError) -> Self {
+        Self::new(error.kind(), error.detail())
+    }
+
+    /// Whether a task that failed with `kind` is worth another attempt: not when the input,
+    /// the stored data or a missing object is at fault, since every node would meet it again.
+    /// Internal errors are retried: a bug that depends on timing may not recur elsewhere.
+    pub fn retryable_kind(kind: ErrorKind) -> bool {
+        !matches!(
+            kind,
+            ErrorKind::InvalidInput | ErrorKind::Corrupt | ErrorKind::NotFound
+        )
+    }
+}
+
+impl std::error::Error for TaskFailure {}
+
+impl std::fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// An outcome with its report, as the coordinator receives it.
