@@ -100,6 +100,7 @@ impl ApiaryBuilder {
     /// Opens the storage (with its preflight) unless a backend was given, and composes the
     /// node.
     pub async fn build(self) -> Result<Apiary> {
+        self.options.distribute.validate()?;
         let backend = match self.backend {
             Some(b) => b,
             None => apiary_storage::open(&self.options.storage).await?,

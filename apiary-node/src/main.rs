@@ -62,6 +62,10 @@ struct NodeArgs {
     /// How long a task of a distributed query may run before it is reassigned.
     #[arg(long, global = true, env = "APIARY_TASK_TIMEOUT", default_value = "10m", value_parser = duration)]
     task_timeout: Duration,
+    /// How long a task may wait to be taken by a node with an idle bee before it is
+    /// reassigned (a hung node, or one running another version).
+    #[arg(long, global = true, env = "APIARY_PICKUP_TIMEOUT", default_value = "20s", value_parser = duration)]
+    pickup_timeout: Duration,
     /// Query folders left by a coordinator that died are removed after this (keep it above
     /// the task timeout).
     #[arg(long, global = true, env = "APIARY_QUERY_RETENTION", default_value = "15m", value_parser = duration)]
@@ -316,6 +320,7 @@ async fn run(cli: Cli) -> CliResult<()> {
     let mut options = ApiaryOptions::new(storage);
     options.swarm = cli.node.swarm_config();
     options.distribute.task_timeout = cli.node.task_timeout;
+    options.distribute.pickup_timeout = cli.node.pickup_timeout;
     options.distribute.orphan_retention = cli.node.query_retention;
     options.distribute.auto_min_bytes = cli.node.distribute_min_bytes;
     if let Command::Sql { local, memory, .. } = &cli.command {

@@ -90,6 +90,9 @@ impl ApiaryOptions {
         if let Some(v) = parsed("APIARY_TASK_TIMEOUT", parse_duration)? {
             d.task_timeout = v;
         }
+        if let Some(v) = parsed("APIARY_PICKUP_TIMEOUT", parse_duration)? {
+            d.pickup_timeout = v;
+        }
         if let Some(v) = parsed("APIARY_QUERY_RETENTION", parse_duration)? {
             d.orphan_retention = v;
         }

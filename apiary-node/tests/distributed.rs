@@ -551,7 +551,8 @@ async fn hostile_manifests_are_refused_by_every_worker() {
                     .collect(&q, std::slice::from_ref(&key))
                     .await
                     .unwrap();
-                if let Some(d) = got.into_iter().next() {
+                // A task taken but not finished is not an end.
+                if let Some(d) = got.into_iter().find(|d| d.outcome != TaskOutcome::Running) {
                     break d.outcome;
                 }
                 assert!(
@@ -742,7 +743,8 @@ async fn run_published(
     let started = Instant::now();
     let outcome = loop {
         let got = transport.collect(&q, &[task.key()]).await.unwrap();
-        if let Some(d) = got.into_iter().next() {
+        // A task taken but not finished is not an end.
+        if let Some(d) = got.into_iter().find(|d| d.outcome != TaskOutcome::Running) {
             break d.outcome;
         }
         assert!(started.elapsed() < DEADLINE, "no answer to {q}");
@@ -757,6 +759,7 @@ async fn run_published(
         }
         TaskOutcome::Empty => Vec::new(),
         TaskOutcome::Failed(cause) => return Err(cause.message),
+        TaskOutcome::Running => unreachable!("the loop waits for an end"),
     };
     Ok(batches
         .iter()

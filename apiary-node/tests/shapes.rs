@@ -11,60 +11,12 @@ mod common;
 
 use std::time::Duration;
 
-use apiary::apiary_swarm::SwarmConfig;
-use apiary::{Apiary, ApiaryOptions, ErrorKind, NodeOptions};
-use apiary_storage::StorageUri;
+use apiary::{Apiary, ErrorKind};
 use proptest::prelude::*;
 
-/// Two started nodes and a client over one folder holding the clicks and pages frames.
-struct Swarm {
-    _dir: tempfile::TempDir,
-    _nodes: Vec<Apiary>,
-    client: Apiary,
-}
-
-fn swarm_config() -> SwarmConfig {
-    SwarmConfig {
-        heartbeat_interval: Duration::from_millis(100),
-        poll_interval: Duration::from_millis(100),
-        dead_threshold: Duration::from_secs(3),
-        ..SwarmConfig::default()
-    }
-}
-
-async fn swarm() -> Swarm {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("data").display().to_string();
-    let mut options = ApiaryOptions::new(StorageUri::parse(&storage).unwrap());
-    options.swarm = swarm_config();
-    let client = Apiary::open_with(options.clone()).await.unwrap();
-    common::load_clicks_and_pages(&client).await;
-    let mut nodes = Vec::new();
-    for id in ["shape-a", "shape-b"] {
-        let node = Apiary::open_with(options.clone()).await.unwrap();
-        node.start_with(NodeOptions {
-            node_id: Some(id.into()),
-            state_dir: dir.path().join(format!("{id}.state")),
-            swarm: swarm_config(),
-            task_poll_interval: Duration::from_millis(10),
-            memory_bytes: Some(1 << 30),
-            ..NodeOptions::default()
-        })
-        .await
-        .unwrap();
-        nodes.push(node);
-    }
-    for _ in 0..200 {
-        if client.swarm_snapshot(&swarm_config()).await.unwrap().alive == 2 {
-            return Swarm {
-                _dir: dir,
-                _nodes: nodes,
-                client,
-            };
-        }
-        apiary::apiary_storage::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the two nodes did not join");
+async fn swarm() -> common::Swarm {
+    let fast = Duration::from_millis(10);
+    common::in_process_swarm(&[("shape-a", fast), ("shape-b", fast)], |_| {}).await
 }
 
 /// `sql`'s answer with `apiary.distribute` set to `mode`, as sorted text.

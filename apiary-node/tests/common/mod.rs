@@ -185,3 +185,73 @@ pub fn canonical(batches: &[RecordBatch]) -> Vec<String> {
     rows.sort();
     rows
 }
+
+/// Nodes started in this process and a client (not a node) over one folder holding the
+/// clicks and pages frames (see [`load_clicks_and_pages`]).
+pub struct Swarm {
+    /// Holds the storage and the nodes' state folders.
+    pub dir: tempfile::TempDir,
+    /// The started nodes.
+    pub nodes: Vec<Apiary>,
+    /// The client: it coordinates, so every task crosses the transport.
+    pub client: Apiary,
+}
+
+/// Heartbeats every 100 ms, dead after 3 s.
+pub fn fast_swarm_config() -> apiary::apiary_swarm::SwarmConfig {
+    apiary::apiary_swarm::SwarmConfig {
+        heartbeat_interval: std::time::Duration::from_millis(100),
+        poll_interval: std::time::Duration::from_millis(100),
+        dead_threshold: std::time::Duration::from_secs(3),
+        ..Default::default()
+    }
+}
+
+/// A [`Swarm`] of `nodes` (id, how often it looks for tasks), with the client's options
+/// adjusted by `client`; returns once the client sees every node alive.
+pub async fn in_process_swarm(
+    nodes: &[(&str, std::time::Duration)],
+    client: impl Fn(&mut apiary::ApiaryOptions),
+) -> Swarm {
+    use apiary::{ApiaryOptions, NodeOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("data").display().to_string();
+    let mut options = ApiaryOptions::new(apiary_storage::StorageUri::parse(&storage).unwrap());
+    options.swarm = fast_swarm_config();
+    let node_options = options.clone();
+    client(&mut options);
+    let client = Apiary::open_with(options).await.unwrap();
+    load_clicks_and_pages(&client).await;
+    let mut started = Vec::new();
+    for (id, poll) in nodes {
+        let node = Apiary::open_with(node_options.clone()).await.unwrap();
+        node.start_with(NodeOptions {
+            node_id: Some(id.to_string()),
+            state_dir: dir.path().join(format!("{id}.state")),
+            swarm: fast_swarm_config(),
+            task_poll_interval: *poll,
+            memory_bytes: Some(1 << 30),
+            ..NodeOptions::default()
+        })
+        .await
+        .unwrap();
+        started.push(node);
+    }
+    for _ in 0..200 {
+        if client
+            .swarm_snapshot(&fast_swarm_config())
+            .await
+            .unwrap()
+            .alive
+            == nodes.len()
+        {
+            return Swarm {
+                dir,
+                nodes: started,
+                client,
+            };
+        }
+        apiary::apiary_storage::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the nodes did not join");
+}

@@ -93,9 +93,84 @@ pub async fn run_all(t: Arc<dyn ShuffleTransport>) {
     late_and_duplicate_outcomes(t.as_ref()).await;
     finish_removes_everything(t.as_ref()).await;
     concurrent_queries(Arc::clone(&t)).await;
+    pickup_is_reported(t.as_ref()).await;
+    renewed_queries_survive_sweeps(t.as_ref()).await;
     if t.can_claim() {
         claims_have_one_winner(Arc::clone(&t)).await;
     }
+}
+
+/// A transport that reports pickup shows a task taken once its node polled it, and its
+/// outcome, no longer "running", once the outcome is published. Others report nothing
+/// before the outcome.
+pub async fn pickup_is_reported(t: &dyn ShuffleTransport) {
+    let q = unique("pickup");
+    let node = unique("picker");
+    let spec = task(&q, 0, 1, &node);
+    let key = spec.key();
+    t.publish_tasks(&q, "coord", std::slice::from_ref(&spec))
+        .await
+        .expect("publish");
+    let before = t
+        .collect(&q, std::slice::from_ref(&key))
+        .await
+        .expect("collect");
+    assert!(
+        before.is_empty(),
+        "nothing before the task is taken: {before:?}"
+    );
+    poll_until(t, &node, 1).await;
+    let taken = t
+        .collect(&q, std::slice::from_ref(&key))
+        .await
+        .expect("collect");
+    if t.reports_pickup() {
+        assert!(
+            taken.len() == 1 && taken[0].outcome == TaskOutcome::Running,
+            "a transport that reports pickup shows a polled task running: {taken:?}"
+        );
+    } else {
+        assert!(
+            taken.is_empty(),
+            "no outcome before one is published: {taken:?}"
+        );
+    }
+    t.publish_outcome(&spec, TaskOutcome::Empty, &report(&node, 0))
+        .await
+        .expect("outcome");
+    let ended = t
+        .collect(&q, std::slice::from_ref(&key))
+        .await
+        .expect("collect");
+    assert!(
+        ended.len() == 1 && ended[0].outcome == TaskOutcome::Empty,
+        "a published outcome replaces \"running\": {ended:?}"
+    );
+    t.finish(&q).await.expect("finish");
+}
+
+/// A query renewed more often than the retention survives sweeps however long it runs.
+pub async fn renewed_queries_survive_sweeps(t: &dyn ShuffleTransport) {
+    let q = unique("renewed");
+    let node = unique("renewed-node");
+    let spec = task(&q, 0, 1, &node);
+    t.publish_tasks(&q, "coord", std::slice::from_ref(&spec))
+        .await
+        .expect("publish");
+    // Three seconds of retention (S3 times objects to the second), renewed every 300 ms
+    // for four.
+    for _ in 0..13 {
+        t.renew(&q, "coord").await.expect("renew");
+        apiary_storage::time::sleep(Duration::from_millis(300)).await;
+        t.sweep(Duration::from_secs(3)).await.expect("sweep");
+    }
+    let polled = poll_until(t, &node, 1).await;
+    assert_eq!(
+        polled[0].key(),
+        spec.key(),
+        "the renewed query's task is still there"
+    );
+    t.finish(&q).await.expect("finish");
 }
 
 /// Of many tasks claiming the same units at once (whole cells, and parts of one cell, each

@@ -338,6 +338,8 @@ struct Pending {
     /// When it was handed out (coordinator's clock).
     since: Instant,
     stage: Stage,
+    /// Whether its worker took it (see [`ShuffleTransport::reports_pickup`]).
+    taken: bool,
 }
 
 /// The result a task delivered.
@@ -381,6 +383,8 @@ struct Attempts<'a> {
     pruned: HashSet<String>,
     /// Why tasks were given up, in order, with their round.
     causes: Vec<(u32, String)>,
+    /// Nodes that did not take a task they were given: later rounds leave them out.
+    avoid: HashSet<String>,
     /// Local tasks report here; remote ones through the transport.
     tx: tokio::sync::mpsc::UnboundedSender<Delivered>,
     cleanup: Cleanup,
@@ -417,6 +421,7 @@ impl Run {
             read: HashSet::new(),
             pruned: HashSet::new(),
             causes: Vec::new(),
+            avoid: HashSet::new(),
             tx,
         };
         let dispatching = Instant::now();
@@ -431,6 +436,9 @@ impl Run {
         let mut poll = result_interval(Duration::ZERO, None, self.cluster.settings.result_poll);
         let mut first_answer = None;
         let mut last_check = Instant::now();
+        // A running query is renewed every third of the retention, so no sweep removes it.
+        let renew_every = self.cluster.settings.orphan_retention / 3;
+        let mut last_renewal = Instant::now();
         while !q.complete() {
             let mut gave_up = false;
             tokio::select! {
@@ -453,6 +461,17 @@ impl Run {
             if due || gave_up || q.round_over() {
                 last_check = Instant::now();
                 q.advance().await?;
+            }
+            if q.cleanup.published && last_renewal.elapsed() >= renew_every {
+                last_renewal = Instant::now();
+                if let Err(e) = self
+                    .cluster
+                    .transport
+                    .renew(&q.query_id, &q.coordinator)
+                    .await
+                {
+                    tracing::warn!(query = %q.query_id, error = %e, "renewing the query failed");
+                }
             }
         }
         self.phases.wait.add_duration(started.elapsed());
@@ -561,6 +580,17 @@ impl Attempts<'_> {
         } else {
             cells
         };
+        let chosen: Vec<WorkerInfo>;
+        let workers = if self.avoid.is_empty() {
+            workers
+        } else {
+            chosen = workers
+                .iter()
+                .filter(|w| !self.avoid.contains(&w.node_id))
+                .cloned()
+                .collect();
+            &chosen[..]
+        };
         let mut shares = assign(&cells, &self.run.fragment.split, workers);
         let sharing = shares.len() > 1 && self.run.cluster.transport.can_claim();
         let sharing = if sharing {
@@ -608,6 +638,7 @@ impl Attempts<'_> {
                 spec,
                 since: Instant::now(),
                 stage: Stage::Running,
+                taken: false,
             });
         }
         self.dispatch(specs).await
@@ -703,17 +734,38 @@ impl Attempts<'_> {
             return Ok(false);
         };
         let (report, rows) = match d.outcome {
+            TaskOutcome::Running => {
+                t.taken = true;
+                return Ok(false);
+            }
             TaskOutcome::Rows(ipc) => {
-                let (ipc_schema, batches) = result::decode(&d.key.to_string(), &ipc)?;
-                let report = ipc_schema
-                    .as_deref()
-                    .and_then(result::report_of)
-                    .unwrap_or(d.report);
-                let rows = batches
-                    .into_iter()
-                    .map(|b| coerce(b, schema))
-                    .collect::<Result<Vec<_>, _>>()?;
-                (report, rows)
+                let read = result::decode(&d.key.to_string(), &ipc).and_then(|(meta, batches)| {
+                    let rows = batches
+                        .into_iter()
+                        .map(|b| coerce(b, schema))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((meta, rows))
+                });
+                match read {
+                    Ok((meta, rows)) => (
+                        meta.as_deref()
+                            .and_then(result::report_of)
+                            .unwrap_or(d.report),
+                        rows,
+                    ),
+                    Err(e) => {
+                        // That attempt failed; its cells go to the next round.
+                        t.stage = Stage::GivenUp;
+                        self.causes.push((
+                            t.spec.attempt,
+                            format!(
+                                "task {} (round {}): its result cannot be read: {e}",
+                                t.spec.task_id, t.spec.attempt
+                            ),
+                        ));
+                        return Ok(true);
+                    }
+                }
             }
             TaskOutcome::Empty => (d.report, Vec::new()),
             TaskOutcome::Failed(cause) => {
@@ -726,10 +778,13 @@ impl Attempts<'_> {
                 if !cause.retryable {
                     // Every attempt would fail the same way: the query fails now, as it
                     // would have locally.
+                    let (task_id, cells) = (t.spec.task_id, t.spec.cells.clone());
                     let message = format!(
-                        "{} (task {} of query {}, on {node})",
-                        cause.message, t.spec.task_id, self.query_id
+                        "{} (task {task_id} of query {}, on {node})",
+                        cause.message, self.query_id
                     );
+                    self.causes.push((t.spec.attempt, message.clone()));
+                    self.record_abandoned(task_id, cells);
                     return Err(match cause.kind {
                         apiary_storage::ErrorKind::InvalidInput => QueryError::Invalid(message),
                         kind => QueryError::failed(message, kind, cause),
@@ -828,8 +883,17 @@ impl Attempts<'_> {
             }
             Err(_) => Vec::new(), // the next round runs here, in the coordinator
         };
-        let alive_ids: HashSet<&str> = alive.iter().map(|w| w.node_id.as_str()).collect();
+        let idle: std::collections::HashMap<&str, u32> = alive
+            .iter()
+            .map(|w| (w.node_id.as_str(), w.idle_bees))
+            .collect();
         let deadline = self.run.cluster.settings.task_timeout + Duration::from_secs(5);
+        let pickup = self
+            .run
+            .cluster
+            .transport
+            .reports_pickup()
+            .then_some(self.run.cluster.settings.pickup_timeout);
         let local = self.local.clone();
         for t in self
             .tasks
@@ -838,10 +902,24 @@ impl Attempts<'_> {
         {
             let node = t.spec.node_id.as_str();
             let here = node.is_empty() || local.as_deref() == Some(node);
-            let cause = if !here && !alive_ids.contains(node) {
+            let waiting = t.since.elapsed();
+            let cause = if !here && !idle.contains_key(node) {
                 format!("node {node} is no longer available (dead, suspect or leaving)")
-            } else if t.since.elapsed() > deadline {
+            } else if waiting > deadline {
                 format!("node {node} ran past the task deadline")
+            } else if !here
+                && !t.taken
+                && pickup.is_some_and(|p| waiting > p)
+                && idle.get(node).is_some_and(|&bees| bees > 0)
+            {
+                // A node busy with other work takes its tasks when a bee is free; one with
+                // an idle bee that has not taken the task in this long is hung, or cannot
+                // read it. Later rounds of this query leave it out.
+                self.avoid.insert(node.to_string());
+                format!(
+                    "node {node} did not take the task within {waiting:.1?} although it had an \
+                     idle bee (is it hung, or running another version of Apiary?)"
+                )
             } else {
                 continue;
             };
@@ -875,14 +953,7 @@ impl Attempts<'_> {
             .rev()
             .find(|t| matches!(t.stage, Stage::GivenUp))
             .map_or(0, |t| t.spec.task_id);
-        self.run.cluster.abandoned.record(super::Abandoned {
-            query_id: self.query_id.clone(),
-            task_id,
-            frame: format!("{}.{}.{}", split.hive, split.r#box, split.frame),
-            version: split.version,
-            cells: cells.clone(),
-            causes: self.causes.iter().map(|(_, c)| c.clone()).collect(),
-        });
+        self.record_abandoned(task_id, cells.clone());
         let mut shown = cells;
         if shown.len() > 5 {
             let more = shown.len() - 5;
@@ -904,6 +975,22 @@ impl Attempts<'_> {
                 .collect::<Vec<_>>()
                 .join("; ")
         ))
+    }
+}
+
+impl Attempts<'_> {
+    /// Keeps task `task_id` (which held `cells`) among the coordinator's abandoned tasks,
+    /// with every cause so far.
+    fn record_abandoned(&self, task_id: u32, cells: Vec<String>) {
+        let split = &self.run.fragment.split;
+        self.run.cluster.abandoned.record(super::Abandoned {
+            query_id: self.query_id.clone(),
+            task_id,
+            frame: format!("{}.{}.{}", split.hive, split.r#box, split.frame),
+            version: split.version,
+            cells,
+            causes: self.causes.iter().map(|(_, c)| c.clone()).collect(),
+        });
     }
 }
 

@@ -108,9 +108,13 @@ pub struct DistributeSettings {
     pub auto_min_bytes: u64,
     /// How long a task may run before it is reassigned.
     pub task_timeout: Duration,
+    /// How long a task may wait to be taken by a node that has an idle bee before it is
+    /// reassigned (with a transport that reports pickup).
+    pub pickup_timeout: Duration,
     /// How often the coordinator looks for results (it starts faster and slows to this).
     pub result_poll: Duration,
-    /// Query folders older than this are removed by whoever sweeps.
+    /// Query folders older than this are removed by whoever sweeps. A running query's
+    /// coordinator renews its folder every third of it, so only a dead coordinator's is.
     pub orphan_retention: Duration,
     /// Fewest rows of a part when cells are cut into parts (a session's
     /// `SET apiary.min_part_rows = …` overrides it). The default is a row group of the cells
@@ -125,10 +129,33 @@ impl Default for DistributeSettings {
         Self {
             auto_min_bytes: 64 << 20,
             task_timeout: Duration::from_secs(600),
+            pickup_timeout: Duration::from_secs(20),
             result_poll: Duration::from_millis(250),
             orphan_retention: Duration::from_secs(900),
             min_part_rows: apiary_ledger::cells::encode::ROW_GROUP_ROWS as u64,
         }
+    }
+}
+
+impl DistributeSettings {
+    /// Refuses settings that cannot work together, naming both.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: String| Err(crate::QueryError::Invalid(m));
+        if self.task_timeout.is_zero() || self.pickup_timeout.is_zero() {
+            return bad(
+                "the task timeout (--task-timeout, APIARY_TASK_TIMEOUT) and the pickup \
+                 timeout (--pickup-timeout, APIARY_PICKUP_TIMEOUT) must be longer than zero"
+                    .into(),
+            );
+        }
+        if self.orphan_retention < Duration::from_millis(100) {
+            return bad(format!(
+                "the query retention (--query-retention, APIARY_QUERY_RETENTION) is {:?}; a \
+                 running query renews its folder every third of it, so give it at least 100ms",
+                self.orphan_retention
+            ));
+        }
+        Ok(())
     }
 }
 

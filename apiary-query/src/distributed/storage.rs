@@ -6,6 +6,7 @@
 //! _queries/{query_id}/results/{task:06}-{attempt}.arrow   rows: one Arrow IPC stream
 //! _queries/{query_id}/results/{task:06}-{attempt}.empty   done, no rows (a JSON report)
 //! _queries/{query_id}/results/{task:06}-{attempt}.failed  failed (a JSON report and error)
+//! _queries/{query_id}/results/{task:06}-{attempt}.taken   taken by its worker (a JSON report)
 //! _queries/{query_id}/claims/{attempt}/cells/{cell path}  a shared cell's reader: {"task_id": n}
 //! _queries/{query_id}/claims/{attempt}/parts/{start}-{end}/{cell path}   a part's reader
 //! _doorbells/{node_id}.json                               rung after tasks are published
@@ -73,6 +74,16 @@ struct Marker {
 }
 
 impl Marker {
+    /// A marker standing for one that could not be read: a failed attempt, retried.
+    fn damaged(message: String) -> Self {
+        Marker {
+            report: TaskReport::default(),
+            error: Some(message),
+            kind: Some(apiary_storage::ErrorKind::Corrupt.as_str().to_string()),
+            retryable: Some(true),
+        }
+    }
+
     /// The failure this marker records (a marker without a kind: an older worker's, retried
     /// as it always was).
     fn failure(self) -> TaskFailure {
@@ -188,6 +199,20 @@ impl StorageShuffle {
     }
 }
 
+/// The task a task object's path names (`_queries/{query}/tasks/{node}/{task}-{attempt}.json`).
+fn task_key_of(path: &Path) -> Option<TaskKey> {
+    let parts: Vec<_> = path.parts().collect();
+    let [_, query, _, _, name] = parts.as_slice() else {
+        return None;
+    };
+    let (task_id, attempt, _) = parse_result_name(name.as_ref())?;
+    Some(TaskKey {
+        query_id: query.as_ref().to_string(),
+        task_id,
+        attempt,
+    })
+}
+
 fn parse_result_name(name: &str) -> Option<(u32, u32, &str)> {
     let (stem, ext) = name.rsplit_once('.')?;
     let (task, attempt) = stem.split_once('-')?;
@@ -203,17 +228,8 @@ impl ShuffleTransport for StorageShuffle {
         tasks: &[TaskSpec],
     ) -> Result<()> {
         validate_query_id(query_id)?;
-        let info = serde_json::to_vec(&QueryInfo {
-            format: 1,
-            query_id: query_id.to_string(),
-            coordinator: coordinator.to_string(),
-        })
-        .map_err(|e| QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))?;
         // The query object and the tasks at once: nothing reads one before the doorbell.
-        let mut objects: Vec<(Path, Bytes)> = vec![(
-            Self::query_dir(query_id).join("query.json"),
-            Bytes::from(info),
-        )];
+        let mut objects: Vec<(Path, Bytes)> = vec![query_object(query_id, coordinator)?];
         for t in tasks {
             objects.push((Self::task_key(t), Bytes::from(t.encode()?)));
         }
@@ -278,23 +294,29 @@ impl ShuffleTransport for StorageShuffle {
             mine.retain(|k| listed.contains(k));
             listed.into_iter().filter(|k| !mine.contains(k)).collect()
         };
-        let tasks: Vec<Option<(Path, TaskSpec)>> = futures::stream::iter(new)
+        let read: Vec<Option<(Path, Result<TaskSpec, TaskFailure>)>> = futures::stream::iter(new)
             .map(|key| async move {
-                match self.backend.get(&key).await {
-                    Ok(object) => match TaskSpec::decode(key.as_ref(), &object.bytes) {
-                        Ok(task) if task.node_id == node_id => Ok(Some((key, task))),
-                        Ok(_) => Ok(None),
-                        Err(e) => {
-                            // A malformed task cannot be answered; the coordinator's deadline
-                            // reassigns it, and the node goes on.
-                            tracing::warn!(key = %key, error = %e, "task skipped");
-                            Ok(None)
-                        }
-                    },
+                let object = match self.backend.get(&key).await {
+                    Ok(object) => object,
                     // Finished and removed between the listing and the read.
-                    Err(e) if e.is_not_found() => Ok(None),
-                    Err(e) => Err(QueryError::from(e)),
-                }
+                    Err(e) if e.is_not_found() => return Ok(None),
+                    Err(e) => return Err(QueryError::from(e)),
+                };
+                let read = match TaskSpec::decode(key.as_ref(), &object.bytes) {
+                    Ok(task) if task.node_id == node_id => Ok(task),
+                    Ok(_) => return Ok(None),
+                    Err(e) => {
+                        // A task this node cannot read (damaged, or of another version)
+                        // fails at once, so the coordinator gives it to another node.
+                        tracing::warn!(key = %key, error = %e, "task refused");
+                        Err(TaskFailure {
+                            kind: e.kind(),
+                            retryable: true,
+                            message: format!("node {node_id} cannot read its task: {e}"),
+                        })
+                    }
+                };
+                Ok(Some((key, read)))
             })
             .buffer_unordered(CONCURRENCY)
             .try_collect()
@@ -304,14 +326,49 @@ impl ShuffleTransport for StorageShuffle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(node_id.to_string(), seen);
-        let tasks: Vec<(Path, TaskSpec)> = tasks.into_iter().flatten().collect();
+        let read: Vec<(Path, Result<TaskSpec, TaskFailure>)> = read.into_iter().flatten().collect();
         self.delivered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(node_id.to_string())
             .or_default()
-            .extend(tasks.iter().map(|(k, _)| k.clone()));
-        Ok(tasks.into_iter().map(|(_, t)| t).collect())
+            .extend(read.iter().map(|(k, _)| k.clone()));
+        // Each task read is marked taken (for the coordinator's pickup deadline), each one
+        // refused gets its failed outcome. A marker that cannot be written costs only
+        // time: the coordinator then waits for the task's own outcome or deadline.
+        let report = TaskReport {
+            node_id: node_id.to_string(),
+            ..TaskReport::default()
+        };
+        let mut markers = Vec::with_capacity(read.len());
+        let mut tasks = Vec::with_capacity(read.len());
+        for (path, task) in read {
+            match task {
+                Ok(task) => {
+                    markers.push((
+                        Self::result_key(&task.key(), "taken"),
+                        marker(&report, None)?,
+                    ));
+                    tasks.push(task);
+                }
+                Err(failure) => {
+                    if let Some(key) = task_key_of(&path) {
+                        markers.push((
+                            Self::result_key(&key, "failed"),
+                            marker(&report, Some(failure))?,
+                        ));
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.put_all(markers).await {
+            tracing::warn!(error = %e, "marking tasks taken failed");
+        }
+        Ok(tasks)
+    }
+
+    fn reports_pickup(&self) -> bool {
+        true
     }
 
     async fn publish_outcome(
@@ -329,6 +386,8 @@ impl ShuffleTransport for StorageShuffle {
                 Self::result_key(&key, "failed"),
                 marker(report, Some(failure))?,
             ),
+            // The transport marks a task taken itself (see `poll_tasks`).
+            TaskOutcome::Running => return Ok(()),
         };
         self.backend.put(&path, bytes).await?;
         Ok(())
@@ -356,7 +415,7 @@ impl ShuffleTransport for StorageShuffle {
             .backend
             .list(&Self::query_dir(query_id).join("results"))
             .await?;
-        let found: Vec<(TaskKey, String, Path)> = listed
+        let mut found: Vec<(TaskKey, String, Path)> = listed
             .into_iter()
             .filter_map(|m| {
                 let (task_id, attempt, ext) = parse_result_name(m.key.filename()?)?;
@@ -370,9 +429,28 @@ impl ShuffleTransport for StorageShuffle {
                     .then(|| (key, ext.to_string(), m.key.clone()))
             })
             .collect();
+        // A task with an outcome is past being taken.
+        let ended: HashSet<TaskKey> = found
+            .iter()
+            .filter(|(_, ext, _)| ext != "taken")
+            .map(|(key, _, _)| key.clone())
+            .collect();
+        found.retain(|(key, ext, _)| ext != "taken" || !ended.contains(key));
         futures::stream::iter(found)
             .map(|(key, ext, path)| async move {
-                let object = self.backend.get(&path).await?;
+                if ext == "taken" {
+                    // Its name says all: no read.
+                    return Ok(Some(Delivered {
+                        key,
+                        outcome: TaskOutcome::Running,
+                        report: TaskReport::default(),
+                    }));
+                }
+                let object = match self.backend.get(&path).await {
+                    Ok(object) => object,
+                    Err(e) if e.is_not_found() => return Ok(None),
+                    Err(e) => return Err(QueryError::from(e)),
+                };
                 let what = path.to_string();
                 let delivered = match ext.as_str() {
                     // The report travels in the stream's schema metadata.
@@ -382,31 +460,48 @@ impl ShuffleTransport for StorageShuffle {
                         report: TaskReport::default(),
                     },
                     "empty" | "failed" => {
-                        let marker: Marker =
-                            serde_json::from_slice(&object.bytes).map_err(|e| {
-                                QueryError::Execution(format!("result `{what}` is damaged: {e}"))
-                            })?;
+                        let (marker, ended) = match serde_json::from_slice::<Marker>(&object.bytes)
+                        {
+                            Ok(marker) => (marker, ext.as_str()),
+                            // The attempt failed: its outcome cannot be known.
+                            Err(e) => (
+                                Marker::damaged(format!("result `{what}` is damaged: {e}")),
+                                "failed",
+                            ),
+                        };
                         let report = marker.report.clone();
                         Delivered {
                             key,
-                            outcome: match ext.as_str() {
+                            outcome: match ended {
                                 "empty" => TaskOutcome::Empty,
                                 _ => TaskOutcome::Failed(marker.failure()),
                             },
                             report,
                         }
                     }
-                    other => {
-                        return Err(QueryError::Execution(format!(
-                            "result `{what}` has an unknown kind `{other}`"
-                        )));
-                    }
+                    other => Delivered {
+                        key,
+                        outcome: TaskOutcome::Failed(TaskFailure {
+                            kind: apiary_storage::ErrorKind::Corrupt,
+                            retryable: true,
+                            message: format!("result `{what}` has an unknown kind `{other}`"),
+                        }),
+                        report: TaskReport::default(),
+                    },
                 };
-                Ok::<_, QueryError>(delivered)
+                Ok::<_, QueryError>(Some(delivered))
             })
             .buffer_unordered(CONCURRENCY)
-            .try_collect()
+            .try_collect::<Vec<_>>()
             .await
+            .map(|d| d.into_iter().flatten().collect())
+    }
+
+    async fn renew(&self, query_id: &str, coordinator: &str) -> Result<()> {
+        validate_query_id(query_id)?;
+        let (key, bytes) = query_object(query_id, coordinator)?;
+        self.backend.put(&key, bytes).await?;
+        Ok(())
     }
 
     async fn finish(&self, query_id: &str) -> Result<()> {
@@ -443,6 +538,21 @@ impl ShuffleTransport for StorageShuffle {
         }
         Ok(swept)
     }
+}
+
+/// The query object: who coordinates. Rewritten to renew the query (a sweep judges a query
+/// by its newest object).
+fn query_object(query_id: &str, coordinator: &str) -> Result<(Path, Bytes)> {
+    let info = serde_json::to_vec(&QueryInfo {
+        format: 1,
+        query_id: query_id.to_string(),
+        coordinator: coordinator.to_string(),
+    })
+    .map_err(|e| QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))?;
+    Ok((
+        StorageShuffle::query_dir(query_id).join("query.json"),
+        Bytes::from(info),
+    ))
 }
 
 fn marker(report: &TaskReport, failure: Option<TaskFailure>) -> Result<Bytes> {

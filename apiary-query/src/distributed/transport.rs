@@ -22,7 +22,12 @@
 //!   that through membership and deadlines and publishes a new attempt elsewhere. Outcomes of
 //!   older attempts stay valid (every attempt computes the same answer) and may arrive late.
 //!   A coordinator that dies leaves its query behind; [`sweep`](ShuffleTransport::sweep)
-//!   removes queries older than a retention, whoever calls it.
+//!   removes queries older than a retention, whoever calls it. A query its coordinator
+//!   [`renew`](ShuffleTransport::renew)ed within the retention is never swept.
+//! * **Pickup.** A transport that [`reports_pickup`](ShuffleTransport::reports_pickup)
+//!   returns [`TaskOutcome::Running`] from `collect` for a task once
+//!   [`poll_tasks`](ShuffleTransport::poll_tasks) has returned it, until its outcome is
+//!   published; a task whose manifest its worker cannot read gets a failed outcome instead.
 //! * **Claims.** [`claim`](ShuffleTransport::claim) arbitrates the cells tasks of one attempt
 //!   round share: for a `(query, attempt, cell)`, exactly one task ever gets `true`, and it
 //!   gets `true` again if it asks again (a claim whose response was lost is still its own).
@@ -85,6 +90,9 @@ pub enum TaskOutcome {
     Empty,
     /// Failed; the failure says why, and whether another attempt may succeed.
     Failed(TaskFailure),
+    /// Not an end: the worker took the task and is running it (from transports that
+    /// [report pickup](ShuffleTransport::reports_pickup)).
+    Running,
 }
 
 /// Why a task failed, as its worker reports it: the kind of the error it met, whether a new
@@ -174,6 +182,14 @@ pub trait ShuffleTransport: Send + Sync + std::fmt::Debug + 'static {
         report: &TaskReport,
     ) -> Result<()>;
 
+    /// Whether [`collect`](Self::collect) reports tasks a worker took and has not finished
+    /// ([`TaskOutcome::Running`]). A coordinator then reassigns a task that no worker took
+    /// soon after it was published, although its node had an idle bee (a node that is hung,
+    /// or runs a version that cannot read the task); without it, only the run deadline does.
+    fn reports_pickup(&self) -> bool {
+        false
+    }
+
     /// Whether [`claim`](Self::claim) works; without it, tasks share no cells (a node that
     /// finishes early cannot help one that lags).
     fn can_claim(&self) -> bool {
@@ -191,6 +207,14 @@ pub trait ShuffleTransport: Send + Sync + std::fmt::Debug + 'static {
 
     /// The outcomes available now among `wanted` (all keys of one query).
     async fn collect(&self, query_id: &str, wanted: &[TaskKey]) -> Result<Vec<Delivered>>;
+
+    /// Renews a running query, so that [`sweep`](Self::sweep) does not take it for one whose
+    /// coordinator died, however long its tasks run; its coordinator calls this at least
+    /// every third of the retention while it waits.
+    async fn renew(&self, query_id: &str, coordinator: &str) -> Result<()> {
+        let _ = (query_id, coordinator);
+        Ok(())
+    }
 
     /// Removes everything of the query.
     async fn finish(&self, query_id: &str) -> Result<()>;

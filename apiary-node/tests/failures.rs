@@ -1,0 +1,151 @@
+//! How a distributed query meets failures, on nodes started in this process: a node that
+//! heartbeats with an idle bee but never takes its task (hung, or another version) costs the
+//! pickup deadline, not the run deadline; a task a worker cannot read, or a result the
+//! coordinator cannot read, fails that attempt at once and the next round answers; a query
+//! whose tasks outlive the retention is renewed, not swept.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use apiary::Apiary;
+use apiary::apiary_query::distributed::{
+    ShuffleTransport, StorageShuffle, TaskFailure, TaskOutcome,
+};
+
+const CLICKS_BY_COUNTRY: &str = "SELECT country, COUNT(*) AS n, SUM(duration_ms) AS s FROM analytics.events.clicks GROUP BY country";
+
+async fn answer(ap: &Apiary, mode: &str, sql: &str) -> Vec<String> {
+    let mut s = ap.sql_session().unwrap();
+    s.sql(&format!("SET apiary.distribute = '{mode}'"))
+        .await
+        .unwrap();
+    common::canonical(s.sql(sql).await.unwrap().batches())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_takes_its_task_costs_the_pickup_deadline() {
+    // `sleepy` heartbeats with idle bees but looks for tasks once an hour.
+    let s = common::in_process_swarm(
+        &[
+            ("busy-bee", Duration::from_millis(10)),
+            ("sleepy", Duration::from_secs(3600)),
+        ],
+        |o| o.distribute.pickup_timeout = Duration::from_millis(500),
+    )
+    .await;
+    let local = answer(&s.client, "never", CLICKS_BY_COUNTRY).await;
+    let started = Instant::now();
+    let plan = answer(
+        &s.client,
+        "always",
+        &format!("EXPLAIN ANALYZE {CLICKS_BY_COUNTRY}"),
+    )
+    .await
+    .join("\n");
+    // The run deadline is ten minutes: well inside it, the task went elsewhere.
+    assert!(started.elapsed() < Duration::from_secs(60), "{plan}");
+    assert!(plan.contains("did not take the task"), "{plan}");
+    assert!(!plan.contains("node=sleepy"), "{plan}");
+    assert_eq!(answer(&s.client, "always", CLICKS_BY_COUNTRY).await, local);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_outcome_or_task_fails_that_attempt_at_once() {
+    let s = common::in_process_swarm(&[("w", Duration::from_millis(10))], |_| {}).await;
+    let backend = apiary_storage::open(s.client.storage()).await.unwrap();
+    let transport = StorageShuffle::new(backend.clone());
+    let q = "q-damaged";
+    let task = |id: u32, node: &str| apiary::apiary_query::distributed::TaskSpec {
+        format: apiary::apiary_query::distributed::manifest::TASK_FORMAT,
+        query_id: q.into(),
+        task_id: id,
+        attempt: 1,
+        node_id: node.into(),
+        coordinator: "tests".into(),
+        split: apiary::apiary_query::distributed::FramePin::new(
+            &apiary_ledger::FrameRef::new("analytics", "events", "clicks").unwrap(),
+            1,
+        ),
+        bytes: 0,
+        shared: 0,
+        steal: Vec::new(),
+        cells: Vec::new(),
+        pins: Vec::new(),
+        sql: "SELECT 1 AS c0".into(),
+        scope: Vec::new(),
+        schema: Vec::new(),
+        timeout_ms: 1000,
+    };
+    let (a, b) = (task(0, "nobody"), task(1, "nobody"));
+    transport
+        .publish_tasks(q, "tests", &[a.clone(), b.clone()])
+        .await
+        .unwrap();
+    // Task 0's outcome is damaged; task 1's worker cannot read its manifest.
+    backend
+        .put(
+            &apiary_storage::Path::from(format!("_queries/{q}/results/000000-1.empty")),
+            bytes::Bytes::from_static(b"{not json"),
+        )
+        .await
+        .unwrap();
+    backend
+        .put(
+            &apiary_storage::Path::from(format!("_queries/{q}/tasks/nobody/000001-1.json")),
+            bytes::Bytes::from_static(b"{\"format\": 99}"),
+        )
+        .await
+        .unwrap();
+    // Task 0 is taken (its outcome is there already, damaged); task 1 is refused.
+    let polled = transport.poll_tasks("nobody").await.unwrap();
+    assert_eq!(polled.iter().map(|t| t.task_id).collect::<Vec<_>>(), [0]);
+    let mut got = transport.collect(q, &[a.key(), b.key()]).await.unwrap();
+    got.sort_by_key(|d| d.key.task_id);
+    let failure = |o: &TaskOutcome| match o {
+        TaskOutcome::Failed(f) => f.clone(),
+        other => panic!("{other:?}"),
+    };
+    let damaged: TaskFailure = failure(&got[0].outcome);
+    assert!(
+        damaged.retryable && damaged.message.contains("damaged"),
+        "{damaged:?}"
+    );
+    let unreadable = failure(&got[1].outcome);
+    assert!(unreadable.retryable, "{unreadable:?}");
+    assert!(
+        unreadable.message.contains("cannot read its task"),
+        "{unreadable:?}"
+    );
+    assert_eq!(got[1].report.node_id, "nobody");
+    transport.finish(q).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_query_is_renewed_and_not_swept() {
+    let s = common::in_process_swarm(&[("w", Duration::from_millis(10))], |o| {
+        o.distribute.orphan_retention = Duration::from_millis(300)
+    })
+    .await;
+    let transport = std::sync::Arc::clone(s.client.transport());
+    let q = "q-renewed";
+    // A coordinator renewing its query every 100 ms for a second: sweeps with a 300 ms
+    // retention, all the while, find nothing to remove.
+    transport.publish_tasks(q, "tests", &[]).await.unwrap();
+    for _ in 0..10 {
+        transport.renew(q, "tests").await.unwrap();
+        apiary::apiary_storage::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            transport.sweep(Duration::from_millis(300)).await.unwrap(),
+            0
+        );
+    }
+    // Left alone past the retention, it is swept.
+    apiary::apiary_storage::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        transport.sweep(Duration::from_millis(300)).await.unwrap(),
+        1
+    );
+}
