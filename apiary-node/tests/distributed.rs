@@ -502,6 +502,7 @@ fn hostile(query_id: &str, node: &str, sql: &str, pin_hive: &str) -> TaskSpec {
         pins: vec![],
         sql: sql.into(),
         scope: vec![],
+        settings: Default::default(),
         schema: vec![ColumnSpec {
             name: "c0".into(),
             data_type: "Int64".into(),
@@ -671,11 +672,13 @@ async fn an_idle_node_only_heads_its_doorbell_and_a_busy_one_looks_more_often() 
         .await
         .unwrap();
     let started = Instant::now();
+    // Until its outcome is in (taken is not an end).
     while transport
         .collect("q-busy", std::slice::from_ref(&task.key()))
         .await
         .unwrap()
-        .is_empty()
+        .iter()
+        .all(|d| d.outcome == TaskOutcome::Running)
     {
         assert!(started.elapsed() < DEADLINE, "the task was never answered");
         apiary_storage::time::sleep(Duration::from_millis(10)).await;

@@ -76,6 +76,7 @@ async fn a_damaged_outcome_or_task_fails_that_attempt_at_once() {
         pins: Vec::new(),
         sql: "SELECT 1 AS c0".into(),
         scope: Vec::new(),
+        settings: Default::default(),
         schema: Vec::new(),
         timeout_ms: 1000,
     };

@@ -21,8 +21,21 @@ async fn swarm() -> common::Swarm {
 
 /// `sql`'s answer with `apiary.distribute` set to `mode`, as sorted text.
 async fn answer(ap: &Apiary, mode: &str, sql: &str) -> Result<Vec<String>, apiary::ApiaryError> {
+    answer_with(ap, mode, &[], sql).await
+}
+
+/// `sql`'s answer in a session with `settings` and `apiary.distribute` set to `mode`.
+async fn answer_with(
+    ap: &Apiary,
+    mode: &str,
+    settings: &[&str],
+    sql: &str,
+) -> Result<Vec<String>, apiary::ApiaryError> {
     let mut s = ap.sql_session()?;
     s.sql(&format!("SET apiary.distribute = '{mode}'")).await?;
+    for set in settings {
+        s.sql(set).await?;
+    }
     let r = s.sql(sql).await?;
     Ok(common::canonical(r.batches()))
 }
@@ -184,6 +197,46 @@ async fn an_error_in_the_data_fails_the_query_once_with_its_kind() {
         "{message}"
     );
     assert_eq!(s.client.transport().sweep(Duration::ZERO).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sessions_settings_travel_with_its_tasks() {
+    let s = swarm().await;
+    // A text read as a time in the session's zone: the instant depends on the zone.
+    let sql = format!(
+        "SELECT country, MAX(CAST(CAST(CONCAT('2024-01-01T0', CAST(event_id % 10 AS VARCHAR), \
+         ':00:00') AS TIMESTAMP WITH TIME ZONE) AS BIGINT)) AS t FROM {CLICKS} GROUP BY country"
+    );
+    let zone = [
+        "SET TIME ZONE '+05:00'",
+        "SET datafusion.execution.batch_size = 100",
+    ];
+    let utc = answer(&s.client, "never", &sql).await.unwrap();
+    let local = answer_with(&s.client, "never", &zone, &sql).await.unwrap();
+    assert_ne!(local, utc, "the zone changes the answer");
+    let spread = answer_with(&s.client, "always", &zone, &sql).await.unwrap();
+    assert_eq!(spread, local, "the tasks ran in the session's zone");
+    // The settings show in the plan, as the tasks get them.
+    let mut session = s.client.sql_session().unwrap();
+    for set in ["SET apiary.distribute = 'always'"].iter().chain(&zone) {
+        session.sql(set).await.unwrap();
+    }
+    let plan = common::canonical(
+        session
+            .sql(&format!("EXPLAIN {sql}"))
+            .await
+            .unwrap()
+            .batches(),
+    )
+    .join("\n");
+    assert!(
+        plan.contains("datafusion.execution.time_zone=+05:00"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("datafusion.execution.batch_size=100"),
+        "{plan}"
+    );
 }
 
 /// One aggregate of a generated query.

@@ -8,7 +8,7 @@
 //! across a frame's incarnations). So its optimized logical plan is reusable as is; only the
 //! physical plan, which holds the state of one execution, is made anew for every task.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 
@@ -27,13 +27,19 @@ const CAPACITY: usize = 32;
 pub(crate) struct FragmentKey {
     sql: String,
     scope: Vec<String>,
+    settings: BTreeMap<String, String>,
     /// Each frame's version and cells (`None`: all), in frame order.
     pins: Vec<(FrameRef, u64, Option<BTreeSet<String>>)>,
 }
 
 impl FragmentKey {
-    /// The key of `sql` run in `scope` over `pins`.
-    pub(crate) fn new(sql: &str, scope: &[String], pins: &HashMap<FrameRef, Pinned>) -> Self {
+    /// The key of `sql` run in `scope` with `settings` over `pins`.
+    pub(crate) fn new(
+        sql: &str,
+        scope: &[String],
+        settings: &BTreeMap<String, String>,
+        pins: &HashMap<FrameRef, Pinned>,
+    ) -> Self {
         let mut pins: Vec<_> = pins
             .iter()
             .map(|(frame, pin)| (frame.clone(), pin.version, pin.cells.clone()))
@@ -42,6 +48,7 @@ impl FragmentKey {
         Self {
             sql: sql.to_string(),
             scope: scope.to_vec(),
+            settings: settings.clone(),
             pins,
         }
     }
@@ -114,27 +121,45 @@ mod tests {
     #[test]
     fn a_key_names_every_input_of_the_plan() {
         let scope = vec!["h".to_string(), "b".to_string()];
+        let none = BTreeMap::new();
+        let time_zone = BTreeMap::from([(
+            "datafusion.execution.time_zone".to_string(),
+            "+05:00".to_string(),
+        )]);
         let base = pins(&[("f", 3, Some(&["a", "b"])), ("d", 1, None)]);
-        let key = FragmentKey::new("SELECT 1", &scope, &base);
+        let key = FragmentKey::new("SELECT 1", &scope, &none, &base);
         // The same inputs in another order: the same key.
         let reordered = pins(&[("d", 1, None), ("f", 3, Some(&["b", "a"]))]);
-        assert_eq!(key, FragmentKey::new("SELECT 1", &scope, &reordered));
+        assert_eq!(key, FragmentKey::new("SELECT 1", &scope, &none, &reordered));
         // Any input changed: another key.
         let others = [
-            FragmentKey::new("SELECT 2", &scope, &base),
-            FragmentKey::new("SELECT 1", &scope[..1], &base),
+            FragmentKey::new("SELECT 2", &scope, &none, &base),
+            FragmentKey::new("SELECT 1", &scope[..1], &none, &base),
             FragmentKey::new(
                 "SELECT 1",
                 &scope,
+                &none,
                 &pins(&[("f", 4, Some(&["a", "b"])), ("d", 1, None)]),
             ),
             FragmentKey::new(
                 "SELECT 1",
                 &scope,
+                &none,
                 &pins(&[("f", 3, Some(&["a"])), ("d", 1, None)]),
             ),
-            FragmentKey::new("SELECT 1", &scope, &pins(&[("f", 3, None), ("d", 1, None)])),
-            FragmentKey::new("SELECT 1", &scope, &pins(&[("f", 3, Some(&["a", "b"]))])),
+            FragmentKey::new(
+                "SELECT 1",
+                &scope,
+                &none,
+                &pins(&[("f", 3, None), ("d", 1, None)]),
+            ),
+            FragmentKey::new(
+                "SELECT 1",
+                &scope,
+                &none,
+                &pins(&[("f", 3, Some(&["a", "b"]))]),
+            ),
+            FragmentKey::new("SELECT 1", &scope, &time_zone, &base),
         ];
         for other in others {
             assert_ne!(key, other);
@@ -144,7 +169,7 @@ mod tests {
     #[test]
     fn the_least_recently_used_plan_goes_first() {
         let plans = FragmentPlans::with_capacity(2);
-        let key = |sql: &str| FragmentKey::new(sql, &[], &HashMap::new());
+        let key = |sql: &str| FragmentKey::new(sql, &[], &BTreeMap::new(), &HashMap::new());
         plans.put(key("a"), plan());
         plans.put(key("b"), plan());
         assert!(plans.get(&key("a")).is_some());

@@ -24,7 +24,8 @@ use crate::scans::{OnlyApiaryStorage, ScanStores};
 use crate::statement::{self, Command};
 use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::{Analyze, Explain, LogicalPlan, LogicalPlanBuilder};
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
 /// How queries run on this node.
 #[derive(Debug, Clone)]
@@ -163,27 +164,46 @@ impl QueryEngine {
         &self,
         sql: &str,
         scope: &[String],
+        settings: &BTreeMap<String, String>,
         pins: HashMap<FrameRef, Pinned>,
         prepare: impl FnOnce(&Arc<dyn ExecutionPlan>) -> Result<()>,
     ) -> Result<RunningFragment> {
         let runtime = self.budget.task_runtime(self.state.runtime_env())?;
-        let key = FragmentKey::new(sql, scope, &pins);
+        // The engine's state, or a copy with the coordinator session's settings.
+        let state = if settings.is_empty() {
+            Cow::Borrowed(&self.state)
+        } else {
+            let mut state = self.state.clone();
+            for (key, value) in settings {
+                state
+                    .config_mut()
+                    .options_mut()
+                    .set(key, value)
+                    .map_err(|e| {
+                        QueryError::Invalid(format!(
+                            "the setting `{key}` = `{value}` the coordinator sent: {}",
+                            e.strip_backtrace()
+                        ))
+                    })?;
+            }
+            Cow::Owned(state)
+        };
+        let key = FragmentKey::new(sql, scope, settings, &pins);
         let (plan, plan_reused) = match self.fragments.get(&key) {
             Some(plan) => (plan, true),
             None => {
-                let plan = self.plan_fragment(sql, scope, pins).await?;
+                let plan = self.plan_fragment(&state, sql, scope, pins).await?;
                 self.fragments.put(key, plan.clone());
                 (plan, false)
             }
         };
-        // The plan's tables are resolved already: the engine's state plans it physically.
-        let physical = self
-            .state
+        // The plan's tables are resolved already: the state plans it physically.
+        let physical = state
             .query_planner()
-            .create_physical_plan(&plan, &self.state)
+            .create_physical_plan(&plan, state.as_ref())
             .await?;
         prepare(&physical)?;
-        let task = Arc::new(TaskContext::from(&self.state).with_runtime(runtime));
+        let task = Arc::new(TaskContext::from(state.as_ref()).with_runtime(runtime));
         let stream = datafusion::physical_plan::execute_stream(Arc::clone(&physical), task)?;
         Ok(RunningFragment {
             plan: physical,
@@ -196,6 +216,7 @@ impl QueryEngine {
     /// checked to be one read-only query.
     async fn plan_fragment(
         &self,
+        base: &SessionState,
         sql: &str,
         scope: &[String],
         pins: HashMap<FrameRef, Pinned>,
@@ -214,7 +235,7 @@ impl QueryEngine {
             return Err(QueryError::Invalid("a fragment must be a query".into()));
         };
         let catalog = Arc::new(self.catalog.pinned(pins));
-        let mut state = SessionStateBuilder::new_from_existing(self.state.clone())
+        let mut state = SessionStateBuilder::new_from_existing(base.clone())
             .with_catalog_list(Arc::new(HiveList(catalog)))
             .build();
         if let Some(hive) = scope.first() {
@@ -507,9 +528,10 @@ impl SqlSession {
         }
         let state = self.ctx.state();
         let optimized = state.optimize(plan)?;
-        let Some(split) = distributed::plan::split(&optimized, &state, &self.current)? else {
+        let Some(mut split) = distributed::plan::split(&optimized, &state, &self.current)? else {
             return Ok(None);
         };
+        split.fragment.settings = self.changed_settings(&state);
         let small = split.fragment.bytes() < cluster.settings.auto_min_bytes;
         if split.fragment.cells.is_empty() || (self.distribute == DistributeMode::Auto && small) {
             return Ok(None);
@@ -522,6 +544,31 @@ impl SqlSession {
         )?
         .build()?;
         Ok(Some(split.coordinator_plan(partials)?))
+    }
+
+    /// The options this session changed from the engine's (its `SET datafusion.…` and `SET
+    /// TIME ZONE`), which a distributed query's tasks run with. The number of partitions
+    /// stays each worker's own: it follows the bees of the node that runs the task.
+    fn changed_settings(&self, state: &SessionState) -> BTreeMap<String, String> {
+        let base: HashMap<String, Option<String>> = self
+            .engine
+            .state
+            .config_options()
+            .entries()
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect();
+        state
+            .config_options()
+            .entries()
+            .into_iter()
+            .filter(|e| {
+                statement::settable(&e.key)
+                    && e.key != "datafusion.execution.target_partitions"
+                    && base.get(&e.key) != Some(&e.value)
+            })
+            .filter_map(|e| Some((e.key, e.value?)))
+            .collect()
     }
 
     /// `parts` as a frame: `hive.box.frame`, or completed from `USE`.

@@ -316,6 +316,19 @@ fn classify(statement: DfStatement) -> Result<Command> {
             let value = value.trim_matches(|c| c == '\'' || c == '"').to_string();
             Command::SetApiary { key, value }
         }
+        // DataFusion plans `SET TIME ZONE` as the option it stands for.
+        Statement::Set(Set::SetTimeZone { value, .. }) => Command::DataFusion(Box::new(
+            DfStatement::Statement(Box::new(Statement::Set(Set::SingleAssignment {
+                scope: None,
+                hivevar: false,
+                variable: ObjectName::from(
+                    ["datafusion", "execution", "time_zone"]
+                        .map(Ident::new)
+                        .to_vec(),
+                ),
+                values: vec![value],
+            }))),
+        )),
         Statement::Set(ref set) => {
             check_set(set)?;
             Command::DataFusion(Box::new(DfStatement::Statement(sql)))
@@ -439,11 +452,16 @@ fn check_explained(statement: &DfStatement) -> Result<()> {
     }
 }
 
+/// Whether a session may set option `key` (lowercase).
+pub(crate) fn settable(key: &str) -> bool {
+    SETTABLE.iter().any(|p| key.starts_with(p))
+}
+
 fn check_set(set: &Set) -> Result<()> {
     match set {
         Set::SingleAssignment { variable, .. } => {
             let key = variable.to_string().to_ascii_lowercase();
-            if SETTABLE.iter().any(|p| key.starts_with(p)) {
+            if settable(&key) {
                 Ok(())
             } else {
                 Err(QueryError::Rejected {

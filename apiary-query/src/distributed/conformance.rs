@@ -35,6 +35,7 @@ pub fn task(query_id: &str, task_id: u32, attempt: u32, node: &str) -> TaskSpec 
         pins: vec![],
         sql: "SELECT 1 AS c0".into(),
         scope: vec![],
+        settings: Default::default(),
         schema: vec![ColumnSpec {
             name: "c0".into(),
             data_type: "Int64".into(),

@@ -214,7 +214,16 @@ impl DisplayAs for DistributedExec {
                 }
             }
         }
-        write!(f, "\n    fragment: {}", fr.sql)
+        write!(f, "\n    fragment: {}", fr.sql)?;
+        if !fr.settings.is_empty() {
+            let settings: Vec<String> = fr
+                .settings
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            write!(f, "\n    settings: {}", settings.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -630,6 +639,7 @@ impl Attempts<'_> {
                 pins: fragment.pins.clone(),
                 sql: fragment.sql.clone(),
                 scope: fragment.scope.clone(),
+                settings: fragment.settings.clone(),
                 schema: columns_of(&fragment.schema),
                 timeout_ms: self.run.cluster.settings.task_timeout.as_millis() as u64,
             };
@@ -1228,6 +1238,7 @@ mod tests {
             pins: vec![],
             shape: Shape::Rows,
             scope: vec![],
+            settings: Default::default(),
         }
     }
 

@@ -4,7 +4,7 @@
 //!
 //! ```json
 //! {
-//!   "format": 2,
+//!   "format": 3,
 //!   "query_id": "q-3f2a…",            // [a-z0-9-], unique per query
 //!   "task_id": 0,                      // unique within the query
 //!   "attempt": 1,                      // 1, 2, 3: a reassigned task is a new attempt
@@ -17,6 +17,7 @@
 //!   "pins": [{"hive": "h", "box": "b", "frame": "dim", "version": 3}],
 //!   "sql": "SELECT … FROM h.b.f …",   // a read-only SELECT, pasteable into `apiary sql`
 //!   "scope": ["h", "b"],               // the `USE` the fragment's names resolve in
+//!   "settings": {"datafusion.execution.time_zone": "+05:00"},   // the session's SETs
 //!   "schema": [{"name": "c0", "type": "Utf8", "nullable": true}],
 //!   "timeout_ms": 600000
 //! }
@@ -24,7 +25,9 @@
 //!
 //! The fragment reads `split` at `version` through a per-task table holding only `cells`
 //! (and `steal`); every frame in `pins` is read whole at its version, so every task sees one
-//! snapshot.
+//! snapshot. `settings` are the options the coordinator's session changed (`SET
+//! datafusion.…`, `SET TIME ZONE`), which the worker plans and runs the fragment with; only
+//! options a session may set are accepted (absent when none changed).
 //!
 //! **Shared cells.** So that a node that finishes early helps one that lags, the tasks of
 //! one attempt round can share cells: the last `shared` of a task's `cells` may be read by
@@ -64,7 +67,12 @@ use crate::error::{QueryError, Result};
 /// `claims/{attempt}/cells/…` and `claims/{attempt}/parts/…`: a node of format 1 would take
 /// a part for a pruned cell and claim shared cells under other keys than its peers (reading
 /// some twice), so nodes refuse tasks of any other format, and the task is reassigned.
-pub const TASK_FORMAT: u32 = 2;
+///
+/// Format 3 added `settings`: a node of format 2 would plan the fragment on its defaults
+/// (another time zone, another optimizer), so it refuses the task instead.
+pub const TASK_FORMAT: u32 = 3;
+/// Most session settings one task may carry.
+pub const MAX_SETTINGS: usize = 128;
 /// Largest task object accepted.
 pub const MAX_TASK_BYTES: usize = 4 << 20;
 /// Most cells one task may name.
@@ -171,6 +179,9 @@ pub struct TaskSpec {
     /// in the fragment resolve as they did for the coordinator).
     #[serde(default)]
     pub scope: Vec<String>,
+    /// Session options the fragment is planned and run with (`datafusion.…` key → value).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub settings: std::collections::BTreeMap<String, String>,
     /// The expected result columns.
     pub schema: Vec<ColumnSpec>,
     /// How long the worker may run it.
@@ -241,6 +252,16 @@ impl TaskSpec {
         }
         if task.scope.len() > 2 {
             return Err(bad("a scope is `[hive]` or `[hive, box]`".into()));
+        }
+        if task.settings.len() > MAX_SETTINGS {
+            return Err(bad(format!("more than {MAX_SETTINGS} settings")));
+        }
+        if let Some(key) = task
+            .settings
+            .keys()
+            .find(|k| !crate::statement::settable(k))
+        {
+            return Err(bad(format!("`{key}` is not an option a session may set")));
         }
         for (kind, name) in ["hive", "box"].iter().zip(&task.scope) {
             validate_name(kind, name).map_err(|e| bad(e.to_string()))?;
@@ -345,6 +366,11 @@ pub(crate) mod tests {
             pins: vec![],
             sql: "SELECT 1".into(),
             scope: vec![],
+            settings: [(
+                "datafusion.execution.time_zone".to_string(),
+                "+05:00".to_string(),
+            )]
+            .into(),
             schema: vec![ColumnSpec {
                 name: "c0".into(),
                 data_type: DataType::Timestamp(
@@ -376,8 +402,15 @@ pub(crate) mod tests {
     fn refuses_what_is_malformed() {
         type Mutation = Box<dyn Fn(&mut TaskSpec)>;
         let cases: Vec<(Mutation, &str)> = vec![
-            (Box::new(|t| t.format = 9), "format 9 is not 2; a newer"),
-            (Box::new(|t| t.format = 1), "format 1 is not 2; an older"),
+            (Box::new(|t| t.format = 9), "format 9 is not 3; a newer"),
+            (Box::new(|t| t.format = 2), "format 2 is not 3; an older"),
+            (
+                Box::new(|t| {
+                    t.settings
+                        .insert("datafusion.runtime.temp_directory".into(), "/".into());
+                }),
+                "not an option a session may set",
+            ),
             (Box::new(|t| t.query_id = "../x".into()), "query id"),
             (Box::new(|t| t.attempt = 0), "attempts"),
             (

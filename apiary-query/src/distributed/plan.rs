@@ -127,6 +127,8 @@ pub struct Fragment {
     pub shape: Shape,
     /// The coordinator session's `USE` (`[hive]` or `[hive, box]`), for unqualified names.
     pub scope: Vec<String>,
+    /// The options the coordinator's session changed, which tasks run with.
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 impl Fragment {
@@ -297,6 +299,7 @@ pub fn split(plan: &LogicalPlan, state: &SessionState, scope: &[String]) -> Resu
             pins,
             shape,
             scope: scope.to_vec(),
+            settings: Default::default(),
         },
         finish,
         path: replace_path,

@@ -146,7 +146,7 @@ async fn execute(
         stream,
         plan_reused,
     } = engine
-        .run_fragment(&task.sql, &task.scope, pins, share)
+        .run_fragment(&task.sql, &task.scope, &task.settings, pins, share)
         .await?;
     let planning = started.elapsed();
     let batches: Vec<RecordBatch> = stream.try_collect().await?;
