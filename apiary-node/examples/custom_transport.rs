@@ -1,7 +1,7 @@
 //! A custom node binary with a shuffle transport of its own.
 //!
 //! `ChannelShuffle` keeps tasks and results in process memory instead of storage: the
-//! smallest transport that keeps the contract (see `apiary_query::distributed`), and a
+//! smallest transport that keeps the contract (see `apiary_shuffle::transport`), and a
 //! starting point for trying others (Arrow Flight, a message queue). This program checks it
 //! with the transport conformance suite, then composes two nodes from parts (one in-memory
 //! storage, the default heartbeats, this transport), runs a query distributed over both and
@@ -13,8 +13,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use apiary::apiary_query::Result;
-use apiary::apiary_query::distributed::{
+use apiary::apiary_shuffle::Result;
+use apiary::apiary_shuffle::{
     Delivered, ShuffleTransport, TaskKey, TaskOutcome, TaskReport, TaskSpec, conformance,
 };
 use apiary::apiary_storage::{self, StorageUri};

@@ -57,6 +57,7 @@ pub use apiary_query;
 pub use apiary_query::datafusion::execution::SendableRecordBatchStream;
 use apiary_query::{QueryEngine, QueryOptions};
 pub use apiary_query::{QueryResult, SqlSession};
+pub use apiary_shuffle;
 pub use apiary_storage;
 pub use apiary_swarm;
 pub use node::{ColonyStatus, NodeOptions, NodeStatus, SwarmNode, SwarmStatus};

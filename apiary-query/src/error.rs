@@ -34,6 +34,10 @@ pub enum QueryError {
     #[error(transparent)]
     Storage(#[from] apiary_storage::StorageError),
 
+    /// The shuffle transport failed, or a task or result it carried is malformed.
+    #[error(transparent)]
+    Shuffle(#[from] apiary_shuffle::ShuffleError),
+
     /// Running the query failed for a reason Apiary itself detected (a task ran past its
     /// deadline, a result had the wrong shape, …).
     #[error("query failed: {0}")]
@@ -82,6 +86,7 @@ impl QueryError {
             QueryError::Invalid(_) | QueryError::Rejected { .. } => ErrorKind::InvalidInput,
             QueryError::Ledger(e) => e.kind(),
             QueryError::Storage(e) => e.kind(),
+            QueryError::Shuffle(e) => e.kind(),
             QueryError::Execution(_) => ErrorKind::Internal,
             QueryError::Failed { kind, .. } => *kind,
         }
@@ -135,9 +140,12 @@ impl From<DataFusionError> for QueryError {
                     Ok(l) => QueryError::Ledger(*l),
                     Err(inner) => match inner.downcast::<apiary_storage::StorageError>() {
                         Ok(s) => QueryError::Storage(*s),
-                        Err(other) => {
-                            QueryError::failed(other.to_string(), ErrorKind::Internal, other)
-                        }
+                        Err(inner) => match inner.downcast::<apiary_shuffle::ShuffleError>() {
+                            Ok(s) => QueryError::Shuffle(*s),
+                            Err(other) => {
+                                QueryError::failed(other.to_string(), ErrorKind::Internal, other)
+                            }
+                        },
                     },
                 },
             },

@@ -213,7 +213,7 @@ impl CellQueue {
         let transport = Arc::clone(&self.transport);
         let task = self.task.clone();
         let cell = entry.cell.clone();
-        let claim = tokio::spawn(async move { transport.claim(&task, &cell).await });
+        let claim = tokio::spawn(async move { Ok(transport.claim(&task, &cell).await?) });
         state.ahead = Some((entry, claim));
     }
 
@@ -378,7 +378,6 @@ const CLAIMS_AT_ONCE: usize = 16;
 mod tests {
     use super::*;
     use crate::distributed::StorageShuffle;
-    use crate::distributed::manifest::tests::sample;
 
     /// Cells of 1000 rows each.
     fn planned(cells: &[&str]) -> HashMap<String, PlannedCell> {
@@ -411,8 +410,7 @@ mod tests {
     }
 
     fn task(id: u32, cells: &[&str], shared: u32, steal: Vec<Vec<&str>>) -> TaskSpec {
-        let mut t = sample();
-        t.task_id = id;
+        let mut t = crate::distributed::conformance::task("q-1", id, 1, "node-a");
         t.cells = cells.iter().map(|c| c.to_string()).collect();
         t.shared = shared;
         t.steal = steal

@@ -749,13 +749,15 @@ impl Attempts<'_> {
                 return Ok(false);
             }
             TaskOutcome::Rows(ipc) => {
-                let read = result::decode(&d.key.to_string(), &ipc).and_then(|(meta, batches)| {
-                    let rows = batches
-                        .into_iter()
-                        .map(|b| coerce(b, schema))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok((meta, rows))
-                });
+                let read = result::decode(&d.key.to_string(), &ipc)
+                    .map_err(QueryError::from)
+                    .and_then(|(meta, batches)| {
+                        let rows = batches
+                            .into_iter()
+                            .map(|b| coerce(b, schema))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Ok((meta, rows))
+                    });
                 match read {
                     Ok((meta, rows)) => (
                         meta.as_deref()

@@ -13,29 +13,29 @@
 
 mod check;
 pub(crate) mod claims;
-#[cfg(feature = "testing")]
-pub mod conformance;
 mod coordinator;
 mod dialect;
-pub mod manifest;
 pub mod plan;
-pub mod result;
-mod storage;
 mod task;
-mod transport;
+
+/// The shuffle seam, from `apiary-shuffle` (re-exported so the engine's users find it here).
+#[cfg(feature = "testing")]
+pub use apiary_shuffle::conformance;
+pub use apiary_shuffle::{manifest, result, transport};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use apiary_shuffle::{
+    ColumnSpec, DOORBELL_DIR, Delivered, FramePin, QUERIES_DIR, ShuffleError, ShuffleTransport,
+    StorageShuffle, TaskFailure, TaskKey, TaskOutcome, TaskReport, TaskSpec,
+};
 pub(crate) use claims::CellQueue;
 pub use coordinator::{DistributedExec, DistributedTable, TaskRun};
-pub use manifest::{ColumnSpec, FramePin, TaskKey, TaskSpec};
 pub use plan::{Fragment, Shape, SplitCell};
-pub use storage::{DOORBELL_DIR, QUERIES_DIR, StorageShuffle};
 pub use task::run_task;
-pub use transport::{Delivered, ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
 
 /// Attempts a task gets before the query fails.
 pub const MAX_ATTEMPTS: u32 = 3;

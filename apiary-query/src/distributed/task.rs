@@ -59,7 +59,10 @@ pub async fn run_task(
     });
     match outcome {
         Ok(outcome) => (outcome, report),
-        Err(e) => (TaskOutcome::Failed(TaskFailure::of(&e)), report),
+        Err(e) => (
+            TaskOutcome::Failed(TaskFailure::new(e.kind(), e.detail())),
+            report,
+        ),
     }
 }
 
@@ -96,6 +99,15 @@ async fn execute(
     transport: &Arc<dyn ShuffleTransport>,
 ) -> Result<Ran> {
     let started = Instant::now();
+    if let Some(key) = task
+        .settings
+        .keys()
+        .find(|k| !crate::statement::settable(k))
+    {
+        return Err(QueryError::Invalid(format!(
+            "the task sets `{key}`, which is not an option a session may set"
+        )));
+    }
     let expected = task.expected_schema()?;
     let split = task.split.frame_ref()?;
     let mut pins = HashMap::new();

@@ -61,7 +61,7 @@ use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::error::{QueryError, Result};
+use crate::error::{Result, ShuffleError};
 
 /// Format version of task objects. Format 2 added parts of cells and moved claims to
 /// `claims/{attempt}/cells/…` and `claims/{attempt}/parts/…`: a node of format 1 would take
@@ -97,7 +97,8 @@ pub struct FramePin {
 impl FramePin {
     /// The pinned frame's name.
     pub fn frame_ref(&self) -> Result<FrameRef> {
-        Ok(FrameRef::new(&self.hive, &self.r#box, &self.frame)?)
+        FrameRef::new(&self.hive, &self.r#box, &self.frame)
+            .map_err(|e| ShuffleError::Invalid(e.to_string()))
     }
 
     /// A pin of `frame` at `version`.
@@ -201,7 +202,7 @@ impl TaskSpec {
     /// The JSON object.
     pub fn encode(&self) -> Result<Vec<u8>> {
         serde_json::to_vec(self).map_err(|e| {
-            QueryError::failed(
+            ShuffleError::failed(
                 format!("a task cannot be encoded: {e}"),
                 apiary_storage::ErrorKind::Internal,
                 e,
@@ -212,7 +213,7 @@ impl TaskSpec {
     /// Decodes and validates a task object; anything malformed is an error naming `what`.
     pub fn decode(what: &str, bytes: &[u8]) -> Result<Self> {
         let bad =
-            |reason: String| QueryError::Invalid(format!("task `{what}` is invalid: {reason}"));
+            |reason: String| ShuffleError::Invalid(format!("task `{what}` is invalid: {reason}"));
         if bytes.len() > MAX_TASK_BYTES {
             return Err(bad(format!(
                 "{} bytes, more than the {MAX_TASK_BYTES} a task may have",
@@ -258,10 +259,13 @@ impl TaskSpec {
         }
         if let Some(key) = task
             .settings
-            .keys()
-            .find(|k| !crate::statement::settable(k))
+            .iter()
+            .find(|(k, v)| !k.starts_with("datafusion.") || k.len() + v.len() > 4096)
+            .map(|(k, _)| k)
         {
-            return Err(bad(format!("`{key}` is not an option a session may set")));
+            return Err(bad(format!(
+                "`{key}` is not a DataFusion option a task may carry"
+            )));
         }
         for (kind, name) in ["hive", "box"].iter().zip(&task.scope) {
             validate_name(kind, name).map_err(|e| bad(e.to_string()))?;
@@ -300,7 +304,7 @@ impl TaskSpec {
             .iter()
             .map(|c| {
                 let t = DataType::from_str(&c.data_type).map_err(|e| {
-                    QueryError::Invalid(format!("column `{}` has no valid type: {e}", c.name))
+                    ShuffleError::Invalid(format!("column `{}` has no valid type: {e}", c.name))
                 })?;
                 Ok(Field::new(&c.name, t, c.nullable))
             })
@@ -334,7 +338,7 @@ pub fn validate_query_id(id: &str) -> Result<()> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        return Err(QueryError::Invalid(format!(
+        return Err(ShuffleError::Invalid(format!(
             "`{id}` is not a query id (1 to 64 of a-z, 0-9 and -)"
         )));
     }
@@ -407,9 +411,9 @@ pub(crate) mod tests {
             (
                 Box::new(|t| {
                     t.settings
-                        .insert("datafusion.runtime.temp_directory".into(), "/".into());
+                        .insert("apiary.distribute".into(), "always".into());
                 }),
-                "not an option a session may set",
+                "not a DataFusion option",
             ),
             (Box::new(|t| t.query_id = "../x".into()), "query id"),
             (Box::new(|t| t.attempt = 0), "attempts"),

@@ -9,9 +9,9 @@ use std::time::Duration;
 use arrow_array::{Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 
-use super::manifest::{ColumnSpec, FramePin, TASK_FORMAT, TaskKey, TaskSpec};
-use super::result;
-use super::transport::{ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
+use crate::manifest::{ColumnSpec, FramePin, TASK_FORMAT, TaskKey, TaskSpec};
+use crate::result;
+use crate::transport::{ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
 
 /// A task of query `query_id` for `node`.
 pub fn task(query_id: &str, task_id: u32, attempt: u32, node: &str) -> TaskSpec {
@@ -181,9 +181,9 @@ pub async fn claims_have_one_winner(t: Arc<dyn ShuffleTransport>) {
     let q = unique("claims");
     let mut cells: Vec<String> = (0..6).map(|i| format!("data/p={i}/c.parquet")).collect();
     cells.extend(
-        crate::parts::cut(300, 3)
+        crate::units::cut(300, 3)
             .iter()
-            .map(|rows| crate::parts::part_key("data/p=6/c.parquet", rows)),
+            .map(|rows| crate::units::part_key("data/p=6/c.parquet", rows)),
     );
     let contenders = (0..4u32).map(|id| {
         let t = Arc::clone(&t);

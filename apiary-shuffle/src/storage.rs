@@ -41,9 +41,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-use super::manifest::{TaskKey, TaskSpec, validate_query_id};
-use super::transport::{Delivered, ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
-use crate::error::{QueryError, Result};
+use crate::error::{Result, ShuffleError};
+use crate::manifest::{TaskKey, TaskSpec, validate_query_id};
+use crate::transport::{Delivered, ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
 
 /// Where queries live.
 pub const QUERIES_DIR: &str = "_queries";
@@ -165,12 +165,12 @@ impl StorageShuffle {
             Self::query_dir(&task.query_id),
             task.attempt
         );
-        let key = match crate::parts::parse_part(unit) {
+        let key = match crate::units::parse_part(unit) {
             Some((cell, rows)) => format!("{dir}/parts/{}-{}/{cell}", rows.start, rows.end),
             None => format!("{dir}/cells/{unit}"),
         };
         Path::parse(key)
-            .map_err(|e| QueryError::Invalid(format!("`{unit}` is not a cell path: {e}")))
+            .map_err(|e| ShuffleError::Invalid(format!("`{unit}` is not a cell path: {e}")))
     }
 
     fn doorbell(node_id: &str) -> Path {
@@ -245,7 +245,7 @@ impl ShuffleTransport for StorageShuffle {
                 nonce: apiary_storage::Random::from_os().id(),
             })
             .map_err(|e| {
-                QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e)
+                ShuffleError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e)
             })?;
             rings.push((Self::doorbell(node), Bytes::from(ring)));
         }
@@ -300,7 +300,7 @@ impl ShuffleTransport for StorageShuffle {
                     Ok(object) => object,
                     // Finished and removed between the listing and the read.
                     Err(e) if e.is_not_found() => return Ok(None),
-                    Err(e) => return Err(QueryError::from(e)),
+                    Err(e) => return Err(ShuffleError::from(e)),
                 };
                 let read = match TaskSpec::decode(key.as_ref(), &object.bytes) {
                     Ok(task) if task.node_id == node_id => Ok(task),
@@ -449,7 +449,7 @@ impl ShuffleTransport for StorageShuffle {
                 let object = match self.backend.get(&path).await {
                     Ok(object) => object,
                     Err(e) if e.is_not_found() => return Ok(None),
-                    Err(e) => return Err(QueryError::from(e)),
+                    Err(e) => return Err(ShuffleError::from(e)),
                 };
                 let what = path.to_string();
                 let delivered = match ext.as_str() {
@@ -489,7 +489,7 @@ impl ShuffleTransport for StorageShuffle {
                         report: TaskReport::default(),
                     },
                 };
-                Ok::<_, QueryError>(Some(delivered))
+                Ok::<_, ShuffleError>(Some(delivered))
             })
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<_>>()
@@ -548,7 +548,7 @@ fn query_object(query_id: &str, coordinator: &str) -> Result<(Path, Bytes)> {
         query_id: query_id.to_string(),
         coordinator: coordinator.to_string(),
     })
-    .map_err(|e| QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))?;
+    .map_err(|e| ShuffleError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))?;
     Ok((
         StorageShuffle::query_dir(query_id).join("query.json"),
         Bytes::from(info),
@@ -571,5 +571,5 @@ fn marker(report: &TaskReport, failure: Option<TaskFailure>) -> Result<Bytes> {
         retryable,
     })
     .map(Bytes::from)
-    .map_err(|e| QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))
+    .map_err(|e| ShuffleError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))
 }

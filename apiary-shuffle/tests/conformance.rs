@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use apiary_query::distributed::{ShuffleTransport, StorageShuffle, TaskSpec, conformance};
+use apiary_shuffle::{ShuffleTransport, StorageShuffle, TaskSpec, conformance};
 use apiary_storage::conformance::s3_test_uri;
 use apiary_storage::{StorageUri, open};
 use proptest::prelude::*;
@@ -72,7 +72,7 @@ async fn a_parts_claim_keeps_the_hash_out_of_object_keys() {
     let (backend, t) = memory_shuffle().await;
     let key = conformance::task("q-parts", 0, 1, "n").key();
     let cell = "h/b/f/cells/c.parquet";
-    let part = apiary_query::parts::part_key(cell, &(0..100));
+    let part = apiary_shuffle::units::part_key(cell, &(0..100));
     assert!(t.claim(&key, cell).await.unwrap());
     assert!(t.claim(&key, &part).await.unwrap());
     let mut keys: Vec<String> = backend

@@ -1,8 +1,8 @@
 //! The [`ShuffleTransport`] seam: how tasks reach workers and results reach coordinators.
 //!
-//! The default, [`StorageShuffle`](super::StorageShuffle), goes through the shared storage;
+//! The default, [`StorageShuffle`](crate::StorageShuffle), goes through the shared storage;
 //! a researcher can plug in another (Arrow Flight, a message queue) behind the same trait and
-//! check it with [`conformance`](super::conformance).
+//! check it with the conformance suite (`apiary_shuffle::conformance`, feature `testing`).
 //!
 //! # Contract
 //!
@@ -42,8 +42,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{TaskKey, TaskSpec};
 use crate::error::Result;
+use crate::manifest::{TaskKey, TaskSpec};
 use apiary_storage::ErrorKind;
 
 /// What a worker reports about a task it ran (for `EXPLAIN ANALYZE` and statistics).
@@ -122,11 +122,6 @@ impl TaskFailure {
         }
     }
 
-    /// The failure `error` is.
-    pub fn of(error: &crate::QueryError) -> Self {
-        Self::new(error.kind(), error.detail())
-    }
-
     /// Whether a task that failed with `kind` is worth another attempt: not when the input,
     /// the stored data or a missing object is at fault, since every node would meet it again.
     /// Internal errors are retried: a bug that depends on timing may not recur elsewhere.
@@ -200,7 +195,7 @@ pub trait ShuffleTransport: Send + Sync + std::fmt::Debug + 'static {
     /// `task` holds it (now or from an earlier call), `false` when another task does.
     async fn claim(&self, task: &TaskKey, cell: &str) -> Result<bool> {
         let _ = (task, cell);
-        Err(crate::QueryError::Invalid(
+        Err(crate::ShuffleError::Invalid(
             "this shuffle transport cannot claim cells".into(),
         ))
     }

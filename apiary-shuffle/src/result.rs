@@ -8,8 +8,8 @@ use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
 
-use super::transport::TaskReport;
-use crate::error::{QueryError, Result};
+use crate::error::{Result, ShuffleError};
+use crate::transport::TaskReport;
 
 /// Schema metadata key under which a result stream carries the worker's [`TaskReport`].
 pub const REPORT_KEY: &str = "apiary.task_report";
@@ -17,7 +17,7 @@ pub const REPORT_KEY: &str = "apiary.task_report";
 /// Decodes an IPC stream (checked framing; malformed input is an error, never a crash).
 pub fn decode(what: &str, ipc: &[u8]) -> Result<(Option<SchemaRef>, Vec<RecordBatch>)> {
     let batches = apiary_ledger::ipc::batches(std::io::Cursor::new(ipc)).map_err(|e| {
-        QueryError::failed(
+        ShuffleError::failed(
             format!("result `{what}` is damaged: {e}"),
             apiary_storage::ErrorKind::Corrupt,
             e,
@@ -27,7 +27,7 @@ pub fn decode(what: &str, ipc: &[u8]) -> Result<(Option<SchemaRef>, Vec<RecordBa
         batches
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| {
-                QueryError::failed(
+                ShuffleError::failed(
                     format!("result `{what}` is damaged: {e}"),
                     apiary_storage::ErrorKind::Corrupt,
                     e,
@@ -43,11 +43,17 @@ pub fn encode_with_report(
     report: &TaskReport,
 ) -> Result<Bytes> {
     let json = serde_json::to_string(report)
-        .map_err(|e| QueryError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))?;
+        .map_err(|e| ShuffleError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))?;
     let metadata = HashMap::from([(REPORT_KEY.to_string(), json)]);
     let schema = Arc::new(Schema::new_with_metadata(schema.fields().clone(), metadata));
     let mut out = Vec::new();
-    let fail = |e: arrow_schema::ArrowError| QueryError::Execution(format!("result encoding: {e}"));
+    let fail = |e: arrow_schema::ArrowError| {
+        ShuffleError::failed(
+            format!("result encoding: {e}"),
+            apiary_storage::ErrorKind::Internal,
+            e,
+        )
+    };
     let mut writer = arrow_ipc::writer::StreamWriter::try_new(&mut out, &schema).map_err(fail)?;
     for batch in batches {
         let batch = batch
