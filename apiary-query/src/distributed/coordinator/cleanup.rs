@@ -1,0 +1,63 @@
+//! Cleanup: a query's objects are removed however its coordinator leaves it, in the
+//! background, and queries left by coordinators that died are swept.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::distributed::Cluster;
+
+/// Removes the query's objects however the coordinator leaves (an answer, an error, a
+/// cancellation), in the background: the answer never waits for it.
+pub(super) struct Cleanup {
+    pub(super) cluster: Cluster,
+    pub(super) query_id: String,
+    pub(super) published: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.published {
+            return;
+        }
+        let transport = Arc::clone(&self.cluster.transport);
+        let query_id = self.query_id.clone();
+        let removal = async move {
+            if let Err(e) = transport.finish(&query_id).await {
+                tracing::warn!(query = %query_id, error = %e, "query objects not removed; a sweep will");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                self.cluster.background.spawn_on(removal, &handle);
+            }
+            Err(_) => tracing::warn!(
+                query = %self.query_id,
+                "no runtime to remove the query's objects; a sweep will"
+            ),
+        }
+    }
+}
+
+impl Cluster {
+    /// Sweeps orphaned queries in the background, at most once per half retention.
+    pub(super) fn maybe_sweep(&self) {
+        let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= self.settings.orphan_retention / 2);
+        if !due {
+            return;
+        }
+        *last = Some(Instant::now());
+        let transport = Arc::clone(&self.transport);
+        let retention = self.settings.orphan_retention;
+        self.background.spawn(async move {
+            match transport.sweep(retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    queries = n,
+                    "removed queries left by coordinators that died"
+                ),
+                Err(e) => tracing::debug!(error = %e, "sweeping old queries failed"),
+            }
+        });
+    }
+}

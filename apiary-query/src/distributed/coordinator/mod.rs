@@ -1,0 +1,539 @@
+//! The coordinator: assigns a fragment's cells to workers, waits for their results,
+//! reassigns what a dead, leaving or slow worker holds, and merges the answers.
+
+mod cleanup;
+mod placement;
+mod rounds;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Result as DfResult;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{
+    Boundedness, EmissionType, ReplaceChildrenOptions,
+};
+use datafusion::physical_plan::metrics::{
+    ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::TryStreamExt;
+
+use super::Cluster;
+use super::plan::Fragment;
+use crate::error::QueryError;
+use crate::session::QueryEngine;
+
+use cleanup::Cleanup;
+use rounds::{Attempts, Done, Stage};
+
+/// One task as it ran, for `EXPLAIN ANALYZE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRun {
+    /// Task id.
+    pub task_id: u32,
+    /// Attempt whose result was used.
+    pub attempt: u32,
+    /// Node that produced it.
+    pub node_id: String,
+    /// Cells read (a part of a cell counts as one).
+    pub cells: usize,
+    /// Of those, cells another task was given and this one took (it finished first).
+    pub stolen: usize,
+    /// Bytes of those cells (of a part, its share of its cell's bytes).
+    pub bytes: u64,
+    /// Rows returned.
+    pub rows: u64,
+    /// Worker's time, in milliseconds.
+    pub elapsed_ms: u64,
+    /// Of the worker's time, parsing and planning the fragment.
+    pub planning_ms: u64,
+    /// Whether the worker reused the fragment's optimized plan from an earlier run.
+    pub plan_reused: bool,
+    /// From handing the task's latest attempt out to holding this result, on the
+    /// coordinator's clock: the worker's time plus what the transport added (publishing,
+    /// discovery, the result's way back). A late result of an earlier attempt is measured
+    /// from the latest hand-out too.
+    pub round_trip_ms: u64,
+    /// Cell reads the worker served from its cache, and those that went to storage.
+    pub cache: (u64, u64),
+    /// Bytes the worker read from storage.
+    pub bytes_from_storage: u64,
+    /// Why earlier attempts were abandoned.
+    pub retried: Vec<String>,
+}
+
+/// The gathered results of a distributed fragment, as a table the coordinator's plan reads.
+#[derive(Debug, Clone)]
+pub struct DistributedTable {
+    fragment: Arc<Fragment>,
+    cluster: Cluster,
+    engine: QueryEngine,
+}
+
+impl DistributedTable {
+    /// A table whose scan runs `fragment` over the swarm.
+    pub fn new(fragment: Fragment, cluster: Cluster, engine: QueryEngine) -> Self {
+        Self {
+            fragment: Arc::new(fragment),
+            cluster,
+            engine,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for DistributedTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.fragment.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(DistributedExec::new(
+            Arc::clone(&self.fragment),
+            self.cluster.clone(),
+            self.engine.clone(),
+            projection.cloned(),
+        )?))
+    }
+}
+
+/// Runs a fragment over the swarm and yields the tasks' rows (one partition).
+#[derive(Debug)]
+pub struct DistributedExec {
+    fragment: Arc<Fragment>,
+    cluster: Cluster,
+    engine: QueryEngine,
+    projection: Option<Vec<usize>>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    runs: Arc<Mutex<Vec<TaskRun>>>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl DistributedExec {
+    fn new(
+        fragment: Arc<Fragment>,
+        cluster: Cluster,
+        engine: QueryEngine,
+        projection: Option<Vec<usize>>,
+    ) -> DfResult<Self> {
+        let schema = match &projection {
+            Some(p) => Arc::new(fragment.schema.project(p)?),
+            None => Arc::clone(&fragment.schema),
+        };
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Ok(Self {
+            fragment,
+            cluster,
+            engine,
+            projection,
+            schema,
+            properties,
+            runs: Arc::default(),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    /// The tasks of the last execution.
+    pub fn runs(&self) -> Vec<TaskRun> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The fragment.
+    pub fn fragment(&self) -> &Fragment {
+        &self.fragment
+    }
+}
+
+impl DisplayAs for DistributedExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fr = &self.fragment;
+        write!(
+            f,
+            "DistributedExec: frame={}.{}.{}, version={}, shape={}, cells={}, bytes={}",
+            fr.split.hive,
+            fr.split.r#box,
+            fr.split.frame,
+            fr.split.version,
+            fr.shape.as_str(),
+            fr.cells.len(),
+            fr.bytes()
+        )?;
+        let runs = self.runs();
+        if !runs.is_empty() {
+            let nodes: HashSet<&str> = runs.iter().map(|r| r.node_id.as_str()).collect();
+            write!(f, ", tasks={}, nodes={}", runs.len(), nodes.len())?;
+            for r in &runs {
+                write!(
+                    f,
+                    "\n    task={} node={} attempt={} cells={} stolen={} bytes={} rows={} \
+                     time={}ms planning={}ms plan={} round_trip={}ms cache_hits={} \
+                     cache_misses={} bytes_from_storage={}",
+                    r.task_id,
+                    r.node_id,
+                    r.attempt,
+                    r.cells,
+                    r.stolen,
+                    r.bytes,
+                    r.rows,
+                    r.elapsed_ms,
+                    r.planning_ms,
+                    if r.plan_reused { "reused" } else { "new" },
+                    r.round_trip_ms,
+                    r.cache.0,
+                    r.cache.1,
+                    r.bytes_from_storage
+                )?;
+                for cause in &r.retried {
+                    write!(f, " (retried: {cause})")?;
+                }
+            }
+        }
+        write!(f, "\n    fragment: {}", fr.sql)?;
+        if !fr.settings.is_empty() {
+            let settings: Vec<String> = fr
+                .settings
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            write!(f, "\n    settings: {}", settings.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for DistributedExec {
+    fn name(&self) -> &str {
+        "DistributedExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        _partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let metrics = MetricBuilder::new(&self.metrics);
+        let run = Run {
+            fragment: Arc::clone(&self.fragment),
+            cluster: self.cluster.clone(),
+            engine: self.engine.clone(),
+            runs: Arc::clone(&self.runs),
+            phases: Phases {
+                dispatch: metrics.clone().subset_time("dispatch_time", 0),
+                wait: metrics.clone().subset_time("wait_time", 0),
+            },
+        };
+        let projection = self.projection.clone();
+        let rows = metrics.clone().output_rows(0);
+        let tasks = metrics.global_counter("tasks");
+        let stream = futures::stream::once(async move {
+            let batches = run
+                .run()
+                .await
+                .map_err(datafusion::error::DataFusionError::from)?;
+            tasks.add(run.runs.lock().unwrap_or_else(|p| p.into_inner()).len());
+            let projected = batches
+                .into_iter()
+                .map(|b| match &projection {
+                    Some(p) => b.project(p).map_err(Into::into),
+                    None => Ok(b),
+                })
+                .inspect(|b| {
+                    if let Ok(b) = b {
+                        rows.add(b.num_rows());
+                    }
+                })
+                .collect::<Vec<DfResult<RecordBatch>>>();
+            Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(projected))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+/// One execution of a distributed fragment.
+struct Run {
+    fragment: Arc<Fragment>,
+    cluster: Cluster,
+    engine: QueryEngine,
+    runs: Arc<Mutex<Vec<TaskRun>>>,
+    phases: Phases,
+}
+
+/// Where the coordinator's time goes, for `EXPLAIN ANALYZE`.
+struct Phases {
+    /// Assigning the first round's tasks and handing them out (publishing them).
+    dispatch: Time,
+    /// From then until every unit's rows were in hand (later rounds included).
+    wait: Time,
+}
+
+impl Run {
+    async fn run(&self) -> Result<Vec<RecordBatch>, QueryError> {
+        self.cluster.maybe_sweep();
+        let workers = self.cluster.directory.workers().await?;
+        let local = self.cluster.directory.local_node();
+        let coordinator = local
+            .clone()
+            .unwrap_or_else(|| format!("client-{}", std::process::id()));
+        let query_id = format!("q-{}", self.cluster.random.id());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut q = Attempts {
+            run: self,
+            cleanup: Cleanup {
+                cluster: self.cluster.clone(),
+                query_id: query_id.clone(),
+                published: false,
+            },
+            query_id,
+            coordinator,
+            local,
+            tasks: Vec::new(),
+            round: 0,
+            units: self
+                .fragment
+                .cells
+                .iter()
+                .map(|c| (c.key(), c.clone()))
+                .collect(),
+            read: HashSet::new(),
+            pruned: HashSet::new(),
+            causes: Vec::new(),
+            avoid: HashSet::new(),
+            tx,
+        };
+        let dispatching = Instant::now();
+        q.next_round(self.fragment.cells.clone(), &workers).await?;
+        let dispatched = dispatching.elapsed();
+        self.phases.dispatch.add_duration(dispatched);
+
+        // Results are looked for at intervals that grow with the wait (see
+        // `result_interval`): waiting adds a small share to a query, and a long one costs few
+        // requests.
+        let started = Instant::now();
+        let mut poll = result_interval(Duration::ZERO, None, self.cluster.settings.result_poll);
+        let mut first_answer = None;
+        let mut last_check = Instant::now();
+        // A running query is renewed every third of the retention, so no sweep removes it.
+        let renew_every = self.cluster.settings.orphan_retention / 3;
+        let mut last_renewal = Instant::now();
+        while !q.complete() {
+            let mut gave_up = false;
+            tokio::select! {
+                Some(d) = rx.recv() => gave_up |= q.accept(d)?,
+                _ = self.cluster.clock.sleep(poll) => {}
+            }
+            while let Ok(d) = rx.try_recv() {
+                gave_up |= q.accept(d)?;
+            }
+            gave_up |= q.collect_remote().await?;
+            if first_answer.is_none() && q.tasks.iter().any(|t| matches!(t.stage, Stage::Done(_))) {
+                first_answer = Some(started.elapsed());
+            }
+            poll = result_interval(
+                started.elapsed(),
+                first_answer,
+                self.cluster.settings.result_poll,
+            );
+            let due = last_check.elapsed() >= self.cluster.settings.result_poll;
+            if due || gave_up || q.round_over() {
+                last_check = Instant::now();
+                q.advance().await?;
+            }
+            if q.cleanup.published && last_renewal.elapsed() >= renew_every {
+                last_renewal = Instant::now();
+                if let Err(e) = self
+                    .cluster
+                    .transport
+                    .renew(&q.query_id, &q.coordinator)
+                    .await
+                {
+                    tracing::warn!(query = %q.query_id, error = %e, "renewing the query failed");
+                }
+            }
+        }
+        self.phases.wait.add_duration(started.elapsed());
+        let Attempts {
+            tasks,
+            cleanup,
+            causes,
+            units,
+            ..
+        } = q;
+        let sizes: std::collections::HashMap<String, u64> =
+            units.into_iter().map(|(key, c)| (key, c.bytes)).collect();
+        let mut runs = Vec::new();
+        let mut batches = Vec::new();
+        for t in tasks {
+            let retried = causes
+                .iter()
+                .filter(|(round, _)| *round < t.spec.attempt)
+                .map(|(_, cause)| cause.clone())
+                .collect();
+            let Stage::Done(Done {
+                report,
+                rows,
+                read,
+                round_trip,
+            }) = t.stage
+            else {
+                continue;
+            };
+            let own: HashSet<&String> = t.spec.cells.iter().collect();
+            runs.push(TaskRun {
+                task_id: t.spec.task_id,
+                attempt: t.spec.attempt,
+                node_id: report.node_id,
+                cells: read.len(),
+                stolen: read.iter().filter(|c| !own.contains(c)).count(),
+                bytes: read
+                    .iter()
+                    .map(|c| sizes.get(c).copied().unwrap_or(0))
+                    .sum(),
+                rows: report.rows,
+                elapsed_ms: report.elapsed_ms,
+                planning_ms: report.planning_ms,
+                plan_reused: report.plan_reused,
+                round_trip_ms: round_trip.as_millis() as u64,
+                cache: (report.cache_hits, report.cache_misses),
+                bytes_from_storage: report.bytes_from_storage,
+                retried,
+            });
+            batches.extend(rows);
+        }
+        *self.runs.lock().unwrap_or_else(|p| p.into_inner()) = runs;
+        tracing::debug!(
+            query = %cleanup.query_id,
+            dispatch_ms = dispatched.as_millis() as u64,
+            wait_ms = started.elapsed().as_millis() as u64,
+            "distributed fragment ran"
+        );
+        // The answer does not wait for the removal (see `Cluster::settle`).
+        drop(cleanup);
+        Ok(batches)
+    }
+}
+
+/// How long the coordinator waits before looking for results again, `elapsed` into the
+/// wait, once `first` the first task answered (if one has), never longer than `max`.
+///
+/// A twenty-fifth of the time spent (at least 2 ms): waiting adds about a fiftieth to a query
+/// on average, and a long one costs few requests (about sixty per tenfold of its time, until
+/// `max` bounds them). Once a task has answered, the others are due (shares are cut to
+/// finish together): for a quarter of the time until that first answer, results are looked
+/// for every fiftieth of it (at least every millisecond), at most about a dozen looks more.
+fn result_interval(elapsed: Duration, first: Option<Duration>, max: Duration) -> Duration {
+    match first {
+        Some(first) if elapsed < first + first / 4 => {
+            (first / 50).clamp(Duration::from_millis(1), max)
+        }
+        _ => (elapsed / 25).clamp(Duration::from_millis(2), max),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Looks made while waiting `total` for results, the first answering at `first`.
+    fn looks(total: Duration, first: Option<Duration>) -> (u32, Duration) {
+        let max = Duration::from_millis(250);
+        let (mut at, mut looks, mut longest) = (Duration::ZERO, 0, Duration::ZERO);
+        while at < total {
+            let seen = first.filter(|f| at >= *f);
+            let wait = result_interval(at, seen, max);
+            // How much longer than a twenty-fifth of the wait so far (or 2 ms) a result that
+            // lands just after a look can go unseen.
+            longest = longest.max(wait.saturating_sub((at / 25).max(Duration::from_millis(2))));
+            at += wait;
+            looks += 1;
+        }
+        (looks, longest)
+    }
+
+    #[test]
+    fn results_are_looked_for_often_early_and_rarely_late() {
+        // Never more than a twenty-fifth of the time spent (or 2 ms) between looks.
+        for first in [None, Some(Duration::from_millis(300))] {
+            let (n, longest) = looks(Duration::from_secs(1), first);
+            assert_eq!(longest, Duration::ZERO, "{first:?}");
+            assert!(n <= 115, "{first:?}: {n} looks in 1 s");
+        }
+        // A 10-minute task: bounded by `max` at the end, about 2 500 looks, not 300 000.
+        let (n, _) = looks(Duration::from_secs(600), Some(Duration::from_secs(60)));
+        assert!(n <= 2_600, "{n} looks in 10 minutes");
+        // After a first answer the next look comes sooner.
+        let t = Duration::from_millis(200);
+        assert!(result_interval(t, Some(t), Duration::from_secs(1)) < t / 25);
+        assert_eq!(
+            result_interval(t * 2, Some(t), Duration::from_secs(1)),
+            t * 2 / 25
+        );
+    }
+}

@@ -1,0 +1,551 @@
+//! The rounds of one distributed query: handing its units out as tasks, taking their
+//! outcomes, giving up tasks whose node went away, did not take them or ran past the
+//! deadline, and starting the next round over what is left.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+
+use crate::distributed::manifest::{TASK_FORMAT, TaskKey, TaskSpec, columns_of};
+use crate::distributed::task::coerce;
+use crate::distributed::transport::{Delivered, TaskFailure, TaskOutcome, TaskReport};
+use crate::distributed::{MAX_ATTEMPTS, SplitCell, WorkerInfo, result};
+use crate::error::QueryError;
+
+use super::Run;
+use super::cleanup::Cleanup;
+use super::placement::{assign, cut_for_bees, cut_last};
+
+/// Where a task stands.
+pub(super) enum Stage {
+    /// Handed out; no outcome yet.
+    Running,
+    /// Its result is in hand.
+    Done(Done),
+    /// Given up (it failed, its node went away, or it ran past the deadline): a later
+    /// outcome of it is ignored, and a later round reads the cells it held.
+    GivenUp,
+}
+
+/// A task of the query, in any round.
+pub(super) struct Pending {
+    pub(super) spec: TaskSpec,
+    /// When it was handed out (coordinator's clock).
+    pub(super) since: Instant,
+    pub(super) stage: Stage,
+    /// Whether its worker took it (see [`ShuffleTransport::reports_pickup`]).
+    pub(super) taken: bool,
+}
+
+/// The result a task delivered.
+pub(super) struct Done {
+    pub(super) report: TaskReport,
+    pub(super) rows: Vec<RecordBatch>,
+    /// The units (cells and parts) whose rows these are.
+    pub(super) read: Vec<String>,
+    /// From handing the task out to taking this result.
+    pub(super) round_trip: Duration,
+}
+
+/// The state of one query while it runs.
+///
+/// The query runs in rounds. A round hands every unit not yet read to the alive nodes, as
+/// tasks that share units where the transport can arbitrate (see the manifest's "Shared
+/// cells"): a task that finishes early reads units of one that lags. A unit is a cell or a
+/// part of one (see the manifest's "Parts"): a round cuts cells into parts where there are
+/// fewer cells than bees, and cuts the last cells of every task that shares, so tasks end
+/// together. A round is over when each of its tasks has answered or been given up; the
+/// units then neither read nor ruled out by a plan (those a given-up task held) go to the
+/// next round, at most [`MAX_ATTEMPTS`] rounds. A result is taken only if none of its units
+/// was read already, and a cell once cut is only ever handed out in those parts, so no
+/// row is ever counted twice.
+pub(super) struct Attempts<'a> {
+    pub(super) run: &'a Run,
+    pub(super) query_id: String,
+    /// Who coordinates (this node's id, or the process's).
+    pub(super) coordinator: String,
+    /// This process's node id, when it is a node (its tasks run here).
+    pub(super) local: Option<String>,
+    pub(super) tasks: Vec<Pending>,
+    /// The current round (the attempt number of its tasks).
+    pub(super) round: u32,
+    /// The units that cover the split frame's cells, with their keys: every cell whole, or
+    /// in parts once cut.
+    pub(super) units: Vec<(String, SplitCell)>,
+    /// Units whose rows are in hand (by key).
+    pub(super) read: HashSet<String>,
+    /// Units a task's plan ruled out (no rows to read).
+    pub(super) pruned: HashSet<String>,
+    /// Why tasks were given up, in order, with their round.
+    pub(super) causes: Vec<(u32, String)>,
+    /// Nodes that did not take a task they were given: later rounds leave them out.
+    pub(super) avoid: HashSet<String>,
+    /// Local tasks report here; remote ones through the transport.
+    pub(super) tx: tokio::sync::mpsc::UnboundedSender<Delivered>,
+    pub(super) cleanup: Cleanup,
+}
+
+impl Attempts<'_> {
+    pub(super) fn is_local(&self, node: &str) -> bool {
+        node.is_empty() || self.local.as_deref() == Some(node)
+    }
+
+    /// Every unit read or ruled out.
+    pub(super) fn complete(&self) -> bool {
+        self.left().next().is_none()
+    }
+
+    /// The units neither read nor ruled out.
+    pub(super) fn left(&self) -> impl Iterator<Item = &SplitCell> {
+        self.units
+            .iter()
+            .filter(|(key, _)| !self.read.contains(key) && !self.pruned.contains(key))
+            .map(|(_, c)| c)
+    }
+
+    /// Whether every task of the current round answered or was given up.
+    pub(super) fn round_over(&self) -> bool {
+        !self
+            .tasks
+            .iter()
+            .any(|t| t.spec.attempt == self.round && matches!(t.stage, Stage::Running))
+    }
+
+    /// Starts the next round over `cells` on `workers` (this process when there are none).
+    pub(super) async fn next_round(
+        &mut self,
+        cells: Vec<SplitCell>,
+        workers: &[WorkerInfo],
+    ) -> Result<(), QueryError> {
+        self.round += 1;
+        let can_cut = self
+            .units
+            .iter()
+            .all(|(_, c)| crate::parts::splittable(&c.path));
+        let bees: u32 = workers.iter().map(|w| w.bees.max(1)).sum();
+        let min_rows = self.run.cluster.settings.min_part_rows;
+        let cells = if can_cut {
+            cut_for_bees(cells, bees, min_rows)
+        } else {
+            cells
+        };
+        let chosen: Vec<WorkerInfo>;
+        let workers = if self.avoid.is_empty() {
+            workers
+        } else {
+            chosen = workers
+                .iter()
+                .filter(|w| !self.avoid.contains(&w.node_id))
+                .cloned()
+                .collect();
+            &chosen[..]
+        };
+        let mut shares = assign(&cells, &self.run.fragment.split, workers);
+        let sharing = shares.len() > 1 && self.run.cluster.transport.can_claim();
+        let sharing = if sharing {
+            let unshared: Vec<usize> = shares
+                .iter()
+                .map(|(_, c)| crate::distributed::claims::unshared(c.len()))
+                .collect();
+            if can_cut {
+                for (_, cells) in &mut shares {
+                    cut_last(cells, min_rows);
+                }
+            }
+            let cells: Vec<Vec<String>> = shares
+                .iter()
+                .map(|(_, c)| c.iter().map(SplitCell::key).collect())
+                .collect();
+            crate::distributed::claims::share_out(&cells, &unshared)
+        } else {
+            vec![(0, Vec::new()); shares.len()]
+        };
+        self.replace_cut(&shares);
+        let fragment = &self.run.fragment;
+        let mut specs = Vec::with_capacity(shares.len());
+        for ((node, cells), (shared, steal)) in shares.into_iter().zip(sharing) {
+            let spec = TaskSpec {
+                format: TASK_FORMAT,
+                query_id: self.query_id.clone(),
+                task_id: self.tasks.len() as u32,
+                attempt: self.round,
+                node_id: node,
+                coordinator: self.coordinator.clone(),
+                split: fragment.split.clone(),
+                bytes: cells.iter().map(|c| c.bytes).sum(),
+                shared,
+                steal,
+                cells: cells.iter().map(SplitCell::key).collect(),
+                pins: fragment.pins.clone(),
+                sql: fragment.sql.clone(),
+                scope: fragment.scope.clone(),
+                settings: fragment.settings.clone(),
+                schema: columns_of(&fragment.schema),
+                timeout_ms: self.run.cluster.settings.task_timeout.as_millis() as u64,
+            };
+            specs.push(spec.clone());
+            self.tasks.push(Pending {
+                spec,
+                since: Instant::now(),
+                stage: Stage::Running,
+                taken: false,
+            });
+        }
+        self.dispatch(specs).await
+    }
+
+    /// Records the parts this round cut cells into: from now on those cells are read in
+    /// these parts only.
+    pub(super) fn replace_cut(&mut self, shares: &[(String, Vec<SplitCell>)]) {
+        let mut parts: std::collections::HashMap<&str, Vec<&SplitCell>> = Default::default();
+        for c in shares.iter().flat_map(|(_, c)| c) {
+            if c.part.is_some() {
+                parts.entry(c.path.as_str()).or_default().push(c);
+            }
+        }
+        if parts.is_empty() {
+            return;
+        }
+        let units = std::mem::take(&mut self.units);
+        for (key, unit) in units {
+            match parts.get(unit.path.as_str()) {
+                Some(cut) if unit.part.is_none() => {
+                    let mut cut = cut.clone();
+                    cut.sort_by_key(|c| c.part.as_ref().map(|r| r.start));
+                    self.units
+                        .extend(cut.into_iter().map(|c| (c.key(), c.clone())));
+                }
+                _ => self.units.push((key, unit)),
+            }
+        }
+    }
+
+    /// Hands `specs` out: local ones run in this process, the rest go through the transport.
+    pub(super) async fn dispatch(&mut self, specs: Vec<TaskSpec>) -> Result<(), QueryError> {
+        let (mine, remote): (Vec<TaskSpec>, Vec<TaskSpec>) =
+            specs.into_iter().partition(|s| self.is_local(&s.node_id));
+        if !remote.is_empty() {
+            self.cleanup.published = true;
+            self.run
+                .cluster
+                .transport
+                .publish_tasks(&self.query_id, &self.coordinator, &remote)
+                .await?;
+        }
+        if mine.iter().any(|s| s.shares()) {
+            // Claims are objects of the query: they are removed with it.
+            self.cleanup.published = true;
+        }
+        for spec in mine {
+            let engine = self.run.engine.clone();
+            let transport = Arc::clone(&self.run.cluster.transport);
+            let tx = self.tx.clone();
+            let me = self
+                .local
+                .clone()
+                .unwrap_or_else(|| spec.coordinator.clone());
+            tokio::spawn(async move {
+                let key = spec.key();
+                // A panic in the engine is this task's failure, not a hang.
+                let ran = tokio::spawn(async move {
+                    crate::distributed::run_task(&engine, &me, &spec, &transport).await
+                });
+                let (outcome, report) = match ran.await {
+                    Ok(done) => done,
+                    Err(e) => (
+                        TaskOutcome::Failed(TaskFailure::new(
+                            apiary_storage::ErrorKind::Internal,
+                            format!("the task panicked: {e}"),
+                        )),
+                        TaskReport::default(),
+                    ),
+                };
+                let _ = tx.send(Delivered {
+                    key,
+                    outcome,
+                    report,
+                });
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes an outcome; returns whether it gave a task up (it failed). An outcome of a
+    /// task already done or given up is ignored, and so is a result with a cell read
+    /// already (the task is then given up: its cells are read again if still needed).
+    pub(super) fn accept(&mut self, d: Delivered) -> Result<bool, QueryError> {
+        let schema = &self.run.fragment.schema;
+        let Some(t) = self
+            .tasks
+            .iter_mut()
+            .find(|t| t.spec.key() == d.key && matches!(t.stage, Stage::Running))
+        else {
+            return Ok(false);
+        };
+        let (report, rows) = match d.outcome {
+            TaskOutcome::Running => {
+                t.taken = true;
+                return Ok(false);
+            }
+            TaskOutcome::Rows(ipc) => {
+                let read = result::decode(&d.key.to_string(), &ipc)
+                    .map_err(QueryError::from)
+                    .and_then(|(meta, batches)| {
+                        let rows = batches
+                            .into_iter()
+                            .map(|b| coerce(b, schema))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Ok((meta, rows))
+                    });
+                match read {
+                    Ok((meta, rows)) => (
+                        meta.as_deref()
+                            .and_then(result::report_of)
+                            .unwrap_or(d.report),
+                        rows,
+                    ),
+                    Err(e) => {
+                        // That attempt failed; its cells go to the next round.
+                        t.stage = Stage::GivenUp;
+                        self.causes.push((
+                            t.spec.attempt,
+                            format!(
+                                "task {} (round {}): its result cannot be read: {e}",
+                                t.spec.task_id, t.spec.attempt
+                            ),
+                        ));
+                        return Ok(true);
+                    }
+                }
+            }
+            TaskOutcome::Empty => (d.report, Vec::new()),
+            TaskOutcome::Failed(cause) => {
+                let node = if d.report.node_id.is_empty() {
+                    t.spec.node_id.clone()
+                } else {
+                    d.report.node_id.clone()
+                };
+                t.stage = Stage::GivenUp;
+                if !cause.retryable {
+                    // Every attempt would fail the same way: the query fails now, as it
+                    // would have locally.
+                    let (task_id, cells) = (t.spec.task_id, t.spec.cells.clone());
+                    let message = format!(
+                        "{} (task {task_id} of query {}, on {node})",
+                        cause.message, self.query_id
+                    );
+                    self.causes.push((t.spec.attempt, message.clone()));
+                    self.record_abandoned(task_id, cells);
+                    return Err(match cause.kind {
+                        apiary_storage::ErrorKind::InvalidInput => QueryError::Invalid(message),
+                        kind => QueryError::failed(message, kind, cause),
+                    });
+                }
+                self.causes.push((
+                    t.spec.attempt,
+                    format!(
+                        "task {} (round {}) on {node}: {cause}",
+                        t.spec.task_id, t.spec.attempt
+                    ),
+                ));
+                return Ok(true);
+            }
+        };
+        // A task that shares nothing reads all its cells (older workers report none).
+        let (read, pruned) = if t.spec.shares() {
+            (report.read.clone(), report.pruned.clone())
+        } else {
+            (t.spec.cells.clone(), Vec::new())
+        };
+        let named: HashSet<&String> = t
+            .spec
+            .cells
+            .iter()
+            .chain(t.spec.steal.iter().flatten())
+            .collect();
+        let foreign = read.iter().chain(&pruned).find(|c| !named.contains(c));
+        let twice = read.iter().find(|c| self.read.contains(*c));
+        if let Some(cell) = foreign.or(twice) {
+            t.stage = Stage::GivenUp;
+            self.causes.push((
+                t.spec.attempt,
+                format!(
+                    "task {} (round {}) on {}: its result holds cell `{cell}`, which it was \
+                     not given or which was read already",
+                    t.spec.task_id, t.spec.attempt, report.node_id
+                ),
+            ));
+            return Ok(true);
+        }
+        self.read.extend(read.iter().cloned());
+        self.pruned.extend(pruned);
+        t.stage = Stage::Done(Done {
+            report,
+            rows,
+            read,
+            round_trip: t.since.elapsed(),
+        });
+        Ok(false)
+    }
+
+    /// Outcomes of remote tasks published so far; returns whether a task was given up.
+    pub(super) async fn collect_remote(&mut self) -> Result<bool, QueryError> {
+        if !self.cleanup.published {
+            return Ok(false);
+        }
+        let wanted: Vec<TaskKey> = self
+            .tasks
+            .iter()
+            .filter(|t| matches!(t.stage, Stage::Running) && !self.is_local(&t.spec.node_id))
+            .map(|t| t.spec.key())
+            .collect();
+        if wanted.is_empty() {
+            return Ok(false);
+        }
+        let delivered = match self
+            .run
+            .cluster
+            .transport
+            .collect(&self.query_id, &wanted)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(query = %self.query_id, error = %e, "collecting results failed; retrying");
+                return Ok(false);
+            }
+        };
+        let mut gave_up = false;
+        for d in delivered {
+            gave_up |= self.accept(d)?;
+        }
+        Ok(gave_up)
+    }
+
+    /// Gives up the current round's tasks whose node is gone or that ran past the
+    /// deadline; once the round is over, starts the next one over the cells still to read,
+    /// or fails the query after [`MAX_ATTEMPTS`] rounds.
+    pub(super) async fn advance(&mut self) -> Result<(), QueryError> {
+        let alive = match self.run.cluster.directory.workers().await {
+            Ok(w) => w,
+            Err(e) if !self.round_over() => {
+                tracing::warn!(error = %e, "reading the swarm failed");
+                return Ok(());
+            }
+            Err(_) => Vec::new(), // the next round runs here, in the coordinator
+        };
+        let idle: std::collections::HashMap<&str, u32> = alive
+            .iter()
+            .map(|w| (w.node_id.as_str(), w.idle_bees))
+            .collect();
+        let deadline = self.run.cluster.settings.task_timeout + Duration::from_secs(5);
+        let pickup = self
+            .run
+            .cluster
+            .transport
+            .reports_pickup()
+            .then_some(self.run.cluster.settings.pickup_timeout);
+        let local = self.local.clone();
+        for t in self
+            .tasks
+            .iter_mut()
+            .filter(|t| matches!(t.stage, Stage::Running))
+        {
+            let node = t.spec.node_id.as_str();
+            let here = node.is_empty() || local.as_deref() == Some(node);
+            let waiting = t.since.elapsed();
+            let cause = if !here && !idle.contains_key(node) {
+                format!("node {node} is no longer available (dead, suspect or leaving)")
+            } else if waiting > deadline {
+                format!("node {node} ran past the task deadline")
+            } else if !here
+                && !t.taken
+                && pickup.is_some_and(|p| waiting > p)
+                && idle.get(node).is_some_and(|&bees| bees > 0)
+            {
+                // A node busy with other work takes its tasks when a bee is free; one with
+                // an idle bee that has not taken the task in this long is hung, or cannot
+                // read it. Later rounds of this query leave it out.
+                self.avoid.insert(node.to_string());
+                format!(
+                    "node {node} did not take the task within {waiting:.1?} although it had an \
+                     idle bee (is it hung, or running another version of Apiary?)"
+                )
+            } else {
+                continue;
+            };
+            t.stage = Stage::GivenUp;
+            self.causes.push((
+                t.spec.attempt,
+                format!(
+                    "task {} (round {}): {cause}",
+                    t.spec.task_id, t.spec.attempt
+                ),
+            ));
+        }
+        if !self.round_over() || self.complete() {
+            return Ok(());
+        }
+        let left: Vec<SplitCell> = self.left().cloned().collect();
+        if self.round >= MAX_ATTEMPTS {
+            return Err(self.abandon(&left));
+        }
+        self.next_round(left, &alive).await
+    }
+
+    /// Records the query's failure to read `left` and returns the error naming it.
+    pub(super) fn abandon(&self, left: &[SplitCell]) -> QueryError {
+        let split = &self.run.fragment.split;
+        let cells: Vec<String> = left.iter().map(SplitCell::key).collect();
+        // The last round's first given-up task names the failure.
+        let task_id = self
+            .tasks
+            .iter()
+            .rev()
+            .find(|t| matches!(t.stage, Stage::GivenUp))
+            .map_or(0, |t| t.spec.task_id);
+        self.record_abandoned(task_id, cells.clone());
+        let mut shown = cells;
+        if shown.len() > 5 {
+            let more = shown.len() - 5;
+            shown.truncate(5);
+            shown.push(format!("and {more} more"));
+        }
+        QueryError::Execution(format!(
+            "task {task_id} of query {} (frame {}.{}.{} v{}, cells {}) failed {} times: {}",
+            self.query_id,
+            split.hive,
+            split.r#box,
+            split.frame,
+            split.version,
+            shown.join(", "),
+            self.round,
+            self.causes
+                .iter()
+                .map(|(_, c)| c.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    }
+}
+
+impl Attempts<'_> {
+    /// Keeps task `task_id` (which held `cells`) among the coordinator's abandoned tasks,
+    /// with every cause so far.
+    pub(super) fn record_abandoned(&self, task_id: u32, cells: Vec<String>) {
+        let split = &self.run.fragment.split;
+        self.run
+            .cluster
+            .abandoned
+            .record(crate::distributed::Abandoned {
+                query_id: self.query_id.clone(),
+                task_id,
+                frame: format!("{}.{}.{}", split.hive, split.r#box, split.frame),
+                version: split.version,
+                cells,
+                causes: self.causes.iter().map(|(_, c)| c.clone()).collect(),
+            });
+    }
+}
