@@ -321,7 +321,19 @@ pub(crate) fn spawn_worker(
                         return;
                     };
                     tracing::debug!(task = %task.key(), "running a task");
-                    let (outcome, report) = run_task(&engine, &node_id, &task, &transport).await;
+                    let run = run_task(&engine, &node_id, &task, &transport);
+                    let Some((outcome, report)) =
+                        until_unwanted(run, transport.as_ref(), &clock, &task.key()).await
+                    else {
+                        tracing::debug!(task = %task.key(), "task stopped: its query was cancelled");
+                        // What the task wrote before it stopped (a claim in flight when the
+                        // query was removed) goes too.
+                        if let Err(e) = transport.cancel(&task.query_id).await {
+                            tracing::debug!(task = %task.key(), error = %e, "cleaning up a cancelled query failed");
+                        }
+                        finished.notify_one();
+                        return;
+                    };
                     counts.ran.fetch_add(1, Ordering::Relaxed);
                     colony.record_task(matches!(outcome, TaskOutcome::Failed(_)));
                     if let TaskOutcome::Failed(cause) = &outcome {
@@ -334,6 +346,36 @@ pub(crate) fn spawn_worker(
             }
         }
     })
+}
+
+/// How often a running task asks whether its query still wants it.
+const WANTED_CHECK: Duration = Duration::from_secs(1);
+
+/// `run`'s output, or `None` once the transport says `task`'s query no longer wants it (the
+/// task is then dropped: its plan stops, its memory and bee are released). A failed check
+/// keeps the task running.
+async fn until_unwanted<T>(
+    run: impl std::future::Future<Output = T>,
+    transport: &dyn ShuffleTransport,
+    clock: &Arc<dyn Clock>,
+    task: &TaskKey,
+) -> Option<T> {
+    let unwanted = async {
+        loop {
+            clock.sleep(WANTED_CHECK).await;
+            match transport.wanted(task).await {
+                Ok(false) => return,
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::debug!(task = %task, error = %e, "checking the task's query failed")
+                }
+            }
+        }
+    };
+    tokio::select! {
+        out = run => Some(out),
+        () = unwanted => None,
+    }
 }
 
 /// Publishes how `task` ended. A failed publish is tried again twice (storage hiccups), and a

@@ -401,9 +401,17 @@ async fn run(cli: Cli) -> CliResult<()> {
             } else {
                 SqlFormat::Table
             });
-            let stream = ap.sql_stream(&query).await?;
-            let printed = print_stream(stream, format).await;
-            // The query's objects are removed after its answer; not left to a sweep.
+            let printed = tokio::select! {
+                printed = async {
+                    let stream = ap.sql_stream(&query).await?;
+                    print_stream(stream, format).await
+                } => printed,
+                // Ctrl-C drops the query: its local tasks stop, and it is cancelled so that
+                // the swarm stops its tasks too.
+                _ = tokio::signal::ctrl_c() => Err("interrupted: the query was cancelled".into()),
+            };
+            // The query's objects are removed after its answer (or its cancellation); not
+            // left to a sweep.
             ap.settle().await;
             printed?;
         }

@@ -2,7 +2,8 @@
 //! heartbeats with an idle bee but never takes its task (hung, or another version) costs the
 //! pickup deadline, not the run deadline; a task a worker cannot read, or a result the
 //! coordinator cannot read, fails that attempt at once and the next round answers; a query
-//! whose tasks outlive the retention is renewed, not swept.
+//! whose tasks outlive the retention is renewed, not swept; a query dropped by its client
+//! stops on every node and leaves nothing in storage.
 
 #![allow(clippy::unwrap_used)]
 
@@ -149,4 +150,91 @@ async fn a_running_query_is_renewed_and_not_swept() {
         transport.sweep(Duration::from_millis(300)).await.unwrap(),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_query_stops_on_every_node_and_leaves_nothing() {
+    let s = common::in_process_swarm(
+        &[
+            ("cancel-a", Duration::from_millis(10)),
+            ("cancel-b", Duration::from_millis(10)),
+        ],
+        |_| {},
+    )
+    .await;
+    // 160 cells of 25 numbers, and for each row the edit distance of two 3 KB texts: about
+    // forty seconds of work (a quarter of a second a cell), where a cancelled query stops
+    // within a few. Operators yield between cells (each is read from storage): there a cancelled
+    // task stops.
+    s.client
+        .create_frame("analytics", "events", "numbers", &[("x", "int64")], &[])
+        .await
+        .unwrap();
+    let schema = std::sync::Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+        "x",
+        arrow_schema::DataType::Int64,
+        true,
+    )]));
+    for cell in 0..160 {
+        let numbers = arrow_array::RecordBatch::try_new(
+            std::sync::Arc::clone(&schema),
+            vec![std::sync::Arc::new(
+                arrow_array::Int64Array::from_iter_values(cell * 25..(cell + 1) * 25),
+            )],
+        )
+        .unwrap();
+        s.client
+            .write_to_frame("analytics", "events", "numbers", [numbers])
+            .await
+            .unwrap();
+    }
+    let client = s.client.clone();
+    let query = tokio::spawn(async move {
+        let mut session = client.sql_session().unwrap();
+        session
+            .sql("SET apiary.distribute = 'always'")
+            .await
+            .unwrap();
+        session
+            .sql(
+                "SELECT SUM(levenshtein(repeat(CAST(x AS VARCHAR), 800), \
+                 repeat(CAST(x + 1 AS VARCHAR), 800))) FROM analytics.events.numbers",
+            )
+            .await
+    });
+    // Running on both nodes.
+    let busy = |ap: &Apiary| ap.bees().unwrap().occupancy().0;
+    let started = Instant::now();
+    while s.nodes.iter().any(|n| busy(n) == 0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the tasks never started"
+        );
+        assert!(!query.is_finished(), "the query ended: {:?}", query.await);
+        apiary::apiary_storage::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The client drops the query (as a dropped stream or Ctrl-C does).
+    query.abort();
+    assert!(query.await.unwrap_err().is_cancelled());
+    let dropped = Instant::now();
+    let backend = apiary_storage::open(s.client.storage()).await.unwrap();
+    loop {
+        let left = backend
+            .list(&apiary_storage::Path::from("_queries"))
+            .await
+            .unwrap();
+        let working: Vec<u32> = s.nodes.iter().map(busy).collect();
+        if left.is_empty() && working.iter().all(|&b| b == 0) {
+            println!(
+                "every node idle and _queries/ empty {:?} after the drop",
+                dropped.elapsed()
+            );
+            break;
+        }
+        assert!(
+            dropped.elapsed() < Duration::from_secs(10),
+            "still busy {working:?}, left {left:?}"
+        );
+        apiary::apiary_storage::time::sleep(Duration::from_millis(50)).await;
+    }
 }

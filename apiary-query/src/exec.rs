@@ -251,6 +251,22 @@ impl FrameScanExec {
     }
 }
 
+/// `stream` yielding to the runtime after each batch. Reading a cached cell never waits, so
+/// a plan that computes over many cells could otherwise keep its thread for the whole scan:
+/// nothing else on the thread would run, and a query dropped meanwhile (cancelled, or
+/// its task no longer wanted) would stop only at its end. One reschedule a batch costs
+/// microseconds against the milliseconds of decoding and computing one.
+fn yielding(stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    let schema = stream.schema();
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        stream.then(|batch| async move {
+            tokio::task::yield_now().await;
+            batch
+        }),
+    ))
+}
+
 /// The pieces of one file of a Parquet scan reading only `rows`: the whole file (not the
 /// byte ranges DataFusion may have cut it into) with a row selection; `pieces` unchanged
 /// when all rows are read.
@@ -466,13 +482,14 @@ impl ExecutionPlan for FrameScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        match self.shared.get() {
+        let stream = match self.shared.get() {
             Some(queue) if self.partitions_are_interchangeable() => {
                 self.execute_shared(Arc::clone(queue), context)
             }
             Some(queue) => self.execute_kept(Arc::clone(queue), partition, context),
             None => self.input.execute(partition, context),
-        }
+        }?;
+        Ok(yielding(stream))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {

@@ -95,6 +95,7 @@ pub async fn run_all(t: Arc<dyn ShuffleTransport>) {
     finish_removes_everything(t.as_ref()).await;
     concurrent_queries(Arc::clone(&t)).await;
     pickup_is_reported(t.as_ref()).await;
+    cancelled_tasks_are_not_wanted(t.as_ref()).await;
     renewed_queries_survive_sweeps(t.as_ref()).await;
     if t.can_claim() {
         claims_have_one_winner(Arc::clone(&t)).await;
@@ -148,6 +149,27 @@ pub async fn pickup_is_reported(t: &dyn ShuffleTransport) {
         "a published outcome replaces \"running\": {ended:?}"
     );
     t.finish(&q).await.expect("finish");
+}
+
+/// A published task is wanted until its query is cancelled or finished; a transport that
+/// cannot tell always answers that it is.
+pub async fn cancelled_tasks_are_not_wanted(t: &dyn ShuffleTransport) {
+    for end in ["cancel", "finish"] {
+        let q = unique(end);
+        let spec = task(&q, 0, 1, &unique("worker"));
+        t.publish_tasks(&q, "coord", std::slice::from_ref(&spec))
+            .await
+            .expect("publish");
+        assert!(
+            t.wanted(&spec.key()).await.expect("wanted"),
+            "a published task is wanted"
+        );
+        match end {
+            "cancel" => t.cancel(&q).await.expect("cancel"),
+            _ => t.finish(&q).await.expect("finish"),
+        }
+        let _ = t.wanted(&spec.key()).await.expect("wanted after the end");
+    }
 }
 
 /// A query renewed more often than the retention survives sweeps however long it runs.

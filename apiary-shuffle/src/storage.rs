@@ -497,6 +497,21 @@ impl ShuffleTransport for StorageShuffle {
             .map(|d| d.into_iter().flatten().collect())
     }
 
+    /// A task is wanted while its query object is there: `finish` (and so `cancel`)
+    /// removes it last, and a sweep removes it with the rest. One HEAD.
+    async fn wanted(&self, task: &TaskKey) -> Result<bool> {
+        validate_query_id(&task.query_id)?;
+        match self
+            .backend
+            .head(&Self::query_dir(&task.query_id).join("query.json"))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn renew(&self, query_id: &str, coordinator: &str) -> Result<()> {
         validate_query_id(query_id)?;
         let (key, bytes) = query_object(query_id, coordinator)?;

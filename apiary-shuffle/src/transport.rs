@@ -35,6 +35,9 @@
 //!   [`can_claim`](ShuffleTransport::can_claim); its tasks then share nothing.
 //! * **Cleanup.** After `finish`, nothing of the query remains and late outcomes for it are
 //!   dropped or swept.
+//! * **Cancellation.** After `finish` or [`cancel`](ShuffleTransport::cancel),
+//!   [`wanted`](ShuffleTransport::wanted) answers `false` for every task of the query (where
+//!   the transport can tell), so that workers stop what no one waits for.
 
 use std::time::Duration;
 
@@ -209,6 +212,22 @@ pub trait ShuffleTransport: Send + Sync + std::fmt::Debug + 'static {
     async fn renew(&self, query_id: &str, coordinator: &str) -> Result<()> {
         let _ = (query_id, coordinator);
         Ok(())
+    }
+
+    /// Whether `task`'s query still waits for it: `false` once its coordinator finished,
+    /// cancelled or abandoned the query. A worker asks about once a second while the task
+    /// runs and stops it when it is no longer wanted. A transport that cannot tell answers
+    /// `true` (the task then runs to its end or its timeout).
+    async fn wanted(&self, task: &TaskKey) -> Result<bool> {
+        let _ = task;
+        Ok(true)
+    }
+
+    /// Stops the query: nothing of it remains, as after [`finish`](Self::finish), and its
+    /// running tasks stop at their next check of [`wanted`](Self::wanted). A coordinator
+    /// cancels a query it gives up (an error, a dropped stream, Ctrl-C).
+    async fn cancel(&self, query_id: &str) -> Result<()> {
+        self.finish(query_id).await
     }
 
     /// Removes everything of the query.

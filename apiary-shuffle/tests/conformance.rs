@@ -110,3 +110,22 @@ proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn a_cancelled_or_finished_query_is_no_longer_wanted_in_storage() {
+    let (_, t) = memory_shuffle().await;
+    for cancel in [true, false] {
+        let q = if cancel { "q-cancelled" } else { "q-finished" };
+        let task = conformance::task(q, 0, 1, "w");
+        t.publish_tasks(q, "c", std::slice::from_ref(&task))
+            .await
+            .unwrap();
+        assert!(t.wanted(&task.key()).await.unwrap());
+        if cancel {
+            t.cancel(q).await.unwrap();
+        } else {
+            t.finish(q).await.unwrap();
+        }
+        assert!(!t.wanted(&task.key()).await.unwrap(), "{q}");
+    }
+}

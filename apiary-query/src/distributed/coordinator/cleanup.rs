@@ -7,11 +7,14 @@ use std::time::Instant;
 use crate::distributed::Cluster;
 
 /// Removes the query's objects however the coordinator leaves (an answer, an error, a
-/// cancellation), in the background: the answer never waits for it.
+/// cancellation), in the background: the answer never waits for it. A query left without
+/// its answer (an error, a dropped stream) is cancelled, so that workers stop its tasks.
 pub(super) struct Cleanup {
     pub(super) cluster: Cluster,
     pub(super) query_id: String,
     pub(super) published: bool,
+    /// Whether the query's answer is in hand (then it is finished, not cancelled).
+    pub(super) answered: bool,
 }
 
 impl Drop for Cleanup {
@@ -21,8 +24,15 @@ impl Drop for Cleanup {
         }
         let transport = Arc::clone(&self.cluster.transport);
         let query_id = self.query_id.clone();
+        let answered = self.answered;
         let removal = async move {
-            if let Err(e) = transport.finish(&query_id).await {
+            let removed = if answered {
+                transport.finish(&query_id).await
+            } else {
+                tracing::debug!(query = %query_id, "cancelling the query");
+                transport.cancel(&query_id).await
+            };
+            if let Err(e) = removed {
                 tracing::warn!(query = %query_id, error = %e, "query objects not removed; a sweep will");
             }
         };

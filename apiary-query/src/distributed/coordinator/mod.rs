@@ -350,6 +350,7 @@ impl Run {
                 cluster: self.cluster.clone(),
                 query_id: query_id.clone(),
                 published: false,
+                answered: false,
             },
             query_id,
             coordinator,
@@ -366,6 +367,7 @@ impl Run {
             pruned: HashSet::new(),
             causes: Vec::new(),
             avoid: HashSet::new(),
+            local_tasks: tokio::task::JoinSet::new(),
             tx,
         };
         let dispatching = Instant::now();
@@ -421,7 +423,7 @@ impl Run {
         self.phases.wait.add_duration(started.elapsed());
         let Attempts {
             tasks,
-            cleanup,
+            mut cleanup,
             causes,
             units,
             ..
@@ -475,6 +477,7 @@ impl Run {
             "distributed fragment ran"
         );
         // The answer does not wait for the removal (see `Cluster::settle`).
+        cleanup.answered = true;
         drop(cleanup);
         Ok(batches)
     }

@@ -17,6 +17,8 @@ use crate::error::QueryError;
 use super::Run;
 use super::cleanup::Cleanup;
 use super::placement::{assign, cut_for_bees, cut_last};
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
 
 /// Where a task stands.
 pub(super) enum Stage {
@@ -80,6 +82,8 @@ pub(super) struct Attempts<'a> {
     pub(super) pruned: HashSet<String>,
     /// Why tasks were given up, in order, with their round.
     pub(super) causes: Vec<(u32, String)>,
+    /// The tasks this process runs itself (aborted when the query is dropped).
+    pub(super) local_tasks: tokio::task::JoinSet<()>,
     /// Nodes that did not take a task they were given: later rounds leave them out.
     pub(super) avoid: HashSet<String>,
     /// Local tasks report here; remote ones through the transport.
@@ -246,18 +250,22 @@ impl Attempts<'_> {
                 .local
                 .clone()
                 .unwrap_or_else(|| spec.coordinator.clone());
-            tokio::spawn(async move {
+            // Held by the query: a query dropped (an error, a dropped stream, Ctrl-C) aborts
+            // its local tasks.
+            self.local_tasks.spawn(async move {
                 let key = spec.key();
                 // A panic in the engine is this task's failure, not a hang.
-                let ran = tokio::spawn(async move {
-                    crate::distributed::run_task(&engine, &me, &spec, &transport).await
-                });
-                let (outcome, report) = match ran.await {
+                let ran = AssertUnwindSafe(crate::distributed::run_task(
+                    &engine, &me, &spec, &transport,
+                ))
+                .catch_unwind()
+                .await;
+                let (outcome, report) = match ran {
                     Ok(done) => done,
-                    Err(e) => (
+                    Err(panic) => (
                         TaskOutcome::Failed(TaskFailure::new(
                             apiary_storage::ErrorKind::Internal,
-                            format!("the task panicked: {e}"),
+                            format!("the task panicked: {}", panic_message(&panic)),
                         )),
                         TaskReport::default(),
                     ),
@@ -548,4 +556,13 @@ impl Attempts<'_> {
                 causes: self.causes.iter().map(|(_, c)| c.clone()).collect(),
             });
     }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
