@@ -150,3 +150,45 @@ async fn a_task_that_fails_with_the_users_error_is_abandoned_at_once_and_counted
     assert!(!abandoned.cells.is_empty());
     ap.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_own_distributed_tasks_hold_its_bees() {
+    let dir = tempfile::tempdir().unwrap();
+    let ap = node(dir.path()).await;
+    common::write_numbers(&ap).await;
+    let bees = ap.bees().unwrap();
+    assert_eq!(bees.occupancy().0, 0);
+    // Alone in its swarm, the node runs every task of its distributed query itself.
+    let coordinator = ap.clone();
+    let query = tokio::spawn(async move {
+        let mut session = coordinator.sql_session().unwrap();
+        session
+            .sql("SET apiary.distribute = 'always'")
+            .await
+            .unwrap();
+        session.sql(common::LONG_QUERY).await
+    });
+    // While they run, they hold bees, as a worker's tasks do: the idle bees it publishes
+    // are the truth.
+    let started = std::time::Instant::now();
+    while bees.occupancy().0 == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no bee was taken"
+        );
+        assert!(!query.is_finished(), "the query ended: {:?}", query.await);
+        apiary::apiary_storage::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ap.status(&NodeOptions::default()).bees >= 1);
+    // Dropped, the query gives its bees back.
+    query.abort();
+    let dropped = std::time::Instant::now();
+    while bees.occupancy().0 > 0 {
+        assert!(
+            dropped.elapsed() < Duration::from_secs(10),
+            "bees still held"
+        );
+        apiary::apiary_storage::time::sleep(Duration::from_millis(10)).await;
+    }
+    ap.shutdown().await.unwrap();
+}

@@ -162,32 +162,7 @@ async fn a_dropped_query_stops_on_every_node_and_leaves_nothing() {
         |_| {},
     )
     .await;
-    // 160 cells of 25 numbers, and for each row the edit distance of two 3 KB texts: about
-    // forty seconds of work (a quarter of a second a cell), where a cancelled query stops
-    // within a few. Operators yield between cells (each is read from storage): there a cancelled
-    // task stops.
-    s.client
-        .create_frame("analytics", "events", "numbers", &[("x", "int64")], &[])
-        .await
-        .unwrap();
-    let schema = std::sync::Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
-        "x",
-        arrow_schema::DataType::Int64,
-        true,
-    )]));
-    for cell in 0..160 {
-        let numbers = arrow_array::RecordBatch::try_new(
-            std::sync::Arc::clone(&schema),
-            vec![std::sync::Arc::new(
-                arrow_array::Int64Array::from_iter_values(cell * 25..(cell + 1) * 25),
-            )],
-        )
-        .unwrap();
-        s.client
-            .write_to_frame("analytics", "events", "numbers", [numbers])
-            .await
-            .unwrap();
-    }
+    common::write_numbers(&s.client).await;
     let client = s.client.clone();
     let query = tokio::spawn(async move {
         let mut session = client.sql_session().unwrap();
@@ -195,12 +170,7 @@ async fn a_dropped_query_stops_on_every_node_and_leaves_nothing() {
             .sql("SET apiary.distribute = 'always'")
             .await
             .unwrap();
-        session
-            .sql(
-                "SELECT SUM(levenshtein(repeat(CAST(x AS VARCHAR), 800), \
-                 repeat(CAST(x + 1 AS VARCHAR), 800))) FROM analytics.events.numbers",
-            )
-            .await
+        session.sql(common::LONG_QUERY).await
     });
     // Running on both nodes.
     let busy = |ap: &Apiary| ap.bees().unwrap().occupancy().0;

@@ -196,6 +196,8 @@ async fn an_error_in_the_data_fails_the_query_once_with_its_kind() {
         !message.contains("failed 2 times") && !message.contains("failed 3 times"),
         "{message}"
     );
+    // Its objects are removed (in the background, once the error is returned).
+    s.client.settle().await;
     assert_eq!(s.client.transport().sweep(Duration::ZERO).await.unwrap(), 0);
 }
 

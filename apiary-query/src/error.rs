@@ -105,7 +105,25 @@ fn datafusion_kind(e: &DataFusionError) -> ErrorKind {
         DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
             datafusion_kind(inner)
         }
+        DataFusionError::External(inner) => boxed_kind(inner.as_ref()),
         _ => ErrorKind::Internal,
+    }
+}
+
+/// The kind of an error DataFusion carries boxed: one of Apiary's, or its own.
+fn boxed_kind(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ErrorKind {
+    if let Some(q) = e.downcast_ref::<QueryError>() {
+        q.kind()
+    } else if let Some(df) = e.downcast_ref::<DataFusionError>() {
+        datafusion_kind(df)
+    } else if let Some(l) = e.downcast_ref::<LedgerError>() {
+        l.kind()
+    } else if let Some(s) = e.downcast_ref::<apiary_storage::StorageError>() {
+        s.kind()
+    } else if let Some(s) = e.downcast_ref::<apiary_shuffle::ShuffleError>() {
+        s.kind()
+    } else {
+        ErrorKind::Internal
     }
 }
 
@@ -142,9 +160,16 @@ impl From<DataFusionError> for QueryError {
                         Ok(s) => QueryError::Storage(*s),
                         Err(inner) => match inner.downcast::<apiary_shuffle::ShuffleError>() {
                             Ok(s) => QueryError::Shuffle(*s),
-                            Err(other) => {
-                                QueryError::failed(other.to_string(), ErrorKind::Internal, other)
-                            }
+                            // DataFusion's own error, boxed on the way (a stream adapter, a
+                            // spawned partition): classified as itself.
+                            Err(inner) => match inner.downcast::<DataFusionError>() {
+                                Ok(df) => QueryError::from(*df),
+                                Err(other) => QueryError::failed(
+                                    other.to_string(),
+                                    ErrorKind::Internal,
+                                    other,
+                                ),
+                            },
                         },
                     },
                 },
@@ -234,6 +259,30 @@ impl From<QueryError> for DataFusionError {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn an_error_in_the_data_keeps_its_kind_when_boxed() {
+        let cast = || {
+            DataFusionError::ArrowError(
+                Box::new(arrow_schema::ArrowError::CastError(
+                    "Cannot cast 'x'".into(),
+                )),
+                None,
+            )
+        };
+        // Still shared (another partition holds it), so it cannot be unwrapped.
+        let held = Arc::new(DataFusionError::External(Box::new(cast())));
+        let kept = Arc::clone(&held);
+        for e in [
+            cast(),
+            DataFusionError::External(Box::new(cast())),
+            DataFusionError::Shared(held),
+        ] {
+            let q = QueryError::from(e);
+            assert_eq!(q.kind(), ErrorKind::InvalidInput, "{q}");
+        }
+        drop(kept);
+    }
 
     #[test]
     fn an_allocation_failure_says_what_to_set_however_it_is_wrapped() {

@@ -123,6 +123,16 @@ impl Budget {
             .clone()
     }
 
+    /// Capacity for a distributed query's task that its coordinator runs itself: a bee of
+    /// this node, as a worker's task holds one, so that a node's published idle bees count
+    /// every task it runs. `None` where there is no admission (a client, not a node).
+    pub(crate) async fn admit_task(&self) -> Result<Option<Grant>> {
+        match self.admission() {
+            Some(admission) => Ok(Some(admission.admit().await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Admits a query: its grant (when there is an admission) and the runtime it runs in.
     pub(crate) async fn admit_query(
         &self,

@@ -66,7 +66,7 @@ pub struct QueryEngine {
     state: SessionState,
     cluster: Option<Cluster>,
     distribute: DistributeMode,
-    budget: Budget,
+    pub(crate) budget: Budget,
     /// Optimized plans of recent distributed tasks' fragments.
     fragments: Arc<FragmentPlans>,
 }

@@ -255,3 +255,29 @@ pub async fn in_process_swarm(
     }
     panic!("the nodes did not join");
 }
+
+/// A query over the numbers frame ([`write_numbers`]) that runs about forty seconds in all
+/// (a quarter of a second a cell): for each row, the edit distance of two 3 KB texts.
+/// Operators yield between cells, where a cancelled task stops.
+pub const LONG_QUERY: &str = "SELECT SUM(levenshtein(repeat(CAST(x AS VARCHAR), 800), \
+     repeat(CAST(x + 1 AS VARCHAR), 800))) FROM analytics.events.numbers";
+
+/// `analytics.events.numbers`: 160 cells of 25 numbers each (see [`LONG_QUERY`]).
+pub async fn write_numbers(ap: &Apiary) {
+    ap.create_frame("analytics", "events", "numbers", &[("x", "int64")], &[])
+        .await
+        .unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+    for cell in 0..160 {
+        let numbers = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Int64Array::from_iter_values(
+                cell * 25..(cell + 1) * 25,
+            ))],
+        )
+        .unwrap();
+        ap.write_to_frame("analytics", "events", "numbers", [numbers])
+            .await
+            .unwrap();
+    }
+}

@@ -254,6 +254,18 @@ impl Attempts<'_> {
             // its local tasks.
             self.local_tasks.spawn(async move {
                 let key = spec.key();
+                // A bee of this node, held while the task runs, as a worker's task holds one.
+                let _bee = match engine.budget.admit_task().await {
+                    Ok(bee) => bee,
+                    Err(e) => {
+                        let _ = tx.send(Delivered {
+                            key,
+                            outcome: TaskOutcome::Failed(TaskFailure::new(e.kind(), e.detail())),
+                            report: TaskReport::default(),
+                        });
+                        return;
+                    }
+                };
                 // A panic in the engine is this task's failure, not a hang.
                 let ran = AssertUnwindSafe(crate::distributed::run_task(
                     &engine, &me, &spec, &transport,
