@@ -341,6 +341,14 @@ pub(crate) fn spawn_worker(
                         tracing::warn!(task = %task.key(), %cause, "task failed");
                     }
                     publish(transport.as_ref(), &clock, &task, outcome, &report).await;
+                    // An outcome published after its query was finished or cancelled (the
+                    // coordinator failed it on another task's error, say) would stay
+                    // behind: it is removed at once rather than by a sweep.
+                    if let Ok(false) = transport.wanted(&task.key()).await
+                        && let Err(e) = transport.cancel(&task.query_id).await
+                    {
+                        tracing::debug!(task = %task.key(), error = %e, "removing a late outcome failed");
+                    }
                     finished.notify_one();
                 });
             }

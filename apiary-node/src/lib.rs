@@ -132,6 +132,32 @@ impl ApiaryError {
     }
 }
 
+/// Sweeps query folders left by coordinators that died: at once, then every `retention` of
+/// `clock`'s time until `stop`.
+fn spawn_sweeper(
+    transport: Arc<dyn ShuffleTransport>,
+    retention: std::time::Duration,
+    clock: Arc<dyn apiary_storage::Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        loop {
+            match transport.sweep(retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    queries = n,
+                    "removed queries left by coordinators that died"
+                ),
+                Err(e) => tracing::debug!(error = %e, "sweeping old queries failed"),
+            }
+            tokio::select! {
+                _ = stop.changed() => break,
+                () = clock.sleep(retention) => {}
+            }
+        }
+    });
+}
+
 /// Creates the node's scratch directory, emptied of what a killed run spilled.
 async fn prepare_scratch(dir: &std::path::Path) -> Result<()> {
     let dir = dir.to_path_buf();
@@ -517,15 +543,15 @@ impl Apiary {
         .await?;
         let agent = Arc::new(agent);
         let (stop_worker, stop) = watch::channel(false);
-        // Query folders left by coordinators that died are swept once at start (and by
-        // coordinators as they run queries): no listing while idle.
-        let transport = Arc::clone(&self.transport);
-        let retention = self.distribute.orphan_retention;
-        tokio::spawn(async move {
-            if let Err(e) = transport.sweep(retention).await {
-                tracing::debug!(error = %e, "sweeping old queries failed");
-            }
-        });
+        // Query folders left by coordinators that died are swept at start, then once per
+        // retention (and by coordinators as they run queries): on an idle swarm one listing
+        // of `_queries/` per node every fifteen minutes, so nothing stays for good.
+        spawn_sweeper(
+            Arc::clone(&self.transport),
+            self.distribute.orphan_retention,
+            Arc::clone(&clock),
+            stop.clone(),
+        );
         cluster::spawn_worker(
             Arc::clone(&self.transport),
             self.query_engine()?

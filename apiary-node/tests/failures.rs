@@ -208,3 +208,41 @@ async fn a_dropped_query_stops_on_every_node_and_leaves_nothing() {
         apiary::apiary_storage::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_node_sweeps_what_a_dead_coordinator_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("data").display().to_string();
+    let mut options =
+        apiary::ApiaryOptions::new(apiary_storage::StorageUri::parse(&storage).unwrap());
+    options.distribute.orphan_retention = Duration::from_millis(400);
+    let node = Apiary::open_with(options).await.unwrap();
+    node.start_with(apiary::NodeOptions {
+        node_id: Some("sweeper".into()),
+        state_dir: dir.path().join("sweeper.state"),
+        swarm: common::fast_swarm_config(),
+        ..apiary::NodeOptions::default()
+    })
+    .await
+    .unwrap();
+    // A coordinator publishes a query, then dies: nobody renews or finishes it, and no
+    // query runs after it.
+    let task = apiary::apiary_shuffle::conformance::task("q-orphan", 0, 1, "gone");
+    node.transport()
+        .publish_tasks("q-orphan", "dead", std::slice::from_ref(&task))
+        .await
+        .unwrap();
+    let backend = apiary_storage::open(node.storage()).await.unwrap();
+    let queries = apiary_storage::Path::from("_queries");
+    assert!(!backend.list(&queries).await.unwrap().is_empty());
+    let left = Instant::now();
+    while !backend.list(&queries).await.unwrap().is_empty() {
+        assert!(
+            left.elapsed() < Duration::from_secs(10),
+            "the orphan is still there"
+        );
+        apiary::apiary_storage::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("swept {:?} after it was left", left.elapsed());
+    node.shutdown().await.unwrap();
+}

@@ -196,9 +196,20 @@ async fn an_error_in_the_data_fails_the_query_once_with_its_kind() {
         !message.contains("failed 2 times") && !message.contains("failed 3 times"),
         "{message}"
     );
-    // Its objects are removed (in the background, once the error is returned).
+    // Its objects are removed (in the background, once the error is returned), and so is
+    // what another task published after that.
     s.client.settle().await;
-    assert_eq!(s.client.transport().sweep(Duration::ZERO).await.unwrap(), 0);
+    let backend = apiary_storage::open(s.client.storage()).await.unwrap();
+    let started = std::time::Instant::now();
+    while !backend
+        .list(&apiary_storage::Path::from("_queries"))
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(started.elapsed() < Duration::from_secs(10), "objects left");
+        apiary::apiary_storage::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
