@@ -165,6 +165,7 @@ fn workers_of(view: &WorldView, me: Option<&str>) -> Vec<WorkerInfo> {
             idle_bees: n.heartbeat.load.idle_bees,
             memory_per_bee: n.heartbeat.capacity.memory_per_bee_bytes,
             cached_cells: n.heartbeat.cache.hot_cells.clone(),
+            attributes: n.heartbeat.attributes.clone(),
         })
         .collect()
 }

@@ -496,6 +496,13 @@ impl Apiary {
         if self.running().is_some() {
             return Err(ApiaryError::Lifecycle("this Apiary is already started"));
         }
+        apiary_swarm::check_attributes(&options.attributes).map_err(|message| {
+            ApiaryError::Setting {
+                name: "APIARY_ATTRIBUTES",
+                value: format!("{:?}", options.attributes),
+                message,
+            }
+        })?;
         let identity = NodeIdentity::resolve(options.node_id.as_deref(), &options.state_dir)?;
         let capacity = apiary_swarm::detect_capacity(options.memory_bytes);
         let tier = tier_limits(options.memory_tier_bytes.or(self.memory_tier), &capacity);
@@ -529,6 +536,7 @@ impl Apiary {
                 }) as apiary_swarm::CacheReport
             }),
             colony: Some(Arc::clone(&colony)),
+            attributes: options.attributes.clone(),
             ..AgentConfig::default()
         };
         let clock = Arc::clone(&options.clock);

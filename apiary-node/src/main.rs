@@ -47,6 +47,10 @@ struct NodeArgs {
     /// Folder for this node's local state (its kept id).
     #[arg(long, global = true, env = "APIARY_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// `key=value` published in the node's heartbeats for other parts to find (repeat the
+    /// flag, or separate with commas in APIARY_ATTRIBUTES).
+    #[arg(long = "attribute", global = true, env = "APIARY_ATTRIBUTES", value_delimiter = ',', value_parser = attribute)]
+    attributes: Vec<(String, String)>,
     /// How often a node writes its heartbeat.
     #[arg(long, global = true, env = "APIARY_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = duration)]
     heartbeat_interval: Duration,
@@ -251,6 +255,16 @@ enum DropCommand {
     },
 }
 
+/// `key=value`, as `--attribute` takes it.
+fn attribute(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("`{text}` is not `key=value`")),
+    }
+}
+
 type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
@@ -310,6 +324,7 @@ impl NodeArgs {
             state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
             swarm: self.swarm_config(),
             task_poll_interval: self.task_poll_interval,
+            attributes: self.attributes.iter().cloned().collect(),
             ..NodeOptions::default()
         }
     }

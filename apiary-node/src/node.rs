@@ -44,6 +44,10 @@ pub struct NodeOptions {
     /// quarter of the bees' memory, which it shares with the queries' pools. Zero turns it
     /// off.
     pub memory_tier_bytes: Option<u64>,
+    /// Published in the node's heartbeats for other parts to find through membership
+    /// (`--attribute key=value`, `APIARY_ATTRIBUTES`): a transport's endpoint, a rack or
+    /// zone label.
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -72,6 +76,7 @@ impl Default for NodeOptions {
             colony: apiary_swarm::ColonyConfig::default(),
             compact_interval: Duration::from_secs(60),
             memory_tier_bytes: None,
+            attributes: Default::default(),
         }
     }
 }
@@ -153,6 +158,9 @@ pub struct SwarmNode {
     pub hostname: String,
     /// Apiary version.
     pub version: String,
+    /// What the node publishes of itself (`--attribute key=value`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// The swarm as this node sees it (`Apiary::swarm_status`).
@@ -194,6 +202,7 @@ impl From<&WorldView> for SwarmStatus {
                     last_seen_secs: n.last_seen.as_secs_f64(),
                     hostname: n.heartbeat.hostname.clone(),
                     version: n.heartbeat.software_version.clone(),
+                    attributes: n.heartbeat.attributes.clone(),
                 })
                 .collect(),
             problems: view.problems.clone(),

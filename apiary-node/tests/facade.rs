@@ -238,3 +238,30 @@ async fn errors_have_kinds_and_sources() {
     }
     assert!(depth >= 1, "{failed} has no source");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_attributes_reach_every_view_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("shared");
+    let ap = Apiary::open(storage.to_str().unwrap()).await.unwrap();
+    let mut bad = options(dir.path(), "a");
+    bad.attributes.insert(String::new(), "x".into());
+    let err = ap.start_with(bad).await.unwrap_err();
+    assert!(err.to_string().contains("APIARY_ATTRIBUTES"), "{err}");
+    let mut with = options(dir.path(), "a");
+    with.attributes
+        .insert("flight".into(), "grpc://127.0.0.1:50051".into());
+    ap.start_with(with).await.unwrap();
+    let observer = Apiary::open(storage.to_str().unwrap()).await.unwrap();
+    let swarm = observer
+        .swarm_snapshot(&SwarmConfig::default())
+        .await
+        .unwrap();
+    let node = swarm
+        .nodes
+        .iter()
+        .find(|n| n.node_id == "a")
+        .expect("node a in the view");
+    assert_eq!(node.attributes["flight"], "grpc://127.0.0.1:50051");
+    ap.shutdown().await.unwrap();
+}

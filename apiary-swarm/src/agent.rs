@@ -44,6 +44,8 @@ pub struct AgentConfig {
     /// The node's colony: its temperature is published, and it learns the storage latency
     /// of heartbeat writes.
     pub colony: Option<Arc<Colony>>,
+    /// Published in every heartbeat for other parts to find (see [`Heartbeat::attributes`]).
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -67,6 +69,7 @@ impl Default for AgentConfig {
             on_view: None,
             cache: None,
             colony: None,
+            attributes: Default::default(),
         }
     }
 }
@@ -83,6 +86,7 @@ struct Publisher {
     lifecycle: Mutex<Lifecycle>,
     cache: Option<CacheReport>,
     colony: Option<Arc<Colony>>,
+    attributes: std::collections::BTreeMap<String, String>,
 }
 
 impl Publisher {
@@ -110,6 +114,7 @@ impl Publisher {
                 .as_ref()
                 .map(|report| report())
                 .unwrap_or_default(),
+            attributes: self.attributes.clone(),
         }
         .sanitize()
     }
@@ -165,6 +170,7 @@ impl SwarmAgent {
             lifecycle: Mutex::new(Lifecycle::Joining),
             cache: config.cache.clone(),
             colony: config.colony.clone(),
+            attributes: config.attributes.clone(),
         });
         membership.join(&publisher.next()).await?;
         publisher.set(Lifecycle::Alive);

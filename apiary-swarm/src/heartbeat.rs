@@ -20,6 +20,7 @@
 //! by seeing that change on their own monotonic clock. `written_at_ms` is for people only.
 //! An operator asks a node to leave with `_heartbeats/drain_{node_id}.json`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,8 @@ pub const HEARTBEAT_DIR: &str = "_heartbeats";
 pub const MAX_HEARTBEAT_BYTES: usize = 64 * 1024;
 /// Most hot cells a heartbeat lists.
 pub const MAX_HOT_CELLS: usize = 256;
+/// Most attributes a heartbeat may carry.
+pub const MAX_ATTRIBUTES: usize = 32;
 
 /// A node's identity: 1 to 64 of `a-z 0-9 - _`, starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -207,6 +210,11 @@ pub struct Heartbeat {
     /// Cache summary.
     #[serde(default)]
     pub cache: CacheSummary,
+    /// What the node says of itself for other parts to find through membership (a
+    /// transport's endpoint, say: `"flight" → "grpc://10.0.0.7:50051"`). At most
+    /// [`MAX_ATTRIBUTES`] entries, keys of at most 64 bytes, values of at most 1 KiB.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
 impl Heartbeat {
@@ -272,8 +280,29 @@ impl Heartbeat {
                 hb.cache.hot_cells.len()
             )));
         }
+        check_attributes(&hb.attributes).map_err(bad)?;
         Ok(hb)
     }
+}
+
+/// Whether `attributes` fit in a heartbeat: at most [`MAX_ATTRIBUTES`], non-empty keys of at
+/// most 64 bytes, values of at most 1 KiB.
+pub fn check_attributes(attributes: &BTreeMap<String, String>) -> std::result::Result<(), String> {
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(format!(
+            "{} attributes, at most {MAX_ATTRIBUTES} allowed",
+            attributes.len()
+        ));
+    }
+    for (key, value) in attributes {
+        if key.is_empty() || key.len() > 64 || value.len() > 1024 {
+            return Err(format!(
+                "attribute `{key}` is too long or unnamed (keys 1 to 64 bytes, values at most \
+                 1 KiB)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An operator's request that a node drain and leave.

@@ -27,7 +27,7 @@ pub use colony::{Colony, ColonyConfig, Overloaded, Regulation, Signals};
 pub use error::{Result, SwarmError};
 pub use heartbeat::{
     CacheSummary, Capacity, DrainRequest, HEARTBEAT_DIR, HEARTBEAT_FORMAT, Heartbeat, HeartbeatKey,
-    Lifecycle, Load, MAX_HEARTBEAT_BYTES, MAX_HOT_CELLS, NodeId,
+    Lifecycle, Load, MAX_ATTRIBUTES, MAX_HEARTBEAT_BYTES, MAX_HOT_CELLS, NodeId, check_attributes,
 };
 pub use identity::{NodeIdentity, default_state_dir};
 pub use load::{Bee, BeeState, Bees, Leaving, MemoryProbe, detect_capacity};

@@ -73,6 +73,7 @@ fn heartbeat(id: &NodeId, seq: u64, clock: &ManualClock, rng: &mut StdRng) -> He
             temperature: f64::from(busy) / 4.0,
         },
         cache: Default::default(),
+        attributes: Default::default(),
     }
 }
 

@@ -49,6 +49,7 @@ fn heartbeat(id: &NodeId) -> Heartbeat {
             bytes: 3 << 20,
             hot_cells: vec!["analytics/events/clicks/data/country=us/a.parquet".into()],
         },
+        attributes: [("flight".to_string(), "grpc://10.0.0.7:50051".to_string())].into(),
     }
 }
 

@@ -33,6 +33,7 @@ fn real() -> Vec<u8> {
             temperature: 0.75,
         },
         cache: Default::default(),
+        attributes: Default::default(),
     }
     .encode()
 }
@@ -62,6 +63,34 @@ fn the_real_heartbeat_decodes() {
             .to_string()
             .contains("too large")
     );
+}
+
+#[test]
+fn attributes_are_read_and_bounded() {
+    let id = NodeId::new("n1").unwrap();
+    let mut hb = Heartbeat::decode(KEY, &real(), &id).unwrap();
+    assert!(
+        hb.attributes.is_empty(),
+        "absent from an older heartbeat: none"
+    );
+    hb.attributes
+        .insert("flight".into(), "grpc://10.0.0.7:50051".into());
+    let back = Heartbeat::decode(KEY, &hb.encode(), &id).unwrap();
+    assert_eq!(back.attributes["flight"], "grpc://10.0.0.7:50051");
+    for (name, attributes) in [
+        (
+            "too many",
+            (0..=apiary_swarm::MAX_ATTRIBUTES)
+                .map(|i| (format!("k{i}"), "v".to_string()))
+                .collect(),
+        ),
+        ("unnamed", [(String::new(), "v".to_string())].into()),
+        ("too long", [("k".to_string(), "v".repeat(2000))].into()),
+    ] {
+        hb.attributes = attributes;
+        let err = Heartbeat::decode(KEY, &hb.encode(), &id).unwrap_err();
+        assert!(err.to_string().contains("attribute"), "{name}: {err}");
+    }
 }
 
 proptest! {

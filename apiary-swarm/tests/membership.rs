@@ -52,6 +52,7 @@ fn hb(id: &NodeId, seq: u64, state: Lifecycle, wall_ms: i64) -> Heartbeat {
             ..Load::default()
         },
         cache: Default::default(),
+        attributes: Default::default(),
     }
 }
 

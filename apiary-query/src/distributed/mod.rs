@@ -88,6 +88,9 @@ pub struct WorkerInfo {
     pub memory_per_bee: u64,
     /// Cells it reports cached (`hive/box/frame/path`), for placement.
     pub cached_cells: Vec<String>,
+    /// What the node publishes of itself (see its heartbeat's attributes): a transport
+    /// finds its peers' endpoints here.
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// Who can run tasks: the membership seen through the coordinator's eyes. Nodes that are

@@ -143,6 +143,7 @@ mod tests {
             idle_bees: bees,
             memory_per_bee: 1 << 30,
             cached_cells: vec![],
+            attributes: Default::default(),
         }
     }
 
