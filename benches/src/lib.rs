@@ -3,6 +3,7 @@
 
 pub mod harness;
 pub mod ssb;
+pub mod tpch;
 
 /// Every benchmark allocates through mimalloc, as the `apiary` binary does: an in-process
 /// baseline and the node processes it is compared with run on the same allocator.
