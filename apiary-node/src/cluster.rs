@@ -318,7 +318,7 @@ pub(crate) fn spawn_worker(
                 tokio::spawn(async move {
                     // Leaving: the task is not taken, and the coordinator, which sees this
                     // node leave, reassigns it.
-                    let Ok(_bee) = bees.acquire().await else {
+                    let Ok(bee) = bees.acquire().await else {
                         return;
                     };
                     tracing::debug!(task = %task.key(), "running a task");
@@ -342,6 +342,10 @@ pub(crate) fn spawn_worker(
                         tracing::warn!(task = %task.key(), %cause, "task failed");
                     }
                     publish(transport.as_ref(), &clock, &task, outcome, &report).await;
+                    // The bee goes back, and the loop looks for the next task, before the
+                    // check below.
+                    drop(bee);
+                    finished.notify_one();
                     // An outcome published after its query was finished or cancelled (the
                     // coordinator failed it on another task's error, say) would stay
                     // behind: it is removed at once rather than by a sweep.
@@ -350,7 +354,6 @@ pub(crate) fn spawn_worker(
                     {
                         tracing::debug!(task = %task.key(), error = %e, "removing a late outcome failed");
                     }
-                    finished.notify_one();
                 });
             }
         }

@@ -201,13 +201,19 @@ async fn an_error_in_the_data_fails_the_query_once_with_its_kind() {
     s.client.settle().await;
     let backend = apiary_storage::open(s.client.storage()).await.unwrap();
     let started = std::time::Instant::now();
-    while !backend
-        .list(&apiary_storage::Path::from("_queries"))
-        .await
-        .unwrap()
-        .is_empty()
-    {
-        assert!(started.elapsed() < Duration::from_secs(10), "objects left");
+    loop {
+        let left = backend
+            .list(&apiary_storage::Path::from("_queries"))
+            .await
+            .unwrap();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "objects left: {:?}",
+            left.iter().map(|m| m.key.to_string()).collect::<Vec<_>>()
+        );
         apiary::apiary_storage::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -178,15 +178,7 @@ impl StorageShuffle {
     }
 
     async fn put_all(&self, objects: Vec<(Path, Bytes)>) -> Result<()> {
-        futures::stream::iter(objects)
-            .map(|(key, bytes)| {
-                let backend = Arc::clone(&self.backend);
-                async move { backend.put(&key, bytes).await.map(|_| ()) }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+        put_all(&self.backend, objects).await
     }
 
     async fn delete_all(&self, keys: Vec<Path>) -> Result<()> {
@@ -197,6 +189,19 @@ impl StorageShuffle {
             .await?;
         Ok(())
     }
+}
+
+/// Writes `objects`, a few at a time.
+async fn put_all(backend: &Arc<dyn StorageBackend>, objects: Vec<(Path, Bytes)>) -> Result<()> {
+    futures::stream::iter(objects)
+        .map(|(key, bytes)| {
+            let backend = Arc::clone(backend);
+            async move { backend.put(&key, bytes).await.map(|_| ()) }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
 }
 
 /// The task a task object's path names (`_queries/{query}/tasks/{node}/{task}-{attempt}.json`).
@@ -340,12 +345,13 @@ impl ShuffleTransport for StorageShuffle {
             node_id: node_id.to_string(),
             ..TaskReport::default()
         };
-        let mut markers = Vec::with_capacity(read.len());
+        let mut taken = Vec::with_capacity(read.len());
+        let mut refused = Vec::new();
         let mut tasks = Vec::with_capacity(read.len());
         for (path, task) in read {
             match task {
                 Ok(task) => {
-                    markers.push((
+                    taken.push((
                         Self::result_key(&task.key(), "taken"),
                         marker(&report, None)?,
                     ));
@@ -353,7 +359,7 @@ impl ShuffleTransport for StorageShuffle {
                 }
                 Err(failure) => {
                     if let Some(key) = task_key_of(&path) {
-                        markers.push((
+                        refused.push((
                             Self::result_key(&key, "failed"),
                             marker(&report, Some(failure))?,
                         ));
@@ -361,8 +367,18 @@ impl ShuffleTransport for StorageShuffle {
                 }
             }
         }
-        if let Err(e) = self.put_all(markers).await {
-            tracing::warn!(error = %e, "marking tasks taken failed");
+        if let Err(e) = self.put_all(refused).await {
+            tracing::warn!(error = %e, "reporting refused tasks failed");
+        }
+        // A taken marker serves only the coordinator's pickup deadline (seconds): it is
+        // written while the tasks run, never in their way.
+        if !taken.is_empty() {
+            let backend = Arc::clone(&self.backend);
+            tokio::spawn(async move {
+                if let Err(e) = put_all(&backend, taken).await {
+                    tracing::warn!(error = %e, "marking tasks taken failed");
+                }
+            });
         }
         Ok(tasks)
     }
@@ -521,14 +537,22 @@ impl ShuffleTransport for StorageShuffle {
 
     async fn finish(&self, query_id: &str) -> Result<()> {
         validate_query_id(query_id)?;
+        // The query object first: from then on every task of the query is unwanted, so a
+        // worker that publishes after the listing below sees that and removes its own
+        // outcome. (A half-finished cleanup is still a folder under `_queries/`, which a
+        // sweep removes.)
+        match self
+            .backend
+            .delete(&Self::query_dir(query_id).join("query.json"))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
         let listed = self.backend.list(&Self::query_dir(query_id)).await?;
-        // The query object last, so a half-finished cleanup is still recognisable as a query.
-        let (info, rest): (Vec<_>, Vec<_>) = listed
-            .into_iter()
-            .map(|m| m.key)
-            .partition(|k| k.filename() == Some("query.json"));
-        self.delete_all(rest).await?;
-        self.delete_all(info).await
+        self.delete_all(listed.into_iter().map(|m| m.key).collect())
+            .await
     }
 
     async fn sweep(&self, retention: Duration) -> Result<usize> {

@@ -25,7 +25,7 @@
 //!   removes queries older than a retention, whoever calls it. A query its coordinator
 //!   [`renew`](ShuffleTransport::renew)ed within the retention is never swept.
 //! * **Pickup.** A transport that [`reports_pickup`](ShuffleTransport::reports_pickup)
-//!   returns [`TaskOutcome::Running`] from `collect` for a task once
+//!   returns [`TaskOutcome::Running`] from `collect` for a task soon (within a second) after
 //!   [`poll_tasks`](ShuffleTransport::poll_tasks) has returned it, until its outcome is
 //!   published; a task whose manifest its worker cannot read gets a failed outcome instead.
 //! * **Claims.** [`claim`](ShuffleTransport::claim) arbitrates the cells tasks of one attempt
