@@ -19,8 +19,6 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::union::UnionExec;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::distributed::CellQueue;
-use crate::distributed::claims::PlannedCell;
 use crate::parts::RowRanges;
 use crate::tier::MemoryTierExec;
 use datafusion::common::Result;
@@ -68,6 +66,42 @@ impl ScanSummary {
     }
 }
 
+/// A cell a task's scan plans to read: where it is and how many rows it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PlannedCell {
+    /// The cell's object.
+    pub(crate) location: Path,
+    /// Its rows, as the ledger records them.
+    pub(crate) rows: u64,
+}
+
+/// One unit to read: a cell, whole or some of its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unit {
+    /// The cell's object.
+    pub(crate) location: Path,
+    /// The rows to read; `None` for all of them.
+    pub(crate) rows: Option<RowRanges>,
+}
+
+/// What a task's scan reads of one cell when its partitions keep their own units: all of
+/// it, or some rows.
+pub(crate) type KeptCells = HashMap<String, Option<RowRanges>>;
+
+/// Where a frame scan whose cells are shared with other tasks' scans gets the units it reads:
+/// the scan asks, the distributed layer arbitrates (its claim queue implements this), so
+/// the scan layer depends on no transport.
+#[async_trait::async_trait]
+pub(crate) trait SharedCells: Send + Sync + fmt::Debug {
+    /// The next unit one of the scan's partitions reads, claimed for it; `None` when none
+    /// is left.
+    async fn next(&self) -> crate::Result<Option<Unit>>;
+
+    /// For a scan whose partitions must each keep their own units (sorted or partitioned
+    /// output): the units it holds, by location, claimed at once; or why that failed.
+    async fn claim_own(&self) -> std::result::Result<Arc<KeptCells>, String>;
+}
+
 /// A frame scan: DataFusion's scan of the selected cells, labelled with the ledger's part.
 #[derive(Debug, Clone)]
 pub struct FrameScanExec {
@@ -80,7 +114,7 @@ pub struct FrameScanExec {
     cells: Arc<HashMap<String, PlannedCell>>,
     /// Set when the scan's cells are shared with other tasks: every partition then reads
     /// the cells this queue hands out, one at a time.
-    shared: Arc<OnceLock<Arc<CellQueue>>>,
+    shared: Arc<OnceLock<Arc<dyn SharedCells>>>,
 }
 
 impl FrameScanExec {
@@ -122,7 +156,7 @@ impl FrameScanExec {
 
     /// Makes every partition read the cells `queue` hands out instead of its own; before
     /// execution only, and once.
-    pub(crate) fn share(&self, queue: Arc<CellQueue>) -> Result<()> {
+    pub(crate) fn share(&self, queue: Arc<dyn SharedCells>) -> Result<()> {
         self.shared
             .set(queue)
             .map_err(|_| DataFusionError::Internal("the scan's cells are already shared".into()))
@@ -141,10 +175,10 @@ impl FrameScanExec {
     }
 
     /// Partition `partition` of the input narrowed to the task's own cells it holds (see
-    /// [`CellQueue::claim_own`]): each partition keeps its cells, in order.
+    /// [`SharedCells::claim_own`]): each partition keeps its cells, in order.
     fn execute_kept(
         &self,
-        queue: Arc<CellQueue>,
+        queue: Arc<dyn SharedCells>,
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
@@ -172,7 +206,7 @@ impl FrameScanExec {
     /// partition's rows.
     fn execute_shared(
         &self,
-        queue: Arc<CellQueue>,
+        queue: Arc<dyn SharedCells>,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input = Arc::clone(&self.input);

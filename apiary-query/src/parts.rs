@@ -9,6 +9,47 @@ use datafusion::parquet::arrow::arrow_reader::RowSelection;
 
 pub use apiary_shuffle::units::{cut, parse_part, part_key, splittable};
 
+/// A cell of the split frame one task may read, or a part of one (some of its rows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitCell {
+    /// Path relative to the frame.
+    pub path: String,
+    /// Bytes (of a part: its share of the cell's bytes).
+    pub bytes: u64,
+    /// The cell's rows, as the ledger records them.
+    pub rows: u64,
+    /// The rows of a part (positions in the cell); `None` for the whole cell.
+    pub part: Option<std::ops::Range<u64>>,
+}
+
+impl SplitCell {
+    /// The key that names this unit in a task (see [`crate::parts`]).
+    pub fn key(&self) -> String {
+        match &self.part {
+            None => self.path.clone(),
+            Some(rows) => part_key(&self.path, rows),
+        }
+    }
+
+    /// This cell cut into at most `parts` parts of nearly equal rows (itself when it is a
+    /// part already or has too few rows).
+    pub fn cut(self, parts: u64) -> Vec<SplitCell> {
+        if self.part.is_some() || parts < 2 || self.rows < 2 {
+            return vec![self];
+        }
+        cut(self.rows, parts)
+            .into_iter()
+            .map(|rows| SplitCell {
+                path: self.path.clone(),
+                bytes: (u128::from(self.bytes) * u128::from(rows.end - rows.start)
+                    / u128::from(self.rows)) as u64,
+                rows: self.rows,
+                part: Some(rows),
+            })
+            .collect()
+    }
+}
+
 /// The rows of one cell a reader keeps: sorted, disjoint, non-empty ranges within the
 /// cell's `total` rows.
 #[derive(Debug, Clone, PartialEq, Eq)]

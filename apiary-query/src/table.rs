@@ -39,7 +39,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 
-use crate::distributed::claims::PlannedCell;
+use crate::exec::PlannedCell;
 use crate::exec::{FrameScanExec, ScanSummary};
 use crate::scans::ScanStores;
 use crate::stats::{self, CellFacts, CellPruningStats};
@@ -244,11 +244,11 @@ impl FrameIndex {
         &self,
         state: &dyn Session,
         filters: &[Expr],
-    ) -> DfResult<Vec<crate::distributed::SplitCell>> {
+    ) -> DfResult<Vec<crate::parts::SplitCell>> {
         Ok(self
             .select(state, filters)?
             .into_iter()
-            .map(|i| crate::distributed::SplitCell {
+            .map(|i| crate::parts::SplitCell {
                 path: self.cells[i].path.clone(),
                 bytes: self.cells[i].facts.bytes(),
                 rows: self.cells[i].facts.rows(),

@@ -5,11 +5,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use apiary_storage::Path;
-
 use super::manifest::{TaskKey, TaskSpec};
 use super::transport::ShuffleTransport;
 use crate::error::{QueryError, Result};
+use crate::exec::{KeptCells, PlannedCell, SharedCells, Unit};
 use crate::parts::{RowRanges, parse_part};
 use futures::{StreamExt, TryStreamExt};
 
@@ -33,28 +32,6 @@ struct Entry {
     unit: Unit,
     part: Origin,
 }
-
-/// A cell a task's scan plans to read: where it is and how many rows it has.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct PlannedCell {
-    /// The cell's object.
-    pub(crate) location: Path,
-    /// Its rows, as the ledger records them.
-    pub(crate) rows: u64,
-}
-
-/// One unit to read: a cell, whole or some of its rows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Unit {
-    /// The cell's object.
-    pub(crate) location: Path,
-    /// The rows to read; `None` for all of them.
-    pub(crate) rows: Option<RowRanges>,
-}
-
-/// What a task's scan reads of one cell when its partitions keep their own units: all of
-/// it, or some rows.
-pub(crate) type KeptCells = HashMap<String, Option<RowRanges>>;
 
 #[derive(Debug, Default)]
 struct State {
@@ -374,9 +351,21 @@ const SLOW_CLAIM: std::time::Duration = std::time::Duration::from_millis(3);
 /// How many claims a task asks for at once when it claims its cells up front.
 const CLAIMS_AT_ONCE: usize = 16;
 
+#[async_trait::async_trait]
+impl SharedCells for CellQueue {
+    async fn next(&self) -> Result<Option<Unit>> {
+        CellQueue::next(self).await
+    }
+
+    async fn claim_own(&self) -> Kept {
+        CellQueue::claim_own(self).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use apiary_storage::Path;
     use crate::distributed::StorageShuffle;
 
     /// Cells of 1000 rows each.

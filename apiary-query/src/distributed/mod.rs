@@ -32,7 +32,6 @@ pub use apiary_shuffle::{
     ColumnSpec, DOORBELL_DIR, Delivered, FramePin, QUERIES_DIR, ShuffleError, ShuffleTransport,
     StorageShuffle, TaskFailure, TaskKey, TaskOutcome, TaskReport, TaskSpec,
 };
-pub(crate) use claims::CellQueue;
 pub use coordinator::{DistributedExec, DistributedTable, TaskRun};
 pub use plan::{Fragment, Shape, SplitCell};
 pub use task::run_task;

@@ -147,7 +147,7 @@ async fn execute(
         if super::claims::needs_queue(task, planned) {
             let q = Arc::new(CellQueue::new(Arc::clone(transport), task, planned)?);
             if let Some(scan) = scan {
-                scan.share(Arc::clone(&q))?;
+                scan.share(Arc::clone(&q) as Arc<dyn crate::exec::SharedCells>)?;
             }
             *queue.lock().unwrap_or_else(|p| p.into_inner()) = Some(q);
         }
