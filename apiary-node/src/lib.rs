@@ -263,7 +263,8 @@ pub struct Apiary {
     storage: StorageUri,
     registry: Arc<Registry>,
     node: Arc<Mutex<Option<RunningNode>>>,
-    query: Arc<OnceLock<QueryEngine>>,
+    /// The query engine and the cluster it distributes through, made on first use.
+    query: Arc<OnceLock<(QueryEngine, Cluster)>>,
     transport: Arc<dyn ShuffleTransport>,
     membership: Option<MembershipFactory>,
     tasks: Arc<TaskCounts>,
@@ -620,7 +621,7 @@ impl Apiary {
             // The agent closes the bees first: no new task is taken, running ones finish.
             let left = node.agent.leave().await;
             let _ = node.stop_worker.send(true);
-            if let Some(engine) = self.query.get() {
+            if let Some((engine, _)) = self.query.get() {
                 engine.set_cell_cache(None);
                 engine.set_admission(None);
             }
@@ -634,7 +635,7 @@ impl Apiary {
     /// objects a distributed query left in the shuffle transport). Call it before a short
     /// process exits, as `apiary sql` does; a long-lived one need not.
     pub async fn settle(&self) {
-        if let Some(cluster) = self.query.get().and_then(|engine| engine.cluster()) {
+        if let Some((_, cluster)) = self.query.get() {
             cluster.settle().await;
         }
     }
@@ -717,8 +718,7 @@ impl Apiary {
         let abandoned = self
             .query
             .get()
-            .and_then(|engine| engine.cluster())
-            .map(|cluster| cluster.abandoned.clone())
+            .map(|(_, cluster)| cluster.abandoned.clone())
             .unwrap_or_default();
         Ok(ColonyStatus {
             node_id: node.agent.node_id().to_string(),
@@ -977,7 +977,7 @@ impl Apiary {
 
     /// The node's SQL engine, prepared on first use: one scan partition per bee.
     fn query_engine(&self) -> Result<&QueryEngine> {
-        if let Some(engine) = self.query.get() {
+        if let Some((engine, _)) = self.query.get() {
             return Ok(engine);
         }
         let capacity = apiary_swarm::detect_capacity(None);
@@ -997,20 +997,19 @@ impl Apiary {
                 ..QueryOptions::default()
             },
         )?
-        .with_cluster(
-            Cluster::new(
-                Arc::clone(&self.transport),
-                directory,
-                self.distribute.clone(),
-            )
-            .with_time(
-                Arc::clone(&self.registry.config().clock),
-                self.registry.config().random.clone(),
-            ),
-        )
         .with_distribute(self.distribute_mode);
+        let cluster = Cluster::new(
+            Arc::clone(&self.transport),
+            directory,
+            self.distribute.clone(),
+        )
+        .with_time(
+            Arc::clone(&self.registry.config().clock),
+            self.registry.config().random.clone(),
+        );
+        let engine = engine.with_distributor(Arc::new(cluster.clone()));
         // A racing first call may have set it; either engine is equivalent.
-        Ok(self.query.get_or_init(|| engine))
+        Ok(&self.query.get_or_init(|| (engine, cluster)).0)
     }
 
     /// Runs SQL (one or more `;`-separated statements; the last one's rows are returned)

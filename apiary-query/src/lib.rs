@@ -9,11 +9,19 @@
 //!   statistics; [`FrameScanExec`] reports cells total, pruned and read in `EXPLAIN`. Cells
 //!   whose columns the node's memory tier holds are read from memory by a
 //!   [`MemoryTierExec`] beside it (see the `tier` module).
+//! * Layers, each importing only those below it: the **scan** (`table`, `exec`, `tier`,
+//!   `parts`, `stats`, `scans`: a frame as DataFusion reads it; it reads shared cells
+//!   through its own `SharedCells` trait), the **engine** (`session`, `statement`,
+//!   `catalog`, `memory`, `output`, `fragments`: sessions and statements; it hands queries
+//!   to the swarm through its own [`Distributor`] trait) and **distribution**
+//!   ([`distributed`]: planning, the coordinator, tasks, claims; it implements both
+//!   traits). The shuffle seam itself is the `apiary-shuffle` crate.
 //! * Statements: read-only SQL (queries, `EXPLAIN [ANALYZE]`, `SET datafusion.…`),
 //!   `SHOW HIVES`, `SHOW BOXES [IN hive]`, `SHOW FRAMES [IN hive[.box]]`, `USE hive[.box]`,
 //!   `DESCRIBE frame`. DDL, DML and file access are refused with the API call to use instead.
 
 pub mod catalog;
+mod distribute;
 pub mod distributed;
 mod error;
 mod exec;
@@ -29,6 +37,7 @@ mod table;
 mod tier;
 
 pub use catalog::Pinned;
+pub use distribute::{DistributeMode, DistributeRequest, Distributor};
 pub use error::{QueryError, Result};
 pub use exec::{FrameScanExec, ScanSummary};
 pub use memory::{Admission, Grant, PoolReading};

@@ -15,15 +15,14 @@ use std::panic::AssertUnwindSafe;
 use futures::{FutureExt, TryStreamExt};
 
 use crate::catalog::{ApiaryCatalog, HiveList, NO_BOX, NO_HIVE, Pinned};
-use crate::distributed::{self, Cluster, DistributeMode, DistributedTable};
+use crate::distribute::{DistributeMode, DistributeRequest, Distributor};
 use crate::error::{QueryError, Result};
 use crate::fragments::{FragmentKey, FragmentPlans};
 use crate::memory::{self, Admission, Budget};
 use crate::output::{self, QueryResult};
 use crate::scans::{OnlyApiaryStorage, ScanStores};
 use crate::statement::{self, Command};
-use datafusion::datasource::provider_as_source;
-use datafusion::logical_expr::{Analyze, Explain, LogicalPlan, LogicalPlanBuilder};
+use datafusion::logical_expr::{Analyze, Explain, LogicalPlan};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
@@ -64,7 +63,7 @@ pub struct QueryEngine {
     catalog: Arc<ApiaryCatalog>,
     cells: Arc<CachingStore>,
     state: SessionState,
-    cluster: Option<Cluster>,
+    distributor: Option<Arc<dyn Distributor>>,
     distribute: DistributeMode,
     pub(crate) budget: Budget,
     /// Optimized plans of recent distributed tasks' fragments.
@@ -97,7 +96,7 @@ impl QueryEngine {
             catalog,
             cells,
             state,
-            cluster: None,
+            distributor: None,
             distribute: DistributeMode::default(),
             budget: Budget::fixed(options.memory_limit, options.scratch_dir, tier),
             fragments: Arc::default(),
@@ -126,21 +125,41 @@ impl QueryEngine {
         self.cells.cache()
     }
 
-    /// This engine, distributing queries over `cluster` (see [`crate::distributed`]).
-    pub fn with_cluster(mut self, cluster: Cluster) -> Self {
-        self.cluster = Some(cluster);
+    /// This engine, distributing queries through `distributor` (the distributed layer's
+    /// `Cluster`, say).
+    pub fn with_distributor(mut self, distributor: Arc<dyn Distributor>) -> Self {
+        self.distributor = Some(distributor);
         self
+    }
+
+    /// The options a session with `state` changed from this engine's (its `SET datafusion.…`
+    /// and `SET TIME ZONE`), which a distributed query's tasks run with. The number of partitions
+    /// stays each worker's own: it follows the bees of the node that runs the task.
+    pub fn changed_settings(&self, state: &SessionState) -> BTreeMap<String, String> {
+        let base: HashMap<String, Option<String>> = self
+            .state
+            .config_options()
+            .entries()
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect();
+        state
+            .config_options()
+            .entries()
+            .into_iter()
+            .filter(|e| {
+                statement::settable(&e.key)
+                    && e.key != "datafusion.execution.target_partitions"
+                    && base.get(&e.key) != Some(&e.value)
+            })
+            .filter_map(|e| Some((e.key, e.value?)))
+            .collect()
     }
 
     /// This engine with `mode` as every new session's `apiary.distribute`.
     pub fn with_distribute(mut self, mode: DistributeMode) -> Self {
         self.distribute = mode;
         self
-    }
-
-    /// The cluster queries are distributed over, if any.
-    pub fn cluster(&self) -> Option<&Cluster> {
-        self.cluster.as_ref()
     }
 
     /// A new session: `USE` and `SET` in it last until it is dropped and affect no other.
@@ -464,7 +483,7 @@ impl SqlSession {
     /// `plan`, split over the swarm when the setting, the data and the workers say so; and
     /// whether it was.
     async fn maybe_distribute(&self, plan: LogicalPlan) -> Result<(LogicalPlan, bool)> {
-        if self.distribute == DistributeMode::Never || self.engine.cluster.is_none() {
+        if self.distribute == DistributeMode::Never || self.engine.distributor.is_none() {
             return Ok((plan, false));
         }
         Ok(match plan {
@@ -497,78 +516,20 @@ impl SqlSession {
     }
 
     async fn distribute_query(&self, plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
-        let Some(mut cluster) = self.engine.cluster.clone() else {
+        let Some(distributor) = &self.engine.distributor else {
             return Ok(None);
         };
-        if let Some(rows) = self.min_part_rows {
-            cluster.settings.min_part_rows = rows;
-        }
-        // Optimizing the plan to split it is as costly as planning the query again: skip it
-        // when no frame the query reads is large enough for `auto` to distribute (a split
-        // never reads more than its frame holds).
-        if self.distribute == DistributeMode::Auto
-            && distributed::plan::largest_frame_bytes(plan)
-                .is_none_or(|bytes| bytes < cluster.settings.auto_min_bytes)
-        {
-            return Ok(None);
-        }
-        // Who is there decides before the optimization does: a node alone in its swarm (or
-        // an embedded Apiary with no nodes) plans its queries once. For a node this reads
-        // its world view in memory; elsewhere, a snapshot of the heartbeats.
-        let workers = cluster.directory.workers().await?;
-        let local = cluster.directory.local_node();
-        let others = workers.iter().any(|w| Some(&w.node_id) != local.as_ref());
-        let go = match self.distribute {
-            DistributeMode::Never => false,
-            DistributeMode::Always => !workers.is_empty(),
-            DistributeMode::Auto => others,
-        };
-        if !go {
-            return Ok(None);
-        }
         let state = self.ctx.state();
-        let optimized = state.optimize(plan)?;
-        let Some(mut split) = distributed::plan::split(&optimized, &state, &self.current)? else {
-            return Ok(None);
-        };
-        split.fragment.settings = self.changed_settings(&state);
-        let small = split.fragment.bytes() < cluster.settings.auto_min_bytes;
-        if split.fragment.cells.is_empty() || (self.distribute == DistributeMode::Auto && small) {
-            return Ok(None);
-        }
-        let table = DistributedTable::new(split.fragment.clone(), cluster, self.engine.clone());
-        let partials = LogicalPlanBuilder::scan(
-            distributed::plan::PARTIALS,
-            provider_as_source(Arc::new(table)),
-            None,
-        )?
-        .build()?;
-        Ok(Some(split.coordinator_plan(partials)?))
-    }
-
-    /// The options this session changed from the engine's (its `SET datafusion.…` and `SET
-    /// TIME ZONE`), which a distributed query's tasks run with. The number of partitions
-    /// stays each worker's own: it follows the bees of the node that runs the task.
-    fn changed_settings(&self, state: &SessionState) -> BTreeMap<String, String> {
-        let base: HashMap<String, Option<String>> = self
-            .engine
-            .state
-            .config_options()
-            .entries()
-            .into_iter()
-            .map(|e| (e.key, e.value))
-            .collect();
-        state
-            .config_options()
-            .entries()
-            .into_iter()
-            .filter(|e| {
-                statement::settable(&e.key)
-                    && e.key != "datafusion.execution.target_partitions"
-                    && base.get(&e.key) != Some(&e.value)
+        distributor
+            .distribute(DistributeRequest {
+                plan,
+                state: &state,
+                mode: self.distribute,
+                scope: &self.current,
+                min_part_rows: self.min_part_rows,
+                engine: self.engine.clone(),
             })
-            .filter_map(|e| Some((e.key, e.value?)))
-            .collect()
+            .await
     }
 
     /// `parts` as a frame: `hive.box.frame`, or completed from `USE`.

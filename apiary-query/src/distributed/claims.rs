@@ -365,8 +365,8 @@ impl SharedCells for CellQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use apiary_storage::Path;
     use crate::distributed::StorageShuffle;
+    use apiary_storage::Path;
 
     /// Cells of 1000 rows each.
     fn planned(cells: &[&str]) -> HashMap<String, PlannedCell> {

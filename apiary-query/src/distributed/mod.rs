@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use crate::distribute::DistributeMode;
 pub use apiary_shuffle::{
     ColumnSpec, DOORBELL_DIR, Delivered, FramePin, QUERIES_DIR, ShuffleError, ShuffleTransport,
     StorageShuffle, TaskFailure, TaskKey, TaskOutcome, TaskReport, TaskSpec,
@@ -38,41 +39,6 @@ pub use task::run_task;
 
 /// Attempts a task gets before the query fails.
 pub const MAX_ATTEMPTS: u32 = 3;
-
-/// Whether a query is split over the swarm (`SET apiary.distribute = '…'`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DistributeMode {
-    /// When the data to read is large enough and another node is available.
-    #[default]
-    Auto,
-    /// Whenever a frame can be split and any worker is available (tests and demos).
-    Always,
-    /// Never: the query runs where it was asked.
-    Never,
-}
-
-impl DistributeMode {
-    /// Parses `auto`, `always` or `never`.
-    pub fn parse(value: &str) -> crate::Result<Self> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "always" | "true" | "on" => Ok(Self::Always),
-            "never" | "false" | "off" => Ok(Self::Never),
-            other => Err(crate::QueryError::Invalid(format!(
-                "apiary.distribute is `auto`, `always` or `never`, not `{other}`"
-            ))),
-        }
-    }
-
-    /// The lowercase name.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Always => "always",
-            Self::Never => "never",
-        }
-    }
-}
 
 /// A node that can run tasks, as the coordinator sees it now.
 #[derive(Debug, Clone, PartialEq)]
@@ -221,6 +187,67 @@ impl Cluster {
         self.clock = clock;
         self.random = random;
         self
+    }
+}
+
+#[async_trait]
+impl crate::Distributor for Cluster {
+    async fn distribute(
+        &self,
+        request: crate::DistributeRequest<'_>,
+    ) -> crate::Result<Option<datafusion::logical_expr::LogicalPlan>> {
+        let crate::DistributeRequest {
+            plan,
+            state,
+            mode,
+            scope,
+            min_part_rows,
+            engine,
+        } = request;
+        let mut cluster = self.clone();
+        if let Some(rows) = min_part_rows {
+            cluster.settings.min_part_rows = rows;
+        }
+        // Optimizing the plan to split it is as costly as planning the query again: skip it
+        // when no frame the query reads is large enough for `auto` to distribute (a split
+        // never reads more than its frame holds).
+        if mode == DistributeMode::Auto
+            && plan::largest_frame_bytes(plan)
+                .is_none_or(|bytes| bytes < cluster.settings.auto_min_bytes)
+        {
+            return Ok(None);
+        }
+        // Who is there decides before the optimization does: a node alone in its swarm (or
+        // an embedded Apiary with no nodes) plans its queries once. For a node this reads
+        // its world view in memory; elsewhere, a snapshot of the heartbeats.
+        let workers = cluster.directory.workers().await?;
+        let local = cluster.directory.local_node();
+        let others = workers.iter().any(|w| Some(&w.node_id) != local.as_ref());
+        let go = match mode {
+            DistributeMode::Never => false,
+            DistributeMode::Always => !workers.is_empty(),
+            DistributeMode::Auto => others,
+        };
+        if !go {
+            return Ok(None);
+        }
+        let optimized = state.optimize(plan)?;
+        let Some(mut split) = plan::split(&optimized, state, scope)? else {
+            return Ok(None);
+        };
+        let small = split.fragment.bytes() < cluster.settings.auto_min_bytes;
+        if split.fragment.cells.is_empty() || (mode == DistributeMode::Auto && small) {
+            return Ok(None);
+        }
+        split.fragment.settings = engine.changed_settings(state);
+        let table = DistributedTable::new(split.fragment.clone(), cluster, engine);
+        let partials = datafusion::logical_expr::LogicalPlanBuilder::scan(
+            plan::PARTIALS,
+            datafusion::datasource::provider_as_source(Arc::new(table)),
+            None,
+        )?
+        .build()?;
+        Ok(Some(split.coordinator_plan(partials)?))
     }
 }
 
