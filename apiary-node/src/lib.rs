@@ -142,14 +142,7 @@ fn spawn_sweeper(
 ) {
     tokio::spawn(async move {
         loop {
-            match transport.sweep(retention).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    queries = n,
-                    "removed queries left by coordinators that died"
-                ),
-                Err(e) => tracing::debug!(error = %e, "sweeping old queries failed"),
-            }
+            apiary_query::distributed::sweep_orphans(transport.as_ref(), retention).await;
             tokio::select! {
                 _ = stop.changed() => break,
                 () = clock.sleep(retention) => {}

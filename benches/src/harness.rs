@@ -154,3 +154,76 @@ pub fn apiary_binary() -> std::path::PathBuf {
         )
     })
 }
+
+/// Creates `hive.box.{table}` and writes its rows in four commits, so that the frame has
+/// cells to split over a swarm.
+pub async fn load_in_quarters(ap: &Apiary, hive: &str, r#box: &str, table: &Table) {
+    let frame = FrameRef::new(hive, r#box, table.name).expect("valid name");
+    let schema = FrameSchema::from_arrow(&table.schema).expect("supported schema");
+    let definition = FrameDefinition::new(schema, Vec::new()).expect("valid definition");
+    ap.create_frame_with(&frame, definition)
+        .await
+        .expect("create frame");
+    for batch in &table.batches {
+        let quarter = batch.num_rows().div_ceil(4).max(1);
+        for start in (0..batch.num_rows()).step_by(quarter) {
+            let part = batch.slice(start, quarter.min(batch.num_rows() - start));
+            ap.write_to_frame(hive, r#box, table.name, [part])
+                .await
+                .expect("write");
+        }
+    }
+}
+
+/// `apiary node` processes on one storage, killed when dropped.
+pub struct Nodes(pub Vec<std::process::Child>);
+
+impl Nodes {
+    /// `n` nodes named `{prefix}-{i}` on `storage`, with their state under `dir`: one-second
+    /// timings cut to a fifth, tasks looked for every 50 ms, 2 GiB each. Returns once
+    /// `observer` sees them all alive (at most a minute).
+    pub async fn start(
+        storage: &str,
+        dir: &Path,
+        prefix: &str,
+        n: usize,
+        observer: &Apiary,
+    ) -> Self {
+        use std::process::{Command, Stdio};
+        let nodes = Nodes(
+            (0..n)
+                .map(|i| {
+                    Command::new(apiary_binary())
+                        .args(["node", "--storage", storage])
+                        .args(["--node-id", &format!("{prefix}-{i}")])
+                        .arg("--state-dir")
+                        .arg(dir.join(format!("state-{i}")))
+                        .args(["--heartbeat-interval", "200ms", "--poll-interval", "200ms"])
+                        .args(["--task-poll-interval", "50ms", "--memory", "2GiB"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("an apiary node process")
+                })
+                .collect(),
+        );
+        let started = std::time::Instant::now();
+        while observer.swarm_status().await.expect("the swarm").alive < n {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "nodes never came up"
+            );
+            apiary::apiary_storage::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        nodes
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for n in &mut self.0 {
+            let _ = n.kill();
+            let _ = n.wait();
+        }
+    }
+}

@@ -5,7 +5,7 @@
 use apiary::apiary_storage::StorageUri;
 use apiary::{Apiary, ApiaryOptions};
 use apiary_benches::harness::{
-    apiary_binary, datafusion_over_cells, load_apiary, result_rows, rows, run_datafusion,
+    Nodes, datafusion_over_cells, load_apiary, load_in_quarters, result_rows, rows, run_datafusion,
 };
 use apiary_benches::ssb::{QUERIES, generate};
 
@@ -83,7 +83,6 @@ async fn the_generator_is_deterministic_and_sized_by_scale_factor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssb_queries_on_three_node_processes_match_one_node() {
-    use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -94,48 +93,9 @@ async fn ssb_queries_on_three_node_processes_match_one_node() {
     let (facts, dims): (Vec<_>, Vec<_>) = tables.into_iter().partition(|t| t.name == "lineorder");
     load_apiary(&ap, "ssb", "sf", &dims).await;
     for fact in &facts {
-        let frame = apiary::apiary_ledger::FrameRef::new("ssb", "sf", fact.name).unwrap();
-        let schema = apiary::apiary_ledger::FrameSchema::from_arrow(&fact.schema).unwrap();
-        let definition = apiary::apiary_ledger::FrameDefinition::new(schema, Vec::new()).unwrap();
-        ap.create_frame_with(&frame, definition).await.unwrap();
-        for batch in &fact.batches {
-            let quarter = batch.num_rows().div_ceil(4).max(1);
-            for start in (0..batch.num_rows()).step_by(quarter) {
-                let part = batch.slice(start, quarter.min(batch.num_rows() - start));
-                ap.write_to_frame("ssb", "sf", fact.name, [part])
-                    .await
-                    .unwrap();
-            }
-        }
+        load_in_quarters(&ap, "ssb", "sf", fact).await;
     }
-    let mut nodes: Vec<std::process::Child> = (0..3)
-        .map(|i| {
-            Command::new(apiary_binary())
-                .args([
-                    "node",
-                    "--storage",
-                    &storage,
-                    "--node-id",
-                    &format!("ssb-{i}"),
-                ])
-                .arg("--state-dir")
-                .arg(dir.path().join(format!("state-{i}")))
-                .args(["--heartbeat-interval", "200ms", "--poll-interval", "200ms"])
-                .args(["--task-poll-interval", "50ms", "--memory", "2GiB"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let started = Instant::now();
-    while ap.swarm_status().await.unwrap().alive < 3 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "nodes never came up"
-        );
-        apiary_storage::time::sleep(Duration::from_millis(100)).await;
-    }
+    let nodes = Nodes::start(&storage, dir.path(), "ssb", 3, &ap).await;
     let mut local = ap.sql_session().unwrap();
     local
         .sql("USE ssb.sf; SET apiary.distribute = 'never'")
@@ -188,8 +148,5 @@ async fn ssb_queries_on_three_node_processes_match_one_node() {
         "no try ran tasks on two nodes:\n{}",
         shown.join("\n")
     );
-    for n in &mut nodes {
-        let _ = n.kill();
-        let _ = n.wait();
-    }
+    drop(nodes);
 }

@@ -4,23 +4,11 @@
 //! split; every query is asked with `apiary.distribute = 'always'`.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use apiary::Apiary;
-use apiary_benches::harness::{apiary_binary, load_apiary, result_rows};
+use apiary_benches::harness::{Nodes, load_apiary, load_in_quarters, result_rows};
 use apiary_benches::tpch::{QUERIES, generate};
-
-struct Nodes(Vec<Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for n in &mut self.0 {
-            let _ = n.kill();
-            let _ = n.wait();
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpch_queries_on_three_node_processes_match_one_process() {
@@ -37,45 +25,9 @@ async fn tpch_queries_on_three_node_processes_match_one_process() {
         .partition(|t| matches!(t.name, "lineitem" | "orders" | "partsupp"));
     load_apiary(&ap, "tpch", "sf", &dims).await;
     for fact in &facts {
-        let frame = apiary::apiary_ledger::FrameRef::new("tpch", "sf", fact.name).unwrap();
-        let schema = apiary::apiary_ledger::FrameSchema::from_arrow(&fact.schema).unwrap();
-        let definition = apiary::apiary_ledger::FrameDefinition::new(schema, Vec::new()).unwrap();
-        ap.create_frame_with(&frame, definition).await.unwrap();
-        for batch in &fact.batches {
-            let quarter = batch.num_rows().div_ceil(4).max(1);
-            for start in (0..batch.num_rows()).step_by(quarter) {
-                let part = batch.slice(start, quarter.min(batch.num_rows() - start));
-                ap.write_to_frame("tpch", "sf", fact.name, [part])
-                    .await
-                    .unwrap();
-            }
-        }
+        load_in_quarters(&ap, "tpch", "sf", fact).await;
     }
-    let _nodes = Nodes(
-        (0..3)
-            .map(|i| {
-                Command::new(apiary_binary())
-                    .args(["node", "--storage", &storage])
-                    .args(["--node-id", &format!("tpch-{i}")])
-                    .arg("--state-dir")
-                    .arg(dir.path().join(format!("state-{i}")))
-                    .args(["--heartbeat-interval", "200ms", "--poll-interval", "200ms"])
-                    .args(["--task-poll-interval", "50ms", "--memory", "2GiB"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect(),
-    );
-    let started = Instant::now();
-    while ap.swarm_status().await.unwrap().alive < 3 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "nodes never came up"
-        );
-        apiary_storage::time::sleep(Duration::from_millis(100)).await;
-    }
+    let _nodes = Nodes::start(&storage, dir.path(), "tpch", 3, &ap).await;
     let mut local = ap.sql_session().unwrap();
     local
         .sql("USE tpch.sf; SET apiary.distribute = 'never'")

@@ -14,6 +14,7 @@
 mod check;
 pub(crate) mod claims;
 mod coordinator;
+mod decompose;
 mod dialect;
 pub mod plan;
 mod task;
@@ -33,7 +34,7 @@ pub use apiary_shuffle::{
     ColumnSpec, DOORBELL_DIR, Delivered, FramePin, QUERIES_DIR, ShuffleError, ShuffleTransport,
     StorageShuffle, TaskFailure, TaskKey, TaskOutcome, TaskReport, TaskSpec,
 };
-pub use coordinator::{DistributedExec, DistributedTable, TaskRun};
+pub use coordinator::{DistributedExec, DistributedTable, TaskRun, sweep_orphans};
 pub use plan::{Fragment, Shape, SplitCell};
 pub use task::run_task;
 

@@ -59,15 +59,23 @@ impl Cluster {
         *last = Some(Instant::now());
         let transport = Arc::clone(&self.transport);
         let retention = self.settings.orphan_retention;
-        self.background.spawn(async move {
-            match transport.sweep(retention).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    queries = n,
-                    "removed queries left by coordinators that died"
-                ),
-                Err(e) => tracing::debug!(error = %e, "sweeping old queries failed"),
-            }
-        });
+        self.background
+            .spawn(async move { sweep_orphans(transport.as_ref(), retention).await });
+    }
+}
+
+/// Removes queries older than `retention` that coordinators which died left in
+/// `transport`, and says what it removed; a failure only costs the next sweep's wait.
+pub async fn sweep_orphans(
+    transport: &dyn crate::distributed::ShuffleTransport,
+    retention: std::time::Duration,
+) {
+    match transport.sweep(retention).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            queries = n,
+            "removed queries left by coordinators that died"
+        ),
+        Err(e) => tracing::debug!(error = %e, "sweeping old queries failed"),
     }
 }

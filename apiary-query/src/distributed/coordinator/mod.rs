@@ -2,6 +2,7 @@
 //! reassigns what a dead, leaving or slow worker holds, and merges the answers.
 
 mod cleanup;
+pub use cleanup::sweep_orphans;
 mod placement;
 mod rounds;
 
