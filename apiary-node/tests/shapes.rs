@@ -52,9 +52,9 @@ async fn plan(ap: &Apiary, sql: &str) -> String {
 }
 
 /// Asserts that `sql` answers distributed as it does locally (or fails with the same kind of
-/// error); returns whether it was distributed (a query whose filter rules every cell out is
-/// answered by the planner).
-async fn answers_like_local(ap: &Apiary, sql: &str) -> bool {
+/// error); returns whether it was distributed, or `None` when DataFusion refuses it locally
+/// (a query whose filter rules every cell out is answered by the planner, not distributed).
+async fn answers_like_local(ap: &Apiary, sql: &str) -> Option<bool> {
     let local = match answer(ap, "never", sql).await {
         Ok(rows) => rows,
         Err(local) => {
@@ -62,20 +62,24 @@ async fn answers_like_local(ap: &Apiary, sql: &str) -> bool {
             // `AVG(x)` and `AVG(CAST(x AS DOUBLE))`): so must the swarm.
             let spread = answer(ap, "always", sql).await.unwrap_err();
             assert_eq!(spread.kind(), local.kind(), "{sql}: {spread} / {local}");
-            return false;
+            return None;
         }
     };
     let spread = answer(ap, "always", sql)
         .await
         .unwrap_or_else(|e| panic!("distributed: {sql}: {e}"));
     assert_eq!(spread, local, "distributed answer differs: {sql}");
-    plan(ap, sql).await.contains("DistributedExec")
+    Some(plan(ap, sql).await.contains("DistributedExec"))
 }
 
 /// Asserts that `sql` is distributed and answers as it does locally; returns the shape of
 /// the split (`partial_aggregate`, `rows`, …) that `EXPLAIN` shows.
 async fn same_answer(ap: &Apiary, sql: &str) -> String {
-    assert!(answers_like_local(ap, sql).await, "not distributed: {sql}");
+    assert_eq!(
+        answers_like_local(ap, sql).await,
+        Some(true),
+        "not distributed: {sql}"
+    );
     let plan = plan(ap, sql).await;
     plan.split("shape=")
         .nth(1)
@@ -332,16 +336,20 @@ fn generated_aggregate_queries_answer_like_local() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(32);
-    let distributed = std::sync::atomic::AtomicU32::new(0);
+    let answered = std::sync::atomic::AtomicU32::new(0);
     proptest!(ProptestConfig::with_cases(cases), |(sql in aggregate_query())| {
-        if runtime.block_on(answers_like_local(&s.client, &sql)) {
-            distributed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(distributed) = runtime.block_on(answers_like_local(&s.client, &sql)) {
+            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Only a filter on the partition column that no cell matches keeps an
+            // answerable query off the swarm.
+            prop_assert_eq!(
+                distributed,
+                !sql.contains("country = 'nowhere'"),
+                "distributed or not: {}", sql
+            );
         }
     });
-    // Only a filter on the partition column (one of five) keeps a query off the swarm.
-    let distributed = distributed.into_inner();
-    assert!(
-        distributed >= cases / 2,
-        "{distributed} of {cases} distributed"
-    );
+    // Most generated queries are ones DataFusion answers.
+    let answered = answered.into_inner();
+    assert!(answered >= cases / 4, "{answered} of {cases} answered");
 }
