@@ -20,12 +20,7 @@ pub async fn load_apiary(ap: &Apiary, hive: &str, r#box: &str, tables: &[Table])
     ap.create_box(hive, r#box).await.expect("create box");
     let mut seconds = 0.0;
     for table in tables {
-        let frame = FrameRef::new(hive, r#box, table.name).expect("valid name");
-        let schema = FrameSchema::from_arrow(&table.schema).expect("supported schema");
-        let definition = FrameDefinition::new(schema, Vec::new()).expect("valid definition");
-        ap.create_frame_with(&frame, definition)
-            .await
-            .expect("create frame");
+        create_frame_for(ap, hive, r#box, table).await;
         let start = std::time::Instant::now();
         ap.write_to_frame(hive, r#box, table.name, table.batches.clone())
             .await
@@ -155,15 +150,20 @@ pub fn apiary_binary() -> std::path::PathBuf {
     })
 }
 
-/// Creates `hive.box.{table}` and writes its rows in four commits, so that the frame has
-/// cells to split over a swarm.
-pub async fn load_in_quarters(ap: &Apiary, hive: &str, r#box: &str, table: &Table) {
+/// Creates the frame `hive.box.{table}` with the table's schema, unpartitioned.
+async fn create_frame_for(ap: &Apiary, hive: &str, r#box: &str, table: &Table) {
     let frame = FrameRef::new(hive, r#box, table.name).expect("valid name");
     let schema = FrameSchema::from_arrow(&table.schema).expect("supported schema");
     let definition = FrameDefinition::new(schema, Vec::new()).expect("valid definition");
     ap.create_frame_with(&frame, definition)
         .await
         .expect("create frame");
+}
+
+/// Creates `hive.box.{table}` and writes its rows in four commits, so that the frame has
+/// cells to split over a swarm.
+pub async fn load_in_quarters(ap: &Apiary, hive: &str, r#box: &str, table: &Table) {
+    create_frame_for(ap, hive, r#box, table).await;
     for batch in &table.batches {
         let quarter = batch.num_rows().div_ceil(4).max(1);
         for start in (0..batch.num_rows()).step_by(quarter) {
