@@ -328,14 +328,11 @@ impl Attempts<'_> {
                     ),
                     Err(e) => {
                         // That attempt failed; its cells go to the next round.
-                        t.stage = Stage::GivenUp;
-                        self.causes.push((
-                            t.spec.attempt,
-                            format!(
-                                "task {} (round {}): its result cannot be read: {e}",
-                                t.spec.task_id, t.spec.attempt
-                            ),
-                        ));
+                        give_up(
+                            t,
+                            &mut self.causes,
+                            format!("its result cannot be read: {e}"),
+                        );
                         return Ok(true);
                     }
                 }
@@ -347,7 +344,6 @@ impl Attempts<'_> {
                 } else {
                     d.report.node_id.clone()
                 };
-                t.stage = Stage::GivenUp;
                 if !cause.retryable {
                     // Every attempt would fail the same way: the query fails now, as it
                     // would have locally.
@@ -356,6 +352,7 @@ impl Attempts<'_> {
                         "{} (task {task_id} of query {}, on {node})",
                         cause.message, self.query_id
                     );
+                    t.stage = Stage::GivenUp;
                     self.causes.push((t.spec.attempt, message.clone()));
                     self.record_abandoned(task_id, cells);
                     return Err(match cause.kind {
@@ -363,13 +360,7 @@ impl Attempts<'_> {
                         kind => QueryError::failed(message, kind, cause),
                     });
                 }
-                self.causes.push((
-                    t.spec.attempt,
-                    format!(
-                        "task {} (round {}) on {node}: {cause}",
-                        t.spec.task_id, t.spec.attempt
-                    ),
-                ));
+                give_up(t, &mut self.causes, format!("failed on {node}: {cause}"));
                 return Ok(true);
             }
         };
@@ -388,15 +379,12 @@ impl Attempts<'_> {
         let foreign = read.iter().chain(&pruned).find(|c| !named.contains(c));
         let twice = read.iter().find(|c| self.read.contains(*c));
         if let Some(cell) = foreign.or(twice) {
-            t.stage = Stage::GivenUp;
-            self.causes.push((
-                t.spec.attempt,
-                format!(
-                    "task {} (round {}) on {}: its result holds cell `{cell}`, which it was \
-                     not given or which was read already",
-                    t.spec.task_id, t.spec.attempt, report.node_id
-                ),
-            ));
+            let cause = format!(
+                "its result from {} holds cell `{cell}`, which it was not given or which was \
+                 read already",
+                report.node_id
+            );
+            give_up(t, &mut self.causes, cause);
             return Ok(true);
         }
         self.read.extend(read.iter().cloned());
@@ -496,14 +484,7 @@ impl Attempts<'_> {
             } else {
                 continue;
             };
-            t.stage = Stage::GivenUp;
-            self.causes.push((
-                t.spec.attempt,
-                format!(
-                    "task {} (round {}): {cause}",
-                    t.spec.task_id, t.spec.attempt
-                ),
-            ));
+            give_up(t, &mut self.causes, cause);
         }
         if !self.round_over() || self.complete() {
             return Ok(());
@@ -568,6 +549,19 @@ impl Attempts<'_> {
                 causes: self.causes.iter().map(|(_, c)| c.clone()).collect(),
             });
     }
+}
+
+/// Gives `t` up: a later outcome of it is ignored, and the cells it held go to the next
+/// round. `cause` is kept, with the round, for the query's error and `EXPLAIN ANALYZE`.
+fn give_up(t: &mut Pending, causes: &mut Vec<(u32, String)>, cause: impl std::fmt::Display) {
+    t.stage = Stage::GivenUp;
+    causes.push((
+        t.spec.attempt,
+        format!(
+            "task {} (round {}): {cause}",
+            t.spec.task_id, t.spec.attempt
+        ),
+    ));
 }
 
 /// What a panic said, when it said it with a string.
