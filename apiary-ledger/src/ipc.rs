@@ -167,28 +167,46 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
 pub fn batches(
     ipc: impl Read,
 ) -> Result<impl Iterator<Item = Result<RecordBatch, LedgerError>>, LedgerError> {
+    Ok(stream(ipc)?.1)
+}
+
+/// [`batches`], with the stream's schema (as written, metadata included): known even when
+/// the stream holds no batch.
+pub fn stream(
+    ipc: impl Read,
+) -> Result<
+    (
+        arrow_schema::SchemaRef,
+        impl Iterator<Item = Result<RecordBatch, LedgerError>>,
+    ),
+    LedgerError,
+> {
     let checked = CheckedStream::new(ipc);
     let reader = catch_unwind(AssertUnwindSafe(|| {
         arrow_ipc::reader::StreamReader::try_new(checked, None)
     }))
     .map_err(|p| malformed(&panic_text(p)))?
     .map_err(|e| malformed(&e))?;
+    let schema = reader.schema();
     let mut reader = Some(reader);
-    Ok(std::iter::from_fn(move || {
-        let current = reader.as_mut()?;
-        match catch_unwind(AssertUnwindSafe(|| current.next())) {
-            Ok(Some(Ok(batch))) => Some(Ok(batch)),
-            Ok(Some(Err(e))) => {
-                reader = None;
-                Some(Err(malformed(&e)))
+    Ok((
+        schema,
+        std::iter::from_fn(move || {
+            let current = reader.as_mut()?;
+            match catch_unwind(AssertUnwindSafe(|| current.next())) {
+                Ok(Some(Ok(batch))) => Some(Ok(batch)),
+                Ok(Some(Err(e))) => {
+                    reader = None;
+                    Some(Err(malformed(&e)))
+                }
+                Ok(None) => None,
+                Err(p) => {
+                    reader = None;
+                    Some(Err(malformed(&panic_text(p))))
+                }
             }
-            Ok(None) => None,
-            Err(p) => {
-                reader = None;
-                Some(Err(malformed(&panic_text(p))))
-            }
-        }
-    }))
+        }),
+    ))
 }
 
 /// [`batches`], opened on the first call to `next` instead of now: the schema message is read

@@ -31,10 +31,20 @@ struct Query {
     claims: HashMap<(u32, String), u32>,
 }
 
-/// Tasks and results in memory, shared by every node of this process.
+/// Tasks and results in memory, shared by every node of this process. Tasks are pushed:
+/// publishing them wakes their node's worker at once (no poll interval).
 #[derive(Debug, Default)]
 struct ChannelShuffle {
     state: Mutex<State>,
+    /// Each node's wake-up (a permit is kept until its worker waits).
+    wake: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+}
+
+impl ChannelShuffle {
+    fn wake_of(&self, node_id: &str) -> Arc<tokio::sync::Notify> {
+        let mut wake = self.wake.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(wake.entry(node_id.to_string()).or_default())
+    }
 }
 
 #[derive(Default)]
@@ -61,7 +71,19 @@ impl ShuffleTransport for ChannelShuffle {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let query = state.queries.entry(query_id.to_string()).or_default();
         query.tasks.extend(tasks.iter().cloned());
+        drop(state);
+        for task in tasks {
+            self.wake_of(&task.node_id).notify_one();
+        }
         Ok(())
+    }
+
+    async fn tasks_arrived(&self, node_id: &str) {
+        self.wake_of(node_id).notified().await
+    }
+
+    fn pushes_tasks(&self) -> bool {
+        true
     }
 
     async fn poll_tasks(&self, node_id: &str) -> Result<Vec<TaskSpec>> {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use apiary_query::QueryEngine;
 use apiary_query::distributed::{
-    ShuffleTransport, TaskFailure, TaskKey, TaskOutcome, TaskReport, TaskSpec, WorkerDirectory,
-    WorkerInfo, run_task,
+    Ended, ShuffleTransport, TaskFailure, TaskKey, TaskOutcome, TaskReport, TaskSpec,
+    WorkerDirectory, WorkerInfo, run_task,
 };
 use apiary_storage::Clock;
 use apiary_swarm::{Colony, Membership, NodeState, SwarmAgent, WorldView};
@@ -282,6 +282,8 @@ pub(crate) fn spawn_worker(
                 } => {}
                 // The next query's tasks may already be waiting.
                 _ = finished.notified() => last_finished = Some(clock.monotonic()),
+                // A push transport says tasks arrived: no wait for the next poll.
+                _ = transport.tasks_arrived(&node_id) => {}
             }
             if !bees.accepting() {
                 break;
@@ -323,7 +325,7 @@ pub(crate) fn spawn_worker(
                     };
                     tracing::debug!(task = %task.key(), "running a task");
                     let run = run_task(&engine, &node_id, &task, &transport);
-                    let Some((outcome, report)) =
+                    let Some((ended, report)) =
                         until_unwanted(run, transport.as_ref(), &clock, &task.key()).await
                     else {
                         tracing::debug!(task = %task.key(), "task stopped: its query was cancelled");
@@ -336,12 +338,17 @@ pub(crate) fn spawn_worker(
                         return;
                     };
                     counts.ran.fetch_add(1, Ordering::Relaxed);
-                    colony.record_task(matches!(outcome, TaskOutcome::Failed(_)));
-                    if let TaskOutcome::Failed(cause) = &outcome {
+                    let failed = matches!(ended, Ended::Outcome(TaskOutcome::Failed(_)));
+                    colony.record_task(failed);
+                    if let Ended::Outcome(TaskOutcome::Failed(cause)) = &ended {
                         counts.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(task = %task.key(), %cause, "task failed");
                     }
-                    publish(transport.as_ref(), &clock, &task, outcome, &report).await;
+                    // Rows went out as the task ran (its result writer); what is left to
+                    // publish is an outcome without rows.
+                    if let Ended::Outcome(outcome) = ended {
+                        publish(transport.as_ref(), &clock, &task, outcome, &report).await;
+                    }
                     // The bee goes back, and the loop looks for the next task, before the
                     // check below.
                     drop(bee);
@@ -390,9 +397,11 @@ async fn until_unwanted<T>(
     }
 }
 
-/// Publishes how `task` ended. A failed publish is tried again twice (storage hiccups), and a
-/// result that still cannot be published is reported as a small failed outcome, so that the
-/// coordinator reassigns the task at once instead of waiting out its deadline.
+/// Publishes how `task` ended (no rows, or a failure; rows go out through the result
+/// writer, and a writer that fails makes the task's outcome a failure). A failed publish is
+/// tried again twice (storage hiccups), and an outcome that still cannot be published is
+/// reported as a small failed outcome, so that the coordinator reassigns the task at once
+/// instead of waiting out its deadline.
 async fn publish(
     transport: &dyn ShuffleTransport,
     clock: &Arc<dyn Clock>,

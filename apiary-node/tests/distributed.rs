@@ -753,17 +753,23 @@ async fn run_published(
         assert!(started.elapsed() < DEADLINE, "no answer to {q}");
         apiary::apiary_storage::time::sleep(Duration::from_millis(20)).await;
     };
-    transport.finish(&q).await.unwrap();
-    let batches = match outcome {
-        TaskOutcome::Rows(ipc) => {
-            apiary::apiary_query::distributed::result::decode(&q, &ipc)
-                .unwrap()
-                .1
+    let mut batches = Vec::new();
+    match outcome {
+        TaskOutcome::Rows(rows) => {
+            // Chunks are read before the query is finished (which removes them).
+            for chunk in &rows.chunks {
+                batches.extend(transport.read_chunk(&q, chunk).await.unwrap());
+            }
+            batches.extend(rows.batches);
         }
-        TaskOutcome::Empty => Vec::new(),
-        TaskOutcome::Failed(cause) => return Err(cause.message),
+        TaskOutcome::Empty => {}
+        TaskOutcome::Failed(cause) => {
+            transport.finish(&q).await.unwrap();
+            return Err(cause.message);
+        }
         TaskOutcome::Running => unreachable!("the loop waits for an end"),
-    };
+    }
+    transport.finish(&q).await.unwrap();
     Ok(batches
         .iter()
         .flat_map(|b| {

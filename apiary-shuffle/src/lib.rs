@@ -4,7 +4,8 @@
 //! * [`ShuffleTransport`]: the trait, with its written contract (see [`transport`]).
 //! * [`manifest`]: the task format every worker reads ([`TaskSpec`]), and [`units`]: how a
 //!   task names a whole cell or a part of one.
-//! * [`result`]: a task's rows as an Arrow IPC stream carrying the worker's report.
+//! * [`result`]: a task's rows as Arrow IPC streams, the end one carrying the worker's
+//!   report.
 //! * [`StorageShuffle`]: the default, through the shared storage (any
 //!   [`apiary_storage::StorageBackend`]).
 //! * `conformance` (feature `testing`): the checks every transport must pass, the way
@@ -25,5 +26,7 @@ pub mod units;
 
 pub use error::{BoxError, Result, ShuffleError};
 pub use manifest::{ColumnSpec, FramePin, TaskKey, TaskSpec};
-pub use storage::{DOORBELL_DIR, QUERIES_DIR, StorageShuffle};
-pub use transport::{Delivered, ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
+pub use storage::{CHUNK_BYTES, DOORBELL_DIR, QUERIES_DIR, StorageShuffle};
+pub use transport::{
+    Delivered, ResultWriter, Rows, ShuffleTransport, TaskFailure, TaskOutcome, TaskReport,
+};

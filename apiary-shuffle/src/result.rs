@@ -14,26 +14,31 @@ use crate::transport::TaskReport;
 /// Schema metadata key under which a result stream carries the worker's [`TaskReport`].
 pub const REPORT_KEY: &str = "apiary.task_report";
 
-/// Decodes an IPC stream (checked framing; malformed input is an error, never a crash).
-pub fn decode(what: &str, ipc: &[u8]) -> Result<(Option<SchemaRef>, Vec<RecordBatch>)> {
-    let batches = apiary_ledger::ipc::batches(std::io::Cursor::new(ipc)).map_err(|e| {
+/// Decodes an IPC stream (checked framing; malformed input is an error, never a crash):
+/// its schema as written (with its metadata, even without batches) and its batches.
+pub fn decode(what: &str, ipc: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let damaged = |e: apiary_ledger::LedgerError| {
         ShuffleError::failed(
             format!("result `{what}` is damaged: {e}"),
             apiary_storage::ErrorKind::Corrupt,
             e,
         )
-    })?;
-    let batches: Vec<RecordBatch> =
-        batches
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| {
-                ShuffleError::failed(
-                    format!("result `{what}` is damaged: {e}"),
-                    apiary_storage::ErrorKind::Corrupt,
-                    e,
-                )
-            })?;
-    Ok((batches.first().map(|b| b.schema()), batches))
+    };
+    let (schema, batches) =
+        apiary_ledger::ipc::stream(std::io::Cursor::new(ipc)).map_err(damaged)?;
+    let batches = batches
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(damaged)?;
+    Ok((schema, batches))
+}
+
+/// Schema metadata key under which a result's end carries the names of its earlier chunks
+/// (a JSON list), when it has any.
+pub const CHUNKS_KEY: &str = "apiary.result_chunks";
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|e| ShuffleError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))
 }
 
 /// `batches` as one IPC stream whose schema metadata carries `report`.
@@ -42,9 +47,30 @@ pub fn encode_with_report(
     batches: &[RecordBatch],
     report: &TaskReport,
 ) -> Result<Bytes> {
-    let json = serde_json::to_string(report)
-        .map_err(|e| ShuffleError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))?;
-    let metadata = HashMap::from([(REPORT_KEY.to_string(), json)]);
+    encode_end(schema, batches, report, &[])
+}
+
+/// The end of a result: its last `batches` as one IPC stream whose schema metadata carries
+/// `report` and the names of the result's earlier `chunks`.
+pub fn encode_end(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    report: &TaskReport,
+    chunks: &[String],
+) -> Result<Bytes> {
+    let mut metadata = HashMap::from([(REPORT_KEY.to_string(), json(report)?)]);
+    if !chunks.is_empty() {
+        metadata.insert(CHUNKS_KEY.to_string(), json(&chunks)?);
+    }
+    encode(schema, batches, metadata)
+}
+
+/// `batches` as one IPC stream, with `metadata` on its schema.
+pub fn encode(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    metadata: HashMap<String, String>,
+) -> Result<Bytes> {
     let schema = Arc::new(Schema::new_with_metadata(schema.fields().clone(), metadata));
     let mut out = Vec::new();
     let fail = |e: arrow_schema::ArrowError| {
@@ -65,6 +91,21 @@ pub fn encode_with_report(
     writer.finish().map_err(fail)?;
     drop(writer);
     Ok(Bytes::from(out))
+}
+
+/// The earlier chunks a result's end names (none when it names none); an unreadable list is
+/// a damaged result.
+pub fn chunks_of(schema: &Schema) -> Result<Vec<String>> {
+    match schema.metadata().get(CHUNKS_KEY) {
+        None => Ok(Vec::new()),
+        Some(list) => serde_json::from_str(list).map_err(|e| {
+            ShuffleError::failed(
+                format!("a result's list of chunks is damaged: {e}"),
+                apiary_storage::ErrorKind::Corrupt,
+                e,
+            )
+        }),
+    }
 }
 
 /// The report a decoded result's schema carries, if any.

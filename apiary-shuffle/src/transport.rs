@@ -12,11 +12,24 @@
 //!   and never to another node. `poll_tasks` may return a task again (after a restart, or
 //!   whenever the transport cannot tell): workers drop tasks they already took, by
 //!   [`TaskKey`].
-//! * **Results.** An outcome published with
-//!   [`publish_outcome`](ShuffleTransport::publish_outcome) is returned by
-//!   [`collect`](ShuffleTransport::collect) for that query whenever its key is asked for,
-//!   whole or not at all (a reader never sees part of a result). Publishing an outcome for
-//!   the same key twice keeps one of them (workers publish the same answer for a key).
+//! * **Results.** A task's rows are a stream of record batches: its worker writes them to
+//!   the [`ResultWriter`] that [`open_result`](ShuffleTransport::open_result) gives, as it
+//!   produces them, and [`finish`](ResultWriter::finish)es it with its report. A transport
+//!   moves them in bounded chunks (the storage default: objects of a few MiB each, then an
+//!   end object), so a task's output never needs to fit in memory, on either side. An
+//!   outcome without rows ([`TaskOutcome::Empty`], [`TaskOutcome::Failed`]) is published
+//!   with [`publish_outcome`](ShuffleTransport::publish_outcome).
+//! * **Collection.** An ended result is returned by [`collect`](ShuffleTransport::collect)
+//!   for that query whenever its key is asked for, whole or not at all: a result is
+//!   [`TaskOutcome::Rows`] only once its writer finished, with the rows in hand and the
+//!   names of the chunks still to read with [`read_chunk`](ShuffleTransport::read_chunk),
+//!   which stay readable until the query is finished. Ending the same key twice keeps one of
+//!   the results whole (workers produce the same rows for a key, not necessarily in the same
+//!   chunks), never a mix of two.
+//! * **Wake-up.** A transport that [`pushes_tasks`](ShuffleTransport::pushes_tasks) makes
+//!   [`tasks_arrived`](ShuffleTransport::tasks_arrived) of a node return soon after tasks
+//!   for it are published, so its worker polls at once; polling at an interval works
+//!   with every transport.
 //! * **Ordering.** None across tasks: the coordinator orders nothing by arrival.
 //! * **Crashes.** A worker that dies leaves its tasks without outcomes; the coordinator sees
 //!   that through membership and deadlines and publishes a new attempt elsewhere. Outcomes of
@@ -41,8 +54,9 @@
 
 use std::time::Duration;
 
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
 use async_trait::async_trait;
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -84,11 +98,22 @@ pub struct TaskReport {
     pub pruned: Vec<String>,
 }
 
+/// A task's rows, as the coordinator receives them: some in hand, the rest in chunks it
+/// reads one at a time with [`ShuffleTransport::read_chunk`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rows {
+    /// Rows that came with the outcome (all of a small result; the last chunk of a large
+    /// one), in the task's schema.
+    pub batches: Vec<RecordBatch>,
+    /// The chunks holding the rest, in order, named as the transport names them.
+    pub chunks: Vec<String>,
+}
+
 /// How a task ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskOutcome {
-    /// The result, as one Arrow IPC stream.
-    Rows(Bytes),
+    /// The result: rows in hand and chunks to read.
+    Rows(Rows),
     /// Done, and the result has no rows (the coordinator need not fetch anything).
     Empty,
     /// Failed; the failure says why, and whether another attempt may succeed.
@@ -144,6 +169,47 @@ impl std::fmt::Display for TaskFailure {
     }
 }
 
+/// Where a worker writes a task's rows as it produces them (see
+/// [`ShuffleTransport::open_result`]). Dropped without [`finish`](Self::finish), the result
+/// does not exist: the task's outcome is then published another way (a failure), and what
+/// was sent goes with the query.
+#[async_trait]
+pub trait ResultWriter: Send {
+    /// Appends `batch` (of the task's expected schema). A transport that streams sends a
+    /// chunk whenever enough rows are in, so this may wait for a send (back pressure).
+    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+
+    /// Ends the result with `report`: from now on [`ShuffleTransport::collect`] returns it
+    /// as [`TaskOutcome::Rows`].
+    async fn finish(self: Box<Self>, report: &TaskReport) -> Result<()>;
+}
+
+/// The writer of a transport that does not stream: it keeps every row and publishes them as
+/// one outcome when finished (what [`ShuffleTransport::open_result`] gives by default).
+struct WholeResult<'a, T: ShuffleTransport + ?Sized> {
+    transport: &'a T,
+    task: &'a TaskSpec,
+    batches: Vec<RecordBatch>,
+}
+
+#[async_trait]
+impl<T: ShuffleTransport + ?Sized> ResultWriter for WholeResult<'_, T> {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.batches.push(batch);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>, report: &TaskReport) -> Result<()> {
+        let rows = Rows {
+            batches: self.batches,
+            chunks: Vec::new(),
+        };
+        self.transport
+            .publish_outcome(self.task, TaskOutcome::Rows(rows), report)
+            .await
+    }
+}
+
 /// An outcome with its report, as the coordinator receives it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivered {
@@ -172,13 +238,55 @@ pub trait ShuffleTransport: Send + Sync + std::fmt::Debug + 'static {
     /// nothing new: this is what an idle node calls every poll.
     async fn poll_tasks(&self, node_id: &str) -> Result<Vec<TaskSpec>>;
 
-    /// Publishes how an attempt ended.
+    /// Opens the result of `task`'s attempt, whose rows have `schema`. The default keeps
+    /// every row in memory and publishes them as one [`TaskOutcome::Rows`] when finished: a
+    /// transport that streams returns a writer that sends chunks as they fill.
+    fn open_result<'a>(
+        &'a self,
+        task: &'a TaskSpec,
+        schema: SchemaRef,
+    ) -> Box<dyn ResultWriter + 'a> {
+        let _ = schema;
+        Box::new(WholeResult {
+            transport: self,
+            task,
+            batches: Vec::new(),
+        })
+    }
+
+    /// Reads a chunk of a result of `query_id`, one that [`collect`](Self::collect) named
+    /// in [`Rows::chunks`]. A transport that names no chunks never gets here.
+    async fn read_chunk(&self, query_id: &str, chunk: &str) -> Result<Vec<RecordBatch>> {
+        let _ = query_id;
+        Err(crate::ShuffleError::Invalid(format!(
+            "this shuffle transport names no chunks, so `{chunk}` is not one of its results"
+        )))
+    }
+
+    /// Publishes how an attempt ended: [`TaskOutcome::Empty`] or [`TaskOutcome::Failed`]
+    /// (rows go through [`open_result`](Self::open_result); a transport takes
+    /// [`TaskOutcome::Rows`] here too, as its default writer's end).
     async fn publish_outcome(
         &self,
         task: &TaskSpec,
         outcome: TaskOutcome,
         report: &TaskReport,
     ) -> Result<()>;
+
+    /// Returns when tasks for `node_id` may have arrived: a push transport (one whose
+    /// coordinator sends tasks to their node) wakes the node's worker here at once, and the
+    /// worker then calls [`poll_tasks`](Self::poll_tasks) without waiting for its next
+    /// poll. The default never returns: the worker polls at its interval.
+    async fn tasks_arrived(&self, node_id: &str) {
+        let _ = node_id;
+        std::future::pending::<()>().await
+    }
+
+    /// Whether [`tasks_arrived`](Self::tasks_arrived) wakes a worker when its tasks are
+    /// published (the conformance suite then checks that it does).
+    fn pushes_tasks(&self) -> bool {
+        false
+    }
 
     /// Whether [`collect`](Self::collect) reports tasks a worker took and has not finished
     /// ([`TaskOutcome::Running`]). A coordinator then reassigns a task that no worker took

@@ -129,3 +129,65 @@ async fn a_cancelled_or_finished_query_is_no_longer_wanted_in_storage() {
         assert!(!t.wanted(&task.key()).await.unwrap(), "{q}");
     }
 }
+
+/// A result goes out as it is produced, in chunks near the configured size, before its end
+/// is written; the end names them all.
+#[tokio::test]
+async fn results_go_out_in_chunks_of_bounded_size_as_they_are_written() {
+    use apiary_shuffle::{TaskOutcome, TaskReport};
+    use arrow_array::{Int64Array, RecordBatch};
+    let (backend, t) = memory_shuffle().await;
+    let t = t.with_chunk_bytes(64 << 10);
+    let spec = conformance::task("q-chunks", 0, 1, "w");
+    t.publish_tasks("q-chunks", "c", std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+        "c0",
+        arrow_schema::DataType::Int64,
+        true,
+    )]));
+    let mut w = t.open_result(&spec, Arc::clone(&schema));
+    // One large batch (cut by the writer) and many small ones.
+    let big: Vec<i64> = (0..200_000).collect();
+    w.write(
+        RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(big))]).unwrap(),
+    )
+    .await
+    .unwrap();
+    for i in 0..100 {
+        let small: Vec<i64> = (0..1_000).map(|v| 200_000 + i * 1_000 + v).collect();
+        w.write(
+            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(small))])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let results = apiary_storage::Path::from("_queries/q-chunks/results");
+    let chunks = backend.list(&results).await.unwrap();
+    assert!(
+        chunks.len() >= 20,
+        "chunks go out before the end: {}",
+        chunks.len()
+    );
+    for c in &chunks {
+        assert!(c.size < 160 << 10, "a chunk of {} bytes", c.size);
+    }
+    w.finish(&TaskReport::default()).await.unwrap();
+    let got = t.collect("q-chunks", &[spec.key()]).await.unwrap();
+    let TaskOutcome::Rows(rows) = &got[0].outcome else {
+        panic!("{got:?}");
+    };
+    assert_eq!(rows.chunks.len(), chunks.len(), "the end names every chunk");
+    let values = conformance::read_rows(&t, "q-chunks", rows).await;
+    assert_eq!(values, (0..300_000).collect::<Vec<i64>>());
+    t.finish("q-chunks").await.unwrap();
+    assert!(
+        backend
+            .list(&apiary_storage::Path::from("_queries"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -31,12 +31,13 @@ use async_trait::async_trait;
 
 pub use crate::distribute::DistributeMode;
 pub use apiary_shuffle::{
-    ColumnSpec, DOORBELL_DIR, Delivered, FramePin, QUERIES_DIR, ShuffleError, ShuffleTransport,
-    StorageShuffle, TaskFailure, TaskKey, TaskOutcome, TaskReport, TaskSpec,
+    CHUNK_BYTES, ColumnSpec, DOORBELL_DIR, Delivered, FramePin, QUERIES_DIR, ResultWriter, Rows,
+    ShuffleError, ShuffleTransport, StorageShuffle, TaskFailure, TaskKey, TaskOutcome, TaskReport,
+    TaskSpec,
 };
 pub use coordinator::{DistributedExec, DistributedTable, TaskRun, sweep_orphans};
 pub use plan::{Fragment, Shape, SplitCell};
-pub use task::run_task;
+pub use task::{Ended, run_task, run_task_into};
 
 /// Attempts a task gets before the query fails.
 pub const MAX_ATTEMPTS: u32 = 3;

@@ -4,63 +4,107 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::transport::ResultWriter;
 use arrow_array::RecordBatch;
 use futures::TryStreamExt;
 
 use super::claims::CellQueue;
 use super::manifest::TaskSpec;
-use super::result;
 use super::transport::{ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
 use crate::catalog::Pinned;
 use crate::error::{QueryError, Result};
 use crate::session::{QueryEngine, RunningFragment};
 use datafusion::physical_plan::ExecutionPlan;
 
-/// Runs `task` with `engine` and returns how it ended: never an error, since a failure is an
-/// outcome the coordinator must hear about. The fragment must be one read-only query (the
-/// same checks as `sql`), it sees only the frames the task pins (the split frame with only
-/// the task's cells), and it is cancelled at the task's timeout. A task that shares cells
-/// claims them through `transport` as it reaches them.
+/// How a task ended, for whoever publishes its outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ended {
+    /// Its rows went through the result writer, which was finished: nothing is left to
+    /// publish.
+    Written,
+    /// No rows, or a failure: this outcome is to be published.
+    Outcome(TaskOutcome),
+}
+
+/// Runs `task` as a worker does: its rows go out through `transport`'s result writer as
+/// they are produced (see [`run_task_into`]).
 pub async fn run_task(
     engine: &QueryEngine,
     node_id: &str,
     task: &TaskSpec,
     transport: &Arc<dyn ShuffleTransport>,
-) -> (TaskOutcome, TaskReport) {
+) -> (Ended, TaskReport) {
+    let schema = match task.expected_schema() {
+        Ok(schema) => schema,
+        Err(e) => {
+            let failure = TaskFailure::new(e.kind(), e.to_string());
+            return (
+                Ended::Outcome(TaskOutcome::Failed(failure)),
+                TaskReport {
+                    node_id: node_id.to_string(),
+                    ..TaskReport::default()
+                },
+            );
+        }
+    };
+    let writer = transport.open_result(task, schema);
+    run_task_into(engine, node_id, task, transport, writer).await
+}
+
+/// Runs `task` with `engine`, writing its rows to `writer` batch by batch as the plan
+/// produces them (never all in memory), and returns how it ended: never an error, since a
+/// failure is an outcome the coordinator must hear about. The fragment must be one
+/// read-only query (the same checks as `sql`), it sees only the frames the task pins (the
+/// split frame with only the task's cells), and it is cancelled at the task's timeout. A
+/// task that shares cells claims them through `transport` as it reaches them.
+pub async fn run_task_into(
+    engine: &QueryEngine,
+    node_id: &str,
+    task: &TaskSpec,
+    transport: &Arc<dyn ShuffleTransport>,
+    mut writer: Box<dyn ResultWriter + '_>,
+) -> (Ended, TaskReport) {
     let started = Instant::now();
     let timeout = Duration::from_millis(task.timeout_ms.max(1));
-    let ran = match tokio::time::timeout(timeout, execute(engine, task, transport)).await {
-        Ok(ran) => ran,
-        Err(_) => Err(QueryError::Execution(format!(
-            "the task ran past its timeout of {timeout:?} and was stopped"
-        ))),
-    };
+    let ran =
+        match tokio::time::timeout(timeout, execute(engine, task, transport, &mut writer)).await {
+            Ok(ran) => ran,
+            Err(_) => Err(QueryError::Execution(format!(
+                "the task ran past its timeout of {timeout:?} and was stopped"
+            ))),
+        };
     let mut report = TaskReport {
         node_id: node_id.to_string(),
         elapsed_ms: started.elapsed().as_millis() as u64,
         ..TaskReport::default()
     };
-    let outcome = ran.and_then(|ran| {
-        let batches = ran.batches;
-        report.planning_ms = ran.planning.as_millis() as u64;
-        report.plan_reused = ran.plan_reused;
-        (report.read, report.pruned) = ran.cells;
-        (
-            report.cache_hits,
-            report.cache_misses,
-            report.bytes_from_storage,
-        ) = ran.reads;
-        report.rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-        if report.rows == 0 {
-            return Ok(TaskOutcome::Empty);
+    let ended = match ran {
+        Ok(ran) => {
+            report.rows = ran.rows;
+            report.planning_ms = ran.planning.as_millis() as u64;
+            report.plan_reused = ran.plan_reused;
+            (report.read, report.pruned) = ran.cells;
+            (
+                report.cache_hits,
+                report.cache_misses,
+                report.bytes_from_storage,
+            ) = ran.reads;
+            if report.rows == 0 {
+                Ok(Ended::Outcome(TaskOutcome::Empty))
+            } else {
+                writer
+                    .finish(&report)
+                    .await
+                    .map(|()| Ended::Written)
+                    .map_err(QueryError::from)
+            }
         }
-        let ipc = result::encode_with_report(&task.expected_schema()?, &batches, &report)?;
-        Ok(TaskOutcome::Rows(ipc))
-    });
-    match outcome {
-        Ok(outcome) => (outcome, report),
+        Err(e) => Err(e),
+    };
+    match ended {
+        Ok(ended) => (ended, report),
         Err(e) => (
-            TaskOutcome::Failed(TaskFailure::new(e.kind(), e.detail())),
+            Ended::Outcome(TaskOutcome::Failed(TaskFailure::new(e.kind(), e.detail()))),
             report,
         ),
     }
@@ -80,9 +124,9 @@ fn reads_of(plan: &dyn datafusion::physical_plan::ExecutionPlan) -> (u64, u64, u
     total
 }
 
-/// What running a task's fragment gave.
+/// What running a task's fragment gave (its rows went to the writer).
 struct Ran {
-    batches: Vec<RecordBatch>,
+    rows: u64,
     /// Cache hits, cache misses and bytes from storage (see [`reads_of`]).
     reads: (u64, u64, u64),
     /// Time until the plan was ready.
@@ -97,6 +141,7 @@ async fn execute(
     engine: &QueryEngine,
     task: &TaskSpec,
     transport: &Arc<dyn ShuffleTransport>,
+    writer: &mut Box<dyn ResultWriter + '_>,
 ) -> Result<Ran> {
     let started = Instant::now();
     if let Some(key) = task
@@ -161,22 +206,26 @@ async fn execute(
         .run_fragment(&task.sql, &task.scope, &task.settings, pins, share)
         .await?;
     let planning = started.elapsed();
-    let batches: Vec<RecordBatch> = stream.try_collect().await?;
+    let mut stream = stream;
+    let mut rows = 0;
+    while let Some(batch) = stream.try_next().await? {
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        rows += batch.num_rows() as u64;
+        writer.write(coerce(batch, &expected)?).await?;
+    }
     tracing::debug!(
         task = %task.key(),
         plan = %datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(true),
         "task ran"
     );
-    let batches = batches
-        .into_iter()
-        .map(|b| coerce(b, &expected))
-        .collect::<Result<Vec<_>>>()?;
     let cells = match queue.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(q) => q.finish().await,
         None => Default::default(),
     };
     Ok(Ran {
-        batches,
+        rows,
         reads: reads_of(plan.as_ref()),
         planning,
         plan_reused,

@@ -2,6 +2,7 @@
 //! background, and queries left by coordinators that died are swept.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::distributed::Cluster;
@@ -12,19 +13,31 @@ use crate::distributed::Cluster;
 pub(super) struct Cleanup {
     pub(super) cluster: Cluster,
     pub(super) query_id: String,
-    pub(super) published: bool,
+    /// Whether anything of the query went to the transport.
+    pub(super) published: AtomicBool,
     /// Whether the query's answer is in hand (then it is finished, not cancelled).
-    pub(super) answered: bool,
+    pub(super) answered: AtomicBool,
+}
+
+impl Cleanup {
+    pub(super) fn new(cluster: Cluster, query_id: String) -> Self {
+        Self {
+            cluster,
+            query_id,
+            published: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if !self.published {
+        if !self.published.load(Ordering::Relaxed) {
             return;
         }
         let transport = Arc::clone(&self.cluster.transport);
         let query_id = self.query_id.clone();
-        let answered = self.answered;
+        let answered = self.answered.load(Ordering::Relaxed);
         let removal = async move {
             let removed = if answered {
                 transport.finish(&query_id).await

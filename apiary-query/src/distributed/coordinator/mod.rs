@@ -3,35 +3,38 @@
 
 mod cleanup;
 pub use cleanup::sweep_orphans;
+mod output;
 mod placement;
 mod rounds;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Result as DfResult;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
     Boundedness, EmissionType, ReplaceChildrenOptions,
 };
+use datafusion::physical_plan::metrics::SpillMetrics;
 use datafusion::physical_plan::metrics::{
     ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
 };
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::spill::SpillManager;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
 };
-use futures::TryStreamExt;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::Cluster;
 use super::plan::Fragment;
@@ -39,6 +42,7 @@ use crate::error::QueryError;
 use crate::session::QueryEngine;
 
 use cleanup::Cleanup;
+use output::{Output, Ready};
 use rounds::{Attempts, Done, Stage};
 
 /// One task as it ran, for `EXPLAIN ANALYZE`.
@@ -270,9 +274,12 @@ impl ExecutionPlan for DistributedExec {
     fn execute(
         &self,
         _partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let metrics = MetricBuilder::new(&self.metrics);
+        let query_id = format!("q-{}", self.cluster.random.id());
+        let cleanup = Arc::new(Cleanup::new(self.cluster.clone(), query_id.clone()));
+        let (ready, results) = tokio::sync::mpsc::unbounded_channel();
         let run = Run {
             fragment: Arc::clone(&self.fragment),
             cluster: self.cluster.clone(),
@@ -282,35 +289,40 @@ impl ExecutionPlan for DistributedExec {
                 dispatch: metrics.clone().subset_time("dispatch_time", 0),
                 wait: metrics.clone().subset_time("wait_time", 0),
             },
+            query_id: query_id.clone(),
+            cleanup: Arc::downgrade(&cleanup),
+            ready,
+            local_rows: LocalRowsPool {
+                pool: Arc::clone(context.memory_pool()),
+                spill: SpillManager::new(
+                    context.runtime_env(),
+                    SpillMetrics::new(&self.metrics, 0),
+                    Arc::clone(&self.fragment.schema),
+                ),
+            },
+            tasks: metrics.clone().global_counter("tasks"),
         };
-        let projection = self.projection.clone();
-        let rows = metrics.clone().output_rows(0);
-        let tasks = metrics.global_counter("tasks");
-        let stream = futures::stream::once(async move {
-            let batches = run
-                .run()
-                .await
-                .map_err(datafusion::error::DataFusionError::from)?;
-            tasks.add(run.runs.lock().unwrap_or_else(|p| p.into_inner()).len());
-            let projected = batches
-                .into_iter()
-                .map(|b| match &projection {
-                    Some(p) => b.project(p).map_err(Into::into),
-                    None => Ok(b),
-                })
-                .inspect(|b| {
-                    if let Ok(b) = b {
-                        rows.add(b.num_rows());
-                    }
-                })
-                .collect::<Vec<DfResult<RecordBatch>>>();
-            Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(projected))
-        })
-        .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(&self.schema),
-            stream,
-        )))
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            datafusion::error::DataFusionError::Execution(
+                "a distributed query needs a Tokio runtime to run in".into(),
+            )
+        })?;
+        // The rounds run beside the stream of rows, so a slow reader of rows does not hold
+        // up the tasks; dropping the stream stops them (and cancels the query).
+        let driver = runtime.spawn(async move {
+            if let Err(e) = run.run().await {
+                let _ = run.ready.send(Err(e));
+            }
+        });
+        let output = Output {
+            schema: Arc::clone(&self.schema),
+            fragment_schema: Arc::clone(&self.fragment.schema),
+            projection: self.projection.clone(),
+            transport: Arc::clone(&self.cluster.transport),
+            query_id,
+            rows: metrics.output_rows(0),
+        };
+        Ok(output.stream(results, cleanup, AbortOnDropHandle::new(driver)))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -318,13 +330,40 @@ impl ExecutionPlan for DistributedExec {
     }
 }
 
-/// One execution of a distributed fragment.
+/// One execution of a distributed fragment: the rounds, which send each result they
+/// accept to the stream of rows.
 struct Run {
     fragment: Arc<Fragment>,
     cluster: Cluster,
     engine: QueryEngine,
     runs: Arc<Mutex<Vec<TaskRun>>>,
     phases: Phases,
+    query_id: String,
+    /// The query's cleanup, owned by the stream of rows: gone once the stream is.
+    cleanup: Weak<Cleanup>,
+    /// Where accepted results go, then [`Ready::Complete`] (or an error).
+    ready: tokio::sync::mpsc::UnboundedSender<Result<Ready, QueryError>>,
+    /// Where the rows of tasks this process runs are kept.
+    local_rows: LocalRowsPool,
+    /// Tasks run (for `EXPLAIN ANALYZE`).
+    tasks: datafusion::physical_plan::metrics::Count,
+}
+
+/// The query's memory pool and spill files, for the rows of tasks the coordinator runs.
+#[derive(Clone)]
+pub(super) struct LocalRowsPool {
+    pool: Arc<dyn MemoryPool>,
+    spill: SpillManager,
+}
+
+impl LocalRowsPool {
+    /// Room for the rows of task `task_id`.
+    pub(super) fn rows(&self, task_id: u32) -> output::LocalRows {
+        let reservation = MemoryConsumer::new(format!("DistributedExec task {task_id} rows"))
+            .with_can_spill(true)
+            .register(&self.pool);
+        output::LocalRows::new(reservation, self.spill.clone())
+    }
 }
 
 /// Where the coordinator's time goes, for `EXPLAIN ANALYZE`.
@@ -336,24 +375,19 @@ struct Phases {
 }
 
 impl Run {
-    async fn run(&self) -> Result<Vec<RecordBatch>, QueryError> {
+    async fn run(&self) -> Result<(), QueryError> {
         self.cluster.maybe_sweep();
         let workers = self.cluster.directory.workers().await?;
         let local = self.cluster.directory.local_node();
         let coordinator = local
             .clone()
             .unwrap_or_else(|| format!("client-{}", std::process::id()));
-        let query_id = format!("q-{}", self.cluster.random.id());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut q = Attempts {
             run: self,
-            cleanup: Cleanup {
-                cluster: self.cluster.clone(),
-                query_id: query_id.clone(),
-                published: false,
-                answered: false,
-            },
-            query_id,
+            cleanup: Weak::clone(&self.cleanup),
+            published: false,
+            query_id: self.query_id.clone(),
             coordinator,
             local,
             tasks: Vec::new(),
@@ -389,11 +423,11 @@ impl Run {
         while !q.complete() {
             let mut gave_up = false;
             tokio::select! {
-                Some(d) = rx.recv() => gave_up |= q.accept(d)?,
+                Some((d, rows)) = rx.recv() => gave_up |= q.accept(d, rows)?,
                 _ = self.cluster.clock.sleep(poll) => {}
             }
-            while let Ok(d) = rx.try_recv() {
-                gave_up |= q.accept(d)?;
+            while let Ok((d, rows)) = rx.try_recv() {
+                gave_up |= q.accept(d, rows)?;
             }
             gave_up |= q.collect_remote().await?;
             if first_answer.is_none() && q.tasks.iter().any(|t| matches!(t.stage, Stage::Done(_))) {
@@ -409,7 +443,7 @@ impl Run {
                 last_check = Instant::now();
                 q.advance().await?;
             }
-            if q.cleanup.published && last_renewal.elapsed() >= renew_every {
+            if q.published && last_renewal.elapsed() >= renew_every {
                 last_renewal = Instant::now();
                 if let Err(e) = self
                     .cluster
@@ -424,15 +458,15 @@ impl Run {
         self.phases.wait.add_duration(started.elapsed());
         let Attempts {
             tasks,
-            mut cleanup,
             causes,
             units,
+            published,
+            coordinator,
             ..
         } = q;
         let sizes: std::collections::HashMap<String, u64> =
             units.into_iter().map(|(key, c)| (key, c.bytes)).collect();
         let mut runs = Vec::new();
-        let mut batches = Vec::new();
         for t in tasks {
             let retried = causes
                 .iter()
@@ -441,7 +475,6 @@ impl Run {
                 .collect();
             let Stage::Done(Done {
                 report,
-                rows,
                 read,
                 round_trip,
             }) = t.stage
@@ -468,19 +501,41 @@ impl Run {
                 bytes_from_storage: report.bytes_from_storage,
                 retried,
             });
-            batches.extend(rows);
         }
+        self.tasks.add(runs.len());
         *self.runs.lock().unwrap_or_else(|p| p.into_inner()) = runs;
         tracing::debug!(
-            query = %cleanup.query_id,
+            query = %self.query_id,
             dispatch_ms = dispatched.as_millis() as u64,
             wait_ms = started.elapsed().as_millis() as u64,
             "distributed fragment ran"
         );
-        // The answer does not wait for the removal (see `Cluster::settle`).
-        cleanup.answered = true;
-        drop(cleanup);
-        Ok(batches)
+        // Every row is accepted: the query is answered (its removal is a finish, not a
+        // cancellation), though its chunks are still being read.
+        if let Some(cleanup) = self.cleanup.upgrade() {
+            cleanup.answered.store(true, Ordering::Relaxed);
+        }
+        let _ = self.ready.send(Ok(Ready::Complete));
+        // Renewed while the stream reads its chunks, so no sweep takes them; the stream's
+        // end removes the query.
+        if !published {
+            return Ok(());
+        }
+        loop {
+            self.cluster.clock.sleep(renew_every).await;
+            if !output::output_alive(&self.cleanup) {
+                break;
+            }
+            if let Err(e) = self
+                .cluster
+                .transport
+                .renew(&self.query_id, &coordinator)
+                .await
+            {
+                tracing::warn!(query = %self.query_id, error = %e, "renewing the query failed");
+            }
+        }
+        Ok(())
     }
 }
 

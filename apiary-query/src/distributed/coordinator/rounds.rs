@@ -6,16 +6,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::RecordBatch;
+use std::sync::Weak;
+use std::sync::atomic::Ordering;
 
 use crate::distributed::manifest::{TASK_FORMAT, TaskKey, TaskSpec, columns_of};
 use crate::distributed::task::coerce;
-use crate::distributed::transport::{Delivered, TaskFailure, TaskOutcome, TaskReport};
-use crate::distributed::{MAX_ATTEMPTS, SplitCell, WorkerInfo, result};
+use crate::distributed::transport::{Delivered, Rows, TaskFailure, TaskOutcome, TaskReport};
+use crate::distributed::{Ended, MAX_ATTEMPTS, SplitCell, WorkerInfo};
 use crate::error::QueryError;
 
 use super::Run;
 use super::cleanup::Cleanup;
+use super::output::{LocalRows, LocalWriter, Ready};
 use super::placement::{assign, cut_for_bees, cut_last};
 use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
@@ -41,10 +43,9 @@ pub(super) struct Pending {
     pub(super) taken: bool,
 }
 
-/// The result a task delivered.
+/// The result a task delivered (its rows went to the stream of rows).
 pub(super) struct Done {
     pub(super) report: TaskReport,
-    pub(super) rows: Vec<RecordBatch>,
     /// The units (cells and parts) whose rows these are.
     pub(super) read: Vec<String>,
     /// From handing the task out to taking this result.
@@ -86,12 +87,23 @@ pub(super) struct Attempts<'a> {
     pub(super) local_tasks: tokio::task::JoinSet<()>,
     /// Nodes that did not take a task they were given: later rounds leave them out.
     pub(super) avoid: HashSet<String>,
-    /// Local tasks report here; remote ones through the transport.
-    pub(super) tx: tokio::sync::mpsc::UnboundedSender<Delivered>,
-    pub(super) cleanup: Cleanup,
+    /// Local tasks report here, with their rows; remote ones through the transport.
+    pub(super) tx: tokio::sync::mpsc::UnboundedSender<(Delivered, Option<LocalRows>)>,
+    /// The query's cleanup (held by the stream of rows), told when something is published.
+    pub(super) cleanup: Weak<Cleanup>,
+    /// Whether anything of the query went to the transport.
+    pub(super) published: bool,
 }
 
 impl Attempts<'_> {
+    /// Notes that the query has objects in the transport (to renew and remove).
+    fn mark_published(&mut self) {
+        self.published = true;
+        if let Some(cleanup) = self.cleanup.upgrade() {
+            cleanup.published.store(true, Ordering::Relaxed);
+        }
+    }
+
     pub(super) fn is_local(&self, node: &str) -> bool {
         node.is_empty() || self.local.as_deref() == Some(node)
     }
@@ -231,7 +243,7 @@ impl Attempts<'_> {
         let (mine, remote): (Vec<TaskSpec>, Vec<TaskSpec>) =
             specs.into_iter().partition(|s| self.is_local(&s.node_id));
         if !remote.is_empty() {
-            self.cleanup.published = true;
+            self.mark_published();
             self.run
                 .cluster
                 .transport
@@ -240,7 +252,7 @@ impl Attempts<'_> {
         }
         if mine.iter().any(|s| s.shares()) {
             // Claims are objects of the query: they are removed with it.
-            self.cleanup.published = true;
+            self.mark_published();
         }
         for spec in mine {
             let engine = self.run.engine.clone();
@@ -252,41 +264,49 @@ impl Attempts<'_> {
                 .unwrap_or_else(|| spec.coordinator.clone());
             // Held by the query: a query dropped (an error, a dropped stream, Ctrl-C) aborts
             // its local tasks.
+            let rows = self.run.local_rows.rows(spec.task_id);
             self.local_tasks.spawn(async move {
                 let key = spec.key();
                 // A bee of this node, held while the task runs, as a worker's task holds one.
                 let _bee = match engine.budget.admit_task().await {
                     Ok(bee) => bee,
                     Err(e) => {
-                        let _ = tx.send(Delivered {
-                            key,
-                            outcome: TaskOutcome::Failed(TaskFailure::new(e.kind(), e.detail())),
-                            report: TaskReport::default(),
-                        });
+                        let failed = TaskOutcome::Failed(TaskFailure::new(e.kind(), e.detail()));
+                        let _ = tx.send((delivered(key, failed, TaskReport::default()), None));
                         return;
                     }
                 };
+                let slot = Arc::new(std::sync::Mutex::new(None));
+                let writer = Box::new(LocalWriter {
+                    rows: Some(rows),
+                    slot: Arc::clone(&slot),
+                });
                 // A panic in the engine is this task's failure, not a hang.
-                let ran = AssertUnwindSafe(crate::distributed::run_task(
-                    &engine, &me, &spec, &transport,
+                let ran = AssertUnwindSafe(crate::distributed::run_task_into(
+                    &engine, &me, &spec, &transport, writer,
                 ))
                 .catch_unwind()
                 .await;
-                let (outcome, report) = match ran {
-                    Ok(done) => done,
-                    Err(panic) => (
-                        TaskOutcome::Failed(TaskFailure::new(
+                let sent = match ran {
+                    Ok((Ended::Written, report)) => {
+                        let rows = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        (
+                            delivered(key, TaskOutcome::Rows(Rows::default()), report),
+                            rows,
+                        )
+                    }
+                    Ok((Ended::Outcome(outcome), report)) => {
+                        (delivered(key, outcome, report), None)
+                    }
+                    Err(panic) => {
+                        let failed = TaskOutcome::Failed(TaskFailure::new(
                             apiary_storage::ErrorKind::Internal,
                             format!("the task panicked: {}", panic_message(&panic)),
-                        )),
-                        TaskReport::default(),
-                    ),
+                        ));
+                        (delivered(key, failed, TaskReport::default()), None)
+                    }
                 };
-                let _ = tx.send(Delivered {
-                    key,
-                    outcome,
-                    report,
-                });
+                let _ = tx.send(sent);
             });
         }
         Ok(())
@@ -295,7 +315,11 @@ impl Attempts<'_> {
     /// Takes an outcome; returns whether it gave a task up (it failed). An outcome of a
     /// task already done or given up is ignored, and so is a result with a cell read
     /// already (the task is then given up: its cells are read again if still needed).
-    pub(super) fn accept(&mut self, d: Delivered) -> Result<bool, QueryError> {
+    pub(super) fn accept(
+        &mut self,
+        d: Delivered,
+        local: Option<LocalRows>,
+    ) -> Result<bool, QueryError> {
         let schema = &self.run.fragment.schema;
         let Some(t) = self
             .tasks
@@ -304,29 +328,20 @@ impl Attempts<'_> {
         else {
             return Ok(false);
         };
-        let (report, rows) = match d.outcome {
+        let (report, ready) = match d.outcome {
             TaskOutcome::Running => {
                 t.taken = true;
                 return Ok(false);
             }
-            TaskOutcome::Rows(ipc) => {
-                let read = result::decode(&d.key.to_string(), &ipc)
-                    .map_err(QueryError::from)
-                    .and_then(|(meta, batches)| {
-                        let rows = batches
-                            .into_iter()
-                            .map(|b| coerce(b, schema))
-                            .collect::<Result<Vec<_>, _>>()?;
-                        Ok((meta, rows))
-                    });
-                match read {
-                    Ok((meta, rows)) => (
-                        meta.as_deref()
-                            .and_then(result::report_of)
-                            .unwrap_or(d.report),
-                        rows,
-                    ),
-                    Err(e) => {
+            TaskOutcome::Rows(rows) => match local {
+                Some(local) => (d.report, Some(Ready::Local(local))),
+                None => {
+                    // The rows in hand are checked now; chunks as they are read.
+                    let checked = rows
+                        .batches
+                        .iter()
+                        .try_for_each(|b| coerce(b.clone(), schema).map(|_| ()));
+                    if let Err(e) = checked {
                         // That attempt failed; its cells go to the next round.
                         give_up(
                             t,
@@ -335,9 +350,10 @@ impl Attempts<'_> {
                         );
                         return Ok(true);
                     }
+                    (d.report, Some(Ready::Remote(rows)))
                 }
-            }
-            TaskOutcome::Empty => (d.report, Vec::new()),
+            },
+            TaskOutcome::Empty => (d.report, None),
             TaskOutcome::Failed(cause) => {
                 let node = if d.report.node_id.is_empty() {
                     t.spec.node_id.clone()
@@ -389,9 +405,12 @@ impl Attempts<'_> {
         }
         self.read.extend(read.iter().cloned());
         self.pruned.extend(pruned);
+        if let Some(ready) = ready {
+            // The stream of rows may be gone (the query was dropped): the rounds then stop.
+            let _ = self.run.ready.send(Ok(ready));
+        }
         t.stage = Stage::Done(Done {
             report,
-            rows,
             read,
             round_trip: t.since.elapsed(),
         });
@@ -400,7 +419,7 @@ impl Attempts<'_> {
 
     /// Outcomes of remote tasks published so far; returns whether a task was given up.
     pub(super) async fn collect_remote(&mut self) -> Result<bool, QueryError> {
-        if !self.cleanup.published {
+        if !self.published {
             return Ok(false);
         }
         let wanted: Vec<TaskKey> = self
@@ -427,7 +446,7 @@ impl Attempts<'_> {
         };
         let mut gave_up = false;
         for d in delivered {
-            gave_up |= self.accept(d)?;
+            gave_up |= self.accept(d, None)?;
         }
         Ok(gave_up)
     }
@@ -562,6 +581,15 @@ fn give_up(t: &mut Pending, causes: &mut Vec<(u32, String)>, cause: impl std::fm
             t.spec.task_id, t.spec.attempt
         ),
     ));
+}
+
+/// An outcome as a local task hands it over.
+fn delivered(key: TaskKey, outcome: TaskOutcome, report: TaskReport) -> Delivered {
+    Delivered {
+        key,
+        outcome,
+        report,
+    }
 }
 
 /// What a panic said, when it said it with a string.

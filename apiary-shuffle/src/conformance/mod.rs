@@ -10,8 +10,13 @@ use arrow_array::{Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 
 use crate::manifest::{ColumnSpec, FramePin, TASK_FORMAT, TaskKey, TaskSpec};
-use crate::result;
-use crate::transport::{ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
+use crate::transport::{Rows, ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
+
+mod results;
+pub use results::{
+    large_results_stream_in_chunks, pushed_tasks_wake_their_node, read_rows,
+    rerun_attempts_keep_one_whole_result, unfinished_results_are_not_collected,
+};
 
 /// A task of query `query_id` for `node`.
 pub fn task(query_id: &str, task_id: u32, attempt: u32, node: &str) -> TaskSpec {
@@ -45,11 +50,11 @@ pub fn task(query_id: &str, task_id: u32, attempt: u32, node: &str) -> TaskSpec 
     }
 }
 
-fn unique(name: &str) -> String {
+pub(crate) fn unique(name: &str) -> String {
     format!("q-{name}-{}", &apiary_storage::Random::from_os().id()[..12])
 }
 
-fn report(node: &str, rows: u64) -> TaskReport {
+pub(crate) fn report(node: &str, rows: u64) -> TaskReport {
     TaskReport {
         node_id: node.into(),
         rows,
@@ -58,19 +63,22 @@ fn report(node: &str, rows: u64) -> TaskReport {
     }
 }
 
-fn rows(values: &[i64]) -> bytes::Bytes {
+fn rows(values: &[i64]) -> Rows {
+    Rows {
+        batches: vec![ints(values)],
+        chunks: Vec::new(),
+    }
+}
+
+/// A batch of the conformance tasks' schema (`c0 Int64`).
+fn ints(values: &[i64]) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![Field::new("c0", DataType::Int64, true)]));
-    let batch = RecordBatch::try_new(
-        Arc::clone(&schema),
-        vec![Arc::new(Int64Array::from(values.to_vec()))],
-    )
-    .expect("a batch");
-    result::encode_with_report(&schema, &[batch], &report("w", values.len() as u64))
-        .expect("an IPC stream")
+    RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values.to_vec()))])
+        .expect("a batch")
 }
 
 /// Polls `node` until `n` distinct tasks were seen (a transport may deliver again).
-async fn poll_until(t: &dyn ShuffleTransport, node: &str, n: usize) -> Vec<TaskSpec> {
+pub(crate) async fn poll_until(t: &dyn ShuffleTransport, node: &str, n: usize) -> Vec<TaskSpec> {
     let mut seen: Vec<TaskSpec> = Vec::new();
     for _ in 0..200 {
         for task in t.poll_tasks(node).await.expect("poll_tasks") {
@@ -97,6 +105,10 @@ pub async fn run_all(t: Arc<dyn ShuffleTransport>) {
     pickup_is_reported(t.as_ref()).await;
     cancelled_tasks_are_not_wanted(t.as_ref()).await;
     renewed_queries_survive_sweeps(t.as_ref()).await;
+    large_results_stream_in_chunks(t.as_ref()).await;
+    unfinished_results_are_not_collected(t.as_ref()).await;
+    rerun_attempts_keep_one_whole_result(t.as_ref()).await;
+    pushed_tasks_wake_their_node(Arc::clone(&t)).await;
     if t.can_claim() {
         claims_have_one_winner(Arc::clone(&t)).await;
     }
@@ -313,7 +325,8 @@ pub async fn idle_poll_is_empty(t: &dyn ShuffleTransport) {
     }
 }
 
-/// Rows, "no rows" and failures come back whole, with their reports.
+/// Rows, "no rows" and failures come back whole, with their reports (rows published as one
+/// outcome, as a transport's default writer does).
 pub async fn outcomes_round_trip(t: &dyn ShuffleTransport) {
     let q = unique("outcomes");
     let tasks: Vec<TaskSpec> = (0..3).map(|i| task(&q, i, 1, "w")).collect();
@@ -347,10 +360,8 @@ pub async fn outcomes_round_trip(t: &dyn ShuffleTransport) {
     got.sort_by_key(|d| d.key.task_id);
     assert_eq!(got.len(), 3, "every outcome is collected");
     match &got[0].outcome {
-        TaskOutcome::Rows(ipc) => {
-            let (_, batches) = result::decode("rows", ipc).expect("a whole stream");
-            let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
-            assert_eq!(n, 3);
+        TaskOutcome::Rows(rows) => {
+            assert_eq!(read_rows(t, &q, rows).await, vec![1, 2, 3]);
         }
         other => panic!("rows came back as {other:?}"),
     }

@@ -3,7 +3,8 @@
 //! ```text
 //! _queries/{query_id}/query.json                          who coordinates (with the tasks)
 //! _queries/{query_id}/tasks/{node_id}/{task:06}-{attempt}.json   a task (manifest format)
-//! _queries/{query_id}/results/{task:06}-{attempt}.arrow   rows: one Arrow IPC stream
+//! _queries/{query_id}/results/{task:06}-{attempt}.arrow   rows: the result's end (see below)
+//! _queries/{query_id}/results/{task:06}-{attempt}/{writer}-{n:06}.arrow   an earlier chunk
 //! _queries/{query_id}/results/{task:06}-{attempt}.empty   done, no rows (a JSON report)
 //! _queries/{query_id}/results/{task:06}-{attempt}.failed  failed (a JSON report and error)
 //! _queries/{query_id}/results/{task:06}-{attempt}.taken   taken by its worker (a JSON report)
@@ -12,9 +13,15 @@
 //! _doorbells/{node_id}.json                               rung after tasks are published
 //! ```
 //!
-//! An `.arrow` result carries the worker's report in its schema metadata
-//! (`apiary.task_report`). Every object is written whole by one PUT, so a reader never sees
-//! part of one. A claim is a create-if-absent PUT: the first task to create it reads the
+//! A result is written as the worker produces it (see [`results`]): each time a few MiB of
+//! rows are in, they go out as a chunk of their own, an Arrow IPC stream named by the
+//! writer (a random id) and its number. The end, written last, is an Arrow IPC stream of
+//! the last rows whose schema metadata carries the worker's report (`apiary.task_report`)
+//! and the names of the earlier chunks (`apiary.result_chunks`): a small result is one
+//! object, as before there were chunks. A coordinator reads a result only once its end is
+//! there, so it never sees part of one; two workers that run the same attempt (a restart)
+//! write chunks of their own, and whichever end stays names a whole set. Every object is
+//! written whole by one PUT, so a reader never sees part of one. A claim is a create-if-absent PUT: the first task to create it reads the
 //! cell; a task that finds it already there reads its content to tell its own earlier claim
 //! (whose response was lost) from another task's. A part's claim names its rows in a folder
 //! of their own rather than by its unit key, `{path}#{start}-{end}`: `#` is one of the
@@ -43,7 +50,11 @@ use std::sync::Arc;
 
 use crate::error::{Result, ShuffleError};
 use crate::manifest::{TaskKey, TaskSpec, validate_query_id};
-use crate::transport::{Delivered, ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
+use crate::transport::{
+    Delivered, ResultWriter, ShuffleTransport, TaskFailure, TaskOutcome, TaskReport,
+};
+
+mod results;
 
 /// Where queries live.
 pub const QUERIES_DIR: &str = "_queries";
@@ -126,7 +137,14 @@ pub struct StorageShuffle {
     doorbells: Mutex<HashMap<String, Seen>>,
     /// Each polling node's task objects already returned (only those still listed).
     delivered: Mutex<HashMap<String, HashSet<Path>>>,
+    /// About how many bytes of rows a result chunk holds.
+    chunk_bytes: usize,
 }
+
+/// About how many bytes of rows a result chunk holds by default: large enough that a
+/// request's cost is small beside its transfer, small enough that a worker and its
+/// coordinator hold only a few of them.
+pub const CHUNK_BYTES: usize = 4 << 20;
 
 impl StorageShuffle {
     /// A transport over `backend`.
@@ -135,7 +153,15 @@ impl StorageShuffle {
             backend,
             doorbells: Mutex::default(),
             delivered: Mutex::default(),
+            chunk_bytes: CHUNK_BYTES,
         }
+    }
+
+    /// Sends results in chunks of about `bytes` bytes of rows (at least 1 KiB) instead of
+    /// [`CHUNK_BYTES`].
+    pub fn with_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.chunk_bytes = bytes.max(1024);
+        self
     }
 
     fn query_dir(query_id: &str) -> Path {
@@ -395,8 +421,10 @@ impl ShuffleTransport for StorageShuffle {
     ) -> Result<()> {
         let key = task.key();
         let (path, bytes) = match outcome {
-            // The worker's stream already carries its report (see `result`).
-            TaskOutcome::Rows(ipc) => (Self::result_key(&key, "arrow"), ipc),
+            TaskOutcome::Rows(rows) => (
+                Self::result_key(&key, "arrow"),
+                results::end(task, &rows, report)?,
+            ),
             TaskOutcome::Empty => (Self::result_key(&key, "empty"), marker(report, None)?),
             TaskOutcome::Failed(failure) => (
                 Self::result_key(&key, "failed"),
@@ -407,6 +435,25 @@ impl ShuffleTransport for StorageShuffle {
         };
         self.backend.put(&path, bytes).await?;
         Ok(())
+    }
+
+    fn open_result<'a>(
+        &'a self,
+        task: &'a TaskSpec,
+        schema: arrow_schema::SchemaRef,
+    ) -> Box<dyn ResultWriter + 'a> {
+        Box::new(results::ChunkWriter::new(self, task, schema))
+    }
+
+    async fn read_chunk(
+        &self,
+        query_id: &str,
+        chunk: &str,
+    ) -> Result<Vec<arrow_array::RecordBatch>> {
+        validate_query_id(query_id)?;
+        let path = results::chunk_path(&Self::query_dir(query_id), chunk)?;
+        let object = self.backend.get(&path).await?;
+        Ok(crate::result::decode(path.as_ref(), &object.bytes)?.1)
     }
 
     fn can_claim(&self) -> bool {
@@ -434,6 +481,10 @@ impl ShuffleTransport for StorageShuffle {
         let mut found: Vec<(TaskKey, String, Path)> = listed
             .into_iter()
             .filter_map(|m| {
+                // Chunks, a folder deeper, are read once their result's end is there.
+                if m.key.parts().count() != 4 {
+                    return None;
+                }
                 let (task_id, attempt, ext) = parse_result_name(m.key.filename()?)?;
                 let key = TaskKey {
                     query_id: query_id.to_string(),
@@ -470,11 +521,7 @@ impl ShuffleTransport for StorageShuffle {
                 let what = path.to_string();
                 let delivered = match ext.as_str() {
                     // The report travels in the stream's schema metadata.
-                    "arrow" => Delivered {
-                        key,
-                        outcome: TaskOutcome::Rows(object.bytes),
-                        report: TaskReport::default(),
-                    },
+                    "arrow" => results::delivered(key, &what, &object.bytes),
                     "empty" | "failed" => {
                         let (marker, ended) = match serde_json::from_slice::<Marker>(&object.bytes)
                         {
