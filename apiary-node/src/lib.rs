@@ -845,6 +845,8 @@ impl Apiary {
             // A hot colony slows writes down before they start.
             node.colony.admit_write().await;
         }
+        // A write takes a bee like a query, so the node's idle bees count it.
+        let _bee = self.work_bee().await;
         self.written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -859,6 +861,14 @@ impl Apiary {
             &self.write_options(),
         )
         .await?)
+    }
+
+    /// A bee of the running node for a write or a compaction, held until dropped (waiting
+    /// for one while every bee is busy). `None` off a node, or on one that is leaving: the
+    /// work then runs without one, since its data has nowhere else to go.
+    async fn work_bee(&self) -> Option<apiary_swarm::Bee> {
+        let node = self.running()?;
+        node.colony.bees().acquire().await.ok()
     }
 
     /// Compacts the frame's small cells, partition by partition, into cells near this
@@ -882,6 +892,8 @@ impl Apiary {
         };
         let ledger = self.registry.ledger(frame).await?;
         let options = apiary_ledger::CompactOptions::new(self.write_options(), owner);
+        // Compaction reads and writes cells: it takes a bee like a query.
+        let _bee = self.work_bee().await;
         Ok(apiary_ledger::compact(&ledger, self.registry.backend().as_ref(), &options).await?)
     }
 

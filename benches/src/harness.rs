@@ -189,6 +189,19 @@ impl Nodes {
         n: usize,
         observer: &Apiary,
     ) -> Self {
+        Self::start_with(storage, dir, prefix, n, observer, &["--memory", "2GiB"]).await
+    }
+
+    /// [`Nodes::start`] with `args` added to each node's command line instead of its
+    /// memory (give `--memory` there).
+    pub async fn start_with(
+        storage: &str,
+        dir: &Path,
+        prefix: &str,
+        n: usize,
+        observer: &Apiary,
+        args: &[&str],
+    ) -> Self {
         use std::process::{Command, Stdio};
         let nodes = Nodes(
             (0..n)
@@ -199,7 +212,8 @@ impl Nodes {
                         .arg("--state-dir")
                         .arg(dir.join(format!("state-{i}")))
                         .args(["--heartbeat-interval", "200ms", "--poll-interval", "200ms"])
-                        .args(["--task-poll-interval", "50ms", "--memory", "2GiB"])
+                        .args(["--task-poll-interval", "50ms"])
+                        .args(args)
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .spawn()
@@ -208,7 +222,16 @@ impl Nodes {
                 .collect(),
         );
         let started = std::time::Instant::now();
-        while observer.swarm_status().await.expect("the swarm").alive < n {
+        let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+        let up = |status: apiary::SwarmStatus| {
+            ids.iter().all(|id| {
+                status
+                    .nodes
+                    .iter()
+                    .any(|s| &s.node_id == id && s.state == apiary::apiary_swarm::NodeState::Alive)
+            })
+        };
+        while !up(observer.swarm_status().await.expect("the swarm")) {
             assert!(
                 started.elapsed() < std::time::Duration::from_secs(60),
                 "nodes never came up"
@@ -216,6 +239,20 @@ impl Nodes {
             apiary::apiary_storage::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         nodes
+    }
+}
+
+impl Nodes {
+    /// Stops the nodes as an operator would (SIGTERM): each leaves the swarm, so that the
+    /// next nodes on the storage do not wait for them to be seen dead.
+    pub fn leave(mut self) {
+        for n in &mut self.0 {
+            // SAFETY: sending a signal to a child process of ours.
+            unsafe { libc::kill(n.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        for n in &mut self.0 {
+            let _ = n.wait();
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! Shared helpers for the benchmarks: the Star Schema Benchmark ([`ssb`]) and loading it into
-//! Apiary and into a plain DataFusion session over the same Parquet files ([`harness`]).
+//! Apiary and into a plain DataFusion session over the same Parquet files ([`harness`]); the
+//! memory proof of distributed row queries ([`memory`]).
 
 pub mod harness;
+pub mod memory;
 pub mod ssb;
 pub mod tpch;
 
