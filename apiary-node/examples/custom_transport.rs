@@ -2,7 +2,10 @@
 //!
 //! `ChannelShuffle` keeps tasks and results in process memory instead of storage: the
 //! smallest transport that keeps the contract (see `apiary_shuffle::transport`), and a
-//! starting point for trying others (Arrow Flight, a message queue). This program checks it
+//! starting point for trying others (Arrow Flight, a message queue). It pushes tasks (a
+//! node's worker wakes as soon as its tasks are published, with no poll interval) and keeps
+//! the trait's default result writer (a task's rows published whole when it ends; a
+//! streaming transport overrides `open_result` and `read_chunk`). This program checks it
 //! with the transport conformance suite, then composes two nodes from parts (one in-memory
 //! storage, the default heartbeats, this transport), runs a query distributed over both and
 //! checks the answer against a local run.

@@ -44,12 +44,14 @@ mod cluster;
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 pub use builder::{ApiaryBuilder, MembershipFactory, MembershipRole};
-use cluster::{SwarmDirectory, TaskCounts};
+use cluster::SwarmDirectory;
+use worker::TaskCounts;
 
 pub mod input;
 pub use apiary_ledger::ipc;
 mod node;
 pub mod settings;
+mod worker;
 
 pub use apiary_cache::TierCounts;
 pub use apiary_ledger;
@@ -554,14 +556,14 @@ impl Apiary {
             Arc::clone(&clock),
             stop.clone(),
         );
-        cluster::spawn_worker(
+        worker::spawn_worker(
             Arc::clone(&self.transport),
             self.query_engine()?
                 .clone()
                 .with_distribute(DistributeMode::Never),
             agent.node_id().to_string(),
             Arc::clone(&colony),
-            cluster::Polling {
+            worker::Polling {
                 interval: options.task_poll_interval,
                 clock,
             },

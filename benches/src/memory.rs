@@ -131,6 +131,8 @@ pub async fn prove(
         .max()
         .unwrap_or(0);
     let started = std::time::Instant::now();
+    // Reaped by `wait_with_peak` (wait4, which also gives its peak memory), not `wait`.
+    #[allow(clippy::zombie_processes)]
     let mut client = Command::new(apiary_binary())
         .args(["sql", "--storage", storage, "--memory", &memory_flag])
         .args(["--format", "csv"])

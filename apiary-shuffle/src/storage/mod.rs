@@ -54,7 +54,9 @@ use crate::transport::{
     Delivered, ResultWriter, ShuffleTransport, TaskFailure, TaskOutcome, TaskReport,
 };
 
+mod markers;
 mod results;
+use markers::marker;
 
 /// Where queries live.
 pub const QUERIES_DIR: &str = "_queries";
@@ -69,55 +71,6 @@ struct QueryInfo {
     format: u32,
     query_id: String,
     coordinator: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Marker {
-    report: TaskReport,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    /// The failure's kind ([`ErrorKind::as_str`]); markers of older workers have none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    kind: Option<String>,
-    /// Whether another attempt may succeed; older workers' failures all were.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    retryable: Option<bool>,
-}
-
-impl Marker {
-    /// A marker standing for one that could not be read: a failed attempt, retried.
-    fn damaged(message: String) -> Self {
-        Marker {
-            report: TaskReport::default(),
-            error: Some(message),
-            kind: Some(apiary_storage::ErrorKind::Corrupt.as_str().to_string()),
-            retryable: Some(true),
-        }
-    }
-
-    /// The failure this marker records (a marker without a kind: an older worker's, retried
-    /// as it always was).
-    fn failure(self) -> TaskFailure {
-        let message = self.error.unwrap_or_else(|| "no cause given".into());
-        match self
-            .kind
-            .as_deref()
-            .and_then(apiary_storage::ErrorKind::from_name)
-        {
-            Some(kind) => TaskFailure {
-                kind,
-                retryable: self
-                    .retryable
-                    .unwrap_or_else(|| TaskFailure::retryable_kind(kind)),
-                message,
-            },
-            None => TaskFailure {
-                kind: apiary_storage::ErrorKind::Internal,
-                retryable: true,
-                message,
-            },
-        }
-    }
 }
 
 #[derive(Serialize)]
@@ -522,26 +475,7 @@ impl ShuffleTransport for StorageShuffle {
                 let delivered = match ext.as_str() {
                     // The report travels in the stream's schema metadata.
                     "arrow" => results::delivered(key, &what, &object.bytes),
-                    "empty" | "failed" => {
-                        let (marker, ended) = match serde_json::from_slice::<Marker>(&object.bytes)
-                        {
-                            Ok(marker) => (marker, ext.as_str()),
-                            // The attempt failed: its outcome cannot be known.
-                            Err(e) => (
-                                Marker::damaged(format!("result `{what}` is damaged: {e}")),
-                                "failed",
-                            ),
-                        };
-                        let report = marker.report.clone();
-                        Delivered {
-                            key,
-                            outcome: match ended {
-                                "empty" => TaskOutcome::Empty,
-                                _ => TaskOutcome::Failed(marker.failure()),
-                            },
-                            report,
-                        }
-                    }
+                    "empty" | "failed" => markers::delivered(key, &ext, &what, &object.bytes),
                     other => Delivered {
                         key,
                         outcome: TaskOutcome::Failed(TaskFailure {
@@ -639,23 +573,4 @@ fn query_object(query_id: &str, coordinator: &str) -> Result<(Path, Bytes)> {
         StorageShuffle::query_dir(query_id).join("query.json"),
         Bytes::from(info),
     ))
-}
-
-fn marker(report: &TaskReport, failure: Option<TaskFailure>) -> Result<Bytes> {
-    let (error, kind, retryable) = match failure {
-        Some(f) => (
-            Some(f.message),
-            Some(f.kind.as_str().to_string()),
-            Some(f.retryable),
-        ),
-        None => (None, None, None),
-    };
-    serde_json::to_vec(&Marker {
-        report: report.clone(),
-        error,
-        kind,
-        retryable,
-    })
-    .map(Bytes::from)
-    .map_err(|e| ShuffleError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))
 }

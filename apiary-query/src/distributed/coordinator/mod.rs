@@ -321,6 +321,8 @@ impl ExecutionPlan for DistributedExec {
             transport: Arc::clone(&self.cluster.transport),
             query_id,
             rows: metrics.output_rows(0),
+            chunks: MemoryConsumer::new("DistributedExec result chunks")
+                .register(context.memory_pool()),
         };
         Ok(output.stream(results, cleanup, AbortOnDropHandle::new(driver)))
     }

@@ -20,10 +20,15 @@ use futures::{StreamExt, TryStreamExt};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::cleanup::Cleanup;
+use crate::distributed::Ended;
 use crate::distributed::ShuffleError;
 use crate::distributed::task::coerce;
-use crate::distributed::transport::{ResultWriter, Rows, ShuffleTransport, TaskReport};
+use crate::distributed::transport::{
+    Delivered, ResultWriter, Rows, ShuffleTransport, TaskFailure, TaskOutcome, TaskReport,
+};
 use crate::error::QueryError;
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
 
 /// Chunks of a remote result read ahead of the one being yielded.
 const READ_AHEAD: usize = 2;
@@ -131,6 +136,8 @@ pub(super) struct Output {
     pub(super) query_id: String,
     /// Rows yielded (for `EXPLAIN ANALYZE`).
     pub(super) rows: Count,
+    /// The query's pool, where chunks read and not yet yielded are accounted.
+    pub(super) chunks: MemoryReservation,
 }
 
 /// What the stream of rows holds while it runs.
@@ -223,19 +230,29 @@ impl Output {
             Ready::Remote(Rows { batches, chunks }) => {
                 let transport = Arc::clone(&self.transport);
                 let query_id = self.query_id.clone();
+                let pool = self.chunks.new_empty();
                 let chunks = futures::stream::iter(chunks)
                     .map(move |chunk| {
                         let transport = Arc::clone(&transport);
                         let query_id = query_id.clone();
+                        let held = pool.new_empty();
                         async move {
-                            transport
+                            let batches = transport
                                 .read_chunk(&query_id, &chunk)
                                 .await
-                                .map_err(|e| DataFusionError::from(QueryError::from(e)))
+                                .map_err(|e| DataFusionError::from(QueryError::from(e)))?;
+                            // In the query's pool until its last row is yielded.
+                            held.grow(batches.iter().map(get_record_batch_memory_size).sum());
+                            Ok::<_, DataFusionError>((batches, held))
                         }
                     })
                     .buffered(READ_AHEAD)
-                    .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+                    .map_ok(|(batches, held)| {
+                        futures::stream::iter(batches).map(move |batch| {
+                            let _accounted = &held;
+                            Ok(batch)
+                        })
+                    })
                     .try_flatten();
                 Ok(chunks
                     .chain(futures::stream::iter(batches.into_iter().map(Ok)))
@@ -260,4 +277,63 @@ impl Output {
 /// query while it is, since its chunks are read until then).
 pub(super) fn output_alive(cleanup: &Weak<Cleanup>) -> bool {
     cleanup.strong_count() > 0
+}
+
+/// Runs `spec`, a task of this process's own share, as a worker would (holding a bee of
+/// this node, its rows into `rows`); returns its outcome and, when it has rows, them.
+pub(super) async fn run_local(
+    engine: &crate::session::QueryEngine,
+    me: &str,
+    spec: &crate::distributed::TaskSpec,
+    transport: &Arc<dyn ShuffleTransport>,
+    rows: LocalRows,
+) -> (Delivered, Option<LocalRows>) {
+    let key = spec.key();
+    let delivered = |outcome, report| Delivered {
+        key: key.clone(),
+        outcome,
+        report,
+    };
+    // A bee of this node, held while the task runs, as a worker's task holds one.
+    let _bee = match engine.budget.admit_task().await {
+        Ok(bee) => bee,
+        Err(e) => {
+            let failed = TaskOutcome::Failed(TaskFailure::new(e.kind(), e.detail()));
+            return (delivered(failed, TaskReport::default()), None);
+        }
+    };
+    let slot = Arc::new(Mutex::new(None));
+    let writer = Box::new(LocalWriter {
+        rows: Some(rows),
+        slot: Arc::clone(&slot),
+    });
+    // A panic in the engine is this task's failure, not a hang.
+    let ran = AssertUnwindSafe(crate::distributed::run_task_into(
+        engine, me, spec, transport, writer,
+    ))
+    .catch_unwind()
+    .await;
+    match ran {
+        Ok((Ended::Written, report)) => {
+            let rows = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            (delivered(TaskOutcome::Rows(Rows::default()), report), rows)
+        }
+        Ok((Ended::Outcome(outcome), report)) => (delivered(outcome, report), None),
+        Err(panic) => {
+            let failed = TaskOutcome::Failed(TaskFailure::new(
+                apiary_storage::ErrorKind::Internal,
+                format!("the task panicked: {}", panic_message(&panic)),
+            ));
+            (delivered(failed, TaskReport::default()), None)
+        }
+    }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }

@@ -3,24 +3,20 @@
 //! deadline, and starting the next round over what is left.
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use std::sync::Weak;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use crate::distributed::manifest::{TASK_FORMAT, TaskKey, TaskSpec, columns_of};
 use crate::distributed::task::coerce;
-use crate::distributed::transport::{Delivered, Rows, TaskFailure, TaskOutcome, TaskReport};
-use crate::distributed::{Ended, MAX_ATTEMPTS, SplitCell, WorkerInfo};
+use crate::distributed::transport::{Delivered, TaskOutcome, TaskReport};
+use crate::distributed::{MAX_ATTEMPTS, SplitCell, WorkerInfo};
 use crate::error::QueryError;
 
 use super::Run;
 use super::cleanup::Cleanup;
-use super::output::{LocalRows, LocalWriter, Ready};
+use super::output::{LocalRows, Ready, run_local};
 use super::placement::{assign, cut_for_bees, cut_last};
-use futures::FutureExt;
-use std::panic::AssertUnwindSafe;
 
 /// Where a task stands.
 pub(super) enum Stage {
@@ -262,51 +258,11 @@ impl Attempts<'_> {
                 .local
                 .clone()
                 .unwrap_or_else(|| spec.coordinator.clone());
+            let rows = self.run.local_rows.rows(spec.task_id);
             // Held by the query: a query dropped (an error, a dropped stream, Ctrl-C) aborts
             // its local tasks.
-            let rows = self.run.local_rows.rows(spec.task_id);
             self.local_tasks.spawn(async move {
-                let key = spec.key();
-                // A bee of this node, held while the task runs, as a worker's task holds one.
-                let _bee = match engine.budget.admit_task().await {
-                    Ok(bee) => bee,
-                    Err(e) => {
-                        let failed = TaskOutcome::Failed(TaskFailure::new(e.kind(), e.detail()));
-                        let _ = tx.send((delivered(key, failed, TaskReport::default()), None));
-                        return;
-                    }
-                };
-                let slot = Arc::new(std::sync::Mutex::new(None));
-                let writer = Box::new(LocalWriter {
-                    rows: Some(rows),
-                    slot: Arc::clone(&slot),
-                });
-                // A panic in the engine is this task's failure, not a hang.
-                let ran = AssertUnwindSafe(crate::distributed::run_task_into(
-                    &engine, &me, &spec, &transport, writer,
-                ))
-                .catch_unwind()
-                .await;
-                let sent = match ran {
-                    Ok((Ended::Written, report)) => {
-                        let rows = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                        (
-                            delivered(key, TaskOutcome::Rows(Rows::default()), report),
-                            rows,
-                        )
-                    }
-                    Ok((Ended::Outcome(outcome), report)) => {
-                        (delivered(key, outcome, report), None)
-                    }
-                    Err(panic) => {
-                        let failed = TaskOutcome::Failed(TaskFailure::new(
-                            apiary_storage::ErrorKind::Internal,
-                            format!("the task panicked: {}", panic_message(&panic)),
-                        ));
-                        (delivered(key, failed, TaskReport::default()), None)
-                    }
-                };
-                let _ = tx.send(sent);
+                let _ = tx.send(run_local(&engine, &me, &spec, &transport, rows).await);
             });
         }
         Ok(())
@@ -581,22 +537,4 @@ fn give_up(t: &mut Pending, causes: &mut Vec<(u32, String)>, cause: impl std::fm
             t.spec.task_id, t.spec.attempt
         ),
     ));
-}
-
-/// An outcome as a local task hands it over.
-fn delivered(key: TaskKey, outcome: TaskOutcome, report: TaskReport) -> Delivered {
-    Delivered {
-        key,
-        outcome,
-        report,
-    }
-}
-
-/// What a panic said, when it said it with a string.
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("no message")
 }
