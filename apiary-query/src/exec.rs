@@ -12,20 +12,17 @@ use std::sync::{Arc, OnceLock};
 
 use apiary_cache::ScanCounters;
 use apiary_storage::Path;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::union::UnionExec;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::parts::RowRanges;
-use crate::tier::MemoryTierExec;
+
+mod narrowing;
 use datafusion::common::Result;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Statistics;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::PhysicalSortExpr;
@@ -45,6 +42,7 @@ use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
 };
+use narrowing::{narrow, one_cell};
 
 /// What the ledger contributed to one frame scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,130 +297,6 @@ fn yielding(stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
             batch
         }),
     ))
-}
-
-/// The pieces of one file of a Parquet scan reading only `rows`: the whole file (not the
-/// byte ranges DataFusion may have cut it into) with a row selection; `pieces` unchanged
-/// when all rows are read.
-fn select_rows(
-    pieces: Vec<datafusion::datasource::listing::PartitionedFile>,
-    rows: Option<&RowRanges>,
-) -> Vec<datafusion::datasource::listing::PartitionedFile> {
-    let Some(rows) = rows.filter(|r| !r.is_all()) else {
-        return pieces;
-    };
-    let Some(mut file) = pieces.into_iter().next() else {
-        return Vec::new();
-    };
-    file.range = None;
-    vec![file.with_extension(ParquetRowSelection::new(rows.selection()))]
-}
-
-/// `plan` (a frame scan's input) narrowed to the one cell at `location` (only `rows` of it,
-/// if given), with one partition: the same scan (projection, pushed-down filters, limit) of
-/// that cell alone.
-fn one_cell(
-    plan: &Arc<dyn ExecutionPlan>,
-    location: &Path,
-    rows: Option<&RowRanges>,
-) -> Option<Arc<dyn ExecutionPlan>> {
-    if let Some(source) = plan.downcast_ref::<DataSourceExec>() {
-        let config = source.data_source().downcast_ref::<FileScanConfig>()?;
-        // Every piece of it: DataFusion may have cut a large file into byte ranges.
-        let pieces: Vec<_> = config
-            .file_groups
-            .iter()
-            .flat_map(|g| g.iter())
-            .filter(|f| &f.object_meta.location == location)
-            .cloned()
-            .collect();
-        if pieces.is_empty() {
-            return None;
-        }
-        let one = FileScanConfigBuilder::from(config.clone())
-            .with_file_groups(vec![FileGroup::new(select_rows(pieces, rows))])
-            .build();
-        return Some(DataSourceExec::from_data_source(one));
-    }
-    if let Some(tier) = plan.downcast_ref::<MemoryTierExec>() {
-        return Some(Arc::new(tier.only(location.as_ref(), rows)?));
-    }
-    if plan.downcast_ref::<UnionExec>().is_some() {
-        return plan
-            .children()
-            .into_iter()
-            .find_map(|c| one_cell(c, location, rows));
-    }
-    // Anything else over one input (a projection the optimizer left) is kept above it.
-    let [child] = plan.children()[..] else {
-        return None;
-    };
-    let narrowed = one_cell(child, location, rows)?;
-    let plan = Arc::clone(plan)
-        .replace_children(
-            vec![narrowed],
-            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-        )
-        .ok()?;
-    (plan.properties().partitioning.partition_count() == 1).then_some(plan)
-}
-
-/// `plan` (a frame scan's input) reading only the cells whose location `keep` names (all
-/// their rows, or `Some` of them), with the same partitions (some may be left empty) and
-/// each partition's cells in order.
-fn narrow(
-    plan: &Arc<dyn ExecutionPlan>,
-    keep: &dyn Fn(&str) -> Option<Option<RowRanges>>,
-) -> Option<Arc<dyn ExecutionPlan>> {
-    if let Some(source) = plan.downcast_ref::<DataSourceExec>() {
-        let config = source.data_source().downcast_ref::<FileScanConfig>()?;
-        // A file read in part is read whole once, with a selection, in the group that has
-        // its first piece.
-        let mut selected = std::collections::HashSet::new();
-        let groups = config
-            .file_groups
-            .iter()
-            .map(|g| {
-                let mut files = Vec::new();
-                for f in g.iter() {
-                    let location = f.object_meta.location.as_ref();
-                    match keep(location) {
-                        Some(None) => files.push(f.clone()),
-                        Some(Some(rows)) if rows.is_all() => files.push(f.clone()),
-                        Some(Some(rows)) if selected.insert(location.to_string()) => {
-                            files.extend(select_rows(vec![f.clone()], Some(&rows)));
-                        }
-                        // Not kept, or read already from an earlier piece.
-                        _ => {}
-                    }
-                }
-                FileGroup::new(files)
-            })
-            .collect();
-        let narrowed = FileScanConfigBuilder::from(config.clone())
-            .with_file_groups(groups)
-            .build();
-        return Some(Arc::new(
-            source.clone().with_data_source(Arc::new(narrowed)),
-        ));
-    }
-    if let Some(tier) = plan.downcast_ref::<MemoryTierExec>() {
-        return Some(Arc::new(tier.keeping(keep)));
-    }
-    if plan.children().is_empty() {
-        return None;
-    }
-    let children = plan
-        .children()
-        .into_iter()
-        .map(|c| narrow(c, keep))
-        .collect::<Option<Vec<_>>>()?;
-    Arc::clone(plan)
-        .replace_children(
-            children,
-            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-        )
-        .ok()
 }
 
 impl DisplayAs for FrameScanExec {

@@ -1,0 +1,297 @@
+//! The claim queue's unit tests.
+
+use super::*;
+use crate::distributed::StorageShuffle;
+use apiary_storage::Path;
+
+/// Cells of 1000 rows each.
+fn planned(cells: &[&str]) -> HashMap<String, PlannedCell> {
+    cells
+        .iter()
+        .map(|c| {
+            let cell = PlannedCell {
+                location: Path::parse(format!("root/{c}")).unwrap(),
+                rows: 1000,
+            };
+            (c.to_string(), cell)
+        })
+        .collect()
+}
+
+/// The units a queue hands out: a cell's path, or `path#start-end` for a part.
+async fn drain(q: &CellQueue) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(u) = q.next().await.unwrap() {
+        let path = u.location.as_ref().trim_start_matches("root/").to_string();
+        out.push(match u.rows {
+            None => path,
+            Some(r) => {
+                let [range] = r.ranges() else { panic!("{r:?}") };
+                crate::parts::part_key(&path, range)
+            }
+        });
+    }
+    out
+}
+
+fn task(id: u32, cells: &[&str], shared: u32, steal: Vec<Vec<&str>>) -> TaskSpec {
+    let mut t = crate::distributed::conformance::task("q-1", id, 1, "node-a");
+    t.cells = cells.iter().map(|c| c.to_string()).collect();
+    t.shared = shared;
+    t.steal = steal
+        .into_iter()
+        .map(|l| l.into_iter().map(String::from).collect())
+        .collect();
+    t
+}
+
+use proptest::prelude::*;
+
+/// Tasks draining their queues in the order `turns` picks (each turn one `next`),
+/// stopping early where `stops` says: the cells read and not needed, per task.
+async fn race(
+    sizes: &[usize],
+    turns: &[usize],
+    stops: &[Option<usize>],
+    kept: bool,
+    ahead: bool,
+    cut: bool,
+) -> (Vec<String>, Vec<Vec<String>>, Vec<Vec<String>>) {
+    let transport: Arc<dyn ShuffleTransport> =
+        Arc::new(StorageShuffle::new(apiary_storage::memory()));
+    // With `cut`, each task's last cell is in three parts.
+    let cells: Vec<Vec<String>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(t, &n)| (0..n).map(|i| format!("t{t}/c{i}.parquet")).collect())
+        .collect();
+    let names: Vec<&str> = cells.iter().flatten().map(String::as_str).collect();
+    let plan = planned(&names);
+    let cells: Vec<Vec<String>> = cells
+        .into_iter()
+        .map(|mut c| {
+            if cut {
+                let last = c.pop().unwrap();
+                c.extend(["0-300", "300-700", "700-1000"].map(|r| format!("{last}#{r}")));
+            }
+            c
+        })
+        .collect();
+    let all: Vec<String> = cells.iter().flatten().cloned().collect();
+    let borrowed: Vec<Vec<&str>> = cells
+        .iter()
+        .map(|c| c.iter().map(String::as_str).collect())
+        .collect();
+    let unshared: Vec<usize> = cells.iter().map(|c| unshared(c.len())).collect();
+    let queues: Vec<CellQueue> = share_out(&cells, &unshared)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (shared, steal))| {
+            let mut t = task(i as u32, &borrowed[i], shared, vec![]);
+            t.steal = steal;
+            let q = CellQueue::new(Arc::clone(&transport), &t, &plan).unwrap();
+            if ahead { q.claiming_ahead() } else { q }
+        })
+        .collect();
+    let mut taken = vec![0usize; queues.len()];
+    let mut done = vec![false; queues.len()];
+    if kept {
+        for q in &queues {
+            q.claim_own().await.unwrap();
+        }
+    } else {
+        for turn in turns
+            .iter()
+            .copied()
+            .chain((0..queues.len()).cycle().take(10_000))
+        {
+            let i = turn % queues.len();
+            if done[i] || stops[i].is_some_and(|s| taken[i] >= s) {
+                done[i] = true;
+                continue;
+            }
+            match queues[i].next().await.unwrap() {
+                Some(_) => taken[i] += 1,
+                None => done[i] = true,
+            }
+            if done.iter().all(|d| *d) {
+                break;
+            }
+        }
+    }
+    let mut read = Vec::new();
+    let mut pruned = Vec::new();
+    for q in &queues {
+        let (r, p) = q.finish().await;
+        read.push(r);
+        pruned.push(p);
+    }
+    (all, read, pruned)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// However the tasks interleave, every cell is read by exactly one task; tasks that
+    /// stop early (a limit) still never read a cell twice, and every cell is read or
+    /// reported as not needed.
+    #[test]
+    fn every_cell_is_read_once_whatever_the_interleaving(
+        sizes in proptest::collection::vec(1usize..7, 1..5),
+        turns in proptest::collection::vec(0usize..4, 0..60),
+        stops in proptest::collection::vec(proptest::option::weighted(0.2, 0usize..4), 4),
+        kept in any::<bool>(),
+        ahead in any::<bool>(),
+        cut in any::<bool>(),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let none = vec![None; 4];
+        for stops in [&none, &stops] {
+            let (all, read, pruned) =
+                runtime.block_on(race(&sizes, &turns, stops, kept, ahead, cut));
+            let mut seen: Vec<&String> = read.iter().flatten().collect();
+            let n = seen.len();
+            seen.sort();
+            seen.dedup();
+            prop_assert_eq!(seen.len(), n, "a cell read twice: {:?}", read);
+            let covered: std::collections::HashSet<&String> =
+                read.iter().flatten().chain(pruned.iter().flatten()).collect();
+            if stops.iter().all(Option::is_none) {
+                prop_assert_eq!(n, all.len(), "{:?}", read);
+                prop_assert!(pruned.iter().all(Vec::is_empty), "{:?}", pruned);
+            } else {
+                prop_assert!(all.iter().all(|c| covered.contains(c)), "{:?} {:?}", read, pruned);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn owners_read_from_the_front_thieves_from_the_back_and_each_cell_once() {
+    let transport: Arc<dyn ShuffleTransport> =
+        Arc::new(StorageShuffle::new(apiary_storage::memory()));
+    let all = ["a1", "a2", "a3", "a4", "b1", "b2", "b3", "b4"];
+    let plan = planned(&all);
+    let a = task(0, &all[..4], 2, vec![vec!["b4", "b3"]]);
+    let b = task(1, &all[4..], 2, vec![vec!["a4", "a3"]]);
+    let qa = CellQueue::new(Arc::clone(&transport), &a, &plan).unwrap();
+    let qb = CellQueue::new(Arc::clone(&transport), &b, &plan).unwrap();
+    // `a` runs alone first: its own four, then what `b` shares, from the back.
+    assert_eq!(drain(&qa).await, ["a1", "a2", "a3", "a4", "b4", "b3"]);
+    // `b` then finds its shared cells taken and stops at the first it loses; it never
+    // takes `a`'s (the claim of `a4` is lost, which ends that list).
+    assert_eq!(drain(&qb).await, ["b1", "b2"]);
+    assert_eq!(qb.finish().await, (vec!["b1".into(), "b2".into()], vec![]));
+    // Asking again is answered the same (a lost response is not a lost claim).
+    assert!(transport.claim(&a.key(), "b4").await.unwrap());
+    assert!(!transport.claim(&b.key(), "b4").await.unwrap());
+}
+
+#[tokio::test]
+async fn cells_the_plan_ruled_out_are_reported_and_never_claimed() {
+    let transport: Arc<dyn ShuffleTransport> =
+        Arc::new(StorageShuffle::new(apiary_storage::memory()));
+    let t = task(0, &["a1", "a2"], 1, vec![vec!["b2"], vec!["c2"]]);
+    let q = CellQueue::new(Arc::clone(&transport), &t, &planned(&["a1", "c2"])).unwrap();
+    assert_eq!(drain(&q).await, ["a1", "c2"]);
+    assert_eq!(q.finish().await.1, ["a2", "b2"]);
+    let other = task(1, &["b1", "b2"], 1, vec![]);
+    assert!(transport.claim(&other.key(), "b2").await.unwrap());
+}
+
+#[tokio::test]
+async fn cells_left_when_the_plan_stopped_early_were_not_needed() {
+    let transport: Arc<dyn ShuffleTransport> =
+        Arc::new(StorageShuffle::new(apiary_storage::memory()));
+    let all = ["a1", "a2", "a3", "b1", "b2"];
+    let t = task(0, &all[..3], 2, vec![vec!["b2"]]);
+    let q = CellQueue::new(Arc::clone(&transport), &t, &planned(&all))
+        .unwrap()
+        .claiming_ahead();
+    // A limit was reached after the first cell (the second's claim was asked ahead).
+    assert!(q.next().await.unwrap().is_some());
+    assert_eq!(
+        q.finish().await,
+        (
+            vec!["a1".into()],
+            vec!["a2".into(), "a3".into(), "b2".into()]
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_scan_that_keeps_its_partitions_claims_only_its_own_cells_up_front() {
+    let transport: Arc<dyn ShuffleTransport> =
+        Arc::new(StorageShuffle::new(apiary_storage::memory()));
+    let all = ["a1", "a2", "a3", "a4", "b1", "b2"];
+    let plan = planned(&all);
+    let a = task(0, &all[..4], 2, vec![vec!["b2"]]);
+    let b = task(1, &all[4..], 1, vec![vec!["a4", "a3"]]);
+    // `b` took `a4` first (it reads one cell at a time).
+    let qb = CellQueue::new(Arc::clone(&transport), &b, &plan).unwrap();
+    assert_eq!(drain(&qb).await, ["b1", "b2", "a4", "a3"]);
+    let qa = CellQueue::new(Arc::clone(&transport), &a, &plan).unwrap();
+    let kept = qa.claim_own().await.unwrap();
+    let again = qa.claim_own().await.unwrap();
+    assert_eq!(kept, again, "claimed once for every partition");
+    let mut kept: Vec<(&str, &Option<RowRanges>)> =
+        kept.iter().map(|(l, r)| (l.as_str(), r)).collect();
+    kept.sort_by_key(|k| k.0);
+    assert_eq!(kept, [("root/a1", &None), ("root/a2", &None)]);
+    assert_eq!(qa.finish().await, (vec!["a1".into(), "a2".into()], vec![]));
+}
+
+#[tokio::test]
+#[allow(clippy::single_range_in_vec_init)] // one range of rows
+async fn parts_are_claimed_one_by_one_and_kept_parts_merge_per_cell() {
+    let transport: Arc<dyn ShuffleTransport> =
+        Arc::new(StorageShuffle::new(apiary_storage::memory()));
+    let plan = planned(&["a1", "a2", "b1"]);
+    let a = task(
+        0,
+        &["a1", "a2#0-500", "a2#500-1000"],
+        2,
+        vec![vec!["b1#500-1000"]],
+    );
+    let b = task(
+        1,
+        &["b1#0-500", "b1#500-1000"],
+        1,
+        vec![vec!["a2#500-1000"]],
+    );
+    let qb = CellQueue::new(Arc::clone(&transport), &b, &plan).unwrap();
+    // `b` reads its own parts and steals the last part of `a2`.
+    assert_eq!(drain(&qb).await, ["b1#0-500", "b1#500-1000", "a2#500-1000"]);
+    let qa = CellQueue::new(Arc::clone(&transport), &a, &plan).unwrap();
+    let kept = qa.claim_own().await.unwrap();
+    assert_eq!(kept.get("root/a1"), Some(&None));
+    let a2 = kept.get("root/a2").unwrap().as_ref().unwrap();
+    assert_eq!(a2.ranges(), &[0..500]);
+    assert_eq!(a2.total(), 1000);
+    assert_eq!(
+        qa.finish().await,
+        (vec!["a1".into(), "a2#0-500".into()], vec![])
+    );
+}
+
+#[tokio::test]
+async fn a_part_the_cell_does_not_have_fails_the_task_and_a_pruned_cell_prunes_its_parts() {
+    let transport: Arc<dyn ShuffleTransport> =
+        Arc::new(StorageShuffle::new(apiary_storage::memory()));
+    let t = task(0, &["a1#900-1200"], 0, vec![]);
+    let err = CellQueue::new(Arc::clone(&transport), &t, &planned(&["a1"])).unwrap_err();
+    assert!(err.to_string().contains("which has 1000"), "{err}");
+    // The plan ruled `a1` out: its parts have no rows either.
+    let t = task(0, &["a1#0-500", "a1#500-1000", "b1"], 0, vec![]);
+    let plan = planned(&["b1"]);
+    assert!(needs_queue(&t, &plan));
+    let q = CellQueue::new(Arc::clone(&transport), &t, &plan).unwrap();
+    assert_eq!(drain(&q).await, ["b1"]);
+    assert_eq!(q.finish().await.1, ["a1#0-500", "a1#500-1000"]);
+    // A cell whose path reads like a part is that cell.
+    let plan = planned(&["a#0-5"]);
+    let t = task(0, &["a#0-5"], 0, vec![]);
+    assert!(!needs_queue(&t, &plan));
+    let q = CellQueue::new(Arc::clone(&transport), &t, &plan).unwrap();
+    assert_eq!(drain(&q).await, ["a#0-5"]);
+}
