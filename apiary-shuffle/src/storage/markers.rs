@@ -1,6 +1,9 @@
 //! Markers: the small JSON objects that end a task without rows (`.empty`, `.failed`) or
 //! say it was taken (`.taken`), each with the worker's report.
 
+use std::sync::Arc;
+
+use apiary_storage::{Path, StorageBackend};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -98,4 +101,42 @@ pub(super) fn marker(report: &TaskReport, failure: Option<TaskFailure>) -> Resul
     })
     .map(Bytes::from)
     .map_err(|e| ShuffleError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e))
+}
+
+/// Writes the taken markers `taken`, then removes those of queries finished meanwhile. A
+/// query's `finish` removes its query object before it lists what to delete: a marker
+/// written before its query object was gone is in that listing, and one written after it
+/// finds the query object gone here.
+pub(super) async fn mark_taken(backend: &Arc<dyn StorageBackend>, taken: Vec<(Path, Bytes)>) {
+    let keys: Vec<Path> = taken.iter().map(|(k, _)| k.clone()).collect();
+    if let Err(e) = super::put_all(backend, taken).await {
+        tracing::warn!(error = %e, "marking tasks taken failed");
+    }
+    let mut queries: Vec<Path> = keys
+        .iter()
+        .filter_map(|k| {
+            let parts: Vec<_> = k.parts().collect();
+            (parts.len() >= 2).then(|| Path::from_iter(parts[..2].iter().cloned()))
+        })
+        .collect();
+    queries.sort();
+    queries.dedup();
+    for query in queries {
+        let gone = matches!(
+            backend.head(&query.clone().join("query.json")).await,
+            Err(e) if e.is_not_found()
+        );
+        if gone {
+            for key in keys
+                .iter()
+                .filter(|k| k.as_ref().starts_with(query.as_ref()))
+            {
+                if let Err(e) = backend.delete(key).await
+                    && !e.is_not_found()
+                {
+                    tracing::debug!(key = %key, error = %e, "removing a late taken marker failed");
+                }
+            }
+        }
+    }
 }

@@ -56,7 +56,7 @@ use crate::transport::{
 
 mod markers;
 mod results;
-use markers::marker;
+use markers::{mark_taken, marker};
 
 /// Where queries live.
 pub const QUERIES_DIR: &str = "_queries";
@@ -181,44 +181,6 @@ async fn put_all(backend: &Arc<dyn StorageBackend>, objects: Vec<(Path, Bytes)>)
         .try_collect::<Vec<()>>()
         .await?;
     Ok(())
-}
-
-/// Writes the taken markers `taken`, then removes those of queries finished meanwhile. A
-/// query's `finish` removes its query object before it lists what to delete: a marker
-/// written before its query object was gone is in that listing, and one written after it
-/// finds the query object gone here.
-async fn mark_taken(backend: &Arc<dyn StorageBackend>, taken: Vec<(Path, Bytes)>) {
-    let keys: Vec<Path> = taken.iter().map(|(k, _)| k.clone()).collect();
-    if let Err(e) = put_all(backend, taken).await {
-        tracing::warn!(error = %e, "marking tasks taken failed");
-    }
-    let mut queries: Vec<Path> = keys
-        .iter()
-        .filter_map(|k| {
-            let parts: Vec<_> = k.parts().collect();
-            (parts.len() >= 2).then(|| Path::from_iter(parts[..2].iter().cloned()))
-        })
-        .collect();
-    queries.sort();
-    queries.dedup();
-    for query in queries {
-        let gone = matches!(
-            backend.head(&query.clone().join("query.json")).await,
-            Err(e) if e.is_not_found()
-        );
-        if gone {
-            for key in keys
-                .iter()
-                .filter(|k| k.as_ref().starts_with(query.as_ref()))
-            {
-                if let Err(e) = backend.delete(key).await
-                    && !e.is_not_found()
-                {
-                    tracing::debug!(key = %key, error = %e, "removing a late taken marker failed");
-                }
-            }
-        }
-    }
 }
 
 /// The task a task object's path names (`_queries/{query}/tasks/{node}/{task}-{attempt}.json`).
