@@ -81,19 +81,19 @@ impl LocalRows {
         Ok(())
     }
 
-    /// The rows: first the spilled runs, then those in memory (whose reservation goes when
-    /// the stream does).
-    fn into_stream(self) -> DfResult<BoxStream<'static, DfResult<RecordBatch>>> {
-        let mut runs = Vec::with_capacity(self.spills.len());
-        for file in self.spills {
-            runs.push(self.manager.read_spill_as_stream(file, None)?);
-        }
+    /// The rows: first the spilled runs (each file opened when its turn comes), then those
+    /// in memory (whose reservation goes when the stream does).
+    fn into_stream(self) -> BoxStream<'static, DfResult<RecordBatch>> {
+        let manager = self.manager;
+        let runs = futures::stream::iter(self.spills)
+            .map(move |file| manager.read_spill_as_stream(file, None))
+            .try_flatten();
         let reservation = self.reservation;
         let held = futures::stream::iter(self.held).map(move |batch| {
             let _accounted = &reservation;
             Ok(batch)
         });
-        Ok(futures::stream::iter(runs).flatten().chain(held).boxed())
+        runs.chain(held).boxed()
     }
 }
 
@@ -226,7 +226,7 @@ impl Output {
     fn rows_of(&self, ready: Ready) -> DfResult<BoxStream<'static, DfResult<RecordBatch>>> {
         match ready {
             Ready::Complete => Ok(futures::stream::empty().boxed()),
-            Ready::Local(rows) => rows.into_stream(),
+            Ready::Local(rows) => Ok(rows.into_stream()),
             Ready::Remote(Rows { batches, chunks }) => {
                 let transport = Arc::clone(&self.transport);
                 let query_id = self.query_id.clone();
