@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod nodes;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
