@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs every Apiary test. Starts the local S3 server the S3 tests need (installing it on first
+# Runs every Apiary test. Installs the system tools the tests use where they are missing
+# (scripts/test-deps.sh), starts the local S3 server the S3 tests need (installing it on first
 # use), runs the workspace tests, then builds the Python binding into a cached virtual
 # environment and runs its pytest suite. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/test-deps.sh
 eval "$(scripts/s3-server.sh)"
 export APIARY_LIN_CASES_MEMORY="${APIARY_LIN_CASES_MEMORY:-8000}"
 export APIARY_LIN_CASES_LOCAL="${APIARY_LIN_CASES_LOCAL:-2000}"
