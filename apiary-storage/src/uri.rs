@@ -43,6 +43,11 @@ pub enum StorageUri {
     },
 }
 
+/// The schemes a storage URI may have.
+const SCHEMES: &[&str] = &[
+    "file", "memory", "s3", "s3a", "gs", "gcs", "az", "azure", "abfs",
+];
+
 impl StorageUri {
     /// Parses a storage URI. Anything that looks like a URI but is not one of the accepted
     /// forms is an error; it is never taken for a local folder.
@@ -66,6 +71,15 @@ impl StorageUri {
                 && colon > 1
             {
                 return Err(invalid("it has a scheme but no `://`"));
+            }
+            // `s3//bucket` is `s3://bucket` with its colon lost, not a folder named `s3`: a
+            // node started on it would form a swarm of its own, unseen by the others.
+            if let Some((first, _)) = input.split_once("//")
+                && SCHEMES.contains(&first.to_ascii_lowercase().as_str())
+            {
+                return Err(invalid(&format!(
+                    "it looks like `{first}://…` with the colon missing"
+                )));
             }
             return Ok(StorageUri::Local(PathBuf::from(input)));
         };
@@ -247,6 +261,10 @@ mod tests {
             "http://example.com/x",
             "ftp://x",
             "s3:bucket",
+            "s3//bucket/prefix",
+            "S3//bucket",
+            "gs//bucket",
+            "az//container",
             "memory://x",
             "file://relative",
         ] {
