@@ -115,6 +115,9 @@ def test_names_and_missing_things(ap: Apiary) -> None:
         ap.sql("SELECT * FROM h.b.missing")
     with pytest.raises(errors.InvalidInputError, match="storage"):
         Apiary("x", storage="ftp://nowhere/")
+    # A lost colon is not a folder named `s3`: that would be a swarm of one.
+    with pytest.raises(errors.InvalidInputError, match="colon missing"):
+        Apiary("x", storage="s3//bucket/prefix")
     with pytest.raises(errors.InvalidInputError, match="retention"):
         ap.vacuum("h", "b", "f", retention=-1)
     unchanged(ap)
