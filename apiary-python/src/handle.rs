@@ -359,13 +359,14 @@ impl PyApiary {
         r#box: String,
         frame: String,
         schema: &Bound<'_, PyAny>,
-        partition_by: Option<Vec<String>>,
+        partition_by: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let frame = frame_ref(py, &hive, &r#box, &frame)?;
         let schema = frame_schema(schema)?;
+        let partition_by = partition_columns(py, partition_by)?;
         let ap = self.inner.clone();
         let created = wait(py, async move {
-            let definition = FrameDefinition::new(schema?, partition_by.unwrap_or_default())?;
+            let definition = FrameDefinition::new(schema?, partition_by)?;
             ap.create_frame_with(&frame, definition).await
         })?;
         Ok(created == apiary::apiary_ledger::Created::New)
@@ -636,4 +637,21 @@ impl PySession {
     fn sql_arrow(&self, py: Python<'_>, query: &str) -> PyResult<ArrowStream> {
         Ok(stream_of(self.run(py, query)?))
     }
+}
+
+/// `partition_by` as column names: one name (`"country"`) or a sequence of them.
+fn partition_columns(py: Python<'_>, given: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
+    let Some(given) = given else {
+        return Ok(Vec::new());
+    };
+    if let Ok(one) = given.extract::<String>() {
+        return Ok(vec![one]);
+    }
+    given.extract::<Vec<String>>().map_err(|_| {
+        invalid(
+            py,
+            "partition_by takes a column name or a list of column names, e.g. \"country\" or \
+             [\"country\", \"day\"]",
+        )
+    })
 }

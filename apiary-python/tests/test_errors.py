@@ -120,7 +120,14 @@ def test_names_and_missing_things(ap: Apiary) -> None:
         Apiary("x", storage="s3//bucket/prefix")
     with pytest.raises(errors.InvalidInputError, match="retention"):
         ap.vacuum("h", "b", "f", retention=-1)
+    with pytest.raises(errors.InvalidInputError, match="a column name or a list of column names"):
+        ap.create_frame("h", "b", "g", {"country": "utf8"}, partition_by=7)
     unchanged(ap)
+
+
+def test_one_partition_column_may_be_given_as_a_string(ap: Apiary) -> None:
+    assert ap.create_frame("h", "b", "by_country", {"country": "utf8", "n": "int64"}, partition_by="country")
+    assert ap.describe_frame("h", "b", "by_country")["definition"]["partition_by"] == ["country"]
 
 
 def test_node_calls_before_start(ap: Apiary) -> None:

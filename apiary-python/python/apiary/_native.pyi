@@ -103,7 +103,7 @@ class Apiary:
         box: str,
         frame: str,
         schema: SchemaLike,
-        partition_by: Sequence[str] | None = None,
+        partition_by: str | Sequence[str] | None = None,
     ) -> bool:
         """Creates a frame; columns are nullable except the partition columns.
 
