@@ -427,3 +427,41 @@ fn a_closed_pipe_ends_output_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(String::from_utf8_lossy(&first).starts_with("x,y"));
 }
+
+/// A storage endpoint that accepts connections and never answers holds a command only until
+/// the open timeout, which then says what to check; `s3//…` (a lost colon) is refused at once.
+#[test]
+fn a_storage_that_never_answers_fails_at_the_open_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // Accepts every connection (the kernel's backlog) and never reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["--storage", "s3://silent-bucket/x", "list"])
+        .current_dir(dir.path())
+        .env_remove("APIARY_STORAGE")
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("APIARY_STORAGE_TIMEOUT", "2s")
+        .output()
+        .unwrap();
+    let stderr = err(&out);
+    assert!(stderr.contains("did not answer within 2s"), "{stderr}");
+    assert!(stderr.contains("AWS_ENDPOINT_URL"), "{stderr}");
+    // Well before object_store's own retries (minutes) would have given up.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    drop(silent);
+
+    let out = apiary(dir.path(), &["--storage", "s3//bucket/x", "list"]);
+    assert!(err(&out).contains("colon missing"));
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["--storage", "./data", "list"])
+        .current_dir(dir.path())
+        .env_remove("APIARY_STORAGE")
+        .env("APIARY_STORAGE_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    assert!(err(&out).contains("APIARY_STORAGE_TIMEOUT is `soon`"));
+}

@@ -44,6 +44,8 @@ pub use instrumented::{
 pub use object::{ObjectStoreBackend, get_opt, memory};
 pub use object_store;
 pub use object_store::path::Path;
-pub use open::{RESERVED_PREFIX, object_store_for, open, preflight, store_now};
+pub use open::{
+    OPEN_TIMEOUT, OPEN_TIMEOUT_ENV, RESERVED_PREFIX, object_store_for, open, preflight, store_now,
+};
 pub use time::{Clock, ManualClock, Random, SystemClock, Ticker};
 pub use uri::{ACCEPTED_FORMS, STORAGE_ENV, StorageUri};

@@ -85,16 +85,58 @@ pub fn object_store_for(uri: &StorageUri) -> Result<(Arc<dyn ObjectStore>, Capab
     }
 }
 
-/// Opens the storage at `uri` and runs [`preflight`] on it.
+/// The variable that bounds how long opening a storage may wait for it to answer (a
+/// duration such as `60s` or `500ms`; [`OPEN_TIMEOUT`] when unset).
+pub const OPEN_TIMEOUT_ENV: &str = "APIARY_STORAGE_TIMEOUT";
+
+/// How long opening a storage waits for its answers by default: an endpoint that accepts
+/// connections and never answers would otherwise hold the caller for every retry of every
+/// probe request (many minutes).
+pub const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens the storage at `uri` and runs [`preflight`] on it, within [`OPEN_TIMEOUT`] (or
+/// `APIARY_STORAGE_TIMEOUT`): a store that does not answer in time is an error that says so.
 pub async fn open(uri: &StorageUri) -> Result<Arc<dyn StorageBackend>> {
+    let deadline = open_timeout(uri)?;
     let (store, capabilities) = object_store_for(uri)?;
     let backend: Arc<dyn StorageBackend> = Arc::new(ObjectStoreBackend::new(
         store,
         capabilities,
         uri.to_string(),
     ));
-    preflight(backend.as_ref()).await?;
+    match tokio::time::timeout(deadline, preflight(backend.as_ref())).await {
+        Ok(checked) => checked?,
+        Err(_) => {
+            return Err(StorageError::Backend {
+                key: RESERVED_PREFIX.to_string(),
+                source: Box::new(object_store::Error::Generic {
+                    store: "apiary",
+                    source: format!(
+                        "`{uri}` did not answer within {deadline:?} ({OPEN_TIMEOUT_ENV}): check \
+                         its address (AWS_ENDPOINT_URL for S3), the network and the credentials"
+                    )
+                    .into(),
+                }),
+            });
+        }
+    }
     Ok(backend)
+}
+
+/// [`OPEN_TIMEOUT`], or the duration `APIARY_STORAGE_TIMEOUT` gives.
+fn open_timeout(uri: &StorageUri) -> Result<std::time::Duration> {
+    match std::env::var(OPEN_TIMEOUT_ENV) {
+        Err(_) => Ok(OPEN_TIMEOUT),
+        Ok(text) => match humantime::parse_duration(text.trim()) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            _ => Err(StorageError::Preflight {
+                store: uri.to_string(),
+                problem: format!(
+                    "{OPEN_TIMEOUT_ENV} is `{text}`; give a duration above zero, such as 60s"
+                ),
+            }),
+        },
+    }
 }
 
 /// Proves, with a probe key under [`RESERVED_PREFIX`], that the store enforces
