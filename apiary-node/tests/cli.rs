@@ -436,7 +436,6 @@ fn a_storage_that_never_answers_fails_at_the_open_timeout() {
     // Accepts every connection (the kernel's backlog) and never reads or answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", silent.local_addr().unwrap());
-    let started = std::time::Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
         .args(["--storage", "s3://silent-bucket/x", "list"])
         .current_dir(dir.path())
@@ -450,8 +449,6 @@ fn a_storage_that_never_answers_fails_at_the_open_timeout() {
     let stderr = err(&out);
     assert!(stderr.contains("did not answer within 2s"), "{stderr}");
     assert!(stderr.contains("AWS_ENDPOINT_URL"), "{stderr}");
-    // Well before object_store's own retries (minutes) would have given up.
-    assert!(started.elapsed() < std::time::Duration::from_secs(60));
     drop(silent);
 
     let out = apiary(dir.path(), &["--storage", "s3//bucket/x", "list"]);

@@ -1,6 +1,7 @@
 //! `apiary._native`: the Python binding's extension module. The package `apiary` (in
 //! `python/`) re-exports it with the exception classes and type stubs.
 
+mod args;
 mod arrow;
 mod errors;
 mod handle;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use apiary::apiary_query::distributed::{ColumnSpec, FramePin, TaskSpec, manifest::TASK_FORMAT};
+use apiary::apiary_query::distributed::{FramePin, TaskSpec, conformance};
 use apiary::{Apiary, ApiaryOptions};
 use apiary_storage::StorageUri;
 
@@ -117,32 +117,17 @@ pub async fn assert_no_queries(ap: &Apiary) {
 /// A task for `node` that runs `sql` with the clicks frame of `pin_hive` as its split
 /// (none of its cells): what an attacker who can write to `_queries/` could publish.
 pub fn hostile(query_id: &str, node: &str, sql: &str, pin_hive: &str) -> TaskSpec {
-    TaskSpec {
-        format: TASK_FORMAT,
-        query_id: query_id.into(),
-        task_id: 0,
-        attempt: 1,
-        node_id: node.into(),
-        coordinator: "attacker".into(),
-        split: FramePin {
-            hive: pin_hive.into(),
-            r#box: "events".into(),
-            frame: "clicks".into(),
-            version: 0,
-        },
-        cells: vec![],
-        bytes: 0,
-        shared: 0,
-        steal: vec![],
-        pins: vec![],
-        sql: sql.into(),
-        scope: vec![],
-        settings: Default::default(),
-        schema: vec![ColumnSpec {
-            name: "c0".into(),
-            data_type: "Int64".into(),
-            nullable: true,
-        }],
-        timeout_ms: 10_000,
-    }
+    let mut task = conformance::task(query_id, 0, 1, node);
+    task.coordinator = "attacker".into();
+    task.split = FramePin {
+        hive: pin_hive.into(),
+        r#box: "events".into(),
+        frame: "clicks".into(),
+        version: 0,
+    };
+    task.cells = Vec::new();
+    task.bytes = 0;
+    task.sql = sql.into();
+    task.timeout_ms = 10_000;
+    task
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::distributed::manifest::{TASK_FORMAT, TaskKey, TaskSpec, columns_of};
 use crate::distributed::task::coerce;
-use crate::distributed::transport::{Delivered, TaskOutcome, TaskReport};
+use crate::distributed::transport::{Delivered, Rows, TaskOutcome, TaskReport};
 use crate::distributed::{MAX_ATTEMPTS, SplitCell, WorkerInfo};
 use crate::error::QueryError;
 
@@ -292,20 +292,26 @@ impl Attempts<'_> {
             TaskOutcome::Rows(rows) => match local {
                 Some(local) => (d.report, Some(Ready::Local(local))),
                 None => {
-                    // The rows in hand are checked now; chunks as they are read.
-                    let checked = rows
-                        .batches
-                        .iter()
-                        .try_for_each(|b| coerce(b.clone(), schema).map(|_| ()));
-                    if let Err(e) = checked {
-                        // That attempt failed; its cells go to the next round.
-                        give_up(
-                            t,
-                            &mut self.causes,
-                            format!("its result cannot be read: {e}"),
-                        );
-                        return Ok(true);
-                    }
+                    // The rows in hand are checked (and shaped) now, once; chunks as they
+                    // are read.
+                    let Rows { batches, chunks } = rows;
+                    let checked = batches
+                        .into_iter()
+                        .map(|b| coerce(b, schema))
+                        .collect::<Result<Vec<_>, _>>();
+                    let batches = match checked {
+                        Ok(batches) => batches,
+                        Err(e) => {
+                            // That attempt failed; its cells go to the next round.
+                            give_up(
+                                t,
+                                &mut self.causes,
+                                format!("its result cannot be read: {e}"),
+                            );
+                            return Ok(true);
+                        }
+                    };
+                    let rows = Rows { batches, chunks };
                     (d.report, Some(Ready::Remote(rows)))
                 }
             },
