@@ -486,6 +486,8 @@ async fn run(cli: Cli) -> CliResult<()> {
                             "state": n.state,
                             "temperature": n.temperature,
                             "regulation": n.regulation,
+                            "setpoint": n.setpoint,
+                            "abandoned_tasks": n.abandoned_tasks,
                             "bees": n.bees,
                             "idle_bees": n.idle_bees,
                             "queue_depth": n.queue_depth,

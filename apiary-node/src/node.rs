@@ -144,8 +144,12 @@ pub struct SwarmNode {
     pub idle_bees: u32,
     /// Colony temperature, as last published.
     pub temperature: f64,
-    /// Its regulation band (around the default setpoint).
+    /// Its regulation band (around its setpoint).
     pub regulation: apiary_swarm::Regulation,
+    /// The temperature it regulates toward (the default for nodes that do not publish it).
+    pub setpoint: f64,
+    /// Tasks of distributed queries it gave up, coordinating, since it started.
+    pub abandoned_tasks: u64,
     /// Work waiting for a bee, as last published.
     pub queue_depth: u32,
     /// Resident memory over the bees' budget, as last published.
@@ -194,8 +198,10 @@ impl From<&WorldView> for SwarmStatus {
                     temperature: n.heartbeat.load.temperature,
                     regulation: apiary_swarm::Regulation::of(
                         n.heartbeat.load.temperature,
-                        apiary_swarm::ColonyConfig::default().setpoint,
+                        setpoint(n),
                     ),
+                    setpoint: setpoint(n),
+                    abandoned_tasks: n.heartbeat.load.abandoned_tasks,
                     queue_depth: n.heartbeat.load.queue_depth,
                     memory_pressure: n.heartbeat.load.memory_pressure,
                     cached_cells: n.heartbeat.cache.cells,
@@ -208,6 +214,14 @@ impl From<&WorldView> for SwarmStatus {
             problems: view.problems.clone(),
         }
     }
+}
+
+/// A node's setpoint as its heartbeat states it, or the default.
+fn setpoint(node: &apiary_swarm::NodeView) -> f64 {
+    node.heartbeat
+        .load
+        .setpoint
+        .unwrap_or(apiary_swarm::ColonyConfig::default().setpoint)
 }
 
 /// This node (`Apiary::status`).

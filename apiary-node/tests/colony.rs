@@ -17,6 +17,10 @@ async fn node(dir: &std::path::Path) -> Apiary {
         node_id: Some("a".into()),
         state_dir: dir.join("state"),
         cache_bytes: Some(0),
+        swarm: apiary::apiary_swarm::SwarmConfig {
+            heartbeat_interval: Duration::from_millis(100),
+            ..Default::default()
+        },
         colony: ColonyConfig {
             max_backpressure: Duration::from_millis(100),
             // This test is about load: a slow heartbeat write on a busy machine must not
@@ -148,6 +152,27 @@ async fn a_task_that_fails_with_the_users_error_is_abandoned_at_once_and_counted
     assert_eq!(abandoned.causes.len(), 1, "{abandoned:?}");
     assert!(abandoned.causes[0].contains("Cannot cast"), "{abandoned:?}");
     assert!(!abandoned.cells.is_empty());
+    // The count and the setpoint travel in the node's heartbeats: `apiary colony --json`,
+    // another process, shows them.
+    let storage = dir.path().join("s");
+    let mut seen = serde_json::Value::Null;
+    for _ in 0..200 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_apiary"))
+            .args(["colony", "--json", "--storage"])
+            .arg(&storage)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        seen = serde_json::from_slice(&out.stdout).unwrap();
+        if seen["nodes"][0]["abandoned_tasks"] == 1 {
+            break;
+        }
+        apiary::apiary_storage::time::sleep(Duration::from_millis(50)).await;
+    }
+    let node = &seen["nodes"][0];
+    assert_eq!(node["abandoned_tasks"], 1, "{seen}");
+    assert_eq!(node["setpoint"], 0.7, "{seen}");
+    assert_eq!(node["node_id"], "a", "{seen}");
     ap.shutdown().await.unwrap();
 }
 

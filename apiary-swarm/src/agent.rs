@@ -46,7 +46,12 @@ pub struct AgentConfig {
     pub colony: Option<Arc<Colony>>,
     /// Published in every heartbeat for other parts to find (see [`Heartbeat::attributes`]).
     pub attributes: std::collections::BTreeMap<String, String>,
+    /// How many tasks the node, coordinating, abandoned (published in every heartbeat).
+    pub abandoned: Option<AbandonedReport>,
 }
+
+/// Says how many tasks a node abandoned, for each heartbeat.
+pub type AbandonedReport = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 impl std::fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,6 +75,7 @@ impl Default for AgentConfig {
             cache: None,
             colony: None,
             attributes: Default::default(),
+            abandoned: None,
         }
     }
 }
@@ -87,6 +93,7 @@ struct Publisher {
     cache: Option<CacheReport>,
     colony: Option<Arc<Colony>>,
     attributes: std::collections::BTreeMap<String, String>,
+    abandoned: Option<AbandonedReport>,
 }
 
 impl Publisher {
@@ -106,6 +113,10 @@ impl Publisher {
                 let mut load = self.bees.load();
                 if let Some(colony) = &self.colony {
                     load.temperature = colony.temperature();
+                    load.setpoint = Some(colony.setpoint());
+                }
+                if let Some(abandoned) = &self.abandoned {
+                    load.abandoned_tasks = abandoned();
                 }
                 load
             },
@@ -171,6 +182,7 @@ impl SwarmAgent {
             cache: config.cache.clone(),
             colony: config.colony.clone(),
             attributes: config.attributes.clone(),
+            abandoned: config.abandoned.clone(),
         });
         membership.join(&publisher.next()).await?;
         publisher.set(Lifecycle::Alive);

@@ -169,6 +169,17 @@ pub struct Load {
     pub queue_depth: u32,
     /// Colony temperature: 0 idle, 1 every bee busy, above 1 when work queues.
     pub temperature: f64,
+    /// The temperature the node regulates toward (absent from heartbeats of nodes that
+    /// publish no colony, and of versions before it was published).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setpoint: Option<f64>,
+    /// Tasks of distributed queries this node, coordinating, gave up since it started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub abandoned_tasks: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A bounded summary of a node's local cell cache.

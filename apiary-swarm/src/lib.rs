@@ -21,7 +21,7 @@ pub mod simulation;
 pub mod storage;
 mod view;
 
-pub use agent::{AgentConfig, CacheReport, SwarmAgent, ViewHook};
+pub use agent::{AbandonedReport, AgentConfig, CacheReport, SwarmAgent, ViewHook};
 pub use clock::{Clock, ManualClock, SystemClock, Ticker};
 pub use colony::{Colony, ColonyConfig, Overloaded, Regulation, Signals};
 pub use error::{Result, SwarmError};

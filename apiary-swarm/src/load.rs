@@ -245,6 +245,7 @@ impl Bees {
             memory_pressure,
             queue_depth: queued,
             temperature: f64::from(busy + queued) / f64::from(self.total),
+            ..Load::default()
         }
     }
 }

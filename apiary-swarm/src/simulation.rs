@@ -71,6 +71,7 @@ fn heartbeat(id: &NodeId, seq: u64, clock: &ManualClock, rng: &mut StdRng) -> He
             memory_pressure: rng.random_range(0.0..1.0),
             queue_depth: 0,
             temperature: f64::from(busy) / 4.0,
+            ..Load::default()
         },
         cache: Default::default(),
         attributes: Default::default(),

@@ -43,6 +43,7 @@ fn heartbeat(id: &NodeId) -> Heartbeat {
             memory_pressure: 0.25,
             queue_depth: 2,
             temperature: 0.5,
+            ..Load::default()
         },
         cache: CacheSummary {
             cells: 12,

@@ -31,6 +31,7 @@ fn real() -> Vec<u8> {
             memory_pressure: 0.5,
             queue_depth: 2,
             temperature: 0.75,
+            ..Load::default()
         },
         cache: Default::default(),
         attributes: Default::default(),
