@@ -53,8 +53,18 @@ pub struct ApiaryBuilder {
     options: ApiaryOptions,
     backend: Option<Arc<dyn StorageBackend>>,
     membership: Option<MembershipFactory>,
-    transport: Option<Arc<dyn ShuffleTransport>>,
+    transport: Option<Transport>,
 }
+
+/// The transport given to the builder: made already, or made from the opened backend.
+enum Transport {
+    Given(Arc<dyn ShuffleTransport>),
+    Made(TransportFactory),
+}
+
+/// Makes a shuffle transport from the node's opened storage backend.
+type TransportFactory =
+    Box<dyn FnOnce(&Arc<dyn StorageBackend>) -> Arc<dyn ShuffleTransport> + Send>;
 
 impl std::fmt::Debug for ApiaryBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,7 +72,14 @@ impl std::fmt::Debug for ApiaryBuilder {
             .field("storage", &self.options.storage.to_string())
             .field("backend", &self.backend.as_ref().map(|b| b.to_string()))
             .field("membership", &self.membership.is_some())
-            .field("transport", &self.transport)
+            .field(
+                "transport",
+                &match &self.transport {
+                    Some(Transport::Given(t)) => format!("{t:?}"),
+                    Some(Transport::Made(_)) => "made from the backend".into(),
+                    None => "the storage shuffle".into(),
+                },
+            )
             .finish()
     }
 }
@@ -93,7 +110,17 @@ impl ApiaryBuilder {
 
     /// Uses this shuffle transport instead of the storage shuffle.
     pub fn transport(mut self, transport: Arc<dyn ShuffleTransport>) -> Self {
-        self.transport = Some(transport);
+        self.transport = Some(Transport::Given(transport));
+        self
+    }
+
+    /// Uses the shuffle transport `make` builds from the node's storage backend once it is
+    /// open (for a transport that keeps, or falls back to, the shared storage).
+    pub fn transport_with(
+        mut self,
+        make: impl FnOnce(&Arc<dyn StorageBackend>) -> Arc<dyn ShuffleTransport> + Send + 'static,
+    ) -> Self {
+        self.transport = Some(Transport::Made(Box::new(make)));
         self
     }
 
@@ -105,11 +132,15 @@ impl ApiaryBuilder {
             Some(b) => b,
             None => apiary_storage::open(&self.options.storage).await?,
         };
+        let transport = self.transport.map(|t| match t {
+            Transport::Given(t) => t,
+            Transport::Made(make) => make(&backend),
+        });
         Ok(Apiary::from_parts(
             self.options,
             backend,
             self.membership,
-            self.transport,
+            transport,
         ))
     }
 }

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 
 mod admission;
 mod builder;
+pub mod cli;
 mod cluster;
 
 /// The README's Rust example, compiled as a doctest so that it stays true.

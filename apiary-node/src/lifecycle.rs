@@ -65,10 +65,14 @@ impl Apiary {
             }),
             colony: Some(Arc::clone(&colony)),
             attributes: options.attributes.clone(),
-            abandoned: self.query_engine().ok().and(self.query.get()).map(|(_, cluster)| {
-                let abandoned = cluster.abandoned.clone();
-                Arc::new(move || abandoned.count()) as apiary_swarm::AbandonedReport
-            }),
+            abandoned: self
+                .query_engine()
+                .ok()
+                .and(self.query.get())
+                .map(|(_, cluster)| {
+                    let abandoned = cluster.abandoned.clone();
+                    Arc::new(move || abandoned.count()) as apiary_swarm::AbandonedReport
+                }),
             ..AgentConfig::default()
         };
         let clock = Arc::clone(&options.clock);
