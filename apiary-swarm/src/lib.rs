@@ -7,10 +7,13 @@
 //!   (joining, alive, suspect, dead, leaving), judged on the observer's own monotonic clock.
 //! * [`SwarmAgent`]: a running node's heartbeat and refresh loops and its graceful leave.
 //! * [`simulation`]: request counts of a simulated swarm on a simulated clock.
+//! * `conformance` (feature `testing`): the suite every [`Membership`] passes.
 
 mod agent;
 mod clock;
 mod colony;
+#[cfg(feature = "testing")]
+pub mod conformance;
 mod error;
 mod heartbeat;
 mod identity;

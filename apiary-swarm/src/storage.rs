@@ -155,7 +155,7 @@ impl Membership for StorageHeartbeats {
         self.backend
             .put(&key, Bytes::from(heartbeat.encode()))
             .await?;
-        lock(&self.observer).set_own(heartbeat.clone());
+        lock(&self.observer).set_own(heartbeat.clone(), self.clock.monotonic());
         Ok(())
     }
 
@@ -280,8 +280,8 @@ pub(crate) async fn snapshot(
             NodeState::Suspect
         } else {
             match heartbeat.state {
-                Lifecycle::Joining => NodeState::Joining,
-                Lifecycle::Alive => NodeState::Alive,
+                // Its first heartbeat is durable and fresh on the store's clock: it joined.
+                Lifecycle::Joining | Lifecycle::Alive => NodeState::Alive,
                 Lifecycle::Leaving => NodeState::Leaving,
             }
         };

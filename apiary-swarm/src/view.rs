@@ -10,6 +10,15 @@
 //! States: `joining` (first seen, not yet seen to change), `alive`, `suspect` (no change
 //! for more than half the dead threshold), `dead` (none for the dead threshold), `leaving`
 //! (the node says it is draining).
+//!
+//! Two readings shorten `joining`. A node is alive in its own view once it has joined: its
+//! heartbeat is durable and it knows it is running. And a node that has written its own
+//! heartbeat has a reading of the *store's* clock, its heartbeat's modification stamp: a
+//! heartbeat seen for the first time is aged against that stamp (plus the time since the
+//! write, on this node's monotonic clock), so one written within half the dead threshold
+//! counts as alive at first sight, and an old one is suspect or dead at once. Nodes' own
+//! clocks are still never compared. (This relies on listings that include every completed
+//! write, which S3, GCS, Azure and local folders give.)
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -151,12 +160,22 @@ pub enum Listed {
 struct Tracked {
     token: Token,
     last_change: Duration,
+    /// How old its heartbeat already was, on the store's clock, when first seen (zero once
+    /// it has been seen to change).
+    age_at_first_sight: Duration,
     changes: u64,
     content: Option<Heartbeat>,
     /// Token at the time of the last fetch (or failed decode).
     fetched_token: Option<Token>,
     fetched_at: Duration,
     problem: Option<String>,
+}
+
+impl Tracked {
+    /// Time since its heartbeat last changed, as of `now`.
+    fn since(&self, now: Duration) -> Duration {
+        now.saturating_sub(self.last_change) + self.age_at_first_sight
+    }
 }
 
 /// Builds a world view from observations (see the module documentation).
@@ -172,6 +191,8 @@ pub struct Observer {
     polls: u64,
     /// This node's own newest heartbeat (known locally, never fetched).
     own: Option<Heartbeat>,
+    /// When this node's newest heartbeat write completed, on the monotonic clock.
+    own_written_at: Option<Duration>,
 }
 
 impl Observer {
@@ -187,12 +208,27 @@ impl Observer {
             last_poll: None,
             polls: 0,
             own: None,
+            own_written_at: None,
         }
     }
 
-    /// Records this node's own heartbeat as just written (it is never fetched).
-    pub fn set_own(&mut self, heartbeat: Heartbeat) {
+    /// Records this node's own heartbeat as written, the write completing at `now` (it is
+    /// never fetched).
+    pub fn set_own(&mut self, heartbeat: Heartbeat, now: Duration) {
         self.own = Some(heartbeat);
+        self.own_written_at = Some(now);
+    }
+
+    /// How long ago `token` was written, on the store's clock, from this node's own
+    /// heartbeat in the same listing; `None` without one.
+    fn store_age(&self, own: Option<&Token>, token: &Token, now: Duration) -> Option<Duration> {
+        let own = own?;
+        let since_own = now.saturating_sub(self.own_written_at?);
+        let store_now = own
+            .last_modified_ms
+            .saturating_add(i64::try_from(since_own.as_millis()).unwrap_or(i64::MAX));
+        let age_ms = store_now.saturating_sub(token.last_modified_ms).max(0);
+        Some(Duration::from_millis(u64::try_from(age_ms).unwrap_or(0)))
     }
 
     /// Applies a listing made at `now`. Returns the nodes whose content to fetch now: new
@@ -210,6 +246,10 @@ impl Observer {
 
         self.foreign.clear();
         self.drain_requested = false;
+        let own_token = listed.iter().find_map(|item| match item {
+            Listed::Node(id, token) if *id == self.me && self.own.is_some() => Some(token.clone()),
+            _ => None,
+        });
         let mut seen = HashSet::new();
         for item in listed {
             match item {
@@ -225,16 +265,22 @@ impl Observer {
                         Some(t) if t.token != token => {
                             t.token = token;
                             t.last_change = now;
+                            t.age_at_first_sight = Duration::ZERO;
                             t.changes += 1;
                         }
                         Some(_) => {}
                         None => {
+                            // First sight: aged on the store's clock where this node has
+                            // a reading of it, else judged by observation from now on.
+                            let age = self.store_age(own_token.as_ref(), &token, now);
+                            let fresh = age.is_some_and(|a| a <= self.config.dead_threshold / 2);
                             self.tracked.insert(
                                 id,
                                 Tracked {
-                                    token,
                                     last_change: now,
-                                    changes: 0,
+                                    age_at_first_sight: age.unwrap_or_default(),
+                                    changes: u64::from(fresh),
+                                    token,
                                     content: None,
                                     fetched_token: None,
                                     fetched_at: now,
@@ -314,7 +360,7 @@ impl Observer {
     }
 
     fn state(&self, id: &NodeId, t: &Tracked, now: Duration) -> NodeState {
-        let since = now.saturating_sub(t.last_change);
+        let since = t.since(now);
         let declared = self.content(id, t).map(|c| c.state);
         if since > self.config.dead_threshold {
             NodeState::Dead
@@ -323,8 +369,9 @@ impl Observer {
         } else if declared == Some(Lifecycle::Leaving) {
             // Sticky: a leaving node never goes back, so even older content tells the truth.
             NodeState::Leaving
-        } else if t.changes == 0 {
-            // Judged by observation alone: content may be older than the newest change.
+        } else if t.changes == 0 && *id != self.me {
+            // Judged by observation alone: content may be older than the newest change. (A
+            // node that joined knows it is alive.)
             NodeState::Joining
         } else {
             NodeState::Alive
@@ -350,7 +397,7 @@ impl Observer {
             nodes.push(NodeView {
                 node_id: id.clone(),
                 state: self.state(id, t, now),
-                last_seen: now.saturating_sub(t.last_change),
+                last_seen: t.since(now),
                 heartbeat: heartbeat.clone(),
             });
         }
@@ -368,9 +415,7 @@ impl Observer {
         self.tracked
             .iter()
             .filter(|(id, t)| {
-                **id != self.me
-                    && now.saturating_sub(t.last_change)
-                        > self.config.dead_threshold + self.config.retention
+                **id != self.me && t.since(now) > self.config.dead_threshold + self.config.retention
             })
             .map(|(id, t)| (id.clone(), t.token.clone()))
             .collect()

@@ -101,21 +101,31 @@ fn state(view: &WorldView, id: &str) -> Option<NodeState> {
     view.node(&NodeId::new(id).unwrap()).map(|n| n.state)
 }
 
-/// Two nodes beating every 5 s: an observer sees a newcomer `joining` at once and `alive`
-/// on its next poll, then `suspect` after 15 s without a change and `dead` after 30 s.
+/// Two nodes beating every 5 s: a node is alive in its own view once it joined, and sees a
+/// newcomer whose heartbeat is fresh on the store's clock alive at first sight; then
+/// `suspect` after 15 s without a change and `dead` after 30 s. An observer that never
+/// wrote a heartbeat has no reading of the store's clock: it sees a newcomer `joining`
+/// until it has seen its heartbeat change.
 #[tokio::test]
 async fn states_follow_observed_changes() {
     let swarm = Swarm::new(&StorageUri::Memory);
     let (a, _) = swarm.member("a");
     let (b, _) = swarm.member("b");
+    let (watcher, _) = swarm.member("watcher");
     let (ida, idb) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
     a.join(&hb(&ida, 1, Lifecycle::Joining, 0)).await.unwrap();
     let v = a.refresh().await.unwrap();
-    assert_eq!(state(&v, "a"), Some(NodeState::Joining));
+    assert_eq!(state(&v, "a"), Some(NodeState::Alive), "alive once joined");
 
     b.join(&hb(&idb, 1, Lifecycle::Joining, 0)).await.unwrap();
     let v = a.refresh().await.unwrap();
-    assert_eq!(state(&v, "b"), Some(NodeState::Joining), "first sight");
+    assert_eq!(
+        state(&v, "b"),
+        Some(NodeState::Alive),
+        "fresh at first sight"
+    );
+    let v = watcher.refresh().await.unwrap();
+    assert_eq!(state(&v, "b"), Some(NodeState::Joining), "no store reading");
     for seq in 2..=3 {
         swarm.clock.advance(5 * SEC);
         a.publish(&hb(&ida, seq, Lifecycle::Alive, 0))
@@ -157,6 +167,34 @@ async fn states_follow_observed_changes() {
 }
 
 /// A node whose clock is an hour ahead (or behind) is judged alive: only changes count.
+/// A heartbeat seen for the first time is aged on the store's clock: one last written ten
+/// minutes ago (by the store's stamp) is dead at first sight, not `joining` for a dead
+/// threshold; one written just now is alive.
+#[tokio::test]
+async fn a_stale_heartbeat_is_dead_at_first_sight() {
+    let dir = tempfile::tempdir().unwrap();
+    let swarm = Swarm::new(&StorageUri::parse(dir.path().to_str().unwrap()).unwrap());
+    let (a, _) = swarm.member("a");
+    let (b, _) = swarm.member("b");
+    let (ida, idb) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+    b.join(&hb(&idb, 1, Lifecycle::Alive, 0)).await.unwrap();
+    let file = dir.path().join(idb.heartbeat_key().as_str());
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - 600 * SEC)
+        .unwrap();
+    a.join(&hb(&ida, 1, Lifecycle::Joining, 0)).await.unwrap();
+    let v = a.refresh().await.unwrap();
+    assert_eq!(state(&v, "b"), Some(NodeState::Dead), "{v:?}");
+    assert_eq!(state(&v, "a"), Some(NodeState::Alive));
+    // b comes back: its next heartbeat is a change, and it is alive again.
+    b.publish(&hb(&idb, 2, Lifecycle::Alive, 0)).await.unwrap();
+    let v = a.refresh().await.unwrap();
+    assert_eq!(state(&v, "b"), Some(NodeState::Alive), "{v:?}");
+}
+
 #[tokio::test]
 async fn a_skewed_clock_does_not_matter() {
     let swarm = Swarm::new(&StorageUri::Memory);
@@ -445,4 +483,50 @@ async fn requests_per_node_are_flat_in_swarm_size() {
         rates.push(report.per_node_per_minute);
     }
     assert!((rates[0] - rates[1]).abs() <= 1.0, "flat: {rates:?}");
+}
+
+/// The Membership conformance suite's harness for storage heartbeats: members on one
+/// storage, all on one manual clock (liveness judged on it; snapshots on the store's).
+struct StorageHarness {
+    swarm: Swarm,
+}
+
+#[async_trait::async_trait]
+impl apiary_swarm::conformance::Harness for StorageHarness {
+    fn config(&self) -> SwarmConfig {
+        config()
+    }
+
+    async fn member(&self, id: &str) -> Arc<dyn Membership> {
+        Arc::new(self.swarm.member(id).0)
+    }
+
+    async fn advance(&self, by: Duration) {
+        self.swarm.clock.advance(by);
+    }
+}
+
+#[tokio::test]
+async fn storage_heartbeats_pass_the_conformance_suite_in_memory() {
+    let harness = StorageHarness {
+        swarm: Swarm::new(&StorageUri::Memory),
+    };
+    apiary_swarm::conformance::run_all(&harness).await;
+}
+
+#[tokio::test]
+async fn storage_heartbeats_pass_the_conformance_suite_on_a_local_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let harness = StorageHarness {
+        swarm: Swarm::new(&StorageUri::Local(dir.path().join("s"))),
+    };
+    apiary_swarm::conformance::run_all(&harness).await;
+}
+
+#[tokio::test]
+async fn storage_heartbeats_pass_the_conformance_suite_on_s3() {
+    let harness = StorageHarness {
+        swarm: Swarm::new(&s3_test_uri("swarm-conformance")),
+    };
+    apiary_swarm::conformance::run_all(&harness).await;
 }
