@@ -2,10 +2,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use apiary::apiary_swarm::{NodeState, SwarmConfig};
+use apiary::apiary_swarm::{
+    self as swarm, Heartbeat, Membership, NodeId, NodeState, SwarmConfig, WorldView,
+};
 use apiary::{Apiary, NodeOptions};
+use common::board::{Board, BoardMember};
 
 fn options(dir: &std::path::Path, id: &str) -> NodeOptions {
     NodeOptions {
@@ -78,73 +84,102 @@ async fn start_status_and_shutdown() {
 }
 
 /// A membership that records what it is asked, to prove the facade's swarm operations go
-/// through the plugged-in membership and never behind its back to storage.
-#[derive(Debug, Default)]
+/// through the plugged-in membership and never behind its back to storage. It records, then
+/// answers from an in-memory board (`common::board`), so it keeps the Membership contract:
+/// the conformance suite below runs on it.
+#[derive(Debug)]
 struct Recording {
-    calls: std::sync::Mutex<Vec<String>>,
+    calls: Arc<std::sync::Mutex<Vec<String>>>,
+    inner: BoardMember,
 }
 
 impl Recording {
     fn note(&self, call: String) {
         self.calls.lock().unwrap().push(call);
     }
-
-    fn calls(&self) -> Vec<String> {
-        self.calls.lock().unwrap().clone()
-    }
 }
 
 #[async_trait::async_trait]
-impl apiary::apiary_swarm::Membership for Recording {
-    async fn join(&self, hb: &apiary::apiary_swarm::Heartbeat) -> apiary::apiary_swarm::Result<()> {
+impl Membership for Recording {
+    async fn join(&self, hb: &Heartbeat) -> swarm::Result<()> {
         self.note(format!("join {}", hb.node_id));
-        Ok(())
+        self.inner.join(hb).await
     }
-    async fn publish(
-        &self,
-        _: &apiary::apiary_swarm::Heartbeat,
-    ) -> apiary::apiary_swarm::Result<()> {
-        Ok(())
+    async fn publish(&self, hb: &Heartbeat) -> swarm::Result<()> {
+        self.inner.publish(hb).await
     }
-    async fn leave(&self) -> apiary::apiary_swarm::Result<()> {
+    async fn leave(&self) -> swarm::Result<()> {
         self.note("leave".into());
-        Ok(())
+        self.inner.leave().await
     }
-    async fn refresh(&self) -> apiary::apiary_swarm::Result<apiary::apiary_swarm::WorldView> {
-        Ok(Default::default())
+    async fn refresh(&self) -> swarm::Result<WorldView> {
+        self.inner.refresh().await
     }
-    fn world_view(&self) -> apiary::apiary_swarm::WorldView {
-        Default::default()
+    fn world_view(&self) -> WorldView {
+        self.inner.world_view()
     }
-    async fn request_drain(
-        &self,
-        node: &apiary::apiary_swarm::NodeId,
-        by: &str,
-    ) -> apiary::apiary_swarm::Result<()> {
+    async fn request_drain(&self, node: &NodeId, by: &str) -> swarm::Result<()> {
         self.note(format!("drain {node} by {by}"));
-        Ok(())
+        self.inner.request_drain(node, by).await
     }
-    async fn snapshot(&self) -> apiary::apiary_swarm::Result<apiary::apiary_swarm::WorldView> {
+    async fn snapshot(&self) -> swarm::Result<WorldView> {
         self.note("snapshot".into());
-        Ok(Default::default())
+        self.inner.snapshot().await
     }
+}
+
+/// The conformance suite's harness for the recording double: members on one board, on a
+/// manual clock.
+struct RecordingHarness {
+    board: Arc<Board>,
+    clock: swarm::ManualClock,
+}
+
+#[async_trait::async_trait]
+impl swarm::conformance::Harness for RecordingHarness {
+    fn config(&self) -> SwarmConfig {
+        SwarmConfig::default()
+    }
+    async fn member(&self, id: &str) -> Arc<dyn Membership> {
+        Arc::new(Recording {
+            calls: Arc::default(),
+            inner: self.board.member(id),
+        })
+    }
+    async fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+}
+
+#[tokio::test]
+async fn the_recording_membership_passes_the_conformance_suite() {
+    let clock = swarm::ManualClock::new();
+    let harness = RecordingHarness {
+        board: Board::new(Arc::new(clock.clone()), SwarmConfig::default()),
+        clock,
+    };
+    swarm::conformance::run_all(&harness).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarm_operations_go_through_the_plugged_in_membership() {
-    use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("shared");
-    let recording = Arc::new(Recording::default());
+    let board = Board::new(Arc::new(swarm::SystemClock::new()), SwarmConfig::default());
+    let calls: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let roles = Arc::new(std::sync::Mutex::new(Vec::new()));
     let factory: apiary::MembershipFactory = {
-        let (recording, roles) = (Arc::clone(&recording), Arc::clone(&roles));
+        let (calls, roles) = (Arc::clone(&calls), Arc::clone(&roles));
         Arc::new(move |role| {
-            roles.lock().unwrap().push(match role {
-                apiary::MembershipRole::Node { id, .. } => format!("node {id}"),
+            let id = match role {
+                apiary::MembershipRole::Node { id, .. } => id.to_string(),
                 apiary::MembershipRole::Observer { .. } => "observer".to_string(),
-            });
-            Arc::clone(&recording) as Arc<dyn apiary::apiary_swarm::Membership>
+            };
+            roles.lock().unwrap().push(id.clone());
+            Arc::new(Recording {
+                calls: Arc::clone(&calls),
+                inner: board.member(&id),
+            }) as Arc<dyn Membership>
         })
     };
     let ap = Apiary::builder(apiary::ApiaryOptions::new(
@@ -154,22 +189,25 @@ async fn swarm_operations_go_through_the_plugged_in_membership() {
     .build()
     .await
     .unwrap();
+    let recorded = || calls.lock().unwrap().clone();
 
-    // Not started: the snapshot and the drain request are the membership's.
+    // Not started: the snapshot and the drain request are the membership's (which knows no
+    // node-x).
     let status = ap.swarm_status().await.unwrap();
     assert_eq!(status.alive, 0);
-    ap.drain_node("node-x", "tests").await.unwrap();
-    assert_eq!(recording.calls(), ["snapshot", "drain node-x by tests"]);
+    let err = ap.drain_node("node-x", "tests").await.unwrap_err();
+    assert_eq!(err.kind(), apiary::ErrorKind::NotFound, "{err}");
+    assert_eq!(recorded(), ["snapshot", "drain node-x by tests"]);
 
-    // Started: the node's own membership joins and takes drain requests.
+    // Started: the node's own membership joins, is alive in its own view at once, and takes
+    // drain requests.
     ap.start_with(options(dir.path(), "a")).await.unwrap();
-    ap.drain_node("node-y", "tests").await.unwrap();
+    let status = ap.swarm_status().await.unwrap();
+    assert_eq!(status.alive, 1, "{status:?}");
+    ap.drain_node("a", "tests").await.unwrap();
     ap.shutdown().await.unwrap();
-    assert_eq!(
-        recording.calls()[2..],
-        ["join a", "drain node-y by tests", "leave"]
-    );
-    assert!(roles.lock().unwrap().contains(&"node a".to_string()));
+    assert_eq!(recorded()[2..], ["join a", "drain a by tests", "leave"]);
+    assert!(roles.lock().unwrap().contains(&"a".to_string()));
     assert!(
         !storage.join("_heartbeats").exists(),
         "nothing was written to storage behind the membership's back"

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod board;
 pub mod nodes;
 
 use std::path::Path;
