@@ -167,8 +167,8 @@ async fn states_follow_observed_changes() {
 }
 
 /// A node whose clock is an hour ahead (or behind) is judged alive: only changes count.
-/// A heartbeat seen for the first time is aged on the store's clock: one last written ten
-/// minutes ago (by the store's stamp) is dead at first sight, not `joining` for a dead
+/// A heartbeat seen for the first time is aged on the store's clock: one last written in
+/// 2023 (by the store's stamp) is dead at first sight, not `joining` for a dead
 /// threshold; one written just now is alive.
 #[tokio::test]
 async fn a_stale_heartbeat_is_dead_at_first_sight() {
@@ -183,7 +183,7 @@ async fn a_stale_heartbeat_is_dead_at_first_sight() {
         .write(true)
         .open(&file)
         .unwrap()
-        .set_modified(std::time::SystemTime::now() - 600 * SEC)
+        .set_modified(std::time::SystemTime::UNIX_EPOCH + 1_700_000_000 * SEC)
         .unwrap();
     a.join(&hb(&ida, 1, Lifecycle::Joining, 0)).await.unwrap();
     let v = a.refresh().await.unwrap();
