@@ -49,6 +49,44 @@ impl std::fmt::Debug for Grant {
 }
 
 /// Admits queries on a node: waits until it may run, and says with how much memory.
+///
+/// A node's default admits a query when a bee is free and gives it that bee's memory;
+/// `QueryEngine::set_admission` plugs in another policy.
+///
+/// ```
+/// use std::path::PathBuf;
+/// use std::sync::Arc;
+/// use apiary_query::{Admission, Grant};
+///
+/// /// At most `permits` queries at once, each with 256 MiB.
+/// #[derive(Debug)]
+/// struct Permits(Arc<tokio::sync::Semaphore>);
+///
+/// #[async_trait::async_trait]
+/// impl Admission for Permits {
+///     async fn admit(&self) -> apiary_query::Result<Grant> {
+///         let permit = Arc::clone(&self.0)
+///             .acquire_owned()
+///             .await
+///             .map_err(|_| apiary_query::QueryError::Execution("closed".into()))?;
+///         Ok(Grant { memory_bytes: 256 << 20, hold: Box::new(permit), on_pool: None })
+///     }
+///     fn task_memory(&self) -> usize {
+///         256 << 20
+///     }
+///     fn scratch_dir(&self) -> Option<PathBuf> {
+///         Some(std::env::temp_dir())
+///     }
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let admission = Permits(Arc::new(tokio::sync::Semaphore::new(1)));
+/// let grant = admission.admit().await.unwrap();
+/// assert_eq!(admission.0.available_permits(), 0, "held while the query runs");
+/// drop(grant);
+/// assert_eq!(admission.0.available_permits(), 1);
+/// # });
+/// ```
 #[async_trait]
 pub trait Admission: Send + Sync + std::fmt::Debug {
     /// Waits for capacity (a free bee) and grants it.

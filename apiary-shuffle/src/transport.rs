@@ -223,6 +223,77 @@ pub struct Delivered {
 
 /// Moves tasks from a coordinator to workers and results back. See the module docs for the
 /// contract every implementation keeps.
+///
+/// # Implementing one
+///
+/// A transport of your own implements the required methods (publish, poll, outcome, collect,
+/// finish, sweep) and whichever capabilities it has (streamed results, push wake-ups,
+/// pickup reports, claims), runs `conformance::run_all` over itself (feature `testing`),
+/// and is plugged into a node with `Apiary::builder(…).transport(…)` or, in a custom node
+/// binary, `apiary::cli::main(|b| b.transport_with(…))`. `apiary-node/examples/
+/// custom_transport.rs` is a whole one, in memory. A wrapper is the smallest: this one
+/// counts the tasks published and delegates everything to the storage shuffle.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use apiary_shuffle::{Delivered, Result, ShuffleTransport, StorageShuffle, TaskKey, TaskSpec};
+/// # use apiary_shuffle::{ResultWriter, TaskOutcome, TaskReport};
+/// # use arrow_array::RecordBatch;
+/// # use arrow_schema::SchemaRef;
+///
+/// #[derive(Debug)]
+/// struct Counted {
+///     inner: StorageShuffle,
+///     published: AtomicUsize,
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl ShuffleTransport for Counted {
+///     async fn publish_tasks(&self, query: &str, coordinator: &str, tasks: &[TaskSpec]) -> Result<()> {
+///         self.published.fetch_add(tasks.len(), Ordering::Relaxed);
+///         self.inner.publish_tasks(query, coordinator, tasks).await
+///     }
+///     async fn poll_tasks(&self, node_id: &str) -> Result<Vec<TaskSpec>> {
+///         self.inner.poll_tasks(node_id).await
+///     }
+///     async fn collect(&self, query_id: &str, wanted: &[TaskKey]) -> Result<Vec<Delivered>> {
+///         self.inner.collect(query_id, wanted).await
+///     }
+///     // … and every other method, delegated the same way:
+/// #   fn open_result<'a>(&'a self, task: &'a TaskSpec, schema: SchemaRef) -> Box<dyn ResultWriter + 'a> {
+/// #       self.inner.open_result(task, schema)
+/// #   }
+/// #   async fn read_chunk(&self, query_id: &str, chunk: &str) -> Result<Vec<RecordBatch>> {
+/// #       self.inner.read_chunk(query_id, chunk).await
+/// #   }
+/// #   async fn publish_outcome(&self, task: &TaskSpec, outcome: TaskOutcome, report: &TaskReport) -> Result<()> {
+/// #       self.inner.publish_outcome(task, outcome, report).await
+/// #   }
+/// #   async fn tasks_arrived(&self, node_id: &str) { self.inner.tasks_arrived(node_id).await }
+/// #   fn pushes_tasks(&self) -> bool { self.inner.pushes_tasks() }
+/// #   fn reports_pickup(&self) -> bool { self.inner.reports_pickup() }
+/// #   fn can_claim(&self) -> bool { self.inner.can_claim() }
+/// #   async fn claim(&self, task: &TaskKey, cell: &str) -> Result<bool> { self.inner.claim(task, cell).await }
+/// #   async fn renew(&self, query_id: &str, coordinator: &str) -> Result<()> { self.inner.renew(query_id, coordinator).await }
+/// #   async fn wanted(&self, task: &TaskKey) -> Result<bool> { self.inner.wanted(task).await }
+/// #   async fn cancel(&self, query_id: &str) -> Result<()> { self.inner.cancel(query_id).await }
+///     async fn finish(&self, query_id: &str) -> Result<()> {
+///         self.inner.finish(query_id).await
+///     }
+///     async fn sweep(&self, retention: std::time::Duration) -> Result<usize> {
+///         self.inner.sweep(retention).await
+///     }
+/// }
+///
+/// let transport = Counted {
+///     inner: StorageShuffle::new(apiary_storage::memory()),
+///     published: AtomicUsize::new(0),
+/// };
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// assert!(transport.poll_tasks("node-a").await.unwrap().is_empty(), "nothing published");
+/// # });
+/// ```
 #[async_trait]
 pub trait ShuffleTransport: Send + Sync + std::fmt::Debug + 'static {
     /// Publishes tasks of `query_id` (a new query's, or new attempts of its tasks); returns

@@ -93,6 +93,35 @@ pub struct Capabilities {
 /// back and compare it with the bytes they sent. Callers must therefore make every payload
 /// they write conditionally unique, for instance by embedding a random write id, so that
 /// "the stored bytes equal mine" means "my write landed".
+///
+/// Every implementation runs [`conformance::run_all`](crate::conformance::run_all)
+/// (feature `testing`), which reports the checks it had to skip and why.
+///
+/// # Plugging one in
+///
+/// Any [`object_store::ObjectStore`] (a store of your own, or one `object_store` ships)
+/// becomes a backend through [`ObjectStoreBackend`](crate::ObjectStoreBackend), which adds
+/// the lost-response handling above; say what it supports. The backend is then given to
+/// `ApiaryBuilder::backend` in `apiary-node`.
+///
+/// ```
+/// # async fn demo() -> apiary_storage::Result<()> {
+/// use std::sync::Arc;
+/// use apiary_storage::{Capabilities, CreateOutcome, ObjectStoreBackend, Path, StorageBackend};
+/// use apiary_storage::object_store::memory::InMemory;
+///
+/// let store = Arc::new(InMemory::new());
+/// let backend = ObjectStoreBackend::new(store, Capabilities { compare_and_swap: true }, "mine");
+/// let key = Path::from("ledger/00000001.json");
+/// let first = backend.put_if_absent(&key, "v1 by node a".into()).await?;
+/// assert!(matches!(first, CreateOutcome::Created(_)));
+/// match backend.put_if_absent(&key, "v1 by node b".into()).await? {
+///     CreateOutcome::AlreadyExists(object) => assert_eq!(&object.bytes[..], b"v1 by node a"),
+///     CreateOutcome::Created(_) => unreachable!("one creator wins"),
+/// }
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+/// ```
 #[async_trait]
 pub trait StorageBackend: Debug + Display + Send + Sync + 'static {
     /// What this backend supports.

@@ -21,6 +21,36 @@ use tokio::sync::watch;
 pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// The clocks a component uses.
+///
+/// Production nodes use [`SystemClock`]; tests move a [`ManualClock`] by hand. Any component
+/// that takes an `Arc<dyn Clock>` (membership, the colony, workers, caches) runs on either.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use apiary_storage::time::{Clock, ManualClock, Sleep};
+///
+/// /// A clock that runs ten times as fast as another (for a soak test of timeouts).
+/// #[derive(Debug)]
+/// struct Fast(Arc<dyn Clock>);
+///
+/// impl Clock for Fast {
+///     fn monotonic(&self) -> Duration {
+///         self.0.monotonic() * 10
+///     }
+///     fn wall_ms(&self) -> i64 {
+///         self.0.wall_ms()
+///     }
+///     fn sleep(&self, duration: Duration) -> Sleep {
+///         self.0.sleep(duration / 10)
+///     }
+/// }
+///
+/// let manual = ManualClock::new();
+/// let fast = Fast(Arc::new(manual.clone()));
+/// manual.advance(Duration::from_secs(1));
+/// assert_eq!(fast.monotonic(), Duration::from_secs(10));
+/// ```
 pub trait Clock: Send + Sync + Debug + 'static {
     /// Monotonic time since an arbitrary origin. Durations and liveness are judged on this.
     fn monotonic(&self) -> Duration;

@@ -46,62 +46,7 @@
 //! temperature, queue depth) and cache summaries come from the heartbeats a view carries,
 //! so a membership must carry the published heartbeat whole.
 //!
-//! # Plugging one in
-//!
-//! ```
-//! use apiary_swarm::{Heartbeat, Membership, NodeId, Result, WorldView};
-//!
-//! /// A membership that knows only itself: a swarm of one (a laptop, a test).
-//! #[derive(Debug, Default)]
-//! struct Alone {
-//!     me: std::sync::Mutex<Option<Heartbeat>>,
-//!     drain: std::sync::atomic::AtomicBool,
-//! }
-//!
-//! #[async_trait::async_trait]
-//! impl Membership for Alone {
-//!     async fn join(&self, heartbeat: &Heartbeat) -> Result<()> {
-//!         self.publish(heartbeat).await
-//!     }
-//!     async fn publish(&self, heartbeat: &Heartbeat) -> Result<()> {
-//!         *self.me.lock().unwrap() = Some(heartbeat.clone());
-//!         Ok(())
-//!     }
-//!     async fn leave(&self) -> Result<()> {
-//!         *self.me.lock().unwrap() = None;
-//!         self.drain.store(false, std::sync::atomic::Ordering::Relaxed);
-//!         Ok(())
-//!     }
-//!     async fn refresh(&self) -> Result<WorldView> {
-//!         Ok(self.world_view())
-//!     }
-//!     fn world_view(&self) -> WorldView {
-//!         let nodes = self.me.lock().unwrap().iter().map(|hb| apiary_swarm::NodeView {
-//!             node_id: hb.node_id.clone(),
-//!             state: match hb.state {
-//!                 apiary_swarm::Lifecycle::Leaving => apiary_swarm::NodeState::Leaving,
-//!                 _ => apiary_swarm::NodeState::Alive,
-//!             },
-//!             last_seen: std::time::Duration::ZERO,
-//!             heartbeat: hb.clone(),
-//!         });
-//!         let drain_requested = self.drain.load(std::sync::atomic::Ordering::Relaxed);
-//!         WorldView { nodes: nodes.collect(), drain_requested, ..WorldView::default() }
-//!     }
-//!     async fn request_drain(&self, node: &NodeId, _by: &str) -> Result<()> {
-//!         match &*self.me.lock().unwrap() {
-//!             Some(hb) if hb.node_id == *node => {
-//!                 self.drain.store(true, std::sync::atomic::Ordering::Relaxed);
-//!                 Ok(())
-//!             }
-//!             _ => Err(apiary_swarm::SwarmError::UnknownNode(node.to_string())),
-//!         }
-//!     }
-//!     async fn snapshot(&self) -> Result<WorldView> {
-//!         Ok(self.world_view())
-//!     }
-//! }
-//! ```
+
 
 use async_trait::async_trait;
 
@@ -109,7 +54,66 @@ use crate::error::Result;
 use crate::heartbeat::{Heartbeat, NodeId};
 use crate::view::WorldView;
 
-/// Membership of one node in a swarm.
+/// Membership of one node in a swarm, keeping the contract in the [module
+/// documentation](self).
+///
+/// # Plugging one in
+///
+/// ```
+/// use apiary_swarm::{Heartbeat, Membership, NodeId, Result, WorldView};
+///
+/// /// A membership that knows only itself: a swarm of one (a laptop, a test).
+/// #[derive(Debug, Default)]
+/// struct Alone {
+///     me: std::sync::Mutex<Option<Heartbeat>>,
+///     drain: std::sync::atomic::AtomicBool,
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl Membership for Alone {
+///     async fn join(&self, heartbeat: &Heartbeat) -> Result<()> {
+///         self.publish(heartbeat).await
+///     }
+///     async fn publish(&self, heartbeat: &Heartbeat) -> Result<()> {
+///         *self.me.lock().unwrap() = Some(heartbeat.clone());
+///         Ok(())
+///     }
+///     async fn leave(&self) -> Result<()> {
+///         *self.me.lock().unwrap() = None;
+///         self.drain.store(false, std::sync::atomic::Ordering::Relaxed);
+///         Ok(())
+///     }
+///     async fn refresh(&self) -> Result<WorldView> {
+///         Ok(self.world_view())
+///     }
+///     fn world_view(&self) -> WorldView {
+///         let me = self.me.lock().unwrap();
+///         let nodes = me.iter().map(|hb| apiary_swarm::NodeView {
+///             node_id: hb.node_id.clone(),
+///             state: match hb.state {
+///                 apiary_swarm::Lifecycle::Leaving => apiary_swarm::NodeState::Leaving,
+///                 _ => apiary_swarm::NodeState::Alive,
+///             },
+///             last_seen: std::time::Duration::ZERO,
+///             heartbeat: hb.clone(),
+///         });
+///         let drain_requested = self.drain.load(std::sync::atomic::Ordering::Relaxed);
+///         WorldView { nodes: nodes.collect(), drain_requested, ..WorldView::default() }
+///     }
+///     async fn request_drain(&self, node: &NodeId, _by: &str) -> Result<()> {
+///         match &*self.me.lock().unwrap() {
+///             Some(hb) if hb.node_id == *node => {
+///                 self.drain.store(true, std::sync::atomic::Ordering::Relaxed);
+///                 Ok(())
+///             }
+///             _ => Err(apiary_swarm::SwarmError::UnknownNode(node.to_string())),
+///         }
+///     }
+///     async fn snapshot(&self) -> Result<WorldView> {
+///         Ok(self.world_view())
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait Membership: Send + Sync + std::fmt::Debug + 'static {
     /// Makes this node known: publishes its first heartbeat. Returns once it is durable.
