@@ -2,7 +2,8 @@
 # Runs every Apiary test. Installs the system tools the tests use where they are missing
 # (scripts/test-deps.sh), starts the local S3 server the S3 tests need (installing it on first
 # use), runs the workspace tests, then builds the Python binding into a cached virtual
-# environment and runs its pytest suite. Extra arguments go to `cargo test`.
+# environment and runs its pytest suite, and builds the API docs (rustdoc warnings are
+# errors). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/test-deps.sh
@@ -12,3 +13,5 @@ export APIARY_LIN_CASES_LOCAL="${APIARY_LIN_CASES_LOCAL:-2000}"
 export APIARY_LIN_CASES_S3="${APIARY_LIN_CASES_S3:-40}"
 cargo test --workspace "$@"
 scripts/python-tests.sh
+echo "== cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked

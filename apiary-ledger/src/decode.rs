@@ -20,7 +20,7 @@ pub enum DecodedObject {
     CheckpointHint(u64),
 }
 
-/// Decodes the object stored at `key` (a key as laid out in [`crate::layout`]-style paths:
+/// Decodes the object stored at `key` (a key as the ledger lays objects out:
 /// `…/_ledger/{v}.json`, `…/_hive/{v}.json`, `…/_box/{v}.json`, `…/_checkpoints/{v}.json`,
 /// `…/_checkpoints/_last`). Any damage is an error naming the key; never a panic.
 pub fn decode_object(key: &str, bytes: &[u8]) -> Result<DecodedObject> {

@@ -42,7 +42,7 @@
 //!
 //! **Parts.** An entry of `cells` or `steal` may name a part of a cell rather than the whole:
 //! `"{path}#{start}-{end}"` is the cell's rows `start..end` (positions in the cell, before
-//! any filter; see [`crate::parts`]). A coordinator cuts cells into parts where there are
+//! any filter; see [`crate::units`]). A coordinator cuts cells into parts where there are
 //! fewer cells than bees, and cuts the last cells of every task that shares, so that the
 //! task that ends last ends at most a part behind; a cell once cut is handed out in those
 //! parts only. A name that is a cell of the frame is that cell (a coordinator never cuts a

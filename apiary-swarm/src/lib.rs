@@ -18,7 +18,7 @@ mod error;
 mod heartbeat;
 mod identity;
 mod load;
-mod membership;
+pub mod membership;
 #[cfg(feature = "testing")]
 pub mod simulation;
 pub mod storage;

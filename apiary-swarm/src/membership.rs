@@ -23,9 +23,9 @@
 //!   threshold ([`SwarmConfig::dead_threshold`](crate::SwarmConfig)), judged on the
 //!   member's own monotonic clock or the store's clock: **never** by comparing another
 //!   node's wall clock (`written_at_ms`) with this one's.
-//! * `leaving`: the node published a heartbeat declaring [`Lifecycle::Leaving`]
-//!   (crate::Lifecycle); others see it on their next refresh. After [`leave`]
-//!   (Membership::leave) the node is gone from others' next refresh.
+//! * `leaving`: the node published a heartbeat declaring
+//!   [`Lifecycle::Leaving`](crate::Lifecycle::Leaving); others see it on their next
+//!   refresh. After [`Membership::leave`] the node is gone from others' next refresh.
 //!
 //! **Freshness of content.** Load, cache and attributes in a peer's heartbeat may lag (the
 //! storage default re-reads contents within a request budget), but a heartbeat that changes
@@ -54,8 +54,8 @@ use crate::error::Result;
 use crate::heartbeat::{Heartbeat, NodeId};
 use crate::view::WorldView;
 
-/// Membership of one node in a swarm, keeping the contract in the [module
-/// documentation](self).
+/// Membership of one node in a swarm, keeping the [contract](crate::membership#contract)
+/// that `conformance` checks.
 ///
 /// # Plugging one in
 ///
