@@ -30,6 +30,8 @@ struct CheckedStream<R> {
     /// Body bytes of the current message still to pass through unchecked.
     body_left: u64,
     ended: bool,
+    /// Whether any header was read yet (the first one tells other formats apart).
+    started: bool,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -44,6 +46,7 @@ impl<R: Read> CheckedStream<R> {
             pending_at: 0,
             body_left: 0,
             ended: false,
+            started: false,
         }
     }
 
@@ -69,6 +72,13 @@ impl<R: Read> CheckedStream<R> {
         }
         if n < 4 {
             return Err(invalid("the stream ends inside a message header".into()));
+        }
+        if !std::mem::replace(&mut self.started, true) {
+            if let Some(format) = other_format(&word) {
+                return Err(invalid(format!(
+                    "these bytes are {format}, not an IPC stream"
+                )));
+            }
         }
         let mut header = word.to_vec();
         let length_word = if word == CONTINUATION {
@@ -148,10 +158,22 @@ impl<R: Read> Read for CheckedStream<R> {
     }
 }
 
+/// The format whose file starts with `magic`, when it is one people pass by mistake.
+fn other_format(magic: &[u8; 4]) -> Option<&'static str> {
+    match magic {
+        b"ARRO" => Some("an Arrow IPC file"),
+        b"PAR1" => Some("a Parquet file"),
+        _ => None,
+    }
+}
+
 fn malformed(detail: &dyn std::fmt::Display) -> LedgerError {
     LedgerError::Invalid(format!(
-        "the input is not valid Arrow IPC ({detail}); write an IPC stream or file (for \
-         example with pyarrow.ipc.new_stream), or Parquet; nothing was written"
+        "the input is not an Arrow IPC stream ({detail}); pass IPC stream bytes (written \
+         with pyarrow.ipc.new_stream or arrow's StreamWriter) or Arrow data itself (a \
+         pyarrow Table, a RecordBatch reader, a DataFrame); files in any format (Parquet, \
+         CSV, an IPC file) go through `apiary write HIVE.BOX.FRAME FILE`, or read them into \
+         a table first; nothing was written"
     ))
 }
 

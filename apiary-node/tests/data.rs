@@ -125,11 +125,24 @@ async fn malformed_ipc_is_a_clear_error_and_commits_nothing() {
         drop(w);
         out
     };
-    for (what, bytes) in [
-        ("empty", Vec::new()),
-        ("garbage", b"PAR1 definitely not arrow".to_vec()),
-        ("truncated", good[..good.len() / 2].to_vec()),
-        ("ipc file, not stream", file_format),
+    for (what, bytes, says) in [
+        ("empty", Vec::new(), "not an Arrow IPC stream"),
+        (
+            "garbage",
+            b"definitely not arrow".to_vec(),
+            "not an Arrow IPC stream",
+        ),
+        (
+            "parquet",
+            b"PAR1 then pages".to_vec(),
+            "these bytes are a Parquet file",
+        ),
+        (
+            "truncated",
+            good[..good.len() / 2].to_vec(),
+            "not an Arrow IPC stream",
+        ),
+        ("ipc file", file_format, "these bytes are an Arrow IPC file"),
     ] {
         let err = ap
             .write_ipc_to_frame(
@@ -141,7 +154,8 @@ async fn malformed_ipc_is_a_clear_error_and_commits_nothing() {
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not valid Arrow IPC"), "{what}: {err}");
+        assert!(err.contains(says), "{what}: {err}");
+        assert!(err.contains("apiary write"), "{what}: {err}");
         assert!(err.contains("nothing was written"), "{what}: {err}");
     }
     let info = ap

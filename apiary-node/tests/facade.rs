@@ -214,6 +214,31 @@ async fn swarm_operations_go_through_the_plugged_in_membership() {
     );
 }
 
+/// Opening, starting and querying can run on any task of a multi-threaded runtime (their
+/// futures are `Send`), as Python's interruptible calls and `tokio::spawn` need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_futures_can_be_spawned() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("s").display().to_string();
+    let ap = tokio::spawn(async move { Apiary::open(&storage).await })
+        .await
+        .unwrap()
+        .unwrap();
+    let started = ap.clone();
+    let state = dir.path().to_path_buf();
+    tokio::spawn(async move { started.start_with(options(&state, "spawned")).await })
+        .await
+        .unwrap()
+        .unwrap();
+    let querying = ap.clone();
+    let rows = tokio::spawn(async move { querying.sql("SELECT 1 AS one").await })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows.num_rows(), 1);
+    ap.shutdown().await.unwrap();
+}
+
 /// Errors carry a kind a caller can branch on, and keep their sources.
 #[tokio::test]
 async fn errors_have_kinds_and_sources() {

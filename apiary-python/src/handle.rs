@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::args::{frame_ref, frame_schema, partition_columns, retention, storage_text};
 use crate::arrow::{ArrowStream, Input, StopOnDrop, to_pyarrow_table};
-use crate::runtime::{block_on, finish, wait};
+use crate::runtime::{finish, wait};
 
 /// Handles whose node is running, so that interpreter exit can leave the swarm cleanly
 /// (`atexit` calls [`shutdown_all`]).
@@ -70,17 +70,27 @@ fn stream_of(result: QueryResult) -> ArrowStream {
 
 /// A handle on an Apiary storage root, and (after `start()`) a node of its swarm.
 ///
-/// ```python
-/// ap = Apiary("production", storage="s3://apiary-data/prod")
-/// ap.start()
-/// print(ap.swarm_status()["alive"])
-/// ```
+/// `storage` is a folder, `file://...`, `memory://`, `s3://bucket/prefix`, `gs://...` or
+/// `az://...` (default: `APIARY_STORAGE`, else `./apiary-data`); S3 credentials and
+/// endpoint come from the `AWS_*` variables when the handle is made. Opening waits at most
+/// `APIARY_STORAGE_TIMEOUT` (60 s) for the storage to answer, and Ctrl-C interrupts it.
+/// `state_dir` is the folder of this node's local state (its kept id, cell cache, scratch;
+/// default `APIARY_STATE_DIR`, else `~/.local/state/apiary`): two nodes on one machine need
+/// one each. `node_id` names the node (default `APIARY_NODE_ID`, else an id generated once
+/// and kept in the state folder).
+///
+///     ap = Apiary("production", storage="s3://apiary-data/prod")
+///     ap.start()
+///     print(ap.swarm_status()["alive"])
 #[pyclass(frozen, module = "apiary", name = "Apiary")]
 pub struct PyApiary {
     inner: apiary::Apiary,
     id: u64,
     /// The options the node was started with (for `status()`).
     node: Mutex<Option<NodeOptions>>,
+    /// The constructor's `state_dir` and `node_id`, over the environment's.
+    state_dir: Option<std::path::PathBuf>,
+    node_id: Option<String>,
 }
 
 impl PyApiary {
@@ -161,14 +171,22 @@ impl Drop for PyApiary {
 
 #[pymethods]
 impl PyApiary {
-    /// Opens the storage (default: `APIARY_STORAGE`, else `./apiary-data`). S3 credentials and
-    /// endpoint come from the `AWS_*` variables at this call, as the `apiary` binary reads
-    /// them; the `APIARY_*` tuning variables apply too.
+    /// Opens the storage (see the class documentation for every argument).
     #[new]
-    #[pyo3(signature = (name = "apiary".to_string(), storage = None))]
-    fn new(py: Python<'_>, name: String, storage: Option<Bound<'_, PyAny>>) -> PyResult<Self> {
+    #[pyo3(
+        signature = (name = "apiary".to_string(), storage = None, *, state_dir = None, node_id = None),
+        text_signature = "(name='apiary', storage=None, *, state_dir=None, node_id=None)"
+    )]
+    fn new(
+        py: Python<'_>,
+        name: String,
+        storage: Option<Bound<'_, PyAny>>,
+        state_dir: Option<std::path::PathBuf>,
+        node_id: Option<String>,
+    ) -> PyResult<Self> {
         let storage = storage.as_ref().map(storage_text).transpose()?;
-        let inner = block_on(py, move || async move {
+        // Interruptible: Ctrl-C stops the wait for a storage that does not answer.
+        let inner = wait(py, async move {
             let uri = match storage {
                 Some(text) => StorageUri::parse(&text)?,
                 None => StorageUri::from_env_or(DEFAULT_STORAGE)?,
@@ -181,14 +199,23 @@ impl PyApiary {
             inner,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             node: Mutex::new(None),
+            state_dir,
+            node_id,
         })
     }
 
-    /// Joins the swarm as a node (options from the `APIARY_*` variables): the first
+    /// Joins the swarm as a node (options from the `APIARY_*` variables, and the
+    /// constructor's `state_dir` and `node_id`): the first
     /// heartbeat is durable when this returns. The node leaves on `shutdown()`, when the
     /// handle is garbage-collected, or at interpreter exit.
     fn start(&self, py: Python<'_>) -> PyResult<()> {
-        let options = NodeOptions::from_env().map_err(|e| crate::errors::to_py_err(py, &e))?;
+        let mut options = NodeOptions::from_env().map_err(|e| crate::errors::to_py_err(py, &e))?;
+        if let Some(dir) = &self.state_dir {
+            options.state_dir = dir.clone();
+        }
+        if let Some(id) = &self.node_id {
+            options.node_id = Some(id.clone());
+        }
         let (ap, started) = (self.inner.clone(), options.clone());
         wait(py, async move { ap.start_with(started).await })?;
         *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(options);

@@ -80,17 +80,3 @@ where
     let Ok(rt) = runtime() else { return };
     Python::attach(|py| py.detach(|| rt.block_on(work)));
 }
-
-/// Runs the future `make` builds to completion with the GIL released, for work whose future
-/// cannot move between threads (opening a storage root). It is not interruptible: keep it
-/// for short calls.
-pub(crate) fn block_on<M, F, T>(py: Python<'_>, make: M) -> PyResult<T>
-where
-    M: FnOnce() -> F + Send,
-    F: Future<Output = Result<T, apiary::ApiaryError>>,
-    T: Send,
-{
-    let rt = runtime()?;
-    py.detach(move || rt.block_on(async move { make().await }))
-        .map_err(|e| to_py_err(py, &e))
-}

@@ -41,7 +41,8 @@ def test_kinds_are_python_exceptions_under_one_base() -> None:
 @pytest.mark.parametrize(
     "data, message",
     [
-        pytest.param(b"not arrow at all", "not valid Arrow IPC", id="garbage"),
+        pytest.param(b"not arrow at all", "not an Arrow IPC stream", id="garbage"),
+        pytest.param(b"PAR1" + b"\x00" * 16, "these bytes are a Parquet file", id="parquet"),
         pytest.param(b"", "IPC", id="empty"),
         pytest.param(ipc_bytes(GOOD)[:-20], "IPC", id="truncated"),
         pytest.param(b"\xff\xff\xff\xff" + (2**31 - 1).to_bytes(4, "little") + b"\x00" * 16, "IPC", id="huge-length"),

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pytest
 
-from apiary import Apiary
+from apiary import Apiary, ApiaryError
 from conftest import run_python, wait_for
 
 #: A join whose work grows with the square of the rows sharing a key.
@@ -178,3 +178,57 @@ print("after", ap.describe_frame("h", "b", "f")["rows"])
     done = run_python(code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == ["INTERRUPTED", "version 0 rows 0", "after 2"], done.stdout
+
+
+def test_state_dir_and_node_id_are_constructor_arguments(tmp_path: pathlib.Path) -> None:
+    storage = tmp_path / "data"
+    with Apiary("one", storage=str(storage), state_dir=tmp_path / "s1", node_id="one") as a:
+        a.start()
+        # A second node on this machine needs its own state folder; given one, it joins.
+        with Apiary("two", storage=str(storage), state_dir=str(tmp_path / "s2")) as b:
+            b.start()
+            second = b.status()["node_id"]
+            assert heartbeat_ids(storage) == {"one", second}
+        assert (tmp_path / "s2").is_dir()
+        # The same folder twice is refused, naming the Python argument to give.
+        with Apiary("three", storage=str(storage), state_dir=tmp_path / "s1", node_id="one") as c:
+            with pytest.raises(ApiaryError, match="state_dir="):
+                c.start()
+
+
+def test_help_shows_the_constructors_signature() -> None:
+    import inspect
+
+    signature = str(inspect.signature(Apiary))
+    assert signature == "(name='apiary', storage=None, *, state_dir=None, node_id=None)", signature
+    assert "state_dir" in (Apiary.__doc__ or "")
+
+
+def test_ctrl_c_interrupts_opening_a_storage_that_never_answers(tmp_path: pathlib.Path) -> None:
+    import socket
+
+    # A server that accepts connections and never answers.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    code = f"""
+import _thread, os, threading, time
+os.environ.update(AWS_ENDPOINT_URL="http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="x",
+                  AWS_SECRET_ACCESS_KEY="y", AWS_REGION="us-east-1", APIARY_STORAGE_TIMEOUT="300s")
+from apiary import Apiary
+threading.Timer(1.0, _thread.interrupt_main).start()
+started = time.monotonic()
+try:
+    Apiary("silent", storage="s3://bucket/prefix")
+    print("OPENED")
+except KeyboardInterrupt:
+    print("INTERRUPTED after", round(time.monotonic() - started, 1))
+"""
+    try:
+        done = run_python(code, timeout=120)
+    finally:
+        listener.close()
+    assert done.returncode == 0, done.stderr
+    # Interrupted, not timed out: the timeout would have raised UnavailableError.
+    assert "INTERRUPTED after" in done.stdout, (done.stdout, done.stderr)

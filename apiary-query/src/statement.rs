@@ -77,6 +77,7 @@ pub(crate) fn parse(sql: &str) -> Result<Vec<Command>> {
             commands.push(command);
             continue;
         }
+        check_use_spelling(&meaningful)?;
         commands.push(classify(parse_one(statement.to_vec())?)?);
     }
     if commands.is_empty() {
@@ -85,6 +86,33 @@ pub(crate) fn parse(sql: &str) -> Result<Vec<Command>> {
         ));
     }
     Ok(commands)
+}
+
+/// `USE HIVE h` and `USE BOX h.b` read naturally but are not SQL: say what to write.
+fn check_use_spelling(tokens: &[&Token]) -> Result<()> {
+    let word = |t: &Token| match t {
+        Token::Word(w) => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    };
+    let [first, second, rest @ ..] = tokens else {
+        return Ok(());
+    };
+    if word(first).as_deref() != Some("USE") {
+        return Ok(());
+    }
+    let Some(kind) = word(second).filter(|k| matches!(k.as_str(), "HIVE" | "BOX" | "FRAME")) else {
+        return Ok(());
+    };
+    let name: String = rest.iter().map(|t| t.to_string()).collect();
+    let name = if name.is_empty() {
+        "name".to_string()
+    } else {
+        name
+    };
+    Err(QueryError::Invalid(format!(
+        "`USE {kind} {name}` is not a statement: write `USE {name}` (`USE hive` or \
+         `USE hive.box`, the kind is told by the dots)"
+    )))
 }
 
 /// The deepest expression a statement may hold: a chain `a + b + …` nests one level per
@@ -270,14 +298,14 @@ fn classify(statement: DfStatement) -> Result<Command> {
         DfStatement::CreateExternalTable(_) => {
             return Err(reject(
                 "CREATE EXTERNAL TABLE",
-                "SQL cannot read files on the node; create a frame (`Apiary::create_frame`, \
+                "SQL cannot read files on the node; create a frame (`create_frame` in Rust and Python, \
                  `apiary create frame`) and write the files into it (`apiary write`)",
             ));
         }
         DfStatement::CopyTo(_) => {
             return Err(reject(
                 "COPY",
-                "SQL cannot write files on the node; read results as Arrow (`Apiary::sql`, \
+                "SQL cannot write files on the node; read results as Arrow (`sql` in Rust and Python, \
                  `apiary sql --format arrow|csv|json`)",
             ));
         }
@@ -372,7 +400,7 @@ fn classify(statement: DfStatement) -> Result<Command> {
         Statement::Insert(_) => {
             return Err(reject(
                 "INSERT",
-                "write with `Apiary::write_to_frame` or `apiary write HIVE.BOX.FRAME FILE`",
+                "write with `write_to_frame` (Rust, Python) or `apiary write HIVE.BOX.FRAME FILE`",
             ));
         }
         Statement::Update(_)
@@ -381,31 +409,31 @@ fn classify(statement: DfStatement) -> Result<Command> {
         | Statement::Truncate(_) => {
             return Err(reject(
                 "UPDATE, DELETE, MERGE and TRUNCATE",
-                "rewrite a frame with `Apiary::overwrite_frame` or `apiary write --overwrite`",
+                "rewrite a frame with `overwrite_frame` (Rust, Python) or `apiary write --overwrite`",
             ));
         }
         Statement::CreateTable(_) => {
             return Err(reject(
                 "CREATE TABLE",
-                "create frames with `Apiary::create_frame` or `apiary create frame`",
+                "create frames with `create_frame` (Rust, Python) or `apiary create frame`",
             ));
         }
         Statement::CreateSchema { .. } => {
             return Err(reject(
                 "CREATE SCHEMA",
-                "create boxes with `Apiary::create_box` or `apiary create box`",
+                "create boxes with `create_box` (Rust, Python) or `apiary create box`",
             ));
         }
         Statement::CreateDatabase { .. } => {
             return Err(reject(
                 "CREATE DATABASE",
-                "create hives with `Apiary::create_hive` or `apiary create hive`",
+                "create hives with `create_hive` (Rust, Python) or `apiary create hive`",
             ));
         }
         Statement::Drop { .. } => {
             return Err(reject(
                 "DROP",
-                "drop with `Apiary::drop_frame`/`drop_box`/`drop_hive` or `apiary drop`",
+                "drop with `drop_frame`/`drop_box`/`drop_hive` (Rust, Python) or `apiary drop`",
             ));
         }
         Statement::AlterTable(_) => {

@@ -169,7 +169,7 @@ pub async fn preflight(backend: &dyn StorageBackend) -> Result<()> {
 async fn check_probe(
     backend: &dyn StorageBackend,
     key: &Path,
-    payload: &dyn Fn(u32) -> Bytes,
+    payload: &(dyn Fn(u32) -> Bytes + Sync),
 ) -> std::result::Result<(), String> {
     let storage = |e: StorageError| e.to_string();
     match backend

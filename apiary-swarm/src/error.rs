@@ -44,7 +44,8 @@ pub enum SwarmError {
     /// Another process holds this node id from the same state folder.
     #[error(
         "node id `{node_id}` is in use by another process with the state folder {state_dir}; \
-         give each node its own --state-dir or --node-id"
+         give each node its own state folder (`--state-dir`, `APIARY_STATE_DIR`, or \
+         `state_dir=` in Python) or node id (`--node-id`, `APIARY_NODE_ID`, `node_id=`)"
     )]
     IdentityInUse {
         /// The node id.

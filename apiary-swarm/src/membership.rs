@@ -47,7 +47,6 @@
 //! so a membership must carry the published heartbeat whole.
 //!
 
-
 use async_trait::async_trait;
 
 use crate::error::Result;

@@ -62,16 +62,27 @@ class Apiary:
 
     ``storage`` is a folder, ``file://...``, ``memory://``, ``s3://bucket/prefix``,
     ``gs://...`` or ``az://...``; by default ``APIARY_STORAGE``, else ``./apiary-data``.
-    S3 credentials and endpoint come from the ``AWS_*`` variables when the handle is made.
+    S3 credentials and endpoint come from the ``AWS_*`` variables when the handle is made;
+    opening waits at most ``APIARY_STORAGE_TIMEOUT`` (60 s). ``state_dir`` is this node's
+    local state folder (default ``APIARY_STATE_DIR``; two nodes on one machine need one
+    each) and ``node_id`` its id (default ``APIARY_NODE_ID``, else generated once and kept).
     Every call releases the GIL while it waits, and Ctrl-C interrupts it.
     """
 
-    def __init__(self, name: str = "apiary", storage: str | os.PathLike[str] | None = None) -> None: ...
+    def __init__(
+        self,
+        name: str = "apiary",
+        storage: str | os.PathLike[str] | None = None,
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
+        node_id: str | None = None,
+    ) -> None: ...
     @property
     def storage(self) -> str:
         """The storage URI."""
     def start(self) -> None:
-        """Joins the swarm as a node (tuned by the ``APIARY_*`` variables).
+        """Joins the swarm as a node (tuned by the ``APIARY_*`` variables and the
+        constructor's ``state_dir`` and ``node_id``).
 
         The first heartbeat is durable when this returns. The node leaves on
         :meth:`shutdown`, when the handle is garbage-collected, or at interpreter exit.

@@ -86,6 +86,23 @@ fn writes_and_file_access_are_rejected_with_the_api_to_use() {
 }
 
 #[test]
+fn use_with_a_kind_says_what_to_write() {
+    for (sql, says) in [
+        ("USE HIVE analytics", "write `USE analytics`"),
+        ("use box analytics.events", "write `USE analytics.events`"),
+        ("USE FRAME", "write `USE name`"),
+    ] {
+        let err = parse(sql).unwrap_err().to_string();
+        assert!(err.contains(says), "{sql}: {err}");
+    }
+    assert!(matches!(one("USE analytics").unwrap(), Command::Use(_)));
+    assert!(
+        parse("USE hive_data").is_ok(),
+        "a hive may be named like a kind's prefix"
+    );
+}
+
+#[test]
 fn queries_pass_to_datafusion() {
     for sql in [
         "SELECT 1",
