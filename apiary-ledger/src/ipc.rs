@@ -73,12 +73,12 @@ impl<R: Read> CheckedStream<R> {
         if n < 4 {
             return Err(invalid("the stream ends inside a message header".into()));
         }
-        if !std::mem::replace(&mut self.started, true) {
-            if let Some(format) = other_format(&word) {
-                return Err(invalid(format!(
-                    "these bytes are {format}, not an IPC stream"
-                )));
-            }
+        if !std::mem::replace(&mut self.started, true)
+            && let Some(format) = other_format(&word)
+        {
+            return Err(invalid(format!(
+                "these bytes are {format}, not an IPC stream"
+            )));
         }
         let mut header = word.to_vec();
         let length_word = if word == CONTINUATION {
