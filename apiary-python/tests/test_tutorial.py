@@ -119,6 +119,15 @@ def test_seed_001_multi_node_swarm(s3_storage: str, nodes, monkeypatch: pytest.M
     task_nodes = {part.split("=", 1)[1].split()[0].strip(",") for part in text.split() if part.startswith("node=")}
     assert len(task_nodes) >= 2, text
 
+    # At the defaults this 97 KB frame stays local, and EXPLAIN says why and what to set.
+    monkeypatch.delenv("APIARY_DISTRIBUTE_MIN_BYTES")
+    defaults = Apiary("defaults", storage=s3_storage)
+    plan = pa.ipc.open_stream(defaults.sql("EXPLAIN SELECT country, COUNT(*) FROM analytics.events.clicks GROUP BY country")).read_all()
+    reasons = [p for t, p in zip(plan.column(0).to_pylist(), plan.column(1).to_pylist()) if t == "apiary_distribution"]
+    assert len(reasons) == 1 and reasons[0].startswith("local: reads "), plan
+    assert "< 64 MiB" in reasons[0] and "4 nodes alive" in reasons[0], reasons
+    assert "SET apiary.distribute = 'always'" in reasons[0], reasons
+
     # Step 7: a fourth node joins and is seen.
     before = alive_ids(ap.swarm_status())
     nodes.start(s3_storage)
@@ -149,14 +158,18 @@ def test_seed_000_a_new_node_is_seen_within_ten_seconds(s3_storage: str, nodes, 
         monkeypatch.delenv(key)
     ap = Apiary("production", storage=s3_storage)
     ap.start()
+    # "Verify it joined the swarm", printed right after start(): alive in its own view.
     swarm = ap.swarm_status()
     assert {n["node_id"] for n in swarm["nodes"]} == {ap.status()["node_id"]}
+    assert swarm["alive"] == 1 and swarm["nodes"][0]["state"] == "alive", swarm
 
     defaults = {"APIARY_HEARTBEAT_INTERVAL": "5s", "APIARY_POLL_INTERVAL": "5s", "APIARY_DEAD_THRESHOLD": "30s"}
     proc = nodes.start(s3_storage, env=defaults, node_id="pi-new")
+    # Seen alive at first sight (its heartbeat is fresh on the store's clock), not "joining"
+    # until a second heartbeat has been seen.
     wait_for(
-        "the new node in the world view",
-        lambda: "pi-new" in {n["node_id"] for n in ap.swarm_status()["nodes"]},
+        "the new node alive in the world view",
+        lambda: "pi-new" in alive_ids(ap.swarm_status()),
         timeout=10,
         every=0.1,
     )

@@ -59,12 +59,57 @@ pub struct DistributeRequest<'a> {
     pub min_part_rows: Option<u64>,
     /// The engine (the coordinator's own tasks run in it).
     pub engine: QueryEngine,
+    /// Whether the query is explained (`EXPLAIN [ANALYZE]`): a plan kept local then says
+    /// why in full, even where that costs a look at the swarm.
+    pub explaining: bool,
+}
+
+/// What a [`Distributor`] made of a query.
+#[derive(Debug)]
+pub enum Distribution {
+    /// The plan to run in place of the query's, reading over the swarm.
+    Split(LogicalPlan),
+    /// The query runs here, for this reason (shown by `EXPLAIN`), e.g. `reads 97 KiB <
+    /// 64 MiB; 4 nodes alive; SET apiary.distribute = 'always' to split it`.
+    Local(String),
 }
 
 /// How the engine distributes a query (the distributed layer's `Cluster` implements it).
 #[async_trait]
 pub trait Distributor: Send + Sync + std::fmt::Debug {
-    /// The plan to run in place of `request.plan`, reading over the swarm; `None` to run
-    /// the query locally (the setting, the data or the workers say so).
-    async fn distribute(&self, request: DistributeRequest<'_>) -> Result<Option<LogicalPlan>>;
+    /// The plan to run in place of `request.plan`, reading over the swarm; or why the query
+    /// runs locally (the setting, the data or the workers say so).
+    async fn distribute(&self, request: DistributeRequest<'_>) -> Result<Distribution>;
+}
+
+/// `bytes` in binary units, as people read sizes (`97 KiB`, `64 MiB`, `1.5 GiB`).
+pub fn size_text(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value >= 10.0 || value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        for (bytes, text) in [
+            (0, "0 B"),
+            (1000, "1000 B"),
+            (97 * 1024 + 300, "97 KiB"),
+            (64 << 20, "64 MiB"),
+            (3 << 29, "1.5 GiB"),
+        ] {
+            assert_eq!(super::size_text(bytes), text);
+        }
+    }
 }

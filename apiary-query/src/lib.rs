@@ -37,7 +37,7 @@ mod table;
 mod tier;
 
 pub use catalog::Pinned;
-pub use distribute::{DistributeMode, DistributeRequest, Distributor};
+pub use distribute::{DistributeMode, DistributeRequest, Distribution, Distributor, size_text};
 pub use error::{QueryError, Result};
 pub use exec::{FrameScanExec, ScanSummary};
 pub use memory::{Admission, Grant, PoolReading};

@@ -90,6 +90,35 @@ impl QueryResult {
     }
 }
 
+/// An `EXPLAIN [ANALYZE]` output `stream` with one more row at its end: `plan_type`
+/// `kind`, `plan` `text` (what Apiary decided beside DataFusion's plans). A stream of
+/// another shape passes unchanged.
+pub(crate) fn with_explain_row(
+    stream: SendableRecordBatchStream,
+    kind: &str,
+    text: &str,
+) -> SendableRecordBatchStream {
+    use arrow_schema::DataType;
+    use futures::StreamExt;
+    let schema = stream.schema();
+    let is_text = |i: usize| schema.fields().get(i).map(|f| f.data_type()) == Some(&DataType::Utf8);
+    if schema.fields().len() != 2 || !is_text(0) || !is_text(1) {
+        return stream;
+    }
+    let row = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from(vec![kind])),
+            Arc::new(StringArray::from(vec![text])),
+        ],
+    )
+    .map_err(datafusion::error::DataFusionError::from);
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        stream.chain(futures::stream::once(async move { row })),
+    ))
+}
+
 fn table(columns: Vec<(&str, ArrayRef)>) -> Result<QueryResult> {
     let schema = Arc::new(Schema::new(
         columns

@@ -15,7 +15,7 @@ use std::panic::AssertUnwindSafe;
 use futures::{FutureExt, TryStreamExt};
 
 use crate::catalog::{ApiaryCatalog, HiveList, NO_BOX, NO_HIVE, Pinned};
-use crate::distribute::{DistributeMode, DistributeRequest, Distributor};
+use crate::distribute::{DistributeMode, DistributeRequest, Distribution, Distributor};
 use crate::error::{QueryError, Result};
 use crate::fragments::{FragmentKey, FragmentPlans};
 use crate::memory::{self, Admission, Budget};
@@ -454,7 +454,11 @@ impl SqlSession {
             .with_allow_dml(false)
             .with_allow_statements(true)
             .verify_plan(&plan)?;
-        let (plan, distributed) = self.maybe_distribute(plan).await?;
+        let Distributed {
+            plan,
+            split: distributed,
+            local_because,
+        } = self.maybe_distribute(plan).await?;
         // A query that runs here waits for a free bee and runs under a memory pool of the
         // bees it holds. A distributed one holds none while it waits for its tasks (which
         // hold bees where they run), so coordinators can never wait on each other's bees;
@@ -471,6 +475,12 @@ impl SqlSession {
         let task = Arc::new(frame.task_ctx().with_runtime(runtime));
         let physical = frame.create_physical_plan().await?;
         let stream = datafusion::physical_plan::execute_stream(physical, task)?;
+        let stream = match local_because {
+            Some(why) => {
+                output::with_explain_row(stream, "apiary_distribution", &format!("local: {why}"))
+            }
+            None => stream,
+        };
         Ok(memory::holding(stream, grant))
     }
 
@@ -479,45 +489,53 @@ impl SqlSession {
         self.distribute
     }
 
-    /// `plan`, split over the swarm when the setting, the data and the workers say so.
-    /// `plan`, split over the swarm when the setting, the data and the workers say so; and
-    /// whether it was.
-    async fn maybe_distribute(&self, plan: LogicalPlan) -> Result<(LogicalPlan, bool)> {
-        if self.distribute == DistributeMode::Never || self.engine.distributor.is_none() {
-            return Ok((plan, false));
+    /// `plan`, split over the swarm when the setting, the data and the workers say so;
+    /// whether it was; and, for an `EXPLAIN` of a query kept local, why.
+    async fn maybe_distribute(&self, plan: LogicalPlan) -> Result<Distributed> {
+        let kept = |plan, why: Option<String>| Distributed {
+            plan,
+            split: false,
+            local_because: why,
+        };
+        if self.engine.distributor.is_none() {
+            return Ok(kept(plan, None));
         }
         Ok(match plan {
-            LogicalPlan::Explain(explain) => match self.distribute_query(&explain.plan).await? {
-                Some(inner) => (
-                    LogicalPlan::Explain(Explain {
-                        plan: Arc::new(inner),
-                        ..explain
-                    }),
-                    true,
-                ),
-                None => (LogicalPlan::Explain(explain), false),
+            LogicalPlan::Explain(explain) => match self
+                .distribute_query(&explain.plan, true)
+                .await?
+            {
+                Distribution::Split(inner) => Distributed::split(LogicalPlan::Explain(Explain {
+                    plan: Arc::new(inner),
+                    ..explain
+                })),
+                Distribution::Local(why) => kept(LogicalPlan::Explain(explain), Some(why)),
             },
-            LogicalPlan::Analyze(analyze) => match self.distribute_query(&analyze.input).await? {
-                Some(inner) => (
-                    LogicalPlan::Analyze(Analyze {
-                        input: Arc::new(inner),
-                        ..analyze
-                    }),
-                    true,
-                ),
-                None => (LogicalPlan::Analyze(analyze), false),
-            },
-            LogicalPlan::Statement(_) | LogicalPlan::DescribeTable(_) => (plan, false),
-            query => match self.distribute_query(&query).await? {
-                Some(distributed) => (distributed, true),
-                None => (query, false),
+            LogicalPlan::Analyze(analyze) => {
+                match self.distribute_query(&analyze.input, true).await? {
+                    Distribution::Split(inner) => {
+                        Distributed::split(LogicalPlan::Analyze(Analyze {
+                            input: Arc::new(inner),
+                            ..analyze
+                        }))
+                    }
+                    Distribution::Local(why) => kept(LogicalPlan::Analyze(analyze), Some(why)),
+                }
+            }
+            LogicalPlan::Statement(_) | LogicalPlan::DescribeTable(_) => kept(plan, None),
+            query => match self.distribute_query(&query, false).await? {
+                Distribution::Split(distributed) => Distributed::split(distributed),
+                Distribution::Local(_) => kept(query, None),
             },
         })
     }
 
-    async fn distribute_query(&self, plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
+    async fn distribute_query(&self, plan: &LogicalPlan, explaining: bool) -> Result<Distribution> {
+        if self.distribute == DistributeMode::Never {
+            return Ok(Distribution::Local("apiary.distribute = 'never'".into()));
+        }
         let Some(distributor) = &self.engine.distributor else {
-            return Ok(None);
+            return Ok(Distribution::Local("this engine has no swarm".into()));
         };
         let state = self.ctx.state();
         distributor
@@ -528,6 +546,7 @@ impl SqlSession {
                 scope: &self.current,
                 min_part_rows: self.min_part_rows,
                 engine: self.engine.clone(),
+                explaining,
             })
             .await
     }
@@ -576,5 +595,24 @@ impl SqlSession {
         }
         self.current = parts;
         Ok(())
+    }
+}
+
+/// A query's plan after [`SqlSession::maybe_distribute`].
+struct Distributed {
+    plan: LogicalPlan,
+    /// Whether it reads over the swarm.
+    split: bool,
+    /// For an `EXPLAIN` of a query kept local: why.
+    local_because: Option<String>,
+}
+
+impl Distributed {
+    fn split(plan: LogicalPlan) -> Self {
+        Self {
+            plan,
+            split: true,
+            local_because: None,
+        }
     }
 }

@@ -197,7 +197,8 @@ impl crate::Distributor for Cluster {
     async fn distribute(
         &self,
         request: crate::DistributeRequest<'_>,
-    ) -> crate::Result<Option<datafusion::logical_expr::LogicalPlan>> {
+    ) -> crate::Result<crate::Distribution> {
+        use crate::Distribution::Local;
         let crate::DistributeRequest {
             plan,
             state,
@@ -205,19 +206,38 @@ impl crate::Distributor for Cluster {
             scope,
             min_part_rows,
             engine,
+            explaining,
         } = request;
         let mut cluster = self.clone();
         if let Some(rows) = min_part_rows {
             cluster.settings.min_part_rows = rows;
         }
+        let threshold = cluster.settings.auto_min_bytes;
+        let small = |bytes: u64, alive: Option<usize>| {
+            let alive = alive.map_or(String::new(), |n| format!("; {}", alive_text(n)));
+            format!(
+                "reads {} < {} (APIARY_DISTRIBUTE_MIN_BYTES){alive}; SET apiary.distribute = \
+                 'always' to split it",
+                crate::size_text(bytes),
+                crate::size_text(threshold)
+            )
+        };
         // Optimizing the plan to split it is as costly as planning the query again: skip it
         // when no frame the query reads is large enough for `auto` to distribute (a split
         // never reads more than its frame holds).
-        if mode == DistributeMode::Auto
-            && plan::largest_frame_bytes(plan)
-                .is_none_or(|bytes| bytes < cluster.settings.auto_min_bytes)
-        {
-            return Ok(None);
+        if mode == DistributeMode::Auto {
+            match plan::largest_frame_bytes(plan) {
+                None => return Ok(Local("the query reads no frame".into())),
+                Some(bytes) if bytes < threshold => {
+                    // Who is alive costs a look at the swarm: only an EXPLAIN pays it.
+                    let alive = match explaining {
+                        true => Some(cluster.directory.workers().await?.len()),
+                        false => None,
+                    };
+                    return Ok(Local(small(bytes, alive)));
+                }
+                Some(_) => {}
+            }
         }
         // Who is there decides before the optimization does: a node alone in its swarm (or
         // an embedded Apiary with no nodes) plans its queries once. For a node this reads
@@ -231,15 +251,24 @@ impl crate::Distributor for Cluster {
             DistributeMode::Auto => others,
         };
         if !go {
-            return Ok(None);
+            return Ok(Local(match mode {
+                DistributeMode::Never => "apiary.distribute = 'never'".into(),
+                _ if workers.is_empty() => "no node is alive to take tasks".into(),
+                _ => "no other node is alive; SET apiary.distribute = 'always' to split it \
+                      over this one's bees"
+                    .into(),
+            }));
         }
         let optimized = state.optimize(plan)?;
         let Some(mut split) = plan::split(&optimized, state, scope)? else {
-            return Ok(None);
+            return Ok(Local("no frame scan of this plan can be split".into()));
         };
-        let small = split.fragment.bytes() < cluster.settings.auto_min_bytes;
-        if split.fragment.cells.is_empty() || (mode == DistributeMode::Auto && small) {
-            return Ok(None);
+        let bytes = split.fragment.bytes();
+        if split.fragment.cells.is_empty() {
+            return Ok(Local("no cell is left to read after pruning".into()));
+        }
+        if mode == DistributeMode::Auto && bytes < threshold {
+            return Ok(Local(small(bytes, Some(workers.len()))));
         }
         split.fragment.settings = engine.changed_settings(state);
         let table = DistributedTable::new(split.fragment.clone(), cluster, engine);
@@ -249,7 +278,17 @@ impl crate::Distributor for Cluster {
             None,
         )?
         .build()?;
-        Ok(Some(split.coordinator_plan(partials)?))
+        Ok(crate::Distribution::Split(
+            split.coordinator_plan(partials)?,
+        ))
+    }
+}
+
+/// `1 node alive`, `4 nodes alive`.
+fn alive_text(n: usize) -> String {
+    match n {
+        1 => "1 node alive".into(),
+        n => format!("{n} nodes alive"),
     }
 }
 
