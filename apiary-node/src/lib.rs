@@ -42,6 +42,11 @@ mod cluster;
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+/// The Rust blocks of `docs/embedding.md`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/embedding.md")]
+struct EmbeddingDoctests;
 pub use builder::{ApiaryBuilder, MembershipFactory, MembershipRole};
 use worker::TaskCounts;
 
