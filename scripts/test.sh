@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs every Apiary test. Installs the system tools the tests use where they are missing
-# (scripts/test-deps.sh), starts the local S3 server the S3 tests need (installing it on first
-# use), runs the workspace tests, then builds the Python binding into a cached virtual
+# (scripts/test-deps.sh), starts the local S3 server and the Azure Blob emulator the storage
+# tests need (installing them on first use), runs the workspace tests, then builds the Python binding into a cached virtual
 # environment and runs its pytest suite, and builds the API docs (rustdoc warnings are
 # errors). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/test-deps.sh
 eval "$(scripts/s3-server.sh)"
+eval "$(scripts/azure-server.sh)"
 export APIARY_LIN_CASES_MEMORY="${APIARY_LIN_CASES_MEMORY:-8000}"
 export APIARY_LIN_CASES_LOCAL="${APIARY_LIN_CASES_LOCAL:-2000}"
 export APIARY_LIN_CASES_S3="${APIARY_LIN_CASES_S3:-40}"

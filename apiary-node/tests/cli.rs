@@ -399,6 +399,28 @@ fn sql_works_on_s3() {
     assert_eq!(csv, format!("n,d\n200,{want}\n"));
 }
 
+/// A write and a query on Azure Blob storage (Azurite, started by `scripts/test.sh`), and
+/// the hive dropped again.
+#[test]
+fn writes_and_queries_on_azure() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = apiary_storage::conformance::azure_test_uri("cli").to_string();
+    let storage = ["--storage", uri.as_str()];
+    create_tutorial_frame(dir.path(), &storage);
+    write_csv_clicks(dir.path(), &storage);
+    let q = "SELECT COUNT(*) AS n, SUM(duration_ms) AS d FROM analytics.events.clicks WHERE country <> 'uk'";
+    let csv = ok(&apiary(
+        dir.path(),
+        &[&storage[..], &["sql", q, "--format", "csv"]].concat(),
+    ));
+    let want: i64 = (0..300).filter(|i| i % 3 != 1).map(|i| 100 + i).sum();
+    assert_eq!(csv, format!("n,d\n200,{want}\n"));
+    ok(&apiary(
+        dir.path(),
+        &[&storage[..], &["drop", "hive", "analytics", "--cascade"]].concat(),
+    ));
+}
+
 /// Output piped into a reader that stops early (`apiary sql … | head`) ends the command
 /// quietly: no panic about a failed write to stdout.
 #[test]

@@ -403,10 +403,21 @@ pub async fn no_torn_reads(b: Arc<dyn StorageBackend>, root: &Path) {
 /// Panics when the variable is missing: the S3 tests are not optional. Run the tests with
 /// `scripts/test.sh`, which starts the server.
 pub fn s3_test_uri(name: &str) -> crate::StorageUri {
-    let base = std::env::var("APIARY_TEST_S3").unwrap_or_else(|_| {
+    rig_uri("APIARY_TEST_S3", "scripts/s3-server.sh", name)
+}
+
+/// The Azure Blob URI the test rig provides (`APIARY_TEST_AZURE`, set by
+/// `scripts/azure-server.sh`, which starts Azurite), with a fresh prefix. Panics when the
+/// variable is missing, as [`s3_test_uri`] does.
+pub fn azure_test_uri(name: &str) -> crate::StorageUri {
+    rig_uri("APIARY_TEST_AZURE", "scripts/azure-server.sh", name)
+}
+
+fn rig_uri(variable: &str, script: &str, name: &str) -> crate::StorageUri {
+    let base = std::env::var(variable).unwrap_or_else(|_| {
         panic!(
-            "APIARY_TEST_S3 is not set: the S3 tests need the local S3 server. Run the tests \
-             with `scripts/test.sh` (it starts the server), or `eval \"$(scripts/s3-server.sh)\"` first"
+            "{variable} is not set: these tests need the local server `{script}` starts. Run \
+             the tests with `scripts/test.sh` (it starts it), or `eval \"$({script})\"` first"
         )
     });
     let uri = format!(

@@ -1,11 +1,12 @@
 //! The conformance suite and the conditional-write guarantees, on every backend: memory, a
-//! local folder, and the real S3 server started by `scripts/s3-server.sh`.
+//! local folder, the real S3 server started by `scripts/s3-server.sh`, and Azure Blob
+//! storage on Azurite (`scripts/azure-server.sh`).
 
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 
-use apiary_storage::conformance::{Report, run_object_store, s3_test_uri};
+use apiary_storage::conformance::{Report, azure_test_uri, run_object_store, s3_test_uri};
 use apiary_storage::{
     FaultConfig, InstrumentedStore, ObjectStoreBackend, Path, StorageBackend, StorageError,
     StorageUri, object_store_for, open, preflight,
@@ -68,6 +69,19 @@ async fn local_folder_conforms() {
 async fn s3_conforms() {
     let report = conforms(s3_test_uri("conformance"), 60).await;
     assert!(report.skipped.is_empty(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn azure_conforms() {
+    let report = conforms(azure_test_uri("conformance"), 60).await;
+    assert!(report.skipped.is_empty(), "{report}");
+}
+
+#[tokio::test]
+async fn preflight_refuses_ignored_preconditions_on_azure() {
+    let b = ignoring_preconditions(&azure_test_uri("preflight"));
+    let err = preflight(b.as_ref()).await.unwrap_err().to_string();
+    assert!(err.contains("ignores"), "{err}");
 }
 
 #[tokio::test]
