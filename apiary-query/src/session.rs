@@ -15,14 +15,17 @@ use std::panic::AssertUnwindSafe;
 use futures::{FutureExt, TryStreamExt};
 
 use crate::catalog::{ApiaryCatalog, HiveList, NO_BOX, NO_HIVE, Pinned};
-use crate::distribute::{DistributeMode, DistributeRequest, Distribution, Distributor};
+use crate::distribute::{DistributeMode, Distributor};
 use crate::error::{QueryError, Result};
 use crate::fragments::{FragmentKey, FragmentPlans};
 use crate::memory::{self, Admission, Budget};
 use crate::output::{self, QueryResult};
 use crate::scans::{OnlyApiaryStorage, ScanStores};
 use crate::statement::{self, Command};
-use datafusion::logical_expr::{Analyze, Explain, LogicalPlan};
+
+mod distribution;
+use datafusion::logical_expr::LogicalPlan;
+use distribution::Distributed;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
@@ -489,68 +492,6 @@ impl SqlSession {
         self.distribute
     }
 
-    /// `plan`, split over the swarm when the setting, the data and the workers say so;
-    /// whether it was; and, for an `EXPLAIN` of a query kept local, why.
-    async fn maybe_distribute(&self, plan: LogicalPlan) -> Result<Distributed> {
-        let kept = |plan, why: Option<String>| Distributed {
-            plan,
-            split: false,
-            local_because: why,
-        };
-        if self.engine.distributor.is_none() {
-            return Ok(kept(plan, None));
-        }
-        Ok(match plan {
-            LogicalPlan::Explain(explain) => match self
-                .distribute_query(&explain.plan, true)
-                .await?
-            {
-                Distribution::Split(inner) => Distributed::split(LogicalPlan::Explain(Explain {
-                    plan: Arc::new(inner),
-                    ..explain
-                })),
-                Distribution::Local(why) => kept(LogicalPlan::Explain(explain), Some(why)),
-            },
-            LogicalPlan::Analyze(analyze) => {
-                match self.distribute_query(&analyze.input, true).await? {
-                    Distribution::Split(inner) => {
-                        Distributed::split(LogicalPlan::Analyze(Analyze {
-                            input: Arc::new(inner),
-                            ..analyze
-                        }))
-                    }
-                    Distribution::Local(why) => kept(LogicalPlan::Analyze(analyze), Some(why)),
-                }
-            }
-            LogicalPlan::Statement(_) | LogicalPlan::DescribeTable(_) => kept(plan, None),
-            query => match self.distribute_query(&query, false).await? {
-                Distribution::Split(distributed) => Distributed::split(distributed),
-                Distribution::Local(_) => kept(query, None),
-            },
-        })
-    }
-
-    async fn distribute_query(&self, plan: &LogicalPlan, explaining: bool) -> Result<Distribution> {
-        if self.distribute == DistributeMode::Never {
-            return Ok(Distribution::Local("apiary.distribute = 'never'".into()));
-        }
-        let Some(distributor) = &self.engine.distributor else {
-            return Ok(Distribution::Local("this engine has no swarm".into()));
-        };
-        let state = self.ctx.state();
-        distributor
-            .distribute(DistributeRequest {
-                plan,
-                state: &state,
-                mode: self.distribute,
-                scope: &self.current,
-                min_part_rows: self.min_part_rows,
-                engine: self.engine.clone(),
-                explaining,
-            })
-            .await
-    }
-
     /// `parts` as a frame: `hive.box.frame`, or completed from `USE`.
     fn resolve(&self, parts: &[String]) -> Result<FrameRef> {
         let full: Vec<&str> = match (parts.len(), self.current.len()) {
@@ -595,24 +536,5 @@ impl SqlSession {
         }
         self.current = parts;
         Ok(())
-    }
-}
-
-/// A query's plan after [`SqlSession::maybe_distribute`].
-struct Distributed {
-    plan: LogicalPlan,
-    /// Whether it reads over the swarm.
-    split: bool,
-    /// For an `EXPLAIN` of a query kept local: why.
-    local_because: Option<String>,
-}
-
-impl Distributed {
-    fn split(plan: LogicalPlan) -> Self {
-        Self {
-            plan,
-            split: true,
-            local_because: None,
-        }
     }
 }
