@@ -14,12 +14,17 @@ bucket="apiary-test"
 requirements="$here/s3-requirements.txt"
 log() { echo "s3-server: $*" >&2; }
 
+# A Python 3.13 that runs (a pyenv shim for a version pyenv does not select does not).
 find_python() {
-  local candidates=()
-  [ -d "$HOME/.pyenv/versions" ] && candidates+=("$HOME"/.pyenv/versions/3.13*/bin/python3.13)
+  local candidates=() root
+  root="${PYENV_ROOT:-$HOME/.pyenv}"
+  command -v pyenv >/dev/null 2>&1 && root="$(pyenv root 2>/dev/null || echo "$root")"
+  [ -d "$root/versions" ] && candidates+=("$root"/versions/3.13*/bin/python3.13)
   candidates+=(python3.13)
   for py in "${candidates[@]}"; do
-    if command -v "$py" >/dev/null 2>&1; then echo "$py"; return 0; fi
+    if "$py" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1; then
+      echo "$py"; return 0
+    fi
   done
   if command -v pyenv >/dev/null 2>&1; then
     log "installing Python 3.13 with pyenv"

@@ -7,8 +7,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/test-deps.sh
-eval "$(scripts/s3-server.sh)"
-eval "$(scripts/azure-server.sh)"
+# (Assigned first: a server that fails to start stops the run, which `eval "$(…)"` would not.)
+s3_env="$(scripts/s3-server.sh)"
+eval "$s3_env"
+azure_env="$(scripts/azure-server.sh)"
+eval "$azure_env"
 export APIARY_LIN_CASES_MEMORY="${APIARY_LIN_CASES_MEMORY:-8000}"
 export APIARY_LIN_CASES_LOCAL="${APIARY_LIN_CASES_LOCAL:-2000}"
 export APIARY_LIN_CASES_S3="${APIARY_LIN_CASES_S3:-40}"
