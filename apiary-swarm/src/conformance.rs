@@ -71,6 +71,16 @@ pub fn heartbeat(id: &str, seq: u64, state: Lifecycle) -> Heartbeat {
     }
 }
 
+/// A member of `h` for node `id` that has joined with its first heartbeat.
+async fn joined(h: &dyn Harness, id: &str) -> Arc<dyn Membership> {
+    let member = h.member(id).await;
+    member
+        .join(&heartbeat(id, 1, Lifecycle::Joining))
+        .await
+        .unwrap();
+    member
+}
+
 fn state_of(view: &WorldView, id: &str) -> Option<NodeState> {
     view.node(&NodeId::new(id).unwrap()).map(|n| n.state)
 }
@@ -113,10 +123,7 @@ async fn refresh_until(
 
 /// A member that joined is `alive` in its own view, carrying the heartbeat it published.
 pub async fn joined_member_is_alive_in_its_own_view(h: &dyn Harness) {
-    let a = h.member("own-a").await;
-    a.join(&heartbeat("own-a", 1, Lifecycle::Joining))
-        .await
-        .unwrap();
+    let a = joined(h, "own-a").await;
     let view = a.refresh().await.unwrap();
     assert_eq!(
         state_of(&view, "own-a"),
@@ -138,13 +145,7 @@ pub async fn joined_member_is_alive_in_its_own_view(h: &dyn Harness) {
 /// Another member sees a node that joined on its next refresh (`joining` or `alive`, never
 /// worse), `alive` once it published again, and its newest content within a few polls.
 pub async fn others_see_a_joined_node(h: &dyn Harness) {
-    let (a, b) = (h.member("see-a").await, h.member("see-b").await);
-    a.join(&heartbeat("see-a", 1, Lifecycle::Joining))
-        .await
-        .unwrap();
-    b.join(&heartbeat("see-b", 1, Lifecycle::Joining))
-        .await
-        .unwrap();
+    let (a, b) = (joined(h, "see-a").await, joined(h, "see-b").await);
     let view = a.refresh().await.unwrap();
     assert!(
         matches!(
@@ -183,13 +184,7 @@ pub async fn others_see_a_joined_node(h: &dyn Harness) {
 /// silent node's wall clock plays no part.
 pub async fn a_silent_node_turns_suspect_then_dead(h: &dyn Harness) {
     let config = h.config();
-    let (a, b) = (h.member("silent-a").await, h.member("silent-b").await);
-    a.join(&heartbeat("silent-a", 1, Lifecycle::Joining))
-        .await
-        .unwrap();
-    b.join(&heartbeat("silent-b", 1, Lifecycle::Joining))
-        .await
-        .unwrap();
+    let (a, b) = (joined(h, "silent-a").await, joined(h, "silent-b").await);
     a.refresh().await.unwrap();
     h.advance(config.heartbeat_interval).await;
     b.publish(&heartbeat("silent-b", 2, Lifecycle::Alive))
@@ -244,13 +239,7 @@ pub async fn a_silent_node_turns_suspect_then_dead(h: &dyn Harness) {
 
 /// A heartbeat declaring `leaving` is seen as such; after `leave` the node is gone.
 pub async fn leaving_is_seen_and_leave_removes(h: &dyn Harness) {
-    let (a, b) = (h.member("leave-a").await, h.member("leave-b").await);
-    a.join(&heartbeat("leave-a", 1, Lifecycle::Joining))
-        .await
-        .unwrap();
-    b.join(&heartbeat("leave-b", 1, Lifecycle::Joining))
-        .await
-        .unwrap();
+    let (a, b) = (joined(h, "leave-a").await, joined(h, "leave-b").await);
     a.refresh().await.unwrap();
     h.advance(h.config().heartbeat_interval).await;
     b.publish(&heartbeat("leave-b", 2, Lifecycle::Leaving))
@@ -279,14 +268,8 @@ pub async fn leaving_is_seen_and_leave_removes(h: &dyn Harness) {
 /// no one else's, and ends when the target leaves; a node without a heartbeat cannot be
 /// asked.
 pub async fn drain_reaches_only_its_target(h: &dyn Harness) {
-    let (a, b) = (h.member("drain-a").await, h.member("drain-b").await);
+    let (a, b) = (joined(h, "drain-a").await, joined(h, "drain-b").await);
     let operator = h.member("drain-operator").await;
-    a.join(&heartbeat("drain-a", 1, Lifecycle::Joining))
-        .await
-        .unwrap();
-    b.join(&heartbeat("drain-b", 1, Lifecycle::Joining))
-        .await
-        .unwrap();
     operator
         .request_drain(&NodeId::new("drain-b").unwrap(), "conformance")
         .await
@@ -321,13 +304,7 @@ pub async fn drain_reaches_only_its_target(h: &dyn Harness) {
 /// A snapshot, from a member that never joined nor refreshed, lists every node with a
 /// heartbeat; those publishing are `alive` at once, whatever their wall clocks say.
 pub async fn snapshot_sees_publishing_nodes_alive(h: &dyn Harness) {
-    let (a, b) = (h.member("snap-a").await, h.member("snap-b").await);
-    a.join(&heartbeat("snap-a", 1, Lifecycle::Joining))
-        .await
-        .unwrap();
-    b.join(&heartbeat("snap-b", 1, Lifecycle::Joining))
-        .await
-        .unwrap();
+    let (a, b) = (joined(h, "snap-a").await, joined(h, "snap-b").await);
     b.publish(&heartbeat("snap-b", 2, Lifecycle::Alive))
         .await
         .unwrap();
@@ -357,10 +334,7 @@ pub async fn snapshot_sees_publishing_nodes_alive(h: &dyn Harness) {
 
 /// `world_view` is the last refresh's view.
 pub async fn world_view_is_the_last_refresh(h: &dyn Harness) {
-    let a = h.member("view-a").await;
-    a.join(&heartbeat("view-a", 1, Lifecycle::Joining))
-        .await
-        .unwrap();
+    let a = joined(h, "view-a").await;
     let refreshed = a.refresh().await.unwrap();
     assert_eq!(
         a.world_view(),
