@@ -439,7 +439,8 @@ fn a_closed_pipe_ends_output_quietly() {
 }
 
 /// A storage endpoint that accepts connections and never answers holds a command only until
-/// the open timeout, which then says what to check; `s3//…` (a lost colon) is refused at once.
+/// the open timeout, which then says what to check; one that refuses connections is
+/// reported at once; `s3//…` (a lost colon) is refused at once.
 #[test]
 fn a_storage_that_never_answers_fails_at_the_open_timeout() {
     let dir = tempfile::tempdir().unwrap();
@@ -460,6 +461,25 @@ fn a_storage_that_never_answers_fails_at_the_open_timeout() {
     assert!(stderr.contains("did not answer within 2s"), "{stderr}");
     assert!(stderr.contains("AWS_ENDPOINT_URL"), "{stderr}");
     drop(silent);
+
+    // An endpoint that refuses connections fails at once, saying it cannot be reached
+    // (not after the retries of every preflight request, nor at the timeout).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refusing = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["--storage", "s3://refused-bucket/x", "list"])
+        .current_dir(dir.path())
+        .env_remove("APIARY_STORAGE")
+        .env("AWS_ENDPOINT_URL", &refusing)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("APIARY_STORAGE_TIMEOUT", "300s")
+        .output()
+        .unwrap();
+    let stderr = err(&out);
+    assert!(stderr.contains("cannot reach it"), "{stderr}");
+    assert!(stderr.contains("AWS_ENDPOINT_URL"), "{stderr}");
 
     let out = apiary(dir.path(), &["--storage", "s3//bucket/x", "list"]);
     assert!(err(&out).contains("colon missing"));

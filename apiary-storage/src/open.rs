@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 
@@ -21,6 +21,15 @@ pub const RESERVED_PREFIX: &str = "_apiary";
 /// `AWS_ENDPOINT_URL` (an `http://` endpoint is allowed, for a local S3-compatible server).
 /// GCS and Azure take their usual `GOOGLE_*` and `AZURE_*` variables.
 pub fn object_store_for(uri: &StorageUri) -> Result<(Arc<dyn ObjectStore>, Capabilities)> {
+    build_store(uri, None)
+}
+
+/// [`object_store_for`], with `retry` instead of `object_store`'s default retries for a
+/// remote store.
+fn build_store(
+    uri: &StorageUri,
+    retry: Option<object_store::RetryConfig>,
+) -> Result<(Arc<dyn ObjectStore>, Capabilities)> {
     let cas = Capabilities {
         compare_and_swap: true,
     };
@@ -65,21 +74,28 @@ pub fn object_store_for(uri: &StorageUri) -> Result<(Arc<dyn ObjectStore>, Capab
                     .with_allow_http(endpoint.starts_with("http://"))
                     .with_endpoint(endpoint);
             }
+            if let Some(retry) = retry {
+                builder = builder.with_retry(retry);
+            }
             let store = builder.build().map_err(backend_err)?;
             Ok((prefixed(Arc::new(store), prefix), cas))
         }
         StorageUri::Gcs { bucket, prefix } => {
-            let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(backend_err)?;
+            let mut builder =
+                object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+            if let Some(retry) = retry {
+                builder = builder.with_retry(retry);
+            }
+            let store = builder.build().map_err(backend_err)?;
             Ok((prefixed(Arc::new(store), prefix), cas))
         }
         StorageUri::Azure { container, prefix } => {
-            let store = object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_container_name(container)
-                .build()
-                .map_err(backend_err)?;
+            let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(container);
+            if let Some(retry) = retry {
+                builder = builder.with_retry(retry);
+            }
+            let store = builder.build().map_err(backend_err)?;
             Ok((prefixed(Arc::new(store), prefix), cas))
         }
     }
@@ -104,7 +120,11 @@ pub async fn open(uri: &StorageUri) -> Result<Arc<dyn StorageBackend>> {
         capabilities,
         uri.to_string(),
     ));
-    match tokio::time::timeout(deadline, preflight(backend.as_ref())).await {
+    let checks = async {
+        reachable(uri).await?;
+        preflight(backend.as_ref()).await
+    };
+    match tokio::time::timeout(deadline, checks).await {
         Ok(checked) => checked?,
         Err(_) => {
             return Err(StorageError::Backend {
@@ -121,6 +141,35 @@ pub async fn open(uri: &StorageUri) -> Result<Arc<dyn StorageBackend>> {
         }
     }
     Ok(backend)
+}
+
+/// Asks a remote store one question (a HEAD of a key that need not exist) with a single
+/// retry, so that an endpoint that refuses connections, a wrong address or rejected
+/// credentials fail the open at once with what to check, instead of after every retry of
+/// every preflight request. Local and in-memory stores are always reachable.
+async fn reachable(uri: &StorageUri) -> Result<()> {
+    if matches!(uri, StorageUri::Memory | StorageUri::Local(_)) {
+        return Ok(());
+    }
+    let once = object_store::RetryConfig {
+        max_retries: 1,
+        retry_timeout: std::time::Duration::from_secs(10),
+        ..Default::default()
+    };
+    let (store, _) = build_store(uri, Some(once))?;
+    match store
+        .head(&Path::from(format!("{RESERVED_PREFIX}/reachable")))
+        .await
+    {
+        Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(StorageError::Preflight {
+            store: uri.to_string(),
+            problem: format!(
+                "cannot reach it: {e}. Check its address (AWS_ENDPOINT_URL for S3), the \
+                 network and the credentials"
+            ),
+        }),
+    }
 }
 
 /// [`OPEN_TIMEOUT`], or the duration `APIARY_STORAGE_TIMEOUT` gives.
