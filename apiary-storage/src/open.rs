@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::backend::{Capabilities, CreateOutcome, ObjectVersion, StorageBackend, SwapOutcome};
 use crate::error::{Result, StorageError};
