@@ -48,6 +48,16 @@ impl Apiary {
             options.colony.clone(),
             Arc::clone(&options.clock),
         ));
+        // The heartbeats report the tasks this node's coordinator abandoned.
+        let abandoned = {
+            self.query_engine()?;
+            let tasks = self
+                .query
+                .get()
+                .map(|(_, cluster)| cluster.abandoned.clone())
+                .unwrap_or_default();
+            Arc::new(move || tasks.count()) as apiary_swarm::AbandonedReport
+        };
         let config = AgentConfig {
             swarm: options.swarm.clone(),
             drain_timeout: options.drain_timeout,
@@ -65,14 +75,7 @@ impl Apiary {
             }),
             colony: Some(Arc::clone(&colony)),
             attributes: options.attributes.clone(),
-            abandoned: self
-                .query_engine()
-                .ok()
-                .and(self.query.get())
-                .map(|(_, cluster)| {
-                    let abandoned = cluster.abandoned.clone();
-                    Arc::new(move || abandoned.count()) as apiary_swarm::AbandonedReport
-                }),
+            abandoned: Some(abandoned),
             ..AgentConfig::default()
         };
         let clock = Arc::clone(&options.clock);

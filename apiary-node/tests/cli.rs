@@ -438,6 +438,22 @@ fn a_closed_pipe_ends_output_quietly() {
     assert!(String::from_utf8_lossy(&first).starts_with("x,y"));
 }
 
+/// `apiary list` on `s3://bucket/x` at the S3 `endpoint`, waiting at most `timeout` for it;
+/// its stderr.
+fn list_at_endpoint(dir: &std::path::Path, endpoint: &str, timeout: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["--storage", "s3://bucket/x", "list"])
+        .current_dir(dir)
+        .env_remove("APIARY_STORAGE")
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("APIARY_STORAGE_TIMEOUT", timeout)
+        .output()
+        .unwrap();
+    err(&out)
+}
+
 /// A storage endpoint that accepts connections and never answers holds a command only until
 /// the open timeout, which then says what to check; one that refuses connections is
 /// reported at once; `s3//…` (a lost colon) is refused at once.
@@ -447,17 +463,7 @@ fn a_storage_that_never_answers_fails_at_the_open_timeout() {
     // Accepts every connection (the kernel's backlog) and never reads or answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", silent.local_addr().unwrap());
-    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
-        .args(["--storage", "s3://silent-bucket/x", "list"])
-        .current_dir(dir.path())
-        .env_remove("APIARY_STORAGE")
-        .env("AWS_ENDPOINT_URL", &endpoint)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("APIARY_STORAGE_TIMEOUT", "2s")
-        .output()
-        .unwrap();
-    let stderr = err(&out);
+    let stderr = list_at_endpoint(dir.path(), &endpoint, "2s");
     assert!(stderr.contains("did not answer within 2s"), "{stderr}");
     assert!(stderr.contains("AWS_ENDPOINT_URL"), "{stderr}");
     drop(silent);
@@ -467,17 +473,7 @@ fn a_storage_that_never_answers_fails_at_the_open_timeout() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let refusing = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
-        .args(["--storage", "s3://refused-bucket/x", "list"])
-        .current_dir(dir.path())
-        .env_remove("APIARY_STORAGE")
-        .env("AWS_ENDPOINT_URL", &refusing)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("APIARY_STORAGE_TIMEOUT", "300s")
-        .output()
-        .unwrap();
-    let stderr = err(&out);
+    let stderr = list_at_endpoint(dir.path(), &refusing, "300s");
     assert!(stderr.contains("cannot reach it"), "{stderr}");
     assert!(stderr.contains("AWS_ENDPOINT_URL"), "{stderr}");
 

@@ -33,25 +33,21 @@ fn pages() -> Vec<(PathBuf, String)> {
 /// The fenced blocks of `text` whose language is `lang`, with the line each starts on.
 fn blocks(text: &str, lang: &str) -> Vec<(usize, String)> {
     let mut found = Vec::new();
-    let mut current: Option<(usize, String)> = None;
+    // Inside a fence: whether it is a `lang` block, where it starts, what it holds.
+    let mut open: Option<(bool, usize, String)> = None;
     for (n, line) in text.lines().enumerate() {
         let fence = line.trim_start().strip_prefix("```");
-        match (&mut current, fence) {
+        match (open.as_mut(), fence) {
             (None, Some(info)) => {
                 let language = info.split([',', ' ']).next().unwrap_or("");
-                current = (language == lang).then(|| (n + 1, String::new()));
-                if current.is_none() && !info.is_empty() {
-                    // Another language's block: skip to its end.
-                    current = Some((0, String::new()));
+                open = Some((language == lang, n + 1, String::new()));
+            }
+            (Some(_), Some(_)) => {
+                if let Some((true, start, body)) = open.take() {
+                    found.push((start, body));
                 }
             }
-            (Some((start, body)), Some(_)) => {
-                if *start != 0 {
-                    found.push((*start, std::mem::take(body)));
-                }
-                current = None;
-            }
-            (Some((start, body)), None) if *start != 0 => {
+            (Some((true, _, body)), None) => {
                 body.push_str(line);
                 body.push('\n');
             }
