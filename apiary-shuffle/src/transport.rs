@@ -30,6 +30,9 @@
 //!   [`tasks_arrived`](ShuffleTransport::tasks_arrived) of a node return soon after tasks
 //!   for it are published, so its worker polls at once; polling at an interval works
 //!   with every transport.
+//! * **Results pushed.** A transport may wake a waiting coordinator through
+//!   [`results_arrived`](ShuffleTransport::results_arrived) when outcomes of its query
+//!   arrive; looking at intervals works with every transport.
 //! * **Ordering.** None across tasks: the coordinator orders nothing by arrival.
 //! * **Crashes.** A worker that dies leaves its tasks without outcomes; the coordinator sees
 //!   that through membership and deadlines and publishes a new attempt elsewhere. Outcomes of
@@ -96,6 +99,10 @@ pub struct TaskReport {
     /// ledger's statistics or a limit); every task of the round rules out the same ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pruned: Vec<String>,
+    /// How the result came back to the coordinator (`storage`, `flight`, `local`): set by
+    /// the coordinator's transport when it collects it, not by the worker.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub via: String,
 }
 
 /// A task's rows, as the coordinator receives them: some in hand, the rest in chunks it
@@ -350,6 +357,15 @@ pub trait ShuffleTransport: Send + Sync + std::fmt::Debug + 'static {
     /// poll. The default never returns: the worker polls at its interval.
     async fn tasks_arrived(&self, node_id: &str) {
         let _ = node_id;
+        std::future::pending::<()>().await
+    }
+
+    /// Returns when outcomes of `query_id` may have arrived: a transport whose results are
+    /// pushed to the coordinator (a stream from the worker) wakes it here, and it then calls
+    /// [`collect`](Self::collect) at once. The default never returns: the coordinator looks
+    /// for results at intervals, which works with every transport.
+    async fn results_arrived(&self, query_id: &str) {
+        let _ = query_id;
         std::future::pending::<()>().await
     }
 

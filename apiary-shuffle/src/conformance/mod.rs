@@ -224,6 +224,9 @@ pub async fn renewed_queries_survive_sweeps(t: &dyn ShuffleTransport) {
 /// round claims afresh; `finish` removes the claims.
 pub async fn claims_have_one_winner(t: Arc<dyn ShuffleTransport>) {
     let q = unique("claims");
+    // The contenders are published tasks of one round, as a coordinator's are.
+    let round: Vec<TaskSpec> = (0..4u32).map(|id| task(&q, id, 1, "w")).collect();
+    t.publish_tasks(&q, "coord", &round).await.expect("publish");
     let mut cells: Vec<String> = (0..6).map(|i| format!("data/p={i}/c.parquet")).collect();
     cells.extend(
         crate::units::cut(300, 3)
@@ -262,7 +265,11 @@ pub async fn claims_have_one_winner(t: Arc<dyn ShuffleTransport>) {
         }
     }
     // The next round's claims are its own.
-    let next = task(&q, 9, 2, "w").key();
+    let next = task(&q, 9, 2, "w");
+    t.publish_tasks(&q, "coord", std::slice::from_ref(&next))
+        .await
+        .expect("publish round 2");
+    let next = next.key();
     assert!(t.claim(&next, &cells[0]).await.expect("claim in round 2"));
     t.finish(&q).await.expect("finish");
     assert!(

@@ -487,7 +487,15 @@ impl ShuffleTransport for StorageShuffle {
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<_>>()
             .await
-            .map(|d| d.into_iter().flatten().collect())
+            .map(|d: Vec<Option<Delivered>>| {
+                d.into_iter()
+                    .flatten()
+                    .map(|mut d| {
+                        d.report.via = "storage".into();
+                        d
+                    })
+                    .collect()
+            })
     }
 
     /// A task is wanted while its query object is there: `finish` (and so `cancel`)

@@ -73,6 +73,9 @@ pub struct TaskRun {
     /// discovery, the result's way back). A late result of an earlier attempt is measured
     /// from the latest hand-out too.
     pub round_trip_ms: u64,
+    /// How the result came back: `local` (the coordinator ran it), `storage`, `flight`, or
+    /// what another transport calls itself.
+    pub via: String,
     /// Cell reads the worker served from its cache, and those that went to storage.
     pub cache: (u64, u64),
     /// Bytes the worker read from storage.
@@ -201,7 +204,7 @@ impl DisplayAs for DistributedExec {
                 write!(
                     f,
                     "\n    task={} node={} attempt={} cells={} stolen={} bytes={} rows={} \
-                     time={}ms planning={}ms plan={} round_trip={}ms cache_hits={} \
+                     time={}ms planning={}ms plan={} round_trip={}ms via={} cache_hits={} \
                      cache_misses={} bytes_from_storage={}",
                     r.task_id,
                     r.node_id,
@@ -214,6 +217,7 @@ impl DisplayAs for DistributedExec {
                     r.planning_ms,
                     if r.plan_reused { "reused" } else { "new" },
                     r.round_trip_ms,
+                    r.via,
                     r.cache.0,
                     r.cache.1,
                     r.bytes_from_storage
@@ -424,9 +428,12 @@ impl Run {
         let mut last_renewal = Instant::now();
         while !q.complete() {
             let mut gave_up = false;
+            let published = q.published;
             tokio::select! {
                 Some((d, rows)) = rx.recv() => gave_up |= q.accept(d, rows)?,
                 _ = self.cluster.clock.sleep(poll) => {}
+                // A transport that pushes results wakes the wait at once.
+                _ = self.cluster.transport.results_arrived(&self.query_id), if published => {}
             }
             while let Ok((d, rows)) = rx.try_recv() {
                 gave_up |= q.accept(d, rows)?;
@@ -499,6 +506,11 @@ impl Run {
                 planning_ms: report.planning_ms,
                 plan_reused: report.plan_reused,
                 round_trip_ms: round_trip.as_millis() as u64,
+                via: if report.via.is_empty() {
+                    "transport".into()
+                } else {
+                    report.via.clone()
+                },
                 cache: (report.cache_hits, report.cache_misses),
                 bytes_from_storage: report.bytes_from_storage,
                 retried,

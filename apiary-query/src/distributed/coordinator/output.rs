@@ -289,10 +289,13 @@ pub(super) async fn run_local(
     rows: LocalRows,
 ) -> (Delivered, Option<LocalRows>) {
     let key = spec.key();
-    let delivered = |outcome, report| Delivered {
+    let delivered = |outcome, report: TaskReport| Delivered {
         key: key.clone(),
         outcome,
-        report,
+        report: TaskReport {
+            via: "local".into(),
+            ..report
+        },
     };
     // A bee of this node, held while the task runs, as a worker's task holds one.
     let _bee = match engine.budget.admit_task().await {

@@ -1,0 +1,174 @@
+//! Links from this process to other nodes' Flight ports: one HTTP/2 connection per address,
+//! opened with a handshake that proves the swarm's key, and a memory of links that failed
+//! so that tasks for those nodes go through storage until a retry is due.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apiary_storage::Clock;
+use arrow_flight::HandshakeRequest;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use bytes::Bytes;
+use futures::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::{FlightKey, PROOF_HEADER};
+use crate::wire::MAX_MESSAGE_BYTES;
+use crate::worker::lock;
+
+/// What a node's handshake answers with.
+pub(crate) const HANDSHAKE_REPLY: &[u8] = b"apiary-flight-v1";
+
+/// HTTP/2 windows: large enough that one exchange can move a gigabyte a second on a LAN.
+pub(crate) const STREAM_WINDOW: u32 = 8 << 20;
+pub(crate) const CONNECTION_WINDOW: u32 = 32 << 20;
+
+/// A connected client.
+pub(crate) type Client = FlightServiceClient<Channel>;
+
+/// Links by address, and the nodes whose link failed (until when they are left alone).
+pub(crate) struct Links {
+    clients: tokio::sync::Mutex<HashMap<String, Client>>,
+    failed: Mutex<HashMap<String, Duration>>,
+    clock: Arc<dyn Clock>,
+    connect_timeout: Duration,
+    retry_after: Duration,
+    /// This process's proof of the key (one nonce per process).
+    proof: Mutex<Option<String>>,
+}
+
+impl Links {
+    pub(crate) fn new(
+        clock: Arc<dyn Clock>,
+        connect_timeout: Duration,
+        retry_after: Duration,
+    ) -> Self {
+        Self {
+            clients: tokio::sync::Mutex::default(),
+            failed: Mutex::default(),
+            clock,
+            connect_timeout,
+            retry_after,
+            proof: Mutex::default(),
+        }
+    }
+
+    /// The proof this process sends.
+    pub(crate) fn proof(&self, key: &FlightKey) -> String {
+        lock(&self.proof)
+            .get_or_insert_with(|| key.proof(&apiary_storage::Random::from_os().id()))
+            .clone()
+    }
+
+    /// Whether `node`'s link failed recently (its tasks then go through storage).
+    pub(crate) fn failed_recently(&self, node: &str) -> bool {
+        let now = self.clock.monotonic();
+        let mut failed = lock(&self.failed);
+        match failed.get(node) {
+            Some(&until) if now < until => true,
+            Some(_) => {
+                failed.remove(node);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Notes that `node`'s link failed; its address's connection is dropped.
+    pub(crate) fn mark_failed(&self, node: &str) {
+        let until = self.clock.monotonic() + self.retry_after;
+        lock(&self.failed).insert(node.to_string(), until);
+    }
+
+    /// A client for `address`, connecting (with the handshake) if none is open.
+    pub(crate) async fn client(&self, address: &str, key: &FlightKey) -> Result<Client, String> {
+        if let Some(c) = self.clients.lock().await.get(address) {
+            return Ok(c.clone());
+        }
+        let client = tokio::time::timeout(self.connect_timeout, connect(address, &self.proof(key)))
+            .await
+            .map_err(|_| {
+                format!(
+                    "no Flight handshake with {address} within {:?}",
+                    self.connect_timeout
+                )
+            })??;
+        self.clients
+            .lock()
+            .await
+            .insert(address.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Forgets the connection to `address` (the next use reconnects).
+    pub(crate) async fn forget(&self, address: &str) {
+        self.clients.lock().await.remove(address);
+    }
+}
+
+/// Connects to `address` and proves the key in a handshake.
+pub(crate) async fn connect(address: &str, proof: &str) -> Result<Client, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| format!("`{address}` is not a Flight address: {e}"))?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
+    let channel = endpoint.connect().await.map_err(|e| {
+        format!(
+            "cannot connect to the Flight port at {address}: {}",
+            source_chain(&e)
+        )
+    })?;
+    let mut client = FlightServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let hello = HandshakeRequest {
+        protocol_version: 1,
+        payload: Bytes::from_static(HANDSHAKE_REPLY),
+    };
+    let mut request = tonic::Request::new(futures::stream::iter([hello]));
+    insert_proof(&mut request, proof)?;
+    let mut replies = client
+        .handshake(request)
+        .await
+        .map_err(|s| {
+            format!(
+                "the Flight handshake with {address} was refused: {}",
+                s.message()
+            )
+        })?
+        .into_inner();
+    match replies.next().await {
+        Some(Ok(reply)) if reply.payload.as_ref() == HANDSHAKE_REPLY => Ok(client),
+        Some(Ok(_)) => Err(format!(
+            "{address} is a Flight port, but not an Apiary node's"
+        )),
+        Some(Err(s)) => Err(format!(
+            "the Flight handshake with {address} failed: {}",
+            s.message()
+        )),
+        None => Err(format!("the Flight handshake with {address} got no answer")),
+    }
+}
+
+/// Adds this process's proof of the key to a request.
+pub(crate) fn insert_proof<T>(request: &mut tonic::Request<T>, proof: &str) -> Result<(), String> {
+    let value = proof
+        .parse()
+        .map_err(|_| "the Flight proof is not a valid header value".to_string())?;
+    request.metadata_mut().insert(PROOF_HEADER, value);
+    Ok(())
+}
+
+/// An error with its sources, on one line.
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

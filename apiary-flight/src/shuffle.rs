@@ -1,0 +1,569 @@
+//! [`FlightShuffle`]: the hybrid transport. Tasks for nodes whose Flight port this process
+//! can reach are pushed over Flight and their results stream back on the same exchange;
+//! every other pair (no address, a refused or timed-out handshake, a link that broke) goes
+//! through the storage shuffle, in the same query.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apiary_shuffle::{
+    Delivered, Result, ResultWriter, ShuffleError, ShuffleTransport, StorageShuffle, TaskKey,
+    TaskOutcome, TaskReport, TaskSpec,
+};
+use apiary_storage::{Clock, ErrorKind, StorageBackend, SystemClock};
+use arrow_array::RecordBatch;
+use arrow_flight::FlightData;
+use arrow_schema::SchemaRef;
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{OnceCell, mpsc};
+
+use crate::auth::FlightKey;
+use crate::client::{Links, insert_proof};
+use crate::coordinator::Coordinator;
+use crate::server::{FlightServer, Service};
+use crate::wire::{ChunkEncoder, Ending, ToCoordinator, ToWorker, message, parse};
+use crate::worker::{Inbox, Session, lock};
+
+/// The heartbeat attribute a node advertises its Flight address in.
+pub const FLIGHT_ATTRIBUTE: &str = "flight";
+
+/// Where other nodes' Flight ports are: a node's address as it advertises it (the
+/// [`FLIGHT_ATTRIBUTE`] of its heartbeat), from the membership view this process holds
+/// (no storage request).
+pub trait Peers: Send + Sync + std::fmt::Debug + 'static {
+    /// `node_id`'s Flight address (`host:port`), if it serves Flight.
+    fn flight_address(&self, node_id: &str) -> Option<String>;
+}
+
+/// Peers from a fixed table (tests, benchmarks, static deployments).
+#[derive(Debug, Default, Clone)]
+pub struct StaticPeers(pub Arc<Mutex<HashMap<String, String>>>);
+
+impl StaticPeers {
+    /// Sets `node_id`'s address (or removes it, with `None`).
+    pub fn set(&self, node_id: &str, address: Option<&str>) {
+        let mut table = lock(&self.0);
+        match address {
+            Some(a) => table.insert(node_id.to_string(), a.to_string()),
+            None => table.remove(node_id),
+        };
+    }
+}
+
+impl Peers for StaticPeers {
+    fn flight_address(&self, node_id: &str) -> Option<String> {
+        lock(&self.0).get(node_id).cloned()
+    }
+}
+
+/// How a [`FlightShuffle`] behaves.
+#[derive(Debug, Clone)]
+pub struct FlightConfig {
+    /// Longest wait for a connection and handshake; a node that takes longer gets its
+    /// tasks through storage.
+    pub connect_timeout: Duration,
+    /// How long a node whose link failed gets its tasks through storage before Flight is
+    /// tried again.
+    pub retry_after: Duration,
+    /// Whether result chunks are LZ4-compressed (worth it on slow links; on a LAN or
+    /// loopback, raw IPC is faster).
+    pub lz4: bool,
+    /// About how many bytes of IPC one result chunk holds.
+    pub chunk_bytes: usize,
+    /// Result bytes this process keeps in memory, over every query it coordinates; chunks
+    /// beyond it go to temporary files.
+    pub memory_bytes: usize,
+    /// The clock that times failed links.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for FlightConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            retry_after: Duration::from_secs(30),
+            lz4: false,
+            chunk_bytes: apiary_shuffle::CHUNK_BYTES,
+            memory_bytes: 256 << 20,
+            clock: Arc::new(SystemClock::new()),
+        }
+    }
+}
+
+/// Arrow Flight between nodes that can reach each other, the storage shuffle between those
+/// that cannot (see the crate docs).
+pub struct FlightShuffle {
+    storage: Arc<dyn ShuffleTransport>,
+    backend: Arc<dyn StorageBackend>,
+    peers: Arc<dyn Peers>,
+    config: FlightConfig,
+    key: OnceCell<FlightKey>,
+    links: Arc<Links>,
+    inbox: Arc<Inbox>,
+    coordinator: Arc<Coordinator>,
+}
+
+impl std::fmt::Debug for FlightShuffle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlightShuffle")
+            .field("storage", &self.storage)
+            .field("peers", &self.peers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FlightShuffle {
+    /// Flight where `peers` name an address, the storage shuffle over `backend` elsewhere.
+    pub fn new(backend: Arc<dyn StorageBackend>, peers: Arc<dyn Peers>) -> Self {
+        Self::with_config(backend, peers, FlightConfig::default())
+    }
+
+    /// As [`FlightShuffle::new`], configured.
+    pub fn with_config(
+        backend: Arc<dyn StorageBackend>,
+        peers: Arc<dyn Peers>,
+        config: FlightConfig,
+    ) -> Self {
+        let links = Arc::new(Links::new(
+            Arc::clone(&config.clock),
+            config.connect_timeout,
+            config.retry_after,
+        ));
+        Self {
+            storage: Arc::new(StorageShuffle::new(Arc::clone(&backend))),
+            backend,
+            peers,
+            coordinator: Arc::new(Coordinator::new(config.memory_bytes)),
+            config,
+            key: OnceCell::new(),
+            links,
+            inbox: Arc::default(),
+        }
+    }
+
+    /// The swarm's Flight key, read (or made) once.
+    async fn key(&self) -> Result<&FlightKey> {
+        self.key
+            .get_or_try_init(|| FlightKey::load_or_create(self.backend.as_ref()))
+            .await
+    }
+
+    /// Serves this process's Flight port on `address` (port 0 picks one; see
+    /// [`FlightServer::local_addr`]): tasks pushed to it reach this process's workers.
+    pub async fn serve(&self, address: SocketAddr) -> Result<FlightServer> {
+        let key = self.key().await?.clone();
+        let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+            ShuffleError::failed(
+                format!("cannot serve Flight on {address}: {e} (is the port taken, or not this machine's?)"),
+                ErrorKind::InvalidInput,
+                e,
+            )
+        })?;
+        FlightServer::spawn(
+            listener,
+            Service {
+                key,
+                inbox: Arc::clone(&self.inbox),
+            },
+        )
+        .map_err(|e| {
+            ShuffleError::failed(
+                format!("cannot serve Flight on {address}: {e}"),
+                ErrorKind::Unavailable,
+                e,
+            )
+        })
+    }
+
+    /// The address to push `node`'s tasks to, if Flight is worth trying.
+    fn route(&self, node: &str) -> Option<String> {
+        let address = self.peers.flight_address(node)?;
+        (!self.links.failed_recently(node)).then_some(address)
+    }
+
+    /// Opens `task`'s exchange with the node at `address`; returns once the node queued it.
+    async fn open(
+        &self,
+        address: &str,
+        task: &TaskSpec,
+        claims_here: bool,
+    ) -> std::result::Result<(mpsc::Sender<FlightData>, tonic::Streaming<FlightData>), String> {
+        let key = self.key().await.map_err(|e| e.to_string())?;
+        let mut client = self.links.client(address, key).await?;
+        let body = task.encode().map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::channel::<FlightData>(16);
+        let first = message(
+            &ToWorker::Task {
+                claims_here,
+                lz4: self.config.lz4,
+            },
+            Bytes::from(body),
+        );
+        tx.try_send(first)
+            .map_err(|_| "the exchange closed at once".to_string())?;
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        insert_proof(&mut request, &self.links.proof(key))?;
+        let opened = async {
+            let mut stream = client
+                .do_exchange(request)
+                .await
+                .map_err(|s| format!("node at {address} refused the task: {}", s.message()))?
+                .into_inner();
+            match stream.message().await {
+                Ok(Some(data))
+                    if matches!(parse::<ToCoordinator>(&data), Ok(ToCoordinator::Accepted)) =>
+                {
+                    Ok(stream)
+                }
+                Ok(_) => Err(format!("node at {address} did not accept the task")),
+                Err(s) => Err(format!(
+                    "node at {address} failed the task's exchange: {}",
+                    s.message()
+                )),
+            }
+        };
+        match tokio::time::timeout(self.config.connect_timeout * 5, opened).await {
+            Ok(Ok(stream)) => Ok((tx, stream)),
+            Ok(Err(e)) => {
+                self.links.forget(address).await;
+                Err(e)
+            }
+            Err(_) => {
+                self.links.forget(address).await;
+                Err(format!("node at {address} did not accept the task in time"))
+            }
+        }
+    }
+
+    /// Marks the query as having used storage.
+    fn used_storage(&self, query_id: &str) {
+        lock(&self.coordinator.query_or_new(query_id).state).used_storage = true;
+    }
+
+    /// Whether the storage holds anything of the query (or may: a query this process does
+    /// not know, such as another process's).
+    fn storage_has(&self, query_id: &str) -> bool {
+        self.coordinator
+            .query(query_id)
+            .is_none_or(|q| lock(&q.state).used_storage)
+    }
+}
+
+#[async_trait]
+impl ShuffleTransport for FlightShuffle {
+    async fn publish_tasks(
+        &self,
+        query_id: &str,
+        coordinator: &str,
+        tasks: &[TaskSpec],
+    ) -> Result<()> {
+        apiary_shuffle::manifest::validate_query_id(query_id)?;
+        // Which nodes take Flight: those with an address whose link opens.
+        let mut reachable: HashMap<String, String> = HashMap::new();
+        let mut unreachable: HashSet<String> = HashSet::new();
+        for t in tasks {
+            if reachable.contains_key(&t.node_id) || unreachable.contains(&t.node_id) {
+                continue;
+            }
+            let address = match self.route(&t.node_id) {
+                Some(a) => a,
+                None => {
+                    unreachable.insert(t.node_id.clone());
+                    continue;
+                }
+            };
+            let key = self.key().await?;
+            match self.links.client(&address, key).await {
+                Ok(_) => {
+                    reachable.insert(t.node_id.clone(), address);
+                }
+                Err(why) => {
+                    tracing::info!(node = %t.node_id, %why, "no Flight link; its tasks go through storage");
+                    self.links.mark_failed(&t.node_id);
+                    unreachable.insert(t.node_id.clone());
+                }
+            }
+        }
+        let (flight, stored): (Vec<&TaskSpec>, Vec<&TaskSpec>) = tasks
+            .iter()
+            .partition(|t| reachable.contains_key(&t.node_id));
+        let query = self.coordinator.query_or_new(query_id);
+        // A round's claims are arbitrated here only when every task of it is reachable:
+        // never some in memory and some in storage.
+        let claims_here = stored.is_empty();
+        {
+            let mut st = lock(&query.state);
+            for t in &flight {
+                if claims_here {
+                    st.memory_rounds.insert(t.attempt);
+                }
+            }
+            if !stored.is_empty() {
+                st.used_storage = true;
+            }
+        }
+        if !stored.is_empty() {
+            let stored: Vec<TaskSpec> = stored.into_iter().cloned().collect();
+            self.storage
+                .publish_tasks(query_id, coordinator, &stored)
+                .await?;
+            for t in &stored {
+                self.inbox.ring(&t.node_id);
+            }
+        }
+        let reachable = &reachable;
+        let opened = futures::future::join_all(flight.iter().map(|&t| async move {
+            let address = &reachable[&t.node_id];
+            (t, self.open(address, t, claims_here).await)
+        }))
+        .await;
+        for (t, opened) in opened {
+            match opened {
+                Ok((tx, stream)) => {
+                    let links = Arc::clone(&self.links);
+                    self.coordinator.track(
+                        &query,
+                        t.key(),
+                        t.node_id.clone(),
+                        tx,
+                        stream,
+                        move |node: &str| links.mark_failed(node),
+                    );
+                }
+                Err(why) => {
+                    tracing::warn!(task = %t.key(), node = %t.node_id, %why, "pushing a task over Flight failed");
+                    self.links.mark_failed(&t.node_id);
+                    self.coordinator.failed_to_open(
+                        &query,
+                        t.key(),
+                        t.node_id.clone(),
+                        format!("{why}; the next attempt goes through storage"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn poll_tasks(&self, node_id: &str) -> Result<Vec<TaskSpec>> {
+        let mut tasks = self.inbox.take(node_id);
+        if tasks.is_empty() {
+            // Woken by Flight, there is no need to look in storage this time; the next
+            // regular poll does.
+            tasks = self.storage.poll_tasks(node_id).await?;
+        }
+        Ok(tasks)
+    }
+
+    fn open_result<'a>(
+        &'a self,
+        task: &'a TaskSpec,
+        schema: SchemaRef,
+    ) -> Box<dyn ResultWriter + 'a> {
+        match self.inbox.session(&task.key()) {
+            Some(session) => Box::new(FlightWriter::new(session, schema, self.config.chunk_bytes)),
+            None => self.storage.open_result(task, schema),
+        }
+    }
+
+    async fn read_chunk(&self, query_id: &str, chunk: &str) -> Result<Vec<RecordBatch>> {
+        if chunk.starts_with("flight:") {
+            let query = self.coordinator.query(query_id).ok_or_else(|| {
+                ShuffleError::Invalid(format!(
+                    "query {query_id} is not running here, so its chunk `{chunk}` is gone"
+                ))
+            })?;
+            return self.coordinator.read_chunk(&query, chunk).await;
+        }
+        self.storage.read_chunk(query_id, chunk).await
+    }
+
+    async fn publish_outcome(
+        &self,
+        task: &TaskSpec,
+        outcome: TaskOutcome,
+        report: &TaskReport,
+    ) -> Result<()> {
+        let key = task.key();
+        let Some(session) = self.inbox.session(&key) else {
+            if self.inbox.ended(&key) {
+                // Its coordinator let go of it over Flight: no one looks in storage for it.
+                return Ok(());
+            }
+            return self.storage.publish_outcome(task, outcome, report).await;
+        };
+        let ending = match outcome {
+            TaskOutcome::Rows(rows) => {
+                let mut w = FlightWriter::new(
+                    Arc::clone(&session),
+                    task.expected_schema()?,
+                    self.config.chunk_bytes,
+                );
+                for b in rows.batches {
+                    w.write(b).await?;
+                }
+                if !rows.chunks.is_empty() {
+                    return Err(ShuffleError::Invalid(
+                        "a Flight result is written with open_result, not as named chunks".into(),
+                    ));
+                }
+                return Box::new(w).finish(report).await;
+            }
+            TaskOutcome::Empty => Ending::Empty,
+            TaskOutcome::Failed(f) => Ending::failed(&f),
+            TaskOutcome::Running => return Ok(()),
+        };
+        session.end(session.new_writer(), ending, report).await
+    }
+
+    async fn tasks_arrived(&self, node_id: &str) {
+        tokio::select! {
+            () = self.inbox.arrived(node_id) => {}
+            () = self.storage.tasks_arrived(node_id) => {}
+        }
+    }
+
+    fn pushes_tasks(&self) -> bool {
+        true
+    }
+
+    fn reports_pickup(&self) -> bool {
+        true
+    }
+
+    fn can_claim(&self) -> bool {
+        self.storage.can_claim()
+    }
+
+    async fn claim(&self, task: &TaskKey, cell: &str) -> Result<bool> {
+        if let Some(session) = self.inbox.session(task)
+            && session.claims_here
+        {
+            return session.claim(cell).await;
+        }
+        if let Some(query) = self.coordinator.query(&task.query_id)
+            && lock(&query.state).memory_rounds.contains(&task.attempt)
+        {
+            return Ok(self.coordinator.claim(&query, task, cell));
+        }
+        self.used_storage(&task.query_id);
+        self.storage.claim(task, cell).await
+    }
+
+    async fn results_arrived(&self, query_id: &str) {
+        match self.coordinator.query(query_id) {
+            Some(q) => q.arrived.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn collect(&self, query_id: &str, wanted: &[TaskKey]) -> Result<Vec<Delivered>> {
+        let Some(query) = self.coordinator.query(query_id) else {
+            return self.storage.collect(query_id, wanted).await;
+        };
+        let (mut found, elsewhere) = self.coordinator.collect(&query, wanted);
+        if !elsewhere.is_empty() && lock(&query.state).used_storage {
+            found.extend(self.storage.collect(query_id, &elsewhere).await?);
+        }
+        Ok(found)
+    }
+
+    async fn renew(&self, query_id: &str, coordinator: &str) -> Result<()> {
+        if self.storage_has(query_id) {
+            self.storage.renew(query_id, coordinator).await?;
+        }
+        Ok(())
+    }
+
+    async fn wanted(&self, task: &TaskKey) -> Result<bool> {
+        if let Some(session) = self.inbox.session(task) {
+            return Ok(session.open());
+        }
+        if self.inbox.ended(task) {
+            return Ok(false);
+        }
+        self.storage.wanted(task).await
+    }
+
+    async fn cancel(&self, query_id: &str) -> Result<()> {
+        let storage = self.storage_has(query_id);
+        self.coordinator.remove(query_id);
+        if storage {
+            self.storage.cancel(query_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, query_id: &str) -> Result<()> {
+        let storage = self.storage_has(query_id);
+        self.coordinator.remove(query_id);
+        if storage {
+            self.storage.finish(query_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn sweep(&self, retention: Duration) -> Result<usize> {
+        self.storage.sweep(retention).await
+    }
+}
+
+/// A result written over a task's exchange, in chunks of IPC streams.
+struct FlightWriter {
+    session: Arc<Session>,
+    encoder: std::result::Result<ChunkEncoder, Option<ShuffleError>>,
+    writer: u32,
+}
+
+impl FlightWriter {
+    fn new(session: Arc<Session>, schema: SchemaRef, chunk_bytes: usize) -> Self {
+        let writer = session.new_writer();
+        let encoder = ChunkEncoder::new(schema, session.lz4, chunk_bytes).map_err(Some);
+        Self {
+            session,
+            encoder,
+            writer,
+        }
+    }
+
+    async fn send(&self, sent: Vec<(u32, Bytes)>) -> Result<()> {
+        for (chunk, bytes) in sent {
+            self.session
+                .send(message(
+                    &ToCoordinator::Data {
+                        writer: self.writer,
+                        chunk,
+                    },
+                    bytes,
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn encoder(&mut self) -> Result<&mut ChunkEncoder> {
+        match &mut self.encoder {
+            Ok(e) => Ok(e),
+            Err(e) => Err(e.take().unwrap_or_else(|| {
+                ShuffleError::Invalid("the result's encoder failed before".into())
+            })),
+        }
+    }
+}
+
+#[async_trait]
+impl ResultWriter for FlightWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let sent = self.encoder()?.write(&batch)?;
+        self.send(sent).await
+    }
+
+    async fn finish(mut self: Box<Self>, report: &TaskReport) -> Result<()> {
+        let last = self.encoder()?.close_chunk()?;
+        self.send(last.into_iter().collect()).await?;
+        self.session.end(self.writer, Ending::Rows, report).await
+    }
+}
