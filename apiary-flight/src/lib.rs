@@ -43,6 +43,8 @@ mod client;
 mod coordinator;
 mod server;
 mod shuffle;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod wire;
 mod worker;
 
