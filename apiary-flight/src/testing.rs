@@ -16,7 +16,49 @@ pub struct Proxy {
     cut: watch::Sender<bool>,
     open: Arc<AtomicBool>,
     bytes: Arc<AtomicU64>,
+    trip: Arc<Trip>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Cuts the link at the next byte the target sends, once armed.
+#[derive(Debug)]
+struct Trip {
+    armed: AtomicBool,
+    cut: watch::Sender<bool>,
+    open: Arc<AtomicBool>,
+}
+
+impl Trip {
+    fn fire(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        let _ = self.cut.send(true);
+    }
+}
+
+/// Copies from the target to the client, counting bytes; an armed trip cuts the link at the
+/// first byte instead of passing it on.
+async fn copy_counting(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    bytes: &AtomicU64,
+    trip: &Trip,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if trip.armed.load(Ordering::SeqCst) {
+            trip.fire();
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 impl Proxy {
@@ -28,6 +70,12 @@ impl Proxy {
         let open = Arc::new(AtomicBool::new(true));
         let bytes = Arc::new(AtomicU64::new(0));
         let (open2, bytes2) = (Arc::clone(&open), Arc::clone(&bytes));
+        let trip: Arc<Trip> = Arc::new(Trip {
+            armed: AtomicBool::new(false),
+            cut: cut.clone(),
+            open: Arc::clone(&open),
+        });
+        let trip2 = Arc::clone(&trip);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if !open2.load(Ordering::SeqCst) {
@@ -36,19 +84,19 @@ impl Proxy {
                 }
                 let mut cut_rx = cut_rx.clone();
                 let bytes = Arc::clone(&bytes2);
+                let trip = Arc::clone(&trip2);
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
-                    let (mut client, mut server) = (client, server);
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let up = tokio::io::copy(&mut client_read, &mut server_write);
+                    let down = copy_counting(&mut server_read, &mut client_write, &bytes, &trip);
                     tokio::select! {
-                        moved = tokio::io::copy_bidirectional(&mut client, &mut server) => {
-                            if let Ok((a, b)) = moved {
-                                bytes.fetch_add(a + b, Ordering::Relaxed);
-                            }
-                        }
+                        _ = async { tokio::join!(up, down) } => {}
                         _ = cut_rx.wait_for(|c| *c) => {}
                     }
                 });
@@ -59,6 +107,7 @@ impl Proxy {
             cut,
             open,
             bytes,
+            trip,
             task,
         })
     }
@@ -74,7 +123,13 @@ impl Proxy {
         let _ = self.cut.send(true);
     }
 
-    /// Bytes moved by connections that ended normally.
+    /// Arms a cut at the next byte the target sends: the link breaks in the middle of
+    /// whatever the target answers next (a task's exchange, say), not before.
+    pub fn cut_at_next_answer(&self) {
+        self.trip.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Bytes the target sent through the proxy.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }

@@ -30,12 +30,19 @@ fn transport(backend: &Arc<dyn StorageBackend>, peers: &StaticPeers) -> Arc<Flig
 
 fn ints(from: i64, n: i64) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![Field::new("c0", DataType::Int64, true)]));
-    RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(from..from + n))])
-        .unwrap()
+    RecordBatch::try_new(
+        schema,
+        vec![Arc::new(Int64Array::from_iter_values(from..from + n))],
+    )
+    .unwrap()
 }
 
 /// Collects until `key` has an outcome other than "running".
-async fn ended(t: &dyn ShuffleTransport, q: &str, key: &apiary_shuffle::TaskKey) -> apiary_shuffle::Delivered {
+async fn ended(
+    t: &dyn ShuffleTransport,
+    q: &str,
+    key: &apiary_shuffle::TaskKey,
+) -> apiary_shuffle::Delivered {
     for _ in 0..500 {
         let got = t.collect(q, std::slice::from_ref(key)).await.unwrap();
         if let Some(d) = got.into_iter().find(|d| d.outcome != TaskOutcome::Running) {
@@ -67,7 +74,13 @@ async fn a_client_without_the_key_is_refused_and_served_nothing() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-    assert!(refused.message().contains("serves only processes that can read its storage"), "{}", refused.message());
+    assert!(
+        refused
+            .message()
+            .contains("serves only processes that can read its storage"),
+        "{}",
+        refused.message()
+    );
     let refused = plain
         .do_exchange(futures::stream::iter([arrow_flight::FlightData::default()]))
         .await
@@ -82,9 +95,19 @@ async fn a_client_without_the_key_is_refused_and_served_nothing() {
     let outsider = transport(&elsewhere, &outsider_peers);
     let q = "q-outsider";
     let spec = task(q, 0, 1, "w");
-    outsider.publish_tasks(q, "c", std::slice::from_ref(&spec)).await.unwrap();
-    assert!(worker.poll_tasks("w").await.unwrap().is_empty(), "nothing reached the worker");
-    assert_eq!(outsider.poll_tasks("w").await.unwrap().len(), 1, "it went to the outsider's storage");
+    outsider
+        .publish_tasks(q, "c", std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    assert!(
+        worker.poll_tasks("w").await.unwrap().is_empty(),
+        "nothing reached the worker"
+    );
+    assert_eq!(
+        outsider.poll_tasks("w").await.unwrap().len(),
+        1,
+        "it went to the outsider's storage"
+    );
 }
 
 #[tokio::test]
@@ -92,21 +115,37 @@ async fn a_node_that_cannot_be_reached_gets_its_tasks_through_storage() {
     let backend = apiary_storage::memory();
     let peers = StaticPeers::default();
     // A port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     peers.set("gone", Some(&closed.to_string()));
     let coordinator = transport(&backend, &peers);
     let worker = transport(&backend, &StaticPeers::default());
     let q = "q-unreachable";
     let spec = task(q, 0, 1, "gone");
-    coordinator.publish_tasks(q, "c", std::slice::from_ref(&spec)).await.unwrap();
+    coordinator
+        .publish_tasks(q, "c", std::slice::from_ref(&spec))
+        .await
+        .unwrap();
     let polled = worker.poll_tasks("gone").await.unwrap();
     assert_eq!(polled, vec![spec.clone()]);
     worker
-        .publish_outcome(&spec, TaskOutcome::Empty, &TaskReport { node_id: "gone".into(), ..Default::default() })
+        .publish_outcome(
+            &spec,
+            TaskOutcome::Empty,
+            &TaskReport {
+                node_id: "gone".into(),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let d = ended(coordinator.as_ref(), q, &spec.key()).await;
-    assert_eq!((d.outcome, d.report.via.as_str()), (TaskOutcome::Empty, "storage"));
+    assert_eq!(
+        (d.outcome, d.report.via.as_str()),
+        (TaskOutcome::Empty, "storage")
+    );
     coordinator.finish(q).await.unwrap();
 }
 
@@ -122,7 +161,10 @@ async fn a_link_cut_mid_result_fails_the_attempt_and_the_next_goes_through_stora
 
     let q = "q-cut";
     let first = task(q, 0, 1, "w");
-    coordinator.publish_tasks(q, "c", std::slice::from_ref(&first)).await.unwrap();
+    coordinator
+        .publish_tasks(q, "c", std::slice::from_ref(&first))
+        .await
+        .unwrap();
     let polled = worker.poll_tasks("w").await.unwrap();
     assert_eq!(polled.len(), 1);
     let mut w = worker.open_result(&first, ints(0, 0).schema());
@@ -131,9 +173,15 @@ async fn a_link_cut_mid_result_fails_the_attempt_and_the_next_goes_through_stora
 
     proxy.cut();
     let d = ended(coordinator.as_ref(), q, &first.key()).await;
-    let TaskOutcome::Failed(f) = &d.outcome else { panic!("{:?}", d.outcome) };
+    let TaskOutcome::Failed(f) = &d.outcome else {
+        panic!("{:?}", d.outcome)
+    };
     assert!(f.retryable && f.kind == ErrorKind::Unavailable, "{f:?}");
-    assert!(f.message.contains("next attempt goes through storage"), "{}", f.message);
+    assert!(
+        f.message.contains("next attempt goes through storage"),
+        "{}",
+        f.message
+    );
     // The worker hears that no one waits for the task any more.
     let mut unwanted = false;
     for _ in 0..200 {
@@ -148,15 +196,25 @@ async fn a_link_cut_mid_result_fails_the_attempt_and_the_next_goes_through_stora
 
     // The next attempt goes through storage, and its result counts.
     let second = task(q, 0, 2, "w");
-    coordinator.publish_tasks(q, "c", std::slice::from_ref(&second)).await.unwrap();
+    coordinator
+        .publish_tasks(q, "c", std::slice::from_ref(&second))
+        .await
+        .unwrap();
     let polled = worker.poll_tasks("w").await.unwrap();
     assert_eq!(polled, vec![second.clone()]);
     let mut w = worker.open_result(&second, ints(0, 0).schema());
     w.write(ints(0, 5)).await.unwrap();
-    w.finish(&TaskReport { rows: 5, ..Default::default() }).await.unwrap();
+    w.finish(&TaskReport {
+        rows: 5,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let d = ended(coordinator.as_ref(), q, &second.key()).await;
     assert_eq!(d.report.via, "storage");
-    let TaskOutcome::Rows(rows) = &d.outcome else { panic!("{:?}", d.outcome) };
+    let TaskOutcome::Rows(rows) = &d.outcome else {
+        panic!("{:?}", d.outcome)
+    };
     let values = apiary_shuffle::conformance::read_rows(coordinator.as_ref(), q, rows).await;
     assert_eq!(values, vec![0, 1, 2, 3, 4]);
     coordinator.finish(q).await.unwrap();
@@ -173,22 +231,36 @@ async fn large_results_spill_past_the_memory_budget() {
         lz4: true,
         ..FlightConfig::default()
     };
-    let worker = Arc::new(FlightShuffle::with_config(Arc::clone(&backend), Arc::new(StaticPeers::default()), config.clone()));
+    let worker = Arc::new(FlightShuffle::with_config(
+        Arc::clone(&backend),
+        Arc::new(StaticPeers::default()),
+        config.clone(),
+    ));
     let port = worker.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let peers = StaticPeers::default();
     peers.set("w", Some(&port.local_addr().to_string()));
     let coordinator = FlightShuffle::with_config(Arc::clone(&backend), Arc::new(peers), config);
     let q = "q-spill";
     let spec = task(q, 0, 1, "w");
-    coordinator.publish_tasks(q, "c", std::slice::from_ref(&spec)).await.unwrap();
+    coordinator
+        .publish_tasks(q, "c", std::slice::from_ref(&spec))
+        .await
+        .unwrap();
     worker.poll_tasks("w").await.unwrap();
     let mut w = worker.open_result(&spec, ints(0, 0).schema());
     for i in 0..40 {
         w.write(ints(i * 50_000, 50_000)).await.unwrap();
     }
-    w.finish(&TaskReport { rows: 2_000_000, ..Default::default() }).await.unwrap();
+    w.finish(&TaskReport {
+        rows: 2_000_000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let d = ended(&coordinator, q, &spec.key()).await;
-    let TaskOutcome::Rows(rows) = &d.outcome else { panic!("{:?}", d.outcome) };
+    let TaskOutcome::Rows(rows) = &d.outcome else {
+        panic!("{:?}", d.outcome)
+    };
     assert!(rows.chunks.len() > 4, "{} chunks", rows.chunks.len());
     let values = apiary_shuffle::conformance::read_rows(&coordinator, q, rows).await;
     assert_eq!(values, (0..2_000_000).collect::<Vec<i64>>());

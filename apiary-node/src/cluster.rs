@@ -50,6 +50,24 @@ impl SwarmDirectory {
     }
 }
 
+impl SwarmDirectory {
+    /// Node `node_id`'s heartbeat attribute `key`, from the view held now (the running
+    /// node's, or the latest snapshot read): no storage request.
+    pub(crate) fn attribute(&self, node_id: &str, key: &str) -> Option<String> {
+        let find = |view: &WorldView| {
+            view.nodes
+                .iter()
+                .find(|n| n.node_id.as_str() == node_id)
+                .and_then(|n| n.heartbeat.attributes.get(key).cloned())
+        };
+        if let Some(agent) = self.running() {
+            return find(&agent.view());
+        }
+        let (_, view) = self.snapshots.younger_than(Duration::MAX)?;
+        find(&view)
+    }
+}
+
 /// Reads the swarm once.
 type ReadView = Arc<
     dyn Fn() -> futures::future::BoxFuture<'static, apiary_swarm::Result<WorldView>> + Send + Sync,

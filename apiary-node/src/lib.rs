@@ -37,6 +37,8 @@ mod admission;
 mod builder;
 pub mod cli;
 mod cluster;
+mod flight;
+pub use flight::FlightOptions;
 
 /// The README's Rust example, compiled as a doctest so that it stays true.
 #[cfg(doctest)]
@@ -236,6 +238,9 @@ pub struct ApiaryOptions {
     /// running node (`APIARY_MEMORY_TIER`); default a quarter of the memory bees would
     /// have here. Zero turns it off.
     pub memory_tier: Option<u64>,
+    /// Arrow Flight between nodes that can reach each other (`None`: every task and result
+    /// goes through storage). Ignored when the builder is given a transport.
+    pub flight: Option<FlightOptions>,
 }
 
 impl ApiaryOptions {
@@ -250,6 +255,7 @@ impl ApiaryOptions {
             distribute_mode: DistributeMode::default(),
             query_memory: None,
             memory_tier: None,
+            flight: None,
         }
     }
 }
@@ -267,6 +273,8 @@ pub struct Apiary {
     /// The query engine and the cluster it distributes through, made on first use.
     query: Arc<OnceLock<(QueryEngine, Cluster)>>,
     transport: Arc<dyn ShuffleTransport>,
+    /// The Flight transport, when it is the one in use (the node serves its port at start).
+    flight: Option<flight::FlightParts>,
     membership: Option<MembershipFactory>,
     tasks: Arc<TaskCounts>,
     swarm: SwarmConfig,
@@ -296,6 +304,8 @@ pub(crate) struct RunningNode {
     cache: Option<Arc<CellCache>>,
     _identity: Arc<NodeIdentity>,
     stop_worker: Arc<watch::Sender<bool>>,
+    /// The node's Flight port, served while it runs.
+    _flight: Option<Arc<apiary_flight::FlightServer>>,
 }
 
 impl Apiary {
@@ -342,8 +352,15 @@ impl Apiary {
         membership: Option<MembershipFactory>,
         transport: Option<Arc<dyn ShuffleTransport>>,
     ) -> Self {
-        let transport =
-            transport.unwrap_or_else(|| Arc::new(StorageShuffle::new(Arc::clone(&backend))));
+        let flight = match (&transport, &options.flight) {
+            (None, Some(f)) => Some(flight::FlightParts::new(Arc::clone(&backend), f.clone())),
+            _ => None,
+        };
+        let transport = match (&flight, transport) {
+            (Some(f), _) => Arc::clone(&f.shuffle) as Arc<dyn ShuffleTransport>,
+            (None, Some(t)) => t,
+            (None, None) => Arc::new(StorageShuffle::new(Arc::clone(&backend))),
+        };
         Self {
             name: options.name,
             storage: options.storage,
@@ -351,6 +368,7 @@ impl Apiary {
             node: Arc::default(),
             query: Arc::default(),
             transport,
+            flight,
             membership,
             tasks: Arc::default(),
             swarm: options.swarm,

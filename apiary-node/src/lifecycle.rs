@@ -31,6 +31,17 @@ impl Apiary {
                 message,
             }
         })?;
+        // The Flight port first: its address goes into the first heartbeat.
+        let mut options = options;
+        let flight = match &self.flight {
+            Some(f) => f.serve().await?,
+            None => None,
+        };
+        if let Some((_, advertised)) = &flight {
+            options
+                .attributes
+                .insert(crate::flight::ATTRIBUTE.to_string(), advertised.clone());
+        }
         let identity = NodeIdentity::resolve(options.node_id.as_deref(), &options.state_dir)?;
         let capacity = apiary_swarm::detect_capacity(options.memory_bytes);
         let tier = tier_limits(options.memory_tier_bytes.or(self.memory_tier), &capacity);
@@ -138,6 +149,7 @@ impl Apiary {
             cache,
             _identity: Arc::new(identity),
             stop_worker: Arc::new(stop_worker),
+            _flight: flight.map(|(server, _)| server),
         });
         Ok(())
     }

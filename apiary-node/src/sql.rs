@@ -24,6 +24,9 @@ impl Apiary {
             self.membership_for(MembershipRole::Observer { swarm: &self.swarm }),
             Arc::clone(&self.registry.config().clock),
         ));
+        if let Some(flight) = &self.flight {
+            flight.peers.set(Arc::clone(&directory));
+        }
         let engine = QueryEngine::new(
             Arc::clone(&self.registry),
             QueryOptions {

@@ -40,6 +40,23 @@ pub(crate) struct NodeArgs {
     /// flag, or separate with commas in APIARY_ATTRIBUTES).
     #[arg(long = "attribute", global = true, env = "APIARY_ATTRIBUTES", value_delimiter = ',', value_parser = attribute)]
     pub(crate) attributes: Vec<(String, String)>,
+    /// Arrow Flight between nodes that can reach each other: `apiary node` serves it on
+    /// this address (e.g. 0.0.0.0:50051; port 0 picks one) and advertises it; any other
+    /// command pushes its distributed tasks over Flight where it can. Unset: storage only.
+    #[arg(long, global = true, env = "APIARY_FLIGHT")]
+    pub(crate) flight: Option<std::net::SocketAddr>,
+    /// The address other processes reach this node's Flight port at (behind NAT, a proxy or
+    /// a Kubernetes service); default the bound address, or the host name on 0.0.0.0.
+    #[arg(
+        long,
+        global = true,
+        env = "APIARY_FLIGHT_ADVERTISE",
+        requires = "flight"
+    )]
+    pub(crate) flight_advertise: Option<String>,
+    /// LZ4-compress Flight results (for slow links).
+    #[arg(long, global = true, env = "APIARY_FLIGHT_LZ4", requires = "flight")]
+    pub(crate) flight_lz4: bool,
     /// How often a node writes its heartbeat.
     #[arg(long, global = true, env = "APIARY_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = duration)]
     pub(crate) heartbeat_interval: Duration,

@@ -107,6 +107,14 @@ async fn open(
     options.distribute.pickup_timeout = cli.node.pickup_timeout;
     options.distribute.orphan_retention = cli.node.query_retention;
     options.distribute.auto_min_bytes = cli.node.distribute_min_bytes;
+    if let Some(listen) = cli.node.flight {
+        let node = matches!(cli.command, Command::Node { .. });
+        options.flight = Some(crate::FlightOptions {
+            listen: node.then_some(listen),
+            advertise: cli.node.flight_advertise.clone(),
+            lz4: cli.node.flight_lz4,
+        });
+    }
     if let Command::Sql { local, memory, .. } = &cli.command {
         if *local {
             options.distribute_mode = apiary_query::distributed::DistributeMode::Never;

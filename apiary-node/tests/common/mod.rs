@@ -3,6 +3,7 @@
 
 pub mod board;
 pub mod nodes;
+pub mod queries;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -131,3 +131,26 @@ pub fn hostile(query_id: &str, node: &str, sql: &str, pin_hive: &str) -> TaskSpe
     task.timeout_ms = 10_000;
     task
 }
+
+/// Starts node `id` as [`start`] does, with `extra` arguments (`--flight ADDR`, say).
+pub fn start_with(storage: &str, dir: &Path, id: &str, task_poll: &str, extra: &[&str]) -> Node {
+    let child = super::node_command(storage, dir, id)
+        .args(["--memory", "2GiB"])
+        .args(extra)
+        .envs(node_env(task_poll))
+        .spawn()
+        .unwrap();
+    Node {
+        id: id.to_string(),
+        child,
+    }
+}
+
+/// A client as [`client`] makes, pushing its distributed tasks over Flight where it can.
+pub async fn flight_client(storage: &str) -> Apiary {
+    let mut options = ApiaryOptions::new(StorageUri::parse(storage).unwrap());
+    options.swarm.dead_threshold = Duration::from_secs(2);
+    options.distribute.orphan_retention = Duration::from_secs(1);
+    options.flight = Some(apiary::FlightOptions::client());
+    Apiary::open_with(options).await.unwrap()
+}

@@ -1,0 +1,167 @@
+//! Distributed SQL over Arrow Flight with real `apiary node` processes: every answer equals
+//! the local one and every task goes over Flight; a link cut between the coordinator and one
+//! worker in the middle of a query (storage still reachable) fails over to storage for that
+//! worker, and the answer is still the local one.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::nodes::{
+    Node, assert_no_queries, flight_client, loaded_folder, start_with, wait_alive,
+};
+use common::queries::{
+    IN_PARTS, QUERIES, answer, answer_with, explain_analyze, nodes_in, task_fields,
+};
+
+use apiary_flight::testing::Proxy;
+
+fn flight_node(storage: &str, dir: &std::path::Path, id: &str, extra: &[&str]) -> Node {
+    let mut args = vec!["--flight", "127.0.0.1:0"];
+    if !extra.is_empty() {
+        args = extra.to_vec();
+    }
+    start_with(storage, dir, id, "1s", &args)
+}
+
+/// The `via=` of each task line of `plan`, by node.
+fn via_by_node(plan: &str) -> Vec<(String, String)> {
+    plan.lines()
+        .filter(|l| l.trim_start().starts_with("task="))
+        .map(|l| {
+            let node = task_fields(l, "node").pop().unwrap_or_default();
+            let via = task_fields(l, "via").pop().unwrap_or_default();
+            (node, via)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_flight_nodes_answer_like_one() {
+    let (dir, storage, _) = loaded_folder().await;
+    let ap = flight_client(&storage).await;
+    // The nodes look for tasks in storage only every second: a task that came in
+    // milliseconds was pushed.
+    let _nodes: Vec<Node> = (0..3)
+        .map(|i| flight_node(&storage, dir.path(), &format!("node-f{i}"), &[]))
+        .collect();
+    wait_alive(&ap, 3).await;
+    for sql in QUERIES {
+        let local = answer(&ap, "never", sql).await;
+        assert_eq!(
+            answer(&ap, "always", sql).await,
+            local,
+            "over Flight: {sql}"
+        );
+        assert_eq!(
+            answer_with(&ap, IN_PARTS, sql).await,
+            local,
+            "over Flight in parts: {sql}"
+        );
+    }
+    let plan = explain_analyze(&ap, QUERIES[0]).await;
+    println!("{plan}");
+    let via = via_by_node(&plan);
+    assert!(!via.is_empty(), "{plan}");
+    assert!(
+        via.iter().all(|(_, v)| v == "flight"),
+        "every task over Flight: {plan}"
+    );
+    assert!(nodes_in(&plan).len() >= 2, "{plan}");
+    assert_no_queries(&ap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_cut_mid_query_fails_over_to_storage_and_answers_the_same() {
+    let (dir, storage, _) = loaded_folder().await;
+    let ap = flight_client(&storage).await;
+    // Node p2 is reached through a proxy the test cuts; storage stays reachable for all.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::start(port).await.unwrap();
+    let listen = port.to_string();
+    let advertise = proxy.address().to_string();
+    let _nodes = [
+        flight_node(&storage, dir.path(), "node-p0", &[]),
+        flight_node(&storage, dir.path(), "node-p1", &[]),
+        flight_node(
+            &storage,
+            dir.path(),
+            "node-p2",
+            &["--flight", &listen, "--flight-advertise", &advertise],
+        ),
+    ];
+    wait_alive(&ap, 3).await;
+    let sql = QUERIES[0];
+    let local = answer(&ap, "never", sql).await;
+    // Every link works, the proxied one too.
+    let plan = explain_analyze(&ap, sql).await;
+    let via = via_by_node(&plan);
+    assert!(
+        via.iter().any(|(n, v)| n == "node-p2" && v == "flight"),
+        "{plan}"
+    );
+    assert!(via.iter().all(|(_, v)| v == "flight"), "{plan}");
+
+    // The link to p2 breaks at its next answer: in the middle of the next query.
+    proxy.cut_at_next_answer();
+    let cut = common::queries::explain_analyze(&ap, sql).await;
+    println!("{cut}");
+    assert!(
+        cut.contains("the next attempt goes through storage"),
+        "{cut}"
+    );
+    let via = via_by_node(&cut);
+    assert!(
+        via.iter().any(|(n, v)| n == "node-p2" && v == "storage")
+            || !nodes_in(&cut).contains("node-p2"),
+        "{cut}"
+    );
+    // Queries go on: p2 through storage, the others over Flight, the answer the local one.
+    assert_eq!(answer(&ap, "always", sql).await, local);
+    let after = explain_analyze(&ap, sql).await;
+    let via = via_by_node(&after);
+    assert!(
+        via.iter()
+            .all(|(n, v)| (n == "node-p2") == (v == "storage")),
+        "{after}"
+    );
+    assert_no_queries(&ap).await;
+}
+
+/// The cut query's own answer is the local one (the cut happens at the query's first
+/// answer from p2, whatever it asked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_of_the_query_whose_link_is_cut_is_the_local_one() {
+    let (dir, storage, _) = loaded_folder().await;
+    let ap = flight_client(&storage).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::start(port).await.unwrap();
+    let (listen, advertise) = (port.to_string(), proxy.address().to_string());
+    let _nodes = [
+        flight_node(&storage, dir.path(), "node-c0", &[]),
+        flight_node(
+            &storage,
+            dir.path(),
+            "node-c1",
+            &["--flight", &listen, "--flight-advertise", &advertise],
+        ),
+    ];
+    wait_alive(&ap, 2).await;
+    for sql in [QUERIES[0], QUERIES[3], QUERIES[7]] {
+        let local = answer(&ap, "never", sql).await;
+        // Warm: the proxied link is open.
+        assert_eq!(answer(&ap, "always", sql).await, local);
+    }
+    proxy.cut_at_next_answer();
+    for sql in [QUERIES[0], QUERIES[3], QUERIES[7]] {
+        let local = answer(&ap, "never", sql).await;
+        assert_eq!(answer_with(&ap, IN_PARTS, sql).await, local, "{sql}");
+    }
+    assert_no_queries(&ap).await;
+}
