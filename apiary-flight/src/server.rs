@@ -114,14 +114,11 @@ impl FlightService for Service {
         self.inbox.deliver(task, Arc::clone(&session));
         let inbox = Arc::clone(&self.inbox);
         tokio::spawn(async move {
-            loop {
-                match incoming.message().await {
-                    Ok(Some(data)) => match parse::<ToWorker>(&data) {
-                        Ok(ToWorker::Claimed { id, held }) => session.claimed(id, held),
-                        Ok(ToWorker::Received { writer }) => session.received(writer),
-                        Ok(ToWorker::Task { .. }) | Err(_) => break,
-                    },
-                    Ok(None) | Err(_) => break,
+            while let Ok(Some(data)) = incoming.message().await {
+                match parse::<ToWorker>(&data) {
+                    Ok(ToWorker::Claimed { id, held }) => session.claimed(id, held),
+                    Ok(ToWorker::Received { writer }) => session.received(writer),
+                    Ok(ToWorker::Task { .. }) | Err(_) => break,
                 }
             }
             // The coordinator let go of the task: it is no longer wanted.

@@ -48,7 +48,7 @@ async fn ended(
         if let Some(d) = got.into_iter().find(|d| d.outcome != TaskOutcome::Running) {
             return d;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        apiary_storage::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("task {key} never ended");
 }
@@ -189,7 +189,7 @@ async fn a_link_cut_mid_result_fails_the_attempt_and_the_next_goes_through_stora
             unwanted = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        apiary_storage::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(unwanted, "the cut exchange's task is no longer wanted");
     assert!(w.write(ints(0, 10)).await.is_err() || w.finish(&TaskReport::default()).await.is_err());

@@ -59,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 loop {
                     tokio::select! {
                         () = worker.tasks_arrived("w") => {}
-                        () = tokio::time::sleep(poll) => {}
+                        () = apiary_storage::time::sleep(poll) => {}
                     }
                     for t in worker.poll_tasks("w").await.unwrap_or_default() {
                         let report = TaskReport {
@@ -112,7 +112,7 @@ async fn one_task(t: &dyn ShuffleTransport, q: &str) {
         }
         tokio::select! {
             () = t.results_arrived(q) => {}
-            () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            () = apiary_storage::time::sleep(Duration::from_millis(1)) => {}
         }
     }
     t.finish(q).await.expect("finish");
