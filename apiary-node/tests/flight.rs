@@ -24,6 +24,33 @@ fn flight_node(storage: &str, dir: &std::path::Path, id: &str, extra: &[&str]) -
     start_with(storage, dir, id, "1s", &args)
 }
 
+/// Flight nodes `direct`, and `proxied` whose Flight port is reached through a proxy (it
+/// advertises the proxy's address).
+async fn behind_a_proxy(
+    storage: &str,
+    dir: &std::path::Path,
+    direct: &[&str],
+    proxied: &str,
+) -> (Proxy, Vec<Node>) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::start(port).await.unwrap();
+    let (listen, advertise) = (port.to_string(), proxy.address().to_string());
+    let mut nodes: Vec<Node> = direct
+        .iter()
+        .map(|id| flight_node(storage, dir, id, &[]))
+        .collect();
+    nodes.push(flight_node(
+        storage,
+        dir,
+        proxied,
+        &["--flight", &listen, "--flight-advertise", &advertise],
+    ));
+    (proxy, nodes)
+}
+
 /// The `via=` of each task line of `plan`, by node.
 fn via_by_node(plan: &str) -> Vec<(String, String)> {
     plan.lines()
@@ -76,23 +103,8 @@ async fn a_link_cut_mid_query_fails_over_to_storage_and_answers_the_same() {
     let (dir, storage, _) = loaded_folder().await;
     let ap = flight_client(&storage).await;
     // Node p2 is reached through a proxy the test cuts; storage stays reachable for all.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let proxy = Proxy::start(port).await.unwrap();
-    let listen = port.to_string();
-    let advertise = proxy.address().to_string();
-    let _nodes = [
-        flight_node(&storage, dir.path(), "node-p0", &[]),
-        flight_node(&storage, dir.path(), "node-p1", &[]),
-        flight_node(
-            &storage,
-            dir.path(),
-            "node-p2",
-            &["--flight", &listen, "--flight-advertise", &advertise],
-        ),
-    ];
+    let (proxy, _nodes) =
+        behind_a_proxy(&storage, dir.path(), &["node-p0", "node-p1"], "node-p2").await;
     wait_alive(&ap, 3).await;
     let sql = QUERIES[0];
     let local = answer(&ap, "never", sql).await;
@@ -137,21 +149,7 @@ async fn a_link_cut_mid_query_fails_over_to_storage_and_answers_the_same() {
 async fn the_answer_of_the_query_whose_link_is_cut_is_the_local_one() {
     let (dir, storage, _) = loaded_folder().await;
     let ap = flight_client(&storage).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let proxy = Proxy::start(port).await.unwrap();
-    let (listen, advertise) = (port.to_string(), proxy.address().to_string());
-    let _nodes = [
-        flight_node(&storage, dir.path(), "node-c0", &[]),
-        flight_node(
-            &storage,
-            dir.path(),
-            "node-c1",
-            &["--flight", &listen, "--flight-advertise", &advertise],
-        ),
-    ];
+    let (proxy, _nodes) = behind_a_proxy(&storage, dir.path(), &["node-c0"], "node-c1").await;
     wait_alive(&ap, 2).await;
     for sql in [QUERIES[0], QUERIES[3], QUERIES[7]] {
         let local = answer(&ap, "never", sql).await;

@@ -41,15 +41,7 @@ pub fn node_env(task_poll: &str) -> Vec<(String, String)> {
 /// Starts node `id` on `storage` with its state under `dir`, looking for tasks every
 /// `task_poll`.
 pub fn start(storage: &str, dir: &Path, id: &str, task_poll: &str) -> Node {
-    let child = super::node_command(storage, dir, id)
-        .args(["--memory", "2GiB"])
-        .envs(node_env(task_poll))
-        .spawn()
-        .unwrap();
-    Node {
-        id: id.to_string(),
-        child,
-    }
+    start_with(storage, dir, id, task_poll, &[])
 }
 
 /// A client (not a node) that judges the swarm with the test's short thresholds.
