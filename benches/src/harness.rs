@@ -178,6 +178,29 @@ pub async fn load_in_quarters(ap: &Apiary, hive: &str, r#box: &str, table: &Tabl
 /// `apiary node` processes on one storage, killed when dropped.
 pub struct Nodes(pub Vec<std::process::Child>);
 
+/// Node arguments for [`Nodes::start_with`]: 2 GiB each, serving Arrow Flight on a free
+/// loopback port.
+pub const FLIGHT_NODES: &[&str] = &["--memory", "2GiB", "--flight", "127.0.0.1:0"];
+
+/// A handle on `storage` whose distributed queries push their tasks over Arrow Flight to
+/// the nodes that serve it.
+pub async fn flight_client(storage: &str) -> Apiary {
+    let mut options = apiary::ApiaryOptions::new(
+        apiary::apiary_storage::StorageUri::parse(storage).expect("a storage URI"),
+    );
+    options.flight = Some(apiary::FlightOptions::client());
+    Apiary::open_with(options).await.expect("a Flight client")
+}
+
+/// The `via=` of every task line of an `EXPLAIN ANALYZE`'s rows.
+pub fn task_transports(plan: &[String]) -> Vec<String> {
+    plan.join("\n")
+        .split(" via=")
+        .skip(1)
+        .filter_map(|s| s.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
 impl Nodes {
     /// `n` nodes named `{prefix}-{i}` on `storage`, with their state under `dir`: one-second
     /// timings cut to a fifth, tasks looked for every 50 ms, 2 GiB each. Returns once

@@ -83,6 +83,17 @@ async fn the_generator_is_deterministic_and_sized_by_scale_factor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssb_queries_on_three_node_processes_match_one_node() {
+    distributed_differential(false).await;
+}
+
+/// The same over Arrow Flight: every task pushed to its node and its rows streamed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssb_queries_over_flight_match_one_node() {
+    distributed_differential(true).await;
+}
+
+async fn distributed_differential(flight: bool) {
+    use apiary_benches::harness::{FLIGHT_NODES, flight_client, task_transports};
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -95,13 +106,22 @@ async fn ssb_queries_on_three_node_processes_match_one_node() {
     for fact in &facts {
         load_in_quarters(&ap, "ssb", "sf", fact).await;
     }
-    let nodes = Nodes::start(&storage, dir.path(), "ssb", 3, &ap).await;
+    let nodes = if flight {
+        Nodes::start_with(&storage, dir.path(), "ssb", 3, &ap, FLIGHT_NODES).await
+    } else {
+        Nodes::start(&storage, dir.path(), "ssb", 3, &ap).await
+    };
+    let coordinator = if flight {
+        flight_client(&storage).await
+    } else {
+        ap.clone()
+    };
     let mut local = ap.sql_session().unwrap();
     local
         .sql("USE ssb.sf; SET apiary.distribute = 'never'")
         .await
         .unwrap();
-    let mut spread = ap.sql_session().unwrap();
+    let mut spread = coordinator.sql_session().unwrap();
     spread
         .sql("USE ssb.sf; SET apiary.distribute = 'always'")
         .await
@@ -131,6 +151,13 @@ async fn ssb_queries_on_three_node_processes_match_one_node() {
                 .await
                 .unwrap(),
         );
+        if flight {
+            let via = task_transports(&plan);
+            assert!(
+                !via.is_empty() && via.iter().all(|v| v == "flight"),
+                "every task over Flight: {plan:?}"
+            );
+        }
         let text = plan.join("\n");
         let used: std::collections::BTreeSet<String> = text
             .split("node=")

@@ -7,11 +7,23 @@
 use std::time::Instant;
 
 use apiary::Apiary;
-use apiary_benches::harness::{Nodes, load_apiary, load_in_quarters, result_rows};
+use apiary_benches::harness::{
+    FLIGHT_NODES, Nodes, flight_client, load_apiary, load_in_quarters, result_rows, task_transports,
+};
 use apiary_benches::tpch::{QUERIES, generate};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpch_queries_on_three_node_processes_match_one_process() {
+    differential(false).await;
+}
+
+/// The same over Arrow Flight: every task pushed to its node and its rows streamed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpch_queries_over_flight_match_one_process() {
+    differential(true).await;
+}
+
+async fn differential(flight: bool) {
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("data").display().to_string();
     let ap = Apiary::open(&storage).await.unwrap();
@@ -27,13 +39,22 @@ async fn tpch_queries_on_three_node_processes_match_one_process() {
     for fact in &facts {
         load_in_quarters(&ap, "tpch", "sf", fact).await;
     }
-    let _nodes = Nodes::start(&storage, dir.path(), "tpch", 3, &ap).await;
+    let _nodes = if flight {
+        Nodes::start_with(&storage, dir.path(), "tpch", 3, &ap, FLIGHT_NODES).await
+    } else {
+        Nodes::start(&storage, dir.path(), "tpch", 3, &ap).await
+    };
+    let coordinator = if flight {
+        flight_client(&storage).await
+    } else {
+        ap.clone()
+    };
     let mut local = ap.sql_session().unwrap();
     local
         .sql("USE tpch.sf; SET apiary.distribute = 'never'")
         .await
         .unwrap();
-    let mut spread = ap.sql_session().unwrap();
+    let mut spread = coordinator.sql_session().unwrap();
     spread
         .sql("USE tpch.sf; SET apiary.distribute = 'always'")
         .await
@@ -71,6 +92,19 @@ async fn tpch_queries_on_three_node_processes_match_one_process() {
             .nth(1)
             .and_then(|s| s.split(',').next());
         eprintln!("{name}: {took:?} distributed, {shape:?}");
+    }
+    if flight {
+        let plan = result_rows(
+            &spread
+                .sql(&format!("EXPLAIN ANALYZE {}", QUERIES[0].1))
+                .await
+                .unwrap(),
+        );
+        let via = task_transports(&plan);
+        assert!(
+            !via.is_empty() && via.iter().all(|v| v == "flight"),
+            "every task over Flight: {plan:?}"
+        );
     }
     eprintln!("empty at SF 0.01: {empty:?}");
     assert!(
