@@ -266,3 +266,48 @@ async fn large_results_spill_past_the_memory_budget() {
     assert_eq!(values, (0..2_000_000).collect::<Vec<i64>>());
     coordinator.finish(q).await.unwrap();
 }
+
+/// Cancelling a query reaches its running tasks at once: their exchanges end, and the
+/// worker hears that no one waits for them.
+#[tokio::test]
+async fn a_cancel_reaches_the_running_task() {
+    let backend = apiary_storage::memory();
+    let worker = transport(&backend, &StaticPeers::default());
+    let port = worker.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let peers = StaticPeers::default();
+    peers.set("w", Some(&port.local_addr().to_string()));
+    let coordinator = transport(&backend, &peers);
+    let q = "q-cancel";
+    let spec = task(q, 0, 1, "w");
+    coordinator
+        .publish_tasks(q, "c", std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    assert_eq!(worker.poll_tasks("w").await.unwrap().len(), 1);
+    let mut w = worker.open_result(&spec, ints(0, 0).schema());
+    w.write(ints(0, 1000)).await.unwrap();
+    assert!(worker.wanted(&spec.key()).await.unwrap());
+    coordinator.cancel(q).await.unwrap();
+    let mut unwanted = false;
+    for _ in 0..200 {
+        if !worker.wanted(&spec.key()).await.unwrap() {
+            unwanted = true;
+            break;
+        }
+        apiary_storage::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(unwanted, "the cancelled task is no longer wanted");
+    // Its late outcome is dropped, not sent through storage.
+    worker
+        .publish_outcome(&spec, TaskOutcome::Empty, &TaskReport::default())
+        .await
+        .unwrap();
+    assert!(
+        backend
+            .list(&apiary_storage::Path::from("_queries"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing of the query went to storage"
+    );
+}

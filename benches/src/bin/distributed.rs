@@ -14,6 +14,9 @@
 //! target/release/distributed --sf 1 --runs 3
 //! ```
 //!
+//! `--flight 1` runs it all over Arrow Flight: the nodes serve it on loopback and the
+//! coordinators push their tasks over it (compare with a run without it).
+//!
 //! Every distributed answer is checked against the local one. The memory tier is off on
 //! every side by default, so the speed-up is that of the scans and joins themselves;
 //! `--memory-tier BYTES` (say 1073741824) gives every side a tier, to compare warm nodes.
@@ -50,6 +53,22 @@ struct Args {
     min_part_rows: Option<u64>,
     /// Set in a twin process ([`Twins`]): the storage it runs queries on.
     serve: Option<String>,
+    /// `--flight 1`: the nodes serve Arrow Flight and the coordinators push over it.
+    flight: bool,
+    /// Tiny queries on active nodes per pair of nodes started (`--tiny-per-pair`, default 1).
+    tiny_per_pair: usize,
+}
+
+/// Whether the nodes serve Arrow Flight and the coordinators use it (`--flight 1`).
+static FLIGHT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// The Flight options of a coordinator, with `--flight 1`.
+fn flight_options() -> Option<apiary::FlightOptions> {
+    FLIGHT
+        .get()
+        .copied()
+        .unwrap_or(false)
+        .then(apiary::FlightOptions::client)
 }
 
 /// `apiary.min_part_rows` of every distributed session (`--min-part-rows`).
@@ -66,6 +85,8 @@ fn args() -> Args {
         "task-poll",
         "min-part-rows",
         "serve",
+        "flight",
+        "tiny-per-pair",
     ]);
     Args {
         sf: flag(&f, "sf", 1.0),
@@ -77,6 +98,8 @@ fn args() -> Args {
         task_poll: f.get("task-poll").cloned().unwrap_or_else(|| "20ms".into()),
         min_part_rows: f.get("min-part-rows").map(|_| flag(&f, "min-part-rows", 0)),
         serve: f.get("serve").cloned(),
+        flight: flag(&f, "flight", 0) != 0,
+        tiny_per_pair: flag(&f, "tiny-per-pair", 1),
     }
 }
 
@@ -91,6 +114,11 @@ fn node(storage: &str, dir: &Path, id: &str, core: usize, task_poll: &str, tier:
         .args(["--heartbeat-interval", "500ms", "--poll-interval", "500ms"])
         .args(["--task-poll-interval", task_poll])
         .args(["--memory-tier", &tier.to_string()])
+        .args(if FLIGHT.get().copied().unwrap_or(false) {
+            &["--flight", "127.0.0.1:0"][..]
+        } else {
+            &[]
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -498,6 +526,7 @@ fn equal_parts(batches: &[RecordBatch], parts: usize) -> Vec<Vec<RecordBatch>> {
 async fn main() {
     let a = args();
     let _ = MIN_PART_ROWS.set(a.min_part_rows);
+    let _ = FLIGHT.set(a.flight);
     if let Some(storage) = &a.serve {
         serve(storage, a.memory_tier).await;
         return;
@@ -515,6 +544,7 @@ async fn main() {
     let (backend, counts) = counted_backend(&uri).expect("store");
     let ap = Apiary::builder(ApiaryOptions {
         memory_tier: Some(a.memory_tier),
+        flight: flight_options(),
         ..ApiaryOptions::new(uri)
     })
     .backend(backend)
@@ -551,6 +581,7 @@ async fn main() {
     let solo_storage = solo_data.display().to_string();
     let solo = Apiary::open_with(ApiaryOptions {
         memory_tier: Some(a.memory_tier),
+        flight: flight_options(),
         ..ApiaryOptions::new(StorageUri::parse(&solo_storage).expect("uri"))
     })
     .await
@@ -740,10 +771,22 @@ async fn main() {
         wait_alive(&ap, &[&ids[0], &ids[1]]).await;
         // The coordinator's list of workers is at most two seconds old.
         apiary_storage::time::sleep(Duration::from_millis(2100)).await;
-        for (added, wait) in [(&mut idle, true), (&mut active, true), (&mut next, false)] {
+        // Idle once per pair; active and right after another `--tiny-per-pair` times each.
+        let mut plan: Vec<(u8, bool, usize)> = vec![(0, true, 0)];
+        for k in 0..a.tiny_per_pair {
+            plan.push((1, true, k));
+            plan.push((2, false, k));
+        }
+        for (which, wait, k) in plan {
+            let added = match which {
+                0 => &mut idle,
+                1 => &mut active,
+                _ => &mut next,
+            };
             // Queries arrive at any point of the workers' poll cycle, not in step with it.
             if wait {
-                apiary_storage::time::sleep(Duration::from_millis(137 * i as u64 % 1000)).await;
+                let ms = 137 * (i * a.tiny_per_pair + k) as u64 % 1000;
+                apiary_storage::time::sleep(Duration::from_millis(ms)).await;
             }
             let t = Instant::now();
             plain.sql(tiny).await.expect("local tiny");
@@ -766,9 +809,11 @@ async fn main() {
         added.sort_by(f64::total_cmp);
         let mean = added.iter().sum::<f64>() / added.len() as f64;
         println!(
-            "tiny query on {what}, distributed at the default 1 s task poll: adds {:.0} ms mean, {:.0} ms median, {:.0} ms max over {} runs",
+            "tiny query on {what}, distributed at the default 1 s task poll{}: adds {:.1} ms mean, {:.1} ms median, {:.1} ms p99, {:.1} ms max over {} runs",
+            if a.flight { " over Flight" } else { "" },
             mean * 1e3,
             added[added.len() / 2] * 1e3,
+            added[(added.len() * 99 / 100).min(added.len() - 1)] * 1e3,
             added[added.len() - 1] * 1e3,
             added.len()
         );
