@@ -185,7 +185,24 @@ impl FlightShuffle {
     }
 
     /// Opens `task`'s exchange with the node at `address`; returns once the node queued it.
+    /// A connection that went stale (the node restarted on the same address) is replaced
+    /// once before the node is given up.
     async fn open(
+        &self,
+        address: &str,
+        task: &TaskSpec,
+        claims_here: bool,
+    ) -> std::result::Result<(mpsc::Sender<FlightData>, tonic::Streaming<FlightData>), String> {
+        match self.open_once(address, task, claims_here).await {
+            Ok(opened) => Ok(opened),
+            Err(first) => self
+                .open_once(address, task, claims_here)
+                .await
+                .map_err(|again| format!("{first}; on a new connection: {again}")),
+        }
+    }
+
+    async fn open_once(
         &self,
         address: &str,
         task: &TaskSpec,

@@ -311,3 +311,50 @@ async fn a_cancel_reaches_the_running_task() {
         "nothing of the query went to storage"
     );
 }
+
+/// A node restarted on the same address: the coordinator's old connection is stale, and the
+/// task still goes over Flight on a new one.
+#[tokio::test]
+async fn a_node_restarted_on_its_address_gets_its_task_over_a_new_connection() {
+    let backend = apiary_storage::memory();
+    let first = transport(&backend, &StaticPeers::default());
+    let port = first.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let address = port.local_addr();
+    let peers = StaticPeers::default();
+    peers.set("w", Some(&address.to_string()));
+    let coordinator = transport(&backend, &peers);
+    let q = "q-restart";
+    let spec = task(q, 0, 1, "w");
+    coordinator
+        .publish_tasks(q, "c", std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    assert_eq!(first.poll_tasks("w").await.unwrap().len(), 1);
+    coordinator.finish(q).await.unwrap();
+
+    port.shutdown().await;
+    drop(first);
+    let second = transport(&backend, &StaticPeers::default());
+    let _port = second.serve(address).await.unwrap();
+    let q = "q-restart-2";
+    let spec = task(q, 0, 1, "w");
+    coordinator
+        .publish_tasks(q, "c", std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    assert_eq!(
+        second.poll_tasks("w").await.unwrap(),
+        vec![spec.clone()],
+        "pushed to the new process"
+    );
+    second
+        .publish_outcome(&spec, TaskOutcome::Empty, &TaskReport::default())
+        .await
+        .unwrap();
+    let d = ended(coordinator.as_ref(), q, &spec.key()).await;
+    assert_eq!(
+        (d.outcome, d.report.via.as_str()),
+        (TaskOutcome::Empty, "flight")
+    );
+    coordinator.finish(q).await.unwrap();
+}
