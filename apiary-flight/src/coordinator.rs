@@ -466,6 +466,9 @@ async fn read(
             Ok(m) => m,
             Err(e) => break e.to_string(),
         };
+        if !matches!(m, ToCoordinator::Data { .. }) {
+            tracing::debug!(task = %key, message = ?m, "from the worker");
+        }
         let reply = match m {
             ToCoordinator::Accepted => None,
             ToCoordinator::Taken => {

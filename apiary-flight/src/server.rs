@@ -106,23 +106,30 @@ impl FlightService for Service {
         let task = TaskSpec::decode("a task pushed over Flight", &first.data_body)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (tx, rx) = mpsc::channel::<Outgoing>(OUTGOING);
-        let key = task.key();
-        let session = Arc::new(Session::new(key.clone(), tx.clone(), claims_here, lz4));
+        let session = Arc::new(Session::new(task.key(), tx.clone(), claims_here, lz4));
         // Queued before the answer, so the coordinator's publish returns once the task is
         // visible to its node.
         let _ = tx.try_send(Ok(message(&ToCoordinator::Accepted, Bytes::new())));
         self.inbox.deliver(task, Arc::clone(&session));
         let inbox = Arc::clone(&self.inbox);
         tokio::spawn(async move {
-            while let Ok(Some(data)) = incoming.message().await {
-                match parse::<ToWorker>(&data) {
-                    Ok(ToWorker::Claimed { id, held }) => session.claimed(id, held),
-                    Ok(ToWorker::Received { writer }) => session.received(writer),
-                    Ok(ToWorker::Task { .. }) | Err(_) => break,
+            let why = loop {
+                match incoming.message().await {
+                    Ok(Some(data)) => match parse::<ToWorker>(&data) {
+                        Ok(ToWorker::Claimed { id, held }) => session.claimed(id, held),
+                        Ok(ToWorker::Received { writer }) => session.received(writer),
+                        Ok(ToWorker::Task { .. }) => {
+                            break "a second task on one exchange".to_string();
+                        }
+                        Err(e) => break e.to_string(),
+                    },
+                    Ok(None) => break "the coordinator ended the exchange".to_string(),
+                    Err(status) => break format!("the exchange broke: {}", status.message()),
                 }
-            }
+            };
+            tracing::debug!(task = %session.key, %why, "a Flight exchange ended");
             // The coordinator let go of the task: it is no longer wanted.
-            inbox.close(&key);
+            inbox.close(&session);
         });
         Ok(Response::new(
             tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),

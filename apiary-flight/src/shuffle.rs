@@ -104,7 +104,13 @@ pub struct FlightShuffle {
     links: Arc<Links>,
     inbox: Arc<Inbox>,
     coordinator: Arc<Coordinator>,
+    /// Queries this process's workers took tasks of from storage (bounded, oldest
+    /// forgotten): only those can have outcomes of theirs to tidy there.
+    stored: Mutex<(HashSet<String>, std::collections::VecDeque<String>)>,
 }
+
+/// Queries remembered in [`FlightShuffle::stored`].
+const REMEMBERED_QUERIES: usize = 4096;
 
 impl std::fmt::Debug for FlightShuffle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -141,6 +147,7 @@ impl FlightShuffle {
             key: OnceCell::new(),
             links,
             inbox: Arc::default(),
+            stored: Mutex::default(),
         }
     }
 
@@ -260,6 +267,27 @@ impl FlightShuffle {
         lock(&self.coordinator.query_or_new(query_id).state).used_storage = true;
     }
 
+    /// Removes what a query this process does not coordinate left in storage, once its
+    /// coordinator removed it there (its query object is gone). A worker asks this after a
+    /// task of it went unwanted; over Flight that only means that one exchange ended, while
+    /// the query may still run, its later attempts in storage: those are left alone.
+    async fn tidy_elsewhere(&self, query_id: &str) -> Result<()> {
+        if !lock(&self.stored).0.contains(query_id) {
+            // This worker took nothing of it from storage, so it left nothing there; and
+            // the query may not have reached storage yet.
+            return Ok(());
+        }
+        let probe = TaskKey {
+            query_id: query_id.to_string(),
+            task_id: 0,
+            attempt: 0,
+        };
+        if self.storage.wanted(&probe).await? {
+            return Ok(());
+        }
+        self.storage.cancel(query_id).await
+    }
+
     /// Whether the storage holds anything of the query (or may: a query this process does
     /// not know, such as another process's).
     fn storage_has(&self, query_id: &str) -> bool {
@@ -371,6 +399,17 @@ impl ShuffleTransport for FlightShuffle {
             // Woken by Flight, there is no need to look in storage this time; the next
             // regular poll does.
             tasks = self.storage.poll_tasks(node_id).await?;
+            let mut stored = lock(&self.stored);
+            for t in &tasks {
+                if stored.0.insert(t.query_id.clone()) {
+                    stored.1.push_back(t.query_id.clone());
+                }
+            }
+            while stored.1.len() > REMEMBERED_QUERIES {
+                if let Some(old) = stored.1.pop_front() {
+                    stored.0.remove(&old);
+                }
+            }
         }
         Ok(tasks)
     }
@@ -456,17 +495,29 @@ impl ShuffleTransport for FlightShuffle {
     }
 
     async fn claim(&self, task: &TaskKey, cell: &str) -> Result<bool> {
-        if let Some(session) = self.inbox.session(task)
-            && session.claims_here
-        {
-            return session.claim(cell).await;
+        match self.inbox.session(task) {
+            // Pushed over Flight: its round's claims go where its coordinator said.
+            Some(session) if session.claims_here => return session.claim(cell).await,
+            Some(_) => return self.storage.claim(task, cell).await,
+            None if self.inbox.ended(task) => {
+                return Err(ShuffleError::failed(
+                    format!("task {task}'s Flight exchange is over: it may claim nothing more"),
+                    ErrorKind::Unavailable,
+                    "flight exchange closed",
+                ));
+            }
+            None => {}
         }
         if let Some(query) = self.coordinator.query(&task.query_id)
             && lock(&query.state).memory_rounds.contains(&task.attempt)
         {
             return Ok(self.coordinator.claim(&query, task, cell));
         }
-        self.used_storage(&task.query_id);
+        // A task this process's worker took from storage, or one its coordinator runs
+        // itself: only the latter makes the query's storage this coordinator's to remove.
+        if !lock(&self.stored).0.contains(&task.query_id) {
+            self.used_storage(&task.query_id);
+        }
         self.storage.claim(task, cell).await
     }
 
@@ -506,18 +557,20 @@ impl ShuffleTransport for FlightShuffle {
     }
 
     async fn cancel(&self, query_id: &str) -> Result<()> {
-        let storage = self.storage_has(query_id);
-        self.coordinator.remove(query_id);
-        if storage {
+        if self.coordinator.remove(query_id).is_none() {
+            return self.tidy_elsewhere(query_id).await;
+        }
+        if self.storage_has(query_id) {
             self.storage.cancel(query_id).await?;
         }
         Ok(())
     }
 
     async fn finish(&self, query_id: &str) -> Result<()> {
-        let storage = self.storage_has(query_id);
-        self.coordinator.remove(query_id);
-        if storage {
+        let Some(query) = self.coordinator.remove(query_id) else {
+            return self.tidy_elsewhere(query_id).await;
+        };
+        if lock(&query.state).used_storage {
             self.storage.finish(query_id).await?;
         }
         Ok(())

@@ -74,9 +74,15 @@ impl Session {
         !self.closed.load(Ordering::Acquire) && !self.tx.is_closed()
     }
 
-    /// The coordinator's side is gone: whatever waits for it stops waiting.
+    /// The exchange is over (its coordinator let go, or a newer exchange of the same task
+    /// replaced it): whatever waits on it stops waiting, and a coordinator still reading it
+    /// hears that this worker let go.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        let _ = self.tx.try_send(Err(tonic::Status::aborted(format!(
+            "the worker let go of task {}'s exchange",
+            self.key
+        ))));
         self.closing.notify_waiters();
         lock(&self.claims).clear();
         lock(&self.ends).clear();
@@ -182,14 +188,22 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    /// Queues `task` for its node, wakes the node's worker, and keeps its exchange.
+    /// Queues `task` for its node, wakes the node's worker, and keeps its exchange. The
+    /// same attempt pushed again (its coordinator did not hear the first push land) replaces
+    /// the older exchange, which is closed, and is queued once.
     pub(crate) fn deliver(&self, task: TaskSpec, session: Arc<Session>) {
         let node = task.node_id.clone();
-        lock(&self.sessions).insert(task.key(), session);
-        lock(&self.waiting)
-            .entry(node.clone())
-            .or_default()
-            .push(task);
+        let key = task.key();
+        if let Some(older) = lock(&self.sessions).insert(key.clone(), session) {
+            older.close();
+        }
+        lock(&self.ended).0.remove(&key);
+        let mut waiting = lock(&self.waiting);
+        let queue = waiting.entry(node.clone()).or_default();
+        if !queue.iter().any(|t| t.key() == key) {
+            queue.push(task);
+        }
+        drop(waiting);
         self.bell(&node).notify_one();
     }
 
@@ -232,11 +246,20 @@ impl Inbox {
         lock(&self.ended).0.contains(key)
     }
 
-    /// The exchange of `key` is over: its task is no longer waiting, late outcomes of it are
-    /// dropped.
-    pub(crate) fn close(&self, key: &TaskKey) {
-        if let Some(s) = lock(&self.sessions).remove(key) {
-            s.close();
+    /// The exchange `session` is over. If it is still its task's exchange (none replaced it),
+    /// the task is no longer waiting and late outcomes of it are dropped.
+    pub(crate) fn close(&self, session: &Arc<Session>) {
+        session.close();
+        let key = &session.key;
+        {
+            let mut sessions = lock(&self.sessions);
+            match sessions.get(key) {
+                Some(current) if Arc::ptr_eq(current, session) => {
+                    sessions.remove(key);
+                }
+                // Replaced by a newer exchange of the same task: that one goes on.
+                _ => return,
+            }
         }
         let mut waiting = lock(&self.waiting);
         for tasks in waiting.values_mut() {

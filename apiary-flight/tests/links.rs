@@ -194,12 +194,17 @@ async fn a_link_cut_mid_result_fails_the_attempt_and_the_next_goes_through_stora
     assert!(unwanted, "the cut exchange's task is no longer wanted");
     assert!(w.write(ints(0, 10)).await.is_err() || w.finish(&TaskReport::default()).await.is_err());
 
+    // A claim of the cut task is refused (it may read nothing more).
+    assert!(worker.claim(&first.key(), "data/c.parquet").await.is_err());
     // The next attempt goes through storage, and its result counts.
     let second = task(q, 0, 2, "w");
     coordinator
         .publish_tasks(q, "c", std::slice::from_ref(&second))
         .await
         .unwrap();
+    // The worker tidies after its unwanted task, as its loop does: the query runs on, so
+    // nothing of it in storage goes.
+    worker.cancel(q).await.unwrap();
     let polled = worker.poll_tasks("w").await.unwrap();
     assert_eq!(polled, vec![second.clone()]);
     let mut w = worker.open_result(&second, ints(0, 0).schema());

@@ -147,6 +147,10 @@ async fn a_link_cut_mid_query_fails_over_to_storage_and_answers_the_same() {
 /// answer from p2, whatever it asked).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_answer_of_the_query_whose_link_is_cut_is_the_local_one() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("apiary_flight=debug,apiary_query=debug")
+        .with_test_writer()
+        .try_init();
     let (dir, storage, _) = loaded_folder().await;
     let ap = flight_client(&storage).await;
     let (proxy, _nodes) = behind_a_proxy(&storage, dir.path(), &["node-c0"], "node-c1").await;

@@ -522,6 +522,7 @@ impl ShuffleTransport for StorageShuffle {
 
     async fn finish(&self, query_id: &str) -> Result<()> {
         validate_query_id(query_id)?;
+        tracing::debug!(query = query_id, "removing the query's objects");
         // The query object first: from then on every task of the query is unwanted, so a
         // worker that publishes after the listing below sees that and removes its own
         // outcome. (A half-finished cleanup is still a folder under `_queries/`, which a
