@@ -65,7 +65,7 @@ impl FlightKey {
                 )
             },
         )?;
-        let text = format!("{KEY_MAGIC}\n{}\n", hex(&secret));
+        let text = format!("{KEY_MAGIC}\n{}\n", hex::encode(secret));
         match backend.put_if_absent(&path, Bytes::from(text)).await? {
             CreateOutcome::Created(_) => Ok(Self::from_secret(&secret)),
             CreateOutcome::AlreadyExists(object) => Self::parse(&object.bytes),
@@ -90,7 +90,7 @@ impl FlightKey {
         }
         let secret = lines
             .next()
-            .and_then(unhex)
+            .and_then(|line| hex::decode(line).ok())
             .filter(|s| s.len() == 32)
             .ok_or_else(|| damaged("its second line is not 64 hex digits"))?;
         Ok(Self::from_secret(&secret))
@@ -99,7 +99,7 @@ impl FlightKey {
     /// A proof of the key over `nonce` (what a client sends in [`PROOF_HEADER`]).
     pub fn proof(&self, nonce: &str) -> String {
         let tag = hmac::sign(&self.key, &signed(nonce));
-        format!("{nonce}.{}", hex(tag.as_ref()))
+        format!("{nonce}.{}", hex::encode(tag.as_ref()))
     }
 
     /// Checks a proof a client sent; the error says why it is refused.
@@ -111,7 +111,7 @@ impl FlightKey {
         {
             return Err("the proof's nonce is not 16 to 64 letters and digits");
         }
-        let tag = unhex(tag).ok_or("the proof's signature is not hex")?;
+        let tag = hex::decode(tag).map_err(|_| "the proof's signature is not hex")?;
         hmac::verify(&self.key, &signed(nonce), &tag)
             .map_err(|_| "the proof was not made with this swarm's key (another storage root?)")
     }
@@ -119,20 +119,6 @@ impl FlightKey {
 
 fn signed(nonce: &str) -> Vec<u8> {
     [PROOF_CONTEXT, nonce.as_bytes()].concat()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -28,6 +28,22 @@ fn transport(backend: &Arc<dyn StorageBackend>, peers: &StaticPeers) -> Arc<Flig
     ))
 }
 
+/// A worker serving Flight as node `w`, and a coordinator that reaches it, on one store.
+async fn pair() -> (
+    Arc<dyn StorageBackend>,
+    Arc<FlightShuffle>,
+    apiary_flight::FlightServer,
+    Arc<FlightShuffle>,
+) {
+    let backend = apiary_storage::memory();
+    let worker = transport(&backend, &StaticPeers::default());
+    let port = worker.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let peers = StaticPeers::default();
+    peers.set("w", Some(&port.local_addr().to_string()));
+    let coordinator = transport(&backend, &peers);
+    (backend, worker, port, coordinator)
+}
+
 fn ints(from: i64, n: i64) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![Field::new("c0", DataType::Int64, true)]));
     RecordBatch::try_new(
@@ -276,12 +292,7 @@ async fn large_results_spill_past_the_memory_budget() {
 /// worker hears that no one waits for them.
 #[tokio::test]
 async fn a_cancel_reaches_the_running_task() {
-    let backend = apiary_storage::memory();
-    let worker = transport(&backend, &StaticPeers::default());
-    let port = worker.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let peers = StaticPeers::default();
-    peers.set("w", Some(&port.local_addr().to_string()));
-    let coordinator = transport(&backend, &peers);
+    let (backend, worker, _port, coordinator) = pair().await;
     let q = "q-cancel";
     let spec = task(q, 0, 1, "w");
     coordinator
