@@ -40,6 +40,7 @@
 
 pub mod auth;
 mod client;
+mod config;
 mod coordinator;
 mod server;
 mod shuffle;
@@ -47,7 +48,9 @@ mod shuffle;
 pub mod testing;
 mod wire;
 mod worker;
+mod writer;
 
 pub use auth::{FlightKey, KEY_PATH, PROOF_HEADER};
+pub use config::{FLIGHT_ATTRIBUTE, FlightConfig, Peers, StaticPeers};
 pub use server::FlightServer;
-pub use shuffle::{FLIGHT_ATTRIBUTE, FlightConfig, FlightShuffle, Peers, StaticPeers};
+pub use shuffle::FlightShuffle;

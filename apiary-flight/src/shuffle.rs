@@ -12,7 +12,7 @@ use apiary_shuffle::{
     Delivered, Result, ResultWriter, ShuffleError, ShuffleTransport, StorageShuffle, TaskKey,
     TaskOutcome, TaskReport, TaskSpec,
 };
-use apiary_storage::{Clock, ErrorKind, StorageBackend, SystemClock};
+use apiary_storage::{ErrorKind, StorageBackend};
 use arrow_array::RecordBatch;
 use arrow_flight::FlightData;
 use arrow_schema::SchemaRef;
@@ -22,76 +22,12 @@ use tokio::sync::{OnceCell, mpsc};
 
 use crate::auth::FlightKey;
 use crate::client::{Links, insert_proof};
+use crate::config::{FlightConfig, Peers};
 use crate::coordinator::Coordinator;
 use crate::server::{FlightServer, Service};
-use crate::wire::{ChunkEncoder, Ending, ToCoordinator, ToWorker, message, parse};
-use crate::worker::{Inbox, Session, lock};
-
-/// The heartbeat attribute a node advertises its Flight address in.
-pub const FLIGHT_ATTRIBUTE: &str = "flight";
-
-/// Where other nodes' Flight ports are: a node's address as it advertises it (the
-/// [`FLIGHT_ATTRIBUTE`] of its heartbeat), from the membership view this process holds
-/// (no storage request).
-pub trait Peers: Send + Sync + std::fmt::Debug + 'static {
-    /// `node_id`'s Flight address (`host:port`), if it serves Flight.
-    fn flight_address(&self, node_id: &str) -> Option<String>;
-}
-
-/// Peers from a fixed table (tests, benchmarks, static deployments).
-#[derive(Debug, Default, Clone)]
-pub struct StaticPeers(pub Arc<Mutex<HashMap<String, String>>>);
-
-impl StaticPeers {
-    /// Sets `node_id`'s address (or removes it, with `None`).
-    pub fn set(&self, node_id: &str, address: Option<&str>) {
-        let mut table = lock(&self.0);
-        match address {
-            Some(a) => table.insert(node_id.to_string(), a.to_string()),
-            None => table.remove(node_id),
-        };
-    }
-}
-
-impl Peers for StaticPeers {
-    fn flight_address(&self, node_id: &str) -> Option<String> {
-        lock(&self.0).get(node_id).cloned()
-    }
-}
-
-/// How a [`FlightShuffle`] behaves.
-#[derive(Debug, Clone)]
-pub struct FlightConfig {
-    /// Longest wait for a connection and handshake; a node that takes longer gets its
-    /// tasks through storage.
-    pub connect_timeout: Duration,
-    /// How long a node whose link failed gets its tasks through storage before Flight is
-    /// tried again.
-    pub retry_after: Duration,
-    /// Whether result chunks are LZ4-compressed (worth it on slow links; on a LAN or
-    /// loopback, raw IPC is faster).
-    pub lz4: bool,
-    /// About how many bytes of IPC one result chunk holds.
-    pub chunk_bytes: usize,
-    /// Result bytes this process keeps in memory, over every query it coordinates; chunks
-    /// beyond it go to temporary files.
-    pub memory_bytes: usize,
-    /// The clock that times failed links.
-    pub clock: Arc<dyn Clock>,
-}
-
-impl Default for FlightConfig {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(1),
-            retry_after: Duration::from_secs(30),
-            lz4: false,
-            chunk_bytes: apiary_shuffle::CHUNK_BYTES,
-            memory_bytes: 256 << 20,
-            clock: Arc::new(SystemClock::new()),
-        }
-    }
-}
+use crate::wire::{Ending, ToCoordinator, ToWorker, message, parse};
+use crate::worker::{Inbox, lock};
+use crate::writer::FlightWriter;
 
 /// Arrow Flight between nodes that can reach each other, the storage shuffle between those
 /// that cannot (see the crate docs).
@@ -578,62 +514,5 @@ impl ShuffleTransport for FlightShuffle {
 
     async fn sweep(&self, retention: Duration) -> Result<usize> {
         self.storage.sweep(retention).await
-    }
-}
-
-/// A result written over a task's exchange, in chunks of IPC streams.
-struct FlightWriter {
-    session: Arc<Session>,
-    encoder: std::result::Result<ChunkEncoder, Option<ShuffleError>>,
-    writer: u32,
-}
-
-impl FlightWriter {
-    fn new(session: Arc<Session>, schema: SchemaRef, chunk_bytes: usize) -> Self {
-        let writer = session.new_writer();
-        let encoder = ChunkEncoder::new(schema, session.lz4, chunk_bytes).map_err(Some);
-        Self {
-            session,
-            encoder,
-            writer,
-        }
-    }
-
-    async fn send(&self, sent: Vec<(u32, Bytes)>) -> Result<()> {
-        for (chunk, bytes) in sent {
-            self.session
-                .send(message(
-                    &ToCoordinator::Data {
-                        writer: self.writer,
-                        chunk,
-                    },
-                    bytes,
-                ))
-                .await?;
-        }
-        Ok(())
-    }
-
-    fn encoder(&mut self) -> Result<&mut ChunkEncoder> {
-        match &mut self.encoder {
-            Ok(e) => Ok(e),
-            Err(e) => Err(e.take().unwrap_or_else(|| {
-                ShuffleError::Invalid("the result's encoder failed before".into())
-            })),
-        }
-    }
-}
-
-#[async_trait]
-impl ResultWriter for FlightWriter {
-    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        let sent = self.encoder()?.write(&batch)?;
-        self.send(sent).await
-    }
-
-    async fn finish(mut self: Box<Self>, report: &TaskReport) -> Result<()> {
-        let last = self.encoder()?.close_chunk()?;
-        self.send(last.into_iter().collect()).await?;
-        self.session.end(self.writer, Ending::Rows, report).await
     }
 }
