@@ -40,7 +40,7 @@ impl Peers for StaticPeers {
     }
 }
 
-/// How a [`FlightShuffle`] behaves.
+/// How a [`FlightShuffle`](crate::FlightShuffle) behaves.
 #[derive(Debug, Clone)]
 pub struct FlightConfig {
     /// Longest wait for a connection and handshake; a node that takes longer gets its

@@ -7,7 +7,7 @@ use apiary_swarm::SwarmConfig;
 
 use crate::FlightOptions;
 
-/// Options for [`Apiary::open_with`].
+/// Options for [`Apiary::open_with`](crate::Apiary::open_with).
 #[derive(Debug, Clone)]
 pub struct ApiaryOptions {
     /// A name for this handle, reported by `status` (the seeds' `Apiary("production", …)`).
