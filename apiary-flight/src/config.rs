@@ -21,7 +21,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug + 'static {
 
 /// Peers from a fixed table (tests, benchmarks, static deployments).
 #[derive(Debug, Default, Clone)]
-pub struct StaticPeers(pub Arc<Mutex<HashMap<String, String>>>);
+pub struct StaticPeers(Arc<Mutex<HashMap<String, String>>>);
 
 impl StaticPeers {
     /// Sets `node_id`'s address (or removes it, with `None`).

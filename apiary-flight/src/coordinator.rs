@@ -77,6 +77,11 @@ pub(crate) struct Coordinator {
 /// Chunk names of Flight results start with this (storage chunk names never do).
 const CHUNK_PREFIX: &str = "flight:";
 
+/// Whether `name` names a chunk of a Flight result (not one of the storage shuffle's).
+pub(crate) fn names_chunk(name: &str) -> bool {
+    name.starts_with(CHUNK_PREFIX)
+}
+
 impl Coordinator {
     pub(crate) fn new(memory_budget: usize) -> Self {
         Self {
@@ -309,25 +314,19 @@ impl Coordinator {
             // in memory goes to a file.
             let over = self.in_memory.load(Ordering::Relaxed) > self.memory_budget;
             let last = chunks.len() - 1;
-            over.then(|| {
+            if !over {
+                None
+            } else {
                 chunks[..last]
                     .iter_mut()
-                    .position(|c| matches!(c.0, Chunk::Memory(_)))
-            })
-            .flatten()
-            .map(|i| {
-                let (c, size) = &mut chunks[i];
-                let bytes = match std::mem::replace(c, Chunk::Memory(Vec::new())) {
-                    Chunk::Memory(parts) => parts.concat(),
-                    Chunk::File(f) => {
-                        *c = Chunk::File(f);
-                        return (i, Vec::new(), 0);
-                    }
-                };
-                (i, bytes, *size)
-            })
+                    .enumerate()
+                    .find_map(|(i, (c, size))| match c {
+                        Chunk::Memory(parts) => Some((i, std::mem::take(parts).concat(), *size)),
+                        Chunk::File(_) => None,
+                    })
+            }
         };
-        if let Some((i, bytes, size)) = spill.filter(|s| s.2 > 0) {
+        if let Some((i, bytes, size)) = spill {
             let file = spill_to_file(bytes).await?;
             let mut st = lock(&query.state);
             if let Some(c) = st

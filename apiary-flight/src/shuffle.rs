@@ -362,7 +362,7 @@ impl ShuffleTransport for FlightShuffle {
     }
 
     async fn read_chunk(&self, query_id: &str, chunk: &str) -> Result<Vec<RecordBatch>> {
-        if chunk.starts_with("flight:") {
+        if crate::coordinator::names_chunk(chunk) {
             let query = self.coordinator.query(query_id).ok_or_else(|| {
                 ShuffleError::Invalid(format!(
                     "query {query_id} is not running here, so its chunk `{chunk}` is gone"

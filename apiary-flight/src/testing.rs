@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -15,7 +15,6 @@ pub struct Proxy {
     address: SocketAddr,
     cut: watch::Sender<bool>,
     open: Arc<AtomicBool>,
-    bytes: Arc<AtomicU64>,
     trip: Arc<Trip>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -35,12 +34,11 @@ impl Trip {
     }
 }
 
-/// Copies from the target to the client, counting bytes; an armed trip cuts the link at the
+/// Copies from the target to the client; an armed trip cuts the link at the
 /// first byte instead of passing it on.
-async fn copy_counting(
+async fn copy_down(
     from: &mut tokio::net::tcp::OwnedReadHalf,
     to: &mut tokio::net::tcp::OwnedWriteHalf,
-    bytes: &AtomicU64,
     trip: &Trip,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,7 +55,6 @@ async fn copy_counting(
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
-        bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -68,8 +65,7 @@ impl Proxy {
         let address = listener.local_addr()?;
         let (cut, cut_rx) = watch::channel(false);
         let open = Arc::new(AtomicBool::new(true));
-        let bytes = Arc::new(AtomicU64::new(0));
-        let (open2, bytes2) = (Arc::clone(&open), Arc::clone(&bytes));
+        let open2 = Arc::clone(&open);
         let trip: Arc<Trip> = Arc::new(Trip {
             armed: AtomicBool::new(false),
             cut: cut.clone(),
@@ -83,7 +79,6 @@ impl Proxy {
                     continue;
                 }
                 let mut cut_rx = cut_rx.clone();
-                let bytes = Arc::clone(&bytes2);
                 let trip = Arc::clone(&trip2);
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else {
@@ -94,7 +89,7 @@ impl Proxy {
                     let (mut client_read, mut client_write) = client.into_split();
                     let (mut server_read, mut server_write) = server.into_split();
                     let up = tokio::io::copy(&mut client_read, &mut server_write);
-                    let down = copy_counting(&mut server_read, &mut client_write, &bytes, &trip);
+                    let down = copy_down(&mut server_read, &mut client_write, &trip);
                     tokio::select! {
                         _ = async { tokio::join!(up, down) } => {}
                         _ = cut_rx.wait_for(|c| *c) => {}
@@ -106,7 +101,6 @@ impl Proxy {
             address,
             cut,
             open,
-            bytes,
             trip,
             task,
         })
@@ -127,11 +121,6 @@ impl Proxy {
     /// whatever the target answers next (a task's exchange, say), not before.
     pub fn cut_at_next_answer(&self) {
         self.trip.armed.store(true, Ordering::SeqCst);
-    }
-
-    /// Bytes the target sent through the proxy.
-    pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
     }
 }
 

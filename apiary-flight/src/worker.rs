@@ -197,7 +197,6 @@ impl Inbox {
         if let Some(older) = lock(&self.sessions).insert(key.clone(), session) {
             older.close();
         }
-        lock(&self.ended).0.remove(&key);
         let mut waiting = lock(&self.waiting);
         let queue = waiting.entry(node.clone()).or_default();
         if !queue.iter().any(|t| t.key() == key) {

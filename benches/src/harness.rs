@@ -192,6 +192,25 @@ pub async fn flight_client(storage: &str) -> Apiary {
     Apiary::open_with(options).await.expect("a Flight client")
 }
 
+/// `n` nodes as [`Nodes::start`] makes them, serving Arrow Flight when `flight` is set, and
+/// the handle that coordinates their queries (`observer` itself, or a Flight client).
+pub async fn swarm(
+    storage: &str,
+    dir: &Path,
+    prefix: &str,
+    n: usize,
+    observer: &Apiary,
+    flight: bool,
+) -> (Nodes, Apiary) {
+    if flight {
+        let nodes = Nodes::start_with(storage, dir, prefix, n, observer, FLIGHT_NODES).await;
+        (nodes, flight_client(storage).await)
+    } else {
+        let nodes = Nodes::start(storage, dir, prefix, n, observer).await;
+        (nodes, observer.clone())
+    }
+}
+
 /// The `via=` of every task line of an `EXPLAIN ANALYZE`'s rows.
 pub fn task_transports(plan: &[String]) -> Vec<String> {
     plan.join("\n")

@@ -5,7 +5,7 @@
 use apiary::apiary_storage::StorageUri;
 use apiary::{Apiary, ApiaryOptions};
 use apiary_benches::harness::{
-    Nodes, datafusion_over_cells, load_apiary, load_in_quarters, result_rows, rows, run_datafusion,
+    datafusion_over_cells, load_apiary, load_in_quarters, result_rows, rows, run_datafusion,
 };
 use apiary_benches::ssb::{QUERIES, generate};
 
@@ -93,7 +93,7 @@ async fn ssb_queries_over_flight_match_one_node() {
 }
 
 async fn distributed_differential(flight: bool) {
-    use apiary_benches::harness::{FLIGHT_NODES, flight_client, task_transports};
+    use apiary_benches::harness::{swarm, task_transports};
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -106,16 +106,7 @@ async fn distributed_differential(flight: bool) {
     for fact in &facts {
         load_in_quarters(&ap, "ssb", "sf", fact).await;
     }
-    let nodes = if flight {
-        Nodes::start_with(&storage, dir.path(), "ssb", 3, &ap, FLIGHT_NODES).await
-    } else {
-        Nodes::start(&storage, dir.path(), "ssb", 3, &ap).await
-    };
-    let coordinator = if flight {
-        flight_client(&storage).await
-    } else {
-        ap.clone()
-    };
+    let (nodes, coordinator) = swarm(&storage, dir.path(), "ssb", 3, &ap, flight).await;
     let mut local = ap.sql_session().unwrap();
     local
         .sql("USE ssb.sf; SET apiary.distribute = 'never'")

@@ -7,9 +7,7 @@
 use std::time::Instant;
 
 use apiary::Apiary;
-use apiary_benches::harness::{
-    FLIGHT_NODES, Nodes, flight_client, load_apiary, load_in_quarters, result_rows, task_transports,
-};
+use apiary_benches::harness::{load_apiary, load_in_quarters, result_rows, swarm, task_transports};
 use apiary_benches::tpch::{QUERIES, generate};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,16 +37,7 @@ async fn differential(flight: bool) {
     for fact in &facts {
         load_in_quarters(&ap, "tpch", "sf", fact).await;
     }
-    let _nodes = if flight {
-        Nodes::start_with(&storage, dir.path(), "tpch", 3, &ap, FLIGHT_NODES).await
-    } else {
-        Nodes::start(&storage, dir.path(), "tpch", 3, &ap).await
-    };
-    let coordinator = if flight {
-        flight_client(&storage).await
-    } else {
-        ap.clone()
-    };
+    let (_nodes, coordinator) = swarm(&storage, dir.path(), "tpch", 3, &ap, flight).await;
     let mut local = ap.sql_session().unwrap();
     local
         .sql("USE tpch.sf; SET apiary.distribute = 'never'")
