@@ -11,9 +11,10 @@ use arrow_flight::HandshakeRequest;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use bytes::Bytes;
 use futures::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::auth::{FlightKey, PROOF_HEADER};
+use crate::config::FlightTls;
 use crate::wire::MAX_MESSAGE_BYTES;
 use crate::worker::lock;
 
@@ -34,6 +35,7 @@ pub(crate) struct Links {
     clock: Arc<dyn Clock>,
     connect_timeout: Duration,
     retry_after: Duration,
+    tls: Option<FlightTls>,
     /// This process's proof of the key (one nonce per process).
     proof: Mutex<Option<String>>,
 }
@@ -43,6 +45,7 @@ impl Links {
         clock: Arc<dyn Clock>,
         connect_timeout: Duration,
         retry_after: Duration,
+        tls: Option<FlightTls>,
     ) -> Self {
         Self {
             clients: tokio::sync::Mutex::default(),
@@ -50,6 +53,7 @@ impl Links {
             clock,
             connect_timeout,
             retry_after,
+            tls,
             proof: Mutex::default(),
         }
     }
@@ -86,7 +90,10 @@ impl Links {
         if let Some(c) = self.clients.lock().await.get(address) {
             return Ok(c.clone());
         }
-        let client = tokio::time::timeout(self.connect_timeout, connect(address, &self.proof(key)))
+        let endpoint = endpoint(address, self.tls.as_ref())?;
+        let proof = self.proof(key);
+        let connecting = connect(endpoint, address, &proof);
+        let client = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| {
                 format!(
@@ -107,13 +114,52 @@ impl Links {
     }
 }
 
-/// Connects to `address` and proves the key in a handshake.
-pub(crate) async fn connect(address: &str, proof: &str) -> Result<Client, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| format!("`{address}` is not a Flight address: {e}"))?
-        .tcp_nodelay(true)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW);
+/// How to reach a node's advertised `address`: `https://host:port` over TLS, `host:port`
+/// (or `http://host:port`) in plain HTTP/2. A process with TLS configured refuses plain
+/// addresses, so that turning TLS on never sends rows in the clear.
+fn endpoint(address: &str, tls: Option<&FlightTls>) -> Result<Endpoint, String> {
+    let (secure, rest) = match address.split_once("://") {
+        Some(("https", rest)) => (true, rest),
+        Some(("http", rest)) => (false, rest),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "`{address}` is not a Flight address: the scheme `{scheme}` is neither http nor https"
+            ));
+        }
+        None => (false, address),
+    };
+    let endpoint = Endpoint::from_shared(format!(
+        "{}://{rest}",
+        if secure { "https" } else { "http" }
+    ))
+    .map_err(|e| format!("`{address}` is not a Flight address: {e}"))?
+    .tcp_nodelay(true)
+    .initial_stream_window_size(STREAM_WINDOW)
+    .initial_connection_window_size(CONNECTION_WINDOW);
+    if !secure {
+        return match tls {
+            Some(_) => Err(format!(
+                "this process uses TLS for Flight and the node at {address} serves it without \
+                 TLS, so its tasks go through storage (give that node --flight-tls-cert)"
+            )),
+            None => Ok(endpoint),
+        };
+    }
+    let mut config = ClientTlsConfig::new();
+    match tls.and_then(|t| t.ca.as_ref()) {
+        Some(ca) => config = config.ca_certificate(Certificate::from_pem(ca)),
+        None => config = config.with_native_roots(),
+    }
+    if let Some(domain) = tls.and_then(|t| t.domain.as_ref()) {
+        config = config.domain_name(domain.clone());
+    }
+    endpoint
+        .tls_config(config)
+        .map_err(|e| format!("cannot set up TLS for {address}: {}", source_chain(&e)))
+}
+
+/// Connects to `address` through `endpoint` and proves the key in a handshake.
+async fn connect(endpoint: Endpoint, address: &str, proof: &str) -> Result<Client, String> {
     let channel = endpoint.connect().await.map_err(|e| {
         format!(
             "cannot connect to the Flight port at {address}: {}",
@@ -162,7 +208,7 @@ pub(crate) fn insert_proof<T>(request: &mut tonic::Request<T>, proof: &str) -> R
 }
 
 /// An error with its sources, on one line.
-fn source_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -57,6 +57,9 @@ pub struct FlightConfig {
     /// Result bytes this process keeps in memory, over every query it coordinates; chunks
     /// beyond it go to temporary files.
     pub memory_bytes: usize,
+    /// TLS on this process's links and port; `None`: plain HTTP/2 (the swarm key's proof
+    /// still guards every call).
+    pub tls: Option<FlightTls>,
     /// The clock that times failed links.
     pub clock: Arc<dyn Clock>,
 }
@@ -69,7 +72,40 @@ impl Default for FlightConfig {
             lz4: false,
             chunk_bytes: apiary_shuffle::CHUNK_BYTES,
             memory_bytes: 256 << 20,
+            tls: None,
             clock: Arc::new(SystemClock::new()),
         }
+    }
+}
+
+/// TLS for Flight: rows on the wire are private and a node proves it is the one its address
+/// names. Optional, because every call already proves the swarm's key; turn it on when the
+/// network between nodes is not trusted.
+///
+/// A process with TLS configured pushes tasks only to nodes that serve TLS (advertised as
+/// `https://host:port`); a node serving plain Flight gets its tasks through storage, so
+/// turning TLS on never sends rows in the clear.
+#[derive(Clone, Default)]
+pub struct FlightTls {
+    /// This node's certificate chain, PEM (to serve TLS on its port; with `private_key`).
+    pub certificate: Option<Vec<u8>>,
+    /// The private key of `certificate`, PEM.
+    pub private_key: Option<Vec<u8>>,
+    /// Certificate authorities, PEM, that peers' certificates must chain to; `None`: the
+    /// system's trusted roots.
+    pub ca: Option<Vec<u8>>,
+    /// The name peers' certificates must carry, when it is not the host of their address
+    /// (one certificate for the whole swarm, say).
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for FlightTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlightTls")
+            .field("certificate", &self.certificate.as_ref().map(Vec::len))
+            .field("private_key", &self.private_key.as_ref().map(|_| "…"))
+            .field("ca", &self.ca.as_ref().map(Vec::len))
+            .field("domain", &self.domain)
+            .finish()
     }
 }

@@ -24,6 +24,8 @@
 //! * **Security with no configuration.** Only processes that can read the storage can talk to
 //!   a Flight port: the swarm's key is kept in storage ([`KEY_PATH`]) and every call carries
 //!   an HMAC proof of it ([`auth`]). A client without it is refused and served nothing.
+//!   TLS is optional on top ([`FlightTls`]): a node serving it advertises `https://`, and a
+//!   process using it never pushes rows to a peer in the clear.
 //!
 //! ```no_run
 //! # async fn demo() -> apiary_shuffle::Result<()> {
@@ -51,6 +53,6 @@ mod worker;
 mod writer;
 
 pub use auth::{FlightKey, KEY_PATH, PROOF_HEADER};
-pub use config::{FLIGHT_ATTRIBUTE, FlightConfig, Peers, StaticPeers};
+pub use config::{FLIGHT_ATTRIBUTE, FlightConfig, FlightTls, Peers, StaticPeers};
 pub use server::FlightServer;
 pub use shuffle::FlightShuffle;

@@ -15,6 +15,7 @@ use arrow_flight::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
+use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{FlightKey, KEY_PATH, PROOF_HEADER};
@@ -197,6 +198,7 @@ impl FlightService for Service {
 #[derive(Debug)]
 pub struct FlightServer {
     address: SocketAddr,
+    secure: bool,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -206,8 +208,21 @@ impl FlightServer {
     pub(crate) fn spawn(
         listener: tokio::net::TcpListener,
         service: Service,
-    ) -> std::io::Result<Self> {
-        let address = listener.local_addr()?;
+        tls: Option<ServerTlsConfig>,
+    ) -> Result<Self, String> {
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        let secure = tls.is_some();
+        let mut builder = tonic::transport::Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).map_err(|e| {
+                format!(
+                    "its TLS certificate or key is not usable: {}",
+                    crate::client::source_chain(&e)
+                )
+            })?;
+        }
         let (stop, mut stopped) = watch::channel(false);
         let server = FlightServiceServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -215,9 +230,7 @@ impl FlightServer {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let task = tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .initial_stream_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
+            let served = builder
                 .add_service(server)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stopped.wait_for(|s| *s).await;
@@ -229,6 +242,7 @@ impl FlightServer {
         });
         Ok(Self {
             address,
+            secure,
             stop,
             task: Some(task),
         })
@@ -237,6 +251,20 @@ impl FlightServer {
     /// The address the port listens on (with the port chosen, when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Whether the port serves TLS (peers then reach it at `https://`).
+    pub fn tls(&self) -> bool {
+        self.secure
+    }
+
+    /// The address to advertise for a port reachable at `host_port`: with `https://` when
+    /// it serves TLS.
+    pub fn advertised(&self, host_port: &str) -> String {
+        match (self.secure, host_port.contains("://")) {
+            (true, false) => format!("https://{host_port}"),
+            _ => host_port.to_string(),
+        }
     }
 
     /// Stops serving: exchanges under way end, and their coordinators fall back to storage.

@@ -19,6 +19,7 @@ use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{OnceCell, mpsc};
+use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::auth::FlightKey;
 use crate::client::{Links, insert_proof};
@@ -73,6 +74,7 @@ impl FlightShuffle {
             Arc::clone(&config.clock),
             config.connect_timeout,
             config.retry_after,
+            config.tls.clone(),
         ));
         Self {
             storage: Arc::new(StorageShuffle::new(Arc::clone(&backend))),
@@ -105,20 +107,38 @@ impl FlightShuffle {
                 e,
             )
         })?;
+        let tls = self.server_tls(address)?;
         FlightServer::spawn(
             listener,
             Service {
                 key,
                 inbox: Arc::clone(&self.inbox),
             },
+            tls,
         )
         .map_err(|e| {
             ShuffleError::failed(
                 format!("cannot serve Flight on {address}: {e}"),
-                ErrorKind::Unavailable,
+                ErrorKind::InvalidInput,
                 e,
             )
         })
+    }
+
+    /// The port's TLS, when configured: a certificate and its key are then required.
+    fn server_tls(&self, address: SocketAddr) -> Result<Option<ServerTlsConfig>> {
+        let Some(tls) = &self.config.tls else {
+            return Ok(None);
+        };
+        let (Some(certificate), Some(key)) = (&tls.certificate, &tls.private_key) else {
+            return Err(ShuffleError::Invalid(format!(
+                "cannot serve Flight on {address} with TLS: a port serving TLS needs both a \
+                 certificate and its private key (--flight-tls-cert and --flight-tls-key)"
+            )));
+        };
+        Ok(Some(
+            ServerTlsConfig::new().identity(Identity::from_pem(certificate, key)),
+        ))
     }
 
     /// The address to push `node`'s tasks to, if Flight is worth trying.

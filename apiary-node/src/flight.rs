@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-use apiary_flight::{FLIGHT_ATTRIBUTE, FlightConfig, FlightServer, FlightShuffle, Peers};
+use apiary_flight::{
+    FLIGHT_ATTRIBUTE, FlightConfig, FlightServer, FlightShuffle, FlightTls, Peers,
+};
 
 use crate::cluster::SwarmDirectory;
 use crate::{ApiaryError, Result};
@@ -24,6 +26,11 @@ pub struct FlightOptions {
     /// LZ4-compress result chunks (`--flight-lz4`): for slow links; raw IPC is faster on a
     /// LAN.
     pub lz4: bool,
+    /// TLS on the port and the links (`--flight-tls-cert`, `--flight-tls-key`,
+    /// `--flight-tls-ca`, `--flight-tls-domain`); `None`: plain HTTP/2, every call still
+    /// proving the swarm's key. A node serving TLS advertises `https://`, and a process
+    /// with TLS pushes tasks only to nodes that serve it.
+    pub tls: Option<FlightTls>,
 }
 
 impl FlightOptions {
@@ -58,6 +65,7 @@ impl FlightParts {
         let peers = Arc::new(LatePeers::default());
         let config = FlightConfig {
             lz4: options.lz4,
+            tls: options.tls.clone(),
             ..FlightConfig::default()
         };
         let shuffle = Arc::new(FlightShuffle::with_config(
@@ -87,12 +95,12 @@ impl FlightParts {
                 message: e.to_string(),
             })?;
         let bound = server.local_addr();
-        let advertised = match &self.options.advertise {
+        let advertised = server.advertised(&match &self.options.advertise {
             Some(a) => a.clone(),
             None if bound.ip().is_unspecified() => format!("{}:{}", host_name(), bound.port()),
             None => bound.to_string(),
-        };
-        tracing::info!(listen = %bound, advertised = %advertised, "serving Arrow Flight");
+        });
+        tracing::info!(listen = %bound, advertised = %advertised, tls = server.tls(), "serving Arrow Flight");
         Ok(Some((Arc::new(server), advertised)))
     }
 }

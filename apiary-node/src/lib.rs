@@ -38,6 +38,7 @@ mod builder;
 pub mod cli;
 mod cluster;
 mod flight;
+pub use apiary_flight::FlightTls;
 pub use flight::FlightOptions;
 mod options;
 pub use options::ApiaryOptions;

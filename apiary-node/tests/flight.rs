@@ -1,7 +1,7 @@
 //! Distributed SQL over Arrow Flight with real `apiary node` processes: every answer equals
 //! the local one and every task goes over Flight; a link cut between the coordinator and one
 //! worker in the middle of a query (storage still reachable) fails over to storage for that
-//! worker, and the answer is still the local one.
+//! worker, and the answer is still the local one; nodes serving TLS answer the same.
 
 #![allow(clippy::unwrap_used)]
 
@@ -166,4 +166,76 @@ async fn the_answer_of_the_query_whose_link_is_cut_is_the_local_one() {
         assert_eq!(answer_with(&ap, IN_PARTS, sql).await, local, "{sql}");
     }
     assert_no_queries(&ap).await;
+}
+
+/// Nodes serving Flight over TLS (certificates from files, as an operator gives them)
+/// answer like one, every task over Flight; a node given a certificate without its key is
+/// refused at start, naming the missing flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_over_tls_answers_like_one() {
+    let (dir, storage, _) = loaded_folder().await;
+    let ca = apiary_flight::testing::Authority::new();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+            let (cert_file, key_file) = (
+                dir.path().join(format!("node-t{i}.crt")),
+                dir.path().join(format!("node-t{i}.key")),
+            );
+            std::fs::write(&cert_file, cert).unwrap();
+            std::fs::write(&key_file, key).unwrap();
+            let args = [
+                "--flight",
+                "127.0.0.1:0",
+                "--flight-tls-cert",
+                cert_file.to_str().unwrap(),
+                "--flight-tls-key",
+                key_file.to_str().unwrap(),
+                "--flight-tls-ca",
+                ca_file.to_str().unwrap(),
+            ];
+            flight_node(&storage, dir.path(), &format!("node-t{i}"), &args)
+        })
+        .collect();
+    // The client trusts the swarm's CA; it does not serve, so it needs no certificate.
+    let mut options =
+        apiary::ApiaryOptions::new(apiary_storage::StorageUri::parse(&storage).unwrap());
+    options.swarm.dead_threshold = std::time::Duration::from_secs(2);
+    options.flight = Some(apiary::FlightOptions {
+        tls: Some(apiary::FlightTls {
+            ca: Some(ca.ca_pem()),
+            ..apiary::FlightTls::default()
+        }),
+        ..apiary::FlightOptions::client()
+    });
+    let ap = apiary::Apiary::open_with(options).await.unwrap();
+    wait_alive(&ap, nodes.len()).await;
+    for sql in [QUERIES[0], QUERIES[3]] {
+        let local = answer(&ap, "never", sql).await;
+        assert_eq!(answer(&ap, "always", sql).await, local, "over TLS: {sql}");
+    }
+    let plan = explain_analyze(&ap, QUERIES[0]).await;
+    let via = via_by_node(&plan);
+    assert!(nodes_in(&plan).len() >= 2, "{plan}");
+    assert!(
+        !via.is_empty() && via.iter().all(|(_, v)| v == "flight"),
+        "every task over Flight, TLS included: {plan}"
+    );
+    // The nodes advertise their ports as https.
+    let log = std::fs::read_to_string(dir.path().join("node-t0.log")).unwrap();
+    assert!(log.contains("advertised=https://127.0.0.1:"), "{log}");
+    assert_no_queries(&ap).await;
+
+    // A certificate without its key: refused before anything starts.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["node", "--storage", &storage, "--flight", "127.0.0.1:0"])
+        .arg("--flight-tls-cert")
+        .arg(dir.path().join("node-t0.crt"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--flight-tls-key"), "{err}");
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use apiary_swarm::{SwarmConfig, default_state_dir};
 use clap::{Args, Parser, Subcommand};
 
-use crate::{DEFAULT_STORAGE, NodeOptions};
+use crate::{ApiaryError, DEFAULT_STORAGE, NodeOptions};
 
 /// Apiary: a lakehouse for small compute, coordinated through object storage.
 #[derive(Debug, Parser)]
@@ -57,6 +57,32 @@ pub(crate) struct NodeArgs {
     /// LZ4-compress Flight results (for slow links).
     #[arg(long, global = true, env = "APIARY_FLIGHT_LZ4", requires = "flight")]
     pub(crate) flight_lz4: bool,
+    /// TLS for Flight: this node's certificate chain (PEM file). The node then serves TLS
+    /// and advertises `https://`; peers check it against --flight-tls-ca.
+    #[arg(
+        long,
+        global = true,
+        env = "APIARY_FLIGHT_TLS_CERT",
+        requires_all = ["flight", "flight_tls_key"]
+    )]
+    pub(crate) flight_tls_cert: Option<PathBuf>,
+    /// The private key of --flight-tls-cert (PEM file).
+    #[arg(
+        long,
+        global = true,
+        env = "APIARY_FLIGHT_TLS_KEY",
+        requires_all = ["flight", "flight_tls_cert"]
+    )]
+    pub(crate) flight_tls_key: Option<PathBuf>,
+    /// Certificate authorities (PEM file) that peers' Flight certificates must chain to;
+    /// default the system's roots. Setting any TLS flag means Flight only over TLS: peers
+    /// serving plain Flight get their tasks through storage.
+    #[arg(long, global = true, env = "APIARY_FLIGHT_TLS_CA", requires = "flight")]
+    pub(crate) flight_tls_ca: Option<PathBuf>,
+    /// The name peers' Flight certificates must carry, when it is not the host they
+    /// advertise (one certificate for the whole swarm).
+    #[arg(long, global = true, env = "APIARY_FLIGHT_TLS_DOMAIN", requires = "flight")]
+    pub(crate) flight_tls_domain: Option<String>,
     /// How often a node writes its heartbeat.
     #[arg(long, global = true, env = "APIARY_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = duration)]
     pub(crate) heartbeat_interval: Duration,
@@ -272,6 +298,33 @@ fn attribute(text: &str) -> Result<(String, String), String> {
 }
 
 impl NodeArgs {
+    /// The Flight TLS settings the flags give (files read here), or `None` without any.
+    pub(crate) fn flight_tls(&self) -> Result<Option<apiary_flight::FlightTls>, ApiaryError> {
+        let any = self.flight_tls_cert.is_some()
+            || self.flight_tls_ca.is_some()
+            || self.flight_tls_domain.is_some();
+        if !any {
+            return Ok(None);
+        }
+        let read = |name: &'static str, path: &Option<PathBuf>| {
+            path.as_ref()
+                .map(|p| {
+                    std::fs::read(p).map_err(|e| ApiaryError::Setting {
+                        name,
+                        value: p.display().to_string(),
+                        message: format!("cannot read this PEM file: {e}"),
+                    })
+                })
+                .transpose()
+        };
+        Ok(Some(apiary_flight::FlightTls {
+            certificate: read("APIARY_FLIGHT_TLS_CERT", &self.flight_tls_cert)?,
+            private_key: read("APIARY_FLIGHT_TLS_KEY", &self.flight_tls_key)?,
+            ca: read("APIARY_FLIGHT_TLS_CA", &self.flight_tls_ca)?,
+            domain: self.flight_tls_domain.clone(),
+        }))
+    }
+
     pub(crate) fn swarm_config(&self) -> SwarmConfig {
         SwarmConfig {
             heartbeat_interval: self.heartbeat_interval,

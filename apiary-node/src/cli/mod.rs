@@ -113,6 +113,7 @@ async fn open(
             listen: node.then_some(listen),
             advertise: cli.node.flight_advertise.clone(),
             lz4: cli.node.flight_lz4,
+            tls: cli.node.flight_tls()?,
         });
     }
     if let Command::Sql { local, memory, .. } = &cli.command {

@@ -1,5 +1,5 @@
-//! Test rigs (feature `testing`): a TCP proxy whose link can be cut, to partition a
-//! coordinator from a worker while storage stays reachable.
+//! A TCP proxy whose link can be cut, to partition a coordinator from a worker while
+//! storage stays reachable.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
