@@ -262,32 +262,35 @@ impl ShuffleTransport for FlightShuffle {
         tasks: &[TaskSpec],
     ) -> Result<()> {
         apiary_shuffle::manifest::validate_query_id(query_id)?;
-        // Which nodes take Flight: those with an address whose link opens.
-        let mut reachable: HashMap<String, String> = HashMap::new();
-        let mut unreachable: HashSet<String> = HashSet::new();
-        for t in tasks {
-            if reachable.contains_key(&t.node_id) || unreachable.contains(&t.node_id) {
-                continue;
-            }
-            let address = match self.route(&t.node_id) {
-                Some(a) => a,
-                None => {
-                    unreachable.insert(t.node_id.clone());
-                    continue;
-                }
-            };
-            let key = self.key().await?;
-            match self.links.client(&address, key).await {
-                Ok(_) => {
-                    reachable.insert(t.node_id.clone(), address);
-                }
-                Err(why) => {
-                    tracing::info!(node = %t.node_id, %why, "no Flight link; its tasks go through storage");
-                    self.links.mark_failed(&t.node_id);
-                    unreachable.insert(t.node_id.clone());
-                }
-            }
+        // Which nodes take Flight: those with an address whose link opens (links to new
+        // nodes are opened at once, not one after another).
+        let mut nodes: Vec<&str> = tasks.iter().map(|t| t.node_id.as_str()).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let routes: Vec<(&str, Option<String>)> =
+            nodes.into_iter().map(|n| (n, self.route(n))).collect();
+        if routes.iter().any(|(_, address)| address.is_some()) {
+            self.key().await?;
         }
+        let linked =
+            futures::future::join_all(routes.into_iter().map(|(node, address)| async move {
+                let (Some(address), Some(key)) = (address, self.key.get()) else {
+                    return (node, None);
+                };
+                match self.links.client(&address, key).await {
+                    Ok(_) => (node, Some(address)),
+                    Err(why) => {
+                        tracing::info!(node, %why, "no Flight link; its tasks go through storage");
+                        self.links.mark_failed(node);
+                        (node, None)
+                    }
+                }
+            }))
+            .await;
+        let reachable: HashMap<String, String> = linked
+            .into_iter()
+            .filter_map(|(node, address)| Some((node.to_string(), address?)))
+            .collect();
         let (flight, stored): (Vec<&TaskSpec>, Vec<&TaskSpec>) = tasks
             .iter()
             .partition(|t| reachable.contains_key(&t.node_id));

@@ -176,7 +176,10 @@ async fn serving_tls_needs_a_usable_certificate_and_key() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("needs both a certificate and its private key"), "{e}");
+    assert!(
+        e.contains("needs both a certificate and its private key"),
+        "{e}"
+    );
 
     let garbage = FlightTls {
         certificate: Some(b"not a certificate".to_vec()),

@@ -1,8 +1,6 @@
 //! A certificate authority for TLS tests: a fresh CA, and node certificates it signs.
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
 
 use crate::FlightTls;
 

@@ -81,7 +81,12 @@ pub(crate) struct NodeArgs {
     pub(crate) flight_tls_ca: Option<PathBuf>,
     /// The name peers' Flight certificates must carry, when it is not the host they
     /// advertise (one certificate for the whole swarm).
-    #[arg(long, global = true, env = "APIARY_FLIGHT_TLS_DOMAIN", requires = "flight")]
+    #[arg(
+        long,
+        global = true,
+        env = "APIARY_FLIGHT_TLS_DOMAIN",
+        requires = "flight"
+    )]
     pub(crate) flight_tls_domain: Option<String>,
     /// How often a node writes its heartbeat.
     #[arg(long, global = true, env = "APIARY_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = duration)]
