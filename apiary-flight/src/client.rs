@@ -28,9 +28,12 @@ pub(crate) const CONNECTION_WINDOW: u32 = 32 << 20;
 /// A connected client.
 pub(crate) type Client = FlightServiceClient<Channel>;
 
+/// A link by address: connected once, by whichever caller comes first (others wait for it).
+type Slot = Arc<tokio::sync::OnceCell<Client>>;
+
 /// Links by address, and the nodes whose link failed (until when they are left alone).
 pub(crate) struct Links {
-    clients: tokio::sync::Mutex<HashMap<String, Client>>,
+    clients: Mutex<HashMap<String, Slot>>,
     failed: Mutex<HashMap<String, Duration>>,
     clock: Arc<dyn Clock>,
     connect_timeout: Duration,
@@ -48,7 +51,7 @@ impl Links {
         tls: Option<FlightTls>,
     ) -> Self {
         Self {
-            clients: tokio::sync::Mutex::default(),
+            clients: Mutex::default(),
             failed: Mutex::default(),
             clock,
             connect_timeout,
@@ -85,32 +88,46 @@ impl Links {
         lock(&self.failed).insert(node.to_string(), until);
     }
 
-    /// A client for `address`, connecting (with the handshake) if none is open.
+    /// A client for `address`, connecting (with the handshake) if none is open. Callers
+    /// asking at once for the same address share one connection attempt.
     pub(crate) async fn client(&self, address: &str, key: &FlightKey) -> Result<Client, String> {
-        if let Some(c) = self.clients.lock().await.get(address) {
-            return Ok(c.clone());
+        let slot = Arc::clone(lock(&self.clients).entry(address.to_string()).or_default());
+        let client = slot
+            .get_or_try_init(|| async {
+                let endpoint = endpoint(address, self.tls.as_ref())?;
+                let proof = self.proof(key);
+                tokio::time::timeout(self.connect_timeout, connect(endpoint, address, &proof))
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "no Flight handshake with {address} within {:?}",
+                            self.connect_timeout
+                        )
+                    })?
+            })
+            .await;
+        if client.is_err() {
+            self.forget_slot(address, &slot);
         }
-        let endpoint = endpoint(address, self.tls.as_ref())?;
-        let proof = self.proof(key);
-        let connecting = connect(endpoint, address, &proof);
-        let client = tokio::time::timeout(self.connect_timeout, connecting)
-            .await
-            .map_err(|_| {
-                format!(
-                    "no Flight handshake with {address} within {:?}",
-                    self.connect_timeout
-                )
-            })??;
-        self.clients
-            .lock()
-            .await
-            .insert(address.to_string(), client.clone());
-        Ok(client)
+        client.cloned()
+    }
+
+    /// Whether a link to `address` is open (or opening).
+    pub(crate) fn has(&self, address: &str) -> bool {
+        lock(&self.clients).contains_key(address)
     }
 
     /// Forgets the connection to `address` (the next use reconnects).
-    pub(crate) async fn forget(&self, address: &str) {
-        self.clients.lock().await.remove(address);
+    pub(crate) fn forget(&self, address: &str) {
+        lock(&self.clients).remove(address);
+    }
+
+    /// Forgets `slot` if it is still the one held for `address`.
+    fn forget_slot(&self, address: &str, slot: &Slot) {
+        let mut clients = lock(&self.clients);
+        if clients.get(address).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            clients.remove(address);
+        }
     }
 }
 

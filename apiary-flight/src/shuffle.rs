@@ -37,7 +37,7 @@ pub struct FlightShuffle {
     backend: Arc<dyn StorageBackend>,
     peers: Arc<dyn Peers>,
     config: FlightConfig,
-    key: OnceCell<FlightKey>,
+    key: Arc<OnceCell<FlightKey>>,
     links: Arc<Links>,
     inbox: Arc<Inbox>,
     coordinator: Arc<Coordinator>,
@@ -82,7 +82,7 @@ impl FlightShuffle {
             peers,
             coordinator: Arc::new(Coordinator::new(config.memory_bytes)),
             config,
-            key: OnceCell::new(),
+            key: Arc::default(),
             links,
             inbox: Arc::default(),
             stored: Mutex::default(),
@@ -208,11 +208,11 @@ impl FlightShuffle {
         match tokio::time::timeout(self.config.connect_timeout * 5, opened).await {
             Ok(Ok(stream)) => Ok((tx, stream)),
             Ok(Err(e)) => {
-                self.links.forget(address).await;
+                self.links.forget(address);
                 Err(e)
             }
             Err(_) => {
-                self.links.forget(address).await;
+                self.links.forget(address);
                 Err(format!("node at {address} did not accept the task in time"))
             }
         }
@@ -439,6 +439,45 @@ impl ShuffleTransport for FlightShuffle {
             () = self.inbox.arrived(node_id) => {}
             () = self.storage.tasks_arrived(node_id) => {}
         }
+    }
+
+    fn warm(&self, node_ids: &[String]) {
+        let targets: Vec<(String, String)> = node_ids
+            .iter()
+            .filter_map(|node| Some((node.clone(), self.route(node)?)))
+            .filter(|(_, address)| !self.links.has(address))
+            .collect();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if targets.is_empty() {
+            return;
+        }
+        let (links, key, backend) = (
+            Arc::clone(&self.links),
+            Arc::clone(&self.key),
+            Arc::clone(&self.backend),
+        );
+        runtime.spawn(async move {
+            let key = match key
+                .get_or_try_init(|| FlightKey::load_or_create(backend.as_ref()))
+                .await
+            {
+                Ok(key) => key,
+                Err(e) => {
+                    tracing::debug!(error = %e, "no Flight key to open links ahead with");
+                    return;
+                }
+            };
+            let links = &links;
+            futures::future::join_all(targets.iter().map(|(node, address)| async move {
+                if let Err(why) = links.client(address, key).await {
+                    tracing::info!(%node, %why, "no Flight link; its tasks go through storage");
+                    links.mark_failed(node);
+                }
+            }))
+            .await;
+        });
     }
 
     fn pushes_tasks(&self) -> bool {

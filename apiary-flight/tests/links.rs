@@ -374,3 +374,66 @@ async fn a_node_restarted_on_its_address_gets_its_task_over_a_new_connection() {
     );
     coordinator.finish(q).await.unwrap();
 }
+
+/// `warm` opens the link while the coordinator plans: the task then goes over that same
+/// connection, and a node whose link cannot open is known before any task is published.
+#[tokio::test]
+async fn warm_opens_links_ahead_and_publishing_reuses_them() {
+    let backend = apiary_storage::memory();
+    let worker = transport(&backend, &StaticPeers::default());
+    let port = worker.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let proxy = Proxy::start(port.local_addr()).await.unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let peers = StaticPeers::default();
+    peers.set("w", Some(&proxy.address().to_string()));
+    peers.set("gone", Some(&closed.to_string()));
+    let coordinator = transport(&backend, &peers);
+
+    // Nodes without an address, or unknown, are left alone; warm returns at once.
+    coordinator.warm(&["w".into(), "gone".into(), "nobody".into()]);
+    for _ in 0..200 {
+        if proxy.connections() > 0 {
+            break;
+        }
+        apiary_storage::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(proxy.connections(), 1, "the link to w opened ahead");
+    // Warming again while the link is open makes no new connection.
+    coordinator.warm(&["w".into()]);
+
+    let q = "q-warm";
+    let spec = task(q, 0, 1, "w");
+    coordinator
+        .publish_tasks(q, "c", std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    assert_eq!(worker.poll_tasks("w").await.unwrap(), vec![spec.clone()]);
+    worker
+        .publish_outcome(&spec, TaskOutcome::Empty, &TaskReport::default())
+        .await
+        .unwrap();
+    let d = ended(coordinator.as_ref(), q, &spec.key()).await;
+    assert_eq!(
+        (d.outcome, d.report.via.as_str()),
+        (TaskOutcome::Empty, "flight")
+    );
+    coordinator.finish(q).await.unwrap();
+    assert_eq!(proxy.connections(), 1, "the task used the warmed link");
+
+    // The node whose link cannot open gets its task through storage.
+    let q = "q-warm-gone";
+    let spec = task(q, 0, 1, "gone");
+    coordinator
+        .publish_tasks(q, "c", std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    assert_eq!(
+        worker.poll_tasks("gone").await.unwrap(),
+        vec![spec.clone()],
+        "through storage"
+    );
+    coordinator.cancel(q).await.unwrap();
+}

@@ -84,6 +84,10 @@ pub(crate) fn spawn_worker(
 ) -> tokio::task::JoinHandle<()> {
     let bees = Arc::clone(colony.bees());
     tokio::spawn(async move {
+        // Before the first task: its planning would otherwise pay for the planner's first use.
+        if let Err(e) = engine.warm_up().await {
+            tracing::warn!(error = %e, "warming up the query engine failed");
+        }
         // Tasks already taken (a transport may deliver one again); bounded.
         let mut seen: HashSet<TaskKey> = HashSet::new();
         let mut order: VecDeque<TaskKey> = VecDeque::new();

@@ -369,6 +369,15 @@ pub trait ShuffleTransport: Send + Sync + std::fmt::Debug + 'static {
         std::future::pending::<()>().await
     }
 
+    /// A hint that tasks for `node_ids` may be published soon: the coordinator found them
+    /// alive and is planning its split. A transport that talks to nodes directly may open
+    /// its links now, so that publishing does not wait for them. It must return at once
+    /// (any work goes to the background) and cannot fail; a link that does not open is
+    /// found out when tasks are published. The default does nothing.
+    fn warm(&self, node_ids: &[String]) {
+        let _ = node_ids;
+    }
+
     /// Whether [`tasks_arrived`](Self::tasks_arrived) wakes a worker when its tasks are
     /// published (the conformance suite then checks that it does).
     fn pushes_tasks(&self) -> bool {

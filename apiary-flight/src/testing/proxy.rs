@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -16,6 +16,7 @@ pub struct Proxy {
     cut: watch::Sender<bool>,
     open: Arc<AtomicBool>,
     trip: Arc<Trip>,
+    accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -72,8 +73,11 @@ impl Proxy {
             open: Arc::clone(&open),
         });
         let trip2 = Arc::clone(&trip);
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let accepted2 = Arc::clone(&accepted);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                accepted2.fetch_add(1, Ordering::SeqCst);
                 if !open2.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
@@ -102,6 +106,7 @@ impl Proxy {
             cut,
             open,
             trip,
+            accepted,
             task,
         })
     }
@@ -109,6 +114,11 @@ impl Proxy {
     /// Where to connect.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Connections made to the proxy so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Cuts the link: connections through the proxy drop, new ones are refused.

@@ -245,6 +245,15 @@ impl crate::Distributor for Cluster {
         let workers = cluster.directory.workers().await?;
         let local = cluster.directory.local_node();
         let others = workers.iter().any(|w| Some(&w.node_id) != local.as_ref());
+        if mode != DistributeMode::Never && others {
+            // Links to the workers open while the split is planned.
+            let ids: Vec<String> = workers
+                .iter()
+                .filter(|w| Some(&w.node_id) != local.as_ref())
+                .map(|w| w.node_id.clone())
+                .collect();
+            cluster.transport.warm(&ids);
+        }
         let go = match mode {
             DistributeMode::Never => false,
             DistributeMode::Always => !workers.is_empty(),

@@ -427,3 +427,45 @@ async fn main() {
 
     tiny::measure(&ap, &counts, &storage, &state, &a).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Int32Array;
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    #[test]
+    fn parts_are_equal_to_a_row_and_keep_every_row_in_order() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int32, false)]));
+        let mut next = 0;
+        let batches: Vec<RecordBatch> = [7, 64, 1, 30, 0, 5]
+            .iter()
+            .map(|&n| {
+                let values: Vec<i32> = (next..next + n).collect();
+                next += n;
+                RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(values))])
+                    .unwrap()
+            })
+            .collect();
+        for parts in [1, 2, 3, 16, 107, 500] {
+            let cut = equal_parts(&batches, parts);
+            let sizes: Vec<usize> = cut
+                .iter()
+                .map(|p| p.iter().map(RecordBatch::num_rows).sum())
+                .collect();
+            assert_eq!(sizes.len(), parts.min(107), "{parts}");
+            let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{parts}: {sizes:?}");
+            let values: Vec<i32> = cut
+                .iter()
+                .flatten()
+                .flat_map(|b| {
+                    let col = b.column(0).as_any().downcast_ref::<Int32Array>().unwrap();
+                    col.values().to_vec()
+                })
+                .collect();
+            assert_eq!(values, (0..107).collect::<Vec<_>>(), "{parts}");
+        }
+    }
+}

@@ -236,3 +236,27 @@ pub(crate) async fn serve(storage: &str, tier: u64) {
         out.flush().expect("stdout");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_copy_shares_the_files_and_keeps_them_apart_when_replaced() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("data/ssb");
+        std::fs::create_dir_all(from.join("f")).unwrap();
+        std::fs::write(from.join("f/cell.parquet"), b"rows").unwrap();
+        let to = dir.path().join("solo/ssb");
+        link_copy(&from, &to);
+        let (a, b) = (from.join("f/cell.parquet"), to.join("f/cell.parquet"));
+        assert_eq!(std::fs::read(&b).unwrap(), b"rows");
+        // One file (one page cache) while neither side writes.
+        assert_eq!(a.metadata().unwrap().ino(), b.metadata().unwrap().ino());
+        // Storage replaces an object by renaming a new file over it: the other side keeps its own.
+        std::fs::write(to.join("f/new"), b"other").unwrap();
+        std::fs::rename(to.join("f/new"), &b).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"rows");
+    }
+}

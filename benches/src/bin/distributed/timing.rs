@@ -117,3 +117,27 @@ pub(crate) fn range(means: &[f64]) -> String {
         _ => "no rounds".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_means_pair_the_runs_of_one_round_and_come_sorted() {
+        let timed = |seconds: &[f64]| Timed {
+            seconds: seconds.to_vec(),
+            rows: Vec::new(),
+        };
+        // Round 0: speed-ups 2 and 8 (mean 4); round 1: 1 and 1; round 2: 3 and 3.
+        let base = [timed(&[2.0, 1.0, 3.0]), timed(&[8.0, 5.0, 6.0])];
+        let faster = [timed(&[1.0, 1.0, 1.0]), timed(&[1.0, 5.0, 2.0])];
+        let means = round_geo_means(&base, &faster);
+        let want = [1.0, 3.0, 4.0];
+        assert_eq!(means.len(), want.len());
+        for (got, want) in means.iter().zip(want) {
+            assert!((got - want).abs() < 1e-9, "{means:?}");
+        }
+        assert_eq!(range(&means), "1.00x to 4.00x over 3 rounds");
+        assert_eq!(range(&[]), "no rounds");
+    }
+}
