@@ -16,16 +16,11 @@ use arrow_array::{Int64Array, RecordBatch};
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_schema::{DataType, Field, Schema};
 
+mod common;
+use common::{ended, one_task};
+
 fn transport(backend: &Arc<dyn StorageBackend>, peers: &StaticPeers) -> Arc<FlightShuffle> {
-    let config = FlightConfig {
-        connect_timeout: Duration::from_millis(500),
-        ..FlightConfig::default()
-    };
-    Arc::new(FlightShuffle::with_config(
-        Arc::clone(backend),
-        Arc::new(peers.clone()),
-        config,
-    ))
+    common::transport(backend, peers, None)
 }
 
 /// A worker serving Flight as node `w`, and a coordinator that reaches it, on one store.
@@ -51,22 +46,6 @@ fn ints(from: i64, n: i64) -> RecordBatch {
         vec![Arc::new(Int64Array::from_iter_values(from..from + n))],
     )
     .unwrap()
-}
-
-/// Collects until `key` has an outcome other than "running".
-async fn ended(
-    t: &dyn ShuffleTransport,
-    q: &str,
-    key: &apiary_shuffle::TaskKey,
-) -> apiary_shuffle::Delivered {
-    for _ in 0..500 {
-        let got = t.collect(q, std::slice::from_ref(key)).await.unwrap();
-        if let Some(d) = got.into_iter().find(|d| d.outcome != TaskOutcome::Running) {
-            return d;
-        }
-        apiary_storage::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("task {key} never ended");
 }
 
 #[tokio::test]
@@ -352,31 +331,15 @@ async fn a_node_restarted_on_its_address_gets_its_task_over_a_new_connection() {
     drop(first);
     let second = transport(&backend, &StaticPeers::default());
     let _port = second.serve(address).await.unwrap();
-    let q = "q-restart-2";
-    let spec = task(q, 0, 1, "w");
-    coordinator
-        .publish_tasks(q, "c", std::slice::from_ref(&spec))
-        .await
-        .unwrap();
     assert_eq!(
-        second.poll_tasks("w").await.unwrap(),
-        vec![spec.clone()],
-        "pushed to the new process"
+        one_task(&coordinator, &second, "q-restart-2", "w").await,
+        "flight",
+        "pushed to the new process over a new connection"
     );
-    second
-        .publish_outcome(&spec, TaskOutcome::Empty, &TaskReport::default())
-        .await
-        .unwrap();
-    let d = ended(coordinator.as_ref(), q, &spec.key()).await;
-    assert_eq!(
-        (d.outcome, d.report.via.as_str()),
-        (TaskOutcome::Empty, "flight")
-    );
-    coordinator.finish(q).await.unwrap();
 }
 
-/// `warm` opens the link while the coordinator plans: the task then goes over that same
-/// connection, and a node whose link cannot open is known before any task is published.
+/// `warm` opens the link while the coordinator plans, and the task then goes over that
+/// same connection; a node whose link cannot open still gets its task through storage.
 #[tokio::test]
 async fn warm_opens_links_ahead_and_publishing_reuses_them() {
     let backend = apiary_storage::memory();
@@ -404,23 +367,10 @@ async fn warm_opens_links_ahead_and_publishing_reuses_them() {
     // Warming again while the link is open makes no new connection.
     coordinator.warm(&["w".into()]);
 
-    let q = "q-warm";
-    let spec = task(q, 0, 1, "w");
-    coordinator
-        .publish_tasks(q, "c", std::slice::from_ref(&spec))
-        .await
-        .unwrap();
-    assert_eq!(worker.poll_tasks("w").await.unwrap(), vec![spec.clone()]);
-    worker
-        .publish_outcome(&spec, TaskOutcome::Empty, &TaskReport::default())
-        .await
-        .unwrap();
-    let d = ended(coordinator.as_ref(), q, &spec.key()).await;
     assert_eq!(
-        (d.outcome, d.report.via.as_str()),
-        (TaskOutcome::Empty, "flight")
+        one_task(&coordinator, &worker, "q-warm", "w").await,
+        "flight"
     );
-    coordinator.finish(q).await.unwrap();
     assert_eq!(proxy.connections(), 1, "the task used the warmed link");
 
     // The node whose link cannot open gets its task through storage.

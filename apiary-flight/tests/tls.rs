@@ -9,27 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apiary_flight::testing::Authority;
-use apiary_flight::{FlightConfig, FlightServer, FlightShuffle, FlightTls, StaticPeers};
-use apiary_shuffle::conformance::task;
-use apiary_shuffle::{ShuffleTransport, TaskOutcome, TaskReport};
-use apiary_storage::StorageBackend;
+use apiary_flight::{FlightServer, FlightShuffle, FlightTls, StaticPeers};
 
-fn transport(
-    backend: &Arc<dyn StorageBackend>,
-    peers: &StaticPeers,
-    tls: Option<FlightTls>,
-) -> Arc<FlightShuffle> {
-    let config = FlightConfig {
-        connect_timeout: Duration::from_millis(500),
-        tls,
-        ..FlightConfig::default()
-    };
-    Arc::new(FlightShuffle::with_config(
-        Arc::clone(backend),
-        Arc::new(peers.clone()),
-        config,
-    ))
-}
+mod common;
+use common::{one_task, transport};
 
 /// A worker node `w` serving Flight with `worker_tls`, and a coordinator with
 /// `coordinator_tls` that finds it at `address(port)`.
@@ -52,45 +35,16 @@ fn advertised(port: &FlightServer) -> String {
     port.advertised(&port.local_addr().to_string())
 }
 
-/// Runs one task for `w` and answers how its result came back.
-async fn via(worker: &FlightShuffle, coordinator: &FlightShuffle, q: &str) -> String {
-    let spec = task(q, 0, 1, "w");
-    coordinator
-        .publish_tasks(q, "c", std::slice::from_ref(&spec))
-        .await
-        .unwrap();
-    let polled = worker.poll_tasks("w").await.unwrap();
-    assert_eq!(polled, vec![spec.clone()], "the task reached the worker");
-    let report = TaskReport {
-        node_id: "w".into(),
-        ..Default::default()
-    };
-    worker
-        .publish_outcome(&spec, TaskOutcome::Empty, &report)
-        .await
-        .unwrap();
-    for _ in 0..500 {
-        let got = coordinator
-            .collect(q, std::slice::from_ref(&spec.key()))
-            .await
-            .unwrap();
-        if let Some(d) = got.into_iter().find(|d| d.outcome != TaskOutcome::Running) {
-            assert_eq!(d.outcome, TaskOutcome::Empty);
-            coordinator.finish(q).await.unwrap();
-            return d.report.via;
-        }
-        apiary_storage::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("task of {q} never ended");
-}
-
 #[tokio::test]
 async fn a_node_serving_tls_is_reached_over_tls() {
     let ca = Authority::new();
     let (worker, port, coordinator) = pair(Some(ca.node()), Some(ca.node()), advertised).await;
     assert!(port.tls());
     assert!(advertised(&port).starts_with("https://127.0.0.1:"));
-    assert_eq!(via(&worker, &coordinator, "q-tls").await, "flight");
+    assert_eq!(
+        one_task(&coordinator, &worker, "q-tls", "w").await,
+        "flight"
+    );
 }
 
 #[tokio::test]
@@ -109,11 +63,17 @@ async fn one_certificate_for_the_swarm_is_checked_against_the_configured_name() 
         advertised,
     )
     .await;
-    assert_eq!(via(&worker, &coordinator, "q-named").await, "flight");
+    assert_eq!(
+        one_task(&coordinator, &worker, "q-named", "w").await,
+        "flight"
+    );
     // Without the name, the certificate does not match 127.0.0.1.
     let (worker, _port, coordinator) =
         pair(Some(swarm_tls(None)), Some(swarm_tls(None)), advertised).await;
-    assert_eq!(via(&worker, &coordinator, "q-unnamed").await, "storage");
+    assert_eq!(
+        one_task(&coordinator, &worker, "q-unnamed", "w").await,
+        "storage"
+    );
 }
 
 #[tokio::test]
@@ -122,7 +82,10 @@ async fn a_certificate_from_another_authority_sends_tasks_through_storage() {
     let theirs = Authority::new();
     let (worker, _port, coordinator) =
         pair(Some(theirs.node()), Some(ours.node()), advertised).await;
-    assert_eq!(via(&worker, &coordinator, "q-stranger").await, "storage");
+    assert_eq!(
+        one_task(&coordinator, &worker, "q-stranger", "w").await,
+        "storage"
+    );
 }
 
 #[tokio::test]
@@ -131,13 +94,19 @@ async fn a_process_with_tls_never_pushes_rows_to_a_plain_node() {
     let (worker, port, coordinator) = pair(None, Some(ca.node()), advertised).await;
     assert!(!port.tls());
     assert!(!advertised(&port).contains("://"));
-    assert_eq!(via(&worker, &coordinator, "q-plain-peer").await, "storage");
+    assert_eq!(
+        one_task(&coordinator, &worker, "q-plain-peer", "w").await,
+        "storage"
+    );
     // Nor when the plain address is spelled with its scheme.
     let (worker, _port, coordinator) = pair(None, Some(ca.node()), |p| {
         format!("http://{}", p.local_addr())
     })
     .await;
-    assert_eq!(via(&worker, &coordinator, "q-http-peer").await, "storage");
+    assert_eq!(
+        one_task(&coordinator, &worker, "q-http-peer", "w").await,
+        "storage"
+    );
 }
 
 #[tokio::test]
@@ -145,7 +114,10 @@ async fn a_plain_process_gets_nothing_from_a_tls_port() {
     let ca = Authority::new();
     // Apiary without TLS settings checks the system's roots, which do not know this CA.
     let (worker, port, coordinator) = pair(Some(ca.node()), None, advertised).await;
-    assert_eq!(via(&worker, &coordinator, "q-no-roots").await, "storage");
+    assert_eq!(
+        one_task(&coordinator, &worker, "q-no-roots", "w").await,
+        "storage"
+    );
     // A plain HTTP/2 client does not get through the TLS port at all: its call fails in
     // the transport, before the service could even refuse it for lacking a proof.
     let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", port.local_addr()))
