@@ -112,6 +112,19 @@ impl Links {
         client.cloned()
     }
 
+    /// Whether `node`'s link at `address` opens (or is open). One that does not is logged
+    /// and marked failed, so that its tasks go through storage until a retry is due.
+    pub(crate) async fn reach(&self, node: &str, address: &str, key: &FlightKey) -> bool {
+        match self.client(address, key).await {
+            Ok(_) => true,
+            Err(why) => {
+                tracing::info!(node, %why, "no Flight link; its tasks go through storage");
+                self.mark_failed(node);
+                false
+            }
+        }
+    }
+
     /// Whether a link to `address` is open (or opening).
     pub(crate) fn has(&self, address: &str) -> bool {
         lock(&self.clients).contains_key(address)

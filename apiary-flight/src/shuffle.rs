@@ -267,30 +267,24 @@ impl ShuffleTransport for FlightShuffle {
         let mut nodes: Vec<&str> = tasks.iter().map(|t| t.node_id.as_str()).collect();
         nodes.sort_unstable();
         nodes.dedup();
-        let routes: Vec<(&str, Option<String>)> =
-            nodes.into_iter().map(|n| (n, self.route(n))).collect();
-        if routes.iter().any(|(_, address)| address.is_some()) {
-            self.key().await?;
-        }
-        let linked =
-            futures::future::join_all(routes.into_iter().map(|(node, address)| async move {
-                let (Some(address), Some(key)) = (address, self.key.get()) else {
-                    return (node, None);
-                };
-                match self.links.client(&address, key).await {
-                    Ok(_) => (node, Some(address)),
-                    Err(why) => {
-                        tracing::info!(node, %why, "no Flight link; its tasks go through storage");
-                        self.links.mark_failed(node);
-                        (node, None)
-                    }
-                }
-            }))
-            .await;
-        let reachable: HashMap<String, String> = linked
+        let routes: Vec<(&str, String)> = nodes
             .into_iter()
-            .filter_map(|(node, address)| Some((node.to_string(), address?)))
+            .filter_map(|n| Some((n, self.route(n)?)))
             .collect();
+        let linked = if routes.is_empty() {
+            Vec::new()
+        } else {
+            let key = self.key().await?;
+            let links = &self.links;
+            futures::future::join_all(routes.into_iter().map(|(node, address)| async move {
+                links
+                    .reach(node, &address, key)
+                    .await
+                    .then(|| (node.to_string(), address))
+            }))
+            .await
+        };
+        let reachable: HashMap<String, String> = linked.into_iter().flatten().collect();
         let (flight, stored): (Vec<&TaskSpec>, Vec<&TaskSpec>) = tasks
             .iter()
             .partition(|t| reachable.contains_key(&t.node_id));
@@ -470,12 +464,11 @@ impl ShuffleTransport for FlightShuffle {
                 }
             };
             let links = &links;
-            futures::future::join_all(targets.iter().map(|(node, address)| async move {
-                if let Err(why) = links.client(address, key).await {
-                    tracing::info!(%node, %why, "no Flight link; its tasks go through storage");
-                    links.mark_failed(node);
-                }
-            }))
+            futures::future::join_all(
+                targets
+                    .iter()
+                    .map(|(node, address)| links.reach(node, address, key)),
+            )
             .await;
         });
     }

@@ -244,16 +244,16 @@ impl crate::Distributor for Cluster {
         // its world view in memory; elsewhere, a snapshot of the heartbeats.
         let workers = cluster.directory.workers().await?;
         let local = cluster.directory.local_node();
-        let others = workers.iter().any(|w| Some(&w.node_id) != local.as_ref());
-        if mode != DistributeMode::Never && others {
+        let others: Vec<String> = workers
+            .iter()
+            .filter(|w| Some(&w.node_id) != local.as_ref())
+            .map(|w| w.node_id.clone())
+            .collect();
+        if mode != DistributeMode::Never && !others.is_empty() {
             // Links to the workers open while the split is planned.
-            let ids: Vec<String> = workers
-                .iter()
-                .filter(|w| Some(&w.node_id) != local.as_ref())
-                .map(|w| w.node_id.clone())
-                .collect();
-            cluster.transport.warm(&ids);
+            cluster.transport.warm(&others);
         }
+        let others = !others.is_empty();
         let go = match mode {
             DistributeMode::Never => false,
             DistributeMode::Always => !workers.is_empty(),
