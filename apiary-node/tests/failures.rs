@@ -80,6 +80,7 @@ async fn a_damaged_outcome_or_task_fails_that_attempt_at_once() {
         settings: Default::default(),
         schema: Vec::new(),
         timeout_ms: 1000,
+        frames: vec![],
     };
     let (a, b) = (task(0, "nobody"), task(1, "nobody"));
     transport

@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use apiary_ledger::{FrameRef, LedgerError, Registry, validate_name};
+use apiary_ledger::{FrameRef, LedgerError, LiveFrame, Registry, validate_name};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, TableProvider};
 use datafusion::error::Result as DfResult;
@@ -40,6 +40,9 @@ pub struct Pinned {
     /// The cells to read (relative paths, or keys of parts of cells: the whole cell is then
     /// in the table, and the task reads only the part); `None` for all of them.
     pub cells: Option<BTreeSet<String>>,
+    /// The frame's state at `version` as the coordinator shipped it (then no ledger is
+    /// read); `None` to read it from the ledger.
+    pub shipped: Option<Arc<LiveFrame>>,
 }
 
 impl ApiaryCatalog {
@@ -66,13 +69,19 @@ impl ApiaryCatalog {
     }
 
     async fn pinned_table(&self, frame: &FrameRef, pin: &Pinned) -> Result<FrameTable, QueryError> {
-        let ledger = self.registry.ledger(frame).await?;
-        let state = ledger.state_at(pin.version).await?;
-        let Some(live) = state.live.as_ref() else {
-            return Err(QueryError::Invalid(format!(
-                "frame `{frame}` does not exist at version {}",
-                pin.version
-            )));
+        let state;
+        let live = match &pin.shipped {
+            Some(live) => live.as_ref(),
+            None => {
+                let ledger = self.registry.ledger(frame).await?;
+                state = ledger.state_at(pin.version).await?;
+                state.live.as_ref().ok_or_else(|| {
+                    QueryError::Invalid(format!(
+                        "frame `{frame}` does not exist at version {}",
+                        pin.version
+                    ))
+                })?
+            }
         };
         let index = match &pin.cells {
             None => FrameIndex::build(frame, pin.version, live)?,

@@ -108,6 +108,7 @@ mod tests {
                     Pinned {
                         version: *version,
                         cells: cells.map(|c| c.iter().map(|s| s.to_string()).collect()),
+                        shipped: None,
                     },
                 )
             })

@@ -25,7 +25,7 @@ pub mod transport;
 pub mod units;
 
 pub use error::{BoxError, Result, ShuffleError};
-pub use manifest::{ColumnSpec, FramePin, TaskKey, TaskSpec};
+pub use manifest::{ColumnSpec, FramePin, ShippedFrame, TaskKey, TaskSpec};
 pub use storage::{CHUNK_BYTES, DOORBELL_DIR, QUERIES_DIR, StorageShuffle};
 pub use transport::{
     Delivered, ResultWriter, Rows, ShuffleTransport, TaskFailure, TaskOutcome, TaskReport,

@@ -19,7 +19,9 @@
 //!   "scope": ["h", "b"],               // the `USE` the fragment's names resolve in
 //!   "settings": {"datafusion.execution.time_zone": "+05:00"},   // the session's SETs
 //!   "schema": [{"name": "c0", "type": "Utf8", "nullable": true}],
-//!   "timeout_ms": 600000
+//!   "timeout_ms": 600000,
+//!   "frames": [{"pin": {"hive": "h", "box": "b", "frame": "f", "version": 12},
+//!               "incarnation": 0, "definition": {…}, "cells": [{"path": "…", …}]}]
 //! }
 //! ```
 //!
@@ -28,6 +30,14 @@
 //! snapshot. `settings` are the options the coordinator's session changed (`SET
 //! datafusion.…`, `SET TIME ZONE`), which the worker plans and runs the fragment with; only
 //! options a session may set are accepted (absent when none changed).
+//!
+//! **Shipped frames.** `frames` (absent when empty) carries the coordinator's state of
+//! pinned frames at their versions: the definition and the ledger's entries of the cells
+//! the task may read (for `split`) or of every cell (for a pin small enough to ship). A
+//! worker reads a shipped frame from it and replays no ledger, so a task on a node that has
+//! never seen the frame makes no storage request before its first cell. A frame not shipped
+//! is read from its ledger at its version, as before; every shipped frame must be the split
+//! or a pin at the same version, and its cell paths pass the same checks as named cells.
 //!
 //! **Shared cells.** So that a node that finishes early helps one that lags, the tasks of
 //! one attempt round can share cells: the last `shared` of a task's `cells` may be read by
@@ -55,7 +65,7 @@
 //! SQL goes through the same checks as `sql` (one read-only query), names are validated, and
 //! sizes are bounded ([`MAX_TASK_BYTES`], [`MAX_CELLS`]).
 
-use apiary_ledger::{FrameRef, validate_name};
+use apiary_ledger::{Cell, FrameDefinition, FrameRef, validate_name};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
@@ -141,8 +151,23 @@ impl std::fmt::Display for TaskKey {
     }
 }
 
+/// A pinned frame's state as a coordinator ships it in a task: what the worker would
+/// otherwise replay from the frame's ledger (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShippedFrame {
+    /// The frame and its version: the task's `split` or one of its `pins`.
+    pub pin: FramePin,
+    /// Version of the `create` that started the incarnation read.
+    pub incarnation: u64,
+    /// The definition at that version.
+    pub definition: FrameDefinition,
+    /// Ledger entries of cells: for the split frame at least every cell the task names,
+    /// for a pin every cell of the version.
+    pub cells: Vec<Cell>,
+}
+
 /// One task of a distributed query (see the module docs for the format).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
     /// Format version ([`TASK_FORMAT`]).
     pub format: u32,
@@ -187,6 +212,10 @@ pub struct TaskSpec {
     pub schema: Vec<ColumnSpec>,
     /// How long the worker may run it.
     pub timeout_ms: u64,
+    /// Pinned frames' states shipped with the task (see [`ShippedFrame`]); a frame not
+    /// here is read from its ledger.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<ShippedFrame>,
 }
 
 impl TaskSpec {
@@ -281,15 +310,47 @@ impl TaskSpec {
         }
         let mut named = std::collections::HashSet::new();
         for cell in task.cells.iter().chain(task.steal.iter().flatten()) {
-            if cell.is_empty() || cell.starts_with('/') || cell.split('/').any(|s| s == "..") {
+            if !is_cell_path(cell) {
                 return Err(bad(format!("`{cell}` is not a cell path")));
             }
             if !named.insert(cell.as_str()) {
                 return Err(bad(format!("cell `{cell}` is named twice")));
             }
         }
+        task.check_shipped().map_err(bad)?;
         task.expected_schema().map_err(|e| bad(e.to_string()))?;
         Ok(task)
+    }
+
+    /// Every shipped frame is the split or a pin at its version, shipped once, with safe
+    /// cell paths and no more cells than a task may name.
+    fn check_shipped(&self) -> std::result::Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut cells = 0;
+        for shipped in &self.frames {
+            let pin = &shipped.pin;
+            let name = format!("{}.{}.{}", pin.hive, pin.r#box, pin.frame);
+            if !(std::iter::once(&self.split).chain(&self.pins)).any(|p| p == pin) {
+                return Err(format!(
+                    "it ships frame `{name}` at version {}, which it does not pin",
+                    pin.version
+                ));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(format!("it ships frame `{name}` twice"));
+            }
+            cells += shipped.cells.len();
+            if cells > MAX_CELLS {
+                return Err(format!("it ships more than {MAX_CELLS} cells"));
+            }
+            if let Some(cell) = shipped.cells.iter().find(|c| !is_cell_path(&c.path)) {
+                return Err(format!(
+                    "`{}` of shipped frame `{name}` is not a cell path",
+                    cell.path
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether this task shares cells with others of its round (then cells are claimed).
@@ -311,6 +372,11 @@ impl TaskSpec {
             .collect::<Result<Vec<_>>>()?;
         Ok(Arc::new(Schema::new(fields)))
     }
+}
+
+/// A relative path inside a frame's folder: not empty, not absolute, no `..`.
+fn is_cell_path(path: &str) -> bool {
+    !path.is_empty() && !path.starts_with('/') && !path.split('/').any(|s| s == "..")
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -385,6 +451,34 @@ pub(crate) mod tests {
                 nullable: true,
             }],
             timeout_ms: 1000,
+            frames: vec![shipped(7, "data/country=us/x.parquet")],
+        }
+    }
+
+    /// Frame `h.b.f` at `version` with one cell at `path`.
+    fn shipped(version: u64, path: &str) -> ShippedFrame {
+        let schema = apiary_ledger::FrameSchema::new(vec![apiary_ledger::Column {
+            name: "x".into(),
+            data_type: "int64".into(),
+            nullable: true,
+        }])
+        .unwrap();
+        ShippedFrame {
+            pin: FramePin {
+                hive: "h".into(),
+                r#box: "b".into(),
+                frame: "f".into(),
+                version,
+            },
+            incarnation: 0,
+            definition: FrameDefinition::new(schema, vec![]).unwrap(),
+            cells: vec![Cell {
+                path: path.into(),
+                rows: 1,
+                bytes: 10,
+                partition_values: Default::default(),
+                stats: Default::default(),
+            }],
         }
     }
 
@@ -435,6 +529,18 @@ pub(crate) mod tests {
             (
                 Box::new(|t| t.schema[0].data_type = "Nope".into()),
                 "valid type",
+            ),
+            (
+                Box::new(|t| t.frames = vec![shipped(6, "x.parquet")]),
+                "ships frame `h.b.f` at version 6, which it does not pin",
+            ),
+            (
+                Box::new(|t| t.frames.push(t.frames[0].clone())),
+                "ships frame `h.b.f` twice",
+            ),
+            (
+                Box::new(|t| t.frames = vec![shipped(7, "../../g/data/y.parquet")]),
+                "`../../g/data/y.parquet` of shipped frame `h.b.f` is not a cell path",
             ),
         ];
         for (mutate, expected) in cases {

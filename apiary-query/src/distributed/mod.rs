@@ -17,6 +17,7 @@ mod coordinator;
 mod decompose;
 mod dialect;
 pub mod plan;
+mod ship;
 mod task;
 
 /// The shuffle seam, from `apiary-shuffle` (re-exported so the engine's users find it here).
@@ -32,11 +33,12 @@ use async_trait::async_trait;
 pub use crate::distribute::DistributeMode;
 pub use apiary_shuffle::{
     CHUNK_BYTES, ColumnSpec, DOORBELL_DIR, Delivered, FramePin, QUERIES_DIR, ResultWriter, Rows,
-    ShuffleError, ShuffleTransport, StorageShuffle, TaskFailure, TaskKey, TaskOutcome, TaskReport,
-    TaskSpec,
+    ShippedFrame, ShuffleError, ShuffleTransport, StorageShuffle, TaskFailure, TaskKey,
+    TaskOutcome, TaskReport, TaskSpec,
 };
 pub use coordinator::{DistributedExec, DistributedTable, TaskRun, sweep_orphans};
 pub use plan::{Fragment, Shape, SplitCell};
+pub use ship::{SHIP_BYTES, Shipping};
 pub use task::{Ended, run_task, run_task_into};
 
 /// Attempts a task gets before the query fails.

@@ -36,6 +36,7 @@ use datafusion::sql::unparser::Unparser;
 use super::manifest::FramePin;
 use crate::error::{QueryError, Result};
 use crate::table::FrameTable;
+use apiary_ledger::LiveFrame;
 
 /// The name the coordinator gives the table of gathered task results.
 pub const PARTIALS: &str = "apiary_partials";
@@ -86,6 +87,8 @@ pub struct Fragment {
     pub scope: Vec<String>,
     /// The options the coordinator's session changed, which tasks run with.
     pub settings: std::collections::BTreeMap<String, String>,
+    /// What tasks ship of the frames they read (see [`Fragment::ships`]).
+    pub shipping: super::ship::Shipping,
 }
 
 impl Fragment {
@@ -184,9 +187,11 @@ pub fn split(plan: &LogicalPlan, state: &SessionState, scope: &[String]) -> Resu
         top -= 1;
     }
     let subtree = nodes[top].clone();
-    let Some(pins) = frames_read(&subtree, &table) else {
+    let Some(pinned) = frames_read(&subtree, &table) else {
         return Ok(None);
     };
+    let shipping = super::ship::Shipping::new(Arc::clone(table.index().source()), &pinned);
+    let pins = pinned.into_iter().map(|(pin, _)| pin).collect();
     // By default the tasks return the subtree's rows, and the coordinator does the rest.
     let mut fragment_plan = subtree.clone();
     let mut finish = Finish::Rename(Arc::clone(subtree.schema()));
@@ -262,6 +267,7 @@ pub fn split(plan: &LogicalPlan, state: &SessionState, scope: &[String]) -> Resu
             shape,
             scope: scope.to_vec(),
             settings: Default::default(),
+            shipping,
         },
         finish,
         path: replace_path,
@@ -432,16 +438,23 @@ fn commutes(parent: &LogicalPlan, child: usize) -> Result<bool> {
     })
 }
 
-/// Every frame `subtree` reads other than `split`, at the version the plan holds; `None`
-/// when it reads a table that is not a frame (workers could not resolve it).
-fn frames_read(subtree: &LogicalPlan, split: &FrameTable) -> Option<Vec<FramePin>> {
+/// Every frame `subtree` reads other than `split`, at the version the plan holds, with its
+/// state there; `None` when it reads a table that is not a frame (workers could not resolve
+/// it).
+fn frames_read(
+    subtree: &LogicalPlan,
+    split: &FrameTable,
+) -> Option<Vec<(FramePin, Arc<LiveFrame>)>> {
     let mut pins = Vec::new();
     let mut foreign = false;
     let _ = subtree.apply(|node| {
         if let LogicalPlan::TableScan(scan) = node {
             match frame_table(scan) {
                 Some(t) if t.index().frame() == split.index().frame() => {}
-                Some(t) => pins.push(FramePin::new(t.index().frame(), t.index().version())),
+                Some(t) => pins.push((
+                    FramePin::new(t.index().frame(), t.index().version()),
+                    Arc::clone(t.index().source()),
+                )),
                 None => foreign = true,
             }
         }
@@ -450,8 +463,10 @@ fn frames_read(subtree: &LogicalPlan, split: &FrameTable) -> Option<Vec<FramePin
     if foreign {
         return None;
     }
-    pins.sort_by(|a, b| (&a.hive, &a.r#box, &a.frame).cmp(&(&b.hive, &b.r#box, &b.frame)));
-    pins.dedup();
+    pins.sort_by(|(a, _), (b, _)| {
+        (&a.hive, &a.r#box, &a.frame).cmp(&(&b.hive, &b.r#box, &b.frame))
+    });
+    pins.dedup_by(|(a, _), (b, _)| a == b);
     Some(pins)
 }
 

@@ -9,11 +9,13 @@ use arrow_array::RecordBatch;
 use futures::TryStreamExt;
 
 use super::claims::CellQueue;
+use super::manifest::FramePin;
 use super::manifest::TaskSpec;
 use super::transport::{ShuffleTransport, TaskFailure, TaskOutcome, TaskReport};
 use crate::catalog::Pinned;
 use crate::error::{QueryError, Result};
 use crate::session::{QueryEngine, RunningFragment};
+use apiary_ledger::LiveFrame;
 use datafusion::physical_plan::ExecutionPlan;
 
 /// How a task ended, for whoever publishes its outcome.
@@ -155,6 +157,7 @@ async fn execute(
     }
     let expected = task.expected_schema()?;
     let split = task.split.frame_ref()?;
+    let mut shipped = shipped_frames(task);
     let mut pins = HashMap::new();
     pins.insert(
         split.clone(),
@@ -167,6 +170,7 @@ async fn execute(
                     .cloned()
                     .collect::<BTreeSet<_>>(),
             ),
+            shipped: shipped.remove(&task.split),
         },
     );
     for pin in &task.pins {
@@ -181,6 +185,7 @@ async fn execute(
             Pinned {
                 version: pin.version,
                 cells: None,
+                shipped: shipped.remove(pin),
             },
         );
     }
@@ -231,6 +236,26 @@ async fn execute(
         plan_reused,
         cells,
     })
+}
+
+/// The frames `task` ships, as ledger states by name and version (only a frame shipped at
+/// the version the task pins it at is used).
+fn shipped_frames(task: &TaskSpec) -> HashMap<&FramePin, Arc<LiveFrame>> {
+    task.frames
+        .iter()
+        .map(|f| {
+            let live = LiveFrame {
+                incarnation: f.incarnation,
+                definition: f.definition.clone(),
+                cells: f
+                    .cells
+                    .iter()
+                    .map(|c| (c.path.clone(), c.clone()))
+                    .collect(),
+            };
+            (&f.pin, Arc::new(live))
+        })
+        .collect()
 }
 
 /// The scan of the split frame in a task's plan (`None` when the plan reads none of it).

@@ -55,6 +55,8 @@ pub struct FrameIndex {
     pub(super) exact: bool,
     /// One row per cell: its partition values (for evaluating partition filters exactly).
     pub(super) partition_values: Option<RecordBatch>,
+    /// The ledger's state this index was built from (what a coordinator ships to tasks).
+    pub(super) source: Arc<LiveFrame>,
 }
 
 #[derive(Debug)]
@@ -172,6 +174,7 @@ impl FrameIndex {
         let partition_values = partition_batch(&partition_fields, &cells)?;
         Ok(Self {
             partition_values,
+            source: Arc::new(live.clone()),
             frame: frame.clone(),
             version,
             incarnation: live.incarnation,
@@ -232,6 +235,11 @@ impl FrameIndex {
                 part: None,
             })
             .collect())
+    }
+
+    /// The ledger's state of the frame at this version (definition and cell entries).
+    pub fn source(&self) -> &Arc<LiveFrame> {
+        &self.source
     }
 
     /// The ledger version this index describes.

@@ -47,6 +47,7 @@ pub fn task(query_id: &str, task_id: u32, attempt: u32, node: &str) -> TaskSpec 
             nullable: true,
         }],
         timeout_ms: 60_000,
+        frames: vec![],
     }
 }
 

@@ -171,6 +171,7 @@ mod tests {
             shape: Shape::Rows,
             scope: vec![],
             settings: Default::default(),
+            shipping: crate::distributed::Shipping::nothing(),
         }
     }
 

@@ -178,6 +178,13 @@ impl Attempts<'_> {
         let fragment = &self.run.fragment;
         let mut specs = Vec::with_capacity(shares.len());
         for ((node, cells), (shared, steal)) in shares.into_iter().zip(sharing) {
+            // The worker then replays no ledger for what the task reads.
+            let frames = fragment.ships(
+                cells
+                    .iter()
+                    .map(|c| c.path.as_str())
+                    .chain(steal.iter().flatten().map(String::as_str)),
+            );
             let spec = TaskSpec {
                 format: TASK_FORMAT,
                 query_id: self.query_id.clone(),
@@ -196,6 +203,7 @@ impl Attempts<'_> {
                 settings: fragment.settings.clone(),
                 schema: columns_of(&fragment.schema),
                 timeout_ms: self.run.cluster.settings.task_timeout.as_millis() as u64,
+                frames,
             };
             specs.push(spec.clone());
             self.tasks.push(Pending {

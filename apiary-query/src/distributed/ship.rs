@@ -1,0 +1,121 @@
+//! What a coordinator ships of the frames a task reads: the ledger's state at the pinned
+//! versions, so that a worker replays no ledger (see the manifest's "Shipped frames").
+//!
+//! Shipping is bounded: a task carries at most [`SHIP_BYTES`] of frame states. Pinned
+//! frames that fit are shipped whole (they are the same for every task); the split frame's
+//! entries are those of the task's own cells, within what is left. A frame that does not fit
+//! is not shipped, and the worker reads its ledger as it would without shipping.
+
+use std::sync::Arc;
+
+use apiary_ledger::{Cell, LiveFrame};
+
+use super::manifest::{FramePin, ShippedFrame};
+use super::plan::Fragment;
+
+/// Most bytes (as JSON) of frame states one task ships.
+pub const SHIP_BYTES: usize = 512 << 10;
+
+/// The frame states a fragment's tasks ship.
+#[derive(Debug, Clone, Default)]
+pub struct Shipping {
+    /// The split frame at its version (`None`: nothing is shipped).
+    split: Option<Arc<LiveFrame>>,
+    /// Pinned frames shipped whole (those that fit).
+    pins: Vec<ShippedFrame>,
+    /// What the pins left of [`SHIP_BYTES`] for the split frame's cells.
+    left: usize,
+}
+
+impl Shipping {
+    /// Shipping for a fragment that splits `split` and reads `pins` whole.
+    pub fn new(split: Arc<LiveFrame>, pins: &[(FramePin, Arc<LiveFrame>)]) -> Self {
+        let mut left = SHIP_BYTES;
+        let pins = pins
+            .iter()
+            .filter_map(|(pin, live)| ship(pin, live, live.cells.values(), &mut left))
+            .collect();
+        Self {
+            split: Some(split),
+            pins,
+            left,
+        }
+    }
+
+    /// Shipping of nothing: every task reads its frames from their ledgers.
+    pub fn nothing() -> Self {
+        Self::default()
+    }
+
+    /// The states a task ships that reads `names` of the split frame `pin` (cell paths, or
+    /// keys of parts of cells). The split frame is shipped only when every name is one of
+    /// its cells (a worker then reports a name that is not) and its entries fit.
+    pub fn ships<'a>(
+        &self,
+        pin: &FramePin,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<ShippedFrame> {
+        let Some(split) = &self.split else {
+            return Vec::new();
+        };
+        let mut cells: Vec<&Cell> = Vec::new();
+        let mut complete = true;
+        for name in names {
+            let cell = split.cells.get(name).or_else(|| {
+                let (path, _) = crate::parts::parse_part(name)?;
+                split.cells.get(path)
+            });
+            match cell {
+                Some(c) if !cells.iter().any(|k| k.path == c.path) => cells.push(c),
+                Some(_) => {}
+                None => complete = false,
+            }
+        }
+        let mut left = self.left;
+        let split = complete
+            .then(|| ship(pin, split, cells, &mut left))
+            .flatten();
+        split.into_iter().chain(self.pins.iter().cloned()).collect()
+    }
+}
+
+impl Fragment {
+    /// The frame states a task ships that reads `names` of the split frame (cell paths, or
+    /// keys of parts of cells): within [`SHIP_BYTES`], the split frame's entries of those
+    /// cells and the pinned frames that fit.
+    pub fn ships<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<ShippedFrame> {
+        self.shipping.ships(&self.split, names)
+    }
+}
+
+/// `live` at `pin` with only `cells`, if their entries fit in `left` bytes (which they then
+/// take from it).
+fn ship<'a>(
+    pin: &FramePin,
+    live: &LiveFrame,
+    cells: impl IntoIterator<Item = &'a Cell>,
+    left: &mut usize,
+) -> Option<ShippedFrame> {
+    let mut size = serde_json::to_vec(&live.definition).ok()?.len();
+    let mut shipped = Vec::new();
+    for cell in cells {
+        size += serde_json::to_vec(cell).ok()?.len() + 1;
+        if size > *left {
+            return None;
+        }
+        shipped.push(cell.clone());
+    }
+    if size > *left {
+        return None;
+    }
+    *left -= size;
+    Some(ShippedFrame {
+        pin: pin.clone(),
+        incarnation: live.incarnation,
+        definition: live.definition.clone(),
+        cells: shipped,
+    })
+}
+
+#[cfg(test)]
+mod tests;
