@@ -14,7 +14,9 @@
 //! target/release/distributed --sf 1 --runs 3
 //! ```
 //!
-//! `--tiny-only 1` measures only the fixed cost of the tiny query.
+//! `--tiny-only 1` measures only the fixed cost of the tiny query; `--idle-samples N`
+//! (default 3) queries on nodes idle for `--idle-secs` (default 61, past a node's busy
+//! window) take that long each.
 //!
 //! `--flight 1` runs it all over Arrow Flight: the nodes serve it on loopback and the
 //! coordinators push their tasks over it (compare with a run without it).
@@ -64,6 +66,11 @@ struct Args {
     tiny_per_pair: usize,
     /// `--tiny-only 1`: only the tiny query's fixed cost, not the SSB speed-up.
     tiny_only: bool,
+    /// Tiny queries on nodes idle for `idle_secs` (`--idle-samples`, default 3).
+    idle_samples: usize,
+    /// How long the nodes idle before each of those (`--idle-secs`, default 61: past a
+    /// node's busy window).
+    idle_secs: u64,
 }
 
 /// Whether the nodes serve Arrow Flight and the coordinators use it (`--flight 1`).
@@ -95,6 +102,8 @@ fn args() -> Args {
         "flight",
         "tiny-per-pair",
         "tiny-only",
+        "idle-samples",
+        "idle-secs",
     ]);
     Args {
         sf: flag(&f, "sf", 1.0),
@@ -109,6 +118,8 @@ fn args() -> Args {
         flight: flag(&f, "flight", 0) != 0,
         tiny_per_pair: flag(&f, "tiny-per-pair", 1),
         tiny_only: flag(&f, "tiny-only", 0) != 0,
+        idle_samples: flag(&f, "idle-samples", 3),
+        idle_secs: flag(&f, "idle-secs", 61),
     }
 }
 

@@ -1,6 +1,6 @@
-//! The fixed cost of distributing a tiny query at the default task poll interval (1 s), on
-//! idle nodes, active ones and as a script's next statement, and the coordinator's storage
-//! requests for it.
+//! The fixed cost of distributing a tiny query at the default task poll interval (1 s): on
+//! nodes just started (first contact), on nodes idle past their busy window, on active
+//! ones and as a script's next statement; and the coordinator's storage requests for it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,11 +30,12 @@ pub(crate) async fn measure(ap: &Apiary, counts: &Counts, storage: &str, state: 
     let tiny = "SELECT SUM(x) FROM tiny";
     let mut plain = session(ap, "never").await;
     let mut spread = session(ap, "always").await;
-    // On idle nodes (fresh ones, never given a task: they look every second), on active
-    // ones (given a task in the last minute: they look four times as often), and as a
-    // script's next statement (published right after the last answer: the nodes finished a
-    // task within 100 ms and look every millisecond).
-    let mut idle = Vec::new();
+    // On nodes just started (never given a task, never reached by this coordinator: it
+    // opens its links to them, they read their first cell), on active ones (given a task
+    // in the last minute: they look four times as often), and as a script's next statement
+    // (published right after the last answer: the nodes finished a task within 100 ms and
+    // look every millisecond).
+    let mut fresh = Vec::new();
     let mut active = Vec::new();
     let mut next = Vec::new();
     // The storage requests of the last distributed tiny query.
@@ -56,7 +57,7 @@ pub(crate) async fn measure(ap: &Apiary, counts: &Counts, storage: &str, state: 
         }
         for (which, wait, k) in plan {
             let added = match which {
-                0 => &mut idle,
+                0 => &mut fresh,
                 1 => &mut active,
                 _ => &mut next,
             };
@@ -78,11 +79,36 @@ pub(crate) async fn measure(ap: &Apiary, counts: &Counts, storage: &str, state: 
         }
         drop(pair);
     }
+    // On idle nodes: a pair that ran a query, then nothing for longer than a node's busy
+    // window (60 s) while this coordinator also idled (its view of the swarm is stale).
+    let mut idle = Vec::new();
+    if a.idle_samples > 0 {
+        let ids = ["tiny-idle-a".to_string(), "tiny-idle-b".to_string()];
+        let _pair = Nodes(vec![
+            node(storage, state, &ids[0], 0, "1s", a.memory_tier),
+            node(storage, state, &ids[1], 1, "1s", a.memory_tier),
+        ]);
+        wait_alive(ap, &[&ids[0], &ids[1]]).await;
+        spread.sql(tiny).await.expect("distributed tiny");
+        for _ in 0..a.idle_samples {
+            apiary_storage::time::sleep(Duration::from_secs(a.idle_secs)).await;
+            let t = Instant::now();
+            plain.sql(tiny).await.expect("local tiny");
+            let base = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            spread.sql(tiny).await.expect("distributed tiny");
+            idle.push(t.elapsed().as_secs_f64() - base);
+        }
+    }
     for (what, mut added) in [
-        ("idle nodes", idle),
+        ("nodes just started (first contact)", fresh),
+        ("nodes idle for a while", idle),
         ("active nodes", active),
         ("active nodes, right after another", next),
     ] {
+        if added.is_empty() {
+            continue;
+        }
         added.sort_by(f64::total_cmp);
         let mean = added.iter().sum::<f64>() / added.len() as f64;
         println!(
