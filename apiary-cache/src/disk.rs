@@ -112,6 +112,22 @@ impl CachedCell {
         self.doomed.store(true, Ordering::SeqCst);
     }
 
+    /// A cell fetched but not written to disk: served from the fetched bytes only, never
+    /// read from disk, and never indexed.
+    fn unwritten(key: &str, bytes: &Bytes, last_modified_ms: i64, e_tag: Option<String>) -> Self {
+        Self {
+            key: key.to_string(),
+            data: PathBuf::new(),
+            meta: PathBuf::new(),
+            size: bytes.len() as u64,
+            last_modified_ms,
+            e_tag,
+            block_bytes: BLOCK_BYTES,
+            crcs: Vec::new(),
+            doomed: AtomicBool::new(false),
+        }
+    }
+
     /// Reads `range` from disk, verifying every block it touches. Blocking.
     pub fn read(&self, range: std::ops::Range<u64>) -> Result<Bytes> {
         let mut out = self.read_ranges(std::slice::from_ref(&range))?;
@@ -237,6 +253,8 @@ pub struct CacheStats {
     pub bytes_from_disk: AtomicU64,
     /// Cached files found damaged (and fetched again).
     pub damaged: AtomicU64,
+    /// Fetched cells that could not be written (served uncached).
+    pub unwritable: AtomicU64,
 }
 
 /// A plain copy of [`CacheStats`].
@@ -252,6 +270,8 @@ pub struct CacheCounts {
     pub bytes_from_disk: u64,
     /// Damaged files found.
     pub damaged: u64,
+    /// Fetched cells the cache could not write (served uncached: a full disk, say).
+    pub unwritable: u64,
     /// Cells cached now.
     pub cells: u64,
     /// Bytes cached now.
@@ -451,13 +471,27 @@ impl CellCache {
                 self.stats
                     .bytes_from_storage
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                let cell = {
-                    let (writer, key, bytes) = (self.writer(), key.to_string(), bytes.clone());
+                let written = {
+                    let (writer, key, bytes, e_tag) =
+                        (self.writer(), key.to_string(), bytes.clone(), e_tag.clone());
                     tokio::task::spawn_blocking(move || {
                         writer.write_entry(&key, &bytes, stamp, e_tag)
                     })
                     .await
-                    .map_err(|e| CacheError::Config(format!("cache writer failed: {e}")))??
+                    .map_err(|e| CacheError::Config(format!("cache writer failed: {e}")))?
+                };
+                let cell = match written {
+                    Ok(cell) => cell,
+                    // A cache that cannot write (a full disk, its folder replaced) must not
+                    // fail the read: the bytes are in hand, so they are served uncached.
+                    Err(e @ CacheError::Io { .. }) => {
+                        self.stats.unwritable.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(key, error = %e, "the cell cache cannot write; serving the cell uncached");
+                        drop(guard);
+                        let cell = CachedCell::unwritten(key, &bytes, stamp, e_tag);
+                        return Ok((Arc::new(cell), Some(bytes)));
+                    }
+                    Err(e) => return Err(e),
                 };
                 let cell = Arc::new(cell);
                 if cell.size > self.capacity {
@@ -502,6 +536,7 @@ impl CellCache {
             bytes_from_storage: s.bytes_from_storage.load(Ordering::Relaxed),
             bytes_from_disk: s.bytes_from_disk.load(Ordering::Relaxed),
             damaged: s.damaged.load(Ordering::Relaxed),
+            unwritable: s.unwritable.load(Ordering::Relaxed),
             cells: self.index.len() as u64,
             bytes: self.index.weight(),
             capacity_bytes: self.capacity,
@@ -551,7 +586,19 @@ impl EntryWriter {
         };
         let encoded = serde_json::to_vec(&meta)
             .map_err(|e| CacheError::Config(format!("cache metadata cannot be encoded: {e}")))?;
-        write_atomically(&data, bytes)?;
+        match write_atomically(&data, bytes) {
+            // The folder was removed under the running node (a cleaner of temporary
+            // files, an operator): made again, and the write tried once more.
+            Err(CacheError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.dir).map_err(|source| CacheError::Io {
+                    what: format!("cannot create {}", self.dir.display()),
+                    source,
+                })?;
+                tracing::warn!(dir = %self.dir.display(), "the cell cache's folder was gone; made it again");
+                write_atomically(&data, bytes)?;
+            }
+            other => other?,
+        }
         if let Err(e) = write_atomically(&meta_path, &encoded) {
             let _ = std::fs::remove_file(&data);
             return Err(e);

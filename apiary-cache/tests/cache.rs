@@ -309,3 +309,68 @@ async fn only_cells_go_through_the_cache() {
         "{missing}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_folder_removed_under_a_running_node_is_made_again() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("cache");
+    let (caching, raw, counts) = cached_store(&dir, 64 << 20);
+    let (one, two) = (
+        Path::from("h/b/f/data/1.parquet"),
+        Path::from("h/b/f/data/2.parquet"),
+    );
+    let (a, b) = (data(7, 300_000), data(8, 200_000));
+    raw.put(&one, PutPayload::from(a.clone())).await.unwrap();
+    raw.put(&two, PutPayload::from(b.clone())).await.unwrap();
+    assert_eq!(
+        caching.get_range(&one, 0..100).await.unwrap(),
+        a.slice(0..100)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    // A new cell is fetched, the folder made again, and the cell cached in it.
+    assert_eq!(
+        caching.get_range(&two, 10..20).await.unwrap(),
+        b.slice(10..20)
+    );
+    assert_eq!(files_on_disk(&dir, "cell").len(), 1);
+    assert_eq!(
+        caching.get_range(&two, 50..60).await.unwrap(),
+        b.slice(50..60)
+    );
+    assert_eq!(
+        counts.snapshot().cell_get,
+        2,
+        "the new cell is read from disk now"
+    );
+    // The cell whose file went with the folder is fetched again.
+    assert_eq!(caching.get_range(&one, 5..9).await.unwrap(), a.slice(5..9));
+    assert_eq!(counts.snapshot().cell_get, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_that_cannot_write_serves_cells_uncached() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("cache");
+    let (store, _) = object_store_for(&StorageUri::Memory).unwrap();
+    let counted = InstrumentedStore::new(Arc::clone(&store), FaultConfig::none());
+    let counts = counted.counts();
+    let caching = CachingStore::new(Arc::new(counted));
+    let cache = Arc::new(CellCache::open(config(&dir, 64 << 20)).unwrap());
+    caching.set_cache(Some(Arc::clone(&cache)));
+    let key = Path::from("h/b/f/data/x.parquet");
+    let cell = data(9, 100_000);
+    store
+        .put(&key, PutPayload::from(cell.clone()))
+        .await
+        .unwrap();
+    // The folder replaced by a file: nothing can be written, or made again, there.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"not a folder").unwrap();
+    for range in [0..10u64, 99_990..100_000] {
+        let got = caching.get_range(&key, range.clone()).await.unwrap();
+        assert_eq!(got, cell.slice(range.start as usize..range.end as usize));
+    }
+    assert_eq!(counts.snapshot().cell_get, 2, "uncached: fetched each time");
+    let used = cache.counts();
+    assert_eq!((used.unwritable, used.cells), (2, 0), "{used:?}");
+}
