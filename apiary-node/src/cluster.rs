@@ -1,10 +1,11 @@
 //! The node's part in distributed queries: who can take tasks, from membership (the worker
 //! loop that takes this node's tasks is in `worker`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use apiary_query::distributed::{WorkerDirectory, WorkerInfo};
+use apiary_query::distributed::{ShuffleTransport, WorkerDirectory, WorkerInfo};
 use apiary_storage::Clock;
 use apiary_swarm::{Membership, NodeState, SwarmAgent, WorldView};
 
@@ -17,6 +18,11 @@ use async_trait::async_trait;
 pub(crate) struct SwarmDirectory {
     node: Arc<Mutex<Option<RunningNode>>>,
     snapshots: Snapshots,
+    /// The transport tasks go through, told of peers as they join (see
+    /// [`SwarmDirectory::keep_links`]).
+    transport: Arc<dyn ShuffleTransport>,
+    /// Whether a task keeps the transport's links to the running node's peers.
+    keeping: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for SwarmDirectory {
@@ -30,6 +36,7 @@ impl SwarmDirectory {
         node: Arc<Mutex<Option<RunningNode>>>,
         observer: Arc<dyn Membership>,
         clock: Arc<dyn Clock>,
+        transport: Arc<dyn ShuffleTransport>,
     ) -> Self {
         let read: ReadView = Arc::new(move || {
             let observer = Arc::clone(&observer);
@@ -38,7 +45,42 @@ impl SwarmDirectory {
         Self {
             node,
             snapshots: Snapshots::new(read, clock),
+            transport,
+            keeping: Arc::default(),
         }
+    }
+
+    /// Once a running node coordinates, the transport is told of its peers whenever its
+    /// world view changes ([`ShuffleTransport::warm`]), so that links to a node that joins
+    /// open before the next query needs them (the first query to it then does not wait for
+    /// a connection and a handshake). Nothing is read from storage for it: the view is the
+    /// one the node keeps anyway. A node that never coordinates opens no links; the task
+    /// ends when the node stops.
+    fn keep_links(&self, agent: &SwarmAgent) {
+        if self.keeping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.keeping.store(false, Ordering::SeqCst);
+            return;
+        };
+        let mut views = agent.views();
+        let me = agent.node_id().to_string();
+        let (transport, keeping) = (Arc::clone(&self.transport), Arc::clone(&self.keeping));
+        runtime.spawn(async move {
+            loop {
+                let peers: Vec<String> = workers_of(&views.borrow_and_update(), None)
+                    .into_iter()
+                    .map(|w| w.node_id)
+                    .filter(|id| *id != me)
+                    .collect();
+                transport.warm(&peers);
+                if views.changed().await.is_err() {
+                    break;
+                }
+            }
+            keeping.store(false, Ordering::SeqCst);
+        });
     }
 
     fn running(&self) -> Option<Arc<SwarmAgent>> {
@@ -185,6 +227,7 @@ fn workers_of(view: &WorldView, me: Option<&str>) -> Vec<WorkerInfo> {
 impl WorkerDirectory for SwarmDirectory {
     async fn workers(&self) -> apiary_query::Result<Vec<WorkerInfo>> {
         if let Some(agent) = self.running() {
+            self.keep_links(&agent);
             return Ok(workers_of(&agent.view(), Some(agent.node_id().as_str())));
         }
         let view = self.snapshots.get().await.map_err(|e| {

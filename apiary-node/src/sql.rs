@@ -23,6 +23,7 @@ impl Apiary {
             Arc::clone(&self.node),
             self.membership_for(MembershipRole::Observer { swarm: &self.swarm }),
             Arc::clone(&self.registry.config().clock),
+            Arc::clone(&self.transport),
         ));
         if let Some(flight) = &self.flight {
             flight.peers.set(Arc::clone(&directory));

@@ -239,3 +239,41 @@ async fn flight_over_tls_answers_like_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--flight-tls-key"), "{err}");
 }
+
+/// A node that has coordinated opens its link to a node that joins as soon as its view
+/// shows it: the next query to the newcomer does not wait for a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinating_node_links_to_a_node_as_it_joins() {
+    let (dir, storage, _) = loaded_folder().await;
+    let mut options =
+        apiary::ApiaryOptions::new(apiary::apiary_storage::StorageUri::parse(&storage).unwrap());
+    options.flight = Some(apiary::FlightOptions::client());
+    options.swarm.poll_interval = std::time::Duration::from_millis(200);
+    let ap = apiary::Apiary::open_with(options).await.unwrap();
+    ap.start().await.unwrap();
+    let sql = QUERIES[0];
+    let local = answer(&ap, "never", sql).await;
+    // Coordinating alone, it has no peer to link to.
+    assert_eq!(answer(&ap, "always", sql).await, local);
+    let (proxy, _nodes) = behind_a_proxy(&storage, dir.path(), &[], "node-late").await;
+    wait_alive(&ap, 2).await;
+    let started = std::time::Instant::now();
+    while proxy.connections() == 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "no link opened to the node that joined"
+        );
+        apiary::apiary_storage::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The next query's tasks for the newcomer go over that link.
+    let plan = explain_analyze(&ap, sql).await;
+    assert!(
+        via_by_node(&plan)
+            .iter()
+            .any(|(n, v)| n == "node-late" && v == "flight"),
+        "{plan}"
+    );
+    assert_eq!(proxy.connections(), 1, "the link opened ahead was used");
+    assert_eq!(answer(&ap, "always", sql).await, local);
+    ap.shutdown().await.unwrap();
+}

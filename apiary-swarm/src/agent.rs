@@ -246,6 +246,12 @@ impl SwarmAgent {
         self.view.borrow().clone()
     }
 
+    /// The world view as a channel that changes with every poll, for parts that act on a
+    /// change (links opened to a node that joins, say). It closes when the agent stops.
+    pub fn views(&self) -> watch::Receiver<WorldView> {
+        self.view.clone()
+    }
+
     /// Resolves when an operator asks this node to leave (a drain request in storage).
     pub async fn drain_requested(&self) {
         let mut drain = self.drain.clone();
