@@ -137,10 +137,10 @@ impl ApiaryCatalog {
         }
         let ledger = self.registry.ledger(frame).await?;
         let state = ledger.refresh().await?;
-        let Some((version, live)) = state
-            .as_deref()
-            .and_then(|s| s.live.as_ref().map(|l| (s.version, l)))
-        else {
+        let Some((state, incarnation)) = state.and_then(|s| {
+            let incarnation = s.live.as_ref()?.incarnation;
+            Some((s, incarnation))
+        }) else {
             return Err(self.explain_missing(frame).await);
         };
         let cached = self
@@ -148,12 +148,12 @@ impl ApiaryCatalog {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(frame)
-            .filter(|i| i.version() == version && i.incarnation() == live.incarnation)
+            .filter(|i| i.version() == state.version && i.incarnation() == incarnation)
             .cloned();
         let index = match cached {
             Some(index) => index,
             None => {
-                let index = Arc::new(FrameIndex::build(frame, version, live)?);
+                let index = Arc::new(FrameIndex::build_shared(frame, &state)?);
                 self.indexes
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)

@@ -35,8 +35,8 @@ use datafusion::sql::unparser::Unparser;
 
 use super::manifest::FramePin;
 use crate::error::{QueryError, Result};
+use crate::table::FrameIndex;
 use crate::table::FrameTable;
-use apiary_ledger::LiveFrame;
 
 /// The name the coordinator gives the table of gathered task results.
 pub const PARTIALS: &str = "apiary_partials";
@@ -190,7 +190,7 @@ pub fn split(plan: &LogicalPlan, state: &SessionState, scope: &[String]) -> Resu
     let Some(pinned) = frames_read(&subtree, &table) else {
         return Ok(None);
     };
-    let shipping = super::ship::Shipping::new(Arc::clone(table.index().source()), &pinned);
+    let shipping = super::ship::Shipping::new(Arc::clone(table.index()), &pinned);
     let pins = pinned.into_iter().map(|(pin, _)| pin).collect();
     // By default the tasks return the subtree's rows, and the coordinator does the rest.
     let mut fragment_plan = subtree.clone();
@@ -439,12 +439,12 @@ fn commutes(parent: &LogicalPlan, child: usize) -> Result<bool> {
 }
 
 /// Every frame `subtree` reads other than `split`, at the version the plan holds, with its
-/// state there; `None` when it reads a table that is not a frame (workers could not resolve
+/// index there; `None` when it reads a table that is not a frame (workers could not resolve
 /// it).
 fn frames_read(
     subtree: &LogicalPlan,
     split: &FrameTable,
-) -> Option<Vec<(FramePin, Arc<LiveFrame>)>> {
+) -> Option<Vec<(FramePin, Arc<FrameIndex>)>> {
     let mut pins = Vec::new();
     let mut foreign = false;
     let _ = subtree.apply(|node| {
@@ -453,7 +453,7 @@ fn frames_read(
                 Some(t) if t.index().frame() == split.index().frame() => {}
                 Some(t) => pins.push((
                     FramePin::new(t.index().frame(), t.index().version()),
-                    Arc::clone(t.index().source()),
+                    Arc::clone(t.index()),
                 )),
                 None => foreign = true,
             }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use apiary_ledger::{Cell, LiveFrame};
 
+use crate::table::FrameIndex;
+
 use super::manifest::{FramePin, ShippedFrame};
 use super::plan::Fragment;
 
@@ -19,8 +21,9 @@ pub const SHIP_BYTES: usize = 512 << 10;
 /// The frame states a fragment's tasks ship.
 #[derive(Debug, Clone, Default)]
 pub struct Shipping {
-    /// The split frame at its version (`None`: nothing is shipped).
-    split: Option<Arc<LiveFrame>>,
+    /// The split frame's index at its version, which holds its ledger state (`None`:
+    /// nothing is shipped).
+    split: Option<Arc<FrameIndex>>,
     /// Pinned frames shipped whole (those that fit).
     pins: Vec<ShippedFrame>,
     /// What the pins left of [`SHIP_BYTES`] for the split frame's cells.
@@ -28,12 +31,16 @@ pub struct Shipping {
 }
 
 impl Shipping {
-    /// Shipping for a fragment that splits `split` and reads `pins` whole.
-    pub fn new(split: Arc<LiveFrame>, pins: &[(FramePin, Arc<LiveFrame>)]) -> Self {
+    /// Shipping for a fragment that splits the frame `split` indexes and reads the frames
+    /// of `pins` whole.
+    pub fn new(split: Arc<FrameIndex>, pins: &[(FramePin, Arc<FrameIndex>)]) -> Self {
         let mut left = SHIP_BYTES;
         let pins = pins
             .iter()
-            .filter_map(|(pin, live)| ship(pin, live, live.cells.values(), &mut left))
+            .filter_map(|(pin, index)| {
+                let live = index.source()?;
+                ship(pin, live, live.cells.values(), &mut left)
+            })
             .collect();
         Self {
             split: Some(split),
@@ -55,8 +62,8 @@ impl Shipping {
         pin: &FramePin,
         names: impl IntoIterator<Item = &'a str>,
     ) -> Vec<ShippedFrame> {
-        let Some(split) = &self.split else {
-            return Vec::new();
+        let Some(split) = self.split.as_ref().and_then(|i| i.source()) else {
+            return self.pins.clone();
         };
         let mut cells: Vec<&Cell> = Vec::new();
         let mut complete = true;

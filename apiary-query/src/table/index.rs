@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use apiary_ledger::{FrameRef, LiveFrame, frame_root};
+use apiary_ledger::{FrameRef, FrameState, LiveFrame, frame_root};
 use apiary_storage::object_store::ObjectMeta;
 use apiary_storage::object_store::path::Path;
 use arrow_array::cast::AsArray;
@@ -56,7 +56,15 @@ pub struct FrameIndex {
     /// One row per cell: its partition values (for evaluating partition filters exactly).
     pub(super) partition_values: Option<RecordBatch>,
     /// The ledger's state this index was built from (what a coordinator ships to tasks).
-    pub(super) source: Arc<LiveFrame>,
+    pub(super) source: Source,
+}
+
+/// The ledger state an index was built from: the ledger cache's own when the index is of
+/// a whole version (so a frame's cell entries are held once), a copy for a task's subset.
+#[derive(Debug)]
+pub(super) enum Source {
+    Shared(Arc<FrameState>),
+    Own(LiveFrame),
 }
 
 #[derive(Debug)]
@@ -69,10 +77,40 @@ pub(super) struct IndexedCell {
 
 impl FrameIndex {
     /// Indexes the live frame at `version`.
+    /// The index of `frame` at `state` (which must be live), sharing `state` with the ledger
+    /// cache it came from.
+    pub fn build_shared(
+        frame: &FrameRef,
+        state: &Arc<FrameState>,
+    ) -> Result<Self, apiary_ledger::LedgerError> {
+        let live = state
+            .live
+            .as_ref()
+            .ok_or_else(|| apiary_ledger::LedgerError::NotFound {
+                what: format!("frame `{frame}` at version {}", state.version),
+            })?;
+        Self::index(
+            frame,
+            state.version,
+            live,
+            Source::Shared(Arc::clone(state)),
+        )
+    }
+
+    /// The index of `frame` at `version`, holding its own copy of `live`.
     pub fn build(
         frame: &FrameRef,
         version: u64,
         live: &LiveFrame,
+    ) -> Result<Self, apiary_ledger::LedgerError> {
+        Self::index(frame, version, live, Source::Own(live.clone()))
+    }
+
+    fn index(
+        frame: &FrameRef,
+        version: u64,
+        live: &LiveFrame,
+        source: Source,
     ) -> Result<Self, apiary_ledger::LedgerError> {
         let declared: SchemaRef = Arc::new(live.definition.schema.to_arrow()?);
         let partition_by = live.definition.partition_by.clone();
@@ -174,7 +212,7 @@ impl FrameIndex {
         let partition_values = partition_batch(&partition_fields, &cells)?;
         Ok(Self {
             partition_values,
-            source: Arc::new(live.clone()),
+            source,
             frame: frame.clone(),
             version,
             incarnation: live.incarnation,
@@ -238,8 +276,11 @@ impl FrameIndex {
     }
 
     /// The ledger's state of the frame at this version (definition and cell entries).
-    pub fn source(&self) -> &Arc<LiveFrame> {
-        &self.source
+    pub fn source(&self) -> Option<&LiveFrame> {
+        match &self.source {
+            Source::Own(live) => Some(live),
+            Source::Shared(state) => state.live.as_ref(),
+        }
     }
 
     /// The ledger version this index describes.

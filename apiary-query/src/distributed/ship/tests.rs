@@ -116,8 +116,8 @@ async fn a_task_that_ships_its_frame_reads_only_cells() {
     let cells: Vec<String> = live.cells.keys().cloned().collect();
     let mine = &cells[..2];
     let mut task = sum_task(&pin, mine);
-    task.frames =
-        Shipping::new(Arc::clone(&live), &[]).ships(&pin, mine.iter().map(String::as_str));
+    let index = FrameIndex::build(&pin.frame_ref().unwrap(), pin.version, &live).unwrap();
+    task.frames = Shipping::new(Arc::new(index), &[]).ships(&pin, mine.iter().map(String::as_str));
     assert_eq!(task.frames.len(), 1);
     assert_eq!(
         task.frames[0].cells.len(),
@@ -180,6 +180,11 @@ fn pin(frame: &str) -> FramePin {
     FramePin::new(&FrameRef::new("h", "b", frame).unwrap(), 4)
 }
 
+/// The index of frame `frame` at version 4 over `live`.
+fn index(frame: &str, live: &LiveFrame) -> Arc<FrameIndex> {
+    Arc::new(FrameIndex::build(&FrameRef::new("h", "b", frame).unwrap(), 4, live).unwrap())
+}
+
 #[test]
 fn shipping_stays_within_its_bytes_and_ships_parts_as_their_cell() {
     // 1 000 cells of about 1 KiB: the whole frame is more than a task ships.
@@ -188,10 +193,10 @@ fn shipping_stays_within_its_bytes_and_ships_parts_as_their_cell() {
     let small = state(3, 10);
     let big = state(1000, 1000);
     let shipping = Shipping::new(
-        Arc::clone(&split),
+        index("f", &split),
         &[
-            (pin("big"), Arc::clone(&big)),
-            (pin("small"), Arc::clone(&small)),
+            (pin("big"), index("big", &big)),
+            (pin("small"), index("small", &small)),
         ],
     );
     let shipped = |names: &[&str]| -> Vec<(String, usize)> {
