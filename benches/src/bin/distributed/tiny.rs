@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apiary::Apiary;
 use apiary::apiary_storage::CountsHandle as Counts;
+use apiary::{Apiary, SqlSession};
 
 use crate::processes::{Nodes, node, wait_alive};
 use crate::{Args, session};
@@ -66,13 +66,8 @@ pub(crate) async fn measure(ap: &Apiary, counts: &Counts, storage: &str, state: 
                 let ms = 137 * (i * a.tiny_per_pair + k) as u64 % 1000;
                 apiary_storage::time::sleep(Duration::from_millis(ms)).await;
             }
-            let t = Instant::now();
-            plain.sql(tiny).await.expect("local tiny");
-            let base = t.elapsed().as_secs_f64();
             let before = counts.snapshot();
-            let t = Instant::now();
-            spread.sql(tiny).await.expect("distributed tiny");
-            added.push(t.elapsed().as_secs_f64() - base);
+            added.push(added_time(&mut plain, &mut spread, tiny).await);
             // The query's objects are removed after its answer: counted with it.
             ap.settle().await;
             requests = counts.snapshot() - before;
@@ -92,12 +87,7 @@ pub(crate) async fn measure(ap: &Apiary, counts: &Counts, storage: &str, state: 
         spread.sql(tiny).await.expect("distributed tiny");
         for _ in 0..a.idle_samples {
             apiary_storage::time::sleep(Duration::from_secs(a.idle_secs)).await;
-            let t = Instant::now();
-            plain.sql(tiny).await.expect("local tiny");
-            let base = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            spread.sql(tiny).await.expect("distributed tiny");
-            idle.push(t.elapsed().as_secs_f64() - base);
+            idle.push(added_time(&mut plain, &mut spread, tiny).await);
         }
     }
     for (what, mut added) in [
@@ -130,4 +120,15 @@ pub(crate) async fn measure(ap: &Apiary, counts: &Counts, storage: &str, state: 
         requests.list,
         requests.delete
     );
+}
+
+/// The seconds `sql` takes distributed (`spread`) beyond its time run locally (`plain`)
+/// just before.
+async fn added_time(plain: &mut SqlSession, spread: &mut SqlSession, sql: &str) -> f64 {
+    let t = Instant::now();
+    plain.sql(sql).await.expect("local tiny");
+    let base = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    spread.sql(sql).await.expect("distributed tiny");
+    t.elapsed().as_secs_f64() - base
 }
