@@ -37,6 +37,31 @@ impl std::fmt::Debug for FlightKey {
     }
 }
 
+/// The swarm's key as one process holds it: read (or made) in storage on first use, then
+/// kept for the process's life.
+#[derive(Debug)]
+pub(crate) struct SwarmKey {
+    backend: Arc<dyn StorageBackend>,
+    key: tokio::sync::OnceCell<FlightKey>,
+}
+
+impl SwarmKey {
+    /// The key of the swarm on `backend`, not read yet.
+    pub(crate) fn new(backend: Arc<dyn StorageBackend>) -> Self {
+        Self {
+            backend,
+            key: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The key, read (or made) once.
+    pub(crate) async fn get(&self) -> Result<&FlightKey> {
+        self.key
+            .get_or_try_init(|| FlightKey::load_or_create(self.backend.as_ref()))
+            .await
+    }
+}
+
 impl FlightKey {
     /// A key from secret bytes (tests; a node reads its key with [`FlightKey::load_or_create`]).
     pub fn from_secret(secret: &[u8]) -> Self {

@@ -18,10 +18,10 @@ use arrow_flight::FlightData;
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::mpsc;
 use tonic::transport::{Identity, ServerTlsConfig};
 
-use crate::auth::FlightKey;
+use crate::auth::{FlightKey, SwarmKey};
 use crate::client::{Links, insert_proof};
 use crate::config::{FlightConfig, Peers};
 use crate::coordinator::Coordinator;
@@ -34,10 +34,9 @@ use crate::writer::FlightWriter;
 /// that cannot (see the crate docs).
 pub struct FlightShuffle {
     storage: Arc<dyn ShuffleTransport>,
-    backend: Arc<dyn StorageBackend>,
     peers: Arc<dyn Peers>,
     config: FlightConfig,
-    key: Arc<OnceCell<FlightKey>>,
+    key: Arc<SwarmKey>,
     links: Arc<Links>,
     inbox: Arc<Inbox>,
     coordinator: Arc<Coordinator>,
@@ -78,11 +77,10 @@ impl FlightShuffle {
         ));
         Self {
             storage: Arc::new(StorageShuffle::new(Arc::clone(&backend))),
-            backend,
+            key: Arc::new(SwarmKey::new(backend)),
             peers,
             coordinator: Arc::new(Coordinator::new(config.memory_bytes)),
             config,
-            key: Arc::default(),
             links,
             inbox: Arc::default(),
             stored: Mutex::default(),
@@ -91,9 +89,7 @@ impl FlightShuffle {
 
     /// The swarm's Flight key, read (or made) once.
     async fn key(&self) -> Result<&FlightKey> {
-        self.key
-            .get_or_try_init(|| FlightKey::load_or_create(self.backend.as_ref()))
-            .await
+        self.key.get().await
     }
 
     /// Serves this process's Flight port on `address` (port 0 picks one; see
@@ -447,16 +443,9 @@ impl ShuffleTransport for FlightShuffle {
         if targets.is_empty() {
             return;
         }
-        let (links, key, backend) = (
-            Arc::clone(&self.links),
-            Arc::clone(&self.key),
-            Arc::clone(&self.backend),
-        );
+        let (links, key) = (Arc::clone(&self.links), Arc::clone(&self.key));
         runtime.spawn(async move {
-            let key = match key
-                .get_or_try_init(|| FlightKey::load_or_create(backend.as_ref()))
-                .await
-            {
+            let key = match key.get().await {
                 Ok(key) => key,
                 Err(e) => {
                     tracing::debug!(error = %e, "no Flight key to open links ahead with");
