@@ -89,20 +89,13 @@ impl ApiaryCatalog {
                 // A name is a cell, or a part of one (an exact name wins).
                 let mut wanted = BTreeSet::new();
                 for name in cells {
-                    let cell = if live.cells.contains_key(name) {
-                        name.as_str()
-                    } else {
-                        match crate::parts::parse_part(name) {
-                            Some((cell, _)) if live.cells.contains_key(cell) => cell,
-                            _ => {
-                                return Err(QueryError::Invalid(format!(
-                                    "cell `{name}` is not in frame `{frame}` at version {}",
-                                    pin.version
-                                )));
-                            }
-                        }
+                    let Some(cell) = crate::parts::named_cell(live, name) else {
+                        return Err(QueryError::Invalid(format!(
+                            "cell `{name}` is not in frame `{frame}` at version {}",
+                            pin.version
+                        )));
                     };
-                    wanted.insert(cell);
+                    wanted.insert(cell.path.as_str());
                 }
                 let mut subset = live.clone();
                 subset

@@ -9,6 +9,17 @@ use datafusion::parquet::arrow::arrow_reader::RowSelection;
 
 pub use apiary_shuffle::units::{cut, parse_part, part_key, splittable};
 
+/// The cell of `live` a task's name denotes: the cell at that path, or the cell a part key
+/// cuts (an exact path wins, since a cell path may itself contain `#`).
+pub(crate) fn named_cell<'a>(
+    live: &'a apiary_ledger::LiveFrame,
+    name: &str,
+) -> Option<&'a apiary_ledger::Cell> {
+    live.cells
+        .get(name)
+        .or_else(|| live.cells.get(parse_part(name)?.0))
+}
+
 /// A cell of the split frame one task may read, or a part of one (some of its rows).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitCell {

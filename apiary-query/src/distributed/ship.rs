@@ -6,6 +6,7 @@
 //! entries are those of the task's own cells, within what is left. A frame that does not fit
 //! is not shipped, and the worker reads its ledger as it would without shipping.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use apiary_ledger::{Cell, LiveFrame};
@@ -65,23 +66,16 @@ impl Shipping {
         let Some(split) = self.split.as_ref().and_then(|i| i.source()) else {
             return self.pins.clone();
         };
-        let mut cells: Vec<&Cell> = Vec::new();
-        let mut complete = true;
-        for name in names {
-            let cell = split.cells.get(name).or_else(|| {
-                let (path, _) = crate::parts::parse_part(name)?;
-                split.cells.get(path)
-            });
-            match cell {
-                Some(c) if !cells.iter().any(|k| k.path == c.path) => cells.push(c),
-                Some(_) => {}
-                None => complete = false,
-            }
-        }
+        // By path: the parts of one cell ship it once.
+        let cells: Option<BTreeMap<&str, &Cell>> = names
+            .into_iter()
+            .map(|name| {
+                let cell = crate::parts::named_cell(split, name)?;
+                Some((cell.path.as_str(), cell))
+            })
+            .collect();
         let mut left = self.left;
-        let split = complete
-            .then(|| ship(pin, split, cells, &mut left))
-            .flatten();
+        let split = cells.and_then(|cells| ship(pin, split, cells.into_values(), &mut left));
         split.into_iter().chain(self.pins.iter().cloned()).collect()
     }
 }
