@@ -12,6 +12,7 @@
 //!   "write_id": "4f0c…",
 //!   "committed_at_ms": 1763784000000,
 //!   "operation": "append",
+//!   "writer": "node-7f3a…",
 //!   "read_version": 2,
 //!   "actions": [
 //!     {"add_cell": {"path": "data/country=us/….parquet", "rows": 10, "bytes": 2048,
@@ -28,7 +29,9 @@
 //!
 //! * `write_id` is random per commit; it makes every entry's bytes unique, which is how a
 //!   writer recognises its own entry after a lost response.
-//! * `committed_at_ms` is informational; no decision depends on it.
+//! * `committed_at_ms` is the commit time on the store's clock (see [`crate::stamp`]),
+//!   never before the previous entry's; `TIMESTAMP AS OF` is judged on it, vacuum never.
+//! * `writer` (optional) names the node that committed.
 //! * `read_version` is the version the writer's state was at when it built the entry.
 //! * `create` starts the frame (at version 0, or again after a `drop`).
 //! * A reader that meets a `format` it does not know refuses the ledger with an error
@@ -187,10 +190,15 @@ pub struct Entry {
     pub version: u64,
     /// Random id of the commit.
     pub write_id: String,
-    /// Wall-clock time of the commit, informational.
+    /// Time of the commit in milliseconds since the epoch, on the store's clock as the
+    /// committer estimated it, and never before the previous entry's (see
+    /// [`crate::stamp`]): `TIMESTAMP AS OF` is judged on it.
     pub committed_at_ms: i64,
     /// What the committer was doing (`create`, `append`, `overwrite`, …).
     pub operation: String,
+    /// Who committed (a node id), when the committer said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
     /// The version the committer had read.
     pub read_version: Option<u64>,
     /// The changes.

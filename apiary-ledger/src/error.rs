@@ -69,6 +69,22 @@ pub enum LedgerError {
         attempts: u32,
     },
 
+    /// A past version was asked for whose cells vacuum may have deleted.
+    #[error(
+        "version {version} of frame `{frame}` is past vacuum's retention: oldest retained \
+         version {oldest} (retention {retention}); read a later version"
+    )]
+    NotRetained {
+        /// `hive.box.frame`.
+        frame: String,
+        /// The version asked for.
+        version: u64,
+        /// The oldest version whose cells are all kept.
+        oldest: u64,
+        /// The retention of the vacuum that ran with the latest horizon, as text (`1h`).
+        retention: String,
+    },
+
     /// A stored ledger, checkpoint or registry object is damaged or of an unknown format.
     #[error("corrupt object `{key}`: {reason}")]
     Corrupt {
@@ -88,7 +104,7 @@ impl LedgerError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             LedgerError::InvalidName { .. } | LedgerError::Invalid(_) => ErrorKind::InvalidInput,
-            LedgerError::NotFound { .. } => ErrorKind::NotFound,
+            LedgerError::NotFound { .. } | LedgerError::NotRetained { .. } => ErrorKind::NotFound,
             LedgerError::AlreadyExists { .. }
             | LedgerError::Conflict { .. }
             | LedgerError::Contention { .. } => ErrorKind::Conflict,

@@ -25,6 +25,7 @@ use crate::error::{LedgerError, Result};
 use crate::layout;
 use crate::names::FrameRef;
 use crate::ops::{Operation, Resolution};
+use crate::stamp::StoreClock;
 use crate::state::{Checkpoint, CheckpointRef, FrameState, LastCheckpoint};
 
 /// Tuning of ledgers and their commit protocol, and the time and randomness they use.
@@ -38,8 +39,13 @@ pub struct LedgerConfig {
     pub backoff_base: Duration,
     /// Largest backoff.
     pub backoff_max: Duration,
-    /// The clock: entries' `committed_at_ms` (informational) and backoff sleeps.
+    /// The clock: entries' `committed_at_ms` (corrected by `store_clock`) and backoff sleeps.
     pub clock: Arc<dyn Clock>,
+    /// Corrects `clock` to the store's clock for commit stamps (see [`crate::stamp`]);
+    /// `None` stamps with `clock` as it is (simulations and golden files).
+    pub store_clock: Option<Arc<StoreClock>>,
+    /// Who commits (a node id), recorded in each entry's `writer`.
+    pub writer: Option<String>,
     /// Write ids, cell names and backoff jitter; seed it to replay a history exactly.
     pub random: Random,
     /// Open frame ledgers a registry keeps, least recently used evicted first.
@@ -54,6 +60,8 @@ impl Default for LedgerConfig {
             backoff_base: Duration::from_millis(5),
             backoff_max: Duration::from_millis(500),
             clock: SystemClock::shared(),
+            store_clock: Some(Arc::new(StoreClock::default())),
+            writer: None,
             random: Random::from_os(),
             max_open_ledgers: 1024,
         }
@@ -231,13 +239,16 @@ impl FrameLedger {
             };
             let read_version = working.as_ref().map(|s| s.version);
             let version = read_version.map_or(0, |v| v + 1);
+            // Never before the entry this one follows: stamps order like versions.
+            let after = working.as_ref().map_or(i64::MIN, |s| s.committed_at_ms);
             let entry = Entry {
                 format: FORMAT_VERSION,
                 version,
                 write_id: self.config.random.id(),
-                committed_at_ms: self.config.clock.wall_ms(),
+                committed_at_ms: self.stamp().await.max(after),
                 operation: op.name().to_string(),
                 read_version,
+                writer: self.config.writer.clone(),
                 actions,
             };
             let key = layout::version_key(&self.ledger_dir, version);
@@ -355,6 +366,31 @@ impl FrameLedger {
         };
         let entry = Entry::decode(key.as_ref(), &object.bytes, next)?;
         Ok(Some((entry, key)))
+    }
+
+    /// Now, on the store's clock when the ledger has one (see [`crate::stamp`]).
+    async fn stamp(&self) -> i64 {
+        match &self.config.store_clock {
+            Some(store) => {
+                store
+                    .now_ms(self.config.clock.as_ref(), self.backend.as_ref())
+                    .await
+            }
+            None => self.config.clock.wall_ms(),
+        }
+    }
+
+    /// The store's time now, estimated without a request (see [`StoreClock::estimate_ms`]).
+    pub fn store_now_estimate(&self) -> i64 {
+        match &self.config.store_clock {
+            Some(store) => store.estimate_ms(self.config.clock.as_ref()),
+            None => self.config.clock.wall_ms(),
+        }
+    }
+
+    /// The storage the ledger lives in.
+    pub fn backend(&self) -> &Arc<dyn StorageBackend> {
+        &self.backend
     }
 
     fn backoff(&self, attempt: u32) -> Duration {

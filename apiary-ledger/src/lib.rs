@@ -24,7 +24,9 @@ mod names;
 pub mod ops;
 mod registry;
 mod schema;
+pub mod stamp;
 mod state;
+pub mod travel;
 pub mod vacuum;
 pub mod write;
 
@@ -38,7 +40,9 @@ pub use names::{FrameRef, MAX_NAME_LEN, NAME_RULE, validate_name};
 pub use ops::{Operation, Resolution};
 pub use registry::{BoxInfo, Created, FrameInfo, HiveInfo, Lifecycle, Registry};
 pub use schema::{Column, FrameSchema, format_type, parse_type};
+pub use stamp::StoreClock;
 pub use state::{FrameState, LiveFrame};
+pub use travel::{Commit, VersionAt};
 pub use vacuum::{VacuumResult, vacuum};
 pub use write::{
     DEFAULT_MAX_WRITE_AGE, UploadHook, WriteMode, WriteOptions, WriteResult, read_batches,

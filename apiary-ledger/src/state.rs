@@ -35,6 +35,10 @@ impl LiveFrame {
 pub struct FrameState {
     /// The last applied version.
     pub version: u64,
+    /// That version's commit stamp (`Entry::committed_at_ms`; 0 in checkpoints written
+    /// before stamps were kept here).
+    #[serde(default)]
+    pub committed_at_ms: i64,
     /// The frame, unless the last lifecycle action was a drop.
     pub live: Option<LiveFrame>,
 }
@@ -44,6 +48,7 @@ impl FrameState {
     pub fn from_first(entry: &Entry, key: &str) -> Result<Self> {
         let mut state = FrameState {
             version: 0,
+            committed_at_ms: 0,
             live: None,
         };
         state.apply_actions(entry, key)?;
@@ -154,6 +159,7 @@ impl FrameState {
     }
 
     fn apply_actions(&mut self, entry: &Entry, key: &str) -> Result<()> {
+        self.committed_at_ms = entry.committed_at_ms;
         let corrupt = |reason: String| LedgerError::Corrupt {
             key: key.to_string(),
             reason,
@@ -245,6 +251,7 @@ mod tests {
             write_id: format!("w{version}"),
             committed_at_ms: 0,
             operation: "test".into(),
+            writer: None,
             read_version: version.checked_sub(1),
             actions,
         }

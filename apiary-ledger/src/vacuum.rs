@@ -16,6 +16,9 @@
 //! deletes exactly what a node with a correct clock would.
 //!
 //! Orphans of failed or killed writes and cells of dropped frames go the same way.
+//!
+//! Before deleting, vacuum records the horizon it judges by, so that a reader of a past
+//! version can tell whether that version's cells may be gone (see [`crate::travel`]).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -48,6 +51,16 @@ pub async fn vacuum(
     let state = ledger.refresh().await?;
     let now = store_now(backend).await?;
     let horizon = now.saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
+    // Recorded before anything is deleted, so a reader of a past version learns that its
+    // cells may be gone (see `crate::travel`).
+    crate::travel::record_horizon(
+        ledger,
+        crate::travel::Horizon {
+            horizon_ms: horizon,
+            retention_ms: retention.as_millis().min(u64::MAX as u128) as u64,
+        },
+    )
+    .await?;
     let mut needed: HashSet<String> = state
         .as_ref()
         .and_then(|s| s.live.as_ref())

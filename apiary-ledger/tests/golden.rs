@@ -97,6 +97,8 @@ async fn history() -> BTreeMap<String, Bytes> {
         checkpoint_interval: 3,
         clock: Arc::new(ManualClock::new()),
         random: Random::seeded(2026),
+        // Stamps from the manual clock as it is, so the bytes replay.
+        store_clock: None,
         ..LedgerConfig::default()
     };
     let registry = Registry::new(Arc::clone(&backend), config);
