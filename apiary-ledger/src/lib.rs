@@ -46,5 +46,5 @@ pub use travel::{Commit, VersionAt};
 pub use vacuum::{VacuumResult, vacuum};
 pub use write::{
     DEFAULT_MAX_WRITE_AGE, UploadHook, WriteMode, WriteOptions, WriteResult, read_batches,
-    write_batches,
+    read_batches_at, write_batches,
 };

@@ -25,7 +25,12 @@ use crate::entry::{Action, Entry};
 use crate::error::{LedgerError, Result};
 use crate::layout;
 use crate::ledger::FrameLedger;
-use crate::state::FrameState;
+use crate::state::{FrameState, LiveFrame};
+
+/// How far past the store's clock (as a node estimates it) a time may be and still be read
+/// as now: `TIMESTAMP AS OF now()` on a node whose clock runs a little ahead of the store's
+/// must not be refused. Past it, a time is in the future and refused.
+pub const FUTURE_SLACK_MS: i64 = 2_000;
 
 /// The version a frame had at a time (see [`FrameLedger::version_at_time`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,11 +124,12 @@ impl FrameLedger {
     }
 
     /// The latest version committed at or before `at_ms` (milliseconds since the epoch, on
-    /// the store's clock). A time in the future (past the store's clock now) and a time
-    /// before the frame's first version are refused.
+    /// the store's clock). A time in the future (more than [`FUTURE_SLACK_MS`] past the
+    /// store's clock now, as this node estimates it) and a time before the frame's first
+    /// version are refused.
     pub async fn version_at_time(&self, at_ms: i64) -> Result<VersionAt> {
         let now = self.store_now_estimate();
-        if at_ms > now {
+        if at_ms > now.saturating_add(FUTURE_SLACK_MS) {
             return Err(LedgerError::Invalid(format!(
                 "{} is in the future (the store's clock reads {}); ask for a time that has \
                  passed",
@@ -186,15 +192,21 @@ impl FrameLedger {
         })
     }
 
-    /// Checks that `past` (the state at a version before `head`) can still be read in full:
+    /// Checks that `version` (whose live frame is `past`, `None` when it was dropped then)
+    /// can still be read in full at `head`:
     /// see the module documentation. Costs nothing when every cell of `past` is still live,
     /// else one GET for the horizon and one for entry `past.version + 1` (more, to name the
     /// oldest retained version, only when the answer is no).
-    pub async fn check_retained(&self, past: &FrameState, head: &FrameState) -> Result<()> {
-        if past.version >= head.version {
+    pub async fn check_retained(
+        &self,
+        version: u64,
+        past: Option<&LiveFrame>,
+        head: &FrameState,
+    ) -> Result<()> {
+        if version >= head.version {
             return Ok(());
         }
-        let all_live = past.live.as_ref().is_none_or(|p| {
+        let all_live = past.is_none_or(|p| {
             p.cells
                 .keys()
                 .all(|c| head.live.as_ref().is_some_and(|h| h.cells.contains_key(c)))
@@ -210,12 +222,12 @@ impl FrameLedger {
                 .await
                 .map(|(_, meta)| meta.last_modified_ms)
         };
-        if modified(past.version + 1).await? >= horizon.horizon_ms {
+        if modified(version + 1).await? >= horizon.horizon_ms {
             return Ok(());
         }
         // The oldest retained version: the first `u` whose successor is newer than the
         // horizon (or the head). Modification times of successive entries do not decrease.
-        let (mut lo, mut hi) = (past.version + 1, head.version);
+        let (mut lo, mut hi) = (version + 1, head.version);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             if modified(mid + 1).await? >= horizon.horizon_ms {
@@ -226,7 +238,7 @@ impl FrameLedger {
         }
         Err(LedgerError::NotRetained {
             frame: self.frame().to_string(),
-            version: past.version,
+            version,
             oldest: lo,
             retention: humantime::format_duration(Duration::from_millis(horizon.retention_ms))
                 .to_string(),

@@ -430,7 +430,45 @@ pub async fn read_batches(
     backend: &dyn StorageBackend,
     partition_filter: &[(String, String)],
 ) -> Result<Vec<RecordBatch>> {
-    let state = ledger.refresh().await?;
+    read_batches_at(ledger, backend, None, partition_filter).await
+}
+
+/// [`read_batches`] at `version` (`None`: the newest). A version the frame has not reached,
+/// one at which it did not exist, and one past vacuum's retention are refused, each saying
+/// so (see [`crate::travel`]).
+pub async fn read_batches_at(
+    ledger: &FrameLedger,
+    backend: &dyn StorageBackend,
+    version: Option<u64>,
+    partition_filter: &[(String, String)],
+) -> Result<Vec<RecordBatch>> {
+    let head = ledger.refresh().await?;
+    let state = match (version, &head) {
+        (None, _) => head.clone(),
+        (Some(v), Some(h)) if v <= h.version => {
+            let past = ledger.state_at(v).await?;
+            if past.live.is_none() {
+                return Err(LedgerError::NotFound {
+                    what: format!(
+                        "frame `{}` at version {v} (it was dropped then)",
+                        ledger.frame()
+                    ),
+                });
+            }
+            ledger.check_retained(v, past.live.as_ref(), h).await?;
+            Some(past)
+        }
+        (Some(v), _) => {
+            return Err(LedgerError::NotFound {
+                what: format!(
+                    "version {v} of frame `{}` (its newest is {})",
+                    ledger.frame(),
+                    head.as_ref()
+                        .map_or("none".to_string(), |h| h.version.to_string())
+                ),
+            });
+        }
+    };
     let live = live(state.as_deref().and_then(|s| s.live.as_ref()), ledger)?;
     let schema: SchemaRef = Arc::new(live.definition.schema.to_arrow()?);
     for (column, _) in partition_filter {

@@ -193,11 +193,14 @@ async fn a_version_past_retention_names_the_oldest_retained() {
     let head = ledger.refresh().await.unwrap().unwrap();
     let past = |v| {
         let ledger = &ledger;
-        async move { (*ledger.state_at(v).await.unwrap()).clone() }
+        async move { ledger.state_at(v).await.unwrap() }
     };
     // Never vacuumed: every version is retained.
     for v in 0..4 {
-        ledger.check_retained(&past(v).await, &head).await.unwrap();
+        ledger
+            .check_retained(v, past(v).await.live.as_ref(), &head)
+            .await
+            .unwrap();
     }
     apiary_storage::time::sleep(Duration::from_millis(20)).await;
     let result = vacuum(&ledger, backend.as_ref(), Duration::ZERO)
@@ -206,7 +209,7 @@ async fn a_version_past_retention_names_the_oldest_retained() {
     assert_eq!(result.files_deleted, 2, "{result:?}");
     for v in [1, 2] {
         let err = ledger
-            .check_retained(&past(v).await, &head)
+            .check_retained(v, past(v).await.live.as_ref(), &head)
             .await
             .unwrap_err();
         match &err {
@@ -223,8 +226,14 @@ async fn a_version_past_retention_names_the_oldest_retained() {
     }
     // Retained means entry v + 1 is newer than the horizon; versions whose cells are all
     // still live read too: version 0 (no cells) and version 3 (its cell is live).
-    ledger.check_retained(&past(0).await, &head).await.unwrap();
-    ledger.check_retained(&past(3).await, &head).await.unwrap();
+    ledger
+        .check_retained(0, past(0).await.live.as_ref(), &head)
+        .await
+        .unwrap();
+    ledger
+        .check_retained(3, past(3).await.live.as_ref(), &head)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use apiary_ledger::FrameRef;
+use apiary_ledger::{FrameRef, LedgerError};
 use apiary_query::datafusion::execution::SendableRecordBatchStream;
 use apiary_query::distributed::Cluster;
 use apiary_query::{QueryEngine, QueryOptions, QueryResult, SqlSession};
@@ -88,12 +88,53 @@ impl Apiary {
         frame: &str,
         partition_filter: &[(&str, &str)],
     ) -> Result<Vec<RecordBatch>> {
+        self.read_from_frame_at(hive, r#box, frame, None, partition_filter)
+            .await
+    }
+
+    /// [`read_from_frame`](Self::read_from_frame) at `version` (`None`: the newest), as
+    /// `SELECT * FROM f VERSION AS OF n` reads it. A version past vacuum's retention is
+    /// refused, naming the oldest retained one.
+    pub async fn read_from_frame_at(
+        &self,
+        hive: &str,
+        r#box: &str,
+        frame: &str,
+        version: Option<u64>,
+        partition_filter: &[(&str, &str)],
+    ) -> Result<Vec<RecordBatch>> {
         let frame = FrameRef::new(hive, r#box, frame)?;
         let ledger = self.registry.ledger(&frame).await?;
         let filter: Vec<(String, String)> = partition_filter
             .iter()
             .map(|(c, v)| (c.to_string(), v.to_string()))
             .collect();
-        Ok(apiary_ledger::read_batches(&ledger, self.registry.backend().as_ref(), &filter).await?)
+        Ok(apiary_ledger::read_batches_at(
+            &ledger,
+            self.registry.backend().as_ref(),
+            version,
+            &filter,
+        )
+        .await?)
+    }
+
+    /// Every commit of a frame, oldest first (what `apiary.history('h.b.f')` answers in
+    /// SQL and `apiary history` prints).
+    pub async fn frame_history(
+        &self,
+        hive: &str,
+        r#box: &str,
+        frame: &str,
+    ) -> Result<Vec<apiary_ledger::Commit>> {
+        let frame = FrameRef::new(hive, r#box, frame)?;
+        let ledger = self.registry.ledger(&frame).await?;
+        let commits = ledger.history().await?;
+        if commits.is_empty() {
+            return Err(LedgerError::NotFound {
+                what: format!("frame `{frame}`"),
+            }
+            .into());
+        }
+        Ok(commits)
     }
 }

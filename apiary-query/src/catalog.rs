@@ -7,6 +7,7 @@
 //! of a ledger version is built once and shared by every query that reads that version.
 
 use std::collections::{BTreeSet, HashMap};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use apiary_ledger::{FrameRef, LedgerError, LiveFrame, Registry, validate_name};
@@ -23,13 +24,41 @@ use crate::table::{FrameIndex, FrameTable};
 pub(crate) const NO_HIVE: &str = "_no_hive";
 pub(crate) const NO_BOX: &str = "_no_box";
 
+/// A frame at a version: how a distributed task's pins are keyed (one query may read a
+/// frame at several versions).
+pub type PinKey = (FrameRef, u64);
+
+/// Past versions whose scan indexes a catalog keeps (each costs a replay to rebuild).
+const PAST_INDEXES: usize = 64;
+
 /// Shared state of the catalog: the registry and the scan indexes of recently read versions.
 #[derive(Debug)]
 pub struct ApiaryCatalog {
     registry: Arc<Registry>,
     scans: Arc<ScanStores>,
     indexes: Mutex<HashMap<FrameRef, Arc<FrameIndex>>>,
-    pins: Option<HashMap<FrameRef, Pinned>>,
+    /// Indexes of past versions read with `VERSION AS OF` and friends.
+    past: Mutex<lru::LruCache<PinKey, Arc<FrameIndex>>>,
+    pins: Option<HashMap<PinKey, Pinned>>,
+}
+
+/// The separator of a version-qualified table name, `frame@12`: how a frame read at a past
+/// version is named in plans and fragments (frame names never hold it).
+pub const VERSION_MARK: char = '@';
+
+/// `frame@12` as `("frame", Some(12))`; any other name as `(name, None)`.
+pub fn split_versioned(name: &str) -> (&str, Option<u64>) {
+    match name.rsplit_once(VERSION_MARK) {
+        Some((frame, digits))
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            match digits.parse() {
+                Ok(version) => (frame, Some(version)),
+                Err(_) => (name, None),
+            }
+        }
+        _ => (name, None),
+    }
 }
 
 /// A frame as a distributed task reads it: one version, optionally only some cells.
@@ -52,6 +81,9 @@ impl ApiaryCatalog {
             registry,
             scans,
             indexes: Mutex::default(),
+            past: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(PAST_INDEXES).unwrap_or(NonZeroUsize::MIN),
+            )),
             pins: None,
         }
     }
@@ -59,11 +91,12 @@ impl ApiaryCatalog {
     /// A catalog that resolves only the frames in `pins`, each at its pinned version and
     /// with only its pinned cells: what a distributed task reads. Any other frame is an
     /// error.
-    pub fn pinned(&self, pins: HashMap<FrameRef, Pinned>) -> Self {
+    pub fn pinned(&self, pins: HashMap<PinKey, Pinned>) -> Self {
         Self {
             registry: Arc::clone(&self.registry),
             scans: Arc::clone(&self.scans),
             indexes: Mutex::default(),
+            past: Mutex::new(lru::LruCache::new(NonZeroUsize::MIN)),
             pins: Some(pins),
         }
     }
@@ -117,15 +150,18 @@ impl ApiaryCatalog {
         &self.registry
     }
 
-    /// The frame at its newest version, as a table. Errors name what is missing.
+    /// The frame at its newest version, as a table. Errors name what is missing. In a
+    /// task's catalog, the newest version the task pins (any version read by name alone
+    /// was the coordinator's newest, so at least every version it pinned explicitly).
     pub async fn frame_table(&self, frame: &FrameRef) -> Result<FrameTable, QueryError> {
         if let Some(pins) = &self.pins {
-            return match pins.get(frame) {
-                Some(pin) => self.pinned_table(frame, pin).await,
-                None => Err(QueryError::Invalid(format!(
-                    "frame `{frame}` is not part of this task; a fragment reads only the \
-                     frames its manifest pins"
-                ))),
+            let newest = pins
+                .iter()
+                .filter(|((f, _), _)| f == frame)
+                .max_by_key(|((_, version), _)| *version);
+            return match newest {
+                Some((_, pin)) => self.pinned_table(frame, pin).await,
+                None => Err(not_pinned(frame)),
             };
         }
         let ledger = self.registry.ledger(frame).await?;
@@ -157,6 +193,68 @@ impl ApiaryCatalog {
         Ok(FrameTable::new(index, Arc::clone(&self.scans)))
     }
 
+    /// The frame at `version`, as a table. A version past vacuum's retention is refused
+    /// (see [`apiary_ledger::travel`]), as is one the frame has not reached, or at which it
+    /// did not exist.
+    pub async fn frame_table_at(
+        &self,
+        frame: &FrameRef,
+        version: u64,
+    ) -> Result<FrameTable, QueryError> {
+        if let Some(pins) = &self.pins {
+            return match pins.get(&(frame.clone(), version)) {
+                Some(pin) => self.pinned_table(frame, pin).await,
+                None => Err(not_pinned(frame)),
+            };
+        }
+        let ledger = self.registry.ledger(frame).await?;
+        let mut head = ledger.cached();
+        if head.as_ref().is_none_or(|h| h.version < version) {
+            head = ledger.refresh().await?;
+        }
+        let Some(head) = head else {
+            return Err(self.explain_missing(frame).await);
+        };
+        if version > head.version {
+            return Err(QueryError::Invalid(format!(
+                "frame `{frame}` has no version {version} yet: its newest is {}",
+                head.version
+            )));
+        }
+        let key = (frame.clone(), version);
+        let cached = self
+            .past
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        let index = match cached {
+            Some(index) => index,
+            None if version == head.version && head.live.is_some() => {
+                return self.frame_table(frame).await;
+            }
+            None => {
+                let state = ledger.state_at(version).await?;
+                if state.live.is_none() {
+                    return Err(QueryError::Invalid(format!(
+                        "frame `{frame}` did not exist at version {version} (it was dropped \
+                         then); `apiary history {frame}` lists its versions"
+                    )));
+                }
+                let index = Arc::new(FrameIndex::build_shared(frame, &state)?);
+                self.past
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .put(key, Arc::clone(&index));
+                index
+            }
+        };
+        ledger
+            .check_retained(version, index.source(), &head)
+            .await?;
+        Ok(FrameTable::new(index, Arc::clone(&self.scans)))
+    }
+
     /// Why `frame` cannot be found: a missing hive or box is named as such.
     async fn explain_missing(&self, frame: &FrameRef) -> QueryError {
         let hint = match self.registry.get_box(&frame.hive, &frame.r#box).await {
@@ -173,6 +271,13 @@ impl ApiaryCatalog {
         };
         QueryError::Invalid(hint)
     }
+}
+
+fn not_pinned(frame: &FrameRef) -> QueryError {
+    QueryError::Invalid(format!(
+        "frame `{frame}` is not part of this task at that version; a fragment reads only \
+         the frames its manifest pins"
+    ))
 }
 
 /// The catalog list DataFusion sees: every hive name resolves to a [`HiveCatalog`]; whether
@@ -261,8 +366,12 @@ impl SchemaProvider for BoxSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let (name, version) = split_versioned(name);
         let frame = self.frame_ref(name)?;
-        let table = self.catalog.frame_table(&frame).await?;
+        let table = match version {
+            None => self.catalog.frame_table(&frame).await?,
+            Some(version) => self.catalog.frame_table_at(&frame, version).await?,
+        };
         Ok(Some(Arc::new(table)))
     }
 

@@ -16,7 +16,7 @@ use apiary_ledger::FrameRef;
 use datafusion::logical_expr::LogicalPlan;
 use lru::LruCache;
 
-use crate::catalog::Pinned;
+use crate::catalog::{PinKey, Pinned};
 
 /// How many fragment plans a node keeps. A plan holds the scan indexes of the frames it
 /// reads (a few hundred bytes per cell), so a few dozen stay small.
@@ -38,13 +38,13 @@ impl FragmentKey {
         sql: &str,
         scope: &[String],
         settings: &BTreeMap<String, String>,
-        pins: &HashMap<FrameRef, Pinned>,
+        pins: &HashMap<PinKey, Pinned>,
     ) -> Self {
         let mut pins: Vec<_> = pins
             .iter()
-            .map(|(frame, pin)| (frame.clone(), pin.version, pin.cells.clone()))
+            .map(|((frame, version), pin)| (frame.clone(), *version, pin.cells.clone()))
             .collect();
-        pins.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        pins.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         Self {
             sql: sql.to_string(),
             scope: scope.to_vec(),
@@ -99,12 +99,12 @@ mod tests {
         FrameRef::new("h", "b", name).expect("frame")
     }
 
-    fn pins(entries: &[(&str, u64, Option<&[&str]>)]) -> HashMap<FrameRef, Pinned> {
+    fn pins(entries: &[(&str, u64, Option<&[&str]>)]) -> HashMap<PinKey, Pinned> {
         entries
             .iter()
             .map(|(name, version, cells)| {
                 (
-                    frame(name),
+                    (frame(name), *version),
                     Pinned {
                         version: *version,
                         cells: cells.map(|c| c.iter().map(|s| s.to_string()).collect()),

@@ -12,13 +12,16 @@
 //! * Layers, each importing only those below it: the **scan** (`table`, `exec`, `tier`,
 //!   `parts`, `stats`, `scans`: a frame as DataFusion reads it; it reads shared cells
 //!   through its own `SharedCells` trait), the **engine** (`session`, `statement`,
-//!   `catalog`, `memory`, `output`, `fragments`: sessions and statements; it hands queries
+//!   `catalog`, `memory`, `output`, `fragments`, `travel`: sessions and statements; it hands queries
 //!   to the swarm through its own [`Distributor`] trait) and **distribution**
 //!   ([`distributed`]: planning, the coordinator, tasks, claims; it implements both
 //!   traits). The shuffle seam itself is the `apiary-shuffle` crate.
 //! * Statements: read-only SQL (queries, `EXPLAIN [ANALYZE]`, `SET datafusion.…`),
 //!   `SHOW HIVES`, `SHOW BOXES [IN hive]`, `SHOW FRAMES [IN hive[.box]]`, `USE hive[.box]`,
 //!   `DESCRIBE frame`. DDL, DML and file access are refused with the API call to use instead.
+//! * Time travel: `FROM f VERSION AS OF 12`, `TIMESTAMP AS OF …`, `FOR SYSTEM_TIME AS OF …`,
+//!   `AT (VERSION => 12)`, and the table functions `apiary.history('h.b.f')` and
+//!   `apiary.changes('h.b.f', from, to)` (see the `travel` module).
 
 pub mod catalog;
 mod distribute;
@@ -35,6 +38,7 @@ mod statement;
 pub mod stats;
 mod table;
 mod tier;
+mod travel;
 
 pub use catalog::Pinned;
 pub use distribute::{DistributeMode, DistributeRequest, Distribution, Distributor, size_text};

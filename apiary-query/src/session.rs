@@ -14,7 +14,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures::{FutureExt, TryStreamExt};
 
-use crate::catalog::{ApiaryCatalog, HiveList, NO_BOX, NO_HIVE, Pinned};
+use crate::catalog::{ApiaryCatalog, HiveList, NO_BOX, NO_HIVE, PinKey, Pinned};
 use crate::distribute::{DistributeMode, Distributor};
 use crate::error::{QueryError, Result};
 use crate::fragments::{FragmentKey, FragmentPlans};
@@ -188,7 +188,7 @@ impl QueryEngine {
         sql: &str,
         scope: &[String],
         settings: &BTreeMap<String, String>,
-        pins: HashMap<FrameRef, Pinned>,
+        pins: HashMap<PinKey, Pinned>,
         prepare: impl FnOnce(&Arc<dyn ExecutionPlan>) -> Result<()>,
     ) -> Result<RunningFragment> {
         let runtime = self.budget.task_runtime(self.state.runtime_env())?;
@@ -242,7 +242,7 @@ impl QueryEngine {
         base: &SessionState,
         sql: &str,
         scope: &[String],
-        pins: HashMap<FrameRef, Pinned>,
+        pins: HashMap<PinKey, Pinned>,
     ) -> Result<LogicalPlan> {
         let mut commands = statement::parse(sql)?;
         let command = match (commands.pop(), commands.is_empty()) {
@@ -448,9 +448,21 @@ impl SqlSession {
 
     async fn run_datafusion(
         &mut self,
-        statement: datafusion::sql::parser::Statement,
+        mut statement: datafusion::sql::parser::Statement,
     ) -> Result<SendableRecordBatchStream> {
-        let state = self.ctx.state();
+        let travel = crate::travel::Travel {
+            catalog: &self.catalog,
+            scope: &self.current,
+            ctx: &self.ctx,
+        };
+        let extras = crate::travel::rewrite(&mut statement, &travel).await?;
+        let mut state = self.ctx.state();
+        if !extras.is_empty() {
+            let list = extras.catalog_list(Arc::clone(state.catalog_list()))?;
+            state = SessionStateBuilder::new_from_existing(state)
+                .with_catalog_list(list)
+                .build();
+        }
         let plan = state.statement_to_plan(statement).await?;
         // Defence in depth: the statement was classified already; the plan must agree.
         SQLOptions::new()
@@ -495,19 +507,7 @@ impl SqlSession {
 
     /// `parts` as a frame: `hive.box.frame`, or completed from `USE`.
     fn resolve(&self, parts: &[String]) -> Result<FrameRef> {
-        let full: Vec<&str> = match (parts.len(), self.current.len()) {
-            (3, _) => parts.iter().map(String::as_str).collect(),
-            (2, n) if n >= 1 => vec![self.current[0].as_str(), &parts[0], &parts[1]],
-            (1, 2) => vec![self.current[0].as_str(), &self.current[1], &parts[0]],
-            _ => {
-                return Err(QueryError::Invalid(format!(
-                    "`{}` does not say which hive and box it is in: write hive.box.frame, or \
-                     run `USE hive.box` first in this session",
-                    parts.join(".")
-                )));
-            }
-        };
-        Ok(FrameRef::new(full[0], full[1], full[2])?)
+        resolve_in(parts, &self.current)
     }
 
     async fn use_scope(&mut self, parts: Vec<String>) -> Result<()> {
@@ -538,4 +538,21 @@ impl SqlSession {
         self.current = parts;
         Ok(())
     }
+}
+
+/// `parts` as a frame: `hive.box.frame`, or completed from `current` (a session's `USE`).
+pub(crate) fn resolve_in(parts: &[String], current: &[String]) -> Result<FrameRef> {
+    let full: Vec<&str> = match (parts.len(), current.len()) {
+        (3, _) => parts.iter().map(String::as_str).collect(),
+        (2, n) if n >= 1 => vec![current[0].as_str(), &parts[0], &parts[1]],
+        (1, 2) => vec![current[0].as_str(), &current[1], &parts[0]],
+        _ => {
+            return Err(QueryError::Invalid(format!(
+                "`{}` does not say which hive and box it is in: write hive.box.frame, or \
+                 run `USE hive.box` first in this session",
+                parts.join(".")
+            )));
+        }
+    };
+    Ok(FrameRef::new(full[0], full[1], full[2])?)
 }

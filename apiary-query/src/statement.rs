@@ -9,7 +9,6 @@ use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
     Ident, ObjectName, ObjectNamePart, Set, ShowStatementOptions, Statement, Use,
 };
-use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Span, Token, TokenWithSpan, Tokenizer};
 
 use crate::error::{QueryError, Result};
@@ -59,7 +58,7 @@ impl Command {
 
 /// Splits `sql` into statements and classifies each. Empty statements are skipped.
 pub(crate) fn parse(sql: &str) -> Result<Vec<Command>> {
-    let dialect = GenericDialect {};
+    let dialect = dialect::ApiaryDialect;
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(|e| QueryError::Invalid(format!("SQL syntax error: {e}")))?;
@@ -128,7 +127,7 @@ const PARSER_RECURSION_LIMIT: usize = 2 * MAX_EXPRESSION_DEPTH + 64;
 
 fn parse_one(mut tokens: Vec<TokenWithSpan>) -> Result<DfStatement> {
     tokens.push(TokenWithSpan::wrap(Token::EOF));
-    let dialect = GenericDialect {};
+    let dialect = dialect::ApiaryDialect;
     let mut statements = DFParserBuilder::new(tokens)
         .with_dialect(&dialect)
         .with_recursion_limit(PARSER_RECURSION_LIMIT)
@@ -507,6 +506,8 @@ fn check_set(set: &Set) -> Result<()> {
         ))),
     }
 }
+
+mod dialect;
 
 #[cfg(test)]
 mod tests;

@@ -336,8 +336,11 @@ impl TaskSpec {
                     pin.version
                 ));
             }
-            if !seen.insert(name.clone()) {
-                return Err(format!("it ships frame `{name}` twice"));
+            if !seen.insert(pin) {
+                return Err(format!(
+                    "it ships frame `{name}` at version {} twice",
+                    pin.version
+                ));
             }
             cells += shipped.cells.len();
             if cells > MAX_CELLS {
@@ -536,7 +539,7 @@ pub(crate) mod tests {
             ),
             (
                 Box::new(|t| t.frames.push(t.frames[0].clone())),
-                "ships frame `h.b.f` twice",
+                "ships frame `h.b.f` at version 7 twice",
             ),
             (
                 Box::new(|t| t.frames = vec![shipped(7, "../../g/data/y.parquet")]),

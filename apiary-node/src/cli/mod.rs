@@ -103,6 +103,8 @@ async fn open(
     let storage = StorageUri::parse(&cli.storage)?;
     let mut options = ApiaryOptions::new(storage);
     options.swarm = cli.node.swarm_config();
+    // Commits name the node of this state folder (when it has one) as their writer.
+    options.ledger.writer = cli.node.options().peek_node_id();
     options.distribute.task_timeout = cli.node.task_timeout;
     options.distribute.pickup_timeout = cli.node.pickup_timeout;
     options.distribute.orphan_retention = cli.node.query_retention;

@@ -354,7 +354,9 @@ fn choose_split_scan(plan: &LogicalPlan) -> Option<(Vec<usize>, TableScan, Frame
     let count = |t: &FrameTable| {
         scans
             .iter()
-            .filter(|(_, _, o)| o.index().frame() == t.index().frame())
+            .filter(|(_, _, o)| {
+                o.index().frame() == t.index().frame() && o.index().version() == t.index().version()
+            })
             .count()
     };
     scans
@@ -450,7 +452,9 @@ fn frames_read(
     let _ = subtree.apply(|node| {
         if let LogicalPlan::TableScan(scan) = node {
             match frame_table(scan) {
-                Some(t) if t.index().frame() == split.index().frame() => {}
+                Some(t)
+                    if t.index().frame() == split.index().frame()
+                        && t.index().version() == split.index().version() => {}
                 Some(t) => pins.push((
                     FramePin::new(t.index().frame(), t.index().version()),
                     Arc::clone(t.index()),
@@ -464,7 +468,7 @@ fn frames_read(
         return None;
     }
     pins.sort_by(|(a, _), (b, _)| {
-        (&a.hive, &a.r#box, &a.frame).cmp(&(&b.hive, &b.r#box, &b.frame))
+        (&a.hive, &a.r#box, &a.frame, a.version).cmp(&(&b.hive, &b.r#box, &b.frame, b.version))
     });
     pins.dedup_by(|(a, _), (b, _)| a == b);
     Some(pins)

@@ -160,7 +160,7 @@ async fn execute(
     let mut shipped = shipped_frames(task);
     let mut pins = HashMap::new();
     pins.insert(
-        split.clone(),
+        (split.clone(), task.split.version),
         Pinned {
             version: task.split.version,
             cells: Some(
@@ -175,13 +175,15 @@ async fn execute(
     );
     for pin in &task.pins {
         let frame = pin.frame_ref()?;
-        if pins.contains_key(&frame) {
+        let key = (frame, pin.version);
+        if pins.contains_key(&key) {
             return Err(QueryError::Invalid(format!(
-                "the task pins frame `{frame}` twice"
+                "the task pins frame `{}` at version {} twice",
+                key.0, key.1
             )));
         }
         pins.insert(
-            frame,
+            key,
             Pinned {
                 version: pin.version,
                 cells: None,
