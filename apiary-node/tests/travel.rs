@@ -402,3 +402,61 @@ async fn history_and_changes_follow_appends_an_overwrite_and_a_compaction() {
         ]
     );
 }
+
+#[tokio::test]
+async fn the_cli_prints_a_frames_history() {
+    let (dir, _ap) = three_versions().await;
+    let storage = dir.path().join("data");
+    let run = |json: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_apiary"));
+        command
+            .args(["history", F, "--storage"])
+            .arg(&storage)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"));
+        if json {
+            command.arg("--json");
+        }
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run(false);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(lines[0].starts_with("VERSION"), "{text}");
+    assert!(lines[4].contains("overwrite"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    let commits = json.as_array().unwrap();
+    assert_eq!(commits.len(), 4);
+    assert_eq!(commits[1]["rows_added"], 100);
+    assert_eq!(commits[3]["operation"], "overwrite");
+    assert_eq!(commits[3]["rows_removed"], 200);
+    // The writer is the node of the state folder, when it has one.
+    let mut write = std::process::Command::new(env!("CARGO_BIN_EXE_apiary"));
+    let csv = dir.path().join("rows.csv");
+    std::fs::write(
+        &csv,
+        "event_id,user_id,page,duration_ms,country\n1,u,/p,5,us\n",
+    )
+    .unwrap();
+    let out = write
+        .args(["write", F])
+        .arg(&csv)
+        .arg("--storage")
+        .arg(&storage)
+        .args(["--node-id", "node-cli"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    assert_eq!(json[4]["writer"], "node-cli");
+}

@@ -116,6 +116,7 @@ impl PyApiary {
         py: Python<'_>,
         frame: FrameRef,
         partition_filter: Option<HashMap<String, String>>,
+        version: Option<u64>,
     ) -> PyResult<QueryResult> {
         let ap = self.inner.clone();
         let filter: Vec<(String, String)> =
@@ -126,7 +127,7 @@ impl PyApiary {
                 .map(|(c, v)| (c.as_str(), v.as_str()))
                 .collect();
             let batches = ap
-                .read_from_frame(&frame.hive, &frame.r#box, &frame.frame, &pairs)
+                .read_from_frame_at(&frame.hive, &frame.r#box, &frame.frame, version, &pairs)
                 .await?;
             let schema = match batches.first() {
                 Some(b) => b.schema(),
@@ -421,9 +422,9 @@ impl PyApiary {
         self.write(py, frame, data, WriteMode::Overwrite)
     }
 
-    /// A frame's rows at its newest version as Arrow IPC stream bytes; with
-    /// `partition_filter` (`{"country": "us"}`), only the matching partitions.
-    #[pyo3(signature = (hive, r#box, frame, partition_filter = None))]
+    /// A frame's rows at its newest version (or `version`) as Arrow IPC stream bytes;
+    /// with `partition_filter` (`{"country": "us"}`), only the matching partitions.
+    #[pyo3(signature = (hive, r#box, frame, partition_filter = None, *, version = None))]
     fn read_from_frame<'py>(
         &self,
         py: Python<'py>,
@@ -431,14 +432,15 @@ impl PyApiary {
         r#box: String,
         frame: String,
         partition_filter: Option<HashMap<String, String>>,
+        version: Option<u64>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let frame = frame_ref(py, &hive, &r#box, &frame)?;
-        let result = self.read(py, frame, partition_filter)?;
+        let result = self.read(py, frame, partition_filter, version)?;
         ipc_bytes(py, &result)
     }
 
     /// `read_from_frame` as a `pyarrow.Table`, without copies.
-    #[pyo3(signature = (hive, r#box, frame, partition_filter = None))]
+    #[pyo3(signature = (hive, r#box, frame, partition_filter = None, *, version = None))]
     fn read_table<'py>(
         &self,
         py: Python<'py>,
@@ -446,10 +448,42 @@ impl PyApiary {
         r#box: String,
         frame: String,
         partition_filter: Option<HashMap<String, String>>,
+        version: Option<u64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let frame = frame_ref(py, &hive, &r#box, &frame)?;
-        let result = self.read(py, frame, partition_filter)?;
+        let result = self.read(py, frame, partition_filter, version)?;
         to_pyarrow_table(py, stream_of(result))
+    }
+
+    /// A frame by its `"hive.box.frame"` name as a `pyarrow.Table`, at its newest version
+    /// or at `version` (what `SELECT * FROM name VERSION AS OF version` reads). A version
+    /// past vacuum's retention raises `NotFoundError` naming the oldest retained one.
+    #[pyo3(signature = (name, version = None, *, partition_filter = None))]
+    fn read_frame<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        version: Option<u64>,
+        partition_filter: Option<HashMap<String, String>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let frame = FrameRef::parse(name)
+            .map_err(|e| crate::errors::to_py_err(py, &apiary::ApiaryError::from(e)))?;
+        let result = self.read(py, frame, partition_filter, version)?;
+        to_pyarrow_table(py, stream_of(result))
+    }
+
+    /// A frame's commits, oldest first, by its `"hive.box.frame"` name: dicts with
+    /// `version`, `committed_at_ms`, `operation`, `writer`, `cells_added`,
+    /// `cells_removed`, `rows_added`, `rows_removed`.
+    fn history(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyAny>> {
+        let frame = FrameRef::parse(name)
+            .map_err(|e| crate::errors::to_py_err(py, &apiary::ApiaryError::from(e)))?;
+        let ap = self.inner.clone();
+        let commits = wait(py, async move {
+            ap.frame_history(&frame.hive, &frame.r#box, &frame.frame)
+                .await
+        })?;
+        Ok(to_python(py, &commits)?.unbind())
     }
 
     /// Runs SQL (`;`-separated statements; the last one's rows are returned) and returns

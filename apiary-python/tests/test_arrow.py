@@ -12,7 +12,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from apiary import Apiary, ArrowStream, ConflictError
+from apiary import Apiary, ArrowStream, ConflictError, NotFoundError
 from conftest import ipc_bytes
 
 
@@ -88,6 +88,24 @@ def test_results_out(ap: Apiary) -> None:
     assert sorted(read.column("id").to_pylist()) == [1, 2, 3, 4]
     empty = ap.query("SELECT id FROM h.b.clicks WHERE id > 100")
     assert empty.num_rows == 0 and empty.schema.names == ["id"]
+
+
+def test_past_versions_read_by_sql_and_by_name(ap: Apiary) -> None:
+    ap.write_to_frame("h", "b", "clicks", ROWS)  # version 1
+    ap.overwrite_frame("h", "b", "clicks", pa.table({"id": [9], "page": ["/z"], "country": ["jp"]}))
+    assert ap.read_frame("h.b.clicks").column("id").to_pylist() == [9]
+    assert sorted(ap.read_frame("h.b.clicks", 1).column("id").to_pylist()) == [1, 2, 3, 4]
+    assert ap.read_frame("h.b.clicks", version=0).num_rows == 0
+    assert ap.read_table("h", "b", "clicks", {"country": "us"}, version=1).column("id").to_pylist() == [1, 3]
+    old = ap.query("SELECT COUNT(*) AS n FROM h.b.clicks VERSION AS OF 1")
+    assert old.column("n").to_pylist() == [4]
+    history = ap.history("h.b.clicks")
+    assert [c["operation"] for c in history] == ["create", "append", "overwrite"]
+    assert [c["rows_removed"] for c in history] == [0, 0, 4]
+    with pytest.raises(NotFoundError, match="no version 7|newest is 2"):
+        ap.read_frame("h.b.clicks", 7)
+    with pytest.raises(ValueError, match="hive.box.frame|name"):
+        ap.read_frame("clicks")
 
 
 def test_sessions_keep_use(ap: Apiary) -> None:

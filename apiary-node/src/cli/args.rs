@@ -150,6 +150,13 @@ pub(crate) enum Command {
         /// HIVE.BOX.FRAME
         frame: String,
     },
+    /// Show a frame's commits, oldest first: version, time (the store's clock), operation,
+    /// cells and rows added and removed, and the node that wrote it. Read any of them with
+    /// `SELECT … FROM HIVE.BOX.FRAME VERSION AS OF n`.
+    History {
+        /// HIVE.BOX.FRAME
+        frame: String,
+    },
     /// Drop a hive, box or frame.
     #[command(subcommand)]
     Drop(DropCommand),

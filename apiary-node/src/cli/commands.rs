@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::args::{Cli, Command, CreateCommand, DropCommand, SqlFormat};
 use super::print::{
-    Progress, describe, print_colony, print_stream, print_swarm, print_table, report_created,
-    report_dropped, state,
+    Progress, describe, print_colony, print_history, print_stream, print_swarm, print_table,
+    report_created, report_dropped, state,
 };
 use super::{CliResult, split_two};
 use crate::{Apiary, NodeOptions, SwarmStatus};
@@ -227,6 +227,15 @@ pub(super) async fn execute(ap: &Apiary, cli: Cli) -> CliResult<()> {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
                 describe(&info);
+            }
+        }
+        Command::History { frame } => {
+            let f = FrameRef::parse(&frame)?;
+            let commits = ap.frame_history(&f.hive, &f.r#box, &f.frame).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&commits)?);
+            } else {
+                print_history(&commits);
             }
         }
         Command::Drop(DropCommand::Hive { name, cascade }) => {

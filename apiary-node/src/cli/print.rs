@@ -233,6 +233,34 @@ pub(super) fn describe(info: &FrameInfo) {
     );
 }
 
+/// `apiary history`: one line per commit.
+pub(super) fn print_history(commits: &[crate::apiary_ledger::Commit]) {
+    print_table(
+        &[
+            "VERSION",
+            "COMMITTED_AT",
+            "OPERATION",
+            "CELLS+",
+            "CELLS-",
+            "ROWS+",
+            "ROWS-",
+            "WRITER",
+        ],
+        commits.iter().map(|c| {
+            vec![
+                c.version.to_string(),
+                crate::apiary_ledger::travel::format_ms(c.committed_at_ms),
+                c.operation.clone(),
+                c.cells_added.to_string(),
+                c.cells_removed.to_string(),
+                c.rows_added.to_string(),
+                c.rows_removed.to_string(),
+                c.writer.clone().unwrap_or_else(|| "-".into()),
+            ]
+        }),
+    );
+}
+
 pub(super) fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
     let rows: Vec<Vec<String>> = rows.collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

@@ -145,13 +145,40 @@ class Apiary:
     def overwrite_frame(self, hive: str, box: str, frame: str, data: WriteData) -> dict[str, Any]:
         """Replaces a frame's rows atomically (same inputs and result as ``write_to_frame``)."""
     def read_from_frame(
-        self, hive: str, box: str, frame: str, partition_filter: Mapping[str, str] | None = None
+        self,
+        hive: str,
+        box: str,
+        frame: str,
+        partition_filter: Mapping[str, str] | None = None,
+        *,
+        version: int | None = None,
     ) -> bytes:
-        """A frame's rows as Arrow IPC stream bytes (only matching partitions with a filter)."""
+        """A frame's rows as Arrow IPC stream bytes (only matching partitions with a filter),
+        at its newest version or at ``version``."""
     def read_table(
-        self, hive: str, box: str, frame: str, partition_filter: Mapping[str, str] | None = None
+        self,
+        hive: str,
+        box: str,
+        frame: str,
+        partition_filter: Mapping[str, str] | None = None,
+        *,
+        version: int | None = None,
     ) -> pyarrow.Table:
         """``read_from_frame`` as a ``pyarrow.Table``, without copies."""
+    def read_frame(
+        self,
+        name: str,
+        version: int | None = None,
+        *,
+        partition_filter: Mapping[str, str] | None = None,
+    ) -> pyarrow.Table:
+        """The frame ``"hive.box.frame"`` at its newest version or at ``version`` (what
+        ``SELECT * FROM name VERSION AS OF version`` reads); a version past vacuum's
+        retention raises :class:`NotFoundError` naming the oldest retained one."""
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """The commits of frame ``"hive.box.frame"``, oldest first: ``version``,
+        ``committed_at_ms``, ``operation``, ``writer``, ``cells_added``, ``cells_removed``,
+        ``rows_added``, ``rows_removed``."""
     def sql(self, query: str) -> bytes:
         """Runs SQL; the last statement's rows as Arrow IPC stream bytes.
 
