@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Installs the system tools the tests use and a fresh machine may lack: curl (the S3 server's
 # health checks), docker-compose (the Python one, which validates a Compose file without a
-# daemon), setpriv (running a process as the image's user) and npm with Node.js (the Azure
+# daemon), setpriv (running a process as the image's user), tmux (the shell's tests type into a real
+# terminal) and npm with Node.js (the Azure
 # Blob emulator, Azurite). Debian or Ubuntu: with apt-get,
 # as root or through sudo. Elsewhere it says what to install. Called by scripts/test.sh.
 set -euo pipefail
 log() { echo "test-deps: $*" >&2; }
 
 # command -> Debian package
-declare -A package=([curl]=curl [docker-compose]=docker-compose [setpriv]=util-linux [npm]=npm)
+declare -A package=([curl]=curl [docker-compose]=docker-compose [setpriv]=util-linux [tmux]=tmux [npm]=npm)
 missing=()
-for tool in curl docker-compose setpriv npm; do
+for tool in curl docker-compose setpriv tmux npm; do
   command -v "$tool" >/dev/null || missing+=("${package[$tool]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -19,6 +19,8 @@ use futures::{StreamExt, TryStreamExt};
 use crate::parts::RowRanges;
 
 mod narrowing;
+mod yielding;
+
 use datafusion::common::Result;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Statistics;
@@ -43,6 +45,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
 };
 use narrowing::{narrow, one_cell};
+pub use yielding::YieldingJoins;
 
 /// What the ledger contributed to one frame scan.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -47,6 +47,7 @@ pub use exec::{FrameScanExec, ScanSummary};
 pub use memory::{Admission, Grant, PoolReading};
 pub use output::QueryResult;
 pub use session::{QueryEngine, QueryOptions, RunningFragment, SqlSession};
+pub use statement::ends_statement;
 pub use table::{FrameIndex, FrameTable};
 pub use tier::MemoryTierExec;
 

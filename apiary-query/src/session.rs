@@ -95,6 +95,7 @@ impl QueryEngine {
             .with_runtime_env(runtime.build_arc()?)
             .with_catalog_list(Arc::new(HiveList(Arc::clone(&catalog))))
             .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(crate::exec::YieldingJoins))
             .build();
         Ok(Self {
             catalog,
@@ -175,6 +176,7 @@ impl QueryEngine {
             distribute: self.distribute,
             min_part_rows: None,
             engine: self.clone(),
+            last_plan: None,
         }
     }
 
@@ -316,6 +318,8 @@ pub struct SqlSession {
     /// `apiary.min_part_rows`, when set (else the cluster's setting).
     min_part_rows: Option<u64>,
     engine: QueryEngine,
+    /// The physical plan of the last query started, for watching its progress.
+    last_plan: Option<Arc<dyn ExecutionPlan>>,
 }
 
 impl std::fmt::Debug for SqlSession {
@@ -361,6 +365,7 @@ impl SqlSession {
     }
 
     async fn sql_stream_inner(&mut self, sql: &str) -> Result<SendableRecordBatchStream> {
+        self.last_plan = None;
         let mut commands = statement::parse(sql)?;
         let last = commands
             .pop()
@@ -370,6 +375,13 @@ impl SqlSession {
             let _: Vec<RecordBatch> = stream.try_collect().await?;
         }
         self.run(last).await
+    }
+
+    /// The physical plan of the last query this session started (DataFusion statements
+    /// only), whose metrics fill in as its stream is read: watch a running query with
+    /// [`QueryProgress::of`](crate::distributed::progress::QueryProgress::of).
+    pub fn last_plan(&self) -> Option<Arc<dyn ExecutionPlan>> {
+        self.last_plan.clone()
     }
 
     /// The hive and box `USE` selected, if any.
@@ -490,6 +502,7 @@ impl SqlSession {
         let frame = self.ctx.execute_logical_plan(plan).await?;
         let task = Arc::new(frame.task_ctx().with_runtime(runtime));
         let physical = frame.create_physical_plan().await?;
+        self.last_plan = Some(Arc::clone(&physical));
         let stream = datafusion::physical_plan::execute_stream(physical, task)?;
         let stream = match local_because {
             Some(why) => {

@@ -56,6 +56,20 @@ impl Command {
     }
 }
 
+/// Whether `text` ends a statement: its last token (outside strings and comments) is a
+/// `;`. An unterminated string or comment is not an end. What a shell reads until.
+pub fn ends_statement(text: &str) -> bool {
+    let dialect = dialect::ApiaryDialect;
+    match Tokenizer::new(&dialect, text).tokenize() {
+        Ok(tokens) => tokens
+            .iter()
+            .rev()
+            .find(|t| !matches!(t, Token::Whitespace(_) | Token::EOF))
+            .is_some_and(|t| *t == Token::SemiColon),
+        Err(_) => false,
+    }
+}
+
 /// Splits `sql` into statements and classifies each. Empty statements are skipped.
 pub(crate) fn parse(sql: &str) -> Result<Vec<Command>> {
     let dialect = dialect::ApiaryDialect;

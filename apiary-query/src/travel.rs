@@ -122,7 +122,7 @@ enum Job {
     /// A frame with a version clause.
     Version {
         name: ObjectName,
-        clause: TableVersion,
+        clause: Box<TableVersion>,
     },
     /// `apiary.history(…)` or `apiary.changes(…)`.
     Function { which: Function, args: Vec<Expr> },
@@ -313,7 +313,7 @@ impl Visitor for Collect {
                 } else {
                     Ok(Job::Version {
                         name: name.clone(),
-                        clause: clause.clone(),
+                        clause: Box::new(clause.clone()),
                     })
                 }
             }

@@ -23,8 +23,9 @@ pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) node: NodeArgs,
 
+    /// What to do; none on a terminal opens the shell.
     #[command(subcommand)]
-    pub(crate) command: Command,
+    pub(crate) command: Option<Command>,
 }
 
 /// Identity and timing, for every command that runs or observes a node.
@@ -122,6 +123,8 @@ pub(crate) enum SqlFormat {
     Table,
     Csv,
     Json,
+    /// One `column = value` line per column, a blank line between rows.
+    Line,
     Arrow,
 }
 
@@ -219,6 +222,18 @@ pub(crate) enum Command {
         /// when unset).
         #[arg(long, value_parser = memory)]
         memory: Option<u64>,
+    },
+    /// An interactive SQL shell (also what `apiary` alone opens on a terminal): line
+    /// editing, history, multi-line statements ending in `;`, tab completion from the
+    /// catalog, `\d` and `.tables` style commands, `\timing`, output modes; Ctrl-C cancels
+    /// the running query, Ctrl-D leaves. `\?` lists its commands.
+    Shell {
+        /// History file (default: shell_history in the state folder).
+        #[arg(long, env = "APIARY_SHELL_HISTORY")]
+        history: Option<PathBuf>,
+        /// Output mode to start in.
+        #[arg(long, value_enum, default_value = "table")]
+        mode: SqlFormat,
     },
     /// Rewrite a frame's small cells into cells near the target size (one commit per
     /// partition group; readers never see a row twice or missing). Vacuum deletes the old

@@ -16,9 +16,14 @@ use super::{CliResult, split_two};
 use crate::{Apiary, NodeOptions, SwarmStatus};
 
 /// Runs the parsed command on an opened node.
-pub(super) async fn execute(ap: &Apiary, cli: Cli) -> CliResult<()> {
+pub(super) async fn execute(ap: &Apiary, cli: Cli, command: Command) -> CliResult<()> {
     let json = cli.json;
-    match cli.command {
+    match command {
+        Command::Shell { history, mode } => {
+            let history =
+                history.unwrap_or_else(|| cli.node.options().state_dir.join("shell_history"));
+            super::shell::run(ap, history, mode).await?;
+        }
         Command::Node {
             drain_timeout,
             status_file,

@@ -32,6 +32,7 @@ use crate::{Apiary, ApiaryBuilder, ApiaryOptions};
 mod args;
 mod commands;
 mod print;
+mod shell;
 
 use args::{Cli, Command};
 
@@ -50,7 +51,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let mut cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         // `--help` and `--version` print and succeed; a bad argument prints its usage.
         Err(e) => {
@@ -62,7 +63,23 @@ where
             };
         }
     };
-    let node = matches!(cli.command, Command::Node { .. });
+    let command = match cli.command.take() {
+        Some(command) => command,
+        None => {
+            use std::io::IsTerminal;
+            if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+                Command::Shell {
+                    history: None,
+                    mode: args::SqlFormat::Table,
+                }
+            } else {
+                use clap::CommandFactory;
+                let _ = Cli::command().print_help();
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let node = matches!(command, Command::Node { .. });
     if !node {
         // A one-shot command whose output is piped into `head` stops quietly when the pipe
         // closes, as Unix tools do, instead of panicking on the failed write. (The node keeps
@@ -83,8 +100,8 @@ where
         }
     };
     let run = async {
-        let ap = open(&cli, customize).await?;
-        commands::execute(&ap, cli).await
+        let ap = open(&cli, &command, customize).await?;
+        commands::execute(&ap, cli, command).await
     };
     match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,6 +115,7 @@ where
 /// Opens the node the command runs on, with the command's options and the caller's parts.
 async fn open(
     cli: &Cli,
+    command: &Command,
     customize: impl FnOnce(ApiaryBuilder) -> ApiaryBuilder,
 ) -> CliResult<Apiary> {
     let storage = StorageUri::parse(&cli.storage)?;
@@ -110,7 +128,7 @@ async fn open(
     options.distribute.orphan_retention = cli.node.query_retention;
     options.distribute.auto_min_bytes = cli.node.distribute_min_bytes;
     if let Some(listen) = cli.node.flight {
-        let node = matches!(cli.command, Command::Node { .. });
+        let node = matches!(command, Command::Node { .. });
         options.flight = Some(crate::FlightOptions {
             listen: node.then_some(listen),
             advertise: cli.node.flight_advertise.clone(),
@@ -118,7 +136,7 @@ async fn open(
             tls: cli.node.flight_tls()?,
         });
     }
-    if let Command::Sql { local, memory, .. } = &cli.command {
+    if let Command::Sql { local, memory, .. } = command {
         if *local {
             options.distribute_mode = apiary_query::distributed::DistributeMode::Never;
         }

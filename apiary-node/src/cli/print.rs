@@ -72,6 +72,12 @@ pub(super) async fn print_stream(
             writer.finish()?;
             println!();
         }
+        SqlFormat::Line => {
+            let mut first = true;
+            while let Some(batch) = next_batch(&mut stream).await? {
+                print_lines(&batch, &mut first)?;
+            }
+        }
         SqlFormat::Arrow => {
             let mut writer = arrow::ipc::writer::StreamWriter::try_new(std::io::stdout(), &schema)?;
             while let Some(batch) = next_batch(&mut stream).await? {
@@ -82,6 +88,36 @@ pub(super) async fn print_stream(
         }
     }
     std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// Rows as `column = value` lines (names right-aligned), a blank line between rows.
+fn print_lines(batch: &arrow_array::RecordBatch, first: &mut bool) -> CliResult<()> {
+    use crate::apiary_query::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    use std::io::Write;
+    let schema = batch.schema();
+    let width = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().chars().count())
+        .max()
+        .unwrap_or(0);
+    let options = FormatOptions::default().with_null("NULL");
+    let formatters = batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = std::io::stdout().lock();
+    for row in 0..batch.num_rows() {
+        if !*first {
+            writeln!(out)?;
+        }
+        *first = false;
+        for (field, formatter) in schema.fields().iter().zip(&formatters) {
+            writeln!(out, "{:>width$} = {}", field.name(), formatter.value(row))?;
+        }
+    }
     Ok(())
 }
 

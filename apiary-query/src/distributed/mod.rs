@@ -17,6 +17,7 @@ mod coordinator;
 mod decompose;
 mod dialect;
 pub mod plan;
+pub mod progress;
 mod ship;
 mod task;
 

@@ -146,3 +146,22 @@ mod hostile {
         }
     }
 }
+
+#[test]
+fn a_statement_ends_at_a_semicolon_outside_strings_and_comments() {
+    use super::ends_statement;
+    for (text, ends) in [
+        ("SELECT 1;", true),
+        ("SELECT 1 ;  \n", true),
+        ("SELECT 1", false),
+        ("SELECT ';'", false),
+        ("SELECT 'a;\n", false),
+        ("SELECT 1 -- done;", false),
+        ("SELECT 1; -- done", true),
+        ("SELECT 1 /* ; */", false),
+        ("SELECT * FROM f VERSION AS OF 3;", true),
+        ("", false),
+    ] {
+        assert_eq!(ends_statement(text), ends, "{text:?}");
+    }
+}
