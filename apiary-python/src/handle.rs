@@ -1,4 +1,4 @@
-//! `apiary.Apiary` and `apiary.Session`: the Rust [`apiary::Apiary`] API with the seeds'
+//! `apiary.Apiary`: the Rust [`apiary::Apiary`] API with the seeds'
 //! names, arguments and result keys. Every call waits on the shared runtime with the GIL
 //! released; results are plain Python values (dicts, lists, bytes) or Arrow objects.
 
@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use apiary::apiary_ledger::{FrameDefinition, FrameRef, WriteMode};
 use apiary::apiary_storage::StorageUri;
-use apiary::{ApiaryOptions, DEFAULT_STORAGE, NodeOptions, QueryResult, SqlSession};
+use apiary::{ApiaryOptions, DEFAULT_STORAGE, NodeOptions, QueryResult};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use serde::Serialize;
@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::args::{frame_ref, frame_schema, partition_columns, retention, storage_text};
 use crate::arrow::{ArrowStream, Input, StopOnDrop, to_pyarrow_table};
 use crate::runtime::{finish, wait};
+use crate::session::PySession;
 
 /// Handles whose node is running, so that interpreter exit can leave the swarm cleanly
 /// (`atexit` calls [`shutdown_all`]).
@@ -57,14 +58,17 @@ fn to_python<'py, T: Serialize>(py: Python<'py>, value: &T) -> PyResult<Bound<'p
     pythonize::pythonize(py, value).map_err(|e| crate::errors::internal(py, e.to_string()))
 }
 
-fn ipc_bytes<'py>(py: Python<'py>, result: &QueryResult) -> PyResult<Bound<'py, PyBytes>> {
+pub(crate) fn ipc_bytes<'py>(
+    py: Python<'py>,
+    result: &QueryResult,
+) -> PyResult<Bound<'py, PyBytes>> {
     let bytes = result
         .to_ipc_stream()
         .map_err(|e| crate::errors::to_py_err(py, &e.into()))?;
     Ok(PyBytes::new(py, &bytes))
 }
 
-fn stream_of(result: QueryResult) -> ArrowStream {
+pub(crate) fn stream_of(result: QueryResult) -> ArrowStream {
     ArrowStream::new(result.schema(), result.batches().to_vec())
 }
 
@@ -512,9 +516,7 @@ impl PyApiary {
             .inner
             .sql_session()
             .map_err(|e| crate::errors::to_py_err(py, &e))?;
-        Ok(PySession {
-            inner: Arc::new(tokio::sync::Mutex::new(session)),
-        })
+        Ok(PySession::new(session))
     }
 
     /// Deletes the frame's cell files no version within `retention` needs (seconds or a
@@ -577,42 +579,5 @@ impl PyApiary {
             self.inner.storage().to_string(),
             if started { "True" } else { "False" }
         )
-    }
-}
-
-/// A SQL session of an `Apiary`: `USE` and `SET` last for its lifetime. Safe to share
-/// between threads (statements run one at a time).
-#[pyclass(frozen, module = "apiary", name = "Session")]
-pub struct PySession {
-    inner: Arc<tokio::sync::Mutex<SqlSession>>,
-}
-
-impl PySession {
-    fn run(&self, py: Python<'_>, query: &str) -> PyResult<QueryResult> {
-        let (session, query) = (Arc::clone(&self.inner), query.to_string());
-        wait(
-            py,
-            async move { Ok(session.lock().await.sql(&query).await?) },
-        )
-    }
-}
-
-#[pymethods]
-impl PySession {
-    /// Runs SQL in this session; the rows as Arrow IPC stream bytes.
-    fn sql<'py>(&self, py: Python<'py>, query: &str) -> PyResult<Bound<'py, PyBytes>> {
-        let result = self.run(py, query)?;
-        ipc_bytes(py, &result)
-    }
-
-    /// Runs SQL in this session; the rows as a `pyarrow.Table`.
-    fn query<'py>(&self, py: Python<'py>, query: &str) -> PyResult<Bound<'py, PyAny>> {
-        let result = self.run(py, query)?;
-        to_pyarrow_table(py, stream_of(result))
-    }
-
-    /// Runs SQL in this session; the rows as an `ArrowStream`.
-    fn sql_arrow(&self, py: Python<'_>, query: &str) -> PyResult<ArrowStream> {
-        Ok(stream_of(self.run(py, query)?))
     }
 }

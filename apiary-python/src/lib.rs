@@ -6,6 +6,7 @@ mod arrow;
 mod errors;
 mod handle;
 mod runtime;
+mod session;
 
 use pyo3::prelude::*;
 
@@ -13,7 +14,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::PyApiary>()?;
-    m.add_class::<handle::PySession>()?;
+    m.add_class::<session::PySession>()?;
     m.add_class::<arrow::ArrowStream>()?;
     m.add_function(wrap_pyfunction!(handle::shutdown_all, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
