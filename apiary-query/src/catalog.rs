@@ -230,11 +230,13 @@ impl ApiaryCatalog {
             .cloned();
         let index = match cached {
             Some(index) => index,
-            None if version == head.version && head.live.is_some() => {
-                return self.frame_table(frame).await;
-            }
             None => {
-                let state = ledger.state_at(version).await?;
+                // The head read above, not a newer one a refresh might find now.
+                let state = if version == head.version {
+                    Arc::clone(&head)
+                } else {
+                    ledger.state_at(version).await?
+                };
                 if state.live.is_none() {
                     return Err(QueryError::Invalid(format!(
                         "frame `{frame}` did not exist at version {version} (it was dropped \
