@@ -41,9 +41,19 @@ async fn open(backend: &Arc<dyn StorageBackend>, clock: Arc<dyn Clock>) -> Frame
         store_clock: None,
         ..LedgerConfig::default()
     };
-    FrameLedger::open(Arc::clone(backend), frame(), config)
+    open_with(backend, config).await
+}
+
+/// The frame's ledger with `config`, the frame created (version 0).
+async fn open_with(backend: &Arc<dyn StorageBackend>, config: LedgerConfig) -> FrameLedger {
+    let ledger = FrameLedger::open(Arc::clone(backend), frame(), config)
         .await
-        .unwrap()
+        .unwrap();
+    ledger
+        .commit(&Operation::Create(definition()))
+        .await
+        .unwrap();
+    ledger
 }
 
 #[tokio::test]
@@ -51,10 +61,6 @@ async fn a_time_finds_its_version_by_binary_search_over_ten_thousand() {
     let backend = apiary_storage::memory();
     let clock = ManualClock::new();
     let ledger = open(&backend, Arc::new(clock.clone())).await;
-    ledger
-        .commit(&Operation::Create(definition()))
-        .await
-        .unwrap();
     let start = clock.wall_ms();
     let versions = 10_000u64;
     for v in 1..versions {
@@ -112,7 +118,6 @@ async fn stamps_never_go_backwards_across_writers_with_bad_clocks() {
     ));
     let a = open(&backend, ahead).await;
     let b = open(&backend, behind).await;
-    a.commit(&Operation::Create(definition())).await.unwrap();
     for i in 0..6 {
         let ledger = if i % 2 == 0 { &b } else { &a };
         ledger.refresh().await.unwrap();
@@ -145,13 +150,7 @@ async fn store_stamps_ignore_the_node_clock() {
         )),
         ..LedgerConfig::default()
     };
-    let ledger = FrameLedger::open(Arc::clone(&backend), frame(), config)
-        .await
-        .unwrap();
-    ledger
-        .commit(&Operation::Create(definition()))
-        .await
-        .unwrap();
+    let ledger = open_with(&backend, config).await;
     let (entry, meta) = ledger.read_entry(0).await.unwrap().unwrap();
     assert!(
         (entry.committed_at_ms - meta.last_modified_ms).abs() < 5_000,
@@ -165,10 +164,6 @@ async fn store_stamps_ignore_the_node_clock() {
 async fn a_version_past_retention_names_the_oldest_retained() {
     let backend = apiary_storage::memory();
     let ledger = open(&backend, SystemClock::shared()).await;
-    ledger
-        .commit(&Operation::Create(definition()))
-        .await
-        .unwrap();
     for name in ["a", "b"] {
         ledger
             .commit(&Operation::Append(vec![cell(&format!("data/{name}"), 2)]))
@@ -243,13 +238,7 @@ async fn history_counts_what_each_commit_added_and_removed() {
         writer: Some("node-1".into()),
         ..LedgerConfig::default()
     };
-    let ledger = FrameLedger::open(Arc::clone(&backend), frame(), config)
-        .await
-        .unwrap();
-    ledger
-        .commit(&Operation::Create(definition()))
-        .await
-        .unwrap();
+    let ledger = open_with(&backend, config).await;
     ledger
         .commit(&Operation::Append(vec![
             cell("data/a", 2),

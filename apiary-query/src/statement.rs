@@ -264,14 +264,15 @@ fn dotted_name(tokens: &[&Token]) -> Option<Vec<String>> {
 }
 
 /// DataFusion's identifier rule: unquoted identifiers are lowercased, quoted ones kept.
-fn normalize(ident: &Ident) -> String {
+pub(crate) fn normalize(ident: &Ident) -> String {
     match ident.quote_style {
         Some(_) => ident.value.clone(),
         None => ident.value.to_lowercase(),
     }
 }
 
-fn name_parts(name: &ObjectName) -> Result<Vec<String>> {
+/// The parts of a plain name, normalized as DataFusion does.
+pub(crate) fn name_parts(name: &ObjectName) -> Result<Vec<String>> {
     name.0
         .iter()
         .map(|part| match part {

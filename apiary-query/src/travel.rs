@@ -38,6 +38,8 @@ use datafusion::sql::sqlparser::ast::{
 mod clause;
 mod functions;
 
+pub(super) use crate::statement::{name_parts, normalize};
+
 use crate::catalog::{ApiaryCatalog, VERSION_MARK};
 use crate::error::{QueryError, Result};
 
@@ -377,26 +379,6 @@ impl VisitorMut for Apply {
         }
         ControlFlow::Continue(())
     }
-}
-
-/// DataFusion's identifier rule: unquoted identifiers are lowercased, quoted ones kept.
-fn normalize(ident: &Ident) -> String {
-    match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_lowercase(),
-    }
-}
-
-fn name_parts(name: &ObjectName) -> Result<Vec<String>> {
-    name.0
-        .iter()
-        .map(|part| match part {
-            ObjectNamePart::Identifier(ident) => Ok(normalize(ident)),
-            ObjectNamePart::Function(_) => {
-                Err(QueryError::Invalid(format!("`{name}` is not a plain name")))
-            }
-        })
-        .collect()
 }
 
 fn last_ident(name: &ObjectName) -> Ident {
