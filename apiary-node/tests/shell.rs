@@ -20,10 +20,12 @@ struct Terminal {
 }
 
 impl Terminal {
-    fn start(dir: &Path, storage: &Path) -> Self {
+    /// Starts `apiary {subcommand}` (`shell`, or nothing: `apiary` alone opens the shell on
+    /// a terminal).
+    fn start(dir: &Path, storage: &Path, subcommand: &str) -> Self {
         let socket = dir.join("tmux.sock");
         let shell = format!(
-            "{} shell --storage {} --state-dir {}",
+            "{} {subcommand} --storage {} --state-dir {}",
             env!("CARGO_BIN_EXE_apiary"),
             storage.display(),
             dir.join("state").display(),
@@ -153,7 +155,7 @@ async fn the_shell_completes_runs_cancels_and_remembers() {
     let dir = tempfile::tempdir().unwrap();
     let storage = storage_with_clicks(dir.path()).await;
     let started = Instant::now();
-    let term = Terminal::start(dir.path(), &storage);
+    let term = Terminal::start(dir.path(), &storage, "shell");
     term.wait("the prompt", |s| s.contains("apiary> "));
     println!("prompt after {:?} (tmux included)", started.elapsed());
 
@@ -234,8 +236,9 @@ async fn the_shell_completes_runs_cancels_and_remembers() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // History survives a restart: Up brings the last statement back.
-    let term = Terminal::start(dir.path(), &storage);
+    // History survives a restart (of `apiary` alone, which opens the shell on a terminal):
+    // Up brings the last statement back.
+    let term = Terminal::start(dir.path(), &storage, "");
     term.wait("the prompt", |s| s.contains("apiary> "));
     term.key("Up");
     term.wait("the last statement", |s| {
@@ -283,4 +286,15 @@ fn startup_to_the_prompt_is_measured() {
         "shell start to exit on end of input (debug build): median {:?}",
         times[2]
     );
+}
+
+#[test]
+fn apiary_alone_off_a_terminal_prints_its_usage() {
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Usage") && text.contains("shell"), "{text}");
 }
