@@ -159,7 +159,14 @@ async fn compact_groups(
                 remove: group.iter().map(|c| c.path.clone()).collect(),
                 add: uploaded.cells,
             };
-            match commit_uploaded(ledger, op, uploaded.first_upload, &options.write).await {
+            let committed = commit_uploaded(
+                ledger,
+                op,
+                live.incarnation,
+                uploaded.first_upload,
+                &options.write,
+            );
+            match committed.await {
                 Ok(_) => {
                     result.commits += 1;
                     result.cells_removed += group.len();

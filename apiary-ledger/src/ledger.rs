@@ -222,11 +222,46 @@ impl FrameLedger {
         op: &Operation,
         deadline: Option<Duration>,
     ) -> Result<CommitInfo> {
+        self.commit_to(op, deadline, None).await
+    }
+
+    /// [`commit_by`](Self::commit_by), only into the incarnation of the frame that began
+    /// at version `incarnation` (see [`LiveFrame::incarnation`](crate::LiveFrame)): a
+    /// write planned against a frame that was dropped (and perhaps created again, with
+    /// another schema) while its cells uploaded fails with [`LedgerError::Conflict`] and
+    /// commits nothing, instead of adding its cells to the new frame.
+    pub async fn commit_to(
+        &self,
+        op: &Operation,
+        deadline: Option<Duration>,
+        incarnation: Option<u64>,
+    ) -> Result<CommitInfo> {
         let what = self.frame.to_string();
         let mut working = self.working.lock().await;
         self.catch_up(&mut working);
         let mut conflicts = 0;
         loop {
+            if let Some(expected) = incarnation {
+                let now = working
+                    .as_ref()
+                    .and_then(|s| s.live.as_ref())
+                    .map(|l| l.incarnation);
+                if now != Some(expected) {
+                    return Err(LedgerError::Conflict {
+                        what: format!("frame `{what}`"),
+                        detail: format!(
+                            "it was dropped{} while this change was in flight (it was \
+                             planned against the frame created at version {expected}); \
+                             nothing was committed: read the frame again and retry",
+                            if now.is_some() {
+                                " and created again"
+                            } else {
+                                ""
+                            }
+                        ),
+                    });
+                }
+            }
             let actions = match op.resolve(working.as_deref(), &what)? {
                 Resolution::Noop => {
                     return Ok(CommitInfo {

@@ -348,11 +348,12 @@ where
 pub(crate) async fn commit_uploaded(
     ledger: &FrameLedger,
     op: Operation,
+    incarnation: u64,
     first_upload: Option<Duration>,
     options: &WriteOptions,
 ) -> Result<crate::ledger::CommitInfo> {
     let deadline = first_upload.map(|t| t + options.max_write_age);
-    match ledger.commit_by(&op, deadline).await {
+    match ledger.commit_to(&op, deadline, Some(incarnation)).await {
         Err(LedgerError::Expired { what, detail }) => Err(LedgerError::Expired {
             what,
             detail: format!(
@@ -383,9 +384,10 @@ where
 {
     let started = Instant::now();
     let state = ledger.refresh().await?;
-    let definition = live(state.as_deref().and_then(|s| s.live.as_ref()), ledger)?
-        .definition
-        .clone();
+    let (definition, incarnation) = {
+        let live = live(state.as_deref().and_then(|s| s.live.as_ref()), ledger)?;
+        (live.definition.clone(), live.incarnation)
+    };
     let Uploaded {
         cells,
         first_upload,
@@ -396,14 +398,26 @@ where
     let version = match (mode, cells.is_empty()) {
         (WriteMode::Append, true) => state.map_or(0, |s| s.version),
         (WriteMode::Append, false) => {
-            commit_uploaded(ledger, Operation::Append(cells), first_upload, options)
-                .await?
-                .version
+            commit_uploaded(
+                ledger,
+                Operation::Append(cells),
+                incarnation,
+                first_upload,
+                options,
+            )
+            .await?
+            .version
         }
         (WriteMode::Overwrite, _) => {
-            commit_uploaded(ledger, Operation::Overwrite(cells), first_upload, options)
-                .await?
-                .version
+            commit_uploaded(
+                ledger,
+                Operation::Overwrite(cells),
+                incarnation,
+                first_upload,
+                options,
+            )
+            .await?
+            .version
         }
     };
     Ok(WriteResult {
