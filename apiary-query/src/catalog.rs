@@ -31,12 +31,17 @@ pub type PinKey = (FrameRef, u64);
 /// Past versions whose scan indexes a catalog keeps (each costs a replay to rebuild).
 const PAST_INDEXES: usize = 64;
 
+/// Frames whose newest scan index a catalog keeps, least recently read dropped first (as
+/// many as the registry keeps open ledgers by default).
+const NEWEST_INDEXES: usize = 1024;
+
 /// Shared state of the catalog: the registry and the scan indexes of recently read versions.
 #[derive(Debug)]
 pub struct ApiaryCatalog {
     registry: Arc<Registry>,
     scans: Arc<ScanStores>,
-    indexes: Mutex<HashMap<FrameRef, Arc<FrameIndex>>>,
+    /// The newest version's index of recently read frames; a frame found dropped leaves.
+    indexes: Mutex<lru::LruCache<FrameRef, Arc<FrameIndex>>>,
     /// Indexes of past versions read with `VERSION AS OF` and friends.
     past: Mutex<lru::LruCache<PinKey, Arc<FrameIndex>>>,
     pins: Option<HashMap<PinKey, Pinned>>,
@@ -80,7 +85,9 @@ impl ApiaryCatalog {
         Self {
             registry,
             scans,
-            indexes: Mutex::default(),
+            indexes: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(NEWEST_INDEXES).unwrap_or(NonZeroUsize::MIN),
+            )),
             past: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(PAST_INDEXES).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -95,7 +102,7 @@ impl ApiaryCatalog {
         Self {
             registry: Arc::clone(&self.registry),
             scans: Arc::clone(&self.scans),
-            indexes: Mutex::default(),
+            indexes: Mutex::new(lru::LruCache::new(NonZeroUsize::MIN)),
             past: Mutex::new(lru::LruCache::new(NonZeroUsize::MIN)),
             pins: Some(pins),
         }
@@ -164,12 +171,21 @@ impl ApiaryCatalog {
                 None => Err(not_pinned(frame)),
             };
         }
-        let ledger = self.registry.ledger(frame).await?;
+        let ledger = match self.registry.ledger(frame).await {
+            Ok(ledger) => ledger,
+            Err(e) => {
+                if matches!(e, LedgerError::NotFound { .. }) {
+                    self.forget(frame);
+                }
+                return Err(e.into());
+            }
+        };
         let state = ledger.refresh().await?;
         let Some((state, incarnation)) = state.and_then(|s| {
             let incarnation = s.live.as_ref()?.incarnation;
             Some((s, incarnation))
         }) else {
+            self.forget(frame);
             return Err(self.explain_missing(frame).await);
         };
         let cached = self
@@ -186,11 +202,28 @@ impl ApiaryCatalog {
                 self.indexes
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(frame.clone(), Arc::clone(&index));
+                    .put(frame.clone(), Arc::clone(&index));
                 index
             }
         };
         Ok(FrameTable::new(index, Arc::clone(&self.scans)))
+    }
+
+    /// Drops what the catalog keeps of a frame found missing (dropped).
+    fn forget(&self, frame: &FrameRef) {
+        self.indexes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop(frame);
+    }
+
+    /// How many frames' newest scan indexes the catalog keeps (at most 1 024; a frame
+    /// found dropped is forgotten).
+    pub fn kept_indexes(&self) -> usize {
+        self.indexes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// The frame at `version`, as a table. A version past vacuum's retention is refused
@@ -380,5 +413,54 @@ impl SchemaProvider for BoxSchema {
     fn table_exist(&self, _name: &str) -> bool {
         // Only DDL asks, and DDL is not run through SQL.
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use apiary_ledger::{FrameDefinition, FrameSchema, LedgerConfig};
+
+    use super::*;
+    use crate::{QueryEngine, QueryOptions};
+
+    #[tokio::test]
+    async fn a_dropped_frame_leaves_the_kept_indexes() {
+        let registry = Arc::new(Registry::new(
+            apiary_storage::memory(),
+            LedgerConfig::default(),
+        ));
+        registry.create_hive("h").await.expect("hive");
+        registry.create_box("h", "b").await.expect("box");
+        let definition = FrameDefinition::new(
+            FrameSchema::parse_compact("x:int64").expect("schema"),
+            vec![],
+        )
+        .expect("definition");
+        for name in ["f", "g"] {
+            let frame = FrameRef::new("h", "b", name).expect("name");
+            registry
+                .create_frame(&frame, definition.clone())
+                .await
+                .expect("frame");
+        }
+        let engine =
+            QueryEngine::new(Arc::clone(&registry), QueryOptions::default()).expect("engine");
+        for name in ["f", "g"] {
+            engine
+                .sql(&format!("SELECT COUNT(*) FROM h.b.{name}"))
+                .await
+                .expect("query");
+        }
+        assert_eq!(engine.catalog().kept_indexes(), 2);
+        registry
+            .drop_frame(&FrameRef::new("h", "b", "f").expect("name"))
+            .await
+            .expect("drop");
+        let err = engine
+            .sql("SELECT COUNT(*) FROM h.b.f")
+            .await
+            .expect_err("dropped");
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        assert_eq!(engine.catalog().kept_indexes(), 1);
     }
 }
