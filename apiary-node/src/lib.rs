@@ -229,6 +229,8 @@ pub struct Apiary {
     storage: StorageUri,
     registry: Arc<Registry>,
     node: Arc<Mutex<Option<RunningNode>>>,
+    /// Held through a whole `start`, so that two concurrent starts cannot both join.
+    starting: Arc<tokio::sync::Mutex<()>>,
     /// The query engine and the cluster it distributes through, made on first use.
     query: Arc<OnceLock<(QueryEngine, Cluster)>>,
     transport: Arc<dyn ShuffleTransport>,
@@ -325,6 +327,7 @@ impl Apiary {
             storage: options.storage,
             registry: Arc::new(Registry::new(backend, options.ledger)),
             node: Arc::default(),
+            starting: Arc::default(),
             query: Arc::default(),
             transport,
             flight,

@@ -21,6 +21,8 @@ impl Apiary {
     /// Joins the swarm: claims the node id, writes the first heartbeat (durable when this
     /// returns), reads the swarm once, and keeps beating and reading in the background.
     pub async fn start_with(&self, options: NodeOptions) -> Result<()> {
+        // A second start waits for the first, then finds it running.
+        let _starting = self.starting.lock().await;
         if self.running().is_some() {
             return Err(ApiaryError::Lifecycle("this Apiary is already started"));
         }

@@ -28,6 +28,32 @@ fn options(dir: &std::path::Path, id: &str) -> NodeOptions {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_starts_of_one_handle_start_one_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let ap = Apiary::open(dir.path().join("shared").to_str().unwrap())
+        .await
+        .unwrap();
+    let same = ap.clone();
+    let (first, second) = tokio::join!(
+        ap.start_with(options(dir.path(), "a")),
+        same.start_with(options(dir.path(), "b"))
+    );
+    let errors: Vec<String> = [first, second]
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| e.to_string()))
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("already started"), "{errors:?}");
+    let mut swarm = ap.swarm_status().await.unwrap();
+    for _ in 0..20 {
+        apiary::apiary_storage::time::sleep(Duration::from_millis(50)).await;
+        swarm = ap.swarm_status().await.unwrap();
+    }
+    assert_eq!(swarm.alive, 1, "{swarm:?}");
+    ap.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_status_and_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("shared");
