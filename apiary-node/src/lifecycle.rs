@@ -26,6 +26,7 @@ impl Apiary {
         if self.running().is_some() {
             return Err(ApiaryError::Lifecycle("this Apiary is already started"));
         }
+        options.validate()?;
         apiary_swarm::check_attributes(&options.attributes).map_err(|message| {
             ApiaryError::Setting {
                 name: "APIARY_ATTRIBUTES",

@@ -25,12 +25,18 @@ use std::time::Duration;
 
 use crate::{ApiaryError, ApiaryOptions, NodeOptions, Result};
 
-/// Parses a positive duration such as `500ms`, `5s` or `1m`.
+/// The longest duration any setting takes: a year.
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a positive duration such as `500ms`, `5s` or `1m`, at most a year.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| format!("`{text}` is not a duration such as 500ms, 5s or 1m: {e}"))?;
     if d.is_zero() {
         return Err("a duration must be more than zero".into());
+    }
+    if d > LONGEST {
+        return Err("a duration must be at most a year (365d)".into());
     }
     Ok(d)
 }
@@ -51,9 +57,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
         _ => {
             return Err(format!(
-                "`{text}`: unknown unit (use B, KiB, MiB, GiB, KB, MB, GB)"
+                "`{text}`: unknown unit (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
             ));
         }
     };
@@ -144,6 +152,92 @@ impl NodeOptions {
     }
 }
 
+/// The shortest interval a node may beat, read the swarm or look for tasks at: shorter is
+/// a busy loop, and on S3 a storm of requests.
+const SHORTEST_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The longest: a node beating less often than this is as good as gone.
+const LONGEST_INTERVAL: Duration = Duration::from_secs(3600);
+
+impl NodeOptions {
+    /// Refuses what cannot work, each with one line naming the rule: intervals outside
+    /// 1 ms to 1 h, a dead threshold under two heartbeat intervals (every node, this one
+    /// included, would be judged dead between two beats), no memory, memory beyond the
+    /// machine's, a memory tier beyond the node's memory. Called by `start`.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name: &'static str, value: String, message: String| {
+            Err(ApiaryError::Setting {
+                name,
+                value,
+                message,
+            })
+        };
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        for (name, value) in [
+            ("APIARY_HEARTBEAT_INTERVAL", self.swarm.heartbeat_interval),
+            ("APIARY_POLL_INTERVAL", self.swarm.poll_interval),
+            ("APIARY_TASK_POLL_INTERVAL", self.task_poll_interval),
+        ] {
+            if !(SHORTEST_INTERVAL..=LONGEST_INTERVAL).contains(&value) {
+                return bad(
+                    name,
+                    show(value),
+                    format!(
+                        "an interval must be between {} and {}",
+                        show(SHORTEST_INTERVAL),
+                        show(LONGEST_INTERVAL)
+                    ),
+                );
+            }
+        }
+        let beat = self.swarm.heartbeat_interval;
+        if self.swarm.dead_threshold < beat * 2 {
+            return bad(
+                "APIARY_DEAD_THRESHOLD",
+                show(self.swarm.dead_threshold),
+                format!(
+                    "the dead threshold must be at least two heartbeat intervals ({}): below \
+                     it every node, this one included, would be judged dead between two beats",
+                    show(beat * 2)
+                ),
+            );
+        }
+        if let Some(memory) = self.memory_bytes {
+            if memory == 0 {
+                return bad(
+                    "APIARY_MEMORY",
+                    "0".into(),
+                    "a node needs memory: give more than 0 (e.g. 4GiB), or leave it unset to \
+                     use what the machine has"
+                        .into(),
+                );
+            }
+            if let Some(machine) = apiary_swarm::machine_memory()
+                && memory > machine
+            {
+                return bad(
+                    "APIARY_MEMORY",
+                    memory.to_string(),
+                    format!(
+                        "more than this machine (or container) has: {machine} bytes; give at \
+                         most that, or leave it unset"
+                    ),
+                );
+            }
+            if let Some(tier) = self.memory_tier_bytes
+                && tier > memory
+            {
+                return bad(
+                    "APIARY_MEMORY_TIER",
+                    tier.to_string(),
+                    format!("the memory tier cannot hold more than the node's memory ({memory})"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +253,47 @@ mod tests {
         assert_eq!(parse_size("1000"), Ok(1000));
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("99999999999999GiB").is_err());
+        assert_eq!(parse_size("1TiB"), Ok(1 << 40));
+        assert!(parse_duration("100y").is_err());
+    }
+
+    #[test]
+    fn what_cannot_work_is_refused_naming_the_rule() {
+        let ok = NodeOptions::default();
+        ok.validate().unwrap();
+        let refused = |change: fn(&mut NodeOptions), says: &str| {
+            let mut options = NodeOptions::default();
+            change(&mut options);
+            let err = options.validate().unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        };
+        refused(
+            |o| o.swarm.dead_threshold = o.swarm.heartbeat_interval / 2,
+            "APIARY_DEAD_THRESHOLD=`2s 500ms`: the dead threshold must be at least two",
+        );
+        refused(
+            |o| o.swarm.heartbeat_interval = Duration::from_nanos(1),
+            "APIARY_HEARTBEAT_INTERVAL=`1ns`: an interval must be between 1ms and 1h",
+        );
+        refused(
+            |o| o.swarm.poll_interval = Duration::from_nanos(1),
+            "APIARY_POLL_INTERVAL",
+        );
+        refused(
+            |o| o.task_poll_interval = Duration::from_secs(100 * 3600),
+            "APIARY_TASK_POLL_INTERVAL",
+        );
+        refused(|o| o.memory_bytes = Some(0), "a node needs memory");
+        refused(
+            |o| o.memory_bytes = Some(u64::MAX),
+            "more than this machine (or container) has",
+        );
+        refused(
+            |o| {
+                o.memory_bytes = Some(64 << 20);
+                o.memory_tier_bytes = Some(128 << 20);
+            },
+            "APIARY_MEMORY_TIER",
+        );
     }
 }

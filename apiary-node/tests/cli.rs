@@ -488,3 +488,35 @@ fn a_storage_that_never_answers_fails_at_the_open_timeout() {
         .unwrap();
     assert!(err(&out).contains("APIARY_STORAGE_TIMEOUT is `soon`"));
 }
+
+#[test]
+fn a_node_refuses_settings_that_cannot_work_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    for (flags, says) in [
+        (
+            vec!["--heartbeat-interval", "5s", "--dead-threshold", "1s"],
+            "APIARY_DEAD_THRESHOLD=`1s`: the dead threshold must be at least two heartbeat intervals",
+        ),
+        (
+            vec!["--heartbeat-interval", "1ns"],
+            "APIARY_HEARTBEAT_INTERVAL=`1ns`: an interval must be between 1ms and 1h",
+        ),
+        (vec!["--poll-interval", "1ns"], "APIARY_POLL_INTERVAL=`1ns`"),
+        (vec!["--memory", "0"], "a node needs memory"),
+        (vec!["--memory", "1000TiB"], "more than this machine"),
+    ] {
+        let mut args = vec!["node", "--state-dir", state];
+        args.extend(flags.iter().copied());
+        let out = apiary(dir.path(), &args);
+        let message = err(&out);
+        assert!(message.contains(says), "{flags:?}: {message}");
+    }
+    // A value the flag's parser refuses: clap's usage error, naming the rule.
+    let out = apiary(dir.path(), &["node", "--heartbeat-interval", "100y"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most a year"));
+    // Nothing joined: no heartbeat was written.
+    assert!(!dir.path().join("apiary-data/_heartbeats").exists());
+}

@@ -33,7 +33,7 @@ pub use heartbeat::{
     Lifecycle, Load, MAX_ATTRIBUTES, MAX_HEARTBEAT_BYTES, MAX_HOT_CELLS, NodeId, check_attributes,
 };
 pub use identity::{NodeIdentity, default_state_dir};
-pub use load::{Bee, BeeState, Bees, Leaving, MemoryProbe, detect_capacity};
+pub use load::{Bee, BeeState, Bees, Leaving, MemoryProbe, detect_capacity, machine_memory};
 pub use membership::Membership;
 pub use storage::StorageHeartbeats;
 pub use view::{Listed, NodeState, NodeView, Observer, SwarmConfig, Token, WorldView};

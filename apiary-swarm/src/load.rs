@@ -259,7 +259,7 @@ fn resident_bytes() -> Option<u64> {
 }
 
 /// Memory of the machine, or of the container's memory limit when smaller.
-fn machine_memory() -> Option<u64> {
+pub fn machine_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let total_kb: u64 = meminfo
         .lines()
