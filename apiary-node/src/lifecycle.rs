@@ -105,8 +105,9 @@ impl Apiary {
         let agent = Arc::new(agent);
         let (stop_worker, stop) = watch::channel(false);
         // Query folders left by coordinators that died are swept at start, then once per
-        // retention (and by coordinators as they run queries): on an idle swarm one listing
-        // of `_queries/` per node every fifteen minutes, so nothing stays for good.
+        // retention (and by coordinators as they run queries): on an idle swarm a listing of
+        // `_queries/` and one of `_doorbells/` per node every fifteen minutes (doorbells not
+        // rung for a day go too), so nothing stays for good.
         spawn_sweeper(
             Arc::clone(&self.transport),
             self.distribute.orphan_retention,

@@ -68,6 +68,44 @@ async fn a_sweep_removes_only_old_queries() {
 }
 
 #[tokio::test]
+async fn a_sweep_removes_doorbells_not_rung_for_a_while() {
+    use std::time::Duration;
+    let backend = open(&StorageUri::parse("memory://").unwrap())
+        .await
+        .unwrap();
+    let doorbells = || async {
+        let listed = backend
+            .list(&apiary_storage::Path::from("_doorbells"))
+            .await
+            .unwrap();
+        listed.len()
+    };
+    // Rung by publications: one doorbell per node given a task.
+    let t = StorageShuffle::new(Arc::clone(&backend));
+    for node in ["gone-1", "gone-2"] {
+        let q = format!("q-{node}");
+        t.publish_tasks(&q, "c", &[conformance::task(&q, 0, 1, node)])
+            .await
+            .unwrap();
+        t.finish(&q).await.unwrap();
+    }
+    assert_eq!(doorbells().await, 2);
+    // A day by default: a sweep now keeps them.
+    t.sweep(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(doorbells().await, 2);
+    // Idle longer than the transport's limit: removed, and a new ring makes one again.
+    apiary_storage::time::sleep(Duration::from_millis(30)).await;
+    let t = StorageShuffle::new(Arc::clone(&backend)).with_doorbell_idle(Duration::from_millis(10));
+    t.sweep(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(doorbells().await, 0);
+    t.publish_tasks("q-new", "c", &[conformance::task("q-new", 0, 1, "back")])
+        .await
+        .unwrap();
+    assert_eq!(t.poll_tasks("back").await.unwrap().len(), 1);
+    assert_eq!(doorbells().await, 1);
+}
+
+#[tokio::test]
 async fn a_parts_claim_keeps_the_hash_out_of_object_keys() {
     let (backend, t) = memory_shuffle().await;
     let key = conformance::task("q-parts", 0, 1, "n").key();

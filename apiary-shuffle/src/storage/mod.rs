@@ -35,7 +35,8 @@
 //! before the ring it saw is in that listing. Two coordinators ringing at once overwrite
 //! each other's doorbell content, which is harmless: the content is only a nonce, and the
 //! change itself is the signal. Per-node objects live outside `_queries/`, so `_queries/` is
-//! empty whenever no query runs.
+//! empty whenever no query runs. A sweep removes doorbells not rung for a day
+//! ([`DOORBELL_IDLE`]), so nodes that left leave none behind.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -92,7 +93,16 @@ pub struct StorageShuffle {
     delivered: Mutex<HashMap<String, HashSet<Path>>>,
     /// About how many bytes of rows a result chunk holds.
     chunk_bytes: usize,
+    /// A doorbell not rung for this long is removed by a sweep.
+    doorbell_idle: Duration,
 }
+
+/// How long a doorbell may go unrung before a sweep removes it: a node that left, or was
+/// killed (a pod under Kubernetes gets a new name each time), would otherwise leave its
+/// doorbell for good. A live node loses nothing when its idle doorbell goes: the next
+/// publication rings it anew (should one land in the instant between the sweep's listing
+/// and its delete, the coordinator re-sends the task after its pickup timeout).
+pub const DOORBELL_IDLE: Duration = Duration::from_secs(24 * 3600);
 
 /// About how many bytes of rows a result chunk holds by default: large enough that a
 /// request's cost is small beside its transfer, small enough that a worker and its
@@ -107,7 +117,14 @@ impl StorageShuffle {
             doorbells: Mutex::default(),
             delivered: Mutex::default(),
             chunk_bytes: CHUNK_BYTES,
+            doorbell_idle: DOORBELL_IDLE,
         }
+    }
+
+    /// Removes doorbells not rung for `idle` (instead of [`DOORBELL_IDLE`]) when sweeping.
+    pub fn with_doorbell_idle(mut self, idle: Duration) -> Self {
+        self.doorbell_idle = idle;
+        self
     }
 
     /// Sends results in chunks of about `bytes` bytes of rows (at least 1 KiB) instead of
@@ -546,7 +563,9 @@ impl ShuffleTransport for StorageShuffle {
             .backend
             .list_with_delimiter(&Path::from(QUERIES_DIR))
             .await?;
-        if queries.prefixes.is_empty() {
+        let doorbells = self.backend.list(&Path::from(DOORBELL_DIR)).await?;
+        let old = |age: Duration| age.as_millis().min(i64::MAX as u128) as i64;
+        if queries.prefixes.is_empty() && doorbells.is_empty() {
             return Ok(0);
         }
         let now = apiary_storage::store_now(self.backend.as_ref()).await?;
@@ -554,12 +573,24 @@ impl ShuffleTransport for StorageShuffle {
         for prefix in queries.prefixes {
             let objects = self.backend.list(&prefix).await?;
             let newest = objects.iter().map(|m| m.last_modified_ms).max();
-            if newest.is_some_and(|t| now.saturating_sub(t) > retention.as_millis() as i64) {
+            if newest.is_some_and(|t| now.saturating_sub(t) > old(retention)) {
                 tracing::info!(query = %prefix, "removing a query left by its coordinator");
                 self.delete_all(objects.into_iter().map(|m| m.key).collect())
                     .await?;
                 swept += 1;
             }
+        }
+        let idle: Vec<Path> = doorbells
+            .into_iter()
+            .filter(|m| now.saturating_sub(m.last_modified_ms) > old(self.doorbell_idle))
+            .map(|m| m.key)
+            .collect();
+        if !idle.is_empty() {
+            tracing::info!(
+                doorbells = idle.len(),
+                "removing doorbells not rung for a day"
+            );
+            self.delete_all(idle).await?;
         }
         Ok(swept)
     }
