@@ -42,7 +42,8 @@ pub struct CompactOptions {
     pub min_cells: usize,
     /// Most bytes of small cells rewritten in one commit (default: the memory budget).
     pub max_bytes_per_commit: u64,
-    /// How long a lease lasts (default 10 minutes).
+    /// How long a lease lasts unless renewed (default 1 minute; the holder renews it every
+    /// third of that while it works).
     pub lease: Duration,
     /// Who compacts (a node id), recorded in the lease.
     pub owner: String,
@@ -56,7 +57,7 @@ impl CompactOptions {
             max_bytes_per_commit: write.memory_budget as u64,
             write,
             min_cells: 4,
-            lease: Duration::from_secs(600),
+            lease: Duration::from_secs(60),
             owner: owner.into(),
         }
     }
@@ -94,13 +95,30 @@ pub async fn compact(
     backend: &dyn StorageBackend,
     options: &CompactOptions,
 ) -> Result<CompactResult> {
-    let Some(lease) = acquire_lease(ledger, backend, options).await? else {
+    let Some((lease, bytes)) = acquire_lease(ledger, backend, options).await? else {
         return Ok(CompactResult {
             lease_held_elsewhere: true,
             ..CompactResult::default()
         });
     };
-    let result = compact_groups(ledger, backend, options).await;
+    // Renewed while the work runs (a failed renewal is retried at the next one: the lease
+    // has two more thirds of its time to go).
+    let renew = async {
+        if options.lease.is_zero() {
+            return std::future::pending().await;
+        }
+        let clock = Arc::clone(&ledger.config().clock);
+        loop {
+            clock.sleep(options.lease / 3).await;
+            if let Err(e) = backend.put(&lease, bytes.clone()).await {
+                tracing::debug!(key = %lease, error = %e, "compaction lease not renewed");
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = compact_groups(ledger, backend, options) => result,
+        () = renew => unreachable_renewal(),
+    };
     // Released at once so another node need not wait for it to lapse.
     let _ = backend.delete(&lease).await;
     result
@@ -203,13 +221,20 @@ fn groups(cells: Vec<Cell>, max_bytes: u64) -> Vec<Vec<Cell>> {
     out
 }
 
+/// The renewal loop never ends; `select!` still needs a value for its branch.
+fn unreachable_renewal() -> Result<CompactResult> {
+    Err(LedgerError::Invalid(
+        "the compaction lease's renewal stopped".into(),
+    ))
+}
+
 /// Takes the frame's compaction lease, or `None` if another node holds it. Returns the key
-/// of the lease object this node created.
+/// of the lease object this node created, and its bytes (to renew it).
 async fn acquire_lease(
     ledger: &FrameLedger,
     backend: &dyn StorageBackend,
     options: &CompactOptions,
-) -> Result<Option<Path>> {
+) -> Result<Option<(Path, Bytes)>> {
     let dir = frame_root(ledger.frame()).join("_compaction");
     let listed = backend.list(&dir).await?;
     let newest = listed
@@ -243,15 +268,17 @@ async fn acquire_lease(
         lease_ms: options.lease.as_millis().min(u128::from(u64::MAX)) as u64,
         write_id: ledger.config().random.id(),
     };
-    let bytes = serde_json::to_vec(&lease)
-        .map_err(|e| LedgerError::Invalid(format!("a lease cannot be encoded: {e}")))?;
-    match backend.put_if_absent(&key, Bytes::from(bytes)).await? {
+    let bytes = Bytes::from(
+        serde_json::to_vec(&lease)
+            .map_err(|e| LedgerError::Invalid(format!("a lease cannot be encoded: {e}")))?,
+    );
+    match backend.put_if_absent(&key, bytes.clone()).await? {
         CreateOutcome::Created(_) => {
             // Older epochs are history now.
             for meta in &listed {
                 let _ = backend.delete(&meta.key).await;
             }
-            Ok(Some(key))
+            Ok(Some((key, bytes)))
         }
         CreateOutcome::AlreadyExists(_) => Ok(None),
     }
