@@ -98,11 +98,41 @@ fn csv(path: &Path, file: File, definition: &FrameDefinition) -> Result<Batches,
     reader
         .read_line(&mut header)
         .map_err(|e| bad(path, "cannot read the CSV header", e))?;
+    let header = header.trim_end_matches(['\r', '\n']);
+    let expected = || {
+        definition
+            .schema
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if header.trim().is_empty() {
+        return Err(bad(
+            path,
+            "the CSV file is empty or starts with a blank line",
+            format!(
+                "its first line must name the columns, e.g. `{}`",
+                expected()
+            ),
+        ));
+    }
     let names: Vec<String> = header
-        .trim_end_matches(['\r', '\n'])
         .split(',')
         .map(|n| n.trim().trim_matches('"').to_string())
         .collect();
+    if let Some(position) = names.iter().position(String::is_empty) {
+        return Err(bad(
+            path,
+            "the CSV header has an empty column name",
+            format!(
+                "column {} of `{header}`; the frame's columns are `{}`",
+                position + 1,
+                expected()
+            ),
+        ));
+    }
     let frame = definition.schema.to_arrow()?;
     let mut fields = Vec::with_capacity(names.len());
     for name in &names {

@@ -520,3 +520,32 @@ fn a_node_refuses_settings_that_cannot_work_in_one_line() {
     // Nothing joined: no heartbeat was written.
     assert!(!dir.path().join("apiary-data/_heartbeats").exists());
 }
+
+#[test]
+fn an_empty_csv_says_it_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    create_tutorial_frame(dir.path(), &[]);
+    for (content, says) in [
+        ("", "the CSV file is empty or starts with a blank line"),
+        (
+            "\n1,u,/p,5,us\n",
+            "the CSV file is empty or starts with a blank line",
+        ),
+        (
+            "event_id,,page\n1,u,/p\n",
+            "the CSV header has an empty column name: column 2",
+        ),
+    ] {
+        let path = dir.path().join("rows.csv");
+        std::fs::write(&path, content).unwrap();
+        let e = err(&apiary(
+            dir.path(),
+            &["write", "analytics.events.clicks", path.to_str().unwrap()],
+        ));
+        assert!(e.contains(says), "{content:?}: {e}");
+        assert!(
+            e.contains("event_id,user_id,page,duration_ms,country"),
+            "{e}"
+        );
+    }
+}
