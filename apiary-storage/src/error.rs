@@ -160,6 +160,15 @@ impl StorageError {
         }
     }
 
+    /// True when the request never reached the store (its connection could not be made),
+    /// so it certainly did not apply.
+    pub fn never_sent(&self) -> bool {
+        match self {
+            StorageError::Backend { source, .. } => crate::object::never_sent(source.as_ref()),
+            _ => false,
+        }
+    }
+
     /// True when the error means the object is absent.
     pub fn is_not_found(&self) -> bool {
         matches!(self, StorageError::NotFound { .. })

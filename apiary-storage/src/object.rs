@@ -110,7 +110,21 @@ fn is_ambiguous(e: &object_store::Error) -> bool {
     matches!(
         e,
         object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
-    )
+    ) && !never_sent(e)
+}
+
+/// Whether a request failed before it reached the store (its connection could not be made:
+/// refused, unreachable, no such host): then it certainly did not apply, and its outcome is
+/// known, not ambiguous.
+pub(crate) fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(error) = source {
+        if let Some(http) = error.downcast_ref::<object_store::client::HttpError>() {
+            return http.kind() == object_store::client::HttpErrorKind::Connect;
+        }
+        source = error.source();
+    }
+    false
 }
 
 fn convert_meta(meta: &object_store::ObjectMeta) -> ObjectMeta {

@@ -201,7 +201,19 @@ pub async fn preflight(backend: &dyn StorageBackend) -> Result<()> {
     let key = Path::from(format!("{RESERVED_PREFIX}/preflight/{probe_id}"));
     let payload = |n: u32| Bytes::from(format!("{{\"probe\":\"{probe_id}\",\"write\":{n}}}"));
 
-    match backend.put_if_absent(&key, payload(1)).await? {
+    let first = match backend.put_if_absent(&key, payload(1)).await {
+        Ok(outcome) => outcome,
+        // A write that finds nothing to write into: no such bucket or container.
+        Err(e) if e.is_not_found() => {
+            return Err(fail(
+                "writing a probe object answered \"not found\": the bucket (or container) \
+                 does not exist; create it, or check the name in the storage URI"
+                    .into(),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    match first {
         CreateOutcome::Created(_) => {}
         CreateOutcome::AlreadyExists(_) => {
             return Err(fail(format!(

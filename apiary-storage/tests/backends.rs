@@ -108,3 +108,56 @@ async fn preflight_leaves_no_probe_behind() {
     let b = open(&local_uri(&dir)).await.unwrap();
     assert!(b.list(&Path::from("_apiary")).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn opening_a_missing_bucket_says_the_bucket_does_not_exist() {
+    // The test server's endpoint and credentials, a bucket nobody made.
+    let base = s3_test_uri("missing-bucket");
+    assert!(matches!(base, StorageUri::S3 { .. }), "{base}");
+    let missing = StorageUri::parse(&format!(
+        "s3://apiary-missing-{}/p",
+        apiary_storage::Random::from_os().id()
+    ))
+    .unwrap();
+    let err = open(&missing).await.unwrap_err().to_string();
+    assert!(
+        err.contains("the bucket (or container) does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains("preflight/"), "{err}");
+}
+
+#[tokio::test]
+async fn a_write_that_never_reached_the_store_is_not_an_unknown_outcome() {
+    use apiary_storage::object_store::{RetryConfig, aws::AmazonS3Builder};
+    // A port nothing listens on: the connection is refused, the request never sent.
+    let store = AmazonS3Builder::new()
+        .with_bucket_name("apiary-unreachable")
+        .with_endpoint("http://127.0.0.1:9")
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .with_retry(RetryConfig {
+            max_retries: 0,
+            ..RetryConfig::default()
+        })
+        .build()
+        .unwrap();
+    let backend = apiary_storage::ObjectStoreBackend::new(
+        Arc::new(store),
+        apiary_storage::Capabilities {
+            compare_and_swap: true,
+        },
+        "s3://apiary-unreachable",
+    );
+    let err = backend
+        .put_if_absent(&Path::from("k"), bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert!(err.never_sent(), "{err}");
+    assert!(
+        !matches!(err, apiary_storage::StorageError::OutcomeUnknown { .. }),
+        "{err}"
+    );
+}
