@@ -41,6 +41,9 @@ use crate::error::{CacheError, Result};
 /// Bytes covered by one checksum.
 pub const BLOCK_BYTES: u64 = 1 << 20;
 
+/// The smallest budget a cache gets by default; below it the default is no cache.
+pub const MIN_DEFAULT_CAPACITY: u64 = 64 << 20;
+
 /// Where a cache lives and how much it may hold.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -51,13 +54,20 @@ pub struct CacheConfig {
 }
 
 impl CacheConfig {
-    /// The default budget for a cache in `dir`: a fifth of the disk space free there now
-    /// (at least 64 MiB).
-    pub fn default_capacity(dir: &FsPath) -> u64 {
+    /// The default budget for a cache in `dir`: a fifth of the disk space free there now;
+    /// `None` when that is under [`MIN_DEFAULT_CAPACITY`] (the disk is nearly full, or its
+    /// free space is unknown): the cache then stays off rather than fill the disk.
+    pub fn default_capacity(dir: &FsPath) -> Option<u64> {
         let free = rustix::fs::statvfs(dir)
             .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
             .unwrap_or(0);
-        (free / 5).max(64 << 20)
+        Self::capacity_for_free(free)
+    }
+
+    /// The default budget when `free` bytes are free (see
+    /// [`default_capacity`](Self::default_capacity)).
+    pub fn capacity_for_free(free: u64) -> Option<u64> {
+        Some(free / 5).filter(|budget| *budget >= MIN_DEFAULT_CAPACITY)
     }
 }
 

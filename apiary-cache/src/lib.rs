@@ -25,6 +25,8 @@ mod error;
 mod store;
 
 pub use columns::{ColumnChunks, ColumnKey, ColumnTier, MemoryCount, TierCounts};
-pub use disk::{BLOCK_BYTES, CacheConfig, CacheCounts, CachedCell, CellCache};
+pub use disk::{
+    BLOCK_BYTES, CacheConfig, CacheCounts, CachedCell, CellCache, MIN_DEFAULT_CAPACITY,
+};
 pub use error::{CacheError, Result};
 pub use store::{CachingStore, ScanCounters, is_cell_key};

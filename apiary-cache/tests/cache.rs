@@ -374,3 +374,17 @@ async fn a_cache_that_cannot_write_serves_cells_uncached() {
     let used = cache.counts();
     assert_eq!((used.unwritable, used.cells), (2, 0), "{used:?}");
 }
+
+#[test]
+fn a_nearly_full_disk_gets_no_cache_by_default() {
+    use apiary_cache::{CacheConfig, MIN_DEFAULT_CAPACITY};
+    // A fifth of the free space, when that is at least 64 MiB.
+    assert_eq!(CacheConfig::capacity_for_free(10 << 30), Some(2 << 30));
+    assert_eq!(
+        CacheConfig::capacity_for_free(5 * MIN_DEFAULT_CAPACITY),
+        Some(MIN_DEFAULT_CAPACITY)
+    );
+    // Less: no cache (it used to get 64 MiB, filling a disk with 100 MiB free by itself).
+    assert_eq!(CacheConfig::capacity_for_free(100 << 20), None);
+    assert_eq!(CacheConfig::capacity_for_free(0), None);
+}

@@ -192,11 +192,19 @@ async fn open_cache(id: &NodeId, options: &NodeOptions) -> Result<Option<Arc<Cel
             what: format!("cannot create {}", dir.display()),
             source,
         })?;
-        let capacity_bytes = budget.unwrap_or_else(|| CacheConfig::default_capacity(&dir));
+        let Some(capacity_bytes) = budget.or_else(|| CacheConfig::default_capacity(&dir)) else {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the cell cache is off: a fifth of the disk space free there is under 64 MiB \
+                 (set APIARY_CACHE_SIZE to have one anyway)"
+            );
+            return Ok(None);
+        };
         CellCache::open(CacheConfig {
             dir,
             capacity_bytes,
         })
+        .map(Some)
     })
     .await
     .map_err(|e| {
@@ -206,7 +214,7 @@ async fn open_cache(id: &NodeId, options: &NodeOptions) -> Result<Option<Arc<Cel
             "opening the cell cache was cancelled"
         })
     })??;
-    Ok(Some(Arc::new(cache)))
+    Ok(cache.map(Arc::new))
 }
 
 /// The memory tier's share and the memory it shares with the queries' pools (the bees'),
