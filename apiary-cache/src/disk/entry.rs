@@ -275,7 +275,36 @@ fn write_atomically(path: &FsPath, bytes: &[u8]) -> Result<()> {
         source,
     };
     let mut file = File::create(&tmp).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io)
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| {
+            drop(file);
+            std::fs::rename(&tmp, path)
+        })
+        .map_err(io);
+    if written.is_err() {
+        // A full disk must not keep the part that was written.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        // The rename cannot replace a non-empty folder: the write fails after the data.
+        let path = dir.path().join("cell.data");
+        std::fs::create_dir_all(path.join("inside")).expect("folder");
+        assert!(write_atomically(&path, b"bytes").is_err());
+        assert!(!path.with_extension("tmp").exists());
+        // A write that succeeds leaves only its file.
+        let ok = dir.path().join("other.data");
+        write_atomically(&ok, b"bytes").expect("write");
+        assert_eq!(std::fs::read(&ok).expect("read"), b"bytes");
+        assert!(!ok.with_extension("tmp").exists());
+    }
 }
