@@ -4,6 +4,9 @@
 //! * **Atomic.** The new cells and the removal of the old ones are one `rewrite` entry, so a
 //!   reader sees either every old cell or every new one: no row twice, none missing. The old
 //!   files stay for readers of older versions until vacuum.
+//! * **Bounded memory.** A group's cells are read one at a time as the encoder pulls their
+//!   rows, so a compaction holds one cell's decoded rows (and the cells being encoded), not
+//!   the group's.
 //! * **Safe against writers.** A rewrite requires every cell it removes to be live when it
 //!   commits; an overwrite (or another compaction) that removed one first makes it fail as a
 //!   conflict, and the cells it uploaded are left to vacuum. Appends meanwhile commute.
@@ -161,15 +164,7 @@ async fn compact_groups(
             if group.len() < 2 {
                 continue;
             }
-            let mut batches: Vec<Result<RecordBatch>> = Vec::new();
-            for cell in &group {
-                batches.extend(
-                    read_cell(backend, &root, &schema, cell)
-                        .await?
-                        .into_iter()
-                        .map(Ok),
-                );
-            }
+            let batches = cell_by_cell(ledger, &root, &schema, &group);
             let uploaded =
                 upload_cells(ledger, backend, definition.clone(), batches, &options.write).await?;
             let added = uploaded.cells.len();
@@ -200,6 +195,36 @@ async fn compact_groups(
         }
     }
     Ok(result)
+}
+
+/// The rows of `cells`, read one cell at a time as the encoder pulls them (on its blocking
+/// thread): a group holds one cell's decoded rows in memory at once, not the whole group's.
+fn cell_by_cell(
+    ledger: &FrameLedger,
+    root: &Path,
+    schema: &SchemaRef,
+    cells: &[Cell],
+) -> impl Iterator<Item = Result<RecordBatch>> + Send + 'static {
+    let runtime = tokio::runtime::Handle::current();
+    let backend = Arc::clone(ledger.backend());
+    let (root, schema) = (root.clone(), Arc::clone(schema));
+    let mut pending = cells.to_vec().into_iter();
+    let mut current = Vec::new().into_iter();
+    std::iter::from_fn(move || {
+        loop {
+            if let Some(batch) = current.next() {
+                return Some(Ok(batch));
+            }
+            let cell = pending.next()?;
+            match runtime.block_on(read_cell(backend.as_ref(), &root, &schema, &cell)) {
+                Ok(batches) => current = batches.into_iter(),
+                Err(e) => {
+                    pending = Vec::new().into_iter();
+                    return Some(Err(e));
+                }
+            }
+        }
+    })
 }
 
 /// `cells` cut into runs of at most `max_bytes` each (a run has at least one cell).

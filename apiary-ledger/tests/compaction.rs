@@ -1,5 +1,6 @@
-//! The compaction lease: renewed while its holder works, so a compaction longer than the
-//! lease keeps it, and short (a minute), so a killed holder does not block others long.
+//! Compaction's lease and memory: the lease is renewed while its holder works, so a
+//! compaction longer than the lease keeps it, and short (a minute), so a killed holder does
+//! not block others long; a group's cells are read one at a time as they are re-encoded.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +11,9 @@ use apiary_ledger::{
     CompactOptions, FrameDefinition, FrameLedger, FrameRef, FrameSchema, LedgerConfig, Operation,
     WriteMode, WriteOptions, compact, write_batches,
 };
-use apiary_storage::{FaultConfig, InstrumentedStore, ObjectStoreBackend, StorageUri};
+use apiary_storage::{
+    FaultConfig, Hold, InstrumentedStore, ObjectStoreBackend, RequestKind, StorageUri,
+};
 use arrow_array::{ArrayRef, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 
@@ -108,4 +111,77 @@ async fn a_compaction_longer_than_its_lease_keeps_it() {
         }
     }
     assert!(tries.iter().all(|(_, _, t)| t.commits == 0), "{tries:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_is_read_cell_by_cell_as_it_is_encoded() {
+    let (store, caps) = apiary_storage::object_store_for(&StorageUri::Memory).unwrap();
+    let fast: Arc<dyn apiary_storage::StorageBackend> = Arc::new(ObjectStoreBackend::new(
+        Arc::clone(&store),
+        caps,
+        "memory://",
+    ));
+    // Uploads (plain PUTs) wait at a gate the test holds closed.
+    let hold = Hold::new(&[RequestKind::Put]);
+    let gated = InstrumentedStore::new(store, FaultConfig::none()).with_hold(hold.clone());
+    let counts = gated.counts();
+    let backend: Arc<dyn apiary_storage::StorageBackend> =
+        Arc::new(ObjectStoreBackend::new(Arc::new(gated), caps, "memory://"));
+    let frame = FrameRef::new("h", "b", "f").unwrap();
+    let writer = FrameLedger::open(Arc::clone(&fast), frame.clone(), LedgerConfig::default())
+        .await
+        .unwrap();
+    let definition =
+        FrameDefinition::new(FrameSchema::parse_compact("x:int64").unwrap(), vec![]).unwrap();
+    writer.commit(&Operation::Create(definition)).await.unwrap();
+    let cells = 20;
+    for i in 0..cells {
+        write_batches(
+            &writer,
+            fast.as_ref(),
+            [Ok(rows(i * 10))],
+            WriteMode::Append,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let ledger = Arc::new(
+        FrameLedger::open(Arc::clone(&backend), frame, LedgerConfig::default())
+            .await
+            .unwrap(),
+    );
+    // Output cells of a few rows each, so the encoder hands one to the uploader early.
+    let mut write = WriteOptions::default();
+    write.target_cell_bytes = 1;
+    let options = CompactOptions {
+        min_cells: 2,
+        small_cell_bytes: 1 << 20,
+        ..CompactOptions::new(write, "n")
+    };
+    hold.close();
+    let before = counts.snapshot().get;
+    let compaction = {
+        let (ledger, backend) = (Arc::clone(&ledger), Arc::clone(&backend));
+        tokio::spawn(async move { compact(&ledger, backend.as_ref(), &options).await })
+    };
+    let started = std::time::Instant::now();
+    while hold.waiting() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no upload began"
+        );
+        apiary_storage::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The first output cell is uploading; the encoder may be a cell or two ahead of it,
+    // but most of the group has not been read yet.
+    apiary_storage::time::sleep(Duration::from_millis(200)).await;
+    let read = counts.snapshot().get - before;
+    assert!(
+        read < (cells as u64) / 2,
+        "{read} of {cells} cells read before the first upload finished"
+    );
+    hold.open();
+    let done = compaction.await.unwrap().unwrap();
+    assert_eq!(done.cells_removed, cells as usize, "{done:?}");
 }
