@@ -164,7 +164,7 @@ async fn compact_groups(
             if group.len() < 2 {
                 continue;
             }
-            let batches = cell_by_cell(ledger, &root, &schema, &group);
+            let batches = cell_by_cell(ledger, &root, &schema, group.clone());
             let uploaded =
                 upload_cells(ledger, backend, definition.clone(), batches, &options.write).await?;
             let added = uploaded.cells.len();
@@ -203,12 +203,12 @@ fn cell_by_cell(
     ledger: &FrameLedger,
     root: &Path,
     schema: &SchemaRef,
-    cells: &[Cell],
+    cells: Vec<Cell>,
 ) -> impl Iterator<Item = Result<RecordBatch>> + Send + 'static {
     let runtime = tokio::runtime::Handle::current();
     let backend = Arc::clone(ledger.backend());
     let (root, schema) = (root.clone(), Arc::clone(schema));
-    let mut pending = cells.to_vec().into_iter();
+    let mut pending = cells.into_iter();
     let mut current = Vec::new().into_iter();
     std::iter::from_fn(move || {
         loop {
