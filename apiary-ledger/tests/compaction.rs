@@ -152,8 +152,10 @@ async fn a_group_is_read_cell_by_cell_as_it_is_encoded() {
             .unwrap(),
     );
     // Output cells of a few rows each, so the encoder hands one to the uploader early.
-    let mut write = WriteOptions::default();
-    write.target_cell_bytes = 1;
+    let write = WriteOptions {
+        target_cell_bytes: 1,
+        ..WriteOptions::default()
+    };
     let options = CompactOptions {
         min_cells: 2,
         small_cell_bytes: 1 << 20,
