@@ -325,8 +325,10 @@ impl CellCache {
                 if cell.size > self.capacity {
                     cell.doom();
                     drop(guard);
-                } else {
-                    let _ = guard.insert(Arc::clone(&cell));
+                } else if guard.insert(Arc::clone(&cell)).is_err() {
+                    // Displaced while fetching (a write's upload cached the same cell): the
+                    // index keeps the other copy, so this one's files go once it is read.
+                    cell.doom();
                 }
                 Ok((cell, Some(bytes)))
             }

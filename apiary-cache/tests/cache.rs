@@ -388,3 +388,37 @@ fn a_nearly_full_disk_gets_no_cache_by_default() {
     assert_eq!(CacheConfig::capacity_for_free(100 << 20), None);
     assert_eq!(CacheConfig::capacity_for_free(0), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_displaced_by_a_writes_upload_leaves_no_files_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(CellCache::open(config(dir.path(), 1 << 20)).unwrap());
+    let cell = data(7, 4096);
+    let (release, wait) = tokio::sync::oneshot::channel::<()>();
+    let fetching = {
+        let (cache, cell) = (Arc::clone(&cache), cell.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_fetch("h/b/f/data/c.parquet", || async move {
+                    let _ = wait.await;
+                    Ok::<_, std::io::Error>((cell, 1, None))
+                })
+                .await
+                .map(|(_, bytes)| bytes.map_or(0, |b| b.len()))
+        })
+    };
+    // While the read fetches, a write's upload caches the same cell.
+    apiary_storage::time::sleep(std::time::Duration::from_millis(50)).await;
+    let c = Arc::clone(&cache);
+    let uploaded = cell.clone();
+    tokio::task::spawn_blocking(move || c.insert("h/b/f/data/c.parquet", &uploaded, 1, None))
+        .await
+        .unwrap()
+        .unwrap();
+    release.send(()).unwrap();
+    assert_eq!(fetching.await.unwrap().unwrap(), 4096);
+    // One copy on disk, the indexed one; the displaced fetch's files are gone.
+    assert_eq!(files_on_disk(dir.path(), "cell").len(), 1);
+    assert_eq!(bytes_on_disk(dir.path()), 4096);
+    assert_eq!(cache.counts().cells, 1);
+}
