@@ -15,7 +15,8 @@
 //! `committed_at_ms` a writer's clock put in it. A node whose clock is hours off therefore
 //! deletes exactly what a node with a correct clock would.
 //!
-//! Orphans of failed or killed writes and cells of dropped frames go the same way.
+//! Orphans of failed or killed writes and cells of dropped frames go the same way, and so do
+//! the staging files a killed write leaves in a local folder (which listings hide).
 //!
 //! Before deleting, vacuum records the horizon it judges by, so that a reader of a past
 //! version can tell whether that version's cells may be gone (see [`crate::travel`]).
@@ -100,6 +101,9 @@ pub async fn vacuum(
         bytes_deleted: 0,
         files_kept: 0,
     };
+    // Staging files of writes killed mid-way (a local folder's `name#N`), which listings
+    // do not show: ledger entries, checkpoints and cells alike.
+    result.files_deleted += backend.remove_stale_uploads(&root, horizon).await?;
     for meta in backend.list(&data).await? {
         let relative = meta.key.as_ref().strip_prefix(&prefix).unwrap_or_default();
         if needed.contains(relative) || meta.last_modified_ms >= horizon {

@@ -288,3 +288,50 @@ async fn history_counts_what_each_commit_added_and_removed() {
             .all(|c| c.writer.as_deref() == Some("node-1"))
     );
 }
+
+#[tokio::test]
+async fn vacuum_removes_the_staging_files_of_killed_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = apiary_storage::StorageUri::Local(dir.path().to_path_buf());
+    let backend = apiary_storage::open(&uri).await.unwrap();
+    let ledger = open(&backend, SystemClock::shared()).await;
+    // What a write killed mid-PUT leaves: `name#N` beside the ledger and the cells. Listings
+    // hide them; only vacuum, past the retention, removes them.
+    let frame_dir = dir.path().join("h/b/f");
+    let old = [
+        frame_dir.join("_ledger/00000000000000000001.json#3"),
+        frame_dir.join("data/x.parquet#12"),
+    ];
+    let fresh = frame_dir.join("_ledger/00000000000000000002.json#4");
+    let kept = frame_dir.join("data/notes#draft");
+    for path in old.iter().chain([&fresh, &kept]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"").unwrap();
+    }
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for path in &old {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+    }
+    let listed: Vec<String> = backend
+        .list(&Path::from("h/b/f"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.key.to_string())
+        .collect();
+    assert!(
+        !listed.iter().any(|k| k.ends_with("#3") || k.ends_with("#12")),
+        "{listed:?}"
+    );
+    let result = vacuum(&ledger, backend.as_ref(), Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(result.files_deleted, 2, "{result:?}");
+    assert!(old.iter().all(|p| !p.exists()));
+    assert!(fresh.exists() && kept.exists());
+}

@@ -165,6 +165,15 @@ pub trait StorageBackend: Debug + Display + Send + Sync + 'static {
     /// Deletes an object. Deleting an absent object succeeds.
     async fn delete(&self, key: &Path) -> Result<()>;
 
+    /// Removes what writes killed mid-way left under `prefix` that listings do not show
+    /// (a local folder's staging files, `name#N`), last modified before `before_ms` on the
+    /// store's clock; returns how many. The default, for stores that leave none (S3, GCS and
+    /// Azure discard an upload that never completed), removes nothing.
+    async fn remove_stale_uploads(&self, prefix: &Path, before_ms: i64) -> Result<usize> {
+        let _ = (prefix, before_ms);
+        Ok(0)
+    }
+
     /// The `object_store` view of the same root, for readers such as DataFusion.
     fn object_store(&self) -> Arc<dyn ObjectStore>;
 }

@@ -31,6 +31,8 @@ pub struct ObjectStoreBackend {
     capabilities: Capabilities,
     description: String,
     resolve_pause: Duration,
+    /// The folder a local store lives in (its staging files are swept from there).
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl ObjectStoreBackend {
@@ -45,7 +47,16 @@ impl ObjectStoreBackend {
             capabilities,
             description: description.into(),
             resolve_pause: Duration::from_millis(5),
+            local_root: None,
         }
+    }
+
+    /// Tells the backend that its store is a local folder at `root`, whose killed writes
+    /// leave staging files (`name#N`) that listings hide (see
+    /// [`StorageBackend::remove_stale_uploads`]).
+    pub fn with_local_root(mut self, root: impl Into<std::path::PathBuf>) -> Self {
+        self.local_root = Some(root.into());
+        self
     }
 
     /// Sets the first pause between attempts to resolve a conditional write whose outcome
@@ -349,6 +360,29 @@ impl StorageBackend for ObjectStoreBackend {
         }
     }
 
+    async fn remove_stale_uploads(&self, prefix: &Path, before_ms: i64) -> Result<usize> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(0);
+        };
+        let dir = prefix
+            .parts()
+            .fold(root, |dir, part| dir.join(part.as_ref()));
+        let key = prefix.to_string();
+        tokio::task::spawn_blocking(move || remove_staging_files(&dir, before_ms))
+            .await
+            .map_err(|e| StorageError::Backend {
+                key: key.clone(),
+                source: Box::new(object_store::Error::JoinError { source: e }),
+            })?
+            .map_err(|e| StorageError::Backend {
+                key,
+                source: Box::new(object_store::Error::Generic {
+                    store: "local",
+                    source: Box::new(e),
+                }),
+            })
+    }
+
     fn object_store(&self) -> Arc<dyn ObjectStore> {
         Arc::clone(&self.store)
     }
@@ -380,4 +414,44 @@ pub async fn get_opt(backend: &dyn StorageBackend, key: &Path) -> Result<Option<
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Removes the staging files (`name#N`, the local store's uploads in progress) under `dir`
+/// last modified before `before_ms`; how many. A missing folder has none.
+fn remove_staging_files(dir: &std::path::Path, before_ms: i64) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            removed += remove_staging_files(&entry.path(), before_ms)?;
+            continue;
+        }
+        let name = entry.file_name();
+        let staging = name
+            .to_str()
+            .and_then(|n| n.rsplit_once('#'))
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !staging {
+            continue;
+        }
+        let modified_ms = entry
+            .metadata()?
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64);
+        if modified_ms < before_ms {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
 }
