@@ -308,7 +308,8 @@ async fn vacuum_removes_the_staging_files_of_killed_writes() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, b"").unwrap();
     }
-    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let hour_ago = std::time::UNIX_EPOCH
+        + Duration::from_millis((SystemClock::new().wall_ms() - 3_600_000) as u64);
     for path in &old {
         std::fs::File::options()
             .write(true)
@@ -325,7 +326,9 @@ async fn vacuum_removes_the_staging_files_of_killed_writes() {
         .map(|m| m.key.to_string())
         .collect();
     assert!(
-        !listed.iter().any(|k| k.ends_with("#3") || k.ends_with("#12")),
+        !listed
+            .iter()
+            .any(|k| k.ends_with("#3") || k.ends_with("#12")),
         "{listed:?}"
     );
     let result = vacuum(&ledger, backend.as_ref(), Duration::from_secs(600))
