@@ -169,6 +169,61 @@ pub struct ColumnTier {
     misses: AtomicU64,
     admitted: AtomicU64,
     evicted: Arc<AtomicU64>,
+    /// Cells being decoded for admission, and the bytes they buffer meanwhile.
+    admissions: Arc<Admissions>,
+}
+
+/// The admissions in progress of one tier: which cells, and their buffered bytes in all.
+#[derive(Debug, Default)]
+struct Admissions {
+    bytes: AtomicU64,
+    cells: Mutex<std::collections::HashSet<String>>,
+}
+
+/// The right to buffer a cell's decoded columns for admission (see
+/// [`ColumnTier::begin_admission`]). Dropping it gives its bytes back and lets another scan
+/// admit the cell.
+#[derive(Debug)]
+pub struct AdmissionTicket {
+    admissions: Arc<Admissions>,
+    cell: String,
+    reserved: u64,
+    room: u64,
+}
+
+impl AdmissionTicket {
+    /// Counts `bytes` more as buffered; false (and nothing counted) when all admissions in
+    /// progress would then buffer more than the tier holds: give the admission up.
+    pub fn reserve(&mut self, bytes: u64) -> bool {
+        let total = &self.admissions.bytes;
+        let mut now = total.load(Ordering::Relaxed);
+        loop {
+            let next = now.saturating_add(bytes);
+            if next > self.room {
+                return false;
+            }
+            match total.compare_exchange_weak(now, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => {
+                    self.reserved += bytes;
+                    return true;
+                }
+                Err(actual) => now = actual,
+            }
+        }
+    }
+}
+
+impl Drop for AdmissionTicket {
+    fn drop(&mut self) {
+        self.admissions
+            .bytes
+            .fetch_sub(self.reserved, Ordering::Relaxed);
+        self.admissions
+            .cells
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.cell);
+    }
 }
 
 impl std::fmt::Debug for ColumnTier {
@@ -211,7 +266,34 @@ impl ColumnTier {
             misses: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
             evicted,
+            admissions: Arc::default(),
         })
+    }
+
+    /// A ticket to decode `cell` for admission, or `None` while another scan admits it
+    /// (that one's columns will serve the next read; this one reads without buffering).
+    /// Every admission in progress buffers its decoded columns outside the query pools, so
+    /// their bytes together are held to the tier's capacity (see
+    /// [`AdmissionTicket::reserve`]): P scans loading at once hold at most the tier's size,
+    /// not P times it.
+    pub fn begin_admission(&self, cell: &str) -> Option<AdmissionTicket> {
+        let fresh = self
+            .admissions
+            .cells
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cell.to_string());
+        fresh.then(|| AdmissionTicket {
+            admissions: Arc::clone(&self.admissions),
+            cell: cell.to_string(),
+            reserved: 0,
+            room: self.capacity(),
+        })
+    }
+
+    /// Bytes that admissions in progress buffer now.
+    pub fn admitting_bytes(&self) -> u64 {
+        self.admissions.bytes.load(Ordering::Relaxed)
     }
 
     /// Whether the tier may hold anything at all.

@@ -24,7 +24,7 @@ pub mod disk;
 mod error;
 mod store;
 
-pub use columns::{ColumnChunks, ColumnKey, ColumnTier, MemoryCount, TierCounts};
+pub use columns::{AdmissionTicket, ColumnChunks, ColumnKey, ColumnTier, MemoryCount, TierCounts};
 pub use disk::{
     BLOCK_BYTES, CacheConfig, CacheCounts, CachedCell, CellCache, MIN_DEFAULT_CAPACITY,
 };

@@ -134,3 +134,24 @@ fn buffers_shared_by_several_arrays_are_counted_once() {
     assert_eq!(count.add(&ints), 0, "already counted");
     assert_eq!(count.bytes(), added);
 }
+
+#[test]
+fn admissions_in_progress_hold_at_most_the_tier_and_one_per_cell() {
+    let tier = ColumnTier::new(1000, 10_000).unwrap();
+    let mut a = tier.begin_admission("cell-a").unwrap();
+    // The same cell is admitted by one scan at a time.
+    assert!(tier.begin_admission("cell-a").is_none());
+    let mut b = tier.begin_admission("cell-b").unwrap();
+    assert!(a.reserve(600));
+    // Together they may buffer what the tier holds, no more.
+    assert!(!b.reserve(500), "two admissions would buffer 1100 of 1000");
+    assert!(b.reserve(400));
+    assert_eq!(tier.admitting_bytes(), 1000);
+    // A ticket given back (admitted, or given up) frees its bytes and its cell.
+    drop(a);
+    assert_eq!(tier.admitting_bytes(), 400);
+    assert!(b.reserve(500));
+    assert!(tier.begin_admission("cell-a").is_some());
+    drop(b);
+    assert_eq!(tier.admitting_bytes(), 0);
+}

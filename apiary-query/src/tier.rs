@@ -394,10 +394,12 @@ struct CellReader {
     tier: Arc<ColumnTier>,
 }
 
-/// Columns of a cell being loaded, kept while they fit the tier.
+/// Columns of a cell being loaded, kept while all admissions in progress fit the tier.
 struct Admission {
     columns: Vec<Vec<ArrayRef>>,
     memory: MemoryCount,
+    /// The right to buffer them (dropped with the admission: its bytes go back).
+    ticket: apiary_cache::AdmissionTicket,
 }
 
 impl CellReader {
@@ -422,10 +424,13 @@ impl CellReader {
             (Source::Load(plan), None) => Arc::clone(plan).reset_state()?,
         };
         let decoded = plan.execute(0, context)?;
-        let room = self.tier.counts().capacity_bytes;
-        let admission = Arc::new(Mutex::new(Some(Admission {
+        // One scan admits a cell at a time; another loading it meanwhile just reads it.
+        let ticket = self.tier.begin_admission(&cell.key);
+        let admitting = ticket.is_some();
+        let admission = Arc::new(Mutex::new(ticket.map(|ticket| Admission {
             columns: vec![Vec::new(); self.file_columns.len()],
             memory: MemoryCount::default(),
+            ticket,
         })));
         let keep = Arc::clone(&admission);
         let reader = Arc::clone(&self);
@@ -443,11 +448,15 @@ impl CellReader {
             );
             let mut guard = keep.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(a) = guard.as_mut() {
+                let mut fits = true;
                 for (kept, array) in a.columns.iter_mut().zip(batch.columns()) {
-                    a.memory.add(array.as_ref());
+                    let added = a.memory.add(array.as_ref());
+                    fits &= a.ticket.reserve(added);
                     kept.push(Arc::clone(array));
                 }
-                if a.memory.bytes() > room {
+                if !fits {
+                    // Too large for what the tier has left beside the other admissions:
+                    // read it cold next time.
                     *guard = None;
                 }
             }
@@ -484,9 +493,12 @@ impl CellReader {
                         let chunks = Arc::new(ColumnChunks::new(arrays));
                         self.tier.insert(&at_end.key, name, chunks);
                     }
+                    // The ticket goes with `a` only now: no other scan admitted meanwhile.
                 }
                 // Too large for the tier now: read it cold next time.
-                None => self.tier.forget(&at_end.key, &self.file_columns),
+                None if admitting => self.tier.forget(&at_end.key, &self.file_columns),
+                // Another scan admits it.
+                None => {}
             }
             None
         })
