@@ -96,7 +96,8 @@ impl Links {
             .get_or_try_init(|| async {
                 let endpoint = endpoint(address, self.tls.as_ref())?;
                 let proof = self.proof(key);
-                tokio::time::timeout(self.connect_timeout, connect(endpoint, address, &proof))
+                let connecting = connect(endpoint, address, &proof);
+                apiary_storage::time::timeout(self.clock.as_ref(), self.connect_timeout, connecting)
                     .await
                     .map_err(|_| {
                         format!(

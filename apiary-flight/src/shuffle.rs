@@ -201,7 +201,8 @@ impl FlightShuffle {
                 )),
             }
         };
-        match tokio::time::timeout(self.config.connect_timeout * 5, opened).await {
+        let limit = self.config.connect_timeout * 5;
+        match apiary_storage::time::timeout(self.config.clock.as_ref(), limit, opened).await {
             Ok(Ok(stream)) => Ok((tx, stream)),
             Ok(Err(e)) => {
                 self.links.forget(address);

@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apiary_storage::time::{Clock, Random};
 
@@ -382,7 +382,8 @@ where
     I: IntoIterator<Item = Result<RecordBatch>> + Send + 'static,
     I::IntoIter: Send,
 {
-    let started = Instant::now();
+    let clock = Arc::clone(&ledger.config().clock);
+    let started = clock.monotonic();
     let state = ledger.refresh().await?;
     let (definition, incarnation) = {
         let live = live(state.as_deref().and_then(|s| s.live.as_ref()), ledger)?;
@@ -425,7 +426,7 @@ where
         cells_written,
         rows_written,
         bytes_written,
-        duration_ms: started.elapsed().as_millis() as u64,
+        duration_ms: clock.monotonic().saturating_sub(started).as_millis() as u64,
     })
 }
 

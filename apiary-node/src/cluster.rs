@@ -303,7 +303,8 @@ mod tests {
     /// The snapshot a query gets without waiting for a read (a read held at the gate would
     /// keep it waiting: that fails).
     async fn at_once(s: &Snapshots) -> u64 {
-        tokio::time::timeout(Duration::from_secs(5), s.get())
+        let clock = apiary_storage::SystemClock::new();
+        apiary_storage::time::timeout(&clock, Duration::from_secs(5), s.get())
             .await
             .expect("the query waited for a read")
             .expect("snapshot")

@@ -2,6 +2,7 @@
 //! down) to critical (new queries are refused) and back to cold; abandoned tasks are counted.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 
 mod common;
 

@@ -5,6 +5,7 @@
 //! an idle node one HEAD per poll (tasks published by hand are in `tasks.rs`).
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 
 mod common;
 

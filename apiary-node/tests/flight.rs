@@ -4,6 +4,7 @@
 //! worker, and the answer is still the local one; nodes serving TLS answer the same.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! through `apiary node` processes.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! and shell commands work, and history survives a restart.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 
 mod common;
 

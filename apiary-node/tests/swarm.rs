@@ -8,6 +8,7 @@
 //! clock in `apiary-swarm`'s tests.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 
 mod common;
 

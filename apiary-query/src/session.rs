@@ -46,6 +46,8 @@ pub struct QueryOptions {
     /// The memory queries' pools and the tier share, in bytes: the tier never holds more
     /// than what the pools leave of it.
     pub memory_budget: u64,
+    /// The clock distributed tasks time themselves and their claims on.
+    pub clock: Arc<dyn apiary_storage::Clock>,
 }
 
 impl Default for QueryOptions {
@@ -56,6 +58,7 @@ impl Default for QueryOptions {
             scratch_dir: None,
             memory_tier: 0,
             memory_budget: 0,
+            clock: apiary_storage::SystemClock::shared(),
         }
     }
 }
@@ -72,6 +75,7 @@ pub struct QueryEngine {
     pub(crate) budget: Budget,
     /// Optimized plans of recent distributed tasks' fragments.
     fragments: Arc<FragmentPlans>,
+    clock: Arc<dyn apiary_storage::Clock>,
 }
 
 impl QueryEngine {
@@ -105,7 +109,13 @@ impl QueryEngine {
             distribute: DistributeMode::default(),
             budget: Budget::fixed(options.memory_limit, options.scratch_dir, tier),
             fragments: Arc::default(),
+            clock: options.clock,
         })
+    }
+
+    /// The clock distributed tasks time themselves on.
+    pub fn clock(&self) -> &Arc<dyn apiary_storage::Clock> {
+        &self.clock
     }
 
     /// Installs (or removes) what admits queries on this node (its bees): from then on a

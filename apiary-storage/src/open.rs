@@ -124,7 +124,7 @@ pub async fn open(uri: &StorageUri) -> Result<Arc<dyn StorageBackend>> {
         reachable(uri).await?;
         preflight(backend.as_ref()).await
     };
-    match tokio::time::timeout(deadline, checks).await {
+    match crate::time::timeout(&crate::time::SystemClock::new(), deadline, checks).await {
         Ok(checked) => checked?,
         Err(_) => {
             return Err(StorageError::Backend {

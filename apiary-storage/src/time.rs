@@ -109,6 +109,7 @@ impl SystemClock {
     }
 
     /// The system clocks with the wall clock moved `offset` ahead (`ahead`) or behind.
+    #[allow(clippy::disallowed_methods)] // this is the one place the system clock is read
     pub fn with_wall_offset(offset: Duration, ahead: bool) -> Self {
         let ms = offset.as_millis().min(i64::MAX as u128) as i64;
         Self {
@@ -146,6 +147,32 @@ impl Clock for SystemClock {
         Box::pin(tokio::time::sleep(duration))
     }
 }
+
+/// `future` given `duration` of `clock`'s time: its output, or [`Elapsed`] when the time
+/// ran out first (the future is then dropped). What `tokio::time::timeout` does, on a clock
+/// tests control.
+pub async fn timeout<F: Future>(
+    clock: &dyn Clock,
+    duration: Duration,
+    future: F,
+) -> Result<F::Output, Elapsed> {
+    tokio::select! {
+        output = future => Ok(output),
+        () = clock.sleep(duration) => Err(Elapsed(duration)),
+    }
+}
+
+/// A [`timeout`] ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed(pub Duration);
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no answer within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for Elapsed {}
 
 /// Sleeps on the system clock (tokio's), for code with no clock of its own to honour, such
 /// as a storage backend's pause between retries.
@@ -298,6 +325,26 @@ mod tests {
         assert!(!sleeping.is_finished());
         clock.advance(Duration::from_secs(1));
         sleeping.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_timeout_on_a_manual_clock_runs_out_when_the_clock_is_moved() {
+        let clock = ManualClock::new();
+        let never = std::future::pending::<()>();
+        let waiting = {
+            let clock = clock.clone();
+            tokio::spawn(async move { timeout(&clock, Duration::from_secs(10), never).await })
+        };
+        tokio::task::yield_now().await;
+        clock.advance(Duration::from_secs(11));
+        assert_eq!(
+            waiting.await.unwrap(),
+            Err(Elapsed(Duration::from_secs(10)))
+        );
+        assert_eq!(
+            timeout(&clock, Duration::from_secs(1), async { 7 }).await,
+            Ok(7)
+        );
     }
 
     #[tokio::test(start_paused = true)]

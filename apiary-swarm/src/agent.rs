@@ -270,7 +270,10 @@ impl SwarmAgent {
         if let Err(e) = self.membership.publish(&self.publisher.next()).await {
             tracing::warn!(error = %e, "could not announce leaving; leaving anyway");
         }
-        if !bees.wait_idle(self.config.drain_timeout).await {
+        if !bees
+            .wait_idle(self.publisher.clock.as_ref(), self.config.drain_timeout)
+            .await
+        {
             tracing::warn!(timeout = ?self.config.drain_timeout, "work still running at the drain timeout; leaving anyway");
         }
         let _ = self.stop.send(true);

@@ -199,8 +199,8 @@ impl Bees {
         self.accepting.store(false, Ordering::Release);
     }
 
-    /// Waits until no bee is busy, at most `timeout`. True if idle.
-    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+    /// Waits until no bee is busy, at most `timeout` of `clock`'s time. True if idle.
+    pub async fn wait_idle(&self, clock: &dyn crate::clock::Clock, timeout: Duration) -> bool {
         let wait = async {
             loop {
                 let notified = self.idle.notified();
@@ -210,7 +210,9 @@ impl Bees {
                 notified.await;
             }
         };
-        tokio::time::timeout(timeout, wait).await.is_ok()
+        apiary_storage::time::timeout(clock, timeout, wait)
+            .await
+            .is_ok()
     }
 
     /// Returns once some bee is idle: at once if one is now, else when one is released.
@@ -313,9 +315,16 @@ mod tests {
         assert!((load.temperature - 0.5).abs() < 1e-9);
         bees.close();
         assert_eq!(bees.acquire().await.unwrap_err(), Leaving);
-        assert!(!bees.wait_idle(Duration::from_millis(20)).await);
+        assert!(
+            !bees
+                .wait_idle(&crate::clock::SystemClock::new(), Duration::from_millis(20))
+                .await
+        );
         drop(a);
-        assert!(bees.wait_idle(Duration::from_millis(20)).await);
+        assert!(
+            bees.wait_idle(&crate::clock::SystemClock::new(), Duration::from_millis(20))
+                .await
+        );
     }
 
     #[tokio::test]
@@ -333,7 +342,8 @@ mod tests {
         apiary_storage::time::sleep(Duration::from_millis(30)).await;
         assert!(!waiting.is_finished(), "both bees are busy");
         drop(b);
-        tokio::time::timeout(Duration::from_secs(5), waiting)
+        let clock = crate::clock::SystemClock::new();
+        apiary_storage::time::timeout(&clock, Duration::from_secs(5), waiting)
             .await
             .expect("a released bee wakes the waiter")
             .unwrap();

@@ -4,6 +4,7 @@
 //!
 //! `cargo bench -p apiary-benches --bench commit`
 
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -2,6 +2,7 @@
 //! and register the very cells Apiary wrote as DataFusion Parquet tables, so the two engines
 //! differ only in what Apiary adds (catalog, ledger, cell pruning).
 
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 use std::path::Path;
 
 use apiary::apiary_ledger::{FrameDefinition, FrameRef, FrameSchema};

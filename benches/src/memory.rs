@@ -3,6 +3,7 @@
 //! client, with every process's peak resident memory measured by the kernel (a node's
 //! `VmHWM`, the client's `ru_maxrss`).
 
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};

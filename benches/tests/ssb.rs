@@ -1,6 +1,7 @@
 //! Differential test: the 13 Star Schema Benchmark queries answered by Apiary equal plain
 //! DataFusion reading the same Parquet cells directly.
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 
 use apiary::apiary_storage::StorageUri;
 use apiary::{Apiary, ApiaryOptions};

@@ -3,6 +3,7 @@
 //! items). The large frames are written in several commits, so that there are cells to
 //! split; every query is asked with `apiary.distribute = 'always'`.
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 
 use std::time::Instant;
 

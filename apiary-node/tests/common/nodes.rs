@@ -1,6 +1,7 @@
 //! `apiary node` processes on one storage for the multi-process tests, and the client that
 //! watches them with the tests' short thresholds.
 
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};

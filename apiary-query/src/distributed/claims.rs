@@ -58,6 +58,8 @@ pub(crate) struct CellQueue {
     kept: tokio::sync::OnceCell<Kept>,
     /// Whether a claim took [`SLOW_CLAIM`] or more (then the next one is asked ahead).
     slow: std::sync::atomic::AtomicBool,
+    /// Times claims.
+    clock: Arc<dyn apiary_storage::Clock>,
 }
 
 impl CellQueue {
@@ -108,7 +110,14 @@ impl CellQueue {
             pruned,
             kept: tokio::sync::OnceCell::new(),
             slow: std::sync::atomic::AtomicBool::new(false),
+            clock: apiary_storage::SystemClock::shared(),
         })
+    }
+
+    /// Times claims on `clock` (the system's by default).
+    pub(crate) fn with_clock(mut self, clock: Arc<dyn apiary_storage::Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Asks every claim one cell ahead, as after a slow claim (tests of both ways).
@@ -143,9 +152,9 @@ impl CellQueue {
                     QueryError::Execution(format!("claiming cell `{}`: {e}", entry.cell))
                 })??,
                 (_, None) => {
-                    let asked = std::time::Instant::now();
+                    let asked = self.clock.monotonic();
                     let mine = self.transport.claim(&self.task, &entry.cell).await?;
-                    if asked.elapsed() >= SLOW_CLAIM {
+                    if self.clock.monotonic().saturating_sub(asked) >= SLOW_CLAIM {
                         self.slow.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                     mine

@@ -148,7 +148,7 @@ pub struct Cluster {
     /// Tasks this coordinator abandoned after their last attempt, kept for diagnosis.
     pub abandoned: AbandonedTasks,
     /// When this coordinator last swept old queries.
-    last_sweep: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    last_sweep: Arc<std::sync::Mutex<Option<std::time::Duration>>>,
     /// Removals of finished queries' objects and sweeps, which run after the answer is
     /// returned (see [`Cluster::settle`]).
     background: tokio_util::task::TaskTracker,

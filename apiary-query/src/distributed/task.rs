@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::transport::ResultWriter;
 use arrow_array::RecordBatch;
@@ -66,18 +66,19 @@ pub async fn run_task_into(
     transport: &Arc<dyn ShuffleTransport>,
     mut writer: Box<dyn ResultWriter + '_>,
 ) -> (Ended, TaskReport) {
-    let started = Instant::now();
+    let clock = Arc::clone(engine.clock());
+    let started = clock.monotonic();
     let timeout = Duration::from_millis(task.timeout_ms.max(1));
-    let ran =
-        match tokio::time::timeout(timeout, execute(engine, task, transport, &mut writer)).await {
-            Ok(ran) => ran,
-            Err(_) => Err(QueryError::Execution(format!(
-                "the task ran past its timeout of {timeout:?} and was stopped"
-            ))),
-        };
+    let running = execute(engine, task, transport, &mut writer);
+    let ran = match apiary_storage::time::timeout(clock.as_ref(), timeout, running).await {
+        Ok(ran) => ran,
+        Err(_) => Err(QueryError::Execution(format!(
+            "the task ran past its timeout of {timeout:?} and was stopped"
+        ))),
+    };
     let mut report = TaskReport {
         node_id: node_id.to_string(),
-        elapsed_ms: started.elapsed().as_millis() as u64,
+        elapsed_ms: clock.monotonic().saturating_sub(started).as_millis() as u64,
         ..TaskReport::default()
     };
     let ended = match ran {
@@ -145,7 +146,7 @@ async fn execute(
     transport: &Arc<dyn ShuffleTransport>,
     writer: &mut Box<dyn ResultWriter + '_>,
 ) -> Result<Ran> {
-    let started = Instant::now();
+    let started = engine.clock().monotonic();
     if let Some(key) = task
         .settings
         .keys()
@@ -197,7 +198,10 @@ async fn execute(
         let none = HashMap::new();
         let planned = scan.map(|s| s.cells()).unwrap_or(&none);
         if super::claims::needs_queue(task, planned) {
-            let q = Arc::new(CellQueue::new(Arc::clone(transport), task, planned)?);
+            let q = Arc::new(
+                CellQueue::new(Arc::clone(transport), task, planned)?
+                    .with_clock(Arc::clone(engine.clock())),
+            );
             if let Some(scan) = scan {
                 scan.share(Arc::clone(&q) as Arc<dyn crate::exec::SharedCells>)?;
             }
@@ -212,7 +216,7 @@ async fn execute(
     } = engine
         .run_fragment(&task.sql, &task.scope, &task.settings, pins, share)
         .await?;
-    let planning = started.elapsed();
+    let planning = engine.clock().monotonic().saturating_sub(started);
     let mut stream = stream;
     let mut rows = 0;
     while let Some(batch) = stream.try_next().await? {

@@ -161,7 +161,8 @@ pub async fn pushed_tasks_wake_their_node(t: Arc<dyn ShuffleTransport>) {
     t.publish_tasks(&q, "coord", &[task(&q, 0, 1, &node)])
         .await
         .expect("publish");
-    tokio::time::timeout(Duration::from_secs(2), waiter)
+    let clock = apiary_storage::SystemClock::new();
+    apiary_storage::time::timeout(&clock, Duration::from_secs(2), waiter)
         .await
         .expect("tasks_arrived returns within 2 s of the publication")
         .expect("the waiter ran");

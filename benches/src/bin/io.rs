@@ -9,6 +9,7 @@
 //!
 //! `target/release/io --input rows.arrows --storage /tmp/io --runs 3`
 
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 use std::time::Instant;
 
 use apiary::Apiary;

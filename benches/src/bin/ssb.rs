@@ -16,6 +16,7 @@
 //! (wall and CPU time), prints both engines' `EXPLAIN ANALYZE` of it and stops;
 //! `--set key=value,...` applies DataFusion settings to both.
 
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;

@@ -13,9 +13,9 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use apiary_storage::time::{SystemClock, Ticker};
+use apiary_storage::time::{Clock, SystemClock, Ticker};
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
 use rustyline::{CompletionType, Config, Editor};
@@ -156,7 +156,8 @@ fn remember(editor: &mut Editor<ShellHelper, FileHistory>, path: &Path, entry: &
 /// Runs `sql`, printing its rows in the shell's mode, a progress line while it runs, and
 /// its timing when asked; Ctrl-C cancels it. Errors print on one line.
 async fn run_sql(ap: &Apiary, session: &mut SqlSession, sql: &str, settings: &Settings) {
-    let started = Instant::now();
+    let clock = SystemClock::new();
+    let started = clock.monotonic();
     let outcome = tokio::select! {
         outcome = watched(session, sql, settings.mode) => outcome,
         _ = tokio::signal::ctrl_c() => {
@@ -173,7 +174,7 @@ async fn run_sql(ap: &Apiary, session: &mut SqlSession, sql: &str, settings: &Se
         eprintln!("error: {}", one_line(&e.to_string()));
     }
     if settings.timing {
-        let elapsed = started.elapsed();
+        let elapsed = clock.monotonic().saturating_sub(started);
         let progress = session.last_plan().map(|plan| QueryProgress::of(&plan));
         let nodes = match &progress {
             Some(p) if !p.nodes.is_empty() => {
@@ -201,8 +202,9 @@ async fn watched(session: &mut SqlSession, sql: &str, mode: SqlFormat) -> CliRes
     let printing = print_stream(stream, mode);
     tokio::pin!(printing);
     let show = std::io::stderr().is_terminal();
-    let mut ticker = Ticker::new(SystemClock::shared(), Duration::from_millis(250));
-    let started = Instant::now();
+    let clock = SystemClock::shared();
+    let mut ticker = Ticker::new(Arc::clone(&clock), Duration::from_millis(250));
+    let started = clock.monotonic();
     let mut shown = false;
     loop {
         tokio::select! {
@@ -213,7 +215,8 @@ async fn watched(session: &mut SqlSession, sql: &str, mode: SqlFormat) -> CliRes
                 return printed;
             }
             () = ticker.tick() => {
-                if let (true, Some(plan)) = (show && started.elapsed() >= PROGRESS_AFTER, &plan) {
+                let running = clock.monotonic().saturating_sub(started);
+                if let (true, Some(plan)) = (show && running >= PROGRESS_AFTER, &plan) {
                     eprint!("\r\x1b[2K{}", QueryProgress::of(plan).line());
                     shown = true;
                 }

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use crate::distributed::Cluster;
 
@@ -65,11 +64,12 @@ impl Cluster {
     /// Sweeps orphaned queries in the background, at most once per half retention.
     pub(super) fn maybe_sweep(&self) {
         let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
-        let due = last.is_none_or(|t| t.elapsed() >= self.settings.orphan_retention / 2);
+        let now = self.clock.monotonic();
+        let due = last.is_none_or(|t| now.saturating_sub(t) >= self.settings.orphan_retention / 2);
         if !due {
             return;
         }
-        *last = Some(Instant::now());
+        *last = Some(now);
         let transport = Arc::clone(&self.transport);
         let retention = self.settings.orphan_retention;
         self.background

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
@@ -414,21 +414,23 @@ impl Run {
             local_tasks: tokio::task::JoinSet::new(),
             tx,
         };
-        let dispatching = Instant::now();
+        let clock = Arc::clone(&self.cluster.clock);
+        let since = |at: Duration| clock.monotonic().saturating_sub(at);
+        let dispatching = clock.monotonic();
         q.next_round(self.fragment.cells.clone(), &workers).await?;
-        let dispatched = dispatching.elapsed();
+        let dispatched = since(dispatching);
         self.phases.dispatch.add_duration(dispatched);
 
         // Results are looked for at intervals that grow with the wait (see
         // `result_interval`): waiting adds a small share to a query, and a long one costs few
         // requests.
-        let started = Instant::now();
+        let started = clock.monotonic();
         let mut poll = result_interval(Duration::ZERO, None, self.cluster.settings.result_poll);
         let mut first_answer = None;
-        let mut last_check = Instant::now();
+        let mut last_check = clock.monotonic();
         // A running query is renewed every third of the retention, so no sweep removes it.
         let renew_every = self.cluster.settings.orphan_retention / 3;
-        let mut last_renewal = Instant::now();
+        let mut last_renewal = clock.monotonic();
         while !q.complete() {
             let mut gave_up = false;
             let published = q.published;
@@ -443,20 +445,20 @@ impl Run {
             }
             gave_up |= q.collect_remote().await?;
             if first_answer.is_none() && q.tasks.iter().any(|t| matches!(t.stage, Stage::Done(_))) {
-                first_answer = Some(started.elapsed());
+                first_answer = Some(since(started));
             }
             poll = result_interval(
-                started.elapsed(),
+                since(started),
                 first_answer,
                 self.cluster.settings.result_poll,
             );
-            let due = last_check.elapsed() >= self.cluster.settings.result_poll;
+            let due = since(last_check) >= self.cluster.settings.result_poll;
             if due || gave_up || q.round_over() {
-                last_check = Instant::now();
+                last_check = clock.monotonic();
                 q.advance().await?;
             }
-            if q.published && last_renewal.elapsed() >= renew_every {
-                last_renewal = Instant::now();
+            if q.published && since(last_renewal) >= renew_every {
+                last_renewal = clock.monotonic();
                 if let Err(e) = self
                     .cluster
                     .transport
@@ -467,7 +469,7 @@ impl Run {
                 }
             }
         }
-        self.phases.wait.add_duration(started.elapsed());
+        self.phases.wait.add_duration(since(started));
         let Attempts {
             tasks,
             causes,
@@ -524,7 +526,7 @@ impl Run {
         tracing::debug!(
             query = %self.query_id,
             dispatch_ms = dispatched.as_millis() as u64,
-            wait_ms = started.elapsed().as_millis() as u64,
+            wait_ms = since(started).as_millis() as u64,
             "distributed fragment ran"
         );
         // Every row is accepted: the query is answered (its removal is a finish, not a

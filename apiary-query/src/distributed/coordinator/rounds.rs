@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::distributed::manifest::{TASK_FORMAT, TaskKey, TaskSpec, columns_of};
 use crate::distributed::task::coerce;
@@ -33,7 +33,7 @@ pub(super) enum Stage {
 pub(super) struct Pending {
     pub(super) spec: TaskSpec,
     /// When it was handed out (coordinator's clock).
-    pub(super) since: Instant,
+    pub(super) since: Duration,
     pub(super) stage: Stage,
     /// Whether its worker took it (see [`ShuffleTransport::reports_pickup`]).
     pub(super) taken: bool,
@@ -208,7 +208,7 @@ impl Attempts<'_> {
             specs.push(spec.clone());
             self.tasks.push(Pending {
                 spec,
-                since: Instant::now(),
+                since: self.run.cluster.clock.monotonic(),
                 stage: Stage::Running,
                 taken: false,
             });
@@ -382,7 +382,7 @@ impl Attempts<'_> {
         t.stage = Stage::Done(Done {
             report,
             read,
-            round_trip: t.since.elapsed(),
+            round_trip: self.run.cluster.clock.monotonic().saturating_sub(t.since),
         });
         Ok(false)
     }
@@ -445,6 +445,7 @@ impl Attempts<'_> {
             .reports_pickup()
             .then_some(self.run.cluster.settings.pickup_timeout);
         let local = self.local.clone();
+        let now = self.run.cluster.clock.monotonic();
         for t in self
             .tasks
             .iter_mut()
@@ -452,7 +453,7 @@ impl Attempts<'_> {
         {
             let node = t.spec.node_id.as_str();
             let here = node.is_empty() || local.as_deref() == Some(node);
-            let waiting = t.since.elapsed();
+            let waiting = now.saturating_sub(t.since);
             let cause = if !here && !idle.contains_key(node) {
                 format!("node {node} is no longer available (dead, suspect or leaving)")
             } else if waiting > deadline {

@@ -2,6 +2,7 @@
 //! nodes just started (first contact), on nodes idle past their busy window, on active
 //! ones and as a script's next statement; and the coordinator's storage requests for it.
 
+#![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
