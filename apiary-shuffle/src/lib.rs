@@ -26,7 +26,7 @@ pub mod units;
 
 pub use error::{BoxError, Result, ShuffleError};
 pub use manifest::{ColumnSpec, FramePin, ShippedFrame, TaskKey, TaskSpec};
-pub use storage::{CHUNK_BYTES, DOORBELL_DIR, QUERIES_DIR, StorageShuffle};
+pub use storage::{CHUNK_BYTES, DOORBELL_DIR, DOORBELL_IDLE, QUERIES_DIR, StorageShuffle};
 pub use transport::{
     Delivered, ResultWriter, Rows, ShuffleTransport, TaskFailure, TaskOutcome, TaskReport,
 };
