@@ -24,31 +24,23 @@ fn rows(from: i64) -> RecordBatch {
     RecordBatch::try_new(schema, vec![x]).unwrap()
 }
 
-#[test]
-fn a_lease_lasts_a_minute_unless_renewed() {
-    let options = CompactOptions::new(WriteOptions::default(), "n");
-    assert_eq!(options.lease, Duration::from_secs(60));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compaction_longer_than_its_lease_keeps_it() {
-    // The cells are written quickly; then every request of the compaction takes up to
-    // 30 ms, so compacting 60 cells takes far longer than the 400 ms lease.
+/// A frame of `cells` small cells written quickly, and its ledger and backend over the same
+/// memory store seen through `slow` (an instrumented store: latency, a gate).
+async fn frame_of_small_cells(
+    cells: i64,
+    slow: impl FnOnce(Arc<dyn apiary_storage::object_store::ObjectStore>) -> InstrumentedStore,
+) -> (Arc<FrameLedger>, Arc<dyn apiary_storage::StorageBackend>) {
     let (store, caps) = apiary_storage::object_store_for(&StorageUri::Memory).unwrap();
     let fast: Arc<dyn apiary_storage::StorageBackend> = Arc::new(ObjectStoreBackend::new(
         Arc::clone(&store),
         caps,
         "memory://",
     ));
-    let slow = InstrumentedStore::new(
-        store,
-        FaultConfig {
-            max_latency: Duration::from_millis(30),
-            ..FaultConfig::none()
-        },
-    );
-    let backend: Arc<dyn apiary_storage::StorageBackend> =
-        Arc::new(ObjectStoreBackend::new(Arc::new(slow), caps, "memory://"));
+    let backend: Arc<dyn apiary_storage::StorageBackend> = Arc::new(ObjectStoreBackend::new(
+        Arc::new(slow(store)),
+        caps,
+        "memory://",
+    ));
     let frame = FrameRef::new("h", "b", "f").unwrap();
     let writer = FrameLedger::open(Arc::clone(&fast), frame.clone(), LedgerConfig::default())
         .await
@@ -56,7 +48,7 @@ async fn a_compaction_longer_than_its_lease_keeps_it() {
     let definition =
         FrameDefinition::new(FrameSchema::parse_compact("x:int64").unwrap(), vec![]).unwrap();
     writer.commit(&Operation::Create(definition)).await.unwrap();
-    for i in 0..60 {
+    for i in 0..cells {
         write_batches(
             &writer,
             fast.as_ref(),
@@ -70,6 +62,29 @@ async fn a_compaction_longer_than_its_lease_keeps_it() {
     let ledger = FrameLedger::open(Arc::clone(&backend), frame, LedgerConfig::default())
         .await
         .unwrap();
+    (Arc::new(ledger), backend)
+}
+
+#[test]
+fn a_lease_lasts_a_minute_unless_renewed() {
+    let options = CompactOptions::new(WriteOptions::default(), "n");
+    assert_eq!(options.lease, Duration::from_secs(60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_longer_than_its_lease_keeps_it() {
+    // The cells are written quickly; then every request of the compaction takes up to
+    // 30 ms, so compacting 60 cells takes far longer than the 400 ms lease.
+    let (ledger, backend) = frame_of_small_cells(60, |store| {
+        InstrumentedStore::new(
+            store,
+            FaultConfig {
+                max_latency: Duration::from_millis(30),
+                ..FaultConfig::none()
+            },
+        )
+    })
+    .await;
     let lease = Duration::from_millis(400);
     let holder = CompactOptions {
         lease,
@@ -116,42 +131,17 @@ async fn a_compaction_longer_than_its_lease_keeps_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_is_read_cell_by_cell_as_it_is_encoded() {
-    let (store, caps) = apiary_storage::object_store_for(&StorageUri::Memory).unwrap();
-    let fast: Arc<dyn apiary_storage::StorageBackend> = Arc::new(ObjectStoreBackend::new(
-        Arc::clone(&store),
-        caps,
-        "memory://",
-    ));
     // Uploads (plain PUTs) wait at a gate the test holds closed.
     let hold = Hold::new(&[RequestKind::Put]);
-    let gated = InstrumentedStore::new(store, FaultConfig::none()).with_hold(hold.clone());
-    let counts = gated.counts();
-    let backend: Arc<dyn apiary_storage::StorageBackend> =
-        Arc::new(ObjectStoreBackend::new(Arc::new(gated), caps, "memory://"));
-    let frame = FrameRef::new("h", "b", "f").unwrap();
-    let writer = FrameLedger::open(Arc::clone(&fast), frame.clone(), LedgerConfig::default())
-        .await
-        .unwrap();
-    let definition =
-        FrameDefinition::new(FrameSchema::parse_compact("x:int64").unwrap(), vec![]).unwrap();
-    writer.commit(&Operation::Create(definition)).await.unwrap();
+    let counts = std::sync::OnceLock::new();
     let cells = 20;
-    for i in 0..cells {
-        write_batches(
-            &writer,
-            fast.as_ref(),
-            [Ok(rows(i * 10))],
-            WriteMode::Append,
-            &WriteOptions::default(),
-        )
-        .await
-        .unwrap();
-    }
-    let ledger = Arc::new(
-        FrameLedger::open(Arc::clone(&backend), frame, LedgerConfig::default())
-            .await
-            .unwrap(),
-    );
+    let (ledger, backend) = frame_of_small_cells(cells, |store| {
+        let gated = InstrumentedStore::new(store, FaultConfig::none()).with_hold(hold.clone());
+        let _ = counts.set(gated.counts());
+        gated
+    })
+    .await;
+    let counts = counts.get().unwrap();
     // Output cells of a few rows each, so the encoder hands one to the uploader early.
     let write = WriteOptions {
         target_cell_bytes: 1,
