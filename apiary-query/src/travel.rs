@@ -170,10 +170,9 @@ pub(crate) async fn rewrite(statement: &mut DfStatement, travel: &Travel<'_>) ->
         replacements.push(match job {
             Job::Version { name, clause } => {
                 let frame = travel.frame(&name)?;
+                // Whether the version exists and is retained is checked once, when the planner
+                // resolves `frame@version` in the catalog (its error is the ledger's).
                 let version = travel.version(&frame, &clause).await?;
-                // Resolving now checks the version exists and is retained, with the error
-                // that says so; the planner then finds the same table in the catalog.
-                travel.catalog.frame_table_at(&frame, version).await?;
                 let written = last_ident(&name);
                 let mut parts: Vec<ObjectNamePart> = [&frame.hive, &frame.r#box]
                     .into_iter()
