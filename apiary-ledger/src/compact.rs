@@ -198,8 +198,8 @@ async fn compact_groups(
 }
 
 /// The rows of `cells`, read through the ledger's storage one cell at a time as the encoder
-/// pulls them (on its blocking
-/// thread): a group holds one cell's decoded rows in memory at once, not the whole group's.
+/// pulls them (on its blocking thread): a group holds one cell's decoded rows in memory at
+/// once, not the whole group's.
 fn cell_by_cell(
     ledger: &FrameLedger,
     root: &Path,
