@@ -33,6 +33,24 @@ pub enum CacheError {
         /// What was wrong.
         reason: String,
     },
+    /// A cell fetched from storage does not match the checksum its ledger entry records,
+    /// twice in a row: the stored object is damaged.
+    #[error(
+        "cell `{key}` in storage is damaged: its {size} bytes do not match the checksum its \
+         ledger entry records (CRC-32C {expected:08x}, read {actual:08x}, twice). Nothing was \
+         answered from it. Restore the object from a backup or replica (bit rot, a truncated \
+         copy, or a tool that rewrote it)"
+    )]
+    Corrupt {
+        /// The cell's storage key.
+        key: String,
+        /// The checksum recorded when it was written.
+        expected: u32,
+        /// The checksum of what storage returned.
+        actual: u32,
+        /// Bytes storage returned.
+        size: u64,
+    },
     /// A read asked for bytes outside the cell.
     #[error("range {range:?} is outside cell `{key}` of {size} bytes")]
     Range {
@@ -63,7 +81,7 @@ impl CacheError {
         match self {
             CacheError::Io { .. } | CacheError::Fetch { .. } => ErrorKind::Unavailable,
             CacheError::InUse { .. } => ErrorKind::Conflict,
-            CacheError::Damaged { .. } => ErrorKind::Corrupt,
+            CacheError::Damaged { .. } | CacheError::Corrupt { .. } => ErrorKind::Corrupt,
             CacheError::Range { .. } | CacheError::Config(_) => ErrorKind::InvalidInput,
         }
     }

@@ -20,11 +20,13 @@
 //! Eviction is not hand-written: the index is [`quick_cache`]'s.
 
 mod columns;
+mod digests;
 pub mod disk;
 mod error;
 mod store;
 
 pub use columns::{AdmissionTicket, ColumnChunks, ColumnKey, ColumnTier, MemoryCount, TierCounts};
+pub use digests::CellDigests;
 pub use disk::{
     BLOCK_BYTES, CacheConfig, CacheCounts, CachedCell, CellCache, MIN_DEFAULT_CAPACITY,
 };

@@ -12,10 +12,10 @@ use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
     Attributes, CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload,
-    ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
-    PutResult,
+    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
+use crate::digests::CellDigests;
 use crate::disk::{CachedCell, CellCache};
 use crate::error::CacheError;
 
@@ -70,6 +70,8 @@ pub struct CachingStore {
     cache: Arc<ArcSwapOption<CellCache>>,
     /// Where a counted view counts its reads.
     counters: Option<Arc<ScanCounters>>,
+    /// The checksums cells are checked against.
+    digests: Arc<CellDigests>,
 }
 
 impl fmt::Debug for CachingStore {
@@ -112,7 +114,33 @@ impl CachingStore {
             inner,
             cache: Arc::new(ArcSwapOption::empty()),
             counters: None,
+            digests: Arc::default(),
         }
+    }
+
+    /// The checksums every cell fetched from storage is checked against (frame scans
+    /// record those of the cells they read).
+    pub fn digests(&self) -> &Arc<CellDigests> {
+        &self.digests
+    }
+
+    /// The whole cell under `key`, checked, when it has a checksum not yet checked in this
+    /// process (no cache installed: its ranges are then served from it). `None` to read
+    /// the store directly.
+    async fn check_uncached(
+        &self,
+        key: &Path,
+        counters: Option<&ScanCounters>,
+    ) -> object_store::Result<Option<crate::digests::Fetched>> {
+        if !is_cell_key(key) || !self.digests.unchecked(key.as_ref()) {
+            return Ok(None);
+        }
+        let fetched = self.digests.fetch(self.inner.as_ref(), key).await?;
+        if let Some(c) = counters {
+            ScanCounters::add(&c.misses, 1);
+            ScanCounters::add(&c.bytes_from_storage, fetched.bytes.len() as u64);
+        }
+        Ok(Some(fetched))
     }
 
     /// Installs (or removes) the cache reads go through.
@@ -133,14 +161,10 @@ impl CachingStore {
         key: &Path,
     ) -> object_store::Result<(Arc<CachedCell>, Option<Bytes>)> {
         let inner = Arc::clone(&self.inner);
+        let digests = Arc::clone(&self.digests);
         let fetch = || async move {
-            let result = inner.get(key).await?;
-            let (stamp, e_tag) = (
-                result.meta.last_modified.timestamp_millis(),
-                result.meta.e_tag.clone(),
-            );
-            let bytes = result.bytes().await?;
-            Ok::<_, object_store::Error>((bytes, stamp, e_tag))
+            let fetched = digests.fetch(inner.as_ref(), key).await?;
+            Ok::<_, object_store::Error>((fetched.bytes, fetched.last_modified_ms, fetched.e_tag))
         };
         match cache.get_or_fetch(key.as_ref(), fetch).await {
             Ok(found) => Ok(found),
@@ -245,6 +269,47 @@ impl CachingStore {
     }
 }
 
+/// `range` of `bytes`, the whole cell under `key`.
+fn slice(key: &Path, bytes: &Bytes, range: &Range<u64>) -> object_store::Result<Bytes> {
+    if range.start > range.end || range.end > bytes.len() as u64 {
+        return Err(store_error(CacheError::Range {
+            key: key.to_string(),
+            range: range.clone(),
+            size: bytes.len() as u64,
+        }));
+    }
+    Ok(bytes.slice(range.start as usize..range.end as usize))
+}
+
+/// A GET answered from a whole cell fetched (and checked) for it.
+fn served(
+    key: &Path,
+    options: &GetOptions,
+    cell: crate::digests::Fetched,
+) -> object_store::Result<GetResult> {
+    let size = cell.bytes.len() as u64;
+    let range = match &options.range {
+        Some(r) => r.as_range(size).map_err(|e| object_store::Error::Generic {
+            store: "cell check",
+            source: Box::new(e),
+        })?,
+        None => 0..size,
+    };
+    let bytes = slice(key, &cell.bytes, &range)?;
+    Ok(GetResult {
+        payload: GetResultPayload::Stream(futures::stream::once(async move { Ok(bytes) }).boxed()),
+        meta: ObjectMeta {
+            location: key.clone(),
+            last_modified: chrono_from_ms(cell.last_modified_ms),
+            size,
+            e_tag: cell.e_tag,
+            version: None,
+        },
+        range,
+        attributes: Attributes::default(),
+    })
+}
+
 fn meta_of(key: &Path, cell: &CachedCell) -> ObjectMeta {
     ObjectMeta {
         location: key.clone(),
@@ -346,6 +411,7 @@ impl CachingStore {
             inner: Arc::clone(&self.inner),
             cache: Arc::clone(&self.cache),
             counters: Some(counters),
+            digests: Arc::clone(&self.digests),
         })
     }
 
@@ -358,6 +424,12 @@ impl CachingStore {
         let cache = match self.cache.load_full() {
             Some(cache) if is_cell_key(location) && plain(&options) => cache,
             _ => {
+                if plain(&options)
+                    && !options.head
+                    && let Some(cell) = self.check_uncached(location, counters).await?
+                {
+                    return served(location, &options, cell);
+                }
                 let result = self.inner.get_opts(location, options).await?;
                 if let Some(c) = counters {
                     ScanCounters::add(&c.misses, 1);
@@ -400,6 +472,12 @@ impl CachingStore {
         let cache = match self.cache.load_full() {
             Some(cache) if is_cell_key(location) => cache,
             _ => {
+                if let Some(cell) = self.check_uncached(location, counters).await? {
+                    return ranges
+                        .iter()
+                        .map(|r| slice(location, &cell.bytes, r))
+                        .collect();
+                }
                 let out = self.inner.get_ranges(location, ranges).await?;
                 if let Some(c) = counters {
                     ScanCounters::add(&c.misses, ranges.len() as u64);

@@ -95,6 +95,31 @@ pub struct Cell {
     /// Per-column statistics.
     #[serde(default)]
     pub stats: BTreeMap<String, ColumnStats>,
+    /// CRC-32C of the cell's bytes as written: every fetch of the cell is checked against
+    /// it, so a stored object that rotted or was rewritten fails its reads instead of
+    /// answering wrongly (absent from cells written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<u32>,
+}
+
+/// How a cell's bytes were found wrong.
+pub fn check_cell_bytes(key: &str, expected: Option<u32>, bytes: &[u8]) -> Result<()> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let actual = crc32c::crc32c(bytes);
+    if actual == expected {
+        return Ok(());
+    }
+    Err(LedgerError::Corrupt {
+        key: key.to_string(),
+        reason: format!(
+            "the cell's {} bytes do not match the checksum its ledger entry records (CRC-32C \
+             {expected:08x}, read {actual:08x}): the stored object is damaged (bit rot, a \
+             truncated copy, or a tool that rewrote it); restore it from a backup or replica",
+            bytes.len()
+        ),
+    })
 }
 
 /// The definition a frame is created with.

@@ -32,7 +32,7 @@ pub mod write;
 
 pub use compact::{CompactOptions, CompactResult, compact};
 pub use decode::{DecodedObject, decode_object};
-pub use entry::{Action, Cell, ColumnStats, Entry, FrameDefinition, StatValue};
+pub use entry::{Action, Cell, ColumnStats, Entry, FrameDefinition, StatValue, check_cell_bytes};
 pub use error::{LedgerError, Result};
 pub use layout::{frame_root, ledger_dir};
 pub use ledger::{CommitInfo, FrameLedger, LedgerConfig};

@@ -264,6 +264,7 @@ mod tests {
             bytes: 1,
             partition_values: BTreeMap::new(),
             stats: BTreeMap::new(),
+            crc32c: None,
         }
     }
 

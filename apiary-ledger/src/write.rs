@@ -272,6 +272,7 @@ impl Uploader<'_> {
                 .map(|(k, v)| (k, Some(v)))
                 .collect(),
             stats: encoded.stats,
+            crc32c: Some(encoded.crc32c),
         });
         Ok(())
     }
@@ -525,7 +526,13 @@ pub(crate) async fn read_cell(
         key: cell.path.clone(),
         reason: format!("not a valid cell path: {e}"),
     })?;
-    let bytes = backend.get(&key).await?.bytes;
+    // Checked against the checksum its entry records, fetched once more on a mismatch (a
+    // fault on the way): a rotted cell must fail, never be copied into a new one.
+    let mut bytes = backend.get(&key).await?.bytes;
+    if crate::check_cell_bytes(key.as_ref(), cell.crc32c, &bytes).is_err() {
+        bytes = backend.get(&key).await?.bytes;
+        crate::check_cell_bytes(key.as_ref(), cell.crc32c, &bytes)?;
+    }
     let (schema, cell) = (Arc::clone(schema), cell.clone());
     tokio::task::spawn_blocking(move || {
         let corrupt = |e: &dyn std::fmt::Display| LedgerError::Corrupt {

@@ -51,6 +51,7 @@ fn real_objects() -> Vec<(String, Vec<u8>)> {
                 bytes: 100,
                 partition_values: BTreeMap::from([("c".to_string(), Some("x".to_string()))]),
                 stats,
+                crc32c: None,
             };
             ledger.commit(&Operation::Append(vec![cell])).await.unwrap();
         }

@@ -87,6 +87,7 @@ fn cell(path: &str, country: &str) -> Cell {
         bytes: 2048,
         partition_values: BTreeMap::from([("country".to_string(), Some(country.to_string()))]),
         stats,
+        crc32c: None,
     }
 }
 

@@ -127,6 +127,7 @@ fn cell(id: &str) -> Cell {
         bytes: 1,
         partition_values: BTreeMap::new(),
         stats: BTreeMap::new(),
+        crc32c: None,
     }
 }
 

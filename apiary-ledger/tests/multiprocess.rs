@@ -48,6 +48,7 @@ async fn mp_child_entry_point() {
             bytes: 1,
             partition_values: BTreeMap::new(),
             stats: BTreeMap::new(),
+            crc32c: None,
         };
         ledger.commit(&Operation::Append(vec![cell])).await.unwrap();
     }

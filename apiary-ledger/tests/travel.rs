@@ -27,6 +27,7 @@ fn cell(path: &str, rows: u64) -> Cell {
         bytes: rows * 8,
         partition_values: Default::default(),
         stats: Default::default(),
+        crc32c: None,
     }
 }
 

@@ -518,6 +518,11 @@ impl Apiary {
                 .as_ref()
                 .and_then(|n| n.cache.as_ref())
                 .map(|c| c.counts()),
+            requests: running.as_ref().and_then(|n| {
+                let view = n.agent.view();
+                view.node(n.agent.node_id())
+                    .and_then(|me| me.heartbeat.requests)
+            }),
         }
     }
 

@@ -90,6 +90,10 @@ impl Apiary {
             colony: Some(Arc::clone(&colony)),
             attributes: options.attributes.clone(),
             abandoned: Some(abandoned),
+            requests: {
+                let backend = Arc::clone(self.registry.backend());
+                Some(Arc::new(move || backend.request_counts()) as apiary_swarm::RequestsReport)
+            },
             ..AgentConfig::default()
         };
         let clock = Arc::clone(&options.clock);
@@ -122,8 +126,12 @@ impl Apiary {
             agent.node_id().to_string(),
             Arc::clone(&colony),
             worker::Polling {
-                interval: options.task_poll_interval,
+                discovery: apiary_swarm::Discovery {
+                    poll: options.task_poll_interval,
+                    idle_poll: options.task_idle_poll_interval,
+                },
                 clock,
+                activity: agent.activity(),
             },
             Arc::clone(&self.tasks),
             stop.clone(),

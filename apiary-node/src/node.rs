@@ -29,6 +29,10 @@ pub struct NodeOptions {
     /// How often the node looks for tasks of distributed queries (one HEAD of its doorbell
     /// object each time; default 1 s).
     pub task_poll_interval: Duration,
+    /// How often the node looks for tasks while the whole swarm is idle
+    /// (`APIARY_TASK_IDLE_POLL_INTERVAL`; default 30 s): a query on an idle swarm starts on
+    /// its coordinator, and other nodes join as its waking reaches them through the roster.
+    pub task_idle_poll_interval: Duration,
     /// The cell cache's directory (`APIARY_CACHE_DIR`); default `cache/{node_id}` in the
     /// state folder, so two nodes on one machine never share one.
     pub cache_dir: Option<PathBuf>,
@@ -70,7 +74,8 @@ impl Default for NodeOptions {
             memory_bytes: None,
             clock: Arc::new(SystemClock::new()),
             on_view: None,
-            task_poll_interval: Duration::from_secs(1),
+            task_poll_interval: apiary_swarm::Discovery::default().poll,
+            task_idle_poll_interval: apiary_swarm::Discovery::default().idle_poll,
             cache_dir: None,
             cache_bytes: None,
             colony: apiary_swarm::ColonyConfig::default(),
@@ -165,6 +170,11 @@ pub struct SwarmNode {
     /// What the node publishes of itself (`--attribute key=value`).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub attributes: std::collections::BTreeMap<String, String>,
+    /// Whether it says it is active (working, or within the idle delay).
+    pub active: bool,
+    /// Its storage requests over the last minutes and their monthly cost, as last
+    /// published.
+    pub requests: Option<apiary_swarm::RequestRate>,
 }
 
 /// The swarm as this node sees it (`Apiary::swarm_status`).
@@ -209,6 +219,8 @@ impl From<&WorldView> for SwarmStatus {
                     hostname: n.heartbeat.hostname.clone(),
                     version: n.heartbeat.software_version.clone(),
                     attributes: n.heartbeat.attributes.clone(),
+                    active: n.heartbeat.is_active(),
+                    requests: n.heartbeat.requests,
                 })
                 .collect(),
             problems: view.problems.clone(),
@@ -250,6 +262,9 @@ pub struct NodeStatus {
     /// The cell cache: hits, misses, bytes from storage and from disk, cells and bytes
     /// cached, budget (absent when not running or turned off).
     pub cache: Option<apiary_cache::CacheCounts>,
+    /// Its storage requests over the last minutes and their monthly cost at S3 Standard
+    /// prices, as its newest heartbeat says (absent until it has beaten twice).
+    pub requests: Option<apiary_swarm::RequestRate>,
 }
 
 pub(crate) fn memory_gb(bytes: u64) -> f64 {

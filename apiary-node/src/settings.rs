@@ -7,10 +7,14 @@
 //! |---|---|---|
 //! | `APIARY_NODE_ID` | this node's id | generated once, kept in the state folder |
 //! | `APIARY_STATE_DIR` | the node's local state folder | `$XDG_STATE_HOME/apiary` or `~/.local/state/apiary` |
-//! | `APIARY_HEARTBEAT_INTERVAL` | how often a node writes its heartbeat | 5s |
-//! | `APIARY_POLL_INTERVAL` | how often a node reads the heartbeats | 5s |
-//! | `APIARY_DEAD_THRESHOLD` | no heartbeat change this long: dead (half: suspect) | 30s |
-//! | `APIARY_TASK_POLL_INTERVAL` | how often a node looks for tasks | 1s |
+//! | `APIARY_HEARTBEAT_INTERVAL` | how often an active node writes its heartbeat | 5s |
+//! | `APIARY_IDLE_HEARTBEAT_INTERVAL` | how often an idle node writes its heartbeat | 1m |
+//! | `APIARY_IDLE_AFTER` | a node with no work this long is idle | 1m |
+//! | `APIARY_POLL_INTERVAL` | how often a node reads the swarm (a listing while it is active, a roster probe while idle) | 5s |
+//! | `APIARY_IDLE_LIST_INTERVAL` | how often a node lists the heartbeats while the swarm is idle | 5m |
+//! | `APIARY_DEAD_THRESHOLD` | an active node's heartbeat unchanged this long: dead (half: suspect) | 20s |
+//! | `APIARY_TASK_POLL_INTERVAL` | how often a node looks for tasks while the swarm is active | 1s |
+//! | `APIARY_TASK_IDLE_POLL_INTERVAL` | how often a node looks for tasks while the swarm is idle | 30s |
 //! | `APIARY_TASK_TIMEOUT` | a task running longer is reassigned | 10m |
 //! | `APIARY_QUERY_RETENTION` | orphaned query folders are removed after this | 15m |
 //! | `APIARY_DISTRIBUTE_MIN_BYTES` | `auto` distributes from this many bytes to read | 64 MiB |
@@ -122,6 +126,15 @@ fn swarm_from_env(mut swarm: apiary_swarm::SwarmConfig) -> Result<apiary_swarm::
     if let Some(v) = parsed("APIARY_DEAD_THRESHOLD", parse_duration)? {
         swarm.dead_threshold = v;
     }
+    if let Some(v) = parsed("APIARY_IDLE_HEARTBEAT_INTERVAL", parse_duration)? {
+        swarm.idle_heartbeat_interval = v;
+    }
+    if let Some(v) = parsed("APIARY_IDLE_AFTER", parse_duration)? {
+        swarm.idle_after = v;
+    }
+    if let Some(v) = parsed("APIARY_IDLE_LIST_INTERVAL", parse_duration)? {
+        swarm.idle_list_interval = v;
+    }
     Ok(swarm)
 }
 
@@ -137,6 +150,9 @@ impl NodeOptions {
         options.swarm = swarm_from_env(options.swarm)?;
         if let Some(v) = parsed("APIARY_TASK_POLL_INTERVAL", parse_duration)? {
             options.task_poll_interval = v;
+        }
+        if let Some(v) = parsed("APIARY_TASK_IDLE_POLL_INTERVAL", parse_duration)? {
+            options.task_idle_poll_interval = v;
         }
         if let Some(v) = parsed("APIARY_DRAIN_TIMEOUT", parse_duration)? {
             options.drain_timeout = v;
@@ -177,6 +193,15 @@ impl NodeOptions {
             ("APIARY_HEARTBEAT_INTERVAL", self.swarm.heartbeat_interval),
             ("APIARY_POLL_INTERVAL", self.swarm.poll_interval),
             ("APIARY_TASK_POLL_INTERVAL", self.task_poll_interval),
+            (
+                "APIARY_TASK_IDLE_POLL_INTERVAL",
+                self.task_idle_poll_interval,
+            ),
+            (
+                "APIARY_IDLE_HEARTBEAT_INTERVAL",
+                self.swarm.idle_heartbeat_interval,
+            ),
+            ("APIARY_IDLE_LIST_INTERVAL", self.swarm.idle_list_interval),
         ] {
             if !(SHORTEST_INTERVAL..=LONGEST_INTERVAL).contains(&value) {
                 return bad(
@@ -189,6 +214,14 @@ impl NodeOptions {
                     ),
                 );
             }
+        }
+        if self.swarm.idle_after > LONGEST_INTERVAL * 24 {
+            return bad(
+                "APIARY_IDLE_AFTER",
+                show(self.swarm.idle_after),
+                "a node idle only after more than a day never saves anything; give at most 1 day"
+                    .into(),
+            );
         }
         let beat = self.swarm.heartbeat_interval;
         if self.swarm.dead_threshold < beat * 2 {

@@ -11,7 +11,7 @@ use apiary_query::distributed::{
     Ended, ShuffleTransport, TaskFailure, TaskKey, TaskOutcome, TaskReport, TaskSpec, run_task,
 };
 use apiary_storage::Clock;
-use apiary_swarm::Colony;
+use apiary_swarm::{Colony, Discovery};
 use tokio::sync::watch;
 
 /// Counts of the tasks a node ran.
@@ -21,52 +21,15 @@ pub(crate) struct TaskCounts {
     pub(crate) failed: AtomicU64,
 }
 
-/// For this long after it was last given a task, a node looks for tasks more often.
-const BUSY_WINDOW: Duration = Duration::from_secs(60);
-
-/// For this long after it finished a task, a node looks for tasks every [`HOT_INTERVAL`].
-const HOT_WINDOW: Duration = Duration::from_millis(100);
-
-/// How often a node looks for tasks just after it finished one.
-const HOT_INTERVAL: Duration = Duration::from_millis(1);
-
-/// How long a worker waits before it looks for tasks again, given the configured `poll`,
-/// the time `given` since it was last given a task and the time `finished` since it last
-/// finished one (`None`: never).
-///
-/// Queries come in bursts (a dashboard's panels, a notebook's cells, a script's statements),
-/// and a burst's next query waits for discovery like its first:
-/// * A script's next statement is usually published within milliseconds of the answer to
-///   the last, so for [`HOT_WINDOW`] after finishing a task a node looks every
-///   [`HOT_INTERVAL`] (or every `poll`, if that is shorter). That is at most 100 looks per
-///   task; on a remote store a look takes longer than the interval, so far fewer.
-/// * For [`BUSY_WINDOW`] after a task a node looks four times as often (at most every
-///   millisecond), and the wait for the next query's tasks falls to a quarter.
-///
-/// An idle node looks every `poll`, so what idling costs stays what the setting says.
-pub(crate) fn discovery_interval(
-    poll: Duration,
-    given: Option<Duration>,
-    finished: Option<Duration>,
-) -> Duration {
-    if finished.is_some_and(|f| f < HOT_WINDOW) {
-        return poll.min(HOT_INTERVAL);
-    }
-    match given {
-        Some(given) if given < BUSY_WINDOW => (poll / 4).max(poll.min(HOT_INTERVAL)),
-        _ => poll,
-    }
-}
-
-/// When a worker looks for tasks: every `interval` of `clock`'s time while idle (see
-/// [`discovery_interval`]).
+/// When a worker looks for tasks (see [`Discovery`]): on `clock`'s time, more rarely while
+/// `activity` says the swarm is idle.
 pub(crate) struct Polling {
-    pub(crate) interval: Duration,
+    pub(crate) discovery: Discovery,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) activity: watch::Receiver<bool>,
 }
 
-/// Takes this node's tasks from the transport every `poll.interval` (more often for a while
-/// after a task, see [`discovery_interval`]) and runs each on a bee, until `stop` or until
+/// Takes this node's tasks from the transport at the cadence of [`Discovery`] and runs each on a bee, until `stop` or until
 /// the node leaves (its bees closed: tasks it holds finish, no new ones are taken).
 ///
 /// While every bee is busy the node does not look: a task found then could only wait for a
@@ -94,18 +57,32 @@ pub(crate) fn spawn_worker(
         // When this node was last given a task and last finished one, on `clock`'s
         // monotonic time. A finishing task wakes the loop (the wake-up is kept if the loop
         // is busy looking), which notes the time.
-        let Polling { interval, clock } = poll;
+        let Polling {
+            discovery,
+            clock,
+            mut activity,
+        } = poll;
         let mut last_task: Option<Duration> = None;
         let mut last_finished: Option<Duration> = None;
         let finished = Arc::new(tokio::sync::Notify::new());
+        let mut watching = true;
         loop {
             let now = clock.monotonic();
-            let wait = discovery_interval(
-                interval,
+            let swarm_active = *activity.borrow_and_update();
+            let wait = discovery.interval(
                 last_task.map(|t| now.saturating_sub(t)),
                 last_finished.map(|t| now.saturating_sub(t)),
+                swarm_active,
             );
+            let woke = async {
+                if !watching || swarm_active {
+                    return std::future::pending().await;
+                }
+                activity.changed().await
+            };
             tokio::select! {
+                // The swarm woke: look now, then at the active cadence.
+                changed = woke => watching = changed.is_ok(),
                 _ = stop.changed() => break,
                 _ = async {
                     clock.sleep(wait).await;
@@ -275,47 +252,5 @@ async fn publish(
         .await
     {
         tracing::warn!(task = %task.key(), error = %e, "task outcome not published; the coordinator will reassign it at its deadline");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn a_node_looks_more_often_for_a_minute_after_a_task() {
-        let second = Duration::from_secs(1);
-        let at = |given, finished| discovery_interval(second, given, finished);
-        // Idle (never given a task, or not for a minute): the configured interval.
-        assert_eq!(at(None, None), second);
-        assert_eq!(at(Some(BUSY_WINDOW), Some(BUSY_WINDOW)), second);
-        assert_eq!(at(Some(10 * BUSY_WINDOW), None), second);
-        // Busy: a quarter of it.
-        assert_eq!(at(Some(Duration::ZERO), None), second / 4);
-        assert_eq!(at(Some(BUSY_WINDOW - MS), None), second / 4);
-        assert_eq!(at(Some(BUSY_WINDOW - MS), Some(HOT_WINDOW)), second / 4);
-        assert_eq!(discovery_interval(20 * MS, Some(MS), None), 5 * MS);
-        // Never below a millisecond, nor above the configured interval.
-        assert_eq!(discovery_interval(2 * MS, Some(MS), None), MS);
-        assert_eq!(discovery_interval(MS / 2, Some(MS), None), MS / 2);
-    }
-
-    #[test]
-    fn a_node_looks_every_millisecond_just_after_it_finished_a_task() {
-        let second = Duration::from_secs(1);
-        for finished in [Duration::ZERO, HOT_WINDOW / 2, HOT_WINDOW - MS] {
-            assert_eq!(discovery_interval(second, Some(MS), Some(finished)), MS);
-        }
-        assert_eq!(
-            discovery_interval(second, Some(HOT_WINDOW), Some(HOT_WINDOW)),
-            second / 4
-        );
-        // A shorter configured interval stays.
-        assert_eq!(
-            discovery_interval(MS / 4, Some(MS), Some(Duration::ZERO)),
-            MS / 4
-        );
     }
 }

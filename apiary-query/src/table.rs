@@ -179,6 +179,14 @@ impl TableProvider for FrameTable {
             });
         }
         let summary = self.summary(selected.len());
+        // Every read of these cells from storage is checked against their checksums.
+        let digests = self.scans.cells().digests();
+        for &i in &selected {
+            let cell = &index.cells[i];
+            if let Some(crc32c) = cell.crc32c {
+                digests.expect(cell.file.object_meta.location.as_ref(), crc32c);
+            }
+        }
         let projected = Arc::new(
             index.schema.project(
                 &args

@@ -481,6 +481,7 @@ pub(crate) mod tests {
                 bytes: 10,
                 partition_values: Default::default(),
                 stats: Default::default(),
+                crc32c: None,
             }],
         }
     }

@@ -176,4 +176,11 @@ pub trait StorageBackend: Debug + Display + Send + Sync + 'static {
 
     /// The `object_store` view of the same root, for readers such as DataFusion.
     fn object_store(&self) -> Arc<dyn ObjectStore>;
+
+    /// The requests made through this backend since it was opened, by kind, when it counts
+    /// them (a running node reports its request rate and cost from these). The default
+    /// counts nothing.
+    fn request_counts(&self) -> Option<crate::RequestCounts> {
+        None
+    }
 }

@@ -78,6 +78,19 @@ impl RequestCounts {
         self.get + self.head + self.put + self.conditional_put + self.list + self.delete
     }
 
+    /// These counts less `earlier`'s, each at least zero (counters read at two moments).
+    pub fn saturating_sub(&self, earlier: &RequestCounts) -> RequestCounts {
+        RequestCounts {
+            get: self.get.saturating_sub(earlier.get),
+            head: self.head.saturating_sub(earlier.head),
+            put: self.put.saturating_sub(earlier.put),
+            conditional_put: self.conditional_put.saturating_sub(earlier.conditional_put),
+            list: self.list.saturating_sub(earlier.list),
+            delete: self.delete.saturating_sub(earlier.delete),
+            cell_get: self.cell_get.saturating_sub(earlier.cell_get),
+        }
+    }
+
     /// GET requests for anything but cell data (ledgers, hints, heartbeats, …).
     pub fn metadata_get(&self) -> u64 {
         self.get - self.cell_get
@@ -251,6 +264,8 @@ pub struct InstrumentedStore {
     rng: Arc<Mutex<StdRng>>,
     counters: Arc<Counters>,
     hold: Option<Hold>,
+    /// Only counts: no draw, no lock, no yield per request (a production node's counters).
+    counting_only: bool,
 }
 
 /// A cheap handle to read an [`InstrumentedStore`]'s counts after it was moved into a backend.
@@ -302,6 +317,16 @@ impl InstrumentedStore {
             rng,
             counters: Arc::default(),
             hold: None,
+            counting_only: false,
+        }
+    }
+
+    /// Wraps `inner` to count its requests and nothing else: what a running node uses to
+    /// report its request rate and cost (no faults, no pause, no lock per request).
+    pub fn counting(inner: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            counting_only: true,
+            ..Self::new(inner, FaultConfig::none())
         }
     }
 
@@ -340,6 +365,9 @@ impl InstrumentedStore {
 
     /// Draws the fault for one request, and sleeps the injected latency.
     async fn draw(&self, write: bool, create: bool) -> Fault {
+        if self.counting_only {
+            return Fault::None;
+        }
         let (delay, fault) = {
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
             let f = &self.faults;

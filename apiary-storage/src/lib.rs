@@ -24,8 +24,8 @@
 mod backend;
 #[cfg(feature = "testing")]
 pub mod conformance;
+pub mod cost;
 mod error;
-#[cfg(feature = "testing")]
 mod instrumented;
 mod object;
 mod open;
@@ -37,7 +37,6 @@ pub use backend::{
     SwapOutcome,
 };
 pub use error::{ErrorKind, Result, StorageError};
-#[cfg(feature = "testing")]
 pub use instrumented::{
     CountsHandle, FaultConfig, Hold, InstrumentedStore, RequestCounts, RequestKind, counted_backend,
 };

@@ -33,6 +33,8 @@ pub struct ObjectStoreBackend {
     resolve_pause: Duration,
     /// The folder a local store lives in (its staging files are swept from there).
     local_root: Option<std::path::PathBuf>,
+    /// The counters of the requests made through this backend, when it counts them.
+    counts: Option<crate::CountsHandle>,
 }
 
 impl ObjectStoreBackend {
@@ -48,6 +50,7 @@ impl ObjectStoreBackend {
             description: description.into(),
             resolve_pause: Duration::from_millis(5),
             local_root: None,
+            counts: None,
         }
     }
 
@@ -56,6 +59,15 @@ impl ObjectStoreBackend {
     /// [`StorageBackend::remove_stale_uploads`]).
     pub fn with_local_root(mut self, root: impl Into<std::path::PathBuf>) -> Self {
         self.local_root = Some(root.into());
+        self
+    }
+
+    /// Counts every request made through this backend (its store, and the store it hands
+    /// to readers such as DataFusion), for [`StorageBackend::request_counts`].
+    pub fn counting(mut self) -> Self {
+        let counted = crate::InstrumentedStore::counting(Arc::clone(&self.store));
+        self.counts = Some(counted.counts());
+        self.store = Arc::new(counted);
         self
     }
 
@@ -358,6 +370,10 @@ impl StorageBackend for ObjectStoreBackend {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err(key, e)),
         }
+    }
+
+    fn request_counts(&self) -> Option<crate::RequestCounts> {
+        self.counts.as_ref().map(crate::CountsHandle::snapshot)
     }
 
     async fn remove_stale_uploads(&self, prefix: &Path, before_ms: i64) -> Result<usize> {

@@ -115,7 +115,7 @@ pub const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60)
 pub async fn open(uri: &StorageUri) -> Result<Arc<dyn StorageBackend>> {
     let deadline = open_timeout(uri)?;
     let (store, capabilities) = object_store_for(uri)?;
-    let mut backend = ObjectStoreBackend::new(store, capabilities, uri.to_string());
+    let mut backend = ObjectStoreBackend::new(store, capabilities, uri.to_string()).counting();
     if let StorageUri::Local(path) = uri {
         backend = backend.with_local_root(path.clone());
     }

@@ -5,7 +5,7 @@
 //! throttled store) must never delay this node's own heartbeat past the others' dead
 //! threshold.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,7 +48,13 @@ pub struct AgentConfig {
     pub attributes: std::collections::BTreeMap<String, String>,
     /// How many tasks the node, coordinating, abandoned (published in every heartbeat).
     pub abandoned: Option<AbandonedReport>,
+    /// The node's storage request counters: their rate and cost are published in every
+    /// heartbeat.
+    pub requests: Option<RequestsReport>,
 }
+
+/// Reads the node's storage request counters, for each heartbeat (`None`: not counted).
+pub type RequestsReport = Arc<dyn Fn() -> Option<apiary_storage::RequestCounts> + Send + Sync>;
 
 /// Says how many tasks a node abandoned, for each heartbeat.
 pub type AbandonedReport = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -76,6 +82,7 @@ impl Default for AgentConfig {
             colony: None,
             attributes: Default::default(),
             abandoned: None,
+            requests: None,
         }
     }
 }
@@ -94,6 +101,11 @@ struct Publisher {
     colony: Option<Arc<Colony>>,
     attributes: std::collections::BTreeMap<String, String>,
     abandoned: Option<AbandonedReport>,
+    swarm: SwarmConfig,
+    /// Whether the node is active (see [`SwarmConfig`]): its heartbeats say so.
+    active: AtomicBool,
+    requests: Option<RequestsReport>,
+    meter: Mutex<crate::requests::RequestMeter>,
 }
 
 impl Publisher {
@@ -126,6 +138,14 @@ impl Publisher {
                 .map(|report| report())
                 .unwrap_or_default(),
             attributes: self.attributes.clone(),
+            beat: Some(self.swarm.beat(self.active.load(Ordering::Acquire))),
+            requests: self.requests.as_ref().and_then(|report| {
+                let counts = report()?;
+                self.meter
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .sample(self.clock.monotonic(), counts)
+            }),
         }
         .sanitize()
     }
@@ -146,6 +166,7 @@ pub struct SwarmAgent {
     config: AgentConfig,
     view: watch::Receiver<WorldView>,
     drain: watch::Receiver<bool>,
+    active: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -183,6 +204,12 @@ impl SwarmAgent {
             colony: config.colony.clone(),
             attributes: config.attributes.clone(),
             abandoned: config.abandoned.clone(),
+            swarm: config.swarm.clone(),
+            // A node starts active: it was just started to work, and peers see its
+            // joining at the active cadence.
+            active: AtomicBool::new(true),
+            requests: config.requests.clone(),
+            meter: Mutex::default(),
         });
         membership.join(&publisher.next()).await?;
         publisher.set(Lifecycle::Alive);
@@ -196,22 +223,28 @@ impl SwarmAgent {
         if let Some(hook) = &config.on_view {
             hook(&first);
         }
+        let (active_tx, active) = watch::channel(true);
         let (view_tx, view) = watch::channel(first);
         let (drain_tx, drain) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
+        let woke = Arc::new(tokio::sync::Notify::new());
         let tasks = vec![
             tokio::spawn(beat(
                 Arc::clone(&membership),
                 Arc::clone(&publisher),
-                config.swarm.heartbeat_interval,
+                Arc::clone(&woke),
                 stop_rx.clone(),
             )),
             tokio::spawn(poll(
                 Arc::clone(&membership),
-                Arc::clone(&publisher.clock),
+                Arc::clone(&publisher),
                 config.clone(),
-                view_tx,
-                drain_tx,
+                Channels {
+                    view: view_tx,
+                    drain: drain_tx,
+                    active: active_tx,
+                    woke,
+                },
                 stop_rx,
             )),
         ];
@@ -221,6 +254,7 @@ impl SwarmAgent {
             config,
             view,
             drain,
+            active,
             stop,
             tasks: Mutex::new(tasks),
         })
@@ -250,6 +284,12 @@ impl SwarmAgent {
     /// change (links opened to a node that joins, say). It closes when the agent stops.
     pub fn views(&self) -> watch::Receiver<WorldView> {
         self.view.clone()
+    }
+
+    /// Whether the swarm is active (this node or a peer works), as a channel that changes
+    /// when it does: an idle swarm's nodes look for work less often.
+    pub fn activity(&self) -> watch::Receiver<bool> {
+        self.active.clone()
     }
 
     /// Resolves when an operator asks this node to leave (a drain request in storage).
@@ -291,57 +331,126 @@ impl Drop for SwarmAgent {
     }
 }
 
-/// Writes a heartbeat every `interval` until stopped. Beats go on while leaving, so that a
-/// draining node is not taken for dead.
+/// Writes a heartbeat every heartbeat interval while the node is active, every idle
+/// heartbeat interval once it has had no work for the idle delay, and at once when it
+/// wakes (a bee taken while none was busy), until stopped. Beats go on at the active
+/// cadence while leaving, so that a draining node is not taken for dead.
 async fn beat(
     membership: Arc<dyn Membership>,
     publisher: Arc<Publisher>,
-    interval: Duration,
+    woke: Arc<tokio::sync::Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut ticker = Ticker::new(Arc::clone(&publisher.clock), interval);
+    let clock = Arc::clone(&publisher.clock);
+    let swarm = publisher.swarm.clone();
+    let mut ticker = Ticker::new(Arc::clone(&clock), swarm.heartbeat_interval);
+    let mut last_beat = clock.monotonic();
+    let mut last_work = last_beat;
+    let mut seen = publisher.bees.work().0;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            _ = ticker.tick() => {
-                let started = publisher.clock.monotonic();
-                if let Err(e) = membership.publish(&publisher.next()).await {
-                    tracing::warn!(error = %e, "heartbeat write failed");
-                }
-                if let Some(colony) = &publisher.colony {
-                    colony.record_storage_latency(publisher.clock.monotonic().saturating_sub(started));
-                }
-            }
+            _ = ticker.tick() => {}
+            _ = publisher.bees.woken() => {}
+        }
+        let now = clock.monotonic();
+        let (taken, busy) = publisher.bees.work();
+        if taken != seen || busy {
+            seen = taken;
+            last_work = now;
+        }
+        let active = now.saturating_sub(last_work) < swarm.idle_after
+            || publisher.get() == Lifecycle::Leaving;
+        let was = publisher.active.swap(active, Ordering::AcqRel);
+        // Half a tick early rather than a tick late.
+        let due = now.saturating_sub(last_beat) + swarm.heartbeat_interval / 2
+            >= swarm.idle_heartbeat_interval;
+        if !(active || was || due) {
+            continue;
+        }
+        if active && !was {
+            tracing::debug!("this node has work again: beating at the active cadence");
+            woke.notify_one();
+        } else if was && !active {
+            tracing::debug!(after = ?swarm.idle_after, "no work: beating at the idle cadence");
+        }
+        last_beat = now;
+        if let Err(e) = membership.publish(&publisher.next()).await {
+            tracing::warn!(error = %e, "heartbeat write failed");
+        }
+        if let Some(colony) = &publisher.colony {
+            colony.record_storage_latency(clock.monotonic().saturating_sub(now));
         }
     }
 }
 
-/// Reads the swarm every poll interval until stopped.
+/// Where the poll loop tells what it learned.
+struct Channels {
+    view: watch::Sender<WorldView>,
+    drain: watch::Sender<bool>,
+    active: watch::Sender<bool>,
+    /// Notified by the heartbeat loop when this node wakes.
+    woke: Arc<tokio::sync::Notify>,
+}
+
+/// Reads the swarm until stopped: a listing every poll interval while the swarm is active;
+/// while it is idle a probe of the roster every poll interval and a listing when it says
+/// something changed or every idle listing interval; a listing at once when this node wakes.
 async fn poll(
     membership: Arc<dyn Membership>,
-    clock: Arc<dyn Clock>,
+    publisher: Arc<Publisher>,
     config: AgentConfig,
-    view_tx: watch::Sender<WorldView>,
-    drain_tx: watch::Sender<bool>,
+    channels: Channels,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut ticker = Ticker::new(clock, config.swarm.poll_interval);
+    let clock = Arc::clone(&publisher.clock);
+    let swarm = &config.swarm;
+    let mut ticker = Ticker::new(Arc::clone(&clock), swarm.poll_interval);
+    // The first listing was made by `start`.
+    let mut last_list = clock.monotonic();
     loop {
-        tokio::select! {
+        let woke = tokio::select! {
             _ = stop.changed() => break,
-            _ = ticker.tick() => match membership.refresh().await {
-                Ok(view) => {
-                    if view.drain_requested && !*drain_tx.borrow() {
-                        tracing::info!("an operator asked this node to drain and leave");
-                        let _ = drain_tx.send(true);
-                    }
-                    if let Some(hook) = &config.on_view {
-                        hook(&view);
-                    }
-                    let _ = view_tx.send(view);
+            _ = ticker.tick() => false,
+            _ = channels.woke.notified() => true,
+        };
+        let own = publisher.active.load(Ordering::Acquire);
+        let active = own || membership.world_view().is_active();
+        let now = clock.monotonic();
+        let list = woke
+            || active
+            || now.saturating_sub(last_list) + swarm.poll_interval / 2
+                >= swarm.listing_interval(false)
+            || match membership.probe().await {
+                Ok(changed) => changed,
+                Err(e) => {
+                    tracing::debug!(error = %e, "probing the roster failed; listing instead");
+                    true
                 }
-                Err(e) => tracing::warn!(error = %e, "reading the swarm failed"),
-            },
+            };
+        if !list {
+            channels
+                .active
+                .send_if_modified(|a| std::mem::replace(a, false));
+            continue;
+        }
+        last_list = now;
+        match membership.refresh().await {
+            Ok(view) => {
+                if view.drain_requested && !*channels.drain.borrow() {
+                    tracing::info!("an operator asked this node to drain and leave");
+                    let _ = channels.drain.send(true);
+                }
+                if let Some(hook) = &config.on_view {
+                    hook(&view);
+                }
+                let active = publisher.active.load(Ordering::Acquire) || view.is_active();
+                channels
+                    .active
+                    .send_if_modified(|a| std::mem::replace(a, active) != active);
+                let _ = channels.view.send(view);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the swarm failed"),
         }
     }
 }

@@ -35,6 +35,8 @@ pub trait Harness: Send + Sync {
 pub async fn run_all(h: &dyn Harness) {
     joined_member_is_alive_in_its_own_view(h).await;
     others_see_a_joined_node(h).await;
+    probe_sees_joins_and_leaves(h).await;
+    each_node_is_judged_by_its_own_cadence(h).await;
     a_silent_node_turns_suspect_then_dead(h).await;
     leaving_is_seen_and_leave_removes(h).await;
     drain_reaches_only_its_target(h).await;
@@ -68,6 +70,8 @@ pub fn heartbeat(id: &str, seq: u64, state: Lifecycle) -> Heartbeat {
         },
         cache: Default::default(),
         attributes: [("seq".to_string(), seq.to_string())].into(),
+        beat: None,
+        requests: None,
     }
 }
 
@@ -119,6 +123,76 @@ async fn refresh_until(
     }
     assert_well_formed(&view, "refresh");
     view
+}
+
+/// After another member joins or leaves, `probe` says the swarm may have changed until this
+/// member refreshes.
+pub async fn probe_sees_joins_and_leaves(h: &dyn Harness) {
+    let a = joined(h, "probe-a").await;
+    a.refresh().await.unwrap();
+    let b = joined(h, "probe-b").await;
+    assert!(
+        a.probe().await.unwrap(),
+        "after a join, probe answers true until the next refresh"
+    );
+    let view = a.refresh().await.unwrap();
+    assert!(state_of(&view, "probe-b").is_some(), "{view:?}");
+    b.leave().await.unwrap();
+    assert!(
+        a.probe().await.unwrap(),
+        "after a leave, probe answers true until the next refresh"
+    );
+    let view = a.refresh().await.unwrap();
+    assert_eq!(state_of(&view, "probe-b"), None, "{view:?}");
+    a.leave().await.unwrap();
+}
+
+/// A node whose heartbeat promises a slow cadence (idle) is alive past the observer's dead
+/// threshold, and dead past its own promise.
+pub async fn each_node_is_judged_by_its_own_cadence(h: &dyn Harness) {
+    let config = h.config();
+    let a = joined(h, "cadence-a").await;
+    let b = h.member("cadence-b").await;
+    let idle = |seq| {
+        let mut hb = heartbeat("cadence-b", seq, Lifecycle::Alive);
+        hb.beat = Some(crate::heartbeat::Beat {
+            active: false,
+            interval_ms: config.dead_threshold.as_millis() as u64 * 2,
+            dead_after_ms: config.dead_threshold.as_millis() as u64 * 3,
+        });
+        hb
+    };
+    b.join(&idle(1)).await.unwrap();
+    refresh_until(h, a.as_ref(), 4, |v| {
+        state_of(v, "cadence-b") == Some(NodeState::Alive)
+    })
+    .await;
+    b.publish(&idle(2)).await.unwrap();
+    let view = refresh_until(h, a.as_ref(), 4, |v| {
+        v.node(&NodeId::new("cadence-b").unwrap())
+            .is_some_and(|n| n.heartbeat.seq == 2)
+    })
+    .await;
+    assert_eq!(seq_of(&view, "cadence-b"), Some(2), "{view:?}");
+    // Past the observer's own threshold, within the node's promise: alive.
+    h.advance(config.dead_threshold + config.poll_interval)
+        .await;
+    let view = a.refresh().await.unwrap();
+    assert_eq!(
+        state_of(&view, "cadence-b"),
+        Some(NodeState::Alive),
+        "a node is judged by the cadence its heartbeat promises: {view:?}"
+    );
+    // Past its promise: dead.
+    h.advance(config.dead_threshold * 2).await;
+    let view = a.refresh().await.unwrap();
+    assert_eq!(
+        state_of(&view, "cadence-b"),
+        Some(NodeState::Dead),
+        "a node silent past its own promise is dead: {view:?}"
+    );
+    b.leave().await.unwrap();
+    a.leave().await.unwrap();
 }
 
 /// A member that joined is `alive` in its own view, carrying the heartbeat it published.

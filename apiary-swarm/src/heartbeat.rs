@@ -113,6 +113,9 @@ pub enum HeartbeatKey {
     Node(NodeId),
     /// A drain request for a node.
     Drain(NodeId),
+    /// A generation of the roster: a join, a leave or a wake (see
+    /// [`storage`](crate::storage)).
+    Roster(u64),
 }
 
 impl HeartbeatKey {
@@ -124,6 +127,12 @@ impl HeartbeatKey {
         }
         if let Some(id) = stem.strip_prefix("drain_") {
             return NodeId::new(id).ok().map(HeartbeatKey::Drain);
+        }
+        if let Some(generation) = stem.strip_prefix("roster_")
+            && generation.len() == 20
+            && generation.bytes().all(|b| b.is_ascii_digit())
+        {
+            return generation.parse().ok().map(HeartbeatKey::Roster);
         }
         None
     }
@@ -226,9 +235,51 @@ pub struct Heartbeat {
     /// [`MAX_ATTRIBUTES`] entries, keys of at most 64 bytes, values of at most 1 KiB.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
+    /// How often the node beats now and when to judge it dead (absent from heartbeats of
+    /// versions before beats adapted to activity: peers then judge by their own dead
+    /// threshold and count the node as active).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beat: Option<Beat>,
+    /// The node's recent storage requests and their cost (absent from nodes that do not
+    /// count them, and from versions before they were published).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<crate::requests::RequestRate>,
 }
 
+/// A node's promise about its next heartbeats: an active node beats often, an idle one
+/// rarely, and each says which so that peers judge its liveness by its own cadence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beat {
+    /// Whether the node is working (or was within the idle delay).
+    pub active: bool,
+    /// The interval to its next heartbeat, in milliseconds.
+    pub interval_ms: u64,
+    /// Judge the node dead when its heartbeat has not changed for this long (suspect at
+    /// half), in milliseconds.
+    pub dead_after_ms: u64,
+}
+
+/// The longest a heartbeat may ask peers to wait before judging its node dead; a longer
+/// promise is cut to it, so a damaged or hostile heartbeat cannot keep a dead node alive.
+pub const MAX_DEAD_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl Heartbeat {
+    /// Whether the node says it is active (a heartbeat without a [`Beat`] is).
+    pub fn is_active(&self) -> bool {
+        self.beat.is_none_or(|b| b.active)
+    }
+
+    /// When peers should judge this node dead: its own promise (at most
+    /// [`MAX_DEAD_AFTER`]), or `default` without one.
+    pub fn dead_after(&self, default: std::time::Duration) -> std::time::Duration {
+        match self.beat {
+            Some(b) => {
+                std::time::Duration::from_millis(b.dead_after_ms).min(MAX_DEAD_AFTER.max(default))
+            }
+            None => default,
+        }
+    }
+
     /// Serializes it.
     pub fn encode(&self) -> Vec<u8> {
         // A heartbeat has no maps with non-string keys and no non-finite floats after
@@ -241,6 +292,11 @@ impl Heartbeat {
         let finite = |x: f64| if x.is_finite() { x.max(0.0) } else { 0.0 };
         self.load.memory_pressure = finite(self.load.memory_pressure);
         self.load.temperature = finite(self.load.temperature);
+        if let Some(r) = &mut self.requests {
+            r.per_minute = finite(r.per_minute);
+            r.writes_and_lists_per_minute = finite(r.writes_and_lists_per_minute);
+            r.monthly_usd = finite(r.monthly_usd);
+        }
         self.cache.hot_cells.truncate(MAX_HOT_CELLS);
         self
     }
@@ -357,6 +413,11 @@ mod tests {
             HeartbeatKey::parse("drain_n1.json"),
             Some(HeartbeatKey::Drain(NodeId::new("n1").unwrap()))
         );
+        assert_eq!(
+            HeartbeatKey::parse("roster_00000000000000000042.json"),
+            Some(HeartbeatKey::Roster(42))
+        );
+        assert_eq!(HeartbeatKey::parse("roster_42.json"), None);
         assert_eq!(HeartbeatKey::parse("node_N1.json"), None);
         assert_eq!(HeartbeatKey::parse("readme.txt"), None);
     }

@@ -14,26 +14,31 @@ mod clock;
 mod colony;
 #[cfg(feature = "testing")]
 pub mod conformance;
+pub mod discovery;
 mod error;
 mod heartbeat;
 mod identity;
 mod load;
 pub mod membership;
+mod requests;
 #[cfg(feature = "testing")]
 pub mod simulation;
 pub mod storage;
 mod view;
 
-pub use agent::{AbandonedReport, AgentConfig, CacheReport, SwarmAgent, ViewHook};
+pub use agent::{AbandonedReport, AgentConfig, CacheReport, RequestsReport, SwarmAgent, ViewHook};
 pub use clock::{Clock, ManualClock, SystemClock, Ticker};
 pub use colony::{Colony, ColonyConfig, Overloaded, Regulation, Signals};
+pub use discovery::Discovery;
 pub use error::{Result, SwarmError};
 pub use heartbeat::{
-    CacheSummary, Capacity, DrainRequest, HEARTBEAT_DIR, HEARTBEAT_FORMAT, Heartbeat, HeartbeatKey,
-    Lifecycle, Load, MAX_ATTRIBUTES, MAX_HEARTBEAT_BYTES, MAX_HOT_CELLS, NodeId, check_attributes,
+    Beat, CacheSummary, Capacity, DrainRequest, HEARTBEAT_DIR, HEARTBEAT_FORMAT, Heartbeat,
+    HeartbeatKey, Lifecycle, Load, MAX_ATTRIBUTES, MAX_DEAD_AFTER, MAX_HEARTBEAT_BYTES,
+    MAX_HOT_CELLS, NodeId, check_attributes,
 };
 pub use identity::{NodeIdentity, default_state_dir};
 pub use load::{Bee, BeeState, Bees, Leaving, MemoryProbe, detect_capacity, machine_memory};
 pub use membership::Membership;
+pub use requests::{REQUEST_WINDOW, RequestMeter, RequestRate};
 pub use storage::StorageHeartbeats;
 pub use view::{Listed, NodeState, NodeView, Observer, SwarmConfig, Token, WorldView};

@@ -1,6 +1,6 @@
 //! Bees (the node's workers, one per core), their load, and the node's capacity.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,10 @@ pub struct Bees {
     idle: Notify,
     /// Woken whenever a bee is released.
     freed: Notify,
+    /// Bees taken since the start: work the node did, for telling active from idle.
+    taken: AtomicU64,
+    /// Woken when a bee is taken while none was busy (for the heartbeat loop).
+    woke: Notify,
 }
 
 impl std::fmt::Debug for Bees {
@@ -104,6 +108,8 @@ impl Bees {
             accepting: AtomicBool::new(true),
             idle: Notify::new(),
             freed: Notify::new(),
+            taken: AtomicU64::new(0),
+            woke: Notify::new(),
         })
     }
 
@@ -125,7 +131,10 @@ impl Bees {
 
     /// A bee for `permit`, in the first idle slot.
     fn bee(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Bee {
-        self.busy.fetch_add(1, Ordering::AcqRel);
+        self.taken.fetch_add(1, Ordering::AcqRel);
+        if self.busy.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.woke.notify_one();
+        }
         let mut states = self.lock_states();
         // A permit guarantees a free slot.
         let index = states.iter().position(|s| !s.busy).unwrap_or(0);
@@ -225,6 +234,21 @@ impl Bees {
             }
             freed.await;
         }
+    }
+
+    /// Bees taken since the start, and whether one is busy now: the node worked since the
+    /// last reading when either changed.
+    pub fn work(&self) -> (u64, bool) {
+        (
+            self.taken.load(Ordering::Acquire),
+            self.busy.load(Ordering::Acquire) > 0,
+        )
+    }
+
+    /// Returns when a bee is taken while none was busy (or at once if that happened since
+    /// the last call). For one waiter: the node's heartbeat loop.
+    pub async fn woken(&self) {
+        self.woke.notified().await;
     }
 
     /// Bees in total.

@@ -40,6 +40,14 @@
 //! the swarm: every node with a heartbeat, nodes that publish within the thresholds
 //! `alive` at once (no `joining` wait), aged without any node's clock.
 //!
+//! **Probe.** After another member joins or leaves, [`probe`](Membership::probe) answers
+//! `true` until this member refreshes.
+//!
+//! **Cadence.** A heartbeat may carry a [`Beat`](crate::Beat): a node's own promise of its
+//! interval and of when to judge it dead. Members judge each node by its promise (an idle
+//! node beats rarely and promises a longer deadline), and a node without one by their own
+//! dead threshold.
+//!
 //! **No I/O in [`world_view`](Membership::world_view):** it returns the last refresh's view.
 //!
 //! Coordinators place work from these views: capacity (bees, memory), load (idle bees,
@@ -126,6 +134,14 @@ pub trait Membership: Send + Sync + std::fmt::Debug + 'static {
 
     /// Reads the swarm now and returns the updated world view.
     async fn refresh(&self) -> Result<WorldView>;
+
+    /// Whether the swarm may have changed (a node joined, left or woke) since the last
+    /// refresh: a cheap check an idle member makes every poll instead of a refresh. `false`
+    /// promises only that no join, leave or wake was recorded; heartbeats may still have
+    /// been rewritten. The default, for memberships with no cheaper check, is `true`.
+    async fn probe(&self) -> Result<bool> {
+        Ok(true)
+    }
 
     /// The world view as of the last refresh (no I/O).
     fn world_view(&self) -> WorldView;

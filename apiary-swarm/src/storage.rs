@@ -1,24 +1,46 @@
 //! [`StorageHeartbeats`]: membership through heartbeat files in the shared storage.
 //!
+//! ```text
+//! _heartbeats/node_{id}.json            a node's heartbeat, rewritten on every beat
+//! _heartbeats/drain_{id}.json           an operator's request that the node leave
+//! _heartbeats/roster_{generation}.json  one change of the swarm: a join, a leave, a wake
+//! ```
+//!
+//! ## The roster
+//!
+//! Listing is the dearest request a store has (S3 prices a LIST like a PUT, twelve times a
+//! GET), so an idle swarm does not list every poll. Instead, a node that joins, leaves or
+//! wakes (goes from idle to active) creates the roster's next generation, `roster_{n+1}`,
+//! by create-if-absent; a node that finds it taken tries the next one. Every node probes
+//! for the generation after the newest it knows with one GET: a 404 (a GET's price, no
+//! bytes) says nothing changed, and an object says list now. That is the conditional read
+//! of a single roster object (`If-None-Match`) turned into a read of the next name, which
+//! every backend supports with the create-if-absent the ledgers already need. A listing
+//! tells the newest generation; the creator of generation `n` deletes `n − 64`.
+//!
 //! ## Request budget
 //!
-//! Per node, at the default intervals (heartbeat 5 s, poll 5 s):
+//! Per node, at the default settings ([`SwarmConfig`]):
 //!
-//! * 12 PUTs a minute: its heartbeat;
-//! * 12 LISTs a minute: one listing of `_heartbeats/` per poll (one page per 1000 nodes);
-//! * at most 6 GETs a minute in the steady state, from a token bucket
+//! * **Idle swarm** (no node has worked for a minute): a heartbeat PUT a minute, a roster
+//!   probe (GET) every 5 s, a listing every 5 minutes as a safety net, and about one content
+//!   GET per listing. At S3 Standard prices that is about $0.48 a month, whatever the size
+//!   of the swarm up to 1000 nodes per listing page (`simulation` measures it).
+//! * **Active swarm**: 12 heartbeat PUTs and 12 listings a minute, and at most 6 content
+//!   GETs a minute in the steady state, from a token bucket
 //!   ([`SwarmConfig::content_reads_per_minute`]): the listing's ETag, size and modification
-//!   stamp show liveness without reading the object, and contents are re-read only to refresh
-//!   peers' load (nodes whose size changed first, then the stalest). A node seen for the first
-//!   time is read at once, outside the budget: joining costs one GET per observer, once.
-//! * rare: a HEAD and a DELETE for a heartbeat dead longer than the retention.
-//!
-//! So at most 30 requests per node per minute, whatever the size of the swarm, up to 1000
-//! nodes per listing page.
+//!   stamp show liveness without reading the object, and contents are re-read only to
+//!   refresh peers' load (nodes whose size changed first, then the stalest). A node about
+//!   to be judged suspect on content older than its heartbeat is re-read outside the
+//!   budget (it may have gone idle and promised a slower cadence). A node seen for the
+//!   first time is read at once, outside the budget: joining costs one GET per observer,
+//!   once.
+//! * rare: a HEAD and a DELETE for a heartbeat dead longer than the retention; a
+//!   create-if-absent and a GET per node for each join, leave or wake.
 
 use std::sync::{Arc, Mutex};
 
-use apiary_storage::{Path, StorageBackend, get_opt};
+use apiary_storage::{CreateOutcome, Path, StorageBackend, get_opt};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -39,6 +61,38 @@ pub struct StorageHeartbeats {
     config: SwarmConfig,
     observer: Mutex<Observer>,
     view: Mutex<WorldView>,
+    roster: Mutex<Roster>,
+}
+
+/// What this member knows of the roster.
+#[derive(Debug, Default)]
+struct Roster {
+    /// The newest generation seen or created.
+    generation: u64,
+    /// Whether this node's last published heartbeat said it was active.
+    active: Option<bool>,
+}
+
+/// Generations kept behind the newest: a member further behind than this learns of the
+/// change at its next safety listing.
+const ROSTER_KEPT: u64 = 64;
+
+/// Attempts at creating the next generation before giving up (the change is then seen at
+/// the next listing).
+const ROSTER_ATTEMPTS: u64 = 32;
+
+fn roster_key(generation: u64) -> Path {
+    Path::from(format!("{HEARTBEAT_DIR}/roster_{generation:020}.json").as_str())
+}
+
+/// One change of the swarm, as stored in a roster generation (for people: members only
+/// need to know that something changed).
+#[derive(Debug, serde::Serialize)]
+struct RosterEvent<'a> {
+    format: u32,
+    event: &'a str,
+    node_id: &'a NodeId,
+    at_ms: i64,
 }
 
 impl std::fmt::Debug for StorageHeartbeats {
@@ -54,14 +108,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Reads `_heartbeats/` once: what is listed, with change tokens.
-async fn list_heartbeats(backend: &dyn StorageBackend) -> Result<Vec<Listed>> {
+/// Reads `_heartbeats/` once: what is listed, with change tokens, and the newest roster
+/// generation.
+async fn list_heartbeats(backend: &dyn StorageBackend) -> Result<(Vec<Listed>, u64)> {
     let listed = backend.list(&Path::from(HEARTBEAT_DIR)).await?;
-    Ok(listed
+    let mut generation = 0;
+    let listed = listed
         .into_iter()
-        .map(|m| {
+        .filter_map(|m| {
             let name = m.key.filename().unwrap_or_default().to_string();
-            match HeartbeatKey::parse(&name) {
+            Some(match HeartbeatKey::parse(&name) {
+                Some(HeartbeatKey::Roster(g)) => {
+                    generation = generation.max(g);
+                    return None;
+                }
                 Some(HeartbeatKey::Node(id)) => Listed::Node(
                     id,
                     Token {
@@ -72,9 +132,10 @@ async fn list_heartbeats(backend: &dyn StorageBackend) -> Result<Vec<Listed>> {
                 ),
                 Some(HeartbeatKey::Drain(id)) => Listed::Drain(id),
                 None => Listed::Foreign(m.key.to_string()),
-            }
+            })
         })
-        .collect())
+        .collect();
+    Ok((listed, generation))
 }
 
 /// Fetches and decodes one heartbeat; a damaged one becomes the reason it was skipped.
@@ -105,6 +166,7 @@ impl StorageHeartbeats {
         Self {
             observer: Mutex::new(Observer::new(me.clone(), config.clone())),
             view: Mutex::new(WorldView::default()),
+            roster: Mutex::new(Roster::default()),
             backend,
             me,
             clock,
@@ -121,6 +183,55 @@ impl StorageHeartbeats {
     ) -> Self {
         let id = NodeId::generate(&apiary_storage::Random::from_os());
         Self::new(backend, id, clock, config)
+    }
+
+    fn saw_generation(&self, generation: u64) {
+        let mut roster = lock(&self.roster);
+        roster.generation = roster.generation.max(generation);
+    }
+
+    /// Records a change of the swarm as the roster's next generation. Best effort: a
+    /// change not recorded is seen at peers' next listing.
+    async fn announce(&self, event: &str) {
+        let bytes = Bytes::from(
+            serde_json::to_vec(&RosterEvent {
+                format: HEARTBEAT_FORMAT,
+                event,
+                node_id: &self.me,
+                at_ms: self.clock.wall_ms(),
+            })
+            .unwrap_or_default(),
+        );
+        let mut generation = lock(&self.roster).generation;
+        for _ in 0..ROSTER_ATTEMPTS {
+            generation += 1;
+            match self
+                .backend
+                .put_if_absent(&roster_key(generation), bytes.clone())
+                .await
+            {
+                Ok(CreateOutcome::Created(_)) => {
+                    self.saw_generation(generation);
+                    if generation > ROSTER_KEPT {
+                        let old = roster_key(generation - ROSTER_KEPT);
+                        if let Err(e) = self.backend.delete(&old).await {
+                            tracing::debug!(error = %e, "could not remove an old roster generation");
+                        }
+                    }
+                    return;
+                }
+                // Another member's change took this generation: try the next.
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, event, "could not record a change in the roster; peers see it at their next listing");
+                    return;
+                }
+            }
+        }
+        tracing::debug!(
+            event,
+            "the roster moved on too fast to record a change; peers see it at their next listing"
+        );
     }
 
     async fn remove_expired(&self) {
@@ -147,7 +258,12 @@ impl StorageHeartbeats {
 #[async_trait]
 impl Membership for StorageHeartbeats {
     async fn join(&self, heartbeat: &Heartbeat) -> Result<()> {
-        self.publish(heartbeat).await
+        self.publish(heartbeat).await?;
+        // The roster's newest generation, to record the join after it.
+        let (_, generation) = list_heartbeats(self.backend.as_ref()).await?;
+        self.saw_generation(generation);
+        self.announce("join").await;
+        Ok(())
     }
 
     async fn publish(&self, heartbeat: &Heartbeat) -> Result<()> {
@@ -156,6 +272,12 @@ impl Membership for StorageHeartbeats {
             .put(&key, Bytes::from(heartbeat.encode()))
             .await?;
         lock(&self.observer).set_own(heartbeat.clone(), self.clock.monotonic());
+        let active = heartbeat.is_active();
+        let woke = lock(&self.roster).active.replace(active) == Some(false) && active;
+        if woke {
+            // Idle members list the swarm again and follow this node's cadence.
+            self.announce("wake").await;
+        }
         Ok(())
     }
 
@@ -166,11 +288,22 @@ impl Membership for StorageHeartbeats {
         self.backend
             .delete(&Path::from(self.me.drain_key().as_str()))
             .await?;
+        self.announce("leave").await;
         Ok(())
     }
 
+    async fn probe(&self) -> Result<bool> {
+        let next = lock(&self.roster).generation + 1;
+        match self.backend.head(&roster_key(next)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn refresh(&self) -> Result<WorldView> {
-        let listed = list_heartbeats(self.backend.as_ref()).await?;
+        let (listed, generation) = list_heartbeats(self.backend.as_ref()).await?;
+        self.saw_generation(generation);
         let to_fetch = lock(&self.observer).observe_listing(listed, self.clock.monotonic());
         let backend = self.backend.as_ref();
         let fetched: Vec<(NodeId, Option<Result<Heartbeat, String>>)> =
@@ -252,7 +385,7 @@ pub(crate) async fn snapshot(
 ) -> Result<WorldView> {
     let store_now = apiary_storage::store_now(backend).await?;
 
-    let listed = list_heartbeats(backend).await?;
+    let (listed, _) = list_heartbeats(backend).await?;
     let mut view = WorldView::default();
     let mut nodes = Vec::new();
     for item in listed {

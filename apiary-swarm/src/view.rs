@@ -8,8 +8,12 @@
 //! node whose clock is hours off is judged like any other.
 //!
 //! States: `joining` (first seen, not yet seen to change), `alive`, `suspect` (no change
-//! for more than half the dead threshold), `dead` (none for the dead threshold), `leaving`
-//! (the node says it is draining).
+//! for more than half its dead threshold), `dead` (none for its dead threshold), `leaving`
+//! (the node says it is draining). A node's dead threshold is the one its heartbeat
+//! promises ([`Beat`]: an idle node beats rarely and asks for longer), else the observer's.
+//! The view is judged when a listing is applied: a node that lists the swarm only every few
+//! minutes (an idle swarm) holds the view of its last listing in between, so a node is
+//! never taken for dead for want of a look.
 //!
 //! Two readings shorten `joining`. A node is alive in its own view once it has joined: its
 //! heartbeat is durable and it knows it is running. And a node that has written its own
@@ -25,16 +29,36 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::heartbeat::{Heartbeat, Lifecycle, NodeId};
+use crate::heartbeat::{Beat, Heartbeat, Lifecycle, NodeId};
 
 /// Timing and request budget of membership.
+///
+/// A node is *active* while it works (a bee busy within [`idle_after`](Self::idle_after))
+/// and *idle* otherwise. The swarm is active when any node in a node's view says it is. An
+/// active node beats every [`heartbeat_interval`](Self::heartbeat_interval); an idle one
+/// every [`idle_heartbeat_interval`](Self::idle_heartbeat_interval), and each heartbeat
+/// says which ([`Beat`]), so peers judge each node by its own cadence. While the swarm is
+/// active a node lists the heartbeats every [`poll_interval`](Self::poll_interval); while
+/// it is idle it only probes the roster that often (one GET) and lists every
+/// [`idle_list_interval`](Self::idle_list_interval). See [`storage`](crate::storage) for
+/// what each costs.
 #[derive(Debug, Clone)]
 pub struct SwarmConfig {
-    /// How often a node rewrites its heartbeat (default 5 s).
+    /// How often an active node rewrites its heartbeat (default 5 s).
     pub heartbeat_interval: Duration,
-    /// How often a node reads the heartbeats (default 5 s).
+    /// How often an idle node rewrites its heartbeat (default 60 s).
+    pub idle_heartbeat_interval: Duration,
+    /// A node with no work for this long is idle (default 60 s).
+    pub idle_after: Duration,
+    /// How often a node reads the swarm: a listing while the swarm is active, a probe of
+    /// the roster while it is idle (default 5 s).
     pub poll_interval: Duration,
-    /// No observed change for this long means dead (default 30 s); half of it, suspect.
+    /// How often a node lists the heartbeats while the swarm is idle (default 5 min).
+    pub idle_list_interval: Duration,
+    /// An active node whose heartbeat has not changed for this long is dead (default
+    /// 20 s: with the last change seen up to a poll late and the judgement made at a
+    /// listing, a working node's death is seen within 30 s); half of it, suspect. An idle node is given the difference between the two
+    /// heartbeat intervals on top.
     pub dead_threshold: Duration,
     /// Heartbeats of nodes dead this long are removed (default 1 h).
     pub retention: Duration,
@@ -47,10 +71,41 @@ impl Default for SwarmConfig {
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_secs(5),
+            idle_heartbeat_interval: Duration::from_secs(60),
+            idle_after: Duration::from_secs(60),
             poll_interval: Duration::from_secs(5),
-            dead_threshold: Duration::from_secs(30),
+            idle_list_interval: Duration::from_secs(300),
+            dead_threshold: Duration::from_secs(20),
             retention: Duration::from_secs(3600),
             content_reads_per_minute: 6.0,
+        }
+    }
+}
+
+impl SwarmConfig {
+    /// The cadence a node promises in its heartbeat, active or idle.
+    pub fn beat(&self, active: bool) -> Beat {
+        let (interval, dead_after) = if active {
+            (self.heartbeat_interval, self.dead_threshold)
+        } else {
+            // The same margin for a late write as an active node has.
+            let idle = self.idle_heartbeat_interval.max(self.heartbeat_interval);
+            (idle, self.dead_threshold + (idle - self.heartbeat_interval))
+        };
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Beat {
+            active,
+            interval_ms: ms(interval),
+            dead_after_ms: ms(dead_after),
+        }
+    }
+
+    /// How long a node waits between listings of the heartbeats, the swarm active or not.
+    pub fn listing_interval(&self, swarm_active: bool) -> Duration {
+        if swarm_active {
+            self.poll_interval
+        } else {
+            self.idle_list_interval.max(self.poll_interval)
         }
     }
 }
@@ -131,6 +186,14 @@ impl WorldView {
     /// One node.
     pub fn node(&self, id: &NodeId) -> Option<&NodeView> {
         self.nodes.iter().find(|n| &n.node_id == id)
+    }
+
+    /// Whether any node that is not dead says it is active: the swarm is busy, and its
+    /// members read it often.
+    pub fn is_active(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.state != NodeState::Dead && n.heartbeat.is_active())
     }
 }
 
@@ -317,12 +380,24 @@ impl Observer {
             }
         }
         changed.sort();
+        let mut over_budget = Vec::new();
         for (_, _, id) in changed {
             if self.budget < 1.0 {
-                break;
+                over_budget.push(id);
+                continue;
             }
             self.budget -= 1.0;
             fetch.push(id);
+        }
+        // A node about to be judged suspect on content older than its newest change is
+        // read first, outside the budget: it may have promised a slower cadence (it went
+        // idle). At most one read per change of its heartbeat.
+        for id in over_budget {
+            if let Some(t) = self.tracked.get(&id)
+                && t.since(now) > self.dead_after(&id, t) / 2
+            {
+                fetch.push(id);
+            }
         }
         fetch
     }
@@ -359,12 +434,20 @@ impl Observer {
         }
     }
 
+    /// When `id` is judged dead: by the cadence its newest content promises.
+    fn dead_after(&self, id: &NodeId, t: &Tracked) -> Duration {
+        self.content(id, t).map_or(self.config.dead_threshold, |c| {
+            c.dead_after(self.config.dead_threshold)
+        })
+    }
+
     fn state(&self, id: &NodeId, t: &Tracked, now: Duration) -> NodeState {
         let since = t.since(now);
         let declared = self.content(id, t).map(|c| c.state);
-        if since > self.config.dead_threshold {
+        let dead_after = self.dead_after(id, t);
+        if since > dead_after {
             NodeState::Dead
-        } else if since > self.config.dead_threshold / 2 {
+        } else if since > dead_after / 2 {
             NodeState::Suspect
         } else if declared == Some(Lifecycle::Leaving) {
             // Sticky: a leaving node never goes back, so even older content tells the truth.
@@ -415,7 +498,7 @@ impl Observer {
         self.tracked
             .iter()
             .filter(|(id, t)| {
-                **id != self.me && t.since(now) > self.config.dead_threshold + self.config.retention
+                **id != self.me && t.since(now) > self.dead_after(id, t) + self.config.retention
             })
             .map(|(id, t)| (id.clone(), t.token.clone()))
             .collect()

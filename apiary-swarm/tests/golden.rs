@@ -51,6 +51,8 @@ fn heartbeat(id: &NodeId) -> Heartbeat {
             hot_cells: vec!["analytics/events/clicks/data/country=us/a.parquet".into()],
         },
         attributes: [("flight".to_string(), "grpc://10.0.0.7:50051".to_string())].into(),
+        beat: None,
+        requests: None,
     }
 }
 

@@ -35,6 +35,8 @@ fn real() -> Vec<u8> {
         },
         cache: Default::default(),
         attributes: Default::default(),
+        beat: None,
+        requests: None,
     }
     .encode()
 }

@@ -11,7 +11,7 @@ use apiary_storage::{
     CountsHandle, FaultConfig, InstrumentedStore, ObjectStoreBackend, Path, StorageBackend,
     StorageUri, object_store_for,
 };
-use apiary_swarm::simulation::simulate;
+use apiary_swarm::simulation::{SimulationConfig, simulate_busy};
 use apiary_swarm::{
     Capacity, Clock, HEARTBEAT_FORMAT, Heartbeat, Lifecycle, Load, ManualClock, Membership, NodeId,
     NodeState, StorageHeartbeats, SwarmConfig, SystemClock, WorldView,
@@ -27,6 +27,7 @@ fn config() -> SwarmConfig {
         dead_threshold: 30 * SEC,
         retention: 60 * SEC,
         content_reads_per_minute: 6.0,
+        ..SwarmConfig::default()
     }
 }
 
@@ -53,6 +54,8 @@ fn hb(id: &NodeId, seq: u64, state: Lifecycle, wall_ms: i64) -> Heartbeat {
         },
         cache: Default::default(),
         attributes: Default::default(),
+        beat: None,
+        requests: None,
     }
 }
 
@@ -301,15 +304,90 @@ async fn drain_and_leave() {
     b.leave().await.unwrap();
     let v = a.refresh().await.unwrap();
     assert_eq!(state(&v, "b"), None);
-    assert!(
-        swarm
-            .backend
-            .list(&Path::from("_heartbeats"))
-            .await
-            .unwrap()
-            .len()
-            == 1
+    assert_eq!(heartbeat_keys(&swarm).await, ["_heartbeats/node_a.json"]);
+}
+
+/// The heartbeats and drain requests under `_heartbeats/` (not the roster).
+async fn heartbeat_keys(swarm: &Swarm) -> Vec<String> {
+    swarm
+        .backend
+        .list(&Path::from("_heartbeats"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key.to_string())
+        .filter(|k| !k.contains("/roster_"))
+        .collect()
+}
+
+/// A node that went idle (a slower cadence, a longer deadline) is re-read before it would
+/// be judged suspect on its older content, even with no content reads left in the budget:
+/// it is not taken for dead at the active deadline.
+#[tokio::test]
+async fn a_node_gone_idle_is_reread_before_it_is_suspected() {
+    let swarm = Swarm::new(&StorageUri::Memory);
+    let counted = InstrumentedStore::new(Arc::clone(&swarm.store), FaultConfig::none());
+    let a = StorageHeartbeats::new(
+        Arc::new(ObjectStoreBackend::new(
+            Arc::new(counted),
+            swarm.caps,
+            "test",
+        )),
+        NodeId::new("a").unwrap(),
+        Arc::new(swarm.clock.clone()),
+        SwarmConfig {
+            content_reads_per_minute: 0.0,
+            ..config()
+        },
     );
+    let (b, _) = swarm.member("b");
+    let (ida, idb) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+    a.join(&hb(&ida, 1, Lifecycle::Alive, 0)).await.unwrap();
+    let active = |seq| {
+        let mut h = hb(&idb, seq, Lifecycle::Alive, 0);
+        h.beat = Some(config().beat(true));
+        h
+    };
+    b.join(&active(1)).await.unwrap();
+    a.refresh().await.unwrap();
+    // A change that takes the one read the budget starts with.
+    swarm.clock.advance(5 * SEC);
+    b.publish(&active(2)).await.unwrap();
+    a.refresh().await.unwrap();
+    let mut idle = hb(&idb, 3, Lifecycle::Alive, 0);
+    idle.beat = Some(config().beat(false));
+    b.publish(&idle).await.unwrap();
+    // 40 s without a change after going idle: past the active deadline (30 s).
+    for _ in 0..8 {
+        swarm.clock.advance(5 * SEC);
+        a.publish(&hb(&ida, 1, Lifecycle::Alive, 0)).await.unwrap();
+        let v = a.refresh().await.unwrap();
+        assert_eq!(state(&v, "b"), Some(NodeState::Alive), "{v:?}");
+    }
+}
+
+/// A probe costs one request and says whether a join or leave was recorded since the last
+/// listing.
+#[tokio::test]
+async fn the_roster_probe_is_one_request() {
+    let swarm = Swarm::new(&StorageUri::Memory);
+    let (a, counts) = swarm.member("a");
+    let (b, _) = swarm.member("b");
+    a.join(&hb(&NodeId::new("a").unwrap(), 1, Lifecycle::Alive, 0))
+        .await
+        .unwrap();
+    a.refresh().await.unwrap();
+    let before = counts.snapshot();
+    assert!(!a.probe().await.unwrap(), "nothing changed");
+    assert_eq!((counts.snapshot() - before).total(), 1);
+    b.join(&hb(&NodeId::new("b").unwrap(), 1, Lifecycle::Alive, 0))
+        .await
+        .unwrap();
+    assert!(a.probe().await.unwrap(), "b joined");
+    a.refresh().await.unwrap();
+    assert!(!a.probe().await.unwrap(), "seen");
+    b.leave().await.unwrap();
+    assert!(a.probe().await.unwrap(), "b left");
 }
 
 /// Heartbeats of nodes dead longer than the retention are removed, but not one that came
@@ -342,15 +420,10 @@ async fn long_dead_heartbeats_are_cleaned_up() {
         .unwrap();
     swarm.clock.advance(5 * SEC);
     a.refresh().await.unwrap();
-    let keys: Vec<String> = swarm
-        .backend
-        .list(&Path::from("_heartbeats"))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.key.to_string())
-        .collect();
-    assert_eq!(keys, ["_heartbeats/node_a.json", "_heartbeats/node_c.json"]);
+    assert_eq!(
+        heartbeat_keys(&swarm).await,
+        ["_heartbeats/node_a.json", "_heartbeats/node_c.json"]
+    );
 }
 
 /// Content reads stay within the budget when every node changes every poll.
@@ -468,12 +541,13 @@ async fn three_members_on_s3() {
     three_members_see_each_other(s3_test_uri("swarm")).await;
 }
 
-/// The request budget, simulated: flat in swarm size and at most 30 per node per minute.
-#[tokio::test]
+/// The request budget of a working swarm, simulated: flat in swarm size and at most 30 per
+/// node per minute.
+#[tokio::test(start_paused = true)]
 async fn requests_per_node_are_flat_in_swarm_size() {
     let mut rates = Vec::new();
     for nodes in [10, 100] {
-        let report = simulate(nodes, 60 * SEC, 120 * SEC, SwarmConfig::default(), 1).await;
+        let report = simulate_busy(nodes, 60 * SEC, 120 * SEC, SimulationConfig::default()).await;
         assert!(report.per_node_per_minute <= 30.0, "{nodes}: {report:?}");
         assert!(
             report.max_node_per_minute <= 30.0 + 1.0,

@@ -69,6 +69,7 @@ fn append() -> Operation {
         bytes: 65536,
         partition_values: BTreeMap::new(),
         stats: BTreeMap::new(),
+        crc32c: None,
     }])
 }
 

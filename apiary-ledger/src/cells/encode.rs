@@ -47,6 +47,9 @@ pub struct EncodedCell {
     pub rows: u64,
     /// Per-column statistics.
     pub stats: BTreeMap<String, ColumnStats>,
+    /// CRC-32C of `bytes` (recorded in the ledger; every fetch of the cell is checked
+    /// against it).
+    pub crc32c: u32,
 }
 
 /// One top-level column: its Parquet leaf writers for the open row group and its statistics.
@@ -229,6 +232,7 @@ impl CellEncoder {
         }
         let bytes = self.file.into_inner().map_err(parquet_error)?;
         Ok(EncodedCell {
+            crc32c: crc32c::crc32c(&bytes),
             bytes: Bytes::from(bytes),
             rows: self.rows,
             stats: self

@@ -44,6 +44,7 @@ pub fn cell(path: &str, rows: u64, country: Option<&str>) -> Cell {
             .map(|c| BTreeMap::from([("country".to_string(), Some(c.to_string()))]))
             .unwrap_or_default(),
         stats,
+        crc32c: None,
     }
 }
 

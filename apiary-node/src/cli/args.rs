@@ -89,18 +89,32 @@ pub(crate) struct NodeArgs {
         requires = "flight"
     )]
     pub(crate) flight_tls_domain: Option<String>,
-    /// How often a node writes its heartbeat.
+    /// How often an active node writes its heartbeat.
     #[arg(long, global = true, env = "APIARY_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = duration)]
     pub(crate) heartbeat_interval: Duration,
-    /// How often a node reads the swarm's heartbeats.
+    /// How often an idle node writes its heartbeat.
+    #[arg(long, global = true, env = "APIARY_IDLE_HEARTBEAT_INTERVAL", default_value = "1m", value_parser = duration)]
+    pub(crate) idle_heartbeat_interval: Duration,
+    /// A node with no work for this long is idle.
+    #[arg(long, global = true, env = "APIARY_IDLE_AFTER", default_value = "1m", value_parser = duration)]
+    pub(crate) idle_after: Duration,
+    /// How often a node reads the swarm: a listing while it is active, a probe of the
+    /// roster (one GET) while it is idle.
     #[arg(long, global = true, env = "APIARY_POLL_INTERVAL", default_value = "5s", value_parser = duration)]
     pub(crate) poll_interval: Duration,
-    /// No heartbeat change for this long: dead (half of it: suspect).
-    #[arg(long, global = true, env = "APIARY_DEAD_THRESHOLD", default_value = "30s", value_parser = duration)]
+    /// How often a node lists the heartbeats while the swarm is idle.
+    #[arg(long, global = true, env = "APIARY_IDLE_LIST_INTERVAL", default_value = "5m", value_parser = duration)]
+    pub(crate) idle_list_interval: Duration,
+    /// An active node's heartbeat unchanged this long: dead (half of it: suspect).
+    #[arg(long, global = true, env = "APIARY_DEAD_THRESHOLD", default_value = "20s", value_parser = duration)]
     pub(crate) dead_threshold: Duration,
-    /// How often a node looks for tasks of distributed queries (one GET-class request).
+    /// How often a node looks for tasks of distributed queries while the swarm is active
+    /// (one GET-class request).
     #[arg(long, global = true, env = "APIARY_TASK_POLL_INTERVAL", default_value = "1s", value_parser = duration)]
     pub(crate) task_poll_interval: Duration,
+    /// How often a node looks for tasks while the whole swarm is idle.
+    #[arg(long, global = true, env = "APIARY_TASK_IDLE_POLL_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub(crate) task_idle_poll_interval: Duration,
     /// How long a task of a distributed query may run before it is reassigned.
     #[arg(long, global = true, env = "APIARY_TASK_TIMEOUT", default_value = "10m", value_parser = duration)]
     pub(crate) task_timeout: Duration,
@@ -355,7 +369,10 @@ impl NodeArgs {
     pub(crate) fn swarm_config(&self) -> SwarmConfig {
         SwarmConfig {
             heartbeat_interval: self.heartbeat_interval,
+            idle_heartbeat_interval: self.idle_heartbeat_interval,
+            idle_after: self.idle_after,
             poll_interval: self.poll_interval,
+            idle_list_interval: self.idle_list_interval,
             dead_threshold: self.dead_threshold,
             ..SwarmConfig::default()
         }
@@ -367,6 +384,7 @@ impl NodeArgs {
             state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
             swarm: self.swarm_config(),
             task_poll_interval: self.task_poll_interval,
+            task_idle_poll_interval: self.task_idle_poll_interval,
             attributes: self.attributes.iter().cloned().collect(),
             ..NodeOptions::default()
         }

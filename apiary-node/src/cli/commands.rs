@@ -180,7 +180,15 @@ pub(super) async fn execute(ap: &Apiary, cli: Cli, command: Command) -> CliResul
             }
         }
         Command::Status => {
-            let status = ap.status(&cli.node.options());
+            let mut status = ap.status(&cli.node.options());
+            if let Some(id) = status.node_id.clone() {
+                // The node runs in its own process: its heartbeat says how it fares.
+                let swarm = ap.swarm_snapshot(&cli.node.swarm_config()).await?;
+                if let Some(node) = swarm.nodes.into_iter().find(|n| n.node_id == id) {
+                    status.running = node.state != apiary_swarm::NodeState::Dead;
+                    status.requests = node.requests;
+                }
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -193,6 +201,18 @@ pub(super) async fn execute(ap: &Apiary, cli: Cli, command: Command) -> CliResul
                 println!("memory     {:.1} GiB", status.memory_gb);
                 println!("bees       {}", status.bees);
                 println!("storage    {} ({})", status.storage, status.storage_uri);
+                match &status.requests {
+                    Some(r) => println!(
+                        "requests   {:.1}/min ({:.1} PUT or LIST) over the last {} min: ${:.2} a \
+                         month at S3 Standard prices",
+                        r.per_minute,
+                        r.writes_and_lists_per_minute,
+                        r.window_s.div_ceil(60),
+                        r.monthly_usd
+                    ),
+                    None if status.running => println!("requests   (not measured yet)"),
+                    None => println!("requests   (the node is not running)"),
+                }
             }
         }
         Command::Drain { node_id } => {

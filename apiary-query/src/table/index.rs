@@ -73,6 +73,8 @@ pub(super) struct IndexedCell {
     pub(super) path: String,
     pub(super) facts: CellFacts,
     pub(super) file: PartitionedFile,
+    /// The checksum its ledger entry records (reads of it are checked against it).
+    pub(super) crc32c: Option<u32>,
 }
 
 impl FrameIndex {
@@ -206,6 +208,7 @@ impl FrameIndex {
                     path: cell.path.clone(),
                     facts,
                     file,
+                    crc32c: cell.crc32c,
                 })
             })
             .collect::<Result<Vec<IndexedCell>, apiary_ledger::LedgerError>>()?;

@@ -165,6 +165,7 @@ fn state(n: usize, len: usize) -> Arc<LiveFrame> {
                 bytes: 100,
                 partition_values: Default::default(),
                 stats: Default::default(),
+                crc32c: None,
             };
             (path, cell)
         })
