@@ -190,7 +190,7 @@ impl CellCache {
                 DoomOnEvict,
             ),
             dir: config.dir,
-            random: Random::from_os(),
+            random: Random::process(),
             stats: CacheStats::default(),
             capacity: config.capacity_bytes,
             _lock: lock,

@@ -64,7 +64,7 @@ impl Links {
     /// The proof this process sends.
     pub(crate) fn proof(&self, key: &FlightKey) -> String {
         lock(&self.proof)
-            .get_or_insert_with(|| key.proof(&apiary_storage::Random::from_os().id()))
+            .get_or_insert_with(|| key.proof(&apiary_storage::Random::process().id()))
             .clone()
     }
 

@@ -62,7 +62,7 @@ impl Default for LedgerConfig {
             clock: SystemClock::shared(),
             store_clock: Some(Arc::new(StoreClock::default())),
             writer: None,
-            random: Random::from_os(),
+            random: Random::process(),
             max_open_ledgers: 1024,
         }
     }

@@ -398,6 +398,37 @@ fn write_and_query(uri: &str) {
     assert_eq!(csv, format!("n,d\n200,{want}\n"));
 }
 
+/// Without credentials (none in the environment, and an instance metadata service that
+/// refuses), the store is refused at once with what to set, not as an unknown outcome.
+#[test]
+fn missing_s3_credentials_say_what_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args([
+            "sql",
+            "--storage",
+            &s3_test_uri("cli-creds").to_string(),
+            "SELECT 1",
+        ])
+        .current_dir(dir.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        // A metadata service that refuses, wherever the test runs (a cloud machine has a
+        // real one).
+        .env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9")
+        .env("APIARY_STORAGE_TIMEOUT", "30s")
+        .output()
+        .unwrap();
+    let message = err(&out);
+    assert!(
+        message.contains("no credentials") && message.contains("AWS_ACCESS_KEY_ID"),
+        "{message}"
+    );
+    assert!(!message.contains("unknown"), "{message}");
+}
+
 #[test]
 fn sql_works_on_s3() {
     write_and_query(&s3_test_uri("cli-sql").to_string());

@@ -59,7 +59,7 @@ impl std::fmt::Display for Report {
 fn base(root: &Path, check: &str) -> Path {
     root.clone()
         .join(check)
-        .join(crate::Random::from_os().id().as_str())
+        .join(crate::Random::process().id().as_str())
 }
 
 /// Runs every check against `backend`, under `root`, and reports what ran.
@@ -423,7 +423,7 @@ fn rig_uri(variable: &str, script: &str, name: &str) -> crate::StorageUri {
     let uri = format!(
         "{}/{name}-{}",
         base.trim_end_matches('/'),
-        crate::Random::from_os().id()
+        crate::Random::process().id()
     );
     crate::StorageUri::parse(&uri).unwrap()
 }

@@ -136,6 +136,22 @@ pub enum StorageError {
         source: Box<object_store::Error>,
     },
 
+    /// No credentials: none were configured and the cloud's instance metadata service gave
+    /// none (the request was never sent).
+    #[error(
+        "no credentials to reach the store (for `{key}`): none were given (AWS_ACCESS_KEY_ID and \
+         AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or a web identity token) and the instance \
+         metadata service gave none ({source}). Set them, or run where an instance role is \
+         attached"
+    )]
+    Credentials {
+        /// The key (or prefix) involved.
+        key: String,
+        /// The metadata service's answer.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+
     /// Any other failure reported by the underlying store.
     #[error("storage request on `{key}` failed: {source}")]
     Backend {
@@ -153,6 +169,10 @@ impl StorageError {
         let key = key.into();
         match err {
             object_store::Error::NotFound { .. } => StorageError::NotFound { key },
+            other if crate::object::credentials_unavailable(&other) => StorageError::Credentials {
+                key,
+                source: Box::new(other),
+            },
             other => StorageError::Backend {
                 key,
                 source: Box::new(other),
@@ -165,6 +185,7 @@ impl StorageError {
     pub fn never_sent(&self) -> bool {
         match self {
             StorageError::Backend { source, .. } => crate::object::never_sent(source.as_ref()),
+            StorageError::Credentials { .. } => true,
             _ => false,
         }
     }
@@ -180,7 +201,8 @@ impl StorageError {
             StorageError::NotFound { .. } => ErrorKind::NotFound,
             StorageError::InvalidUri { .. }
             | StorageError::Unsupported { .. }
-            | StorageError::Preflight { .. } => ErrorKind::InvalidInput,
+            | StorageError::Preflight { .. }
+            | StorageError::Credentials { .. } => ErrorKind::InvalidInput,
             StorageError::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
             StorageError::Backend { source, .. } => match source.as_ref() {
                 object_store::Error::NotFound { .. } => ErrorKind::NotFound,
@@ -212,5 +234,44 @@ mod kind_tests {
             assert_eq!(kind.to_string(), kind.as_str());
         }
         assert_eq!(ErrorKind::from_name("gremlins"), None);
+    }
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::{ErrorKind, StorageError};
+
+    /// What `object_store` reports when no credentials are configured and the instance
+    /// metadata service refuses (as it does off a cloud machine, or behind a proxy).
+    fn metadata_refusal() -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing PUT http://169.254.169.254/latest/api/token in 3ms - \
+                     Server returned non-2xx status code: 403 Forbidden"
+                .into(),
+        }
+    }
+
+    #[test]
+    fn missing_credentials_say_so_and_were_never_sent() {
+        let e = StorageError::from_object_store("h/_registry/00001.json", metadata_refusal());
+        assert!(matches!(e, StorageError::Credentials { .. }), "{e:?}");
+        assert!(e.never_sent(), "signing failed before the request was sent");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        let text = e.to_string();
+        assert!(
+            text.contains("no credentials") && text.contains("AWS_ACCESS_KEY_ID"),
+            "{text}"
+        );
+        // Any other generic failure stays a backend error whose outcome may be unknown.
+        let other = StorageError::from_object_store(
+            "k",
+            object_store::Error::Generic {
+                store: "S3",
+                source: "connection reset by peer".into(),
+            },
+        );
+        assert!(matches!(other, StorageError::Backend { .. }));
+        assert!(!other.never_sent());
     }
 }

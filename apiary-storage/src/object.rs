@@ -140,10 +140,35 @@ fn is_ambiguous(e: &object_store::Error) -> bool {
 /// refused, unreachable, no such host): then it certainly did not apply, and its outcome is
 /// known, not ambiguous.
 pub(crate) fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
+    if credentials_unavailable(e) {
+        // Signing needs credentials first: the request itself was never sent.
+        return true;
+    }
     let mut source = Some(e);
     while let Some(error) = source {
         if let Some(http) = error.downcast_ref::<object_store::client::HttpError>() {
             return http.kind() == object_store::client::HttpErrorKind::Connect;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// Whether `e` is the cloud's instance metadata service failing to hand out credentials
+/// (the fallback when none are configured): its addresses or its paths appear in the error,
+/// which `object_store` does not expose as a type.
+pub(crate) fn credentials_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    const MARKS: [&str; 4] = [
+        "169.254.169.254",
+        "fd00:ec2::254",
+        "/latest/api/token",
+        "/latest/meta-data/iam/security-credentials",
+    ];
+    let mut source = Some(e);
+    while let Some(error) = source {
+        let text = error.to_string();
+        if MARKS.iter().any(|mark| text.contains(mark)) {
+            return true;
         }
         source = error.source();
     }

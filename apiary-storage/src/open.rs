@@ -162,6 +162,10 @@ async fn reachable(uri: &StorageUri) -> Result<()> {
         .await
     {
         Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) if crate::object::credentials_unavailable(&e) => Err(StorageError::Preflight {
+            store: uri.to_string(),
+            problem: StorageError::from_object_store(RESERVED_PREFIX, e).to_string(),
+        }),
         Err(e) => Err(StorageError::Preflight {
             store: uri.to_string(),
             problem: format!(
@@ -197,7 +201,7 @@ pub async fn preflight(backend: &dyn StorageBackend) -> Result<()> {
         store: backend.to_string(),
         problem,
     };
-    let probe_id = crate::Random::from_os().id();
+    let probe_id = crate::Random::process().id();
     let key = Path::from(format!("{RESERVED_PREFIX}/preflight/{probe_id}"));
     let payload = |n: u32| Bytes::from(format!("{{\"probe\":\"{probe_id}\",\"write\":{n}}}"));
 
@@ -300,7 +304,7 @@ async fn check_probe(
 pub async fn store_now(backend: &dyn StorageBackend) -> Result<i64> {
     let probe = Path::from(format!(
         "{RESERVED_PREFIX}/clock/{}",
-        crate::Random::from_os().id()
+        crate::Random::process().id()
     ));
     backend.put(&probe, Bytes::from_static(b"{}")).await?;
     let now = backend.head(&probe).await;

@@ -246,17 +246,39 @@ impl Debug for Random {
     }
 }
 
+/// The process's source (see [`Random::process`]).
+static PROCESS: std::sync::OnceLock<Random> = std::sync::OnceLock::new();
+
 impl Default for Random {
+    /// The process's source ([`Random::process`]).
     fn default() -> Self {
-        Self::from_os()
+        Self::process()
     }
 }
 
 impl Random {
-    /// Seeded from the operating system.
+    /// Seeded from the operating system: a generator of its own. Apiary's own code never
+    /// calls it (Clippy refuses it outside this module): components take a `Random`, and
+    /// default to [`Random::process`].
     #[allow(clippy::disallowed_methods)] // the one place OS entropy is drawn
     pub fn from_os() -> Self {
         Self::from_rng(StdRng::from_os_rng())
+    }
+
+    /// The process's source, shared by every component not given one of its own: seeded
+    /// from the operating system on first use, or with the seed [`seed_process`] gave
+    /// before that (a simulation that must replay from its seed).
+    ///
+    /// [`seed_process`]: Random::seed_process
+    #[allow(clippy::disallowed_methods)] // the one place a production process is seeded
+    pub fn process() -> Self {
+        PROCESS.get_or_init(Self::from_os).clone()
+    }
+
+    /// Seeds the process's source with `seed`, if nothing drew from it yet; returns whether
+    /// it did (a second seed, or one after first use, changes nothing).
+    pub fn seed_process(seed: u64) -> bool {
+        PROCESS.set(Self::seeded(seed)).is_ok()
     }
 
     /// Seeded with `seed`: the same seed gives the same sequence.

@@ -116,7 +116,7 @@ async fn opening_a_missing_bucket_says_the_bucket_does_not_exist() {
     assert!(matches!(base, StorageUri::S3 { .. }), "{base}");
     let missing = StorageUri::parse(&format!(
         "s3://apiary-missing-{}/p",
-        apiary_storage::Random::from_os().id()
+        apiary_storage::Random::process().id()
     ))
     .unwrap();
     let err = open(&missing).await.unwrap_err().to_string();

@@ -398,7 +398,7 @@ mod tests {
         for bad in ["", "-x", "_x", "A", "a/b", "a.b", "..", &"a".repeat(65)] {
             assert!(NodeId::new(bad).is_err(), "{bad}");
         }
-        let g = NodeId::generate(&apiary_storage::Random::from_os());
+        let g = NodeId::generate(&apiary_storage::Random::process());
         assert!(NodeId::new(g.as_str()).is_ok());
         assert_eq!(g.heartbeat_key(), format!("_heartbeats/node_{g}.json"));
     }

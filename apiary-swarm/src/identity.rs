@@ -65,7 +65,7 @@ impl NodeIdentity {
         if path.exists() {
             return read(&path);
         }
-        let id = NodeId::generate(&apiary_storage::Random::from_os());
+        let id = NodeId::generate(&apiary_storage::Random::process());
         // create_new: if another process raced us, keep its id.
         match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut file) => {

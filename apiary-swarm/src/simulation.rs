@@ -27,6 +27,9 @@ use crate::load::{Bee, Bees};
 use crate::storage::StorageHeartbeats;
 use crate::view::{NodeState, SwarmConfig, WorldView};
 
+/// How finely [`Simulation::time_until`] watches.
+pub const STEP: Duration = Duration::from_millis(10);
+
 /// How the simulated nodes run.
 #[derive(Debug, Clone, Default)]
 pub struct SimulationConfig {
@@ -247,8 +250,8 @@ impl Simulation {
         self.clock.sleep(d).await;
     }
 
-    /// Lets time pass, in steps of 100 ms, until `done` holds or `limit` passed; returns
-    /// the time it took, or `None` at the limit.
+    /// Lets time pass, in steps of [`STEP`], until `done` holds or `limit` passed; returns
+    /// the time it took (at most a step late), or `None` at the limit.
     pub async fn time_until(
         &self,
         limit: Duration,
@@ -263,7 +266,7 @@ impl Simulation {
             if took > limit {
                 return None;
             }
-            self.clock.sleep(Duration::from_millis(100)).await;
+            self.clock.sleep(STEP).await;
         }
     }
 

@@ -181,7 +181,7 @@ impl StorageHeartbeats {
         clock: Arc<dyn Clock>,
         config: SwarmConfig,
     ) -> Self {
-        let id = NodeId::generate(&apiary_storage::Random::from_os());
+        let id = NodeId::generate(&apiary_storage::Random::process());
         Self::new(backend, id, clock, config)
     }
 

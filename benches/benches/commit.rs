@@ -38,7 +38,7 @@ fn targets() -> Vec<Target> {
         let uri = format!(
             "{}/bench-{}",
             s3.trim_end_matches('/'),
-            apiary_storage::Random::from_os().id()
+            apiary_storage::Random::process().id()
         );
         out.push(Target {
             name: "s3",

@@ -55,6 +55,8 @@ impl Board {
             .iter()
             .map(|(id, (heartbeat, at))| {
                 let since = now.saturating_sub(*at);
+                // Each node by the cadence its heartbeat promises.
+                let threshold = heartbeat.dead_after(threshold);
                 let node_state = if since > threshold {
                     NodeState::Dead
                 } else if since > threshold / 2 {

@@ -166,7 +166,7 @@ impl Cluster {
             directory,
             settings,
             clock: apiary_storage::SystemClock::shared(),
-            random: apiary_storage::Random::from_os(),
+            random: apiary_storage::Random::process(),
             abandoned: AbandonedTasks::default(),
             last_sweep: Arc::default(),
             background: tokio_util::task::TaskTracker::new(),

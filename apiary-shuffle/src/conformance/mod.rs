@@ -52,7 +52,7 @@ pub fn task(query_id: &str, task_id: u32, attempt: u32, node: &str) -> TaskSpec 
 }
 
 pub(crate) fn unique(name: &str) -> String {
-    format!("q-{name}-{}", &apiary_storage::Random::from_os().id()[..12])
+    format!("q-{name}-{}", &apiary_storage::Random::process().id()[..12])
 }
 
 pub(crate) fn report(node: &str, rows: u64) -> TaskReport {

@@ -244,7 +244,7 @@ impl ShuffleTransport for StorageShuffle {
         for node in nodes {
             let ring = serde_json::to_vec(&Doorbell {
                 query_id,
-                nonce: apiary_storage::Random::from_os().id(),
+                nonce: apiary_storage::Random::process().id(),
             })
             .map_err(|e| {
                 ShuffleError::failed(e.to_string(), apiary_storage::ErrorKind::Internal, e)

@@ -35,7 +35,7 @@ impl<'a> ChunkWriter<'a> {
             shuffle,
             task,
             schema,
-            writer: apiary_storage::Random::from_os().id(),
+            writer: apiary_storage::Random::process().id(),
             held: Vec::new(),
             held_bytes: 0,
             chunks: Vec::new(),
