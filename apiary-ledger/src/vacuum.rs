@@ -50,7 +50,12 @@ pub async fn vacuum(
     retention: Duration,
 ) -> Result<VacuumResult> {
     let state = ledger.refresh().await?;
-    let now = store_now(backend).await?;
+    let now =
+        if apiary_storage::planted::is_planted(apiary_storage::planted::VACUUM_ON_THE_NODE_CLOCK) {
+            ledger.config().clock.wall_ms()
+        } else {
+            store_now(backend).await?
+        };
     let horizon = now.saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
     // Recorded before anything is deleted, so a reader of a past version learns that its
     // cells may be gone (see `crate::travel`).

@@ -29,6 +29,7 @@ mod error;
 mod instrumented;
 mod object;
 mod open;
+pub mod planted;
 pub mod time;
 mod uri;
 

@@ -259,7 +259,12 @@ impl StorageBackend for ObjectStoreBackend {
             // Either someone's object is there, or ours landed and its response was lost, or
             // (S3's 409 ConditionalRequestConflict) nothing is there yet: look.
             match self.read_back(key).await {
-                Ok(Some(existing)) if existing.bytes == bytes => {
+                Ok(Some(existing))
+                    if existing.bytes == bytes
+                        && !crate::planted::is_planted(
+                            crate::planted::LOST_CREATE_IS_A_CONFLICT,
+                        ) =>
+                {
                     return Ok(CreateOutcome::Created(existing.meta.version));
                 }
                 Ok(Some(existing)) => return Ok(CreateOutcome::AlreadyExists(existing)),

@@ -20,6 +20,13 @@ use crate::load::Bees;
 use crate::membership::Membership;
 use crate::view::{SwarmConfig, WorldView};
 
+/// Pauses before the attempts to join after the first failed.
+const JOIN_RETRIES: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+];
+
 /// Called with every new world view (the node binary writes its status file from it).
 pub type ViewHook = Arc<dyn Fn(&WorldView) + Send + Sync>;
 
@@ -211,7 +218,20 @@ impl SwarmAgent {
             requests: config.requests.clone(),
             meter: Mutex::default(),
         });
-        membership.join(&publisher.next()).await?;
+        // The first heartbeat is a plain overwrite, so a failed attempt (a storage hiccup,
+        // a lost response) is simply tried again before the start fails.
+        let mut attempt = 0;
+        loop {
+            match membership.join(&publisher.next()).await {
+                Ok(()) => break,
+                Err(e) if attempt < JOIN_RETRIES.len() => {
+                    tracing::warn!(error = %e, "joining the swarm failed; trying again");
+                    publisher.clock.sleep(JOIN_RETRIES[attempt]).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         publisher.set(Lifecycle::Alive);
         let first = match membership.refresh().await {
             Ok(view) => view,
