@@ -307,32 +307,30 @@ impl Simulation {
     }
 }
 
-/// Starts `nodes` nodes, lets `warmup` pass (nothing works: the swarm goes idle), and
-/// reports the requests of the `measure` window that follows.
-pub async fn simulate_idle(
-    nodes: usize,
-    warmup: Duration,
-    measure: Duration,
-    config: SimulationConfig,
-) -> SimulationReport {
-    let mut sim = Simulation::new(config);
-    sim.add_nodes(nodes).await;
-    sim.run_for(warmup).await;
-    sim.measure(measure).await
+/// What the simulated nodes do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Nothing: the swarm goes idle.
+    Idle,
+    /// Every node holds a bee throughout.
+    Working,
 }
 
-/// Starts `nodes` nodes that all work, lets `warmup` pass and reports the requests of the
-/// `measure` window that follows.
-pub async fn simulate_busy(
+/// Starts `nodes` nodes doing `workload`, lets `warmup` pass, and reports the requests of
+/// the `measure` window that follows.
+pub async fn simulate(
     nodes: usize,
+    workload: Workload,
     warmup: Duration,
     measure: Duration,
     config: SimulationConfig,
 ) -> SimulationReport {
     let mut sim = Simulation::new(config);
     sim.add_nodes(nodes).await;
-    for i in 0..nodes {
-        sim.work(i);
+    if workload == Workload::Working {
+        for i in 0..nodes {
+            sim.work(i);
+        }
     }
     sim.run_for(warmup).await;
     sim.measure(measure).await

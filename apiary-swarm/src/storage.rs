@@ -13,7 +13,8 @@
 //! wakes (goes from idle to active) creates the roster's next generation, `roster_{n+1}`,
 //! by create-if-absent; a node that finds it taken tries the next one. Every node probes
 //! for the generation after the newest it knows with one GET: a 404 (a GET's price, no
-//! bytes) says nothing changed, and an object says list now. That is the conditional read
+//! bytes) says nothing changed, and an object says list now and names the node whose
+//! heartbeat to read then (outside the content budget: a node that woke is read at once). That is the conditional read
 //! of a single roster object (`If-None-Match`) turned into a read of the next name, which
 //! every backend supports with the create-if-absent the ledgers already need. A listing
 //! tells the newest generation; the creator of generation `n` deletes `n − 64`.
@@ -71,7 +72,14 @@ struct Roster {
     generation: u64,
     /// Whether this node's last published heartbeat said it was active.
     active: Option<bool>,
+    /// Nodes the roster said joined or woke since the last listing: their heartbeats are
+    /// read at the next listing, outside the content budget (a woken node's new cadence
+    /// is what makes this member list at the active cadence again).
+    changed: Vec<NodeId>,
 }
+
+/// Generations a probe reads forward at most before leaving the rest to the listing.
+const PROBE_FORWARD: u64 = 16;
 
 /// Generations kept behind the newest: a member further behind than this learns of the
 /// change at its next safety listing.
@@ -85,14 +93,20 @@ fn roster_key(generation: u64) -> Path {
     Path::from(format!("{HEARTBEAT_DIR}/roster_{generation:020}.json").as_str())
 }
 
-/// One change of the swarm, as stored in a roster generation (for people: members only
-/// need to know that something changed).
+/// One change of the swarm, as stored in a roster generation.
 #[derive(Debug, serde::Serialize)]
 struct RosterEvent<'a> {
     format: u32,
     event: &'a str,
     node_id: &'a NodeId,
     at_ms: i64,
+}
+
+/// What a member reads of a roster generation: whose change it was (anything else in it is
+/// for people).
+#[derive(Debug, serde::Deserialize)]
+struct RosterChange {
+    node_id: NodeId,
 }
 
 impl std::fmt::Debug for StorageHeartbeats {
@@ -293,18 +307,38 @@ impl Membership for StorageHeartbeats {
     }
 
     async fn probe(&self) -> Result<bool> {
-        let next = lock(&self.roster).generation + 1;
-        match self.backend.head(&roster_key(next)).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e.into()),
+        let known = lock(&self.roster).generation;
+        let mut next = known + 1;
+        // Each new generation names a node whose heartbeat the next listing reads; a 404
+        // ends the walk (and, at the first, says nothing changed).
+        while next <= known + PROBE_FORWARD {
+            match get_opt(self.backend.as_ref(), &roster_key(next)).await? {
+                Some(object) => {
+                    if let Ok(change) = serde_json::from_slice::<RosterChange>(&object.bytes) {
+                        lock(&self.roster).changed.push(change.node_id);
+                    }
+                    next += 1;
+                }
+                None => break,
+            }
         }
+        if next == known + 1 {
+            return Ok(false);
+        }
+        self.saw_generation(next - 1);
+        Ok(true)
     }
 
     async fn refresh(&self) -> Result<WorldView> {
         let (listed, generation) = list_heartbeats(self.backend.as_ref()).await?;
         self.saw_generation(generation);
-        let to_fetch = lock(&self.observer).observe_listing(listed, self.clock.monotonic());
+        let changed = std::mem::take(&mut lock(&self.roster).changed);
+        let mut to_fetch = lock(&self.observer).observe_listing(listed, self.clock.monotonic());
+        for id in changed {
+            if id != self.me && !to_fetch.contains(&id) {
+                to_fetch.push(id);
+            }
+        }
         let backend = self.backend.as_ref();
         let fetched: Vec<(NodeId, Option<Result<Heartbeat, String>>)> =
             futures::stream::iter(to_fetch)

@@ -11,7 +11,7 @@ use apiary_storage::{
     CountsHandle, FaultConfig, InstrumentedStore, ObjectStoreBackend, Path, StorageBackend,
     StorageUri, object_store_for,
 };
-use apiary_swarm::simulation::{SimulationConfig, simulate_busy};
+use apiary_swarm::simulation::{SimulationConfig, Workload, simulate};
 use apiary_swarm::{
     Capacity, Clock, HEARTBEAT_FORMAT, Heartbeat, Lifecycle, Load, ManualClock, Membership, NodeId,
     NodeState, StorageHeartbeats, SwarmConfig, SystemClock, WorldView,
@@ -547,7 +547,14 @@ async fn three_members_on_s3() {
 async fn requests_per_node_are_flat_in_swarm_size() {
     let mut rates = Vec::new();
     for nodes in [10, 100] {
-        let report = simulate_busy(nodes, 60 * SEC, 120 * SEC, SimulationConfig::default()).await;
+        let report = simulate(
+            nodes,
+            Workload::Working,
+            60 * SEC,
+            120 * SEC,
+            SimulationConfig::default(),
+        )
+        .await;
         assert!(report.per_node_per_minute <= 30.0, "{nodes}: {report:?}");
         assert!(
             report.max_node_per_minute <= 30.0 + 1.0,

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use apiary_swarm::Discovery;
-use apiary_swarm::simulation::{SimulationConfig, SimulationReport, simulate_busy, simulate_idle};
+use apiary_swarm::simulation::{SimulationConfig, SimulationReport, Workload, simulate};
 
 fn row(label: &str, nodes: usize, r: &SimulationReport) {
     let per_min = |n: u64| n as f64 / r.minutes;
@@ -60,14 +60,21 @@ fn main() {
     );
     let minute = Duration::from_secs(60);
     for nodes in sizes {
-        let idle = rt.block_on(simulate_idle(
+        let idle = rt.block_on(simulate(
             nodes,
+            Workload::Idle,
             10 * minute,
             60 * minute,
             config.clone(),
         ));
         row("idle", nodes, &idle);
-        let busy = rt.block_on(simulate_busy(nodes, minute, 3 * minute, config.clone()));
+        let busy = rt.block_on(simulate(
+            nodes,
+            Workload::Working,
+            minute,
+            3 * minute,
+            config.clone(),
+        ));
         row("working", nodes, &busy);
     }
 }
