@@ -366,6 +366,48 @@ async fn a_node_gone_idle_is_reread_before_it_is_suspected() {
     }
 }
 
+/// A node that wakes is read at the listing its roster entry causes, even with no content
+/// reads left in the budget: the observer learns the swarm is active.
+#[tokio::test]
+async fn a_woken_node_is_read_at_the_next_listing() {
+    let swarm = Swarm::new(&StorageUri::Memory);
+    let a = StorageHeartbeats::new(
+        Arc::new(ObjectStoreBackend::new(
+            Arc::clone(&swarm.store),
+            swarm.caps,
+            "test",
+        )),
+        NodeId::new("a").unwrap(),
+        Arc::new(swarm.clock.clone()),
+        SwarmConfig {
+            content_reads_per_minute: 0.0,
+            ..config()
+        },
+    );
+    let (b, _) = swarm.member("b");
+    let (ida, idb) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+    let beat = |id: &NodeId, seq, active| {
+        let mut h = hb(id, seq, Lifecycle::Alive, 0);
+        h.beat = Some(config().beat(active));
+        h
+    };
+    a.join(&beat(&ida, 1, false)).await.unwrap();
+    b.join(&beat(&idb, 1, false)).await.unwrap();
+    a.refresh().await.unwrap();
+    // Spend the one read the budget starts with.
+    b.publish(&beat(&idb, 2, false)).await.unwrap();
+    let view = a.refresh().await.unwrap();
+    assert!(!view.is_active(), "{view:?}");
+    assert!(!a.probe().await.unwrap());
+    b.publish(&beat(&idb, 3, true)).await.unwrap();
+    assert!(a.probe().await.unwrap(), "the wake is in the roster");
+    let view = a.refresh().await.unwrap();
+    assert!(
+        view.is_active(),
+        "the woken node's heartbeat was read: {view:?}"
+    );
+}
+
 /// A probe costs one request and says whether a join or leave was recorded since the last
 /// listing.
 #[tokio::test]
