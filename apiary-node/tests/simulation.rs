@@ -12,7 +12,7 @@
 //! * `_queries/` drains;
 //! * no task runs forever: every bee is idle again within a minute and holds no memory.
 //!
-//! `APIARY_SIM_SEEDS` seeds are run (default 100, about 5 s), from `APIARY_SIM_SEED`
+//! `APIARY_SIM_SEEDS` seeds are run (default 300, about 25 s), from `APIARY_SIM_SEED`
 //! (default 1); a failure names its seed, and `APIARY_SIM_SEED=N APIARY_SIM_SEEDS=1` runs it
 //! alone (`APIARY_SIM_TRACE=1` prints its steps). The workload and the faults replay from
 //! the seed; interleavings may not (encoding runs on blocking threads, whose timing the
@@ -392,7 +392,7 @@ static TURNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn seeded_runs_keep_every_invariant() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
     let first = env_u64("APIARY_SIM_SEED", 1);
-    let seeds = env_u64("APIARY_SIM_SEEDS", 100);
+    let seeds = env_u64("APIARY_SIM_SEEDS", 300);
     let failures = run_seeds(first, seeds, false);
     eprintln!("{seeds} seeds run from {first}, {} failed", failures.len());
     assert!(failures.is_empty(), "{failures:#?}");
