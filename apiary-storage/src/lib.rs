@@ -25,6 +25,7 @@ mod backend;
 #[cfg(feature = "testing")]
 pub mod conformance;
 pub mod cost;
+mod counts;
 mod error;
 mod instrumented;
 mod object;

@@ -7,102 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apiary_storage::conformance::s3_test_uri;
-use apiary_storage::{
-    CountsHandle, FaultConfig, InstrumentedStore, ObjectStoreBackend, Path, StorageBackend,
-    StorageUri, object_store_for,
-};
+use apiary_storage::{Path, StorageUri};
 use apiary_swarm::simulation::{SimulationConfig, Workload, simulate};
 use apiary_swarm::{
-    Capacity, Clock, HEARTBEAT_FORMAT, Heartbeat, Lifecycle, Load, ManualClock, Membership, NodeId,
-    NodeState, StorageHeartbeats, SwarmConfig, SystemClock, WorldView,
+    Clock, Lifecycle, Membership, NodeId, NodeState, StorageHeartbeats, SwarmConfig, SystemClock,
 };
 use bytes::Bytes;
 
-const SEC: Duration = Duration::from_secs(1);
+mod common;
 
-fn config() -> SwarmConfig {
-    SwarmConfig {
-        heartbeat_interval: 5 * SEC,
-        poll_interval: 5 * SEC,
-        dead_threshold: 30 * SEC,
-        retention: 60 * SEC,
-        content_reads_per_minute: 6.0,
-        ..SwarmConfig::default()
-    }
-}
-
-fn hb(id: &NodeId, seq: u64, state: Lifecycle, wall_ms: i64) -> Heartbeat {
-    Heartbeat {
-        format: HEARTBEAT_FORMAT,
-        node_id: id.clone(),
-        seq,
-        state,
-        software_version: "test".into(),
-        hostname: "h".into(),
-        started_at_ms: wall_ms,
-        written_at_ms: wall_ms,
-        capacity: Capacity {
-            cores: 4,
-            bees: 4,
-            memory_bytes: 8 << 30,
-            memory_per_bee_bytes: 1 << 30,
-            target_cell_bytes: 64 << 20,
-        },
-        load: Load {
-            idle_bees: 4,
-            ..Load::default()
-        },
-        cache: Default::default(),
-        attributes: Default::default(),
-        beat: None,
-        requests: None,
-    }
-}
-
-struct Swarm {
-    backend: Arc<dyn StorageBackend>,
-    store: Arc<dyn apiary_storage::object_store::ObjectStore>,
-    caps: apiary_storage::Capabilities,
-    clock: ManualClock,
-}
-
-impl Swarm {
-    fn new(uri: &StorageUri) -> Self {
-        let (store, caps) = object_store_for(uri).unwrap();
-        let backend = Arc::new(ObjectStoreBackend::new(
-            Arc::clone(&store),
-            caps,
-            uri.to_string(),
-        ));
-        Self {
-            backend,
-            store,
-            caps,
-            clock: ManualClock::new(),
-        }
-    }
-
-    fn member(&self, id: &str) -> (StorageHeartbeats, CountsHandle) {
-        let counted = InstrumentedStore::new(Arc::clone(&self.store), FaultConfig::none());
-        let counts = counted.counts();
-        let backend = Arc::new(ObjectStoreBackend::new(
-            Arc::new(counted),
-            self.caps,
-            "test",
-        ));
-        let m = StorageHeartbeats::new(
-            backend,
-            NodeId::new(id).unwrap(),
-            Arc::new(self.clock.clone()),
-            config(),
-        );
-        (m, counts)
-    }
-}
-
-fn state(view: &WorldView, id: &str) -> Option<NodeState> {
-    view.node(&NodeId::new(id).unwrap()).map(|n| n.state)
-}
+use common::{SEC, Swarm, config, hb, heartbeat_keys, state};
 
 /// Two nodes beating every 5 s: a node is alive in its own view once it joined, and sees a
 /// newcomer whose heartbeat is fresh on the store's clock alive at first sight; then
@@ -305,131 +219,6 @@ async fn drain_and_leave() {
     let v = a.refresh().await.unwrap();
     assert_eq!(state(&v, "b"), None);
     assert_eq!(heartbeat_keys(&swarm).await, ["_heartbeats/node_a.json"]);
-}
-
-/// The heartbeats and drain requests under `_heartbeats/` (not the roster).
-async fn heartbeat_keys(swarm: &Swarm) -> Vec<String> {
-    swarm
-        .backend
-        .list(&Path::from("_heartbeats"))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.key.to_string())
-        .filter(|k| !k.contains("/roster_"))
-        .collect()
-}
-
-/// A node that went idle (a slower cadence, a longer deadline) is re-read before it would
-/// be judged suspect on its older content, even with no content reads left in the budget:
-/// it is not taken for dead at the active deadline.
-#[tokio::test]
-async fn a_node_gone_idle_is_reread_before_it_is_suspected() {
-    let swarm = Swarm::new(&StorageUri::Memory);
-    let counted = InstrumentedStore::new(Arc::clone(&swarm.store), FaultConfig::none());
-    let a = StorageHeartbeats::new(
-        Arc::new(ObjectStoreBackend::new(
-            Arc::new(counted),
-            swarm.caps,
-            "test",
-        )),
-        NodeId::new("a").unwrap(),
-        Arc::new(swarm.clock.clone()),
-        SwarmConfig {
-            content_reads_per_minute: 0.0,
-            ..config()
-        },
-    );
-    let (b, _) = swarm.member("b");
-    let (ida, idb) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
-    a.join(&hb(&ida, 1, Lifecycle::Alive, 0)).await.unwrap();
-    let active = |seq| {
-        let mut h = hb(&idb, seq, Lifecycle::Alive, 0);
-        h.beat = Some(config().beat(true));
-        h
-    };
-    b.join(&active(1)).await.unwrap();
-    a.refresh().await.unwrap();
-    // A change that takes the one read the budget starts with.
-    swarm.clock.advance(5 * SEC);
-    b.publish(&active(2)).await.unwrap();
-    a.refresh().await.unwrap();
-    let mut idle = hb(&idb, 3, Lifecycle::Alive, 0);
-    idle.beat = Some(config().beat(false));
-    b.publish(&idle).await.unwrap();
-    // 40 s without a change after going idle: past the active deadline (30 s).
-    for _ in 0..8 {
-        swarm.clock.advance(5 * SEC);
-        a.publish(&hb(&ida, 1, Lifecycle::Alive, 0)).await.unwrap();
-        let v = a.refresh().await.unwrap();
-        assert_eq!(state(&v, "b"), Some(NodeState::Alive), "{v:?}");
-    }
-}
-
-/// A node that wakes is read at the listing its roster entry causes, even with no content
-/// reads left in the budget: the observer learns the swarm is active.
-#[tokio::test]
-async fn a_woken_node_is_read_at_the_next_listing() {
-    let swarm = Swarm::new(&StorageUri::Memory);
-    let a = StorageHeartbeats::new(
-        Arc::new(ObjectStoreBackend::new(
-            Arc::clone(&swarm.store),
-            swarm.caps,
-            "test",
-        )),
-        NodeId::new("a").unwrap(),
-        Arc::new(swarm.clock.clone()),
-        SwarmConfig {
-            content_reads_per_minute: 0.0,
-            ..config()
-        },
-    );
-    let (b, _) = swarm.member("b");
-    let (ida, idb) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
-    let beat = |id: &NodeId, seq, active| {
-        let mut h = hb(id, seq, Lifecycle::Alive, 0);
-        h.beat = Some(config().beat(active));
-        h
-    };
-    a.join(&beat(&ida, 1, false)).await.unwrap();
-    b.join(&beat(&idb, 1, false)).await.unwrap();
-    a.refresh().await.unwrap();
-    // Spend the one read the budget starts with.
-    b.publish(&beat(&idb, 2, false)).await.unwrap();
-    let view = a.refresh().await.unwrap();
-    assert!(!view.is_active(), "{view:?}");
-    assert!(!a.probe().await.unwrap());
-    b.publish(&beat(&idb, 3, true)).await.unwrap();
-    assert!(a.probe().await.unwrap(), "the wake is in the roster");
-    let view = a.refresh().await.unwrap();
-    assert!(
-        view.is_active(),
-        "the woken node's heartbeat was read: {view:?}"
-    );
-}
-
-/// A probe costs one request and says whether a join or leave was recorded since the last
-/// listing.
-#[tokio::test]
-async fn the_roster_probe_is_one_request() {
-    let swarm = Swarm::new(&StorageUri::Memory);
-    let (a, counts) = swarm.member("a");
-    let (b, _) = swarm.member("b");
-    a.join(&hb(&NodeId::new("a").unwrap(), 1, Lifecycle::Alive, 0))
-        .await
-        .unwrap();
-    a.refresh().await.unwrap();
-    let before = counts.snapshot();
-    assert!(!a.probe().await.unwrap(), "nothing changed");
-    assert_eq!((counts.snapshot() - before).total(), 1);
-    b.join(&hb(&NodeId::new("b").unwrap(), 1, Lifecycle::Alive, 0))
-        .await
-        .unwrap();
-    assert!(a.probe().await.unwrap(), "b joined");
-    a.refresh().await.unwrap();
-    assert!(!a.probe().await.unwrap(), "seen");
-    b.leave().await.unwrap();
-    assert!(a.probe().await.unwrap(), "b left");
 }
 
 /// Heartbeats of nodes dead longer than the retention are removed, but not one that came

@@ -1,0 +1,109 @@
+//! Heartbeats that adapt to activity and the roster, on a manual clock: a node that went
+//! idle is not taken for dead, a node that woke is read at once, a probe is one request.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use apiary_storage::StorageUri;
+use apiary_swarm::{Lifecycle, Membership, NodeId, NodeState, SwarmConfig};
+use common::{SEC, Swarm, config, hb, state};
+
+/// A node that went idle (a slower cadence, a longer deadline) is re-read before it would
+/// be judged suspect on its older content, even with no content reads left in the budget:
+/// it is not taken for dead at the active deadline.
+#[tokio::test]
+async fn a_node_gone_idle_is_reread_before_it_is_suspected() {
+    let swarm = Swarm::new(&StorageUri::Memory);
+    let a = swarm.member_with(
+        "a",
+        SwarmConfig {
+            content_reads_per_minute: 0.0,
+            ..config()
+        },
+    );
+    let (b, _) = swarm.member("b");
+    let (ida, idb) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+    a.join(&hb(&ida, 1, Lifecycle::Alive, 0)).await.unwrap();
+    let active = |seq| {
+        let mut h = hb(&idb, seq, Lifecycle::Alive, 0);
+        h.beat = Some(config().beat(true));
+        h
+    };
+    b.join(&active(1)).await.unwrap();
+    a.refresh().await.unwrap();
+    // A change that takes the one read the budget starts with.
+    swarm.clock.advance(5 * SEC);
+    b.publish(&active(2)).await.unwrap();
+    a.refresh().await.unwrap();
+    let mut idle = hb(&idb, 3, Lifecycle::Alive, 0);
+    idle.beat = Some(config().beat(false));
+    b.publish(&idle).await.unwrap();
+    // 40 s without a change after going idle: past the active deadline (30 s).
+    for _ in 0..8 {
+        swarm.clock.advance(5 * SEC);
+        a.publish(&hb(&ida, 1, Lifecycle::Alive, 0)).await.unwrap();
+        let v = a.refresh().await.unwrap();
+        assert_eq!(state(&v, "b"), Some(NodeState::Alive), "{v:?}");
+    }
+}
+
+/// A node that wakes is read at the listing its roster entry causes, even with no content
+/// reads left in the budget: the observer learns the swarm is active.
+#[tokio::test]
+async fn a_woken_node_is_read_at_the_next_listing() {
+    let swarm = Swarm::new(&StorageUri::Memory);
+    let a = swarm.member_with(
+        "a",
+        SwarmConfig {
+            content_reads_per_minute: 0.0,
+            ..config()
+        },
+    );
+    let (b, _) = swarm.member("b");
+    let (ida, idb) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+    let beat = |id: &NodeId, seq, active| {
+        let mut h = hb(id, seq, Lifecycle::Alive, 0);
+        h.beat = Some(config().beat(active));
+        h
+    };
+    a.join(&beat(&ida, 1, false)).await.unwrap();
+    b.join(&beat(&idb, 1, false)).await.unwrap();
+    a.refresh().await.unwrap();
+    // Spend the one read the budget starts with.
+    b.publish(&beat(&idb, 2, false)).await.unwrap();
+    let view = a.refresh().await.unwrap();
+    assert!(!view.is_active(), "{view:?}");
+    assert!(!a.probe().await.unwrap());
+    b.publish(&beat(&idb, 3, true)).await.unwrap();
+    assert!(a.probe().await.unwrap(), "the wake is in the roster");
+    let view = a.refresh().await.unwrap();
+    assert!(
+        view.is_active(),
+        "the woken node's heartbeat was read: {view:?}"
+    );
+}
+
+/// A probe costs one request and says whether a join or leave was recorded since the last
+/// listing.
+#[tokio::test]
+async fn the_roster_probe_is_one_request() {
+    let swarm = Swarm::new(&StorageUri::Memory);
+    let (a, counts) = swarm.member("a");
+    let (b, _) = swarm.member("b");
+    a.join(&hb(&NodeId::new("a").unwrap(), 1, Lifecycle::Alive, 0))
+        .await
+        .unwrap();
+    a.refresh().await.unwrap();
+    let before = counts.snapshot();
+    assert!(!a.probe().await.unwrap(), "nothing changed");
+    assert_eq!((counts.snapshot() - before).total(), 1);
+    b.join(&hb(&NodeId::new("b").unwrap(), 1, Lifecycle::Alive, 0))
+        .await
+        .unwrap();
+    assert!(a.probe().await.unwrap(), "b joined");
+    a.refresh().await.unwrap();
+    assert!(!a.probe().await.unwrap(), "seen");
+    b.leave().await.unwrap();
+    assert!(a.probe().await.unwrap(), "b left");
+}
