@@ -175,6 +175,22 @@ impl Apiary {
         )
     }
 
+    /// Stops this node at once without leaving, as a crash would: it takes no new work and
+    /// stops beating, and its heartbeat stays until peers judge it dead and hand its tasks
+    /// to others. For tests of failure handling, and for a program that must exit now. A
+    /// no-op when not started.
+    pub async fn halt(&self) {
+        let running = self.node.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(node) = running {
+            node.agent.halt().await;
+            let _ = node.stop_worker.send(true);
+            if let Some((engine, _)) = self.query.get() {
+                engine.set_cell_cache(None);
+                engine.set_admission(None);
+            }
+        }
+    }
+
     /// Leaves the swarm gracefully: no new work, running work finishes (up to the drain
     /// timeout), the heartbeat is removed. A no-op when not started.
     pub async fn shutdown(&self) -> Result<()> {

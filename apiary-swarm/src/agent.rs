@@ -345,6 +345,21 @@ impl SwarmAgent {
     }
 }
 
+impl SwarmAgent {
+    /// Stops at once without leaving, as a killed process would: no more heartbeats, no
+    /// leave, the heartbeat left behind for peers to judge dead. Running work is not
+    /// waited for.
+    pub async fn halt(&self) {
+        self.publisher.bees.close();
+        let _ = self.stop.send(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
 impl Drop for SwarmAgent {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
