@@ -266,6 +266,50 @@ async fn the_api_futures_can_be_spawned() {
 }
 
 /// Errors carry a kind a caller can branch on, and keep their sources.
+/// A halted node stops as a crash would: it leaves its heartbeat behind, beats no more, and
+/// a peer judges it dead; a graceful shutdown afterwards is a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_node_is_judged_dead_not_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("shared");
+    let open = || Apiary::open(storage.to_str().unwrap());
+    let (a, b) = (open().await.unwrap(), open().await.unwrap());
+    a.start_with(options(dir.path(), "a")).await.unwrap();
+    b.start_with(options(dir.path(), "b")).await.unwrap();
+    let state_of_b = |a: &Apiary| {
+        let a = a.clone();
+        async move {
+            let view = a.swarm_status().await.unwrap();
+            view.nodes
+                .iter()
+                .find(|n| n.node_id == "b")
+                .map(|n| n.state)
+        }
+    };
+    for _ in 0..100 {
+        if state_of_b(&a).await == Some(NodeState::Alive) {
+            break;
+        }
+        apiary::apiary_storage::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state_of_b(&a).await, Some(NodeState::Alive));
+    b.halt().await;
+    assert!(!b.status(&NodeOptions::default()).running);
+    assert!(storage.join("_heartbeats/node_b.json").exists(), "no leave");
+    let mut seen = None;
+    for _ in 0..200 {
+        seen = state_of_b(&a).await;
+        if seen == Some(NodeState::Dead) {
+            break;
+        }
+        apiary::apiary_storage::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, Some(NodeState::Dead));
+    b.shutdown().await.unwrap();
+    assert!(storage.join("_heartbeats/node_b.json").exists());
+    a.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn errors_have_kinds_and_sources() {
     use apiary::ErrorKind;
