@@ -17,7 +17,7 @@
 //! alone (`APIARY_SIM_TRACE=1` prints its steps). The workload and the faults replay from
 //! the seed; interleavings may not (encoding runs on blocking threads, whose timing the
 //! paused clock does not control). The harness can fail: bugs planted on purpose
-//! (`apiary_storage::planted`) are caught within a few seeds.
+//! (`apiary_storage::planted`) are caught within 200 seeds.
 
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
