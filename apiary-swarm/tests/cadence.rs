@@ -6,8 +6,8 @@
 mod common;
 
 use apiary_storage::StorageUri;
-use apiary_swarm::{Lifecycle, Membership, NodeId, NodeState, SwarmConfig};
-use common::{SEC, Swarm, config, hb, state};
+use apiary_swarm::{Lifecycle, Membership, NodeId, NodeState};
+use common::{SEC, Swarm, hb, hb_beating, state};
 
 /// A node that went idle (a slower cadence, a longer deadline) is re-read before it would
 /// be judged suspect on its older content, even with no content reads left in the budget:
@@ -15,30 +15,17 @@ use common::{SEC, Swarm, config, hb, state};
 #[tokio::test]
 async fn a_node_gone_idle_is_reread_before_it_is_suspected() {
     let swarm = Swarm::new(&StorageUri::Memory);
-    let a = swarm.member_with(
-        "a",
-        SwarmConfig {
-            content_reads_per_minute: 0.0,
-            ..config()
-        },
-    );
+    let a = swarm.without_content_reads("a");
     let (b, _) = swarm.member("b");
     let (ida, idb) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
     a.join(&hb(&ida, 1, Lifecycle::Alive, 0)).await.unwrap();
-    let active = |seq| {
-        let mut h = hb(&idb, seq, Lifecycle::Alive, 0);
-        h.beat = Some(config().beat(true));
-        h
-    };
-    b.join(&active(1)).await.unwrap();
+    b.join(&hb_beating(&idb, 1, true)).await.unwrap();
     a.refresh().await.unwrap();
     // A change that takes the one read the budget starts with.
     swarm.clock.advance(5 * SEC);
-    b.publish(&active(2)).await.unwrap();
+    b.publish(&hb_beating(&idb, 2, true)).await.unwrap();
     a.refresh().await.unwrap();
-    let mut idle = hb(&idb, 3, Lifecycle::Alive, 0);
-    idle.beat = Some(config().beat(false));
-    b.publish(&idle).await.unwrap();
+    b.publish(&hb_beating(&idb, 3, false)).await.unwrap();
     // 40 s without a change after going idle: past the active deadline (30 s).
     for _ in 0..8 {
         swarm.clock.advance(5 * SEC);
@@ -53,29 +40,18 @@ async fn a_node_gone_idle_is_reread_before_it_is_suspected() {
 #[tokio::test]
 async fn a_woken_node_is_read_at_the_next_listing() {
     let swarm = Swarm::new(&StorageUri::Memory);
-    let a = swarm.member_with(
-        "a",
-        SwarmConfig {
-            content_reads_per_minute: 0.0,
-            ..config()
-        },
-    );
+    let a = swarm.without_content_reads("a");
     let (b, _) = swarm.member("b");
     let (ida, idb) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
-    let beat = |id: &NodeId, seq, active| {
-        let mut h = hb(id, seq, Lifecycle::Alive, 0);
-        h.beat = Some(config().beat(active));
-        h
-    };
-    a.join(&beat(&ida, 1, false)).await.unwrap();
-    b.join(&beat(&idb, 1, false)).await.unwrap();
+    a.join(&hb_beating(&ida, 1, false)).await.unwrap();
+    b.join(&hb_beating(&idb, 1, false)).await.unwrap();
     a.refresh().await.unwrap();
     // Spend the one read the budget starts with.
-    b.publish(&beat(&idb, 2, false)).await.unwrap();
+    b.publish(&hb_beating(&idb, 2, false)).await.unwrap();
     let view = a.refresh().await.unwrap();
     assert!(!view.is_active(), "{view:?}");
     assert!(!a.probe().await.unwrap());
-    b.publish(&beat(&idb, 3, true)).await.unwrap();
+    b.publish(&hb_beating(&idb, 3, true)).await.unwrap();
     assert!(a.probe().await.unwrap(), "the wake is in the roster");
     let view = a.refresh().await.unwrap();
     assert!(

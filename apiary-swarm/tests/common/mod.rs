@@ -79,6 +79,18 @@ impl Swarm {
         }
     }
 
+    /// A member with no content reads in its budget beyond the first (what the cadence
+    /// tests need: reads outside the budget are the ones they prove).
+    pub fn without_content_reads(&self, id: &str) -> StorageHeartbeats {
+        self.member_with(
+            id,
+            SwarmConfig {
+                content_reads_per_minute: 0.0,
+                ..config()
+            },
+        )
+    }
+
     /// A member judging by `config` instead of [`config`]'s.
     pub fn member_with(&self, id: &str, config: SwarmConfig) -> StorageHeartbeats {
         StorageHeartbeats::new(
@@ -126,4 +138,11 @@ pub async fn heartbeat_keys(swarm: &Swarm) -> Vec<String> {
         .map(|m| m.key.to_string())
         .filter(|k| !k.contains("/roster_"))
         .collect()
+}
+
+/// A heartbeat of `id` promising the active or the idle cadence of [`config`].
+pub fn hb_beating(id: &NodeId, seq: u64, active: bool) -> Heartbeat {
+    let mut h = hb(id, seq, Lifecycle::Alive, 0);
+    h.beat = Some(config().beat(active));
+    h
 }
