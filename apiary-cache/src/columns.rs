@@ -142,6 +142,11 @@ pub struct TierCounts {
     pub admitted: u64,
     /// Columns evicted (for room, or under memory pressure).
     pub evicted: u64,
+    /// Cells decoded whole to be admitted (or, when their admission did not fit or was
+    /// gone, by the scans that had waited for it).
+    pub loads: u64,
+    /// Scans that waited for another scan's load of a cell instead of decoding it too.
+    pub load_waits: u64,
     /// Columns held now.
     pub columns: u64,
     /// Bytes held now.
@@ -169,29 +174,89 @@ pub struct ColumnTier {
     misses: AtomicU64,
     admitted: AtomicU64,
     evicted: Arc<AtomicU64>,
+    loads: AtomicU64,
+    load_waits: AtomicU64,
     /// Cells being decoded for admission, and the bytes they buffer meanwhile.
     admissions: Arc<Admissions>,
 }
 
-/// The admissions in progress of one tier: which cells, and their buffered bytes in all.
+/// The admissions in progress of one tier: which cells (with the signal their followers
+/// wait on), and their buffered bytes in all.
 #[derive(Debug, Default)]
 struct Admissions {
     bytes: AtomicU64,
-    cells: Mutex<std::collections::HashSet<String>>,
+    cells: Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+}
+
+/// What [`ColumnTier::begin_admission`] gives a scan about to decode a cell to admit it.
+#[derive(Debug)]
+pub enum Admission {
+    /// This scan admits the cell: it decodes it within the ticket's room.
+    Lead(AdmissionTicket),
+    /// Another scan is admitting the cell: wait for it rather than decode it again.
+    Follow(AdmissionWait),
 }
 
 /// The right to buffer a cell's decoded columns for admission (see
-/// [`ColumnTier::begin_admission`]). Dropping it gives its bytes back and lets another scan
-/// admit the cell.
+/// [`ColumnTier::begin_admission`]). Dropping it gives its bytes back, lets another scan
+/// admit the cell, and tells the scans waiting for it whether it was admitted.
 #[derive(Debug)]
 pub struct AdmissionTicket {
     admissions: Arc<Admissions>,
     cell: String,
     reserved: u64,
     room: u64,
+    /// Tells followers the outcome (`true`: admitted); `None` once told.
+    done: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+/// A wait for another scan's admission of a cell (see [`Admission::Follow`]).
+#[derive(Debug)]
+pub struct AdmissionWait {
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AdmissionWait {
+    /// Waits until the leading scan admitted the cell (`true`: its columns are in the
+    /// tier now, unless evicted at once) or gave up (`false`: decode it without
+    /// admitting). The lead decodes on a task of its own, so this never waits on a
+    /// consumer that stopped reading.
+    pub async fn admitted(mut self) -> bool {
+        loop {
+            if *self.done.borrow_and_update() {
+                return true;
+            }
+            if self.done.changed().await.is_err() {
+                return *self.done.borrow();
+            }
+        }
+    }
 }
 
 impl AdmissionTicket {
+    /// Tells the waiting scans that the cell's columns are in the tier.
+    pub fn admitted(&mut self) {
+        self.release_followers(true);
+    }
+
+    /// Tells the waiting scans that this admission will not admit the cell (it does not
+    /// fit), so they decode it themselves, and lets another scan admit it; the bytes
+    /// counted stay reserved until the ticket is dropped.
+    pub fn give_up(&mut self) {
+        self.release_followers(false);
+    }
+
+    fn release_followers(&mut self, admitted: bool) {
+        if let Some(done) = self.done.take() {
+            self.admissions
+                .cells
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.cell);
+            let _ = done.send(admitted);
+        }
+    }
+
     /// Counts `bytes` more as buffered; false (and nothing counted) when all admissions in
     /// progress would then buffer more than the tier holds: give the admission up.
     pub fn reserve(&mut self, bytes: u64) -> bool {
@@ -218,11 +283,7 @@ impl Drop for AdmissionTicket {
         self.admissions
             .bytes
             .fetch_sub(self.reserved, Ordering::Relaxed);
-        self.admissions
-            .cells
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.cell);
+        self.release_followers(false);
     }
 }
 
@@ -266,29 +327,42 @@ impl ColumnTier {
             misses: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
             evicted,
+            loads: AtomicU64::new(0),
+            load_waits: AtomicU64::new(0),
             admissions: Arc::default(),
         })
     }
 
-    /// A ticket to decode `cell` for admission, or `None` while another scan admits it
-    /// (that one's columns will serve the next read; this one reads without buffering).
-    /// Every admission in progress buffers its decoded columns outside the query pools, so
-    /// their bytes together are held to the tier's capacity (see
-    /// [`AdmissionTicket::reserve`]): P scans loading at once hold at most the tier's size,
-    /// not P times it.
-    pub fn begin_admission(&self, cell: &str) -> Option<AdmissionTicket> {
-        let fresh = self
+    /// A ticket to decode `cell` for admission ([`Admission::Lead`]), or, while another
+    /// scan admits it, a wait for that one ([`Admission::Follow`]): one cell is decoded
+    /// once however many scans want it at the same moment. Every admission in progress
+    /// buffers its decoded columns outside the query pools, so their bytes together are
+    /// held to the tier's capacity (see [`AdmissionTicket::reserve`]): P scans loading at
+    /// once hold at most the tier's size, not P times it.
+    pub fn begin_admission(&self, cell: &str) -> Admission {
+        let mut cells = self
             .admissions
             .cells
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(cell.to_string());
-        fresh.then(|| AdmissionTicket {
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(done) = cells.get(cell) {
+            self.load_waits.fetch_add(1, Ordering::Relaxed);
+            return Admission::Follow(AdmissionWait { done: done.clone() });
+        }
+        let (done, waiting) = tokio::sync::watch::channel(false);
+        cells.insert(cell.to_string(), waiting);
+        Admission::Lead(AdmissionTicket {
             admissions: Arc::clone(&self.admissions),
             cell: cell.to_string(),
             reserved: 0,
             room: self.capacity(),
+            done: Some(done),
         })
+    }
+
+    /// Counts a whole-cell decode of a cell being loaded (see [`TierCounts::loads`]).
+    pub fn count_load(&self) {
+        self.loads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Bytes that admissions in progress buffer now.
@@ -411,6 +485,8 @@ impl ColumnTier {
             misses: self.misses.load(Ordering::Relaxed),
             admitted: self.admitted.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
+            loads: self.loads.load(Ordering::Relaxed),
+            load_waits: self.load_waits.load(Ordering::Relaxed),
             columns: self.index.len() as u64,
             bytes: self.index.weight(),
             capacity_bytes: self.capacity(),

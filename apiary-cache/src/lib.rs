@@ -25,7 +25,10 @@ pub mod disk;
 mod error;
 mod store;
 
-pub use columns::{AdmissionTicket, ColumnChunks, ColumnKey, ColumnTier, MemoryCount, TierCounts};
+pub use columns::{
+    Admission, AdmissionTicket, AdmissionWait, ColumnChunks, ColumnKey, ColumnTier, MemoryCount,
+    TierCounts,
+};
 pub use digests::CellDigests;
 pub use disk::{
     BLOCK_BYTES, CacheConfig, CacheCounts, CachedCell, CellCache, MIN_DEFAULT_CAPACITY,

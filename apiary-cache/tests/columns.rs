@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use apiary_cache::{ColumnChunks, ColumnTier};
+use apiary_cache::{Admission, AdmissionTicket, AdmissionWait, ColumnChunks, ColumnTier};
 use arrow_array::{ArrayRef, Int64Array};
 
 /// A column of `rows` int64 values in chunks of 1000 rows.
@@ -135,13 +135,27 @@ fn buffers_shared_by_several_arrays_are_counted_once() {
     assert_eq!(count.bytes(), added);
 }
 
+fn lead(admission: Admission) -> AdmissionTicket {
+    match admission {
+        Admission::Lead(ticket) => ticket,
+        Admission::Follow(_) => panic!("expected to lead the admission"),
+    }
+}
+
+fn follow(admission: Admission) -> AdmissionWait {
+    match admission {
+        Admission::Follow(wait) => wait,
+        Admission::Lead(_) => panic!("expected to follow another admission"),
+    }
+}
+
 #[test]
 fn admissions_in_progress_hold_at_most_the_tier_and_one_per_cell() {
     let tier = ColumnTier::new(1000, 10_000).unwrap();
-    let mut a = tier.begin_admission("cell-a").unwrap();
-    // The same cell is admitted by one scan at a time.
-    assert!(tier.begin_admission("cell-a").is_none());
-    let mut b = tier.begin_admission("cell-b").unwrap();
+    let mut a = lead(tier.begin_admission("cell-a"));
+    // The same cell is admitted by one scan at a time; another waits for it.
+    follow(tier.begin_admission("cell-a"));
+    let mut b = lead(tier.begin_admission("cell-b"));
     assert!(a.reserve(600));
     // Together they may buffer what the tier holds, no more.
     assert!(!b.reserve(500), "two admissions would buffer 1100 of 1000");
@@ -151,7 +165,40 @@ fn admissions_in_progress_hold_at_most_the_tier_and_one_per_cell() {
     drop(a);
     assert_eq!(tier.admitting_bytes(), 400);
     assert!(b.reserve(500));
-    assert!(tier.begin_admission("cell-a").is_some());
+    lead(tier.begin_admission("cell-a"));
     drop(b);
     assert_eq!(tier.admitting_bytes(), 0);
+}
+
+#[tokio::test]
+async fn followers_learn_whether_the_lead_admitted_the_cell() {
+    let tier = ColumnTier::new(1000, 10_000).unwrap();
+    // Admitted: every follower hears so, also one that began waiting after.
+    let mut ticket = lead(tier.begin_admission("cell-a"));
+    let early = follow(tier.begin_admission("cell-a"));
+    let waiting = tokio::spawn(early.admitted());
+    tokio::task::yield_now().await;
+    let late = follow(tier.begin_admission("cell-a"));
+    ticket.admitted();
+    assert!(waiting.await.unwrap());
+    assert!(late.admitted().await);
+    // Once told, the cell is free for another admission, though the ticket lives on.
+    lead(tier.begin_admission("cell-a"));
+    drop(ticket);
+
+    // Given up (too large), or dropped (an error, a cancelled scan): followers decode it
+    // themselves, and the bytes stay reserved until the ticket goes.
+    let mut ticket = lead(tier.begin_admission("cell-b"));
+    let wait = follow(tier.begin_admission("cell-b"));
+    assert!(ticket.reserve(300));
+    ticket.give_up();
+    assert!(!wait.admitted().await);
+    assert_eq!(tier.admitting_bytes(), 300);
+    drop(lead(tier.begin_admission("cell-b")));
+    drop(ticket);
+    assert_eq!(tier.admitting_bytes(), 0);
+    let ticket = lead(tier.begin_admission("cell-d"));
+    let wait = follow(tier.begin_admission("cell-d"));
+    drop(ticket);
+    assert!(!wait.admitted().await);
 }

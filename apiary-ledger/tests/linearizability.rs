@@ -157,6 +157,7 @@ async fn run_history(uri: &StorageUri, s: &Scenario) -> Result<(), TestCaseError
             max_latency: Duration::ZERO,
             ignore_preconditions: false,
             list_omission_rate: s.list_omission_rate,
+            max_list_latency: Duration::ZERO,
         };
         let backend: Arc<dyn StorageBackend> = Arc::new(
             ObjectStoreBackend::new(

@@ -537,6 +537,16 @@ impl Apiary {
         self.running().and_then(|n| n.cache)
     }
 
+    /// What this process counted of the distributed queries it coordinated: fragments,
+    /// task attempts given up, and results refused for holding a cell already read (which
+    /// stays 0 while claims work). Zeros before the first query.
+    pub fn coordinator_counts(&self) -> apiary_query::distributed::CoordinatorTally {
+        self.query
+            .get()
+            .map(|(_, cluster)| cluster.counts.tally())
+            .unwrap_or_default()
+    }
+
     /// The running node's colony: temperature, regulation band, setpoint, the signals, the
     /// tasks it abandoned, and every bee.
     pub fn colony_status(&self) -> Result<ColonyStatus> {

@@ -166,6 +166,30 @@ async fn a_column_is_admitted_on_its_second_read_and_then_read_from_memory() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_loading_one_cell_at_once_decode_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    clicks(dir.path()).await;
+    let ap = Arc::new(open(dir.path(), Some(256 << 20)).await);
+    let sql = QUERIES[0];
+    let expected = text(&ap, sql).await; // the first read: every cell noted
+    // Eight queries at once, each planned to load all 12 cells: each cell is decoded by
+    // one scan, and the others wait for it or find it held.
+    let runs: Vec<_> = (0..8)
+        .map(|_| {
+            let ap = Arc::clone(&ap);
+            tokio::spawn(async move { text(&ap, sql).await })
+        })
+        .collect();
+    for run in runs {
+        assert_eq!(run.await.unwrap(), expected);
+    }
+    let counts = ap.memory_tier().unwrap();
+    assert_eq!(counts.loads, 12, "one decode per cell: {counts:?}");
+    assert_eq!(counts.columns, 24, "{counts:?}");
+    assert_eq!(ap.memory_tier().unwrap().admitted, 24, "{counts:?}");
+}
+
 /// `n` rows of a key and a 40-character text.
 fn wide(range: std::ops::Range<i64>) -> RecordBatch {
     let ids: Vec<i64> = range.collect();

@@ -17,9 +17,9 @@
 //! the tier on or off.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use apiary_cache::{ColumnChunks, ColumnTier, MemoryCount};
+use apiary_cache::{Admission, AdmissionTicket, ColumnChunks, ColumnTier, MemoryCount};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
 use datafusion::common::stats::Statistics;
@@ -394,18 +394,79 @@ struct CellReader {
     tier: Arc<ColumnTier>,
 }
 
-/// Columns of a cell being loaded, kept while all admissions in progress fit the tier.
-struct Admission {
-    columns: Vec<Vec<ArrayRef>>,
-    memory: MemoryCount,
-    /// The right to buffer them (dropped with the admission: its bytes go back).
-    ticket: apiary_cache::AdmissionTicket,
+/// What loading a cell for admission came to.
+enum Loaded {
+    /// Its columns, decoded whole and admitted.
+    Admitted(Vec<Arc<ColumnChunks>>),
+    /// Too large for what the tier had room for: the batches decoded so far and the rest
+    /// of the decode, with the ticket that still counts their bytes.
+    TooLarge {
+        seen: Vec<RecordBatch>,
+        rest: SendableRecordBatchStream,
+        ticket: AdmissionTicket,
+    },
+}
+
+/// Decodes a cell whole for admission within `ticket`'s room, then admits its columns; a
+/// cell with another row count than its ledger entry's (`expected`) is not admitted. Runs
+/// as a task of its own, so the scans waiting for it never wait on a consumer that
+/// stopped reading the scan that started it.
+async fn load(
+    mut decoded: SendableRecordBatchStream,
+    mut ticket: AdmissionTicket,
+    tier: Arc<ColumnTier>,
+    file_columns: Arc<[String]>,
+    key: String,
+    expected: Option<u64>,
+) -> Result<Loaded> {
+    let mut memory = MemoryCount::default();
+    let mut seen: Vec<RecordBatch> = Vec::new();
+    while let Some(batch) = decoded.next().await {
+        let batch = batch?;
+        let mut fits = true;
+        for array in batch.columns() {
+            fits &= ticket.reserve(memory.add(array.as_ref()));
+        }
+        seen.push(batch);
+        if !fits {
+            // Read it cold next time; the scans waiting for it decode it themselves.
+            tier.forget(&key, &file_columns);
+            ticket.give_up();
+            return Ok(Loaded::TooLarge {
+                seen,
+                rest: decoded,
+                ticket,
+            });
+        }
+    }
+    let rows: u64 = seen.iter().map(|b| b.num_rows() as u64).sum();
+    if let Some(expected) = expected.filter(|&e| e != rows) {
+        // Parts of this cell were cut by the ledger's row count: a cell that disagrees
+        // must not be admitted or answered from.
+        tier.forget(&key, &file_columns);
+        return Err(DataFusionError::Execution(format!(
+            "cell `{key}` has {rows} rows where its ledger entry says {expected}"
+        )));
+    }
+    let columns: Vec<Arc<ColumnChunks>> = (0..file_columns.len())
+        .map(|i| {
+            let arrays = seen.iter().map(|b| Arc::clone(b.column(i))).collect();
+            Arc::new(ColumnChunks::new(arrays))
+        })
+        .collect();
+    for (name, chunks) in file_columns.iter().zip(&columns) {
+        tier.insert(&key, name, Arc::clone(chunks));
+    }
+    ticket.admitted();
+    Ok(Loaded::Admitted(columns))
 }
 
 impl CellReader {
-    /// The cell's batches: assembled from held columns, or decoded (and admitted once the
-    /// whole cell is decoded, if it fit the tier all along; batches flow on meanwhile, so a
-    /// cell too large for the tier costs no more memory than a scan).
+    /// The cell's batches: assembled from held columns, or loaded. A cell to load is
+    /// decoded whole once, however many scans want it at the same moment: the first
+    /// decodes and admits it (on a task of its own) and the others wait for it, then all
+    /// serve it from memory. A cell too large for the tier is streamed on from where the
+    /// load stopped, and the scans that waited decode it themselves.
     fn read(
         self: Arc<Self>,
         cell: Arc<TierCell>,
@@ -419,48 +480,84 @@ impl CellReader {
         let plan = match (&cell.source, held_now) {
             (_, Some(columns)) => return self.read_held(&cell, columns),
             (Source::Held(columns), None) => return self.read_held(&cell, columns.clone()),
-            // A fresh run of the scan: a data source shares its work among the runs of one
-            // plan, and the parts of a cell each read the whole cell.
-            (Source::Load(plan), None) => Arc::clone(plan).reset_state()?,
+            (Source::Load(plan), None) => Arc::clone(plan),
         };
-        let decoded = plan.execute(0, context)?;
-        // One scan admits a cell at a time; another loading it meanwhile just reads it.
-        let ticket = self.tier.begin_admission(&cell.key);
-        let admitting = ticket.is_some();
-        let admission = Arc::new(Mutex::new(ticket.map(|ticket| Admission {
-            columns: vec![Vec::new(); self.file_columns.len()],
-            memory: MemoryCount::default(),
-            ticket,
-        })));
-        let keep = Arc::clone(&admission);
-        let reader = Arc::clone(&self);
-        let at_end = Arc::clone(&cell);
-        // Rows are positions in the whole cell, which this plan decodes in order.
+        // A fresh run of the scan: a data source shares its work among the runs of one
+        // plan, and the parts of a cell each read the whole cell.
+        let decode = move |plan: Arc<dyn ExecutionPlan>| plan.reset_state()?.execute(0, context);
+        let expected = cell.rows.as_ref().map(RowRanges::total);
+        match self.tier.begin_admission(&cell.key) {
+            Admission::Lead(ticket) => {
+                // An admission that ended between the look above and this one left the
+                // columns held.
+                if let Some(columns) = held(&self.tier, &cell.key, &self.file_columns) {
+                    return self.read_held(&cell, columns);
+                }
+                self.tier.count_load();
+                let loading = tokio::spawn(load(
+                    decode(plan)?,
+                    ticket,
+                    Arc::clone(&self.tier),
+                    Arc::clone(&self.file_columns),
+                    cell.key.clone(),
+                    expected,
+                ));
+                let out = async move {
+                    let loaded = loading.await.map_err(|e| {
+                        DataFusionError::Execution(format!(
+                            "loading cell `{}` into memory stopped: {e}",
+                            cell.key
+                        ))
+                    })??;
+                    match loaded {
+                        Loaded::Admitted(columns) => self.read_held(&cell, columns),
+                        Loaded::TooLarge { seen, rest, ticket } => {
+                            let batches = futures::stream::iter(seen.into_iter().map(Ok));
+                            Ok(self.decoded(cell, batches.chain(rest).boxed(), Some(ticket)))
+                        }
+                    }
+                };
+                Ok(futures::stream::once(out).try_flatten().boxed())
+            }
+            Admission::Follow(wait) => {
+                let out = async move {
+                    // Held now if the lead admitted it (unless evicted at once), or if
+                    // the lead found it held.
+                    wait.admitted().await;
+                    if let Some(columns) = held(&self.tier, &cell.key, &self.file_columns) {
+                        return self.read_held(&cell, columns);
+                    }
+                    self.tier.count_load();
+                    let batches = decode(plan)?;
+                    Ok(self.decoded(cell, batches, None))
+                };
+                Ok(futures::stream::once(out).try_flatten().boxed())
+            }
+        }
+    }
+
+    /// The output batches of a whole-cell decode of `cell` (only the rows it reads),
+    /// checked against the ledger's row count at the end; `ticket` (bytes still counted
+    /// for it) is held until then.
+    fn decoded(
+        self: Arc<Self>,
+        cell: Arc<TierCell>,
+        batches: BoxStream<'static, Result<RecordBatch>>,
+        ticket: Option<AdmissionTicket>,
+    ) -> BoxStream<'static, Result<RecordBatch>> {
+        // Rows are positions in the whole cell, which the decode yields in order.
         let mut cutter = cell.rows.as_ref().map(RowRanges::cutter);
         let expected = cell.rows.as_ref().map(RowRanges::total);
         let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = Arc::clone(&seen);
-        let batches = decoded.map(move |batch| {
+        let reader = Arc::clone(&self);
+        let at_end = Arc::clone(&cell);
+        let out = batches.map(move |batch| {
             let batch = batch?;
             counted.fetch_add(
                 batch.num_rows() as u64,
                 std::sync::atomic::Ordering::Relaxed,
             );
-            let mut guard = keep.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(a) = guard.as_mut() {
-                let mut fits = true;
-                for (kept, array) in a.columns.iter_mut().zip(batch.columns()) {
-                    let added = a.memory.add(array.as_ref());
-                    fits &= a.ticket.reserve(added);
-                    kept.push(Arc::clone(array));
-                }
-                if !fits {
-                    // Too large for what the tier has left beside the other admissions:
-                    // read it cold next time.
-                    *guard = None;
-                }
-            }
-            drop(guard);
             let Some(cutter) = cutter.as_mut() else {
                 return Ok(vec![reader.assemble(&cell, batch.columns())?]);
             };
@@ -470,40 +567,25 @@ impl CellReader {
                 .map(|b| reader.assemble(&cell, b.columns()))
                 .collect()
         });
-        let batches = batches
+        let out = out
             .map_ok(|b| futures::stream::iter(b.into_iter().map(Ok)))
             .try_flatten();
-        let admit = futures::stream::once(async move {
-            let taken = admission.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(expected) = expected {
-                let rows = seen.load(std::sync::atomic::Ordering::Relaxed);
-                if rows != expected {
-                    // Parts of this cell were cut by the ledger's row count: a cell that
-                    // disagrees must not be admitted or answered from.
+        let check = futures::stream::once(async move {
+            drop(ticket);
+            let rows = seen.load(std::sync::atomic::Ordering::Relaxed);
+            match expected {
+                Some(expected) if rows != expected => {
                     self.tier.forget(&at_end.key, &self.file_columns);
-                    return Some(Err(DataFusionError::Execution(format!(
+                    Some(Err(DataFusionError::Execution(format!(
                         "cell `{}` has {rows} rows where its ledger entry says {expected}",
                         at_end.key
-                    ))));
+                    ))))
                 }
+                _ => None,
             }
-            match taken {
-                Some(a) => {
-                    for (name, arrays) in self.file_columns.iter().zip(a.columns) {
-                        let chunks = Arc::new(ColumnChunks::new(arrays));
-                        self.tier.insert(&at_end.key, name, chunks);
-                    }
-                    // The ticket goes with `a` only now: no other scan admitted meanwhile.
-                }
-                // Too large for the tier now: read it cold next time.
-                None if admitting => self.tier.forget(&at_end.key, &self.file_columns),
-                // Another scan admits it.
-                None => {}
-            }
-            None
         })
         .filter_map(futures::future::ready);
-        Ok(batches.chain(admit).boxed())
+        out.chain(check).boxed()
     }
 
     /// The cell's batches from its held `columns` (only the rows it reads).

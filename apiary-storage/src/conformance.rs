@@ -138,6 +138,7 @@ pub async fn lost_responses(
         max_latency: Duration::from_millis(2),
         ignore_preconditions: false,
         list_omission_rate: 0.0,
+        max_list_latency: Duration::ZERO,
     };
     let faulty = Arc::new(InstrumentedStore::new(Arc::clone(&store), faults));
     let b = ObjectStoreBackend::new(faulty, capabilities, "faulty");

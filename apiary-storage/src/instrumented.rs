@@ -39,6 +39,9 @@ pub struct FaultConfig {
     pub conflict_rate: f64,
     /// Each request is delayed by a random duration up to this.
     pub max_latency: Duration,
+    /// Each listing is delayed by a random duration up to this, on top of `max_latency`
+    /// (a slow LIST: a large prefix, a busy server).
+    pub max_list_latency: Duration,
     /// Conditional writes are silently applied as plain overwrites (a store that ignores
     /// `If-None-Match` / `If-Match`).
     pub ignore_preconditions: bool,
@@ -259,15 +262,31 @@ impl InstrumentedStore {
         &self,
         stream: BoxStream<'static, object_store::Result<ObjectMeta>>,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let slow = self.list_delay();
         match self.hold.clone() {
-            None => stream,
-            Some(hold) => futures::stream::once(async move {
-                hold.pass(RequestKind::List).await;
+            None if slow.is_zero() => stream,
+            hold => futures::stream::once(async move {
+                if let Some(hold) = hold {
+                    hold.pass(RequestKind::List).await;
+                }
+                if !slow.is_zero() {
+                    crate::time::sleep(slow).await;
+                }
                 stream
             })
             .flatten()
             .boxed(),
         }
+    }
+
+    /// Draws the extra delay of one listing (see [`FaultConfig::max_list_latency`]).
+    fn list_delay(&self) -> Duration {
+        let max = self.faults.max_list_latency;
+        if self.counting_only || max.is_zero() {
+            return Duration::ZERO;
+        }
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        max.mul_f64(rng.random::<f64>())
     }
 
     /// A handle to the request counts.
@@ -496,6 +515,10 @@ impl ObjectStore for InstrumentedStore {
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         self.pass(RequestKind::List).await;
         bump(&self.counters.list);
+        let slow = self.list_delay();
+        if !slow.is_zero() {
+            crate::time::sleep(slow).await;
+        }
         match self.draw(false, false).await {
             Fault::None => {
                 let mut result = self.inner.list_with_delimiter(prefix).await?;

@@ -65,6 +65,13 @@ fn build_store(
             let mut builder = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+            // Every upload carries its SHA-256 (`x-amz-checksum-sha256`): the server refuses
+            // bytes damaged on the way and keeps the checksum with the object, also when
+            // payload signing is turned off (`AWS_UNSIGNED_PAYLOAD`). `AWS_CHECKSUM_ALGORITHM`
+            // still chooses.
+            if std::env::var("AWS_CHECKSUM_ALGORITHM").is_err() {
+                builder = builder.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+            }
             if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
             {
                 builder = builder.with_region("us-east-1");

@@ -10,6 +10,14 @@ pub const LOST_CREATE_IS_A_CONFLICT: &str = "lost-create-is-a-conflict";
 /// runs ahead deletes what past versions still need).
 pub const VACUUM_ON_THE_NODE_CLOCK: &str = "vacuum-on-the-node-clock";
 
+/// A task that finds a shared cell already claimed takes the claim for its own earlier one
+/// whose response was lost, without reading whose it is (two tasks then read one cell).
+pub const CLAIM_TAKEN_WHEN_HELD: &str = "claim-taken-when-held";
+
+/// The coordinator counts every result delivered: one of an attempt it gave up, and one
+/// holding a cell another result delivered already.
+pub const DOUBLE_COUNTED_RESULT: &str = "double-counted-result";
+
 #[cfg(feature = "testing")]
 static PLANTED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
 

@@ -1,8 +1,10 @@
 //! An HTTP/1.1 proxy in front of the S3 test server that counts the requests passing
 //! through, by S3 request kind: the server's side of what a node costs, independent of the
-//! node's own counters.
+//! node's own counters. It can also damage uploads on their way (one flipped bit in the
+//! body of a cell's PUT), as a faulty network or disk controller would.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use apiary_storage::RequestCounts;
@@ -14,7 +16,16 @@ pub struct CountingProxy {
     /// Where clients connect.
     pub address: SocketAddr,
     counts: Arc<Mutex<RequestCounts>>,
+    /// Cell uploads still to damage, and how many were.
+    damage: Arc<Damage>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Uploads of cells (`.parquet` PUTs) to damage.
+#[derive(Debug, Default)]
+struct Damage {
+    left: AtomicU64,
+    done: AtomicU64,
 }
 
 impl Drop for CountingProxy {
@@ -29,13 +40,14 @@ impl CountingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let counts = Arc::new(Mutex::new(RequestCounts::default()));
-        let shared = Arc::clone(&counts);
+        let damage = Arc::new(Damage::default());
+        let (shared, harm) = (Arc::clone(&counts), Arc::clone(&damage));
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let counts = Arc::clone(&shared);
+                let (counts, harm) = (Arc::clone(&shared), Arc::clone(&harm));
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(target).await {
-                        forward(client, server, counts).await;
+                        forward(client, server, counts, harm).await;
                     }
                 });
             }
@@ -43,8 +55,22 @@ impl CountingProxy {
         Self {
             address,
             counts,
+            damage,
             task,
         }
+    }
+
+    /// Flips one bit in the body of each of the next `uploads` cell uploads (PUTs of
+    /// `.parquet` objects), leaving their headers as the client sent them.
+    #[allow(dead_code)] // each test file compiles its own copy of this module
+    pub fn damage_cell_uploads(&self, uploads: u64) {
+        self.damage.left.store(uploads, Ordering::SeqCst);
+    }
+
+    /// Cell uploads damaged so far.
+    #[allow(dead_code)]
+    pub fn damaged(&self) -> u64 {
+        self.damage.done.load(Ordering::SeqCst)
     }
 
     /// The requests forwarded so far.
@@ -55,7 +81,12 @@ impl CountingProxy {
 
 /// Copies responses back as they come, and requests forward one at a time, counting each by
 /// its request line and headers.
-async fn forward(client: TcpStream, server: TcpStream, counts: Arc<Mutex<RequestCounts>>) {
+async fn forward(
+    client: TcpStream,
+    server: TcpStream,
+    counts: Arc<Mutex<RequestCounts>>,
+    damage: Arc<Damage>,
+) {
     let (client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let down = tokio::spawn(async move {
@@ -118,8 +149,36 @@ async fn forward(client: TcpStream, server: TcpStream, counts: Arc<Mutex<Request
                 }
             }
         } else if let Some(length) = header("content-length").and_then(|v| v.parse::<u64>().ok()) {
-            let mut body = (&mut reader).take(length);
-            if tokio::io::copy(&mut body, &mut server_write).await.is_err() {
+            let mut body = Vec::with_capacity(length as usize);
+            if (&mut reader)
+                .take(length)
+                .read_to_end(&mut body)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let request_line = text.lines().next().unwrap_or_default();
+            let cell_upload = request_line.starts_with("PUT ")
+                && request_line.split_whitespace().nth(1).is_some_and(|t| {
+                    t.split('?')
+                        .next()
+                        .unwrap_or_default()
+                        .ends_with(".parquet")
+                });
+            let take = |left: u64| left.checked_sub(1);
+            if cell_upload
+                && !body.is_empty()
+                && damage
+                    .left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, take)
+                    .is_ok()
+            {
+                let middle = body.len() / 2;
+                body[middle] ^= 0x10;
+                damage.done.fetch_add(1, Ordering::SeqCst);
+            }
+            if server_write.write_all(&body).await.is_err() {
                 return;
             }
         }

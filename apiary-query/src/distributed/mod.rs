@@ -14,6 +14,7 @@
 mod check;
 pub(crate) mod claims;
 mod coordinator;
+mod counts;
 mod decompose;
 mod dialect;
 pub mod plan;
@@ -38,6 +39,7 @@ pub use apiary_shuffle::{
     TaskOutcome, TaskReport, TaskSpec,
 };
 pub use coordinator::{DistributedExec, DistributedTable, TaskRun, sweep_orphans};
+pub use counts::{CoordinatorCounts, CoordinatorTally};
 pub use plan::{Fragment, Shape, SplitCell};
 pub use ship::{SHIP_BYTES, Shipping};
 pub use task::{Ended, run_task, run_task_into};
@@ -147,6 +149,8 @@ pub struct Cluster {
     pub random: apiary_storage::Random,
     /// Tasks this coordinator abandoned after their last attempt, kept for diagnosis.
     pub abandoned: AbandonedTasks,
+    /// What this coordinator counted of its distributed queries.
+    pub counts: CoordinatorCounts,
     /// When this coordinator last swept old queries.
     last_sweep: Arc<std::sync::Mutex<Option<std::time::Duration>>>,
     /// Removals of finished queries' objects and sweeps, which run after the answer is
@@ -168,6 +172,7 @@ impl Cluster {
             clock: apiary_storage::SystemClock::shared(),
             random: apiary_storage::Random::process(),
             abandoned: AbandonedTasks::default(),
+            counts: CoordinatorCounts::default(),
             last_sweep: Arc::default(),
             background: tokio_util::task::TaskTracker::new(),
         }

@@ -386,6 +386,7 @@ struct Phases {
 impl Run {
     async fn run(&self) -> Result<(), QueryError> {
         self.cluster.maybe_sweep();
+        self.cluster.counts.fragment();
         let workers = self.cluster.directory.workers().await?;
         let local = self.cluster.directory.local_node();
         let coordinator = local

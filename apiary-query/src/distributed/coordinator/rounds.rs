@@ -285,11 +285,12 @@ impl Attempts<'_> {
         local: Option<LocalRows>,
     ) -> Result<bool, QueryError> {
         let schema = &self.run.fragment.schema;
-        let Some(t) = self
-            .tasks
-            .iter_mut()
-            .find(|t| t.spec.key() == d.key && matches!(t.stage, Stage::Running))
-        else {
+        let counts_all = counts_every_result();
+        let Some(t) = self.tasks.iter_mut().find(|t| {
+            t.spec.key() == d.key
+                && (matches!(t.stage, Stage::Running)
+                    || counts_all && matches!(t.stage, Stage::GivenUp))
+        }) else {
             return Ok(false);
         };
         let (report, ready) = match d.outcome {
@@ -314,6 +315,7 @@ impl Attempts<'_> {
                             give_up(
                                 t,
                                 &mut self.causes,
+                                &self.run.cluster.counts,
                                 format!("its result cannot be read: {e}"),
                             );
                             return Ok(true);
@@ -339,6 +341,7 @@ impl Attempts<'_> {
                         cause.message, self.query_id
                     );
                     t.stage = Stage::GivenUp;
+                    self.run.cluster.counts.given_up();
                     self.causes.push((t.spec.attempt, message.clone()));
                     self.record_abandoned(task_id, cells);
                     return Err(match cause.kind {
@@ -346,7 +349,12 @@ impl Attempts<'_> {
                         kind => QueryError::failed(message, kind, cause),
                     });
                 }
-                give_up(t, &mut self.causes, format!("failed on {node}: {cause}"));
+                give_up(
+                    t,
+                    &mut self.causes,
+                    &self.run.cluster.counts,
+                    format!("failed on {node}: {cause}"),
+                );
                 return Ok(true);
             }
         };
@@ -363,14 +371,20 @@ impl Attempts<'_> {
             .chain(t.spec.steal.iter().flatten())
             .collect();
         let foreign = read.iter().chain(&pruned).find(|c| !named.contains(c));
-        let twice = read.iter().find(|c| self.read.contains(*c));
+        let twice = read
+            .iter()
+            .find(|c| self.read.contains(*c))
+            .filter(|_| !counts_all);
+        if twice.is_some() {
+            self.run.cluster.counts.duplicate_read();
+        }
         if let Some(cell) = foreign.or(twice) {
             let cause = format!(
                 "its result from {} holds cell `{cell}`, which it was not given or which was \
                  read already",
                 report.node_id
             );
-            give_up(t, &mut self.causes, cause);
+            give_up(t, &mut self.causes, &self.run.cluster.counts, cause);
             return Ok(true);
         }
         self.read.extend(read.iter().cloned());
@@ -395,7 +409,11 @@ impl Attempts<'_> {
         let wanted: Vec<TaskKey> = self
             .tasks
             .iter()
-            .filter(|t| matches!(t.stage, Stage::Running) && !self.is_local(&t.spec.node_id))
+            .filter(|t| {
+                let wanted = matches!(t.stage, Stage::Running)
+                    || counts_every_result() && matches!(t.stage, Stage::GivenUp);
+                wanted && !self.is_local(&t.spec.node_id)
+            })
             .map(|t| t.spec.key())
             .collect();
         if wanted.is_empty() {
@@ -474,7 +492,7 @@ impl Attempts<'_> {
             } else {
                 continue;
             };
-            give_up(t, &mut self.causes, cause);
+            give_up(t, &mut self.causes, &self.run.cluster.counts, cause);
         }
         if !self.round_over() || self.complete() {
             return Ok(());
@@ -543,8 +561,14 @@ impl Attempts<'_> {
 
 /// Gives `t` up: a later outcome of it is ignored, and the cells it held go to the next
 /// round. `cause` is kept, with the round, for the query's error and `EXPLAIN ANALYZE`.
-fn give_up(t: &mut Pending, causes: &mut Vec<(u32, String)>, cause: impl std::fmt::Display) {
+fn give_up(
+    t: &mut Pending,
+    causes: &mut Vec<(u32, String)>,
+    counts: &crate::distributed::CoordinatorCounts,
+    cause: impl std::fmt::Display,
+) {
     t.stage = Stage::GivenUp;
+    counts.given_up();
     causes.push((
         t.spec.attempt,
         format!(
@@ -552,4 +576,11 @@ fn give_up(t: &mut Pending, causes: &mut Vec<(u32, String)>, cause: impl std::fm
             t.spec.task_id, t.spec.attempt
         ),
     ));
+}
+
+/// Whether the bug planted as [`apiary_storage::planted::DOUBLE_COUNTED_RESULT`] is on: the
+/// coordinator then takes outcomes of attempts it gave up and results holding cells read
+/// already (always false outside tests).
+fn counts_every_result() -> bool {
+    apiary_storage::planted::is_planted(apiary_storage::planted::DOUBLE_COUNTED_RESULT)
 }
