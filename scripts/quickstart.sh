@@ -48,12 +48,21 @@ echo "A swarm of three nodes on the same folder:"
 storage="${APIARY_STORAGE:-./apiary-data}"
 state="$(mktemp -d)"
 pids=()
-stop_nodes() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; rm -rf "$state"; }
+# Node 1 serves the HTTP console; a read token (shown once, kept hashed) lets us in.
+http="${APIARY_QUICKSTART_HTTP:-127.0.0.1:8080}"
+token="$(apiary token create --scope read --expires 1h --storage "$storage")"
+token_id="${token#apiary_}"; token_id="${token_id%%_*}"
+stop_nodes() {
+  kill -TERM "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; rm -rf "$state"
+  apiary token revoke "$token_id" --storage "$storage" >/dev/null 2>&1 || true
+}
 trap stop_nodes EXIT
 for n in 1 2 3; do
+  console=()
+  [ "$n" = 1 ] && console=(--http "$http" --http-token-refresh 1s)
   APIARY_STATE_DIR="$state/node-$n" RUST_LOG=warn \
     "$bin" node --storage "$storage" --node-id "quickstart-node-$n" \
-      --heartbeat-interval 1s --poll-interval 1s --task-poll-interval 200ms &
+      --heartbeat-interval 1s --poll-interval 1s --task-poll-interval 200ms "${console[@]}" &
   pids+=("$!")
 done
 for _ in $(seq 1 60); do
@@ -72,6 +81,13 @@ echo "How the query was split (a task per node, each over a share of the cells):
 apiary sql "SET apiary.distribute = 'always';
             EXPLAIN ANALYZE SELECT page, COUNT(*) AS visits, AVG(duration_ms) AS avg_duration
             FROM analytics.events.clicks GROUP BY page ORDER BY visits DESC"
+echo
+echo "Node 1's console: http://$http/ (probes, /metrics, /api/v1; docs/console.md)"
+if command -v curl >/dev/null 2>&1; then
+  echo "  curl -H 'Authorization: Bearer …' http://$http/api/v1/swarm"
+  curl -fsS -H "Authorization: Bearer $token" "http://$http/api/v1/swarm" || echo "  (the console did not answer)"
+  echo
+fi
 echo
 echo "The colony of each node (temperature, regulation, bees, cells cached by the queries above):"
 sleep 1.5   # one heartbeat, so the nodes publish what they cached

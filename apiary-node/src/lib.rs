@@ -57,6 +57,7 @@ use worker::TaskCounts;
 
 pub mod input;
 pub use apiary_ledger::ipc;
+mod console;
 mod lifecycle;
 mod node;
 pub mod settings;
@@ -65,6 +66,7 @@ mod worker;
 mod writes;
 
 pub use apiary_cache::TierCounts;
+pub use apiary_console;
 pub use apiary_ledger;
 pub use apiary_query;
 use apiary_query::QueryEngine;
@@ -275,6 +277,8 @@ pub(crate) struct RunningNode {
     stop_worker: Arc<watch::Sender<bool>>,
     /// The node's Flight port, served while it runs.
     _flight: Option<Arc<apiary_flight::FlightServer>>,
+    /// The node's HTTP console, served while it runs.
+    console: Option<Arc<apiary_console::Console>>,
 }
 
 impl Apiary {
@@ -535,6 +539,19 @@ impl Apiary {
     /// The running node's cell cache (none when not started or turned off).
     pub fn cell_cache(&self) -> Option<Arc<CellCache>> {
         self.running().and_then(|n| n.cache)
+    }
+
+    /// Where the running node's HTTP console listens (`None` without `--http`, or when
+    /// the node is not running).
+    pub fn console_addr(&self) -> Option<std::net::SocketAddr> {
+        self.running()
+            .and_then(|n| n.console.as_ref().map(|c| c.local_addr()))
+    }
+
+    /// The console's access tokens, kept hashed in this Apiary's storage (see
+    /// [`apiary_console::tokens`]): every node on the storage honours them.
+    pub fn tokens(&self) -> apiary_console::TokenStore {
+        apiary_console::TokenStore::new(Arc::clone(self.registry.backend()))
     }
 
     /// What this process counted of the distributed queries it coordinated: fragments,

@@ -45,6 +45,29 @@ impl Apiary {
                 .attributes
                 .insert(crate::flight::ATTRIBUTE.to_string(), advertised.clone());
         }
+        // The console listens before the node joins (a taken port fails the start); it
+        // answers 503 until the node runs.
+        let console = match options.http.clone() {
+            Some(config) => {
+                let source = Arc::new(crate::console::NodeConsole {
+                    apiary: self.clone(),
+                });
+                let console = apiary_console::serve(source, self.tokens(), config)
+                    .await
+                    .map_err(|e| ApiaryError::Setting {
+                        name: "APIARY_HTTP",
+                        value: options
+                            .http
+                            .as_ref()
+                            .map(|c| c.addr.to_string())
+                            .unwrap_or_default(),
+                        message: e.to_string(),
+                    })?;
+                tracing::info!(url = %format!("http://{}/", console.local_addr()), "console");
+                Some(Arc::new(console))
+            }
+            None => None,
+        };
         let identity = NodeIdentity::resolve(options.node_id.as_deref(), &options.state_dir)?;
         let capacity = apiary_swarm::detect_capacity(options.memory_bytes);
         let tier = tier_limits(options.memory_tier_bytes.or(self.memory_tier), &capacity);
@@ -162,6 +185,7 @@ impl Apiary {
             _identity: Arc::new(identity),
             stop_worker: Arc::new(stop_worker),
             _flight: flight.map(|(server, _)| server),
+            console,
         });
         Ok(())
     }
@@ -182,6 +206,9 @@ impl Apiary {
     pub async fn halt(&self) {
         let running = self.node.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(node) = running {
+            if let Some(console) = &node.console {
+                console.stop();
+            }
             node.agent.halt().await;
             let _ = node.stop_worker.send(true);
             if let Some((engine, _)) = self.query.get() {
@@ -199,6 +226,9 @@ impl Apiary {
             // The agent closes the bees first: no new task is taken, running ones finish.
             let left = node.agent.leave().await;
             let _ = node.stop_worker.send(true);
+            if let Some(console) = &node.console {
+                console.stop();
+            }
             if let Some((engine, _)) = self.query.get() {
                 engine.set_cell_cache(None);
                 engine.set_admission(None);

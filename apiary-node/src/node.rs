@@ -52,6 +52,9 @@ pub struct NodeOptions {
     /// (`--attribute key=value`, `APIARY_ATTRIBUTES`): a transport's endpoint, a rack or
     /// zone label.
     pub attributes: std::collections::BTreeMap<String, String>,
+    /// The HTTP console (`--http ADDR`, `APIARY_HTTP`): probes, `/metrics` and the JSON
+    /// API; off when `None`.
+    pub http: Option<apiary_console::ConsoleConfig>,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -82,6 +85,7 @@ impl Default for NodeOptions {
             compact_interval: Duration::from_secs(60),
             memory_tier_bytes: None,
             attributes: Default::default(),
+            http: None,
         }
     }
 }

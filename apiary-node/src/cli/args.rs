@@ -203,6 +203,18 @@ pub(crate) enum Command {
         /// of the bees' memory, shared with the queries' pools; 0 turns it off).
         #[arg(long, env = "APIARY_MEMORY_TIER", value_parser = memory)]
         memory_tier: Option<u64>,
+        /// Serve the HTTP console at this address, e.g. 0.0.0.0:8080: probes (/healthz,
+        /// /readyz), /metrics and the JSON API (/api/v1/…), behind access tokens
+        /// (`apiary token create`).
+        #[arg(long, env = "APIARY_HTTP")]
+        http: Option<std::net::SocketAddr>,
+        /// Serve the console without tokens (a laptop, a machine only you can reach).
+        #[arg(long, env = "APIARY_HTTP_INSECURE", requires = "http")]
+        http_insecure: bool,
+        /// How often the console reads the access tokens again: a token created or revoked
+        /// takes effect within this (one LIST each time, one GET per new token).
+        #[arg(long, env = "APIARY_HTTP_TOKEN_REFRESH", default_value = "1m", value_parser = duration)]
+        http_token_refresh: Duration,
         /// Testing only: move this node's wall clock, e.g. 1h or -1h.
         #[arg(long, env = "APIARY_CLOCK_OFFSET", hide = true, value_parser = signed_duration)]
         clock_offset: Option<(Duration, bool)>,
@@ -276,6 +288,36 @@ pub(crate) enum Command {
         /// The node's id.
         node_id: String,
     },
+    /// Manage the console's access tokens, kept hashed in the storage: every node on it
+    /// honours them.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Create a token and print it. It is shown this once: only its digest is stored.
+    Create {
+        /// What it may do: read, admin (drain, cancel, SQL; everything read may) or
+        /// metrics (scrape /metrics). Repeat for several.
+        #[arg(long = "scope", required = true, value_parser = scope)]
+        scopes: Vec<apiary_console::Scope>,
+        /// How long it is honoured, e.g. 30d or 12h (default: until revoked).
+        #[arg(long, value_parser = duration)]
+        expires: Option<Duration>,
+    },
+    /// List the tokens: id, scopes, created, expires (never their secrets).
+    List,
+    /// Revoke a token: no node honours it once it refreshes its tokens.
+    Revoke {
+        /// The token's id, as `apiary token list` shows it.
+        id: String,
+    },
+}
+
+fn scope(text: &str) -> Result<apiary_console::Scope, String> {
+    text.parse()
+        .map_err(|e: apiary_console::ConsoleError| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]

@@ -33,8 +33,16 @@ pub(super) async fn execute(ap: &Apiary, cli: Cli, command: Command) -> CliResul
             memory_tier,
             compact_interval,
             clock_offset,
+            http,
+            http_insecure,
+            http_token_refresh,
         } => {
             let mut options = cli.node.options();
+            options.http = http.map(|addr| apiary_console::ConsoleConfig {
+                insecure: http_insecure,
+                token_refresh: http_token_refresh,
+                ..apiary_console::ConsoleConfig::new(addr)
+            });
             options.drain_timeout = drain_timeout;
             options.memory_bytes = memory;
             options.cache_dir = cache_dir;
@@ -215,6 +223,7 @@ pub(super) async fn execute(ap: &Apiary, cli: Cli, command: Command) -> CliResul
                 }
             }
         }
+        Command::Token(command) => super::tokens::run(ap, json, command).await?,
         Command::Drain { node_id } => {
             let by = format!("apiary drain (pid {})", std::process::id());
             ap.drain_node(&node_id, &by).await?;

@@ -33,6 +33,7 @@ mod args;
 mod commands;
 mod print;
 mod shell;
+mod tokens;
 
 use args::{Cli, Command};
 

@@ -1,0 +1,155 @@
+//! The documents of the console's JSON API (`/api/v1/…`). Field names are stable: a field
+//! may be added, never renamed or given another meaning.
+
+use std::collections::BTreeMap;
+
+use apiary_swarm::{NodeState, NodeView, Regulation, WorldView};
+use serde::Serialize;
+
+/// `GET /api/v1/swarm`: the swarm as the serving node sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Swarm {
+    /// The node that answered.
+    pub served_by: String,
+    /// Nodes by state (`joining`, `alive`, `suspect`, `dead`, `leaving`; every state is
+    /// present).
+    pub nodes_by_state: BTreeMap<&'static str, usize>,
+    /// Bees of the alive nodes.
+    pub bees: u64,
+    /// Busy bees of the alive nodes, as last published.
+    pub bees_busy: u64,
+    /// Polls of the storage the serving node made so far.
+    pub polls: u64,
+    /// Heartbeat objects skipped, and why.
+    pub problems: Vec<String>,
+}
+
+/// One node, in `GET /api/v1/nodes` and `GET /api/v1/nodes/{id}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    /// Its id.
+    pub id: String,
+    /// Its host name.
+    pub host: String,
+    /// `joining`, `alive`, `suspect`, `dead` or `leaving`.
+    pub state: &'static str,
+    /// Its Apiary version.
+    pub version: String,
+    /// When it started (ms since the epoch, its own clock).
+    pub started_ms: i64,
+    /// Seconds since its heartbeat was last seen to change.
+    pub last_heartbeat_age_s: f64,
+    /// Whether it says it is active (working, or within its idle delay).
+    pub active: bool,
+    /// CPU cores.
+    pub cores: u32,
+    /// Bees (one per core it works with).
+    pub bees: u32,
+    /// Busy bees, as last published.
+    pub bees_busy: u32,
+    /// Idle bees, as last published.
+    pub bees_idle: u32,
+    /// Its memory budget, in bytes.
+    pub memory_bytes: u64,
+    /// Resident memory over the bees' budget.
+    pub memory_pressure: f64,
+    /// Colony temperature: 0 idle, 1 every bee busy, 2 as much waiting as running.
+    pub temperature: f64,
+    /// The temperature it regulates toward.
+    pub setpoint: f64,
+    /// `cold`, `ideal`, `warm`, `hot` or `critical`.
+    pub regulation: Regulation,
+    /// Work waiting for a bee.
+    pub queue_depth: u32,
+    /// Cells in its cache.
+    pub cache_cells: u64,
+    /// Bytes in its cache.
+    pub cache_bytes: u64,
+    /// Its storage requests a minute over the last minutes, as it last published.
+    pub requests_per_minute: Option<f64>,
+    /// What a month of them costs at S3 Standard prices, in dollars.
+    pub requests_monthly_usd: Option<f64>,
+    /// What it publishes of itself (`--attribute key=value`; its Flight address).
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// `GET /api/v1/nodes`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Nodes {
+    /// The node that answered.
+    pub served_by: String,
+    /// Every node with a heartbeat, by id.
+    pub nodes: Vec<Node>,
+}
+
+/// An error: what was wrong and what to do.
+#[derive(Debug, Clone, Serialize)]
+pub struct Error {
+    /// The HTTP status.
+    pub status: u16,
+    /// What was wrong, and what to do.
+    pub error: String,
+}
+
+const STATES: [NodeState; 5] = [
+    NodeState::Joining,
+    NodeState::Alive,
+    NodeState::Suspect,
+    NodeState::Dead,
+    NodeState::Leaving,
+];
+
+impl Swarm {
+    /// The document of `view`, served by `served_by`.
+    pub fn of(view: &WorldView, served_by: &str) -> Self {
+        let mut nodes_by_state: BTreeMap<&'static str, usize> =
+            STATES.iter().map(|s| (s.as_str(), 0)).collect();
+        for n in &view.nodes {
+            *nodes_by_state.entry(n.state.as_str()).or_default() += 1;
+        }
+        let alive = || view.nodes.iter().filter(|n| n.state == NodeState::Alive);
+        Self {
+            served_by: served_by.to_string(),
+            nodes_by_state,
+            bees: alive().map(|n| u64::from(n.heartbeat.capacity.bees)).sum(),
+            bees_busy: alive().map(|n| u64::from(n.heartbeat.load.busy_bees)).sum(),
+            polls: view.polls,
+            problems: view.problems.clone(),
+        }
+    }
+}
+
+impl Node {
+    /// The document of one node of a view.
+    pub fn of(n: &NodeView) -> Self {
+        let hb = &n.heartbeat;
+        let setpoint = hb
+            .load
+            .setpoint
+            .unwrap_or(apiary_swarm::ColonyConfig::default().setpoint);
+        Self {
+            id: n.node_id.to_string(),
+            host: hb.hostname.clone(),
+            state: n.state.as_str(),
+            version: hb.software_version.clone(),
+            started_ms: hb.started_at_ms,
+            last_heartbeat_age_s: n.last_seen.as_secs_f64(),
+            active: hb.is_active(),
+            cores: hb.capacity.cores,
+            bees: hb.capacity.bees,
+            bees_busy: hb.load.busy_bees,
+            bees_idle: hb.load.idle_bees,
+            memory_bytes: hb.capacity.memory_bytes,
+            memory_pressure: hb.load.memory_pressure,
+            temperature: hb.load.temperature,
+            setpoint,
+            regulation: Regulation::of(hb.load.temperature, setpoint),
+            queue_depth: hb.load.queue_depth,
+            cache_cells: hb.cache.cells,
+            cache_bytes: hb.cache.bytes,
+            requests_per_minute: hb.requests.map(|r| r.per_minute),
+            requests_monthly_usd: hb.requests.map(|r| r.monthly_usd),
+            attributes: hb.attributes.clone().into_iter().collect(),
+        }
+    }
+}

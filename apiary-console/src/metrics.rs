@@ -1,0 +1,170 @@
+//! `GET /metrics`: a node's figures in the Prometheus text format, through
+//! `prometheus-client` (names prefixed `apiary_`, base units, counters ending in `_total`).
+//! The figures are read from the node's memory at each scrape (see [`NodeMetrics`]).
+
+use apiary_storage::RequestCounts;
+use apiary_swarm::WorldView;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
+
+/// What a node counts of itself, read at each scrape.
+#[derive(Debug, Clone, Default)]
+pub struct NodeMetrics {
+    /// Its storage requests so far, by kind (none when its backend does not count).
+    pub storage_requests: Option<RequestCounts>,
+    /// Bees working now, and bees in all.
+    pub bees_busy: u64,
+    /// Bees in all.
+    pub bees: u64,
+    /// Its colony temperature.
+    pub temperature: f64,
+    /// Its cell cache: bytes held, hits, misses (none without a cache).
+    pub cache: Option<CacheFigures>,
+    /// Its memory tier of decoded columns: bytes held, hits, misses.
+    pub memory_tier: CacheFigures,
+    /// Distributed fragments this node coordinated.
+    pub fragments: u64,
+    /// Task attempts its coordinator gave up.
+    pub tasks_given_up: u64,
+    /// Results its coordinator refused for holding a cell read already (0 while claims
+    /// work).
+    pub duplicate_reads: u64,
+}
+
+/// A cache's figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheFigures {
+    /// Bytes held now.
+    pub bytes: u64,
+    /// Reads served from it.
+    pub hits: u64,
+    /// Reads it could not serve.
+    pub misses: u64,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+/// Renders `metrics` and the swarm `view` in the Prometheus text format.
+pub fn render(metrics: &NodeMetrics, view: Option<&WorldView>) -> String {
+    let mut registry = Registry::with_prefix("apiary");
+    registry.register(
+        "build",
+        "The Apiary version this node runs",
+        Info::new(VersionLabel {
+            version: env!("CARGO_PKG_VERSION"),
+        }),
+    );
+    if let Some(r) = metrics.storage_requests {
+        // A fresh registry each scrape: each counter starts at 0 and is set to the count.
+        let family = Family::<OperationLabel, Counter>::default();
+        for (operation, n) in [
+            ("get", r.get),
+            ("head", r.head),
+            ("put", r.put),
+            ("conditional_put", r.conditional_put),
+            ("list", r.list),
+            ("delete", r.delete),
+        ] {
+            family
+                .get_or_create(&OperationLabel { operation })
+                .inc_by(n);
+        }
+        registry.register(
+            "storage_requests",
+            "Storage requests this node made since it started, by operation",
+            family,
+        );
+    }
+    let bees = Family::<StateLabel, Gauge<u64, AtomicU64>>::default();
+    bees.get_or_create(&StateLabel { state: "busy" })
+        .set(metrics.bees_busy);
+    bees.get_or_create(&StateLabel { state: "idle" })
+        .set(metrics.bees.saturating_sub(metrics.bees_busy));
+    registry.register("bees", "This node's bees, by state", bees);
+    registry.register(
+        "colony_temperature",
+        "Colony temperature: 0 idle, 1 every bee busy, 2 as much work waiting as running",
+        ConstGauge::new(metrics.temperature),
+    );
+    if let Some(view) = view {
+        let nodes = Family::<StateLabel, Gauge<u64, AtomicU64>>::default();
+        for state in ["joining", "alive", "suspect", "dead", "leaving"] {
+            let n = view
+                .nodes
+                .iter()
+                .filter(|n| n.state.as_str() == state)
+                .count();
+            nodes.get_or_create(&StateLabel { state }).set(n as u64);
+        }
+        registry.register(
+            "nodes",
+            "Nodes with a heartbeat, by state, as this node sees the swarm",
+            nodes,
+        );
+    }
+    for (name, what, figures) in [
+        ("cache", "cell cache", metrics.cache),
+        (
+            "memory_tier",
+            "memory tier of decoded columns",
+            Some(metrics.memory_tier),
+        ),
+    ] {
+        let Some(f) = figures else { continue };
+        let sub = registry.sub_registry_with_prefix(name);
+        sub.register_with_unit(
+            "size",
+            format!("Bytes the {what} holds"),
+            Unit::Bytes,
+            ConstGauge::new(f.bytes as i64),
+        );
+        sub.register(
+            "hits",
+            format!("Reads the {what} served"),
+            ConstCounter::new(f.hits),
+        );
+        sub.register(
+            "misses",
+            format!("Reads the {what} could not serve"),
+            ConstCounter::new(f.misses),
+        );
+    }
+    let distributed = registry.sub_registry_with_prefix("distributed");
+    distributed.register(
+        "fragments",
+        "Distributed fragments this node coordinated",
+        ConstCounter::new(metrics.fragments),
+    );
+    distributed.register(
+        "tasks_given_up",
+        "Task attempts this node's coordinator gave up (their cells went to a later round)",
+        ConstCounter::new(metrics.tasks_given_up),
+    );
+    distributed.register(
+        "duplicate_reads",
+        "Results refused for holding a cell another result delivered (0 while claims work)",
+        ConstCounter::new(metrics.duplicate_reads),
+    );
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+    out
+}

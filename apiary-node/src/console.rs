@@ -1,0 +1,70 @@
+//! The node's side of the HTTP console (`apiary node --http ADDR`): what it serves, read
+//! from the running node's memory (see [`apiary_console::ConsoleSource`]).
+
+use apiary_console::{CacheFigures, ConsoleSource, NodeMetrics};
+use apiary_swarm::WorldView;
+
+use crate::Apiary;
+
+/// The running node as the console sees it.
+pub(crate) struct NodeConsole {
+    pub(crate) apiary: Apiary,
+}
+
+impl ConsoleSource for NodeConsole {
+    fn node_id(&self) -> String {
+        self.apiary
+            .running()
+            .map(|n| n.agent.node_id().to_string())
+            .unwrap_or_default()
+    }
+
+    fn view(&self) -> Option<WorldView> {
+        self.apiary.running().map(|n| n.agent.view())
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        let node = self
+            .apiary
+            .running()
+            .ok_or("the node is not running (starting or stopped)")?;
+        // Its first heartbeat was written when it joined; a poll shows storage answering.
+        if node.agent.view().polls == 0 {
+            return Err("the node has not read the swarm from storage yet".into());
+        }
+        Ok(())
+    }
+
+    fn metrics(&self) -> NodeMetrics {
+        let node = self.apiary.running();
+        let bees = node.as_ref().map(|n| n.bees.states()).unwrap_or_default();
+        let tier = self
+            .apiary
+            .memory_tier()
+            .map(|t| CacheFigures {
+                bytes: t.bytes,
+                hits: t.hits,
+                misses: t.misses,
+            })
+            .unwrap_or_default();
+        let coordinator = self.apiary.coordinator_counts();
+        NodeMetrics {
+            storage_requests: self.apiary.registry.backend().request_counts(),
+            bees_busy: bees.iter().filter(|b| b.state == "busy").count() as u64,
+            bees: bees.len() as u64,
+            temperature: node.as_ref().map_or(0.0, |n| n.colony.temperature()),
+            cache: node.as_ref().and_then(|n| n.cache.as_ref()).map(|c| {
+                let counts = c.counts();
+                CacheFigures {
+                    bytes: counts.bytes,
+                    hits: counts.hits,
+                    misses: counts.misses,
+                }
+            }),
+            memory_tier: tier,
+            fragments: coordinator.fragments,
+            tasks_given_up: coordinator.tasks_given_up,
+            duplicate_reads: coordinator.duplicate_reads,
+        }
+    }
+}

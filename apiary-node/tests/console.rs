@@ -1,0 +1,323 @@
+//! The HTTP console, tested as an operator meets it: three real `apiary node` processes on
+//! one storage, each serving the console; every route and status code, tokens created with
+//! the CLI and honoured by every node, a SIGKILLed node shown dead on the others' API, and
+//! `/metrics` in the Prometheus text format.
+
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // real processes and real time
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::nodes::{DEADLINE, start_with};
+use serde_json::Value;
+
+/// A loopback address with a free port.
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `apiary token create --scope SCOPE` on `storage`: the token.
+fn token(dir: &Path, storage: &str, scope: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["token", "create", "--scope", scope, "--storage", storage])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+struct Client {
+    http: reqwest::Client,
+}
+
+impl Client {
+    async fn get(&self, addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut request = self.http.get(format!("http://{addr}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    async fn json(&self, addr: SocketAddr, path: &str, token: &str) -> Value {
+        let (status, body) = self.get(addr, path, Some(token)).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Waits until `check` holds of `GET path` on `addr`.
+    async fn until(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        token: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let started = Instant::now();
+        loop {
+            let (status, body) = self.get(addr, path, Some(token)).await;
+            if status == 200 {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                if check(&v) {
+                    return v;
+                }
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "{addr}{path}: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn states(nodes: &Value) -> BTreeSet<(String, String)> {
+    nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Checks `text` line by line against the Prometheus text format (0.0.4): comments are
+/// `# HELP name text` or `# TYPE name type` (declared once, before the samples), samples
+/// are `name{labels} value` with a known name, counters end in `_total`.
+fn check_prometheus_text(text: &str) {
+    let mut types: std::collections::HashMap<String, String> = Default::default();
+    let mut sampled = 0;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name, value) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap_or(""),
+            );
+            assert!(name.starts_with("apiary_"), "{line}");
+            match kind {
+                "HELP" => assert!(!value.is_empty(), "{line}"),
+                "TYPE" => {
+                    assert!(
+                        [
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "summary",
+                            "untyped",
+                            "info"
+                        ]
+                        .contains(&value),
+                        "{line}"
+                    );
+                    if value == "counter" {
+                        assert!(name.ends_with("_total"), "counters end in _total: {line}");
+                    }
+                    assert!(types.insert(name.into(), value.into()).is_none(), "{line}");
+                }
+                _ => panic!("unknown comment: {line}"),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+        assert!(
+            types.contains_key(name) || types.keys().any(|t| name.starts_with(t.as_str())),
+            "a sample before its TYPE: {line}"
+        );
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+        }
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        sampled += 1;
+    }
+    assert!(sampled > 10, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serve_the_console_behind_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("data").display().to_string();
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut nodes: Vec<_> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let addr = addr.to_string();
+            start_with(
+                &storage,
+                dir.path(),
+                &format!("console-{i}"),
+                "100ms",
+                &["--http", &addr, "--http-token-refresh", "200ms"],
+            )
+        })
+        .collect();
+    let client = Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    };
+
+    // The probes are public; the API waits for a token to exist.
+    let started = Instant::now();
+    for addr in &addrs {
+        loop {
+            // Not listening yet, or not ready: both mean wait.
+            let ready = client
+                .http
+                .get(format!("http://{addr}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 200);
+            if ready {
+                break;
+            }
+            assert!(started.elapsed() < DEADLINE, "{addr} never ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            client.get(*addr, "/healthz", None).await,
+            (200, "ok\n".into())
+        );
+    }
+    let (status, body) = client.get(addrs[0], "/api/v1/nodes", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("apiary token create"), "{body}");
+
+    // Tokens made with the CLI, honoured by every node with no configuration of its own.
+    let read = token(dir.path(), &storage, "read");
+    let admin = token(dir.path(), &storage, "admin");
+    let metrics = token(dir.path(), &storage, "metrics");
+    let everyone: BTreeSet<(String, String)> = (0..3)
+        .map(|i| (format!("console-{i}"), "alive".to_string()))
+        .collect();
+    for addr in &addrs {
+        let nodes = client
+            .until(*addr, "/api/v1/nodes", &read, |v| states(v) == everyone)
+            .await;
+        assert!(!nodes["served_by"].as_str().unwrap().is_empty());
+        let first = &nodes["nodes"][0];
+        for field in [
+            "host",
+            "version",
+            "cores",
+            "bees",
+            "bees_busy",
+            "memory_bytes",
+            "temperature",
+            "regulation",
+            "last_heartbeat_age_s",
+        ] {
+            assert!(!first[field].is_null(), "{field} missing: {first}");
+        }
+    }
+    let swarm = client.json(addrs[1], "/api/v1/swarm", &admin).await;
+    assert_eq!(swarm["nodes_by_state"]["alive"], 3, "{swarm}");
+    let one = client
+        .json(addrs[2], "/api/v1/nodes/console-0", &read)
+        .await;
+    assert_eq!(one["id"], "console-0");
+
+    // Status codes: 401 without or with a bad token, 403 with the wrong scope, 404.
+    let (status, body) = client.get(addrs[0], "/api/v1/swarm", None).await;
+    assert_eq!(status, 401, "{body}");
+    let bad = format!("apiary_{}_{}", "0".repeat(12), "0".repeat(64));
+    assert_eq!(
+        client.get(addrs[0], "/api/v1/swarm", Some(&bad)).await.0,
+        401
+    );
+    assert_eq!(
+        client
+            .get(addrs[0], "/api/v1/swarm", Some("garbage"))
+            .await
+            .0,
+        401
+    );
+    let (status, body) = client.get(addrs[0], "/api/v1/nodes", Some(&metrics)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("`read` scope"), "{body}");
+    assert_eq!(client.get(addrs[0], "/metrics", Some(&read)).await.0, 403);
+    let (status, body) = client
+        .get(addrs[0], "/api/v1/nodes/nobody", Some(&read))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("nobody"), "{body}");
+    assert_eq!(
+        client.get(addrs[0], "/no/such/route", Some(&read)).await.0,
+        404
+    );
+
+    // /metrics, in the Prometheus text format.
+    let (status, text) = client.get(addrs[0], "/metrics", Some(&metrics)).await;
+    assert_eq!(status, 200, "{text}");
+    check_prometheus_text(&text);
+    for series in [
+        "apiary_build_info{version=",
+        "apiary_storage_requests_total{operation=\"put\"}",
+        "apiary_bees{state=\"idle\"}",
+        "apiary_nodes{state=\"alive\"} 3",
+        "apiary_colony_temperature",
+        "apiary_distributed_duplicate_reads_total 0",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+    assert_eq!(client.get(addrs[0], "/metrics", Some(&admin)).await.0, 200);
+
+    // A node killed with SIGKILL shows dead on every other node's API.
+    let killed = nodes.remove(2);
+    drop(killed); // SIGKILL, then reaped
+    let mut rest = everyone.clone();
+    rest.remove(&("console-2".to_string(), "alive".to_string()));
+    rest.insert(("console-2".to_string(), "dead".to_string()));
+    for addr in &addrs[..2] {
+        client
+            .until(*addr, "/api/v1/nodes", &read, |v| states(v) == rest)
+            .await;
+    }
+
+    // A revoked token is refused once the nodes read their tokens again.
+    let id = &read["apiary_".len().."apiary_".len() + 12];
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["token", "revoke", id, "--storage", &storage])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let started = Instant::now();
+    while client.get(addrs[0], "/api/v1/swarm", Some(&read)).await.0 != 401 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "a revoked token is still honoured"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(nodes);
+}

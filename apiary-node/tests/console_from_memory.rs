@@ -1,0 +1,104 @@
+//! The console answers from the node's memory: with every storage request of the node held
+//! (as a store that stopped answering would hold them), every route still answers at once.
+
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // real sockets and real time
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiary::apiary_console::{ConsoleConfig, Scope};
+use apiary::{ApiaryBuilder, ApiaryOptions, NodeOptions};
+use apiary_storage::{
+    FaultConfig, Hold, InstrumentedStore, ObjectStoreBackend, RequestKind, StorageUri,
+    object_store_for,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_with_the_storage_held() {
+    let (store, caps) = object_store_for(&StorageUri::Memory).unwrap();
+    let hold = Hold::new(&[
+        RequestKind::Get,
+        RequestKind::Head,
+        RequestKind::Put,
+        RequestKind::ConditionalPut,
+        RequestKind::List,
+    ]);
+    let instrumented = InstrumentedStore::new(store, FaultConfig::none()).with_hold(hold.clone());
+    let backend = Arc::new(ObjectStoreBackend::new(
+        Arc::new(instrumented),
+        caps,
+        "memory://",
+    ));
+    let ap = ApiaryBuilder::new(ApiaryOptions::new(StorageUri::Memory))
+        .backend(backend)
+        .build()
+        .await
+        .unwrap();
+    let read = ap.tokens().create(&[Scope::Read], None).await.unwrap().text;
+    let metrics = ap
+        .tokens()
+        .create(&[Scope::Metrics], None)
+        .await
+        .unwrap()
+        .text;
+    let dir = tempfile::tempdir().unwrap();
+    ap.start_with(NodeOptions {
+        node_id: Some("held".into()),
+        state_dir: dir.path().to_path_buf(),
+        cache_bytes: Some(0),
+        http: Some(ConsoleConfig {
+            // Tokens are read at start and not again in this test.
+            token_refresh: Duration::from_secs(3600),
+            ..ConsoleConfig::new("127.0.0.1:0".parse().unwrap())
+        }),
+        ..NodeOptions::default()
+    })
+    .await
+    .unwrap();
+    let addr = ap.console_addr().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = http.get(format!("http://{addr}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.map(|r| r.status().as_u16()) }
+    };
+    // Ready: tokens read, the swarm polled.
+    let started = std::time::Instant::now();
+    while get("/api/v1/nodes", Some(&read)).await.ok() != Some(200)
+        || get("/readyz", None).await.ok() != Some(200)
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    hold.close();
+    // The hold holds: what does read the storage waits.
+    let listing = tokio::time::timeout(Duration::from_millis(300), ap.tokens().list()).await;
+    assert!(listing.is_err(), "a token listing went through the hold");
+    for (path, token, status) in [
+        ("/healthz", None, 200),
+        ("/readyz", None, 200),
+        ("/metrics", Some(metrics.as_str()), 200),
+        ("/metrics", None, 401),
+        ("/api/v1/swarm", Some(read.as_str()), 200),
+        ("/api/v1/nodes", Some(read.as_str()), 200),
+        ("/api/v1/nodes/held", Some(read.as_str()), 200),
+        ("/api/v1/nodes/other", Some(read.as_str()), 404),
+        ("/api/v1/nodes", Some(metrics.as_str()), 403),
+        ("/api/v1/nodes", None, 401),
+    ] {
+        let answered = get(path, token).await;
+        assert_eq!(
+            answered.as_ref().ok(),
+            Some(&status),
+            "{path} with the storage held: {answered:?}"
+        );
+    }
+    hold.open();
+    ap.halt().await;
+}
