@@ -221,26 +221,36 @@ impl TokenStore {
         let listed = self.backend.list(&Path::from(TOKENS_DIR)).await?;
         let mut out = TokenList::default();
         for meta in listed {
-            let key = meta.key.to_string();
             let Some(id) = id_of(&meta.key) else {
                 out.problems
-                    .push(format!("`{key}` is not a token record: skipped"));
+                    .push(format!("`{}` is not a token record: skipped", meta.key));
                 continue;
             };
-            let object = match self.backend.get(&meta.key).await {
-                Ok(object) => object,
-                // Revoked between the listing and the read.
-                Err(e) if e.kind() == apiary_storage::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            match parse_record(&id, &object.bytes) {
-                Ok(token) => out.tokens.push(token),
-                Err(problem) => out.problems.push(format!("`{key}`: {problem}: skipped")),
+            match self.read_record(&meta.key, &id).await? {
+                Some(Ok(token)) => out.tokens.push(token),
+                Some(Err(problem)) => out
+                    .problems
+                    .push(format!("`{}`: {problem}: skipped", meta.key)),
+                None => {}
             }
         }
         out.tokens
             .sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         Ok(out)
+    }
+
+    /// The record at `key` (of token `id`): `None` when it was revoked meanwhile, the
+    /// problem when it cannot be read as a token.
+    async fn read_record(
+        &self,
+        key: &Path,
+        id: &str,
+    ) -> Result<Option<std::result::Result<Token, String>>> {
+        match self.backend.get(key).await {
+            Ok(object) => Ok(Some(parse_record(id, &object.bytes))),
+            Err(e) if e.kind() == apiary_storage::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Revokes the token `id`: from the next refresh of their tokens, no node honours it.
@@ -299,16 +309,12 @@ impl TokenStore {
                 tokens.push(token.clone());
                 continue;
             }
-            let object = match self.backend.get(&meta.key).await {
-                Ok(object) => object,
-                Err(e) if e.kind() == apiary_storage::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            match parse_record(&id, &object.bytes) {
-                Ok(token) => tokens.push(token),
-                Err(problem) => {
+            match self.read_record(&meta.key, &id).await? {
+                Some(Ok(token)) => tokens.push(token),
+                Some(Err(problem)) => {
                     tracing::warn!(key = %meta.key, %problem, "a token record was skipped");
                 }
+                None => {}
             }
         }
         Ok(Tokens::from_list(tokens))

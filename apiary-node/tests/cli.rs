@@ -2,36 +2,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/cli.rs"]
+mod cli_helpers;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use apiary_storage::conformance::s3_test_uri;
-
-fn apiary(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_apiary"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("APIARY_STORAGE")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn err(out: &Output) -> String {
-    assert!(!out.status.success(), "should have failed");
-    let stderr = String::from_utf8(out.stderr.clone()).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    stderr
-}
+use cli_helpers::{apiary, err, ok};
 
 const SCHEMA: &str = "event_id:int64,user_id:utf8,page:utf8,duration_ms:int64,country:utf8";
 

@@ -7,22 +7,12 @@
 #[path = "common/counting_proxy.rs"]
 mod counting_proxy;
 
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use apiary_storage::conformance::s3_test_uri;
 use apiary_storage::cost::S3_STANDARD;
-use counting_proxy::CountingProxy;
-
-/// The S3 test server's address, from the rig's `AWS_ENDPOINT_URL`.
-fn s3_server() -> SocketAddr {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL")
-        .expect("AWS_ENDPOINT_URL is not set: run the tests with scripts/test.sh");
-    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    host.parse()
-        .unwrap_or_else(|e| panic!("AWS_ENDPOINT_URL {endpoint}: {e}"))
-}
+use counting_proxy::{CountingProxy, s3_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_node_process_costs_under_a_dollar_a_month_on_s3() {

@@ -2,27 +2,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/cli.rs"]
+mod cli_helpers;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn apiary(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_apiary"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("APIARY_STORAGE")
-        .output()
-        .unwrap()
-}
+use cli_helpers::{apiary, err, ok};
 
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
+/// The stderr of a command refused before it ran (clap's usage errors run over lines).
 fn stderr(out: &Output) -> String {
     assert!(!out.status.success(), "should have failed");
     String::from_utf8_lossy(&out.stderr).to_string()
@@ -100,7 +88,7 @@ fn tokens_are_created_once_listed_without_secrets_and_revoked() {
     let listed: serde_json::Value =
         serde_json::from_str(&ok(&apiary(d, &["token", "list", "--json"]))).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
-    let e = stderr(&apiary(d, &["token", "revoke", &admin_id]));
+    let e = err(&apiary(d, &["token", "revoke", &admin_id]));
     assert!(e.contains("there is no token"), "{e}");
 
     // Bad input: named, nothing created.
@@ -113,7 +101,7 @@ fn tokens_are_created_once_listed_without_secrets_and_revoked() {
         &["token", "create", "--scope", "read", "--expires", "soon"],
     ));
     assert!(e.contains("not a duration"), "{e}");
-    let e = stderr(&apiary(d, &["token", "revoke", "../x"]));
+    let e = err(&apiary(d, &["token", "revoke", "../x"]));
     assert!(e.contains("is not a token id"), "{e}");
     let listed: serde_json::Value =
         serde_json::from_str(&ok(&apiary(d, &["token", "list", "--json"]))).unwrap();

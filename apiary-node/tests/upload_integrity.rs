@@ -8,21 +8,11 @@
 #[path = "common/counting_proxy.rs"]
 mod counting_proxy;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use apiary_storage::conformance::s3_test_uri;
-use counting_proxy::CountingProxy;
-
-/// The S3 test server's address, from the rig's `AWS_ENDPOINT_URL`.
-fn s3_server() -> SocketAddr {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL")
-        .expect("AWS_ENDPOINT_URL is not set: run the tests with scripts/test.sh");
-    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    host.parse()
-        .unwrap_or_else(|e| panic!("AWS_ENDPOINT_URL {endpoint}: {e}"))
-}
+use counting_proxy::{CountingProxy, s3_server};
 
 /// `apiary ARGS` on `storage` through `proxy`, with `extra` environment.
 fn apiary(

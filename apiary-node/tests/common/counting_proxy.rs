@@ -206,3 +206,12 @@ fn count(head: &str, counts: &Mutex<RequestCounts>) {
         _ => c.delete += 1,
     }
 }
+
+/// The S3 test server's address, from the rig's `AWS_ENDPOINT_URL`.
+pub fn s3_server() -> SocketAddr {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .expect("AWS_ENDPOINT_URL is not set: run the tests with scripts/test.sh");
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    host.parse()
+        .unwrap_or_else(|e| panic!("AWS_ENDPOINT_URL {endpoint}: {e}"))
+}
