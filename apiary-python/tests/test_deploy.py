@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import urllib.error
 import urllib.request
 from typing import Iterator
 
@@ -216,6 +217,28 @@ def test_the_kubernetes_pod_environment_runs(root: Root, tmp_path: pathlib.Path,
             timeout=30,
         )
         assert node["memory_gb"] == pytest.approx(2.0)
+        # The pod's probes answer as the kubelet would ask them, on the console's port.
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        listen = env["APIARY_HTTP"]
+        assert listen.endswith(f":{ports['console']}")
+        for probe in ("livenessProbe", "readinessProbe"):
+            get = container[probe]["httpGet"]
+            url = f"http://127.0.0.1:{ports[get['port']]}{get['path']}"
+            status = wait_for(f"{probe} {url}", lambda: http_status(url) == 200 or None, timeout=30)
+            assert status
+        # The API itself wants a token (none was created).
+        assert http_status(f"http://127.0.0.1:{ports['console']}/api/v1/nodes") == 503
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, (tmp_path / "pod.log").read_text()
+
+
+def http_status(url: str) -> int | None:
+    """The HTTP status of GET url, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
