@@ -82,6 +82,69 @@ pub struct Nodes {
     pub nodes: Vec<Node>,
 }
 
+/// `GET /api/v1/colony`: every node's colony, as its heartbeat last told it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Colony {
+    /// The node that answered.
+    pub served_by: String,
+    /// One entry per node with a heartbeat, by id.
+    pub nodes: Vec<ColonyNode>,
+}
+
+/// One node's colony.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColonyNode {
+    /// Its id.
+    pub id: String,
+    /// Its state.
+    pub state: &'static str,
+    /// Colony temperature.
+    pub temperature: f64,
+    /// The temperature it regulates toward.
+    pub setpoint: f64,
+    /// `cold`, `ideal`, `warm`, `hot` or `critical`.
+    pub regulation: Regulation,
+    /// Busy bees.
+    pub bees_busy: u32,
+    /// Idle bees.
+    pub bees_idle: u32,
+    /// Work waiting for a bee.
+    pub queue_depth: u32,
+    /// Resident memory over the bees' budget.
+    pub memory_pressure: f64,
+    /// Tasks of distributed queries it gave up, coordinating, since it started.
+    pub abandoned_tasks: u64,
+}
+
+impl Colony {
+    /// The document of `view`, served by `served_by`.
+    pub fn of(view: &WorldView, served_by: &str) -> Self {
+        let nodes = view
+            .nodes
+            .iter()
+            .map(|n| {
+                let node = Node::of(n);
+                ColonyNode {
+                    id: node.id,
+                    state: node.state,
+                    temperature: node.temperature,
+                    setpoint: node.setpoint,
+                    regulation: node.regulation,
+                    bees_busy: node.bees_busy,
+                    bees_idle: node.bees_idle,
+                    queue_depth: node.queue_depth,
+                    memory_pressure: node.memory_pressure,
+                    abandoned_tasks: n.heartbeat.load.abandoned_tasks,
+                }
+            })
+            .collect();
+        Self {
+            served_by: served_by.to_string(),
+            nodes,
+        }
+    }
+}
+
 /// An error: what was wrong and what to do.
 #[derive(Debug, Clone, Serialize)]
 pub struct Error {

@@ -21,7 +21,8 @@ use crate::metrics::{NodeMetrics, render};
 use crate::tokens::{Scope, TokenStore, Tokens};
 
 /// What the console serves, read from the node's memory: serving a request makes no
-/// storage request.
+/// storage request (only an action does: a drain writes its request).
+#[async_trait::async_trait]
 pub trait ConsoleSource: Send + Sync + 'static {
     /// The serving node's id.
     fn node_id(&self) -> String;
@@ -32,6 +33,8 @@ pub trait ConsoleSource: Send + Sync + 'static {
     fn readiness(&self) -> std::result::Result<(), String>;
     /// The node's own figures, for `/metrics`.
     fn metrics(&self) -> NodeMetrics;
+    /// Asks node `node_id` to drain and leave, on behalf of `by`; the error says why not.
+    async fn drain(&self, node_id: &str, by: &str) -> std::result::Result<(), String>;
 }
 
 /// How the console runs.
@@ -174,6 +177,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/swarm", get(swarm))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{id}", get(node))
+        .route("/api/v1/nodes/{id}/drain", axum::routing::post(drain))
+        .route("/api/v1/colony", get(colony))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -313,9 +318,51 @@ async fn node(
     }
 }
 
+async fn colony(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let view = match authorize(&shared, &headers, Scope::Read).and_then(|()| view_of(&shared)) {
+        Ok(view) => view,
+        Err(refused) => return refused.into_response(),
+    };
+    axum::Json(api::Colony::of(&view, &shared.source.node_id())).into_response()
+}
+
+async fn drain(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let view = match authorize(&shared, &headers, Scope::Admin).and_then(|()| view_of(&shared)) {
+        Ok(view) => view,
+        Err(refused) => return refused.into_response(),
+    };
+    let known = view
+        .nodes
+        .iter()
+        .any(|n| n.node_id.as_str() == id && n.state != apiary_swarm::NodeState::Dead);
+    if !known {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no live node `{id}` in this node's view of the swarm"),
+        );
+    }
+    let by = format!("the console of {}", shared.source.node_id());
+    match shared.source.drain(&id, &by).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({"node_id": id, "drain_requested": true})),
+        )
+            .into_response(),
+        Err(why) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the drain request for `{id}` was not written: {why}"),
+        ),
+    }
+}
+
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such route: the console serves /healthz, /readyz, /metrics and /api/v1/{swarm,nodes,nodes/ID}",
+        "no such route: the console serves /healthz, /readyz, /metrics and \
+         /api/v1/{swarm,colony,nodes,nodes/ID,nodes/ID/drain}",
     )
 }

@@ -11,6 +11,7 @@ pub(crate) struct NodeConsole {
     pub(crate) apiary: Apiary,
 }
 
+#[async_trait::async_trait]
 impl ConsoleSource for NodeConsole {
     fn node_id(&self) -> String {
         self.apiary
@@ -66,5 +67,12 @@ impl ConsoleSource for NodeConsole {
             tasks_given_up: coordinator.tasks_given_up,
             duplicate_reads: coordinator.duplicate_reads,
         }
+    }
+
+    async fn drain(&self, node_id: &str, by: &str) -> Result<(), String> {
+        self.apiary
+            .drain_node(node_id, by)
+            .await
+            .map_err(|e| e.to_string())
     }
 }

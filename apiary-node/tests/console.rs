@@ -304,6 +304,42 @@ async fn three_nodes_serve_the_console_behind_tokens() {
             .await;
     }
 
+    // The colony of every node.
+    let colony = client.json(addrs[0], "/api/v1/colony", &read).await;
+    assert_eq!(colony["nodes"].as_array().unwrap().len(), 3, "{colony}");
+    assert!(!colony["nodes"][0]["regulation"].is_null(), "{colony}");
+
+    // Drain from the API: admin only; the node leaves (with no work running it is gone
+    // within a poll) and exits 0.
+    let post = |path: String, token: String| {
+        let request = client.http.post(format!("http://{}{path}", addrs[0]));
+        async move {
+            let response = request.bearer_auth(token).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    let (status, body) = post("/api/v1/nodes/console-1/drain".into(), read.clone()).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = post("/api/v1/nodes/nobody/drain".into(), admin.clone()).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = post("/api/v1/nodes/console-1/drain".into(), admin.clone()).await;
+    assert_eq!(status, 202, "{body}");
+    let started = Instant::now();
+    loop {
+        let now = states(&client.json(addrs[0], "/api/v1/nodes", &read).await);
+        if !now.iter().any(|(id, _)| id == "console-1") {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "console-1 never left: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drained = nodes[1].child.wait().unwrap();
+    assert!(drained.success(), "the drained node exited with {drained}");
+
     // A revoked token is refused once the nodes read their tokens again.
     let id = &read["apiary_".len().."apiary_".len() + 12];
     let out = Command::new(env!("CARGO_BIN_EXE_apiary"))

@@ -86,6 +86,7 @@ async fn every_route_answers_with_the_storage_held() {
         ("/metrics", Some(metrics.as_str()), 200),
         ("/metrics", None, 401),
         ("/api/v1/swarm", Some(read.as_str()), 200),
+        ("/api/v1/colony", Some(read.as_str()), 200),
         ("/api/v1/nodes", Some(read.as_str()), 200),
         ("/api/v1/nodes/held", Some(read.as_str()), 200),
         ("/api/v1/nodes/other", Some(read.as_str()), 404),
