@@ -26,6 +26,6 @@ pub mod server;
 pub mod tokens;
 
 pub use error::{ConsoleError, Result};
-pub use metrics::{CacheFigures, NodeMetrics};
+pub use metrics::{CacheFigures, NodeMetrics, QueryFigures};
 pub use server::{Console, ConsoleConfig, ConsoleSource, serve};
 pub use tokens::{Denied, NewToken, Scope, Token, TokenList, TokenStore, Tokens};

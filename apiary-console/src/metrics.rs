@@ -34,6 +34,60 @@ pub struct NodeMetrics {
     /// Results its coordinator refused for holding a cell read already (0 while claims
     /// work).
     pub duplicate_reads: u64,
+    /// The SQL statements it ran.
+    pub queries: QueryFigures,
+}
+
+/// SQL statements run: by outcome, and a histogram of their durations.
+#[derive(Debug, Clone, Default)]
+pub struct QueryFigures {
+    /// Statements by outcome (`ok`, `cancelled`, or an error kind).
+    pub outcomes: Vec<(&'static str, u64)>,
+    /// Cumulative counts at each upper bound in seconds (the last may be `+Inf`).
+    pub buckets: Vec<(f64, u64)>,
+    /// Statements counted.
+    pub count: u64,
+    /// Their total duration, in seconds.
+    pub sum_seconds: f64,
+}
+
+/// [`QueryFigures`]' durations as a Prometheus histogram.
+#[derive(Debug)]
+struct DurationHistogram(QueryFigures);
+
+impl prometheus_client::encoding::EncodeMetric for DurationHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        // The encoder sums per-bucket counts itself.
+        let mut below = 0;
+        let per_bucket: Vec<(f64, u64)> = self
+            .0
+            .buckets
+            .iter()
+            .map(|&(bound, cumulative)| {
+                let n = cumulative.saturating_sub(below);
+                below = cumulative;
+                (bound, n)
+            })
+            .collect();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.0.sum_seconds,
+            self.0.count,
+            &per_bucket,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 /// A cache's figures.
@@ -147,6 +201,21 @@ pub fn render(metrics: &NodeMetrics, view: Option<&WorldView>) -> String {
             ConstCounter::new(f.misses),
         );
     }
+    let queries = Family::<OutcomeLabel, Counter>::default();
+    for &(outcome, n) in &metrics.queries.outcomes {
+        queries.get_or_create(&OutcomeLabel { outcome }).inc_by(n);
+    }
+    registry.register(
+        "queries",
+        "SQL statements this node ran, by outcome (ok, cancelled, or the error's kind)",
+        queries,
+    );
+    registry.register_with_unit(
+        "query_duration",
+        "How long SQL statements took, from planning to their last row",
+        Unit::Seconds,
+        DurationHistogram(metrics.queries.clone()),
+    );
     let distributed = registry.sub_registry_with_prefix("distributed");
     distributed.register(
         "fragments",

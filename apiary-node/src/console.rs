@@ -1,7 +1,7 @@
 //! The node's side of the HTTP console (`apiary node --http ADDR`): what it serves, read
 //! from the running node's memory (see [`apiary_console::ConsoleSource`]).
 
-use apiary_console::{CacheFigures, ConsoleSource, NodeMetrics};
+use apiary_console::{CacheFigures, ConsoleSource, NodeMetrics, QueryFigures};
 use apiary_swarm::WorldView;
 
 use crate::Apiary;
@@ -49,6 +49,19 @@ impl ConsoleSource for NodeConsole {
             })
             .unwrap_or_default();
         let coordinator = self.apiary.coordinator_counts();
+        let queries = self
+            .apiary
+            .query_engine()
+            .map(|e| {
+                let t = e.query_stats();
+                QueryFigures {
+                    outcomes: t.outcomes,
+                    buckets: t.buckets,
+                    count: t.count,
+                    sum_seconds: t.sum_seconds,
+                }
+            })
+            .unwrap_or_default();
         NodeMetrics {
             storage_requests: self.apiary.registry.backend().request_counts(),
             bees_busy: bees.iter().filter(|b| b.state == "busy").count() as u64,
@@ -66,6 +79,7 @@ impl ConsoleSource for NodeConsole {
             fragments: coordinator.fragments,
             tasks_given_up: coordinator.tasks_given_up,
             duplicate_reads: coordinator.duplicate_reads,
+            queries,
         }
     }
 

@@ -76,6 +76,29 @@ async fn every_route_answers_with_the_storage_held() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Statements this node ran are counted by outcome, with their durations.
+    ap.sql("SELECT 1").await.unwrap();
+    ap.sql("SELECT 2").await.unwrap();
+    assert!(ap.sql("SELEC nonsense").await.is_err());
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .bearer_auth(&metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "apiary_queries_total{outcome=\"ok\"} 2",
+        "apiary_queries_total{outcome=\"invalid_input\"} 1",
+        "# TYPE apiary_query_duration_seconds histogram",
+        "apiary_query_duration_seconds_bucket{le=\"+Inf\"} 3",
+        "apiary_query_duration_seconds_count 3",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+
     hold.close();
     // The hold holds: what does read the storage waits.
     let listing = tokio::time::timeout(Duration::from_millis(300), ap.tokens().list()).await;

@@ -94,7 +94,7 @@ impl QueryError {
 }
 
 /// The kind of a DataFusion failure that is not Apiary's own error.
-fn datafusion_kind(e: &DataFusionError) -> ErrorKind {
+pub(crate) fn datafusion_kind(e: &DataFusionError) -> ErrorKind {
     match e {
         DataFusionError::ResourcesExhausted(_)
         | DataFusionError::IoError(_)

@@ -32,6 +32,7 @@ mod fragments;
 mod memory;
 mod output;
 pub mod parts;
+pub mod query_stats;
 pub mod scans;
 mod session;
 mod statement;

@@ -76,6 +76,8 @@ pub struct QueryEngine {
     /// Optimized plans of recent distributed tasks' fragments.
     fragments: Arc<FragmentPlans>,
     clock: Arc<dyn apiary_storage::Clock>,
+    /// Statements run, by outcome, and their durations.
+    queries: crate::query_stats::QueryStats,
 }
 
 impl QueryEngine {
@@ -110,7 +112,13 @@ impl QueryEngine {
             budget: Budget::fixed(options.memory_limit, options.scratch_dir, tier),
             fragments: Arc::default(),
             clock: options.clock,
+            queries: crate::query_stats::QueryStats::default(),
         })
+    }
+
+    /// The SQL statements this engine's sessions ran: by outcome, and their durations.
+    pub fn query_stats(&self) -> crate::query_stats::QueryTally {
+        self.queries.tally()
     }
 
     /// The clock distributed tasks time themselves on.
@@ -356,7 +364,10 @@ impl SqlSession {
     pub async fn sql_stream(&mut self, sql: &str) -> Result<SendableRecordBatchStream> {
         // A panic inside the parser or planner on hostile input must not take the node down:
         // it becomes this query's error.
-        match AssertUnwindSafe(self.sql_stream_inner(sql))
+        let clock = Arc::clone(&self.engine.clock);
+        let stats = self.engine.queries.clone();
+        let started = clock.monotonic();
+        let result = match AssertUnwindSafe(self.sql_stream_inner(sql))
             .catch_unwind()
             .await
         {
@@ -370,6 +381,16 @@ impl SqlSession {
                 Err(QueryError::Execution(format!(
                     "the query engine failed on this statement ({what}); nothing was changed"
                 )))
+            }
+        };
+        match result {
+            Ok(rows) => Ok(crate::query_stats::Recorded::wrap(
+                rows, stats, clock, started,
+            )),
+            Err(e) => {
+                let elapsed = clock.monotonic().saturating_sub(started);
+                stats.record(crate::query_stats::outcome_of(e.kind()), elapsed);
+                Err(e)
             }
         }
     }

@@ -1,0 +1,202 @@
+//! What an engine counts of the SQL it ran: statements by outcome, and how long they took
+//! (from the start of planning to the end of their rows, or to their error or cancellation).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use apiary_storage::ErrorKind;
+
+/// Upper bounds of the duration buckets, in seconds.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0,
+];
+
+/// The outcomes counted: `ok`, `cancelled` (the rows were dropped before their end), and
+/// every error kind.
+pub const OUTCOMES: [&str; 10] = [
+    "ok",
+    "cancelled",
+    "invalid_input",
+    "not_found",
+    "conflict",
+    "unavailable",
+    "outcome_unknown",
+    "corrupt",
+    "closed",
+    "internal",
+];
+
+/// The counts of one engine (clones share them).
+#[derive(Debug, Clone, Default)]
+pub struct QueryStats {
+    inner: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    outcomes: [AtomicU64; OUTCOMES.len()],
+    /// Per bucket (not cumulative); the last slot is past the last bound.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    /// Total seconds, as microseconds.
+    micros: AtomicU64,
+}
+
+/// A snapshot of [`QueryStats`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryTally {
+    /// Statements by outcome (every outcome of [`OUTCOMES`], in order).
+    pub outcomes: Vec<(&'static str, u64)>,
+    /// Cumulative counts at each bound of [`DURATION_BUCKETS`], then `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+    /// Statements counted.
+    pub count: u64,
+    /// Their total duration, in seconds.
+    pub sum_seconds: f64,
+}
+
+/// The outcome name of an error of `kind`.
+pub fn outcome_of(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidInput => "invalid_input",
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::Conflict => "conflict",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::OutcomeUnknown => "outcome_unknown",
+        ErrorKind::Corrupt => "corrupt",
+        ErrorKind::Closed => "closed",
+        _ => "internal",
+    }
+}
+
+impl QueryStats {
+    /// Counts one statement that ended with `outcome` (one of [`OUTCOMES`]) after
+    /// `elapsed`.
+    pub fn record(&self, outcome: &str, elapsed: Duration) {
+        let at = OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(OUTCOMES.len() - 1);
+        self.inner.outcomes[at].fetch_add(1, Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.inner.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn tally(&self) -> QueryTally {
+        let outcomes = OUTCOMES
+            .iter()
+            .zip(&self.inner.outcomes)
+            .map(|(o, n)| (*o, n.load(Ordering::Relaxed)))
+            .collect();
+        let mut running = 0;
+        let mut buckets = Vec::with_capacity(DURATION_BUCKETS.len() + 1);
+        for (i, n) in self.inner.buckets.iter().enumerate() {
+            running += n.load(Ordering::Relaxed);
+            buckets.push((
+                DURATION_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY),
+                running,
+            ));
+        }
+        QueryTally {
+            outcomes,
+            count: running,
+            buckets,
+            sum_seconds: self.inner.micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// Rows of a statement, counted into [`QueryStats`] when they end: `ok` at their end, the
+/// error's kind at their first error, `cancelled` when dropped before either.
+pub(crate) struct Recorded {
+    inner: datafusion::physical_plan::SendableRecordBatchStream,
+    stats: QueryStats,
+    clock: Arc<dyn apiary_storage::Clock>,
+    started: Duration,
+    done: bool,
+}
+
+impl Recorded {
+    /// `inner`, counting its statement, which started at `started` on `clock`.
+    pub(crate) fn wrap(
+        inner: datafusion::physical_plan::SendableRecordBatchStream,
+        stats: QueryStats,
+        clock: Arc<dyn apiary_storage::Clock>,
+        started: Duration,
+    ) -> datafusion::physical_plan::SendableRecordBatchStream {
+        let schema = inner.schema();
+        let recorded = Self {
+            inner,
+            stats,
+            clock,
+            started,
+            done: false,
+        };
+        Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, recorded))
+    }
+
+    fn finish(&mut self, outcome: &str) {
+        if !self.done {
+            self.done = true;
+            let elapsed = self.clock.monotonic().saturating_sub(self.started);
+            self.stats.record(outcome, elapsed);
+        }
+    }
+}
+
+impl futures::Stream for Recorded {
+    type Item = datafusion::error::Result<arrow_array::RecordBatch>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => self.finish("ok"),
+            std::task::Poll::Ready(Some(Err(e))) => {
+                let kind = crate::error::datafusion_kind(e);
+                self.finish(outcome_of(kind));
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        self.finish("cancelled");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_fall_in_cumulative_buckets_and_outcomes_are_counted() {
+        let stats = QueryStats::default();
+        stats.record("ok", Duration::from_micros(500));
+        stats.record("ok", Duration::from_millis(20));
+        stats.record("invalid_input", Duration::from_secs(500));
+        stats.record("something else", Duration::from_millis(1));
+        let t = stats.tally();
+        assert_eq!(t.count, 4);
+        assert_eq!(t.outcomes[0], ("ok", 2));
+        assert_eq!(t.outcomes[2], ("invalid_input", 1));
+        assert_eq!(t.outcomes[9], ("internal", 1));
+        assert_eq!(t.buckets[0], (0.001, 2)); // 0.5 ms and exactly 1 ms
+        assert_eq!(t.buckets[4], (0.025, 3));
+        assert_eq!(*t.buckets.last().unwrap(), (f64::INFINITY, 4));
+        assert!((t.sum_seconds - 500.0215).abs() < 1e-6, "{}", t.sum_seconds);
+    }
+}
