@@ -36,6 +36,8 @@ pub struct NodeMetrics {
     pub duplicate_reads: u64,
     /// The SQL statements it ran.
     pub queries: QueryFigures,
+    /// Tasks of distributed queries it ran as a worker, and how many of them failed.
+    pub tasks: (u64, u64),
 }
 
 /// SQL statements run: by outcome, and a histogram of their durations.
@@ -215,6 +217,19 @@ pub fn render(metrics: &NodeMetrics, view: Option<&WorldView>) -> String {
         "How long SQL statements took, from planning to their last row",
         Unit::Seconds,
         DurationHistogram(metrics.queries.clone()),
+    );
+    let tasks = Family::<OutcomeLabel, Counter>::default();
+    let (ran, failed) = metrics.tasks;
+    tasks
+        .get_or_create(&OutcomeLabel { outcome: "ok" })
+        .inc_by(ran.saturating_sub(failed));
+    tasks
+        .get_or_create(&OutcomeLabel { outcome: "failed" })
+        .inc_by(failed);
+    registry.register(
+        "tasks",
+        "Tasks of distributed queries this node ran as a worker, by outcome",
+        tasks,
     );
     let distributed = registry.sub_registry_with_prefix("distributed");
     distributed.register(

@@ -80,6 +80,7 @@ impl ConsoleSource for NodeConsole {
             tasks_given_up: coordinator.tasks_given_up,
             duplicate_reads: coordinator.duplicate_reads,
             queries,
+            tasks: self.apiary.tasks_run(),
         }
     }
 

@@ -292,6 +292,42 @@ async fn three_nodes_serve_the_console_behind_tokens() {
     }
     assert_eq!(client.get(addrs[0], "/metrics", Some(&admin)).await.0, 200);
 
+    // A distributed query's tasks show in the workers' metrics.
+    let sql = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+            .args(args)
+            .args(["--storage", &storage])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sql(&["create", "hive", "h"]);
+    sql(&["create", "box", "h.b"]);
+    sql(&["create", "frame", "h.b.t", "--schema", "id:int64"]);
+    std::fs::write(dir.path().join("ids.csv"), "id\n1\n2\n3\n").unwrap();
+    for _ in 0..3 {
+        sql(&["write", "h.b.t", "ids.csv"]);
+    }
+    sql(&[
+        "sql",
+        "SET apiary.distribute = 'always'; SELECT SUM(id) FROM h.b.t",
+    ]);
+    let mut tasks = 0;
+    for addr in &addrs {
+        let (_, text) = client.get(*addr, "/metrics", Some(&metrics)).await;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("apiary_tasks_total{outcome=\"ok\"}"))
+            .unwrap_or_else(|| panic!("no task counter:\n{text}"));
+        tasks += line.rsplit(' ').next().unwrap().parse::<u64>().unwrap();
+    }
+    assert!(tasks >= 1, "no node counted a task");
+
     // A node killed with SIGKILL shows dead on every other node's API.
     let killed = nodes.remove(2);
     drop(killed); // SIGKILL, then reaped
