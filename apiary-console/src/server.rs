@@ -252,24 +252,25 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = authorize(&shared, &headers, Scope::Metrics) {
-        return refused.into_response();
-    }
+/// What a handler answers: its response, or why the request is not served.
+type Answer = std::result::Result<Response, Refusal>;
+
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
+    authorize(&shared, &headers, Scope::Metrics)?;
     let view = shared.source.view();
     let text = render(&shared.source.metrics(), view.as_ref());
-    (
-        [(
-            header::CONTENT_TYPE,
-            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-        )],
-        text,
-    )
-        .into_response()
+    let content_type = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+    Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
-/// The node's view, or the answer that it has none.
-fn view_of(shared: &Shared) -> std::result::Result<WorldView, Refusal> {
+/// The node's view, for a request carrying a token allowing `needed`; the refusal when it
+/// does not, or when the node is not running.
+fn view_for(
+    shared: &Shared,
+    headers: &HeaderMap,
+    needed: Scope,
+) -> std::result::Result<WorldView, Refusal> {
+    authorize(shared, headers, needed)?;
     shared.source.view().ok_or_else(|| {
         Refusal(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -278,85 +279,71 @@ fn view_of(shared: &Shared) -> std::result::Result<WorldView, Refusal> {
     })
 }
 
-async fn swarm(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let view = match authorize(&shared, &headers, Scope::Read).and_then(|()| view_of(&shared)) {
-        Ok(view) => view,
-        Err(refused) => return refused.into_response(),
-    };
-    axum::Json(api::Swarm::of(&view, &shared.source.node_id())).into_response()
+async fn swarm(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
+    let view = view_for(&shared, &headers, Scope::Read)?;
+    Ok(axum::Json(api::Swarm::of(&view, &shared.source.node_id())).into_response())
 }
 
-async fn nodes(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let view = match authorize(&shared, &headers, Scope::Read).and_then(|()| view_of(&shared)) {
-        Ok(view) => view,
-        Err(refused) => return refused.into_response(),
-    };
-    axum::Json(api::Nodes {
+async fn nodes(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
+    let view = view_for(&shared, &headers, Scope::Read)?;
+    let nodes = api::Nodes {
         served_by: shared.source.node_id(),
         nodes: view.nodes.iter().map(api::Node::of).collect(),
-    })
-    .into_response()
+    };
+    Ok(axum::Json(nodes).into_response())
 }
 
 async fn node(
     State(shared): State<Arc<Shared>>,
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
-) -> Response {
-    let view = match authorize(&shared, &headers, Scope::Read).and_then(|()| view_of(&shared)) {
-        Ok(view) => view,
-        Err(refused) => return refused.into_response(),
-    };
-    match view.nodes.iter().find(|n| n.node_id.as_str() == id) {
-        Some(n) => axum::Json(api::Node::of(n)).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no node `{id}` in this node's view of the swarm (GET /api/v1/nodes lists them)"
-            ),
-        ),
-    }
+) -> Answer {
+    let view = view_for(&shared, &headers, Scope::Read)?;
+    let node = view
+        .nodes
+        .iter()
+        .find(|n| n.node_id.as_str() == id)
+        .ok_or_else(|| {
+            Refusal(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no node `{id}` in this node's view of the swarm (GET /api/v1/nodes lists them)"
+                ),
+            )
+        })?;
+    Ok(axum::Json(api::Node::of(node)).into_response())
 }
 
-async fn colony(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let view = match authorize(&shared, &headers, Scope::Read).and_then(|()| view_of(&shared)) {
-        Ok(view) => view,
-        Err(refused) => return refused.into_response(),
-    };
-    axum::Json(api::Colony::of(&view, &shared.source.node_id())).into_response()
+async fn colony(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
+    let view = view_for(&shared, &headers, Scope::Read)?;
+    Ok(axum::Json(api::Colony::of(&view, &shared.source.node_id())).into_response())
 }
 
 async fn drain(
     State(shared): State<Arc<Shared>>,
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
-) -> Response {
-    let view = match authorize(&shared, &headers, Scope::Admin).and_then(|()| view_of(&shared)) {
-        Ok(view) => view,
-        Err(refused) => return refused.into_response(),
-    };
+) -> Answer {
+    let view = view_for(&shared, &headers, Scope::Admin)?;
     let known = view
         .nodes
         .iter()
         .any(|n| n.node_id.as_str() == id && n.state != apiary_swarm::NodeState::Dead);
     if !known {
-        return error(
+        return Err(Refusal(
             StatusCode::NOT_FOUND,
             format!("no live node `{id}` in this node's view of the swarm"),
-        );
+        ));
     }
     let by = format!("the console of {}", shared.source.node_id());
-    match shared.source.drain(&id, &by).await {
-        Ok(()) => (
-            StatusCode::ACCEPTED,
-            axum::Json(serde_json::json!({"node_id": id, "drain_requested": true})),
-        )
-            .into_response(),
-        Err(why) => error(
+    shared.source.drain(&id, &by).await.map_err(|why| {
+        Refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the drain request for `{id}` was not written: {why}"),
-        ),
-    }
+        )
+    })?;
+    let body = serde_json::json!({"node_id": id, "drain_requested": true});
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }
 
 async fn not_found() -> Response {

@@ -290,11 +290,7 @@ impl TokenStore {
     /// The tokens as a snapshot to check requests against (records that cannot be read
     /// are left out, with a warning).
     pub async fn load(&self) -> Result<Tokens> {
-        let list = self.list().await?;
-        for problem in &list.problems {
-            tracing::warn!(%problem, "a token record was skipped");
-        }
-        Ok(Tokens::from_list(list.tokens))
+        self.refresh(&Tokens::default()).await
     }
 
     /// The tokens now, reading only the records `known` does not hold: records never

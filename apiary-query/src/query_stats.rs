@@ -12,20 +12,47 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0,
 ];
 
-/// The outcomes counted: `ok`, `cancelled` (the rows were dropped before their end), and
-/// every error kind.
-pub const OUTCOMES: [&str; 10] = [
-    "ok",
-    "cancelled",
-    "invalid_input",
-    "not_found",
-    "conflict",
-    "unavailable",
-    "outcome_unknown",
-    "corrupt",
-    "closed",
-    "internal",
-];
+/// How a statement ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its rows ran to their end.
+    Ok,
+    /// Its rows were dropped before their end.
+    Cancelled,
+    /// It failed with an error of this kind.
+    Failed(ErrorKind),
+}
+
+impl Outcome {
+    /// Every outcome, in the order [`QueryTally::outcomes`] lists them.
+    pub fn all() -> impl Iterator<Item = Outcome> {
+        [Outcome::Ok, Outcome::Cancelled]
+            .into_iter()
+            .chain(ErrorKind::ALL.into_iter().map(Outcome::Failed))
+    }
+
+    /// Its name: `ok`, `cancelled`, or the error kind's (`invalid_input`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Failed(kind) => kind.as_str(),
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::Cancelled => 1,
+            Outcome::Failed(kind) => {
+                2 + ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
+            }
+        }
+    }
+}
+
+/// How many outcomes there are.
+const OUTCOMES: usize = 2 + ErrorKind::ALL.len();
 
 /// The counts of one engine (clones share them).
 #[derive(Debug, Clone, Default)]
@@ -35,7 +62,7 @@ pub struct QueryStats {
 
 #[derive(Debug, Default)]
 struct Counters {
-    outcomes: [AtomicU64; OUTCOMES.len()],
+    outcomes: [AtomicU64; OUTCOMES],
     /// Per bucket (not cumulative); the last slot is past the last bound.
     buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
     /// Total seconds, as microseconds.
@@ -45,7 +72,7 @@ struct Counters {
 /// A snapshot of [`QueryStats`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryTally {
-    /// Statements by outcome (every outcome of [`OUTCOMES`], in order).
+    /// Statements by outcome name (every [`Outcome`], in order).
     pub outcomes: Vec<(&'static str, u64)>,
     /// Cumulative counts at each bound of [`DURATION_BUCKETS`], then `+Inf`.
     pub buckets: Vec<(f64, u64)>,
@@ -55,29 +82,10 @@ pub struct QueryTally {
     pub sum_seconds: f64,
 }
 
-/// The outcome name of an error of `kind`.
-pub fn outcome_of(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::InvalidInput => "invalid_input",
-        ErrorKind::NotFound => "not_found",
-        ErrorKind::Conflict => "conflict",
-        ErrorKind::Unavailable => "unavailable",
-        ErrorKind::OutcomeUnknown => "outcome_unknown",
-        ErrorKind::Corrupt => "corrupt",
-        ErrorKind::Closed => "closed",
-        _ => "internal",
-    }
-}
-
 impl QueryStats {
-    /// Counts one statement that ended with `outcome` (one of [`OUTCOMES`]) after
-    /// `elapsed`.
-    pub fn record(&self, outcome: &str, elapsed: Duration) {
-        let at = OUTCOMES
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(OUTCOMES.len() - 1);
-        self.inner.outcomes[at].fetch_add(1, Ordering::Relaxed);
+    /// Counts one statement that ended with `outcome` after `elapsed`.
+    pub fn record(&self, outcome: Outcome, elapsed: Duration) {
+        self.inner.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
         let seconds = elapsed.as_secs_f64();
         let bucket = DURATION_BUCKETS
             .iter()
@@ -91,10 +99,13 @@ impl QueryStats {
 
     /// The counts now.
     pub fn tally(&self) -> QueryTally {
-        let outcomes = OUTCOMES
-            .iter()
-            .zip(&self.inner.outcomes)
-            .map(|(o, n)| (*o, n.load(Ordering::Relaxed)))
+        let outcomes = Outcome::all()
+            .map(|o| {
+                (
+                    o.as_str(),
+                    self.inner.outcomes[o.index()].load(Ordering::Relaxed),
+                )
+            })
             .collect();
         let mut running = 0;
         let mut buckets = Vec::with_capacity(DURATION_BUCKETS.len() + 1);
@@ -143,7 +154,7 @@ impl Recorded {
         Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, recorded))
     }
 
-    fn finish(&mut self, outcome: &str) {
+    fn finish(&mut self, outcome: Outcome) {
         if !self.done {
             self.done = true;
             let elapsed = self.clock.monotonic().saturating_sub(self.started);
@@ -161,10 +172,9 @@ impl futures::Stream for Recorded {
     ) -> std::task::Poll<Option<Self::Item>> {
         let polled = self.inner.as_mut().poll_next(cx);
         match &polled {
-            std::task::Poll::Ready(None) => self.finish("ok"),
+            std::task::Poll::Ready(None) => self.finish(Outcome::Ok),
             std::task::Poll::Ready(Some(Err(e))) => {
-                let kind = crate::error::datafusion_kind(e);
-                self.finish(outcome_of(kind));
+                self.finish(Outcome::Failed(crate::error::datafusion_kind(e)));
             }
             _ => {}
         }
@@ -174,7 +184,7 @@ impl futures::Stream for Recorded {
 
 impl Drop for Recorded {
     fn drop(&mut self) {
-        self.finish("cancelled");
+        self.finish(Outcome::Cancelled);
     }
 }
 
@@ -185,10 +195,16 @@ mod tests {
     #[test]
     fn durations_fall_in_cumulative_buckets_and_outcomes_are_counted() {
         let stats = QueryStats::default();
-        stats.record("ok", Duration::from_micros(500));
-        stats.record("ok", Duration::from_millis(20));
-        stats.record("invalid_input", Duration::from_secs(500));
-        stats.record("something else", Duration::from_millis(1));
+        stats.record(Outcome::Ok, Duration::from_micros(500));
+        stats.record(Outcome::Ok, Duration::from_millis(20));
+        stats.record(
+            Outcome::Failed(ErrorKind::InvalidInput),
+            Duration::from_secs(500),
+        );
+        stats.record(
+            Outcome::Failed(ErrorKind::Internal),
+            Duration::from_millis(1),
+        );
         let t = stats.tally();
         assert_eq!(t.count, 4);
         assert_eq!(t.outcomes[0], ("ok", 2));
