@@ -9,9 +9,9 @@ set -euo pipefail
 log() { echo "test-deps: $*" >&2; }
 
 # command -> Debian package
-declare -A package=([curl]=curl [docker-compose]=docker-compose [setpriv]=util-linux [tmux]=tmux [npm]=npm)
+declare -A package=([curl]=curl [docker-compose]=docker-compose [setpriv]=util-linux [tmux]=tmux [npm]=npm [chromium]=chromium [promtool]=prometheus)
 missing=()
-for tool in curl docker-compose setpriv tmux npm; do
+for tool in curl docker-compose setpriv tmux npm chromium promtool; do
   command -v "$tool" >/dev/null || missing+=("${package[$tool]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

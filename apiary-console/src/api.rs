@@ -18,6 +18,8 @@ pub struct Swarm {
     pub bees: u64,
     /// Busy bees of the alive nodes, as last published.
     pub bees_busy: u64,
+    /// Statements running on the alive nodes, as their histories last told.
+    pub queries_running: u64,
     /// Polls of the storage the serving node made so far.
     pub polls: u64,
     /// Heartbeat objects skipped, and why.
@@ -71,6 +73,12 @@ pub struct Node {
     pub requests_monthly_usd: Option<f64>,
     /// What it publishes of itself (`--attribute key=value`; its Flight address).
     pub attributes: BTreeMap<String, String>,
+    /// Statements it ran when its history was last sampled.
+    pub queries_running: u64,
+    /// Its last ten minutes, oldest first, as its heartbeat carries them (a sample every
+    /// ten seconds or so while it works): `at_ms`, `queries_per_s`, `bytes_scanned_per_s`,
+    /// `cache_hit_ratio` (absent without cache reads), `temperature`, `queries_running`.
+    pub history: Vec<apiary_swarm::history::Sample>,
 }
 
 /// `GET /api/v1/nodes`.
@@ -176,6 +184,10 @@ impl Swarm {
             nodes_by_state,
             bees: alive().map(|n| u64::from(n.heartbeat.capacity.bees)).sum(),
             bees_busy: alive().map(|n| u64::from(n.heartbeat.load.busy_bees)).sum(),
+            queries_running: alive()
+                .filter_map(|n| n.heartbeat.history.last())
+                .map(|s| s.queries_running)
+                .sum(),
             polls: view.polls,
             problems: view.problems.clone(),
         }
@@ -213,6 +225,77 @@ impl Node {
             requests_per_minute: hb.requests.map(|r| r.per_minute),
             requests_monthly_usd: hb.requests.map(|r| r.monthly_usd),
             attributes: hb.attributes.clone().into_iter().collect(),
+            queries_running: hb.history.last().map_or(0, |s| s.queries_running),
+            history: hb.history.clone(),
         }
     }
+}
+
+/// One frame, in `GET /api/v1/frames`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Frame {
+    /// `hive.box.frame`.
+    pub name: String,
+    /// Its newest version this node knows.
+    pub version: u64,
+    /// When that version was committed (ms since the epoch, the store's clock).
+    pub committed_at_ms: i64,
+    /// Live cells.
+    pub cells: u64,
+    /// Rows over its live cells.
+    pub rows: u64,
+    /// Bytes over its live cells.
+    pub bytes: u64,
+    /// Its columns and their types, in order.
+    pub columns: Vec<Column>,
+    /// The columns it is partitioned by.
+    pub partition_by: Vec<String>,
+}
+
+/// A column of a frame.
+#[derive(Debug, Clone, Serialize)]
+pub struct Column {
+    /// Its name.
+    pub name: String,
+    /// Its type, as `apiary create frame --schema` writes it (`int64`, `utf8`, …).
+    #[serde(rename = "type")]
+    pub data_type: String,
+    /// Whether it may hold nulls.
+    pub nullable: bool,
+}
+
+/// `GET /api/v1/frames`: the frames the serving node has open, as its ledger cache holds
+/// them (frames it read or wrote lately; a frame no query touched yet is not listed).
+#[derive(Debug, Clone, Serialize)]
+pub struct Frames {
+    /// The node that answered.
+    pub served_by: String,
+    /// The frames, by name.
+    pub frames: Vec<Frame>,
+}
+
+/// One running statement, in `GET /api/v1/queries`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Query {
+    /// Its id (`DELETE /api/v1/queries/{id}` cancels it).
+    pub id: String,
+    /// Its SQL text (cut to 4 KiB).
+    pub sql: String,
+    /// Who runs it: `api` (`POST /api/v1/sql`), `python`, `shell`, `sql`.
+    pub client: String,
+    /// When it started (ms since the epoch, the serving node's clock).
+    pub started_ms: i64,
+    /// Seconds it has run.
+    pub elapsed_s: f64,
+    /// Whether it was asked to stop and has not yet.
+    pub cancelling: bool,
+}
+
+/// `GET /api/v1/queries`: the statements the serving node runs now, oldest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct Queries {
+    /// The node that answered.
+    pub served_by: String,
+    /// The statements.
+    pub queries: Vec<Query>,
 }

@@ -21,11 +21,14 @@
 
 pub mod api;
 pub mod error;
+mod handlers;
 pub mod metrics;
 pub mod server;
+pub mod sql;
 pub mod tokens;
 
 pub use error::{ConsoleError, Result};
 pub use metrics::{CacheFigures, NodeMetrics, QueryFigures};
 pub use server::{Console, ConsoleConfig, ConsoleSource, serve};
+pub use sql::{Rows, SqlFailure};
 pub use tokens::{Denied, NewToken, Scope, Token, TokenList, TokenStore, Tokens};

@@ -2,7 +2,8 @@
 //! `prometheus-client` (names prefixed `apiary_`, base units, counters ending in `_total`).
 //! The figures are read from the node's memory at each scrape (see [`NodeMetrics`]).
 
-use apiary_storage::RequestCounts;
+use apiary_storage::RequestStats;
+use apiary_storage::request_log::OperationStats;
 use apiary_swarm::WorldView;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -15,8 +16,12 @@ use std::sync::atomic::AtomicU64;
 /// What a node counts of itself, read at each scrape.
 #[derive(Debug, Clone, Default)]
 pub struct NodeMetrics {
-    /// Its storage requests so far, by kind (none when its backend does not count).
-    pub storage_requests: Option<RequestCounts>,
+    /// Its storage requests so far, by operation and outcome, with their durations (none
+    /// when its backend does not count).
+    pub storage_requests: Option<RequestStats>,
+    /// Its attempts to create ledger entries, by outcome (`committed`, `conflict`,
+    /// `outcome_unknown`, `failed`).
+    pub ledger_commits: Vec<(&'static str, u64)>,
     /// Bees working now, and bees in all.
     pub bees_busy: u64,
     /// Bees in all.
@@ -53,11 +58,34 @@ pub struct QueryFigures {
     pub sum_seconds: f64,
 }
 
-/// [`QueryFigures`]' durations as a Prometheus histogram.
-#[derive(Debug)]
-struct DurationHistogram(QueryFigures);
+/// A histogram read from cumulative bucket counts, its sum and its count.
+#[derive(Debug, Clone)]
+struct Histogram {
+    /// Cumulative counts at each upper bound (the last may be `+Inf`).
+    buckets: Vec<(f64, u64)>,
+    count: u64,
+    sum: f64,
+}
 
-impl prometheus_client::encoding::EncodeMetric for DurationHistogram {
+impl Histogram {
+    fn of_queries(q: &QueryFigures) -> Self {
+        Self {
+            buckets: q.buckets.clone(),
+            count: q.count,
+            sum: q.sum_seconds,
+        }
+    }
+
+    fn of_requests(s: &OperationStats) -> Self {
+        Self {
+            buckets: s.buckets.clone(),
+            count: s.timed,
+            sum: s.sum_seconds,
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for Histogram {
     fn encode(
         &self,
         mut encoder: prometheus_client::encoding::MetricEncoder,
@@ -65,7 +93,6 @@ impl prometheus_client::encoding::EncodeMetric for DurationHistogram {
         // The encoder sums per-bucket counts itself.
         let mut below = 0;
         let per_bucket: Vec<(f64, u64)> = self
-            .0
             .buckets
             .iter()
             .map(|&(bound, cumulative)| {
@@ -75,11 +102,34 @@ impl prometheus_client::encoding::EncodeMetric for DurationHistogram {
             })
             .collect();
         encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-            self.0.sum_seconds,
-            self.0.count,
+            self.sum,
+            self.count,
             &per_bucket,
             None,
         )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+/// Histograms, one per label set (a `Family` whose members are built from figures read at
+/// the scrape rather than updated in place).
+#[derive(Debug)]
+struct Labelled<L>(Vec<(L, Histogram)>);
+
+impl<L: EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static>
+    prometheus_client::encoding::EncodeMetric for Labelled<L>
+{
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        for (labels, histogram) in &self.0 {
+            histogram.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
     }
 
     fn metric_type(&self) -> prometheus_client::metrics::MetricType {
@@ -109,6 +159,12 @@ struct OperationLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabel {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
 }
@@ -128,27 +184,43 @@ pub fn render(metrics: &NodeMetrics, view: Option<&WorldView>) -> String {
             version: env!("CARGO_PKG_VERSION"),
         }),
     );
-    if let Some(r) = metrics.storage_requests {
+    if let Some(stats) = &metrics.storage_requests {
         // A fresh registry each scrape: each counter starts at 0 and is set to the count.
-        let family = Family::<OperationLabel, Counter>::default();
-        for (operation, n) in [
-            ("get", r.get),
-            ("head", r.head),
-            ("put", r.put),
-            ("conditional_put", r.conditional_put),
-            ("list", r.list),
-            ("delete", r.delete),
-        ] {
-            family
-                .get_or_create(&OperationLabel { operation })
-                .inc_by(n);
+        let requests = Family::<RequestLabel, Counter>::default();
+        let mut durations = Vec::new();
+        for op in &stats.operations {
+            let operation = op.operation.as_str();
+            for &(outcome, n) in &op.outcomes {
+                let label = RequestLabel {
+                    operation,
+                    outcome: outcome.as_str(),
+                };
+                requests.get_or_create(&label).inc_by(n);
+            }
+            durations.push((OperationLabel { operation }, Histogram::of_requests(op)));
         }
         registry.register(
             "storage_requests",
-            "Storage requests this node made since it started, by operation",
-            family,
+            "Storage requests this node made since it started, by operation and outcome",
+            requests,
+        );
+        registry.register_with_unit(
+            "storage_request_duration",
+            "How long storage requests took to be answered, by operation",
+            Unit::Seconds,
+            Labelled(durations),
         );
     }
+    let commits = Family::<OutcomeLabel, Counter>::default();
+    for &(outcome, n) in &metrics.ledger_commits {
+        commits.get_or_create(&OutcomeLabel { outcome }).inc_by(n);
+    }
+    registry.register(
+        "ledger_commits",
+        "Attempts to create a ledger entry (a frame version, a registry change), by outcome: \
+         committed, conflict (another writer won that version), outcome_unknown, failed",
+        commits,
+    );
     let bees = Family::<StateLabel, Gauge<u64, AtomicU64>>::default();
     bees.get_or_create(&StateLabel { state: "busy" })
         .set(metrics.bees_busy);
@@ -216,7 +288,7 @@ pub fn render(metrics: &NodeMetrics, view: Option<&WorldView>) -> String {
         "query_duration",
         "How long SQL statements took, from planning to their last row",
         Unit::Seconds,
-        DurationHistogram(metrics.queries.clone()),
+        Histogram::of_queries(&metrics.queries),
     );
     let tasks = Family::<OutcomeLabel, Counter>::default();
     let (ran, failed) = metrics.tasks;
@@ -250,5 +322,65 @@ pub fn render(metrics: &NodeMetrics, view: Option<&WorldView>) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+    out
+}
+
+/// One sample of the Prometheus text format: a series and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The series' name (`apiary_queries_total`, `apiary_query_duration_seconds_bucket`).
+    pub name: String,
+    /// Its labels as written, without braces (`outcome="ok"`), or empty.
+    pub labels: String,
+    /// Its value.
+    pub value: f64,
+    /// The `# HELP` text of its metric family.
+    pub help: String,
+}
+
+/// The samples of a text in the Prometheus text format (what [`render`] writes), in order,
+/// each with its family's help. Lines that are not samples are skipped.
+pub fn samples(text: &str) -> Vec<Sample> {
+    let mut help: Vec<(String, String)> = Vec::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (family, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            help.push((family.to_string(), text.to_string()));
+            continue;
+        }
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(parts) => parts,
+            None => continue,
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.strip_suffix('}').unwrap_or(rest)),
+            None => (series, ""),
+        };
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => match v.parse() {
+                Ok(v) => v,
+                Err(_) => continue,
+            },
+        };
+        // The longest family name that prefixes the series (`_bucket`, `_total`, … added).
+        let help = help
+            .iter()
+            .filter(|(family, _)| name.starts_with(family.as_str()))
+            .max_by_key(|(family, _)| family.len())
+            .map(|(_, text)| text.clone())
+            .unwrap_or_default();
+        out.push(Sample {
+            name: name.to_string(),
+            labels: labels.to_string(),
+            value,
+            help,
+        });
+    }
     out
 }

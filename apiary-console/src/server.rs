@@ -9,7 +9,6 @@ use std::time::Duration;
 use apiary_storage::Clock;
 use apiary_swarm::WorldView;
 use axum::Router;
-use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,7 +16,9 @@ use tokio::sync::watch;
 
 use crate::api;
 use crate::error::{ConsoleError, Result};
-use crate::metrics::{NodeMetrics, render};
+use crate::handlers::*;
+use crate::metrics::NodeMetrics;
+use crate::sql::{Rows, SqlFailure};
 use crate::tokens::{Scope, TokenStore, Tokens};
 
 /// What the console serves, read from the node's memory: serving a request makes no
@@ -35,6 +36,14 @@ pub trait ConsoleSource: Send + Sync + 'static {
     fn metrics(&self) -> NodeMetrics;
     /// Asks node `node_id` to drain and leave, on behalf of `by`; the error says why not.
     async fn drain(&self, node_id: &str, by: &str) -> std::result::Result<(), String>;
+    /// The frames the node holds open in its ledger cache, by name.
+    fn frames(&self) -> Vec<api::Frame>;
+    /// The statements the node runs now, oldest first.
+    fn queries(&self) -> Vec<api::Query>;
+    /// Asks statement `id` to stop, on behalf of `by`; false when no such statement runs.
+    fn cancel_query(&self, id: &str, by: &str) -> bool;
+    /// Runs `sql` (read-only), listed among the running queries while its rows stream.
+    async fn sql(&self, sql: &str) -> std::result::Result<Rows, SqlFailure>;
 }
 
 /// How the console runs.
@@ -88,12 +97,12 @@ impl Drop for Console {
     }
 }
 
-struct Shared {
-    source: Arc<dyn ConsoleSource>,
+pub(crate) struct Shared {
+    pub(crate) source: Arc<dyn ConsoleSource>,
     tokens: RwLock<Arc<Tokens>>,
     /// Whether the tokens were read once (until then, nothing but the probes is served).
     loaded: std::sync::atomic::AtomicBool,
-    config: ConsoleConfig,
+    pub(crate) config: ConsoleConfig,
 }
 
 /// Starts the console on `config.addr`, checking requests against the tokens of `store`.
@@ -171,6 +180,8 @@ async fn refresh_tokens(shared: Arc<Shared>, store: TokenStore, mut stop: watch:
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(root))
+        .route("/ui", get(ui))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -179,12 +190,16 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/nodes/{id}", get(node))
         .route("/api/v1/nodes/{id}/drain", axum::routing::post(drain))
         .route("/api/v1/colony", get(colony))
+        .route("/api/v1/frames", get(frames))
+        .route("/api/v1/queries", get(queries))
+        .route("/api/v1/queries/{id}", axum::routing::delete(cancel_query))
+        .route("/api/v1/sql", axum::routing::post(sql))
         .fallback(not_found)
         .with_state(shared)
 }
 
 /// An error response: JSON naming the problem and what to do.
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     let body = api::Error {
         status: status.as_u16(),
         error: message.into(),
@@ -199,7 +214,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// Why a request is not served: its status and what to do.
-struct Refusal(StatusCode, String);
+pub(crate) struct Refusal(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
@@ -209,7 +224,7 @@ impl IntoResponse for Refusal {
 
 /// Lets the request through if it carries a token allowing `needed` (or the console is
 /// insecure); the refusal otherwise.
-fn authorize(
+pub(crate) fn authorize(
     shared: &Shared,
     headers: &HeaderMap,
     needed: Scope,
@@ -239,117 +254,4 @@ fn authorize(
             let status = StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::UNAUTHORIZED);
             Refusal(status, denied.to_string())
         })
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.source.readiness() {
-        Ok(()) => "ready\n".into_response(),
-        Err(why) => error(StatusCode::SERVICE_UNAVAILABLE, why),
-    }
-}
-
-/// What a handler answers: its response, or why the request is not served.
-type Answer = std::result::Result<Response, Refusal>;
-
-async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
-    authorize(&shared, &headers, Scope::Metrics)?;
-    let view = shared.source.view();
-    let text = render(&shared.source.metrics(), view.as_ref());
-    let content_type = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
-    Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
-}
-
-/// The node's view, for a request carrying a token allowing `needed`; the refusal when it
-/// does not, or when the node is not running.
-fn view_for(
-    shared: &Shared,
-    headers: &HeaderMap,
-    needed: Scope,
-) -> std::result::Result<WorldView, Refusal> {
-    authorize(shared, headers, needed)?;
-    shared.source.view().ok_or_else(|| {
-        Refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the node is not running (starting or stopped)".into(),
-        )
-    })
-}
-
-async fn swarm(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
-    let view = view_for(&shared, &headers, Scope::Read)?;
-    Ok(axum::Json(api::Swarm::of(&view, &shared.source.node_id())).into_response())
-}
-
-async fn nodes(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
-    let view = view_for(&shared, &headers, Scope::Read)?;
-    let nodes = api::Nodes {
-        served_by: shared.source.node_id(),
-        nodes: view.nodes.iter().map(api::Node::of).collect(),
-    };
-    Ok(axum::Json(nodes).into_response())
-}
-
-async fn node(
-    State(shared): State<Arc<Shared>>,
-    UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
-) -> Answer {
-    let view = view_for(&shared, &headers, Scope::Read)?;
-    let node = view
-        .nodes
-        .iter()
-        .find(|n| n.node_id.as_str() == id)
-        .ok_or_else(|| {
-            Refusal(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no node `{id}` in this node's view of the swarm (GET /api/v1/nodes lists them)"
-                ),
-            )
-        })?;
-    Ok(axum::Json(api::Node::of(node)).into_response())
-}
-
-async fn colony(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
-    let view = view_for(&shared, &headers, Scope::Read)?;
-    Ok(axum::Json(api::Colony::of(&view, &shared.source.node_id())).into_response())
-}
-
-async fn drain(
-    State(shared): State<Arc<Shared>>,
-    UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
-) -> Answer {
-    let view = view_for(&shared, &headers, Scope::Admin)?;
-    let known = view
-        .nodes
-        .iter()
-        .any(|n| n.node_id.as_str() == id && n.state != apiary_swarm::NodeState::Dead);
-    if !known {
-        return Err(Refusal(
-            StatusCode::NOT_FOUND,
-            format!("no live node `{id}` in this node's view of the swarm"),
-        ));
-    }
-    let by = format!("the console of {}", shared.source.node_id());
-    shared.source.drain(&id, &by).await.map_err(|why| {
-        Refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the drain request for `{id}` was not written: {why}"),
-        )
-    })?;
-    let body = serde_json::json!({"node_id": id, "drain_requested": true});
-    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
-}
-
-async fn not_found() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "no such route: the console serves /healthz, /readyz, /metrics and \
-         /api/v1/{swarm,colony,nodes,nodes/ID,nodes/ID/drain}",
-    )
 }

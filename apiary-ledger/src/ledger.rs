@@ -20,6 +20,7 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
+use crate::commits::CommitTally;
 use crate::entry::{Entry, FORMAT_VERSION, parse_version_file};
 use crate::error::{LedgerError, Result};
 use crate::layout;
@@ -50,6 +51,8 @@ pub struct LedgerConfig {
     pub random: Random,
     /// Open frame ledgers a registry keeps, least recently used evicted first.
     pub max_open_ledgers: usize,
+    /// Where attempts to create ledger entries are counted, by outcome (shared by clones).
+    pub commits: CommitTally,
 }
 
 impl Default for LedgerConfig {
@@ -64,6 +67,7 @@ impl Default for LedgerConfig {
             writer: None,
             random: Random::process(),
             max_open_ledgers: 1024,
+            commits: CommitTally::default(),
         }
     }
 }
@@ -300,7 +304,9 @@ impl FrameLedger {
                     });
                 }
             }
-            match self.backend.put_if_absent(&key, bytes).await? {
+            let created = self.backend.put_if_absent(&key, bytes).await;
+            self.config.commits.record(&created);
+            match created? {
                 CreateOutcome::Created(_) => {
                     self.install(&mut working, &entry, key.as_ref())?;
                     let state = working.clone();

@@ -13,6 +13,7 @@
 //! An uncontended commit on an open ledger costs exactly one conditional PUT.
 
 pub mod cells;
+pub mod commits;
 pub mod compact;
 mod decode;
 pub mod entry;
@@ -30,6 +31,7 @@ pub mod travel;
 pub mod vacuum;
 pub mod write;
 
+pub use commits::{CommitCounts, CommitTally};
 pub use compact::{CompactOptions, CompactResult, compact};
 pub use decode::{DecodedObject, decode_object};
 pub use entry::{Action, Cell, ColumnStats, Entry, FrameDefinition, StatValue, check_cell_bytes};

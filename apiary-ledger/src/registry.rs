@@ -235,10 +235,9 @@ impl Registry {
         let bytes = serde_json::to_vec(&entry)
             .map_err(|e| LedgerError::Invalid(format!("registry entry cannot be encoded: {e}")))?;
         let key = layout::version_key(&chain.dir, version);
-        Ok(matches!(
-            self.backend.put_if_absent(&key, Bytes::from(bytes)).await?,
-            CreateOutcome::Created(_)
-        ))
+        let created = self.backend.put_if_absent(&key, Bytes::from(bytes)).await;
+        self.config.commits.record(&created);
+        Ok(matches!(created?, CreateOutcome::Created(_)))
     }
 
     /// True when nothing was appended to the chain after `version`.
@@ -559,6 +558,18 @@ impl Registry {
         Ok(Arc::clone(
             ledgers.get_or_insert(frame.clone(), || Arc::clone(&opened)),
         ))
+    }
+
+    /// The frames whose ledgers are open in the cache, by name, with the state each last
+    /// read or committed (no storage request): the frames this process used lately.
+    pub fn open_frames(&self) -> Vec<(FrameRef, Option<Arc<crate::FrameState>>)> {
+        let mut frames: Vec<_> = self
+            .open_ledgers()
+            .iter()
+            .map(|(frame, ledger)| (frame.clone(), ledger.cached()))
+            .collect();
+        frames.sort_by_key(|(frame, _)| frame.to_string());
+        frames
     }
 
     /// How many frame ledgers are open in the cache.

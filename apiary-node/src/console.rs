@@ -1,8 +1,10 @@
 //! The node's side of the HTTP console (`apiary node --http ADDR`): what it serves, read
 //! from the running node's memory (see [`apiary_console::ConsoleSource`]).
 
-use apiary_console::{CacheFigures, ConsoleSource, NodeMetrics, QueryFigures};
+use apiary_console::api;
+use apiary_console::{CacheFigures, ConsoleSource, NodeMetrics, QueryFigures, Rows, SqlFailure};
 use apiary_swarm::WorldView;
+use futures::StreamExt;
 
 use crate::Apiary;
 
@@ -63,7 +65,15 @@ impl ConsoleSource for NodeConsole {
             })
             .unwrap_or_default();
         NodeMetrics {
-            storage_requests: self.apiary.registry.backend().request_counts(),
+            storage_requests: self.apiary.registry.backend().request_stats(),
+            ledger_commits: self
+                .apiary
+                .registry
+                .config()
+                .commits
+                .counts()
+                .by_outcome()
+                .to_vec(),
             bees_busy: bees.iter().filter(|b| b.state == "busy").count() as u64,
             bees: bees.len() as u64,
             temperature: node.as_ref().map_or(0.0, |n| n.colony.temperature()),
@@ -89,5 +99,74 @@ impl ConsoleSource for NodeConsole {
             .drain_node(node_id, by)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    fn frames(&self) -> Vec<api::Frame> {
+        self.apiary
+            .registry
+            .open_frames()
+            .into_iter()
+            .filter_map(|(name, state)| {
+                let state = state?;
+                let live = state.live.as_ref()?;
+                Some(api::Frame {
+                    name: name.to_string(),
+                    version: state.version,
+                    committed_at_ms: state.committed_at_ms,
+                    cells: live.cells.len() as u64,
+                    rows: live.rows(),
+                    bytes: live.bytes(),
+                    columns: live
+                        .definition
+                        .schema
+                        .columns
+                        .iter()
+                        .map(|c| api::Column {
+                            name: c.name.clone(),
+                            data_type: c.data_type.clone(),
+                            nullable: c.nullable,
+                        })
+                        .collect(),
+                    partition_by: live.definition.partition_by.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn queries(&self) -> Vec<api::Query> {
+        self.apiary
+            .running_queries()
+            .into_iter()
+            .map(|q| api::Query {
+                id: q.id,
+                sql: q.sql,
+                client: q.client,
+                started_ms: q.started_ms,
+                elapsed_s: q.elapsed.as_secs_f64(),
+                cancelling: q.cancelling,
+            })
+            .collect()
+    }
+
+    fn cancel_query(&self, id: &str, by: &str) -> bool {
+        self.apiary.cancel_query(id, by)
+    }
+
+    async fn sql(&self, sql: &str) -> Result<Rows, SqlFailure> {
+        let failure = |e: crate::ApiaryError| SqlFailure {
+            kind: e.kind().as_str(),
+            message: e.to_string(),
+        };
+        let mut session = self.apiary.sql_session().map_err(failure)?;
+        session.set_client("api");
+        let stream = session
+            .sql_stream(sql)
+            .await
+            .map_err(|e| failure(e.into()))?;
+        let schema = stream.schema();
+        let batches = stream
+            .map(|b| b.map_err(|e| apiary_query::QueryError::from(e).to_string()))
+            .boxed();
+        Ok(Rows { schema, batches })
     }
 }

@@ -63,6 +63,7 @@ mod lifecycle;
 mod node;
 pub mod settings;
 mod sql;
+mod system;
 mod worker;
 mod writes;
 

@@ -117,6 +117,24 @@ impl Apiary {
                 let backend = Arc::clone(self.registry.backend());
                 Some(Arc::new(move || backend.request_counts()) as apiary_swarm::RequestsReport)
             },
+            activity: {
+                let query = Arc::clone(&self.query);
+                let cache = cache.clone();
+                Some(Arc::new(move || {
+                    let mut activity = apiary_swarm::history::Activity::default();
+                    if let Some((engine, _)) = query.get() {
+                        activity.queries = engine.query_stats().count;
+                        activity.queries_running = engine.running().len() as u64;
+                    }
+                    if let Some(cache) = &cache {
+                        let c = cache.counts();
+                        activity.bytes_scanned = c.bytes_from_storage + c.bytes_from_disk;
+                        activity.cache_hits = c.hits;
+                        activity.cache_misses = c.misses;
+                    }
+                    activity
+                }) as apiary_swarm::history::ActivityReport)
+            },
             ..AgentConfig::default()
         };
         let clock = Arc::clone(&options.clock);
@@ -167,6 +185,11 @@ impl Apiary {
         );
         let engine = self.query_engine()?;
         engine.set_cell_cache(cache.clone());
+        engine.set_system_tables(Some(Arc::new(crate::system::NodeSystem(
+            crate::console::NodeConsole {
+                apiary: self.clone(),
+            },
+        ))));
         let scratch = options
             .state_dir
             .join("scratch")
@@ -213,6 +236,7 @@ impl Apiary {
             let _ = node.stop_worker.send(true);
             if let Some((engine, _)) = self.query.get() {
                 engine.set_cell_cache(None);
+                engine.set_system_tables(None);
                 engine.set_admission(None);
             }
         }
@@ -231,6 +255,7 @@ impl Apiary {
             }
             if let Some((engine, _)) = self.query.get() {
                 engine.set_cell_cache(None);
+                engine.set_system_tables(None);
                 engine.set_admission(None);
             }
             left?;

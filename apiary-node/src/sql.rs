@@ -74,6 +74,23 @@ impl Apiary {
         Ok(self.sql(query).await?.to_ipc_stream()?)
     }
 
+    /// The SQL statements running on this node now, oldest first (what the console's
+    /// `GET /api/v1/queries` and `apiary.system.queries` list).
+    pub fn running_queries(&self) -> Vec<apiary_query::running::RunningQuery> {
+        self.query
+            .get()
+            .map(|(engine, _)| engine.running().list())
+            .unwrap_or_default()
+    }
+
+    /// Asks the running statement `id` to stop, on behalf of `by` (named in its error);
+    /// false when no statement `id` runs here.
+    pub fn cancel_query(&self, id: &str, by: &str) -> bool {
+        self.query
+            .get()
+            .is_some_and(|(engine, _)| engine.running().cancel(id, by))
+    }
+
     /// A SQL session: `USE` and `SET` in it last until it is dropped.
     pub fn sql_session(&self) -> Result<SqlSession> {
         Ok(self.query_engine()?.session())

@@ -8,158 +8,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::console::{Client, check_prometheus_text, free_addr, promtool_check, states, token};
 use common::nodes::{DEADLINE, start_with};
-use serde_json::Value;
-
-/// A loopback address with a free port.
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// `apiary token create --scope SCOPE` on `storage`: the token.
-fn token(dir: &Path, storage: &str, scope: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
-        .args(["token", "create", "--scope", scope, "--storage", storage])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-struct Client {
-    http: reqwest::Client,
-}
-
-impl Client {
-    async fn get(&self, addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-        let mut request = self.http.get(format!("http://{addr}{path}"));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.text().await.unwrap())
-    }
-
-    async fn json(&self, addr: SocketAddr, path: &str, token: &str) -> Value {
-        let (status, body) = self.get(addr, path, Some(token)).await;
-        assert_eq!(status, 200, "{path}: {body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    /// Waits until `check` holds of `GET path` on `addr`.
-    async fn until(
-        &self,
-        addr: SocketAddr,
-        path: &str,
-        token: &str,
-        check: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let started = Instant::now();
-        loop {
-            let (status, body) = self.get(addr, path, Some(token)).await;
-            if status == 200 {
-                let v: Value = serde_json::from_str(&body).unwrap();
-                if check(&v) {
-                    return v;
-                }
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "{addr}{path}: {status} {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn states(nodes: &Value) -> BTreeSet<(String, String)> {
-    nodes["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["id"].as_str().unwrap().to_string(),
-                n["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-/// Checks `text` line by line against the Prometheus text format (0.0.4): comments are
-/// `# HELP name text` or `# TYPE name type` (declared once, before the samples), samples
-/// are `name{labels} value` with a known name, counters end in `_total`.
-fn check_prometheus_text(text: &str) {
-    let mut types: std::collections::HashMap<String, String> = Default::default();
-    let mut sampled = 0;
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# ") {
-            let mut parts = rest.splitn(3, ' ');
-            let (kind, name, value) = (
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-                parts.next().unwrap_or(""),
-            );
-            assert!(name.starts_with("apiary_"), "{line}");
-            match kind {
-                "HELP" => assert!(!value.is_empty(), "{line}"),
-                "TYPE" => {
-                    assert!(
-                        [
-                            "counter",
-                            "gauge",
-                            "histogram",
-                            "summary",
-                            "untyped",
-                            "info"
-                        ]
-                        .contains(&value),
-                        "{line}"
-                    );
-                    if value == "counter" {
-                        assert!(name.ends_with("_total"), "counters end in _total: {line}");
-                    }
-                    assert!(types.insert(name.into(), value.into()).is_none(), "{line}");
-                }
-                _ => panic!("unknown comment: {line}"),
-            }
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        let name = series.split('{').next().unwrap();
-        assert!(
-            name.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "{line}"
-        );
-        assert!(
-            types.contains_key(name) || types.keys().any(|t| name.starts_with(t.as_str())),
-            "a sample before its TYPE: {line}"
-        );
-        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
-            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
-        }
-        value
-            .parse::<f64>()
-            .unwrap_or_else(|e| panic!("{line}: {e}"));
-        sampled += 1;
-    }
-    assert!(sampled > 10, "{text}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_serve_the_console_behind_tokens() {
@@ -180,12 +34,7 @@ async fn three_nodes_serve_the_console_behind_tokens() {
             )
         })
         .collect();
-    let client = Client {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap(),
-    };
+    let client = Client::new();
 
     // The probes are public; the API waits for a token to exist.
     let started = Instant::now();
@@ -214,9 +63,10 @@ async fn three_nodes_serve_the_console_behind_tokens() {
     assert!(body.contains("apiary token create"), "{body}");
 
     // Tokens made with the CLI, honoured by every node with no configuration of its own.
-    let read = token(dir.path(), &storage, "read");
-    let admin = token(dir.path(), &storage, "admin");
+    // (Read last: once a node honours it, it read the others too.)
     let metrics = token(dir.path(), &storage, "metrics");
+    let admin = token(dir.path(), &storage, "admin");
+    let read = token(dir.path(), &storage, "read");
     let everyone: BTreeSet<(String, String)> = (0..3)
         .map(|i| (format!("console-{i}"), "alive".to_string()))
         .collect();
@@ -280,9 +130,15 @@ async fn three_nodes_serve_the_console_behind_tokens() {
     let (status, text) = client.get(addrs[0], "/metrics", Some(&metrics)).await;
     assert_eq!(status, 200, "{text}");
     check_prometheus_text(&text);
+    promtool_check(&text);
     for series in [
         "apiary_build_info{version=",
-        "apiary_storage_requests_total{operation=\"put\"}",
+        "apiary_storage_requests_total{operation=\"put\",outcome=\"ok\"}",
+        "apiary_storage_requests_total{operation=\"get\",outcome=\"not_found\"}",
+        "apiary_storage_request_duration_seconds_bucket{operation=\"put\",le=\"0.001\"}",
+        "apiary_storage_request_duration_seconds_count{operation=\"list\"}",
+        "apiary_ledger_commits_total{outcome=\"committed\"}",
+        "apiary_ledger_commits_total{outcome=\"outcome_unknown\"} 0",
         "apiary_bees{state=\"idle\"}",
         "apiary_nodes{state=\"alive\"} 3",
         "apiary_colony_temperature",
@@ -361,18 +217,25 @@ async fn three_nodes_serve_the_console_behind_tokens() {
     assert_eq!(status, 404, "{body}");
     let (status, body) = post("/api/v1/nodes/console-1/drain".into(), admin.clone()).await;
     assert_eq!(status, 202, "{body}");
+    // It shows leaving (it announces it, and stays a poll and a half), then it is gone.
     let started = Instant::now();
+    let mut seen = BTreeSet::new();
     loop {
         let now = states(&client.json(addrs[0], "/api/v1/nodes", &read).await);
-        if !now.iter().any(|(id, _)| id == "console-1") {
+        let Some((_, state)) = now.iter().find(|(id, _)| id == "console-1") else {
             break;
-        }
+        };
+        seen.insert(state.clone());
         assert!(
             started.elapsed() < DEADLINE,
             "console-1 never left: {now:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(
+        seen.contains("leaving"),
+        "console-1 left without showing leaving: {seen:?}"
+    );
     let drained = nodes[1].child.wait().unwrap();
     assert!(drained.success(), "the drained node exited with {drained}");
 

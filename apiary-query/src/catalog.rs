@@ -45,6 +45,8 @@ pub struct ApiaryCatalog {
     /// Indexes of past versions read with `VERSION AS OF` and friends.
     past: Mutex<lru::LruCache<PinKey, Arc<FrameIndex>>>,
     pins: Option<HashMap<PinKey, Pinned>>,
+    /// The node's `apiary.system.*` tables, once it installs them.
+    system: std::sync::RwLock<Option<Arc<dyn crate::system::SystemTables>>>,
 }
 
 /// The separator of a version-qualified table name, `frame@12`: how a frame read at a past
@@ -92,7 +94,20 @@ impl ApiaryCatalog {
                 NonZeroUsize::new(PAST_INDEXES).unwrap_or(NonZeroUsize::MIN),
             )),
             pins: None,
+            system: std::sync::RwLock::default(),
         }
+    }
+
+    /// Installs (or, with `None`, removes) the node's `apiary.system.*` tables.
+    pub fn set_system_tables(&self, tables: Option<Arc<dyn crate::system::SystemTables>>) {
+        *self.system.write().unwrap_or_else(PoisonError::into_inner) = tables;
+    }
+
+    fn system_tables(&self) -> Option<Arc<dyn crate::system::SystemTables>> {
+        self.system
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// A catalog that resolves only the frames in `pins`, each at its pinned version and
@@ -105,6 +120,7 @@ impl ApiaryCatalog {
             indexes: Mutex::new(lru::LruCache::new(NonZeroUsize::MIN)),
             past: Mutex::new(lru::LruCache::new(NonZeroUsize::MIN)),
             pins: Some(pins),
+            system: std::sync::RwLock::default(),
         }
     }
 
@@ -338,10 +354,16 @@ impl CatalogProviderList for HiveList {
     }
 
     fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
-        Some(Arc::new(HiveCatalog {
+        let hive = Arc::new(HiveCatalog {
             catalog: Arc::clone(&self.0),
             hive: name.to_string(),
-        }))
+        });
+        if name == crate::system::SYSTEM_HIVE
+            && let Some(tables) = self.0.system_tables()
+        {
+            return Some(Arc::new(crate::system::SystemCatalog { tables, hive }));
+        }
+        Some(hive)
     }
 }
 

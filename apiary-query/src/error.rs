@@ -43,6 +43,11 @@ pub enum QueryError {
     #[error("query failed: {0}")]
     Execution(String),
 
+    /// The statement was cancelled (`DELETE /api/v1/queries/{id}`, say) before it ended;
+    /// the message says by whom.
+    #[error("{0}")]
+    Cancelled(String),
+
     /// A component failed while running the query (DataFusion, an encoder, the swarm's
     /// membership); its error is kept as the source.
     #[error("query failed: {message}")]
@@ -88,6 +93,7 @@ impl QueryError {
             QueryError::Storage(e) => e.kind(),
             QueryError::Shuffle(e) => e.kind(),
             QueryError::Execution(_) => ErrorKind::Internal,
+            QueryError::Cancelled(_) => ErrorKind::Closed,
             QueryError::Failed { kind, .. } => *kind,
         }
     }

@@ -1,6 +1,7 @@
 //! What an engine counts of the SQL it ran: statements by outcome, and how long they took
 //! (from the start of planning to the end of their rows, or to their error or cancellation).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -128,11 +129,15 @@ impl QueryStats {
 /// Rows of a statement, counted into [`QueryStats`] when they end: `ok` at their end, the
 /// error's kind at their first error, `cancelled` when dropped before either.
 pub(crate) struct Recorded {
-    inner: datafusion::physical_plan::SendableRecordBatchStream,
+    inner: Option<datafusion::physical_plan::SendableRecordBatchStream>,
     stats: QueryStats,
     clock: Arc<dyn apiary_storage::Clock>,
     started: Duration,
     done: bool,
+    /// The statement's place in the running list (it leaves the list when this drops).
+    ticket: crate::running::Ticket,
+    /// Resolves when the statement is cancelled.
+    cancelled: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
 
 impl Recorded {
@@ -142,14 +147,17 @@ impl Recorded {
         stats: QueryStats,
         clock: Arc<dyn apiary_storage::Clock>,
         started: Duration,
+        ticket: crate::running::Ticket,
     ) -> datafusion::physical_plan::SendableRecordBatchStream {
         let schema = inner.schema();
         let recorded = Self {
-            inner,
+            inner: Some(inner),
             stats,
             clock,
             started,
             done: false,
+            cancelled: Box::pin(ticket.cancelled()),
+            ticket,
         };
         Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, recorded))
     }
@@ -170,7 +178,19 @@ impl futures::Stream for Recorded {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        let polled = self.inner.as_mut().poll_next(cx);
+        if self.inner.is_some() && self.cancelled.as_mut().poll(cx).is_ready() {
+            // Stop its work now (a distributed query abandons its tasks as it drops).
+            self.inner = None;
+            self.finish(Outcome::Cancelled);
+            let error = self.ticket.error();
+            return std::task::Poll::Ready(Some(Err(
+                datafusion::error::DataFusionError::External(Box::new(error)),
+            )));
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let polled = inner.as_mut().poll_next(cx);
         match &polled {
             std::task::Poll::Ready(None) => self.finish(Outcome::Ok),
             std::task::Poll::Ready(Some(Err(e))) => {

@@ -76,6 +76,8 @@ pub struct QueryEngine {
     clock: Arc<dyn apiary_storage::Clock>,
     /// Statements run, by outcome, and their durations.
     queries: crate::query_stats::QueryStats,
+    /// Statements running now.
+    running: crate::running::RunningQueries,
 }
 
 impl QueryEngine {
@@ -109,6 +111,10 @@ impl QueryEngine {
             distribute: DistributeMode::default(),
             budget: Budget::fixed(options.memory_limit, options.scratch_dir, tier),
             fragments: Arc::default(),
+            running: crate::running::RunningQueries::new(
+                Arc::clone(&options.clock),
+                apiary_storage::Random::process(),
+            ),
             clock: options.clock,
             queries: crate::query_stats::QueryStats::default(),
         })
@@ -117,6 +123,11 @@ impl QueryEngine {
     /// The SQL statements this engine's sessions ran: by outcome, and their durations.
     pub fn query_stats(&self) -> crate::query_stats::QueryTally {
         self.queries.tally()
+    }
+
+    /// The statements this engine's sessions are running now, each cancellable by id.
+    pub fn running(&self) -> &crate::running::RunningQueries {
+        &self.running
     }
 
     /// The clock distributed tasks time themselves on.
@@ -134,6 +145,12 @@ impl QueryEngine {
     /// disk when they can, and fetch them into the cache when they cannot.
     pub fn set_cell_cache(&self, cache: Option<Arc<apiary_cache::CellCache>>) {
         self.cells.set_cache(cache);
+    }
+
+    /// Installs (or, with `None`, removes) what answers `apiary.system.*` in SQL (see
+    /// [`system`](crate::system)).
+    pub fn set_system_tables(&self, tables: Option<Arc<dyn crate::system::SystemTables>>) {
+        self.catalog.set_system_tables(tables);
     }
 
     /// The memory tier of decoded columns (see [`ColumnTier`]).
@@ -193,6 +210,7 @@ impl QueryEngine {
             min_part_rows: None,
             engine: self.clone(),
             last_plan: None,
+            client: "sql".into(),
         }
     }
 

@@ -183,4 +183,10 @@ pub trait StorageBackend: Debug + Display + Send + Sync + 'static {
     fn request_counts(&self) -> Option<crate::RequestCounts> {
         None
     }
+
+    /// The same requests by operation and outcome, with how long each took to be
+    /// answered, when the backend counts them. The default counts nothing.
+    fn request_stats(&self) -> Option<crate::RequestStats> {
+        None
+    }
 }

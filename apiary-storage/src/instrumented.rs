@@ -24,6 +24,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 pub use crate::counts::RequestCounts;
+use crate::request_log::{Operation, Outcome, RequestLog, RequestStats, Timed};
+use crate::{Clock, SystemClock};
 
 /// Which faults to inject, and how often. All rates are probabilities in `0.0..=1.0`.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +69,8 @@ struct Counters {
     list: AtomicU64,
     delete: AtomicU64,
     cell_get: AtomicU64,
+    /// The same requests by outcome, with their durations.
+    log: Arc<RequestLog>,
 }
 
 /// The kinds of request a [`Hold`] can pause.
@@ -181,6 +185,8 @@ pub struct InstrumentedStore {
     hold: Option<Hold>,
     /// Only counts: no draw, no lock, no yield per request (a production node's counters).
     counting_only: bool,
+    /// Times requests.
+    clock: Arc<dyn Clock>,
 }
 
 /// A cheap handle to read an [`InstrumentedStore`]'s counts after it was moved into a backend.
@@ -200,6 +206,11 @@ impl CountsHandle {
             delete: c.delete.load(Ordering::Relaxed),
             cell_get: c.cell_get.load(Ordering::Relaxed),
         }
+    }
+
+    /// The requests so far by operation and outcome, with their durations.
+    pub fn stats(&self) -> RequestStats {
+        self.0.log.snapshot()
     }
 }
 
@@ -233,7 +244,19 @@ impl InstrumentedStore {
             counters: Arc::default(),
             hold: None,
             counting_only: false,
+            clock: SystemClock::shared(),
         }
+    }
+
+    /// Times requests on `clock` (default: the system clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Starts timing `n` requests of `op`.
+    fn timed(&self, op: Operation, n: u64) -> Timed {
+        Timed::start(&self.counters.log, &self.clock, op, n)
     }
 
     /// Wraps `inner` to count its requests and nothing else: what a running node uses to
@@ -339,16 +362,28 @@ impl InstrumentedStore {
         stream: BoxStream<'static, object_store::Result<ObjectMeta>>,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         bump(&self.counters.list);
+        let timer = self.timed(Operation::List, 1);
         let counters = Arc::clone(&self.counters);
-        let mut seen = 0u64;
-        stream
-            .inspect(move |_| {
+        // The listing is timed until its stream ends (or is dropped: cancelled).
+        futures::stream::unfold(
+            (stream, timer, 0u64, counters),
+            |(mut stream, mut timer, mut seen, counters)| async move {
+                let Some(item) = stream.next().await else {
+                    timer.answered();
+                    return None;
+                };
+                if item.is_err() {
+                    timer.failed();
+                }
                 seen += 1;
                 if seen > LIST_PAGE && (seen - 1).is_multiple_of(LIST_PAGE) {
                     bump(&counters.list);
+                    counters.log.count(Operation::List, Outcome::Ok, 1);
                 }
-            })
-            .boxed()
+                Some((item, (stream, timer, seen, counters)))
+            },
+        )
+        .boxed()
     }
 
     /// Drops listing items at the configured omission rate.
@@ -420,7 +455,15 @@ impl ObjectStore for InstrumentedStore {
         if self.faults.ignore_preconditions {
             opts.mode = PutMode::Overwrite;
         }
-        match self.draw(true, create).await {
+        let timer = self.timed(
+            if conditional {
+                Operation::ConditionalPut
+            } else {
+                Operation::Put
+            },
+            1,
+        );
+        let result = match self.draw(true, create).await {
             Fault::FailBefore => Err(injected("request failed before reaching the store")),
             Fault::Conflict => Err(object_store::Error::AlreadyExists {
                 path: location.to_string(),
@@ -432,7 +475,8 @@ impl ObjectStore for InstrumentedStore {
                 Err(injected("response lost after the write was applied"))
             }
             Fault::None => self.inner.put_opts(location, payload, opts).await,
-        }
+        };
+        timer.finish(result)
     }
 
     async fn put_multipart_opts(
@@ -441,7 +485,8 @@ impl ObjectStore for InstrumentedStore {
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         bump(&self.counters.put);
-        self.inner.put_multipart_opts(location, opts).await
+        let timer = self.timed(Operation::Put, 1);
+        timer.finish(self.inner.put_multipart_opts(location, opts).await)
     }
 
     async fn get_opts(
@@ -463,10 +508,18 @@ impl ObjectStore for InstrumentedStore {
         if !options.head && location.as_ref().ends_with(".parquet") {
             bump(&self.counters.cell_get);
         }
-        match self.draw(false, false).await {
+        let timer = self.timed(
+            if options.head {
+                Operation::Head
+            } else {
+                Operation::Get
+            },
+            1,
+        );
+        timer.finish(match self.draw(false, false).await {
             Fault::None => self.inner.get_opts(location, options).await,
             _ => Err(injected("read failed")),
-        }
+        })
     }
 
     async fn get_ranges(
@@ -483,10 +536,11 @@ impl ObjectStore for InstrumentedStore {
                 .cell_get
                 .fetch_add(ranges.len() as u64, Ordering::Relaxed);
         }
-        match self.draw(false, false).await {
+        let timer = self.timed(Operation::Get, ranges.len() as u64);
+        timer.finish(match self.draw(false, false).await {
             Fault::None => self.inner.get_ranges(location, ranges).await,
             _ => Err(injected("ranged read failed")),
-        }
+        })
     }
 
     fn delete_stream(
@@ -495,7 +549,12 @@ impl ObjectStore for InstrumentedStore {
     ) -> BoxStream<'static, object_store::Result<Path>> {
         let counters = Arc::clone(&self.counters);
         let counted = locations.inspect(move |_| bump(&counters.delete)).boxed();
-        self.inner.delete_stream(counted)
+        // Deletes may be batched by the store: each is counted by its outcome, untimed.
+        let log = Arc::clone(&self.counters.log);
+        self.inner
+            .delete_stream(counted)
+            .inspect(move |result| log.count(Operation::Delete, Outcome::of(result), 1))
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
@@ -515,17 +574,21 @@ impl ObjectStore for InstrumentedStore {
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         self.pass(RequestKind::List).await;
         bump(&self.counters.list);
+        let timer = self.timed(Operation::List, 1);
         let slow = self.list_delay();
         if !slow.is_zero() {
             crate::time::sleep(slow).await;
         }
-        match self.draw(false, false).await {
-            Fault::None => {
-                let mut result = self.inner.list_with_delimiter(prefix).await?;
+        let result = match self.draw(false, false).await {
+            Fault::None => self.inner.list_with_delimiter(prefix).await,
+            _ => Err(injected("listing failed")),
+        };
+        match timer.finish(result) {
+            Ok(mut result) => {
                 let keys = (result.objects.len() + result.common_prefixes.len()) as u64;
-                self.counters
-                    .list
-                    .fetch_add(keys.saturating_sub(1) / LIST_PAGE, Ordering::Relaxed);
+                let pages = keys.saturating_sub(1) / LIST_PAGE;
+                self.counters.list.fetch_add(pages, Ordering::Relaxed);
+                self.counters.log.count(Operation::List, Outcome::Ok, pages);
                 let rate = self.faults.list_omission_rate;
                 if rate > 0.0 {
                     let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
@@ -533,7 +596,7 @@ impl ObjectStore for InstrumentedStore {
                 }
                 Ok(result)
             }
-            _ => Err(injected("listing failed")),
+            Err(e) => Err(e),
         }
     }
 
@@ -544,6 +607,7 @@ impl ObjectStore for InstrumentedStore {
         options: CopyOptions,
     ) -> object_store::Result<()> {
         bump(&self.counters.put);
-        self.inner.copy_opts(from, to, options).await
+        let timer = self.timed(Operation::Put, 1);
+        timer.finish(self.inner.copy_opts(from, to, options).await)
     }
 }

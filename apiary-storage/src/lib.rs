@@ -31,6 +31,7 @@ mod instrumented;
 mod object;
 mod open;
 pub mod planted;
+pub mod request_log;
 pub mod time;
 mod uri;
 
@@ -48,5 +49,6 @@ pub use object_store::path::Path;
 pub use open::{
     OPEN_TIMEOUT, OPEN_TIMEOUT_ENV, RESERVED_PREFIX, object_store_for, open, preflight, store_now,
 };
+pub use request_log::RequestStats;
 pub use time::{Clock, ManualClock, Random, SystemClock, Ticker};
 pub use uri::{ACCEPTED_FORMS, STORAGE_ENV, StorageUri};

@@ -406,6 +406,10 @@ impl StorageBackend for ObjectStoreBackend {
         self.counts.as_ref().map(crate::CountsHandle::snapshot)
     }
 
+    fn request_stats(&self) -> Option<crate::RequestStats> {
+        self.counts.as_ref().map(crate::CountsHandle::stats)
+    }
+
     async fn remove_stale_uploads(&self, prefix: &Path, before_ms: i64) -> Result<usize> {
         let Some(root) = self.local_root.clone() else {
             return Ok(0);

@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::heartbeat::{CacheSummary, Capacity, HEARTBEAT_FORMAT, Heartbeat, Lifecycle, NodeId};
 use crate::load::Bees;
 use crate::membership::Membership;
-use crate::view::{SwarmConfig, WorldView};
+use crate::view::{NodeState, SwarmConfig, WorldView};
 
 /// Pauses before the attempts to join after the first failed.
 const JOIN_RETRIES: [Duration; 3] = [
@@ -58,6 +58,8 @@ pub struct AgentConfig {
     /// The node's storage request counters: their rate and cost are published in every
     /// heartbeat.
     pub requests: Option<RequestsReport>,
+    /// What the node counts of its work: sampled into the history every heartbeat carries.
+    pub activity: Option<crate::history::ActivityReport>,
 }
 
 /// Reads the node's storage request counters, for each heartbeat (`None`: not counted).
@@ -90,6 +92,7 @@ impl Default for AgentConfig {
             attributes: Default::default(),
             abandoned: None,
             requests: None,
+            activity: None,
         }
     }
 }
@@ -113,11 +116,25 @@ struct Publisher {
     active: AtomicBool,
     requests: Option<RequestsReport>,
     meter: Mutex<crate::requests::RequestMeter>,
+    activity: Option<crate::history::ActivityReport>,
+    history: Mutex<crate::history::HistoryRecorder>,
 }
 
 impl Publisher {
     fn next(&self) -> Heartbeat {
         let state = *self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
+        let history = self.activity.as_ref().map_or_else(Vec::new, |report| {
+            let temperature = self.colony.as_ref().map_or(0.0, |c| c.temperature());
+            self.history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(
+                    self.clock.monotonic(),
+                    self.clock.wall_ms(),
+                    report(),
+                    temperature,
+                )
+        });
         Heartbeat {
             format: HEARTBEAT_FORMAT,
             node_id: self.node_id.clone(),
@@ -153,6 +170,7 @@ impl Publisher {
                     .unwrap_or_else(|p| p.into_inner())
                     .sample(self.clock.monotonic(), counts)
             }),
+            history,
         }
         .sanitize()
     }
@@ -217,6 +235,8 @@ impl SwarmAgent {
             active: AtomicBool::new(true),
             requests: config.requests.clone(),
             meter: Mutex::default(),
+            activity: config.activity.clone(),
+            history: Mutex::default(),
         });
         // The first heartbeat is a plain overwrite, so a failed attempt (a storage hiccup,
         // a lost response) is simply tried again before the start fails.
@@ -327,14 +347,33 @@ impl SwarmAgent {
         let bees = Arc::clone(&self.publisher.bees);
         bees.close();
         self.publisher.set(Lifecycle::Leaving);
-        if let Err(e) = self.membership.publish(&self.publisher.next()).await {
-            tracing::warn!(error = %e, "could not announce leaving; leaving anyway");
-        }
+        let clock = Arc::clone(&self.publisher.clock);
+        let announced = clock.monotonic();
+        let seen = match self.membership.publish(&self.publisher.next()).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not announce leaving; leaving anyway");
+                false
+            }
+        };
         if !bees
-            .wait_idle(self.publisher.clock.as_ref(), self.config.drain_timeout)
+            .wait_idle(clock.as_ref(), self.config.drain_timeout)
             .await
         {
             tracing::warn!(timeout = ?self.config.drain_timeout, "work still running at the drain timeout; leaving anyway");
+        }
+        // Stay a poll and a half in `leaving` when peers watch, so that each of them reads
+        // the announcement (they stop sending this node work, and show it leaving) before
+        // the heartbeat is gone.
+        let me = &self.publisher.node_id;
+        let watched =
+            self.view().nodes.iter().any(|n| {
+                &n.node_id != me && matches!(n.state, NodeState::Alive | NodeState::Joining)
+            });
+        if seen && watched {
+            let linger = self.config.swarm.poll_interval.mul_f64(1.5);
+            let waited = clock.monotonic().saturating_sub(announced);
+            clock.sleep(linger.saturating_sub(waited)).await;
         }
         let _ = self.stop.send(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));

@@ -72,6 +72,7 @@ pub fn heartbeat(id: &str, seq: u64, state: Lifecycle) -> Heartbeat {
         attributes: [("seq".to_string(), seq.to_string())].into(),
         beat: None,
         requests: None,
+        history: Vec::new(),
     }
 }
 

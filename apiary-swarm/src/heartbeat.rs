@@ -244,6 +244,11 @@ pub struct Heartbeat {
     /// count them, and from versions before they were published).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<crate::requests::RequestRate>,
+    /// The node's last ten minutes, a sample every ten seconds or so (see
+    /// [`history`](crate::history)); absent from nodes that do not sample, and from
+    /// versions before they were published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<crate::history::Sample>,
 }
 
 /// A node's promise about its next heartbeats: an active node beats often, an idle one
@@ -298,6 +303,12 @@ impl Heartbeat {
             r.monthly_usd = finite(r.monthly_usd);
         }
         self.cache.hot_cells.truncate(MAX_HOT_CELLS);
+        let extra = self
+            .history
+            .len()
+            .saturating_sub(crate::history::MAX_SAMPLES);
+        self.history.drain(..extra);
+        self.history = self.history.into_iter().map(|s| s.sanitized()).collect();
         self
     }
 

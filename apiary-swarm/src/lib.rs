@@ -17,6 +17,7 @@ pub mod conformance;
 pub mod discovery;
 mod error;
 mod heartbeat;
+pub mod history;
 mod identity;
 mod load;
 pub mod membership;

@@ -3,7 +3,8 @@
 //! ```text
 //! _heartbeats/node_{id}.json            a node's heartbeat, rewritten on every beat
 //! _heartbeats/drain_{id}.json           an operator's request that the node leave
-//! _heartbeats/roster_{generation}.json  one change of the swarm: a join, a leave, a wake
+//! _heartbeats/roster_{generation}.json  one change of the swarm: a join, a leave, a wake,
+//!                                       a node starting to leave
 //! ```
 //!
 //! ## The roster
@@ -72,6 +73,8 @@ struct Roster {
     generation: u64,
     /// Whether this node's last published heartbeat said it was active.
     active: Option<bool>,
+    /// Whether this node announced that it is leaving.
+    leaving: bool,
     /// Nodes the roster said joined or woke since the last listing: their heartbeats are
     /// read at the next listing, outside the content budget (a woken node's new cadence
     /// is what makes this member list at the active cadence again).
@@ -287,8 +290,18 @@ impl Membership for StorageHeartbeats {
             .await?;
         lock(&self.observer).set_own(heartbeat.clone(), self.clock.monotonic());
         let active = heartbeat.is_active();
-        let woke = lock(&self.roster).active.replace(active) == Some(false) && active;
-        if woke {
+        let (woke, leaving) = {
+            let mut roster = lock(&self.roster);
+            let woke = roster.active.replace(active) == Some(false) && active;
+            let leaving = heartbeat.state == crate::heartbeat::Lifecycle::Leaving
+                && !std::mem::replace(&mut roster.leaving, true);
+            (woke, leaving)
+        };
+        if leaving {
+            // Members read this heartbeat at once, idle or not: they stop sending the node
+            // work and show it leaving before it is gone.
+            self.announce("leaving").await;
+        } else if woke {
             // Idle members list the swarm again and follow this node's cadence.
             self.announce("wake").await;
         }
@@ -331,6 +344,18 @@ impl Membership for StorageHeartbeats {
 
     async fn refresh(&self) -> Result<WorldView> {
         let (listed, generation) = list_heartbeats(self.backend.as_ref()).await?;
+        // Generations created since the last probe or listing name nodes that joined,
+        // woke or began to leave: their heartbeats are read now, outside the budget (one GET
+        // per change, and none while nothing changes).
+        let known = lock(&self.roster).generation;
+        let first = (known + 1).max(generation.saturating_sub(PROBE_FORWARD) + 1);
+        for next in first..=generation {
+            if let Ok(Some(object)) = get_opt(self.backend.as_ref(), &roster_key(next)).await
+                && let Ok(change) = serde_json::from_slice::<RosterChange>(&object.bytes)
+            {
+                lock(&self.roster).changed.push(change.node_id);
+            }
+        }
         self.saw_generation(generation);
         let changed = std::mem::take(&mut lock(&self.roster).changed);
         let mut to_fetch = lock(&self.observer).observe_listing(listed, self.clock.monotonic());

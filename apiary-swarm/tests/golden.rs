@@ -53,6 +53,7 @@ fn heartbeat(id: &NodeId) -> Heartbeat {
         attributes: [("flight".to_string(), "grpc://10.0.0.7:50051".to_string())].into(),
         beat: None,
         requests: None,
+        history: Vec::new(),
     }
 }
 

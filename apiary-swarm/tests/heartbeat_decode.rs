@@ -37,6 +37,7 @@ fn real() -> Vec<u8> {
         attributes: Default::default(),
         beat: None,
         requests: None,
+        history: Vec::new(),
     }
     .encode()
 }

@@ -21,6 +21,8 @@ pub struct SqlSession {
     pub(super) engine: QueryEngine,
     /// The physical plan of the last query started, for watching its progress.
     pub(super) last_plan: Option<Arc<dyn ExecutionPlan>>,
+    /// Who runs its statements, as the running queries list them (`api`, `python`, …).
+    pub(super) client: String,
 }
 
 impl std::fmt::Debug for SqlSession {
@@ -50,12 +52,20 @@ impl SqlSession {
         let clock = Arc::clone(&self.engine.clock);
         let stats = self.engine.queries.clone();
         let started = clock.monotonic();
-        let result = match AssertUnwindSafe(self.sql_stream_inner(sql))
-            .catch_unwind()
-            .await
-        {
-            Ok(result) => result,
-            Err(panic) => {
+        let ticket = self.engine.running.start(sql, &self.client);
+        let run = AssertUnwindSafe(self.sql_stream_inner(sql)).catch_unwind();
+        let result = match tokio::select! {
+            ran = run => Some(ran),
+            _ = ticket.cancelled() => None,
+        } {
+            None => {
+                // Cancelled while planning (or running an earlier statement of `sql`).
+                let elapsed = clock.monotonic().saturating_sub(started);
+                stats.record(crate::query_stats::Outcome::Cancelled, elapsed);
+                return Err(ticket.error());
+            }
+            Some(Ok(result)) => result,
+            Some(Err(panic)) => {
                 let what = panic
                     .downcast_ref::<String>()
                     .map(String::as_str)
@@ -68,7 +78,7 @@ impl SqlSession {
         };
         match result {
             Ok(rows) => Ok(crate::query_stats::Recorded::wrap(
-                rows, stats, clock, started,
+                rows, stats, clock, started, ticket,
             )),
             Err(e) => {
                 let elapsed = clock.monotonic().saturating_sub(started);
@@ -96,6 +106,12 @@ impl SqlSession {
     /// [`QueryProgress::of`](crate::distributed::progress::QueryProgress::of).
     pub fn last_plan(&self) -> Option<Arc<dyn ExecutionPlan>> {
         self.last_plan.clone()
+    }
+
+    /// Names who runs this session's statements in the list of running queries (`api`,
+    /// `python`, `shell`; default `sql`).
+    pub fn set_client(&mut self, client: impl Into<String>) {
+        self.client = client.into();
     }
 
     /// The hive and box `USE` selected, if any.
@@ -208,7 +224,9 @@ impl SqlSession {
         // Planned with the session's state; executed in a task context whose runtime holds
         // this query's memory pool (no copy of the session state per query).
         let base = self.ctx.runtime_env();
-        let (grant, runtime) = if distributed {
+        // A look at the node's own state (`apiary.system.*`, answered from memory) does not
+        // wait for a bee: it must answer on a saturated node, when it is needed most.
+        let (grant, runtime) = if distributed || reads_only_system_tables(&plan) {
             (None, self.engine.budget.task_runtime(&base)?)
         } else {
             self.engine.budget.admit_query(&base).await?
@@ -265,4 +283,20 @@ impl SqlSession {
         self.current = parts;
         Ok(())
     }
+}
+
+/// Whether `plan` reads tables and all of them are `apiary.system.*` ones.
+fn reads_only_system_tables(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::LogicalPlan;
+    let (mut scans, mut system) = (0, true);
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            scans += 1;
+            system &= scan.table_name.catalog() == Some(crate::system::SYSTEM_HIVE)
+                && scan.table_name.schema() == Some(crate::system::SYSTEM_BOX);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    scans > 0 && system
 }

@@ -53,6 +53,7 @@ pub fn hb(id: &NodeId, seq: u64, state: Lifecycle, wall_ms: i64) -> Heartbeat {
         attributes: Default::default(),
         beat: None,
         requests: None,
+        history: Vec::new(),
     }
 }
 
