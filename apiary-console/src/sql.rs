@@ -250,3 +250,104 @@ fn arrow_body(rows: Rows) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn rows(batches: Vec<Result<RecordBatch, String>>) -> Rows {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        Rows {
+            schema,
+            batches: futures::stream::iter(batches).boxed(),
+        }
+    }
+
+    fn batch(ids: &[i64], names: &[Option<&str>]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(ids.to_vec())),
+                Arc::new(StringArray::from(names.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    async fn text(body: impl Stream<Item = Result<Bytes, std::io::Error>>) -> String {
+        let chunks: Vec<_> = body.collect().await;
+        chunks
+            .into_iter()
+            .map(|c| String::from_utf8(c.unwrap().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn json_is_one_document_over_many_batches_and_empty_ones() {
+        let body = json_body(rows(vec![
+            Ok(batch(&[1, 2], &[Some("a"), None])),
+            Ok(batch(&[], &[])),
+            Ok(batch(&[3], &[Some("c\"q")])),
+        ]));
+        let doc: serde_json::Value = serde_json::from_str(&text(body).await).unwrap();
+        assert_eq!(doc["row_count"], 3);
+        assert_eq!(doc["columns"][1]["nullable"], true);
+        assert_eq!(
+            doc["rows"],
+            serde_json::json!([{"id":1,"name":"a"},{"id":2,"name":null},{"id":3,"name":"c\"q"}])
+        );
+        let empty = json_body(rows(vec![]));
+        let doc: serde_json::Value = serde_json::from_str(&text(empty).await).unwrap();
+        assert_eq!(doc["rows"], serde_json::json!([]));
+    }
+
+    #[tokio::test]
+    async fn an_error_mid_stream_ends_the_json_with_it_and_cuts_the_arrow_stream() {
+        let failing = || {
+            rows(vec![
+                Ok(batch(&[1], &[Some("a")])),
+                Err("the store went away".into()),
+                Ok(batch(&[2], &[Some("b")])),
+            ])
+        };
+        let doc: serde_json::Value =
+            serde_json::from_str(&text(json_body(failing())).await).unwrap();
+        assert_eq!(doc["row_count"], 1);
+        assert_eq!(doc["error"], "the store went away");
+        let chunks: Vec<_> = arrow_body(failing()).collect().await;
+        assert!(chunks[0].is_ok(), "the first batch is sent");
+        let last = chunks.last().unwrap().as_ref().unwrap_err();
+        assert!(last.to_string().contains("the store went away"), "{last}");
+        assert_eq!(chunks.len(), 2, "nothing after the error");
+    }
+
+    #[test]
+    fn the_format_comes_from_the_query_then_the_accept_header() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(format(&headers, None), Ok(Format::Json));
+        headers.insert(header::ACCEPT, ARROW_STREAM.parse().unwrap());
+        assert_eq!(format(&headers, None), Ok(Format::Arrow));
+        assert_eq!(format(&headers, Some("json")), Ok(Format::Json));
+        assert!(format(&headers, Some("csv")).unwrap_err().contains("csv"));
+        let json: HeaderMap = [(header::CONTENT_TYPE, "application/json".parse().unwrap())]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            statement(&json, &Bytes::from_static(br#"{"sql": "SELECT 1"}"#)),
+            Ok("SELECT 1".into())
+        );
+        assert!(statement(&json, &Bytes::from_static(b"SELECT 1")).is_err());
+        assert!(statement(&HeaderMap::new(), &Bytes::from_static(b"  ")).is_err());
+        assert!(statement(&HeaderMap::new(), &Bytes::from_static(&[0xff, 0xfe])).is_err());
+    }
+}

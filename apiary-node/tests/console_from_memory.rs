@@ -1,7 +1,10 @@
 //! The console answers from the node's memory: with every storage request of the node held
-//! (as a store that stopped answering would hold them), every route still answers at once.
+//! (as a store that stopped answering would hold them), every route and every system table
+//! still answers at once.
 
 #![allow(clippy::disallowed_methods, clippy::unwrap_used)] // real sockets and real time
+
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +79,17 @@ async fn every_route_answers_with_the_storage_held() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Writes count their ledger commits by outcome: the hive, the box, the frame, two writes.
+    common::create_clicks_frame(&ap).await;
+    for range in [0..10, 10..20] {
+        ap.write_to_frame("analytics", "events", "clicks", [common::clicks(range)])
+            .await
+            .unwrap();
+    }
+    ap.sql("SELECT count(*) FROM analytics.events.clicks")
+        .await
+        .unwrap();
+
     // Statements this node ran are counted by outcome, with their durations.
     ap.sql("SELECT 1").await.unwrap();
     ap.sql("SELECT 2").await.unwrap();
@@ -90,11 +104,13 @@ async fn every_route_answers_with_the_storage_held() {
         .await
         .unwrap();
     for line in [
-        "apiary_queries_total{outcome=\"ok\"} 2",
+        "apiary_queries_total{outcome=\"ok\"} 3",
         "apiary_queries_total{outcome=\"invalid_input\"} 1",
         "# TYPE apiary_query_duration_seconds histogram",
-        "apiary_query_duration_seconds_bucket{le=\"+Inf\"} 3",
-        "apiary_query_duration_seconds_count 3",
+        "apiary_query_duration_seconds_bucket{le=\"+Inf\"} 4",
+        "apiary_query_duration_seconds_count 4",
+        "apiary_ledger_commits_total{outcome=\"committed\"} 5",
+        "apiary_ledger_commits_total{outcome=\"conflict\"} 0",
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
@@ -115,6 +131,9 @@ async fn every_route_answers_with_the_storage_held() {
         ("/api/v1/nodes/other", Some(read.as_str()), 404),
         ("/api/v1/nodes", Some(metrics.as_str()), 403),
         ("/api/v1/nodes", None, 401),
+        ("/api/v1/frames", Some(read.as_str()), 200),
+        ("/api/v1/queries", Some(read.as_str()), 200),
+        ("/ui", None, 200),
     ] {
         let answered = get(path, token).await;
         assert_eq!(
@@ -123,6 +142,25 @@ async fn every_route_answers_with_the_storage_held() {
             "{path} with the storage held: {answered:?}"
         );
     }
+    // The system tables too: no storage request, and no bee to wait for.
+    for table in ["nodes", "queries", "metrics"] {
+        let sql = format!("SELECT count(*) FROM apiary.system.{table}");
+        let answered = tokio::time::timeout(Duration::from_secs(5), ap.sql(&sql)).await;
+        let rows = answered
+            .unwrap_or_else(|_| panic!("{sql} waited on the held storage"))
+            .unwrap();
+        assert_eq!(rows.num_rows(), 1, "{sql}");
+    }
+    let frames = http
+        .get(format!("http://{addr}/api/v1/frames"))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(frames.contains("\"rows\":20"), "{frames}");
     hold.open();
     ap.halt().await;
 }

@@ -358,9 +358,8 @@ impl CatalogProviderList for HiveList {
             catalog: Arc::clone(&self.0),
             hive: name.to_string(),
         });
-        if name == crate::system::SYSTEM_HIVE
-            && let Some(tables) = self.0.system_tables()
-        {
+        if name == crate::system::SYSTEM_HIVE {
+            let tables = self.0.system_tables();
             return Some(Arc::new(crate::system::SystemCatalog { tables, hive }));
         }
         Some(hive)

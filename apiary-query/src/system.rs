@@ -28,7 +28,8 @@ pub trait SystemTables: Send + Sync + std::fmt::Debug + 'static {
 /// user's hive of that name.
 #[derive(Debug)]
 pub(crate) struct SystemCatalog {
-    pub(crate) tables: Arc<dyn SystemTables>,
+    /// The node's tables; `None` in a process that is not a running node.
+    pub(crate) tables: Option<Arc<dyn SystemTables>>,
     pub(crate) hive: Arc<dyn CatalogProvider>,
 }
 
@@ -39,7 +40,7 @@ impl CatalogProvider for SystemCatalog {
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
         if name == SYSTEM_BOX {
-            Some(Arc::new(SystemSchema(Arc::clone(&self.tables))))
+            Some(Arc::new(SystemSchema(self.tables.clone())))
         } else {
             self.hive.schema(name)
         }
@@ -48,19 +49,30 @@ impl CatalogProvider for SystemCatalog {
 
 /// The `apiary.system` box.
 #[derive(Debug)]
-struct SystemSchema(Arc<dyn SystemTables>);
+struct SystemSchema(Option<Arc<dyn SystemTables>>);
 
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
-        self.0.names().into_iter().map(String::from).collect()
+        self.0
+            .iter()
+            .flat_map(|t| t.names())
+            .map(String::from)
+            .collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        let Some(batch) = self.0.table(name) else {
+        let Some(tables) = &self.0 else {
+            return Err(DataFusionError::Plan(format!(
+                "`{SYSTEM_HIVE}.{SYSTEM_BOX}.{name}` is served by a running node, and this \
+                 process is not one: query it through a node's console (POST /api/v1/sql), \
+                 or from a program that started its node"
+            )));
+        };
+        let Some(batch) = tables.table(name) else {
             return Err(DataFusionError::Plan(format!(
                 "no system table `{SYSTEM_HIVE}.{SYSTEM_BOX}.{name}`: there are {}",
-                self.0
+                tables
                     .names()
                     .iter()
                     .map(|n| format!("{SYSTEM_HIVE}.{SYSTEM_BOX}.{n}"))
@@ -73,6 +85,6 @@ impl SchemaProvider for SystemSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.0.names().contains(&name)
+        self.0.as_ref().is_some_and(|t| t.names().contains(&name))
     }
 }
