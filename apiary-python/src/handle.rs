@@ -512,10 +512,12 @@ impl PyApiary {
 
     /// A SQL session: `USE hive[.box]` and `SET` in it last until it is dropped.
     fn session(&self, py: Python<'_>) -> PyResult<PySession> {
-        let session = self
+        let mut session = self
             .inner
             .sql_session()
             .map_err(|e| crate::errors::to_py_err(py, &e))?;
+        // How the node's running queries (the console, `apiary.system.queries`) name it.
+        session.set_client("python");
         Ok(PySession::new(session))
     }
 

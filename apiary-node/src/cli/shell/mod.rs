@@ -63,6 +63,7 @@ pub(super) async fn run(ap: &Apiary, history: PathBuf, mode: SqlFormat) -> CliRe
         editor.load_history(&history)?;
     }
     let mut session = ap.sql_session()?;
+    session.set_client("shell");
     let mut settings = Settings {
         mode,
         timing: false,
