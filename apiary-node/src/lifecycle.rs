@@ -125,13 +125,13 @@ impl Apiary {
                     if let Some((engine, _)) = query.get() {
                         activity.queries = engine.query_stats().count;
                         activity.queries_running = engine.running().len() as u64;
+                        (activity.cells_scanned, activity.bytes_scanned) = engine.scanned();
                     }
-                    if let Some(cache) = &cache {
-                        let c = cache.counts();
-                        activity.bytes_scanned = c.bytes_from_storage + c.bytes_from_disk;
-                        activity.cache_hits = c.hits;
-                        activity.cache_misses = c.misses;
-                    }
+                    // Without a cache every cell read is a fetch (counted as scanned).
+                    activity.cells_fetched = match &cache {
+                        Some(cache) => cache.counts().misses,
+                        None => activity.cells_scanned,
+                    };
                     activity
                 }) as apiary_swarm::history::ActivityReport)
             },

@@ -234,4 +234,21 @@ async fn sql_streams_and_running_queries_are_listed_and_cancelled() {
         text.contains("apiary_queries_total{outcome=\"cancelled\"} 1"),
         "{text}"
     );
+
+    // The node's heartbeat carries its history: the queries above, and the bytes of the
+    // cells they scanned, show in a sample (one about every ten seconds).
+    let nodes = client
+        .until(addr, "/api/v1/nodes", &read, |v| {
+            v["nodes"][0]["history"].as_array().is_some_and(|h| {
+                h.iter().any(|s| {
+                    s["queries_per_s"].as_f64() > Some(0.0)
+                        && s["bytes_scanned_per_s"].as_f64() > Some(0.0)
+                })
+            })
+        })
+        .await;
+    let sample = &nodes["nodes"][0]["history"][0];
+    assert!(sample["at_ms"].as_i64().unwrap() > 0, "{sample}");
+    let ratio = sample["cache_hit_ratio"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&ratio), "{sample}");
 }

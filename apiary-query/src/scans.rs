@@ -32,6 +32,8 @@ pub struct ScanStores {
     tier: Arc<ColumnTier>,
     next: AtomicU64,
     live: Mutex<HashMap<u64, Weak<ScanCounters>>>,
+    /// Cells frame scans selected (after pruning) since the node started, and their bytes.
+    scanned: (AtomicU64, AtomicU64),
 }
 
 impl ScanStores {
@@ -42,7 +44,23 @@ impl ScanStores {
             tier,
             next: AtomicU64::new(0),
             live: Mutex::default(),
+            scanned: Default::default(),
         }
+    }
+
+    /// Counts a scan of `cells` cells holding `bytes` bytes in storage (whether they are
+    /// then read from memory, the cache or storage).
+    pub(crate) fn count_scan(&self, cells: u64, bytes: u64) {
+        self.scanned.0.fetch_add(cells, Ordering::Relaxed);
+        self.scanned.1.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Cells frame scans selected since the node started, and their bytes in storage.
+    pub fn scanned(&self) -> (u64, u64) {
+        (
+            self.scanned.0.load(Ordering::Relaxed),
+            self.scanned.1.load(Ordering::Relaxed),
+        )
     }
 
     /// The caching store under every scan.

@@ -153,6 +153,12 @@ impl QueryEngine {
         self.catalog.set_system_tables(tables);
     }
 
+    /// Cells this engine's frame scans selected (after pruning) since it started, and their
+    /// bytes in storage, whether then read from memory, the cache or storage.
+    pub fn scanned(&self) -> (u64, u64) {
+        self.catalog.scans().scanned()
+    }
+
     /// The memory tier of decoded columns (see [`ColumnTier`]).
     pub fn memory_tier(&self) -> &Arc<ColumnTier> {
         self.catalog.scans().tier()

@@ -179,6 +179,10 @@ impl TableProvider for FrameTable {
             });
         }
         let summary = self.summary(selected.len());
+        self.scans.count_scan(
+            selected.len() as u64,
+            selected.iter().map(|&i| index.cells[i].facts.bytes()).sum(),
+        );
         // Every read of these cells from storage is checked against their checksums.
         let digests = self.scans.cells().digests();
         for &i in &selected {

@@ -23,12 +23,12 @@ pub struct Activity {
     pub queries: u64,
     /// Statements running now.
     pub queries_running: u64,
-    /// Bytes of cells its scans read (from its cache or from storage).
+    /// Bytes of the cells its scans read (from memory, its cache or storage).
     pub bytes_scanned: u64,
-    /// Cell reads its cache served.
-    pub cache_hits: u64,
-    /// Cell reads its cache could not serve.
-    pub cache_misses: u64,
+    /// Cells its scans read.
+    pub cells_scanned: u64,
+    /// Cells it fetched from storage (the reads its memory and its cache could not serve).
+    pub cells_fetched: u64,
 }
 
 /// Reads the node's [`Activity`], for each heartbeat.
@@ -43,7 +43,8 @@ pub struct Sample {
     pub queries_per_s: f64,
     /// Bytes scanned a second.
     pub bytes_scanned_per_s: f64,
-    /// Cache hits over cache reads; absent when there was no cache read.
+    /// The share of cell reads served from memory or the cache, not storage; absent when
+    /// no cell was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_hit_ratio: Option<f64>,
     /// Colony temperature when it was taken.
@@ -92,13 +93,13 @@ impl HistoryRecorder {
             Some((then, before)) if now.saturating_sub(then) >= SAMPLE_SPACING => {
                 let secs = now.saturating_sub(then).as_secs_f64();
                 let delta = |a: u64, b: u64| a.saturating_sub(b) as f64;
-                let hits = delta(activity.cache_hits, before.cache_hits);
-                let reads = hits + delta(activity.cache_misses, before.cache_misses);
+                let reads = delta(activity.cells_scanned, before.cells_scanned);
+                let fetched = delta(activity.cells_fetched, before.cells_fetched).min(reads);
                 self.samples.push_back(Sample {
                     at_ms: wall_ms,
                     queries_per_s: delta(activity.queries, before.queries) / secs,
                     bytes_scanned_per_s: delta(activity.bytes_scanned, before.bytes_scanned) / secs,
-                    cache_hit_ratio: (reads > 0.0).then(|| hits / reads),
+                    cache_hit_ratio: (reads > 0.0).then(|| 1.0 - fetched / reads),
                     temperature,
                     queries_running: activity.queries_running,
                 });
@@ -123,13 +124,13 @@ impl HistoryRecorder {
 mod tests {
     use super::*;
 
-    fn reading(queries: u64, bytes: u64, hits: u64, misses: u64) -> Activity {
+    fn reading(queries: u64, bytes: u64, cells: u64, fetched: u64) -> Activity {
         Activity {
             queries,
             queries_running: 1,
             bytes_scanned: bytes,
-            cache_hits: hits,
-            cache_misses: misses,
+            cells_scanned: cells,
+            cells_fetched: fetched,
         }
     }
 
@@ -140,18 +141,18 @@ mod tests {
         assert!(h.record(s(0), 0, reading(0, 0, 0, 0), 0.0).is_empty());
         // Too soon: no sample yet.
         assert!(h.record(s(5), 5_000, reading(5, 0, 0, 0), 0.5).is_empty());
-        let got = h.record(s(10), 10_000, reading(20, 1000, 3, 1), 0.5);
+        let got = h.record(s(10), 10_000, reading(20, 1000, 4, 1), 0.5);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].queries_per_s, 2.0);
         assert_eq!(got[0].bytes_scanned_per_s, 100.0);
         assert_eq!(got[0].cache_hit_ratio, Some(0.75));
         assert_eq!(got[0].queries_running, 1);
-        // No cache reads: no ratio rather than a made-up one.
-        let got = h.record(s(20), 20_000, reading(20, 1000, 3, 1), 0.0);
+        // No cell read: no ratio rather than a made-up one.
+        let got = h.record(s(20), 20_000, reading(20, 1000, 4, 1), 0.0);
         assert_eq!(got[1].cache_hit_ratio, None);
         assert_eq!(got[1].queries_per_s, 0.0);
         // Eleven minutes on, the old samples are gone.
-        let got = h.record(s(680), 680_000, reading(20, 1000, 3, 1), 0.0);
+        let got = h.record(s(680), 680_000, reading(20, 1000, 4, 1), 0.0);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].at_ms, 680_000);
     }
