@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::console::{Client, check_prometheus_text, free_addr, promtool_check, states, token};
+use common::console::{
+    Client, check_prometheus_text, cli, free_addr, promtool_check, states, token,
+};
 use common::nodes::{DEADLINE, start_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,19 +151,7 @@ async fn three_nodes_serve_the_console_behind_tokens() {
     assert_eq!(client.get(addrs[0], "/metrics", Some(&admin)).await.0, 200);
 
     // A distributed query's tasks show in the workers' metrics.
-    let sql = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
-            .args(args)
-            .args(["--storage", &storage])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let sql = |args: &[&str]| cli(dir.path(), &storage, args);
     sql(&["create", "hive", "h"]);
     sql(&["create", "box", "h.b"]);
     sql(&["create", "frame", "h.b.t", "--schema", "id:int64"]);

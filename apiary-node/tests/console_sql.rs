@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::console::{Client, free_addr, token};
+use common::console::{Client, cli, free_addr, token};
 use common::nodes::{DEADLINE, start_with};
 use reqwest::Method;
 use serde_json::Value;
@@ -32,19 +31,7 @@ async fn sql_streams_and_running_queries_are_listed_and_cancelled() {
         "100ms",
         &["--http", &addr.to_string(), "--http-token-refresh", "200ms"],
     );
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
-            .args(args)
-            .args(["--storage", &storage])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let cli = |args: &[&str]| cli(dir.path(), &storage, args);
     cli(&["create", "hive", "h"]);
     cli(&["create", "box", "h.b"]);
     cli(&["create", "frame", "h.b.t", "--schema", "id:int64,name:utf8"]);
@@ -55,6 +42,7 @@ async fn sql_streams_and_running_queries_are_listed_and_cancelled() {
     let admin = token(dir.path(), &storage, "admin");
     let read = token(dir.path(), &storage, "read");
     let client = Client::new();
+    let run = |sql: &'static str| client.send(Method::POST, addr, "/api/v1/sql", &admin, Some(sql));
     client
         .until(addr, "/api/v1/nodes", &read, |v| {
             v["nodes"].as_array().is_some_and(|n| !n.is_empty())
@@ -98,14 +86,10 @@ async fn sql_streams_and_running_queries_are_listed_and_cancelled() {
     let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(rows, 3);
     // Bad input: a clear 400; the read scope may not run SQL; an unknown format.
-    let (status, body) = client
-        .send(Method::POST, addr, "/api/v1/sql", &admin, Some("SELEC 1"))
-        .await;
+    let (status, body) = run("SELEC 1").await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("SELEC"), "{body}");
-    let (status, body) = client
-        .send(Method::POST, addr, "/api/v1/sql", &admin, Some(""))
-        .await;
+    let (status, body) = run("").await;
     assert_eq!(status, 400, "{body}");
     let (status, _) = client
         .send(Method::POST, addr, "/api/v1/sql", &read, Some(sql))
@@ -149,26 +133,11 @@ async fn sql_streams_and_running_queries_are_listed_and_cancelled() {
     assert_eq!(running["client"], "api", "{listed}");
     let id = running["id"].as_str().unwrap().to_string();
     // The system tables answer the same in SQL.
-    let (status, body) = client
-        .send(
-            Method::POST,
-            addr,
-            "/api/v1/sql",
-            &admin,
-            Some("SELECT id, client FROM apiary.system.queries WHERE sql LIKE '%RECURSIVE%'"),
-        )
-        .await;
+    let (status, body) =
+        run("SELECT id, client FROM apiary.system.queries WHERE sql LIKE '%RECURSIVE%'").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(&id), "{body}");
-    let (status, body) = client
-        .send(
-            Method::POST,
-            addr,
-            "/api/v1/sql",
-            &admin,
-            Some("SELECT state FROM apiary.system.nodes WHERE id = 'sql-0'"),
-        )
-        .await;
+    let (status, body) = run("SELECT state FROM apiary.system.nodes WHERE id = 'sql-0'").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"state\":\"alive\""), "{body}");
     let (status, body) = client
@@ -185,15 +154,7 @@ async fn sql_streams_and_running_queries_are_listed_and_cancelled() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"row_count\":1"), "{body}");
-    let (status, body) = client
-        .send(
-            Method::POST,
-            addr,
-            "/api/v1/sql",
-            &admin,
-            Some("SELECT * FROM apiary.system.nope"),
-        )
-        .await;
+    let (status, body) = run("SELECT * FROM apiary.system.nope").await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("apiary.system.nodes"), "{body}");
 

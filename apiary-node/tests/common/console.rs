@@ -35,6 +35,21 @@ pub fn token(dir: &Path, storage: &str, scope: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Runs `apiary ARGS --storage STORAGE` in `dir`; it must succeed.
+pub fn cli(dir: &Path, storage: &str, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(args)
+        .args(["--storage", storage])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub struct Client {
     pub http: reqwest::Client,
 }
