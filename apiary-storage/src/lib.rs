@@ -27,6 +27,7 @@ pub mod conformance;
 pub mod cost;
 mod counts;
 mod error;
+mod hold;
 mod instrumented;
 mod object;
 mod open;
