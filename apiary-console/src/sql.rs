@@ -351,3 +351,55 @@ mod tests {
         assert!(statement(&HeaderMap::new(), &Bytes::from_static(&[0xff, 0xfe])).is_err());
     }
 }
+
+#[cfg(test)]
+mod types {
+    use super::*;
+    use arrow_array::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn every_type_a_scan_yields_is_written_as_json() {
+        let columns: Vec<(&str, ArrayRef, &str)> = vec![
+            (
+                "s",
+                Arc::new(StringViewArray::from(vec![Some("a\"b"), None])),
+                r#"{"s":"a\"b"},{"s":null}"#,
+            ),
+            (
+                "b",
+                Arc::new(BinaryViewArray::from(vec![Some(&b"ab"[..]), None])),
+                r#"{"b":"6162"},{"b":null}"#,
+            ),
+            (
+                "d",
+                Arc::new(
+                    Decimal128Array::from(vec![Some(12345), None])
+                        .with_precision_and_scale(10, 2)
+                        .unwrap(),
+                ),
+                r#"{"d":123.45},{"d":null}"#,
+            ),
+            (
+                "t",
+                Arc::new(TimestampMicrosecondArray::from(vec![Some(1), None]).with_timezone("UTC")),
+                r#"{"t":"1970-01-01T00:00:00.000001Z"},{"t":null}"#,
+            ),
+            (
+                "day",
+                Arc::new(Date32Array::from(vec![Some(1), None])),
+                r#"{"day":"1970-01-02"},{"day":null}"#,
+            ),
+            (
+                // JSON has no NaN or infinity: they are written null.
+                "f",
+                Arc::new(Float64Array::from(vec![Some(f64::NAN), Some(1.5)])),
+                r#"{"f":null},{"f":1.5}"#,
+            ),
+        ];
+        for (name, array, expected) in columns {
+            let batch = RecordBatch::try_from_iter(vec![(name, array)]).unwrap();
+            assert_eq!(json_rows(&batch).unwrap(), expected, "{name}");
+        }
+    }
+}
