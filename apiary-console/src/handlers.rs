@@ -57,11 +57,26 @@ pub(crate) async fn swarm(State(shared): State<Arc<Shared>>, headers: HeaderMap)
     Ok(axum::Json(api::Swarm::of(&view, &shared.source.node_id())).into_response())
 }
 
-pub(crate) async fn nodes(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
+/// `?history=false` of `GET /api/v1/nodes`: leaves the nodes' histories out (a page that
+/// refreshes its table often and its charts rarely).
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct NodesParams {
+    history: Option<bool>,
+}
+
+pub(crate) async fn nodes(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<NodesParams>,
+    headers: HeaderMap,
+) -> Answer {
     let view = view_for(&shared, &headers, Scope::Read)?;
+    let mut nodes: Vec<api::Node> = view.nodes.iter().map(api::Node::of).collect();
+    if params.history == Some(false) {
+        nodes.iter_mut().for_each(|n| n.history.clear());
+    }
     let nodes = api::Nodes {
         served_by: shared.source.node_id(),
-        nodes: view.nodes.iter().map(api::Node::of).collect(),
+        nodes,
     };
     Ok(axum::Json(nodes).into_response())
 }

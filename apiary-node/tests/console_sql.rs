@@ -209,6 +209,11 @@ async fn sql_streams_and_running_queries_are_listed_and_cancelled() {
         })
         .await;
     let sample = &nodes["nodes"][0]["history"][0];
+    let bare = client
+        .json(addr, "/api/v1/nodes?history=false", &read)
+        .await;
+    assert_eq!(bare["nodes"][0]["history"], serde_json::json!([]), "{bare}");
+    assert_eq!(bare["nodes"][0]["id"], "sql-0", "{bare}");
     assert!(sample["at_ms"].as_i64().unwrap() > 0, "{sample}");
     let ratio = sample["cache_hit_ratio"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&ratio), "{sample}");

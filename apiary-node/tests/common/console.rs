@@ -102,7 +102,21 @@ impl Client {
         serde_json::from_str(&body).unwrap()
     }
 
-    /// Waits until `check` holds of `GET path` on `addr`.
+    /// `GET path` on `addr`, or `None` when the node does not answer (not listening yet).
+    async fn try_get(&self, addr: SocketAddr, path: &str, token: &str) -> Option<(u16, String)> {
+        let response = self
+            .http
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    }
+
+    /// Waits until `check` holds of `GET path` on `addr` (a node not listening yet is waited
+    /// for too).
     pub async fn until(
         &self,
         addr: SocketAddr,
@@ -112,7 +126,10 @@ impl Client {
     ) -> Value {
         let started = Instant::now();
         loop {
-            let (status, body) = self.get(addr, path, Some(token)).await;
+            let (status, body) = self
+                .try_get(addr, path, token)
+                .await
+                .unwrap_or((0, "no answer".into()));
             if status == 200 {
                 let v: Value = serde_json::from_str(&body).unwrap();
                 if check(&v) {
