@@ -2,8 +2,7 @@
 //! `prometheus-client` (names prefixed `apiary_`, base units, counters ending in `_total`).
 //! The figures are read from the node's memory at each scrape (see [`NodeMetrics`]).
 
-use apiary_storage::RequestStats;
-use apiary_storage::request_log::OperationStats;
+use apiary_storage::{HistogramSnapshot, RequestStats};
 use apiary_swarm::WorldView;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -50,40 +49,13 @@ pub struct NodeMetrics {
 pub struct QueryFigures {
     /// Statements by outcome (`ok`, `cancelled`, or an error kind).
     pub outcomes: Vec<(&'static str, u64)>,
-    /// Cumulative counts at each upper bound in seconds (the last may be `+Inf`).
-    pub buckets: Vec<(f64, u64)>,
-    /// Statements counted.
-    pub count: u64,
-    /// Their total duration, in seconds.
-    pub sum_seconds: f64,
+    /// How long they took.
+    pub durations: HistogramSnapshot,
 }
 
-/// A histogram read from cumulative bucket counts, its sum and its count.
+/// A snapshot as a Prometheus histogram.
 #[derive(Debug, Clone)]
-struct Histogram {
-    /// Cumulative counts at each upper bound (the last may be `+Inf`).
-    buckets: Vec<(f64, u64)>,
-    count: u64,
-    sum: f64,
-}
-
-impl Histogram {
-    fn of_queries(q: &QueryFigures) -> Self {
-        Self {
-            buckets: q.buckets.clone(),
-            count: q.count,
-            sum: q.sum_seconds,
-        }
-    }
-
-    fn of_requests(s: &OperationStats) -> Self {
-        Self {
-            buckets: s.buckets.clone(),
-            count: s.timed,
-            sum: s.sum_seconds,
-        }
-    }
-}
+struct Histogram(HistogramSnapshot);
 
 impl prometheus_client::encoding::EncodeMetric for Histogram {
     fn encode(
@@ -93,6 +65,7 @@ impl prometheus_client::encoding::EncodeMetric for Histogram {
         // The encoder sums per-bucket counts itself.
         let mut below = 0;
         let per_bucket: Vec<(f64, u64)> = self
+            .0
             .buckets
             .iter()
             .map(|&(bound, cumulative)| {
@@ -102,8 +75,8 @@ impl prometheus_client::encoding::EncodeMetric for Histogram {
             })
             .collect();
         encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-            self.sum,
-            self.count,
+            self.0.sum_seconds,
+            self.0.count,
             &per_bucket,
             None,
         )
@@ -197,7 +170,10 @@ pub fn render(metrics: &NodeMetrics, view: Option<&WorldView>) -> String {
                 };
                 requests.get_or_create(&label).inc_by(n);
             }
-            durations.push((OperationLabel { operation }, Histogram::of_requests(op)));
+            durations.push((
+                OperationLabel { operation },
+                Histogram(op.durations.clone()),
+            ));
         }
         registry.register(
             "storage_requests",
@@ -288,7 +264,7 @@ pub fn render(metrics: &NodeMetrics, view: Option<&WorldView>) -> String {
         "query_duration",
         "How long SQL statements took, from planning to their last row",
         Unit::Seconds,
-        Histogram::of_queries(&metrics.queries),
+        Histogram(metrics.queries.durations.clone()),
     );
     let tasks = Family::<OutcomeLabel, Counter>::default();
     let (ran, failed) = metrics.tasks;

@@ -58,9 +58,7 @@ impl ConsoleSource for NodeConsole {
                 let t = e.query_stats();
                 QueryFigures {
                     outcomes: t.outcomes,
-                    buckets: t.buckets,
-                    count: t.count,
-                    sum_seconds: t.sum_seconds,
+                    durations: t.durations,
                 }
             })
             .unwrap_or_default();

@@ -123,7 +123,7 @@ impl Apiary {
                 Some(Arc::new(move || {
                     let mut activity = apiary_swarm::history::Activity::default();
                     if let Some((engine, _)) = query.get() {
-                        activity.queries = engine.query_stats().count;
+                        activity.queries = engine.query_stats().durations.count;
                         activity.queries_running = engine.running().len() as u64;
                         (activity.cells_scanned, activity.bytes_scanned) = engine.scanned();
                     }

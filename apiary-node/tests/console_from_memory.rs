@@ -70,6 +70,10 @@ async fn every_route_answers_with_the_storage_held() {
         }
         async move { request.send().await.map(|r| r.status().as_u16()) }
     };
+    let body = |path: &str, token: &str| {
+        let request = http.get(format!("http://{addr}{path}")).bearer_auth(token);
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
     // Ready: tokens read, the swarm polled.
     let started = std::time::Instant::now();
     while get("/api/v1/nodes", Some(&read)).await.ok() != Some(200)
@@ -94,15 +98,7 @@ async fn every_route_answers_with_the_storage_held() {
     ap.sql("SELECT 1").await.unwrap();
     ap.sql("SELECT 2").await.unwrap();
     assert!(ap.sql("SELEC nonsense").await.is_err());
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .bearer_auth(&metrics)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = body("/metrics", &metrics).await;
     for line in [
         "apiary_queries_total{outcome=\"ok\"} 3",
         "apiary_queries_total{outcome=\"invalid_input\"} 1",
@@ -151,15 +147,7 @@ async fn every_route_answers_with_the_storage_held() {
             .unwrap();
         assert_eq!(rows.num_rows(), 1, "{sql}");
     }
-    let frames = http
-        .get(format!("http://{addr}/api/v1/frames"))
-        .bearer_auth(&read)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let frames = body("/api/v1/frames", &read).await;
     assert!(frames.contains("\"rows\":20"), "{frames}");
     hold.open();
     ap.halt().await;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use apiary_storage::ErrorKind;
+use apiary_storage::{DurationHistogram, ErrorKind, HistogramSnapshot};
 
 /// Upper bounds of the duration buckets, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -56,18 +56,26 @@ impl Outcome {
 const OUTCOMES: usize = 2 + ErrorKind::ALL.len();
 
 /// The counts of one engine (clones share them).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct QueryStats {
     inner: Arc<Counters>,
 }
 
-#[derive(Debug, Default)]
+impl Default for QueryStats {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Counters {
+                outcomes: Default::default(),
+                durations: DurationHistogram::new(&DURATION_BUCKETS),
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Counters {
     outcomes: [AtomicU64; OUTCOMES],
-    /// Per bucket (not cumulative); the last slot is past the last bound.
-    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
-    /// Total seconds, as microseconds.
-    micros: AtomicU64,
+    durations: DurationHistogram,
 }
 
 /// A snapshot of [`QueryStats`].
@@ -75,27 +83,15 @@ struct Counters {
 pub struct QueryTally {
     /// Statements by outcome name (every [`Outcome`], in order).
     pub outcomes: Vec<(&'static str, u64)>,
-    /// Cumulative counts at each bound of [`DURATION_BUCKETS`], then `+Inf`.
-    pub buckets: Vec<(f64, u64)>,
-    /// Statements counted.
-    pub count: u64,
-    /// Their total duration, in seconds.
-    pub sum_seconds: f64,
+    /// How long they took, bucketed at [`DURATION_BUCKETS`].
+    pub durations: HistogramSnapshot,
 }
 
 impl QueryStats {
     /// Counts one statement that ended with `outcome` after `elapsed`.
     pub fn record(&self, outcome: Outcome, elapsed: Duration) {
         self.inner.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
-        let seconds = elapsed.as_secs_f64();
-        let bucket = DURATION_BUCKETS
-            .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(DURATION_BUCKETS.len());
-        self.inner.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.inner.durations.record(elapsed, 1);
     }
 
     /// The counts now.
@@ -108,20 +104,9 @@ impl QueryStats {
                 )
             })
             .collect();
-        let mut running = 0;
-        let mut buckets = Vec::with_capacity(DURATION_BUCKETS.len() + 1);
-        for (i, n) in self.inner.buckets.iter().enumerate() {
-            running += n.load(Ordering::Relaxed);
-            buckets.push((
-                DURATION_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY),
-                running,
-            ));
-        }
         QueryTally {
             outcomes,
-            count: running,
-            buckets,
-            sum_seconds: self.inner.micros.load(Ordering::Relaxed) as f64 / 1e6,
+            durations: self.inner.durations.snapshot(),
         }
     }
 }
@@ -226,13 +211,17 @@ mod tests {
             Duration::from_millis(1),
         );
         let t = stats.tally();
-        assert_eq!(t.count, 4);
+        assert_eq!(t.durations.count, 4);
         assert_eq!(t.outcomes[0], ("ok", 2));
         assert_eq!(t.outcomes[2], ("invalid_input", 1));
         assert_eq!(t.outcomes[9], ("internal", 1));
-        assert_eq!(t.buckets[0], (0.001, 2)); // 0.5 ms and exactly 1 ms
-        assert_eq!(t.buckets[4], (0.025, 3));
-        assert_eq!(*t.buckets.last().unwrap(), (f64::INFINITY, 4));
-        assert!((t.sum_seconds - 500.0215).abs() < 1e-6, "{}", t.sum_seconds);
+        assert_eq!(t.durations.buckets[0], (0.001, 2)); // 0.5 ms and exactly 1 ms
+        assert_eq!(t.durations.buckets[4], (0.025, 3));
+        assert_eq!(*t.durations.buckets.last().unwrap(), (f64::INFINITY, 4));
+        assert!(
+            (t.durations.sum_seconds - 500.0215).abs() < 1e-6,
+            "{}",
+            t.durations.sum_seconds
+        );
     }
 }

@@ -27,6 +27,7 @@ pub mod conformance;
 pub mod cost;
 mod counts;
 mod error;
+pub mod histogram;
 mod hold;
 mod instrumented;
 mod object;
@@ -41,6 +42,7 @@ pub use backend::{
     SwapOutcome,
 };
 pub use error::{ErrorKind, Result, StorageError};
+pub use histogram::{DurationHistogram, HistogramSnapshot};
 pub use instrumented::{
     CountsHandle, FaultConfig, Hold, InstrumentedStore, RequestCounts, RequestKind, counted_backend,
 };

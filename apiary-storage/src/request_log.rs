@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::Clock;
+use crate::histogram::{DurationHistogram, HistogramSnapshot};
 
 /// What a request asked of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,15 +112,22 @@ pub const DURATION_BOUNDS: [f64; 12] = [
 
 const OPS: usize = Operation::ALL.len();
 const OUTCOMES: usize = Outcome::ALL.len();
-const BUCKETS: usize = DURATION_BOUNDS.len() + 1;
 
 /// Counters of requests by operation and outcome, and their durations: updated with one
 /// relaxed atomic add per figure, read as a [`RequestStats`] snapshot.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RequestLog {
     outcomes: [[AtomicU64; OUTCOMES]; OPS],
-    buckets: [[AtomicU64; BUCKETS]; OPS],
-    sum_micros: [AtomicU64; OPS],
+    durations: [DurationHistogram; OPS],
+}
+
+impl Default for RequestLog {
+    fn default() -> Self {
+        Self {
+            outcomes: Default::default(),
+            durations: std::array::from_fn(|_| DurationHistogram::new(&DURATION_BOUNDS)),
+        }
+    }
 }
 
 fn index<T: PartialEq>(all: &[T], item: &T) -> usize {
@@ -137,15 +145,7 @@ impl RequestLog {
     /// Counts `n` requests of `op` that ended with `outcome` after `took`.
     pub(crate) fn record(&self, op: Operation, outcome: Outcome, took: Duration, n: u64) {
         self.count(op, outcome, n);
-        let o = index(&Operation::ALL, &op);
-        let secs = took.as_secs_f64();
-        let bucket = DURATION_BOUNDS
-            .iter()
-            .position(|&bound| secs <= bound)
-            .unwrap_or(DURATION_BOUNDS.len());
-        self.buckets[o][bucket].fetch_add(n, Ordering::Relaxed);
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros[o].fetch_add(micros.saturating_mul(n), Ordering::Relaxed);
+        self.durations[index(&Operation::ALL, &op)].record(took, n);
     }
 
     /// The figures so far.
@@ -159,20 +159,10 @@ impl RequestLog {
                     .enumerate()
                     .map(|(r, &outcome)| (outcome, self.outcomes[o][r].load(Ordering::Relaxed)))
                     .collect();
-                let mut cumulative = 0;
-                let buckets = (0..BUCKETS)
-                    .map(|b| {
-                        cumulative += self.buckets[o][b].load(Ordering::Relaxed);
-                        let bound = DURATION_BOUNDS.get(b).copied().unwrap_or(f64::INFINITY);
-                        (bound, cumulative)
-                    })
-                    .collect();
                 OperationStats {
                     operation,
                     outcomes,
-                    buckets,
-                    timed: cumulative,
-                    sum_seconds: self.sum_micros[o].load(Ordering::Relaxed) as f64 / 1e6,
+                    durations: self.durations[o].snapshot(),
                 }
             })
             .collect();
@@ -250,13 +240,9 @@ pub struct OperationStats {
     pub operation: Operation,
     /// Requests by outcome, one entry per [`Outcome`] in [`Outcome::ALL`]'s order.
     pub outcomes: Vec<(Outcome, u64)>,
-    /// Cumulative counts of timed requests at each upper bound in seconds
-    /// ([`DURATION_BOUNDS`], then `+Inf`).
-    pub buckets: Vec<(f64, u64)>,
-    /// Requests timed (a listing's further pages are counted, not timed).
-    pub timed: u64,
-    /// Their total duration, in seconds.
-    pub sum_seconds: f64,
+    /// How long the timed requests took, bucketed at [`DURATION_BOUNDS`] (a listing's
+    /// further pages are counted in `outcomes`, not timed).
+    pub durations: HistogramSnapshot,
 }
 
 impl RequestStats {
@@ -308,18 +294,21 @@ mod tests {
         assert_eq!(stats.count(Operation::List, Outcome::Ok), 4);
         let get = &stats.operations[0];
         // 3 ms lands in the 5 ms bucket, not below it.
-        assert_eq!(get.buckets[1], (0.0025, 0));
-        assert_eq!(get.buckets[2], (0.005, 1));
-        assert_eq!(get.timed, 1);
-        assert!((get.sum_seconds - 0.003).abs() < 1e-9);
+        assert_eq!(get.durations.buckets[1], (0.0025, 0));
+        assert_eq!(get.durations.buckets[2], (0.005, 1));
+        assert_eq!(get.durations.count, 1);
+        assert!((get.durations.sum_seconds - 0.003).abs() < 1e-9);
         let put = &stats.operations[3];
         assert_eq!(
-            put.buckets[DURATION_BOUNDS.len() - 1].1,
+            put.durations.buckets[DURATION_BOUNDS.len() - 1].1,
             0,
             "30 s is over 10 s"
         );
-        assert_eq!(put.buckets.last(), Some(&(f64::INFINITY, 1)));
+        assert_eq!(put.durations.buckets.last(), Some(&(f64::INFINITY, 1)));
         let list = &stats.operations[4];
-        assert_eq!(list.timed, 2, "further pages are counted, not timed");
+        assert_eq!(
+            list.durations.count, 2,
+            "further pages are counted, not timed"
+        );
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::cli::{apiary, ok};
 use super::nodes::DEADLINE;
 
 /// A loopback address with a free port.
@@ -22,32 +23,17 @@ pub fn free_addr() -> SocketAddr {
 
 /// `apiary token create --scope SCOPE` on `storage`: the token.
 pub fn token(dir: &Path, storage: &str, scope: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
-        .args(["token", "create", "--scope", scope, "--storage", storage])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = apiary(
+        dir,
+        &["token", "create", "--scope", scope, "--storage", storage],
     );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    ok(&out).trim().to_string()
 }
 
 /// Runs `apiary ARGS --storage STORAGE` in `dir`; it must succeed.
 pub fn cli(dir: &Path, storage: &str, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
-        .args(args)
-        .args(["--storage", storage])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args: Vec<&str> = args.iter().copied().chain(["--storage", storage]).collect();
+    ok(&apiary(dir, &args));
 }
 
 pub struct Client {

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 pub mod board;
+pub mod cli;
 pub mod console;
 pub mod nodes;
 pub mod queries;
