@@ -224,7 +224,7 @@ async fn three_nodes_serve_the_console_behind_tokens() {
     assert_eq!(status, 404, "{body}");
     let (status, body) = post("/api/v1/nodes/console-1/drain".into(), admin.clone()).await;
     assert_eq!(status, 202, "{body}");
-    // It shows leaving (it announces it, and stays a poll and a half), then it is gone.
+    // It shows leaving (it announces it, and stays a poll and a half and a second), then it is gone.
     let started = Instant::now();
     let mut seen = BTreeSet::new();
     loop {

@@ -26,7 +26,7 @@ async fn the_console_page_shows_the_swarm_and_acts_on_it() {
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("data").display().to_string();
     let addrs: Vec<_> = (0..3).map(|_| free_addr()).collect();
-    // Polls of a second: a draining node stays `leaving` a poll and a half, long enough for
+    // Polls of a second: a draining node stays `leaving` a poll and a half and a second, long enough for
     // the page (refreshing every 250 ms) to show it.
     let nodes: Vec<Node> = addrs
         .iter()

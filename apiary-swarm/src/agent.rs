@@ -27,6 +27,10 @@ const JOIN_RETRIES: [Duration; 3] = [
     Duration::from_secs(2),
 ];
 
+/// What a leaving node gives its peers' reads beyond a poll and a half before it removes
+/// its heartbeat: a probe, a listing and a heartbeat read on a slow store or a busy machine.
+const LEAVING_READ_ALLOWANCE: Duration = Duration::from_secs(1);
+
 /// Called with every new world view (the node binary writes its status file from it).
 pub type ViewHook = Arc<dyn Fn(&WorldView) + Send + Sync>;
 
@@ -362,16 +366,19 @@ impl SwarmAgent {
         {
             tracing::warn!(timeout = ?self.config.drain_timeout, "work still running at the drain timeout; leaving anyway");
         }
-        // Stay a poll and a half in `leaving` when peers watch, so that each of them reads
-        // the announcement (they stop sending this node work, and show it leaving) before
-        // the heartbeat is gone.
+        // Stay in `leaving` while peers watch, so that each of them reads the announcement
+        // (they stop sending this node work, and show it leaving) before the heartbeat is
+        // gone: a peer reads the roster within a poll, and its read (a probe, a listing, a
+        // heartbeat) can take a while on a slow store or a busy machine. Any peer not
+        // judged dead may be watching.
         let me = &self.publisher.node_id;
-        let watched =
-            self.view().nodes.iter().any(|n| {
-                &n.node_id != me && matches!(n.state, NodeState::Alive | NodeState::Joining)
-            });
+        let watched = self
+            .view()
+            .nodes
+            .iter()
+            .any(|n| &n.node_id != me && n.state != NodeState::Dead);
         if seen && watched {
-            let linger = self.config.swarm.poll_interval.mul_f64(1.5);
+            let linger = self.config.swarm.poll_interval.mul_f64(1.5) + LEAVING_READ_ALLOWANCE;
             let waited = clock.monotonic().saturating_sub(announced);
             clock.sleep(linger.saturating_sub(waited)).await;
         }

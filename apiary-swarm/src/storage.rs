@@ -207,19 +207,21 @@ impl StorageHeartbeats {
         roster.generation = roster.generation.max(generation);
     }
 
-    /// Records a change of the swarm as the roster's next generation. Best effort: a
-    /// change not recorded is seen at peers' next listing.
-    async fn announce(&self, event: &str) {
+    /// Records a change of the swarm as the roster's next generation, naming `node` (this
+    /// member, or the node asked to drain). Best effort: a change not recorded is seen at
+    /// peers' next listing.
+    async fn announce(&self, event: &str, node: &NodeId) {
         let bytes = Bytes::from(
             serde_json::to_vec(&RosterEvent {
                 format: HEARTBEAT_FORMAT,
                 event,
-                node_id: &self.me,
+                node_id: node,
                 at_ms: self.clock.wall_ms(),
             })
             .unwrap_or_default(),
         );
-        let mut generation = lock(&self.roster).generation;
+        let known = lock(&self.roster).generation;
+        let mut generation = known;
         for _ in 0..ROSTER_ATTEMPTS {
             generation += 1;
             match self
@@ -228,7 +230,11 @@ impl StorageHeartbeats {
                 .await
             {
                 Ok(CreateOutcome::Created(_)) => {
-                    self.saw_generation(generation);
+                    // Generations other members took meanwhile are unread: this member's
+                    // next probe or listing walks them (and its own, harmlessly).
+                    if generation == known + 1 {
+                        self.saw_generation(generation);
+                    }
                     if generation > ROSTER_KEPT {
                         let old = roster_key(generation - ROSTER_KEPT);
                         if let Err(e) = self.backend.delete(&old).await {
@@ -279,7 +285,7 @@ impl Membership for StorageHeartbeats {
         // The roster's newest generation, to record the join after it.
         let (_, generation) = list_heartbeats(self.backend.as_ref()).await?;
         self.saw_generation(generation);
-        self.announce("join").await;
+        self.announce("join", &self.me).await;
         Ok(())
     }
 
@@ -300,10 +306,10 @@ impl Membership for StorageHeartbeats {
         if leaving {
             // Members read this heartbeat at once, idle or not: they stop sending the node
             // work and show it leaving before it is gone.
-            self.announce("leaving").await;
+            self.announce("leaving", &self.me).await;
         } else if woke {
             // Idle members list the swarm again and follow this node's cadence.
-            self.announce("wake").await;
+            self.announce("wake", &self.me).await;
         }
         Ok(())
     }
@@ -315,7 +321,7 @@ impl Membership for StorageHeartbeats {
         self.backend
             .delete(&Path::from(self.me.drain_key().as_str()))
             .await?;
-        self.announce("leave").await;
+        self.announce("leave", &self.me).await;
         Ok(())
     }
 
@@ -400,7 +406,17 @@ impl Membership for StorageHeartbeats {
             requested_by,
             self.clock.wall_ms(),
         )
-        .await
+        .await?;
+        // An idle node lists the swarm only every idle listing interval, but probes the
+        // roster every poll: the request is recorded there so that it drains at once. A
+        // process that never read the roster (the `apiary drain` command) learns where it
+        // ends first.
+        if lock(&self.roster).generation == 0 {
+            let (_, generation) = list_heartbeats(self.backend.as_ref()).await?;
+            self.saw_generation(generation);
+        }
+        self.announce("drain", node).await;
+        Ok(())
     }
 
     async fn snapshot(&self) -> Result<WorldView> {

@@ -83,3 +83,58 @@ async fn the_roster_probe_is_one_request() {
     b.leave().await.unwrap();
     assert!(a.probe().await.unwrap(), "b left");
 }
+
+/// A drain request reaches an idle node at its next probe, not at its next idle listing
+/// (five minutes at the defaults): the request is recorded in the roster. A process that
+/// never read the roster (the `apiary drain` command) records it after the newest
+/// generation, however far the roster has gone.
+#[tokio::test]
+async fn a_drain_request_reaches_an_idle_node_at_its_next_probe() {
+    let swarm = Swarm::new(&StorageUri::Memory);
+    let (b, _) = swarm.member("b");
+    let idb = NodeId::new("b").unwrap();
+    b.join(&hb_beating(&idb, 1, false)).await.unwrap();
+    // More changes than a writer starting from nothing would try to pass.
+    for i in 0..40 {
+        let (m, _) = swarm.member(&format!("m{i}"));
+        let id = NodeId::new(&format!("m{i}")).unwrap();
+        m.join(&hb_beating(&id, 1, false)).await.unwrap();
+    }
+    assert!(!b.refresh().await.unwrap().drain_requested);
+    assert!(!b.probe().await.unwrap(), "nothing changed");
+
+    let (ops, _) = swarm.member("ops");
+    ops.request_drain(&idb, "ops@laptop").await.unwrap();
+    assert!(
+        b.probe().await.unwrap(),
+        "the drain request is in the roster"
+    );
+    assert!(b.refresh().await.unwrap().drain_requested);
+}
+
+/// A member whose own change lands after generations other members took meanwhile still
+/// reads theirs: a woken peer's heartbeat is read even with no content reads in the
+/// budget.
+#[tokio::test]
+async fn changes_passed_over_by_an_announcement_are_still_read() {
+    let swarm = Swarm::new(&StorageUri::Memory);
+    let a = swarm.without_content_reads("a");
+    let (b, _) = swarm.member("b");
+    let (ida, idb) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+    a.join(&hb_beating(&ida, 1, false)).await.unwrap();
+    b.join(&hb_beating(&idb, 1, false)).await.unwrap();
+    a.refresh().await.unwrap();
+    // Spend the one read the budget starts with.
+    b.publish(&hb_beating(&idb, 2, false)).await.unwrap();
+    a.refresh().await.unwrap();
+    // b wakes, then a wakes: a's announcement takes the generation after b's.
+    b.publish(&hb_beating(&idb, 3, true)).await.unwrap();
+    a.publish(&hb_beating(&ida, 2, true)).await.unwrap();
+    assert!(a.probe().await.unwrap(), "b's wake is unread");
+    let view = a.refresh().await.unwrap();
+    let seen = view.node(&idb).unwrap();
+    assert_eq!(
+        seen.heartbeat.seq, 3,
+        "b's new heartbeat was read: {view:?}"
+    );
+}
