@@ -172,6 +172,7 @@ async fn refresh_tokens(shared: Arc<Shared>, store: TokenStore, mut stop: watch:
             Err(e) => tracing::warn!(error = %e, "reading the access tokens failed; retrying"),
         }
         tokio::select! {
+            biased;
             _ = stop.wait_for(|s| *s) => return,
             () = shared.config.clock.sleep(shared.config.token_refresh) => {}
         }

@@ -427,6 +427,7 @@ impl ShuffleTransport for FlightShuffle {
 
     async fn tasks_arrived(&self, node_id: &str) {
         tokio::select! {
+            biased;
             () = self.inbox.arrived(node_id) => {}
             () = self.storage.tasks_arrived(node_id) => {}
         }

@@ -122,6 +122,7 @@ impl Session {
     async fn answer<T>(&self, rx: oneshot::Receiver<T>, what: &str) -> Result<T> {
         let closing = self.closing.notified();
         tokio::select! {
+            biased;
             answer = rx => answer.map_err(|_| self.gone()),
             () = closing => Err(self.gone()),
             () = apiary_storage::time::sleep(ANSWER_TIMEOUT) => Err(ShuffleError::failed(

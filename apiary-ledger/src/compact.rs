@@ -119,6 +119,7 @@ pub async fn compact(
         }
     };
     let result = tokio::select! {
+        biased;
         result = compact_groups(ledger, backend, options) => result,
         () = renew => unreachable_renewal(),
     };

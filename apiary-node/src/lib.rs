@@ -97,6 +97,7 @@ fn spawn_sweeper(
         loop {
             apiary_query::distributed::sweep_orphans(transport.as_ref(), retention).await;
             tokio::select! {
+                biased;
                 _ = stop.changed() => break,
                 () = clock.sleep(retention) => {}
             }

@@ -81,6 +81,7 @@ pub(crate) fn spawn_worker(
                 activity.changed().await
             };
             tokio::select! {
+                biased;
                 // The swarm woke: look now, then at the active cadence.
                 changed = woke => watching = changed.is_ok(),
                 _ = stop.changed() => break,
@@ -200,6 +201,7 @@ async fn until_unwanted<T>(
         }
     };
     tokio::select! {
+        biased;
         out = run => Some(out),
         () = unwanted => None,
     }

@@ -167,6 +167,7 @@ impl Apiary {
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    biased;
                     _ = stop.changed() => break,
                     _ = apiary_storage::time::sleep(interval) => {}
                 }

@@ -38,7 +38,7 @@ use apiary::apiary_query::datafusion::arrow::datatypes::{DataType, Field, Schema
 use apiary::{Apiary, ApiaryBuilder, ApiaryOptions, NodeOptions};
 use apiary_storage::{
     ErrorKind, FaultConfig, Hold, InstrumentedStore, ObjectStoreBackend, Path, Random, RequestKind,
-    StorageBackend, StorageUri, SystemClock, object_store_for,
+    RequestTrace, StorageBackend, StorageUri, SystemClock, object_store_for,
 };
 
 /// What one seed's run found wrong.
@@ -111,12 +111,18 @@ fn fast_swarm() -> apiary::apiary_swarm::SwarmConfig {
     }
 }
 
-async fn run(seed: u64) -> Result<(), Violation> {
+async fn run(seed: u64, trace: RequestTrace) -> Result<(), Violation> {
     let draws = Draws(Random::seeded(seed));
     let dir = tempfile::tempdir().unwrap();
     let (store, caps) = object_store_for(&StorageUri::Memory).unwrap();
+    // Every store's requests are timed from the start of the run.
+    let trace_clock: Arc<dyn apiary_storage::Clock> = Arc::new(SystemClock::new());
     let clean: Arc<dyn StorageBackend> = Arc::new(ObjectStoreBackend::new(
-        Arc::clone(&store),
+        Arc::new(
+            InstrumentedStore::new(Arc::clone(&store), FaultConfig::none())
+                .with_clock(Arc::clone(&trace_clock))
+                .with_trace("clean", trace.clone()),
+        ),
         caps,
         "memory://",
     ));
@@ -136,7 +142,9 @@ async fn run(seed: u64) -> Result<(), Violation> {
     let faulty_store = |salt: u64, hold: Option<Hold>| -> Arc<dyn StorageBackend> {
         let mut faults = faults.clone();
         faults.seed = seed.wrapping_add(salt);
-        let mut instrumented = InstrumentedStore::new(Arc::clone(&store), faults);
+        let mut instrumented = InstrumentedStore::new(Arc::clone(&store), faults)
+            .with_clock(Arc::clone(&trace_clock))
+            .with_trace(&format!("s{salt}"), trace.clone());
         if let Some(hold) = hold {
             instrumented = instrumented.with_hold(hold);
         }
@@ -485,12 +493,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn run_seeds(first: u64, seeds: u64, stop_at_first: bool) -> Vec<Violation> {
     let mut failures = Vec::new();
     for seed in first..first + seeds {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        if let Err(violation) = runtime.block_on(run(seed)) {
+        if let Err(violation) = run_traced(seed).0 {
             failures.push(violation);
             if stop_at_first {
                 break;
@@ -498,6 +501,19 @@ fn run_seeds(first: u64, seeds: u64, stop_at_first: bool) -> Vec<Violation> {
         }
     }
     failures
+}
+
+/// Seed `seed` on a fresh paused runtime: what it found, and the requests it made.
+fn run_traced(seed: u64) -> (Result<(), Violation>, Vec<String>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let trace = RequestTrace::new();
+    let _seeded = Random::seed_thread(seed);
+    let result = runtime.block_on(run(seed, trace.clone()));
+    (result, trace.lines())
 }
 
 /// Planted bugs are process-wide: the tests of this file take turns.
@@ -533,6 +549,50 @@ fn the_simulation_catches_planted_bugs() {
         assert!(
             !caught.is_empty(),
             "planted bug {bug} was not caught in 200 seeds"
+        );
+    }
+}
+
+/// A seed replays its history: run twice, it makes the same requests, in the same order,
+/// at the same times, and draws the same faults. Not yet true of every seed, so it is not
+/// run by default: `cargo test --workspace --test simulation -- --ignored replays` runs
+/// seeds from `APIARY_SIM_SEED` (`APIARY_SIM_REPLAYS` of them, default 5) and writes both
+/// traces of the first that diverges. What still varies between runs (see
+/// `docs/testing.md`): the order in which tokio wakes several waiters of one `watch`
+/// channel (it draws a shard from its own unseeded generator; `--cfg tokio_unstable` and
+/// `Builder::rng_seed` would fix it), the in-memory store's modification stamps and the
+/// wall clock (real time, not tokio's paused time), and when encoders on blocking threads
+/// finish.
+#[test]
+#[ignore = "replay is not yet byte-identical for every seed; see the doc comment"]
+fn a_seed_replays_its_history() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let first = env_u64("APIARY_SIM_SEED", 1);
+    for seed in first..first + env_u64("APIARY_SIM_REPLAYS", 5) {
+        let (_, once) = run_traced(seed);
+        let (_, again) = run_traced(seed);
+        let same = once.iter().zip(&again).take_while(|(a, b)| a == b).count();
+        eprintln!(
+            "seed {seed}: {} requests, the first {same} the same",
+            once.len()
+        );
+        if same == once.len() && same == again.len() {
+            continue;
+        }
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        for (name, trace) in [("once", &once), ("again", &again)] {
+            std::fs::write(
+                dir.join(format!("replay-{seed}-{name}.txt")),
+                trace.join("\n"),
+            )
+            .unwrap();
+        }
+        panic!(
+            "seed {seed} did not replay: after {same} requests alike, {:?} then {:?} (both \
+             traces are in {}/replay-{seed}-*.txt)",
+            once.get(same),
+            again.get(same),
+            dir.display(),
         );
     }
 }

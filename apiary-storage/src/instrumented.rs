@@ -85,6 +85,32 @@ pub struct InstrumentedStore {
     counting_only: bool,
     /// Times requests.
     clock: Arc<dyn Clock>,
+    /// Where each request and the fault it drew are written down, when asked.
+    trace: Option<RequestTrace>,
+    /// This store's name in the trace.
+    label: String,
+}
+
+/// The requests one or more [`InstrumentedStore`]s saw, in the order they were made, each
+/// with its time on the store's clock, its operation, its key and the fault it drew: what a
+/// simulation compares to prove that a seed replays the same history.
+#[derive(Debug, Clone, Default)]
+pub struct RequestTrace(Arc<Mutex<Vec<String>>>);
+
+impl RequestTrace {
+    /// An empty trace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The requests so far, one line each.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn push(&self, line: String) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
 }
 
 /// A cheap handle to read an [`InstrumentedStore`]'s counts after it was moved into a backend.
@@ -119,6 +145,17 @@ enum Fault {
     Conflict,
 }
 
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fault::None => "ok",
+            Fault::FailBefore => "failed",
+            Fault::LoseResponse => "response-lost",
+            Fault::Conflict => "conflict",
+        })
+    }
+}
+
 /// The default backend over the store `uri` names, its requests counted below it (no
 /// faults): what benchmarks and request-count tests measure through.
 pub fn counted_backend(
@@ -143,6 +180,24 @@ impl InstrumentedStore {
             hold: None,
             counting_only: false,
             clock: SystemClock::shared(),
+            trace: None,
+            label: String::new(),
+        }
+    }
+
+    /// Writes every request down in `trace` (shared with other stores, if they are given
+    /// the same one).
+    pub fn with_trace(mut self, label: &str, trace: RequestTrace) -> Self {
+        self.trace = Some(trace);
+        self.label = label.to_string();
+        self
+    }
+
+    /// Notes one request in the trace, if there is one.
+    fn note(&self, op: &str, location: &dyn fmt::Display, outcome: &dyn fmt::Display) {
+        if let Some(trace) = &self.trace {
+            let ms = self.clock.monotonic().as_millis();
+            trace.push(format!("{ms} {} {op} {location} {outcome}", self.label));
         }
     }
 
@@ -181,9 +236,11 @@ impl InstrumentedStore {
     /// `stream`, started only once the hold lets a LIST through.
     fn held_list(
         &self,
+        prefix: Option<&Path>,
         stream: BoxStream<'static, object_store::Result<ObjectMeta>>,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         let slow = self.list_delay();
+        self.note("list", &Listed(prefix), &format_args!("slow {slow:?}"));
         match self.hold.clone() {
             None if slow.is_zero() => stream,
             hold => futures::stream::once(async move {
@@ -303,6 +360,18 @@ impl InstrumentedStore {
     }
 }
 
+/// A listing's prefix, as the trace shows it.
+struct Listed<'a>(Option<&'a Path>);
+
+impl fmt::Display for Listed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(prefix) => write!(f, "{prefix}/"),
+            None => f.write_str("/"),
+        }
+    }
+}
+
 fn injected(what: &str) -> object_store::Error {
     object_store::Error::Generic {
         store: "faults",
@@ -361,7 +430,14 @@ impl ObjectStore for InstrumentedStore {
             },
             1,
         );
-        let result = match self.draw(true, create).await {
+        let fault = self.draw(true, create).await;
+        let op = match opts.mode {
+            PutMode::Overwrite => "put",
+            PutMode::Create => "create",
+            PutMode::Update(_) => "update",
+        };
+        self.note(op, location, &fault);
+        let result = match fault {
             Fault::FailBefore => Err(injected("request failed before reaching the store")),
             Fault::Conflict => Err(object_store::Error::AlreadyExists {
                 path: location.to_string(),
@@ -414,7 +490,9 @@ impl ObjectStore for InstrumentedStore {
             },
             1,
         );
-        timer.finish(match self.draw(false, false).await {
+        let fault = self.draw(false, false).await;
+        self.note(if options.head { "head" } else { "get" }, location, &fault);
+        timer.finish(match fault {
             Fault::None => self.inner.get_opts(location, options).await,
             _ => Err(injected("read failed")),
         })
@@ -435,7 +513,9 @@ impl ObjectStore for InstrumentedStore {
                 .fetch_add(ranges.len() as u64, Ordering::Relaxed);
         }
         let timer = self.timed(Operation::Get, ranges.len() as u64);
-        timer.finish(match self.draw(false, false).await {
+        let fault = self.draw(false, false).await;
+        self.note("get-ranges", location, &fault);
+        timer.finish(match fault {
             Fault::None => self.inner.get_ranges(location, ranges).await,
             _ => Err(injected("ranged read failed")),
         })
@@ -446,7 +526,19 @@ impl ObjectStore for InstrumentedStore {
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
         let counters = Arc::clone(&self.counters);
-        let counted = locations.inspect(move |_| bump(&counters.delete)).boxed();
+        let trace = self
+            .trace
+            .clone()
+            .map(|t| (t, self.label.clone(), Arc::clone(&self.clock)));
+        let counted = locations
+            .inspect(move |location| {
+                bump(&counters.delete);
+                if let (Some((trace, label, clock)), Ok(location)) = (&trace, location) {
+                    let ms = clock.monotonic().as_millis();
+                    trace.push(format!("{ms} {label} delete {location} ok"));
+                }
+            })
+            .boxed();
         // Deletes may be batched by the store: each is counted by its outcome, untimed.
         let log = Arc::clone(&self.counters.log);
         self.inner
@@ -456,7 +548,10 @@ impl ObjectStore for InstrumentedStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.held_list(self.omit_some(self.count_pages(self.inner.list(prefix))))
+        self.held_list(
+            prefix,
+            self.omit_some(self.count_pages(self.inner.list(prefix))),
+        )
     }
 
     fn list_with_offset(
@@ -465,6 +560,7 @@ impl ObjectStore for InstrumentedStore {
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         self.held_list(
+            prefix,
             self.omit_some(self.count_pages(self.inner.list_with_offset(prefix, offset))),
         )
     }
@@ -477,7 +573,13 @@ impl ObjectStore for InstrumentedStore {
         if !slow.is_zero() {
             crate::time::sleep(slow).await;
         }
-        let result = match self.draw(false, false).await {
+        let fault = self.draw(false, false).await;
+        self.note(
+            "list-delimited",
+            &Listed(prefix),
+            &format_args!("{fault} slow {slow:?}"),
+        );
+        let result = match fault {
             Fault::None => self.inner.list_with_delimiter(prefix).await,
             _ => Err(injected("listing failed")),
         };
@@ -505,6 +607,7 @@ impl ObjectStore for InstrumentedStore {
         options: CopyOptions,
     ) -> object_store::Result<()> {
         bump(&self.counters.put);
+        self.note("copy", &format_args!("{from} -> {to}"), &"ok");
         let timer = self.timed(Operation::Put, 1);
         timer.finish(self.inner.copy_opts(from, to, options).await)
     }

@@ -44,7 +44,8 @@ pub use backend::{
 pub use error::{ErrorKind, Result, StorageError};
 pub use histogram::{DurationHistogram, HistogramSnapshot};
 pub use instrumented::{
-    CountsHandle, FaultConfig, Hold, InstrumentedStore, RequestCounts, RequestKind, counted_backend,
+    CountsHandle, FaultConfig, Hold, InstrumentedStore, RequestCounts, RequestKind, RequestTrace,
+    counted_backend,
 };
 pub use object::{ObjectStoreBackend, get_opt, memory};
 pub use object_store;
@@ -53,5 +54,5 @@ pub use open::{
     OPEN_TIMEOUT, OPEN_TIMEOUT_ENV, RESERVED_PREFIX, object_store_for, open, preflight, store_now,
 };
 pub use request_log::RequestStats;
-pub use time::{Clock, ManualClock, Random, SystemClock, Ticker};
+pub use time::{Clock, ManualClock, Random, SystemClock, ThreadSeed, Ticker};
 pub use uri::{ACCEPTED_FORMS, STORAGE_ENV, StorageUri};

@@ -157,6 +157,7 @@ pub async fn timeout<F: Future>(
     future: F,
 ) -> Result<F::Output, Elapsed> {
     tokio::select! {
+        biased;
         output = future => Ok(output),
         () = clock.sleep(duration) => Err(Elapsed(duration)),
     }
@@ -249,6 +250,26 @@ impl Debug for Random {
 /// The process's source (see [`Random::process`]).
 static PROCESS: std::sync::OnceLock<Random> = std::sync::OnceLock::new();
 
+thread_local! {
+    /// A thread's own source, when a simulation seeded it (see [`Random::seed_thread`]).
+    static THREAD: std::cell::RefCell<Option<Random>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While it lives, [`Random::process`] answers a seeded source on the thread that made it;
+/// dropped, the thread's previous source is back.
+#[derive(Debug)]
+#[must_use = "the thread's source is seeded only while the guard lives"]
+pub struct ThreadSeed {
+    previous: Option<Random>,
+}
+
+impl Drop for ThreadSeed {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        THREAD.with(|t| *t.borrow_mut() = previous);
+    }
+}
+
 impl Default for Random {
     /// The process's source ([`Random::process`]).
     fn default() -> Self {
@@ -267,12 +288,25 @@ impl Random {
 
     /// The process's source, shared by every component not given one of its own: seeded
     /// from the operating system on first use, or with the seed [`seed_process`] gave
-    /// before that (a simulation that must replay from its seed).
+    /// before that (a simulation that must replay from its seed). On a thread that
+    /// [`seed_thread`] seeded, that thread's source instead.
     ///
     /// [`seed_process`]: Random::seed_process
+    /// [`seed_thread`]: Random::seed_thread
     #[allow(clippy::disallowed_methods)] // the one place a production process is seeded
     pub fn process() -> Self {
+        if let Some(random) = THREAD.with(|t| t.borrow().clone()) {
+            return random;
+        }
         PROCESS.get_or_init(Self::from_os).clone()
+    }
+
+    /// Makes [`process`](Random::process) answer a source seeded with `seed` on this thread
+    /// until the guard is dropped: a simulation running many seeds in one process, each on
+    /// a current-thread runtime on this thread, replays each from its seed.
+    pub fn seed_thread(seed: u64) -> ThreadSeed {
+        let previous = THREAD.with(|t| t.borrow_mut().replace(Self::seeded(seed)));
+        ThreadSeed { previous }
     }
 
     /// Seeds the process's source with `seed`, if nothing drew from it yet; returns whether
@@ -325,6 +359,34 @@ impl Random {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seeded_thread_replays_and_is_restored() {
+        let first: Vec<String> = {
+            let _seeded = Random::seed_thread(11);
+            (0..3).map(|_| Random::process().id()).collect()
+        };
+        let again: Vec<String> = {
+            let _seeded = Random::seed_thread(11);
+            let nested = {
+                let _inner = Random::seed_thread(12);
+                Random::process().id()
+            };
+            assert_ne!(
+                nested,
+                Random::seeded(11).id(),
+                "the inner seed rules inside"
+            );
+            (0..3).map(|_| Random::process().id()).collect()
+        };
+        assert_eq!(first, again);
+        // Another thread, and this one once the guard is gone, draw from the process.
+        let other = std::thread::spawn(|| Random::process().id())
+            .join()
+            .unwrap();
+        assert!(!first.contains(&other));
+        assert!(!first.contains(&Random::process().id()));
+    }
 
     #[test]
     fn seeded_sources_replay() {

@@ -430,6 +430,7 @@ async fn beat(
     let mut seen = publisher.bees.work().0;
     loop {
         tokio::select! {
+            biased;
             _ = stop.changed() => break,
             _ = ticker.tick() => {}
             _ = publisher.bees.woken() => {}
@@ -491,6 +492,7 @@ async fn poll(
     let mut last_list = clock.monotonic();
     loop {
         let woke = tokio::select! {
+            biased;
             _ = stop.changed() => break,
             _ = ticker.tick() => false,
             _ = channels.woke.notified() => true,

@@ -114,6 +114,7 @@ async fn look_for_tasks(
         let active = *activity.borrow_and_update();
         let wait = discovery.interval(None, None, active);
         tokio::select! {
+            biased;
             _ = stop.changed() => return,
             _ = clock.sleep(wait) => {}
             Ok(()) = activity.changed(), if !active => {}

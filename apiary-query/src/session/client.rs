@@ -55,6 +55,7 @@ impl SqlSession {
         let ticket = self.engine.running.start(sql, &self.client);
         let run = AssertUnwindSafe(self.sql_stream_inner(sql)).catch_unwind();
         let result = match tokio::select! {
+            biased;
             ran = run => Some(ran),
             _ = ticket.cancelled() => None,
         } {

@@ -294,7 +294,10 @@ impl ShuffleTransport for StorageShuffle {
             let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
             let mine = delivered.entry(node_id.to_string()).or_default();
             mine.retain(|k| listed.contains(k));
-            listed.into_iter().filter(|k| !mine.contains(k)).collect()
+            let mut new: Vec<Path> = listed.into_iter().filter(|k| !mine.contains(k)).collect();
+            // In key order, not the set's: a seeded simulation replays the same reads.
+            new.sort();
+            new
         };
         let read: Vec<Option<(Path, Result<TaskSpec, TaskFailure>)>> = futures::stream::iter(new)
             .map(|key| async move {

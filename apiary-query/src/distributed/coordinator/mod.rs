@@ -436,6 +436,7 @@ impl Run {
             let mut gave_up = false;
             let published = q.published;
             tokio::select! {
+                biased;
                 Some((d, rows)) = rx.recv() => gave_up |= q.accept(d, rows)?,
                 _ = self.cluster.clock.sleep(poll) => {}
                 // A transport that pushes results wakes the wait at once.
