@@ -568,7 +568,10 @@ fn the_simulation_catches_planted_bugs() {
 fn a_seed_replays_its_history() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
     let first = env_u64("APIARY_SIM_SEED", 1);
-    for seed in first..first + env_u64("APIARY_SIM_REPLAYS", 5) {
+    let seeds = env_u64("APIARY_SIM_REPLAYS", 5);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let mut diverged = Vec::new();
+    for seed in first..first + seeds {
         let (_, once) = run_traced(seed);
         let (_, again) = run_traced(seed);
         let same = once.iter().zip(&again).take_while(|(a, b)| a == b).count();
@@ -579,20 +582,24 @@ fn a_seed_replays_its_history() {
         if same == once.len() && same == again.len() {
             continue;
         }
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-        for (name, trace) in [("once", &once), ("again", &again)] {
-            std::fs::write(
-                dir.join(format!("replay-{seed}-{name}.txt")),
-                trace.join("\n"),
-            )
-            .unwrap();
+        if diverged.is_empty() {
+            for (name, trace) in [("once", &once), ("again", &again)] {
+                let path = dir.join(format!("replay-{seed}-{name}.txt"));
+                std::fs::write(path, trace.join("\n")).unwrap();
+            }
         }
-        panic!(
-            "seed {seed} did not replay: after {same} requests alike, {:?} then {:?} (both \
-             traces are in {}/replay-{seed}-*.txt)",
+        diverged.push(format!(
+            "seed {seed}: after {same} requests alike, {:?} then {:?}",
             once.get(same),
-            again.get(same),
-            dir.display(),
-        );
+            again.get(same)
+        ));
     }
+    assert!(
+        diverged.is_empty(),
+        "{} of {seeds} seeds did not replay (the first one's traces are in \
+         {}/replay-*.txt):\n{}",
+        diverged.len(),
+        dir.display(),
+        diverged.join("\n")
+    );
 }
