@@ -276,6 +276,32 @@ async fn a_killed_coordinator_leaves_nothing_after_the_retention() {
     println!("orphan removed {:?} after the kill", started.elapsed());
 }
 
+/// A task whose scan keeps its partitions (a top-k sorted under the scan, a window)
+/// claims its own cells up front and runs its plan narrowed to them. Its partitions must
+/// run partitions of one narrowed plan: a Parquet scan lets the partitions of one execution
+/// take each other's files, so partitions of a copy each would read every file of the copy
+/// (rows twice). Cells of one country are read first, so that the memory tier takes them:
+/// the others are then read by a Parquet scan of several file groups beside the tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_that_keeps_its_cells_reads_each_once() {
+    let (dir, storage, ap) = loaded_folder().await;
+    let _fast = start(&storage, dir.path(), "node-fast", "5ms");
+    let _slow = start(&storage, dir.path(), "node-slow", "3s");
+    wait_alive(&ap, 2).await;
+    let us =
+        "SELECT MAX(event_id), SUM(duration_ms) FROM analytics.events.clicks WHERE country = 'us'";
+    for _ in 0..3 {
+        answer(&ap, "always", us).await;
+    }
+    for sql in [QUERIES[4], QUERIES[6]] {
+        let expected = answer(&ap, "never", sql).await;
+        for _ in 0..2 {
+            assert_eq!(answer(&ap, "always", sql).await, expected, "{sql}");
+        }
+    }
+    assert_no_queries(&ap).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_finishes_first_reads_cells_of_one_that_lags() {
     let (dir, storage, ap) = loaded_folder().await;

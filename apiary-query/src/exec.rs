@@ -116,6 +116,11 @@ pub struct FrameScanExec {
     /// Set when the scan's cells are shared with other tasks: every partition then reads
     /// the cells this queue hands out, one at a time.
     shared: Arc<OnceLock<Arc<dyn SharedCells>>>,
+    /// The input narrowed to the cells a task keeps (see [`SharedCells::claim_own`]), made
+    /// once for all partitions: they must run partitions of one plan, since a Parquet scan
+    /// lets the partitions of one execution take each other's files (each partition of a
+    /// copy of its own would read every file of the copy).
+    narrowed: Arc<OnceLock<Option<Arc<dyn ExecutionPlan>>>>,
 }
 
 impl FrameScanExec {
@@ -141,6 +146,7 @@ impl FrameScanExec {
             reads,
             cells: Arc::default(),
             shared: Arc::default(),
+            narrowed: Arc::default(),
         }
     }
 
@@ -184,12 +190,15 @@ impl FrameScanExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input = Arc::clone(&self.input);
+        let narrowed = Arc::clone(&self.narrowed);
         let stream = futures::stream::once(async move {
             let kept = queue
                 .claim_own()
                 .await
                 .map_err(DataFusionError::Execution)?;
-            narrow(&input, &|location| kept.get(location).cloned())
+            narrowed
+                .get_or_init(|| narrow(&input, &|location| kept.get(location).cloned()))
+                .as_ref()
                 .ok_or_else(|| {
                     DataFusionError::Internal("the scan cannot be narrowed to its cells".into())
                 })?
@@ -278,6 +287,8 @@ impl FrameScanExec {
             reads: self.reads.clone(),
             cells: Arc::clone(&self.cells),
             shared: Arc::clone(&self.shared),
+            // Another input: narrowed anew.
+            narrowed: Arc::default(),
         }
     }
 
