@@ -1,8 +1,8 @@
 //! [`Hold`]: a gate that pauses chosen kinds of request, for tests of a slow or stuck store
 //! (see [`InstrumentedStore::with_hold`](crate::InstrumentedStore::with_hold)).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The kinds of request a [`Hold`] can pause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,12 +20,15 @@ pub enum RequestKind {
 }
 
 /// A gate for tests: while closed, requests of the chosen kinds wait (as requests to a slow
-/// or stuck store would) until it is opened again. Clones share one gate.
+/// or stuck store would) until it is opened again. Clones share one gate. Waiters are woken
+/// in the order they came (not in the random order of a `watch` channel's shards), so a
+/// seeded simulation replays what happens when the gate opens.
 #[derive(Debug, Clone)]
 pub struct Hold {
     kinds: Arc<[RequestKind]>,
     /// Closed, and how many requests may still pass while it is closed.
-    state: Arc<tokio::sync::watch::Sender<(bool, u64)>>,
+    state: Arc<Mutex<(bool, u64)>>,
+    changed: Arc<tokio::sync::Notify>,
     waiting: Arc<AtomicU64>,
     passed: Arc<AtomicU64>,
 }
@@ -35,28 +38,32 @@ impl Hold {
     pub fn new(kinds: &[RequestKind]) -> Self {
         Self {
             kinds: kinds.into(),
-            state: Arc::new(tokio::sync::watch::Sender::new((false, 0))),
+            state: Arc::default(),
+            changed: Arc::default(),
             waiting: Arc::default(),
             passed: Arc::default(),
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, (bool, u64)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Makes requests of its kinds wait from now on.
     pub fn close(&self) {
-        self.state.send_modify(|(closed, allowance)| {
-            *closed = true;
-            *allowance = 0;
-        });
+        *self.state() = (true, 0);
     }
 
     /// Lets every waiting and future request through.
     pub fn open(&self) {
-        self.state.send_modify(|(closed, _)| *closed = false);
+        self.state().0 = false;
+        self.changed.notify_waiters();
     }
 
     /// Lets exactly `n` more requests through while the gate stays closed.
     pub fn let_through(&self, n: u64) {
-        self.state.send_modify(|(_, allowance)| *allowance += n);
+        self.state().1 += n;
+        self.changed.notify_waiters();
     }
 
     /// Requests waiting at the gate now.
@@ -73,22 +80,24 @@ impl Hold {
         if !self.kinds.contains(&kind) {
             return;
         }
-        let mut state = self.state.subscribe();
         let mut counted = false;
         loop {
-            let mut through = false;
-            self.state.send_if_modified(|(closed, allowance)| {
+            // Registered before the state is read, so an opening in between is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let through = {
+                let mut state = self.state();
+                let (closed, allowance) = &mut *state;
                 if !*closed {
-                    through = true;
-                    false
+                    true
                 } else if *allowance > 0 {
                     *allowance -= 1;
-                    through = true;
                     true
                 } else {
                     false
                 }
-            });
+            };
             if through {
                 break;
             }
@@ -96,9 +105,7 @@ impl Hold {
                 counted = true;
                 self.waiting.fetch_add(1, Ordering::SeqCst);
             }
-            if state.changed().await.is_err() {
-                break;
-            }
+            changed.await;
         }
         if counted {
             self.waiting.fetch_sub(1, Ordering::SeqCst);

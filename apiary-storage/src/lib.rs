@@ -34,6 +34,7 @@ mod object;
 mod open;
 pub mod planted;
 pub mod request_log;
+mod stamped;
 pub mod time;
 mod uri;
 
@@ -54,5 +55,6 @@ pub use open::{
     OPEN_TIMEOUT, OPEN_TIMEOUT_ENV, RESERVED_PREFIX, object_store_for, open, preflight, store_now,
 };
 pub use request_log::RequestStats;
+pub use stamped::StampedStore;
 pub use time::{Clock, ManualClock, Random, SystemClock, ThreadSeed, Ticker};
 pub use uri::{ACCEPTED_FORMS, STORAGE_ENV, StorageUri};

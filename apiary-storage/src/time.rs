@@ -96,10 +96,13 @@ impl Ticker {
 
 /// The system's clocks (tokio's, so a test runtime with paused time moves them), with an
 /// optional offset on the wall clock to test nodes whose clock is wrong.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SystemClock {
     origin: tokio::time::Instant,
     wall_offset_ms: i64,
+    /// For a simulation: the wall clock reads this at `origin` and then moves with tokio's
+    /// (paused) time instead of the system's.
+    simulated_epoch_ms: Option<i64>,
 }
 
 impl SystemClock {
@@ -115,6 +118,26 @@ impl SystemClock {
         Self {
             origin: tokio::time::Instant::now(),
             wall_offset_ms: if ahead { ms } else { -ms },
+            simulated_epoch_ms: None,
+        }
+    }
+
+    /// Clocks for a simulation on tokio's paused time: the wall clock reads `epoch_ms` now
+    /// and moves only as tokio's time does, so a run replays the same wall times.
+    pub fn simulated(epoch_ms: i64) -> Self {
+        Self {
+            simulated_epoch_ms: Some(epoch_ms),
+            ..Self::new()
+        }
+    }
+
+    /// The same clocks (one origin, simulated or not) with the wall clock moved `offset`
+    /// ahead (`ahead`) or behind.
+    pub fn skewed(&self, offset: Duration, ahead: bool) -> Self {
+        let ms = offset.as_millis().min(i64::MAX as u128) as i64;
+        Self {
+            wall_offset_ms: if ahead { ms } else { -ms },
+            ..self.clone()
         }
     }
 
@@ -137,9 +160,12 @@ impl Clock for SystemClock {
     }
 
     fn wall_ms(&self) -> i64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now = match self.simulated_epoch_ms {
+            Some(epoch) => epoch.saturating_add(self.origin.elapsed().as_millis() as i64),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        };
         now.saturating_add(self.wall_offset_ms)
     }
 
@@ -359,6 +385,23 @@ impl Random {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_simulated_wall_clock_moves_with_paused_time_and_skews_share_its_origin() {
+        let clock = SystemClock::simulated(1_000_000);
+        let ahead = clock.skewed(Duration::from_secs(60), true);
+        let behind = clock.skewed(Duration::from_secs(1), false);
+        assert_eq!(clock.wall_ms(), 1_000_000);
+        clock.sleep(Duration::from_secs(3600)).await;
+        assert_eq!(
+            clock.wall_ms(),
+            1_000_000 + 3_600_000,
+            "an hour of paused time"
+        );
+        assert_eq!(ahead.wall_ms(), clock.wall_ms() + 60_000);
+        assert_eq!(behind.wall_ms(), clock.wall_ms() - 1_000);
+        assert_eq!(ahead.monotonic(), clock.monotonic(), "one origin");
+    }
 
     #[test]
     fn a_seeded_thread_replays_and_is_restored() {

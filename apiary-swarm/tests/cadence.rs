@@ -6,7 +6,7 @@
 mod common;
 
 use apiary_storage::StorageUri;
-use apiary_swarm::{Lifecycle, Membership, NodeId, NodeState};
+use apiary_swarm::{Lifecycle, Membership, NodeId, NodeState, StorageHeartbeats};
 use common::{SEC, Swarm, hb, hb_beating, state};
 
 /// A node that went idle (a slower cadence, a longer deadline) is re-read before it would
@@ -35,19 +35,28 @@ async fn a_node_gone_idle_is_reread_before_it_is_suspected() {
     }
 }
 
-/// A node that wakes is read at the listing its roster entry causes, even with no content
-/// reads left in the budget: the observer learns the swarm is active.
-#[tokio::test]
-async fn a_woken_node_is_read_at_the_next_listing() {
-    let swarm = Swarm::new(&StorageUri::Memory);
+/// Idle members `a` (no content reads in its budget) and `b`, both joined and listed by
+/// `a`, which spent the one read its budget starts with on `b`'s second heartbeat (not
+/// listed yet).
+async fn idle_pair_with_no_reads_left(
+    swarm: &Swarm,
+) -> (StorageHeartbeats, StorageHeartbeats, NodeId, NodeId) {
     let a = swarm.without_content_reads("a");
     let (b, _) = swarm.member("b");
     let (ida, idb) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
     a.join(&hb_beating(&ida, 1, false)).await.unwrap();
     b.join(&hb_beating(&idb, 1, false)).await.unwrap();
     a.refresh().await.unwrap();
-    // Spend the one read the budget starts with.
     b.publish(&hb_beating(&idb, 2, false)).await.unwrap();
+    (a, b, ida, idb)
+}
+
+/// A node that wakes is read at the listing its roster entry causes, even with no content
+/// reads left in the budget: the observer learns the swarm is active.
+#[tokio::test]
+async fn a_woken_node_is_read_at_the_next_listing() {
+    let swarm = Swarm::new(&StorageUri::Memory);
+    let (a, b, _, idb) = idle_pair_with_no_reads_left(&swarm).await;
     let view = a.refresh().await.unwrap();
     assert!(!view.is_active(), "{view:?}");
     assert!(!a.probe().await.unwrap());
@@ -118,14 +127,7 @@ async fn a_drain_request_reaches_an_idle_node_at_its_next_probe() {
 #[tokio::test]
 async fn changes_passed_over_by_an_announcement_are_still_read() {
     let swarm = Swarm::new(&StorageUri::Memory);
-    let a = swarm.without_content_reads("a");
-    let (b, _) = swarm.member("b");
-    let (ida, idb) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
-    a.join(&hb_beating(&ida, 1, false)).await.unwrap();
-    b.join(&hb_beating(&idb, 1, false)).await.unwrap();
-    a.refresh().await.unwrap();
-    // Spend the one read the budget starts with.
-    b.publish(&hb_beating(&idb, 2, false)).await.unwrap();
+    let (a, b, ida, idb) = idle_pair_with_no_reads_left(&swarm).await;
     a.refresh().await.unwrap();
     // b wakes, then a wakes: a's announcement takes the generation after b's.
     b.publish(&hb_beating(&idb, 3, true)).await.unwrap();
