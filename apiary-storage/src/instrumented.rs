@@ -26,6 +26,7 @@ use rand::{Rng, SeedableRng};
 pub use crate::counts::RequestCounts;
 pub use crate::hold::{Hold, RequestKind};
 use crate::request_log::{Operation, Outcome, RequestLog, RequestStats, Timed};
+pub use crate::trace::RequestTrace;
 use crate::{Clock, SystemClock};
 
 /// Which faults to inject, and how often. All rates are probabilities in `0.0..=1.0`.
@@ -89,28 +90,6 @@ pub struct InstrumentedStore {
     trace: Option<RequestTrace>,
     /// This store's name in the trace.
     label: String,
-}
-
-/// The requests one or more [`InstrumentedStore`]s saw, in the order they were made, each
-/// with its time on the store's clock, its operation, its key and the fault it drew: what a
-/// simulation compares to prove that a seed replays the same history.
-#[derive(Debug, Clone, Default)]
-pub struct RequestTrace(Arc<Mutex<Vec<String>>>);
-
-impl RequestTrace {
-    /// An empty trace.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The requests so far, one line each.
-    pub fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn push(&self, line: String) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-    }
 }
 
 /// A cheap handle to read an [`InstrumentedStore`]'s counts after it was moved into a backend.

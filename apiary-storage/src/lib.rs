@@ -36,6 +36,7 @@ pub mod planted;
 pub mod request_log;
 mod stamped;
 pub mod time;
+mod trace;
 mod uri;
 
 pub use backend::{
