@@ -89,8 +89,25 @@ try {
   const killed = env("KILL_NODE");
   process.kill(Number(env("KILL_PID")), "SIGKILL");
   await stateOf(killed).and(page.locator('[data-state="dead"]')).waitFor();
-  const colour = await stateOf(killed).evaluate((el) => getComputedStyle(el).backgroundColor);
-  if (colour !== DEAD_RED) throw new Error(`a dead node is drawn in ${colour}, not ${DEAD_RED}`);
+  // Read in the page, in one go: the table is redrawn at every refresh, so an element
+  // found a moment earlier may be gone by the time its style is read.
+  const deadColour = (id) =>
+    page.evaluate((id) => {
+      const el = document.querySelector(`#nodes tbody tr[data-node="${id}"] .state`);
+      return el && el.dataset.state === "dead" ? getComputedStyle(el).backgroundColor : null;
+    }, id);
+  const drawn = await page
+    .waitForFunction(
+      ([id, red]) => {
+        const el = document.querySelector(`#nodes tbody tr[data-node="${id}"] .state`);
+        return el && el.dataset.state === "dead" && getComputedStyle(el).backgroundColor === red;
+      },
+      [killed, DEAD_RED],
+    )
+    .then(() => true, () => false);
+  if (!drawn) {
+    throw new Error(`a dead node is drawn in ${await deadColour(killed)}, not ${DEAD_RED}`);
+  }
   await page.screenshot({ path: path.join(shots, "console-dead.png"), fullPage: true });
 
   say("a running query is cancelled from the page");
