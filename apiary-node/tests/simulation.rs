@@ -25,17 +25,19 @@
 
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
+#[path = "simulation/checks.rs"]
+mod checks;
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use checks::{FRAME, answer, batch, check_query, converge, ids};
 use std::sync::Arc;
 use std::time::Duration;
 
 use apiary::apiary_ledger::LedgerConfig;
 use apiary::apiary_query::DistributeMode;
-use apiary::apiary_query::datafusion::arrow::array::{Int64Array, RecordBatch};
-use apiary::apiary_query::datafusion::arrow::datatypes::{DataType, Field, Schema};
-use apiary::{Apiary, ApiaryBuilder, ApiaryOptions, NodeOptions};
+use apiary::{ApiaryBuilder, ApiaryOptions, NodeOptions};
 use apiary_storage::{
     ErrorKind, FaultConfig, Hold, InstrumentedStore, ObjectStoreBackend, Path, Random, RequestKind,
     RequestTrace, StampedStore, StorageBackend, StorageUri, SystemClock, object_store_for,
@@ -47,52 +49,6 @@ const SIMULATED_EPOCH_MS: i64 = 1_780_272_000_000;
 
 /// What one seed's run found wrong.
 type Violation = String;
-
-/// The frame every run writes and reads: an id per row and the write it came in.
-const FRAME: (&str, &str, &str) = ("sim", "b", "t");
-
-fn batch(ids: std::ops::Range<i64>, write: i64) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("write", DataType::Int64, false),
-    ]));
-    let n = ids.end - ids.start;
-    RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int64Array::from_iter_values(ids)),
-            Arc::new(Int64Array::from_iter_values((0..n).map(|_| write))),
-        ],
-    )
-    .unwrap()
-}
-
-/// The one-row answer of `sql` on `ap`, as text.
-async fn answer(ap: &Apiary, sql: &str) -> Result<Vec<String>, String> {
-    match ap.sql(sql).await {
-        Ok(result) => Ok(common::canonical(result.batches())),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// Every id in the frame at its newest version, with how many times it is there.
-async fn ids(ap: &Apiary) -> BTreeMap<i64, u64> {
-    let result = ap
-        .sql("SELECT id, COUNT(*) AS n FROM sim.b.t GROUP BY id")
-        .await
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for batch in result.batches() {
-        use apiary::apiary_query::datafusion::arrow::array::AsArray;
-        use apiary::apiary_query::datafusion::arrow::datatypes::Int64Type;
-        let id = batch.column(0).as_primitive::<Int64Type>();
-        let n = batch.column(1).as_primitive::<Int64Type>();
-        for row in 0..batch.num_rows() {
-            out.insert(id.value(row), n.value(row) as u64);
-        }
-    }
-    out
-}
 
 /// The seed's draws, in order: faults, skews, then the workload.
 struct Draws(Random);
@@ -422,65 +378,6 @@ const ALL_REQUESTS: [RequestKind; 5] = [
     RequestKind::ConditionalPut,
     RequestKind::List,
 ];
-
-/// Runs the sum query at `version` on the client (distributed) and on the truth (local);
-/// whether the client answered. A different answer is a violation.
-async fn check_query(
-    seed: u64,
-    truth: &Apiary,
-    client: &Apiary,
-    version: u64,
-    faults: &FaultConfig,
-) -> Result<bool, Violation> {
-    let sql = format!(
-        "SELECT COUNT(*) AS n, SUM(id) AS s, SUM(write) AS w FROM sim.b.t VERSION AS OF {version}"
-    );
-    let local = answer(truth, &sql)
-        .await
-        .map_err(|e| format!("seed {seed}: the local read of version {version} failed: {e}"))?;
-    let Ok(distributed) = answer(client, &sql).await else {
-        return Ok(false);
-    };
-    if distributed != local {
-        return Err(format!(
-            "seed {seed}: at version {version} the distributed answer {distributed:?} differs \
-             from the local one {local:?} (faults {faults:?})"
-        ));
-    }
-    Ok(true)
-}
-
-/// Every node still running sees every other one alive, and all agree on the state of each
-/// node (a killed one dead or gone), within a minute.
-async fn converge(seed: u64, nodes: &[(String, Apiary)]) -> Result<(), Violation> {
-    let mut views = Vec::new();
-    for _ in 0..600 {
-        views.clear();
-        for (_, node) in nodes {
-            let status = node.swarm_status().await.unwrap();
-            let mut view: Vec<(String, String)> = status
-                .nodes
-                .iter()
-                .filter(|n| n.state != apiary::apiary_swarm::NodeState::Dead)
-                .map(|n| (n.node_id.clone(), n.state.as_str().to_string()))
-                .collect();
-            view.sort();
-            views.push(view);
-        }
-        let mut running: Vec<(String, String)> = nodes
-            .iter()
-            .map(|(id, _)| (id.clone(), "alive".to_string()))
-            .collect();
-        running.sort();
-        if views.iter().all(|v| *v == running) {
-            return Ok(());
-        }
-        apiary_storage::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!(
-        "seed {seed}: a minute after the run the nodes' views differ: {views:?}"
-    ))
-}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

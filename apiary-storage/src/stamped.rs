@@ -22,7 +22,7 @@ use object_store::{
 use crate::Clock;
 
 /// When each object written through the wrapper was last written, on the wrapper's clock.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 struct Stamps {
     clock: Arc<dyn Clock>,
     by_path: Arc<Mutex<HashMap<Path, DateTime<Utc>>>>,
@@ -101,12 +101,6 @@ struct StampedUpload {
     inner: Box<dyn MultipartUpload>,
     location: Path,
     stamps: Stamps,
-}
-
-impl fmt::Debug for Stamps {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Stamps")
-    }
 }
 
 #[async_trait]

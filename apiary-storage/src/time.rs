@@ -107,19 +107,18 @@ pub struct SystemClock {
 
 impl SystemClock {
     /// The system clocks.
+    #[allow(clippy::disallowed_methods)] // this is the one place the system clock is read
     pub fn new() -> Self {
-        Self::with_wall_offset(Duration::ZERO, true)
+        Self {
+            origin: tokio::time::Instant::now(),
+            wall_offset_ms: 0,
+            simulated_epoch_ms: None,
+        }
     }
 
     /// The system clocks with the wall clock moved `offset` ahead (`ahead`) or behind.
-    #[allow(clippy::disallowed_methods)] // this is the one place the system clock is read
     pub fn with_wall_offset(offset: Duration, ahead: bool) -> Self {
-        let ms = offset.as_millis().min(i64::MAX as u128) as i64;
-        Self {
-            origin: tokio::time::Instant::now(),
-            wall_offset_ms: if ahead { ms } else { -ms },
-            simulated_epoch_ms: None,
-        }
+        Self::new().skewed(offset, ahead)
     }
 
     /// Clocks for a simulation on tokio's paused time: the wall clock reads `epoch_ms` now

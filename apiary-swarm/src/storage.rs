@@ -207,6 +207,14 @@ impl StorageHeartbeats {
         roster.generation = roster.generation.max(generation);
     }
 
+    /// Learns the roster's newest generation from a listing (what a member that never read
+    /// the roster must do before recording a change after it).
+    async fn find_roster_end(&self) -> Result<()> {
+        let (_, generation) = list_heartbeats(self.backend.as_ref()).await?;
+        self.saw_generation(generation);
+        Ok(())
+    }
+
     /// Records a change of the swarm as the roster's next generation, naming `node` (this
     /// member, or the node asked to drain). Best effort: a change not recorded is seen at
     /// peers' next listing.
@@ -282,9 +290,8 @@ impl StorageHeartbeats {
 impl Membership for StorageHeartbeats {
     async fn join(&self, heartbeat: &Heartbeat) -> Result<()> {
         self.publish(heartbeat).await?;
-        // The roster's newest generation, to record the join after it.
-        let (_, generation) = list_heartbeats(self.backend.as_ref()).await?;
-        self.saw_generation(generation);
+        // The join is recorded after the roster's newest generation.
+        self.find_roster_end().await?;
         self.announce("join", &self.me).await;
         Ok(())
     }
@@ -412,8 +419,7 @@ impl Membership for StorageHeartbeats {
         // process that never read the roster (the `apiary drain` command) learns where it
         // ends first.
         if lock(&self.roster).generation == 0 {
-            let (_, generation) = list_heartbeats(self.backend.as_ref()).await?;
-            self.saw_generation(generation);
+            self.find_roster_end().await?;
         }
         self.announce("drain", node).await;
         Ok(())
