@@ -302,7 +302,7 @@ impl CellCache {
                 let written = {
                     let (writer, key, bytes, e_tag) =
                         (self.writer(), key.to_string(), bytes.clone(), e_tag.clone());
-                    tokio::task::spawn_blocking(move || {
+                    apiary_storage::blocking::run(move || {
                         writer.write_entry(&key, &bytes, stamp, e_tag)
                     })
                     .await

@@ -242,7 +242,7 @@ impl CachingStore {
             }
             let read = {
                 let cell = Arc::clone(&cell);
-                tokio::task::spawn_blocking(move || cell.read_ranges(&ranges))
+                apiary_storage::blocking::run(move || cell.read_ranges(&ranges))
                     .await
                     .map_err(|e| object_store::Error::Generic {
                         store: "cell cache",

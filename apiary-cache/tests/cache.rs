@@ -411,7 +411,7 @@ async fn a_fetch_displaced_by_a_writes_upload_leaves_no_files_behind() {
     apiary_storage::time::sleep(std::time::Duration::from_millis(50)).await;
     let c = Arc::clone(&cache);
     let uploaded = cell.clone();
-    tokio::task::spawn_blocking(move || c.insert("h/b/f/data/c.parquet", &uploaded, 1, None))
+    apiary_storage::blocking::run(move || c.insert("h/b/f/data/c.parquet", &uploaded, 1, None))
         .await
         .unwrap()
         .unwrap();

@@ -420,7 +420,7 @@ fn held<'a>(chunks: impl Iterator<Item = &'a (Chunk, usize)>) -> usize {
 }
 
 async fn spill_to_file(bytes: Vec<u8>) -> Result<tempfile::NamedTempFile> {
-    tokio::task::spawn_blocking(move || {
+    apiary_storage::blocking::run(move || {
         use std::io::Write;
         let mut file = tempfile::Builder::new()
             .prefix("apiary-flight-")

@@ -165,7 +165,7 @@ async fn compact_groups(
             if group.len() < 2 {
                 continue;
             }
-            let batches = cell_by_cell(ledger, &root, &schema, group.clone());
+            let batches = cell_by_cell(ledger, &root, &schema, group.clone()).await?;
             let uploaded =
                 upload_cells(ledger, backend, definition.clone(), batches, &options.write).await?;
             let added = uploaded.cells.len();
@@ -200,19 +200,28 @@ async fn compact_groups(
 
 /// The rows of `cells`, read through the ledger's storage one cell at a time as the encoder
 /// pulls them (on its blocking thread): a group holds one cell's decoded rows in memory at
-/// once, not the whole group's.
-fn cell_by_cell(
+/// once, not the whole group's. An encoder run in place (a deterministic simulation,
+/// [`apiary_storage::blocking`]) has no thread of its own to block on reads, so there the
+/// group is read first.
+async fn cell_by_cell(
     ledger: &FrameLedger,
     root: &Path,
     schema: &SchemaRef,
     cells: Vec<Cell>,
-) -> impl Iterator<Item = Result<RecordBatch>> + Send + 'static {
+) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send + 'static>> {
+    if apiary_storage::blocking::is_inline() {
+        let mut rows = Vec::new();
+        for cell in &cells {
+            rows.extend(read_cell(ledger.backend().as_ref(), root, schema, cell).await?);
+        }
+        return Ok(Box::new(rows.into_iter().map(Ok)));
+    }
     let runtime = tokio::runtime::Handle::current();
     let backend = Arc::clone(ledger.backend());
     let (root, schema) = (root.clone(), Arc::clone(schema));
     let mut pending = cells.into_iter();
     let mut current = Vec::new().into_iter();
-    std::iter::from_fn(move || {
+    Ok(Box::new(std::iter::from_fn(move || {
         loop {
             if let Some(batch) = current.next() {
                 return Some(Ok(batch));
@@ -226,7 +235,7 @@ fn cell_by_cell(
                 }
             }
         }
-    })
+    })))
 }
 
 /// `cells` cut into runs of at most `max_bytes` each (a run has at least one cell).

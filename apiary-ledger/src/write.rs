@@ -160,7 +160,9 @@ impl Encoders<'_> {
                 self.add(part.values, &part.batch)?;
             }
         }
-        let rest: Vec<OpenCell> = self.open.drain().map(|(_, c)| c).collect();
+        // In partition order, so a write's uploads come in the same order on every run.
+        let mut rest: Vec<OpenCell> = self.open.drain().map(|(_, c)| c).collect();
+        rest.sort_by(|a, b| a.values.cmp(&b.values));
         for cell in rest {
             self.finish(cell)?;
         }
@@ -172,10 +174,17 @@ impl Encoders<'_> {
             cell: cell.encoder.finish()?,
             values: cell.values,
         };
-        // A closed channel means the uploader failed; its error is the one reported.
-        self.out
-            .blocking_send(finished)
-            .map_err(|_| LedgerError::Invalid("the write was abandoned".into()))
+        // A closed channel means the uploader failed; its error is the one reported. The
+        // cell waits only when the channel is full: in a simulation that runs the encoder
+        // in place, the channel holds every cell and this never blocks the runtime.
+        let abandoned = || LedgerError::Invalid("the write was abandoned".into());
+        match self.out.try_send(finished) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(finished)) => {
+                self.out.blocking_send(finished).map_err(|_| abandoned())
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(abandoned()),
+        }
     }
 
     fn add(&mut self, values: Vec<(String, String)>, batch: &RecordBatch) -> Result<()> {
@@ -301,10 +310,17 @@ where
     I: IntoIterator<Item = Result<RecordBatch>> + Send + 'static,
     I::IntoIter: Send,
 {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Finished>(1);
+    // One finished cell waits for the uploader; an encoder run in place (a simulation) has
+    // no uploader running beside it, so its channel holds them all.
+    let waiting = if apiary_storage::blocking::is_inline() {
+        1 << 20
+    } else {
+        1
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Finished>(waiting);
     let encoding = {
         let options = options.clone();
-        tokio::task::spawn_blocking(move || {
+        apiary_storage::blocking::run(move || {
             Encoders {
                 definition: &definition,
                 options: &options,
@@ -534,7 +550,7 @@ pub(crate) async fn read_cell(
         crate::check_cell_bytes(key.as_ref(), cell.crc32c, &bytes)?;
     }
     let (schema, cell) = (Arc::clone(schema), cell.clone());
-    tokio::task::spawn_blocking(move || {
+    apiary_storage::blocking::run(move || {
         let corrupt = |e: &dyn std::fmt::Display| LedgerError::Corrupt {
             key: key.to_string(),
             reason: format!("not a readable Parquet cell: {e}"),

@@ -108,7 +108,7 @@ fn spawn_sweeper(
 /// Creates the node's scratch directory, emptied of what a killed run spilled.
 async fn prepare_scratch(dir: &std::path::Path) -> Result<()> {
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
+    apiary_storage::blocking::run(move || {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|source| ApiaryError::LocalDisk {
             what: format!("cannot create the scratch directory {}", dir.display()),
@@ -128,7 +128,7 @@ async fn open_cache(id: &NodeId, options: &NodeOptions) -> Result<Option<Arc<Cel
     }
     let dir = options.cache_dir_for(id);
     let budget = options.cache_bytes;
-    let cache = tokio::task::spawn_blocking(move || {
+    let cache = apiary_storage::blocking::run(move || {
         std::fs::create_dir_all(&dir).map_err(|source| apiary_cache::CacheError::Io {
             what: format!("cannot create {}", dir.display()),
             source,
@@ -149,11 +149,8 @@ async fn open_cache(id: &NodeId, options: &NodeOptions) -> Result<Option<Arc<Cel
     })
     .await
     .map_err(|e| {
-        ApiaryError::Lifecycle(if e.is_panic() {
-            "opening the cell cache panicked"
-        } else {
-            "opening the cell cache was cancelled"
-        })
+        tracing::error!(error = %e, "opening the cell cache failed");
+        ApiaryError::Lifecycle("opening the cell cache panicked or was cancelled")
     })??;
     Ok(cache.map(Arc::new))
 }

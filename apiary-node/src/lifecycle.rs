@@ -71,9 +71,10 @@ impl Apiary {
         let identity = NodeIdentity::resolve(options.node_id.as_deref(), &options.state_dir)?;
         let capacity = apiary_swarm::detect_capacity(options.memory_bytes);
         let tier = tier_limits(options.memory_tier_bytes.or(self.memory_tier), &capacity);
-        let bees = Bees::new(
+        let bees = Bees::with_resident_memory(
             capacity.bees,
             capacity.memory_per_bee_bytes * u64::from(capacity.bees),
+            options.resident_memory.clone(),
         );
         let membership = self.membership_for(MembershipRole::Node {
             id: identity.node_id(),

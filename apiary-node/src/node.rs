@@ -55,6 +55,10 @@ pub struct NodeOptions {
     /// The HTTP console (`--http ADDR`, `APIARY_HTTP`): probes, `/metrics` and the JSON
     /// API; off when `None`.
     pub http: Option<apiary_console::ConsoleConfig>,
+    /// Reads the memory the node holds, for the memory pressure in its heartbeats; default
+    /// (`None`) the process's resident memory. A process running several nodes (a
+    /// simulation) gives each a figure of its own.
+    pub resident_memory: Option<apiary_swarm::MemoryProbe>,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -86,6 +90,7 @@ impl Default for NodeOptions {
             memory_tier_bytes: None,
             attributes: Default::default(),
             http: None,
+            resident_memory: None,
         }
     }
 }

@@ -28,7 +28,7 @@ impl Apiary {
                         bytes.clone(),
                         clock.wall_ms(),
                     );
-                    tokio::task::spawn_blocking(move || {
+                    apiary_storage::blocking::detach(move || {
                         if let Err(e) = cache.insert(&key, &bytes, now, e_tag) {
                             tracing::debug!(key, error = %e, "a written cell was not cached");
                         }

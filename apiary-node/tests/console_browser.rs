@@ -59,7 +59,7 @@ async fn the_console_page_shows_the_swarm_and_acts_on_it() {
         env!("CARGO_MANIFEST_DIR"),
         "/../apiary-console/ui-tests/console.mjs"
     );
-    let out = tokio::task::spawn_blocking({
+    let out = apiary_storage::blocking::run({
         let (nodes_list, kill_pid) = (
             nodes
                 .iter()

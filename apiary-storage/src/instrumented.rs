@@ -415,7 +415,14 @@ impl ObjectStore for InstrumentedStore {
             PutMode::Create => "create",
             PutMode::Update(_) => "update",
         };
-        self.note(op, location, &fault);
+        if self.trace.is_some() {
+            // The body's checksum too: a replay must write the same bytes, not only the
+            // same keys.
+            let crc = payload
+                .iter()
+                .fold(0, |crc, b| crc32c::crc32c_append(crc, b));
+            self.note(op, location, &format_args!("{fault} body {crc:08x}"));
+        }
         let result = match fault {
             Fault::FailBefore => Err(injected("request failed before reaching the store")),
             Fault::Conflict => Err(object_store::Error::AlreadyExists {

@@ -22,6 +22,7 @@
 //! ```
 
 mod backend;
+pub mod blocking;
 #[cfg(feature = "testing")]
 pub mod conformance;
 pub mod cost;

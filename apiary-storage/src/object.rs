@@ -418,11 +418,14 @@ impl StorageBackend for ObjectStoreBackend {
             .parts()
             .fold(root, |dir, part| dir.join(part.as_ref()));
         let key = prefix.to_string();
-        tokio::task::spawn_blocking(move || remove_staging_files(&dir, before_ms))
+        crate::blocking::run(move || remove_staging_files(&dir, before_ms))
             .await
             .map_err(|e| StorageError::Backend {
                 key: key.clone(),
-                source: Box::new(object_store::Error::JoinError { source: e }),
+                source: Box::new(object_store::Error::Generic {
+                    store: "local folder",
+                    source: Box::new(e),
+                }),
             })?
             .map_err(|e| StorageError::Backend {
                 key,

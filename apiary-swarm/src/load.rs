@@ -36,6 +36,8 @@ pub struct BeeState {
 pub struct Bees {
     total: u32,
     memory_budget: u64,
+    /// Reads the memory the node holds; `None`: the process's resident memory.
+    resident: Option<MemoryProbe>,
     slots: Arc<Semaphore>,
     states: Mutex<Vec<Slot>>,
     busy: AtomicU32,
@@ -97,10 +99,22 @@ pub struct Leaving;
 impl Bees {
     /// `total` bees sharing `memory_budget` bytes.
     pub fn new(total: u32, memory_budget: u64) -> Arc<Self> {
+        Self::with_resident_memory(total, memory_budget, None)
+    }
+
+    /// `total` bees sharing `memory_budget` bytes, whose memory pressure is what `resident`
+    /// reads over the budget (`None`: the process's resident memory, `VmRSS`). A process
+    /// running several nodes (a simulation) gives each a figure of its own.
+    pub fn with_resident_memory(
+        total: u32,
+        memory_budget: u64,
+        resident: Option<MemoryProbe>,
+    ) -> Arc<Self> {
         let total = total.max(1);
         Arc::new(Self {
             total,
             memory_budget,
+            resident,
             slots: Arc::new(Semaphore::new(total as usize)),
             states: Mutex::new((0..total).map(|_| Slot::default()).collect()),
             busy: AtomicU32::new(0),
@@ -261,7 +275,11 @@ impl Bees {
     pub fn load(&self) -> Load {
         let busy = self.busy.load(Ordering::Acquire).min(self.total);
         let queued = self.queued.load(Ordering::Acquire);
-        let memory_pressure = match (resident_bytes(), self.memory_budget) {
+        let resident = match &self.resident {
+            Some(probe) => Some(probe()),
+            None => resident_bytes(),
+        };
+        let memory_pressure = match (resident, self.memory_budget) {
             (Some(rss), budget) if budget > 0 => rss as f64 / budget as f64,
             _ => 0.0,
         };

@@ -307,7 +307,7 @@ async fn run_node(
                     continue;
                 };
                 let path = path.clone();
-                let written = tokio::task::spawn_blocking(move || {
+                let written = apiary_storage::blocking::run(move || {
                     write_atomically(&path, body.as_bytes()).map_err(|e| (path, e))
                 })
                 .await;
