@@ -15,11 +15,13 @@
 //!   another result delivered);
 //! * `_queries/` drains;
 //! * no task runs forever: every bee is idle again within a minute and holds no memory;
-//! * the nodes' views converge: every node still running sees the others alive.
+//! * the nodes' views converge: within the swarm's promise (an idle node's deadline and an
+//!   idle listing), every node still running sees the others alive and none dead.
 //!
 //! `APIARY_SIM_SEEDS` seeds are run (default 200, about 25 s), from `APIARY_SIM_SEED`
 //! (default 1); a failure names its seed, and `APIARY_SIM_SEED=N APIARY_SIM_SEEDS=1` runs it
-//! alone (`APIARY_SIM_TRACE=1` prints its steps). The run is on one simulated clock (the
+//! alone (`APIARY_SIM_TRACE=1` prints its steps and writes its requests to
+//! `target/tmp/trace-SEED.txt`; `APIARY_SIM_LOG=debug` prints the nodes' logs). The run is on one simulated clock (the
 //! store stamps objects with it too), randomness is seeded per run, blocking work runs in
 //! place (`apiary_storage::blocking`), and a seed replays byte for byte
 //! (`a_seed_replays_its_history`). The harness can fail: bugs planted on purpose
@@ -201,7 +203,8 @@ async fn run(seed: u64, trace: RequestTrace) -> Result<(), Violation> {
     for step in 0..16i64 {
         let op = draws.below(10);
         if std::env::var_os("APIARY_SIM_TRACE").is_some() {
-            eprintln!("seed {seed} step {step}: op {op}");
+            let at = trace_clock.monotonic().as_secs_f64();
+            eprintln!("seed {seed} step {step} at {at:.3} s: op {op}");
         }
         match op {
             0..=2 => {
@@ -362,7 +365,13 @@ async fn run(seed: u64, trace: RequestTrace) -> Result<(), Violation> {
             return Err(format!("seed {seed}: a minute after the run, {bee}"));
         }
     }
-    converge(seed, &nodes).await?;
+    // Within the swarm's promise: a node killed while the swarm idled is dead once its
+    // idle deadline passes, and seen so at the next idle listing.
+    let swarm = fast_swarm();
+    let promise = Duration::from_millis(swarm.beat(false).dead_after_ms)
+        + swarm.listing_interval(false)
+        + swarm.poll_interval;
+    converge(seed, &nodes, promise).await?;
     for (_, node) in &nodes {
         node.shutdown().await.unwrap();
     }
@@ -408,6 +417,15 @@ fn run_seeds(first: u64, seeds: u64, stop_at_first: bool) -> Vec<Violation> {
     failures
 }
 
+/// Log times on the simulated clock: seconds since the run began.
+struct SimulatedTime(tokio::time::Instant);
+
+impl tracing_subscriber::fmt::time::FormatTime for SimulatedTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(w, "{:9.3}", self.0.elapsed().as_secs_f64())
+    }
+}
+
 /// Seed `seed` on a fresh paused runtime: what it found, and the requests it made.
 fn run_traced(seed: u64) -> (Result<(), Violation>, Vec<String>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -419,8 +437,28 @@ fn run_traced(seed: u64) -> (Result<(), Violation>, Vec<String>) {
     let _seeded = Random::seed_thread(seed);
     // Encoders and cache files run in place: a pool thread's end would order tasks.
     let _inline = apiary_storage::blocking::inline_on_this_thread();
+    // `APIARY_SIM_LOG=debug` (a tracing filter) prints what the nodes log, on the
+    // simulated clock's time.
+    let _logs = std::env::var("APIARY_SIM_LOG").ok().map(|filter| {
+        tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .with_timer(SimulatedTime(
+                    runtime.block_on(async { tokio::time::Instant::now() }),
+                ))
+                .finish(),
+        )
+    });
     let result = runtime.block_on(run(seed, trace.clone()));
-    (result, trace.lines())
+    let lines = trace.lines();
+    if std::env::var_os("APIARY_SIM_TRACE").is_some() {
+        let path =
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("trace-{seed}.txt"));
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        eprintln!("seed {seed}: its requests are in {}", path.display());
+    }
+    (result, lines)
 }
 
 /// Compactions committed by the seeds run so far: the runs must exercise it (a compaction

@@ -259,8 +259,9 @@ pub struct Beat {
     pub active: bool,
     /// The interval to its next heartbeat, in milliseconds.
     pub interval_ms: u64,
-    /// Judge the node dead when its heartbeat has not changed for this long (suspect at
-    /// half), in milliseconds.
+    /// Judge the node dead when its heartbeat has not changed for this long (suspect once
+    /// the next heartbeat is late by half the time this leaves after the interval), in
+    /// milliseconds.
     pub dead_after_ms: u64,
 }
 

@@ -394,7 +394,7 @@ impl Observer {
         // idle). At most one read per change of its heartbeat.
         for id in over_budget {
             if let Some(t) = self.tracked.get(&id)
-                && t.since(now) > self.dead_after(&id, t) / 2
+                && t.since(now) > self.suspect_after(&id, t)
             {
                 fetch.push(id);
             }
@@ -441,13 +441,28 @@ impl Observer {
         })
     }
 
+    /// When `id` is judged suspect: once its next heartbeat is late by half the grace its
+    /// promise leaves after the interval it stated (half its deadline when it stated none).
+    /// An idle node beating once a minute is not suspect between its beats.
+    fn suspect_after(&self, id: &NodeId, t: &Tracked) -> Duration {
+        let dead_after = self.dead_after(id, t);
+        let interval = self
+            .content(id, t)
+            .and_then(|c| c.beat)
+            .map(|b| Duration::from_millis(b.interval_ms));
+        match interval {
+            Some(interval) if interval < dead_after => interval + (dead_after - interval) / 2,
+            _ => dead_after / 2,
+        }
+    }
+
     fn state(&self, id: &NodeId, t: &Tracked, now: Duration) -> NodeState {
         let since = t.since(now);
         let declared = self.content(id, t).map(|c| c.state);
         let dead_after = self.dead_after(id, t);
         if since > dead_after {
             NodeState::Dead
-        } else if since > dead_after / 2 {
+        } else if since > self.suspect_after(id, t) {
             NodeState::Suspect
         } else if declared == Some(Lifecycle::Leaving) {
             // Sticky: a leaving node never goes back, so even older content tells the truth.

@@ -35,6 +35,54 @@ async fn a_node_gone_idle_is_reread_before_it_is_suspected() {
     }
 }
 
+/// An idle node beating once a minute is alive between its beats, in a peer's view and in
+/// its own: suspect means a beat is late, not that half its deadline passed.
+#[tokio::test]
+async fn an_idle_node_is_alive_between_its_beats() {
+    let swarm = Swarm::new(&StorageUri::Memory);
+    let (a, _) = swarm.member("a");
+    let (b, _) = swarm.member("b");
+    let (ida, idb) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+    a.join(&hb_beating(&ida, 1, false)).await.unwrap();
+    b.join(&hb_beating(&idb, 1, false)).await.unwrap();
+    let beat = common::config().beat(false);
+    let interval = std::time::Duration::from_millis(beat.interval_ms);
+    for seq in 2..5 {
+        // A second before each beat is due.
+        swarm.clock.advance(interval - SEC);
+        for (who, member) in [("b", &b), ("a", &a)] {
+            let v = member.refresh().await.unwrap();
+            // (`joining` until b has seen a's heartbeat change once.)
+            let s = state(&v, "a");
+            assert!(
+                matches!(s, Some(NodeState::Alive | NodeState::Joining)),
+                "{who}'s view: {s:?} in {v:?}"
+            );
+        }
+        swarm.clock.advance(SEC);
+        a.publish(&hb_beating(&ida, seq, false)).await.unwrap();
+        b.publish(&hb_beating(&idb, seq, false)).await.unwrap();
+    }
+    // A beat missed: suspect once it is late by half the grace left, then dead.
+    let grace = std::time::Duration::from_millis(beat.dead_after_ms) - interval;
+    b.refresh().await.unwrap(); // b sees a's last beat when it lands
+    swarm.clock.advance(interval + grace / 4);
+    assert_eq!(
+        state(&b.refresh().await.unwrap(), "a"),
+        Some(NodeState::Alive)
+    );
+    swarm.clock.advance(grace / 2);
+    assert_eq!(
+        state(&b.refresh().await.unwrap(), "a"),
+        Some(NodeState::Suspect)
+    );
+    swarm.clock.advance(grace / 2);
+    assert_eq!(
+        state(&b.refresh().await.unwrap(), "a"),
+        Some(NodeState::Dead)
+    );
+}
+
 /// Idle members `a` (no content reads in its budget) and `b`, both joined and listed by
 /// `a`, which spent the one read its budget starts with on `b`'s second heartbeat (not
 /// listed yet).

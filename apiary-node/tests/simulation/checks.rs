@@ -87,9 +87,14 @@ pub async fn check_query(
 
 /// Every node still running sees every other one alive, and all agree on the state of each
 /// node (a killed one dead or gone), within a minute.
-pub async fn converge(seed: u64, nodes: &[(String, Apiary)]) -> Result<(), Violation> {
+pub async fn converge(
+    seed: u64,
+    nodes: &[(String, Apiary)],
+    within: Duration,
+) -> Result<(), Violation> {
     let mut views = Vec::new();
-    for _ in 0..600 {
+    let checks = within.as_millis() / 100 + 1;
+    for _ in 0..checks {
         views.clear();
         for (_, node) in nodes {
             let status = node.swarm_status().await.unwrap();
@@ -113,6 +118,6 @@ pub async fn converge(seed: u64, nodes: &[(String, Apiary)]) -> Result<(), Viola
         apiary_storage::time::sleep(Duration::from_millis(100)).await;
     }
     Err(format!(
-        "seed {seed}: a minute after the run the nodes' views differ: {views:?}"
+        "seed {seed}: {within:?} after the run the nodes' views differ: {views:?}"
     ))
 }
