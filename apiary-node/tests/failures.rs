@@ -154,6 +154,95 @@ async fn a_running_query_is_renewed_and_not_swept() {
     );
 }
 
+/// A coordinator whose listings are slow (up to 3 s, twice the orphan retention) still
+/// renews its running query on time: renewal runs beside the wait for results, so its query
+/// object never looks older than the retention to a sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_listings_do_not_delay_a_running_query_s_renewal() {
+    use apiary_storage::{FaultConfig, InstrumentedStore, ObjectStoreBackend, object_store_for};
+    use std::sync::Arc;
+    let s = common::in_process_swarm(&[("renew-w", Duration::from_millis(10))], |_| {}).await;
+    let retention = Duration::from_millis(1500);
+    let (store, caps) = object_store_for(s.client.storage()).unwrap();
+    let slow = InstrumentedStore::new(
+        store,
+        FaultConfig {
+            seed: 7,
+            max_list_latency: Duration::from_millis(3000),
+            ..FaultConfig::none()
+        },
+    );
+    let mut options = apiary::ApiaryOptions::new(s.client.storage().clone());
+    options.swarm = common::fast_swarm_config();
+    options.distribute.orphan_retention = retention;
+    let slow_client = apiary::ApiaryBuilder::new(options)
+        .backend(Arc::new(ObjectStoreBackend::new(
+            Arc::new(slow),
+            caps,
+            "slow listings",
+        )))
+        .build()
+        .await
+        .unwrap();
+    let query = tokio::spawn(async move {
+        let mut session = slow_client.sql_session().unwrap();
+        session
+            .sql("SET apiary.distribute = 'always'")
+            .await
+            .unwrap();
+        session
+            .sql("SELECT country, COUNT(*) FROM analytics.events.clicks GROUP BY country")
+            .await
+    });
+    // For eight seconds of the query's run, its query object's age on the store's clock,
+    // read from a thread of its own (the query's work busies this runtime's threads).
+    let storage = s.client.storage().clone();
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let running = Arc::clone(&running);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let backend = apiary_storage::open(&storage).await.unwrap();
+                let watching = Instant::now();
+                let (mut oldest, mut seen) = (0, 0);
+                while watching.elapsed() < Duration::from_secs(8)
+                    && running.load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    let listed = backend
+                        .list(&apiary_storage::Path::from("_queries"))
+                        .await
+                        .unwrap();
+                    for object in listed {
+                        if object.key.as_ref().ends_with("/query.json") {
+                            let now = apiary_storage::store_now(backend.as_ref()).await.unwrap();
+                            oldest = oldest.max(now - object.last_modified_ms);
+                            seen += 1;
+                        }
+                    }
+                    apiary::apiary_storage::time::sleep(Duration::from_millis(50)).await;
+                }
+                (oldest, seen)
+            })
+        })
+    };
+    while !watcher.is_finished() && !query.is_finished() {
+        apiary::apiary_storage::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (oldest, seen) = watcher.join().unwrap();
+    eprintln!("the query object was {oldest} ms old at most ({seen} readings)");
+    query.abort();
+    assert!(seen > 10, "the query object was seen {seen} times");
+    assert!(
+        oldest < retention.as_millis() as i64,
+        "the running query's object went {oldest} ms without renewal (retention {retention:?})"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_query_stops_on_every_node_and_leaves_nothing() {
     let s = common::in_process_swarm(

@@ -397,6 +397,7 @@ impl Run {
             run: self,
             cleanup: Weak::clone(&self.cleanup),
             published: false,
+            renewal: None,
             query_id: self.query_id.clone(),
             coordinator,
             local,
@@ -429,9 +430,8 @@ impl Run {
         let mut poll = result_interval(Duration::ZERO, None, self.cluster.settings.result_poll);
         let mut first_answer = None;
         let mut last_check = clock.monotonic();
-        // A running query is renewed every third of the retention, so no sweep removes it.
-        let renew_every = self.cluster.settings.orphan_retention / 3;
-        let mut last_renewal = clock.monotonic();
+        // While it runs, the query is renewed from its first publication on a task of its
+        // own (`Attempts::renewal`): a slow listing or a long round here must not delay it.
         while !q.complete() {
             let mut gave_up = false;
             let published = q.published;
@@ -459,18 +459,8 @@ impl Run {
                 last_check = clock.monotonic();
                 q.advance().await?;
             }
-            if q.published && since(last_renewal) >= renew_every {
-                last_renewal = clock.monotonic();
-                if let Err(e) = self
-                    .cluster
-                    .transport
-                    .renew(&q.query_id, &q.coordinator)
-                    .await
-                {
-                    tracing::warn!(query = %q.query_id, error = %e, "renewing the query failed");
-                }
-            }
         }
+        q.renewal = None;
         self.phases.wait.add_duration(since(started));
         let Attempts {
             tasks,
@@ -542,6 +532,7 @@ impl Run {
         if !published {
             return Ok(());
         }
+        let renew_every = self.cluster.settings.orphan_retention / 3;
         loop {
             self.cluster.clock.sleep(renew_every).await;
             if !output::output_alive(&self.cleanup) {
@@ -557,5 +548,30 @@ impl Run {
             }
         }
         Ok(())
+    }
+}
+
+impl Run {
+    /// Renews query `query_id` every third of the orphan retention until the handle is
+    /// dropped (the query ends, or is dropped itself).
+    pub(super) fn renew_while_running(
+        &self,
+        query_id: &str,
+        coordinator: &str,
+    ) -> AbortOnDropHandle<()> {
+        let (transport, clock) = (
+            Arc::clone(&self.cluster.transport),
+            Arc::clone(&self.cluster.clock),
+        );
+        let every = self.cluster.settings.orphan_retention / 3;
+        let (query_id, coordinator) = (query_id.to_string(), coordinator.to_string());
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            loop {
+                clock.sleep(every).await;
+                if let Err(e) = transport.renew(&query_id, &coordinator).await {
+                    tracing::warn!(query = %query_id, error = %e, "renewing the query failed");
+                }
+            }
+        }))
     }
 }

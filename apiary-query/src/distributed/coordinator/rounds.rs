@@ -89,12 +89,20 @@ pub(super) struct Attempts<'a> {
     pub(super) cleanup: Weak<Cleanup>,
     /// Whether anything of the query went to the transport.
     pub(super) published: bool,
+    /// Renews the query in the transport from its first publication until dropped.
+    pub(super) renewal: Option<tokio_util::task::AbortOnDropHandle<()>>,
 }
 
 impl Attempts<'_> {
     /// Notes that the query has objects in the transport (to renew and remove).
     fn mark_published(&mut self) {
         self.published = true;
+        if self.renewal.is_none() {
+            self.renewal = Some(
+                self.run
+                    .renew_while_running(&self.query_id, &self.coordinator),
+            );
+        }
         if let Some(cleanup) = self.cleanup.upgrade() {
             cleanup.published.store(true, Ordering::Relaxed);
         }
