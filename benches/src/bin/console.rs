@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use apiary::apiary_console::{ConsoleConfig, Scope};
 use apiary::apiary_storage::StorageUri;
-use apiary::{Apiary, ApiaryOptions, NodeOptions};
+use apiary::{Apiary, ApiaryOptions, ErrorKind, NodeOptions};
 use apiary_benches::harness::{flag, flags};
 use arrow_array::{ArrayRef, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
@@ -147,13 +147,27 @@ async fn main() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let ran = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     let loops: Vec<_> = (0..clients)
         .map(|_| {
-            let (ap, stop, ran) = (ap.clone(), Arc::clone(&stop), Arc::clone(&ran));
+            let (ap, stop, ran, refused) = (
+                ap.clone(),
+                Arc::clone(&stop),
+                Arc::clone(&ran),
+                Arc::clone(&refused),
+            );
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    ap.sql(SCAN).await.expect("scan");
-                    ran.fetch_add(1, Ordering::Relaxed);
+                    match ap.sql(SCAN).await {
+                        Ok(_) => ran.fetch_add(1, Ordering::Relaxed),
+                        // More loops than bees heat the colony until it refuses new
+                        // queries: a client backs off and asks again, as a user would.
+                        Err(e) if e.kind() == ErrorKind::Unavailable => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            refused.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(e) => panic!("scan: {e}"),
+                    };
                 }
             })
         })
@@ -173,8 +187,10 @@ async fn main() {
         let _ = l.await;
     }
     println!(
-        "busy: {queries} queries finished, {:.1} a second, while the routes were measured",
-        queries as f64 / started.elapsed().as_secs_f64()
+        "busy: {queries} queries finished, {:.1} a second, while the routes were measured \
+         ({} refused as overloaded, each retried after 100 ms)",
+        queries as f64 / started.elapsed().as_secs_f64(),
+        refused.load(Ordering::Relaxed)
     );
     ap.shutdown().await.expect("shutdown");
 }
