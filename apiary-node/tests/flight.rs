@@ -278,3 +278,61 @@ async fn a_coordinating_node_links_to_a_node_as_it_joins() {
     assert_eq!(answer(&ap, "always", sql).await, local);
     ap.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_flight_asks_storage_only_for_its_ledger_probes() {
+    use apiary::apiary_storage::{FaultConfig, InstrumentedStore, RequestTrace, StorageUri};
+    let (dir, storage, _) = loaded_folder().await;
+    // A client whose every storage request is written down.
+    let uri = StorageUri::parse(&storage).unwrap();
+    let (inner, caps) = apiary::apiary_storage::object_store_for(&uri).unwrap();
+    let trace = RequestTrace::new();
+    let store =
+        InstrumentedStore::new(inner, FaultConfig::none()).with_trace("client", trace.clone());
+    let backend = apiary::apiary_storage::ObjectStoreBackend::new(
+        std::sync::Arc::new(store),
+        caps,
+        storage.clone(),
+    );
+    let mut options = apiary::ApiaryOptions::new(uri);
+    options.swarm.dead_threshold = std::time::Duration::from_secs(2);
+    options.flight = Some(apiary::FlightOptions::client());
+    let ap = apiary::Apiary::builder(options)
+        .backend(std::sync::Arc::new(backend))
+        .build()
+        .await
+        .unwrap();
+    let _nodes: Vec<Node> = (0..2)
+        .map(|i| flight_node(&storage, dir.path(), &format!("node-p{i}"), &[]))
+        .collect();
+    wait_alive(&ap, 2).await;
+    // The last of the queries joins two frames: each is probed once.
+    let sql = QUERIES[QUERIES.len() - 1];
+    let local = answer(&ap, "never", sql).await;
+    // Warm: links open, the swarm read, the frames' ledgers cached.
+    for _ in 0..2 {
+        assert_eq!(answer(&ap, "always", sql).await, local);
+    }
+    ap.settle().await;
+    let before = trace.lines().len();
+    let plan = explain_analyze(&ap, sql).await;
+    assert!(
+        via_by_node(&plan).iter().all(|(_, v)| v == "flight"),
+        "{plan}"
+    );
+    ap.settle().await;
+    let requests: Vec<String> = trace.lines()[before..].to_vec();
+    println!(
+        "requests of one query over Flight:\n{}",
+        requests.join("\n")
+    );
+    let probes = requests
+        .iter()
+        .filter(|r| r.contains(" get ") && r.contains("/_ledger/"))
+        .count();
+    assert!(
+        probes <= 2 && requests.len() == probes,
+        "beyond the two frames' ledger probes: {requests:#?}"
+    );
+    ap.shutdown().await.unwrap();
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apiary::apiary_storage::CountsHandle as Counts;
+use apiary::apiary_storage::{CountsHandle as Counts, RequestCounts};
 use apiary::{Apiary, SqlSession};
 
 use crate::processes::{Nodes, node, wait_alive};
@@ -67,11 +67,9 @@ pub(crate) async fn measure(ap: &Apiary, counts: &Counts, storage: &str, state: 
                 let ms = 137 * (i * a.tiny_per_pair + k) as u64 % 1000;
                 apiary_storage::time::sleep(Duration::from_millis(ms)).await;
             }
-            let before = counts.snapshot();
-            added.push(added_time(&mut plain, &mut spread, tiny).await);
-            // The query's objects are removed after its answer: counted with it.
-            ap.settle().await;
-            requests = counts.snapshot() - before;
+            let (took, made) = added_time(ap, counts, &mut plain, &mut spread, tiny).await;
+            added.push(took);
+            requests = made;
         }
         drop(pair);
     }
@@ -88,7 +86,11 @@ pub(crate) async fn measure(ap: &Apiary, counts: &Counts, storage: &str, state: 
         spread.sql(tiny).await.expect("distributed tiny");
         for _ in 0..a.idle_samples {
             apiary_storage::time::sleep(Duration::from_secs(a.idle_secs)).await;
-            idle.push(added_time(&mut plain, &mut spread, tiny).await);
+            idle.push(
+                added_time(ap, counts, &mut plain, &mut spread, tiny)
+                    .await
+                    .0,
+            );
         }
     }
     for (what, mut added) in [
@@ -125,11 +127,23 @@ pub(crate) async fn measure(ap: &Apiary, counts: &Counts, storage: &str, state: 
 
 /// The seconds `sql` takes distributed (`spread`) beyond its time run locally (`plain`)
 /// just before.
-async fn added_time(plain: &mut SqlSession, spread: &mut SqlSession, sql: &str) -> f64 {
+async fn added_time(
+    ap: &Apiary,
+    counts: &Counts,
+    plain: &mut SqlSession,
+    spread: &mut SqlSession,
+    sql: &str,
+) -> (f64, RequestCounts) {
     let t = Instant::now();
     plain.sql(sql).await.expect("local tiny");
     let base = t.elapsed().as_secs_f64();
+    // Only the distributed query's requests are counted (the local one probes the ledger
+    // too); its objects are removed after its answer, so the count waits for that.
+    ap.settle().await;
+    let before = counts.snapshot();
     let t = Instant::now();
     spread.sql(sql).await.expect("distributed tiny");
-    t.elapsed().as_secs_f64() - base
+    let added = t.elapsed().as_secs_f64() - base;
+    ap.settle().await;
+    (added, counts.snapshot() - before)
 }
