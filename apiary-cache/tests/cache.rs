@@ -145,8 +145,13 @@ fn a_damaged_file_is_never_served() {
         cached.read(0..cell.len() as u64),
         Err(CacheError::Damaged { .. })
     ));
-    // A truncated file is dropped at the next start.
+    // A file truncated under a reader is damaged, not served short; it is dropped at the
+    // next start.
     std::fs::write(&file, &bytes[..1000]).unwrap();
+    match cached.read(0..100) {
+        Err(CacheError::Damaged { reason, .. }) => assert!(reason.contains("short"), "{reason}"),
+        other => panic!("a truncated file was read: {other:?}"),
+    }
     drop(cached);
     drop(cache);
     let cache = CellCache::open(config(dir.path(), 64 << 20)).unwrap();
