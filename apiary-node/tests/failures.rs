@@ -337,3 +337,41 @@ async fn an_idle_node_sweeps_what_a_dead_coordinator_left() {
     println!("swept {:?} after it was left", left.elapsed());
     node.shutdown().await.unwrap();
 }
+
+/// A query whose client reads its answer slowly, for longer than the orphan retention,
+/// stays renewed until the stream ends: a sweep meanwhile removes nothing, and the client
+/// still gets every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_read_slowly_stays_renewed_until_its_stream_ends() {
+    use futures::TryStreamExt;
+    let retention = Duration::from_millis(600);
+    let s = common::in_process_swarm(&[("slow-reader-w", Duration::from_millis(10))], |o| {
+        o.distribute.orphan_retention = retention
+    })
+    .await;
+    let sql = "SELECT event_id FROM analytics.events.clicks";
+    let local = s.client.sql(sql).await.unwrap().num_rows();
+    let mut session = s.client.sql_session().unwrap();
+    session
+        .sql("SET apiary.distribute = 'always'")
+        .await
+        .unwrap();
+    let mut stream = session.sql_stream(sql).await.unwrap();
+    let mut rows = stream.try_next().await.unwrap().unwrap().num_rows();
+    // The answer is open for two and a half retentions; sweeps with that retention find
+    // nothing to remove all the while.
+    let transport = std::sync::Arc::clone(s.client.transport());
+    let open = Instant::now();
+    while open.elapsed() < retention * 5 / 2 {
+        apiary::apiary_storage::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            transport.sweep(retention).await.unwrap(),
+            0,
+            "a sweep took part of a query whose answer is still being read"
+        );
+    }
+    while let Some(batch) = stream.try_next().await.unwrap() {
+        rows += batch.num_rows();
+    }
+    assert_eq!(rows, local);
+}

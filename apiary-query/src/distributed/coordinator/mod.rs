@@ -460,14 +460,12 @@ impl Run {
                 q.advance().await?;
             }
         }
-        q.renewal = None;
         self.phases.wait.add_duration(since(started));
         let Attempts {
             tasks,
             causes,
             units,
-            published,
-            coordinator,
+            renewal,
             ..
         } = q;
         let sizes: std::collections::HashMap<String, u64> =
@@ -527,25 +525,14 @@ impl Run {
             cleanup.answered.store(true, Ordering::Relaxed);
         }
         let _ = self.ready.send(Ok(Ready::Complete));
-        // Renewed while the stream reads its chunks, so no sweep takes them; the stream's
-        // end removes the query.
-        if !published {
+        // The query's renewal (from its first publication) lives on while the stream reads
+        // its chunks, so no sweep takes them; the stream's end removes the query.
+        let Some(_renewal) = renewal else {
             return Ok(());
-        }
-        let renew_every = self.cluster.settings.orphan_retention / 3;
-        loop {
-            self.cluster.clock.sleep(renew_every).await;
-            if !output::output_alive(&self.cleanup) {
-                break;
-            }
-            if let Err(e) = self
-                .cluster
-                .transport
-                .renew(&self.query_id, &coordinator)
-                .await
-            {
-                tracing::warn!(query = %self.query_id, error = %e, "renewing the query failed");
-            }
+        };
+        let check_every = self.cluster.settings.orphan_retention / 3;
+        while output::output_alive(&self.cleanup) {
+            self.cluster.clock.sleep(check_every).await;
         }
         Ok(())
     }
