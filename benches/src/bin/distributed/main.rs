@@ -21,6 +21,10 @@
 //! `--flight 1` runs it all over Arrow Flight: the nodes serve it on loopback and the
 //! coordinators push their tasks over it (compare with a run without it).
 //!
+//! After the table of times it prints where the CPU went: per query, this process (the
+//! coordinator) and each node, idle ones included, and what one node spends on each query
+//! against two together.
+//!
 //! Every distributed answer is checked against the local one. The memory tier is off on
 //! every side by default, so the speed-up is that of the scans and joins themselves;
 //! `--memory-tier BYTES` (say 1073741824) gives every side a tier, to compare warm nodes.
@@ -43,7 +47,7 @@ use apiary_benches::harness::{flag, flags, geo_mean, load_apiary, result_rows};
 use apiary_benches::ssb::{QUERIES, generate};
 
 use processes::{Nodes, Twins, link_copy, node, serve, wait_alive};
-use timing::{Side, Timed, range, round_geo_means, side, time_interleaved};
+use timing::{CpuUse, Side, Timed, range, round_geo_means, side, time_interleaved};
 
 use arrow_array::RecordBatch;
 
@@ -328,6 +332,10 @@ async fn main() {
         // The ceiling: two whole copies at once in two one-bee processes.
         Side::Twins(Box::new(Twins::start(&storage, a.memory_tier).await)),
     ];
+    let watched: Vec<u32> = std::iter::once(std::process::id())
+        .chain(nodes.0.iter().map(|c| c.id()))
+        .collect();
+    let (timed, cpu) = time_interleaved(&mut sides, a.runs, &watched).await;
     let [
         one_bee,
         one_bee_unpinned,
@@ -335,10 +343,7 @@ async fn main() {
         two_nodes,
         two_bees,
         twins,
-    ]: [Vec<_>; 6] = time_interleaved(&mut sides, a.runs)
-        .await
-        .try_into()
-        .expect("six sides");
+    ]: [Vec<_>; 6] = timed.try_into().expect("six sides");
     drop(sides);
     let mut spread = session(&ap, "always").await;
     // Where the time of a distributed query goes: each task's time on its worker (Q2.1, or
@@ -435,9 +440,33 @@ async fn main() {
         range(&round_geo_means(&one_bee, &two_bees)),
         range(&round_geo_means(&one_bee, &twins))
     );
+    print_cpu(&cpu);
     drop(nodes);
 
     tiny::measure(&ap, &counts, &storage, &state, &a).await;
+}
+
+/// Where each side's CPU went, per query: this process (the coordinator, or the one-bee
+/// baseline) and each node, idle ones included (their task polls and heartbeats).
+fn print_cpu(cpu: &CpuUse) {
+    println!(
+        "\nCPU per query, mean over every query and round (ms): this process | bench-solo | bench-a | bench-b"
+    );
+    for (side, name) in [(0, "1 bee (1 core)"), (2, "1 node"), (3, "2 nodes")] {
+        let ms: Vec<String> = (0..cpu.processes())
+            .map(|p| format!("{:.1}", cpu.per_query_ms(side, p)))
+            .collect();
+        println!("  {name:<15} {}", ms.join(" | "));
+    }
+    // The nodes' work per query: what one node spends on it against what two spend
+    // together (each task repeats its planning and its dimension frames' scans and hash
+    // tables).
+    println!("node CPU per query (ms): one node | two nodes together | two over one");
+    for (q, (name, _)) in QUERIES.iter().enumerate() {
+        let one = cpu.query_ms(2, q, 1);
+        let two = cpu.query_ms(3, q, 2) + cpu.query_ms(3, q, 3);
+        println!("  {name:<6} {one:>7.1} | {two:>7.1} | {:+.1}", two - one);
+    }
 }
 
 #[cfg(test)]

@@ -63,7 +63,56 @@ impl Timed {
     }
 }
 
-/// `runs` timed runs of every query on every side, indexed `[side][query]`.
+/// CPU time process `pid` has used so far, in seconds: the sum over its live threads of
+/// their time on a core (`/proc/PID/task/*/schedstat`, nanoseconds, so a query's few
+/// milliseconds show). Zero where the file cannot be read.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let nanos: u64 = threads
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    nanos as f64 / 1e9
+}
+
+/// CPU seconds each watched process spent during a side's timed runs of each query, summed
+/// over the rounds, indexed `[side][query][process]`, and how many rounds there were.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CpuUse {
+    pub(crate) seconds: Vec<Vec<Vec<f64>>>,
+    pub(crate) rounds: usize,
+}
+
+impl CpuUse {
+    /// How many processes were watched.
+    pub(crate) fn processes(&self) -> usize {
+        self.seconds
+            .first()
+            .and_then(|side| side.first())
+            .map_or(0, Vec::len)
+    }
+
+    /// Milliseconds of CPU per run of query `query` on side `side` in process `process`.
+    pub(crate) fn query_ms(&self, side: usize, query: usize, process: usize) -> f64 {
+        self.seconds[side][query][process] * 1e3 / self.rounds.max(1) as f64
+    }
+
+    /// Milliseconds of CPU per query of side `side` in process `process`, the mean over
+    /// every query.
+    pub(crate) fn per_query_ms(&self, side: usize, process: usize) -> f64 {
+        let queries = self.seconds[side].len();
+        (0..queries)
+            .map(|q| self.query_ms(side, q, process))
+            .sum::<f64>()
+            / queries.max(1) as f64
+    }
+}
+
+/// `runs` timed runs of every query on every side, indexed `[side][query]`, and the CPU
+/// each of the processes `watched` used during each side's timed runs.
 ///
 /// The sides take turns: each query runs once untimed on every side (so every side is
 /// measured in the same state: footers cached and, with a memory tier, columns admitted),
@@ -71,16 +120,28 @@ impl Timed {
 /// on the same side can take 40% longer a minute later. Runs of one round share the drift,
 /// so the ratio of two sides does not depend on it, as it would if each side ran all its
 /// queries in a block of its own.
-pub(crate) async fn time_interleaved(sides: &mut [Side], runs: usize) -> Vec<Vec<Timed>> {
+pub(crate) async fn time_interleaved(
+    sides: &mut [Side],
+    runs: usize,
+    watched: &[u32],
+) -> (Vec<Vec<Timed>>, CpuUse) {
     let mut out: Vec<Vec<Timed>> = vec![Vec::new(); sides.len()];
+    let mut cpu = CpuUse {
+        seconds: vec![vec![vec![0.0; watched.len()]; QUERIES.len()]; sides.len()],
+        rounds: runs,
+    };
     for index in 0..QUERIES.len() {
         let mut timed = vec![Timed::default(); sides.len()];
         for round in 0..=runs {
             for (i, side) in sides.iter_mut().enumerate() {
+                let before: Vec<f64> = watched.iter().map(|&p| cpu_seconds(p)).collect();
                 let (took, rows) = side.run(index).await;
                 if round > 0 {
                     timed[i].seconds.push(took);
                     timed[i].rows = rows;
+                    for (p, (&pid, was)) in watched.iter().zip(before).enumerate() {
+                        cpu.seconds[i][index][p] += cpu_seconds(pid) - was;
+                    }
                 }
             }
         }
@@ -89,7 +150,7 @@ pub(crate) async fn time_interleaved(sides: &mut [Side], runs: usize) -> Vec<Vec
         }
     }
     pin_process("0-1");
-    out
+    (out, cpu)
 }
 
 /// The geometric mean of the speed-up of `faster` over `base` in each round (round `r`
@@ -122,6 +183,41 @@ pub(crate) fn range(means: &[f64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_counts_this_process_working_and_not_sleeping() {
+        let pid = std::process::id();
+        let before = cpu_seconds(pid);
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed().as_millis() < 60 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let worked = cpu_seconds(pid) - before;
+        // The spin is on a core for most of its 60 ms (a loaded machine may take some).
+        assert!(worked > 0.02, "60 ms of spinning counted {worked} s");
+        let before = cpu_seconds(pid);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let slept = cpu_seconds(pid) - before;
+        assert!(slept < 0.05, "100 ms asleep counted {slept} s");
+        assert_eq!(cpu_seconds(u32::MAX), 0.0, "no such process: zero");
+    }
+
+    #[test]
+    fn cpu_use_is_per_run_and_averaged_over_queries() {
+        // Two sides, two queries, two processes, three rounds.
+        let cpu = CpuUse {
+            seconds: vec![
+                vec![vec![0.3, 0.0], vec![0.6, 0.03]],
+                vec![vec![0.0, 0.0], vec![0.0, 0.0]],
+            ],
+            rounds: 3,
+        };
+        assert_eq!(cpu.processes(), 2);
+        assert!((cpu.query_ms(0, 1, 1) - 10.0).abs() < 1e-9);
+        assert!((cpu.per_query_ms(0, 0) - 150.0).abs() < 1e-9);
+        assert_eq!(cpu.per_query_ms(1, 1), 0.0);
+    }
 
     #[test]
     fn round_means_pair_the_runs_of_one_round_and_come_sorted() {
