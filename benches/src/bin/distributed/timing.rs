@@ -194,8 +194,9 @@ mod tests {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
         }
         let worked = cpu_seconds(pid) - before;
-        // The spin is on a core for most of its 60 ms (a loaded machine may take some).
-        assert!(worked > 0.02, "60 ms of spinning counted {worked} s");
+        // The spin is on a core for most of its 60 ms; a loaded machine may take much of
+        // it, so the bound only asks that the spin was seen at all.
+        assert!(worked > 0.01, "60 ms of spinning counted {worked} s");
         let before = cpu_seconds(pid);
         std::thread::sleep(std::time::Duration::from_millis(100));
         let slept = cpu_seconds(pid) - before;
