@@ -526,15 +526,12 @@ impl Run {
         }
         let _ = self.ready.send(Ok(Ready::Complete));
         // The query's renewal (from its first publication) lives on while the stream reads
-        // its chunks, so no sweep takes them; the stream's end removes the query.
+        // its chunks, so no sweep takes them. The stream holds this driver and drops it with
+        // the query's cleanup when it ends or is dropped; that ends the renewal too.
         let Some(_renewal) = renewal else {
             return Ok(());
         };
-        let check_every = self.cluster.settings.orphan_retention / 3;
-        while output::output_alive(&self.cleanup) {
-            self.cluster.clock.sleep(check_every).await;
-        }
-        Ok(())
+        std::future::pending().await
     }
 }
 

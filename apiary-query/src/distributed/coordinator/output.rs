@@ -2,7 +2,7 @@
 //! accepted, read a chunk at a time; a local task's rows are kept in the query's memory
 //! pool and spill to disk past it. Nothing holds a whole result in memory.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -271,12 +271,6 @@ impl Output {
         self.rows.add(batch.num_rows());
         Ok(batch)
     }
-}
-
-/// Whether the output that `cleanup` belongs to is still there (the driver renews the
-/// query while it is, since its chunks are read until then).
-pub(super) fn output_alive(cleanup: &Weak<Cleanup>) -> bool {
-    cleanup.strong_count() > 0
 }
 
 /// Runs `spec`, a task of this process's own share, as a worker would (holding a bee of
