@@ -44,7 +44,7 @@ use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
 };
-use narrowing::{narrow, one_cell};
+use narrowing::{cells, narrow};
 pub use yielding::YieldingJoins;
 
 /// What the ledger contributed to one frame scan.
@@ -94,9 +94,10 @@ pub(crate) type KeptCells = HashMap<String, Option<RowRanges>>;
 /// the scan layer depends on no transport.
 #[async_trait::async_trait]
 pub(crate) trait SharedCells: Send + Sync + fmt::Debug {
-    /// The next unit one of the scan's partitions reads, claimed for it; `None` when none
-    /// is left.
-    async fn next(&self) -> crate::Result<Option<Unit>>;
+    /// The next units one of the scan's `partitions` reads, claimed for it: a run of the
+    /// units no other task may take (its fair share of them, read as one scan), or else
+    /// one unit; empty when none is left.
+    async fn next_units(&self, partitions: usize) -> crate::Result<Vec<Unit>>;
 
     /// For a scan whose partitions must each keep their own units (sorted or partitioned
     /// output): the units it holds, by location, claimed at once; or why that failed.
@@ -211,32 +212,27 @@ impl FrameScanExec {
         )))
     }
 
-    /// A partition's stream over the units `queue` hands out: each is read by the input
-    /// narrowed to that one cell (or its part's rows); a scan limit stays a limit on the
-    /// partition's rows.
+    /// A partition's stream over the units `queue` hands out: each run of them is read by
+    /// the input narrowed to those cells (or their parts' rows), as one scan where it can
+    /// be and one cell at a time where not; a scan limit stays a limit on the partition's
+    /// rows.
     fn execute_shared(
         &self,
         queue: Arc<dyn SharedCells>,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input = Arc::clone(&self.input);
+        let partitions = input.properties().partitioning.partition_count();
         let streams = futures::stream::unfold(queue, move |queue| {
             let input = Arc::clone(&input);
             let context = Arc::clone(&context);
             async move {
-                let next = match queue.next().await {
-                    Ok(None) => return None,
-                    Ok(Some(unit)) => one_cell(&input, &unit.location, unit.rows.as_ref())
-                        .ok_or_else(|| {
-                            DataFusionError::Internal(format!(
-                                "the scan cannot read cell `{}` alone",
-                                unit.location
-                            ))
-                        })
-                        .and_then(|plan| plan.execute(0, context)),
-                    Err(e) => Err(DataFusionError::External(Box::new(e))),
+                let units = match queue.next_units(partitions).await {
+                    Ok(units) if units.is_empty() => return None,
+                    Ok(units) => units,
+                    Err(e) => return Some((Err(DataFusionError::External(Box::new(e))), queue)),
                 };
-                Some((next, queue))
+                Some((read_units(&input, &units, context), queue))
             }
         });
         let batches = streams.try_flatten();
@@ -295,6 +291,36 @@ impl FrameScanExec {
     fn rewrap(&self, input: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
         replace_children_if_necessary(Arc::new(self.clone()), vec![input])
     }
+}
+
+/// The batches of `units` read by `input` (a frame scan's input) narrowed to them: one
+/// scan of them all where the input allows it, else one scan per unit, in turn.
+fn read_units(
+    input: &Arc<dyn ExecutionPlan>,
+    units: &[Unit],
+    context: Arc<TaskContext>,
+) -> Result<futures::stream::BoxStream<'static, Result<arrow_array::RecordBatch>>> {
+    let plans = match cells(input, units) {
+        Some(plan) => vec![plan],
+        None if units.len() > 1 => units
+            .iter()
+            .map(|u| cells(input, std::slice::from_ref(u)).ok_or(u))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(cannot_read)?,
+        None => return Err(cannot_read(&units[0])),
+    };
+    let first = plans[0].execute(0, Arc::clone(&context))?;
+    let rest = futures::stream::iter(plans.into_iter().skip(1))
+        .map(move |plan| plan.execute(0, Arc::clone(&context)))
+        .try_flatten();
+    Ok(first.chain(rest).boxed())
+}
+
+fn cannot_read(unit: &Unit) -> DataFusionError {
+    DataFusionError::Internal(format!(
+        "the scan cannot read cell `{}` alone",
+        unit.location
+    ))
 }
 
 /// `stream` yielding to the runtime after each batch. Reading a cached cell never waits, so

@@ -192,27 +192,36 @@ impl MemoryTierExec {
 }
 
 impl MemoryTierExec {
-    /// The same scan of only the cell stored at `key` (only `rows` of it, if given), in
-    /// one partition (`None` if this scan does not read it).
-    pub(crate) fn only(&self, key: &str, rows: Option<&RowRanges>) -> Option<Self> {
-        let cell = self
-            .partitions
+    /// The same scan of only the cells stored at `units`' keys (only the rows given, if
+    /// any), in one partition, in that order (`None` if this scan does not read them all).
+    pub(crate) fn only(&self, units: &[(&str, Option<&RowRanges>)]) -> Option<Self> {
+        let cells = units
             .iter()
-            .flat_map(|p| p.iter())
-            .find(|c| c.key == key)?;
-        let cell = match rows {
-            None => Arc::clone(cell),
-            Some(rows) => Arc::new(TierCell {
-                rows: Some(rows.clone()),
-                ..TierCell::clone(cell)
-            }),
-        };
-        let held = usize::from(matches!(cell.source, Source::Held(_)));
+            .map(|&(key, rows)| {
+                let cell = self
+                    .partitions
+                    .iter()
+                    .flat_map(|p| p.iter())
+                    .find(|c| c.key == key)?;
+                Some(match rows {
+                    None => Arc::clone(cell),
+                    Some(rows) => Arc::new(TierCell {
+                        rows: Some(rows.clone()),
+                        ..TierCell::clone(cell)
+                    }),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let held = cells
+            .iter()
+            .filter(|c| matches!(c.source, Source::Held(_)))
+            .count();
+        let loading = cells.len() - held;
         Some(Self {
             schema: Arc::clone(&self.schema),
             layout: Arc::clone(&self.layout),
             file_columns: Arc::clone(&self.file_columns),
-            partitions: vec![Arc::from([cell])],
+            partitions: vec![Arc::from(cells)],
             statistics: Arc::clone(&self.statistics),
             limit: self.limit,
             tier: Arc::clone(&self.tier),
@@ -224,7 +233,7 @@ impl MemoryTierExec {
             )),
             metrics: self.metrics.clone(),
             held,
-            loading: 1 - held,
+            loading,
         })
     }
 }

@@ -55,6 +55,8 @@ pub(crate) struct CellQueue {
     task: TaskKey,
     state: Mutex<State>,
     pruned: Vec<String>,
+    /// How many of the task's units no other task may take (those it plans to read).
+    unshared: usize,
     kept: tokio::sync::OnceCell<Kept>,
     /// Whether a claim took [`SLOW_CLAIM`] or more (then the next one is asked ahead).
     slow: std::sync::atomic::AtomicBool,
@@ -100,6 +102,7 @@ impl CellQueue {
                 None => pruned.push(cell.clone()),
             }
         }
+        let unshared = next.iter().filter(|e| e.part == Origin::Unshared).count();
         Ok(Self {
             transport,
             task: task.key(),
@@ -108,6 +111,7 @@ impl CellQueue {
                 ..State::default()
             }),
             pruned,
+            unshared,
             kept: tokio::sync::OnceCell::new(),
             slow: std::sync::atomic::AtomicBool::new(false),
             clock: apiary_storage::SystemClock::shared(),
@@ -169,6 +173,32 @@ impl CellQueue {
             // The owner or another thief got this far.
             state.ended.insert(entry.part);
         }
+    }
+
+    /// The next units one of a scan's `partitions` reads: while the task's unshared units
+    /// last, a run of up to a `partitions`th of them (rounded up; they need no claim, and
+    /// a run is read as one scan), then one unit at a time as [`Self::next`] hands them
+    /// out; empty when none is left.
+    pub(crate) async fn next_units(&self, partitions: usize) -> Result<Vec<Unit>> {
+        {
+            let run = self.unshared.div_ceil(partitions.max(1));
+            let mut state = self.state();
+            let mut units = Vec::new();
+            while units.len() < run
+                && let Some(entry) = state.next.pop_front()
+            {
+                if entry.part != Origin::Unshared {
+                    state.next.push_front(entry);
+                    break;
+                }
+                state.read.push(entry.cell);
+                units.push(entry.unit);
+            }
+            if !units.is_empty() {
+                return Ok(units);
+            }
+        }
+        Ok(self.next().await?.into_iter().collect())
     }
 
     /// The next entry whose part has not ended.
@@ -362,8 +392,8 @@ const CLAIMS_AT_ONCE: usize = 16;
 
 #[async_trait::async_trait]
 impl SharedCells for CellQueue {
-    async fn next(&self) -> Result<Option<Unit>> {
-        CellQueue::next(self).await
+    async fn next_units(&self, partitions: usize) -> Result<Vec<Unit>> {
+        CellQueue::next_units(self, partitions).await
     }
 
     async fn claim_own(&self) -> Kept {

@@ -1,9 +1,8 @@
-//! A frame scan's input narrowed to some of its cells (and rows of them): one cell for a
-//! partition that reads the cells a claim queue hands out, or the cells a task keeps.
+//! A frame scan's input narrowed to some of its cells (and rows of them): the units a
+//! claim queue hands out to one partition, or the cells a task keeps.
 
 use std::sync::Arc;
 
-use apiary_storage::Path;
 use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
@@ -11,6 +10,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::union::UnionExec;
 
+use super::Unit;
 use crate::parts::RowRanges;
 use crate::tier::MemoryTierExec;
 
@@ -31,46 +31,52 @@ fn select_rows(
     vec![file.with_extension(ParquetRowSelection::new(rows.selection()))]
 }
 
-/// `plan` (a frame scan's input) narrowed to the one cell at `location` (only `rows` of it,
-/// if given), with one partition: the same scan (projection, pushed-down filters, limit) of
-/// that cell alone.
-pub(super) fn one_cell(
+/// `plan` (a frame scan's input) narrowed to the cells of `units` (each whole, or only the
+/// rows it names), in that order, with one partition: the same scan (projection,
+/// pushed-down filters, limit) of those cells alone, as one multi-file scan. `None` when
+/// the scan cannot read them that way (a cell it does not plan to read, or cells on both
+/// sides of a union: read those one at a time).
+pub(super) fn cells(
     plan: &Arc<dyn ExecutionPlan>,
-    location: &Path,
-    rows: Option<&RowRanges>,
+    units: &[Unit],
 ) -> Option<Arc<dyn ExecutionPlan>> {
     if let Some(source) = plan.downcast_ref::<DataSourceExec>() {
         let config = source.data_source().downcast_ref::<FileScanConfig>()?;
-        // Every piece of it: DataFusion may have cut a large file into byte ranges.
-        let pieces: Vec<_> = config
-            .file_groups
-            .iter()
-            .flat_map(|g| g.iter())
-            .filter(|f| &f.object_meta.location == location)
-            .cloned()
-            .collect();
-        if pieces.is_empty() {
-            return None;
+        let mut files = Vec::new();
+        for unit in units {
+            // Every piece of it: DataFusion may have cut a large file into byte ranges.
+            let pieces: Vec<_> = config
+                .file_groups
+                .iter()
+                .flat_map(|g| g.iter())
+                .filter(|f| f.object_meta.location == unit.location)
+                .cloned()
+                .collect();
+            if pieces.is_empty() {
+                return None;
+            }
+            files.extend(select_rows(pieces, unit.rows.as_ref()));
         }
-        let one = FileScanConfigBuilder::from(config.clone())
-            .with_file_groups(vec![FileGroup::new(select_rows(pieces, rows))])
+        let narrowed = FileScanConfigBuilder::from(config.clone())
+            .with_file_groups(vec![FileGroup::new(files)])
             .build();
-        return Some(DataSourceExec::from_data_source(one));
+        return Some(DataSourceExec::from_data_source(narrowed));
     }
     if let Some(tier) = plan.downcast_ref::<MemoryTierExec>() {
-        return Some(Arc::new(tier.only(location.as_ref(), rows)?));
+        let units: Vec<_> = units
+            .iter()
+            .map(|u| (u.location.as_ref(), u.rows.as_ref()))
+            .collect();
+        return Some(Arc::new(tier.only(&units)?));
     }
     if plan.downcast_ref::<UnionExec>().is_some() {
-        return plan
-            .children()
-            .into_iter()
-            .find_map(|c| one_cell(c, location, rows));
+        return plan.children().into_iter().find_map(|c| cells(c, units));
     }
     // Anything else over one input (a projection the optimizer left) is kept above it.
     let [child] = plan.children()[..] else {
         return None;
     };
-    let narrowed = one_cell(child, location, rows)?;
+    let narrowed = cells(child, units)?;
     let plan = Arc::clone(plan)
         .replace_children(
             vec![narrowed],

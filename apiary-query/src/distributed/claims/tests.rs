@@ -47,13 +47,25 @@ fn task(id: u32, cells: &[&str], shared: u32, steal: Vec<Vec<&str>>) -> TaskSpec
 
 use proptest::prelude::*;
 
-/// Tasks draining their queues in the order `turns` picks (each turn one `next`),
-/// stopping early where `stops` says: the cells read and not needed, per task.
+/// How the tasks of [`race`] take their units.
+#[derive(Debug, Clone, Copy)]
+enum Taking {
+    /// All their own units at once, up front.
+    Kept,
+    /// One at a time.
+    One,
+    /// In runs, as a scan of this many partitions does.
+    Runs(usize),
+}
+
+/// Tasks draining their queues in the order `turns` picks (each turn one `next` or
+/// `next_units`), stopping early where `stops` says: the cells read and not needed, per
+/// task.
 async fn race(
     sizes: &[usize],
     turns: &[usize],
     stops: &[Option<usize>],
-    kept: bool,
+    taking: Taking,
     ahead: bool,
     cut: bool,
 ) -> (Vec<String>, Vec<Vec<String>>, Vec<Vec<String>>) {
@@ -95,7 +107,7 @@ async fn race(
         .collect();
     let mut taken = vec![0usize; queues.len()];
     let mut done = vec![false; queues.len()];
-    if kept {
+    if let Taking::Kept = taking {
         for q in &queues {
             q.claim_own().await.unwrap();
         }
@@ -110,9 +122,13 @@ async fn race(
                 done[i] = true;
                 continue;
             }
-            match queues[i].next().await.unwrap() {
-                Some(_) => taken[i] += 1,
-                None => done[i] = true,
+            let got = match taking {
+                Taking::Runs(partitions) => queues[i].next_units(partitions).await.unwrap().len(),
+                _ => usize::from(queues[i].next().await.unwrap().is_some()),
+            };
+            match got {
+                0 => done[i] = true,
+                n => taken[i] += n,
             }
             if done.iter().all(|d| *d) {
                 break;
@@ -140,7 +156,11 @@ proptest! {
         sizes in proptest::collection::vec(1usize..7, 1..5),
         turns in proptest::collection::vec(0usize..4, 0..60),
         stops in proptest::collection::vec(proptest::option::weighted(0.2, 0usize..4), 4),
-        kept in any::<bool>(),
+        taking in prop_oneof![
+            Just(Taking::Kept),
+            Just(Taking::One),
+            (1usize..4).prop_map(Taking::Runs),
+        ],
         ahead in any::<bool>(),
         cut in any::<bool>(),
     ) {
@@ -148,7 +168,7 @@ proptest! {
         let none = vec![None; 4];
         for stops in [&none, &stops] {
             let (all, read, pruned) =
-                runtime.block_on(race(&sizes, &turns, stops, kept, ahead, cut));
+                runtime.block_on(race(&sizes, &turns, stops, taking, ahead, cut));
             let mut seen: Vec<&String> = read.iter().flatten().collect();
             let n = seen.len();
             seen.sort();
@@ -294,4 +314,30 @@ async fn a_part_the_cell_does_not_have_fails_the_task_and_a_pruned_cell_prunes_i
     assert!(!needs_queue(&t, &plan));
     let q = CellQueue::new(Arc::clone(&transport), &t, &plan).unwrap();
     assert_eq!(drain(&q).await, ["a#0-5"]);
+}
+
+#[tokio::test]
+async fn a_scan_reads_its_unshared_units_in_runs_and_the_shared_ones_one_at_a_time() {
+    let transport: Arc<dyn ShuffleTransport> =
+        Arc::new(StorageShuffle::new(apiary_storage::memory()));
+    let cells = ["a", "b", "c", "d", "e", "f", "g"];
+    // Five unshared (one of them ruled out by the plan), two shared, one stolen.
+    let plan = planned(&["a", "b", "d", "e", "f", "g", "x"]);
+    let q = CellQueue::new(transport, &task(0, &cells, 2, vec![vec!["x"]]), &plan).unwrap();
+    let names = |units: Vec<Unit>| -> Vec<String> {
+        units
+            .iter()
+            .map(|u| u.location.as_ref().trim_start_matches("root/").to_string())
+            .collect()
+    };
+    // Four unshared units over three partitions: runs of two.
+    assert_eq!(names(q.next_units(3).await.unwrap()), ["a", "b"]);
+    assert_eq!(names(q.next_units(3).await.unwrap()), ["d", "e"]);
+    for one in ["f", "g", "x"] {
+        assert_eq!(names(q.next_units(3).await.unwrap()), [one]);
+    }
+    assert!(q.next_units(3).await.unwrap().is_empty());
+    let (read, pruned) = q.finish().await;
+    assert_eq!(read, ["a", "b", "d", "e", "f", "g", "x"]);
+    assert_eq!(pruned, ["c"]);
 }
