@@ -34,6 +34,8 @@ use apiary_swarm::{
 use tokio::sync::watch;
 
 mod admission;
+#[cfg(feature = "mimalloc")]
+pub mod allocator;
 mod builder;
 pub mod cli;
 mod cluster;
