@@ -34,8 +34,6 @@ use apiary_swarm::{
 use tokio::sync::watch;
 
 mod admission;
-#[cfg(feature = "mimalloc")]
-pub mod allocator;
 mod builder;
 pub mod cli;
 mod cluster;

@@ -8,7 +8,5 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    #[cfg(feature = "mimalloc")]
-    apiary::allocator::keep_freed_memory();
     apiary::cli::main(|builder| builder)
 }

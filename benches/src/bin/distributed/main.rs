@@ -223,8 +223,6 @@ fn equal_parts(batches: &[RecordBatch], parts: usize) -> Vec<Vec<RecordBatch>> {
 
 #[tokio::main]
 async fn main() {
-    // The one-bee baseline allocates as a node does.
-    apiary::allocator::keep_freed_memory();
     let a = args();
     let _ = MIN_PART_ROWS.set(a.min_part_rows);
     let _ = FLIGHT.set(a.flight);
