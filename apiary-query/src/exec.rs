@@ -533,3 +533,6 @@ impl ExecutionPlan for FrameScanExec {
         Some(Arc::new(self.with_input(input)))
     }
 }
+
+#[cfg(test)]
+mod tests;

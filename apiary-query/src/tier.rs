@@ -195,14 +195,16 @@ impl MemoryTierExec {
     /// The same scan of only the cells stored at `units`' keys (only the rows given, if
     /// any), in one partition, in that order (`None` if this scan does not read them all).
     pub(crate) fn only(&self, units: &[(&str, Option<&RowRanges>)]) -> Option<Self> {
+        let by_key: std::collections::HashMap<&str, &Arc<TierCell>> = self
+            .partitions
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(|c| (c.key.as_str(), c))
+            .collect();
         let cells = units
             .iter()
             .map(|&(key, rows)| {
-                let cell = self
-                    .partitions
-                    .iter()
-                    .flat_map(|p| p.iter())
-                    .find(|c| c.key == key)?;
+                let cell = *by_key.get(key)?;
                 Some(match rows {
                     None => Arc::clone(cell),
                     Some(rows) => Arc::new(TierCell {

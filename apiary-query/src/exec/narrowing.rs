@@ -1,7 +1,11 @@
 //! A frame scan's input narrowed to some of its cells (and rows of them): the units a
 //! claim queue hands out to one partition, or the cells a task keeps.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use apiary_storage::Path;
+use datafusion::datasource::listing::PartitionedFile;
 
 use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
@@ -17,10 +21,7 @@ use crate::tier::MemoryTierExec;
 /// The pieces of one file of a Parquet scan reading only `rows`: the whole file (not the
 /// byte ranges DataFusion may have cut it into) with a row selection; `pieces` unchanged
 /// when all rows are read.
-fn select_rows(
-    pieces: Vec<datafusion::datasource::listing::PartitionedFile>,
-    rows: Option<&RowRanges>,
-) -> Vec<datafusion::datasource::listing::PartitionedFile> {
+fn select_rows(pieces: Vec<PartitionedFile>, rows: Option<&RowRanges>) -> Vec<PartitionedFile> {
     let Some(rows) = rows.filter(|r| !r.is_all()) else {
         return pieces;
     };
@@ -42,20 +43,18 @@ pub(super) fn cells(
 ) -> Option<Arc<dyn ExecutionPlan>> {
     if let Some(source) = plan.downcast_ref::<DataSourceExec>() {
         let config = source.data_source().downcast_ref::<FileScanConfig>()?;
+        // Every piece of each file: DataFusion may have cut a large file into byte ranges.
+        let mut pieces: HashMap<&Path, Vec<PartitionedFile>> = HashMap::new();
+        for f in config.file_groups.iter().flat_map(|g| g.iter()) {
+            pieces
+                .entry(&f.object_meta.location)
+                .or_default()
+                .push(f.clone());
+        }
         let mut files = Vec::new();
         for unit in units {
-            // Every piece of it: DataFusion may have cut a large file into byte ranges.
-            let pieces: Vec<_> = config
-                .file_groups
-                .iter()
-                .flat_map(|g| g.iter())
-                .filter(|f| f.object_meta.location == unit.location)
-                .cloned()
-                .collect();
-            if pieces.is_empty() {
-                return None;
-            }
-            files.extend(select_rows(pieces, unit.rows.as_ref()));
+            let of_unit = pieces.get(&unit.location)?.clone();
+            files.extend(select_rows(of_unit, unit.rows.as_ref()));
         }
         let narrowed = FileScanConfigBuilder::from(config.clone())
             .with_file_groups(vec![FileGroup::new(files)])
