@@ -286,6 +286,20 @@ impl Heartbeat {
         }
     }
 
+    /// When peers should judge this node suspect: once its next heartbeat is late by half
+    /// the grace its promise leaves after the interval it stated (half its deadline when it
+    /// stated none). An idle node beating once a minute is not suspect between its beats.
+    pub fn suspect_after(&self, default: std::time::Duration) -> std::time::Duration {
+        let dead_after = self.dead_after(default);
+        match self
+            .beat
+            .map(|b| std::time::Duration::from_millis(b.interval_ms))
+        {
+            Some(interval) if interval < dead_after => interval + (dead_after - interval) / 2,
+            _ => dead_after / 2,
+        }
+    }
+
     /// Serializes it.
     pub fn encode(&self) -> Vec<u8> {
         // A heartbeat has no maps with non-string keys and no non-finite floats after

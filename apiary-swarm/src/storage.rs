@@ -488,9 +488,10 @@ pub(crate) async fn snapshot(
     for (id, heartbeat, age) in nodes {
         use crate::heartbeat::Lifecycle;
         use crate::view::NodeState;
-        let state = if age > config.dead_threshold {
+        // Judged by the cadence the heartbeat promises: an idle node beats once a minute.
+        let state = if age > heartbeat.dead_after(config.dead_threshold) {
             NodeState::Dead
-        } else if age > config.dead_threshold / 2 {
+        } else if age > heartbeat.suspect_after(config.dead_threshold) {
             NodeState::Suspect
         } else {
             match heartbeat.state {

@@ -226,6 +226,9 @@ struct Tracked {
     /// How old its heartbeat already was, on the store's clock, when first seen (zero once
     /// it has been seen to change).
     age_at_first_sight: Duration,
+    /// Whether that age was measured on the store's clock (else it is judged by
+    /// observation alone until it changes).
+    aged: bool,
     changes: u64,
     content: Option<Heartbeat>,
     /// Token at the time of the last fetch (or failed decode).
@@ -336,13 +339,13 @@ impl Observer {
                             // First sight: aged on the store's clock where this node has
                             // a reading of it, else judged by observation from now on.
                             let age = self.store_age(own_token.as_ref(), &token, now);
-                            let fresh = age.is_some_and(|a| a <= self.config.dead_threshold / 2);
                             self.tracked.insert(
                                 id,
                                 Tracked {
                                     last_change: now,
                                     age_at_first_sight: age.unwrap_or_default(),
-                                    changes: u64::from(fresh),
+                                    aged: age.is_some(),
+                                    changes: 0,
                                     token,
                                     content: None,
                                     fetched_token: None,
@@ -441,19 +444,13 @@ impl Observer {
         })
     }
 
-    /// When `id` is judged suspect: once its next heartbeat is late by half the grace its
-    /// promise leaves after the interval it stated (half its deadline when it stated none).
-    /// An idle node beating once a minute is not suspect between its beats.
+    /// When `id` is judged suspect: by the cadence its newest content promises (see
+    /// [`Heartbeat::suspect_after`]).
     fn suspect_after(&self, id: &NodeId, t: &Tracked) -> Duration {
-        let dead_after = self.dead_after(id, t);
-        let interval = self
-            .content(id, t)
-            .and_then(|c| c.beat)
-            .map(|b| Duration::from_millis(b.interval_ms));
-        match interval {
-            Some(interval) if interval < dead_after => interval + (dead_after - interval) / 2,
-            _ => dead_after / 2,
-        }
+        self.content(id, t)
+            .map_or(self.config.dead_threshold / 2, |c| {
+                c.suspect_after(self.config.dead_threshold)
+            })
     }
 
     fn state(&self, id: &NodeId, t: &Tracked, now: Duration) -> NodeState {
@@ -467,9 +464,10 @@ impl Observer {
         } else if declared == Some(Lifecycle::Leaving) {
             // Sticky: a leaving node never goes back, so even older content tells the truth.
             NodeState::Leaving
-        } else if t.changes == 0 && *id != self.me {
+        } else if t.changes == 0 && !t.aged && *id != self.me {
             // Judged by observation alone: content may be older than the newest change. (A
-            // node that joined knows it is alive.)
+            // node that joined knows it is alive; one aged on the store's clock at first
+            // sight is judged by the cadence its content promises, like any other.)
             NodeState::Joining
         } else {
             NodeState::Alive

@@ -1,13 +1,17 @@
 //! Heartbeats that adapt to activity and the roster, on a manual clock: a node that went
-//! idle is not taken for dead, a node that woke is read at once, a probe is one request.
+//! idle is not taken for dead, a node that woke is read at once, a probe is one request,
+//! and an idle node seen for the first time is judged by the cadence it promised.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use apiary_storage::StorageUri;
-use apiary_swarm::{Lifecycle, Membership, NodeId, NodeState, StorageHeartbeats};
-use common::{SEC, Swarm, hb, hb_beating, state};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use apiary_storage::{Clock as _, StorageUri};
+use apiary_swarm::{Lifecycle, Membership, NodeId, NodeState, StorageHeartbeats, SystemClock};
+use common::{SEC, Swarm, config, hb, hb_beating, state};
 
 /// A node that went idle (a slower cadence, a longer deadline) is re-read before it would
 /// be judged suspect on its older content, even with no content reads left in the budget:
@@ -187,4 +191,72 @@ async fn changes_passed_over_by_an_announcement_are_still_read() {
         seen.heartbeat.seq, 3,
         "b's new heartbeat was read: {view:?}"
     );
+}
+
+/// The real time since the epoch (a file's stamp is on the store's real clock).
+fn wall_now() -> Duration {
+    Duration::from_millis(u64::try_from(SystemClock::new().wall_ms()).unwrap())
+}
+
+/// A swarm in a local folder where node `b` beats at the idle cadence (once a minute; with
+/// [`config`], suspect 72.5 s and dead 85 s after its last beat) and its heartbeat was last
+/// written `ago` by the store's clock (the file's modification time).
+async fn idle_b_written(ago: Duration) -> (tempfile::TempDir, Swarm) {
+    let dir = tempfile::tempdir().unwrap();
+    let swarm = Swarm::new(&StorageUri::Local(dir.path().join("s")));
+    let (b, _) = swarm.member("b");
+    let idb = NodeId::new("b").unwrap();
+    b.join(&hb_beating(&idb, 1, false)).await.unwrap();
+    let file = dir.path().join("s").join(idb.heartbeat_key().as_str());
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(SystemTime::UNIX_EPOCH + wall_now() - ago)
+        .unwrap();
+    (dir, swarm)
+}
+
+/// The one-shot snapshot (what `apiary sql` and `apiary shell` coordinate from) judges an
+/// idle node by the cadence its heartbeat promises, not by the active deadline: a node
+/// that beat 40 s ago at the idle cadence is alive, one whose beat is late is suspect, one
+/// past its promise is dead. (Margins of seconds on each side: ages come from the store's
+/// real clock.)
+#[tokio::test]
+async fn a_snapshot_judges_an_idle_node_by_its_promise() {
+    let look = |swarm: &Swarm| {
+        let observer = StorageHeartbeats::observer(
+            Arc::clone(&swarm.backend),
+            Arc::new(SystemClock::new()),
+            config(),
+        );
+        async move { observer.snapshot().await.unwrap() }
+    };
+    for (ago, expected) in [
+        (40, NodeState::Alive),
+        (78, NodeState::Suspect),
+        (100, NodeState::Dead),
+    ] {
+        let (_dir, swarm) = idle_b_written(Duration::from_secs(ago)).await;
+        let v = look(&swarm).await;
+        assert_eq!(state(&v, "b"), Some(expected), "written {ago} s ago: {v:?}");
+    }
+}
+
+/// A node that sees an idle peer for the first time ages its heartbeat on the store's clock
+/// (from its own heartbeat in the same listing) and judges it by the cadence it promises:
+/// a peer that beat 40 s ago at the idle cadence is alive at once, not `joining` until its
+/// next beat a minute later (which would leave a coordinator that just started without
+/// workers for that minute).
+#[tokio::test]
+async fn an_idle_peer_is_alive_at_first_sight() {
+    for (ago, expected) in [(40, NodeState::Alive), (100, NodeState::Dead)] {
+        let (_dir, swarm) = idle_b_written(Duration::from_secs(ago)).await;
+        let (a, _) = swarm.member("a");
+        let ida = NodeId::new("a").unwrap();
+        a.join(&hb(&ida, 1, Lifecycle::Joining, 0)).await.unwrap();
+        let v = a.refresh().await.unwrap();
+        assert_eq!(state(&v, "b"), Some(expected), "written {ago} s ago: {v:?}");
+        assert_eq!(state(&v, "a"), Some(NodeState::Alive));
+    }
 }
