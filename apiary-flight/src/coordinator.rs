@@ -491,8 +491,10 @@ async fn read(
                 ending,
                 report,
             } => {
+                // The collector is woken once the acknowledgement is on its way (below):
+                // woken first, it could finish the query and drop this exchange before the
+                // worker heard that its result landed.
                 coordinator.end(&q, &key, writer, ending, *report);
-                q.arrived.notify_one();
                 Some(ToWorker::Received { writer })
             }
             ToCoordinator::Claim { id, cell } => {
@@ -501,9 +503,20 @@ async fn read(
             }
         };
         if let Some(reply) = reply {
+            let ended = matches!(reply, ToWorker::Received { .. });
             let tx = lock(&q.state).tasks.get(&key).map(|r| r.to_worker.clone());
-            if let Some(tx) = tx {
-                let _ = tx.send(message(&reply, Bytes::new())).await;
+            // Queued without yielding when there is room, so that an abort of this reader
+            // (the query finished) cannot fall between the end and its answer; a full
+            // channel (a stalled link) does not hold the collector back.
+            let full = match tx.map(|tx| (tx.try_send(message(&reply, Bytes::new())), tx)) {
+                Some((Err(mpsc::error::TrySendError::Full(m)), tx)) => Some((m, tx)),
+                _ => None,
+            };
+            if ended {
+                q.arrived.notify_one();
+            }
+            if let Some((m, tx)) = full {
+                let _ = tx.send(m).await;
             }
         }
     };

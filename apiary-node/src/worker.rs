@@ -146,8 +146,17 @@ pub(crate) fn spawn_worker(
                         finished.notify_one();
                         return;
                     };
-                    counts.ran.fetch_add(1, Ordering::Relaxed);
                     let failed = matches!(ended, Ended::Outcome(TaskOutcome::Failed(_)));
+                    // A task whose query let go of it while it ended (the coordinator
+                    // finished with its answer in hand, or its link broke and another
+                    // attempt took over) failed to tell an ear that is gone: that is not a
+                    // failure of this node, and nothing is left to publish.
+                    if failed && let Ok(false) = transport.wanted(&task.key()).await {
+                        tracing::debug!(task = %task.key(), "task stopped: its query let go of it");
+                        finished.notify_one();
+                        return;
+                    }
+                    counts.ran.fetch_add(1, Ordering::Relaxed);
                     colony.record_task(failed);
                     if let Ended::Outcome(TaskOutcome::Failed(cause)) = &ended {
                         counts.failed.fetch_add(1, Ordering::Relaxed);

@@ -336,3 +336,32 @@ async fn a_query_over_flight_asks_storage_only_for_its_ledger_probes() {
     );
     ap.shutdown().await.unwrap();
 }
+
+/// A task whose result the coordinator took is not a failure on its node: the coordinator
+/// answers the end of a result before it lets the query finish, so the worker is not left
+/// waiting on an exchange that is gone (it counted such a task failed, told its colony so,
+/// and logged "task failed" for most queries); and a task whose coordinator let go of it is
+/// not a failure of the node either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_whose_results_landed_are_not_failures() {
+    let (dir, storage, _) = loaded_folder().await;
+    let ap = flight_client(&storage).await;
+    let ids = ["node-e0", "node-e1"];
+    let _nodes: Vec<Node> = ids
+        .iter()
+        .map(|id| flight_node(&storage, dir.path(), id, &[]))
+        .collect();
+    wait_alive(&ap, 2).await;
+    for sql in QUERIES {
+        let local = answer(&ap, "never", sql).await;
+        assert_eq!(answer(&ap, "always", sql).await, local, "{sql}");
+    }
+    ap.settle().await;
+    // A task ends on its node a moment after its result landed.
+    apiary::apiary_storage::time::sleep(std::time::Duration::from_secs(1)).await;
+    for id in ids {
+        let log = std::fs::read_to_string(dir.path().join(format!("{id}.log"))).unwrap();
+        let failed: Vec<&str> = log.lines().filter(|l| l.contains("task failed")).collect();
+        assert!(failed.is_empty(), "{id}: {failed:#?}");
+    }
+}
