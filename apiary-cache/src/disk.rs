@@ -38,8 +38,11 @@ use entry::EntryWriter;
 
 use crate::error::{CacheError, Result};
 
-/// Bytes covered by one checksum.
-pub const BLOCK_BYTES: u64 = 1 << 20;
+/// Bytes covered by one checksum, and the unit the cache reads (and verifies) a range in.
+/// A reader asks for column chunks of a few hundred KiB: with 1 MiB blocks a scan of a few
+/// columns read, copied and checksummed about twice the bytes it used. Each entry records
+/// its own block size, so entries written with another one still read.
+pub const BLOCK_BYTES: u64 = 64 << 10;
 
 /// The smallest budget a cache gets by default; below it the default is no cache.
 pub const MIN_DEFAULT_CAPACITY: u64 = 64 << 20;

@@ -158,6 +158,71 @@ fn a_damaged_file_is_never_served() {
     assert!(!cache.contains("h/b/f/data/a.parquet"));
 }
 
+/// A read touches only the blocks of its range (a column chunk costs its own bytes plus at
+/// most a block on either side, not the megabytes around it): with one block damaged, the
+/// blocks on either side still read, and a range inside it fails.
+#[test]
+fn a_read_touches_only_the_blocks_of_its_range() {
+    let block = apiary_cache::BLOCK_BYTES;
+    let (dir, _cache, cell, cached) = one_cell(9, 1 << 20);
+    flip_byte(dir.path(), (3 * block + 1) as usize);
+    assert_eq!(
+        cached.read(0..3 * block).unwrap(),
+        cell.slice(0..3 * block as usize)
+    );
+    let after = 4 * block..5 * block;
+    assert_eq!(
+        cached.read(after.clone()).unwrap(),
+        cell.slice(after.start as usize..after.end as usize)
+    );
+    assert!(matches!(
+        cached.read(3 * block + 100..3 * block + 200),
+        Err(CacheError::Damaged { .. })
+    ));
+    assert!(
+        block <= 64 << 10,
+        "blocks of {block} bytes: a scan of a few columns reads far more than it uses"
+    );
+}
+
+/// An entry written with another block size (1 MiB, before blocks got smaller) reads back
+/// after a restart, checked against its own checksums: an upgrade keeps the cache.
+#[test]
+fn an_entry_with_another_block_size_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cell = data(4, (3 << 20) + 5);
+    {
+        let cache = CellCache::open(config(dir.path(), 64 << 20)).unwrap();
+        cache
+            .insert("h/b/f/data/old.parquet", &cell, 7, None)
+            .unwrap();
+    }
+    let meta_file = files_on_disk(dir.path(), "meta").pop().unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_file).unwrap()).unwrap();
+    let old_block = 1usize << 20;
+    meta["block_bytes"] = old_block.into();
+    meta["crcs"] = cell
+        .chunks(old_block)
+        .map(crc32c::crc32c)
+        .collect::<Vec<u32>>()
+        .into();
+    std::fs::write(&meta_file, serde_json::to_vec(&meta).unwrap()).unwrap();
+    let cache = CellCache::open(config(dir.path(), 64 << 20)).unwrap();
+    let cached = cache.peek("h/b/f/data/old.parquet").expect("kept");
+    let ranges = [5..100, (1 << 20) - 3..(2 << 20) + 3, 0..(3 << 20) + 5];
+    let read = cached.read_ranges(&ranges).unwrap();
+    for (r, bytes) in ranges.iter().zip(read) {
+        assert_eq!(bytes, cell.slice(r.start as usize..r.end as usize));
+    }
+    // Its own checksums still guard it.
+    flip_byte(dir.path(), (2 << 20) + 9);
+    assert!(matches!(
+        cached.read(2 << 20..(2 << 20) + 10),
+        Err(CacheError::Damaged { .. })
+    ));
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
     /// Many ranges read at once (as a Parquet reader asks for a row group's column chunks:
