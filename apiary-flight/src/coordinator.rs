@@ -508,14 +508,17 @@ async fn read(
             // Queued without yielding when there is room, so that an abort of this reader
             // (the query finished) cannot fall between the end and its answer; a full
             // channel (a stalled link) does not hold the collector back.
-            let full = match tx.map(|tx| (tx.try_send(message(&reply, Bytes::new())), tx)) {
-                Some((Err(mpsc::error::TrySendError::Full(m)), tx)) => Some((m, tx)),
-                _ => None,
-            };
+            let mut full = None;
+            if let Some(tx) = tx
+                && let Err(mpsc::error::TrySendError::Full(m)) =
+                    tx.try_send(message(&reply, Bytes::new()))
+            {
+                full = Some((tx, m));
+            }
             if ended {
                 q.arrived.notify_one();
             }
-            if let Some((m, tx)) = full {
+            if let Some((tx, m)) = full {
                 let _ = tx.send(m).await;
             }
         }
