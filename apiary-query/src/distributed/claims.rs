@@ -57,6 +57,9 @@ pub(crate) struct CellQueue {
     pruned: Vec<String>,
     /// How many of the task's units no other task may take (those it plans to read).
     unshared: usize,
+    /// How many tasks may read the task's shared units: itself and every task it may
+    /// steal from (they share with it in turn).
+    sharers: usize,
     kept: tokio::sync::OnceCell<Kept>,
     /// Whether a claim took [`SLOW_CLAIM`] or more (then the next one is asked ahead).
     slow: std::sync::atomic::AtomicBool,
@@ -112,6 +115,7 @@ impl CellQueue {
             }),
             pruned,
             unshared,
+            sharers: task.steal.len() + 1,
             kept: tokio::sync::OnceCell::new(),
             slow: std::sync::atomic::AtomicBool::new(false),
             clock: apiary_storage::SystemClock::shared(),
@@ -177,8 +181,9 @@ impl CellQueue {
 
     /// The next units one of a scan's `partitions` reads: while the task's unshared units
     /// last, a run of up to a `partitions`th of them (rounded up; they need no claim, and
-    /// a run is read as one scan), then one unit at a time as [`Self::next`] hands them
-    /// out; empty when none is left.
+    /// a run is read as one scan); then runs of its shared units claimed at once (see
+    /// [`Self::shared_run`]); then one unit at a time as [`Self::next`] hands them out;
+    /// empty when none is left.
     pub(crate) async fn next_units(&self, partitions: usize) -> Result<Vec<Unit>> {
         {
             let run = self.unshared.div_ceil(partitions.max(1));
@@ -198,7 +203,64 @@ impl CellQueue {
                 return Ok(units);
             }
         }
+        if let Some(units) = self.shared_run(partitions).await? {
+            return Ok(units);
+        }
         Ok(self.next().await?.into_iter().collect())
+    }
+
+    /// The next run of the task's own shared units, their claims asked all at once and the
+    /// units won read as one scan (parts of one cell as one piece): a share of those left
+    /// that shrinks as they run out, so a thief that comes for them finds the rest (each
+    /// run is a `sharers × partitions`th of what is left, rounded up: guided
+    /// self-scheduling). Runs save a scan and a claim's round trip per unit; the last units
+    /// go one at a time through [`Self::next`]. `None` when the next unit is not the
+    /// task's own shared one, fewer than two are left, or every claim of the run was lost.
+    async fn shared_run(&self, partitions: usize) -> Result<Option<Vec<Unit>>> {
+        let run: Vec<Entry> = {
+            let mut state = self.state();
+            if state.ahead.is_some() || state.ended.contains(&Origin::Shared) {
+                return Ok(None);
+            }
+            let left = state
+                .next
+                .iter()
+                .take_while(|e| e.part == Origin::Shared)
+                .count();
+            let size = left.div_ceil(self.sharers * partitions.max(1));
+            if size < 2 {
+                return Ok(None);
+            }
+            state.next.drain(..size).collect()
+        };
+        let asked = self.clock.monotonic();
+        let claims = run.iter().map(|entry| async move {
+            self.transport
+                .claim(&self.task, &entry.cell)
+                .await
+                .map_err(|e| QueryError::Execution(format!("claiming cell `{}`: {e}", entry.cell)))
+        });
+        let won = futures::future::try_join_all(claims).await?;
+        if self.clock.monotonic().saturating_sub(asked) >= SLOW_CLAIM {
+            self.slow.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut state = self.state();
+        let mut units: Vec<Unit> = Vec::with_capacity(run.len());
+        for (entry, mine) in run.into_iter().zip(won) {
+            if !mine {
+                // A thief got this far.
+                state.ended.insert(Origin::Shared);
+                continue;
+            }
+            state.read.push(entry.cell);
+            match (units.last_mut(), entry.unit) {
+                (Some(last), unit) if last.location == unit.location => {
+                    *last = joined(last, unit)?;
+                }
+                (_, unit) => units.push(unit),
+            }
+        }
+        Ok((!units.is_empty()).then_some(units))
     }
 
     /// The next entry whose part has not ended.
@@ -316,6 +378,29 @@ impl CellQueue {
         );
         (read, pruned)
     }
+}
+
+/// Two units of one cell (parts of it, one after the other in a run) as one.
+fn joined(a: &Unit, b: Unit) -> Result<Unit> {
+    let rows = match (&a.rows, b.rows) {
+        (Some(x), Some(y)) => {
+            let ranges = x.ranges().iter().chain(y.ranges()).cloned().collect();
+            Some(RowRanges::new(ranges, x.total()).ok_or_else(|| {
+                QueryError::Execution(format!("parts of cell `{}` overlap", a.location))
+            })?)
+        }
+        // A whole cell and a part of it cannot both be in one task's list.
+        _ => {
+            return Err(QueryError::Execution(format!(
+                "cell `{}` is both whole and in parts",
+                a.location
+            )));
+        }
+    };
+    Ok(Unit {
+        location: a.location.clone(),
+        rows,
+    })
 }
 
 /// The unit a task names as `key`: a planned cell (an exact name wins), a part of one, or

@@ -341,3 +341,88 @@ async fn a_scan_reads_its_unshared_units_in_runs_and_the_shared_ones_one_at_a_ti
     assert_eq!(read, ["a", "b", "d", "e", "f", "g", "x"]);
     assert_eq!(pruned, ["c"]);
 }
+
+/// A unit as `path`, or `path#start-end` per range of its rows.
+fn described(units: Vec<Unit>) -> Vec<String> {
+    units
+        .into_iter()
+        .map(|u| {
+            let path = u.location.as_ref().trim_start_matches("root/").to_string();
+            match u.rows {
+                None => path,
+                Some(r) => r
+                    .ranges()
+                    .iter()
+                    .map(|range| crate::parts::part_key(&path, range))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_owner_claims_its_shared_units_in_shrinking_runs_and_a_cells_parts_as_one() {
+    let transport: Arc<dyn ShuffleTransport> =
+        Arc::new(StorageShuffle::new(apiary_storage::memory()));
+    let plan = planned(&["u", "s1", "s2", "s3", "s4", "c", "x"]);
+    let cells = [
+        "u",
+        "s1",
+        "s2",
+        "s3",
+        "s4",
+        "c#0-250",
+        "c#250-500",
+        "c#500-750",
+        "c#750-1000",
+    ];
+    // Eight shared units and one other task that shares with it: runs of half of those
+    // left, then the last one alone.
+    let t = task(0, &cells, 8, vec![vec!["x"]]);
+    let q = CellQueue::new(Arc::clone(&transport), &t, &plan).unwrap();
+    assert_eq!(described(q.next_units(1).await.unwrap()), ["u"]);
+    assert_eq!(
+        described(q.next_units(1).await.unwrap()),
+        ["s1", "s2", "s3", "s4"]
+    );
+    // Two parts of one cell in a run are read as one piece of it.
+    assert_eq!(described(q.next_units(1).await.unwrap()), ["c#0-500"]);
+    assert_eq!(described(q.next_units(1).await.unwrap()), ["c#500-750"]);
+    assert_eq!(described(q.next_units(1).await.unwrap()), ["c#750-1000"]);
+    assert_eq!(described(q.next_units(1).await.unwrap()), ["x"]);
+    assert!(q.next_units(1).await.unwrap().is_empty());
+    let (read, pruned) = q.finish().await;
+    assert_eq!(read.len(), cells.len() + 1, "{read:?}");
+    assert!(pruned.is_empty(), "{pruned:?}");
+}
+
+#[tokio::test]
+async fn a_run_keeps_the_units_it_won_and_ends_where_a_thief_got_to() {
+    let transport: Arc<dyn ShuffleTransport> =
+        Arc::new(StorageShuffle::new(apiary_storage::memory()));
+    let plan = planned(&["u", "s1", "s2", "s3", "s4", "s5", "s6"]);
+    let owner = task(
+        0,
+        &["u", "s1", "s2", "s3", "s4", "s5", "s6"],
+        6,
+        vec![vec![]],
+    );
+    let thief = task(1, &[], 0, vec![vec!["s6", "s5", "s4", "s3", "s2", "s1"]]);
+    let qo = CellQueue::new(Arc::clone(&transport), &owner, &plan).unwrap();
+    let qt = CellQueue::new(Arc::clone(&transport), &thief, &plan).unwrap();
+    // The thief came first and took the back four.
+    for _ in 0..4 {
+        assert!(qt.next().await.unwrap().is_some());
+    }
+    assert_eq!(described(qo.next_units(1).await.unwrap()), ["u"]);
+    // A run of three: `s1` and `s2` won, `s3` lost, so the shared part ends there.
+    assert_eq!(described(qo.next_units(1).await.unwrap()), ["s1", "s2"]);
+    assert!(qo.next_units(1).await.unwrap().is_empty());
+    assert!(qt.next().await.unwrap().is_none());
+    let (owner_read, owner_pruned) = qo.finish().await;
+    let (thief_read, _) = qt.finish().await;
+    assert_eq!(owner_read, ["u", "s1", "s2"]);
+    assert!(owner_pruned.is_empty(), "{owner_pruned:?}");
+    assert_eq!(thief_read, ["s6", "s5", "s4", "s3"]);
+}
