@@ -335,9 +335,10 @@ async fn a_node_that_finishes_first_reads_cells_of_one_that_lags() {
     assert_no_queries(&ap).await;
 }
 
-/// A worker given the same fragment over the same cells again reuses its optimized plan; a
-/// write makes a new version, hence a new fragment, planned anew: the answer includes the
-/// new rows.
+/// A worker given the same fragment over the same cells again reuses its optimized plan,
+/// and the coordinator its split of the same query; a write makes a new version, hence a new
+/// split and a new fragment, planned anew: the answer includes the new rows. A query with
+/// `now()` is split anew every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_fragment_reuses_its_plan_until_the_frame_changes() {
     let (dir, storage, ap) = loaded_folder().await;
@@ -346,14 +347,31 @@ async fn a_repeated_fragment_reuses_its_plan_until_the_frame_changes() {
     let sql = "SELECT country, COUNT(*) AS n, SUM(duration_ms) AS d \
                FROM analytics.events.clicks GROUP BY country";
     let plans = |plan: &str| task_fields(plan, "plan");
+    let reused = || ap.coordinator_counts().splits_reused;
     let first = explain_analyze(&ap, sql).await;
     assert_eq!(plans(&first), ["new"], "{first}");
+    assert_eq!(reused(), 0);
     let again = explain_analyze(&ap, sql).await;
     assert_eq!(plans(&again), ["reused"], "{again}");
+    assert_eq!(
+        reused(),
+        1,
+        "the second EXPLAIN ANALYZE reuses the first's split"
+    );
     assert_eq!(
         answer(&ap, "always", sql).await,
         answer(&ap, "never", sql).await
     );
+    assert_eq!(reused(), 2, "so does the query itself");
+    let timed = "SELECT COUNT(*) AS n FROM analytics.events.clicks \
+                 WHERE now() > TIMESTAMP '2000-01-01T00:00:00'";
+    for _ in 0..2 {
+        assert_eq!(
+            answer(&ap, "always", timed).await,
+            answer(&ap, "never", timed).await
+        );
+    }
+    assert_eq!(reused(), 2, "a query with now() is split anew");
 
     let batch = RecordBatch::try_new(
         common::clicks_schema(),
@@ -371,7 +389,9 @@ async fn a_repeated_fragment_reuses_its_plan_until_the_frame_changes() {
         .unwrap();
     let after = explain_analyze(&ap, sql).await;
     assert_eq!(plans(&after), ["new"], "{after}");
+    assert_eq!(reused(), 2, "a new version is split anew");
     let spread = answer(&ap, "always", sql).await;
+    assert_eq!(reused(), 3);
     assert_eq!(spread, answer(&ap, "never", sql).await);
     assert!(
         spread.iter().any(|row| row.contains("nl")),

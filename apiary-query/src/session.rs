@@ -200,6 +200,13 @@ impl QueryEngine {
             .collect()
     }
 
+    /// The prepared DataFusion state every session starts from (for tests that plan SQL
+    /// below the session).
+    #[cfg(test)]
+    pub(crate) fn base_state(&self) -> SessionState {
+        self.state.clone()
+    }
+
     /// This engine with `mode` as every new session's `apiary.distribute`.
     pub fn with_distribute(mut self, mode: DistributeMode) -> Self {
         self.distribute = mode;

@@ -15,6 +15,7 @@ struct Counters {
     fragments: AtomicU64,
     tasks_given_up: AtomicU64,
     duplicate_reads: AtomicU64,
+    splits_reused: AtomicU64,
 }
 
 /// A snapshot of [`CoordinatorCounts`].
@@ -30,6 +31,9 @@ pub struct CoordinatorTally {
     /// later rounds read only what is missing, so this stays 0: anything else means two
     /// tasks read one cell (a claim failed) and one of the results was thrown away.
     pub duplicate_reads: u64,
+    /// Queries split as an earlier one was, with no new optimization: the same query over
+    /// the same frame versions, in the same scope and settings (see `docs/distributed.md`).
+    pub splits_reused: u64,
 }
 
 impl CoordinatorCounts {
@@ -45,12 +49,17 @@ impl CoordinatorCounts {
         self.inner.duplicate_reads.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn split_reused(&self) {
+        self.inner.splits_reused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counts now.
     pub fn tally(&self) -> CoordinatorTally {
         CoordinatorTally {
             fragments: self.inner.fragments.load(Ordering::Relaxed),
             tasks_given_up: self.inner.tasks_given_up.load(Ordering::Relaxed),
             duplicate_reads: self.inner.duplicate_reads.load(Ordering::Relaxed),
+            splits_reused: self.inner.splits_reused.load(Ordering::Relaxed),
         }
     }
 }

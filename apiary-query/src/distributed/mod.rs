@@ -20,6 +20,7 @@ mod dialect;
 pub mod plan;
 pub mod progress;
 mod ship;
+mod splits;
 mod task;
 
 /// The shuffle seam, from `apiary-shuffle` (re-exported so the engine's users find it here).
@@ -156,6 +157,8 @@ pub struct Cluster {
     /// Removals of finished queries' objects and sweeps, which run after the answer is
     /// returned (see [`Cluster::settle`]).
     background: tokio_util::task::TaskTracker,
+    /// The splits of recent queries (clones share them).
+    splits: Arc<splits::SplitCache>,
 }
 
 impl Cluster {
@@ -175,6 +178,7 @@ impl Cluster {
             counts: CoordinatorCounts::default(),
             last_sweep: Arc::default(),
             background: tokio_util::task::TaskTracker::new(),
+            splits: Arc::default(),
         }
     }
 
@@ -276,9 +280,24 @@ impl crate::Distributor for Cluster {
                     .into(),
             }));
         }
-        let optimized = state.optimize(plan)?;
-        let Some(mut split) = plan::split(&optimized, state, scope)? else {
-            return Ok(Local("no frame scan of this plan can be split".into()));
+        let settings = engine.changed_settings(state);
+        let key = splits::SplitKey::of(plan, scope, &settings);
+        let kept = key.as_ref().and_then(|key| cluster.splits.get(key));
+        let mut split = match kept {
+            Some(split) => {
+                cluster.counts.split_reused();
+                split
+            }
+            None => {
+                let optimized = state.optimize(plan)?;
+                let Some(split) = plan::split(&optimized, state, scope)? else {
+                    return Ok(Local("no frame scan of this plan can be split".into()));
+                };
+                if let Some(key) = key {
+                    cluster.splits.put(key, split.clone());
+                }
+                split
+            }
         };
         let bytes = split.fragment.bytes();
         if split.fragment.cells.is_empty() {
@@ -287,7 +306,7 @@ impl crate::Distributor for Cluster {
         if mode == DistributeMode::Auto && bytes < threshold {
             return Ok(Local(small(bytes, Some(workers.len()))));
         }
-        split.fragment.settings = engine.changed_settings(state);
+        split.fragment.settings = settings;
         let table = DistributedTable::new(split.fragment.clone(), cluster, engine);
         let partials = datafusion::logical_expr::LogicalPlanBuilder::scan(
             plan::PARTIALS,

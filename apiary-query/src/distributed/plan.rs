@@ -100,7 +100,7 @@ impl Fragment {
 
 /// The result of splitting: the coordinator's plan, with `partials` standing for the union
 /// of the tasks' results.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Split {
     /// The fragment.
     pub fragment: Fragment,
@@ -111,7 +111,7 @@ pub struct Split {
     root: LogicalPlan,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Finish {
     /// Map `c*` back to the replaced subtree's qualified names.
     Rename(DFSchemaRef),
@@ -325,7 +325,8 @@ fn rename_columns(plan: LogicalPlan) -> DfResult<LogicalPlan> {
     LogicalPlanBuilder::from(plan).project(exprs)?.build()
 }
 
-fn frame_table(scan: &TableScan) -> Option<FrameTable> {
+/// The frame `scan` reads, if it reads one.
+pub(super) fn frame_table(scan: &TableScan) -> Option<FrameTable> {
     let provider = source_as_provider(&scan.source).ok()?;
     let any: &dyn Any = provider.as_ref();
     any.downcast_ref::<FrameTable>().cloned()
