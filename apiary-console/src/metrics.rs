@@ -38,6 +38,8 @@ pub struct NodeMetrics {
     /// Results its coordinator refused for holding a cell read already (0 while claims
     /// work).
     pub duplicate_reads: u64,
+    /// Queries its coordinator split as it had split them before (no new optimization).
+    pub splits_reused: u64,
     /// The SQL statements it ran.
     pub queries: QueryFigures,
     /// Tasks of distributed queries it ran as a worker, and how many of them failed.
@@ -294,6 +296,12 @@ pub fn render(metrics: &NodeMetrics, view: Option<&WorldView>) -> String {
         "duplicate_reads",
         "Results refused for holding a cell another result delivered (0 while claims work)",
         ConstCounter::new(metrics.duplicate_reads),
+    );
+    distributed.register(
+        "splits_reused",
+        "Queries split as this node's coordinator had split them before: the same query over \
+         the same frame versions, not optimized again",
+        ConstCounter::new(metrics.splits_reused),
     );
     let mut out = String::new();
     // Writing to a String cannot fail.

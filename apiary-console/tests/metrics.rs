@@ -28,6 +28,7 @@ async fn storage_requests_and_commits_are_rendered_by_outcome() {
     let metrics = NodeMetrics {
         storage_requests: Some(counts.stats()),
         ledger_commits: vec![("committed", 4), ("conflict", 1), ("outcome_unknown", 0)],
+        splits_reused: 3,
         ..NodeMetrics::default()
     };
     let text = render(&metrics, None);
@@ -41,6 +42,7 @@ async fn storage_requests_and_commits_are_rendered_by_outcome() {
         "apiary_storage_request_duration_seconds_bucket{operation=\"get\",le=\"+Inf\"} 2",
         "apiary_ledger_commits_total{outcome=\"committed\"} 4",
         "apiary_ledger_commits_total{outcome=\"conflict\"} 1",
+        "apiary_distributed_splits_reused_total 3",
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }

@@ -87,6 +87,7 @@ impl ConsoleSource for NodeConsole {
             fragments: coordinator.fragments,
             tasks_given_up: coordinator.tasks_given_up,
             duplicate_reads: coordinator.duplicate_reads,
+            splits_reused: coordinator.splits_reused,
             queries,
             tasks: self.apiary.tasks_run(),
         }

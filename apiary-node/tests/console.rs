@@ -144,6 +144,7 @@ async fn three_nodes_serve_the_console_behind_tokens() {
         "apiary_nodes{state=\"alive\"} 3",
         "apiary_colony_temperature",
         "apiary_distributed_duplicate_reads_total 0",
+        "apiary_distributed_splits_reused_total",
     ] {
         assert!(text.contains(series), "{series} missing:\n{text}");
     }
