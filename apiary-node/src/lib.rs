@@ -34,6 +34,7 @@ use apiary_swarm::{
 use tokio::sync::watch;
 
 mod admission;
+pub mod allocator;
 mod builder;
 pub mod cli;
 mod cluster;

@@ -8,5 +8,8 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Best effort: a process that cannot change it runs as before.
+    #[cfg(feature = "mimalloc")]
+    let _ = apiary::allocator::without_huge_pages();
     apiary::cli::main(|builder| builder)
 }

@@ -337,3 +337,33 @@ fn a_restarted_node_keeps_its_identity() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+/// Whether the kernel may back process `pid`'s memory with transparent huge pages
+/// (`THP_enabled` in `/proc/PID/status`).
+#[cfg(target_os = "linux")]
+fn huge_pages(pid: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:"))?;
+    Some(line.split_whitespace().nth(1)? == "1")
+}
+
+/// An `apiary node` runs without transparent huge pages (on mimalloc's huge-page arenas a
+/// fault may compact memory and zero 2 MiB; `docs/operations.md`), unless
+/// `MIMALLOC_ALLOW_THP` leaves the choice to mimalloc.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_node_runs_without_huge_pages_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("shared").to_str().unwrap().to_string();
+    let small = start(&storage, dir.path(), "small-pages", &[]);
+    let told = start(&storage, dir.path(), "told", &[("MIMALLOC_ALLOW_THP", "1")]);
+    wait_for("both nodes polling", || {
+        small.polls() > 0 && told.polls() > 0
+    });
+    assert_eq!(huge_pages(small.child.id()), Some(false));
+    // A process inherits the setting: only a test run that may use huge pages itself can
+    // see a node keep them.
+    if huge_pages(std::process::id()) == Some(true) {
+        assert_eq!(huge_pages(told.child.id()), Some(true));
+    }
+}

@@ -11,3 +11,12 @@ pub mod tpch;
 /// baseline and the node processes it is compared with run on the same allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Sets this process up as the `apiary` binary does before it starts (transparent huge
+/// pages off unless `MIMALLOC_ALLOW_THP` says otherwise; see `apiary::allocator`), so that
+/// an in-process baseline and the nodes it is compared with allocate alike. Every bench
+/// binary calls it first.
+pub fn allocate_like_a_node() {
+    // Best effort, as in the `apiary` binary.
+    let _ = apiary::allocator::without_huge_pages();
+}

@@ -104,6 +104,7 @@ async fn cold_warm(
 
 #[tokio::main]
 async fn main() {
+    apiary_benches::allocate_like_a_node();
     let f = flags(&["cells", "rows", "runs", "sf"]);
     let cells: i64 = flag(&f, "cells", 100);
     let rows: i64 = flag(&f, "rows", 50_000);

@@ -67,6 +67,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    apiary_benches::allocate_like_a_node();
     let args = flags(&["requests", "clients", "cells", "rows"]);
     let requests: usize = flag(&args, "requests", 2000);
     let clients: usize = flag(&args, "clients", 4);

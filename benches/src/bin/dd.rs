@@ -78,6 +78,7 @@ async fn distributed(root: &std::path::Path, ports: &[u16]) -> SessionContext {
 
 #[tokio::main]
 async fn main() {
+    apiary_benches::allocate_like_a_node();
     let f = flags(&["sf", "runs", "worker", "keep"]);
     if let Some(port) = f.get("worker") {
         let port: u16 = port.parse().expect("--worker PORT");

@@ -25,6 +25,7 @@ use arrow_schema::{DataType, Field, Schema};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    apiary_benches::allocate_like_a_node();
     let flags = flags(&["storage", "tasks", "mib", "poll-ms"]);
     let root = std::path::PathBuf::from(flags.get("storage").ok_or("--storage DIR is required")?);
     let tasks: usize = flag(&flags, "tasks", 500);

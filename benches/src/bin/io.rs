@@ -19,6 +19,7 @@ use arrow_array::RecordBatch;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    apiary_benches::allocate_like_a_node();
     let flags = flags(&["input", "storage", "runs", "warmup"]);
     let input = flags.get("input").ok_or("--input FILE is required")?;
     let storage =

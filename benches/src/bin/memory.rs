@@ -13,6 +13,7 @@ use apiary_benches::memory::{load, prove};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    apiary_benches::allocate_like_a_node();
     let flags = flags(&["memory-mib", "cells", "rows-per-cell", "load-only"]);
     let memory: u64 = flag(&flags, "memory-mib", 128u64) << 20;
     let cells: usize = flag(&flags, "cells", 24);

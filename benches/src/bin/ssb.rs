@@ -320,6 +320,7 @@ async fn planning(root: &Path, runs: usize) -> (f64, f64) {
 
 #[tokio::main]
 async fn main() {
+    apiary_benches::allocate_like_a_node();
     let args = args();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(

@@ -27,6 +27,7 @@ fn row(label: &str, nodes: usize, r: &SimulationReport) {
 }
 
 fn main() {
+    apiary_benches::allocate_like_a_node();
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())

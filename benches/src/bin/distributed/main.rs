@@ -223,6 +223,7 @@ fn equal_parts(batches: &[RecordBatch], parts: usize) -> Vec<Vec<RecordBatch>> {
 
 #[tokio::main]
 async fn main() {
+    apiary_benches::allocate_like_a_node();
     let a = args();
     let _ = MIN_PART_ROWS.set(a.min_part_rows);
     let _ = FLIGHT.set(a.flight);
