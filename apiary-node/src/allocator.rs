@@ -27,13 +27,13 @@ fn decides(user: Option<&std::ffi::OsStr>) -> bool {
     user.is_none()
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(target_os = "linux")]
 fn turn_off() -> std::io::Result<bool> {
-    rustix::thread::disable_transparent_huge_pages(true)?;
-    Ok(rustix::thread::transparent_huge_pages_are_disabled()?)
+    nix::sys::prctl::set_thp_disable(true)?;
+    Ok(nix::sys::prctl::get_thp_disable()?)
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(not(target_os = "linux"))]
 fn turn_off() -> std::io::Result<bool> {
     Ok(false)
 }

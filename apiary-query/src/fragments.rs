@@ -9,14 +9,12 @@
 //! physical plan, which holds the state of one execution, is made anew for every task.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::num::NonZeroUsize;
-use std::sync::Mutex;
 
 use apiary_ledger::FrameRef;
 use datafusion::logical_expr::LogicalPlan;
-use lru::LruCache;
 
 use crate::catalog::{PinKey, Pinned};
+use crate::recent::Recent;
 
 /// How many fragment plans a node keeps. A plan holds the scan indexes of the frames it
 /// reads (a few hundred bytes per cell), so a few dozen stay small.
@@ -55,39 +53,11 @@ impl FragmentKey {
 }
 
 /// The optimized plans of recent fragments, least recently used dropped first.
-#[derive(Debug)]
-pub(crate) struct FragmentPlans {
-    plans: Mutex<LruCache<FragmentKey, LogicalPlan>>,
-}
+pub(crate) type FragmentPlans = Recent<FragmentKey, LogicalPlan>;
 
-impl Default for FragmentPlans {
-    fn default() -> Self {
-        Self::with_capacity(CAPACITY)
-    }
-}
-
-impl FragmentPlans {
-    fn with_capacity(capacity: usize) -> Self {
-        Self {
-            plans: Mutex::new(LruCache::new(
-                NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
-            )),
-        }
-    }
-
-    /// The plan kept for `key`, if any.
-    pub(crate) fn get(&self, key: &FragmentKey) -> Option<LogicalPlan> {
-        self.lock().get(key).cloned()
-    }
-
-    /// Keeps `plan` for `key`.
-    pub(crate) fn put(&self, key: FragmentKey, plan: LogicalPlan) {
-        self.lock().put(key, plan);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<FragmentKey, LogicalPlan>> {
-        self.plans.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// An empty [`FragmentPlans`] of [`CAPACITY`].
+pub(crate) fn fragment_plans() -> FragmentPlans {
+    Recent::with_capacity(CAPACITY)
 }
 
 #[cfg(test)]

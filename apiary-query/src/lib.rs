@@ -33,6 +33,7 @@ mod memory;
 mod output;
 pub mod parts;
 pub mod query_stats;
+mod recent;
 pub mod running;
 pub mod scans;
 mod session;
@@ -40,6 +41,8 @@ mod statement;
 pub mod stats;
 pub mod system;
 mod table;
+#[cfg(test)]
+mod test_frame;
 mod tier;
 mod travel;
 

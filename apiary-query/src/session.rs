@@ -110,7 +110,7 @@ impl QueryEngine {
             distributor: None,
             distribute: DistributeMode::default(),
             budget: Budget::fixed(options.memory_limit, options.scratch_dir, tier),
-            fragments: Arc::default(),
+            fragments: Arc::new(crate::fragments::fragment_plans()),
             running: crate::running::RunningQueries::new(
                 Arc::clone(&options.clock),
                 apiary_storage::Random::process(),

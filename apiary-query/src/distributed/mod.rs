@@ -178,7 +178,7 @@ impl Cluster {
             counts: CoordinatorCounts::default(),
             last_sweep: Arc::default(),
             background: tokio_util::task::TaskTracker::new(),
-            splits: Arc::default(),
+            splits: Arc::new(splits::split_cache()),
         }
     }
 

@@ -17,15 +17,13 @@
 //! the node's state).
 
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
-use std::sync::Mutex;
 
 use apiary_ledger::FrameRef;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
-use lru::LruCache;
 
 use super::plan::Split;
+use crate::recent::Recent;
 
 /// How many splits a coordinator keeps.
 const CAPACITY: usize = 16;
@@ -114,44 +112,19 @@ fn continue_while(go: bool) -> TreeNodeRecursion {
 }
 
 /// The splits of recent queries, least recently used dropped first.
-#[derive(Debug)]
-pub(crate) struct SplitCache {
-    splits: Mutex<LruCache<SplitKey, Split>>,
-}
+pub(crate) type SplitCache = Recent<SplitKey, Split>;
 
-impl Default for SplitCache {
-    fn default() -> Self {
-        Self {
-            splits: Mutex::new(LruCache::new(
-                NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN),
-            )),
-        }
-    }
-}
-
-impl SplitCache {
-    /// The split kept for `key`, if any.
-    pub(crate) fn get(&self, key: &SplitKey) -> Option<Split> {
-        self.lock().get(key).cloned()
-    }
-
-    /// Keeps `split` for `key`.
-    pub(crate) fn put(&self, key: SplitKey, split: Split) {
-        self.lock().put(key, split);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<SplitKey, Split>> {
-        self.splits.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// An empty [`SplitCache`] of [`CAPACITY`].
+pub(crate) fn split_cache() -> SplitCache {
+    Recent::with_capacity(CAPACITY)
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use apiary_ledger::{Column, FrameDefinition, FrameSchema, Registry, WriteMode};
+    use apiary_ledger::Registry;
     use apiary_storage::StorageUri;
-    use arrow_array::{Int64Array, RecordBatch};
 
     use super::*;
     use crate::{QueryEngine, QueryOptions};
@@ -161,43 +134,14 @@ mod tests {
         let (backend, _) =
             apiary_storage::counted_backend(&StorageUri::parse("memory://").unwrap()).unwrap();
         let registry = Arc::new(Registry::new(backend, Default::default()));
-        registry.create_hive("h").await.unwrap();
-        registry.create_box("h", "b").await.unwrap();
-        let schema = FrameSchema::new(vec![Column {
-            name: "x".into(),
-            data_type: "int64".into(),
-            nullable: false,
-        }])
-        .unwrap();
-        registry
-            .create_frame(
-                &FrameRef::new("h", "b", "f").unwrap(),
-                FrameDefinition::new(schema, vec![]).unwrap(),
-            )
-            .await
-            .unwrap();
+        crate::test_frame::create(&registry).await;
         write(&registry, &[1, 2, 3]).await;
         let engine = QueryEngine::new(Arc::clone(&registry), QueryOptions::default()).unwrap();
         (engine, registry)
     }
 
     async fn write(registry: &Registry, values: &[i64]) {
-        let ledger = registry
-            .ledger(&FrameRef::new("h", "b", "f").unwrap())
-            .await
-            .unwrap();
-        let batch =
-            RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(values.to_vec())) as _)])
-                .unwrap();
-        apiary_ledger::write_batches(
-            &ledger,
-            registry.backend().as_ref(),
-            vec![Ok(batch)],
-            WriteMode::Append,
-            &Default::default(),
-        )
-        .await
-        .unwrap();
+        crate::test_frame::append(registry, values).await;
     }
 
     async fn planned(engine: &QueryEngine, sql: &str) -> LogicalPlan {

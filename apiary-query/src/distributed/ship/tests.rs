@@ -1,6 +1,6 @@
 use std::sync::{Arc, Mutex};
 
-use apiary_ledger::{Column, FrameDefinition, FrameRef, FrameSchema, Registry, WriteMode};
+use apiary_ledger::{Column, FrameDefinition, FrameRef, FrameSchema, Registry};
 use apiary_storage::{CountsHandle, StorageBackend, StorageUri, counted_backend};
 use arrow_array::{Array, Int64Array, RecordBatch};
 use async_trait::async_trait;
@@ -23,34 +23,11 @@ async fn frame(
 ) {
     let (backend, counts) = counted_backend(&StorageUri::parse("memory://").unwrap()).unwrap();
     let registry = Registry::new(Arc::clone(&backend), Default::default());
-    registry.create_hive("h").await.unwrap();
-    registry.create_box("h", "b").await.unwrap();
-    let name = FrameRef::new("h", "b", "f").unwrap();
-    let schema = FrameSchema::new(vec![Column {
-        name: "x".into(),
-        data_type: "int64".into(),
-        nullable: false,
-    }])
-    .unwrap();
-    registry
-        .create_frame(&name, FrameDefinition::new(schema, vec![]).unwrap())
-        .await
-        .unwrap();
-    let ledger = registry.ledger(&name).await.unwrap();
+    let name = crate::test_frame::create(&registry).await;
     for values in batches {
-        let batch =
-            RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(values.to_vec())) as _)])
-                .unwrap();
-        apiary_ledger::write_batches(
-            &ledger,
-            backend.as_ref(),
-            vec![Ok(batch)],
-            WriteMode::Append,
-            &Default::default(),
-        )
-        .await
-        .unwrap();
+        crate::test_frame::append(&registry, values).await;
     }
+    let ledger = registry.ledger(&name).await.unwrap();
     let state = ledger.refresh().await.unwrap().unwrap();
     let live = Arc::new(state.live.clone().unwrap());
     (backend, counts, FramePin::new(&name, state.version), live)
