@@ -16,15 +16,10 @@ pub const MIMALLOC_ALLOW_THP: &str = "MIMALLOC_ALLOW_THP";
 /// pages are now off. Call it first thing in `main`; an embedding program that keeps its
 /// own allocator need not. Linux only: elsewhere it does nothing and returns `false`.
 pub fn without_huge_pages() -> std::io::Result<bool> {
-    if !decides(std::env::var_os(MIMALLOC_ALLOW_THP).as_deref()) {
+    if std::env::var_os(MIMALLOC_ALLOW_THP).is_some() {
         return Ok(false);
     }
     turn_off()
-}
-
-/// Whether this process decides, given the value of [`MIMALLOC_ALLOW_THP`].
-fn decides(user: Option<&std::ffi::OsStr>) -> bool {
-    user.is_none()
 }
 
 #[cfg(target_os = "linux")]
@@ -36,16 +31,4 @@ fn turn_off() -> std::io::Result<bool> {
 #[cfg(not(target_os = "linux"))]
 fn turn_off() -> std::io::Result<bool> {
     Ok(false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_user_setting_is_left_to_mimalloc() {
-        assert!(decides(None));
-        assert!(!decides(Some("0".as_ref())));
-        assert!(!decides(Some("1".as_ref())));
-    }
 }
