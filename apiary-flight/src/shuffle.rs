@@ -468,6 +468,10 @@ impl ShuffleTransport for FlightShuffle {
         true
     }
 
+    fn pushed(&self, task: &TaskKey) -> bool {
+        self.inbox.session(task).is_some()
+    }
+
     fn reports_pickup(&self) -> bool {
         true
     }

@@ -125,6 +125,7 @@ async fn a_node_that_cannot_be_reached_gets_its_tasks_through_storage() {
         .unwrap();
     let polled = worker.poll_tasks("gone").await.unwrap();
     assert_eq!(polled, vec![spec.clone()]);
+    assert!(!worker.pushed(&spec.key()), "found in storage, not pushed");
     worker
         .publish_outcome(
             &spec,
@@ -162,6 +163,10 @@ async fn a_link_cut_mid_result_fails_the_attempt_and_the_next_goes_through_stora
         .unwrap();
     let polled = worker.poll_tasks("w").await.unwrap();
     assert_eq!(polled.len(), 1);
+    assert!(
+        worker.pushed(&first.key()),
+        "the first attempt came over Flight"
+    );
     let mut w = worker.open_result(&first, ints(0, 0).schema());
     w.write(ints(0, 100_000)).await.unwrap();
     assert!(worker.wanted(&first.key()).await.unwrap());
@@ -202,6 +207,10 @@ async fn a_link_cut_mid_result_fails_the_attempt_and_the_next_goes_through_stora
     worker.cancel(q).await.unwrap();
     let polled = worker.poll_tasks("w").await.unwrap();
     assert_eq!(polled, vec![second.clone()]);
+    assert!(
+        !worker.pushed(&second.key()),
+        "the second was found in storage"
+    );
     let mut w = worker.open_result(&second, ints(0, 0).schema());
     w.write(ints(0, 5)).await.unwrap();
     w.finish(&TaskReport {

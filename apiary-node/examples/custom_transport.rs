@@ -89,6 +89,10 @@ impl ShuffleTransport for ChannelShuffle {
         true
     }
 
+    fn pushed(&self, _task: &TaskKey) -> bool {
+        true
+    }
+
     async fn poll_tasks(&self, node_id: &str) -> Result<Vec<TaskSpec>> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mine: Vec<TaskSpec> = state

@@ -54,9 +54,10 @@ pub(crate) fn spawn_worker(
         // Tasks already taken (a transport may deliver one again); bounded.
         let mut seen: HashSet<TaskKey> = HashSet::new();
         let mut order: VecDeque<TaskKey> = VecDeque::new();
-        // When this node was last given a task and last finished one, on `clock`'s
-        // monotonic time. A finishing task wakes the loop (the wake-up is kept if the loop
-        // is busy looking), which notes the time.
+        // When this node last found a task by looking and last finished one it found, on
+        // `clock`'s monotonic time: pushed tasks do not quicken the looks (their coordinator
+        // pushes its next ones too). A finishing task wakes the loop (the wake-up is kept if
+        // the loop is busy looking), which notes the time if the task was found.
         let Polling {
             discovery,
             clock,
@@ -64,7 +65,7 @@ pub(crate) fn spawn_worker(
         } = poll;
         let mut last_task: Option<Duration> = None;
         let mut last_finished: Option<Duration> = None;
-        let finished = Arc::new(tokio::sync::Notify::new());
+        let finished = Arc::new(Finished::default());
         let mut watching = true;
         loop {
             let now = clock.monotonic();
@@ -90,7 +91,9 @@ pub(crate) fn spawn_worker(
                     bees.until_free().await;
                 } => {}
                 // The next query's tasks may already be waiting.
-                _ = finished.notified() => last_finished = Some(clock.monotonic()),
+                _ = finished.wake.notified() => if finished.found.swap(false, Ordering::Relaxed) {
+                    last_finished = Some(clock.monotonic());
+                },
                 // A push transport says tasks arrived: no wait for the next poll.
                 _ = transport.tasks_arrived(&node_id) => {}
             }
@@ -104,11 +107,12 @@ pub(crate) fn spawn_worker(
                     continue;
                 }
             };
-            if !tasks.is_empty() {
+            if tasks.iter().any(|t| !transport.pushed(&t.key())) {
                 last_task = Some(clock.monotonic());
             }
             for task in tasks {
                 let key = task.key();
+                let found = !transport.pushed(&key);
                 if !seen.insert(key.clone()) {
                     continue;
                 }
@@ -143,7 +147,7 @@ pub(crate) fn spawn_worker(
                         if let Err(e) = transport.cancel(&task.query_id).await {
                             tracing::debug!(task = %task.key(), error = %e, "cleaning up a cancelled query failed");
                         }
-                        finished.notify_one();
+                        finished.done(found);
                         return;
                     };
                     let failed = matches!(ended, Ended::Outcome(TaskOutcome::Failed(_)));
@@ -153,7 +157,7 @@ pub(crate) fn spawn_worker(
                     // failure of this node, and nothing is left to publish.
                     if failed && let Ok(false) = transport.wanted(&task.key()).await {
                         tracing::debug!(task = %task.key(), "task stopped: its query let go of it");
-                        finished.notify_one();
+                        finished.done(found);
                         return;
                     }
                     counts.ran.fetch_add(1, Ordering::Relaxed);
@@ -170,7 +174,7 @@ pub(crate) fn spawn_worker(
                     // The bee goes back, and the loop looks for the next task, before the
                     // check below.
                     drop(bee);
-                    finished.notify_one();
+                    finished.done(found);
                     // An outcome published after its query was finished or cancelled (the
                     // coordinator failed it on another task's error, say) would stay
                     // behind: it is removed at once rather than by a sweep.
@@ -183,6 +187,22 @@ pub(crate) fn spawn_worker(
             }
         }
     })
+}
+
+/// How a finished task wakes the worker loop, and whether one of them was found by looking.
+#[derive(Default)]
+struct Finished {
+    wake: tokio::sync::Notify,
+    found: std::sync::atomic::AtomicBool,
+}
+
+impl Finished {
+    fn done(&self, found: bool) {
+        if found {
+            self.found.store(true, Ordering::Relaxed);
+        }
+        self.wake.notify_one();
+    }
 }
 
 /// How often a running task asks whether its query still wants it.

@@ -365,3 +365,82 @@ async fn tasks_whose_results_landed_are_not_failures() {
         assert!(failed.is_empty(), "{id}: {failed:#?}");
     }
 }
+
+/// A node given its tasks over Flight keeps looking in storage at its regular cadence: a
+/// task found by looking makes a node look every millisecond for 100 ms and four times as
+/// often for a minute (the next query of a burst likely comes the same way), but a pushed
+/// task's coordinator pushes its next tasks too, and the quick looks would only take CPU
+/// from the node's work (and, on S3, cost requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_given_tasks_over_flight_does_not_look_in_storage_more_often() {
+    use apiary::apiary_storage::{
+        FaultConfig, InstrumentedStore, ObjectStoreBackend, RequestTrace, StorageUri,
+        object_store_for,
+    };
+    use std::time::Duration;
+
+    let (dir, storage, _) = loaded_folder().await;
+    let poll = Duration::from_millis(50);
+    // The node's every storage request is written down.
+    let uri = StorageUri::parse(&storage).unwrap();
+    let (inner, caps) = object_store_for(&uri).unwrap();
+    let trace = RequestTrace::new();
+    let store =
+        InstrumentedStore::new(inner, FaultConfig::none()).with_trace("node", trace.clone());
+    let mut options = apiary::ApiaryOptions::new(uri);
+    options.flight = Some(apiary::FlightOptions::serve("127.0.0.1:0".parse().unwrap()));
+    let node = apiary::Apiary::builder(options)
+        .backend(std::sync::Arc::new(ObjectStoreBackend::new(
+            std::sync::Arc::new(store),
+            caps,
+            storage.clone(),
+        )))
+        .build()
+        .await
+        .unwrap();
+    node.start_with(apiary::NodeOptions {
+        node_id: Some("pushed".into()),
+        state_dir: dir.path().join("pushed"),
+        task_poll_interval: poll,
+        ..apiary::NodeOptions::default()
+    })
+    .await
+    .unwrap();
+    let ap = flight_client(&storage).await;
+    wait_alive(&ap, 1).await;
+    let sql = QUERIES[0];
+    let local = answer(&ap, "never", sql).await;
+    assert_eq!(answer(&ap, "always", sql).await, local);
+    let doorbell_heads = |from: usize| {
+        trace.lines()[from..]
+            .iter()
+            .filter(|l| l.contains(" head ") && l.contains("_doorbells/"))
+            .count()
+    };
+    let plan = explain_analyze(&ap, sql).await;
+    assert_eq!(
+        via_by_node(&plan),
+        vec![("pushed".to_string(), "flight".to_string())],
+        "{plan}"
+    );
+    // Just after the task: no looks every millisecond (a found task brings at least
+    // sixteen in these 100 ms; see `distributed.rs`), only the regular ones.
+    let before = trace.lines().len();
+    apiary::apiary_storage::time::sleep(Duration::from_millis(100)).await;
+    let hot = doorbell_heads(before);
+    assert!(
+        hot <= 4,
+        "{hot} looks in storage in the 100 ms after a pushed task"
+    );
+    // Then a second at the regular cadence (at most 21 looks at 50 ms; a found task would
+    // bring 80), and still some: storage stays the way in for coordinators without Flight.
+    let before = trace.lines().len();
+    apiary::apiary_storage::time::sleep(Duration::from_secs(1)).await;
+    let busy = doorbell_heads(before);
+    assert!(
+        (5..=30).contains(&busy),
+        "{busy} looks in storage in the second after a pushed task, at a {poll:?} poll"
+    );
+    node.shutdown().await.unwrap();
+    ap.shutdown().await.unwrap();
+}

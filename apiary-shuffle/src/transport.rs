@@ -279,6 +279,7 @@ pub struct Delivered {
 /// #   }
 /// #   async fn tasks_arrived(&self, node_id: &str) { self.inner.tasks_arrived(node_id).await }
 /// #   fn pushes_tasks(&self) -> bool { self.inner.pushes_tasks() }
+/// #   fn pushed(&self, task: &TaskKey) -> bool { self.inner.pushed(task) }
 /// #   fn reports_pickup(&self) -> bool { self.inner.reports_pickup() }
 /// #   fn can_claim(&self) -> bool { self.inner.can_claim() }
 /// #   async fn claim(&self, task: &TaskKey, cell: &str) -> Result<bool> { self.inner.claim(task, cell).await }
@@ -381,6 +382,16 @@ pub trait ShuffleTransport: Send + Sync + std::fmt::Debug + 'static {
     /// Whether [`tasks_arrived`](Self::tasks_arrived) wakes a worker when its tasks are
     /// published (the conformance suite then checks that it does).
     fn pushes_tasks(&self) -> bool {
+        false
+    }
+
+    /// Whether `task`, which [`poll_tasks`](Self::poll_tasks) just returned, was pushed to
+    /// this process rather than found by looking. A worker looks more often for a while after
+    /// it found a task (the next query of a burst is likely to come the same way); a pushed
+    /// task's coordinator pushes its next tasks too, so after one the worker keeps its
+    /// regular cadence. The default: never pushed.
+    fn pushed(&self, task: &TaskKey) -> bool {
+        let _ = task;
         false
     }
 

@@ -14,6 +14,11 @@
 //!   coordinator, whose waking tells every node through the roster within a poll of the
 //!   swarm, and they join at their active cadence as they wake. So what idling costs stays
 //!   what the idle setting says.
+//!
+//! Only tasks found by looking count as "given" and "finished" here. A task pushed to the
+//! node (over Flight) does not: its coordinator pushes the next query's tasks too, so quicker
+//! looks would find nothing and only take CPU from the node's work. (A pushed task whose
+//! link breaks is tried again through storage, found at the regular cadence.)
 
 use std::time::Duration;
 

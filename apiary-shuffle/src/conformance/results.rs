@@ -144,13 +144,23 @@ pub async fn rerun_attempts_keep_one_whole_result(t: &dyn ShuffleTransport) {
     t.finish(&q).await.expect("finish");
 }
 
-/// A transport that pushes tasks wakes their node's worker soon after they are published.
+/// A transport that pushes tasks wakes their node's worker soon after they are published;
+/// one that does not push never says it pushed a task ([`ShuffleTransport::pushed`]).
 pub async fn pushed_tasks_wake_their_node(t: Arc<dyn ShuffleTransport>) {
-    if !t.pushes_tasks() {
-        return;
-    }
     let q = unique("push");
     let node = unique("pushed");
+    if !t.pushes_tasks() {
+        t.publish_tasks(&q, "coord", &[task(&q, 0, 1, &node)])
+            .await
+            .expect("publish");
+        let found = poll_until(t.as_ref(), &node, 1).await;
+        assert!(
+            !t.pushed(&found[0].key()),
+            "a transport that does not push says it pushed a task"
+        );
+        t.finish(&q).await.expect("finish");
+        return;
+    }
     let waiter = {
         let t = Arc::clone(&t);
         let node = node.clone();
