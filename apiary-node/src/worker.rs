@@ -107,12 +107,12 @@ pub(crate) fn spawn_worker(
                     continue;
                 }
             };
-            if tasks.iter().any(|t| !transport.pushed(&t.key())) {
+            let found: Vec<bool> = tasks.iter().map(|t| !transport.pushed(&t.key())).collect();
+            if found.contains(&true) {
                 last_task = Some(clock.monotonic());
             }
-            for task in tasks {
+            for (task, found) in tasks.into_iter().zip(found) {
                 let key = task.key();
-                let found = !transport.pushed(&key);
                 if !seen.insert(key.clone()) {
                     continue;
                 }
