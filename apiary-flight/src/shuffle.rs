@@ -514,6 +514,12 @@ impl ShuffleTransport for FlightShuffle {
         }
     }
 
+    fn pushes_results(&self, query_id: &str) -> bool {
+        self.coordinator
+            .query(query_id)
+            .is_some_and(|q| !lock(&q.state).used_storage)
+    }
+
     async fn collect(&self, query_id: &str, wanted: &[TaskKey]) -> Result<Vec<Delivered>> {
         let Some(query) = self.coordinator.query(query_id) else {
             return self.storage.collect(query_id, wanted).await;

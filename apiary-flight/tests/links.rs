@@ -126,6 +126,10 @@ async fn a_node_that_cannot_be_reached_gets_its_tasks_through_storage() {
     let polled = worker.poll_tasks("gone").await.unwrap();
     assert_eq!(polled, vec![spec.clone()]);
     assert!(!worker.pushed(&spec.key()), "found in storage, not pushed");
+    assert!(
+        !coordinator.pushes_results(q),
+        "its result must be looked for"
+    );
     worker
         .publish_outcome(
             &spec,
@@ -166,6 +170,10 @@ async fn a_link_cut_mid_result_fails_the_attempt_and_the_next_goes_through_stora
     assert!(
         worker.pushed(&first.key()),
         "the first attempt came over Flight"
+    );
+    assert!(
+        coordinator.pushes_results(q),
+        "so far every result comes over Flight"
     );
     let mut w = worker.open_result(&first, ints(0, 0).schema());
     w.write(ints(0, 100_000)).await.unwrap();
@@ -210,6 +218,10 @@ async fn a_link_cut_mid_result_fails_the_attempt_and_the_next_goes_through_stora
     assert!(
         !worker.pushed(&second.key()),
         "the second was found in storage"
+    );
+    assert!(
+        !coordinator.pushes_results(q),
+        "a result now comes through storage, which must be looked for"
     );
     let mut w = worker.open_result(&second, ints(0, 0).schema());
     w.write(ints(0, 5)).await.unwrap();

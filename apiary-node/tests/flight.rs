@@ -444,3 +444,56 @@ async fn a_node_given_tasks_over_flight_does_not_look_in_storage_more_often() {
     node.shutdown().await.unwrap();
     ap.shutdown().await.unwrap();
 }
+
+/// Where every result is pushed, the coordinator looks for results when a worker tells it
+/// something (a task taken, a result ended) and at its round's check every 250 ms, not every
+/// few milliseconds as it must over storage (its timer would wake it on the workers' cores).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_looks_for_pushed_results_only_when_told() {
+    let (dir, storage, _) = loaded_folder().await;
+    let ap = flight_client(&storage).await;
+    let _nodes: Vec<Node> = (0..2)
+        .map(|i| flight_node(&storage, dir.path(), &format!("node-w{i}"), &[]))
+        .collect();
+    wait_alive(&ap, 2).await;
+    // Tasks that take a while: every row's user id repeated into a long string and searched.
+    let sql = "SELECT country, count(*) FROM analytics.events.clicks \
+               WHERE strpos(repeat(user_id, 40000), 'absent') = 0 GROUP BY country";
+    let local = answer(&ap, "never", sql).await;
+    assert_eq!(answer(&ap, "always", sql).await, local);
+    let plan = explain_analyze(&ap, sql).await;
+    let via = via_by_node(&plan);
+    assert!(
+        !via.is_empty() && via.iter().all(|(_, v)| v == "flight"),
+        "{plan}"
+    );
+    // A metric of the plan: the text after `name=`, up to the next `,` or `]`.
+    let metric = |name: &str| -> &str {
+        let after = plan
+            .split(&format!(" {name}="))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {name}: {plan}"));
+        after.split([',', ']']).next().unwrap()
+    };
+    let looks: u64 = metric("result_looks").parse().unwrap();
+    let wait = metric("wait_time");
+    let unit = wait.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+    let number: f64 = wait[..wait.len() - unit.len()].parse().unwrap();
+    let wait_ms = number
+        * match unit {
+            "s" => 1000.0,
+            "ms" => 1.0,
+            "µs" => 0.001,
+            "ns" => 0.000_001,
+            other => panic!("unit {other} of {wait}"),
+        };
+    let tasks = via.len() as u64;
+    println!("{looks} looks for the results of {tasks} tasks in {wait_ms:.1} ms");
+    // Over storage it looks every twenty-fifth of the time waited (at least every 2 ms):
+    // ten times in 20 ms (these tasks take about 40 ms on a 2-core machine, in a debug build).
+    assert!(wait_ms >= 20.0, "the tasks were too quick to tell: {plan}");
+    assert!(
+        looks <= 2 * tasks + 2 + (wait_ms / 250.0) as u64,
+        "{looks} looks for the results of {tasks} tasks pushed over Flight in {wait_ms} ms: {plan}"
+    );
+}

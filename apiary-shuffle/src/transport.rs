@@ -280,6 +280,7 @@ pub struct Delivered {
 /// #   async fn tasks_arrived(&self, node_id: &str) { self.inner.tasks_arrived(node_id).await }
 /// #   fn pushes_tasks(&self) -> bool { self.inner.pushes_tasks() }
 /// #   fn pushed(&self, task: &TaskKey) -> bool { self.inner.pushed(task) }
+/// #   fn pushes_results(&self, query_id: &str) -> bool { self.inner.pushes_results(query_id) }
 /// #   fn reports_pickup(&self) -> bool { self.inner.reports_pickup() }
 /// #   fn can_claim(&self) -> bool { self.inner.can_claim() }
 /// #   async fn claim(&self, task: &TaskKey, cell: &str) -> Result<bool> { self.inner.claim(task, cell).await }
@@ -368,6 +369,17 @@ pub trait ShuffleTransport: Send + Sync + std::fmt::Debug + 'static {
     async fn results_arrived(&self, query_id: &str) {
         let _ = query_id;
         std::future::pending::<()>().await
+    }
+
+    /// Whether every outcome of `query_id` so far reaches its coordinator with a wake-up of
+    /// [`results_arrived`](Self::results_arrived) (every task of it went out over a link
+    /// that pushes its results back). The coordinator then looks for results only when woken
+    /// and at its regular check for dead nodes and deadlines, instead of every few
+    /// milliseconds. Once a task of the query goes another way, it must say no. The default:
+    /// no.
+    fn pushes_results(&self, query_id: &str) -> bool {
+        let _ = query_id;
+        false
     }
 
     /// A hint that tasks for `node_ids` may be published soon: the coordinator found them

@@ -308,6 +308,7 @@ impl ExecutionPlan for DistributedExec {
                 ),
             },
             tasks: metrics.clone().global_counter("tasks"),
+            looks: metrics.clone().global_counter("result_looks"),
         };
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             datafusion::error::DataFusionError::Execution(
@@ -356,6 +357,8 @@ struct Run {
     local_rows: LocalRowsPool,
     /// Tasks run (for `EXPLAIN ANALYZE`).
     tasks: datafusion::physical_plan::metrics::Count,
+    /// Times the coordinator looked for results (for `EXPLAIN ANALYZE`).
+    looks: datafusion::physical_plan::metrics::Count,
 }
 
 /// The query's memory pool and spill files, for the rows of tasks the coordinator runs.
@@ -435,16 +438,27 @@ impl Run {
         while !q.complete() {
             let mut gave_up = false;
             let published = q.published;
+            // Where every result is pushed, a look only follows a wake-up, and the timer
+            // waits for the next check of the round (dead nodes, deadlines).
+            let wait = if published && self.cluster.transport.pushes_results(&self.query_id) {
+                self.cluster
+                    .settings
+                    .result_poll
+                    .saturating_sub(since(last_check))
+            } else {
+                poll
+            };
             tokio::select! {
                 biased;
                 Some((d, rows)) = rx.recv() => gave_up |= q.accept(d, rows)?,
-                _ = self.cluster.clock.sleep(poll) => {}
+                _ = self.cluster.clock.sleep(wait) => {}
                 // A transport that pushes results wakes the wait at once.
                 _ = self.cluster.transport.results_arrived(&self.query_id), if published => {}
             }
             while let Ok((d, rows)) = rx.try_recv() {
                 gave_up |= q.accept(d, rows)?;
             }
+            self.looks.add(1);
             gave_up |= q.collect_remote().await?;
             if first_answer.is_none() && q.tasks.iter().any(|t| matches!(t.stage, Stage::Done(_))) {
                 first_answer = Some(since(started));
