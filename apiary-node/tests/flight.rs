@@ -25,6 +25,37 @@ fn flight_node(storage: &str, dir: &std::path::Path, id: &str, extra: &[&str]) -
     start_with(storage, dir, id, "1s", &args)
 }
 
+/// A loaded folder, a Flight client on it and Flight nodes `ids`, alive.
+async fn flight_swarm(ids: &[&str]) -> (tempfile::TempDir, apiary::Apiary, Vec<Node>) {
+    let (dir, storage, _) = loaded_folder().await;
+    let ap = flight_client(&storage).await;
+    let nodes: Vec<Node> = ids
+        .iter()
+        .map(|id| flight_node(&storage, dir.path(), id, &[]))
+        .collect();
+    wait_alive(&ap, ids.len()).await;
+    (dir, ap, nodes)
+}
+
+/// A backend on `storage` whose every request is written down in the trace, as `label`.
+fn traced_backend(
+    storage: &str,
+    label: &str,
+) -> (
+    std::sync::Arc<apiary::apiary_storage::ObjectStoreBackend>,
+    apiary::apiary_storage::RequestTrace,
+) {
+    use apiary::apiary_storage::{
+        FaultConfig, InstrumentedStore, ObjectStoreBackend, RequestTrace, StorageUri,
+        object_store_for,
+    };
+    let (inner, caps) = object_store_for(&StorageUri::parse(storage).unwrap()).unwrap();
+    let trace = RequestTrace::new();
+    let store = InstrumentedStore::new(inner, FaultConfig::none()).with_trace(label, trace.clone());
+    let backend = ObjectStoreBackend::new(std::sync::Arc::new(store), caps, storage.to_string());
+    (std::sync::Arc::new(backend), trace)
+}
+
 /// Flight nodes `direct`, and `proxied` whose Flight port is reached through a proxy (it
 /// advertises the proxy's address).
 async fn behind_a_proxy(
@@ -66,14 +97,9 @@ fn via_by_node(plan: &str) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_flight_nodes_answer_like_one() {
-    let (dir, storage, _) = loaded_folder().await;
-    let ap = flight_client(&storage).await;
     // The nodes look for tasks in storage only every second: a task that came in
     // milliseconds was pushed.
-    let _nodes: Vec<Node> = (0..3)
-        .map(|i| flight_node(&storage, dir.path(), &format!("node-f{i}"), &[]))
-        .collect();
-    wait_alive(&ap, 3).await;
+    let (_dir, ap, _nodes) = flight_swarm(&["node-f0", "node-f1", "node-f2"]).await;
     for sql in QUERIES {
         let local = answer(&ap, "never", sql).await;
         assert_eq!(
@@ -281,24 +307,15 @@ async fn a_coordinating_node_links_to_a_node_as_it_joins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_over_flight_asks_storage_only_for_its_ledger_probes() {
-    use apiary::apiary_storage::{FaultConfig, InstrumentedStore, RequestTrace, StorageUri};
     let (dir, storage, _) = loaded_folder().await;
     // A client whose every storage request is written down.
-    let uri = StorageUri::parse(&storage).unwrap();
-    let (inner, caps) = apiary::apiary_storage::object_store_for(&uri).unwrap();
-    let trace = RequestTrace::new();
-    let store =
-        InstrumentedStore::new(inner, FaultConfig::none()).with_trace("client", trace.clone());
-    let backend = apiary::apiary_storage::ObjectStoreBackend::new(
-        std::sync::Arc::new(store),
-        caps,
-        storage.clone(),
-    );
-    let mut options = apiary::ApiaryOptions::new(uri);
+    let (backend, trace) = traced_backend(&storage, "client");
+    let mut options =
+        apiary::ApiaryOptions::new(apiary::apiary_storage::StorageUri::parse(&storage).unwrap());
     options.swarm.dead_threshold = std::time::Duration::from_secs(2);
     options.flight = Some(apiary::FlightOptions::client());
     let ap = apiary::Apiary::builder(options)
-        .backend(std::sync::Arc::new(backend))
+        .backend(backend)
         .build()
         .await
         .unwrap();
@@ -344,14 +361,8 @@ async fn a_query_over_flight_asks_storage_only_for_its_ledger_probes() {
 /// not a failure of the node either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_whose_results_landed_are_not_failures() {
-    let (dir, storage, _) = loaded_folder().await;
-    let ap = flight_client(&storage).await;
     let ids = ["node-e0", "node-e1"];
-    let _nodes: Vec<Node> = ids
-        .iter()
-        .map(|id| flight_node(&storage, dir.path(), id, &[]))
-        .collect();
-    wait_alive(&ap, 2).await;
+    let (dir, ap, _nodes) = flight_swarm(&ids).await;
     for sql in QUERIES {
         let local = answer(&ap, "never", sql).await;
         assert_eq!(answer(&ap, "always", sql).await, local, "{sql}");
@@ -373,28 +384,17 @@ async fn tasks_whose_results_landed_are_not_failures() {
 /// from the node's work (and, on S3, cost requests).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_given_tasks_over_flight_does_not_look_in_storage_more_often() {
-    use apiary::apiary_storage::{
-        FaultConfig, InstrumentedStore, ObjectStoreBackend, RequestTrace, StorageUri,
-        object_store_for,
-    };
     use std::time::Duration;
 
     let (dir, storage, _) = loaded_folder().await;
     let poll = Duration::from_millis(50);
     // The node's every storage request is written down.
-    let uri = StorageUri::parse(&storage).unwrap();
-    let (inner, caps) = object_store_for(&uri).unwrap();
-    let trace = RequestTrace::new();
-    let store =
-        InstrumentedStore::new(inner, FaultConfig::none()).with_trace("node", trace.clone());
-    let mut options = apiary::ApiaryOptions::new(uri);
+    let (backend, trace) = traced_backend(&storage, "node");
+    let mut options =
+        apiary::ApiaryOptions::new(apiary::apiary_storage::StorageUri::parse(&storage).unwrap());
     options.flight = Some(apiary::FlightOptions::serve("127.0.0.1:0".parse().unwrap()));
     let node = apiary::Apiary::builder(options)
-        .backend(std::sync::Arc::new(ObjectStoreBackend::new(
-            std::sync::Arc::new(store),
-            caps,
-            storage.clone(),
-        )))
+        .backend(backend)
         .build()
         .await
         .unwrap();
@@ -450,12 +450,7 @@ async fn a_node_given_tasks_over_flight_does_not_look_in_storage_more_often() {
 /// few milliseconds as it must over storage (its timer would wake it on the workers' cores).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_looks_for_pushed_results_only_when_told() {
-    let (dir, storage, _) = loaded_folder().await;
-    let ap = flight_client(&storage).await;
-    let _nodes: Vec<Node> = (0..2)
-        .map(|i| flight_node(&storage, dir.path(), &format!("node-w{i}"), &[]))
-        .collect();
-    wait_alive(&ap, 2).await;
+    let (_dir, ap, _nodes) = flight_swarm(&["node-w0", "node-w1"]).await;
     // Tasks that take a while: every row's user id repeated into a long string and searched
     // (about 40 ms at 40 000 on a 2-core machine, in a debug build; longer where that is too
     // quick to tell).
