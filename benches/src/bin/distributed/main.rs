@@ -23,7 +23,8 @@
 //!
 //! After the table of times it prints where the CPU went: per query, this process (the
 //! coordinator) and each node, idle ones included, and what one node spends on each query
-//! against two together.
+//! against two together, and how evenly the two nodes' tasks end (`--balance-runs N`
+//! `EXPLAIN ANALYZE` runs a query, default 3).
 //!
 //! Every distributed answer is checked against the local one. The memory tier is off on
 //! every side by default, so the speed-up is that of the scans and joins themselves;
@@ -33,6 +34,7 @@
 //! little, and it is what a query waits for its tasks to be picked up.
 
 #![allow(clippy::disallowed_methods)] // real processes and real time: waits and timings read the system clock
+mod balance;
 mod processes;
 mod timing;
 mod tiny;
@@ -76,6 +78,9 @@ struct Args {
     /// How long the nodes idle before each of those (`--idle-secs`, default 61: past a
     /// node's busy window).
     idle_secs: u64,
+    /// `EXPLAIN ANALYZE` runs a query for how evenly the two tasks end (`--balance-runs`,
+    /// default 3; 0 skips it).
+    balance_runs: usize,
 }
 
 /// Whether the nodes serve Arrow Flight and the coordinators use it (`--flight 1`).
@@ -109,6 +114,7 @@ fn args() -> Args {
         "tiny-only",
         "idle-samples",
         "idle-secs",
+        "balance-runs",
     ]);
     Args {
         sf: flag(&f, "sf", 1.0),
@@ -125,6 +131,7 @@ fn args() -> Args {
         tiny_only: flag(&f, "tiny-only", 0) != 0,
         idle_samples: flag(&f, "idle-samples", 3),
         idle_secs: flag(&f, "idle-secs", 61),
+        balance_runs: flag(&f, "balance-runs", 3),
     }
 }
 
@@ -366,6 +373,7 @@ async fn main() {
     let mut unpinned_ratios = Vec::new();
     let mut local_ratios = Vec::new();
     let mut ceiling_ratios = Vec::new();
+    let mut two_node_ms = Vec::new();
     for (i, (name, _)) in QUERIES.iter().enumerate() {
         assert_eq!(
             one_node[i].rows, one_bee[i].rows,
@@ -394,6 +402,7 @@ async fn main() {
         .map(Timed::median);
         let ceiling = bee / twin;
         ceiling_ratios.push(ceiling);
+        two_node_ms.push(nodes * 1e3);
         let ratio = bee / nodes;
         ratios.push(ratio);
         let scaling = node / nodes;
@@ -442,6 +451,9 @@ async fn main() {
         range(&round_geo_means(&one_bee, &twins))
     );
     print_cpu(&cpu);
+    if a.balance_runs > 0 {
+        balance::report(&mut spread, &QUERIES, &two_node_ms, a.balance_runs).await;
+    }
     drop(nodes);
 
     tiny::measure(&ap, &counts, &storage, &state, &a).await;
