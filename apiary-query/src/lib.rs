@@ -37,6 +37,7 @@ mod recent;
 pub mod running;
 pub mod scans;
 mod session;
+mod star;
 mod statement;
 pub mod stats;
 pub mod system;

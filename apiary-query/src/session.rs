@@ -101,6 +101,7 @@ impl QueryEngine {
             .with_runtime_env(runtime.build_arc()?)
             .with_catalog_list(Arc::new(HiveList(Arc::clone(&catalog))))
             .with_default_features()
+            .with_optimizer_rule(crate::star::rule())
             .with_physical_optimizer_rule(Arc::new(crate::exec::YieldingJoins))
             .build();
         Ok(Self {
