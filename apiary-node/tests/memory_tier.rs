@@ -260,3 +260,59 @@ async fn under_memory_pressure_the_tier_gives_way_to_queries() {
     assert_eq!(text(&ap, scan).await, answer);
     ap.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_large_cell_held_in_memory_is_read_by_every_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = open(dir.path(), Some(0)).await;
+    writer.create_hive("h").await.unwrap();
+    writer.create_box("h", "b").await.unwrap();
+    writer
+        .create_frame("h", "b", "f", &[("x", "int64"), ("s", "utf8")], &[])
+        .await
+        .unwrap();
+    // One write, one cell of 300 000 rows.
+    writer
+        .write_to_frame("h", "b", "f", [wide(0..300_000)])
+        .await
+        .unwrap();
+    let sql = "SELECT COUNT(*) AS n, SUM(x) AS x, MIN(s) AS lo, MAX(s) AS hi FROM h.b.f \
+               WHERE x % 7 = 3";
+    let expected = text(&writer, sql).await;
+
+    let ap = open(dir.path(), Some(256 << 20)).await;
+    let mut session = ap.sql_session().unwrap();
+    session
+        .sql("SET datafusion.execution.target_partitions = 4")
+        .await
+        .unwrap();
+    let pretty = |r: &apiary::QueryResult| {
+        apiary::apiary_query::datafusion::arrow::util::pretty::pretty_format_batches(r.batches())
+            .unwrap()
+            .to_string()
+    };
+    // Cold, then admitted, then from memory: one answer.
+    for run in 0..3 {
+        assert_eq!(
+            pretty(&session.sql(sql).await.unwrap()),
+            expected,
+            "run {run}"
+        );
+    }
+    let explained = session
+        .sql(&format!("EXPLAIN ANALYZE VERBOSE {sql}"))
+        .await
+        .unwrap();
+    let plan = pretty(&explained);
+    let tier = plan
+        .lines()
+        .find(|l| l.contains("MemoryTierExec: cells_in_memory=1") && l.contains("{partition="))
+        .unwrap_or_else(|| panic!("the cell is read from memory:\n{plan}"));
+    // Each of the four partitions reads a quarter of the cell.
+    for partition in 0..4 {
+        assert!(
+            tier.contains(&format!("output_rows{{partition={partition}}}=75.00 K")),
+            "partition {partition} reads 75 000 rows: {tier}"
+        );
+    }
+}

@@ -282,7 +282,7 @@ impl TableProvider for FrameTable {
                         Source::Load(format.create_physical_plan(state, config).await?)
                     }
                 };
-                cells.push(TierCell {
+                let tier_cell = TierCell {
                     key: cell.file.object_meta.location.to_string(),
                     bytes: cell.facts.bytes(),
                     partition_values: projection
@@ -292,8 +292,10 @@ impl TableProvider for FrameTable {
                         .collect(),
                     source,
                     rows: None,
-                });
+                };
+                cells.push((tier_cell, cell.facts.rows()));
             }
+            let cells = tier::cut_held(cells, state.config().target_partitions());
             let groups = spread(
                 cells,
                 state.config().target_partitions(),

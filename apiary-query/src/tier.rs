@@ -160,11 +160,7 @@ impl MemoryTierExec {
             .into_iter()
             .map(|cells| cells.into_iter().map(Arc::new).collect())
             .collect();
-        let cells = || partitions.iter().flat_map(|p| p.iter());
-        let held = cells()
-            .filter(|c| matches!(c.source, Source::Held(_)))
-            .count();
-        let loading = cells().count() - held;
+        let (held, loading) = counts(partitions.iter().flat_map(|p| p.iter()));
         let metrics = ExecutionPlanMetricsSet::new();
         for (name, value) in [("cells_in_memory", held), ("cells_admitted", loading)] {
             MetricBuilder::new(&metrics).global_counter(name).add(value);
@@ -195,6 +191,7 @@ impl MemoryTierExec {
     /// The same scan of only the cells stored at `units`' keys (only the rows given, if
     /// any), in one partition, in that order (`None` if this scan does not read them all).
     pub(crate) fn only(&self, units: &[(&str, Option<&RowRanges>)]) -> Option<Self> {
+        // A cell cut into pieces over the partitions (see `cut_held`) is read as one.
         let by_key: std::collections::HashMap<&str, &Arc<TierCell>> = self
             .partitions
             .iter()
@@ -205,20 +202,17 @@ impl MemoryTierExec {
             .iter()
             .map(|&(key, rows)| {
                 let cell = *by_key.get(key)?;
-                Some(match rows {
-                    None => Arc::clone(cell),
-                    Some(rows) => Arc::new(TierCell {
-                        rows: Some(rows.clone()),
+                Some(if cell.rows.is_none() && rows.is_none() {
+                    Arc::clone(cell)
+                } else {
+                    Arc::new(TierCell {
+                        rows: rows.cloned(),
                         ..TierCell::clone(cell)
-                    }),
+                    })
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        let held = cells
-            .iter()
-            .filter(|c| matches!(c.source, Source::Held(_)))
-            .count();
-        let loading = cells.len() - held;
+        let (held, loading) = counts(cells.iter());
         Some(Self {
             schema: Arc::clone(&self.schema),
             layout: Arc::clone(&self.layout),
@@ -244,6 +238,9 @@ impl MemoryTierExec {
     /// The same scan of only the cells `keep` names (by storage key; all their rows, or
     /// `Some` of them), each partition keeping its cells and order (some may be left empty).
     pub(crate) fn keeping(&self, keep: &dyn Fn(&str) -> Option<Option<RowRanges>>) -> Self {
+        // A cell cut into pieces (see `cut_held`) and kept only in part is read once, with
+        // those rows, where its first piece was.
+        let mut selected = std::collections::HashSet::new();
         let partitions: Vec<Arc<[Arc<TierCell>]>> = self
             .partitions
             .iter()
@@ -251,20 +248,17 @@ impl MemoryTierExec {
                 p.iter()
                     .filter_map(|c| match keep(&c.key)? {
                         None => Some(Arc::clone(c)),
-                        Some(rows) => Some(Arc::new(TierCell {
+                        Some(rows) if rows.is_all() => Some(Arc::clone(c)),
+                        Some(rows) if selected.insert(c.key.clone()) => Some(Arc::new(TierCell {
                             rows: Some(rows),
                             ..TierCell::clone(c)
                         })),
+                        Some(_) => None,
                     })
                     .collect()
             })
             .collect();
-        let held = partitions
-            .iter()
-            .flat_map(|p| p.iter())
-            .filter(|c| matches!(c.source, Source::Held(_)))
-            .count();
-        let loading = partitions.iter().map(|p| p.len()).sum::<usize>() - held;
+        let (held, loading) = counts(partitions.iter().flat_map(|p| p.iter()));
         Self {
             schema: Arc::clone(&self.schema),
             layout: Arc::clone(&self.layout),
@@ -279,6 +273,54 @@ impl MemoryTierExec {
             loading,
         }
     }
+}
+
+/// How many distinct cells of `cells` are held and how many are loaded.
+fn counts<'a>(cells: impl Iterator<Item = &'a Arc<TierCell>>) -> (usize, usize) {
+    let mut seen = std::collections::HashSet::new();
+    let (mut held, mut loading) = (0, 0);
+    for c in cells.filter(|c| seen.insert(c.key.as_str())) {
+        match c.source {
+            Source::Held(_) => held += 1,
+            Source::Load(_) => loading += 1,
+        }
+    }
+    (held, loading)
+}
+
+/// The fewest rows of a piece [`cut_held`] cuts.
+const MIN_PIECE_ROWS: u64 = 64 * 1024;
+
+/// `cells` (each with its rows) with the held ones cut into row ranges when there are
+/// fewer cells than `partitions`, so that every partition has rows to read: one large cell
+/// held in memory is otherwise read by one core. Slicing a held cell costs nothing; a cell
+/// still to be loaded is decoded whole, so it is left whole.
+pub(crate) fn cut_held(cells: Vec<(TierCell, u64)>, partitions: usize) -> Vec<TierCell> {
+    if cells.is_empty() || cells.len() >= partitions {
+        return cells.into_iter().map(|(c, _)| c).collect();
+    }
+    // Every cell in as many pieces as partitions: each partition then reads as many rows.
+    let pieces = partitions as u64;
+    let mut out = Vec::with_capacity(partitions);
+    for (cell, rows) in cells {
+        let pieces = pieces.min(rows / MIN_PIECE_ROWS);
+        if pieces < 2 || cell.rows.is_some() || !matches!(cell.source, Source::Held(_)) {
+            out.push(cell);
+            continue;
+        }
+        for range in crate::parts::cut(rows, pieces) {
+            let share = range.end - range.start;
+            let Some(rows_read) = RowRanges::new(vec![range], rows) else {
+                continue;
+            };
+            out.push(TierCell {
+                bytes: (u128::from(cell.bytes) * u128::from(share) / u128::from(rows)) as u64,
+                rows: Some(rows_read),
+                ..cell.clone()
+            });
+        }
+    }
+    out
 }
 
 impl DisplayAs for MemoryTierExec {
@@ -397,3 +439,6 @@ impl ExecutionPlan for MemoryTierExec {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
