@@ -190,6 +190,15 @@ async fn scans_loading_one_cell_at_once_decode_it_once() {
     assert_eq!(ap.memory_tier().unwrap().admitted, 24, "{counts:?}");
 }
 
+/// The frame `h.b.f` of [`wide`] rows, empty.
+async fn wide_frame(ap: &Apiary) {
+    ap.create_hive("h").await.unwrap();
+    ap.create_box("h", "b").await.unwrap();
+    ap.create_frame("h", "b", "f", &[("x", "int64"), ("s", "utf8")], &[])
+        .await
+        .unwrap();
+}
+
 /// `n` rows of a key and a 40-character text.
 fn wide(range: std::ops::Range<i64>) -> RecordBatch {
     let ids: Vec<i64> = range.collect();
@@ -212,12 +221,7 @@ async fn under_memory_pressure_the_tier_gives_way_to_queries() {
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("shared");
     let writer = open(&storage, Some(0)).await;
-    writer.create_hive("h").await.unwrap();
-    writer.create_box("h", "b").await.unwrap();
-    writer
-        .create_frame("h", "b", "f", &[("x", "int64"), ("s", "utf8")], &[])
-        .await
-        .unwrap();
+    wide_frame(&writer).await;
     for w in 0..4 {
         writer
             .write_to_frame("h", "b", "f", [wide(w * 50_000..(w + 1) * 50_000)])
@@ -265,12 +269,7 @@ async fn under_memory_pressure_the_tier_gives_way_to_queries() {
 async fn one_large_cell_held_in_memory_is_read_by_every_partition() {
     let dir = tempfile::tempdir().unwrap();
     let writer = open(dir.path(), Some(0)).await;
-    writer.create_hive("h").await.unwrap();
-    writer.create_box("h", "b").await.unwrap();
-    writer
-        .create_frame("h", "b", "f", &[("x", "int64"), ("s", "utf8")], &[])
-        .await
-        .unwrap();
+    wide_frame(&writer).await;
     // One write, one cell of 300 000 rows.
     writer
         .write_to_frame("h", "b", "f", [wide(0..300_000)])
