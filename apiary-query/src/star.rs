@@ -88,9 +88,13 @@ fn flatten(plan: &LogicalPlan, chain: &mut Chain) {
     }
 }
 
-/// The one leaf every column of `expr` comes from, if there is one.
+/// The one leaf every column of `expr` comes from, if there is one (columns without a
+/// qualifier could name a field of several leaves: then none).
 fn leaf_of(expr: &Expr, leaves: &[LogicalPlan]) -> Option<usize> {
     let columns = expr.column_refs();
+    if columns.iter().any(|c| c.relation.is_none()) {
+        return None;
+    }
     let first = columns.iter().next()?;
     let leaf = leaves.iter().position(|l| l.schema().has_column(first))?;
     columns
