@@ -149,10 +149,23 @@ fn reorder(plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
         return Ok(None);
     }
 
+    // A chain DataFusion will not build again as planned stays as it was written.
+    Ok(rebuild(plan, &chain, &ties, centre, &dims).ok())
+}
+
+/// The star join of `chain` with `centre` first, then `dims` in that order, its columns in
+/// the order of `plan`'s.
+fn rebuild(
+    plan: &LogicalPlan,
+    chain: &Chain,
+    ties: &[(usize, usize)],
+    centre: usize,
+    dims: &[(usize, f64)],
+) -> Result<LogicalPlan> {
     let mut builder = LogicalPlanBuilder::from(chain.leaves[centre].clone());
-    for &(dim, _) in &dims {
+    for &(dim, _) in dims {
         let (mut fact_keys, mut dim_keys) = (Vec::new(), Vec::new());
-        for ((l, r), &(a, b)) in chain.on.iter().zip(&ties) {
+        for ((l, r), &(a, b)) in chain.on.iter().zip(ties) {
             if a == dim {
                 fact_keys.push(r.clone());
                 dim_keys.push(l.clone());
@@ -174,7 +187,7 @@ fn reorder(plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
         .into_iter()
         .map(Expr::Column)
         .collect();
-    Ok(Some(builder.project(columns)?.build()?))
+    builder.project(columns)?.build()
 }
 
 /// The share of a dimension's rows its filters are guessed to keep: 1 without filters.
