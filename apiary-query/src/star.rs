@@ -47,12 +47,12 @@ impl OptimizerRule for StarJoinOrder {
     }
 }
 
-/// A chain of inner equi-joins, flattened.
-struct Chain {
+/// A chain of inner equi-joins, flattened (borrowed: most chains are left as they are).
+struct Chain<'a> {
     /// The inputs that are not part of the chain, in the order they were written.
-    leaves: Vec<LogicalPlan>,
+    leaves: Vec<&'a LogicalPlan>,
     /// Every equality of the chain.
-    on: Vec<(Expr, Expr)>,
+    on: Vec<&'a (Expr, Expr)>,
 }
 
 /// Whether `plan` continues a chain: an inner join on equalities alone.
@@ -72,25 +72,25 @@ fn is_chain_join(plan: &LogicalPlan) -> bool {
 
 /// The chain's parts under `plan`, seeing through projections that only pick columns
 /// between its joins (the rewrite puts the columns in order again on top).
-fn flatten(plan: &LogicalPlan, chain: &mut Chain) {
+fn flatten<'a>(plan: &'a LogicalPlan, chain: &mut Chain<'a>) {
     match plan {
         LogicalPlan::Join(join) if is_chain_join(plan) => {
             flatten(&join.left, chain);
             flatten(&join.right, chain);
-            chain.on.extend(join.on.iter().cloned());
+            chain.on.extend(join.on.iter());
         }
         LogicalPlan::Projection(p)
             if is_chain_join(&p.input) && p.expr.iter().all(|e| matches!(e, Expr::Column(_))) =>
         {
             flatten(&p.input, chain)
         }
-        leaf => chain.leaves.push(leaf.clone()),
+        leaf => chain.leaves.push(leaf),
     }
 }
 
 /// The one leaf every column of `expr` comes from, if there is one (columns without a
 /// qualifier could name a field of several leaves: then none).
-fn leaf_of(expr: &Expr, leaves: &[LogicalPlan]) -> Option<usize> {
+fn leaf_of(expr: &Expr, leaves: &[&LogicalPlan]) -> Option<usize> {
     let columns = expr.column_refs();
     if columns.iter().any(|c| c.relation.is_none()) {
         return None;
@@ -119,7 +119,7 @@ fn reorder(plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
     }
     // Each equality ties two different leaves.
     let mut ties = Vec::with_capacity(chain.on.len());
-    for (l, r) in &chain.on {
+    for &(l, r) in &chain.on {
         match (leaf_of(l, &chain.leaves), leaf_of(r, &chain.leaves)) {
             (Some(a), Some(b)) if a != b => ties.push((a, b)),
             _ => return Ok(None),
@@ -133,7 +133,7 @@ fn reorder(plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
     };
     let mut dims: Vec<(usize, f64)> = (0..chain.leaves.len())
         .filter(|&i| i != centre)
-        .map(|i| (i, leaf_selectivity(&chain.leaves[i])))
+        .map(|i| (i, leaf_selectivity(chain.leaves[i])))
         .collect();
     if dims
         .iter()
@@ -165,7 +165,7 @@ fn rebuild(
     let mut builder = LogicalPlanBuilder::from(chain.leaves[centre].clone());
     for &(dim, _) in dims {
         let (mut fact_keys, mut dim_keys) = (Vec::new(), Vec::new());
-        for ((l, r), &(a, b)) in chain.on.iter().zip(ties) {
+        for (&(l, r), &(a, b)) in chain.on.iter().zip(ties) {
             if a == dim {
                 fact_keys.push(r.clone());
                 dim_keys.push(l.clone());
