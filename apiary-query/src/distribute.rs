@@ -2,8 +2,11 @@
 //! owns the trait and the session setting; the distributed layer implements it (over a
 //! shuffle transport and a directory of workers), so the engine imports nothing above it.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use datafusion::execution::SessionState;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::LogicalPlan;
 
 use crate::error::Result;
@@ -62,6 +65,10 @@ pub struct DistributeRequest<'a> {
     /// Whether the query is explained (`EXPLAIN [ANALYZE]`): a plan kept local then says
     /// why in full, even where that costs a look at the swarm.
     pub explaining: bool,
+    /// The runtime (memory pool, spill files) the query executes in if it is split: a
+    /// split that is not explained hands its tasks out at once, while the coordinator's
+    /// plan is still being made, and keeps the rows of tasks it runs itself here.
+    pub runtime: &'a Arc<RuntimeEnv>,
 }
 
 /// What a [`Distributor`] made of a query.

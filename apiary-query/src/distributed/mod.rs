@@ -219,6 +219,7 @@ impl crate::Distributor for Cluster {
             min_part_rows,
             engine,
             explaining,
+            runtime,
         } = request;
         let mut cluster = self.clone();
         if let Some(rows) = min_part_rows {
@@ -308,6 +309,11 @@ impl crate::Distributor for Cluster {
         }
         split.fragment.settings = settings;
         let table = DistributedTable::new(split.fragment.clone(), cluster, engine);
+        if !explaining {
+            // The workers start while the coordinator plans the rest (an EXPLAIN starts
+            // nothing: plain, it runs nothing; with ANALYZE, its run is timed in full).
+            table.start_now(runtime)?;
+        }
         let partials = datafusion::logical_expr::LogicalPlanBuilder::scan(
             plan::PARTIALS,
             datafusion::datasource::provider_as_source(Arc::new(table)),

@@ -213,22 +213,24 @@ impl SqlSession {
             .with_allow_dml(false)
             .with_allow_statements(true)
             .verify_plan(&plan)?;
+        // A query that runs here waits for a free bee and runs under a memory pool of the
+        // bees it holds. A distributed one holds none while it waits for its tasks (which
+        // hold bees where they run), so coordinators can never wait on each other's bees;
+        // it merges within one bee's memory (a split may start its tasks while it is
+        // planned, so that pool is made first).
+        // Planned with the session's state; executed in a task context whose runtime holds
+        // this query's memory pool (no copy of the session state per query).
+        let base = self.ctx.runtime_env();
+        let unadmitted = self.engine.budget.task_runtime(&base)?;
         let Distributed {
             plan,
             split: distributed,
             local_because,
-        } = self.maybe_distribute(plan).await?;
-        // A query that runs here waits for a free bee and runs under a memory pool of the
-        // bees it holds. A distributed one holds none while it waits for its tasks (which
-        // hold bees where they run), so coordinators can never wait on each other's bees;
-        // it merges within one bee's memory.
-        // Planned with the session's state; executed in a task context whose runtime holds
-        // this query's memory pool (no copy of the session state per query).
-        let base = self.ctx.runtime_env();
+        } = self.maybe_distribute(plan, &unadmitted).await?;
         // A look at the node's own state (`apiary.system.*`, answered from memory) does not
         // wait for a bee: it must answer on a saturated node, when it is needed most.
         let (grant, runtime) = if distributed || reads_only_system_tables(&plan) {
-            (None, self.engine.budget.task_runtime(&base)?)
+            (None, unadmitted)
         } else {
             self.engine.budget.admit_query(&base).await?
         };

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::{Analyze, Explain, LogicalPlan};
 
 use super::SqlSession;
@@ -12,7 +13,13 @@ use crate::error::Result;
 impl SqlSession {
     /// `plan`, split over the swarm when the setting, the data and the workers say so;
     /// whether it was; and, for an `EXPLAIN` of a query kept local, why.
-    pub(super) async fn maybe_distribute(&self, plan: LogicalPlan) -> Result<Distributed> {
+    /// A split query's tasks may start now: their rows are kept in `runtime`'s pool, the one
+    /// the query must then execute in.
+    pub(super) async fn maybe_distribute(
+        &self,
+        plan: LogicalPlan,
+        runtime: &Arc<RuntimeEnv>,
+    ) -> Result<Distributed> {
         let kept = |plan, why: Option<String>| Distributed {
             plan,
             split: false,
@@ -23,7 +30,7 @@ impl SqlSession {
         }
         Ok(match plan {
             LogicalPlan::Explain(explain) => match self
-                .distribute_query(&explain.plan, true)
+                .distribute_query(&explain.plan, true, runtime)
                 .await?
             {
                 Distribution::Split(inner) => Distributed::split(LogicalPlan::Explain(Explain {
@@ -33,7 +40,7 @@ impl SqlSession {
                 Distribution::Local(why) => kept(LogicalPlan::Explain(explain), Some(why)),
             },
             LogicalPlan::Analyze(analyze) => {
-                match self.distribute_query(&analyze.input, true).await? {
+                match self.distribute_query(&analyze.input, true, runtime).await? {
                     Distribution::Split(inner) => {
                         Distributed::split(LogicalPlan::Analyze(Analyze {
                             input: Arc::new(inner),
@@ -44,14 +51,19 @@ impl SqlSession {
                 }
             }
             LogicalPlan::Statement(_) | LogicalPlan::DescribeTable(_) => kept(plan, None),
-            query => match self.distribute_query(&query, false).await? {
+            query => match self.distribute_query(&query, false, runtime).await? {
                 Distribution::Split(distributed) => Distributed::split(distributed),
                 Distribution::Local(_) => kept(query, None),
             },
         })
     }
 
-    async fn distribute_query(&self, plan: &LogicalPlan, explaining: bool) -> Result<Distribution> {
+    async fn distribute_query(
+        &self,
+        plan: &LogicalPlan,
+        explaining: bool,
+        runtime: &Arc<RuntimeEnv>,
+    ) -> Result<Distribution> {
         if self.distribute == DistributeMode::Never {
             return Ok(Distribution::Local("apiary.distribute = 'never'".into()));
         }
@@ -68,6 +80,7 @@ impl SqlSession {
                 min_part_rows: self.min_part_rows,
                 engine: self.engine.clone(),
                 explaining,
+                runtime,
             })
             .await
     }

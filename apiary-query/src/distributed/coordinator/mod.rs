@@ -7,6 +7,8 @@ pub use cleanup::sweep_orphans;
 mod output;
 mod placement;
 mod rounds;
+#[cfg(test)]
+mod tests;
 
 use interval::result_interval;
 
@@ -23,6 +25,7 @@ use datafusion::common::Result as DfResult;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
@@ -93,6 +96,7 @@ pub struct DistributedTable {
     fragment: Arc<Fragment>,
     cluster: Cluster,
     engine: QueryEngine,
+    shared: Shared,
 }
 
 impl DistributedTable {
@@ -102,7 +106,25 @@ impl DistributedTable {
             fragment: Arc::new(fragment),
             cluster,
             engine,
+            shared: Shared::default(),
         }
+    }
+
+    /// Hands the fragment's tasks out now, while the coordinator still plans what it does
+    /// with their rows: the workers start that much sooner. The scan's execution takes the
+    /// run up (its rows, its metrics); a table dropped before then (the query failed or was
+    /// cancelled while planning) cancels it. The tasks the coordinator runs itself keep
+    /// their rows in `runtime`'s memory pool, which must be the one the query executes in.
+    pub fn start_now(&self, runtime: &Arc<RuntimeEnv>) -> DfResult<()> {
+        let started = start(
+            &self.fragment,
+            &self.cluster,
+            &self.engine,
+            &self.shared,
+            runtime,
+        )?;
+        *lock(&self.shared.early) = Some(started);
+        Ok(())
     }
 }
 
@@ -128,8 +150,93 @@ impl TableProvider for DistributedTable {
             self.cluster.clone(),
             self.engine.clone(),
             projection.cloned(),
+            self.shared.clone(),
         )?))
     }
+}
+
+/// What the scans of one [`DistributedTable`] share: a run started before execution, the
+/// tasks as they ran, the metrics.
+#[derive(Debug, Clone, Default)]
+struct Shared {
+    early: Arc<Mutex<Option<Started>>>,
+    runs: Arc<Mutex<Vec<TaskRun>>>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+/// A run under way: what the stream of its rows holds.
+struct Started {
+    query_id: String,
+    cleanup: Arc<Cleanup>,
+    results: tokio::sync::mpsc::UnboundedReceiver<Result<Ready, QueryError>>,
+    driver: AbortOnDropHandle<()>,
+}
+
+impl fmt::Debug for Started {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Started")
+            .field("query_id", &self.query_id)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts a run of `fragment`: its rounds go on beside the stream of rows (which
+/// [`Started`] becomes), so a slow reader of rows does not hold up the tasks; dropping it
+/// stops them (and cancels the query).
+fn start(
+    fragment: &Arc<Fragment>,
+    cluster: &Cluster,
+    engine: &QueryEngine,
+    shared: &Shared,
+    runtime: &Arc<RuntimeEnv>,
+) -> DfResult<Started> {
+    let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+        datafusion::error::DataFusionError::Execution(
+            "a distributed query needs a Tokio runtime to run in".into(),
+        )
+    })?;
+    let metrics = MetricBuilder::new(&shared.metrics);
+    let query_id = format!("q-{}", cluster.random.id());
+    let cleanup = Arc::new(Cleanup::new(cluster.clone(), query_id.clone()));
+    let (ready, results) = tokio::sync::mpsc::unbounded_channel();
+    let run = Run {
+        fragment: Arc::clone(fragment),
+        cluster: cluster.clone(),
+        engine: engine.clone(),
+        runs: Arc::clone(&shared.runs),
+        phases: Phases {
+            dispatch: metrics.clone().subset_time("dispatch_time", 0),
+            wait: metrics.clone().subset_time("wait_time", 0),
+        },
+        query_id: query_id.clone(),
+        cleanup: Arc::downgrade(&cleanup),
+        ready,
+        local_rows: LocalRowsPool {
+            pool: Arc::clone(&runtime.memory_pool),
+            spill: SpillManager::new(
+                Arc::clone(runtime),
+                SpillMetrics::new(&shared.metrics, 0),
+                Arc::clone(&fragment.schema),
+            ),
+        },
+        tasks: metrics.clone().global_counter("tasks"),
+        looks: metrics.global_counter("result_looks"),
+    };
+    let driver = handle.spawn(async move {
+        if let Err(e) = run.run().await {
+            let _ = run.ready.send(Err(e));
+        }
+    });
+    Ok(Started {
+        query_id,
+        cleanup,
+        results,
+        driver: AbortOnDropHandle::new(driver),
+    })
 }
 
 /// Runs a fragment over the swarm and yields the tasks' rows (one partition).
@@ -141,8 +248,7 @@ pub struct DistributedExec {
     projection: Option<Vec<usize>>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
-    runs: Arc<Mutex<Vec<TaskRun>>>,
-    metrics: ExecutionPlanMetricsSet,
+    shared: Shared,
 }
 
 impl DistributedExec {
@@ -151,6 +257,7 @@ impl DistributedExec {
         cluster: Cluster,
         engine: QueryEngine,
         projection: Option<Vec<usize>>,
+        shared: Shared,
     ) -> DfResult<Self> {
         let schema = match &projection {
             Some(p) => Arc::new(fragment.schema.project(p)?),
@@ -169,14 +276,13 @@ impl DistributedExec {
             projection,
             schema,
             properties,
-            runs: Arc::default(),
-            metrics: ExecutionPlanMetricsSet::new(),
+            shared,
         })
     }
 
     /// The tasks of the last execution.
     pub fn runs(&self) -> Vec<TaskRun> {
-        self.runs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.shared.runs).clone()
     }
 
     /// The fragment.
@@ -283,60 +389,38 @@ impl ExecutionPlan for DistributedExec {
         _partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let metrics = MetricBuilder::new(&self.metrics);
-        let query_id = format!("q-{}", self.cluster.random.id());
-        let cleanup = Arc::new(Cleanup::new(self.cluster.clone(), query_id.clone()));
-        let (ready, results) = tokio::sync::mpsc::unbounded_channel();
-        let run = Run {
-            fragment: Arc::clone(&self.fragment),
-            cluster: self.cluster.clone(),
-            engine: self.engine.clone(),
-            runs: Arc::clone(&self.runs),
-            phases: Phases {
-                dispatch: metrics.clone().subset_time("dispatch_time", 0),
-                wait: metrics.clone().subset_time("wait_time", 0),
-            },
-            query_id: query_id.clone(),
-            cleanup: Arc::downgrade(&cleanup),
-            ready,
-            local_rows: LocalRowsPool {
-                pool: Arc::clone(context.memory_pool()),
-                spill: SpillManager::new(
-                    context.runtime_env(),
-                    SpillMetrics::new(&self.metrics, 0),
-                    Arc::clone(&self.fragment.schema),
-                ),
-            },
-            tasks: metrics.clone().global_counter("tasks"),
-            looks: metrics.clone().global_counter("result_looks"),
+        // A run started while the query was planned, else one now.
+        let early = lock(&self.shared.early).take();
+        let Started {
+            query_id,
+            cleanup,
+            results,
+            driver,
+        } = match early {
+            Some(started) => started,
+            None => start(
+                &self.fragment,
+                &self.cluster,
+                &self.engine,
+                &self.shared,
+                &context.runtime_env(),
+            )?,
         };
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            datafusion::error::DataFusionError::Execution(
-                "a distributed query needs a Tokio runtime to run in".into(),
-            )
-        })?;
-        // The rounds run beside the stream of rows, so a slow reader of rows does not hold
-        // up the tasks; dropping the stream stops them (and cancels the query).
-        let driver = runtime.spawn(async move {
-            if let Err(e) = run.run().await {
-                let _ = run.ready.send(Err(e));
-            }
-        });
         let output = Output {
             schema: Arc::clone(&self.schema),
             fragment_schema: Arc::clone(&self.fragment.schema),
             projection: self.projection.clone(),
             transport: Arc::clone(&self.cluster.transport),
             query_id,
-            rows: metrics.output_rows(0),
+            rows: MetricBuilder::new(&self.shared.metrics).output_rows(0),
             chunks: MemoryConsumer::new("DistributedExec result chunks")
                 .register(context.memory_pool()),
         };
-        Ok(output.stream(results, cleanup, AbortOnDropHandle::new(driver)))
+        Ok(output.stream(results, cleanup, driver))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
+        Some(self.shared.metrics.clone_inner())
     }
 }
 

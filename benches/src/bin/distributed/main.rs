@@ -161,7 +161,7 @@ async fn local_session(ap: &Apiary, mode: &str, bees: usize) -> SqlSession {
 }
 
 /// Prints the wall time of `sql` under EXPLAIN ANALYZE and its task lines.
-async fn explain(s: &mut SqlSession, name: &str, sql: &str, full: bool) {
+async fn explain(s: &mut SqlSession, on: &str, name: &str, sql: &str, full: bool) {
     let t = Instant::now();
     let plan = result_rows(
         &s.sql(&format!("EXPLAIN ANALYZE {sql}"))
@@ -169,10 +169,7 @@ async fn explain(s: &mut SqlSession, name: &str, sql: &str, full: bool) {
             .expect("explain"),
     );
     let wall = t.elapsed();
-    println!(
-        "{name} on two nodes, {:.0} ms in all:",
-        wall.as_secs_f64() * 1e3
-    );
+    println!("{name} on {on}, {:.0} ms in all:", wall.as_secs_f64() * 1e3);
     for line in plan
         .join("\n")
         .lines()
@@ -354,15 +351,17 @@ async fn main() {
     ]: [Vec<_>; 6] = timed.try_into().expect("six sides");
     drop(sides);
     let mut spread = session(&ap, "always").await;
-    // Where the time of a distributed query goes: each task's time on its worker (Q2.1, or
-    // every query with `--explain 1`).
+    let mut alone = session(&solo, "always").await;
+    // Where the time of a distributed query goes: each task's time on its worker, on one
+    // node and on two (Q2.1, or every query with `--explain 1`).
     let shown = if a.explain > 0 {
         0..QUERIES.len()
     } else {
         3..4
     };
     for (name, sql) in &QUERIES[shown] {
-        explain(&mut spread, name, sql, a.explain > 1).await;
+        explain(&mut alone, "one node", name, sql, a.explain > 1).await;
+        explain(&mut spread, "two nodes", name, sql, a.explain > 1).await;
     }
 
     println!(
