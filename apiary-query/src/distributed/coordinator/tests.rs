@@ -8,6 +8,7 @@ use apiary_ledger::Registry;
 use apiary_storage::{StorageBackend, StorageUri};
 use arrow_array::{Array, Int64Array};
 use async_trait::async_trait;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::LogicalPlan;
 
 use crate::distributed::{
@@ -43,6 +44,8 @@ struct Setup {
     cluster: Cluster,
     transport: Arc<dyn ShuffleTransport>,
     shuffle: Arc<dyn StorageBackend>,
+    /// The query's runtime, as a session makes it before distributing.
+    runtime: Arc<RuntimeEnv>,
 }
 
 /// `h.b.f` with cells `[1, 2, 3]` and `[4, 5]`, an engine over it, and a cluster whose
@@ -63,11 +66,16 @@ async fn setup() -> Setup {
         Arc::new(Far),
         DistributeSettings::default(),
     );
+    let runtime = engine
+        .budget
+        .task_runtime(engine.base_state().runtime_env())
+        .unwrap();
     Setup {
         engine,
         cluster,
         transport,
         shuffle,
+        runtime,
     }
 }
 
@@ -75,11 +83,7 @@ const SUM: &str = "SELECT sum(x) AS s FROM h.b.f";
 
 impl Setup {
     /// `SUM` as the distributor splits it; `explaining` as an `EXPLAIN` asks.
-    async fn split(
-        &self,
-        runtime: &Arc<datafusion::execution::runtime_env::RuntimeEnv>,
-        explaining: bool,
-    ) -> LogicalPlan {
+    async fn split(&self, explaining: bool) -> LogicalPlan {
         let state = self.engine.base_state();
         let plan = state.create_logical_plan(SUM).await.unwrap();
         let distribution = self
@@ -92,7 +96,7 @@ impl Setup {
                 min_part_rows: None,
                 engine: self.engine.clone(),
                 explaining,
-                runtime,
+                runtime: &self.runtime,
             })
             .await
             .unwrap();
@@ -129,12 +133,7 @@ impl Setup {
 #[tokio::test]
 async fn a_split_hands_its_tasks_out_before_it_executes_and_the_execution_takes_them_up() {
     let s = setup().await;
-    let runtime = s
-        .engine
-        .budget
-        .task_runtime(s.engine.base_state().runtime_env())
-        .unwrap();
-    let plan = s.split(&runtime, false).await;
+    let plan = s.split(false).await;
     // Nothing has executed the plan: the task is out already.
     let tasks = s.tasks_for_far().await;
     assert_eq!(tasks.len(), 1, "{tasks:?}");
@@ -144,7 +143,7 @@ async fn a_split_hands_its_tasks_out_before_it_executes_and_the_execution_takes_
     let state = s.engine.base_state();
     let physical = state.create_physical_plan(&plan).await.unwrap();
     let context = Arc::new(
-        datafusion::execution::TaskContext::from(&state).with_runtime(Arc::clone(&runtime)),
+        datafusion::execution::TaskContext::from(&state).with_runtime(Arc::clone(&s.runtime)),
     );
     let batches = datafusion::physical_plan::collect(physical, context)
         .await
@@ -162,12 +161,7 @@ async fn a_split_hands_its_tasks_out_before_it_executes_and_the_execution_takes_
 #[tokio::test]
 async fn a_split_dropped_before_it_executes_cancels_its_tasks_and_leaves_nothing() {
     let s = setup().await;
-    let runtime = s
-        .engine
-        .budget
-        .task_runtime(s.engine.base_state().runtime_env())
-        .unwrap();
-    let plan = s.split(&runtime, false).await;
+    let plan = s.split(false).await;
     let tasks = s.tasks_for_far().await;
     assert_eq!(tasks.len(), 1, "{tasks:?}");
     assert!(s.transport.wanted(&tasks[0].key()).await.unwrap());
@@ -187,12 +181,7 @@ async fn a_split_dropped_before_it_executes_cancels_its_tasks_and_leaves_nothing
 #[tokio::test]
 async fn an_explained_split_hands_nothing_out_while_it_is_planned() {
     let s = setup().await;
-    let runtime = s
-        .engine
-        .budget
-        .task_runtime(s.engine.base_state().runtime_env())
-        .unwrap();
-    let plan = s.split(&runtime, true).await;
+    let plan = s.split(true).await;
     apiary_storage::time::sleep(Duration::from_millis(200)).await;
     assert!(s.transport.poll_tasks("far").await.unwrap().is_empty());
     assert!(s.shuffle_objects().await.is_empty());
