@@ -13,8 +13,9 @@ use crate::error::Result;
 impl SqlSession {
     /// `plan`, split over the swarm when the setting, the data and the workers say so;
     /// whether it was; and, for an `EXPLAIN` of a query kept local, why.
-    /// A split query's tasks may start now: their rows are kept in `runtime`'s pool, the one
-    /// the query must then execute in.
+    ///
+    /// A split query's tasks may start now: the rows of those the coordinator runs itself
+    /// are kept in `runtime`'s pool, the one the query must then execute in.
     pub(super) async fn maybe_distribute(
         &self,
         plan: LogicalPlan,
