@@ -1,6 +1,7 @@
 //! How long one cell's columns take to decode: the cell as Apiary writes it (ZSTD level 3,
-//! dictionaries, page statistics) against other Parquet settings, and half of it read
-//! through a row selection (what a part of a cell costs).
+//! dictionaries, page statistics) against other Parquet settings, half of it read through
+//! a row selection (what a part of a cell costs), and the cell written in smaller row
+//! groups, read whole and one group at a time (what finer units of work would cost).
 //!
 //! `cargo run --release -p apiary-benches --bin cell_decode -- [--runs N] [--sf F]`
 //!
@@ -117,7 +118,7 @@ fn main() {
     for (name, cell) in &variants {
         let times: Vec<f64> = SETS
             .iter()
-            .map(|(_, columns)| best(runs, || read(cell, columns, None)))
+            .map(|(_, columns)| best(runs, || read(cell, columns, Pick::All)))
             .collect();
         println!(
             "{name:<34} {:>6.2} MB {:>13.2} ms {:>13.2} ms",
@@ -148,13 +149,34 @@ fn main() {
     ];
     for (name, selection) in halves {
         let ms = best(runs, || {
-            read(
-                &apiary,
-                &SETS[0].1,
-                selection.clone().map(RowSelection::from),
-            )
+            let pick = selection
+                .clone()
+                .map_or(Pick::All, |s| Pick::Rows(RowSelection::from(s)));
+            read(&apiary, &SETS[0].1, pick)
         });
         println!("{name:<34} {ms:>9.2} ms");
+    }
+
+    println!(
+        "\nZSTD 3 in smaller row groups, {} read whole and one group at a time",
+        SETS[0].0
+    );
+    for group_rows in [187_500usize, 125_000, 93_750, 65_536] {
+        let props = WriterProperties::builder()
+            .set_compression(zstd(3))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_max_row_group_row_count(Some(group_rows))
+            .build();
+        let cell = written(&batches, props);
+        let whole = best(runs, || read(&cell, &SETS[0].1, Pick::All));
+        let groups = ROWS.div_ceil(group_rows);
+        let parts: f64 = (0..groups)
+            .map(|g| best(runs, || read(&cell, &SETS[0].1, Pick::Groups(vec![g]))))
+            .sum();
+        println!(
+            "groups of {group_rows:<8} {:>6.2} MB  whole {whole:>6.2} ms  one at a time {parts:>6.2} ms",
+            cell.len() as f64 / 1e6
+        );
     }
 }
 
@@ -184,11 +206,21 @@ fn written(batches: &[RecordBatch], props: WriterProperties) -> Bytes {
     Bytes::from(writer.into_inner().expect("file"))
 }
 
-/// Reads `columns` of `cell` (the rows of `selection`, with the page index, or all).
-fn read(cell: &Bytes, columns: &[&str], selection: Option<RowSelection>) -> usize {
-    let index = match selection {
-        Some(_) => PageIndexPolicy::Required,
-        None => PageIndexPolicy::Skip,
+/// Which rows of a cell to read.
+enum Pick {
+    /// All of them.
+    All,
+    /// Those of a row selection (with the page index).
+    Rows(RowSelection),
+    /// Those of some row groups.
+    Groups(Vec<usize>),
+}
+
+/// Reads `columns` of `cell`, the rows `pick` says.
+fn read(cell: &Bytes, columns: &[&str], pick: Pick) -> usize {
+    let index = match pick {
+        Pick::Rows(_) => PageIndexPolicy::Required,
+        _ => PageIndexPolicy::Skip,
     };
     let options = ArrowReaderOptions::new().with_page_index_policy(index);
     let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(cell.clone(), options)
@@ -199,8 +231,10 @@ fn read(cell: &Bytes, columns: &[&str], selection: Option<RowSelection>) -> usiz
         .map(|c| schema.index_of(c).expect("a lineorder column"));
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let mut builder = builder.with_projection(mask).with_batch_size(8192);
-    if let Some(selection) = selection {
-        builder = builder.with_row_selection(selection);
+    match pick {
+        Pick::All => {}
+        Pick::Rows(selection) => builder = builder.with_row_selection(selection),
+        Pick::Groups(groups) => builder = builder.with_row_groups(groups),
     }
     builder
         .build()
