@@ -24,6 +24,11 @@ impl Terminal {
     /// Starts `apiary {subcommand}` (`shell`, or nothing: `apiary` alone opens the shell on
     /// a terminal).
     fn start(dir: &Path, storage: &Path, subcommand: &str) -> Self {
+        Self::start_with(dir, storage, subcommand, &[])
+    }
+
+    /// [`Terminal::start`] with `env` set for the process.
+    fn start_with(dir: &Path, storage: &Path, subcommand: &str, env: &[(&str, &str)]) -> Self {
         let socket = dir.join("tmux.sock");
         let shell = format!(
             "{} {subcommand} --storage {} --state-dir {}",
@@ -32,17 +37,13 @@ impl Terminal {
             dir.join("state").display(),
         );
         let terminal = Self { socket };
-        terminal.tmux(&[
-            "new-session",
-            "-d",
-            "-s",
-            "shell",
-            "-x",
-            "160",
-            "-y",
-            "50",
-            &shell,
-        ]);
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut args = vec!["new-session", "-d", "-s", "shell", "-x", "160", "-y", "50"];
+        for e in &env {
+            args.extend(["-e", e]);
+        }
+        args.push(&shell);
+        terminal.tmux(&args);
         terminal
     }
 
@@ -300,4 +301,101 @@ fn apiary_alone_off_a_terminal_prints_its_usage() {
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Usage") && text.contains("shell"), "{text}");
+}
+
+/// `apiary shell` given `input` on its standard input, with `env` and `args`.
+fn piped_shell(
+    dir: &Path,
+    storage: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    input: &str,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["shell", "--storage"])
+        .arg(storage)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(args)
+        .env_remove("APIARY_MEMORY_TIER")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The standard output of a shell that must succeed.
+fn printed(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One query three times: read once, admitted on the second read, served from memory on the
+/// third (where the shell keeps a memory tier).
+const TIER_PROBE: &str =
+    "EXPLAIN ANALYZE SELECT page, COUNT(*) AS n FROM analytics.events.clicks GROUP BY page;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_keeps_decoded_columns_unless_told_not_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_with_clicks(dir.path()).await;
+    let input = format!("{TIER_PROBE}\n").repeat(3);
+    let kept = printed(piped_shell(dir.path(), &storage, &[], &[], &input));
+    assert!(kept.contains("MemoryTierExec: cells_in_memory="), "{kept}");
+    for (env, args) in [
+        (&[("APIARY_MEMORY_TIER", "0")][..], &[][..]),
+        (&[], &["--memory-tier", "0"][..]),
+        // The flag wins over the environment.
+        (&[("APIARY_MEMORY_TIER", "1GiB")], &["--memory-tier", "0"]),
+    ] {
+        let off = printed(piped_shell(dir.path(), &storage, env, args, &input));
+        assert!(
+            off.contains("DataSourceExec") && !off.contains("MemoryTierExec"),
+            "{env:?} {args:?}: {off}"
+        );
+    }
+    let bad = piped_shell(
+        dir.path(),
+        &storage,
+        &[("APIARY_MEMORY_TIER", "lots")],
+        &[],
+        &input,
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        said.contains("'lots'") && said.contains("--memory-tier"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apiary_alone_on_a_terminal_reads_the_shells_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_with_clicks(dir.path()).await;
+    let term = Terminal::start_with(dir.path(), &storage, "", &[("APIARY_MEMORY_TIER", "0")]);
+    let prompts = |s: &str| s.matches("apiary> ").count();
+    let mut seen = prompts(&term.wait("the prompt", |s| s.contains("apiary> ")));
+    for _ in 0..3 {
+        term.line(TIER_PROBE);
+        seen = prompts(&term.wait("the plan", |s| prompts(s) > seen));
+    }
+    let screen = term.screen();
+    assert_eq!(screen.matches("DataSourceExec").count(), 3, "{screen}");
+    assert!(!screen.contains("MemoryTierExec"), "{screen}");
+    term.key("C-d");
 }

@@ -260,6 +260,10 @@ pub(crate) enum Command {
         /// Output mode to start in.
         #[arg(long, value_enum, default_value = "table")]
         mode: SqlFormat,
+        /// The most the shell's memory tier of decoded columns holds, e.g. 1GiB (default: a
+        /// quarter of the bees' memory; 0 turns it off), as for `apiary node`.
+        #[arg(long, env = "APIARY_MEMORY_TIER", value_parser = memory)]
+        memory_tier: Option<u64>,
     },
     /// Rewrite a frame's small cells into cells near the target size (one commit per
     /// partition group; readers never see a row twice or missing). Vacuum deletes the old

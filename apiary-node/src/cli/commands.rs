@@ -19,7 +19,7 @@ use crate::{Apiary, NodeOptions, SwarmStatus};
 pub(super) async fn execute(ap: &Apiary, cli: Cli, command: Command) -> CliResult<()> {
     let json = cli.json;
     match command {
-        Command::Shell { history, mode } => {
+        Command::Shell { history, mode, .. } => {
             let history =
                 history.unwrap_or_else(|| cli.node.options().state_dir.join("shell_history"));
             super::shell::run(ap, history, mode).await?;

@@ -52,7 +52,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let mut cli = match Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         // `--help` and `--version` print and succeed; a bad argument prints its usage.
         Err(e) => {
@@ -69,9 +70,17 @@ where
         None => {
             use std::io::IsTerminal;
             if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-                Command::Shell {
-                    history: None,
-                    mode: args::SqlFormat::Table,
+                // The shell's own flags from the environment, as `apiary shell` reads them.
+                match Cli::try_parse_from(args.iter().chain([&OsString::from("shell")])) {
+                    Ok(Cli {
+                        command: Some(shell),
+                        ..
+                    }) => shell,
+                    Ok(_) => unreachable!("`shell` parses as the shell command"),
+                    Err(e) => {
+                        let _ = e.print();
+                        return ExitCode::from(2);
+                    }
                 }
             } else {
                 use clap::CommandFactory;
@@ -136,6 +145,9 @@ async fn open(
             lz4: cli.node.flight_lz4,
             tls: cli.node.flight_tls()?,
         });
+    }
+    if let Command::Shell { memory_tier, .. } = command {
+        options.memory_tier = *memory_tier;
     }
     if let Command::Sql { local, memory, .. } = command {
         if *local {
